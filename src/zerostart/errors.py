@@ -1,0 +1,63 @@
+"""One exception root for everything zerostart raises.
+
+Library code raises these; only the CLI decides how to show them (no tracebacks
+unless ``--debug``). Each error carries the context a user needs to fix the
+problem: the file, the field, the command, and what to do.
+"""
+
+from __future__ import annotations
+
+
+class ZerostartError(Exception):
+    """Root of every error zerostart raises on purpose."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        return f"{base} ({self.hint})" if self.hint else base
+
+
+class BundleError(ZerostartError):
+    """A model folder or bundle is missing something, is corrupt, or was tampered with.
+
+    ``path`` names the file (or folder) at fault so the message points at it.
+    """
+
+    def __init__(self, path: object, problem: str, *, hint: str | None = None) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}", hint=hint)
+
+
+class ConvertError(BundleError):
+    """A Hugging Face model folder cannot be converted into a bundle."""
+
+
+class TokenizerError(ZerostartError):
+    """Tokenizer files are unusable or an input cannot be tokenised."""
+
+
+class EngineError(ZerostartError):
+    """The inference engine cannot run this model or these inputs."""
+
+
+class InputError(ZerostartError):
+    """A request's input is invalid; the server maps it to an HTTP 4xx.
+
+    ``status`` is the HTTP status the server answers with (400, 413, 422, ...).
+    """
+
+    def __init__(self, message: str, *, status: int = 422, error_type: str = "Validation") -> None:
+        self.status = status
+        self.error_type = error_type
+        super().__init__(message)
+
+
+class ServeError(ZerostartError):
+    """The server cannot start (port in use, bad bundle, ...)."""

@@ -1,0 +1,180 @@
+"""The bundle manifest: everything the worker needs to know about a model.
+
+A bundle is a folder::
+
+    manifest.json          this file's schema (format_version 1)
+    weights.safetensors    every tensor in engine layout, 64-byte aligned, one file
+    vocab.txt              WordPiece vocabulary, one token per line
+
+The manifest is the only JSON the worker parses before serving, and it records
+the sha256 of every other file so a tampered bundle is refused.
+
+Runtime module: imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from zerostart.errors import BundleError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+WEIGHTS_NAME = "weights.safetensors"
+VOCAB_NAME = "vocab.txt"
+
+ARCHITECTURES = ("bert", "distilbert")
+TASKS = ("sequence-classification", "token-classification", "embeddings")
+DTYPES = ("float32", "float16")
+DEVICES = ("cpu", "cuda")
+POOLING_MODES = ("cls", "mean")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of the encoder, normalised across BERT and DistilBERT."""
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    max_position_embeddings: int
+    type_vocab_size: int  # 0 for DistilBERT (no token type embeddings)
+    layer_norm_eps: float
+    hidden_act: str  # "gelu" (erf) or "gelu_new"/"gelu_pytorch_tanh" (tanh approximation)
+    pad_token_id: int = 0
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """What BERT's basic + WordPiece tokenisation needs; mirrors tokenizer.json."""
+
+    lowercase: bool = True
+    strip_accents: bool | None = None  # None: follow ``lowercase`` (Hugging Face's rule)
+    handle_chinese_chars: bool = True
+    clean_text: bool = True
+    unk_token: str = "[UNK]"
+    cls_token: str = "[CLS]"
+    sep_token: str = "[SEP]"
+    pad_token: str = "[PAD]"
+    mask_token: str = "[MASK]"
+    continuing_subword_prefix: str = "##"
+    max_input_chars_per_word: int = 100
+
+
+@dataclass(frozen=True)
+class Pooling:
+    mode: str = "cls"  # "cls" or "mean"
+    normalize: bool = False  # default for /embed when the request does not say
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    architecture: str
+    task: str
+    config: ModelConfig
+    tokenizer: TokenizerSettings
+    max_length: int
+    dtype: str = "float32"
+    device: str = "cpu"
+    labels: tuple[str, ...] = ()  # index -> label name; empty for embeddings
+    problem_type: str = "single_label_classification"
+    pooling: Pooling = field(default_factory=Pooling)
+    files: dict[str, FileEntry] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # provenance: folder, model name, licence
+    format_version: int = FORMAT_VERSION
+
+    def with_files(self, files: dict[str, FileEntry]) -> Manifest:
+        return replace(self, files=dict(files))
+
+    # -- (de)serialisation -------------------------------------------------
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["labels"] = list(self.labels)
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, path: object = MANIFEST_NAME) -> Manifest:
+        try:
+            version = int(data["format_version"])
+            if version != FORMAT_VERSION:
+                raise BundleError(
+                    path,
+                    f"bundle format version {version} is not supported (this zerostart reads {FORMAT_VERSION})",
+                    hint="re-run `zerostart convert` with this version of zerostart",
+                )
+            m = cls(
+                architecture=str(data["architecture"]),
+                task=str(data["task"]),
+                config=ModelConfig(**data["config"]),
+                tokenizer=TokenizerSettings(**data["tokenizer"]),
+                max_length=int(data["max_length"]),
+                dtype=str(data.get("dtype", "float32")),
+                device=str(data.get("device", "cpu")),
+                labels=tuple(str(x) for x in data.get("labels", ())),
+                problem_type=str(data.get("problem_type", "single_label_classification")),
+                pooling=Pooling(**data.get("pooling", {})),
+                files={k: FileEntry(**v) for k, v in data.get("files", {}).items()},
+                source=dict(data.get("source", {})),
+                format_version=version,
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(path, f"manifest is malformed: {exc!r}") from exc
+        m.validate(path)
+        return m
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path) -> Manifest:
+        path = Path(bundle_dir) / MANIFEST_NAME
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise BundleError(
+                path, "no manifest: this folder is not a zerostart bundle",
+                hint="create one with `zerostart convert <hf-model-folder> <bundle-dir>`",
+            ) from exc
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(path, f"manifest is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise BundleError(path, "manifest must be a JSON object")
+        return cls.from_dict(data, path=path)
+
+    def validate(self, path: object = MANIFEST_NAME) -> None:
+        def bad(problem: str) -> BundleError:
+            return BundleError(path, problem)
+
+        if self.architecture not in ARCHITECTURES:
+            raise bad(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
+        if self.task not in TASKS:
+            raise bad(f"task {self.task!r} is not one of {TASKS}")
+        if self.dtype not in DTYPES:
+            raise bad(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.device not in DEVICES:
+            raise bad(f"device {self.device!r} is not one of {DEVICES}")
+        if self.pooling.mode not in POOLING_MODES:
+            raise bad(f"pooling mode {self.pooling.mode!r} is not one of {POOLING_MODES}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise bad(f"problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
+        if self.task != "embeddings" and not self.labels:
+            raise bad(f"task {self.task} needs labels")
+        if self.config.hidden_size % self.config.num_heads:
+            raise bad("hidden_size is not a multiple of num_heads")
+        if not 2 < self.max_length <= self.config.max_position_embeddings:
+            raise bad(
+                f"max_length {self.max_length} must be in 3..{self.config.max_position_embeddings}"
+            )
