@@ -77,6 +77,9 @@ class Pooling:
 class FileEntry:
     sha256: str
     size: int
+    # safetensors files only: sha256 of the 8-byte length + JSON header, which is
+    # what ``Bundle.open(verify="fast")`` checks instead of hashing the whole file.
+    header_sha256: str = ""
 
 
 @dataclass(frozen=True)

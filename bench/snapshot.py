@@ -1,0 +1,140 @@
+"""Boot vs restore from a snapshot, exec -> first correct answer, on CPU.
+
+    python bench/snapshot.py [--runs 5] [--model models/minilm-embed] [--out bench/results/snapshot_cpu.json]
+
+For (a) the zerostart worker and (b) the PyTorch + transformers anchor server
+on the same model: boot N times (median), snapshot once after a warm-up
+request, restore N times (median; the clock starts before the restore call,
+which includes the manifest/digest/host checks, and stops when the first
+/embed answer has been read and checked against the booted answer). Also the
+snapshot's size and time to take it, the cost of the fast and the full digest
+check, and what compressing the page images would save and cost.
+Needs root and CRIU (scripts/install_criu.sh).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zerostart.benchmark import free_port, machine_description, summarize, time_cold_start
+from zerostart.snapshot import Warmup, check, restore, snapshot
+from zerostart.snapshot._criu import version as criu_version
+from zerostart.snapshot._process import http_request
+
+REPO = Path(__file__).resolve().parents[1]
+TEXT = {"inputs": "My name is Clara Schmidt and I live at 12 Rue de Rivoli in Paris; I love this film."}
+ATOL = 1e-5
+
+
+def _is_embedding(answer: Any) -> bool:
+    return isinstance(answer, list) and len(answer) == 1 and len(answer[0]) > 8
+
+
+def _bench_one(label: str, make_cmd: Any, runs: int, store: Path, env: dict[str, str]) -> dict[str, Any]:
+    print(f"== {label}", flush=True)
+    boots, reference = [], None
+    for i in range(runs):
+        port = free_port()
+        seconds, answer, _ = time_cold_start(make_cmd(port), port, "/embed", TEXT, _is_embedding, env=env, timeout_s=300)
+        boots.append(seconds)
+        reference = reference if reference is not None else np.array(answer)
+        print(f"  boot {i + 1}/{runs}: {seconds * 1e3:.0f} ms", flush=True)
+    port = free_port()
+    taken = snapshot(label, make_cmd(port), warmup=Warmup("/embed", TEXT), store=store, env=env, ready_timeout_s=300)
+    print(f"  snapshot: {taken.size_bytes / 1e6:.1f} MB in {taken.timings_s['total']:.2f} s "
+          f"(dump {taken.timings_s['criu_dump']:.2f} s)", flush=True)
+    restores, phases = [], []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        result = restore(label, store=store, fallback=False)
+        status, body = http_request(f"http://127.0.0.1:{port}/embed", "POST", TEXT)
+        elapsed = time.perf_counter() - t0
+        result.stop()
+        answer = np.array(json.loads(body))
+        if status != 200 or not np.allclose(answer, reference, atol=ATOL):
+            raise SystemExit(f"{label}: restored answer differs from the booted one (HTTP {status})")
+        restores.append(elapsed)
+        phases.append(result.timings_s)
+        print(f"  restore {i + 1}/{runs}: {elapsed * 1e3:.0f} ms {result.timings_s}", flush=True)
+    fast, full = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        check(label, store=store)
+        fast.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        check(label, store=store, full=True)
+        full.append(time.perf_counter() - t0)
+    boot_s, restore_s = summarize(boots), summarize(restores)
+    return {
+        "boot_s": boot_s,
+        "restore_s": restore_s,
+        "speedup": boot_s["median"] / restore_s["median"],
+        "restore_phases_s": phases[len(phases) // 2],
+        "snapshot_bytes": taken.size_bytes,
+        "snapshot_take_s": taken.timings_s,
+        "mapped_files": len(taken.manifest.mapped_files),
+        "mapped_bytes": sum(f.size for f in taken.manifest.mapped_files),
+        "check_fast_s": min(fast),
+        "check_full_s": min(full),
+        "compression": _compression(taken.path / "images"),
+    }
+
+
+def _compression(images: Path) -> dict[str, float]:
+    """zlib level 1 over the page images: how much smaller, and what inflating costs at restore."""
+    raw = b"".join(p.read_bytes() for p in sorted(images.glob("pages-*.img")))
+    t0 = time.perf_counter()
+    packed = zlib.compress(raw, 1)
+    pack_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    zlib.decompress(packed)
+    unpack_s = time.perf_counter() - t0
+    return {"pages_bytes": len(raw), "zlib1_bytes": len(packed), "ratio": len(raw) / max(len(packed), 1),
+            "compress_s": pack_s, "decompress_s": unpack_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--model", default=str(REPO / "models" / "minilm-embed"))
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "snapshot_cpu.json"))
+    ap.add_argument("--skip-torch", action="store_true")
+    args = ap.parse_args()
+    from zerostart.model.convert import convert
+
+    work = Path(tempfile.mkdtemp(prefix="zs-snapbench-", dir=REPO / ".cache" if (REPO / ".cache").exists() else None))
+    bundle = work / "bundle"
+    convert(args.model, bundle)
+    store = work / "store"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    results: dict[str, Any] = {"machine": machine_description(), "criu": criu_version(), "runs": args.runs,
+                               "model": Path(args.model).name, "request": TEXT}
+    results["zerostart_cpu"] = _bench_one(
+        "zerostart", lambda p: [sys.executable, "-m", "zerostart.serve", str(bundle), "--port", str(p)],
+        args.runs, store, env)
+    if not args.skip_torch:
+        results["torch_cpu"] = _bench_one(
+            "torch", lambda p: [sys.executable, str(REPO / "bench" / "anchors" / "torch_server.py"), args.model,
+                                "--port", str(p)], args.runs, store, env)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    for key in ("zerostart_cpu", "torch_cpu"):
+        if key in results:
+            r = results[key]
+            print(f"{key}: boot {r['boot_s']['median'] * 1e3:.0f} ms, restore {r['restore_s']['median'] * 1e3:.0f} ms "
+                  f"(x{r['speedup']:.1f}), snapshot {r['snapshot_bytes'] / 1e6:.0f} MB")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

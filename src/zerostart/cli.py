@@ -1,0 +1,220 @@
+"""The `zerostart` command line.
+
+Each subcommand imports what it needs when it runs, so `zerostart --help` is
+instant and `zerostart serve` pays for nothing but the worker. Library code
+raises typed errors; this module alone decides how they are shown: one line
+naming the problem and the fix, a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from zerostart import __version__
+from zerostart.errors import ZerostartError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    WIDTH_CHARS = 28
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._last_step = ""
+        self._t0 = time.perf_counter()
+
+    def __call__(self, step: str, fraction: float) -> None:
+        fraction = min(max(fraction, 0.0), 1.0)
+        elapsed = time.perf_counter() - self._t0
+        if self.tty:
+            filled = int(fraction * self.WIDTH_CHARS)
+            bar = "#" * filled + "-" * (self.WIDTH_CHARS - filled)
+            self.stream.write(f"\r[{bar}] {fraction * 100:5.1f}% {elapsed:6.1f}s {step[:50]:<50}")
+            if fraction >= 1.0:
+                self.stream.write("\n")
+        elif step != self._last_step:
+            self.stream.write(f"  {elapsed:6.2f}s  {step}\n")
+        self._last_step = step
+        self.stream.flush()
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from zerostart.model.convert import convert
+
+    t0 = time.perf_counter()
+    manifest = convert(
+        args.src,
+        args.dst,
+        device=args.device,
+        task=args.task,
+        max_length=args.max_length,
+        progress=None if args.quiet else Progress(),
+    )
+    weights = manifest.files.get("weights.safetensors")
+    size_mb = weights.size / 1e6 if weights else 0.0
+    print(
+        f"converted {args.src} -> {args.dst} in {time.perf_counter() - t0:.1f}s: "
+        f"{manifest.architecture} {manifest.task}, {len(manifest.labels)} labels, "
+        f"{manifest.dtype} weights {size_mb:.1f} MB, max_length {manifest.max_length}"
+    )
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from zerostart.model.bundle import Bundle
+
+    t0 = time.perf_counter()
+    bundle = Bundle.open(args.bundle, verify="full" if args.verify else "fast")
+    elapsed = time.perf_counter() - t0
+    m = bundle.manifest
+    if args.json:
+        print(m.to_json(), end="")
+        return 0
+    cfg = m.config
+    print(f"bundle      {bundle.path}")
+    print(f"model       {m.architecture} · {m.task} · {m.dtype} · device {m.device}")
+    print(
+        f"shape       {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads, "
+        f"FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}"
+    )
+    print(f"max length  {m.max_length} tokens")
+    if m.labels:
+        shown = ", ".join(m.labels[:8]) + (f", … ({len(m.labels)} in all)" if len(m.labels) > 8 else "")
+        print(f"labels      {shown}")
+    if m.task == "embeddings":
+        print(f"pooling     {m.pooling.mode}, normalize by default: {m.pooling.normalize}")
+    if m.task == "sequence-classification":
+        print(f"problem     {m.problem_type}")
+    for name, entry in sorted(m.files.items()):
+        print(f"file        {name:<22} {entry.size / 1e6:9.2f} MB  sha256 {entry.sha256[:16]}…")
+    what = "every file's sha256 verified" if args.verify else "sizes and small files verified"
+    print(f"check       {what} in {elapsed * 1e3:.1f} ms")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from zerostart.benchmark import run_bench
+
+    result = run_bench(
+        args.bundle,
+        cold_runs=args.cold_runs,
+        warm_iters=args.iters,
+        seq_len=args.seq_len,
+        batch=args.batch,
+        progress=Progress(),
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="zerostart",
+        description=(
+            "Serve BERT-family models (classification, token classification, embeddings) "
+            "from zero replicas to a first answer in well under a second."
+        ),
+        epilog="Run `zerostart COMMAND --help` for a command's options.",
+    )
+    p.add_argument("--version", action="version", version=f"zerostart {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser(
+        "convert",
+        help="turn a Hugging Face model folder into a zerostart bundle",
+        description=(
+            "Read a Hugging Face model folder (config.json, tokenizer files, model.safetensors "
+            "or pytorch_model.bin) and write a bundle: manifest, weights in engine layout "
+            "(one aligned safetensors file the worker maps with mmap) and vocabulary."
+        ),
+    )
+    c.add_argument("src", help="Hugging Face model folder")
+    c.add_argument("dst", help="bundle folder to create (must not exist, or be a bundle)")
+    c.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cpu: fp32; cuda: fp16")
+    c.add_argument(
+        "--task",
+        choices=["sequence-classification", "token-classification", "embeddings"],
+        help="override the task inferred from config.json's architectures",
+    )
+    c.add_argument("--max-length", type=int, help="longest input in tokens (default: the model's)")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    c.set_defaults(func=_cmd_convert)
+
+    sub.add_parser(
+        "serve",
+        help="run the HTTP inference worker for a bundle (`zerostart serve --help`)",
+        add_help=False,
+    )
+
+    i = sub.add_parser("info", help="describe a bundle and check its files")
+    i.add_argument("bundle")
+    i.add_argument("--verify", action="store_true", help="check every file's sha256")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=_cmd_info)
+
+    b = sub.add_parser(
+        "bench",
+        help="measure cold start, warm latency and throughput of a bundle",
+        description=(
+            "Cold start (process exec -> first correct HTTP answer, with the worker's own "
+            "phase breakdown), warm latency and throughput of the engine on this machine. "
+            "Comparisons with PyTorch and ONNX Runtime live in the repository's bench/ folder."
+        ),
+    )
+    b.add_argument("bundle")
+    b.add_argument("--cold-runs", type=int, default=5, help="cold starts to time (default 5)")
+    b.add_argument("--iters", type=int, default=20, help="warm iterations (default 20)")
+    b.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128)")
+    b.add_argument("--batch", type=int, default=32, help="throughput batch size (default 32)")
+    b.add_argument("--json", help="also write the result to this JSON file")
+    b.set_defaults(func=_cmd_bench)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        # The worker parses its own options: one definition for `zerostart serve` and
+        # `python -m zerostart.serve` (the image entrypoint), and no CLI imports on its path.
+        from zerostart.serve.__main__ import main as serve_main
+
+        return serve_main(argv[1:], prog="zerostart serve")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except ZerostartError as exc:
+        if args.debug:
+            raise
+        print(f"zerostart {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"zerostart {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"zerostart {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

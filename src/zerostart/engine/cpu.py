@@ -1,0 +1,232 @@
+"""The CPU engine: a BERT / DistilBERT forward pass in numpy, float32.
+
+Theory of operation. The weights arrive in the engine layout (see
+``zerostart.engine.layout``): every linear layer is ``x @ W + b`` with ``W``
+stored ``[in, out]``, and Q, K, V are one fused ``[H, 3H]`` matrix whose query
+block is pre-scaled by ``1/sqrt(head_dim)``. Activations are kept as one 2-D
+``[B*T, H]`` array so each projection is a single BLAS call; attention
+reshapes the fused QKV output into strided ``[B, heads, T, d]`` views (no copy)
+and lets ``np.matmul`` batch over batch and heads. Elementwise work runs in
+place (see ``ops``). Both architectures are post-LN encoders and differ only
+in their embeddings (token types or not) and their sequence-classification
+head (BERT: tanh pooler; DistilBERT: pre_classifier + ReLU), so one class runs
+both. Matches Hugging Face transformers (eager attention) to ~1e-5.
+
+Runtime module: numpy only. Nothing global is set at import; BLAS threading
+is whatever the process was started with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from zerostart.engine import ops
+from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix, tensor_shapes
+from zerostart.errors import EngineError
+from zerostart.model.manifest import Manifest
+
+# Hugging Face adds finfo(dtype).min to the scores of padding keys; so do we, so
+# that a fully padded row (impossible with [CLS], but still) behaves the same.
+MASK_VALUE = float(np.finfo(np.float32).min)
+
+
+class _Layer(NamedTuple):
+    qkv_w: np.ndarray
+    qkv_b: np.ndarray
+    out_w: np.ndarray
+    out_b: np.ndarray
+    attn_norm_w: np.ndarray
+    attn_norm_b: np.ndarray
+    up_w: np.ndarray
+    up_b: np.ndarray
+    down_w: np.ndarray
+    down_b: np.ndarray
+    ffn_norm_w: np.ndarray
+    ffn_norm_b: np.ndarray
+
+
+_LAYER_TENSORS = (
+    "attn.qkv.weight",
+    "attn.qkv.bias",
+    "attn.out.weight",
+    "attn.out.bias",
+    "attn.norm.weight",
+    "attn.norm.bias",
+    "ffn.up.weight",
+    "ffn.up.bias",
+    "ffn.down.weight",
+    "ffn.down.bias",
+    "ffn.norm.weight",
+    "ffn.norm.bias",
+)
+
+
+def _activation(name: str) -> Callable[[np.ndarray], None]:
+    if name in GELU_ERF_ACTS:
+        return ops.gelu_erf_
+    if name in GELU_TANH_ACTS:
+        return ops.gelu_tanh_
+    if name == "relu":
+        return ops.relu_
+    raise EngineError(f"hidden_act {name!r} is not supported by the CPU engine")
+
+
+class CpuEngine:
+    """Runs one bundle's encoder and task head on the CPU.
+
+    Holds references to the (memory-mapped) weights and nothing else, so
+    constructing it costs microseconds and touches no weight pages.
+    """
+
+    def __init__(self, manifest: Manifest, weights: Mapping[str, np.ndarray]) -> None:
+        if manifest.dtype != "float32":
+            raise EngineError(
+                f"the CPU engine computes in float32 but this bundle holds {manifest.dtype} weights",
+                hint="convert the model again with `zerostart convert --device cpu`",
+            )
+        w: dict[str, np.ndarray] = {}
+        for name, shape in tensor_shapes(manifest).items():
+            if name not in weights:
+                raise EngineError(
+                    f"weights have no tensor {name!r}", hint="re-run zerostart convert"
+                )
+            arr = weights[name]
+            if arr.shape != shape or arr.dtype != np.float32:
+                raise EngineError(
+                    f"tensor {name!r} is {arr.dtype}{list(arr.shape)}, expected float32{list(shape)}",
+                    hint="re-run zerostart convert",
+                )
+            w[name] = arr
+        c = manifest.config
+        self.manifest = manifest
+        self._task = manifest.task
+        self._hidden = c.hidden_size
+        self._heads = c.num_heads
+        self._eps = c.layer_norm_eps
+        self._act = _activation(c.hidden_act)
+        self._word = w["embed.word"]
+        self._position = w["embed.position"]
+        self._token_type = w.get("embed.token_type")
+        self._embed_norm = (w["embed.norm.weight"], w["embed.norm.bias"])
+        self._layers = [
+            _Layer(*(w[layer_prefix(i) + t] for t in _LAYER_TENSORS)) for i in range(c.num_layers)
+        ]
+        pre = "head.pooler" if manifest.architecture == "bert" else "head.pre_classifier"
+        self._pre = (w[pre + ".weight"], w[pre + ".bias"]) if pre + ".weight" in w else None
+        cls = "head.classifier"
+        self._classifier = (w[cls + ".weight"], w[cls + ".bias"]) if cls + ".weight" in w else None
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        token_type_ids: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """input_ids/attention_mask/token_type_ids: int [B, T] (right-padded). Returns float32:
+        sequence-classification -> logits [B, num_labels]; token-classification -> logits
+        [B, T, num_labels]; embeddings -> last_hidden_state [B, T, H]."""
+        ids, mask, types = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        b, t = ids.shape
+        x = self._embed(ids, types)
+        # [B, 1, 1, T]: 0 for real tokens, finfo.min for padding keys.
+        bias = np.where(mask[:, None, None, :] != 0, np.float32(0), np.float32(MASK_VALUE))
+        for layer in self._layers:
+            x = self._layer(x, bias, b, t, layer)
+        return self._head(x, b, t)
+
+    # -- pieces --------------------------------------------------------------
+    def _embed(self, ids: np.ndarray, types: np.ndarray | None) -> np.ndarray:
+        b, t = ids.shape
+        x = self._word.take(ids.reshape(-1), axis=0)  # [B*T, H], a fresh array
+        x3 = x.reshape(b, t, self._hidden)
+        x3 += self._position[:t]
+        if self._token_type is not None:
+            if types is None:
+                x3 += self._token_type[0]
+            else:
+                x += self._token_type.take(types.reshape(-1), axis=0)
+        ops.layer_norm_(x, *self._embed_norm, self._eps)
+        return x
+
+    def _layer(self, x: np.ndarray, bias: np.ndarray, b: int, t: int, p: _Layer) -> np.ndarray:
+        h, nh = self._hidden, self._heads
+        d = h // nh
+        qkv = x @ p.qkv_w
+        qkv += p.qkv_b
+        qkv5 = qkv.reshape(b, t, 3, nh, d)
+        q = qkv5[:, :, 0].transpose(0, 2, 1, 3)  # [B, nh, T, d], strided view
+        k_t = qkv5[:, :, 1].transpose(0, 2, 3, 1)  # [B, nh, d, T]
+        v = qkv5[:, :, 2].transpose(0, 2, 1, 3)
+        scores = np.matmul(q, k_t)  # [B, nh, T, T]; q was pre-scaled at convert time
+        scores += bias
+        ops.softmax_(scores)
+        ctx = np.matmul(scores, v)  # [B, nh, T, d]
+        ctx2 = ctx.transpose(0, 2, 1, 3).reshape(b * t, h)  # one copy into [B*T, H]
+        a = ctx2 @ p.out_w
+        a += p.out_b
+        a += x
+        ops.layer_norm_(a, p.attn_norm_w, p.attn_norm_b, self._eps)
+        f = a @ p.up_w
+        f += p.up_b
+        self._act(f)
+        out = f @ p.down_w
+        out += p.down_b
+        out += a
+        ops.layer_norm_(out, p.ffn_norm_w, p.ffn_norm_b, self._eps)
+        return out
+
+    def _head(self, x: np.ndarray, b: int, t: int) -> np.ndarray:
+        if self._task == "embeddings":
+            return x.reshape(b, t, self._hidden)
+        assert self._classifier is not None
+        cls_w, cls_b = self._classifier
+        if self._task == "token-classification":
+            logits = x @ cls_w
+            logits += cls_b
+            return logits.reshape(b, t, -1)
+        assert self._pre is not None
+        pooled = x.reshape(b, t, self._hidden)[:, 0] @ self._pre[0]
+        pooled += self._pre[1]
+        if self.manifest.architecture == "bert":
+            np.tanh(pooled, out=pooled)
+        else:
+            ops.relu_(pooled)
+        logits = pooled @ cls_w
+        logits += cls_b
+        return logits
+
+    def _check_inputs(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        ids = np.asarray(input_ids)
+        mask = np.asarray(attention_mask)
+        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise EngineError(
+                f"input_ids must be [batch, seq] with both > 0, got shape {ids.shape}"
+            )
+        if mask.shape != ids.shape:
+            raise EngineError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+        if ids.dtype.kind not in "iu" or mask.dtype.kind not in "iub":
+            raise EngineError("input_ids and attention_mask must be integer arrays")
+        c = self.manifest.config
+        if ids.shape[1] > c.max_position_embeddings:
+            raise EngineError(
+                f"sequence length {ids.shape[1]} exceeds the model's {c.max_position_embeddings} positions"
+            )
+        if ids.min() < 0 or ids.max() >= c.vocab_size:
+            raise EngineError(f"input_ids must be in [0, {c.vocab_size})")
+        types = None
+        if token_type_ids is not None:
+            types = np.asarray(token_type_ids)
+            if types.shape != ids.shape or types.dtype.kind not in "iu":
+                raise EngineError(f"token_type_ids must be integer with shape {ids.shape}")
+            if self._token_type is None:
+                if types.any():
+                    raise EngineError(f"{self.manifest.architecture} has no token type embeddings")
+                types = None
+            elif types.min() < 0 or types.max() >= c.type_vocab_size:
+                raise EngineError(f"token_type_ids must be in [0, {c.type_vocab_size})")
+        return ids, mask, types

@@ -1,0 +1,240 @@
+"""``zerostart build``: trace the worker, close over what it touched, write the image.
+
+The image is three layers, least often changed first, so that a registry and a
+node's cache share the big ones between models and releases:
+
+    runtime      libc, the interpreter, the stdlib subset, numpy and its BLAS, ...
+    application  the zerostart modules the worker imported (+ their pycs)
+    model        the bundle, as /model
+
+It runs as user 65532 with a read-only root in mind (no writes outside /tmp,
+no pyc writes: ``PYTHONDONTWRITEBYTECODE=1``; pycs ship in the image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zerostart
+from zerostart.image.closure import APPLICATION, MODEL, MODEL_DIR, RUNTIME, Closure, build_closure
+from zerostart.image.errors import ImageError
+from zerostart.image.layers import Entry, LayerBlob, layer_entries, write_layer
+from zerostart.image.oci import ImageConfig, WrittenImage, write_docker_archive, write_oci_layout
+from zerostart.image.trace import Trace, trace_worker
+from zerostart.model.manifest import Manifest
+
+SOURCE_URL = "https://github.com/zerostart/zerostart"
+CONTAINER_PORT = 8080
+NONROOT_UID = 65532  # distroless' "nonroot": no collision with host users, not root
+from zerostart.image.inspect import TRACE_NAME  # noqa: E402
+FORMATS = ("oci", "docker-archive")
+PASSWD = f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}:nonroot:/tmp:/sbin/nologin\n"
+GROUP = f"root:x:0:\nnonroot:x:{NONROOT_UID}:\n"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to build; the defaults make the CPU image a user wants."""
+
+    device: str | None = None  # None: the bundle's own device
+    arch: str | None = None  # GPU architecture the image targets (sm_86): a label, for the scheduler
+    format: str = "oci"
+    compression: str = "gzip"
+    tag: str = "latest"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    strip_debug: bool = True
+    python: str = sys.executable  # the build environment whose files the image takes
+    worker_module: str = "zerostart.serve"  # the server the image runs (python -m MODULE /model)
+    cache_dir: str = field(default_factory=lambda: str(Path.home() / ".cache" / "zerostart"))
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: WrittenImage
+    trace_path: str
+    closure: Closure
+    layers: tuple[LayerBlob, ...]
+
+
+def app_package_dir() -> str:
+    """The zerostart package folder this build takes the application layer from."""
+    return os.path.dirname(os.path.realpath(zerostart.__file__))
+
+
+def trace_path_for(out: str | os.PathLike[str], fmt: str) -> Path:
+    return Path(out) / TRACE_NAME if fmt == "oci" else Path(f"{out}.trace.json")
+
+
+def build_image(
+    bundle: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    options: BuildOptions = BuildOptions(),
+    *,
+    progress: Callable[[str, float], None] | None = None,
+) -> BuildResult:
+    """Build an image of ``bundle`` at ``out`` (an OCI layout folder or a docker-archive tar)."""
+    if options.format not in FORMATS:
+        raise ImageError(f"unknown output format {options.format!r}; choose from {FORMATS}")
+
+    def step(name: str, fraction: float) -> None:
+        if progress is not None:
+            progress(name, fraction)
+
+    manifest = Manifest.load(bundle)
+    device = options.device or manifest.device
+    step("tracing the worker", 0.0)
+    trace = trace_worker(
+        bundle,
+        manifest.task,
+        python=options.python,
+        module=options.worker_module,
+        pythonpath=[os.path.dirname(app_package_dir())],
+    )
+    step("computing the closure", 0.3)
+    closure = build_closure(
+        trace,
+        app_package_dir(),
+        include=options.include,
+        exclude=options.exclude,
+        exclude_driver_libraries=True,
+        strip_debug=options.strip_debug,
+    )
+    cfg = image_config(closure, manifest, device, options, bundle)
+    with tempfile.TemporaryDirectory(prefix="zerostart-build-") as work:
+        blob_dir = Path(out) / "blobs" / "sha256" if options.format == "oci" else Path(work) / "blobs"
+        layers = _write_layers(bundle, closure, blob_dir, Path(work), options, step)
+        step("writing the image", 0.95)
+        if options.format == "oci":
+            image = write_oci_layout(out, cfg, list(layers), annotations(cfg), tag=options.tag)
+        else:
+            name = Path(str(out)).name.removesuffix(".tar") or "image"
+            image = write_docker_archive(
+                out, cfg, list(layers), repo_tag=f"zerostart/{name}:{options.tag}"
+            )
+    trace_file = trace_path_for(out, options.format)
+    trace_file.write_text(json.dumps(trace_document(trace, closure, layers), indent=1, sort_keys=True) + "\n")
+    step("done", 1.0)
+    return BuildResult(image, str(trace_file), closure, layers)
+
+
+def _write_layers(
+    bundle: str | os.PathLike[str],
+    closure: Closure,
+    blob_dir: Path,
+    work: Path,
+    options: BuildOptions,
+    step: Callable[[str, float], None],
+) -> tuple[LayerBlob, ...]:
+    cache = Path(options.cache_dir) / "strip"
+    files = closure.files.values()
+    runtime = layer_entries(
+        [f for f in files if f.layer == RUNTIME],
+        python=options.python,
+        cache_tag=closure.cache_tag,
+        work_dir=work / "runtime",
+        cache_dir=cache,
+    )
+    runtime += [
+        Entry("/etc/passwd", "file", data=PASSWD.encode()),
+        Entry("/etc/group", "file", data=GROUP.encode()),
+        Entry("/tmp", "dir", mode=0o1777),
+    ]
+    app = layer_entries(
+        [f for f in files if f.layer == APPLICATION],
+        python=options.python,
+        cache_tag=closure.cache_tag,
+        work_dir=work / "app",
+        cache_dir=cache,
+    )
+    model = [
+        Entry(f"{MODEL_DIR}/{p.relative_to(bundle).as_posix()}", "file", source=str(p))
+        for p in sorted(Path(bundle).rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    ]
+    blobs = []
+    for i, (name, entries) in enumerate(((RUNTIME, runtime), (APPLICATION, app), (MODEL, model))):
+        step(f"writing the {name} layer", 0.4 + 0.18 * i)
+        blobs.append(write_layer(name, entries, blob_dir, compression=options.compression))
+    return tuple(blobs)
+
+
+def image_config(
+    closure: Closure, manifest: Manifest, device: str, options: BuildOptions, bundle: str | os.PathLike[str]
+) -> ImageConfig:
+    """Entrypoint, user, env and labels of the image."""
+    env = [
+        "PATH=/usr/local/bin:/usr/bin:/bin",
+        "PYTHONHOME=/usr/local",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONNOUSERSITE=1",
+        "PYTHONUNBUFFERED=1",
+        "LANG=C.UTF-8",
+    ]
+    if closure.library_path:
+        env.append("LD_LIBRARY_PATH=" + ":".join(closure.library_path))
+    if device == "cuda":
+        env += ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute"]
+    model_name = str(manifest.source.get("model") or manifest.source.get("name") or Path(bundle).resolve().name)
+    labels = {
+        "org.opencontainers.image.source": SOURCE_URL,
+        "org.opencontainers.image.title": f"zerostart {model_name} ({manifest.task}, {device})",
+        "org.opencontainers.image.version": zerostart.__version__,
+        "zerostart.model": model_name,
+        "zerostart.task": manifest.task,
+        "zerostart.devices": device,
+    }
+    if options.arch:
+        labels["zerostart.arch"] = options.arch
+    return ImageConfig(
+        entrypoint=(closure.interpreter, "-m", options.worker_module, MODEL_DIR),
+        cmd=("--host", "0.0.0.0", "--port", str(CONTAINER_PORT)),
+        env=tuple(env),
+        user=f"{NONROOT_UID}:{NONROOT_UID}",
+        exposed_ports=(f"{CONTAINER_PORT}/tcp",),
+        labels=tuple(sorted(labels.items())),
+    )
+
+
+def annotations(cfg: ImageConfig) -> dict[str, str]:
+    """Manifest annotations: the same keys as the labels (registries show these)."""
+    return dict(cfg.labels)
+
+
+def trace_document(trace: Trace, closure: Closure, layers: Sequence[LayerBlob]) -> dict[str, Any]:
+    """The reviewable record saved next to the image: the raw trace and every file's reason."""
+    return {
+        "trace": trace.to_dict(),
+        "files": [
+            {
+                "path": f.dest,
+                "layer": f.layer,
+                "source": f.source,
+                "link": f.link_target,
+                "reason": f.reason,
+                "size": os.path.getsize(f.source) if f.source else 0,
+            }
+            for f in sorted(closure.files.values(), key=lambda f: f.dest)
+        ],
+        "excluded": [{"path": p, "why": w} for p, w in sorted(closure.excluded.items())],
+        "library_path": closure.library_path,
+        "layers": [
+            {
+                "name": la.name,
+                "digest": la.digest,
+                "diff_id": la.diff_id,
+                "media_type": la.media_type,
+                "size": la.size,
+                "uncompressed_size": la.uncompressed_size,
+                "file_count": la.file_count,
+            }
+            for la in layers
+        ],
+    }

@@ -1,0 +1,260 @@
+"""Safetensors files, written aligned and read as zero-copy memory maps.
+
+Why our own reader and writer rather than the ``safetensors`` package: the
+worker's cold-start path may import only the standard library and numpy, and
+mapping a file is a few dozen lines. The format (https://huggingface.co/docs/safetensors)::
+
+    u64 little-endian N | N bytes of JSON header | data
+
+The header maps each tensor name to ``{"dtype", "shape", "data_offsets": [begin, end]}``
+with offsets relative to the start of the data section, plus an optional
+``"__metadata__"`` object of string to string.
+
+What we add on the write side: the header is padded with spaces so the data
+starts on a 64-byte boundary, and every tensor starts on a 64-byte boundary too
+(cache-line and SIMD friendly, and what a GPU copy wants). The safetensors
+library insists the tensors tile the data section with no gaps, so the gaps
+are filled by small ``uint8`` tensors named ``__pad__.<n>``; readers of
+this module never see them.
+
+Runtime module: standard library + numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import struct
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from zerostart.errors import BundleError
+
+ALIGN_BYTES = 64  # a cache line, and a multiple of every SIMD width numpy/BLAS use
+PAD_PREFIX = "__pad__."
+HEADER_MAX_BYTES = 100 * 1024 * 1024  # the safetensors library's own limit
+_LEN_BYTES = 8
+
+# safetensors dtype -> numpy dtype (little-endian). BF16 has no numpy dtype: it is
+# mapped as raw uint16 and widened by whoever needs it (convert does).
+NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+BUNDLE_DTYPES = ("F32", "F16")  # what a bundle may hold: the engines compute in these
+_WRITE_DTYPES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16"}
+
+
+class Weights(Mapping[str, np.ndarray]):
+    """Read-only tensors of one safetensors file, all views into one memory map.
+
+    Nothing is copied: pages are read from disk (or the page cache) when a
+    tensor is first touched, which is what makes a cold start cheap.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        buffer: mmap.mmap | None,
+        tensors: dict[str, np.ndarray],
+        dtypes: dict[str, str],
+        metadata: dict[str, str],
+        header_size: int,
+    ) -> None:
+        self.path = path
+        self.buffer = buffer  # kept alive for as long as the views are
+        self._tensors = tensors
+        self.dtypes = dtypes  # safetensors dtype string per tensor ("F32", "BF16", ...)
+        self.metadata = metadata
+        self.header_size = header_size  # 8 + JSON header bytes (incl. padding)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._tensors[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __repr__(self) -> str:
+        return f"Weights({str(self.path)!r}, {len(self)} tensors)"
+
+
+def write_weights(
+    path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]
+) -> None:
+    """Write ``tensors`` (float32/float16) as an aligned safetensors file.
+
+    Tensors are written in the mapping's iteration order, which the caller
+    chooses (convert uses the order the engine reads them in), so the same
+    inputs always give the same bytes.
+    """
+    header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}}
+    chunks: list[memoryview | bytes] = []
+    offset = 0
+    pads = 0
+    for name, array in tensors.items():
+        if name.startswith(PAD_PREFIX) or name == "__metadata__":
+            raise BundleError(path, f"tensor name {name!r} is reserved")
+        arr = np.ascontiguousarray(array)
+        if arr.dtype.newbyteorder("<") not in _WRITE_DTYPES:
+            raise BundleError(
+                path, f"tensor {name!r} has dtype {arr.dtype}; bundles hold float32/float16"
+            )
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        gap = -offset % ALIGN_BYTES
+        if gap:
+            header[f"{PAD_PREFIX}{pads}"] = {
+                "dtype": "U8",
+                "shape": [gap],
+                "data_offsets": [offset, offset + gap],
+            }
+            chunks.append(bytes(gap))
+            pads += 1
+            offset += gap
+        header[name] = {
+            "dtype": _WRITE_DTYPES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + arr.nbytes],
+        }
+        chunks.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        offset += arr.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(_LEN_BYTES + len(raw)) % ALIGN_BYTES)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for chunk in chunks:
+            f.write(chunk)
+
+
+def map_weights(path: str | Path) -> Weights:
+    """Map a bundle's weights file: float32/float16 tensors only, validated, zero-copy."""
+    return map_safetensors(path, allowed_dtypes=BUNDLE_DTYPES)
+
+
+def map_safetensors(
+    path: str | Path,
+    *,
+    allowed_dtypes: tuple[str, ...] = tuple(NUMPY_DTYPES),
+    error: type[BundleError] = BundleError,
+) -> Weights:
+    """Map any safetensors file read-only; every problem is ``error(path, problem)``.
+
+    Checked before any tensor is exposed: the header length, that the header is
+    a JSON object, each entry's dtype, shape and byte range (inside the file and
+    consistent with the shape), and that no two tensors overlap. So a truncated
+    or corrupted file fails here, naming itself, and not later as a crash.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            if size < _LEN_BYTES:
+                raise error(path, f"file is {size} bytes: too short to be safetensors (truncated?)")
+            buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError as exc:
+        raise error(path, "file not found") from exc
+    except OSError as exc:
+        raise error(path, f"cannot map file: {exc}") from exc
+    (n,) = struct.unpack_from("<Q", buf, 0)
+    if n > HEADER_MAX_BYTES or _LEN_BYTES + n > size:
+        raise error(
+            path,
+            f"header length {n} does not fit a {size}-byte file (truncated or not safetensors)",
+        )
+    try:
+        header = json.loads(buf[_LEN_BYTES : _LEN_BYTES + n])
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(path, f"header is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise error(path, "header is not a JSON object")
+    start = _LEN_BYTES + n
+    data_len = size - start
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise error(path, "__metadata__ must map strings to strings")
+
+    tensors: dict[str, np.ndarray] = {}
+    dtypes: dict[str, str] = {}
+    ranges: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        dtype, shape, (begin, end) = _check_entry(path, name, info, allowed_dtypes, data_len, error)
+        ranges.append((begin, end, name))
+        if name.startswith(PAD_PREFIX):
+            continue
+        np_dtype = NUMPY_DTYPES[dtype]
+        count = end - begin
+        if count:
+            arr = np.frombuffer(
+                buf, dtype=np_dtype, count=count // np_dtype.itemsize, offset=start + begin
+            )
+        else:
+            arr = np.empty(0, dtype=np_dtype)
+        tensors[name] = arr.reshape(shape)
+        dtypes[name] = dtype
+    reach, reach_name = 0, ""
+    for begin, end, name in sorted(ranges):
+        if begin < reach and end > begin:
+            raise error(
+                path, f"tensors {reach_name!r} and {name!r} overlap (data bytes {begin}..{reach})"
+            )
+        if end > reach:
+            reach, reach_name = end, name
+    return Weights(path, buf, tensors, dtypes, metadata, start)
+
+
+def _check_entry(
+    path: Path,
+    name: str,
+    info: object,
+    allowed: tuple[str, ...],
+    data_len: int,
+    error: type[BundleError],
+) -> tuple[str, tuple[int, ...], tuple[int, int]]:
+    if not isinstance(info, dict):
+        raise error(path, f"header entry for {name!r} is not an object")
+    dtype = info.get("dtype")
+    shape = info.get("shape")
+    offsets = info.get("data_offsets")
+    is_pad = name.startswith(PAD_PREFIX) and dtype == "U8"
+    if dtype not in NUMPY_DTYPES or (dtype not in allowed and not is_pad):
+        raise error(path, f"tensor {name!r} has dtype {dtype!r}; expected one of {list(allowed)}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise error(path, f"tensor {name!r} has an invalid shape {shape!r}")
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(isinstance(o, int) for o in offsets)
+        or not 0 <= offsets[0] <= offsets[1]
+    ):
+        raise error(path, f"tensor {name!r} has invalid data_offsets {offsets!r}")
+    begin, end = offsets
+    if end > data_len:
+        raise error(
+            path,
+            f"tensor {name!r} ends at data byte {end} but the file has only {data_len} data bytes (truncated?)",
+        )
+    nbytes = NUMPY_DTYPES[dtype].itemsize
+    for d in shape:
+        nbytes *= d
+    if end - begin != nbytes:
+        raise error(
+            path,
+            f"tensor {name!r} has shape {shape} ({nbytes} bytes of {dtype}) but its byte range holds {end - begin}",
+        )
+    return dtype, tuple(shape), (begin, end)

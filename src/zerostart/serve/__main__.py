@@ -1,0 +1,155 @@
+"""Worker entry point: ``python -m zerostart.serve BUNDLE [options]``.
+
+The first statement starts the start-up clock; everything this module imports
+after it is timed as the ``imports`` phase. argparse, not click: it is already
+in the standard library and costs a few milliseconds.
+"""
+
+from zerostart.serve.startup import Startup
+
+_STARTUP = Startup.begin()
+
+import argparse  # noqa: E402  (after the clock starts, on purpose)
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from zerostart.errors import ZerostartError  # noqa: E402
+from zerostart.serve.config import ServerConfig  # noqa: E402
+
+LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
+HELP_WIDTH_CHARS = 100
+
+
+class _Formatter(argparse.HelpFormatter):
+    """A fixed width: argparse's default asks shutil for the terminal size, and importing
+    shutil drags bz2, lzma and zlib onto the cold-start path."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=HELP_WIDTH_CHARS)
+
+
+def parse_args(argv: list[str] | None = None, prog: str = "python -m zerostart.serve") -> argparse.Namespace:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=(
+            "Serve a zerostart bundle over HTTP: POST /predict, /embed, /tokens (the routes "
+            "its task serves), GET /health, /info, /metrics."
+        ),
+        formatter_class=_Formatter,
+    )
+    p.add_argument("bundle", help="bundle folder made by `zerostart convert`")
+    p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=d.port, help="0 picks a free port (default %(default)s)"
+    )
+    p.add_argument(
+        "--verify",
+        choices=("fast", "full", "none"),
+        default="fast",
+        help="bundle integrity check (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.max_batch_size,
+        help="sequences per engine call (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=d.max_batch_tokens,
+        help="tokens per engine call (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-client-batch-size",
+        type=int,
+        default=d.max_client_batch_size,
+        help="inputs allowed in one request before 413 (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=d.max_queue,
+        help="queued requests before 429 (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        help="request body limit (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=d.max_header_bytes,
+        help="request head limit (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="open connections (default %(default)s)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout_s,
+        help="seconds to receive a request head (default %(default)s)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout_s,
+        help="seconds between body chunks (default %(default)s)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=d.keepalive_timeout_s,
+        help="idle keep-alive seconds (default %(default)s)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=d.drain_timeout_s,
+        help="seconds to finish in-flight work on SIGTERM (default %(default)s)",
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens,
+        max_client_batch_size=args.max_client_batch_size,
+        max_queue=args.max_queue,
+        max_body_bytes=args.max_body_bytes,
+        max_header_bytes=args.max_header_bytes,
+        max_connections=args.max_connections,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        keepalive_timeout_s=args.keepalive_timeout,
+        drain_timeout_s=args.drain_timeout,
+    )
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m zerostart.serve") -> int:
+    args = parse_args(argv, prog)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        config = config_from_args(args)
+        from zerostart.serve.server import run
+
+        run(args.bundle, config, verify=args.verify, startup=_STARTUP)
+    except ZerostartError as exc:
+        print(f"zerostart: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,188 @@
+"""Routes: turn a parsed HTTP request into a response.
+
+Inference routes follow Hugging Face text-embeddings-inference (TEI): the same
+request and response JSON (built by the pipeline), the same error body
+``{"error": ..., "error_type": ...}`` and status codes: 413 batch or payload too
+large, 422 invalid input, 424 the engine failed, 429 overloaded, 503 not ready.
+
+Runtime module: standard library only (the pipeline brings numpy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Protocol
+
+import zerostart
+from zerostart.errors import EngineError, InputError, TokenizerError, ZerostartError
+from zerostart.serve.batcher import Batcher, BatchFailed, Overloaded, Stopped
+from zerostart.serve.config import ServerConfig
+from zerostart.serve.http import Request, Response, error_response
+from zerostart.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from zerostart.serve.metrics import Metrics
+from zerostart.serve.startup import Startup
+
+log = logging.getLogger("zerostart.serve")
+
+INFERENCE_ROUTES = ("predict", "embed", "tokens")
+GET_ROUTES = ("health", "info", "metrics")
+
+
+class Job(Protocol):
+    encodings: list[Any]
+
+    def finish(self, outputs: list[Any]) -> Any: ...
+
+
+class PipelineLike(Protocol):
+    """The part of ``zerostart.pipeline.Pipeline`` the server uses."""
+
+    routes: frozenset[str]
+    max_client_batch_size: int
+
+    def prepare(self, route: str, body: Any) -> Job: ...
+    def execute(self, encodings: list[Any]) -> list[Any]: ...
+    def info(self) -> dict[str, Any]: ...
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays without importing numpy here
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    body = json.dumps(data, separators=(",", ":"), default=_json_default).encode()
+    return Response(status, body)
+
+
+class App:
+    """Dispatches requests; owns no I/O (the connection does the writing)."""
+
+    def __init__(
+        self,
+        pipeline: PipelineLike,
+        config: ServerConfig,
+        batcher: Batcher,
+        metrics: Metrics,
+        startup: Startup,
+    ) -> None:
+        self.pipeline = pipeline
+        self.config = config
+        self.batcher = batcher
+        self.metrics = metrics
+        self.startup = startup
+        self.ready = False  # set once listening; false again when shutdown begins
+        self.in_flight = 0  # inference requests between parse and response
+        self._info_static = self._static_info()
+
+    async def handle(self, request: Request) -> Response:
+        route = request.path.strip("/")
+        label = route if route in INFERENCE_ROUTES or route in GET_ROUTES else "other"
+        try:
+            response = await self._dispatch(request, route)
+        except asyncio.CancelledError:  # the client went away (nginx's 499)
+            self.metrics.record_request(label, 499, time.perf_counter() - request.received_at)
+            raise
+        except Exception as exc:  # a bug: answer 500 and log it; the server keeps serving
+            log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+            response = error_response(500, f"internal error: {exc!r}", "Backend")
+        self.metrics.record_request(
+            label, response.status, time.perf_counter() - request.received_at
+        )
+        return response
+
+    async def _dispatch(self, request: Request, route: str) -> Response:
+        method = request.method
+        if route in GET_ROUTES:
+            if method != "GET":
+                return _method_not_allowed("GET", route)
+            if route == "health":
+                return self._health()
+            if route == "info":
+                return json_response(self.info())
+            return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+        if route in INFERENCE_ROUTES:
+            if method != "POST":
+                return _method_not_allowed("POST", route)
+            return await self._infer(route, request.body)
+        return error_response(
+            404,
+            f"no route {request.path!r}; routes: POST /predict /embed /tokens, GET /health /info /metrics",
+            "NotFound",
+        )
+
+    def _health(self) -> Response:
+        if self.ready:
+            return json_response({"status": "ready"})
+        state = "shutting down" if self.startup.phases.get("listening") else "starting"
+        return error_response(
+            503, f"worker is {state}", "Unhealthy", headers=[("retry-after", "1")]
+        )
+
+    async def _infer(self, route: str, raw: bytes) -> Response:
+        if route not in self.pipeline.routes:
+            served = ", ".join(f"/{r}" for r in sorted(self.pipeline.routes))
+            task = self._info_static.get("task", "this task")
+            return error_response(
+                400,
+                f"this model ({task}) does not serve /{route}; it serves {served}",
+                "Validation",
+            )
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return error_response(400, f"request body is not valid UTF-8: {exc}", "Validation")
+        try:
+            body = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return error_response(400, f"request body is not valid JSON: {exc}", "Validation")
+        except RecursionError:
+            return error_response(400, "request body is nested too deeply", "Validation")
+        self.in_flight += 1
+        try:
+            job = self.pipeline.prepare(route, body)
+            outputs = await self.batcher.submit(job.encodings)
+            return json_response(job.finish(outputs))
+        except InputError as exc:
+            return error_response(exc.status, str(exc), exc.error_type)
+        except TokenizerError as exc:
+            return error_response(422, str(exc), "Tokenizer")
+        except Overloaded as exc:
+            return error_response(429, str(exc), "Overloaded", headers=[("retry-after", "1")])
+        except Stopped as exc:
+            return error_response(503, str(exc), "Unhealthy")
+        except (BatchFailed, EngineError) as exc:
+            return error_response(424, str(exc), "Backend")
+        except ZerostartError as exc:
+            log.error("request failed on /%s: %s", route, exc)
+            return error_response(500, str(exc), "Backend")
+        finally:
+            self.in_flight -= 1
+
+    # -- /info -------------------------------------------------------------------
+    def _static_info(self) -> dict[str, Any]:
+        cfg = self.config
+        facts = {
+            "version": zerostart.__version__,
+            "routes": sorted(self.pipeline.routes),
+            "max_client_batch_size": self.pipeline.max_client_batch_size,
+            "max_batch_requests": cfg.max_batch_size,  # TEI's name for sequences per batch
+            "max_batch_tokens": cfg.max_batch_tokens,
+            "max_concurrent_requests": cfg.max_queue,
+            "limits": cfg.public(),
+        }
+        return {**self.pipeline.info(), **facts}
+
+    def info(self) -> dict[str, Any]:
+        return {**self._info_static, "start": self.startup.as_dict()}
+
+
+def _method_not_allowed(allowed: str, route: str) -> Response:
+    return error_response(
+        405, f"/{route} accepts {allowed} only", "MethodNotAllowed", headers=[("allow", allowed)]
+    )

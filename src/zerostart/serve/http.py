@@ -1,0 +1,412 @@
+"""HTTP/1.1 over asyncio on llhttp (``httptools``): one ``Protocol`` per connection.
+
+Theory of operation
+-------------------
+llhttp parses; this module owns everything llhttp does not: limits, timeouts,
+ordering, and closing politely. Per connection:
+
+* Bytes go into the parser; its callbacks assemble a :class:`Request`. A
+  complete request is appended to ``_pending``; one responder task answers
+  pending requests strictly in order (pipelining is safe: a response is never
+  written before the responses to earlier requests). Too many pipelined
+  requests pause reading.
+* One timer per connection, re-armed as the connection changes state:
+
+  ====== ===================================== ======================= ===========
+  kind   armed when                            length                  on expiry
+  ====== ===================================== ======================= ===========
+  head   connection opens; a request begins    ``header_timeout_s``    408, close
+  body   head complete; each body chunk       ``body_timeout_s``      408, close
+  idle   last response written, nothing left   ``keepalive_timeout_s`` close
+  linger we closed our side (write_eof)        ``LINGER_S``            abort
+  ====== ===================================== ======================= ===========
+
+  A fresh connection that never sends a byte is closed silently at ``head``.
+* Limits: the request head (URL + headers) may not exceed ``max_header_bytes``
+  (431), the body ``max_body_bytes`` (413, answered as soon as Content-Length
+  says so, before reading the body, so ``Expect: 100-continue`` clients never
+  send it). Errors are queued behind earlier responses, then the connection
+  closes.
+* Closing: after an error the client may still be sending; closing a socket
+  with unread input makes the kernel send RST, which can destroy the response
+  in flight. So we half-close (FIN), discard input for ``LINGER_S``, then abort.
+* A client that half-closes (shutdown(SHUT_WR)) after its request still gets
+  its answer; a client that vanishes cancels its responder, which cancels its
+  queued job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httptools
+
+from zerostart.serve.config import ServerConfig
+
+log = logging.getLogger("zerostart.serve")
+
+LINGER_S = 2.0  # how long we keep draining a client's input after we half-closed
+MAX_PIPELINED = 16  # queued requests per connection before we stop reading
+
+REASONS = {
+    100: "Continue",
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    422: "Unprocessable Entity",
+    424: "Failed Dependency",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    target: str  # as sent: path plus optional query
+    headers: dict[str, str]  # lower-case names; a repeated header keeps its last value
+    body: bytes
+    keep_alive: bool
+    http_version: str
+    received_at: float  # time.perf_counter() when the request was complete
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False  # close the connection after this response
+
+    def serialize(self, *, keep_alive: bool, http_version: str = "1.1") -> bytes:
+        lines = [
+            f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Unknown')}",
+            f"content-type: {self.content_type}",
+            f"content-length: {len(self.body)}",
+        ]
+        lines.extend(f"{k}: {v}" for k, v in self.headers)
+        if not keep_alive:
+            lines.append("connection: close")
+        elif http_version == "1.0":
+            lines.append("connection: keep-alive")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
+
+
+def error_response(
+    status: int, message: str, error_type: str, *, headers: list[tuple[str, str]] | None = None
+) -> Response:
+    """TEI's error body: ``{"error": "...", "error_type": "..."}``."""
+    body = json.dumps({"error": message, "error_type": error_type}).encode()
+    return Response(status, body, headers=headers or [])
+
+
+class Host(Protocol):
+    """What a connection needs from the server that owns it."""
+
+    config: ServerConfig
+    connections: set[HttpConnection]
+    draining: bool
+
+    def handle(self, request: Request) -> Awaitable[Response]: ...
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing with a status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HttpConnection(asyncio.Protocol):
+    def __init__(self, host: Host) -> None:
+        self._host = host
+        self._config = host.config
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        self._pending: collections.deque[Request | Response] = collections.deque()
+        self._responder: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = ""
+        self._write_ready: asyncio.Future[None] | None = None
+        # parse state of the request being received
+        self._parsing = False  # between message begin and message complete
+        self._in_head = False  # between message begin and headers complete
+        self._head_bytes = 0  # URL and complete header lines, counted by the callbacks
+        self._raw_head_bytes = 0  # bytes of chunks received entirely inside the head
+        self._url = bytearray()
+        self._headers: dict[str, str] = {}
+        self._body = bytearray()
+        # connection state
+        self._eof = False  # the client half-closed
+        self._closing = False  # we close once pending responses are written
+        self._discarding = False  # we half-closed; input is read and dropped
+        self._lost = False
+        self._reading_paused = False
+
+    # -- state the server looks at ---------------------------------------------
+    @property
+    def busy(self) -> bool:
+        """A request is being answered or waits to be (a head in progress does not count)."""
+        receiving_body = self._parsing and not self._in_head
+        return bool(self._pending) or self._responder is not None or receiving_body
+
+    def close_if_idle(self) -> None:
+        if not self.busy and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- asyncio.Protocol --------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._host.connections.add(self)
+        if len(self._host.connections) > self._config.max_connections:
+            self._refuse(503, "too many open connections; retry later", "Overloaded")
+            return
+        self._arm("head", self._config.header_timeout_s)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._host.connections.discard(self)
+        self._cancel_timer()
+        if self._responder is not None:
+            self._responder.cancel()  # the client is gone; its queued job is dropped
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_ready = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._write_ready is not None and not self._write_ready.done():
+            self._write_ready.set_result(None)
+        self._write_ready = None
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if not self.busy:
+            self._close()
+        return True  # keep our side open: a half-closed client still gets its answers
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding or self._closing:
+            return
+        was_in_head = self._in_head
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # llhttp stops at "Connection: upgrade"; we do not upgrade: answer, then close.
+            self._stop_reading()
+            return
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Refused):
+                self._refuse(cause.status, str(cause), "Validation")
+            elif isinstance(cause, Exception):
+                log.error("bug in a parser callback", exc_info=cause)
+                self._refuse(500, "internal error while reading the request", "Backend")
+            else:
+                self._refuse(400, f"malformed HTTP request: {exc}", "Validation")
+            return
+        if self._in_head and was_in_head:
+            # The callbacks count complete header lines exactly, but llhttp buffers a
+            # header value until it ends; a chunk that began and ended inside the head
+            # was all head bytes, so count it raw too (bounds what a trickle can pile up).
+            self._raw_head_bytes += len(data)
+            if self._raw_head_bytes > self._config.max_header_bytes:
+                self._refuse(431, self._head_too_large(), "Validation")
+
+    # -- llhttp callbacks ----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._parsing = self._in_head = True
+        self._head_bytes = self._raw_head_bytes = 0
+        self._url.clear()
+        self._headers = {}
+        self._body = bytearray()
+        self._arm("head", self._config.header_timeout_s)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        length = self._headers.get("content-length")
+        if length is not None and int(length) > self._config.max_body_bytes:
+            # llhttp has already checked it is a number; refuse before reading the body.
+            raise _Refused(413, self._body_too_large())
+        if self._headers.get("expect", "").lower() == "100-continue" and not self.busy_before():
+            assert self._transport is not None
+            self._transport.write(CONTINUE)
+        self._arm("body", self._config.body_timeout_s)
+
+    def on_body(self, body: bytes) -> None:
+        if len(self._body) + len(body) > self._config.max_body_bytes:
+            raise _Refused(413, self._body_too_large())
+        self._body += body
+        self._arm("body", self._config.body_timeout_s)
+
+    def on_message_complete(self) -> None:
+        self._parsing = False
+        self._cancel_timer()
+        request = Request(
+            method=self._parser.get_method().decode("ascii", "replace"),
+            target=self._url.decode("latin-1"),
+            headers=self._headers,
+            body=bytes(self._body),
+            keep_alive=self._parser.should_keep_alive(),
+            http_version=self._parser.get_http_version(),
+            received_at=time.perf_counter(),
+        )
+        self._body = bytearray()
+        self._enqueue(request)
+
+    # -- helpers -----------------------------------------------------------------
+    def busy_before(self) -> bool:
+        """Earlier requests on this connection still await their responses."""
+        return bool(self._pending) or self._responder is not None
+
+    def _count_head(self, n: int) -> None:
+        self._head_bytes += n
+        if self._head_bytes > self._config.max_header_bytes:
+            raise _Refused(431, self._head_too_large())
+
+    def _head_too_large(self) -> str:
+        return f"request head exceeds {self._config.max_header_bytes} bytes"
+
+    def _body_too_large(self) -> str:
+        return f"request body exceeds the limit of {self._config.max_body_bytes} bytes"
+
+    def _enqueue(self, item: Request | Response) -> None:
+        self._pending.append(item)
+        if len(self._pending) >= MAX_PIPELINED:
+            self._pause_reading()
+        if self._responder is None:
+            self._responder = self._loop.create_task(self._respond())
+
+    def _refuse(self, status: int, message: str, error_type: str) -> None:
+        """Answer (after earlier responses) with an error, then close."""
+        self._parsing = self._in_head = False
+        self._cancel_timer()
+        self._stop_reading()
+        self._enqueue(error_response(status, message, error_type))
+
+    def _stop_reading(self) -> None:
+        self._closing = True
+        self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._transport is not None and self._reading_paused and not self._closing:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    async def _respond(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        try:
+            while self._pending and not self._lost:
+                item = self._pending.popleft()
+                if len(self._pending) < MAX_PIPELINED // 2:
+                    self._resume_reading()
+                if isinstance(item, Response):
+                    response, keep, version = item, False, "1.1"
+                else:
+                    response = await self._host.handle(item)
+                    keep = (
+                        item.keep_alive
+                        and not response.close
+                        and not self._host.draining
+                        and not (self._closing and not self._pending)
+                        and not (self._eof and not self._pending and not self._parsing)
+                    )
+                    version = item.http_version
+                if self._lost:
+                    return
+                transport.write(response.serialize(keep_alive=keep, http_version=version))
+                if not keep:
+                    self._close()
+                    return
+                if self._write_ready is not None:
+                    await self._write_ready
+        finally:
+            self._responder = None
+        if self._lost:
+            return
+        if self._host.draining or (self._eof and not self._parsing):
+            self._close()
+        elif not self._parsing:
+            self._arm("idle", self._config.keepalive_timeout_s)
+
+    def _close(self) -> None:
+        """Close our side politely: FIN now, drop further input, abort after LINGER_S."""
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._discarding:
+            return
+        self._pending.clear()
+        if self._eof or not transport.can_write_eof():
+            transport.close()
+            return
+        self._discarding = True
+        self._closing = True
+        transport.write_eof()
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()  # read and drop, so the kernel does not RST
+        self._arm("linger", LINGER_S)
+
+    def _arm(self, kind: str, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_kind = kind
+        self._timer = self._loop.call_later(seconds, self._expired)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or self._lost:
+            return
+        kind = self._timer_kind
+        if kind == "linger":
+            transport.abort()
+        elif kind == "idle" or (kind == "head" and not self._parsing):
+            transport.close()
+        else:
+            log.info("closing a connection: request %s not received in time", kind)
+            self._refuse(408, f"request {kind} not received in time", "Timeout")

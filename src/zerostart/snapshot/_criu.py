@@ -1,0 +1,139 @@
+"""The one place zerostart runs ``criu``: a timeout on every call, its exit status
+checked, its log turned into a ``CriuError`` carrying CRIU's own last lines.
+
+Options, and why:
+
+dump
+    ``--tcp-established``: a client that kept an HTTP connection alive would
+    otherwise make the dump fail ("Connected TCP socket"); restore then closes
+    such connections (``--tcp-close``), which a client sees as a reset.
+    ``--ext-unix-sk``: a connected unix socket to a peer outside the tree (syslog,
+    a log daemon) is allowed and comes back unconnected.
+    ``--file-locks``: flock()ed files (pip caches, sqlite) are dumped, not refused.
+    ``--link-remap``: a file deleted while open (tempfiles) is saved in the image.
+    ``--leave-running`` on request, else the tree is killed once dumped (that
+    frees its port and PIDs for the restore).
+restore
+    ``--restore-detached``: CRIU exits once the tree runs; ``--pidfile`` tells us
+    its root PID. ``--tcp-close`` as above. Listening sockets are restored by
+    CRIU itself, on the same address and port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from zerostart.snapshot._errors import CriuError
+
+log = logging.getLogger("zerostart.snapshot")
+
+CHECK_TIMEOUT_S = 60.0
+VERSION_TIMEOUT_S = 10.0
+DUMP_TIMEOUT_S = 300.0  # a multi-GB process at ~1 GB/s to disk, with margin
+RESTORE_TIMEOUT_S = 120.0
+LOG_TAIL_CHARS = 4000
+INSTALL_HINT = "install CRIU 4.x with `sudo scripts/install_criu.sh` (needs root)"
+
+DUMP_FLAGS = ("--tcp-established", "--ext-unix-sk", "--file-locks", "--link-remap")
+RESTORE_FLAGS = ("--restore-detached", "--tcp-close", "--ext-unix-sk", "--file-locks", "--link-remap")
+
+
+def criu_binary() -> str:
+    """Path of ``criu``: $ZEROSTART_CRIU, else PATH plus /usr/local/sbin and /usr/sbin."""
+    explicit = os.environ.get("ZEROSTART_CRIU")
+    if explicit:
+        return explicit
+    path = os.environ.get("PATH", "") + os.pathsep + "/usr/local/sbin" + os.pathsep + "/usr/sbin"
+    found = shutil.which("criu", path=path)
+    if found is None:
+        raise CriuError("criu not found", hint=INSTALL_HINT)
+    return found
+
+
+def _run(args: Sequence[str], timeout_s: float, what: str, log_file: Path | None = None) -> str:
+    cmd = [criu_binary(), *args]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise CriuError(f"{what} timed out after {timeout_s:.0f} s", command=cmd, output=_tail(log_file)) from exc
+    except OSError as exc:
+        raise CriuError(f"{what}: cannot run {cmd[0]}: {exc.strerror}", command=cmd, hint=INSTALL_HINT) from exc
+    log.debug("%s: exit %d in %.3f s", " ".join(cmd), proc.returncode, time.perf_counter() - t0)
+    output = (proc.stdout or "") + (proc.stderr or "")
+    if proc.returncode != 0:
+        detail = _tail(log_file) or output
+        hint = "is this running as root?" if os.geteuid() != 0 else None
+        if log_file is not None:
+            hint = f"full log: {log_file}" + (f"; {hint}" if hint else "")
+        raise CriuError(f"{what} failed (exit {proc.returncode})", command=cmd, returncode=proc.returncode,
+                        output=_last_errors(detail), hint=hint)
+    return output
+
+
+def _tail(log_file: Path | None) -> str:
+    if log_file is None:
+        return ""
+    try:
+        return log_file.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+    except OSError:
+        return ""
+
+
+def _last_errors(text: str) -> str:
+    """CRIU's log is long; its error lines ("Error (...)") say what went wrong."""
+    errors = [line for line in text.splitlines() if "Error" in line or "error" in line]
+    return "\n".join(errors[-3:]) if errors else text.strip()[-600:]
+
+
+def version() -> str:
+    """CRIU's version, e.g. "4.1.1"."""
+    out = _run(["--version"], VERSION_TIMEOUT_S, "criu --version")
+    for line in out.splitlines():
+        if line.startswith("Version:"):
+            return line.split(":", 1)[1].strip()
+    raise CriuError("criu --version printed no version", output=out)
+
+
+def check() -> None:
+    """Raise unless ``criu check`` passes on this kernel (root required)."""
+    out = _run(["check"], CHECK_TIMEOUT_S, "criu check")
+    if "Looks good" not in out:
+        raise CriuError("criu check did not pass", output=out, hint=INSTALL_HINT)
+
+
+def dump(pid: int, images: Path, *, leave_running: bool = False, timeout_s: float = DUMP_TIMEOUT_S) -> float:
+    """Freeze the tree rooted at ``pid`` into ``images``; returns seconds taken."""
+    images.mkdir(parents=True, exist_ok=True)
+    log_file = images.parent / "dump.log"
+    args = ["dump", "-t", str(pid), "-D", str(images), "-o", str(log_file), "-v4", *DUMP_FLAGS]
+    if leave_running:
+        args.append("--leave-running")
+    t0 = time.perf_counter()
+    _run(args, timeout_s, f"criu dump of pid {pid}", log_file)
+    return time.perf_counter() - t0
+
+
+def restore(images: Path, work: Path, *, timeout_s: float = RESTORE_TIMEOUT_S, extra: Sequence[str] = ()) -> int:
+    """Bring the tree in ``images`` back, detached; returns the root PID.
+
+    ``work`` receives CRIU's log and pidfile, so the images folder (shared by
+    every restore of this snapshot) is only read.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    log_file = work / "restore.log"
+    pidfile = work / "restore.pid"
+    pidfile.unlink(missing_ok=True)
+    args = ["restore", "-D", str(images), "-W", str(work), "-o", str(log_file), "--pidfile", str(pidfile),
+            *RESTORE_FLAGS, *extra]
+    _run(args, timeout_s, f"criu restore from {images}", log_file)
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise CriuError("criu restore wrote no pidfile", output=_tail(log_file)) from exc

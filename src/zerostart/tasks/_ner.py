@@ -1,0 +1,216 @@
+"""Token-classification answers: transformers' TokenClassificationPipeline, without transformers.
+
+Theory of operation. Users compare our ``/tokens`` answers with
+``pipeline("token-classification", aggregation_strategy=...)``, so this module
+reproduces its post-processing step for step (transformers 5.x,
+``pipelines/token_classification.py``), numpy types included, and only turns
+scores into Python floats at the very end:
+
+1. scores: softmax of each token's logits, shifted by the row maximum;
+2. pre-entities (``gather_pre_entities``): special tokens dropped; each token
+   keeps its vocabulary string, its character span, and ``is_subword``, which
+   for a WordPiece tokenizer (it has a continuing-subword prefix) is
+   "the token string is not as long as the text it covers" (``##ing`` vs ``ing``);
+   an [UNK] token takes the text it covers as its word and starts a word;
+3. "none"/"simple": each token gets its argmax label; "first"/"average"/"max"
+   first merge subword tokens into words and pick one label per word;
+4. every strategy but "none" then groups adjacent (word) entities that share a
+   tag, where a ``B-`` label always opens a new group (``group_entities``);
+5. entities whose label (or group) is in ``ignore_labels`` are dropped last.
+
+Runtime module: standard library and numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from zerostart.errors import InputError
+from zerostart.tasks._heads import softmax
+
+STRATEGIES = ("none", "simple", "first", "average", "max")
+_WORD_STRATEGIES = ("first", "average", "max")
+
+TokensToString = Callable[[Sequence[str]], str]
+
+
+def aggregate_entities(
+    *,
+    text: str,
+    tokens: Sequence[str],
+    ids: Sequence[int],
+    offsets: Sequence[tuple[int, int]],
+    special_tokens_mask: Sequence[int],
+    logits: np.ndarray,
+    labels: Sequence[str],
+    strategy: str = "simple",
+    ignore_labels: Sequence[str] = ("O",),
+    tokens_to_string: TokensToString,
+    unk_token: str = "[UNK]",
+) -> list[dict[str, Any]]:
+    """One text's token logits ``[T, num_labels]`` -> the entities transformers would return.
+
+    Keys: ``entity`` (with ``index``) for "none", ``entity_group`` otherwise, plus
+    ``score`` (a Python float), ``word``, ``start``, ``end`` (character offsets in
+    ``text``). ``tokens_to_string`` is the tokenizer's ``convert_tokens_to_string``
+    (it builds ``word``). ``ids`` are only checked for length: the [UNK] test uses
+    ``unk_token``, which names the same vocabulary entry as transformers' id test.
+    """
+    if strategy not in STRATEGIES:
+        raise InputError(
+            f"unknown aggregation_strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}"
+        )
+    scores = _softmax(np.asarray(logits))
+    n = len(tokens)
+    if scores.shape != (n, len(labels)) or not (
+        len(ids) == len(offsets) == len(special_tokens_mask) == n
+    ):
+        raise InputError(
+            f"token classification inputs disagree: {n} tokens, {len(ids)} ids, {len(offsets)} "
+            f"offsets, {len(special_tokens_mask)} mask entries, logits {scores.shape} "
+            f"for {len(labels)} labels"
+        )
+    pre = _gather_pre_entities(text, tokens, offsets, special_tokens_mask, scores, unk_token)
+    if strategy in ("none", "simple"):
+        entities = [_token_entity(p, labels) for p in pre]
+    else:
+        entities = _aggregate_words(pre, strategy, labels, tokens_to_string)
+    if strategy != "none":
+        entities = _group_entities(entities, tokens_to_string)
+    ignored = set(ignore_labels)
+    kept = [
+        e
+        for e in entities
+        if e.get("entity") not in ignored and e.get("entity_group") not in ignored
+    ]
+    for e in kept:
+        e["score"] = float(e["score"])
+    return kept
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    if logits.dtype not in (np.float32, np.float64):
+        logits = logits.astype(np.float32)  # transformers upcasts fp16/bf16 logits
+    return softmax(logits)
+
+
+def _gather_pre_entities(
+    text: str,
+    tokens: Sequence[str],
+    offsets: Sequence[tuple[int, int]],
+    special_tokens_mask: Sequence[int],
+    scores: np.ndarray,
+    unk_token: str,
+) -> list[dict[str, Any]]:
+    pre = []
+    for idx, token_scores in enumerate(scores):
+        if special_tokens_mask[idx]:
+            continue
+        word = tokens[idx]
+        start, end = (int(o) for o in offsets[idx])
+        word_ref = text[start:end]
+        is_subword = len(word) != len(word_ref)
+        if word == unk_token:
+            word = word_ref
+            is_subword = False
+        pre.append(
+            {
+                "word": word,
+                "scores": token_scores,
+                "start": start,
+                "end": end,
+                "index": idx,
+                "is_subword": is_subword,
+            }
+        )
+    return pre
+
+
+def _token_entity(pre: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
+    idx = int(pre["scores"].argmax())
+    return {
+        "entity": labels[idx],
+        "score": pre["scores"][idx],
+        "index": pre["index"],
+        "word": pre["word"],
+        "start": pre["start"],
+        "end": pre["end"],
+    }
+
+
+def _aggregate_words(
+    pre: list[dict[str, Any]],
+    strategy: str,
+    labels: Sequence[str],
+    tokens_to_string: TokensToString,
+) -> list[dict[str, Any]]:
+    """Merge each word's subword tokens into one entity (a word opens on a non-subword token)."""
+    words: list[list[dict[str, Any]]] = []
+    for p in pre:
+        if words and p["is_subword"]:
+            words[-1].append(p)
+        else:
+            words.append([p])
+    return [_aggregate_word(w, strategy, labels, tokens_to_string) for w in words]
+
+
+def _aggregate_word(
+    parts: list[dict[str, Any]],
+    strategy: str,
+    labels: Sequence[str],
+    tokens_to_string: TokensToString,
+) -> dict[str, Any]:
+    if strategy == "first":
+        scores = parts[0]["scores"]
+    elif strategy == "max":
+        scores = max(parts, key=lambda p: p["scores"].max())["scores"]  # first maximum wins ties
+    else:  # average
+        scores = np.nanmean(np.stack([p["scores"] for p in parts]), axis=0)
+    idx = int(scores.argmax())
+    return {
+        "entity": labels[idx],
+        "score": scores[idx],
+        "word": tokens_to_string([p["word"] for p in parts]),
+        "start": parts[0]["start"],
+        "end": parts[-1]["end"],
+    }
+
+
+def _tag(label: str) -> tuple[str, str]:
+    """("B" | "I", tag); a label without a B-/I- prefix continues like an I- label."""
+    if label.startswith("B-"):
+        return "B", label[2:]
+    if label.startswith("I-"):
+        return "I", label[2:]
+    return "I", label
+
+
+def _group_entities(
+    entities: list[dict[str, Any]], tokens_to_string: TokensToString
+) -> list[dict[str, Any]]:
+    groups: list[dict[str, Any]] = []
+    current: list[dict[str, Any]] = []
+    for entity in entities:
+        if current:
+            bi, tag = _tag(entity["entity"])
+            if tag == _tag(current[-1]["entity"])[1] and bi != "B":
+                current.append(entity)
+                continue
+            groups.append(_group(current, tokens_to_string))
+        current = [entity]
+    if current:
+        groups.append(_group(current, tokens_to_string))
+    return groups
+
+
+def _group(parts: list[dict[str, Any]], tokens_to_string: TokensToString) -> dict[str, Any]:
+    return {
+        "entity_group": parts[0]["entity"].split("-", 1)[-1],
+        "score": np.mean(np.nanmean([p["score"] for p in parts])),
+        "word": tokens_to_string([p["word"] for p in parts]),
+        "start": parts[0]["start"],
+        "end": parts[-1]["end"],
+    }

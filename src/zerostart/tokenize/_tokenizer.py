@@ -1,0 +1,283 @@
+"""The worker's BERT tokenizer: the same ids and offsets as Hugging Face `tokenizers`.
+
+Pipeline per sequence, in tokenizers' order:
+
+1. special tokens written in the raw text ("[SEP]", "[MASK]", ...) are cut out
+   first, leftmost-longest, and become one token each (tokenizers' added
+   vocabulary; these are not marked in ``special_tokens_mask``);
+2. each remaining segment is normalised (`_normalize.Normalizer`) with an
+   alignment back to the original characters, and split into words;
+3. each word goes through WordPiece (`_wordpiece.WordPiece`, memoised);
+4. the pair is truncated (``longest_first``) and wrapped as
+   ``[CLS] a [SEP]`` / ``[CLS] a [SEP] b [SEP]``.
+
+Offsets are Python ``str`` indices into the text the token came from, the way
+`tokenizers`' Python binding returns them; specials get (0, 0).
+
+Runtime module: standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from zerostart.errors import TokenizerError
+from zerostart.model.manifest import TokenizerSettings
+from zerostart.tokenize._normalize import Normalizer, find_words
+from zerostart.tokenize._wordpiece import WordPiece, decode_wordpiece, read_vocab
+
+SPECIALS_SINGLE = 2  # [CLS] a [SEP]
+SPECIALS_PAIR = 3  # [CLS] a [SEP] b [SEP]
+
+
+@dataclass(slots=True)
+class Encoding:
+    """One encoded input (or pair), unpadded; field meanings follow `tokenizers.Encoding`."""
+
+    ids: list[int]
+    type_ids: list[int]
+    offsets: list[tuple[int, int]]  # char offsets into the original text (or the pair text)
+    tokens: list[str]
+    special_tokens_mask: list[int]  # 1 for the [CLS]/[SEP] the template adds
+    word_ids: list[int | None]  # index of the pre-tokenized word (None for specials)
+    sequence_ids: list[int | None]  # 0 / 1 / None like tokenizers
+    truncated: bool  # True if truncation dropped tokens
+    untruncated_length: int  # length with specials had there been no truncation
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(slots=True)
+class _Sequence:
+    """One sequence's tokens before the template: parallel lists."""
+
+    ids: list[int]
+    tokens: list[str]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int | None]
+
+    def cut(self, n: int) -> None:
+        del self.ids[n:], self.tokens[n:], self.offsets[n:], self.word_ids[n:]
+
+
+class WordPieceTokenizer:
+    """BERT / DistilBERT tokenisation with exact `tokenizers` parity, in pure Python."""
+
+    vocab_size: int
+    cls_id: int
+    sep_id: int
+    pad_id: int
+    unk_id: int
+
+    def __init__(self, vocab: list[str], settings: TokenizerSettings, *, source: str) -> None:
+        self.settings = settings
+        self._id_to_token = vocab
+        self._vocab = {token: i for i, token in enumerate(vocab)}  # a duplicate: last id wins
+        self.vocab_size = len(vocab)
+
+        def required(token: str, role: str) -> int:
+            i = self._vocab.get(token)
+            if i is None:
+                raise TokenizerError(
+                    f"{source}: the {role} token {token!r} is not in the vocabulary",
+                    hint="the vocabulary and the tokenizer settings do not belong together",
+                )
+            return i
+
+        self.unk_id = required(settings.unk_token, "unknown")
+        self.cls_id = required(settings.cls_token, "classifier")
+        self.sep_id = required(settings.sep_token, "separator")
+        self.pad_id = required(settings.pad_token, "padding")
+        if settings.max_input_chars_per_word < 1:
+            raise TokenizerError(f"{source}: max_input_chars_per_word must be positive")
+
+        self._normalizer = Normalizer(settings)
+        self._model = WordPiece(
+            self._vocab,
+            unk_id=self.unk_id,
+            unk_token=settings.unk_token,
+            prefix=settings.continuing_subword_prefix,
+            max_input_chars_per_word=settings.max_input_chars_per_word,
+        )
+        # Special tokens written in the text are matched on the raw text, longest first.
+        specials = {
+            t: self._vocab[t]
+            for t in (
+                settings.pad_token,
+                settings.unk_token,
+                settings.cls_token,
+                settings.sep_token,
+                settings.mask_token,
+            )
+            if t and t in self._vocab
+        }
+        self._special_ids = specials
+        ordered = sorted(specials, key=len, reverse=True)
+        self._special_re = re.compile("|".join(re.escape(t) for t in ordered))
+        self._special_firsts = tuple(sorted({t[0] for t in specials}))
+
+    @classmethod
+    def from_files(
+        cls, vocab_path: str | os.PathLike[str], settings: TokenizerSettings
+    ) -> WordPieceTokenizer:
+        """Load a bundle's vocab.txt; raises TokenizerError naming the file if unusable."""
+        return cls(read_vocab(vocab_path), settings, source=os.fspath(vocab_path))
+
+    # -- vocabulary ------------------------------------------------------------
+    def id_to_token(self, i: int) -> str:
+        if not 0 <= i < self.vocab_size:
+            raise TokenizerError(f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return self._id_to_token[i]
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._vocab.get(token)
+
+    def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
+        """Join pieces back into text as transformers' BertTokenizer (WordPiece decoder) does."""
+        return decode_wordpiece(tokens, self.settings.continuing_subword_prefix)
+
+    # -- encoding --------------------------------------------------------------
+    def encode(self, text: str, pair: str | None = None, *, max_length: int | None = None) -> Encoding:
+        """Encode one text or a pair with [CLS]/[SEP]; truncate to max_length tokens if given."""
+        first = self._encode_sequence(text)
+        if pair is None:
+            return self._single(first, max_length)
+        return self._pair(first, self._encode_sequence(pair), max_length)
+
+    def encode_batch(
+        self, items: Sequence[str | tuple[str, str]], *, max_length: int | None = None
+    ) -> list[Encoding]:
+        """Encode each item (a text or a (text, pair) tuple); no padding."""
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                out.append(self.encode(item, max_length=max_length))
+            else:
+                text, pair = item
+                out.append(self.encode(text, pair, max_length=max_length))
+        return out
+
+    def _single(self, seq: _Sequence, max_length: int | None) -> Encoding:
+        n = len(seq.ids)
+        untruncated = n + SPECIALS_SINGLE
+        truncated = False
+        if max_length is not None:
+            budget = _budget(max_length, SPECIALS_SINGLE)
+            if n > budget:
+                seq.cut(budget)
+                n = budget
+                truncated = True
+        return Encoding(
+            ids=[self.cls_id, *seq.ids, self.sep_id],
+            type_ids=[0] * (n + 2),
+            offsets=[(0, 0), *seq.offsets, (0, 0)],
+            tokens=[self.settings.cls_token, *seq.tokens, self.settings.sep_token],
+            special_tokens_mask=[1, *([0] * n), 1],
+            word_ids=[None, *seq.word_ids, None],
+            sequence_ids=[None, *([0] * n), None],
+            truncated=truncated,
+            untruncated_length=untruncated,
+        )
+
+    def _pair(self, a: _Sequence, b: _Sequence, max_length: int | None) -> Encoding:
+        n1, n2 = len(a.ids), len(b.ids)
+        untruncated = n1 + n2 + SPECIALS_PAIR
+        truncated = False
+        if max_length is not None:
+            budget = _budget(max_length, SPECIALS_PAIR)
+            if n1 + n2 > budget:
+                n1, n2 = _longest_first(n1, n2, budget)
+                a.cut(n1)
+                b.cut(n2)
+                n1, n2 = len(a.ids), len(b.ids)
+                truncated = True
+        cls_tok, sep_tok = self.settings.cls_token, self.settings.sep_token
+        return Encoding(
+            ids=[self.cls_id, *a.ids, self.sep_id, *b.ids, self.sep_id],
+            type_ids=[0] * (n1 + 2) + [1] * (n2 + 1),
+            offsets=[(0, 0), *a.offsets, (0, 0), *b.offsets, (0, 0)],
+            tokens=[cls_tok, *a.tokens, sep_tok, *b.tokens, sep_tok],
+            special_tokens_mask=[1, *([0] * n1), 1, *([0] * n2), 1],
+            word_ids=[None, *a.word_ids, None, *b.word_ids, None],
+            sequence_ids=[None, *([0] * n1), None, *([1] * n2), None],
+            truncated=truncated,
+            untruncated_length=untruncated,
+        )
+
+    def _encode_sequence(self, text: str) -> _Sequence:
+        seq = _Sequence([], [], [], [])
+        if self._special_firsts and any(c in text for c in self._special_firsts):
+            word = 0
+            pos = 0
+            for m in self._special_re.finditer(text):
+                if m.start() > pos:
+                    word = self._encode_segment(text[pos : m.start()], pos, word, seq)
+                seq.ids.append(self._special_ids[m.group()])
+                seq.tokens.append(m.group())
+                seq.offsets.append((m.start(), m.end()))
+                seq.word_ids.append(word)
+                word += 1
+                pos = m.end()
+            if pos < len(text):
+                self._encode_segment(text[pos:], pos, word, seq)
+        else:
+            self._encode_segment(text, 0, 0, seq)
+        return seq
+
+    def _encode_segment(self, text: str, base: int, word: int, seq: _Sequence) -> int:
+        """Append the tokens of a text without special tokens; returns the next word index."""
+        norm, align = self._normalizer.normalize(text)
+        pieces = self._model.pieces
+        ids, tokens, offsets, word_ids = seq.ids, seq.tokens, seq.offsets, seq.word_ids
+        pos = 0
+        for w in find_words(norm):
+            # Words come in order with only whitespace between them, so the first
+            # occurrence from `pos` is this word (cheaper than match objects).
+            start = norm.find(w, pos)
+            pos = start + len(w)
+            w_ids, w_tokens, w_spans = pieces(w)
+            ids += w_ids
+            tokens += w_tokens
+            if align is None:
+                at = base + start
+                if len(w_ids) == 1:
+                    offsets.append((at, at + len(w)))
+                    word_ids.append(word)
+                else:
+                    offsets += [(at + s, at + e) for s, e in w_spans]
+                    word_ids += [word] * len(w_ids)
+            else:
+                offsets += [
+                    (base + align[start + s], base + align[start + e - 1] + 1) for s, e in w_spans
+                ]
+                word_ids += [word] * len(w_ids)
+            word += 1
+        return word
+
+
+def _budget(max_length: int, n_specials: int) -> int:
+    if max_length < n_specials:
+        raise TokenizerError(
+            f"max_length {max_length} leaves no room for the {n_specials} special tokens"
+        )
+    return max_length - n_specials
+
+
+def _longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
+    """Lengths after tokenizers' `longest_first` truncation (its exact arithmetic).
+
+    The shorter sequence keeps everything if the longer one can absorb the cut;
+    otherwise both get half the budget and the odd token goes to the longer one
+    (to the second one when they are equally long).
+    """
+    swap = n1 > n2
+    short, long_ = (n2, n1) if swap else (n1, n2)
+    long_ = short if short > budget else max(short, budget - short)
+    if short + long_ > budget:
+        short = budget // 2
+        long_ = short + budget % 2
+    return (long_, short) if swap else (short, long_)

