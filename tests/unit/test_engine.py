@@ -210,3 +210,16 @@ def test_runtime_modules_import_only_stdlib_and_numpy() -> None:
     ):
         assert heavy not in loaded
     assert "numpy" in loaded
+
+
+@pytest.mark.parametrize("task", ["sequence-classification", "embeddings"])
+def test_threads_split_the_work_without_changing_a_bit(task: str) -> None:
+    m = _manifest("bert", task)
+    w = _weights(m)
+    rng = np.random.default_rng(9)
+    ids = rng.integers(0, 50, (16, 16))  # 256 rows: elementwise work splits too
+    mask = np.ones_like(ids)
+    mask[1, 9:] = 0
+    single = CpuEngine(m, w).forward(ids, mask)
+    for threads in (2, 3):
+        np.testing.assert_array_equal(CpuEngine(m, w, threads=threads).forward(ids, mask), single)

@@ -97,7 +97,10 @@ def test_failed_checkpoint_unlocks_and_names_the_driver_error() -> None:
 
 def test_restore_of_a_process_that_is_not_checkpointed_is_refused_before_calling() -> None:
     drv = FakeDriver()
-    with pytest.raises(CudaCheckpointError, match="process is RUNNING, cuCheckpointProcessRestore needs CHECKPOINTED"):
+    with pytest.raises(
+        CudaCheckpointError,
+        match="process is RUNNING, cuCheckpointProcessRestore needs CHECKPOINTED",
+    ):
         CudaCheckpointer(drv).restore(7)
     assert drv.calls == []
 
@@ -113,7 +116,9 @@ def test_resume_undoes_a_checkpoint_of_a_live_process() -> None:
 def test_lock_args_layout_matches_the_driver_struct() -> None:
     from zerostart.snapshot._cuda import _LockArgs
 
-    assert ctypes.sizeof(_LockArgs) == 64  # CUcheckpointLockArgs: uint timeoutMs, uint reserved0, u64 reserved1[7]
+    assert (
+        ctypes.sizeof(_LockArgs) == 64
+    )  # CUcheckpointLockArgs: uint timeoutMs, uint reserved0, u64 reserved1[7]
 
 
 def test_no_libcuda_is_a_typed_error_with_a_fix() -> None:

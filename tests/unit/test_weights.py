@@ -147,9 +147,8 @@ def test_header_inconsistencies_are_refused(written: Path) -> None:
     bad["matrix"]["dtype"] = "I64"
     expect(bad, "dtype 'I64'")
     bad = json.loads(json.dumps(header))
-    bad["half"]["data_offsets"] = bad["odd"]["data_offsets"][:1] + [
-        bad["odd"]["data_offsets"][0] + 42
-    ]
+    start = bad["odd"]["data_offsets"][0]
+    bad["half"]["data_offsets"] = [start, start + 42]  # 'half' moved on top of 'odd'
     expect(bad, "overlap")
     bad = json.loads(json.dumps(header))
     bad["matrix"]["data_offsets"] = [10**9, 10**9 + 33 * 17 * 4]

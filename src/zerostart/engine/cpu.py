@@ -6,8 +6,9 @@ stored ``[in, out]``, and Q, K, V are one fused ``[H, 3H]`` matrix whose query
 block is pre-scaled by ``1/sqrt(head_dim)``. Activations are kept as one 2-D
 ``[B*T, H]`` array so each projection is a single BLAS call; attention
 reshapes the fused QKV output into strided ``[B, heads, T, d]`` views (no copy)
-and lets ``np.matmul`` batch over batch and heads. Elementwise work runs in
-place (see ``ops``). Both architectures are post-LN encoders and differ only
+and runs ``np.matmul`` per (sequence, group of heads) so the scores stay in
+cache. Elementwise work runs in place (see ``ops``) and, like attention, is
+split over a few threads (``parallel``): BLAS threads only the big products. Both architectures are post-LN encoders and differ only
 in their embeddings (token types or not) and their sequence-classification
 head (BERT: tanh pooler; DistilBERT: pre_classifier + ReLU), so one class runs
 both. Matches Hugging Face transformers (eager attention) to ~1e-5.
@@ -25,8 +26,15 @@ import numpy as np
 
 from zerostart.engine import ops
 from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix, tensor_shapes
+from zerostart.engine.parallel import Workers
 from zerostart.errors import EngineError
 from zerostart.model.manifest import Manifest
+
+# Scores of one attention work item: 32 Ki float32 = 128 KiB, which stays in L2
+# through scale, mask, softmax and the product with V.
+SCORES_BLOCK_ELEMS = 32 * 1024
+# Rows per part below which splitting elementwise work over threads costs more than it saves.
+ROWS_PER_PART = 64
 
 # Hugging Face adds finfo(dtype).min to the scores of padding keys; so do we, so
 # that a fully padded row (impossible with [CLS], but still) behaves the same.
@@ -81,7 +89,13 @@ class CpuEngine:
     constructing it costs microseconds and touches no weight pages.
     """
 
-    def __init__(self, manifest: Manifest, weights: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self, manifest: Manifest, weights: Mapping[str, np.ndarray], *, threads: int | None = None
+    ) -> None:
+        """``threads``: threads for the work BLAS does not parallelise (attention per head,
+        softmax, GELU, layer norm). Default 1: on the shared 2-core machine this was
+        measured, a second thread competed with BLAS's own and lost (docs/bundle.md);
+        ``parallel.default_threads()`` gives the CPUs this process may use."""
         if manifest.dtype != "float32":
             raise EngineError(
                 f"the CPU engine computes in float32 but this bundle holds {manifest.dtype} weights",
@@ -102,6 +116,7 @@ class CpuEngine:
             w[name] = arr
         c = manifest.config
         self.manifest = manifest
+        self._workers = Workers(threads or 1)
         self._task = manifest.task
         self._hidden = c.hidden_size
         self._heads = c.num_heads
@@ -131,8 +146,10 @@ class CpuEngine:
         ids, mask, types = self._check_inputs(input_ids, attention_mask, token_type_ids)
         b, t = ids.shape
         x = self._embed(ids, types)
-        # [B, 1, 1, T]: 0 for real tokens, finfo.min for padding keys.
-        bias = np.where(mask[:, None, None, :] != 0, np.float32(0), np.float32(MASK_VALUE))
+        # [B, 1, T]: 0 for real tokens, finfo.min for padding keys; None when nothing is padded.
+        bias = None
+        if not mask.all():
+            bias = np.where(mask[:, None, :] != 0, np.float32(0), np.float32(MASK_VALUE))
         for layer in self._layers:
             x = self._layer(x, bias, b, t, layer)
         return self._head(x, b, t)
@@ -151,32 +168,71 @@ class CpuEngine:
         ops.layer_norm_(x, *self._embed_norm, self._eps)
         return x
 
-    def _layer(self, x: np.ndarray, bias: np.ndarray, b: int, t: int, p: _Layer) -> np.ndarray:
+    def _layer(
+        self, x: np.ndarray, bias: np.ndarray | None, b: int, t: int, p: _Layer
+    ) -> np.ndarray:
+        n, run = b * t, self._workers.run
+        qkv = x @ p.qkv_w
+        ctx = self._attention(qkv, p.qkv_b, bias, b, t)
+        a = ctx @ p.out_w
+
+        def attn_epilogue(i: int, j: int) -> None:
+            a[i:j] += p.out_b
+            a[i:j] += x[i:j]
+            ops.layer_norm_(a[i:j], p.attn_norm_w, p.attn_norm_b, self._eps)
+
+        run(attn_epilogue, n, min_part=ROWS_PER_PART)
+        f = a @ p.up_w
+
+        def activation(i: int, j: int) -> None:
+            f[i:j] += p.up_b
+            self._act(f[i:j])
+
+        run(activation, n, min_part=ROWS_PER_PART)
+        out: np.ndarray = f @ p.down_w
+
+        def ffn_epilogue(i: int, j: int) -> None:
+            out[i:j] += p.down_b
+            out[i:j] += a[i:j]
+            ops.layer_norm_(out[i:j], p.ffn_norm_w, p.ffn_norm_b, self._eps)
+
+        run(ffn_epilogue, n, min_part=ROWS_PER_PART)
+        return out
+
+    def _attention(
+        self, qkv: np.ndarray, qkv_b: np.ndarray, bias: np.ndarray | None, b: int, t: int
+    ) -> np.ndarray:
+        """Softmax(q k^T + mask) v for every sequence and head, as [B*T, H].
+
+        Work is cut into (sequence, group of heads) items whose scores fit in L2
+        and is spread over the workers; each item writes its context straight
+        into the [B, T, heads, d] output, so no transpose copy follows.
+        """
         h, nh = self._hidden, self._heads
         d = h // nh
-        qkv = x @ p.qkv_w
-        qkv += p.qkv_b
+        run = self._workers.run
+        run(lambda i, j: np.add(qkv[i:j], qkv_b, out=qkv[i:j]), b * t, min_part=ROWS_PER_PART)
         qkv5 = qkv.reshape(b, t, 3, nh, d)
-        q = qkv5[:, :, 0].transpose(0, 2, 1, 3)  # [B, nh, T, d], strided view
+        q = qkv5[:, :, 0].transpose(0, 2, 1, 3)  # [B, nh, T, d], strided views, no copies
         k_t = qkv5[:, :, 1].transpose(0, 2, 3, 1)  # [B, nh, d, T]
         v = qkv5[:, :, 2].transpose(0, 2, 1, 3)
-        scores = np.matmul(q, k_t)  # [B, nh, T, T]; q was pre-scaled at convert time
-        scores += bias
-        ops.softmax_(scores)
-        ctx = np.matmul(scores, v)  # [B, nh, T, d]
-        ctx2 = ctx.transpose(0, 2, 1, 3).reshape(b * t, h)  # one copy into [B*T, H]
-        a = ctx2 @ p.out_w
-        a += p.out_b
-        a += x
-        ops.layer_norm_(a, p.attn_norm_w, p.attn_norm_b, self._eps)
-        f = a @ p.up_w
-        f += p.up_b
-        self._act(f)
-        out = f @ p.down_w
-        out += p.down_b
-        out += a
-        ops.layer_norm_(out, p.ffn_norm_w, p.ffn_norm_b, self._eps)
-        return out
+        ctx = np.empty((b, t, nh, d), np.float32)
+        per_item = max(1, min(nh, SCORES_BLOCK_ELEMS // (t * t)))
+        items = [(i, g) for i in range(b) for g in range(0, nh, per_item)]
+
+        def work(start: int, stop: int) -> None:
+            scores = np.empty((per_item, t, t), np.float32)  # reused by this part's items
+            for i, g in items[start:stop]:
+                e = min(nh, g + per_item)
+                s = scores[: e - g]
+                np.matmul(q[i, g:e], k_t[i, g:e], out=s)  # q was pre-scaled at convert time
+                if bias is not None:
+                    s += bias[i]
+                ops.softmax_(s)
+                np.matmul(s, v[i, g:e], out=ctx[i].transpose(1, 0, 2)[g:e])
+
+        run(work, len(items))
+        return ctx.reshape(b * t, h)
 
     def _head(self, x: np.ndarray, b: int, t: int) -> np.ndarray:
         if self._task == "embeddings":
@@ -184,9 +240,9 @@ class CpuEngine:
         assert self._classifier is not None
         cls_w, cls_b = self._classifier
         if self._task == "token-classification":
-            logits = x @ cls_w
-            logits += cls_b
-            return logits.reshape(b, t, -1)
+            token_logits: np.ndarray = x @ cls_w
+            token_logits += cls_b
+            return token_logits.reshape(b, t, -1)
         assert self._pre is not None
         pooled = x.reshape(b, t, self._hidden)[:, 0] @ self._pre[0]
         pooled += self._pre[1]
@@ -194,7 +250,7 @@ class CpuEngine:
             np.tanh(pooled, out=pooled)
         else:
             ops.relu_(pooled)
-        logits = pooled @ cls_w
+        logits: np.ndarray = pooled @ cls_w
         logits += cls_b
         return logits
 

@@ -34,6 +34,7 @@ SOURCE_URL = "https://github.com/zerostart/zerostart"
 CONTAINER_PORT = 8080
 NONROOT_UID = 65532  # distroless' "nonroot": no collision with host users, not root
 from zerostart.image.inspect import TRACE_NAME  # noqa: E402
+
 FORMATS = ("oci", "docker-archive")
 PASSWD = f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}:nonroot:/tmp:/sbin/nologin\n"
 GROUP = f"root:x:0:\nnonroot:x:{NONROOT_UID}:\n"
@@ -44,7 +45,9 @@ class BuildOptions:
     """How to build; the defaults make the CPU image a user wants."""
 
     device: str | None = None  # None: the bundle's own device
-    arch: str | None = None  # GPU architecture the image targets (sm_86): a label, for the scheduler
+    arch: str | None = (
+        None  # GPU architecture the image targets (sm_86): a label, for the scheduler
+    )
     format: str = "oci"
     compression: str = "gzip"
     tag: str = "latest"
@@ -88,7 +91,7 @@ def build_image(
         if progress is not None:
             progress(name, fraction)
 
-    manifest = Manifest.load(bundle)
+    manifest = Manifest.load(Path(bundle))
     device = options.device or manifest.device
     step("tracing the worker", 0.0)
     trace = trace_worker(
@@ -109,18 +112,24 @@ def build_image(
     )
     cfg = image_config(closure, manifest, device, options, bundle)
     with tempfile.TemporaryDirectory(prefix="zerostart-build-") as work:
-        blob_dir = Path(out) / "blobs" / "sha256" if options.format == "oci" else Path(work) / "blobs"
+        blob_dir = (
+            Path(out) / "blobs" / "sha256" if options.format == "oci" else Path(work) / "blobs"
+        )
         layers = _write_layers(bundle, closure, blob_dir, Path(work), options, step)
         step("writing the image", 0.95)
         if options.format == "oci":
-            image = write_oci_layout(out, cfg, list(layers), annotations(cfg), tag=options.tag)
+            image = write_oci_layout(
+                out, cfg, list(layers), image_annotations(cfg), tag=options.tag
+            )
         else:
             name = Path(str(out)).name.removesuffix(".tar") or "image"
             image = write_docker_archive(
                 out, cfg, list(layers), repo_tag=f"zerostart/{name}:{options.tag}"
             )
     trace_file = trace_path_for(out, options.format)
-    trace_file.write_text(json.dumps(trace_document(trace, closure, layers), indent=1, sort_keys=True) + "\n")
+    trace_file.write_text(
+        json.dumps(trace_document(trace, closure, layers), indent=1, sort_keys=True) + "\n"
+    )
     step("done", 1.0)
     return BuildResult(image, str(trace_file), closure, layers)
 
@@ -167,7 +176,11 @@ def _write_layers(
 
 
 def image_config(
-    closure: Closure, manifest: Manifest, device: str, options: BuildOptions, bundle: str | os.PathLike[str]
+    closure: Closure,
+    manifest: Manifest,
+    device: str,
+    options: BuildOptions,
+    bundle: str | os.PathLike[str],
 ) -> ImageConfig:
     """Entrypoint, user, env and labels of the image."""
     env = [
@@ -182,7 +195,9 @@ def image_config(
         env.append("LD_LIBRARY_PATH=" + ":".join(closure.library_path))
     if device == "cuda":
         env += ["NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=compute"]
-    model_name = str(manifest.source.get("model") or manifest.source.get("name") or Path(bundle).resolve().name)
+    model_name = str(
+        manifest.source.get("model") or manifest.source.get("name") or Path(bundle).resolve().name
+    )
     labels = {
         "org.opencontainers.image.source": SOURCE_URL,
         "org.opencontainers.image.title": f"zerostart {model_name} ({manifest.task}, {device})",
@@ -203,7 +218,7 @@ def image_config(
     )
 
 
-def annotations(cfg: ImageConfig) -> dict[str, str]:
+def image_annotations(cfg: ImageConfig) -> dict[str, str]:
     """Manifest annotations: the same keys as the labels (registries show these)."""
     return dict(cfg.labels)
 

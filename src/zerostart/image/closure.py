@@ -243,7 +243,9 @@ class ClosureBuilder:
             return  # the model layer is the whole bundle, added by the builder
         if not relocated:
             for link, target in links:
-                self.closure.add(ImageFile(link, RUNTIME, "symlink on the library path", link_target=target))
+                self.closure.add(
+                    ImageFile(link, RUNTIME, "symlink on the library path", link_target=target)
+                )
         if reason is None:
             reason = self._python_reason(real) or "opened by the worker"
         info = self.resolver.info(real) if _might_be_elf(real) else None
@@ -273,7 +275,9 @@ class ClosureBuilder:
             return
         found = self.resolver.find(name, exe)
         if found is None:
-            self.closure.excluded.setdefault(name, "dlopen()ed by name but not found on the library path")
+            self.closure.excluded.setdefault(
+                name, "dlopen()ed by name but not found on the library path"
+            )
             return
         if self._driver(found.path):
             return
@@ -286,8 +290,14 @@ class ClosureBuilder:
             if not matches:
                 raise ImageError(f"--include {item}: matches no file")
             for m in matches:
-                paths = [m] if os.path.isfile(m) else sorted(
-                    str(p) for p in Path(m).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                paths = (
+                    [m]
+                    if os.path.isfile(m)
+                    else sorted(
+                        str(p)
+                        for p in Path(m).rglob("*")
+                        if p.is_file() and "__pycache__" not in p.parts
+                    )
                 )
                 for p in paths:
                     self.add_path(p, f"--include {item}")
@@ -306,16 +316,21 @@ class ClosureBuilder:
 
     # -- internals -------------------------------------------------------------------
     def _excluded(self, host: str) -> bool:
-        pat = _matches(host, self.excludes)
-        if pat is None and self._driver(host):
-            pat = "NVIDIA driver library (mounted from the host at run time)"
-        if pat is not None:
-            self.closure.excluded.setdefault(host, f"excluded by {pat}")
-            return True
-        return False
+        if self._driver(host):
+            why = "NVIDIA driver library (mounted from the host at run time)"
+        else:
+            pat = _matches(host, self.excludes)
+            if pat is None:
+                return False
+            why = f"excluded by {pat}"
+        self.closure.excluded.setdefault(host, why)
+        return True
 
     def _driver(self, path: str) -> bool:
-        return bool(self.driver_patterns) and _matches(os.path.basename(path), self.driver_patterns) is not None
+        return (
+            bool(self.driver_patterns)
+            and _matches(os.path.basename(path), self.driver_patterns) is not None
+        )
 
     def _python_reason(self, real: str) -> str | None:
         name = self._module_name(real)
@@ -358,7 +373,9 @@ class ClosureBuilder:
                 )
             lib_real = os.path.realpath(found.path)
             if self._driver(found.path):
-                self.closure.excluded.setdefault(found.path, "NVIDIA driver library (mounted from the host at run time)")
+                self.closure.excluded.setdefault(
+                    found.path, "NVIDIA driver library (mounted from the host at run time)"
+                )
                 continue
             self._elf_reason.setdefault(lib_real, f"{name} ← {who}")
             # Always: the symlinks on this search path must exist even if the file is known.

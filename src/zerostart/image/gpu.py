@@ -29,9 +29,19 @@ from dataclasses import dataclass
 
 from zerostart.image.elf import default_library_dirs, ld_so_conf_dirs
 
-CONTROL_NODES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+CONTROL_NODES = (
+    "/dev/nvidiactl",
+    "/dev/nvidia-uvm",
+    "/dev/nvidia-uvm-tools",
+    "/dev/nvidia-modeset",
+)
 CAPABILITY_LIBRARIES = {
-    "compute": ("libcuda.so.1", "libnvidia-ptxjitcompiler.so.1", "libnvidia-nvvm.so.4", "libcudadebugger.so.1"),
+    "compute": (
+        "libcuda.so.1",
+        "libnvidia-ptxjitcompiler.so.1",
+        "libnvidia-nvvm.so.4",
+        "libcudadebugger.so.1",
+    ),
     "utility": ("libnvidia-ml.so.1",),
 }
 CONTAINER_LIBRARY_DIR = "/usr/lib/x86_64-linux-gnu"
@@ -106,17 +116,34 @@ def host_gpu_mounts(env: dict[str, str]) -> GpuMounts:
     return GpuMounts(tuple(nodes), tuple(libs))
 
 
-def oci_additions(mounts: GpuMounts) -> tuple[list[dict[str, object]], list[dict[str, object]], list[dict[str, object]]]:
+def oci_additions(
+    mounts: GpuMounts,
+) -> tuple[list[dict[str, object]], list[dict[str, object]], list[dict[str, object]]]:
     """(linux.devices, linux.resources.devices allow rules, mounts) for an OCI runtime config."""
     devices: list[dict[str, object]] = []
     rules: list[dict[str, object]] = []
     for d in mounts.devices:
         devices.append(
-            {"path": d.path, "type": "c", "major": d.major, "minor": d.minor, "fileMode": 0o666, "uid": 0, "gid": 0}
+            {
+                "path": d.path,
+                "type": "c",
+                "major": d.major,
+                "minor": d.minor,
+                "fileMode": 0o666,
+                "uid": 0,
+                "gid": 0,
+            }
         )
-        rules.append({"allow": True, "type": "c", "major": d.major, "minor": d.minor, "access": "rwm"})
+        rules.append(
+            {"allow": True, "type": "c", "major": d.major, "minor": d.minor, "access": "rwm"}
+        )
     binds: list[dict[str, object]] = [
-        {"destination": dest, "type": "bind", "source": host, "options": ["bind", "ro", "nosuid", "nodev"]}
+        {
+            "destination": dest,
+            "type": "bind",
+            "source": host,
+            "options": ["bind", "ro", "nosuid", "nodev"],
+        }
         for host, dest in mounts.libraries
     ]
     return devices, rules, binds

@@ -120,7 +120,7 @@ def inspect_image(path: str | os.PathLike[str]) -> ImageReport:
         try:
             with open_layer_tar(ref.path, ref.media_type) as raw:
                 counter = _Counter(raw)
-                with tarfile.open(fileobj=counter, mode="r|") as tar:
+                with tarfile.open(fileobj=counter, mode="r|") as tar:  # type: ignore[call-overload]
                     for m in tar:
                         if not m.isfile():
                             continue
@@ -168,7 +168,9 @@ def format_report(report: ImageReport, top: int = DEFAULT_TOP) -> str:
         lines.append(f"  {title}")
     lines.append(f"  {'layer':<12} {'compressed':>11} {'unpacked':>11} {'files':>6}")
     for la in report.layers:
-        lines.append(f"  {la.name:<12} {_mb(la.size):>11} {_mb(la.uncompressed_size):>11} {la.file_count:>6}")
+        lines.append(
+            f"  {la.name:<12} {_mb(la.size):>11} {_mb(la.uncompressed_size):>11} {la.file_count:>6}"
+        )
     lines.append(
         f"  {'total':<12} {_mb(report.total_size):>11} {_mb(report.total_uncompressed):>11} "
         f"{sum(la.file_count for la in report.layers):>6}"
@@ -180,7 +182,9 @@ def format_report(report: ImageReport, top: int = DEFAULT_TOP) -> str:
             f"{_mb(sum(la.uncompressed_size for la in no_model)):>11}"
         )
     for name, groups in report.groups.items():
-        parts = ", ".join(f"{k} {v / MB:.1f} MB" for k, v in sorted(groups.items(), key=lambda kv: -kv[1]))
+        parts = ", ".join(
+            f"{k} {v / MB:.1f} MB" for k, v in sorted(groups.items(), key=lambda kv: -kv[1])
+        )
         lines.append(f"  {name}: {parts}")
     lines.append(f"largest files (of {len(report.files)}):")
     for f in report.largest(top):

@@ -138,7 +138,9 @@ def with_parents(entries: Iterable[Entry], extra_dirs: Iterable[str] = ()) -> li
             if parent not in by_path:
                 by_path[parent] = Entry(parent, "dir", mode=STICKY_DIRS.get(parent))
             elif by_path[parent].kind != "dir":
-                raise ImageError(f"{parent} is a {by_path[parent].kind} and also a directory in one layer")
+                raise ImageError(
+                    f"{parent} is a {by_path[parent].kind} and also a directory in one layer"
+                )
     return [by_path[k] for k in sorted(by_path, key=lambda p: p.encode("utf-8", "surrogateescape"))]
 
 
@@ -172,6 +174,7 @@ def write_layer(
             closer()
         digest = "sha256:" + compressed.sha.hexdigest()
         final = out_dir / compressed.sha.hexdigest()
+        os.chmod(tmp_name, 0o644)  # mkstemp's 0600 would hide blobs from other users
         os.replace(tmp_name, final)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -197,8 +200,12 @@ def _compressor(kind: str, sink: _HashingWriter) -> tuple[Any, Callable[[], None
         try:
             import zstandard
         except ImportError as exc:
-            raise ImageError("zstd layers need the `zstandard` module (pip install zstandard)") from exc
-        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True, write_content_size=False)
+            raise ImageError(
+                "zstd layers need the `zstandard` module (pip install zstandard)"
+            ) from exc
+        cctx = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, write_checksum=True, write_content_size=False
+        )
         zw = cctx.stream_writer(sink, closefd=False)
         return zw, zw.close
     return sink, lambda: None
@@ -246,7 +253,9 @@ for src, out, dfile in jobs:
 """
 
 
-def compile_pycs(python: str, jobs: list[tuple[str, str, str]], timeout_s: float = COMPILE_TIMEOUT_S) -> None:
+def compile_pycs(
+    python: str, jobs: list[tuple[str, str, str]], timeout_s: float = COMPILE_TIMEOUT_S
+) -> None:
     """Compile (source, output pyc, image path) triples with ``python`` in one fresh process.
 
     One fresh interpreter with a fixed input list makes the marshalled bytes a
@@ -258,12 +267,19 @@ def compile_pycs(python: str, jobs: list[tuple[str, str, str]], timeout_s: float
     cmd = [python, "-I", "-c", PYC_COMPILER]
     try:
         done = subprocess.run(
-            cmd, input=json.dumps(jobs), capture_output=True, text=True, timeout=timeout_s, check=False
+            cmd,
+            input=json.dumps(jobs),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeToolError(cmd[:3], f"timed out after {timeout_s:.0f}s compiling pycs") from exc
     if done.returncode != 0:
-        raise RuntimeToolError(cmd[:3], "compiling pycs failed", returncode=done.returncode, stderr=done.stderr)
+        raise RuntimeToolError(
+            cmd[:3], "compiling pycs failed", returncode=done.returncode, stderr=done.stderr
+        )
 
 
 def strip_debug(source: str, cache_dir: str | os.PathLike[str]) -> str:
@@ -279,7 +295,9 @@ def strip_debug(source: str, cache_dir: str | os.PathLike[str]) -> str:
     tmp = out.with_suffix(f".tmp{os.getpid()}")
     cmd = [strip, "--strip-debug", "--enable-deterministic-archives", "-o", str(tmp), source]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=STRIP_TIMEOUT_S, check=False)
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=STRIP_TIMEOUT_S, check=False
+        )
     except subprocess.TimeoutExpired as exc:
         raise RuntimeToolError(cmd, f"timed out after {STRIP_TIMEOUT_S:.0f}s") from exc
     if done.returncode != 0:

@@ -87,13 +87,19 @@ def config_document(cfg: ImageConfig, layers: list[LayerBlob]) -> dict[str, Any]
         },
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
         "history": [
-            {"created": created, "created_by": f"zerostart build: {layer.name} layer", "comment": layer.name}
+            {
+                "created": created,
+                "created_by": f"zerostart build: {layer.name} layer",
+                "comment": layer.name,
+            }
             for layer in layers
         ],
     }
 
 
-def manifest_document(config: bytes, layers: list[LayerBlob], annotations: dict[str, str]) -> dict[str, Any]:
+def manifest_document(
+    config: bytes, layers: list[LayerBlob], annotations: dict[str, str]
+) -> dict[str, Any]:
     return {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -155,8 +161,12 @@ def write_oci_layout(
     }
     (out / "oci-layout").write_bytes(canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
     (out / "index.json").write_bytes(canonical_json(index))
-    _remove_stale_blobs(blobs, {sha256_digest(config), sha256_digest(manifest), *(la.digest for la in layers)})
-    return WrittenImage(str(out), "oci", sha256_digest(manifest), sha256_digest(config), tuple(layers))
+    _remove_stale_blobs(
+        blobs, {sha256_digest(config), sha256_digest(manifest), *(la.digest for la in layers)}
+    )
+    return WrittenImage(
+        str(out), "oci", sha256_digest(manifest), sha256_digest(config), tuple(layers)
+    )
 
 
 def _remove_stale_blobs(blobs: Path, keep: set[str]) -> None:
@@ -180,7 +190,10 @@ def write_docker_archive(
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-")
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+        with (
+            os.fdopen(fd, "wb") as raw,
+            tarfile.open(fileobj=raw, mode="w|", format=tarfile.PAX_FORMAT) as tar,
+        ):  # type: ignore[call-overload]
             names = []
             entries: list[tuple[str, Any]] = []
             for layer in layers:
@@ -200,7 +213,14 @@ def write_docker_archive(
                 if "/" in name:
                     _tar_dir(tar, name.split("/", 1)[0], mtime)
                 info = tarfile.TarInfo(name)
-                info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = mtime, 0o644, 0, 0, "", ""
+                info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                    mtime,
+                    0o644,
+                    0,
+                    0,
+                    "",
+                    "",
+                )
                 if isinstance(payload, bytes):
                     info.size = len(payload)
                     tar.addfile(info, io.BytesIO(payload))
@@ -208,6 +228,7 @@ def write_docker_archive(
                     info.size = payload.uncompressed_size
                     with open_layer_tar(payload.path, payload.media_type) as f:
                         tar.addfile(info, f)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -218,7 +239,13 @@ def write_docker_archive(
 def _tar_dir(tar: tarfile.TarFile, name: str, mtime: int) -> None:
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = (
-        tarfile.DIRTYPE, 0o755, mtime, 0, 0, "", "",
+        tarfile.DIRTYPE,
+        0o755,
+        mtime,
+        0,
+        0,
+        "",
+        "",
     )
     tar.addfile(info)
 
@@ -298,12 +325,16 @@ def read_oci_layout(path: str | os.PathLike[str], tag: str | None = None) -> Ima
     except json.JSONDecodeError as exc:
         raise ImageError(f"{root}: broken JSON in the image layout: {exc}") from exc
     if layout.get("imageLayoutVersion") != LAYOUT_VERSION:
-        raise ImageError(f"{root}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}")
+        raise ImageError(
+            f"{root}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}"
+        )
     manifests = [m for m in index.get("manifests", []) if m.get("mediaType") == OCI_MANIFEST]
     if tag is not None:
         manifests = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == tag]
     if len(manifests) != 1:
-        raise ImageError(f"{root}: expected one image manifest{f' tagged {tag}' if tag else ''}, found {len(manifests)}")
+        raise ImageError(
+            f"{root}: expected one image manifest{f' tagged {tag}' if tag else ''}, found {len(manifests)}"
+        )
     desc = manifests[0]
     manifest = json.loads(_blob(root, desc["digest"]))
     config = json.loads(_blob(root, manifest["config"]["digest"]))

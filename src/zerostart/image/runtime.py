@@ -54,9 +54,17 @@ NOFILE_LIMIT = 4096  # max_connections (512) + mmapped files + slack
 STATE_ROOT = "/run/zerostart/oci"
 OCI_VERSION = "1.0.2"
 MASKED_PATHS = (
-    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
-    "/sys/firmware", "/sys/devices/virtual/powercap",
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 WHITEOUT = ".wh."
@@ -84,7 +92,10 @@ def unpack_layers(image: ImageRef, rootfs: str | os.PathLike[str]) -> None:
     os.makedirs(root, exist_ok=True)
     for layer in image.layers:
         try:
-            with open_layer_tar(layer.path, layer.media_type) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            with (
+                open_layer_tar(layer.path, layer.media_type) as f,
+                tarfile.open(fileobj=f, mode="r|") as tar,
+            ):
                 for member in tar:
                     base = os.path.basename(member.name)
                     parent = os.path.join(root, os.path.dirname(member.name))
@@ -98,7 +109,9 @@ def unpack_layers(image: ImageRef, rootfs: str | os.PathLike[str]) -> None:
                     target = os.path.join(root, member.name)
                     if os.path.lexists(target) and not (member.isdir() and os.path.isdir(target)):
                         _remove(target)
-                    tar.extract(_safe_member(member, root), root, set_attrs=True, filter="fully_trusted")
+                    tar.extract(
+                        _safe_member(member, root), root, set_attrs=True, filter="fully_trusted"
+                    )
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise ImageError(f"cannot unpack layer {layer.digest} of {image.path}: {exc}") from exc
 
@@ -150,12 +163,42 @@ def runtime_config(
     uid, gid = _user(cfg.get("User") or "0:0")
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
-        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-        {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={TMPFS_SIZE}"]},
-        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-        {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", f"size={TMPFS_SIZE}"]},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", f"size={TMPFS_SIZE}"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/tmp",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=1777", f"size={TMPFS_SIZE}"],
+        },
     ]
     devices: list[dict[str, Any]] = []
     rules: list[dict[str, Any]] = [{"allow": False, "access": "rwm"}]
@@ -172,7 +215,9 @@ def runtime_config(
             "args": args,
             "env": [f"{k}={v}" for k, v in env.items()],
             "cwd": cfg.get("WorkingDir") or "/",
-            "capabilities": {k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")},
+            "capabilities": {
+                k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
+            },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": NOFILE_LIMIT, "soft": NOFILE_LIMIT}],
             "noNewPrivileges": True,
         },
@@ -192,14 +237,18 @@ def runtime_config(
 def _user(spec: str) -> tuple[int, int]:
     user, _, group = spec.partition(":")
     if not user.isdigit() or (group and not group.isdigit()):
-        raise ImageError(f"image user {spec!r} must be numeric uid[:gid] (the image has no name service)")
+        raise ImageError(
+            f"image user {spec!r} must be numeric uid[:gid] (the image has no name service)"
+        )
     return int(user), int(group or user)
 
 
 # --------------------------------------------------------------------------- runtime choice
 
 
-def _run_tool(cmd: list[str], timeout_s: float = TOOL_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
+def _run_tool(
+    cmd: list[str], timeout_s: float = TOOL_TIMEOUT_S
+) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as exc:
@@ -210,7 +259,14 @@ def _run_tool(cmd: list[str], timeout_s: float = TOOL_TIMEOUT_S) -> subprocess.C
 
 def _probe(runtime: str, work: Path) -> str | None:
     """Run ``ld.so --version`` in a minimal container; None when it works, else the reason."""
-    ld_so = next((p for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1") if os.path.exists(p)), None)
+    ld_so = next(
+        (
+            p
+            for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1")
+            if os.path.exists(p)
+        ),
+        None,
+    )
     if ld_so is None:
         return "no dynamic loader on this host to probe with"
     rootfs = work / "rootfs"
@@ -228,7 +284,12 @@ def _probe(runtime: str, work: Path) -> str | None:
     except RuntimeToolError as exc:
         return str(exc)
     finally:
-        subprocess.run([runtime, "--root", STATE_ROOT, "delete", "--force", cid], capture_output=True, timeout=TOOL_TIMEOUT_S, check=False)
+        subprocess.run(
+            [runtime, "--root", STATE_ROOT, "delete", "--force", cid],
+            capture_output=True,
+            timeout=TOOL_TIMEOUT_S,
+            check=False,
+        )
     if done.returncode != 0:
         return (done.stderr or done.stdout).strip()[-500:] or f"exit status {done.returncode}"
     return None
@@ -243,7 +304,9 @@ def _host_key(path: str) -> str:
 def choose_runtime(preferred: str | None = None, cache_dir: Path | None = None) -> str:
     """The first OCI runtime that runs a container on this host (probed once, then cached)."""
     if os.geteuid() != 0:
-        raise RuntimeToolError(["runc"], "running containers needs root here (rootless is not supported yet)")
+        raise RuntimeToolError(
+            ["runc"], "running containers needs root here (rootless is not supported yet)"
+        )
     names = [preferred] if preferred else [os.environ.get("ZEROSTART_OCI_RUNTIME") or "", *RUNTIMES]
     cache_file = (cache_dir or default_cache_dir()) / "oci-runtime.json"
     try:
@@ -317,14 +380,28 @@ class Container:
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
         cmd = [runtime, "--root", STATE_ROOT, "run", "--bundle", self._work, self.id]
         self.started_at = time.monotonic()
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
+        self._proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+        )
         self._runtime = runtime
         try:
             return wait_healthy(self.port, self._proc, self.ready_timeout_s)
         except ImageError as exc:
             tail = self.log_tail()
             self.stop()
-            raise RuntimeToolError(cmd, f"container did not become healthy: {exc}", stderr=tail) from exc
+            raise RuntimeToolError(
+                cmd, f"container did not become healthy: {exc}", stderr=tail
+            ) from exc
+
+    @property
+    def runtime_name(self) -> str:
+        return os.path.basename(self._runtime) if self._runtime else ""
+
+    def wait(self) -> int:
+        """Block until the container exits on its own; returns its exit status."""
+        if self._proc is None:
+            raise ImageError("the container is not running")
+        return self._proc.wait()
 
     def log_tail(self, chars: int = 2000) -> str:
         try:
@@ -349,9 +426,16 @@ class Container:
                         proc.wait(TOOL_TIMEOUT_S)
             status = proc.returncode
             done = _run_tool([self._runtime, "--root", STATE_ROOT, "delete", "--force", self.id])
-            if done.returncode != 0 and "does not exist" not in done.stderr and "not exist" not in done.stderr:
+            if (
+                done.returncode != 0
+                and "does not exist" not in done.stderr
+                and "not exist" not in done.stderr
+            ):
                 raise RuntimeToolError(
-                    [self._runtime, "delete", self.id], "cannot delete the container", returncode=done.returncode, stderr=done.stderr
+                    [self._runtime, "delete", self.id],
+                    "cannot delete the container",
+                    returncode=done.returncode,
+                    stderr=done.stderr,
                 )
             self._proc = None
         if self._log is not None:

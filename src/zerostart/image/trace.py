@@ -61,7 +61,7 @@ def _zerostart_audit(event, args):
         _emit("write" if writing else "open", os.path.abspath(path))
     elif event == "import":
         _emit("import", args[0])
-    elif event == "ctypes.dlopen":
+    elif event == "ctypes.dlopen" and args[0] is not None:
         _emit("dlopen", args[0])
 sys.addaudithook(_zerostart_audit)
 del _name, _mod

@@ -129,7 +129,7 @@ def write_weights(
             "shape": list(arr.shape),
             "data_offsets": [offset, offset + arr.nbytes],
         }
-        chunks.append(memoryview(arr.reshape(-1).view(np.uint8)))
+        chunks.append(arr.reshape(-1).view(np.uint8).data)
         offset += arr.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-(_LEN_BYTES + len(raw)) % ALIGN_BYTES)

@@ -24,6 +24,7 @@ from zerostart.serve.http import Request, Response, error_response
 from zerostart.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.serve.metrics import Metrics
 from zerostart.serve.startup import Startup
+from zerostart.snapshot.marker import restore_info, start_ticks
 
 log = logging.getLogger("zerostart.serve")
 
@@ -79,6 +80,7 @@ class App:
         self.ready = False  # set once listening; false again when shutdown begins
         self.in_flight = 0  # inference requests between parse and response
         self._info_static = self._static_info()
+        self._boot_ticks = start_ticks()  # changes if CRIU restores this process (snapshot.marker)
 
     async def handle(self, request: Request) -> Response:
         route = request.path.strip("/")
@@ -179,7 +181,14 @@ class App:
         return {**self.pipeline.info(), **facts}
 
     def info(self) -> dict[str, Any]:
-        return {**self._info_static, "start": self.startup.as_dict()}
+        start = self.startup.as_dict()
+        restored = restore_info(self._boot_ticks)
+        if restored is not None:
+            # Restored from a snapshot: the boot phases happened once, before the freeze.
+            start = {**start, "mode": "restore", "boot_phases": start["phases"], "restore": restored}
+            if isinstance(restored.get("phases"), dict):
+                start["phases"] = restored["phases"]
+        return {**self._info_static, "start": start}
 
 
 def _method_not_allowed(allowed: str, route: str) -> Response:

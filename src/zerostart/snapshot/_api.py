@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from zerostart.errors import ZerostartError
 from zerostart.snapshot import _compat, _criu, _process
@@ -40,11 +40,24 @@ from zerostart.snapshot._process import Warmup
 from zerostart.snapshot._store import dedup_images, default_store, snapshot_dir, verify_images
 from zerostart.snapshot.marker import RESTORE_INFO_NAME, SNAPSHOT_DIR_ENV, start_ticks
 
+if TYPE_CHECKING:
+    from zerostart.snapshot._cuda import CudaCheckpointer
+
 RESTORE_READY_TIMEOUT_S = 30.0  # a restored process answers at once; waiting longer hides a hang
 PID_FREE_WAIT_S = 5.0  # init reaps a killed restored process within ~1 s here
 # Environment worth recording for a cold-boot fallback and for a reader of the manifest;
 # secrets are not copied into a file on disk.
-ENV_PREFIXES = ("ZEROSTART_", "HF_", "TRANSFORMERS_", "OMP_", "MKL_", "OPENBLAS_", "CUDA_", "PYTHON", "LC_")
+ENV_PREFIXES = (
+    "ZEROSTART_",
+    "HF_",
+    "TRANSFORMERS_",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "CUDA_",
+    "PYTHON",
+    "LC_",
+)
 ENV_NAMES = ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "TZ")
 
 
@@ -85,7 +98,7 @@ def _store(store: str | os.PathLike[str] | None) -> Path:
     return Path(store) if store is not None else default_store()
 
 
-def _cuda_checkpointer():  # type: ignore[no-untyped-def]
+def _cuda_checkpointer() -> CudaCheckpointer:
     from zerostart.snapshot._cuda import CudaCheckpointer
 
     return CudaCheckpointer()
@@ -113,7 +126,10 @@ def snapshot(
     command = list(command)
     ready_url = ready_url or _process.default_ready_url(command)
     if ready_url is None:
-        raise SnapshotError("no readiness URL", hint="pass --ready http://HOST:PORT/health (or a --port in the command)")
+        raise SnapshotError(
+            "no readiness URL",
+            hint="pass --ready http://HOST:PORT/health (or a --port in the command)",
+        )
     root = _store(store)
     folder = snapshot_dir(root, name)
     if folder.exists():
@@ -129,7 +145,9 @@ def snapshot(
     log_path = folder / BOOT_LOG_NAME
     proc = _process.start_detached(command, log_path, cwd=cwd, env=run_env)
     try:
-        timings["boot_to_ready"] = _process.wait_ready(ready_url, pid=proc.pid, timeout_s=ready_timeout_s, log_path=log_path)
+        timings["boot_to_ready"] = _process.wait_ready(
+            ready_url, pid=proc.pid, timeout_s=ready_timeout_s, log_path=log_path
+        )
         if warmup is not None:
             t0 = time.perf_counter()
             _process.run_warmup(ready_url, warmup)
@@ -146,7 +164,9 @@ def snapshot(
             driver = ckpt.driver_version()
             timings.update(ckpt.checkpoint(proc.pid))
         try:
-            timings["criu_dump"] = _criu.dump(proc.pid, folder / IMAGES_DIR, leave_running=leave_running)
+            timings["criu_dump"] = _criu.dump(
+                proc.pid, folder / IMAGES_DIR, leave_running=leave_running
+            )
         finally:
             if cuda and leave_running:
                 ckpt.resume(proc.pid)
@@ -179,16 +199,26 @@ def snapshot(
     return SnapshotResult(name, folder, manifest, size, saved, timings)
 
 
-def check(name: str, *, store: str | os.PathLike[str] | None = None, full: bool = False) -> SnapshotManifest:
+def check(
+    name: str, *, store: str | os.PathLike[str] | None = None, full: bool = False
+) -> SnapshotManifest:
     """Raise CorruptSnapshotError / IncompatibleSnapshotError unless ``name`` can be restored here."""
     folder = snapshot_dir(_store(store), name)
     if not folder.exists():
-        raise SnapshotError(f"no snapshot named {name!r} in {folder.parent}", hint="list them with `zerostart snapshot --list`")
+        raise SnapshotError(
+            f"no snapshot named {name!r} in {folder.parent}",
+            hint="list them with `zerostart snapshot --list`",
+        )
     manifest = read_manifest(folder)
     verify_images(folder, manifest.images, full=full)
-    here = host_fingerprint(_criu.version(), cuda_driver=manifest.host.cuda_driver and _cuda_driver_here(),
-                            gpus=manifest.host.gpus)
-    problems = _compat.host_problems(manifest.host, here) + _compat.file_problems(manifest.mapped_files, full=full)
+    here = host_fingerprint(
+        _criu.version(),
+        cuda_driver=manifest.host.cuda_driver and _cuda_driver_here(),
+        gpus=manifest.host.gpus,
+    )
+    problems = _compat.host_problems(manifest.host, here) + _compat.file_problems(
+        manifest.mapped_files, full=full
+    )
     if problems:
         from zerostart.snapshot._errors import IncompatibleSnapshotError
 
@@ -259,10 +289,14 @@ def restore(
         if manifest.cuda:
             timings.update(_cuda_checkpointer().restore(pid))
         assert manifest.ready_url is not None
-        timings["health"] = _process.wait_ready(manifest.ready_url, pid=pid, timeout_s=ready_timeout_s)
+        timings["health"] = _process.wait_ready(
+            manifest.ready_url, pid=pid, timeout_s=ready_timeout_s
+        )
         timings["total"] = time.perf_counter() - t_all
         _write_restore_info(folder, pid, timings)
-        return RestoreResult(name, "restored", None, pid, manifest.ready_url, manifest.port, timings)
+        return RestoreResult(
+            name, "restored", None, pid, manifest.ready_url, manifest.port, timings
+        )
     except (SnapshotError, OSError) as exc:
         if not fallback:
             raise
@@ -286,13 +320,21 @@ def _write_restore_info(folder: Path, pid: int, timings: dict[str, float]) -> No
 def _boot(manifest: SnapshotManifest, folder: Path, reason: str, t_all: float) -> RestoreResult:
     """The fallback: run the snapshot's command from scratch, with its recorded cwd and environment."""
     env = {**os.environ, **manifest.env, SNAPSHOT_DIR_ENV: str(folder)}
-    proc = _process.start_detached(list(manifest.command), folder / "fallback.log", cwd=manifest.cwd, env=env)
+    proc = _process.start_detached(
+        list(manifest.command), folder / "fallback.log", cwd=manifest.cwd, env=env
+    )
     timings: dict[str, float] = {}
     assert manifest.ready_url is not None
     try:
-        timings["boot_to_ready"] = _process.wait_ready(manifest.ready_url, pid=proc.pid, log_path=folder / "fallback.log")
+        timings["boot_to_ready"] = _process.wait_ready(
+            manifest.ready_url, pid=proc.pid, log_path=folder / "fallback.log"
+        )
     except ReadinessError as exc:
         _process.stop(proc.pid)
-        raise SnapshotError(f"restore failed ({reason}) and booting the command failed too: {exc}") from exc
+        raise SnapshotError(
+            f"restore failed ({reason}) and booting the command failed too: {exc}"
+        ) from exc
     timings["total"] = time.perf_counter() - t_all
-    return RestoreResult(manifest.name, "booted", reason, proc.pid, manifest.ready_url, manifest.port, timings)
+    return RestoreResult(
+        manifest.name, "booted", reason, proc.pid, manifest.ready_url, manifest.port, timings
+    )

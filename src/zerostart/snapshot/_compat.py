@@ -38,8 +38,12 @@ def host_problems(recorded: HostFingerprint, here: HostFingerprint) -> list[str]
         problems.append(f"kernel {recorded.kernel} -> {here.kernel}")
     missing = sorted(set(recorded.cpu_flags) - set(here.cpu_flags))
     if missing:
-        shown = ", ".join(missing[:12]) + (f" (+{len(missing) - 12} more)" if len(missing) > 12 else "")
-        problems.append(f"CPU flags missing on this host: {shown} (snapshot taken on {recorded.cpu_model!r})")
+        shown = ", ".join(missing[:12]) + (
+            f" (+{len(missing) - 12} more)" if len(missing) > 12 else ""
+        )
+        problems.append(
+            f"CPU flags missing on this host: {shown} (snapshot taken on {recorded.cpu_model!r})"
+        )
     rec_v, here_v = _version_tuple(recorded.criu_version), _version_tuple(here.criu_version)
     if not rec_v or not here_v or rec_v[0] != here_v[0] or here_v < rec_v:
         problems.append(f"CRIU {recorded.criu_version} -> {here.criu_version}")

@@ -41,7 +41,13 @@ LOG_TAIL_CHARS = 4000
 INSTALL_HINT = "install CRIU 4.x with `sudo scripts/install_criu.sh` (needs root)"
 
 DUMP_FLAGS = ("--tcp-established", "--ext-unix-sk", "--file-locks", "--link-remap")
-RESTORE_FLAGS = ("--restore-detached", "--tcp-close", "--ext-unix-sk", "--file-locks", "--link-remap")
+RESTORE_FLAGS = (
+    "--restore-detached",
+    "--tcp-close",
+    "--ext-unix-sk",
+    "--file-locks",
+    "--link-remap",
+)
 
 
 def criu_binary() -> str:
@@ -62,9 +68,13 @@ def _run(args: Sequence[str], timeout_s: float, what: str, log_file: Path | None
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise CriuError(f"{what} timed out after {timeout_s:.0f} s", command=cmd, output=_tail(log_file)) from exc
+        raise CriuError(
+            f"{what} timed out after {timeout_s:.0f} s", command=cmd, output=_tail(log_file)
+        ) from exc
     except OSError as exc:
-        raise CriuError(f"{what}: cannot run {cmd[0]}: {exc.strerror}", command=cmd, hint=INSTALL_HINT) from exc
+        raise CriuError(
+            f"{what}: cannot run {cmd[0]}: {exc.strerror}", command=cmd, hint=INSTALL_HINT
+        ) from exc
     log.debug("%s: exit %d in %.3f s", " ".join(cmd), proc.returncode, time.perf_counter() - t0)
     output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0:
@@ -72,8 +82,13 @@ def _run(args: Sequence[str], timeout_s: float, what: str, log_file: Path | None
         hint = "is this running as root?" if os.geteuid() != 0 else None
         if log_file is not None:
             hint = f"full log: {log_file}" + (f"; {hint}" if hint else "")
-        raise CriuError(f"{what} failed (exit {proc.returncode})", command=cmd, returncode=proc.returncode,
-                        output=_last_errors(detail), hint=hint)
+        raise CriuError(
+            f"{what} failed (exit {proc.returncode})",
+            command=cmd,
+            returncode=proc.returncode,
+            output=_last_errors(detail),
+            hint=hint,
+        )
     return output
 
 
@@ -108,7 +123,9 @@ def check() -> None:
         raise CriuError("criu check did not pass", output=out, hint=INSTALL_HINT)
 
 
-def dump(pid: int, images: Path, *, leave_running: bool = False, timeout_s: float = DUMP_TIMEOUT_S) -> float:
+def dump(
+    pid: int, images: Path, *, leave_running: bool = False, timeout_s: float = DUMP_TIMEOUT_S
+) -> float:
     """Freeze the tree rooted at ``pid`` into ``images``; returns seconds taken."""
     images.mkdir(parents=True, exist_ok=True)
     log_file = images.parent / "dump.log"
@@ -120,7 +137,9 @@ def dump(pid: int, images: Path, *, leave_running: bool = False, timeout_s: floa
     return time.perf_counter() - t0
 
 
-def restore(images: Path, work: Path, *, timeout_s: float = RESTORE_TIMEOUT_S, extra: Sequence[str] = ()) -> int:
+def restore(
+    images: Path, work: Path, *, timeout_s: float = RESTORE_TIMEOUT_S, extra: Sequence[str] = ()
+) -> int:
     """Bring the tree in ``images`` back, detached; returns the root PID.
 
     ``work`` receives CRIU's log and pidfile, so the images folder (shared by
@@ -130,8 +149,19 @@ def restore(images: Path, work: Path, *, timeout_s: float = RESTORE_TIMEOUT_S, e
     log_file = work / "restore.log"
     pidfile = work / "restore.pid"
     pidfile.unlink(missing_ok=True)
-    args = ["restore", "-D", str(images), "-W", str(work), "-o", str(log_file), "--pidfile", str(pidfile),
-            *RESTORE_FLAGS, *extra]
+    args = [
+        "restore",
+        "-D",
+        str(images),
+        "-W",
+        str(work),
+        "-o",
+        str(log_file),
+        "--pidfile",
+        str(pidfile),
+        *RESTORE_FLAGS,
+        *extra,
+    ]
     _run(args, timeout_s, f"criu restore from {images}", log_file)
     try:
         return int(pidfile.read_text().strip())

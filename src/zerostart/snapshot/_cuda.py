@@ -77,8 +77,12 @@ def _load_libcuda() -> Any:
             f"{LIBCUDA_NAME} has no {', '.join(missing)}: the driver predates the checkpoint API",
             hint="upgrade the NVIDIA driver to r555 or newer",
         )
-    for name in ("cuCheckpointProcessLock", "cuCheckpointProcessCheckpoint",
-                 "cuCheckpointProcessRestore", "cuCheckpointProcessUnlock"):
+    for name in (
+        "cuCheckpointProcessLock",
+        "cuCheckpointProcessCheckpoint",
+        "cuCheckpointProcessRestore",
+        "cuCheckpointProcessUnlock",
+    ):
         fn = getattr(lib, name)
         fn.argtypes = [ctypes.c_int, ctypes.c_void_p]
         fn.restype = ctypes.c_int
@@ -106,7 +110,9 @@ class CudaCheckpointer:
         name, text = ctypes.c_char_p(), ctypes.c_char_p()
         self._lib.cuGetErrorName(code, ctypes.byref(name))
         self._lib.cuGetErrorString(code, ctypes.byref(text))
-        return (name.value or b"CUDA_ERROR_UNKNOWN").decode(), (text.value or b"unknown error").decode()
+        return (name.value or b"CUDA_ERROR_UNKNOWN").decode(), (
+            text.value or b"unknown error"
+        ).decode()
 
     def _check(self, call: str, code: int, *, pid: int) -> None:
         if code != CUDA_SUCCESS:
@@ -121,22 +127,38 @@ class CudaCheckpointer:
 
     def state(self, pid: int) -> ProcessState:
         out = ctypes.c_int()
-        self._check("cuCheckpointProcessGetState", self._lib.cuCheckpointProcessGetState(pid, ctypes.byref(out)), pid=pid)
+        self._check(
+            "cuCheckpointProcessGetState",
+            self._lib.cuCheckpointProcessGetState(pid, ctypes.byref(out)),
+            pid=pid,
+        )
         return ProcessState(out.value)
 
-    def _step(self, call: str, pid: int, expect: ProcessState, after: ProcessState, args: Any = None) -> float:
+    def _step(
+        self, call: str, pid: int, expect: ProcessState, after: ProcessState, args: Any = None
+    ) -> float:
         state = self.state(pid)
         if state is not expect:
-            raise CudaCheckpointError(call, -1, "UNEXPECTED_STATE",
-                                      f"process is {state.name}, {call} needs {expect.name}", pid=pid)
+            raise CudaCheckpointError(
+                call,
+                -1,
+                "UNEXPECTED_STATE",
+                f"process is {state.name}, {call} needs {expect.name}",
+                pid=pid,
+            )
         fn: Callable[[int, Any], int] = getattr(self._lib, call)
         t0 = time.perf_counter()
         self._check(call, fn(pid, ctypes.byref(args) if args is not None else None), pid=pid)
         elapsed = time.perf_counter() - t0
         state = self.state(pid)
         if state is not after:
-            raise CudaCheckpointError(call, -1, "UNEXPECTED_STATE",
-                                      f"process is {state.name} after {call}, expected {after.name}", pid=pid)
+            raise CudaCheckpointError(
+                call,
+                -1,
+                "UNEXPECTED_STATE",
+                f"process is {state.name} after {call}, expected {after.name}",
+                pid=pid,
+            )
         return elapsed
 
     def checkpoint(self, pid: int, *, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> dict[str, float]:
@@ -146,10 +168,15 @@ class CudaCheckpointer:
         snapshot leaves the worker serving.
         """
         lock = _LockArgs(timeoutMs=lock_timeout_ms)
-        times = {"cuda_lock": self._step("cuCheckpointProcessLock", pid, ProcessState.RUNNING, ProcessState.LOCKED, lock)}
+        times = {
+            "cuda_lock": self._step(
+                "cuCheckpointProcessLock", pid, ProcessState.RUNNING, ProcessState.LOCKED, lock
+            )
+        }
         try:
             times["cuda_checkpoint"] = self._step(
-                "cuCheckpointProcessCheckpoint", pid, ProcessState.LOCKED, ProcessState.CHECKPOINTED)
+                "cuCheckpointProcessCheckpoint", pid, ProcessState.LOCKED, ProcessState.CHECKPOINTED
+            )
         except CudaCheckpointError:
             self._lib.cuCheckpointProcessUnlock(pid, None)
             raise
@@ -158,8 +185,12 @@ class CudaCheckpointer:
     def restore(self, pid: int) -> dict[str, float]:
         """CHECKPOINTED -> RUNNING: GPU memory back at the same addresses, CUDA calls unblocked."""
         return {
-            "cuda_restore": self._step("cuCheckpointProcessRestore", pid, ProcessState.CHECKPOINTED, ProcessState.LOCKED),
-            "cuda_unlock": self._step("cuCheckpointProcessUnlock", pid, ProcessState.LOCKED, ProcessState.RUNNING),
+            "cuda_restore": self._step(
+                "cuCheckpointProcessRestore", pid, ProcessState.CHECKPOINTED, ProcessState.LOCKED
+            ),
+            "cuda_unlock": self._step(
+                "cuCheckpointProcessUnlock", pid, ProcessState.LOCKED, ProcessState.RUNNING
+            ),
         }
 
     def resume(self, pid: int) -> None:
@@ -167,4 +198,6 @@ class CudaCheckpointer:
         if self.state(pid) is ProcessState.CHECKPOINTED:
             self.restore(pid)
         elif self.state(pid) is ProcessState.LOCKED:
-            self._check("cuCheckpointProcessUnlock", self._lib.cuCheckpointProcessUnlock(pid, None), pid=pid)
+            self._check(
+                "cuCheckpointProcessUnlock", self._lib.cuCheckpointProcessUnlock(pid, None), pid=pid
+            )

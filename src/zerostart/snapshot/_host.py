@@ -62,7 +62,8 @@ def cpu_info(cpuinfo_text: str | None = None) -> tuple[str, tuple[str, ...]]:
             cpuinfo_text = Path("/proc/cpuinfo").read_text()
         except OSError:
             return "unknown", ()
-    model, flags = "unknown", ()
+    model = "unknown"
+    flags: tuple[str, ...] = ()
     for line in cpuinfo_text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
@@ -75,7 +76,9 @@ def cpu_info(cpuinfo_text: str | None = None) -> tuple[str, tuple[str, ...]]:
     return model, flags
 
 
-def host_fingerprint(criu_version: str, *, cuda_driver: str | None = None, gpus: tuple[str, ...] = ()) -> HostFingerprint:
+def host_fingerprint(
+    criu_version: str, *, cuda_driver: str | None = None, gpus: tuple[str, ...] = ()
+) -> HostFingerprint:
     model, flags = cpu_info()
     return HostFingerprint(
         arch=platform.machine(),

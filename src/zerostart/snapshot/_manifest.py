@@ -114,10 +114,13 @@ def read_manifest(folder: Path) -> SnapshotManifest:
         raise CorruptSnapshotError(path, "not a JSON object")
     seal = data.get(SEAL_FIELD)
     if seal != hashlib.sha256(_canonical(data)).hexdigest():
-        raise CorruptSnapshotError(path, "edited or damaged: its content does not match manifest_sha256")
+        raise CorruptSnapshotError(
+            path, "edited or damaged: its content does not match manifest_sha256"
+        )
     if data.get("format_version") != FORMAT_VERSION:
         raise CorruptSnapshotError(
-            path, f"format_version {data.get('format_version')!r}, this zerostart reads {FORMAT_VERSION}"
+            path,
+            f"format_version {data.get('format_version')!r}, this zerostart reads {FORMAT_VERSION}",
         )
     try:
         return SnapshotManifest.from_dict(data)

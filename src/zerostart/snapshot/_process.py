@@ -14,6 +14,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -68,14 +69,18 @@ class Warmup:
     method: str = "POST"
 
 
-def http_request(url: str, method: str = "GET", body: Any = None, timeout_s: float = HTTP_TIMEOUT_S) -> tuple[int, bytes]:
+def http_request(
+    url: str, method: str = "GET", body: Any = None, timeout_s: float = HTTP_TIMEOUT_S
+) -> tuple[int, bytes]:
     """One request on a fresh connection that the server is told to close.
 
     ``Connection: close`` matters: a kept-alive connection would still be
     established when CRIU freezes the process.
     """
     parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or DEFAULT_HOST, parts.port or 80, timeout=timeout_s)
+    conn = http.client.HTTPConnection(
+        parts.hostname or DEFAULT_HOST, parts.port or 80, timeout=timeout_s
+    )
     try:
         headers = {"Connection": "close"}
         payload = None
@@ -92,13 +97,26 @@ def http_request(url: str, method: str = "GET", body: Any = None, timeout_s: flo
         conn.close()
 
 
-def start_detached(command: Sequence[str], log_path: Path, *, cwd: str | None = None,
-                   env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def start_detached(
+    command: Sequence[str],
+    log_path: Path,
+    *,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """Start ``command`` in its own session with no tie to our stdio (see module doc)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(os.devnull, "rb") as devnull, open(log_path, "ab") as out:
-        return subprocess.Popen(list(command), stdin=devnull, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=cwd, env=env, start_new_session=True, close_fds=True)
+        return subprocess.Popen(
+            list(command),
+            stdin=devnull,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
 
 
 def _log_tail(log_path: Path | None) -> str:
@@ -124,17 +142,26 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def wait_ready(url: str, *, pid: int | None = None, timeout_s: float = READY_TIMEOUT_S,
-               log_path: Path | None = None) -> float:
+def wait_ready(
+    url: str,
+    *,
+    pid: int | None = None,
+    timeout_s: float = READY_TIMEOUT_S,
+    log_path: Path | None = None,
+) -> float:
     """Poll ``url`` until it answers 200; returns seconds waited. Raises if ``pid`` dies first."""
     t0 = time.perf_counter()
     last = "no answer"
     while True:
         if pid is not None and not pid_alive(pid):
-            raise ReadinessError(f"process {pid} exited before {url} answered: {_log_tail(log_path)}")
+            raise ReadinessError(
+                f"process {pid} exited before {url} answered: {_log_tail(log_path)}"
+            )
         elapsed = time.perf_counter() - t0
         if elapsed > timeout_s:
-            raise ReadinessError(f"{url} did not answer 200 within {timeout_s:.0f} s (last: {last})")
+            raise ReadinessError(
+                f"{url} did not answer 200 within {timeout_s:.0f} s (last: {last})"
+            )
         try:
             status, _ = http_request(url, timeout_s=max(1.0, timeout_s - elapsed))
         except (OSError, http.client.HTTPException) as exc:
@@ -148,9 +175,13 @@ def wait_ready(url: str, *, pid: int | None = None, timeout_s: float = READY_TIM
 
 
 def run_warmup(base_url: str, warmup: Warmup) -> None:
-    status, data = http_request(urllib.parse.urljoin(base_url, warmup.path), warmup.method, warmup.body)
+    status, data = http_request(
+        urllib.parse.urljoin(base_url, warmup.path), warmup.method, warmup.body
+    )
     if status != 200:
-        raise ReadinessError(f"warm-up {warmup.method} {warmup.path} answered HTTP {status}: {data[:300]!r}")
+        raise ReadinessError(
+            f"warm-up {warmup.method} {warmup.path} answered HTTP {status}: {data[:300]!r}"
+        )
 
 
 def wait_connections_closed(pid: int, timeout_s: float = 2.0) -> None:
@@ -202,10 +233,8 @@ def stop(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and pid_alive(pid):
             time.sleep(0.01)
@@ -213,10 +242,8 @@ def stop(pid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
             break
     deadline = time.monotonic() + REAP_WAIT_S
     while time.monotonic() < deadline:
-        try:  # reap it if it is our child
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child
             os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         if not os.path.exists(f"/proc/{pid}"):
             return
         time.sleep(0.01)

@@ -46,7 +46,9 @@ def default_store() -> Path:
 
 def check_name(name: str) -> str:
     if not name or name.startswith(".") or not set(name) <= _NAME_OK:
-        raise SnapshotError(f"bad snapshot name {name!r}", hint="use letters, digits, '.', '_' and '-'")
+        raise SnapshotError(
+            f"bad snapshot name {name!r}", hint="use letters, digits, '.', '_' and '-'"
+        )
     return name
 
 
@@ -130,4 +132,8 @@ def remove_snapshot(store: Path, name: str) -> int:
 
 def list_snapshots(store: Path) -> list[str]:
     root = store / "snapshots"
-    return sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists()) if root.exists() else []
+    return (
+        sorted(p.name for p in root.iterdir() if (p / "manifest.json").exists())
+        if root.exists()
+        else []
+    )

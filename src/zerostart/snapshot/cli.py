@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -15,7 +16,7 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     from zerostart.snapshot._errors import SnapshotError
     from zerostart.snapshot._store import default_store
 
-    store = args.store or default_store()
+    store = Path(args.store) if args.store else default_store()
     if args.list:
         for name in list_snapshots(store):
             print(name)
@@ -33,11 +34,20 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     if args.warmup_path:
         body: Any = json.loads(args.warmup_body) if args.warmup_body else None
         warmup = Warmup(args.warmup_path, body, "POST" if body is not None else "GET")
-    result = snapshot(args.name, command, ready_url=args.ready, warmup=warmup, store=store,
-                      leave_running=args.leave_running, ready_timeout_s=args.ready_timeout)
+    result = snapshot(
+        args.name,
+        command,
+        ready_url=args.ready,
+        warmup=warmup,
+        store=store,
+        leave_running=args.leave_running,
+        ready_timeout_s=args.ready_timeout,
+    )
     t = result.timings_s
-    print(f"snapshot {result.name} -> {result.path}: {result.size_bytes / 1e6:.1f} MB of images "
-          f"({result.dedup_saved_bytes / 1e6:.1f} MB shared with earlier snapshots)")
+    print(
+        f"snapshot {result.name} -> {result.path}: {result.size_bytes / 1e6:.1f} MB of images "
+        f"({result.dedup_saved_bytes / 1e6:.1f} MB shared with earlier snapshots)"
+    )
     print("  " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items()))
     return 0
 
@@ -49,7 +59,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         check(args.name, store=args.store, full=args.full_verify)
         print(f"snapshot {args.name} can be restored on this host")
         return 0
-    result = restore(args.name, store=args.store, fallback=not args.no_fallback, full_verify=args.full_verify)
+    result = restore(
+        args.name, store=args.store, fallback=not args.no_fallback, full_verify=args.full_verify
+    )
     phases = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in result.timings_s.items())
     print(f"{result.mode} {result.name}: pid {result.pid}, {result.url} ({phases})")
     if result.reason:
@@ -59,15 +71,27 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``snapshot`` and ``restore`` to the main parser's subcommands."""
-    p = sub.add_parser("snapshot", help="boot a command, warm it up, and freeze it (CRIU)",
-                       description="zerostart snapshot --name N [--ready URL] -- COMMAND ...")
+    p = sub.add_parser(
+        "snapshot",
+        help="boot a command, warm it up, and freeze it (CRIU)",
+        description="zerostart snapshot --name N [--ready URL] -- COMMAND ...",
+    )
     p.add_argument("--name", help="snapshot name (letters, digits, . _ -)")
-    p.add_argument("--ready", help="health URL that answers 200 when ready (default: from --port in COMMAND)")
+    p.add_argument(
+        "--ready", help="health URL that answers 200 when ready (default: from --port in COMMAND)"
+    )
     p.add_argument("--warmup-path", help="request path to call once ready, e.g. /embed")
     p.add_argument("--warmup-body", help="JSON body for the warm-up request (POST); none: GET")
-    p.add_argument("--leave-running", action="store_true", help="keep the command running after the dump")
-    p.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for readiness")
-    p.add_argument("--store", help="snapshot store folder (default $ZEROSTART_SNAPSHOTS or /var/lib/zerostart/snapshots)")
+    p.add_argument(
+        "--leave-running", action="store_true", help="keep the command running after the dump"
+    )
+    p.add_argument(
+        "--ready-timeout", type=float, default=180.0, help="seconds to wait for readiness"
+    )
+    p.add_argument(
+        "--store",
+        help="snapshot store folder (default $ZEROSTART_SNAPSHOTS or /var/lib/zerostart/snapshots)",
+    )
     p.add_argument("--list", action="store_true", help="list snapshots and exit")
     p.add_argument("--remove", metavar="NAME", help="delete a snapshot and its unshared images")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND ... to run and freeze")
@@ -78,5 +102,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     r.add_argument("--store", help="snapshot store folder")
     r.add_argument("--no-fallback", action="store_true", help="fail instead of booting the command")
     r.add_argument("--full-verify", action="store_true", help="hash every image and mapped file")
-    r.add_argument("--check", action="store_true", help="only check the snapshot can be restored here")
+    r.add_argument(
+        "--check", action="store_true", help="only check the snapshot can be restored here"
+    )
     r.set_defaults(func=_cmd_restore)

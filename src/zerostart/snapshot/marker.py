@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 SNAPSHOT_DIR_ENV = "ZEROSTART_SNAPSHOT_DIR"
@@ -53,7 +52,8 @@ def restore_info(boot_ticks: int | None) -> dict[str, Any] | None:
     folder = os.environ.get(SNAPSHOT_DIR_ENV)
     if folder:
         try:
-            recorded = json.loads((Path(folder) / RESTORE_INFO_NAME).read_text())
+            with open(os.path.join(folder, RESTORE_INFO_NAME), encoding="utf-8") as f:
+                recorded = json.load(f)
         except (OSError, ValueError):
             recorded = None
         if isinstance(recorded, dict) and recorded.get("start_ticks") == now:

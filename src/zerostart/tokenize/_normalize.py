@@ -9,27 +9,36 @@ alone: we compute it once per character (`map_char`) and keep it in a
 `str.translate` table, so that normalising is one C-level `translate` call.
 
 Offsets need the alignment only when some character changes length (is dropped,
-or becomes several). Such characters are known in advance from the Unicode
-tables, so one regex search decides between the fast path (alignment is the
-identity) and a per-character loop that builds the alignment. A text whose
-decomposition has combining marks that NFD would reorder goes through the exact
-pass-by-pass path (`_normalize_staged`), which is slow and rare.
+or becomes several). A second translate table maps each character to a one-
+character marker ("." keeps its length, "x" changes it, "r" may be reordered by
+NFD), so one more `translate` says whether the alignment is the identity (the
+fast path) and where the changes are. A text whose decomposition has combining
+marks that NFD would reorder goes through the exact pass-by-pass path
+(`_normalize_staged`), which is slow and rare.
 
 The pre-tokeniser then splits the normalised text on whitespace (dropped) and
-punctuation (each mark its own word); a single regex does both.
+punctuation (each mark its own word): a regex for ASCII text, and for the rest a
+translate that pads punctuation with spaces followed by `str.split`. Regexes
+with big Unicode classes are avoided on purpose: `re` compiles them in pure
+Python (tens of milliseconds on the cold-start path) and matches their astral
+ranges one by one.
 
 Runtime module: standard library only.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize import _unicode_tables as tables
+
+if TYPE_CHECKING:  # the worker imports the manifest itself; we only need the type
+    from zerostart.model.manifest import TokenizerSettings
 
 # A translate table holds one entry per distinct character seen; an adversary
 # sending every code point would otherwise grow it to ~100 MB. Past this many
@@ -48,10 +57,6 @@ CJK_RANGES: tuple[tuple[int, int], ...] = (
     (0x2B920, 0x2CEAF),
     (0x2F800, 0x2FA1F),
 )
-# Hangul syllables decompose algorithmically into two or three jamo.
-HANGUL_RANGES: tuple[tuple[int, int], ...] = ((0xAC00, 0xD7A3),)
-# Lowercasing that changes length (U+0130 İ -> i + U+0307) in Unicode up to 16.
-LOWER_EXPANDING = (0x130,)
 
 
 class _RangeSet:
@@ -63,10 +68,6 @@ class _RangeSet:
         merged = sorted(ranges)
         self._starts = [a for a, _ in merged]
         self._ends = [b for _, b in merged]
-
-    @property
-    def empty(self) -> bool:
-        return not self._starts
 
     def __contains__(self, cp: int) -> bool:
         i = bisect_right(self._starts, cp) - 1
@@ -89,55 +90,47 @@ _NFD_KEPT = frozenset(tables.NFD_KEPT)
 # Whitespace as Rust's char::is_whitespace (the pre-tokeniser) sees it.
 _SPACE = _RangeSet(tables.SPACE_RANGES)
 
-# One match per pre-token: a run of non-space, non-punctuation characters, or a
-# single punctuation character. `re` checks a character class's astral ranges
-# one by one for every character, which triples the cost on ordinary text, so
-# there are three versions of the same split and `find_words` picks the cheapest
-# one that is exact for the text at hand.
-_BMP_PUNCT = [r for r in tables.PUNCT_RANGES if r[1] <= 0xFFFF]
-_ASTRAL_PUNCT = [r for r in tables.PUNCT_RANGES if r[0] > 0xFFFF]
-assert all(r[1] <= 0xFFFF or r[0] > 0xFFFF for r in tables.PUNCT_RANGES)
-assert all(r[1] <= 0xFFFF for r in tables.SPACE_RANGES)
+# Pre-tokenising. ASCII text: one match per word. Other text: pad punctuation
+# with spaces and split on whitespace; Python's whitespace is Rust's plus
+# U+001C..U+001F, which only survive normalisation when clean_text is off.
 _ASCII_PUNCT = [r for r in tables.PUNCT_RANGES if r[1] < 0x80]
 _ASCII_SPACE = [r for r in tables.SPACE_RANGES if r[1] < 0x80]
 _ASCII_WORD_RE = re.compile(
     f"[^{_char_class(_ASCII_SPACE + _ASCII_PUNCT)}]+|[{_char_class(_ASCII_PUNCT)}]"
 )
-_BMP_WORD_RE = re.compile(
-    f"[^{_char_class([*tables.SPACE_RANGES, *_BMP_PUNCT])}]+|[{_char_class(_BMP_PUNCT)}]"
-)
-_WORD_RE = re.compile(
-    f"(?:[^{_char_class([*tables.SPACE_RANGES, *_BMP_PUNCT, (0x10000, 0x10FFFF)])}]+"
-    f"|(?![{_char_class(_ASTRAL_PUNCT)}])[\U00010000-\U0010ffff])+"
-    f"|[{_char_class(_BMP_PUNCT)}]|[{_char_class(_ASTRAL_PUNCT)}]"
-)
-_ASTRAL_RE = re.compile("[\U00010000-\U0010ffff]")
+_ISOLATE_PUNCT = {cp: f" {chr(cp)} " for a, b in tables.PUNCT_RANGES for cp in range(a, b + 1)}
+_NOT_RUST_SPACE_RE = re.compile("[\x1c-\x1f]")
 
 
-def find_words(norm: str) -> list[str]:
-    """BertPreTokenizer: the words of normalised text, in order (whitespace dropped)."""
-    if norm.isascii():
-        return _ASCII_WORD_RE.findall(norm)
-    if _ASTRAL_RE.search(norm) is None:
-        return _BMP_WORD_RE.findall(norm)
-    return _WORD_RE.findall(norm)
+def find_words(norm: str) -> tuple[list[str], list[tuple[int, int]]]:
+    """BertPreTokenizer: the words of normalised text and their spans, in order."""
+    if _NOT_RUST_SPACE_RE.search(norm) is not None:
+        matches = list(_slow_word_re().finditer(norm))
+    elif norm.isascii():
+        matches = list(_ASCII_WORD_RE.finditer(norm))
+    else:
+        words = norm.translate(_ISOLATE_PUNCT).split()
+        # Words come in order with only whitespace between them, so the first
+        # occurrence from `pos` is the word itself.
+        spans = []
+        pos = 0
+        find = norm.find
+        for w in words:
+            start = find(w, pos)
+            pos = start + len(w)
+            spans.append((start, pos))
+        return words, spans
+    return [m.group() for m in matches], [m.span() for m in matches]
+
+
+@functools.cache
+def _slow_word_re() -> re.Pattern[str]:
+    """The full split as one regex, for text that keeps U+001C..U+001F (rare)."""
+    seps = _char_class((*tables.SPACE_RANGES, *tables.PUNCT_RANGES))
+    return re.compile(f"[^{seps}]+|[{_char_class(tables.PUNCT_RANGES)}]")
 
 
 _ASCII_CONTROL_RE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def _bmp(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF]
-
-
-def _astral(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    return [(max(a, 0x10000), b) for a, b in ranges if b > 0xFFFF]
-
-
-def _bmp_class(ranges: Iterable[tuple[int, int]]) -> re.Pattern[str] | None:
-    """A one-character regex for the BMP part of `ranges` (None when empty)."""
-    bmp = _bmp(ranges)
-    return re.compile(f"[{_char_class(bmp)}]") if bmp else None
 
 
 def _crate_ccc(ch: str) -> int:
@@ -176,8 +169,16 @@ class _CharTable(dict[int, str]):
         return value
 
 
+# Markers of the length-class table: one character per input character.
+_SAME_LENGTH = "."
+_CHANGES_LENGTH = "x"
+_MAY_REORDER = "r"
+_CHANGED_RUN_RE = re.compile("x+")
+_REORDER = _RangeSet(tables.REORDER_RANGES)
+
+
 class Normalizer:
-    """BertNormalizer + BertPreTokenizer for one set of settings."""
+    """BertNormalizer for one set of settings, with alignments to the original text."""
 
     def __init__(self, settings: TokenizerSettings) -> None:
         self.clean_text = settings.clean_text
@@ -188,34 +189,7 @@ class Normalizer:
             settings.lowercase if settings.strip_accents is None else settings.strip_accents
         )
         self._table = _CharTable(self.map_char)
-
-        # Characters whose normalised form is not exactly one character.
-        changing: list[tuple[int, int]] = []
-        if self.clean_text:
-            changing += tables.OTHER_RANGES
-        if self.handle_chinese_chars:
-            changing += CJK_RANGES
-        if self.lowercase:
-            changing += [(cp, cp) for cp in LOWER_EXPANDING]
-            changing += [(cp, cp) for cp, s in tables.LOWER_OVERRIDES.items() if len(s) != 1]
-        reorder: list[tuple[int, int]] = []
-        if self.strip_accents:
-            changing += tables.MARK_RANGES
-            changing += HANGUL_RANGES
-            changing += tables.STRIP_EXPANDING_RANGES
-            reorder = list(tables.REORDER_RANGES)
-        # A class with astral ranges makes `re` test each of them for every
-        # character, so the regexes hold the BMP part and astral characters (rare)
-        # are checked one by one against a range set.
-        self._changing_bmp = _bmp_class(changing)
-        self._changing_astral = _RangeSet(_astral(changing))
-        self._reorder_bmp = _bmp_class(reorder)
-        self._reorder_astral = _RangeSet(_astral(reorder))
-        # Runs of length-changing BMP characters, or any single astral character.
-        self._changing_re = re.compile(
-            (f"[{_char_class(_bmp(changing))}]+|" if _bmp(changing) else "")
-            + "[\\U00010000-\\U0010ffff]"
-        )
+        self._marks = _CharTable(self._mark)
 
     # -- one character ------------------------------------------------------
     def map_char(self, cp: int) -> str:
@@ -234,22 +208,15 @@ class Normalizer:
             ch = "".join(_lower(c) for c in ch)
         return ch
 
+    def _mark(self, cp: int) -> str:
+        if self.strip_accents and cp in _REORDER:
+            return _MAY_REORDER
+        return _SAME_LENGTH if len(self._table[cp]) == 1 else _CHANGES_LENGTH
+
     def needs_alignment(self, text: str) -> bool:
         """True if normalising `text` changes its length somewhere (or may reorder)."""
-        return self._has(text, self._changing_bmp, self._changing_astral) or self._needs_reorder(
-            text
-        )
-
-    def _needs_reorder(self, text: str) -> bool:
-        return self._has(text, self._reorder_bmp, self._reorder_astral)
-
-    @staticmethod
-    def _has(text: str, bmp: re.Pattern[str] | None, astral: _RangeSet) -> bool:
-        if bmp is not None and bmp.search(text):
-            return True
-        if astral.empty:
-            return False
-        return any(ord(m.group()) in astral for m in _ASTRAL_RE.finditer(text))
+        marks = text.translate(self._marks)
+        return _CHANGES_LENGTH in marks or _MAY_REORDER in marks
 
     # -- whole text ---------------------------------------------------------
     def normalize(self, text: str) -> tuple[str, list[int] | None]:
@@ -257,12 +224,12 @@ class Normalizer:
 
         The alignment is None when it is the identity (the common case).
         """
-        if text.isascii():
-            if not self.clean_text or _ASCII_CONTROL_RE.search(text) is None:
-                return (text.lower() if self.lowercase else text), None
-        elif not self.needs_alignment(text):
+        if text.isascii() and (not self.clean_text or _ASCII_CONTROL_RE.search(text) is None):
+            return (text.lower() if self.lowercase else text), None
+        marks = text.translate(self._marks)
+        if _CHANGES_LENGTH not in marks and _MAY_REORDER not in marks:
             return text.translate(self._table), None
-        elif self.strip_accents and self._needs_reorder(text):
+        if _MAY_REORDER in marks:
             return self._normalize_staged(text)
         # Length changes: translate in C, then build the alignment stretch by
         # stretch, touching in Python only the characters that change length.
@@ -270,14 +237,12 @@ class Normalizer:
         norm = text.translate(table)
         align: list[int] = []
         prev = 0
-        for m in self._changing_re.finditer(text):
+        for m in _CHANGED_RUN_RE.finditer(marks):
             start, end = m.span()
             align.extend(range(prev, start))
             for i in range(start, end):
                 n = len(table[ord(text[i])])
-                if n == 1:
-                    align.append(i)
-                elif n:
+                if n:
                     align.extend([i] * n)
             prev = end
         align.extend(range(prev, len(text)))

@@ -23,11 +23,14 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from zerostart.errors import TokenizerError
-from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize._normalize import Normalizer, find_words
 from zerostart.tokenize._wordpiece import WordPiece, decode_wordpiece, read_vocab
+
+if TYPE_CHECKING:  # the worker imports the manifest itself; we only need the type
+    from zerostart.model.manifest import TokenizerSettings
 
 SPECIALS_SINGLE = 2  # [CLS] a [SEP]
 SPECIALS_PAIR = 3  # [CLS] a [SEP] b [SEP]
@@ -103,6 +106,13 @@ class WordPieceTokenizer:
             prefix=settings.continuing_subword_prefix,
             max_input_chars_per_word=settings.max_input_chars_per_word,
         )
+        # A word that is itself a vocabulary token is its own WordPiece result
+        # (longest match first), unless it is over the per-word length limit.
+        max_chars = settings.max_input_chars_per_word
+        if any(len(t) > max_chars for t in self._vocab):
+            self._whole_word = {t: i for t, i in self._vocab.items() if len(t) <= max_chars}
+        else:
+            self._whole_word = self._vocab
         # Special tokens written in the text are matched on the raw text, longest first.
         specials = {
             t: self._vocab[t]
@@ -130,7 +140,9 @@ class WordPieceTokenizer:
     # -- vocabulary ------------------------------------------------------------
     def id_to_token(self, i: int) -> str:
         if not 0 <= i < self.vocab_size:
-            raise TokenizerError(f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})")
+            raise TokenizerError(
+                f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})"
+            )
         return self._id_to_token[i]
 
     def token_to_id(self, token: str) -> int | None:
@@ -141,7 +153,9 @@ class WordPieceTokenizer:
         return decode_wordpiece(tokens, self.settings.continuing_subword_prefix)
 
     # -- encoding --------------------------------------------------------------
-    def encode(self, text: str, pair: str | None = None, *, max_length: int | None = None) -> Encoding:
+    def encode(
+        self, text: str, pair: str | None = None, *, max_length: int | None = None
+    ) -> Encoding:
         """Encode one text or a pair with [CLS]/[SEP]; truncate to max_length tokens if given."""
         first = self._encode_sequence(text)
         if pair is None:
@@ -229,34 +243,44 @@ class WordPieceTokenizer:
         return seq
 
     def _encode_segment(self, text: str, base: int, word: int, seq: _Sequence) -> int:
-        """Append the tokens of a text without special tokens; returns the next word index."""
+        """Append the tokens of a text without special tokens; returns the next word index.
+
+        Written as comprehensions over whole words on purpose: a per-token Python
+        loop costs about twice as much, and this is the worker's hot path.
+        """
         norm, align = self._normalizer.normalize(text)
-        pieces = self._model.pieces
-        ids, tokens, offsets, word_ids = seq.ids, seq.tokens, seq.offsets, seq.word_ids
-        pos = 0
-        for w in find_words(norm):
-            # Words come in order with only whitespace between them, so the first
-            # occurrence from `pos` is this word (cheaper than match objects).
-            start = norm.find(w, pos)
-            pos = start + len(w)
-            w_ids, w_tokens, w_spans = pieces(w)
-            ids += w_ids
-            tokens += w_tokens
+        words, spans = find_words(norm)
+        if not words:
+            return word
+        n = len(words)
+        whole = [self._whole_word.get(w) for w in words]
+        if None not in whole:  # every word is one vocabulary token (most English text)
+            seq.ids += whole  # type: ignore[arg-type]
+            seq.tokens += words
             if align is None:
-                at = base + start
-                if len(w_ids) == 1:
-                    offsets.append((at, at + len(w)))
-                    word_ids.append(word)
-                else:
-                    offsets += [(at + s, at + e) for s, e in w_spans]
-                    word_ids += [word] * len(w_ids)
+                seq.offsets += [(a + base, b + base) for a, b in spans] if base else spans
             else:
-                offsets += [
-                    (base + align[start + s], base + align[start + e - 1] + 1) for s, e in w_spans
-                ]
-                word_ids += [word] * len(w_ids)
-            word += 1
-        return word
+                seq.offsets += [(align[a] + base, align[b - 1] + 1 + base) for a, b in spans]
+            seq.word_ids += range(word, word + n)
+            return word + n
+        pieces = self._model.pieces
+        found = [pieces(w) for w in words]
+        seq.ids += [i for p in found for i in p[0]]
+        seq.tokens += [t for p in found for t in p[1]]
+        if align is None:
+            seq.offsets += [
+                (a + s + base, a + e + base)
+                for (a, _), p in zip(spans, found, strict=True)
+                for s, e in p[2]
+            ]
+        else:
+            seq.offsets += [
+                (align[a + s] + base, align[a + e - 1] + 1 + base)
+                for (a, _), p in zip(spans, found, strict=True)
+                for s, e in p[2]
+            ]
+        seq.word_ids += [k for k, p in enumerate(found, word) for _ in p[0]]
+        return word + n
 
 
 def _budget(max_length: int, n_specials: int) -> int:

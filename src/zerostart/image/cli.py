@@ -1,0 +1,229 @@
+"""``zerostart build · inspect · run``: argparse wiring for the image subcommands.
+
+The lead's ``zerostart.cli`` calls :func:`add_subcommands` with its
+sub-parser action; each command imports the image machinery only when it
+runs, so ``zerostart --help`` stays instant. Errors are raised, never
+printed here: ``zerostart.cli.main`` shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+DEFAULT_TOP = 15
+
+
+def _progress(quiet: bool) -> Any:
+    if quiet:
+        return None
+    from zerostart.cli import Progress
+
+    return Progress()
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from zerostart.image.build import BuildOptions, build_image
+    from zerostart.image.inspect import format_report, inspect_image, summary_line
+
+    options = BuildOptions(
+        device=args.device,
+        arch=args.arch,
+        format=args.format,
+        compression=args.compression,
+        tag=args.tag,
+        include=tuple(args.include or ()),
+        exclude=tuple(args.exclude or ()),
+        strip_debug=not args.no_strip,
+        **({"python": args.python} if args.python else {}),
+    )
+    t0 = time.perf_counter()
+    result = build_image(args.bundle, args.output, options, progress=_progress(args.quiet))
+    elapsed = time.perf_counter() - t0
+    layers = ", ".join(
+        f"{la.name} {la.size / 1e6:.1f} MB ({la.uncompressed_size / 1e6:.1f} MB unpacked, {la.file_count} files)"
+        for la in result.layers
+    )
+    print(f"built {args.output} ({options.format}) in {elapsed:.1f}s: {layers}")
+    print(f"trace: {result.trace_path}")
+    if options.format == "oci":
+        report = inspect_image(args.output)
+        print(format_report(report, top=args.top))
+        print(f"biggest: {summary_line(report)}")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from zerostart.image.inspect import format_report, inspect_image
+
+    report = inspect_image(args.image)
+    if args.json:
+        print(json.dumps(report.to_dict(top=args.top), indent=2))
+    else:
+        print(format_report(report, top=args.top))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from zerostart.image.runtime import Container
+
+    container = Container(args.image, port=args.port, host=args.host, runtime=args.runtime)
+    ready_s = container.start()
+    print(
+        f"{args.image} answering on http://{args.host}:{args.port} "
+        f"({ready_s:.2f}s from `{container.runtime_name} run` to /health); Ctrl-C stops it",
+        file=sys.stderr,
+    )
+    try:
+        if args.check:
+            failures = _check_warmup(args.image, args.port)
+            for line in failures:
+                print(f"check failed: {line}", file=sys.stderr)
+            print(f"check: {'FAILED' if failures else 'all warm-up answers match the trace'}")
+            return 1 if failures else 0
+        previous = signal.signal(
+            signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())
+        )
+        try:
+            status = container.wait()
+            print(f"container exited with status {status}", file=sys.stderr)
+            return status
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    finally:
+        final = container.stop()
+        print(f"stopped (exit status {final})", file=sys.stderr)
+
+
+def _check_warmup(image: str, port: int) -> list[str]:
+    """Replay the build's successful warm-up requests; compare answers (floats to 1e-5)."""
+    from pathlib import Path
+
+    from zerostart.image.inspect import TRACE_NAME
+    from zerostart.image.trace import WarmupRequest, send
+
+    doc = json.loads((Path(image) / TRACE_NAME).read_text())
+    failures = []
+    for rec in doc["trace"]["requests"]:
+        if "answer" not in rec:
+            continue
+        status, answer = send(port, WarmupRequest(rec["method"], rec["path"], rec["body"]))
+        if status != 200 or not answers_match(answer, rec["answer"]):
+            failures.append(f"{rec['method']} {rec['path']}: HTTP {status} {str(answer)[:200]}")
+    return failures
+
+
+def answers_match(a: Any, b: Any, tol: float = 1e-5) -> bool:
+    """Equal JSON values, numbers within ``tol`` (same code, same CPU: differences are bugs)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return bool(a == b)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return abs(a - b) <= tol * max(1.0, abs(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(answers_match(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(answers_match(a[k], b[k], tol) for k in a)
+    return bool(a == b)
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Register ``build``, ``inspect`` and ``run`` on the main parser's sub-parsers."""
+    b = sub.add_parser(
+        "build",
+        help="build a minimal OCI image of a bundle (no Docker daemon)",
+        description=(
+            "Start the worker on the bundle, send warm-up requests to every route, record every "
+            "module, file and library it touched (audit hook + memory maps + ELF DT_NEEDED "
+            "closure) and write exactly those into deterministic layers: runtime, application, "
+            "model. The trace is saved next to the image for review."
+        ),
+    )
+    b.add_argument("bundle", help="bundle folder made by `zerostart convert`")
+    b.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="OCI layout folder (or .tar with --format docker-archive)",
+    )
+    b.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="device the image serves on (default: the bundle's)",
+    )
+    b.add_argument(
+        "--arch", help="GPU architecture the image targets, e.g. sm_86 (recorded as a label)"
+    )
+    b.add_argument(
+        "--format",
+        choices=["oci", "docker-archive"],
+        default="oci",
+        help="output format (default oci)",
+    )
+    b.add_argument(
+        "--compression",
+        choices=["gzip", "zstd", "none"],
+        default="gzip",
+        help="layer compression (zstd needs `zstandard`)",
+    )
+    b.add_argument(
+        "--tag", default="latest", help="tag recorded in the layout's index (default latest)"
+    )
+    b.add_argument(
+        "--include",
+        action="append",
+        metavar="PATH|MODULE",
+        help="also ship this host file/folder/glob or Python module (what a warm-up cannot reach); repeatable",
+    )
+    b.add_argument(
+        "--exclude",
+        action="append",
+        metavar="GLOB",
+        help="never ship host paths matching this glob (e.g. '*/_ssl.*'); repeatable",
+    )
+    b.add_argument(
+        "--no-strip", action="store_true", help="keep debug sections of native libraries"
+    )
+    b.add_argument("--python", help="interpreter of the build environment (default: this one)")
+    b.add_argument(
+        "--top", type=int, default=DEFAULT_TOP, help="largest files to list (default 15)"
+    )
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    b.set_defaults(func=_cmd_build)
+
+    i = sub.add_parser(
+        "inspect", help="size table of an image: layers, largest files and what pulled them in"
+    )
+    i.add_argument("image", help="OCI layout folder")
+    i.add_argument(
+        "--top", type=int, default=DEFAULT_TOP, help="largest files to list (default 15)"
+    )
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=_cmd_inspect)
+
+    r = sub.add_parser(
+        "run",
+        help="run an image with an OCI runtime (runc/crun) on this host's loopback",
+        description=(
+            "Unpack the image (cached), write an OCI runtime config (read-only root, non-root user, "
+            "no capabilities, host network namespace bound to --host) and start it with runc or "
+            "crun, whichever works here. Waits for /health; Ctrl-C or SIGTERM stops it cleanly."
+        ),
+    )
+    r.add_argument("image", help="OCI layout folder")
+    r.add_argument("--port", type=int, default=8080, help="port on --host (default 8080)")
+    r.add_argument(
+        "--host", default="127.0.0.1", help="address the worker binds (default 127.0.0.1)"
+    )
+    r.add_argument("--runtime", help="runc or crun (default: the first that works, probed once)")
+    r.add_argument(
+        "--check",
+        action="store_true",
+        help="replay the build's warm-up requests, compare the answers, stop, exit 1 on a mismatch",
+    )
+    r.set_defaults(func=_cmd_run)

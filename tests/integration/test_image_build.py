@@ -1,0 +1,205 @@
+"""Build images of real bundles, run them in a real OCI runtime, check them with other tools.
+
+Needs root (runc) and the tools from scripts/install_system_deps.sh; each test
+skips with the reason when something is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zerostart.image.build import BuildOptions, BuildResult, build_image
+from zerostart.image.cli import answers_match
+from zerostart.image.errors import RuntimeToolError
+from zerostart.image.inspect import inspect_image
+from zerostart.image.runtime import Container, choose_runtime
+from zerostart.image.trace import WarmupRequest, send
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+
+TOOL_TIMEOUT_S = 300
+RUNTIME_BUDGET_BYTES = 40_000_000  # CPU runtime + application layers, compressed (issue 3)
+TEXTS = ["My name is Clara Schmidt and I live in Paris.", "The weather is lovely today."]
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the OCI runtime creates namespaces and mounts")
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed (scripts/install_system_deps.sh installs it)")
+    return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def bundle_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    from zerostart.model.convert import convert
+
+    def make(model: Path) -> Path:
+        out = tmp_path_factory.mktemp("bundle") / model.name
+        convert(model, out)
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def embed_bundle(bundle_of: Callable[[Path], Path], minilm_embed_dir: Path) -> Path:
+    return bundle_of(minilm_embed_dir)
+
+
+@pytest.fixture(scope="module")
+def embed_image(embed_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    return build_image(embed_bundle, tmp_path_factory.mktemp("img") / "embed")
+
+
+def test_image_runs_in_an_oci_runtime_and_answers_like_the_pipeline(
+    embed_image: BuildResult, embed_bundle: Path
+) -> None:
+    _need_root()
+    try:
+        choose_runtime()
+    except RuntimeToolError as exc:
+        pytest.skip(f"no working OCI runtime: {exc}")
+    from zerostart.pipeline import Pipeline
+
+    pipe = Pipeline.load(embed_bundle)
+    body = {"inputs": TEXTS}
+    job = pipe.prepare("embed", body)
+    expected = json.loads(json.dumps(job.finish(pipe.execute(job.encodings)), default=float))
+    port = _free_port()
+    with Container(embed_image.image.path, port=port) as c:
+        status, answer = send(port, WarmupRequest("POST", "/embed", body))
+        assert status == 200, answer
+        assert np.allclose(np.array(answer), np.array(expected), atol=1e-5)
+        status, info = send(port, WarmupRequest("GET", "/info"))
+        assert status == 200 and info["task"] == "embeddings"
+        # every successful warm-up answer recorded at build time is reproduced in the container
+        for rec in json.loads(Path(embed_image.trace_path).read_text())["trace"]["requests"]:
+            if "answer" in rec:
+                got = send(port, WarmupRequest(rec["method"], rec["path"], rec["body"]))
+                assert got[0] == 200 and answers_match(got[1], rec["answer"]), rec["path"]
+    assert c.stop() is None  # already stopped and deleted by the context manager
+
+
+def test_build_is_reproducible(
+    embed_image: BuildResult, embed_bundle: Path, tmp_path: Path
+) -> None:
+    again = build_image(embed_bundle, tmp_path / "again")
+    assert again.image.manifest_digest == embed_image.image.manifest_digest
+    assert [la.digest for la in again.layers] == [la.digest for la in embed_image.layers]
+
+
+def test_two_models_share_runtime_and_application_layers(
+    embed_image: BuildResult,
+    bundle_of: Callable[[Path], Path],
+    rampart_ner_dir: Path,
+    tmp_path: Path,
+) -> None:
+    ner = build_image(bundle_of(rampart_ner_dir), tmp_path / "ner")
+    a = {la.name: la.digest for la in embed_image.layers}
+    b = {la.name: la.digest for la in ner.layers}
+    assert a["runtime"] == b["runtime"]
+    assert a["application"] == b["application"]
+    assert a["model"] != b["model"]
+
+
+def test_image_contents_and_size_budget(embed_image: BuildResult) -> None:
+    report = inspect_image(embed_image.image.path)
+    paths = {f.path for f in report.files}
+    assert "/usr/local/bin/python3.11" in paths or any(
+        p.startswith("/usr/local/bin/python3") for p in paths
+    )
+    assert "/model/weights.safetensors" in paths
+    for heavy in ("torch", "transformers", "tokenizers", "safetensors", "onnx"):
+        assert not any(f"/site-packages/{heavy}/" in p for p in paths), (
+            f"{heavy} is build-time only"
+        )
+    assert not any(p.startswith(("/root/", "/work/")) for p in paths), "build host paths leak"
+    runtime = report.layer("runtime").size + report.layer("application").size
+    assert runtime <= RUNTIME_BUDGET_BYTES, f"runtime closure {runtime / 1e6:.1f} MB compressed"
+    config_user = report.labels  # labels/annotations are part of the contract with schedulers
+    assert (
+        config_user["zerostart.devices"] == "cpu" and config_user["zerostart.task"] == "embeddings"
+    )
+
+
+def test_skopeo_accepts_layout_and_docker_archive(embed_image: BuildResult, tmp_path: Path) -> None:
+    skopeo = _need("skopeo")
+    path = embed_image.image.path
+    out = subprocess.run(
+        [skopeo, "inspect", f"oci:{path}"],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=True,
+    )
+    doc = json.loads(out.stdout)
+    assert doc["Layers"] == [la.digest for la in embed_image.layers]
+    assert doc["Labels"]["zerostart.devices"] == "cpu"
+    subprocess.run(
+        [
+            skopeo,
+            "copy",
+            f"oci:{path}",
+            f"docker-archive:{tmp_path / 'copy.tar'}:zerostart/embed:1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=True,
+    )
+
+
+def test_our_docker_archive_is_read_by_skopeo(embed_bundle: Path, tmp_path: Path) -> None:
+    skopeo = _need("skopeo")
+    result = build_image(
+        embed_bundle, tmp_path / "embed.tar", BuildOptions(format="docker-archive")
+    )
+    out = subprocess.run(
+        [skopeo, "inspect", f"docker-archive:{result.image.path}"],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=True,
+    )
+    doc = json.loads(out.stdout)
+    assert doc["Architecture"] == "amd64" and len(doc["Layers"]) == 3
+    assert Path(result.trace_path).exists()
+
+
+def test_umoci_unpacks_the_layout(embed_image: BuildResult, tmp_path: Path) -> None:
+    _need_root()
+    umoci = _need("umoci")
+    dest = tmp_path / "bundle"
+    subprocess.run(
+        [umoci, "unpack", "--image", f"{embed_image.image.path}:latest", str(dest)],
+        capture_output=True,
+        text=True,
+        timeout=TOOL_TIMEOUT_S,
+        check=True,
+    )
+    rootfs = dest / "rootfs"
+    assert (rootfs / "model" / "manifest.json").is_file()
+    assert (rootfs / "usr" / "local" / "lib").is_dir()
+    config = json.loads((dest / "config.json").read_text())
+    assert config["process"]["user"]["uid"] == 65532

@@ -1,0 +1,87 @@
+"""Deterministic layers: same input, same bytes; every metadata field normalised."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from zerostart.image.errors import ImageError
+from zerostart.image.layers import Entry, with_parents, write_layer
+
+
+def _entries(root: Path) -> list[Entry]:
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    tool = root / "bin" / "tool"
+    tool.write_bytes(b"#!/bin/sh\necho hi\n")
+    tool.chmod(0o700)
+    data = root / "data.txt"
+    data.write_text("payload\n")
+    data.chmod(0o600)
+    return [
+        Entry("/usr/local/bin/tool", "file", source=str(tool), executable=True),
+        Entry("/usr/share/z/data.txt", "file", source=str(data)),
+        Entry("/usr/local/bin/alias", "symlink", target="tool"),
+        Entry("/etc/inline", "file", data=b"inline\n"),
+        Entry("/tmp", "dir", mode=0o1777),
+    ]
+
+
+def test_same_input_same_digest_whatever_the_host_metadata(tmp_path: Path) -> None:
+    a = write_layer("t", _entries(tmp_path / "src"), tmp_path / "a")
+    for p in (tmp_path / "src").rglob("*"):
+        os.utime(p, (1_700_000_000, 1_700_000_000))  # touching sources changes nothing
+    b = write_layer("t", _entries(tmp_path / "src"), tmp_path / "b")
+    assert (a.digest, a.diff_id, a.size) == (b.digest, b.diff_id, b.size)
+    assert Path(a.path).read_bytes() == Path(b.path).read_bytes()
+
+
+def test_entries_are_normalised_sorted_and_have_parents(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1234567")
+    blob = write_layer("t", _entries(tmp_path / "src"), tmp_path / "out")
+    raw = Path(blob.path).read_bytes()
+    assert blob.digest == "sha256:" + hashlib.sha256(raw).hexdigest()
+    plain = gzip.decompress(raw)
+    assert blob.diff_id == "sha256:" + hashlib.sha256(plain).hexdigest()
+    assert raw[4:8] == b"\0\0\0\0"  # gzip MTIME
+    assert raw[3] & 0x08 == 0  # no FNAME
+    with tarfile.open(blob.path) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names == sorted(names)
+    for parent in ("usr", "usr/local", "usr/local/bin", "usr/share", "usr/share/z", "etc"):
+        assert parent in names
+    by = {m.name: m for m in members}
+    for m in members:
+        assert (m.uid, m.gid, m.uname, m.gname, m.mtime) == (0, 0, "", "", 1234567)
+    assert by["usr/local/bin/tool"].mode == 0o755
+    assert by["usr/share/z/data.txt"].mode == 0o644
+    assert by["usr/local"].mode == 0o755
+    assert by["tmp"].mode == 0o1777
+    assert by["usr/local/bin/alias"].issym() and by["usr/local/bin/alias"].linkname == "tool"
+    assert blob.file_count == 3
+
+
+def test_source_date_epoch_changes_the_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = write_layer("t", _entries(tmp_path / "src"), tmp_path / "a")
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "86400")
+    b = write_layer("t", _entries(tmp_path / "src"), tmp_path / "b")
+    assert a.diff_id != b.diff_id
+
+
+def test_uncompressed_layer_digest_is_its_diff_id(tmp_path: Path) -> None:
+    blob = write_layer("t", _entries(tmp_path / "src"), tmp_path / "out", compression="none")
+    assert blob.digest == blob.diff_id and blob.media_type.endswith(".tar")
+
+
+def test_a_file_cannot_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="also a directory"):
+        with_parents([Entry("/a", "file", data=b""), Entry("/a/b", "file", data=b"")])
