@@ -104,3 +104,40 @@ def quire_tagger_dir(model_dir: Callable[[str], Path]) -> Path:
 @pytest.fixture(scope="session")
 def quire_cls_dir(model_dir: Callable[[str], Path]) -> Path:
     return model_dir("quire-cls")
+
+
+# -- bundles: the real model folders converted once per test session -----------------
+
+
+@pytest.fixture(scope="session")
+def bundle_for_model(
+    model_dir: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """Factory: ``bundle_for_model("minilm-sst2")`` -> a CPU bundle converted from that folder."""
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            from zerostart.model.convert import convert
+
+            out = tmp_path_factory.mktemp("bundles") / name
+            convert(model_dir(name), out, device="cpu")
+            made[name] = out
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def sst2_bundle(bundle_for_model: Callable[[str], Path]) -> Path:
+    return bundle_for_model("minilm-sst2")
+
+
+@pytest.fixture(scope="session")
+def embed_bundle(bundle_for_model: Callable[[str], Path]) -> Path:
+    return bundle_for_model("minilm-embed")
+
+
+@pytest.fixture(scope="session")
+def ner_bundle(bundle_for_model: Callable[[str], Path]) -> Path:
+    return bundle_for_model("rampart-ner")

@@ -73,6 +73,8 @@ def machine_description() -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": numpy_version,
         "gpu": None,
+        # Other work on the machine skews timings; say how busy it was.
+        "load_average_1m_5m_15m": list(os.getloadavg()),
     }
 
 

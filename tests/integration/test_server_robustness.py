@@ -30,17 +30,8 @@ START_TIMEOUT_S = 60.0
 
 
 def bundle_for(request: pytest.FixtureRequest, fixture: str) -> Path:
-    """The bundle fixture's path, or a skip saying what is missing."""
-    try:
-        from zerostart.pipeline import Pipeline
-
-        Pipeline.load  # noqa: B018
-    except ImportError as exc:
-        pytest.skip(f"zerostart.pipeline.Pipeline.load is not importable yet: {exc}")
-    try:
-        return Path(request.getfixturevalue(fixture))
-    except pytest.FixtureLookupError:
-        pytest.skip(f"fixture {fixture} is not defined yet (tests/conftest.py)")
+    """The bundle fixture's path (tests/conftest.py converts the real model once)."""
+    return Path(request.getfixturevalue(fixture))
 
 
 class Worker:

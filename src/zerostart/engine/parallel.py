@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # concurrent.futures pulls in queue & co: only load it when threads run
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 MAX_THREADS = 8  # beyond this the per-call overhead outweighs the elementwise work we split
 
@@ -50,6 +53,8 @@ class Workers:
             fn(0, n)
             return
         if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="zerostart-cpu")
         bounds = [n * i // parts for i in range(parts + 1)]
         futures: list[Future[None]] = [

@@ -33,13 +33,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-# Activation codes for the GEMM epilogue (a constexpr, so each is its own variant).
-ACT_NONE = 0
-ACT_GELU_ERF = 1
-ACT_GELU_TANH = 2
-ACT_RELU = 3
-ACT_TANH = 4
-
+# Activation codes of the GEMM epilogue (ACT, a constexpr): see
+# zerostart.engine.cuda.launch.ACT_* (0 none, 1 GELU erf, 2 GELU tanh, 3 ReLU, 4 tanh).
 _LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 

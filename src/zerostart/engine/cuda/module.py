@@ -1,0 +1,126 @@
+"""Load a bundle's compiled kernels into the current context and launch them.
+
+Image choice per variant (``choose_image``, pure and unit-tested): the cubin
+for the device's exact arch; else the PTX, which the driver JIT-compiles (it
+is sm_80 PTX, valid on every later GPU); else a clear error naming the GPU's
+arch and the archs the bundle was compiled for.
+
+Arguments are packed by the manifest's signature (``pack_args``): pointers and
+``i64`` as 8 bytes, ``i32`` as 4, ``fp32`` as a C float, followed by the two
+scratch pointers every Triton kernel takes last (global and profile scratch;
+null unless the compiler asked for global scratch).
+
+Runtime module: standard library + the driver bindings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from zerostart.engine.cuda.driver import CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver
+from zerostart.engine.cuda.launch import PTX_KEY, KernelImage, KernelManifest, KernelVariant
+from zerostart.errors import BundleError, EngineError
+
+STATIC_SHARED_LIMIT_BYTES = 48 * 1024  # above this a kernel must opt in (cuFuncSetAttribute)
+_CTYPES = {
+    "*fp16": ctypes.c_uint64,
+    "*fp32": ctypes.c_uint64,
+    "*i32": ctypes.c_uint64,
+    "i64": ctypes.c_int64,
+    "i32": ctypes.c_int32,
+    "fp32": ctypes.c_float,
+}
+
+
+def choose_image(km: KernelManifest, variant: KernelVariant, cc: int) -> tuple[str, KernelImage]:
+    """("sm_90" | "ptx", image) to load on a device of compute capability ``cc``."""
+    arch = f"sm_{cc}"
+    if arch in variant.images:
+        return arch, variant.images[arch]
+    ptx_cc = int(km.ptx_arch.removeprefix("sm_"))
+    if PTX_KEY in variant.images and cc >= ptx_cc:
+        return PTX_KEY, variant.images[PTX_KEY]
+    raise EngineError(
+        f"this GPU is {arch}, and the bundle's kernels were compiled for "
+        f"{', '.join(km.archs) or 'no arch'} with {km.ptx_arch} PTX, which does not run on it",
+        hint=f"re-run `zerostart convert --device cuda --arch {arch}`",
+    )
+
+
+class PackedArgs:
+    """A kernel's parameter block: C values kept alive plus the ``void**`` the driver reads."""
+
+    def __init__(self, values: list[ctypes._SimpleCData]) -> None:  # type: ignore[type-arg]
+        self.values = values
+        self.pointers = (ctypes.c_void_p * len(values))(
+            *(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values)
+        )
+
+
+def pack_args(
+    variant: KernelVariant, args: Mapping[str, int | float], scratch: int = 0
+) -> PackedArgs:
+    """Pack ``args`` (by name) in the order and C types of the variant's signature."""
+    names = {n for n, _ in variant.signature}
+    extra = set(args) - names
+    missing = names - set(args)
+    if extra or missing:
+        raise EngineError(
+            f"kernel {variant.key}: arguments missing {sorted(missing)}, unexpected {sorted(extra)}"
+        )
+    values: list[ctypes._SimpleCData] = [  # type: ignore[type-arg]
+        _CTYPES[dtype](args[name]) for name, dtype in variant.signature
+    ]
+    values += [ctypes.c_uint64(scratch), ctypes.c_uint64(0)]  # global, profile scratch
+    return PackedArgs(values)
+
+
+@dataclass
+class Kernel:
+    """A loaded variant: the function handle and the launch data of the image chosen."""
+
+    variant: KernelVariant
+    image_key: str
+    image: KernelImage
+    function: int
+
+
+class KernelLibrary:
+    """Every variant of a bundle's ``kernels/`` loaded for one device (one module each)."""
+
+    def __init__(self, driver: Driver, kernels_dir: Path, km: KernelManifest, cc: int) -> None:
+        self.driver = driver
+        self.manifest = km
+        self.kernels: dict[str, Kernel] = {}
+        for v in km.variants:
+            key, image = choose_image(km, v, cc)
+            path = Path(kernels_dir) / image.file
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise BundleError(path, f"cannot read kernel image: {exc.strerror}") from exc
+            module = driver.module_load(data)
+            fn = driver.module_function(module, v.entry)
+            if image.shared_bytes > STATIC_SHARED_LIMIT_BYTES:
+                driver.func_set_attribute(
+                    fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, image.shared_bytes
+                )
+            self.kernels[v.key] = Kernel(v, key, image, fn)
+
+    def launch(
+        self,
+        variant: KernelVariant,
+        sizes: Mapping[str, int],
+        args: Mapping[str, int | float],
+        stream: int,
+        scratch: int = 0,
+    ) -> None:
+        k = self.kernels[variant.key]
+        grid = variant.grid_for(sizes)
+        if k.image.global_scratch_bytes and not scratch:
+            raise EngineError(f"kernel {variant.key} needs global scratch memory and got none")
+        packed = pack_args(variant, args, scratch)
+        self.driver.launch(k.function, grid, k.image.block, k.image.shared_bytes, stream, packed.pointers)
