@@ -26,7 +26,13 @@ def build(model_dir: str):  # type: ignore[no-untyped-def]
     arch = (config.architectures or [""])[0]
     if arch.endswith("ForSequenceClassification"):
         pipe = pipeline("text-classification", model=model_dir, top_k=None, device="cpu")
-        return "/predict", lambda body: pipe(body["inputs"])
+
+        def predict(body):  # type: ignore[no-untyped-def]
+            out = pipe(body["inputs"])
+            # A single text comes back wrapped in a list; answer TEI's shape.
+            return out[0] if isinstance(body["inputs"], str) and out and isinstance(out[0], list) else out
+
+        return "/predict", predict
     if arch.endswith("ForTokenClassification"):
         pipe = pipeline(
             "token-classification", model=model_dir, aggregation_strategy="simple", device="cpu"

@@ -61,6 +61,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         task=args.task,
         max_length=args.max_length,
         progress=None if args.quiet else Progress(),
+        archs=[a.strip() for a in args.arch.split(",") if a.strip()],
     )
     weights = manifest.files.get("weights.safetensors")
     size_mb = weights.size / 1e6 if weights else 0.0
@@ -150,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         choices=["sequence-classification", "token-classification", "embeddings"],
         help="override the task inferred from config.json's architectures",
+    )
+    c.add_argument(
+        "--arch",
+        default="",
+        help="GPU archs to compile kernels for with --device cuda, e.g. sm_86,sm_90 (needs Triton; no GPU needed)",
     )
     c.add_argument("--max-length", type=int, help="longest input in tokens (default: the model's)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")

@@ -348,8 +348,14 @@ def _make_engine(bundle: Bundle) -> Engine:
         from zerostart.engine.cpu import CpuEngine
 
         return CpuEngine(bundle.manifest, bundle.weights)
-    raise EngineError(
-        f"{bundle.path}: this bundle was converted for device {device!r}, which this worker "
-        "cannot run yet",
-        hint="convert the model again with `zerostart convert --device cpu`",
-    )
+    if device == "cuda":
+        # Driver-only GPU engine: ctypes to libcuda and kernels compiled at convert time.
+        from zerostart.engine.cuda import CudaEngine
+
+        if not (bundle.path / "kernels").is_dir():
+            raise EngineError(
+                f"{bundle.path}: this GPU bundle holds no compiled kernels",
+                hint="convert again with `zerostart convert --device cuda --arch sm_90 ...`",
+            )
+        return CudaEngine.from_bundle(bundle)
+    raise EngineError(f"{bundle.path}: unknown device {device!r} in the manifest")

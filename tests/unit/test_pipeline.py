@@ -107,11 +107,12 @@ def test_embed_normalises_by_default(embed: Pipeline) -> None:
     assert np.linalg.norm(vecs, axis=1) == pytest.approx([1.0, 1.0], abs=1e-5)
 
 
-def test_gpu_bundle_is_refused_by_the_cpu_worker(
+def test_gpu_bundle_without_kernels_is_refused_with_the_fix(
     model_dir: Callable[[str], Path], tmp_path: Path
 ) -> None:
     from zerostart.model.convert import convert
 
     convert(model_dir("minilm-embed"), tmp_path / "gpu", device="cuda")
-    with pytest.raises(EngineError, match="device"):
+    with pytest.raises(EngineError, match="no compiled kernels") as info:
         Pipeline.load(tmp_path / "gpu")
+    assert "--arch" in str(info.value)

@@ -57,7 +57,7 @@ CUDA12_ELF_ABI = 7  # e_ident[EI_ABIVERSION] of cubins from CUDA 12 ptxas (CUDA 
 
 
 def parse_arch(arch: str) -> int:
-    """"sm_90" -> 90. Raise ConvertError naming the accepted form otherwise."""
+    """ "sm_90" -> 90. Raise ConvertError naming the accepted form otherwise."""
     a = arch.strip().lower()
     if not a.startswith("sm_") or not a[3:].isdigit():
         raise ConvertError("--arch", f"{arch!r} is not a GPU arch like sm_86 or sm_90")
@@ -129,8 +129,8 @@ def cubin_arch(data: bytes) -> int:
     (flags,) = struct.unpack_from("<I", data, 48)
     abi = data[8]
     if abi >= 8:  # CUDA 13 layout: arch in bits 8..15
-        return (flags >> 8) & 0xFF
-    return flags & 0xFF
+        return int((flags >> 8) & 0xFF)
+    return int(flags & 0xFF)
 
 
 def _image(kernel: Any, file: str) -> KernelImage:

@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ def convert(
     task: str | None = None,
     max_length: int | None = None,
     progress: Progress | None = None,
+    archs: Sequence[str] = (),
 ) -> Manifest:
     """Convert the Hugging Face folder ``src`` into a bundle at ``dst`` and return its manifest.
 
@@ -126,7 +127,9 @@ def convert(
     dtype = np.float16 if device == "cuda" else np.float32
     tensors = _engine_tensors(source, manifest, weights_files[0], dtype)
     report("write", 0.6)
-    _write_bundle(dst, manifest, tensors, vocab, report)
+    if archs and device != "cuda":
+        raise ConvertError(dst, "--arch needs --device cuda")
+    _write_bundle(dst, manifest, tensors, vocab, report, archs)
     report("done", 1.0)
     return Manifest.load(dst)
 
@@ -501,6 +504,7 @@ def _write_bundle(
     tensors: Mapping[str, np.ndarray],
     vocab: list[str],
     report: Progress,
+    archs: Sequence[str] = (),
 ) -> None:
     """Write into a temporary sibling folder, then rename it into place."""
     if any("\n" in t or "\r" in t for t in vocab):
@@ -514,8 +518,14 @@ def _write_bundle(
         weights_path = tmp / WEIGHTS_NAME
         write_weights(weights_path, tensors, {"format": "np", "zerostart.layout": LAYOUT_VERSION})
         (tmp / VOCAB_NAME).write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+        names = [WEIGHTS_NAME, VOCAB_NAME]
+        if archs:  # GPU kernels, compiled ahead of time (Triton, build time only)
+            from zerostart.kernels.aot import compile_for_bundle
+
+            compile_for_bundle(manifest, tmp, list(archs), report)
+            names += sorted(p.relative_to(tmp).as_posix() for p in (tmp / "kernels").iterdir())
         report("hash", 0.8)
-        files = {name: _file_entry(tmp / name) for name in (WEIGHTS_NAME, VOCAB_NAME)}
+        files = {name: _file_entry(tmp / name) for name in names}
         (tmp / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")
         for name in (WEIGHTS_NAME, VOCAB_NAME, MANIFEST_NAME):
             _fsync(tmp / name)

@@ -232,7 +232,9 @@ class Driver:
 
     def event_elapsed_ms(self, start: int, end: int) -> float:
         ms = ctypes.c_float()
-        self.call("cuEventElapsedTime", ctypes.byref(ms), ctypes.c_void_p(start), ctypes.c_void_p(end))
+        self.call(
+            "cuEventElapsedTime", ctypes.byref(ms), ctypes.c_void_p(start), ctypes.c_void_p(end)
+        )
         return float(ms.value)
 
     def module_load(self, image: bytes) -> int:
@@ -240,14 +242,19 @@ class Driver:
         module = ctypes.c_void_p()
         log = ctypes.create_string_buffer(JIT_LOG_BYTES)
         opts = (ctypes.c_int * 2)(CU_JIT_ERROR_LOG_BUFFER, CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES)
-        vals = (ctypes.c_void_p * 2)(ctypes.cast(log, ctypes.c_void_p), ctypes.c_void_p(JIT_LOG_BYTES))
+        vals = (ctypes.c_void_p * 2)(
+            ctypes.cast(log, ctypes.c_void_p), ctypes.c_void_p(JIT_LOG_BYTES)
+        )
         buf = ctypes.create_string_buffer(image, len(image) + 1)  # + NUL for PTX text
         status = int(self._lib.cuModuleLoadDataEx(ctypes.byref(module), buf, 2, opts, vals))
         if status != CUDA_SUCCESS:
             name, text = self.error_text(status)
             jit = log.value.decode(errors="replace").strip()
             raise CudaError(
-                "cuModuleLoadDataEx", status, name, f"{text}{': ' + jit if jit else ''}",
+                "cuModuleLoadDataEx",
+                status,
+                name,
+                f"{text}{': ' + jit if jit else ''}",
                 hint=_hint_for(status),
             )
         return int(module.value or 0)
@@ -285,7 +292,9 @@ class Driver:
         )
 
     def begin_capture(self, stream: int) -> None:
-        self.call("cuStreamBeginCapture_v2", ctypes.c_void_p(stream), CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        self.call(
+            "cuStreamBeginCapture_v2", ctypes.c_void_p(stream), CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+        )
 
     def end_capture(self, stream: int) -> int:
         graph = ctypes.c_void_p()
@@ -294,7 +303,12 @@ class Driver:
 
     def graph_instantiate(self, graph: int) -> int:
         exe = ctypes.c_void_p()
-        self.call("cuGraphInstantiateWithFlags", ctypes.byref(exe), ctypes.c_void_p(graph), ctypes.c_ulonglong(0))
+        self.call(
+            "cuGraphInstantiateWithFlags",
+            ctypes.byref(exe),
+            ctypes.c_void_p(graph),
+            ctypes.c_ulonglong(0),
+        )
         return int(exe.value or 0)
 
     def graph_launch(self, exe: int, stream: int) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ast
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,9 @@ class KernelManifest:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, path: object = KERNELS_MANIFEST_NAME) -> KernelManifest:
+    def from_dict(
+        cls, data: Mapping[str, Any], *, path: object = KERNELS_MANIFEST_NAME
+    ) -> KernelManifest:
         try:
             version = int(data["format_version"])
             if version != KERNELS_FORMAT_VERSION:
@@ -184,7 +186,9 @@ class KernelManifest:
                 raise BundleError(path, f"kernel {v.key!r}: op {v.op!r} is not one of {OPS}")
             for name, dtype in v.signature:
                 if dtype not in ARG_DTYPES:
-                    raise BundleError(path, f"kernel {v.key!r}: argument {name} has dtype {dtype!r}")
+                    raise BundleError(
+                        path, f"kernel {v.key!r}: argument {name} has dtype {dtype!r}"
+                    )
             for expr in v.grid:
                 check_formula(expr)
             missing = {*self.archs, PTX_KEY} - set(v.images)
@@ -192,11 +196,15 @@ class KernelManifest:
                 raise BundleError(path, f"kernel {v.key!r} has no image for {sorted(missing)}")
             for arch, image in v.images.items():
                 if not 1 <= image.num_warps <= 32:
-                    raise BundleError(path, f"kernel {v.key!r} [{arch}]: num_warps {image.num_warps}")
+                    raise BundleError(
+                        path, f"kernel {v.key!r} [{arch}]: num_warps {image.num_warps}"
+                    )
                 if image.shared_bytes < 0 or image.global_scratch_bytes < 0:
                     raise BundleError(path, f"kernel {v.key!r} [{arch}]: negative memory size")
                 if Path(image.file).is_absolute() or ".." in Path(image.file).parts:
-                    raise BundleError(path, f"kernel {v.key!r} [{arch}]: file {image.file!r} leaves kernels/")
+                    raise BundleError(
+                        path, f"kernel {v.key!r} [{arch}]: file {image.file!r} leaves kernels/"
+                    )
         if list(self.batch_buckets) != sorted(set(self.batch_buckets)) or not self.batch_buckets:
             raise BundleError(path, "batch_buckets must be strictly increasing and non-empty")
         if list(self.seq_buckets) != sorted(set(self.seq_buckets)) or not self.seq_buckets:
@@ -218,8 +226,13 @@ def _matches(v: KernelVariant, params: Mapping[str, int]) -> bool:
 
 
 # -- launch-rule formulas ----------------------------------------------------------
-_BINOPS = {ast.Add: int.__add__, ast.Sub: int.__sub__, ast.Mult: int.__mul__, ast.FloorDiv: int.__floordiv__}
-_FUNCS = {"cdiv": lambda a, b: -(-a // b), "max": max, "min": min}
+_BINOPS = {
+    ast.Add: int.__add__,
+    ast.Sub: int.__sub__,
+    ast.Mult: int.__mul__,
+    ast.FloorDiv: int.__floordiv__,
+}
+_FUNCS: dict[str, Callable[..., int]] = {"cdiv": lambda a, b: -(-a // b), "max": max, "min": min}
 
 
 def check_formula(expr: str) -> None:
@@ -236,7 +249,8 @@ def check_formula(expr: str) -> None:
             ok = isinstance(node.func, ast.Name) and node.func.id in _FUNCS and not node.keywords
         if not ok:
             raise BundleError(
-                KERNELS_MANIFEST_NAME, f"grid formula {expr!r}: {type(node).__name__} is not allowed"
+                KERNELS_MANIFEST_NAME,
+                f"grid formula {expr!r}: {type(node).__name__} is not allowed",
             )
 
 
@@ -247,8 +261,8 @@ def eval_formula(expr: str, names: Mapping[str, int]) -> int:
     def ev(node: ast.AST) -> int:
         if isinstance(node, ast.Expression):
             return ev(node.body)
-        if isinstance(node, ast.Constant):
-            return int(node.value)
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
         if isinstance(node, ast.Name):
             if node.id not in names:
                 raise EngineError(f"grid formula {expr!r} needs {node.id!r}, not given")
@@ -256,7 +270,8 @@ def eval_formula(expr: str, names: Mapping[str, int]) -> int:
         if isinstance(node, ast.BinOp):
             return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
         assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-        return int(_FUNCS[node.func.id](*(ev(a) for a in node.args)))
+        fn: Callable[..., int] = _FUNCS[node.func.id]
+        return int(fn(*(ev(a) for a in node.args)))
 
     return ev(ast.parse(expr, mode="eval"))
 

@@ -77,7 +77,9 @@ class PinnedBuffer:
         self.nbytes = max(1, count) * self.dtype.itemsize
         self.ptr = driver.mem_alloc_host(self.nbytes)
         raw = (ctypes.c_char * self.nbytes).from_address(self.ptr)
-        self.array: np.ndarray = np.frombuffer(raw, dtype=self.dtype, count=max(1, count))
+        self.array: np.ndarray = np.frombuffer(
+            memoryview(raw).cast("B"), dtype=self.dtype, count=max(1, count)
+        )
 
     def close(self) -> None:
         if self.ptr:

@@ -19,13 +19,14 @@ import ctypes
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zerostart.engine.cuda.driver import CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver
 from zerostart.engine.cuda.launch import PTX_KEY, KernelImage, KernelManifest, KernelVariant
 from zerostart.errors import BundleError, EngineError
 
 STATIC_SHARED_LIMIT_BYTES = 48 * 1024  # above this a kernel must opt in (cuFuncSetAttribute)
-_CTYPES = {
+_CTYPES: dict[str, Any] = {
     "*fp16": ctypes.c_uint64,
     "*fp32": ctypes.c_uint64,
     "*i32": ctypes.c_uint64,
@@ -53,7 +54,7 @@ def choose_image(km: KernelManifest, variant: KernelVariant, cc: int) -> tuple[s
 class PackedArgs:
     """A kernel's parameter block: C values kept alive plus the ``void**`` the driver reads."""
 
-    def __init__(self, values: list[ctypes._SimpleCData]) -> None:  # type: ignore[type-arg]
+    def __init__(self, values: list[Any]) -> None:
         self.values = values
         self.pointers = (ctypes.c_void_p * len(values))(
             *(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values)
@@ -71,9 +72,7 @@ def pack_args(
         raise EngineError(
             f"kernel {variant.key}: arguments missing {sorted(missing)}, unexpected {sorted(extra)}"
         )
-    values: list[ctypes._SimpleCData] = [  # type: ignore[type-arg]
-        _CTYPES[dtype](args[name]) for name, dtype in variant.signature
-    ]
+    values: list[Any] = [_CTYPES[dtype](args[name]) for name, dtype in variant.signature]
     values += [ctypes.c_uint64(scratch), ctypes.c_uint64(0)]  # global, profile scratch
     return PackedArgs(values)
 
@@ -123,4 +122,6 @@ class KernelLibrary:
         if k.image.global_scratch_bytes and not scratch:
             raise EngineError(f"kernel {variant.key} needs global scratch memory and got none")
         packed = pack_args(variant, args, scratch)
-        self.driver.launch(k.function, grid, k.image.block, k.image.shared_bytes, stream, packed.pointers)
+        self.driver.launch(
+            k.function, grid, k.image.block, k.image.shared_bytes, stream, packed.pointers
+        )

@@ -1,0 +1,227 @@
+"""GPU benchmark (issue 4): zerostart's driver-only engine vs PyTorch fp16, same machine, same run.
+
+Needs an NVIDIA GPU, the dev extras (torch with CUDA, transformers) and Triton
+(to compile the kernels for this GPU's arch). Run from the repository root::
+
+    python bench/gpu.py            # writes bench/results/gpu_<gpu-name>.json
+
+What it measures, all on a BERT-base-shaped model with random weights
+(12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522, 2 labels):
+
+* warm latency, batch 1 x 128 and batch 1 x 512, and time per batch of 32 x 128:
+  zerostart ``CudaEngine.forward`` end to end (host ids in, float32 logits out,
+  so its numbers include both copies) vs PyTorch fp16 eager with SDPA attention
+  and PyTorch fp16 + SDPA replayed from a CUDA graph (device time only, inputs
+  already on the GPU: the fastest PyTorch can be);
+* process exec -> first answer: a fresh ``python`` that opens the bundle,
+  builds the engine (graph capture included) and answers one request, vs one
+  that imports torch + transformers, loads the model onto the GPU in fp16 and
+  answers; the bundle is in the page cache (read once before);
+* the bytes of every file the zerostart worker process maps (/proc/self/maps),
+  the GPU libraries among them, and the kernels folder's size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".cache" / "bench-gpu"
+RESULTS = ROOT / "bench" / "results"
+SHAPES = [(1, 128), (1, 512), (32, 128)]
+WARMUP, REPEATS = 20, 100
+
+
+def make_model() -> Path:
+    """A bert-base-shaped sequence classifier with seeded random weights, saved as a HF folder."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    folder = WORK / "bert-base-random"
+    if (folder / "config.json").exists():
+        return folder
+    torch.manual_seed(0)
+    cfg = BertConfig(num_labels=2, max_position_embeddings=512)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = specials + [f"tok{i}" for i in range(cfg.vocab_size - len(specials))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return folder
+
+
+def make_bundle(src: Path, arch: str) -> Path:
+    from zerostart.kernels.aot import compile_for_bundle
+    from zerostart.model.convert import convert
+
+    dst = WORK / f"bundle-{arch}"
+    manifest = convert(src, dst, device="cuda")
+    compile_for_bundle(manifest, dst, [arch])
+    return dst
+
+
+def inputs(b: int, t: int) -> tuple:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 30000, size=(b, t), dtype=np.int64)
+    ids[:, 0] = 2  # [CLS] in the made-up vocabulary
+    return ids, np.ones((b, t), np.int64)
+
+
+def time_ms(fn, sync) -> float:  # type: ignore[no-untyped-def]
+    for _ in range(WARMUP):
+        fn()
+    sync()
+    samples = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def bench_zerostart(bundle_dir: Path) -> dict:
+    from zerostart.engine.cuda import CudaEngine
+    from zerostart.model.bundle import Bundle
+
+    t0 = time.perf_counter()
+    engine = CudaEngine.from_bundle(Bundle.open(bundle_dir))
+    startup_s = time.perf_counter() - t0
+    out = {"engine_startup_s": startup_s, "device": engine.device_name}
+    for b, t in SHAPES:
+        ids, mask = inputs(b, t)
+        out[f"b{b}x{t}_ms"] = time_ms(
+            lambda ids=ids, mask=mask: engine.forward(ids, mask), lambda: None
+        )
+    engine.close()
+    return out
+
+
+def bench_torch(src: Path) -> dict:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = (
+        AutoModelForSequenceClassification.from_pretrained(
+            src, attn_implementation="sdpa", dtype=torch.float16
+        )
+        .cuda()
+        .eval()
+    )
+    out: dict = {}
+    for b, t in SHAPES:
+        ids, mask = (torch.from_numpy(x).cuda() for x in inputs(b, t))
+
+        def run(ids=ids, mask=mask):  # type: ignore[no-untyped-def]
+            return model(input_ids=ids, attention_mask=mask)
+
+        with torch.inference_mode():
+            out[f"eager_b{b}x{t}_ms"] = time_ms(run, torch.cuda.synchronize)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    run()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                run()
+            out[f"graph_b{b}x{t}_ms"] = time_ms(graph.replay, torch.cuda.synchronize)
+    out["torch"] = torch.__version__
+    return out
+
+
+ZEROSTART_CHILD = """
+import sys, time, numpy as np
+from zerostart.model.bundle import Bundle
+from zerostart.engine.cuda import CudaEngine
+e = CudaEngine.from_bundle(Bundle.open(sys.argv[1]))
+ids = np.array([[2, 1000, 2000, 3]]); print("ANSWER", e.forward(ids, np.ones_like(ids)).argmax(-1)[0], flush=True)
+maps = {}
+for line in open('/proc/self/maps'):
+    parts = line.split()
+    if len(parts) >= 6 and parts[5].startswith('/'):
+        maps[parts[5]] = 1
+import os, json
+print("MAPS", json.dumps({p: os.path.getsize(p) for p in maps if os.path.exists(p)}))
+"""
+TORCH_CHILD = """
+import sys, torch
+from transformers import AutoModelForSequenceClassification
+m = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], dtype=torch.float16).cuda().eval()
+ids = torch.tensor([[2, 1000, 2000, 3]]).cuda()
+with torch.inference_mode(): print("ANSWER", int(m(input_ids=ids).logits.argmax(-1)[0]), flush=True)
+"""
+
+
+def exec_to_answer(code: str, arg: Path) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(arg)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    first = ""
+    for line in proc.stdout:
+        if line.startswith("ANSWER"):
+            elapsed = time.perf_counter() - t0
+            first = line
+            break
+    rest = proc.stdout.read()
+    proc.wait(timeout=300)
+    if not first or proc.returncode:
+        raise RuntimeError(f"child failed ({proc.returncode}): {rest[-2000:]}")
+    return elapsed, rest
+
+
+def main() -> None:
+    from zerostart.engine.cuda.driver import Driver
+
+    drv = Driver.load()
+    drv.init()
+    dev = drv.device(0)
+    arch = f"sm_{drv.compute_capability(dev)}"
+    name = drv.device_name(dev)
+    WORK.mkdir(parents=True, exist_ok=True)
+    src = make_model()
+    bundle = make_bundle(src, arch)
+    for p in bundle.rglob("*"):  # page cache warm, as the target says
+        if p.is_file():
+            p.read_bytes()
+    result: dict = {
+        "gpu": name,
+        "arch": arch,
+        "driver_version": drv.version(),
+        "model": "bert-base shape, random weights",
+    }
+    result["zerostart"] = bench_zerostart(bundle)
+    result["pytorch"] = bench_torch(src)
+    zs_s, rest = exec_to_answer(ZEROSTART_CHILD, bundle)
+    maps = json.loads(rest.split("MAPS", 1)[1])
+    torch_s, _ = exec_to_answer(TORCH_CHILD, src)
+    weights = str(bundle / "weights.safetensors")
+    result["exec_to_first_answer_s"] = {"zerostart": zs_s, "pytorch_transformers": torch_s}
+    result["worker_maps"] = {
+        "files": maps,
+        "bytes_without_weights": sum(v for k, v in maps.items() if k != weights),
+        "gpu_libraries": sorted(
+            k for k in maps if "cuda" in k.lower() or "nv" in Path(k).name.lower()
+        ),
+        "kernels_dir_bytes": sum(p.stat().st_size for p in (bundle / "kernels").iterdir()),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"gpu_{name.replace(' ', '_').replace('/', '_')}.json"
+    out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(result, indent=2, sort_keys=True))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""The GPU engine: ahead-of-time compiled kernels launched through libcuda only.
+
+No CUDA library but the driver (``libcuda.so.1``) is opened, and only when an
+engine is created: importing this package loads nothing but the standard
+library and numpy (a unit test pins that). See docs/gpu.md.
+"""
+
+from zerostart.engine.cuda.driver import CudaError, Driver, DriverNotFound
+from zerostart.engine.cuda.engine import CudaEngine
+from zerostart.engine.cuda.launch import KernelManifest
+
+__all__ = ["CudaEngine", "CudaError", "Driver", "DriverNotFound", "KernelManifest"]

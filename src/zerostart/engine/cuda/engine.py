@@ -1,0 +1,361 @@
+"""CudaEngine: the BERT / DistilBERT forward pass on an NVIDIA GPU through libcuda alone.
+
+Theory of operation. At start-up the engine opens the driver, retains the
+device's primary context, loads the bundle's ahead-of-time compiled kernels
+(cubin for this GPU's arch, else PTX), copies the fp16 weights to the device
+once, and allocates one set of activation buffers sized for the largest
+(batch bucket x sequence bucket). For every bucket pair it then records the
+whole forward pass (embeddings, L layers, head) as a launch plan and captures
+it into a CUDA graph; buffers are shared by all graphs because a graph runs
+one at a time on the engine's stream.
+
+A request is padded up to its bucket: token ids, token types and per-sequence
+lengths go into pinned host buffers, are copied to the device, the bucket's
+graph is launched, and the output (fp16) is copied back and widened to
+float32. Padding costs no attention work (keys stop at each sequence's
+length); it does cost GEMM rows, which is what the bucket sizes bound.
+
+Outputs match ``CpuEngine.forward``: sequence-classification logits
+``[B, L]``, token-classification logits ``[B, T, L]``, embeddings
+``[B, T, H]``. Positions past a sequence's length hold zeros (attention) or
+values derived from them; only the real positions are meaningful, as on CPU.
+
+Runtime module: standard library + numpy + this package. No CUDA library but
+libcuda is opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zerostart.engine.cuda.driver import CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, Driver
+from zerostart.engine.cuda.launch import (
+    ACT_NONE,
+    ACT_RELU,
+    ACT_TANH,
+    KERNELS_DIR,
+    KernelManifest,
+    KernelVariant,
+    activation_code,
+    bucket,
+    select_gemm,
+)
+from zerostart.engine.cuda.memory import CachingAllocator, PinnedBuffer
+from zerostart.engine.cuda.module import KernelLibrary
+from zerostart.engine.layout import layer_prefix, tensor_shapes
+from zerostart.errors import EngineError
+from zerostart.model.manifest import Manifest
+
+FP16_BYTES = 2
+
+
+@dataclass(frozen=True)
+class _Launch:
+    variant: KernelVariant
+    sizes: dict[str, int]
+    args: dict[str, int | float]
+
+
+class CudaEngine:
+    """Runs one bundle's encoder and task head on one GPU; same ``forward`` as CpuEngine."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        weights: Mapping[str, np.ndarray],
+        *,
+        kernels_dir: str | Path,
+        device: int = 0,
+        capture_graphs: bool = True,
+        driver: Driver | None = None,
+    ) -> None:
+        if manifest.dtype != "float16":
+            raise EngineError(
+                f"the GPU engine runs float16 weights but this bundle holds {manifest.dtype}",
+                hint="convert with `zerostart convert --device cuda --arch sm_XY`",
+            )
+        self.manifest = manifest
+        c = manifest.config
+        self._h, self._inter, self._heads = c.hidden_size, c.intermediate_size, c.num_heads
+        self._eps = float(c.layer_norm_eps)
+        self._act = activation_code(c.hidden_act)
+        self._labels = len(manifest.labels)
+        self.kernels = KernelManifest.load(kernels_dir)
+        self.driver = drv = driver or Driver.load()
+        drv.init()
+        self._device = drv.device(device)
+        drv.primary_context(self._device)
+        self.device_name = drv.device_name(self._device)
+        self.compute_capability = drv.compute_capability(self._device)
+        self._sms = drv.device_attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, self._device)
+        self.library = KernelLibrary(drv, Path(kernels_dir), self.kernels, self.compute_capability)
+        self._stream = drv.stream_create()
+        self._alloc = CachingAllocator(drv)
+        self._w = self._upload(weights)
+        self._max_b = self.kernels.batch_buckets[-1]
+        self._max_t = min(self.kernels.seq_buckets[-1], c.max_position_embeddings)
+        self._buffers()
+        self._graphs: dict[tuple[int, int], int] = {}
+        self._plans = {
+            (b, t): self._plan(b, t)
+            for b in self.kernels.batch_buckets
+            for t in self.kernels.seq_buckets
+            if t <= self._max_t
+        }
+        if capture_graphs:
+            for key, plan in self._plans.items():
+                self._graphs[key] = self._capture(plan)
+
+    @classmethod
+    def from_bundle(cls, bundle: object, **kwargs: object) -> CudaEngine:
+        """From an opened ``zerostart.model.bundle.Bundle`` (its kernels/ folder)."""
+        path = Path(bundle.path)  # type: ignore[attr-defined]
+        return cls(bundle.manifest, bundle.weights, kernels_dir=path / KERNELS_DIR, **kwargs)  # type: ignore[attr-defined,arg-type]
+
+    # -- start-up ----------------------------------------------------------------
+    def _upload(self, weights: Mapping[str, np.ndarray]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for name, shape in tensor_shapes(self.manifest).items():
+            arr = weights.get(name)
+            if arr is None:
+                raise EngineError(
+                    f"weights have no tensor {name!r}", hint="re-run zerostart convert"
+                )
+            if arr.shape != shape or arr.dtype != np.float16:
+                raise EngineError(
+                    f"tensor {name!r} is {arr.dtype}{list(arr.shape)}, expected float16{list(shape)}",
+                    hint="re-run zerostart convert --device cuda",
+                )
+            src = np.ascontiguousarray(arr)
+            ptr = self._alloc.alloc(src.nbytes)
+            self.driver.memcpy_htod(ptr, src.ctypes.data, src.nbytes, self._stream)
+            self.driver.stream_synchronize(self._stream)  # src may be a temporary copy
+            out[name] = ptr
+        return out
+
+    def _buffers(self) -> None:
+        n, h = self._max_b * self._max_t, self._h
+        a = self._alloc.alloc
+        self._ids, self._types, self._lens = a(n * 4), a(n * 4), a(self._max_b * 4)
+        self._x, self._ctx, self._tmp, self._a = (a(n * h * FP16_BYTES) for _ in range(4))
+        self._qkv = a(n * 3 * h * FP16_BYTES)
+        self._f = a(n * self._inter * FP16_BYTES)
+        self._pooled = a(self._max_b * h * FP16_BYTES)
+        self._logits = a(n * max(1, self._labels) * FP16_BYTES)
+        self._in_ids = PinnedBuffer(self.driver, np.int32, n)
+        self._in_types = PinnedBuffer(self.driver, np.int32, n)
+        self._in_lens = PinnedBuffer(self.driver, np.int32, self._max_b)
+        self._out = PinnedBuffer(self.driver, np.float16, n * max(h, self._labels))
+
+    def _gemm(
+        self, a: int, w: str, c: int, m: int, *, act: int = ACT_NONE, res: int = 0, lda: int = 0
+    ) -> _Launch:
+        k, n = tensor_shapes(self.manifest)[w + ".weight"]
+        lda = lda or k
+        v = select_gemm(
+            self.kernels,
+            act=act,
+            has_res=bool(res),
+            m=m,
+            n=n,
+            k=k,
+            lda=lda,
+            ldc=n,
+            sm_count=self._sms,
+        )
+        args: dict[str, int | float] = {
+            "a_ptr": a,
+            "b_ptr": self._w[w + ".weight"],
+            "bias_ptr": self._w[w + ".bias"],
+            "res_ptr": res or c,
+            "c_ptr": c,
+            "M": m,
+            "N": n,
+            "K": k,
+            "lda": lda,
+            "ldc": n,
+        }
+        return _Launch(v, {"M": m, "N": n}, args)
+
+    def _norm(self, x: int, prefix: str, y: int, rows: int) -> _Launch:
+        v = self.kernels.find("layer_norm")
+        args: dict[str, int | float] = {
+            "x_ptr": x,
+            "w_ptr": self._w[prefix + ".weight"],
+            "b_ptr": self._w[prefix + ".bias"],
+            "y_ptr": y,
+            "H": self._h,
+            "eps": self._eps,
+        }
+        return _Launch(v, {"ROWS": rows}, args)
+
+    def _plan(self, b: int, t: int) -> list[_Launch]:
+        """Every launch of one forward pass at bucket (b, t), in order."""
+        n, h, w = b * t, self._h, self._w
+        has_types = "embed.token_type" in w
+        plan = [
+            _Launch(
+                self.kernels.find("embed", HAS_TYPES=int(has_types)),
+                {"B": b, "T": t},
+                {
+                    "ids_ptr": self._ids,
+                    "types_ptr": self._types,
+                    "word_ptr": w["embed.word"],
+                    "pos_ptr": w["embed.position"],
+                    "type_ptr": w.get("embed.token_type", w["embed.word"]),
+                    "w_ptr": w["embed.norm.weight"],
+                    "b_ptr": w["embed.norm.bias"],
+                    "y_ptr": self._x,
+                    "T": t,
+                    "H": h,
+                    "eps": self._eps,
+                },
+            )
+        ]
+        attn = self.kernels.find("attention", NUM_HEADS=self._heads)
+        for i in range(self.manifest.config.num_layers):
+            p = layer_prefix(i)
+            plan += [
+                self._gemm(self._x, p + "attn.qkv", self._qkv, n),
+                _Launch(
+                    attn,
+                    {"B": b, "T": t},
+                    {
+                        "qkv_ptr": self._qkv,
+                        "lens_ptr": self._lens,
+                        "out_ptr": self._ctx,
+                        "T": t,
+                        "H": h,
+                    },
+                ),
+                self._gemm(self._ctx, p + "attn.out", self._tmp, n, res=self._x),
+                self._norm(self._tmp, p + "attn.norm", self._a, n),
+                self._gemm(self._a, p + "ffn.up", self._f, n, act=self._act),
+                self._gemm(self._f, p + "ffn.down", self._tmp, n, res=self._a),
+                self._norm(self._tmp, p + "ffn.norm", self._x, n),
+            ]
+        task = self.manifest.task
+        if task == "token-classification":
+            plan.append(self._gemm(self._x, "head.classifier", self._logits, n))
+        elif task == "sequence-classification":
+            bert = self.manifest.architecture == "bert"
+            pre, act = ("head.pooler", ACT_TANH) if bert else ("head.pre_classifier", ACT_RELU)
+            # [CLS] rows read in place: row i of A is token 0 of sequence i (stride T*H).
+            plan.append(self._gemm(self._x, pre, self._pooled, b, act=act, lda=t * h))
+            plan.append(self._gemm(self._pooled, "head.classifier", self._logits, b))
+        return plan
+
+    def _run(self, plan: list[_Launch]) -> None:
+        for step in plan:
+            self.library.launch(step.variant, step.sizes, step.args, self._stream)
+
+    def _capture(self, plan: list[_Launch]) -> int:
+        self.driver.begin_capture(self._stream)
+        try:
+            self._run(plan)
+        finally:
+            graph = self.driver.end_capture(self._stream)
+        exe = self.driver.graph_instantiate(graph)
+        self.driver.graph_destroy(graph)  # the executable graph keeps what it needs
+        return exe
+
+    # -- inference ---------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        token_type_ids: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Same contract as ``CpuEngine.forward``; inputs must be right-padded."""
+        ids, lens, types = self._check_inputs(input_ids, attention_mask, token_type_ids)
+        parts = [
+            self._forward_chunk(
+                ids[i : i + self._max_b],
+                lens[i : i + self._max_b],
+                None if types is None else types[i : i + self._max_b],
+            )
+            for i in range(0, ids.shape[0], self._max_b)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    def _forward_chunk(
+        self, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None
+    ) -> np.ndarray:
+        b, t = ids.shape
+        bb, tb = bucket(b, self.kernels.batch_buckets), bucket(t, self.kernels.seq_buckets)
+        n = bb * tb
+        grid_ids = self._in_ids.array[:n].reshape(bb, tb)
+        grid_ids[:] = self.manifest.config.pad_token_id
+        grid_ids[:b, :t] = ids
+        grid_types = self._in_types.array[:n].reshape(bb, tb)
+        grid_types[:] = 0
+        if types is not None:
+            grid_types[:b, :t] = types
+        self._in_lens.array[:bb] = 0
+        self._in_lens.array[:b] = lens
+        d, s = self.driver, self._stream
+        d.memcpy_htod(self._ids, self._in_ids.ptr, n * 4, s)
+        d.memcpy_htod(self._types, self._in_types.ptr, n * 4, s)
+        d.memcpy_htod(self._lens, self._in_lens.ptr, bb * 4, s)
+        if (bb, tb) in self._graphs:
+            d.graph_launch(self._graphs[(bb, tb)], s)
+        else:
+            self._run(self._plans[(bb, tb)])
+        task = self.manifest.task
+        if task == "embeddings":
+            src, width, rows = self._x, self._h, n
+        elif task == "token-classification":
+            src, width, rows = self._logits, self._labels, n
+        else:
+            src, width, rows = self._logits, self._labels, bb
+        d.memcpy_dtoh(self._out.ptr, src, rows * width * FP16_BYTES, s)
+        d.stream_synchronize(s)
+        out = self._out.array[: rows * width].astype(np.float32)
+        if task == "sequence-classification":
+            return out.reshape(bb, width)[:b]
+        return np.ascontiguousarray(out.reshape(bb, tb, width)[:b, :t])
+
+    def _check_inputs(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
+        c = self.manifest.config
+        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise EngineError(
+                f"input_ids must be [batch, seq] with both > 0, got shape {ids.shape}"
+            )
+        if mask.shape != ids.shape:
+            raise EngineError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+        if ids.dtype.kind not in "iu" or mask.dtype.kind not in "iub":
+            raise EngineError("input_ids and attention_mask must be integer arrays")
+        if ids.shape[1] > self._max_t:
+            raise EngineError(
+                f"sequence length {ids.shape[1]} exceeds the compiled maximum {self._max_t}"
+            )
+        if ids.min() < 0 or ids.max() >= c.vocab_size:
+            raise EngineError(f"input_ids must be in [0, {c.vocab_size})")
+        lens = (mask != 0).sum(axis=1).astype(np.int32)
+        if not np.array_equal(mask != 0, np.arange(ids.shape[1])[None, :] < lens[:, None]):
+            raise EngineError("the GPU engine needs right-padded inputs (mask 1...1 0...0 per row)")
+        types = None
+        if token_type_ids is not None:
+            types = np.asarray(token_type_ids)
+            if types.shape != ids.shape or types.dtype.kind not in "iu":
+                raise EngineError(f"token_type_ids must be integer with shape {ids.shape}")
+            if c.type_vocab_size == 0:
+                if types.any():
+                    raise EngineError(f"{self.manifest.architecture} has no token type embeddings")
+                types = None
+            elif types.min() < 0 or types.max() >= c.type_vocab_size:
+                raise EngineError(f"token_type_ids must be in [0, {c.type_vocab_size})")
+        return ids.astype(np.int32), lens, None if types is None else types.astype(np.int32)
+
+    def close(self) -> None:
+        """Free device memory and pinned buffers (the context stays: it is the primary one)."""
+        self._alloc.release_all()
+        for buf in (self._in_ids, self._in_types, self._in_lens, self._out):
+            buf.close()

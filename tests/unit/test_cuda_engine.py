@@ -1,0 +1,220 @@
+"""CudaEngine's plan without a GPU: a recording driver stands in for libcuda.
+
+What this checks is our own logic: every launch's arguments match its
+kernel's compiled signature, every grid evaluates, graphs are captured per
+(batch, seq) bucket, inputs are padded into the bucket, and unsupported inputs
+are refused. Numerics are checked per kernel in test_kernels_interpret.py and
+end to end on a GPU in tests/gpu.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from zerostart.engine.cuda.driver import Driver
+from zerostart.engine.layout import tensor_shapes
+from zerostart.errors import EngineError
+from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
+
+pytest.importorskip("triton")
+
+
+class RecordingDriver(Driver):
+    """Hands out fake handles and records launches, graph captures and copies."""
+
+    def __init__(self) -> None:
+        super().__init__(lib=None)  # type: ignore[arg-type]
+        self.next = 0x1000
+        self.launches: list[tuple[int, tuple[int, ...], int]] = []
+        self.graph_launches: list[int] = []
+        self.copies: list[tuple[str, int]] = []
+        self.capturing = False
+        self.captured: list[int] = []
+
+    def _handle(self, size: int = 256) -> int:
+        self.next += size
+        return self.next
+
+    def init(self) -> None: ...
+    def device(self, ordinal: int) -> int:
+        return 0
+
+    def primary_context(self, device: int) -> int:
+        return self._handle()
+
+    def device_name(self, device: int) -> str:
+        return "Fake GPU"
+
+    def compute_capability(self, device: int) -> int:
+        return 90
+
+    def device_attribute(self, attribute: int, device: int) -> int:
+        return 132
+
+    def stream_create(self) -> int:
+        return self._handle()
+
+    def stream_synchronize(self, stream: int) -> None: ...
+    def mem_alloc(self, nbytes: int) -> int:
+        return self._handle(nbytes)
+
+    def mem_free(self, ptr: int) -> None: ...
+    def mem_alloc_host(self, nbytes: int) -> int:
+        buf = ctypes.create_string_buffer(nbytes)
+        self.__dict__.setdefault("_keep", []).append(buf)
+        return ctypes.addressof(buf)
+
+    def mem_free_host(self, ptr: int) -> None: ...
+    def memcpy_htod(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self.copies.append(("htod", nbytes))
+
+    def memcpy_dtoh(self, dst: int, src: int, nbytes: int, stream: int) -> None:
+        self.copies.append(("dtoh", nbytes))
+
+    def module_load(self, image: bytes) -> int:
+        assert image[:4] == b"\x7fELF"  # sm_90 device: the cubin, not the PTX
+        return self._handle()
+
+    def module_function(self, module: int, name: str) -> int:
+        return self._handle()
+
+    def func_set_attribute(self, fn: int, attribute: int, value: int) -> None: ...
+    def launch(
+        self, fn: int, grid: Any, block: Any, shared_bytes: int, stream: int, params: Any
+    ) -> None:
+        if not self.capturing:
+            self.launches.append((fn, tuple(grid), len(params)))
+        else:
+            self.captured[-1] += 1
+
+    def begin_capture(self, stream: int) -> None:
+        self.capturing = True
+        self.captured.append(0)
+
+    def end_capture(self, stream: int) -> int:
+        self.capturing = False
+        return self._handle()
+
+    def graph_instantiate(self, graph: int) -> int:
+        return self._handle()
+
+    def graph_destroy(self, graph: int) -> None: ...
+    def graph_launch(self, exe: int, stream: int) -> None:
+        self.graph_launches.append(exe)
+
+
+def _manifest(task: str) -> Manifest:
+    cfg = ModelConfig(
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        vocab_size=50,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+    )
+    return Manifest(
+        architecture="bert",
+        task=task,
+        config=cfg,
+        tokenizer=TokenizerSettings(),
+        max_length=64,
+        dtype="float16",
+        device="cuda",
+        labels=("a", "b", "c") if task != "embeddings" else (),
+    )
+
+
+@pytest.fixture(
+    scope="module", params=["sequence-classification", "token-classification", "embeddings"]
+)
+def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from zerostart.engine.cuda import CudaEngine
+    from zerostart.kernels.aot import compile_for_bundle
+    from zerostart.kernels.variants import GemmConfig
+
+    m = _manifest(request.param)
+    out = tmp_path_factory.mktemp("bundle")
+    compile_for_bundle(m, out, ["sm_90"], gemm_configs=(GemmConfig(64, 64, 32, 4, 2),), max_batch=8)
+    weights = {k: np.zeros(s, np.float16) for k, s in tensor_shapes(m).items()}
+    return CudaEngine(m, weights, kernels_dir=Path(out) / "kernels", driver=RecordingDriver())
+
+
+def test_graph_per_bucket_with_every_launch(engine: Any) -> None:
+    drv: RecordingDriver = engine.driver
+    buckets = [(b, t) for b in (1, 2, 4, 8) for t in (16, 32, 64)]
+    assert sorted(engine._graphs) == sorted(buckets)
+    head = {"sequence-classification": 2, "token-classification": 1, "embeddings": 0}[
+        engine.manifest.task
+    ]
+    assert set(drv.captured) == {1 + 2 * 7 + head}  # embed + 7 per layer + head, in every graph
+
+
+def test_forward_pads_into_bucket_and_returns_float32(engine: Any) -> None:
+    drv: RecordingDriver = engine.driver
+    ids = np.array([[2, 5, 7, 3, 0], [2, 9, 3, 0, 0], [2, 3, 0, 0, 0]])
+    mask = (ids != 0).astype(np.int64)
+    drv.copies.clear()
+    out = engine.forward(ids, mask)
+    task = engine.manifest.task
+    want = {
+        "sequence-classification": (3, 3),
+        "token-classification": (3, 5, 3),
+        "embeddings": (3, 5, 64),
+    }[task]
+    assert out.shape == want and out.dtype == np.float32
+    # bucket (4, 16): ids + types = 64 int32 each, lengths = 4 int32, then one copy back
+    assert drv.copies[:3] == [("htod", 256), ("htod", 256), ("htod", 16)]
+    width = 64 if task == "embeddings" else 3
+    rows = 4 if task == "sequence-classification" else 64
+    assert drv.copies[3] == ("dtoh", rows * width * 2)
+    assert list(engine._in_lens.array[:4]) == [4, 3, 2, 0]
+    assert engine._in_ids.array[:16].tolist()[:6] == [2, 5, 7, 3, 0, 0]
+
+
+def test_big_batches_are_split_and_bad_inputs_refused(engine: Any) -> None:
+    drv: RecordingDriver = engine.driver
+    before = len(drv.graph_launches)
+    ids = np.full((19, 10), 4)
+    out = engine.forward(ids, np.ones_like(ids))
+    assert out.shape[0] == 19 and len(drv.graph_launches) - before == 3  # 8 + 8 + 3
+    with pytest.raises(EngineError, match="right-padded"):
+        engine.forward(np.array([[0, 2, 3]]), np.array([[0, 1, 1]]))
+    with pytest.raises(EngineError, match="exceeds the compiled maximum"):
+        engine.forward(np.ones((1, 65), np.int64), np.ones((1, 65), np.int64))
+    with pytest.raises(EngineError, match="input_ids must be in"):
+        engine.forward(np.array([[50]]), np.array([[1]]))
+
+
+def test_eager_path_matches_plan(tmp_path: Path) -> None:
+    from zerostart.engine.cuda import CudaEngine
+    from zerostart.kernels.aot import compile_for_bundle
+    from zerostart.kernels.variants import GemmConfig
+
+    m = _manifest("token-classification")
+    compile_for_bundle(
+        m, tmp_path, ["sm_90"], gemm_configs=(GemmConfig(64, 64, 32, 4, 2),), max_batch=2
+    )
+    weights = {k: np.zeros(s, np.float16) for k, s in tensor_shapes(m).items()}
+    drv = RecordingDriver()
+    e = CudaEngine(m, weights, kernels_dir=tmp_path / "kernels", driver=drv, capture_graphs=False)
+    e.forward(np.array([[2, 3]]), np.array([[1, 1]]))
+    grids = [g for _, g, _ in drv.launches]
+    assert len(grids) == 1 + 2 * 7 + 1
+    assert grids[0] == (16, 1, 1)  # embed: one program per token of bucket (1, 16)
+    assert grids[2] == (1, 2, 1)  # attention: cdiv(16, 64) query blocks x (1 sequence x 2 heads)
+    with pytest.raises(EngineError, match="float16"):
+        CudaEngine(
+            dataclasses.replace(m, dtype="float32"),
+            weights,
+            kernels_dir=tmp_path / "kernels",
+            driver=drv,
+        )

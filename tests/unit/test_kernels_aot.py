@@ -1,0 +1,146 @@
+"""Ahead-of-time compilation of every kernel for sm_80 and sm_90, without a GPU.
+
+Checks what a driver would check on load: each cubin is an NVIDIA ELF for
+exactly the named arch with the CUDA 12 ELF ABI, each PTX targets sm_80 with
+ISA 8.0, the manifest round-trips and every variant's launch data is sane.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zerostart.engine.cuda.launch import KERNELS_DIR, PTX_KEY, KernelManifest
+from zerostart.errors import ConvertError
+from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
+
+pytest.importorskip("triton")
+
+from zerostart.kernels import aot
+from zerostart.kernels.variants import GemmConfig, model_specs
+
+ONE_CONFIG = (GemmConfig(64, 64, 32, num_warps=4, num_stages=2),)
+
+
+def _manifest(task: str = "sequence-classification", arch: str = "bert") -> Manifest:
+    cfg = ModelConfig(
+        hidden_size=64,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=128,
+        vocab_size=50,
+        max_position_embeddings=64,
+        type_vocab_size=2 if arch == "bert" else 0,
+        layer_norm_eps=1e-12,
+        hidden_act="gelu",
+    )
+    return Manifest(
+        architecture=arch,
+        task=task,
+        config=cfg,
+        tokenizer=TokenizerSettings(),
+        max_length=64,
+        dtype="float16",
+        device="cuda",
+        labels=("a", "b", "c"),
+    )
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("bundle")
+    data = aot.compile_for_bundle(_manifest(), out, ["sm_90", "sm_80"], gemm_configs=ONE_CONFIG)
+    return out, data
+
+
+def test_every_kernel_is_compiled_for_each_arch_and_ptx(compiled: tuple[Path, dict]) -> None:
+    out, data = compiled
+    km = KernelManifest.load(out / KERNELS_DIR)
+    assert km.archs == ("sm_80", "sm_90")
+    assert {v.op for v in km.variants} == {"gemm", "layer_norm", "embed", "attention"}
+    # GEMM epilogues of a BERT classifier: qkv, out+res, up+gelu, pooler tanh, classifier (N=3: unaligned)
+    gemm = {
+        (v.params["ACT"], v.params["HAS_RES"], v.params["ALIGNED"])
+        for v in km.variants
+        if v.op == "gemm"
+    }
+    assert gemm == {(0, 0, 1), (0, 1, 1), (1, 0, 1), (4, 0, 1), (0, 0, 0)}
+    for v in km.variants:
+        assert set(v.images) == {"sm_80", "sm_90", PTX_KEY}
+        for arch in ("sm_80", "sm_90"):
+            blob = (out / KERNELS_DIR / v.images[arch].file).read_bytes()
+            aot.check_cubin(blob, int(arch[3:]))
+            assert aot.cubin_arch(blob) == int(arch[3:])
+            assert v.entry.encode() in blob  # the symbol the runtime asks cuModuleGetFunction for
+        ptx = (out / KERNELS_DIR / v.images[PTX_KEY].file).read_text()
+        assert ".version 8.0" in ptx and ".target sm_80\n" in ptx
+        assert f".entry {v.entry}(" in ptx
+    assert data["compiler"]["triton"] and "12." in data["compiler"]["ptxas_sm_lt_100"]
+    assert json.loads(km.to_json()) == data
+
+
+def test_sm90_gemm_uses_hopper_path_and_opts_into_large_shared_memory(
+    compiled: tuple[Path, dict],
+) -> None:
+    out, _ = compiled
+    km = KernelManifest.load(out / KERNELS_DIR)
+    for v in km.variants:
+        for image in v.images.values():
+            assert image.block == (32 * image.num_warps, 1, 1)
+            assert image.shared_bytes <= 227 * 1024
+    big = aot.compile_specs(
+        [s for s in model_specs(_manifest(), (GemmConfig(128, 128, 64, 8, 3),)) if s.op == "gemm"][
+            :1
+        ],
+        ["sm_90"],
+        out / "big",
+    )[0]
+    assert big.images["sm_90"].shared_bytes > 48 * 1024  # exercises the cuFuncSetAttribute path
+
+
+def test_cubin_check_refuses_wrong_arch_and_non_elf(compiled: tuple[Path, dict]) -> None:
+    out, _ = compiled
+    km = KernelManifest.load(out / KERNELS_DIR)
+    blob = (out / KERNELS_DIR / km.variants[0].images["sm_80"].file).read_bytes()
+    with pytest.raises(ConvertError, match="not sm_90"):
+        aot.check_cubin(blob, 90)
+    with pytest.raises(ConvertError, match="not an ELF"):
+        aot.check_cubin(b"// ptx text", 80)
+
+
+def test_arch_parsing_and_dtype_refusals(tmp_path: Path) -> None:
+    assert aot.parse_arch("SM_86") == 86
+    for bad in ("90", "sm_7x", "compute_90"):
+        with pytest.raises(ConvertError, match="not a GPU arch"):
+            aot.parse_arch(bad)
+    with pytest.raises(ConvertError, match="older than sm_80"):
+        aot.parse_arch("sm_75")
+    import dataclasses
+
+    with pytest.raises(ConvertError, match="float16"):
+        aot.compile_for_bundle(
+            dataclasses.replace(_manifest(), dtype="float32"), tmp_path, ["sm_90"]
+        )
+
+
+def test_variant_set_follows_the_model() -> None:
+    distil_tok = model_specs(_manifest("token-classification", "distilbert"), ONE_CONFIG)
+    keys = {s.key for s in distil_tok}
+    assert "embed.types0.h64" in keys  # DistilBERT: no token type table
+    assert not any(
+        s.op == "gemm" and s.constexprs["ACT"] in (3, 4) for s in distil_tok
+    )  # no pooler
+    distil_cls = model_specs(_manifest("sequence-classification", "distilbert"), ONE_CONFIG)
+    assert any(
+        s.op == "gemm" and s.constexprs["ACT"] == 3 for s in distil_cls
+    )  # ReLU pre_classifier
+    import dataclasses
+
+    odd = _manifest()
+    odd = dataclasses.replace(
+        odd, config=dataclasses.replace(odd.config, num_heads=4, hidden_size=48)
+    )
+    with pytest.raises(ConvertError, match="power of two"):
+        model_specs(odd)

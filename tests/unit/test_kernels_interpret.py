@@ -1,0 +1,168 @@
+"""Numerical checks of every Triton kernel against numpy, on the CPU (Triton's interpreter).
+
+No GPU needed: ``TRITON_INTERPRET=1`` runs the same kernel source with numpy
+semantics. It must be set before the kernels are decorated, and the AOT tests
+in this process need real (compilable) kernels, so the checks run in a child
+process: this file is also a script (``python test_kernels_interpret.py CASE``).
+Tolerances are fp16 ones: outputs are rounded to fp16 (about 3 significant
+digits) after fp32 accumulation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CASES = ("gemm", "layer_norm", "embed", "attention")
+
+
+def _gemm(torch, k):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    # (M, N, K, ACT, HAS_RES, lda): ragged edges in every dim, a strided A (pooler), all epilogues
+    for m, n, kk, act, res, lda in [
+        (70, 48, 64, 1, 1, 64),
+        (33, 35, 40, 2, 0, 40),
+        (5, 16, 32, 4, 0, 3 * 32),
+        (17, 80, 48, 3, 1, 48),
+        (64, 64, 64, 0, 0, 64),
+    ]:
+        a = torch.randn(m, lda, generator=g).half()
+        b = (torch.randn(kk, n, generator=g) / kk**0.5).half()
+        bias = torch.randn(n, generator=g).half()
+        r = torch.randn(m, n, generator=g).half()
+        c = torch.full((m, n), float("nan")).half()
+        grid = (-(-m // 32) * -(-n // 32),)
+        k.gemm[grid](
+            a,
+            b,
+            bias,
+            r,
+            c,
+            m,
+            n,
+            kk,
+            lda,
+            n,
+            ACT=act,
+            HAS_RES=res,
+            BLOCK_M=32,
+            BLOCK_N=32,
+            BLOCK_K=16,
+            GROUP_M=2,
+        )
+        ref = a.float()[:, :kk] @ b.float() + bias.float()
+        F = torch.nn.functional
+        ref = {
+            0: ref,
+            1: F.gelu(ref),
+            2: F.gelu(ref, approximate="tanh"),
+            3: F.relu(ref),
+            4: torch.tanh(ref),
+        }[act]
+        if res:
+            ref = ref + r.float()
+        worst = max(worst, (c.float() - ref).abs().max().item())
+    assert worst < 2e-2, worst
+    return worst
+
+
+def _layer_norm(torch, k):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(1)
+    rows, h = 7, 48
+    x = (torch.randn(rows, h, generator=g) * 3 + 1).half()
+    w, b = torch.randn(h, generator=g).half(), torch.randn(h, generator=g).half()
+    y = torch.empty(rows, h).half()
+    k.layer_norm[(rows,)](x, w, b, y, h, 1e-12, BLOCK_H=64)
+    ref = torch.nn.functional.layer_norm(x.float(), (h,), w.float(), b.float(), 1e-12)
+    err = (y.float() - ref).abs().max().item()
+    assert err < 1e-2, err
+    return err
+
+
+def _embed(torch, k):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(2)
+    bsz, t, h, vocab = 2, 5, 48, 30
+    ids = torch.randint(0, vocab, (bsz, t), generator=g, dtype=torch.int32)
+    types = torch.randint(0, 2, (bsz, t), generator=g, dtype=torch.int32)
+    word, pos = torch.randn(vocab, h, generator=g).half(), torch.randn(16, h, generator=g).half()
+    tt = torch.randn(2, h, generator=g).half()
+    w, b = torch.randn(h, generator=g).half(), torch.randn(h, generator=g).half()
+    worst = 0.0
+    for has_types in (1, 0):
+        y = torch.empty(bsz * t, h).half()
+        k.embed[(bsz * t,)](
+            ids, types, word, pos, tt, w, b, y, t, h, 1e-12, HAS_TYPES=has_types, BLOCK_H=64
+        )
+        x = word.float()[ids.long()] + pos.float()[:t][None]
+        if has_types:
+            x = x + tt.float()[types.long()]
+        ref = torch.nn.functional.layer_norm(x, (h,), w.float(), b.float(), 1e-12).reshape(
+            bsz * t, h
+        )
+        worst = max(worst, (y.float() - ref).abs().max().item())
+    assert worst < 1e-2, worst
+    return worst
+
+
+def _attention(torch, k):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(3)
+    bsz, t, nh, d = 3, 40, 2, 16
+    h = nh * d
+    lens = torch.tensor([40, 7, 17], dtype=torch.int32)  # full, short (one block), two blocks
+    qkv = torch.randn(bsz * t, 3 * h, generator=g).half()
+    out = torch.full((bsz * t, h), float("nan")).half()
+    k.attention[(-(-t // 16), bsz * nh)](
+        qkv, lens, out, t, h, NUM_HEADS=nh, HEAD_DIM=d, BLOCK_M=16, BLOCK_N=16
+    )
+    q, kk, v = qkv.float().reshape(bsz, t, 3, nh, d).permute(2, 0, 3, 1, 4)
+    s = q @ kk.transpose(-1, -2)  # q is pre-scaled in the bundle, so no 1/sqrt(d) here
+    keymask = torch.arange(t)[None, :] < lens[:, None]  # [B, T]
+    s = s.masked_fill(~keymask[:, None, None, :], float("-inf"))
+    ref = (s.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(bsz, t, h)
+    got = out.float().reshape(bsz, t, h)
+    worst = 0.0
+    for i, n in enumerate(lens.tolist()):
+        worst = max(worst, (got[i, :n] - ref[i, :n]).abs().max().item())
+        # query blocks wholly past the length are written as zeros, never left unset
+        first_pad_block = -(-n // 16) * 16
+        assert torch.all(got[i, first_pad_block:] == 0), i
+        assert not torch.isnan(got[i]).any(), i
+    assert worst < 1e-2, worst
+    return worst
+
+
+def _main(case: str) -> None:
+    os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    from zerostart.kernels import triton_kernels
+
+    err = {"gemm": _gemm, "layer_norm": _layer_norm, "embed": _embed, "attention": _attention}[
+        case
+    ](torch, triton_kernels)
+    print(f"{case} max abs error {err:.3g}")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_matches_reference_in_interpreter(case: str) -> None:
+    pytest.importorskip("triton")
+    pytest.importorskip("torch")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__)), case],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"{case} max abs error" in proc.stdout
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1])
