@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 from common import ROOT, bundle_dir, model_dir, peak_rss_mib, write_result
-
 from zerostart.benchmark import (
     drop_page_cache,
     free_port,
@@ -41,7 +40,9 @@ def measure(cmd_for_port, path, body, check, runs: int, cold_cache: bool, with_i
             return None
         port = free_port()
         env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-        seconds, _, proc = time_cold_start(cmd_for_port(port), port, path, body, check, env=env, keep=True)
+        seconds, _, proc = time_cold_start(
+            cmd_for_port(port), port, path, body, check, env=env, keep=True
+        )
         try:
             rss.append(peak_rss_mib(proc.pid))
             if with_info:
@@ -74,19 +75,27 @@ def reference_check(bundle, path, body):  # type: ignore[no-untyped-def]
     if path == "/predict":
         return lambda a: isinstance(a, list) and a[0]["label"] == want[0]["label"]
     if path == "/tokens":
-        return lambda a: [(e["entity_group"], e["start"], e["end"]) for e in a] == [
-            (e["entity_group"], e["start"], e["end"]) for e in want
-        ]
+        return lambda a: (
+            [(e["entity_group"], e["start"], e["end"]) for e in a]
+            == [(e["entity_group"], e["start"], e["end"]) for e in want]
+        )
     return lambda a: float(np.dot(np.asarray(a[0]), np.asarray(want[0]))) > 0.9999
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", default="minilm-sst2,minilm-embed,rampart-ner")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-cold-cache", action="store_true", help="skip the dropped-page-cache runs")
     args = ap.parse_args()
-    result = {"benchmark": "coldstart", "machine": machine_description(), "runs": args.runs, "models": {}}
+    result = {
+        "benchmark": "coldstart",
+        "machine": machine_description(),
+        "runs": args.runs,
+        "models": {},
+    }
     for name in args.models.split(","):
         src = model_dir(name)
         bundle = bundle_dir(name)
@@ -97,17 +106,34 @@ def main() -> None:
         for cache in ("warm", "cold"):
             if cache == "cold" and args.no_cold_cache:
                 continue
-            zs = measure(lambda p: worker_command(bundle, p), path, body, check, args.runs, cache == "cold", True)
+            zs = measure(
+                lambda p: worker_command(bundle, p),
+                path,
+                body,
+                check,
+                args.runs,
+                cache == "cold",
+                True,
+            )
             if zs is None:
                 print(f"{name}: cannot drop the page cache (not root?): cold-cache runs skipped")
                 continue
             pt = measure(
                 lambda p: [sys.executable, str(TORCH_SERVER), str(src), "--port", str(p)],
-                path, body, check, args.runs, cache == "cold", False,
+                path,
+                body,
+                check,
+                args.runs,
+                cache == "cold",
+                False,
             )
             assert pt is not None
             ratio = pt["median_s"] / zs["median_s"]
-            row[f"page_cache_{cache}"] = {"zerostart": zs, "pytorch_transformers": pt, "speedup": ratio}
+            row[f"page_cache_{cache}"] = {
+                "zerostart": zs,
+                "pytorch_transformers": pt,
+                "speedup": ratio,
+            }
             print(
                 f"{name:<14} page cache {cache}: zerostart {zs['median_s'] * 1e3:7.0f} ms "
                 f"(RSS {zs['peak_rss_mib']:.0f} MiB) | PyTorch+transformers {pt['median_s'] * 1e3:7.0f} ms "

@@ -18,7 +18,14 @@ def model_dir(name: str) -> Path:
     path = MODELS / name
     if not (path / "config.json").exists():
         subprocess.run(
-            [sys.executable, str(ROOT / "tools" / "make_models.py"), "--out", str(MODELS), "--only", name],
+            [
+                sys.executable,
+                str(ROOT / "tools" / "make_models.py"),
+                "--out",
+                str(MODELS),
+                "--only",
+                name,
+            ],
             check=True,
         )
     return path

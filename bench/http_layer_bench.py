@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import re
 import shutil
 import socket
@@ -343,20 +341,10 @@ def robustness(port: int) -> dict[str, bool]:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from zerostart.benchmark import machine_description
+
     return {
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **machine_description(),
         "versions": {k: importlib.metadata.version(k) for k in ("h11", "httptools")},
         "note": "shared machine: other jobs ran concurrently, so req/s are indicative (compare ratios)",
     }

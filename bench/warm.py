@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from common import BUNDLES, ROOT, bundle_dir, model_dir, write_result
 
+from common import BUNDLES, ROOT, bundle_dir, model_dir, write_result
 from zerostart.benchmark import machine_description
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -39,7 +39,11 @@ def bert_base_random() -> Path:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    cfg = BertConfig(num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    cfg = BertConfig(
+        num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"},
+        label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )
     model = BertForSequenceClassification(cfg).eval()
     tmp = Path(tempfile.mkdtemp(dir=out.parent))
     model.save_pretrained(tmp)
@@ -73,14 +77,22 @@ def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, obj
     bundle = bundle_dir(name) if name != "bert-base-random" else _convert(src)
     pipe = Pipeline.load(bundle)
     rng = np.random.default_rng(0)
-    model = AutoModelForSequenceClassification.from_pretrained(src, attn_implementation="eager").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        src, attn_implementation="eager"
+    ).eval()
     onnx_path = BUNDLES / f"{name}.onnx"
     if not onnx_path.exists():
         ids = torch.ones(1, 8, dtype=torch.long)
         axes = {k: {0: "b", 1: "t"} for k in ("input_ids", "attention_mask", "token_type_ids")}
         torch.onnx.export(
-            model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(onnx_path),
-            input_names=list(axes), output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False,
+            model,
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(onnx_path),
+            input_names=list(axes),
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
         )
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -93,7 +105,9 @@ def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, obj
         types = np.zeros_like(ids)
         t_ids, t_mask, t_types = (torch.from_numpy(a) for a in (ids, mask, types))
         with torch.inference_mode():
-            ref = model(input_ids=t_ids, attention_mask=t_mask, token_type_ids=t_types).logits.numpy()
+            ref = model(
+                input_ids=t_ids, attention_mask=t_mask, token_type_ids=t_types
+            ).logits.numpy()
         ours = pipe.engine.forward(ids, mask, types)
         diff = float(np.abs(ours - ref).max())
 
@@ -108,7 +122,9 @@ def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, obj
             "onnxruntime": timeit(lambda: sess.run(None, feeds), iters),
             "max_abs_diff_vs_pytorch": diff,
         }
-        z, p, o = (res[k]["median_s"] for k in ("zerostart_numpy", "pytorch_eager_fp32", "onnxruntime"))  # type: ignore[index]
+        z, p, o = (
+            res[k]["median_s"] for k in ("zerostart_numpy", "pytorch_eager_fp32", "onnxruntime")
+        )  # type: ignore[index]
         res["pytorch_over_zerostart"] = p / z
         res["onnxruntime_over_zerostart"] = o / z
         row[label] = res
@@ -130,12 +146,19 @@ def _convert(src: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--models", default="minilm-sst2,bert-base-random")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
-    result: dict[str, object] = {"benchmark": "warm_cpu", "machine": machine_description(), "seq_len": SEQ_LEN, "models": {}}
+    result: dict[str, object] = {
+        "benchmark": "warm_cpu",
+        "machine": machine_description(),
+        "seq_len": SEQ_LEN,
+        "models": {},
+    }
     for name in args.models.split(","):
         src = bert_base_random() if name == "bert-base-random" else model_dir(name)
         result["models"][name] = bench_model(name, src, args.iters, args.threads)  # type: ignore[index]

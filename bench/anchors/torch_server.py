@@ -30,7 +30,11 @@ def build(model_dir: str):  # type: ignore[no-untyped-def]
         def predict(body):  # type: ignore[no-untyped-def]
             out = pipe(body["inputs"])
             # A single text comes back wrapped in a list; answer TEI's shape.
-            return out[0] if isinstance(body["inputs"], str) and out and isinstance(out[0], list) else out
+            return (
+                out[0]
+                if isinstance(body["inputs"], str) and out and isinstance(out[0], list)
+                else out
+            )
 
         return "/predict", predict
     if arch.endswith("ForTokenClassification"):

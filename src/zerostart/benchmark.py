@@ -130,14 +130,14 @@ def time_cold_start(
     Returns (seconds, answer, process). The process is stopped unless ``keep``.
     """
     t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
-    )
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         while True:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise BenchError(f"{cmd[0]} exited with {proc.returncode} before answering: {err[-800:]}")
+                raise BenchError(
+                    f"{cmd[0]} exited with {proc.returncode} before answering: {err[-800:]}"
+                )
             if time.perf_counter() - t0 > timeout_s:
                 raise BenchError(f"{' '.join(cmd)} did not answer within {timeout_s:.0f}s")
             try:
@@ -214,7 +214,9 @@ def run_bench(
         if progress:
             progress(f"cold start {run + 1}/{cold_runs}", run / max(cold_runs, 1))
         port = free_port()
-        seconds, _, proc = time_cold_start(worker_command(bundle, port), port, path, body, check, keep=True)
+        seconds, _, proc = time_cold_start(
+            worker_command(bundle, port), port, path, body, check, keep=True
+        )
         try:
             _, info = get_json(port, "/info")
             if isinstance(info, dict):
@@ -225,7 +227,11 @@ def run_bench(
     word = "hello "
     text = (word * seq_len).strip()
     enc = pipe.tokenizer.encode(text, max_length=seq_len)
-    results: dict[str, Any] = {"bundle": str(bundle), "task": task, "machine": machine_description()}
+    results: dict[str, Any] = {
+        "bundle": str(bundle),
+        "task": task,
+        "machine": machine_description(),
+    }
     results["cold_start_s"] = summarize(cold)
     results["cold_start_phases_s"] = phases[len(phases) // 2] if phases else {}
     for name, n in (("latency_b1", 1), (f"throughput_b{batch}", batch)):

@@ -92,7 +92,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     )
     print(f"max length  {m.max_length} tokens")
     if m.labels:
-        shown = ", ".join(m.labels[:8]) + (f", … ({len(m.labels)} in all)" if len(m.labels) > 8 else "")
+        shown = ", ".join(m.labels[:8]) + (
+            f", … ({len(m.labels)} in all)" if len(m.labels) > 8 else ""
+        )
         print(f"labels      {shown}")
     if m.task == "embeddings":
         print(f"pooling     {m.pooling.mode}, normalize by default: {m.pooling.normalize}")

@@ -111,7 +111,7 @@ class Pipeline:
         """Map the bundle, build the tokenizer and engine; each step is timed in ``phases``."""
         phases: dict[str, float] = {}
         t0 = time.perf_counter()
-        bundle = Bundle.open(bundle_dir, verify=verify)
+        bundle = Bundle.open(os.fspath(bundle_dir), verify=verify)
         t1 = time.perf_counter()
         phases["bundle_map"] = t1 - t0
         tokenizer = WordPieceTokenizer.from_files(bundle.vocab_path, bundle.manifest.tokenizer)
@@ -168,7 +168,7 @@ class Pipeline:
                 error_type="Validation",
             )
         if not isinstance(body, dict):
-            raise _bad("the request body must be a JSON object such as {\"inputs\": \"some text\"}")
+            raise _bad('the request body must be a JSON object such as {"inputs": "some text"}')
         if "inputs" not in body:
             raise _bad("missing field `inputs`")
         truncate = _bool_field(body, "truncate", False)

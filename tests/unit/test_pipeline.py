@@ -96,7 +96,9 @@ def test_dynamic_batching_gives_each_input_its_own_answer(embed: Pipeline) -> No
     """Mixed lengths in one execute call == each alone (padding never leaks)."""
     texts = ["short", "a somewhat longer sentence about trains and weather", "x " * 200]
     alone = [embed.execute(embed.prepare("embed", {"inputs": t}).encodings)[0] for t in texts]
-    together = embed.execute([e for t in texts for e in embed.prepare("embed", {"inputs": t}).encodings])
+    together = embed.execute(
+        [e for t in texts for e in embed.prepare("embed", {"inputs": t}).encodings]
+    )
     for a, b in zip(alone, together, strict=True):
         assert float(np.abs(a - b).max()) < 1e-5
 

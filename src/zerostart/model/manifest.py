@@ -146,7 +146,8 @@ class Manifest:
             raw = path.read_bytes()
         except FileNotFoundError as exc:
             raise BundleError(
-                path, "no manifest: this folder is not a zerostart bundle",
+                path,
+                "no manifest: this folder is not a zerostart bundle",
                 hint="create one with `zerostart convert <hf-model-folder> <bundle-dir>`",
             ) from exc
         try:

@@ -28,7 +28,9 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=HELP_WIDTH_CHARS)
 
 
-def parse_args(argv: list[str] | None = None, prog: str = "python -m zerostart.serve") -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None = None, prog: str = "python -m zerostart.serve"
+) -> argparse.Namespace:
     d = ServerConfig()
     p = argparse.ArgumentParser(
         prog=prog,

@@ -185,7 +185,12 @@ class App:
         restored = restore_info(self._boot_ticks)
         if restored is not None:
             # Restored from a snapshot: the boot phases happened once, before the freeze.
-            start = {**start, "mode": "restore", "boot_phases": start["phases"], "restore": restored}
+            start = {
+                **start,
+                "mode": "restore",
+                "boot_phases": start["phases"],
+                "restore": restored,
+            }
             if isinstance(restored.get("phases"), dict):
                 start["phases"] = restored["phases"]
         return {**self._info_static, "start": start}
