@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -248,17 +249,18 @@ def test_marker_booted_process_reports_none_and_changed_start_reports_restore(
     now = marker.start_ticks()
     assert now is not None and now > 0
     assert marker.restore_info(now) is None
+    # When this process was created, in wall-clock seconds: what a restorer would record.
+    hz = os.sysconf("SC_CLK_TCK")
+    created = time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - now / hz)
     monkeypatch.setenv(marker.SNAPSHOT_DIR_ENV, str(tmp_path))
-    (tmp_path / marker.RESTORE_INFO_NAME).write_text(
-        json.dumps({"mode": "restore", "start_ticks": now, "phases": {"criu_restore": 0.1}})
-    )
-    assert marker.restore_info(now - 1) == {
+    recorded = {
         "mode": "restore",
-        "start_ticks": now,
+        "restored_at_epoch_s": created + 0.1,
         "phases": {"criu_restore": 0.1},
     }
-    # A file left by an earlier restore (another start time) is not trusted.
-    (tmp_path / marker.RESTORE_INFO_NAME).write_text(
-        json.dumps({"mode": "restore", "start_ticks": now - 5})
-    )
+    (tmp_path / marker.RESTORE_INFO_NAME).write_text(json.dumps(recorded))
+    assert marker.restore_info(now - 1) == recorded
+    # A file left by an earlier restore (minutes before this process existed) is not trusted.
+    stale = {**recorded, "restored_at_epoch_s": created - 600}
+    (tmp_path / marker.RESTORE_INFO_NAME).write_text(json.dumps(stale))
     assert marker.restore_info(now - 1) == {"mode": "restore"}

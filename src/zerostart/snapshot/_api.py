@@ -308,6 +308,7 @@ def _write_restore_info(folder: Path, pid: int, timings: dict[str, float]) -> No
     info = {
         "mode": "restore",
         "restored_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds"),
+        "restored_at_epoch_s": time.time(),
         "pid": pid,
         "start_ticks": start_ticks(pid),
         "phases": {k: round(v, 6) for k, v in timings.items()},

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 SNAPSHOT_DIR_ENV = "ZEROSTART_SNAPSHOT_DIR"
@@ -37,6 +38,27 @@ def start_ticks(pid: int | str = "self") -> int | None:
         return int(stat[stat.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+# How far apart the restorer's clock reading and ours may be and still name the same
+# restore: the restorer writes its file ~0.1 s after the process is recreated.
+SAME_RESTORE_WINDOW_S = 5.0
+
+
+def _is_this_restore(recorded: dict[str, Any], now_ticks: int) -> bool:
+    """Does the restorer's file describe the restore that made this process?
+
+    CRIU restores a process into a time namespace whose boot-time clock continues
+    the frozen one, so the start time the restorer reads from outside differs
+    from ours. Wall-clock time is the same on both sides: we compute when this
+    process was (re)created from our own clocks and compare.
+    """
+    epoch = recorded.get("restored_at_epoch_s")
+    if not isinstance(epoch, int | float):
+        return False
+    created_ago_s = time.clock_gettime(time.CLOCK_BOOTTIME) - now_ticks / os.sysconf("SC_CLK_TCK")
+    created_wall_s = time.time() - created_ago_s
+    return abs(float(epoch) - created_wall_s) <= SAME_RESTORE_WINDOW_S
 
 
 def restore_info(boot_ticks: int | None) -> dict[str, Any] | None:
@@ -56,6 +78,6 @@ def restore_info(boot_ticks: int | None) -> dict[str, Any] | None:
                 recorded = json.load(f)
         except (OSError, ValueError):
             recorded = None
-        if isinstance(recorded, dict) and recorded.get("start_ticks") == now:
+        if isinstance(recorded, dict) and _is_this_restore(recorded, now):
             info.update(recorded)
     return info
