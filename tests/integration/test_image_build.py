@@ -135,6 +135,19 @@ def test_image_contents_and_size_budget(embed_image: BuildResult) -> None:
             f"{heavy} is build-time only"
         )
     assert not any(p.startswith(("/root/", "/work/")) for p in paths), "build host paths leak"
+    # Lean defaults: no OpenSSL (hashlib falls back to _sha256, which the worker's bundle
+    # check then uses in the run test above), and the runtime ships compiled modules only.
+    assert not any("libcrypto" in p or "libssl" in p or "/_ssl." in p for p in paths)
+    assert any("/lib-dynload/_sha256." in p for p in paths)
+    assert "/usr/local/lib/python3.11/os.pyc" in paths
+    runtime_sources = [
+        p
+        for p in paths
+        if p.startswith("/usr/local/lib/python3.11/")
+        and p.endswith(".py")
+        and "/zerostart/" not in p
+    ]
+    assert not runtime_sources, runtime_sources[:5]  # zerostart's own keep theirs: tracebacks
     runtime = report.layer("runtime").size + report.layer("application").size
     assert runtime <= RUNTIME_BUDGET_BYTES, f"runtime closure {runtime / 1e6:.1f} MB compressed"
     config_user = report.labels  # labels/annotations are part of the contract with schedulers

@@ -54,6 +54,8 @@ class BuildOptions:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     strip_debug: bool = True
+    drop_openssl: bool = True  # a loopback worker serves no TLS: see closure.OPENSSL_EXCLUDES
+    keep_sources: bool = False  # runtime layer: .py beside each .pyc (tracebacks with lines)
     python: str = sys.executable  # the build environment whose files the image takes
     worker_module: str = "zerostart.serve"  # the server the image runs (python -m MODULE /model)
     cache_dir: str = field(default_factory=lambda: str(Path.home() / ".cache" / "zerostart"))
@@ -109,6 +111,7 @@ def build_image(
         exclude=options.exclude,
         exclude_driver_libraries=True,
         strip_debug=options.strip_debug,
+        drop_openssl=options.drop_openssl,
     )
     cfg = image_config(closure, manifest, device, options, bundle)
     with tempfile.TemporaryDirectory(prefix="zerostart-build-") as work:
@@ -150,6 +153,7 @@ def _write_layers(
         cache_tag=closure.cache_tag,
         work_dir=work / "runtime",
         cache_dir=cache,
+        sourceless=not options.keep_sources,
     )
     runtime += [
         Entry("/etc/passwd", "file", data=PASSWD.encode()),

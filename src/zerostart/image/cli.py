@@ -39,6 +39,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         include=tuple(args.include or ()),
         exclude=tuple(args.exclude or ()),
         strip_debug=not args.no_strip,
+        drop_openssl=not args.keep_openssl,
+        keep_sources=args.keep_sources,
         **({"python": args.python} if args.python else {}),
     )
     t0 = time.perf_counter()
@@ -68,14 +70,49 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_snapshot(args: argparse.Namespace) -> Any:
+    from zerostart.image.snapshot_run import run_with_snapshot
+
+    run = run_with_snapshot(
+        args.image,
+        port=args.port,
+        host=args.host,
+        runtime=args.runtime,
+        store=args.snapshot_store,
+    )
+    t = run.timings_s
+    if run.mode == "restored":
+        print(
+            f"restored in {t['total'] * 1e3:.0f} ms from snapshot {run.name} "
+            f"(runc restore to /health {t['restore_to_health'] * 1e3:.0f} ms)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"not restored because: {run.reason}", file=sys.stderr)
+        print(f"booted in {t['boot_to_health']:.2f}s", file=sys.stderr)
+        if run.snapshot_error:
+            print(f"snapshot not taken: {run.snapshot_error}", file=sys.stderr)
+        elif "checkpoint" in t:
+            print(
+                f"snapshot {run.name} taken ({run.size_bytes / 1e6:.1f} MB, warm-up "
+                f"{t['warmup']:.2f}s, checkpoint {t['checkpoint']:.2f}s); the next run restores it",
+                file=sys.stderr,
+            )
+    return run.container
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from zerostart.image.runtime import Container
 
-    container = Container(args.image, port=args.port, host=args.host, runtime=args.runtime)
-    ready_s = container.start()
+    if args.snapshot:
+        container = _start_snapshot(args)
+        ready = "snapshot mode"
+    else:
+        container = Container(args.image, port=args.port, host=args.host, runtime=args.runtime)
+        ready_s = container.start()
+        ready = f"{ready_s:.2f}s from `{container.runtime_name} run` to /health"
     print(
-        f"{args.image} answering on http://{args.host}:{args.port} "
-        f"({ready_s:.2f}s from `{container.runtime_name} run` to /health); Ctrl-C stops it",
+        f"{args.image} answering on http://{args.host}:{args.port} ({ready}); Ctrl-C stops it",
         file=sys.stderr,
     )
     try:
@@ -189,6 +226,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     b.add_argument(
         "--no-strip", action="store_true", help="keep debug sections of native libraries"
     )
+    b.add_argument(
+        "--keep-sources",
+        action="store_true",
+        help="ship the interpreter's and libraries' .py files beside their .pyc (4.6 MB)",
+    )
+    b.add_argument(
+        "--keep-openssl",
+        action="store_true",
+        help="ship _ssl/_hashlib and OpenSSL (5.4 MB) even though a loopback worker needs no TLS",
+    )
     b.add_argument("--python", help="interpreter of the build environment (default: this one)")
     b.add_argument(
         "--top", type=int, default=DEFAULT_TOP, help="largest files to list (default 15)"
@@ -225,5 +272,16 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--check",
         action="store_true",
         help="replay the build's warm-up requests, compare the answers, stop, exit 1 on a mismatch",
+    )
+    r.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="restore the warmed-up container from its snapshot (runc + CRIU); without one, boot, "
+        "warm up, snapshot it and keep serving",
+    )
+    r.add_argument(
+        "--snapshot-store",
+        metavar="DIR",
+        help="where snapshots live (default $ZEROSTART_SNAPSHOTS or /var/lib/zerostart/snapshots)",
     )
     r.set_defaults(func=_cmd_run)

@@ -52,6 +52,18 @@ DEFAULT_EXCLUDES = (
     "*/_distutils_hack/*",
     "*.dist-info/RECORD",
 )
+# OpenSSL (libcrypto 4.7 MB, libssl 0.7 MB) is on the worker's path only because asyncio
+# imports ssl and hashlib prefers _hashlib when they exist; both fall back cleanly when the
+# modules are missing (asyncio: no TLS, which a loopback worker behind a gateway never
+# serves; hashlib: the built-in _sha256, included below). Not a default for workers that
+# are not zerostart's: `--keep-openssl` turns this off.
+OPENSSL_EXCLUDES = (
+    "*/lib-dynload/_ssl.*",
+    "*/lib-dynload/_hashlib.*",
+    "*/libssl.so*",
+    "*/libcrypto.so*",
+)
+OPENSSL_REPLACEMENT_INCLUDES = ("_sha256",)  # what hashlib.sha256 uses without _hashlib
 # Injected by the NVIDIA container runtime from the host's driver; must match the
 # kernel module, so an image never carries its own (see docs/image.md).
 DRIVER_LIBRARY_PATTERNS = (
@@ -166,12 +178,14 @@ class ClosureBuilder:
         exclude: Sequence[str] = (),
         exclude_driver_libraries: bool = True,
         strip_debug: bool = True,
+        drop_openssl: bool = True,
     ) -> None:
         self.trace = trace
         self.map = PathMap.for_trace(trace, app_package_dir)
-        self.excludes = (*DEFAULT_EXCLUDES, *exclude)
+        lean = OPENSSL_EXCLUDES if drop_openssl else ()
+        self.excludes = (*DEFAULT_EXCLUDES, *lean, *exclude)
         self.driver_patterns = DRIVER_LIBRARY_PATTERNS if exclude_driver_libraries else ()
-        self.include = include
+        self.include = (*(OPENSSL_REPLACEMENT_INCLUDES if drop_openssl else ()), *include)
         self.strip = strip_debug
         self.resolver = Resolver()
         self.closure = Closure(
@@ -303,7 +317,8 @@ class ClosureBuilder:
                     self.add_path(p, f"--include {item}")
             return
         rel = item.replace(".", "/")
-        for root in self._module_roots:
+        dynload = [os.path.join(self.trace.python[k], "lib-dynload") for k in ("stdlib", "platstdlib")]
+        for root in (*self._module_roots, *dynload):
             for cand in (f"{root}/{rel}.py", f"{root}/{rel}/__init__.py"):
                 if os.path.isfile(cand):
                     self.add_path(cand, f"--include {item}")
@@ -426,6 +441,7 @@ def build_closure(
     exclude: Sequence[str] = (),
     exclude_driver_libraries: bool = True,
     strip_debug: bool = True,
+    drop_openssl: bool = True,
 ) -> Closure:
     """Every runtime and application file the traced worker needs, with reasons."""
     b = ClosureBuilder(
@@ -435,5 +451,6 @@ def build_closure(
         exclude=exclude,
         exclude_driver_libraries=exclude_driver_libraries,
         strip_debug=strip_debug,
+        drop_openssl=drop_openssl,
     )
     return b.build()

@@ -372,13 +372,13 @@ class Container:
             raise ImageError(f"{self.image_path}: the image has no Entrypoint")
         args = [*entry, "--host", self.host, "--port", str(self.port)]
         self._work = tempfile.mkdtemp(prefix="zerostart-run-")
-        config = runtime_config(image, str(rootfs), args=args, extra_env=self.extra_env)
+        config = self._runtime_config(image, str(rootfs), args)
         Path(self._work, "config.json").write_text(json.dumps(config, indent=1))
         self.id = f"zerostart-{image.manifest_digest[7:19]}-{os.getpid()}-{self.port}"
         log = self.log_path or os.path.join(self._work, "container.log")
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        cmd = [runtime, "--root", STATE_ROOT, "run", "--bundle", self._work, self.id]
+        cmd = self._runtime_command(runtime)
         self.started_at = time.monotonic()
         self._proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
@@ -392,6 +392,14 @@ class Container:
             raise RuntimeToolError(
                 cmd, f"container did not become healthy: {exc}", stderr=tail
             ) from exc
+
+    def _runtime_config(self, image: ImageRef, rootfs: str, args: list[str]) -> dict[str, Any]:
+        """The config.json; a subclass adjusts it (``image.snapshot_run`` adds a user namespace)."""
+        return runtime_config(image, rootfs, args=args, extra_env=self.extra_env)
+
+    def _runtime_command(self, runtime: str) -> list[str]:
+        """The command that starts the container in the foreground (``runc restore`` in a subclass)."""
+        return [runtime, "--root", STATE_ROOT, "run", "--bundle", self._work, self.id]
 
     @property
     def runtime_name(self) -> str:

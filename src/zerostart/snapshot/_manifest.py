@@ -58,6 +58,9 @@ class SnapshotManifest:
     cuda: bool = False
     timings_s: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # What an integration needs to match beyond the host (``zerostart run --snapshot``: the
+    # image's manifest digest, the OCI runtime and its version). Absent in older manifests.
+    labels: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
