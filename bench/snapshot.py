@@ -10,6 +10,14 @@ which includes the manifest/digest/host checks, and stops when the first
 snapshot's size and time to take it, the cost of the fast and the full digest
 check, and what compressing the page images would save and cost.
 Needs root and CRIU (scripts/install_criu.sh).
+
+    python bench/snapshot.py --container [--runs 5] [--out bench/results/snapshot_container_cpu.json]
+
+``--container`` measures only the image path instead: the bundle's image
+(``zerostart build``) booted with ``zerostart run`` (runc) against the same
+image restored with ``zerostart run --snapshot``, each from the call to the
+first correct /embed answer (the restore's clock includes reading the layout,
+the manifest/digest/host checks and ``runc restore``). Needs runc too.
 """
 
 from __future__ import annotations
@@ -126,13 +134,88 @@ def _compression(images: Path) -> dict[str, float]:
     }
 
 
+def _bench_container(bundle: Path, work: Path, runs: int) -> dict[str, Any]:
+    """Container boot (``zerostart run``) vs restore (``zerostart run --snapshot``), median of N."""
+    from zerostart.image.build import build_image
+    from zerostart.image.runtime import Container
+    from zerostart.image.snapshot_run import run_with_snapshot
+
+    t0 = time.perf_counter()
+    image = build_image(bundle, work / "image").image.path
+    build_s = time.perf_counter() - t0
+    store = work / "container-store"
+    port = free_port()  # one port: a snapshot restores the socket it was taken with
+
+    def first_answer(port: int) -> np.ndarray:
+        status, body = http_request(f"http://127.0.0.1:{port}/embed", "POST", TEXT)
+        answer = np.array(json.loads(body))
+        if status != 200 or not _is_embedding(answer.tolist()):
+            raise SystemExit(f"container answered HTTP {status}: {body[:200]!r}")
+        return answer
+
+    boots, reference = [], None
+    for i in range(runs):
+        t0 = time.perf_counter()
+        container = Container(image, port=port)
+        container.start()
+        answer = first_answer(port)
+        boots.append(time.perf_counter() - t0)
+        container.stop()
+        reference = answer if reference is None else reference
+        print(f"  container boot {i + 1}/{runs}: {boots[-1] * 1e3:.0f} ms", flush=True)
+    t0 = time.perf_counter()
+    taken = run_with_snapshot(image, port=port, store=store)
+    first_answer(port)
+    take_total_s = time.perf_counter() - t0
+    taken.container.stop()
+    if taken.snapshot_error:
+        raise SystemExit(f"no container snapshot: {taken.snapshot_error}")
+    print(
+        f"  snapshot: {taken.size_bytes / 1e6:.1f} MB, checkpoint {taken.timings_s['checkpoint']:.2f} s",
+        flush=True,
+    )
+    restores, phases = [], []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        run = run_with_snapshot(image, port=port, store=store)
+        answer = first_answer(port)
+        restores.append(time.perf_counter() - t0)
+        run.container.stop()
+        if run.mode != "restored":
+            raise SystemExit(f"container not restored: {run.reason}")
+        assert reference is not None
+        if not np.allclose(answer, reference, atol=ATOL):
+            raise SystemExit("restored container's answer differs from the booted one")
+        phases.append(run.timings_s)
+        print(f"  container restore {i + 1}/{runs}: {restores[-1] * 1e3:.0f} ms", flush=True)
+    boot_s, restore_s = summarize(boots), summarize(restores)
+    return {
+        "what": "zerostart run IMAGE (runc) vs zerostart run IMAGE --snapshot, call -> first correct /embed",
+        "build_s": build_s,
+        "boot_s": boot_s,
+        "restore_s": restore_s,
+        "speedup": boot_s["median"] / restore_s["median"],
+        "restore_phases_s": phases[len(phases) // 2],
+        "snapshot_bytes": taken.size_bytes,
+        "snapshot_take_s": taken.timings_s,
+        "snapshot_take_total_s": take_total_s,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--model", default=str(REPO / "models" / "minilm-embed"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "snapshot_cpu.json"))
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument(
+        "--container",
+        action="store_true",
+        help="only the image path: runc boot vs runc restore (default --out ..._container_cpu.json)",
+    )
     args = ap.parse_args()
+    if args.container and args.out == ap.get_default("out"):
+        args.out = str(REPO / "bench" / "results" / "snapshot_container_cpu.json")
     from zerostart.model.convert import convert
 
     work = Path(
@@ -151,6 +234,16 @@ def main() -> None:
         "model": Path(args.model).name,
         "request": TEXT,
     }
+    if args.container:
+        results["container_cpu"] = r = _bench_container(bundle, work, args.runs)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        print(
+            f"container: boot {r['boot_s']['median'] * 1e3:.0f} ms, restore "
+            f"{r['restore_s']['median'] * 1e3:.0f} ms (x{r['speedup']:.1f}), snapshot "
+            f"{r['snapshot_bytes'] / 1e6:.0f} MB; wrote {args.out}"
+        )
+        return
     results["zerostart_cpu"] = _bench_one(
         "zerostart",
         lambda p: [sys.executable, "-m", "zerostart.serve", str(bundle), "--port", str(p)],

@@ -13,7 +13,10 @@ import json
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zerostart.image.runtime import Container
 
 DEFAULT_TOP = 15
 
@@ -70,7 +73,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_snapshot(args: argparse.Namespace) -> Any:
+def _start_snapshot(args: argparse.Namespace) -> Container:
     from zerostart.image.snapshot_run import run_with_snapshot
 
     run = run_with_snapshot(

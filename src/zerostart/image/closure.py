@@ -39,14 +39,13 @@ IMAGE_PREFIX = "/usr/local"
 MODEL_DIR = "/model"
 MAX_SYMLINK_HOPS = 40  # ld.so and the kernel give up at 40 too (ELOOP)
 
-# Never part of an image: kernel interfaces, loader caches, editable-install hooks.
+# Never part of an image: kernel interfaces, scratch space, loader caches...
+LOCATION_EXCLUDES = ("/proc/*", "/sys/*", "/dev/*", "/run/*", "/tmp/*", "/etc/ld.so.cache")
+# ... except that the interpreter, the venv and the application may themselves live
+# under one of those (a CI checkout in /tmp): files under those roots are kept.
+# Editable-install hooks and install records are never wanted.
 DEFAULT_EXCLUDES = (
-    "/proc/*",
-    "/sys/*",
-    "/dev/*",
-    "/run/*",
-    "/tmp/*",
-    "/etc/ld.so.cache",
+    *LOCATION_EXCLUDES,
     "*/__editable__*",
     "*/distutils-precedence.pth",
     "*/_distutils_hack/*",
@@ -335,11 +334,18 @@ class ClosureBuilder:
             why = "NVIDIA driver library (mounted from the host at run time)"
         else:
             pat = _matches(host, self.excludes)
+            if pat is not None and pat in LOCATION_EXCLUDES and self._in_module_root(host):
+                pat = None
             if pat is None:
                 return False
             why = f"excluded by {pat}"
         self.closure.excluded.setdefault(host, why)
         return True
+
+    def _in_module_root(self, host: str) -> bool:
+        py = self.trace.python
+        roots = (*self._module_roots, py["prefix"], py["base_prefix"])
+        return any(host.startswith(root.rstrip("/") + "/") for root in roots)
 
     def _driver(self, path: str) -> bool:
         return (
