@@ -237,6 +237,23 @@ def test_identical_images_are_stored_once_and_freed_with_last_user(tmp_path: Pat
     assert (other / "pages-1.img").exists()
 
 
+def test_a_damaged_blob_is_replaced_not_linked_into_new_snapshots(tmp_path: Path) -> None:
+    _, m = _manifest(tmp_path)
+    first = tmp_path / "snapshots" / "s" / IMAGES_DIR / "pages-1.img"
+    good = first.read_bytes()
+    os.chmod(first, 0o644)
+    with open(first, "r+b") as f:  # damage in place: the blob is the same inode
+        f.write(bytes([good[0] ^ 0xFF]))
+    other = tmp_path / "snapshots" / "t" / IMAGES_DIR
+    other.mkdir(parents=True)
+    (other / "pages-1.img").write_bytes(good)
+    digests, saved = dedup_images(tmp_path, other)
+    assert saved == 0
+    assert (other / "pages-1.img").read_bytes() == good
+    assert digests["pages-1.img"].sha256 == m.images["pages-1.img"].sha256
+    assert not os.path.samefile(first, other / "pages-1.img")
+
+
 @pytest.mark.parametrize("bad", ["", ".hidden", "a/b", "../x", "sp ace"])
 def test_bad_snapshot_names_are_refused(bad: str) -> None:
     with pytest.raises(SnapshotError, match="bad snapshot name"):

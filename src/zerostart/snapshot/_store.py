@@ -72,6 +72,13 @@ def dedup_images(store: Path, images: Path) -> tuple[dict[str, ImageFile], int]:
         blob.parent.mkdir(parents=True, exist_ok=True)
         if blob.exists() and os.path.samefile(blob, path):
             pass  # already linked (a snapshot folder digested again)
+        elif blob.exists() and sha256_file(blob) != digest:
+            # The blob was damaged (blobs are hard links, so damage to any snapshot's
+            # copy shows here): never link new snapshots to it; this file replaces it.
+            tmp_blob = blob.with_name(blob.name + ".new")
+            os.link(path, tmp_blob)
+            tmp_blob.replace(blob)
+            os.chmod(blob, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         elif blob.exists():
             saved += path.stat().st_size
             tmp = path.with_name(path.name + ".link")
