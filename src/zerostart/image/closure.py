@@ -316,7 +316,9 @@ class ClosureBuilder:
                     self.add_path(p, f"--include {item}")
             return
         rel = item.replace(".", "/")
-        dynload = [os.path.join(self.trace.python[k], "lib-dynload") for k in ("stdlib", "platstdlib")]
+        dynload = [
+            os.path.join(self.trace.python[k], "lib-dynload") for k in ("stdlib", "platstdlib")
+        ]
         for root in (*self._module_roots, *dynload):
             for cand in (f"{root}/{rel}.py", f"{root}/{rel}/__init__.py"):
                 if os.path.isfile(cand):
