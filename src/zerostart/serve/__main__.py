@@ -13,6 +13,11 @@ import argparse  # noqa: E402  (after the clock starts, on purpose)
 import logging  # noqa: E402
 import sys  # noqa: E402
 
+# The worker never speaks TLS (it listens behind a gateway); asyncio imports ssl only to
+# offer it and treats ImportError as "no TLS". Marking ssl absent saves ~15 ms of every
+# cold start here and keeps OpenSSL out of the process (images leave it out anyway).
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
 from zerostart.errors import ZerostartError  # noqa: E402
 from zerostart.serve.config import ServerConfig  # noqa: E402
 
