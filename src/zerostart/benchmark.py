@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -129,12 +130,16 @@ def time_cold_start(
 
     Returns (seconds, answer, process). The process is stopped unless ``keep``.
     """
+    # stderr to a file, not a pipe: a chatty server must never block on a full pipe.
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in the finally below)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=log, env=env)
+    answered = False
     try:
         while True:
             if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                log.seek(0)
+                err = log.read().decode(errors="replace")
                 raise BenchError(
                     f"{cmd[0]} exited with {proc.returncode} before answering: {err[-800:]}"
                 )
@@ -151,12 +156,12 @@ def time_cold_start(
             elapsed = time.perf_counter() - t0
             if status != 200 or not check(answer):
                 raise BenchError(f"wrong answer from {cmd[0]}: HTTP {status} {str(answer)[:300]}")
+            answered = True
             return elapsed, answer, proc
     finally:
-        if not keep:
+        log.close()
+        if not (keep and answered):  # a failed start never leaves a process behind
             stop_process(proc)
-            if proc.stderr:
-                proc.stderr.close()
 
 
 def summarize(samples: Sequence[float]) -> dict[str, float]:
