@@ -14,12 +14,10 @@ microseconds per text; the reference's time includes reading `.ids` and
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
 import random
 import re
 import statistics
@@ -41,82 +39,7 @@ RESULTS = REPO / "bench" / "results" / "tokenizer.json"
 IMPORT_RUNS = 5
 BATCH_SIZE = 32
 POOL_TEXTS = 64
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "was",
-    "for",
-    "on",
-    "that",
-    "with",
-    "as",
-    "by",
-    "at",
-    "from",
-    "it",
-    "his",
-    "an",
-    "were",
-    "are",
-    "which",
-    "this",
-    "be",
-    "or",
-    "has",
-    "had",
-    "not",
-    "first",
-    "one",
-    "their",
-    "its",
-    "new",
-    "after",
-    "but",
-    "who",
-    "they",
-    "have",
-    "her",
-    "she",
-    "two",
-    "been",
-    "other",
-    "when",
-    "there",
-    "all",
-    "during",
-    "into",
-    "school",
-    "time",
-    "may",
-    "years",
-    "more",
-    "most",
-    "only",
-    "over",
-    "city",
-    "some",
-    "world",
-    "would",
-    "where",
-    "later",
-    "up",
-    "such",
-    "used",
-    "many",
-    "can",
-    "state",
-    "about",
-    "national",
-    "out",
-    "known",
-    "university",
-    "united",
-    "then",
-    "made",
+SERVING_WORDS = [
     "serverless",
     "inference",
     "tokenisation",
@@ -131,14 +54,24 @@ WORDS = [
     "Monday",
     "Paris",
     "Smith's",
-    "don't",
-    "e-mail",
-    "3.14",
     "2024,",
     "(see)",
     "U.S.",
     "well-known",
 ]
+
+
+def _english_words() -> list[str]:
+    """The parity corpus's common English words (tests/unit/tokenizer_corpus.py)."""
+    path = REPO / "tests" / "unit" / "tokenizer_corpus.py"
+    spec = importlib.util.spec_from_file_location("tokenizer_corpus", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.ENGLISH_WORDS)
+
+
+WORDS = [*_english_words(), *SERVING_WORDS]
 MULTILINGUAL = [
     "café",
     "naïve",
@@ -162,21 +95,9 @@ MULTILINGUAL = [
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
-            cpu = m.group(1).strip()
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "cpus": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "tokenizers": importlib.metadata.version("tokenizers"),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+    from zerostart.benchmark import machine_description
+
+    return {**machine_description(), "tokenizers": importlib.metadata.version("tokenizers")}
 
 
 def dist_bytes(name: str) -> int:
@@ -421,7 +342,7 @@ _REF_LOAD_STATEMENT = (
 def print_table(r: dict[str, Any]) -> None:
     m, c, i = r["machine"], r["closure"], r["import_ms"]
     print(
-        f"{m['cpu']} x{m['cpus']}, Python {m['python']}, tokenizers {m['tokenizers']}, {m['date']}"
+        f"{m['cpu']} x{m['cores']}, Python {m['python']}, tokenizers {m['tokenizers']}, {m['date']}"
     )
     print(
         f"closure: tokenizers {c['tokenizers_installed_bytes'] / 1e6:.1f} MB "

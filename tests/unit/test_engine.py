@@ -181,7 +181,10 @@ def test_engine_refuses_bad_inputs() -> None:
         ((ids, mask[:, :5], None), "attention_mask shape"),
         ((ids.astype(np.float32), mask, None), "integer"),
         ((ids + 50, mask, None), "input_ids must be in"),
-        ((np.ones((1, 17), np.int64), np.ones((1, 17), np.int64), None), "exceeds the model's 16"),
+        (
+            (np.ones((1, 17), np.int64), np.ones((1, 17), np.int64), None),
+            "exceeds the model's positions \\(16\\)",
+        ),
         ((ids, mask, types), "no token type embeddings"),
     ]
     for args, message in cases:

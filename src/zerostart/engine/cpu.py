@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from zerostart.engine import ops
+from zerostart.engine.inputs import check_inputs
 from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix, tensor_shapes
 from zerostart.engine.parallel import Workers
 from zerostart.errors import EngineError
@@ -257,32 +258,13 @@ class CpuEngine:
     def _check_inputs(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        ids = np.asarray(input_ids)
-        mask = np.asarray(attention_mask)
-        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
-            raise EngineError(
-                f"input_ids must be [batch, seq] with both > 0, got shape {ids.shape}"
-            )
-        if mask.shape != ids.shape:
-            raise EngineError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
-        if ids.dtype.kind not in "iu" or mask.dtype.kind not in "iub":
-            raise EngineError("input_ids and attention_mask must be integer arrays")
-        c = self.manifest.config
-        if ids.shape[1] > c.max_position_embeddings:
-            raise EngineError(
-                f"sequence length {ids.shape[1]} exceeds the model's {c.max_position_embeddings} positions"
-            )
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            raise EngineError(f"input_ids must be in [0, {c.vocab_size})")
-        types = None
-        if token_type_ids is not None:
-            types = np.asarray(token_type_ids)
-            if types.shape != ids.shape or types.dtype.kind not in "iu":
-                raise EngineError(f"token_type_ids must be integer with shape {ids.shape}")
-            if self._token_type is None:
-                if types.any():
-                    raise EngineError(f"{self.manifest.architecture} has no token type embeddings")
-                types = None
-            elif types.min() < 0 or types.max() >= c.type_vocab_size:
-                raise EngineError(f"token_type_ids must be in [0, {c.type_vocab_size})")
+        ids, mask, types = check_inputs(
+            self.manifest,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            max_len=self.manifest.config.max_position_embeddings,
+        )
+        if self._token_type is None:  # weights without token types: only zeros were accepted
+            types = None
         return ids, mask, types

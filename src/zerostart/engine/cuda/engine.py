@@ -46,6 +46,7 @@ from zerostart.engine.cuda.launch import (
 )
 from zerostart.engine.cuda.memory import CachingAllocator, PinnedBuffer
 from zerostart.engine.cuda.module import KernelLibrary
+from zerostart.engine.inputs import check_inputs
 from zerostart.engine.layout import layer_prefix, tensor_shapes
 from zerostart.errors import EngineError
 from zerostart.model.manifest import Manifest
@@ -322,36 +323,17 @@ class CudaEngine:
     def _check_inputs(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        ids, mask = np.asarray(input_ids), np.asarray(attention_mask)
-        c = self.manifest.config
-        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
-            raise EngineError(
-                f"input_ids must be [batch, seq] with both > 0, got shape {ids.shape}"
-            )
-        if mask.shape != ids.shape:
-            raise EngineError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
-        if ids.dtype.kind not in "iu" or mask.dtype.kind not in "iub":
-            raise EngineError("input_ids and attention_mask must be integer arrays")
-        if ids.shape[1] > self._max_t:
-            raise EngineError(
-                f"sequence length {ids.shape[1]} exceeds the compiled maximum {self._max_t}"
-            )
-        if ids.min() < 0 or ids.max() >= c.vocab_size:
-            raise EngineError(f"input_ids must be in [0, {c.vocab_size})")
+        ids, mask, types = check_inputs(
+            self.manifest,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            max_len=self._max_t,
+            what_limits="the compiled maximum",
+        )
         lens = (mask != 0).sum(axis=1).astype(np.int32)
         if not np.array_equal(mask != 0, np.arange(ids.shape[1])[None, :] < lens[:, None]):
             raise EngineError("the GPU engine needs right-padded inputs (mask 1...1 0...0 per row)")
-        types = None
-        if token_type_ids is not None:
-            types = np.asarray(token_type_ids)
-            if types.shape != ids.shape or types.dtype.kind not in "iu":
-                raise EngineError(f"token_type_ids must be integer with shape {ids.shape}")
-            if c.type_vocab_size == 0:
-                if types.any():
-                    raise EngineError(f"{self.manifest.architecture} has no token type embeddings")
-                types = None
-            elif types.min() < 0 or types.max() >= c.type_vocab_size:
-                raise EngineError(f"token_type_ids must be in [0, {c.type_vocab_size})")
         return ids.astype(np.int32), lens, None if types is None else types.astype(np.int32)
 
     def close(self) -> None:
