@@ -79,7 +79,7 @@ class WordPieceTokenizer:
     def __init__(self, vocab: list[str], settings: TokenizerSettings, *, source: str) -> None:
         self.settings = settings
         self._id_to_token = vocab
-        self._vocab = {token: i for i, token in enumerate(vocab)}  # a duplicate: last id wins
+        self._vocab = dict(zip(vocab, range(len(vocab)), strict=True))  # duplicates: last id wins
         self.vocab_size = len(vocab)
 
         def required(token: str, role: str) -> int:
@@ -109,7 +109,7 @@ class WordPieceTokenizer:
         # A word that is itself a vocabulary token is its own WordPiece result
         # (longest match first), unless it is over the per-word length limit.
         max_chars = settings.max_input_chars_per_word
-        if any(len(t) > max_chars for t in self._vocab):
+        if max(map(len, self._vocab), default=0) > max_chars:
             self._whole_word = {t: i for t, i in self._vocab.items() if len(t) <= max_chars}
         else:
             self._whole_word = self._vocab

@@ -10,6 +10,8 @@ Runtime module: standard library only.
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 import os
 from collections.abc import Callable, Sequence
 
@@ -35,7 +37,10 @@ def read_vocab(path: str | os.PathLike[str]) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline after the last token
-    tokens = [line[:-1] if line.endswith("\r") else line for line in lines]
+    # Built-in loops only: this runs on every cold start (30k lines).
+    tokens = (
+        [line[:-1] if line.endswith("\r") else line for line in lines] if "\r" in text else lines
+    )
     if not tokens:
         raise TokenizerError(f"{os.fspath(path)}: vocabulary is empty")
     return tokens
@@ -60,10 +65,10 @@ class WordPiece:
         self._max_chars = max_input_chars_per_word
         # No token is longer than these (in characters, without the prefix), so the
         # longest-match search can start there instead of at the end of the word.
-        self._max_first = max((len(t) for t in vocab if not t.startswith(prefix)), default=0)
-        self._max_cont = max(
-            (len(t) - len(prefix) for t in vocab if t.startswith(prefix)), default=0
-        )
+        # (C-level loops: this runs on every cold start over ~30k tokens.)
+        starts = operator.methodcaller("startswith", prefix)
+        self._max_first = max(map(len, itertools.filterfalse(starts, vocab)), default=0)
+        self._max_cont = max(map(len, filter(starts, vocab)), default=len(prefix)) - len(prefix)
         self.pieces: Callable[[str], Pieces] = functools.lru_cache(WORD_CACHE_SIZE_WORDS)(
             self._pieces
         )
