@@ -16,7 +16,24 @@ echo "==> zerostart serve bundles/minilm --port $PORT"
 zerostart serve bundles/minilm --port "$PORT" &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null; wait $PID 2>/dev/null || true' EXIT
-for _ in $(seq 200); do curl -sf "localhost:$PORT/health" >/dev/null && break; sleep 0.05; done
-echo "==> curl localhost:$PORT/embed"
-curl -sf "localhost:$PORT/embed" -d '{"inputs": "I love this"}' | python -c 'import json,sys; v=json.load(sys.stdin)[0]; print(f"embedding: {len(v)} floats, first 4: {[round(x,4) for x in v[:4]]}")'
-curl -sf "localhost:$PORT/info" | python -c 'import json,sys; i=json.load(sys.stdin); print("start-up phases (ms):", {k: round(v*1e3,1) for k,v in i["start"]["phases"].items()})'
+# The requests use Python's http.client (a fresh machine may have no curl); by hand:
+#   curl -s localhost:$PORT/embed -d '{"inputs": "I love this"}'
+python - "$PORT" <<'PY'
+import json, sys, time
+from zerostart.benchmark import get_json, post_json
+
+port = int(sys.argv[1])
+for _ in range(400):  # up to ~20 s for the worker to come up
+    try:
+        if get_json(port, "/health")[0] == 200:
+            break
+    except OSError:
+        pass
+    time.sleep(0.05)
+print(f"==> POST localhost:{port}/embed {{\"inputs\": \"I love this\"}}")
+status, vec = post_json(port, "/embed", {"inputs": "I love this"})
+assert status == 200, (status, vec)
+print(f"embedding: {len(vec[0])} floats, first 4: {[round(x, 4) for x in vec[0][:4]]}")
+_, info = get_json(port, "/info")
+print("start-up phases (ms):", {k: round(v * 1e3, 1) for k, v in info["start"]["phases"].items()})
+PY
