@@ -204,12 +204,6 @@ def serve(kind: str, port: int) -> None:
 
 
 # ---------------------------------------------------------------- measuring
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def import_ms(kind: str) -> float | None:
     if kind == "handwritten":
         return 0.0
@@ -351,6 +345,8 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> None:
+    from zerostart.benchmark import free_port
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--serve", choices=CANDIDATES, help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -363,7 +359,7 @@ def main() -> None:
         return
     results: dict[str, Any] = {"machine": machine(), "candidates": {}}
     for kind in CANDIDATES:
-        port = _free_port()
+        port = free_port()
         proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--port", str(port)],
             stdout=subprocess.PIPE,

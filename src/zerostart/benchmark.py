@@ -105,14 +105,16 @@ def get_json(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
         conn.close()
 
 
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes], *, timeout_s: float = STOP_TIMEOUT_S) -> int:
+    """SIGTERM, wait ``timeout_s`` for a clean exit, then SIGKILL; returns the exit status."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(STOP_TIMEOUT_S)
+            proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait()
+            proc.wait(timeout_s)
+    return int(proc.returncode)
 
 
 def time_cold_start(

@@ -12,12 +12,13 @@ import contextlib
 import http.client
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from zerostart.benchmark import free_port
 
 REGISTRY_BIN = "docker-registry"
 # Cold start of the Go binary is ~50 ms here; 15 s covers a loaded CI machine.
@@ -30,12 +31,6 @@ def registry_binary() -> str | None:
     return shutil.which(REGISTRY_BIN) or (
         "/usr/bin/docker-registry" if os.path.exists("/usr/bin/docker-registry") else None
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_htpasswd(path: Path, user: str, password: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zerostart.benchmark import free_port
 from zerostart.image.build import BuildOptions, BuildResult, build_image
 from zerostart.image.cli import answers_match
 from zerostart.image.errors import RuntimeToolError
@@ -40,14 +41,6 @@ def _need(tool: str) -> str:
     if path is None:
         pytest.skip(f"{tool} is not installed (scripts/install_system_deps.sh installs it)")
     return path
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +79,7 @@ def test_image_runs_in_an_oci_runtime_and_answers_like_the_pipeline(
     body = {"inputs": TEXTS}
     job = pipe.prepare("embed", body)
     expected = json.loads(json.dumps(job.finish(pipe.execute(job.encodings)), default=float))
-    port = _free_port()
+    port = free_port()
     with Container(embed_image.image.path, port=port) as c:
         status, answer = send(port, WarmupRequest("POST", "/embed", body))
         assert status == 200, answer

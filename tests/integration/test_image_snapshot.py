@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zerostart.benchmark import free_port
 from zerostart.errors import ZerostartError
 from zerostart.image.build import BuildResult, build_image
 from zerostart.image.snapshot_run import (
@@ -31,12 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 TEXTS = ["My name is Clara Schmidt and I live in Paris.", "The weather is lovely today."]
 ATOL = 1e-6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +74,7 @@ def _start(image: BuildResult, port: int, store: Path) -> SnapshotRun:
 def test_boot_snapshot_restore_twice_and_fall_back_on_a_corrupt_snapshot(
     embed_image: BuildResult, tmp_path: Path
 ) -> None:
-    port, store = _free_port(), tmp_path / "store"
+    port, store = free_port(), tmp_path / "store"
 
     first = _start(embed_image, port, store)
     try:

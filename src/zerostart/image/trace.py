@@ -21,8 +21,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerostart.benchmark import free_port, stop_process
 from zerostart.image.errors import ImageError
 
 TRACE_FORMAT_VERSION = 1
@@ -211,12 +210,6 @@ def interpreter_info(python: str, timeout_s: float = INFO_TIMEOUT_S) -> dict[str
     return info
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def send(port: int, req: WarmupRequest, timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[int, Any]:
     """Send one request to 127.0.0.1:port; return (status, JSON body or text)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
@@ -288,17 +281,6 @@ def read_maps(pid: int) -> list[str]:
     return sorted(set(paths))
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT_S)
-    return int(proc.returncode)
-
-
 def trace_worker(
     bundle: str | os.PathLike[str],
     task: str,
@@ -312,7 +294,7 @@ def trace_worker(
 ) -> Trace:
     """Run ``python -m module BUNDLE --host 127.0.0.1 --port P`` under the audit hook and warm it up."""
     info = interpreter_info(python)
-    port = _free_port()
+    port = free_port()
     args = [os.path.abspath(bundle), "--host", "127.0.0.1", "--port", str(port), *extra_args]
     cmd = [python, "-c", BOOTSTRAP, module, *args]
     env = dict(os.environ)
@@ -335,11 +317,11 @@ def trace_worker(
                 records = run_warmup(port, reqs)
                 mapped = read_maps(proc.pid)
             except ImageError as exc:
-                _stop(proc)
+                stop_process(proc, timeout_s=STOP_TIMEOUT_S)
                 tail = log.read_text(errors="replace")[-1500:]
                 raise ImageError(f"{exc}; worker log:\n{tail}") from exc
             finally:
-                status = _stop(proc)
+                status = stop_process(proc, timeout_s=STOP_TIMEOUT_S)
         trace = Trace(
             command=[python, "-m", module, *args],
             python=info,
