@@ -196,9 +196,8 @@ def run(
         bundle_dir, verify=verify, max_client_batch_size=config.max_client_batch_size
     )
     startup.add(pipeline.phases)
-    if "warmup" not in pipeline.phases:
-        pipeline.warmup()
-        startup.mark("warmup")
+    pipeline.warmup()
+    startup.mark("warmup")
     asyncio.run(serve(pipeline, config, startup))
 
 
