@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from engine_reference import encode_padded, transformers_reference
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -80,39 +82,6 @@ def _bundles(src: Path, tmp: Path) -> tuple[Any, Any]:
     return Bundle.open(tmp / "cpu"), gpu
 
 
-def _encode(src: Path, pairs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    tokenizers = pytest.importorskip("tokenizers")
-    tok = tokenizers.Tokenizer.from_file(str(src / "tokenizer.json"))
-    tok.no_padding()
-    tok.no_truncation()
-    encs = tok.encode_batch(SENTENCES if pairs else [a for a, _ in SENTENCES])
-    t = max(len(e.ids) for e in encs)
-    ids, mask, types = (np.zeros((len(encs), t), np.int64) for _ in range(3))
-    for i, e in enumerate(encs):
-        n = len(e.ids)
-        ids[i, :n], mask[i, :n], types[i, :n] = e.ids, e.attention_mask, e.type_ids
-    return ids, mask, types
-
-
-def _reference(
-    src: Path, task: str, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
-) -> np.ndarray:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    cls = {
-        "sequence-classification": transformers.AutoModelForSequenceClassification,
-        "token-classification": transformers.AutoModelForTokenClassification,
-        "embeddings": transformers.AutoModel,
-    }[task]
-    model = cls.from_pretrained(src, attn_implementation="eager", dtype=torch.float32).eval()
-    kwargs = {"token_type_ids": torch.from_numpy(types)} if types is not None else {}
-    with torch.inference_mode():
-        out = model(
-            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), **kwargs
-        )
-    return (out.last_hidden_state if task == "embeddings" else out.logits).float().numpy()
-
-
 @pytest.mark.parametrize("fixture", ["minilm_sst2_dir", "rampart_ner_dir", "minilm_embed_dir"])
 def test_parity_with_cpu_engine_and_transformers(
     fixture: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -123,13 +92,13 @@ def test_parity_with_cpu_engine_and_transformers(
     src: Path = request.getfixturevalue(fixture)
     cpu_bundle, gpu_bundle = _bundles(src, tmp_path)
     m = cpu_bundle.manifest
-    ids, mask, types = _encode(src, pairs=m.task == "sequence-classification")
+    ids, mask, types = encode_padded(src, SENTENCES, pairs=m.task == "sequence-classification")
     t_ = types if m.architecture == "bert" else None
     engine = CudaEngine.from_bundle(gpu_bundle)
     try:
         got = engine.forward(ids, mask, t_)
         cpu = CpuEngine(m, cpu_bundle.weights).forward(ids, mask, t_)
-        ref = _reference(src, m.task, ids, mask, t_)
+        ref = transformers_reference(src, m.task, ids, mask, t_)
         # a batch bigger than one bucket, and batch 1, go through the same path
         single = engine.forward(
             ids[:1, : int(mask[0].sum())],

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
+from engine_reference import auto_class, encode_padded, transformers_reference
 from zerostart.engine.cpu import CpuEngine
 from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
@@ -33,32 +33,6 @@ SENTENCES = [
     ("ok", "Email john.doe@example.com before Friday, or don't."),
     ("The quick brown fox jumps over the lazy dog again and again and again.", "Nothing here."),
 ]
-
-
-def _auto_class(task: str) -> Any:
-    transformers = pytest.importorskip("transformers")
-    return {
-        "sequence-classification": transformers.AutoModelForSequenceClassification,
-        "token-classification": transformers.AutoModelForTokenClassification,
-        "embeddings": transformers.AutoModel,
-    }[task]
-
-
-def _reference(
-    src: Path, task: str, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
-) -> np.ndarray:
-    torch = pytest.importorskip("torch")
-    model = (
-        _auto_class(task)
-        .from_pretrained(src, attn_implementation="eager", dtype=torch.float32)
-        .eval()
-    )
-    kwargs = {"token_type_ids": torch.from_numpy(types)} if types is not None else {}
-    with torch.inference_mode():
-        out = model(
-            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), **kwargs
-        )
-    return (out.last_hidden_state if task == "embeddings" else out.logits).float().numpy()
 
 
 def _assert_parity(got: np.ndarray, want: np.ndarray, mask: np.ndarray, task: str) -> None:
@@ -81,23 +55,7 @@ def _check(
     if m.architecture != "bert":
         types = None
     got = CpuEngine(m, bundle.weights).forward(ids, mask, types)
-    _assert_parity(got, _reference(src, m.task, ids, mask, types), mask, m.task)
-
-
-def _encode(src: Path, pairs: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The sentences through the model's own tokenizer.json, right-padded to the longest."""
-    tokenizers = pytest.importorskip("tokenizers")
-    tok = tokenizers.Tokenizer.from_file(str(src / "tokenizer.json"))
-    tok.no_padding()
-    tok.no_truncation()
-    encs = tok.encode_batch(SENTENCES if pairs else [a for a, _ in SENTENCES])
-    t = max(len(e.ids) for e in encs)
-    ids, mask, types = (np.zeros((len(encs), t), np.int64) for _ in range(3))
-    for i, e in enumerate(encs):
-        n = len(e.ids)
-        ids[i, :n], mask[i, :n], types[i, :n] = e.ids, e.attention_mask, e.type_ids
-    assert len({int(r.sum()) for r in mask}) > 1  # really padded
-    return ids, mask, types
+    _assert_parity(got, transformers_reference(src, m.task, ids, mask, types), mask, m.task)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +74,8 @@ def test_real_models_match_transformers(
     fixture: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     src: Path = request.getfixturevalue(fixture)
-    ids, mask, types = _encode(src, pairs=True)
+    ids, mask, types = encode_padded(src, SENTENCES, pairs=True)
+    assert len({int(r.sum()) for r in mask}) > 1  # really padded
     _check(src, tmp_path / "bundle", ids, mask, types if types.any() else None)
 
 
@@ -138,7 +97,7 @@ def _tiny(tmp: Path, arch: str, task: str, act: str, *, safetensors: bool = True
             vocab_size=99, dim=32, n_layers=2, n_heads=4, hidden_dim=37,
             max_position_embeddings=40, activation=act, **labels,
         )  # fmt: skip
-    model = _auto_class(task).from_config(cfg).eval()
+    model = auto_class(task).from_config(cfg).eval()
     with torch.no_grad():  # default init leaves LayerNorms at 1/0 and biases at 0: perturb all
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
