@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tiny_models import tiny_manifest
 from zerostart.engine.cuda.driver import Driver
 from zerostart.engine.layout import tensor_shapes
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
+from zerostart.model.manifest import Manifest
 
 pytest.importorskip("triton")
 
@@ -110,26 +111,8 @@ class RecordingDriver(Driver):
 
 
 def _manifest(task: str) -> Manifest:
-    cfg = ModelConfig(
-        hidden_size=64,
-        num_layers=2,
-        num_heads=2,
-        intermediate_size=128,
-        vocab_size=50,
-        max_position_embeddings=64,
-        type_vocab_size=2,
-        layer_norm_eps=1e-12,
-        hidden_act="gelu",
-    )
-    return Manifest(
-        architecture="bert",
-        task=task,
-        config=cfg,
-        tokenizer=TokenizerSettings(),
-        max_length=64,
-        dtype="float16",
-        device="cuda",
-        labels=("a", "b", "c") if task != "embeddings" else (),
+    return tiny_manifest(
+        "bert", task, hidden=64, layers=2, heads=2, ffn=128, max_positions=64, device="cuda"
     )
 
 

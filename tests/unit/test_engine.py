@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 import zerostart
+from tiny_models import tiny_manifest
 from zerostart.engine import ops
 from zerostart.engine.cpu import MASK_VALUE, CpuEngine
 from zerostart.engine.layout import tensor_shapes
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
+from zerostart.model.manifest import Manifest
 
 _erf64 = np.vectorize(math.erf)
 
@@ -77,24 +78,8 @@ def test_layer_norm_and_softmax_match_float64() -> None:
 
 
 def _manifest(arch: str, task: str, *, act: str = "gelu", dtype: str = "float32") -> Manifest:
-    return Manifest(
-        architecture=arch,
-        task=task,
-        config=ModelConfig(
-            hidden_size=24,
-            num_layers=2,
-            num_heads=3,
-            intermediate_size=40,
-            vocab_size=50,
-            max_position_embeddings=16,
-            type_vocab_size=2 if arch == "bert" else 0,
-            layer_norm_eps=1e-12,
-            hidden_act=act,
-        ),
-        tokenizer=TokenizerSettings(),
-        max_length=16,
-        dtype=dtype,
-        labels=() if task == "embeddings" else ("a", "b", "c"),
+    return tiny_manifest(
+        arch, task, hidden=24, layers=2, heads=3, ffn=40, max_positions=16, act=act, dtype=dtype
     )
 
 

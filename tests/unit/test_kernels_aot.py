@@ -14,10 +14,11 @@ import pytest
 
 from zerostart.engine.cuda.launch import KERNELS_DIR, PTX_KEY, KernelManifest
 from zerostart.errors import ConvertError
-from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
+from zerostart.model.manifest import Manifest
 
 pytest.importorskip("triton")
 
+from tiny_models import tiny_manifest
 from zerostart.kernels import aot
 from zerostart.kernels.variants import GemmConfig, model_specs
 
@@ -25,26 +26,8 @@ ONE_CONFIG = (GemmConfig(64, 64, 32, num_warps=4, num_stages=2),)
 
 
 def _manifest(task: str = "sequence-classification", arch: str = "bert") -> Manifest:
-    cfg = ModelConfig(
-        hidden_size=64,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=128,
-        vocab_size=50,
-        max_position_embeddings=64,
-        type_vocab_size=2 if arch == "bert" else 0,
-        layer_norm_eps=1e-12,
-        hidden_act="gelu",
-    )
-    return Manifest(
-        architecture=arch,
-        task=task,
-        config=cfg,
-        tokenizer=TokenizerSettings(),
-        max_length=64,
-        dtype="float16",
-        device="cuda",
-        labels=("a", "b", "c"),
+    return tiny_manifest(
+        arch, task, hidden=64, layers=1, heads=2, ffn=128, max_positions=64, device="cuda"
     )
 
 
