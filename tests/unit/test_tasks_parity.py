@@ -123,6 +123,23 @@ def _assert_same_entities(
                 assert a[key] == b[key], f"{where}: {key}: {a} vs {b}"
 
 
+def _ours(
+    text: str, enc: Any, logits: np.ndarray, labels: list[str], tok: Any, **options: Any
+) -> list[dict[str, Any]]:
+    """Our head on the reference's tokens/offsets and logits."""
+    return aggregate_entities(
+        text=text,
+        tokens=enc.tokens,
+        ids=enc.ids,
+        offsets=enc.offsets,
+        special_tokens_mask=enc.special_tokens_mask,
+        logits=logits,
+        labels=labels,
+        tokens_to_string=tok.decoder.decode,
+        **options,
+    )
+
+
 def test_aggregate_entities_matches_token_classification_pipeline(rampart_ner_dir: Path) -> None:
     transformers, model, tok = _ner_reference(rampart_ner_dir)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -138,17 +155,7 @@ def test_aggregate_entities_matches_token_classification_pipeline(rampart_ner_di
         )
         results = []
         for (text, enc), text_logits in zip(encoded, logits, strict=True):
-            ours = aggregate_entities(
-                text=text,
-                tokens=enc.tokens,
-                ids=enc.ids,
-                offsets=enc.offsets,
-                special_tokens_mask=enc.special_tokens_mask,
-                logits=text_logits,
-                labels=labels,
-                strategy=strategy,
-                tokens_to_string=tok.decoder.decode,
-            )
+            ours = _ours(text, enc, text_logits, labels, tok, strategy=strategy)
             _assert_same_entities(ours, nlp(text), f"{strategy} {text!r}")
             results.append(
                 [(e.get("entity_group") or e["entity"], e["word"], e["start"]) for e in ours]
@@ -168,6 +175,8 @@ def test_aggregate_entities_on_a_cased_tagger_without_bio_labels(quire_tagger_di
     """Quire's DistilBERT: cased WordPiece, 213 edit tags with no B-/I- prefixes."""
     transformers, model, tok = _ner_reference(quire_tagger_dir)
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    encoded = [(text, tok.encode(text)) for text in GRAMMAR_CORPUS]
+    logits = [_logits(model, enc.ids) for _, enc in encoded]  # once, not once per strategy
     edits = 0
     for strategy in STRATEGIES:
         nlp = transformers.pipeline(
@@ -176,19 +185,9 @@ def test_aggregate_entities_on_a_cased_tagger_without_bio_labels(quire_tagger_di
             tokenizer=str(quire_tagger_dir),
             aggregation_strategy=strategy,
         )
-        for text in GRAMMAR_CORPUS:
-            enc = tok.encode(text)
-            ours = aggregate_entities(
-                text=text,
-                tokens=enc.tokens,
-                ids=enc.ids,
-                offsets=enc.offsets,
-                special_tokens_mask=enc.special_tokens_mask,
-                logits=_logits(model, enc.ids),
-                labels=labels,
-                strategy=strategy,
-                ignore_labels=["$KEEP"],
-                tokens_to_string=tok.decoder.decode,
+        for (text, enc), text_logits in zip(encoded, logits, strict=True):
+            ours = _ours(
+                text, enc, text_logits, labels, tok, strategy=strategy, ignore_labels=["$KEEP"]
             )
             _assert_same_entities(ours, nlp(text, ignore_labels=["$KEEP"]), f"{strategy} {text!r}")
             edits += len(ours)
@@ -206,17 +205,7 @@ def test_aggregate_entities_with_custom_ignore_labels(rampart_ner_dir: Path) -> 
     )
     for text in NER_CORPUS[:6]:
         enc = tok.encode(text)
-        ours = aggregate_entities(
-            text=text,
-            tokens=enc.tokens,
-            ids=enc.ids,
-            offsets=enc.offsets,
-            special_tokens_mask=enc.special_tokens_mask,
-            logits=_logits(model, enc.ids),
-            labels=labels,
-            ignore_labels=["CITY"],
-            tokens_to_string=tok.decoder.decode,
-        )
+        ours = _ours(text, enc, _logits(model, enc.ids), labels, tok, ignore_labels=["CITY"])
         _assert_same_entities(ours, nlp(text, ignore_labels=["CITY"]), f"ignore CITY {text!r}")
         assert any(e["entity_group"] == "O" for e in ours)
 
