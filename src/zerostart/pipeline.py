@@ -337,6 +337,7 @@ class Pipeline:
                 strategy=strategy,
                 ignore_labels=ignore,
                 tokens_to_string=self.tokenizer.convert_tokens_to_string,
+                unk_token=self.manifest.tokenizer.unk_token,
             )
             for text, enc, logits in zip(texts, encodings, outputs, strict=True)
         ]
