@@ -136,9 +136,9 @@ def _compression(images: Path) -> dict[str, float]:
 
 def _bench_container(bundle: Path, work: Path, runs: int) -> dict[str, Any]:
     """Container boot (``zerostart run``) vs restore (``zerostart run --snapshot``), median of N."""
+    from zerostart.container.runtime import Container
+    from zerostart.container.snapshot_run import run_with_snapshot
     from zerostart.image.build import build_image
-    from zerostart.image.runtime import Container
-    from zerostart.image.snapshot_run import run_with_snapshot
 
     t0 = time.perf_counter()
     image = build_image(bundle, work / "image").image.path

@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 
 from zerostart.benchmark import free_port
+from zerostart.container.runtime import Container, choose_runtime
 from zerostart.image.build import BuildOptions, BuildResult, build_image
-from zerostart.image.cli import answers_match
 from zerostart.image.errors import RuntimeToolError
 from zerostart.image.inspect import inspect_image
-from zerostart.image.runtime import Container, choose_runtime
-from zerostart.image.trace import WarmupRequest, send
+from zerostart.image.trace import WarmupRequest, answers_match, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

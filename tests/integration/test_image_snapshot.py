@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from zerostart.benchmark import free_port
-from zerostart.errors import ZerostartError
-from zerostart.image.build import BuildResult, build_image
-from zerostart.image.snapshot_run import (
+from zerostart.container.snapshot_run import (
     LABEL_IMAGE_DIGEST,
     SnapshotRun,
     run_with_snapshot,
 )
+from zerostart.errors import ZerostartError
+from zerostart.image.build import BuildResult, build_image
 from zerostart.image.trace import WarmupRequest, send
 from zerostart.snapshot import SnapshotError
 from zerostart.snapshot._manifest import IMAGES_DIR, read_manifest, write_manifest
@@ -41,7 +41,7 @@ def usable() -> None:
         pytest.skip("needs root: runc and CRIU create namespaces, mounts and ptrace")
     if shutil.which("runc") is None:
         pytest.skip("runc is not installed (scripts/install_system_deps.sh installs it)")
-    from zerostart.image.runtime import choose_runtime
+    from zerostart.container.runtime import choose_runtime
     from zerostart.snapshot._criu import check
 
     try:

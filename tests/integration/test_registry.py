@@ -29,8 +29,8 @@ import pytest
 from registry_server import RegistryServer, make_htpasswd, registry_binary, running_registry
 
 from zerostart.errors import ZerostartError
-from zerostart.image import _distribution as d
-from zerostart.image import registry as reg
+from zerostart.registry import _distribution as d
+from zerostart.registry import client as reg
 
 pytestmark = [
     pytest.mark.integration,
@@ -529,7 +529,7 @@ def test_cli_push_and_pull_report_progress_on_stderr(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from zerostart.image.registry_cli import add_subcommands
+    from zerostart.cli.registry import add_subcommands
 
     parser = argparse.ArgumentParser(prog="zerostart")
     add_subcommands(parser.add_subparsers(dest="command"))

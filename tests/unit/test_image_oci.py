@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from zerostart.container.gpu import DeviceNode, GpuMounts, oci_additions, visible_gpu_nodes
+from zerostart.container.runtime import runtime_config
 from zerostart.image.errors import ImageError
-from zerostart.image.gpu import DeviceNode, GpuMounts, oci_additions, visible_gpu_nodes
 from zerostart.image.layers import Entry, write_layer
 from zerostart.image.oci import ImageConfig, read_oci_layout, write_docker_archive, write_oci_layout
-from zerostart.image.runtime import runtime_config
 
 CFG = ImageConfig(
     entrypoint=("/usr/local/bin/python3", "-m", "zerostart.serve", "/model"),

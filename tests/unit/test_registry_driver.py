@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from zerostart.image import registry as reg
+from zerostart.registry import client as reg
 
 TOKEN = "tok-123"
 USER, PASSWORD = "alice", "wonder"

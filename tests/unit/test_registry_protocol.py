@@ -9,7 +9,7 @@ import urllib.parse
 
 import pytest
 
-from zerostart.image import _distribution as d
+from zerostart.registry import _distribution as d
 
 DIGEST = "sha256:" + "ab" * 32
 

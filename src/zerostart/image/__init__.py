@@ -1,11 +1,11 @@
-"""Daemonless OCI images of a bundle: trace, closure, deterministic layers, run.
+"""The image builder: daemonless OCI images of a bundle (trace, closure, deterministic layers).
 
     zerostart build BUNDLE -o DIR   trace.py → closure.py (elf.py) → layers.py → oci.py
     zerostart inspect DIR           inspect.py
-    zerostart run DIR --port P      runtime.py (gpu.py for NVIDIA devices and driver libraries)
 
 Names are re-exported lazily so that importing one submodule (the registry
-client, say) does not import the builder.
+client, say) does not import the builder. Running images is
+``zerostart.container``; moving them to and from registries is ``zerostart.registry``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ _EXPORTS = {
     "build_image": "zerostart.image.build",
     "inspect_image": "zerostart.image.inspect",
     "format_report": "zerostart.image.inspect",
-    "Container": "zerostart.image.runtime",
-    "choose_runtime": "zerostart.image.runtime",
     "ImageError": "zerostart.image.errors",
     "RuntimeToolError": "zerostart.image.errors",
 }

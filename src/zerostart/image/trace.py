@@ -351,3 +351,16 @@ def _parse_events(text: str, trace: Trace, ignore_dir: str) -> None:
         {"open": trace.opened, "write": trace.written, "import": trace.imports}.get(
             kind, trace.dlopened
         ).append(value)
+
+
+def answers_match(a: Any, b: Any, tol: float = 1e-5) -> bool:
+    """Equal JSON values, numbers within ``tol`` (same code, same CPU: differences are bugs)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return bool(a == b)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return abs(a - b) <= tol * max(1.0, abs(b))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(answers_match(x, y, tol) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(answers_match(a[k], b[k], tol) for k in a)
+    return bool(a == b)

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from zerostart.image.runtime import Container
+    from zerostart.container.runtime import Container
 
 DEFAULT_TOP = 15
 
@@ -24,7 +24,7 @@ DEFAULT_TOP = 15
 def _progress(quiet: bool) -> Any:
     if quiet:
         return None
-    from zerostart.cli import Progress
+    from zerostart.progress import Progress
 
     return Progress()
 
@@ -74,7 +74,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _start_snapshot(args: argparse.Namespace) -> Container:
-    from zerostart.image.snapshot_run import run_with_snapshot
+    from zerostart.container.snapshot_run import run_with_snapshot
 
     run = run_with_snapshot(
         args.image,
@@ -105,7 +105,7 @@ def _start_snapshot(args: argparse.Namespace) -> Container:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from zerostart.image.runtime import Container
+    from zerostart.container.runtime import Container
 
     if args.snapshot:
         container = _start_snapshot(args)
@@ -146,7 +146,7 @@ def _check_warmup(image: str, port: int) -> list[str]:
     from pathlib import Path
 
     from zerostart.image.inspect import TRACE_NAME
-    from zerostart.image.trace import WarmupRequest, send
+    from zerostart.image.trace import WarmupRequest, answers_match, send
 
     doc = json.loads((Path(image) / TRACE_NAME).read_text())
     failures = []
@@ -157,19 +157,6 @@ def _check_warmup(image: str, port: int) -> list[str]:
         if status != 200 or not answers_match(answer, rec["answer"]):
             failures.append(f"{rec['method']} {rec['path']}: HTTP {status} {str(answer)[:200]}")
     return failures
-
-
-def answers_match(a: Any, b: Any, tol: float = 1e-5) -> bool:
-    """Equal JSON values, numbers within ``tol`` (same code, same CPU: differences are bugs)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return bool(a == b)
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return abs(a - b) <= tol * max(1.0, abs(b))
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(answers_match(x, y, tol) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(answers_match(a[k], b[k], tol) for k in a)
-    return bool(a == b)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

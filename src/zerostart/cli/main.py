@@ -14,40 +14,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from zerostart import __version__
 from zerostart.errors import ZerostartError
+from zerostart.progress import Progress
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-
-
-class Progress:
-    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
-
-    WIDTH_CHARS = 28
-
-    def __init__(self, stream: Any = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._last_step = ""
-        self._t0 = time.perf_counter()
-
-    def __call__(self, step: str, fraction: float) -> None:
-        fraction = min(max(fraction, 0.0), 1.0)
-        elapsed = time.perf_counter() - self._t0
-        if self.tty:
-            filled = int(fraction * self.WIDTH_CHARS)
-            bar = "#" * filled + "-" * (self.WIDTH_CHARS - filled)
-            self.stream.write(f"\r[{bar}] {fraction * 100:5.1f}% {elapsed:6.1f}s {step[:50]:<50}")
-            if fraction >= 1.0:
-                self.stream.write("\n")
-        elif step != self._last_step:
-            self.stream.write(f"  {elapsed:6.2f}s  {step}\n")
-        self._last_step = step
-        self.stream.flush()
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -193,9 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_cmd_bench)
 
     # Image, registry and snapshot commands live beside their code.
-    from zerostart.image.cli import add_subcommands as add_image
-    from zerostart.image.registry_cli import add_subcommands as add_registry
-    from zerostart.snapshot.cli import add_subcommands as add_snapshot
+    from zerostart.cli.image import add_subcommands as add_image
+    from zerostart.cli.registry import add_subcommands as add_registry
+    from zerostart.cli.snapshot import add_subcommands as add_snapshot
 
     for add in (add_image, add_registry, add_snapshot):
         add(sub)
@@ -230,7 +204,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"zerostart {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,7 +7,6 @@ text and codes, so what a user sees matches the registry's documentation.
 from __future__ import annotations
 
 from zerostart.errors import ZerostartError
-from zerostart.image.errors import ImageError
 
 
 class RegistryError(ZerostartError):
@@ -50,7 +49,7 @@ class DigestMismatchError(RegistryError):
     """Bytes from the registry do not match the digest or size that names them."""
 
 
-class ImageLayoutError(ImageError):
+class ImageLayoutError(ZerostartError):
     """The local OCI image layout is missing a file or a file does not match its descriptor."""
 
     def __init__(self, path: object, problem: str) -> None:

@@ -63,7 +63,7 @@ def _auth(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    from zerostart.cli import Progress
+    from zerostart.progress import Progress
 
     opts: dict[str, Any] = {
         "insecure": args.insecure,
@@ -76,7 +76,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
-    from zerostart.image.registry import push
+    from zerostart.registry.client import push
 
     r = push(args.layout, args.reference, mount_from=args.mount_from, **_options(args))
     print(
@@ -88,7 +88,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:
-    from zerostart.image.registry import pull
+    from zerostart.registry.client import pull
 
     r = pull(args.reference, args.layout, **_options(args))
     print(

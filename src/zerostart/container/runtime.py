@@ -18,7 +18,7 @@ Policy of the runtime config, and why:
 * Read-only root filesystem, a 64 MiB tmpfs on ``/tmp``, the image's non-root
   user, no capabilities, ``noNewPrivileges``, the default masked paths.
 * GPU images get the NVIDIA device nodes and driver libraries of this host
-  (:mod:`zerostart.image.gpu`).
+  (:mod:`zerostart.container.gpu`).
 
 Which runtime works is probed once (a container that runs only the dynamic
 loader, ``ld.so --version``, a static executable every image has) and the
@@ -39,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerostart.container.gpu import host_gpu_mounts, oci_additions
 from zerostart.image.errors import ImageError, RuntimeToolError
-from zerostart.image.gpu import host_gpu_mounts, oci_additions
 from zerostart.image.oci import ImageRef, open_layer_tar, read_oci_layout
 from zerostart.image.trace import wait_healthy
 

@@ -58,12 +58,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from zerostart.image.cli import answers_match
+from zerostart.container.runtime import STATE_ROOT, TOOL_TIMEOUT_S, Container, choose_runtime
 from zerostart.image.errors import ImageError, RuntimeToolError
 from zerostart.image.inspect import TRACE_NAME
 from zerostart.image.oci import ImageRef, read_oci_layout
-from zerostart.image.runtime import STATE_ROOT, TOOL_TIMEOUT_S, Container, choose_runtime
-from zerostart.image.trace import WarmupRequest, send
+from zerostart.image.trace import WarmupRequest, answers_match, send
 from zerostart.snapshot import _criu
 from zerostart.snapshot._api import check
 from zerostart.snapshot._errors import (

@@ -6,8 +6,8 @@
 ``WWW-Authenticate``, credentials from the caller or ``~/.docker/config.json``),
 and turns every network failure and every refusal into a typed error naming
 the registry and the fix. It knows nothing of images; the protocol rules are
-in :mod:`zerostart.image._distribution`, the push/pull walk in
-:mod:`zerostart.image.registry`.
+in :mod:`zerostart.registry._distribution`, the push/pull walk in
+:mod:`zerostart.registry.client`.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from zerostart import __version__
-from zerostart.image import _distribution as d
-from zerostart.image.registry_errors import (
+from zerostart.registry import _distribution as d
+from zerostart.registry.errors import (
     ImageLayoutError,
     RegistryAuthError,
     RegistryError,

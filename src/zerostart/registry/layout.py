@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from zerostart.image import _distribution as d
-from zerostart.image._distribution_http import IO_BLOCK_BYTES
-from zerostart.image.registry_errors import ImageLayoutError
+from zerostart.registry import _distribution as d
+from zerostart.registry._http import IO_BLOCK_BYTES
+from zerostart.registry.errors import ImageLayoutError
 
 OCI_LAYOUT_VERSION = "1.0.0"
 

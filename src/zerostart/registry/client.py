@@ -2,7 +2,7 @@
 
 Standard library only (``http.client``): a push is a handful of requests per
 blob, and the protocol rules live, free of I/O, in
-:mod:`zerostart.image._distribution`. This module is the thin driver: it owns
+:mod:`zerostart.registry._distribution`. This module is the thin driver: it owns
 the sockets, the files and the translation of every failure into one of the
 typed errors below, each naming the registry and how to fix the problem.
 
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zerostart.image import _distribution as d
-from zerostart.image._distribution_http import (
+from zerostart.registry import _distribution as d
+from zerostart.registry._http import (
     IO_BLOCK_BYTES,
     NETWORK_TIMEOUT_S,
     Auth,
@@ -41,7 +41,7 @@ from zerostart.image._distribution_http import (
     FileSlice,
     Session,
 )
-from zerostart.image.registry_errors import (
+from zerostart.registry.errors import (
     DigestMismatchError,
     ImageLayoutError,
     RegistryAuthError,
@@ -49,7 +49,7 @@ from zerostart.image.registry_errors import (
     RegistryNotFoundError,
     RegistryUnreachableError,
 )
-from zerostart.image.registry_layout import Layout
+from zerostart.registry.layout import Layout
 
 __all__ = [
     "NETWORK_TIMEOUT_S",

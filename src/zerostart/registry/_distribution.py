@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Everything here takes strings, bytes and dicts and returns plain values or
 :class:`Request` descriptions; nothing opens a socket or a file. The HTTP
-driver in :mod:`zerostart.image.registry` sends the requests, feeds back the
+driver in :mod:`zerostart.registry.client` sends the requests, feeds back the
 answers, and turns failures into typed errors. Keeping the two apart means the
 rules of the protocol (how a reference is spelled, which URL a step uses, how
 an upload advances, what a ``WWW-Authenticate`` challenge asks for, whether a
