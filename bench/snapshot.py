@@ -268,7 +268,8 @@ def main() -> None:
     task_request = sample_request(Manifest.load(bundle).task)
     torch_model = args.torch_model or args.model
     store = work / "store"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    path = [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]  # keep what the caller added
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), "HF_HUB_OFFLINE": "1"}
     results: dict[str, Any] = {
         "machine": machine_description(),
         "criu": criu_version(),
