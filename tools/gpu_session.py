@@ -35,7 +35,7 @@ FIXTURES = REPO / ".gpu"
 IMAGE_DIR = "/tmp/zs-gpu-image"
 STEPS = ("env", "pytest", "bench", "image", "snapshot")
 # Seconds per step: together well inside one 10-minute call, leaving room for the start.
-LIMITS_S = {"env": 60, "pytest": 180, "bench": 150, "image": 90, "snapshot": 150}
+LIMITS_S = {"env": 60, "pytest": 150, "bench": 150, "image": 90, "snapshot": 200}
 ENV_COMMANDS = (
     "nvidia-smi",
     "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv",
