@@ -4,6 +4,11 @@ Needs an NVIDIA GPU, the dev extras (torch with CUDA, transformers) and Triton
 (to compile the kernels for this GPU's arch). Run from the repository root::
 
     python bench/gpu.py            # writes bench/results/gpu_<gpu-name>.json
+    python bench/gpu.py --kernels .gpu/bench/kernels --out $OUT/gpu_bench.json
+
+``--kernels`` copies kernels compiled ahead of time for this model's shape
+(``tools/gpu_prep.py`` makes them) instead of compiling with Triton here: the
+GPU machine's own Triton is not the series the kernels are compiled with.
 
 What it measures, all on a BERT-base-shaped model with random weights
 (12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522, 2 labels):
@@ -23,6 +28,7 @@ What it measures, all on a BERT-base-shaped model with random weights
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -39,6 +45,52 @@ SHAPES = [(1, 128), (1, 512), (32, 128)]
 WARMUP, REPEATS = 20, 100
 
 
+# bert-base (Devlin et al. 2018, Table 1 "BERT_BASE"), as transformers' BertConfig defaults.
+BERT_BASE = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "vocab_size": 30522,
+    "max_position_embeddings": 512,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "hidden_act": "gelu",
+}
+NUM_LABELS = 2
+
+
+def bench_manifest():  # type: ignore[no-untyped-def]
+    """The manifest ``convert`` writes for ``make_model``'s folder, without making it (no torch).
+
+    tools/gpu_prep.py compiles the kernels for it on the CPU machine;
+    ``convert(kernels_from=...)`` checks that they fit the real bundle.
+    """
+    from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
+
+    c = BERT_BASE
+    return Manifest(
+        architecture="bert",
+        task="sequence-classification",
+        config=ModelConfig(
+            hidden_size=c["hidden_size"],
+            num_layers=c["num_hidden_layers"],
+            num_heads=c["num_attention_heads"],
+            intermediate_size=c["intermediate_size"],
+            vocab_size=c["vocab_size"],
+            max_position_embeddings=c["max_position_embeddings"],
+            type_vocab_size=c["type_vocab_size"],
+            layer_norm_eps=c["layer_norm_eps"],
+            hidden_act=c["hidden_act"],
+        ),
+        tokenizer=TokenizerSettings(),
+        max_length=c["max_position_embeddings"],
+        dtype="float16",
+        device="cuda",
+        labels=tuple(f"LABEL_{i}" for i in range(NUM_LABELS)),
+    )
+
+
 def make_model() -> Path:
     """A bert-base-shaped sequence classifier with seeded random weights, saved as a HF folder."""
     import torch
@@ -48,7 +100,7 @@ def make_model() -> Path:
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(0)
-    cfg = BertConfig(num_labels=2, max_position_embeddings=512)
+    cfg = BertConfig(num_labels=NUM_LABELS, **BERT_BASE)
     BertForSequenceClassification(cfg).save_pretrained(folder)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = specials + [f"tok{i}" for i in range(cfg.vocab_size - len(specials))]
@@ -56,13 +108,15 @@ def make_model() -> Path:
     return folder
 
 
-def make_bundle(src: Path, arch: str) -> Path:
-    from zerostart.kernels.aot import compile_for_bundle
+def make_bundle(src: Path, arch: str, kernels: Path | None) -> Path:
+    """The GPU bundle: kernels compiled here for ``arch``, or copied from ``kernels``."""
     from zerostart.model.convert import convert
 
     dst = WORK / f"bundle-{arch}"
-    manifest = convert(src, dst, device="cuda")
-    compile_for_bundle(manifest, dst, [arch])
+    if kernels is not None:
+        convert(src, dst, device="cuda", kernels_from=kernels)
+    else:
+        convert(src, dst, device="cuda", archs=[arch])
     return dst
 
 
@@ -164,8 +218,10 @@ with torch.inference_mode(): print("ANSWER", int(m(input_ids=ids).logits.argmax(
 
 def exec_to_answer(code: str, arg: Path) -> tuple[float, str]:
     t0 = time.perf_counter()
+    env = dict(os.environ)  # the child imports zerostart from this checkout
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(arg)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, str(arg)], stdout=subprocess.PIPE, text=True, env=env
     )
     assert proc.stdout is not None
     first = ""
@@ -182,6 +238,12 @@ def exec_to_answer(code: str, arg: Path) -> tuple[float, str]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kernels", type=Path, help="kernels/ folder compiled for this shape")
+    ap.add_argument("--out", type=Path, help="result JSON (default bench/results/gpu_<gpu>.json)")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "src"))
+    from zerostart.benchmark import machine_description
     from zerostart.engine.cuda.driver import Driver
 
     drv = Driver.load()
@@ -191,7 +253,7 @@ def main() -> None:
     name = drv.device_name(dev)
     WORK.mkdir(parents=True, exist_ok=True)
     src = make_model()
-    bundle = make_bundle(src, arch)
+    bundle = make_bundle(src, arch, args.kernels)
     for p in bundle.rglob("*"):  # page cache warm, as the target says
         if p.is_file():
             p.read_bytes()
@@ -200,6 +262,7 @@ def main() -> None:
         "arch": arch,
         "driver_version": drv.version(),
         "model": "bert-base shape, random weights",
+        "machine": machine_description(),
     }
     result["zerostart"] = bench_zerostart(bundle)
     result["pytorch"] = bench_torch(src)
@@ -216,8 +279,8 @@ def main() -> None:
         ),
         "kernels_dir_bytes": sum(p.stat().st_size for p in (bundle / "kernels").iterdir()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"gpu_{name.replace(' ', '_').replace('/', '_')}.json"
+    out = args.out or RESULTS / f"gpu_{name.replace(' ', '_').replace('/', '_')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(json.dumps(result, indent=2, sort_keys=True))
     print(f"wrote {out}")

@@ -13,6 +13,14 @@ Needs root and CRIU (scripts/install_criu.sh).
 
     python bench/snapshot.py --container [--runs 5] [--out bench/results/snapshot_container_cpu.json]
 
+On a GPU (CRIU + the CUDA driver's checkpoint API, which zerostart.snapshot
+uses for any process that maps libcuda)::
+
+    python bench/snapshot.py --bundle GPU_BUNDLE --torch-model HF_FOLDER --device cuda --out F
+
+``--bundle`` takes a converted bundle instead of converting ``--model``; the
+request and its check follow the bundle's task (zerostart.benchmark.sample_request).
+
 ``--container`` measures only the image path instead: the bundle's image
 (``zerostart build``) booted with ``zerostart run`` (runc) against the same
 image restored with ``zerostart run --snapshot``, each from the call to the
@@ -34,7 +42,13 @@ from typing import Any
 
 import numpy as np
 
-from zerostart.benchmark import free_port, machine_description, summarize, time_cold_start
+from zerostart.benchmark import (
+    free_port,
+    machine_description,
+    sample_request,
+    summarize,
+    time_cold_start,
+)
 from zerostart.snapshot import Warmup, check, restore, snapshot
 from zerostart.snapshot._criu import version as criu_version
 from zerostart.snapshot._process import http_request
@@ -50,24 +64,41 @@ def _is_embedding(answer: Any) -> bool:
     return isinstance(answer, list) and len(answer) == 1 and len(answer[0]) > 8
 
 
+def _same_answer(a: Any, b: Any) -> bool:
+    """JSON values equal, numbers within ATOL: a restored process answers as the booted one."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_answer(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_answer(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return abs(a - b) <= ATOL
+    return bool(a == b)
+
+
 def _bench_one(
-    label: str, make_cmd: Any, runs: int, store: Path, env: dict[str, str]
+    label: str,
+    make_cmd: Any,
+    runs: int,
+    store: Path,
+    env: dict[str, str],
+    request: tuple[str, Any, Any] = ("/embed", TEXT, _is_embedding),
 ) -> dict[str, Any]:
     print(f"== {label}", flush=True)
+    route, body, is_answer = request
     boots, reference = [], None
     for i in range(runs):
         port = free_port()
         seconds, answer, _ = time_cold_start(
-            make_cmd(port), port, "/embed", TEXT, _is_embedding, env=env, timeout_s=300
+            make_cmd(port), port, route, body, is_answer, env=env, timeout_s=300
         )
         boots.append(seconds)
-        reference = reference if reference is not None else np.array(answer)
+        reference = reference if reference is not None else answer
         print(f"  boot {i + 1}/{runs}: {seconds * 1e3:.0f} ms", flush=True)
     port = free_port()
     taken = snapshot(
         label,
         make_cmd(port),
-        warmup=Warmup("/embed", TEXT),
+        warmup=Warmup(route, body),
         store=store,
         env=env,
         ready_timeout_s=300,
@@ -81,11 +112,10 @@ def _bench_one(
     for i in range(runs):
         t0 = time.perf_counter()
         result = restore(label, store=store, fallback=False)
-        status, body = http_request(f"http://127.0.0.1:{port}/embed", "POST", TEXT)
+        status, got = http_request(f"http://127.0.0.1:{port}{route}", "POST", body)
         elapsed = time.perf_counter() - t0
         result.stop()
-        answer = np.array(json.loads(body))
-        if status != 200 or not np.allclose(answer, reference, atol=ATOL):
+        if status != 200 or not _same_answer(json.loads(got), reference):
             raise SystemExit(
                 f"{label}: restored answer differs from the booted one (HTTP {status})"
             )
@@ -208,6 +238,11 @@ def main() -> None:
     ap.add_argument("--model", default=str(REPO / "models" / "minilm-embed"))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "snapshot_cpu.json"))
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--bundle", help="a converted bundle (GPU too) instead of converting --model")
+    ap.add_argument("--torch-model", help="HF folder the PyTorch server loads (default --model)")
+    ap.add_argument(
+        "--device", default="cpu", help="cpu or cuda: names the results, torch's device"
+    )
     ap.add_argument(
         "--container",
         action="store_true",
@@ -223,15 +258,24 @@ def main() -> None:
             prefix="zs-snapbench-", dir=REPO / ".cache" if (REPO / ".cache").exists() else None
         )
     )
-    bundle = work / "bundle"
-    convert(args.model, bundle)
+    if args.bundle:
+        bundle = Path(args.bundle).resolve()
+    else:
+        bundle = work / "bundle"
+        convert(args.model, bundle)
+    from zerostart.model.manifest import Manifest
+
+    task_request = sample_request(Manifest.load(bundle).task)
+    torch_model = args.torch_model or args.model
     store = work / "store"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    path = [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]  # keep what the caller added
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, path)), "HF_HUB_OFFLINE": "1"}
     results: dict[str, Any] = {
         "machine": machine_description(),
         "criu": criu_version(),
         "runs": args.runs,
-        "model": Path(args.model).name,
+        "model": bundle.name if args.bundle else Path(args.model).name,
+        "device": args.device,
         "request": TEXT,
     }
     if args.container:
@@ -244,30 +288,40 @@ def main() -> None:
             f"{r['snapshot_bytes'] / 1e6:.0f} MB; wrote {args.out}"
         )
         return
-    results["zerostart_cpu"] = _bench_one(
+    zs_key, torch_key = f"zerostart_{args.device}", f"torch_{args.device}"
+    results[zs_key] = _bench_one(
         "zerostart",
         lambda p: [sys.executable, "-m", "zerostart.serve", str(bundle), "--port", str(p)],
         args.runs,
         store,
         env,
+        task_request,
     )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")  # kept if torch fails
     if not args.skip_torch:
-        results["torch_cpu"] = _bench_one(
+        torch_request = task_request
+        if Path(torch_model, "1_Pooling").exists() or "embed" in Path(torch_model).name:
+            torch_request = ("/embed", TEXT, _is_embedding)
+        results[torch_key] = _bench_one(
             "torch",
             lambda p: [
                 sys.executable,
                 str(REPO / "bench" / "anchors" / "torch_server.py"),
-                args.model,
+                torch_model,
                 "--port",
                 str(p),
+                "--device",
+                args.device,
             ],
             args.runs,
             store,
             env,
+            torch_request,
         )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    for key in ("zerostart_cpu", "torch_cpu"):
+    for key in (zs_key, torch_key):
         if key in results:
             r = results[key]
             print(

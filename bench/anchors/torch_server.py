@@ -18,14 +18,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def build(model_dir: str):  # type: ignore[no-untyped-def]
+def build(model_dir: str, device: str = "cpu"):  # type: ignore[no-untyped-def]
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer, pipeline
 
     config = AutoConfig.from_pretrained(model_dir)
     arch = (config.architectures or [""])[0]
     if arch.endswith("ForSequenceClassification"):
-        pipe = pipeline("text-classification", model=model_dir, top_k=None, device="cpu")
+        pipe = pipeline("text-classification", model=model_dir, top_k=None, device=device)
 
         def predict(body):  # type: ignore[no-untyped-def]
             out = pipe(body["inputs"])
@@ -39,13 +39,13 @@ def build(model_dir: str):  # type: ignore[no-untyped-def]
         return "/predict", predict
     if arch.endswith("ForTokenClassification"):
         pipe = pipeline(
-            "token-classification", model=model_dir, aggregation_strategy="simple", device="cpu"
+            "token-classification", model=model_dir, aggregation_strategy="simple", device=device
         )
         return "/tokens", lambda body: [
             {**e, "score": float(e["score"])} for e in pipe(body["inputs"])
         ]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir).eval()
+    model = AutoModel.from_pretrained(model_dir).eval().to(device)
     mean = True
     pooling = Path(model_dir) / "1_Pooling" / "config.json"
     if pooling.exists():
@@ -53,7 +53,7 @@ def build(model_dir: str):  # type: ignore[no-untyped-def]
 
     def embed(body):  # type: ignore[no-untyped-def]
         texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
-        enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+        enc = tok(texts, padding=True, truncation=True, return_tensors="pt").to(device)
         with torch.inference_mode():
             hidden = model(**enc).last_hidden_state
         if mean:
@@ -72,12 +72,13 @@ def main() -> None:
     ap.add_argument("model_dir")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (transformers' pipeline device)")
     args = ap.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    route, handler = build(args.model_dir)
+    route, handler = build(args.model_dir, args.device)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

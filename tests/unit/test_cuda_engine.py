@@ -56,7 +56,15 @@ class RecordingDriver(Driver):
         return 90
 
     def device_attribute(self, attribute: int, device: int) -> int:
-        return 132
+        return {16: 132, 97: 227 * 1024}[attribute]  # SMs, shared-memory opt-in (sm_90)
+
+    def push_context(self, ctx: int) -> None: ...
+    def pop_context(self) -> int:
+        return 0
+
+    def release_primary_context(self, device: int) -> None: ...
+    def func_attribute(self, fn: int, attribute: int) -> int:
+        return 0
 
     def stream_create(self) -> int:
         return self._handle()

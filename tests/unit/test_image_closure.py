@@ -101,3 +101,12 @@ def test_warmup_covers_the_task_route_and_errors() -> None:
         assert any(r.path == route and r.must_succeed and r.method == "POST" for r in reqs)
         assert any(r.path == route and isinstance(r.body, bytes) for r in reqs)  # bad JSON path
         assert {"/health", "/info"} <= {r.path for r in reqs if r.must_succeed}
+
+
+def test_hashlib_fallback_module_follows_the_python_version() -> None:
+    """Without OpenSSL, hashlib.sha256 comes from _sha256 (3.11) or _sha2 (3.12+, gh-99108)."""
+    from zerostart.image.closure import openssl_replacement_includes
+
+    assert openssl_replacement_includes("3.11") == ("_sha256",)
+    assert openssl_replacement_includes("3.12") == ("_sha2",)
+    assert openssl_replacement_includes("3.13") == ("_sha2",)

@@ -127,3 +127,37 @@ def test_variant_set_follows_the_model() -> None:
     )
     with pytest.raises(ConvertError, match="power of two"):
         model_specs(odd)
+
+
+def test_wrong_triton_series_is_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Kernels compiled by another Triton (e.g. a GPU machine's own 3.6) would use other ptxas
+    and options: refuse, and say to pin Triton or copy kernels compiled elsewhere."""
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", "3.6.0")
+    with pytest.raises(ConvertError, match=r"Triton 3\.9\.x, and this is Triton 3\.6\.0") as info:
+        aot.compile_for_bundle(_manifest(), tmp_path, ["sm_90"], gemm_configs=ONE_CONFIG)
+    assert "copy kernels compiled elsewhere" in (info.value.hint or "")
+
+
+def test_convert_copies_prebuilt_kernels_for_the_same_shape_only(
+    compiled: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """Kernels depend on the model's shape, not its weights: a folder compiled for the same
+    shape is copied into a new bundle; one for another shape is refused by name."""
+    import dataclasses
+
+    from zerostart.model.convert import check_prebuilt_kernels
+
+    out, _ = compiled
+    kernels = out / KERNELS_DIR
+    m = _manifest()
+    check_prebuilt_kernels(m, kernels)  # same shape; any GEMM block config compiled will do
+    wider = dataclasses.replace(m, config=dataclasses.replace(m.config, hidden_size=128))
+    with pytest.raises(ConvertError, match="compiled for another model shape: missing"):
+        check_prebuilt_kernels(wider, kernels)
+    longer = dataclasses.replace(m, max_length=32)
+    with pytest.raises(ConvertError, match="sequence buckets"):
+        check_prebuilt_kernels(longer, kernels)

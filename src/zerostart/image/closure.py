@@ -62,7 +62,15 @@ OPENSSL_EXCLUDES = (
     "*/libssl.so*",
     "*/libcrypto.so*",
 )
-OPENSSL_REPLACEMENT_INCLUDES = ("_sha256",)  # what hashlib.sha256 uses without _hashlib
+
+
+def openssl_replacement_includes(py_version: str) -> tuple[str, ...]:
+    """The module hashlib.sha256 falls back to without _hashlib: ``_sha256`` up to Python
+    3.11, ``_sha2`` from 3.12 (CPython gh-99108 merged the SHA-2 modules)."""
+    major, minor = (int(x) for x in py_version.split(".")[:2])
+    return ("_sha2",) if (major, minor) >= (3, 12) else ("_sha256",)
+
+
 # Injected by the NVIDIA container runtime from the host's driver; must match the
 # kernel module, so an image never carries its own (see docs/image.md).
 DRIVER_LIBRARY_PATTERNS = (
@@ -184,7 +192,9 @@ class ClosureBuilder:
         lean = OPENSSL_EXCLUDES if drop_openssl else ()
         self.excludes = (*DEFAULT_EXCLUDES, *lean, *exclude)
         self.driver_patterns = DRIVER_LIBRARY_PATTERNS if exclude_driver_libraries else ()
-        self.include = (*(OPENSSL_REPLACEMENT_INCLUDES if drop_openssl else ()), *include)
+        py_version = str(trace.python["py_version_short"])
+        replacement = openssl_replacement_includes(py_version) if drop_openssl else ()
+        self.include = (*replacement, *include)
         self.strip = strip_debug
         self.resolver = Resolver()
         self.closure = Closure(

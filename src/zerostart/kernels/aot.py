@@ -56,6 +56,29 @@ EM_CUDA = 190  # ELF e_machine of NVIDIA cubins
 CUDA12_ELF_ABI = 7  # e_ident[EI_ABIVERSION] of cubins from CUDA 12 ptxas (CUDA 13 writes 8)
 
 
+TRITON_SERIES = "3.9"  # the compiler whose ptxas layout and options the choices above rely on
+
+
+def require_triton() -> str:
+    """Triton's version; ConvertError when Triton is missing or not the series we compile with."""
+    try:
+        import triton
+    except ImportError as exc:
+        raise ConvertError(
+            "--arch",
+            "compiling GPU kernels needs Triton (build time only; no GPU needed)",
+            hint=f"pip install 'triton=={TRITON_SERIES}.*', or copy kernels compiled elsewhere",
+        ) from exc
+    version = str(triton.__version__)
+    if version.split(".")[:2] != TRITON_SERIES.split("."):
+        raise ConvertError(
+            "--arch",
+            f"GPU kernels are compiled with Triton {TRITON_SERIES}.x, and this is Triton {version}",
+            hint=f"pip install 'triton=={TRITON_SERIES}.*', or copy kernels compiled elsewhere",
+        )
+    return version
+
+
 def parse_arch(arch: str) -> int:
     """ "sm_90" -> 90. Raise ConvertError naming the accepted form otherwise."""
     a = arch.strip().lower()
@@ -151,6 +174,7 @@ def compile_specs(
 ) -> list[KernelVariant]:
     """Compile every spec for every arch (cubin) and for ``PTX_ARCH`` (PTX); write the files."""
     report: Progress = progress or (lambda _stage, _fraction: None)
+    require_triton()
     caps = sorted({parse_arch(a) for a in archs})
     if not caps:
         raise ConvertError("--arch", "no GPU arch given", hint="e.g. --arch sm_86,sm_90")

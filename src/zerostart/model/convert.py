@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from zerostart.engine.cuda.launch import KERNELS_DIR
 from zerostart.engine.layout import LAYOUT_VERSION, layer_prefix, tensor_shapes
 from zerostart.errors import BundleError, ConvertError
 from zerostart.model import hf_folder as hf
@@ -56,11 +57,16 @@ def convert(
     max_length: int | None = None,
     progress: Progress | None = None,
     archs: Sequence[str] = (),
+    kernels_from: str | Path | None = None,
 ) -> Manifest:
     """Convert the Hugging Face folder ``src`` into a bundle at ``dst`` and return its manifest.
 
     ``dst`` is replaced atomically if it is already a bundle; any other
-    non-empty folder is refused rather than overwritten.
+    non-empty folder is refused rather than overwritten. GPU kernels are
+    compiled for ``archs`` (needs Triton), or copied from ``kernels_from``, a
+    ``kernels/`` folder compiled earlier for a model of the same shape (same
+    variants and sequence buckets, checked); kernels depend on the shape only,
+    never on the weights.
     """
     report: Progress = progress or (lambda _stage, _fraction: None)
     src, dst = Path(src), Path(dst)
@@ -117,11 +123,47 @@ def convert(
     dtype = np.float16 if device == "cuda" else np.float32
     tensors = _engine_tensors(source, manifest, weights_files[0], dtype)
     report("write", 0.6)
-    if archs and device != "cuda":
-        raise ConvertError(dst, "--arch needs --device cuda")
-    _write_bundle(dst, manifest, tensors, vocab, report, archs)
+    if (archs or kernels_from) and device != "cuda":
+        raise ConvertError(dst, "GPU kernels (--arch) need --device cuda")
+    if archs and kernels_from:
+        raise ConvertError(dst, "give either archs to compile kernels for, or kernels to copy")
+    if kernels_from is not None:
+        check_prebuilt_kernels(manifest, Path(kernels_from))
+    _write_bundle(dst, manifest, tensors, vocab, report, archs, kernels_from)
     report("done", 1.0)
     return Manifest.load(dst)
+
+
+def _site_key(key: str) -> str:
+    """A variant's key without its GEMM block config (any config compiled will do)."""
+    return key.rsplit(".", 1)[0] if key.startswith("gemm.") else key
+
+
+def check_prebuilt_kernels(manifest: Manifest, kernels_dir: Path) -> None:
+    """Refuse a kernels/ folder that lacks a variant or a sequence bucket this model needs."""
+    from zerostart.engine.cuda.launch import KernelManifest, seq_buckets
+    from zerostart.kernels.variants import model_specs
+
+    try:
+        km = KernelManifest.load(kernels_dir)
+    except BundleError as exc:
+        raise ConvertError(exc.path, exc.problem, hint=exc.hint) from exc
+    missing = sorted(
+        {_site_key(s.key) for s in model_specs(manifest)} - {_site_key(v.key) for v in km.variants}
+    )
+    if missing:
+        raise ConvertError(
+            kernels_dir,
+            f"these kernels were compiled for another model shape: missing {', '.join(missing)}",
+            hint="compile for this model instead (--arch)",
+        )
+    want = seq_buckets(manifest.max_length)
+    if km.seq_buckets != want:
+        raise ConvertError(
+            kernels_dir,
+            f"kernels' sequence buckets {list(km.seq_buckets)} are not this model's {list(want)}",
+            hint="compile for this model instead (--arch)",
+        )
 
 
 # -- reading the Hugging Face folder ----------------------------------------------
@@ -253,6 +295,7 @@ def _write_bundle(
     vocab: list[str],
     report: Progress,
     archs: Sequence[str] = (),
+    kernels_from: str | Path | None = None,
 ) -> None:
     """Write into a temporary sibling folder, then rename it into place."""
     if any("\n" in t or "\r" in t for t in vocab):
@@ -271,7 +314,10 @@ def _write_bundle(
             from zerostart.kernels.aot import compile_for_bundle
 
             compile_for_bundle(manifest, tmp, list(archs), report)
-            names += sorted(p.relative_to(tmp).as_posix() for p in (tmp / "kernels").iterdir())
+        elif kernels_from is not None:
+            shutil.copytree(kernels_from, tmp / KERNELS_DIR)
+        if archs or kernels_from is not None:
+            names += sorted(p.relative_to(tmp).as_posix() for p in (tmp / KERNELS_DIR).iterdir())
         report("hash", 0.8)
         files = {name: _file_entry(tmp / name) for name in names}
         (tmp / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")

@@ -13,6 +13,10 @@ Theory of operation:
   non-zero status becomes ``CudaError`` carrying the call, the status code and
   the driver's own ``cuGetErrorName`` / ``cuGetErrorString`` text.
 * Handles are plain ints (``c_void_p`` values); wrappers below return them.
+* A context is current per *thread*: the driver keeps one context stack for
+  each OS thread. ``primary_context`` only retains the device's context;
+  ``current(ctx)`` pushes it on the calling thread and pops it afterwards, so
+  any thread may call into an engine and finds its own context state as it was.
 
 Versioned symbols: the ``_v2`` entry points are the ones the CUDA 12 headers
 map the plain names to (``cuMemAlloc`` -> ``cuMemAlloc_v2`` ...), so we call
@@ -24,7 +28,8 @@ Runtime module: standard library only.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from zerostart.errors import EngineError
@@ -44,7 +49,8 @@ CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT = 16
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
 CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
 CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN = 97
-# cuFuncSetAttribute (CUfunction_attribute)
+# cuFuncGetAttribute / cuFuncSetAttribute (CUfunction_attribute)
+CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES = 1  # static shared memory of a kernel
 CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
 # Stream / capture / event flags
 CU_STREAM_NON_BLOCKING = 1
@@ -60,6 +66,7 @@ JIT_LOG_BYTES = 16 * 1024  # enough for ptxas' error report on one kernel
 # Well-known statuses, so callers can branch without string matching.
 CUDA_ERROR_NO_DEVICE = 100
 CUDA_ERROR_INVALID_IMAGE = 200
+CUDA_ERROR_INVALID_CONTEXT = 201  # no context is current on the calling thread
 CUDA_ERROR_NO_BINARY_FOR_GPU = 209
 CUDA_ERROR_UNSUPPORTED_PTX_VERSION = 222
 
@@ -162,11 +169,39 @@ class Driver:
         return major * 10 + minor
 
     def primary_context(self, device: int) -> int:
-        """Retain the device's primary context (shared with any other user) and make it current."""
+        """Retain the device's primary context (shared with any other user in this process).
+
+        It is not made current: use ``current(ctx)`` on each thread that calls the driver.
+        """
         ctx = ctypes.c_void_p()
         self.call("cuDevicePrimaryCtxRetain", ctypes.byref(ctx), device)
-        self.call("cuCtxSetCurrent", ctx)
         return int(ctx.value or 0)
+
+    def release_primary_context(self, device: int) -> None:
+        self.call("cuDevicePrimaryCtxRelease_v2", device)
+
+    def push_context(self, ctx: int) -> None:
+        self.call("cuCtxPushCurrent_v2", ctypes.c_void_p(ctx))
+
+    def pop_context(self) -> int:
+        ctx = ctypes.c_void_p()
+        self.call("cuCtxPopCurrent_v2", ctypes.byref(ctx))
+        return int(ctx.value or 0)
+
+    @contextmanager
+    def current(self, ctx: int) -> Iterator[None]:
+        """Make ``ctx`` current on the calling thread for the block, then restore what was.
+
+        The driver's current context is per OS thread, so a context made
+        current on the thread that loaded an engine is not current on the
+        thread that serves requests (calls there fail with
+        CUDA_ERROR_INVALID_CONTEXT). Push + pop cost about a microsecond.
+        """
+        self.push_context(ctx)
+        try:
+            yield
+        finally:
+            self.pop_context()
 
     def mem_alloc(self, nbytes: int) -> int:
         ptr = ctypes.c_uint64()
@@ -263,6 +298,11 @@ class Driver:
         fn = ctypes.c_void_p()
         self.call("cuModuleGetFunction", ctypes.byref(fn), ctypes.c_void_p(module), name.encode())
         return int(fn.value or 0)
+
+    def func_attribute(self, fn: int, attribute: int) -> int:
+        v = ctypes.c_int()
+        self.call("cuFuncGetAttribute", ctypes.byref(v), attribute, ctypes.c_void_p(fn))
+        return v.value
 
     def func_set_attribute(self, fn: int, attribute: int, value: int) -> None:
         self.call("cuFuncSetAttribute", ctypes.c_void_p(fn), attribute, value)

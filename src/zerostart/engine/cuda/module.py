@@ -5,6 +5,14 @@ for the device's exact arch; else the PTX, which the driver JIT-compiles (it
 is sm_80 PTX, valid on every later GPU); else a clear error naming the GPU's
 arch and the archs the bundle was compiled for.
 
+Shared memory: a block may use 48 KiB (static + dynamic) without asking; past
+that, up to the device's opt-in limit, only after
+``cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES)`` raised the function's
+dynamic limit (CUDA C Programming Guide, "Shared Memory", compute capability
+7.x+). The static part is read from the loaded function
+(``CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES``): a kernel launched with exactly 48
+KiB of dynamic memory and 1 KiB of static memory needs the opt-in too.
+
 Arguments are packed by the manifest's signature (``pack_args``): pointers and
 ``i64`` as 8 bytes, ``i32`` as 4, ``fp32`` as a C float, followed by the two
 scratch pointers every Triton kernel takes last (global and profile scratch;
@@ -21,11 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zerostart.engine.cuda.driver import CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, Driver
+from zerostart.engine.cuda.driver import (
+    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+    CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+    Driver,
+)
 from zerostart.engine.cuda.launch import PTX_KEY, KernelImage, KernelManifest, KernelVariant
 from zerostart.errors import BundleError, EngineError
 
-STATIC_SHARED_LIMIT_BYTES = 48 * 1024  # above this a kernel must opt in (cuFuncSetAttribute)
+DEFAULT_SHARED_LIMIT_BYTES = 48 * 1024  # static + dynamic above this needs the opt-in
 _CTYPES: dict[str, Any] = {
     "*fp16": ctypes.c_uint64,
     "*fp32": ctypes.c_uint64,
@@ -49,6 +61,24 @@ def choose_image(km: KernelManifest, variant: KernelVariant, cc: int) -> tuple[s
         f"{', '.join(km.archs) or 'no arch'} with {km.ptx_arch} PTX, which does not run on it",
         hint=f"re-run `zerostart convert --device cuda --arch {arch}`",
     )
+
+
+def dynamic_shared_limit(key: str, static: int, dynamic: int, optin: int) -> int | None:
+    """The MAX_DYNAMIC_SHARED_SIZE_BYTES a kernel must be given, or None when 48 KiB suffice.
+
+    ``static`` and ``dynamic`` are the kernel's shared bytes per block, ``optin``
+    the device's CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN. Raises
+    EngineError when the block cannot fit on this GPU at all.
+    """
+    if static + dynamic <= DEFAULT_SHARED_LIMIT_BYTES:
+        return None
+    if static + dynamic > optin:
+        raise EngineError(
+            f"kernel {key} needs {static + dynamic} bytes of shared memory per block "
+            f"({static} static + {dynamic} dynamic); this GPU allows {optin}",
+            hint="re-run `zerostart convert --device cuda --arch sm_XY` with this GPU's arch",
+        )
+    return dynamic
 
 
 class PackedArgs:
@@ -90,7 +120,14 @@ class Kernel:
 class KernelLibrary:
     """Every variant of a bundle's ``kernels/`` loaded for one device (one module each)."""
 
-    def __init__(self, driver: Driver, kernels_dir: Path, km: KernelManifest, cc: int) -> None:
+    def __init__(
+        self,
+        driver: Driver,
+        kernels_dir: Path,
+        km: KernelManifest,
+        cc: int,
+        shared_optin_bytes: int,
+    ) -> None:
         self.driver = driver
         self.manifest = km
         self.kernels: dict[str, Kernel] = {}
@@ -103,9 +140,11 @@ class KernelLibrary:
                 raise BundleError(path, f"cannot read kernel image: {exc.strerror}") from exc
             module = driver.module_load(data)
             fn = driver.module_function(module, v.entry)
-            if image.shared_bytes > STATIC_SHARED_LIMIT_BYTES:
+            static = driver.func_attribute(fn, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+            limit = dynamic_shared_limit(v.key, static, image.shared_bytes, shared_optin_bytes)
+            if limit is not None:
                 driver.func_set_attribute(
-                    fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, image.shared_bytes
+                    fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit
                 )
             self.kernels[v.key] = Kernel(v, key, image, fn)
 
