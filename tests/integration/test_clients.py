@@ -301,7 +301,7 @@ def test_a_model_that_produces_nan_gets_424_and_the_worker_keeps_serving(
     from zerostart.model.convert import convert
 
     folder = _one_label_folder(minilm_sst2_dir, tmp_path / "hf", nan_bias=True)
-    with pytest.raises(ConvertError, match="'classifier.bias' holds 1 NaN"):
+    with pytest.raises(ConvertError, match=r"'classifier\.bias' holds 1 NaN"):
         convert(folder, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
     convert(folder, tmp_path / "bundle", allow_nonfinite=True)
