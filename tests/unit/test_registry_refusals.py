@@ -49,7 +49,7 @@ class LyingRegistry(http.server.BaseHTTPRequestHandler):
     body = MANIFEST
     header: str | None = None
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         if self.path == "/v2/":
             self._send(200, b"{}", "application/json", None)
         elif "/manifests/" in self.path:
@@ -60,7 +60,7 @@ class LyingRegistry(http.server.BaseHTTPRequestHandler):
         else:
             self._send(404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}', "application/json", None)
 
-    do_HEAD = do_GET  # noqa: N815
+    do_HEAD = do_GET
 
     def _send(self, status: int, body: bytes, ctype: str, digest: str | None) -> None:
         self.send_response(status)

@@ -74,7 +74,8 @@ def test_a_bug_answers_500_and_the_worker_keeps_serving() -> None:
 
 def test_an_answer_holding_nan_is_424_never_invalid_json() -> None:
     class NanJob:
-        encodings: list[object] = []
+        def __init__(self) -> None:
+            self.encodings: list[object] = []
 
         def finish(self, outputs: list[object]) -> object:
             return [{"label": "x", "score": float("nan")}]
