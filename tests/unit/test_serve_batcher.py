@@ -8,7 +8,7 @@ import threading
 from typing import Any
 
 import pytest
-from test_serve_fakes import FakeEncoding
+from serve_fakes import FakeEncoding
 
 from zerostart.errors import ServeError
 from zerostart.serve.batcher import Batcher, BatchFailed, Overloaded, Stopped

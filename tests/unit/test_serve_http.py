@@ -1,7 +1,7 @@
 """The server's HTTP behaviour, in process, against a fake pipeline.
 
 Each test talks raw bytes over a real loopback socket to a real Server (real
-asyncio, real llhttp); only the model is fake (see test_serve_fakes.py).
+asyncio, real llhttp); only the model is fake (see serve_fakes.py).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from test_serve_fakes import (
+from serve_fakes import (
     FakePipeline,
     Reader,
     Running,
@@ -76,7 +76,8 @@ def test_health_info_metrics() -> None:
             "Validation",
             "over the limit",
         ),
-        (post("/embed", b'{"inputs": "x"}'), 400, "Validation", "it serves /predict"),
+        # TEI: a route the model cannot serve is a Backend error, 424
+        (post("/embed", b'{"inputs": "x"}'), 424, "Backend", "it serves /predict"),
         (post("/nope", b"{}"), 404, "NotFound", "no route '/nope'"),
         (get("/predict"), 405, "MethodNotAllowed", "POST only"),
         (post("/health", b"{}"), 405, "MethodNotAllowed", "GET only"),

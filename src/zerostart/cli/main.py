@@ -36,6 +36,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         progress=None if args.quiet else Progress(),
         archs=[a.strip() for a in args.arch.split(",") if a.strip()],
+        allow_nonfinite=args.allow_nonfinite,
     )
     weights = manifest.files.get("weights.safetensors")
     size_mb = weights.size / 1e6 if weights else 0.0
@@ -135,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--max-length", type=int, help="longest input in tokens (default: the model's)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    c.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="convert weights holding NaN or infinity anyway (warns; the worker answers 424)",
+    )
     c.set_defaults(func=_cmd_convert)
 
     sub.add_parser(

@@ -142,9 +142,23 @@ def warmup_requests(task: str) -> list[WarmupRequest]:
             ),
         ]
     elif route == "embed":
-        ok.append(
-            WarmupRequest("POST", "/embed", {"inputs": SAMPLE_TEXT, "normalize": False}, True)
-        )
+        ok += [
+            WarmupRequest("POST", "/embed", {"inputs": SAMPLE_TEXT, "normalize": False}, True),
+            WarmupRequest("POST", "/embed_all", {"inputs": SAMPLE_TEXT}, True),
+            WarmupRequest(
+                "POST",
+                "/similarity",
+                {"inputs": {"source_sentence": SAMPLE_TEXT, "sentences": [OTHER_TEXT]}},
+                True,
+            ),
+            WarmupRequest(
+                "POST",
+                "/v1/embeddings",
+                {"input": [SAMPLE_TEXT], "encoding_format": "base64"},
+                True,
+            ),
+            WarmupRequest("GET", "/v1/models", must_succeed=True),
+        ]
     else:
         ok += [
             WarmupRequest(
@@ -152,8 +166,14 @@ def warmup_requests(task: str) -> list[WarmupRequest]:
             )
             for s in TOKEN_AGGREGATIONS
         ]
+    ok += [  # every model serves these
+        WarmupRequest("POST", "/tokenize", {"inputs": SAMPLE_TEXT}, must_succeed=True),
+        WarmupRequest("POST", "/decode", {"ids": [[0, 1], [2]]}, must_succeed=True),
+        WarmupRequest("POST", "/", {"inputs": SAMPLE_TEXT, "parameters": {}}, must_succeed=True),
+    ]
     errors = [
         WarmupRequest("GET", "/metrics"),
+        WarmupRequest("POST", f"/{route}", {"inputs": ""}),
         WarmupRequest("POST", f"/{route}", b"{not json"),
         WarmupRequest("POST", f"/{route}", {"inputs": 5}),
         WarmupRequest("POST", f"/{route}", {"inputs": SAMPLE_TEXT * 200, "truncate": False}),

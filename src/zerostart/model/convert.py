@@ -9,7 +9,10 @@ build time, so the worker only maps a file and reads one small JSON:
 * the weights are rewritten into the engine layout (``zerostart.engine.layout``):
   linear weights transposed to ``[in, out]``, Q/K/V fused, the query pre-scaled,
   every shape checked against the config, and saved aligned for ``mmap``;
-* every file's sha256 is recorded so a tampered bundle is refused at start.
+* every file's sha256 is recorded so a tampered bundle is refused at start;
+* a tensor holding NaN or infinity (or a value that overflows float16 in a GPU
+  bundle) is refused, naming it: such a model answers every request with a
+  non-finite score. ``allow_nonfinite`` turns the refusal into a logged warning.
 
 A ``pytorch_model.bin`` is read by ``torchbin`` (a restricted unpickler), never
 by torch. Build-time module: may use numpy and the tokenizer helpers.
@@ -18,11 +21,12 @@ by torch. Build-time module: may use numpy and the tokenizer helpers.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +48,8 @@ from zerostart.model.weights import write_weights
 
 Progress = Callable[[str, float], None]
 
+log = logging.getLogger("zerostart.convert")
+
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 _DEVICE_DTYPES = {"cpu": "float32", "cuda": "float16"}
 
@@ -58,6 +64,7 @@ def convert(
     progress: Progress | None = None,
     archs: Sequence[str] = (),
     kernels_from: str | Path | None = None,
+    allow_nonfinite: bool = False,
 ) -> Manifest:
     """Convert the Hugging Face folder ``src`` into a bundle at ``dst`` and return its manifest.
 
@@ -66,7 +73,9 @@ def convert(
     compiled for ``archs`` (needs Triton), or copied from ``kernels_from``, a
     ``kernels/`` folder compiled earlier for a model of the same shape (same
     variants and sequence buckets, checked); kernels depend on the shape only,
-    never on the weights.
+    never on the weights. Raises ConvertError naming the tensor if one holds NaN
+    or infinity (after the cast to the bundle's dtype), unless
+    ``allow_nonfinite``, which logs a warning instead.
     """
     report: Progress = progress or (lambda _stage, _fraction: None)
     src, dst = Path(src), Path(dst)
@@ -121,7 +130,9 @@ def convert(
         raise ConvertError(exc.path, exc.problem) from exc
     report("layout", 0.4)
     dtype = np.float16 if device == "cuda" else np.float32
-    tensors = _engine_tensors(source, manifest, weights_files[0], dtype)
+    used = _Recording(source)
+    tensors = _engine_tensors(used, manifest, weights_files[0], dtype)
+    _check_finite(used.read, tensors, weights_files[0], allow_nonfinite)
     report("write", 0.6)
     if (archs or kernels_from) and device != "cuda":
         raise ConvertError(dst, "GPU kernels (--arch) need --device cuda")
@@ -251,6 +262,65 @@ def _engine_tensors(
         out["head.classifier.weight"], out["head.classifier.bias"] = cls
     # File order = the engine's access order (see layout.tensor_shapes).
     return {name: np.ascontiguousarray(out[name], dtype=dtype) for name in tensor_shapes(manifest)}
+
+
+class _Recording(Mapping[str, np.ndarray]):
+    """A read-only view of the source tensors that remembers which ones were read."""
+
+    def __init__(self, tensors: Mapping[str, np.ndarray]) -> None:
+        self._tensors = tensors
+        self.read: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        arr = self._tensors[name]
+        self.read[name] = arr
+        return arr
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+
+def _check_finite(
+    source: Mapping[str, np.ndarray],
+    tensors: Mapping[str, np.ndarray],
+    path: Path,
+    allow: bool,
+) -> None:
+    """Refuse (or warn about) NaN / infinity in the tensors the model uses, naming them.
+
+    ``source``: the checkpoint tensors the conversion read (unused ones do not
+    matter); ``tensors``: the engine tensors after the cast to the bundle dtype.
+    """
+    problems = []
+    for name, arr in source.items():
+        if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+            bad = int(arr.size - np.isfinite(arr).sum())
+            problems.append(f"tensor {name!r} holds {bad} NaN or infinite value(s)")
+    if not problems:  # finite at the source: a cast to float16 can still overflow
+        for name, arr in tensors.items():
+            if not np.isfinite(arr).all():
+                problems.append(
+                    f"engine tensor {name!r} overflows {arr.dtype} (values beyond its range)"
+                )
+    if not problems:
+        return
+    message = "; ".join(problems[:5]) + (
+        f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+    )
+    if allow:
+        log.warning("%s: %s (kept: allow_nonfinite)", path, message)
+        return
+    raise ConvertError(
+        path,
+        message + ": the model would answer with NaN",
+        hint="fix the checkpoint, or pass --allow-nonfinite to convert it anyway",
+    )
 
 
 def _positions(

@@ -178,10 +178,10 @@ def read_labels(config: dict[str, Any], path: Path, task: str) -> tuple[tuple[st
         labels = tuple(f"LABEL_{i}" for i in range(int(declared or 2)))
     if declared is not None and int(declared) != len(labels):
         raise ConvertError(path, f"num_labels is {declared} but id2label has {len(labels)} entries")
-    problem_type = config.get("problem_type")
-    if problem_type is None:
-        regression = task == "sequence-classification" and len(labels) == 1
-        problem_type = "regression" if regression else "single_label_classification"
+    # No problem_type: transformers' text-classification pipeline (and TEI) apply a
+    # sigmoid to a single logit and a softmax to several; only an explicit
+    # "regression" means the raw value. classify() does the one-logit sigmoid.
+    problem_type = config.get("problem_type") or "single_label_classification"
     if problem_type not in PROBLEM_TYPES:
         raise ConvertError(path, f"problem_type {problem_type!r} is not one of {PROBLEM_TYPES}")
     return labels, str(problem_type)

@@ -1,9 +1,13 @@
 """Routes: turn a parsed HTTP request into a response.
 
 Inference routes follow Hugging Face text-embeddings-inference (TEI): the same
-request and response JSON (built by the pipeline), the same error body
-``{"error": ..., "error_type": ...}`` and status codes: 413 batch or payload too
-large, 422 invalid input, 424 the engine failed, 429 overloaded, 503 not ready.
+request and response JSON (built by ``zerostart.api`` through the pipeline),
+the same error body ``{"error": ..., "error_type": ...}`` and status codes
+(TEI's ``ErrorType`` -> status map): 400 ``Empty``, 422 ``Validation`` /
+``Tokenizer``, 424 ``Backend`` (the model cannot answer, or produced NaN or
+infinity), 429 ``Overloaded``, 503 ``Unhealthy``; 413 a body over the limit.
+The OpenAI routes answer errors as TEI's do there:
+``{"message": ..., "code": status, "type": error_type}``.
 
 Runtime module: standard library only (the pipeline brings numpy).
 """
@@ -28,8 +32,26 @@ from zerostart.snapshot.marker import restore_info, start_ticks
 
 log = logging.getLogger("zerostart.serve")
 
-INFERENCE_ROUTES = ("predict", "embed", "tokens")
-GET_ROUTES = ("health", "info", "metrics")
+# Every POST route zerostart.api knows ("" is POST /, "invocations" SageMaker's);
+# which of them a model serves is the pipeline's ``routes``.
+INFERENCE_ROUTES = (
+    "predict",
+    "rerank",
+    "embed",
+    "embed_all",
+    "similarity",
+    "v1/embeddings",
+    "embeddings",
+    "tokens",
+    "tokenize",
+    "decode",
+    "",
+    "invocations",
+)
+DISPATCH_ROUTES = ("", "invocations")  # the pipeline picks the model's own route
+OPENAI_ROUTES = ("v1/embeddings", "embeddings")
+# GET / and /ping are TEI's (and SageMaker's) health routes.
+GET_ROUTES = ("health", "info", "metrics", "", "ping", "v1/models")
 
 
 class Job(Protocol):
@@ -57,8 +79,18 @@ def _json_default(value: Any) -> Any:
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    body = json.dumps(data, separators=(",", ":"), default=_json_default).encode()
-    return Response(status, body)
+    """JSON with no NaN or Infinity (not JSON): ValueError if ``data`` holds one."""
+    body = json.dumps(data, separators=(",", ":"), default=_json_default, allow_nan=False)
+    return Response(status, body.encode())
+
+
+def openai_error(response: Response) -> Response:
+    """TEI's error body on its OpenAI route: ``{"message", "code", "type"}``."""
+    data = json.loads(response.body)
+    body = {"message": data["error"], "code": response.status, "type": data["error_type"]}
+    return Response(
+        response.status, json.dumps(body).encode(), headers=response.headers, close=response.close
+    )
 
 
 class App:
@@ -85,6 +117,7 @@ class App:
     async def handle(self, request: Request) -> Response:
         route = request.path.strip("/")
         label = route if route in INFERENCE_ROUTES or route in GET_ROUTES else "other"
+        label = label or "root"
         try:
             response = await self._dispatch(request, route)
         except asyncio.CancelledError:  # the client went away (nginx's 499)
@@ -93,6 +126,8 @@ class App:
         except Exception as exc:  # a bug: answer 500 and log it; the server keeps serving
             log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
             response = error_response(500, f"internal error: {exc!r}", "Backend")
+        if route in OPENAI_ROUTES and response.status >= 400:
+            response = openai_error(response)
         self.metrics.record_request(
             label, response.status, time.perf_counter() - request.received_at
         )
@@ -100,23 +135,28 @@ class App:
 
     async def _dispatch(self, request: Request, route: str) -> Response:
         method = request.method
-        if route in GET_ROUTES:
-            if method != "GET":
-                return _method_not_allowed("GET", route)
-            if route == "health":
-                return self._health()
-            if route == "info":
-                return json_response(self.info())
-            return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
-        if route in INFERENCE_ROUTES:
-            if method != "POST":
-                return _method_not_allowed("POST", route)
+        allowed = [
+            m for m, table in (("GET", GET_ROUTES), ("POST", INFERENCE_ROUTES)) if route in table
+        ]
+        if not allowed:
+            return error_response(
+                404,
+                f"no route {request.path!r}; this model serves POST "
+                + " ".join(f"/{r}" for r in sorted(self.pipeline.routes))
+                + " and /, GET /health /info /metrics /v1/models",
+                "NotFound",
+            )
+        if method not in allowed:
+            return _method_not_allowed(", ".join(allowed), route)
+        if method == "POST":
             return await self._infer(route, request.body)
-        return error_response(
-            404,
-            f"no route {request.path!r}; routes: POST /predict /embed /tokens, GET /health /info /metrics",
-            "NotFound",
-        )
+        if route in ("health", "", "ping"):
+            return self._health()
+        if route == "info":
+            return json_response(self.info())
+        if route == "v1/models":
+            return json_response(self._models())
+        return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
     def _health(self) -> Response:
         if self.ready:
@@ -127,13 +167,12 @@ class App:
         )
 
     async def _infer(self, route: str, raw: bytes) -> Response:
-        if route not in self.pipeline.routes:
+        if route not in self.pipeline.routes and route not in DISPATCH_ROUTES:
+            # TEI answers a route its model cannot serve with 424 Backend.
             served = ", ".join(f"/{r}" for r in sorted(self.pipeline.routes))
             task = self._info_static.get("task", "this task")
             return error_response(
-                400,
-                f"this model ({task}) does not serve /{route}; it serves {served}",
-                "Validation",
+                424, f"this model ({task}) does not serve /{route}; it serves {served}", "Backend"
             )
         try:
             text = raw.decode("utf-8")
@@ -149,7 +188,14 @@ class App:
         try:
             job = self.pipeline.prepare(route, body)
             outputs = await self.batcher.submit(job.encodings)
-            return json_response(job.finish(outputs))
+            answer = job.finish(outputs)
+            try:
+                return json_response(answer)
+            except ValueError:  # NaN or infinity that the route's own checks let through
+                log.error("answer on /%s holds a non-finite number", route)
+                return error_response(
+                    424, "the model produced a non-finite number (NaN or infinity)", "Backend"
+                )
         except InputError as exc:
             return error_response(exc.status, str(exc), exc.error_type)
         except TokenizerError as exc:
@@ -170,6 +216,11 @@ class App:
     def _static_info(self) -> dict[str, Any]:
         cfg = self.config
         facts = {
+            # TEI's router fields
+            "auto_truncate": False,
+            "tokenization_workers": 1,  # the event loop tokenises
+            "sha": None,
+            "docker_label": None,
             "version": zerostart.__version__,
             "routes": sorted(self.pipeline.routes),
             "max_client_batch_size": self.pipeline.max_client_batch_size,
@@ -179,6 +230,11 @@ class App:
             "limits": cfg.public(),
         }
         return {**self.pipeline.info(), **facts}
+
+    def _models(self) -> dict[str, Any]:
+        """OpenAI's ``GET /v1/models``: the one model this worker serves."""
+        model = {"id": self._info_static.get("model_id"), "object": "model", "created": 0}
+        return {"object": "list", "data": [{**model, "owned_by": "zerostart"}]}
 
     def info(self) -> dict[str, Any]:
         start = self.startup.as_dict()

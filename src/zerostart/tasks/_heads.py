@@ -51,13 +51,16 @@ def classify(
     problem_type: str,
     *,
     raw_scores: bool = False,
+    function_to_apply: str | None = None,
 ) -> list[dict[str, object]]:
     """One row of logits -> ``[{"label", "score"}, ...]``, best first (TEI ``/predict`` shape).
 
     single-label -> softmax, multi-label -> sigmoid, regression -> the raw value;
     ``raw_scores`` returns the logits untouched (TEI's ``raw_scores``). As in
     transformers, a single-label model with one output uses a sigmoid, because a
-    softmax over one logit is always 1. Ties keep label order (stable sort).
+    softmax over one logit is always 1. ``function_to_apply`` ("softmax",
+    "sigmoid", "none") overrides the choice, as the transformers pipeline's
+    argument of that name does. Ties keep label order (stable sort).
     """
     activation = _ACTIVATION_FOR_PROBLEM.get(problem_type)
     if activation is None:
@@ -70,9 +73,15 @@ def classify(
         )
     if row.dtype != np.float64:
         row = row.astype(np.float32)  # transformers scores in float32 (fp16/bf16 are upcast)
+    if function_to_apply is not None:
+        if function_to_apply not in ("softmax", "sigmoid", "none"):
+            raise InputError(f"unknown function_to_apply {function_to_apply!r}")
+        activation = function_to_apply
+    elif row.shape[0] == 1 and activation == "softmax":
+        activation = "sigmoid"
     if raw_scores or activation == "none":
         scores = row
-    elif activation == "sigmoid" or row.shape[0] == 1:
+    elif activation == "sigmoid":
         scores = sigmoid(row)
     else:
         scores = softmax(row)

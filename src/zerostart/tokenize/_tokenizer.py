@@ -152,6 +152,20 @@ class WordPieceTokenizer:
         """Join pieces back into text as transformers' BertTokenizer (WordPiece decoder) does."""
         return decode_wordpiece(tokens, self.settings.continuing_subword_prefix)
 
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        """Token ids -> text, as `tokenizers`' ``Tokenizer.decode`` does for BERT.
+
+        With ``skip_special_tokens`` the special tokens ([CLS], [SEP], [PAD],
+        [UNK], [MASK]) are dropped first; the rest go through the WordPiece
+        decoder. Raises TokenizerError for an id outside the vocabulary (where
+        `tokenizers` would silently drop it).
+        """
+        tokens = [self.id_to_token(i) for i in ids]
+        if skip_special_tokens:
+            specials = self._special_ids
+            tokens = [t for t in tokens if t not in specials]
+        return self.convert_tokens_to_string(tokens)
+
     # -- encoding --------------------------------------------------------------
     def encode(
         self, text: str, pair: str | None = None, *, max_length: int | None = None

@@ -1,4 +1,4 @@
-"""A fake pipeline and a raw HTTP client for the server's unit tests.
+"""A fake pipeline and a raw HTTP client for the server's unit tests (helpers, no tests).
 
 The fake implements the pipeline protocol (prepare / execute / finish) so the
 tests exercise the server's own logic: HTTP handling, routing, batching,
@@ -45,6 +45,7 @@ class FakePipeline:
     batches: list[int] = field(default_factory=list)  # sequences per execute call
     gate: threading.Event | None = None  # when set, execute waits for it
     fail_on: str | None = None  # a text that makes execute raise
+    bug_on: str | None = None  # a text that makes prepare raise a non-zerostart error (a bug)
 
     def prepare(self, route: str, body: Any) -> FakeJob:
         if not isinstance(body, dict) or "inputs" not in body:
@@ -52,6 +53,8 @@ class FakePipeline:
         inputs = body["inputs"]
         single = isinstance(inputs, str)
         texts = [inputs] if single else inputs
+        if self.bug_on is not None and self.bug_on in texts:
+            raise RuntimeError("a bug in the pipeline")
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise InputError("`inputs` must be a string or a list of strings")
         if not texts or not all(texts):
