@@ -108,6 +108,10 @@ class WarmupRequest:
     path: str
     body: Any = None  # JSON value, or bytes sent as they are
     must_succeed: bool = False
+    # Replayed answers are compared with the recorded one within a tolerance; an
+    # answer that is opaque bytes (base64 float32) can differ in the last bit
+    # between runs (thread count, batch shape), so it is only required to succeed.
+    compare: bool = True
 
 
 def warmup_requests(task: str) -> list[WarmupRequest]:
@@ -155,7 +159,8 @@ def warmup_requests(task: str) -> list[WarmupRequest]:
                 "POST",
                 "/v1/embeddings",
                 {"input": [SAMPLE_TEXT], "encoding_format": "base64"},
-                True,
+                must_succeed=True,
+                compare=False,
             ),
             WarmupRequest("GET", "/v1/models", must_succeed=True),
         ]
@@ -275,7 +280,7 @@ def run_warmup(port: int, requests: Sequence[WarmupRequest]) -> list[dict[str, A
     for req in requests:
         status, answer = send(port, req)
         record: dict[str, Any] = {"method": req.method, "path": req.path, "status": status}
-        if req.must_succeed and req.method == "POST":
+        if req.must_succeed and req.method == "POST" and req.compare:
             record["body"] = req.body
             record["answer"] = answer
         out.append(record)
