@@ -218,10 +218,26 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "reg.auth-wrong-password",
         M + "registry/_http.py",
-        "            if header == self._auth_header:\n",
-        "            if False:\n",
-        "wrong credentials are a RegistryAuthError naming the user, not a retry loop",
+        "        if ans.status in (401, 403):\n            who =",
+        "        if False:\n            who =",
+        "credentials refused after the auth flow: RegistryAuthError naming the user",
         TR + "test_auth_failures_are_clear",
+    ),
+    _m(
+        "reg.auth-token-refused",
+        M + "registry/_http.py",
+        "        if tok.status != 200:\n",
+        "        if False:\n",
+        "a token service refusing the credentials: RegistryAuthError naming the service",
+        "tests/unit/test_registry_driver.py::test_bearer_flow_with_wrong_password_names_the_token_service",
+    ),
+    _m(
+        "reg.short-upload-body",
+        M + "registry/_http.py",
+        "        if len(data) < n:\n",
+        "        if False:\n",
+        "a blob file shorter than the Content-Length being sent fails at once, not after timeouts",
+        "tests/unit/test_registry_driver.py::test_a_blob_file_shorter_than_its_upload_fails_at_once",
     ),
     # ---------------------------------------------------------------- snapshot/
     _m(
@@ -332,8 +348,8 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "cont.layer-path-escape",
         M + "container/runtime.py",
-        "            raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), parent)\n",
-        "            pass\n",
+        "        raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), parent)\n",
+        "        pass\n",
         "a layer member or whiteout that points outside the rootfs",
         TC + "test_members_outside_the_rootfs_are_refused_and_touch_nothing",
         TC + "test_a_whiteout_through_a_symlink_that_now_leaves_the_rootfs_is_refused",
@@ -342,8 +358,8 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "cont.entrypoint",
         M + "container/runtime.py",
-        "        if not entry:\n",
-        "        if False:\n",
+        "        if not entry:  # refused before",
+        "        if False:  # refused before",
         "an image without an Entrypoint",
         TC + "test_an_image_without_entrypoint_is_refused_before_anything_runs",
     ),
@@ -447,8 +463,8 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "cuda.check",
         M + "engine/cuda/driver.py",
-        "        if status != CUDA_SUCCESS:\n            name, text = self.error_text(status)\n",
-        "        if False:\n            name, text = self.error_text(status)\n",
+        "    def check(self, call: str, status: int) -> None:\n        if status != CUDA_SUCCESS:\n",
+        "    def check(self, call: str, status: int) -> None:\n        if False:\n",
         "a CUDA driver status other than success becomes CudaError with the driver's text",
         "tests/unit/test_cuda_driver.py::test_status_becomes_typed_error_with_driver_text",
     ),
@@ -467,6 +483,54 @@ MUTANTS: tuple[Mutant, ...] = (
         "            elif False:\n",
         "one layer path that is both a file and a directory",
         "tests/unit/test_image_layers.py::test_a_file_cannot_be_a_directory",
+    ),
+    _m(
+        "convert.overwrite",
+        M + "model/convert.py",
+        "    if dst.is_dir() and any(dst.iterdir()) and not (dst / MANIFEST_NAME).is_file():\n",
+        "    if False:\n",
+        "convert never overwrites a non-empty folder that is not a bundle (a user's files)",
+        "tests/unit/test_convert.py::test_refuses_to_overwrite_a_folder_that_is_not_a_bundle",
+    ),
+    _m(
+        "serve.max-connections",
+        M + "serve/http.py",
+        "        if len(self._host.connections) > self._config.max_connections:\n",
+        "        if False:\n",
+        "connections over max_connections are answered 503 and closed",
+        "tests/unit/test_serve_http.py::test_too_many_connections_are_refused",
+    ),
+    _m(
+        "serve.header-timeout",
+        M + "serve/http.py",
+        "            return\n        self._arm(\"head\", self._config.header_timeout_s)\n",
+        "            return\n",
+        "a client that never finishes its head is answered 408 and closed (slowloris)",
+        "tests/unit/test_serve_http.py::test_slow_client_is_cut_off_and_others_are_served",
+    ),
+    _m(
+        "tokenize.overlong-word",
+        M + "tokenize/_wordpiece.py",
+        "        if n > self._max_chars:\n",
+        "        if False:\n",
+        "a word over max_input_chars_per_word is one [UNK], not a quadratic WordPiece search",
+        "tests/unit/test_tokenizer.py::test_unknown_and_overlong_words_become_one_unk",
+    ),
+    _m(
+        "api.token-id-negative",
+        M + "tokenize/_tokenizer.py",
+        "        if not 0 <= i < self.vocab_size:\n",
+        "        if not i < self.vocab_size:\n",
+        "a negative token id sent as input (would index the vocabulary from its end)",
+        "tests/unit/test_api_refusals.py::test_token_ids_outside_the_vocabulary_are_refused",
+    ),
+    _m(
+        "api.token-id-too-big",
+        M + "tokenize/_tokenizer.py",
+        "        if not 0 <= i < self.vocab_size:\n",
+        "        if not 0 <= i:\n",
+        "a token id past the vocabulary sent as input",
+        "tests/unit/test_api_refusals.py::test_token_ids_outside_the_vocabulary_are_refused",
     ),
 )
 
@@ -503,6 +567,43 @@ def run_mutant(m: Mutant, timeout_s: float) -> tuple[str, str]:
     return verdict, summary
 
 
+def _table(mutants: list[Mutant], results: Path) -> str:
+    """Markdown rows: check, file:function, guarding tests, verdict of the last run."""
+    verdicts = {}
+    for line in results.read_text().splitlines():
+        row = json.loads(line)
+        verdicts[row["name"]] = row["verdict"]
+    rows = [
+        "| mutant | check | file: function | guarded by | removed → tests fail |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for m in mutants:
+        tests = "<br>".join(f"`{t.split('/')[-1]}`" for t in m.tests)
+        verdict = {"killed": "yes", "survived": "**no**"}.get(verdicts.get(m.name, ""), "not run")
+        if m.name in verdicts and verdicts[m.name] not in ("killed", "survived"):
+            verdict = verdicts[m.name]
+        rows.append(
+            f"| `{m.name}` | {m.check} | `{m.file.removeprefix('src/zerostart/')}`: "
+            f"`{_function_of(m)}` | {tests} | {verdict} |"
+        )
+    return "\n".join(rows)
+
+
+def _function_of(m: Mutant) -> str:
+    """The name of the def (or class body) that holds the mutated text."""
+    text = (REPO / m.file).read_text()
+    before = text[: text.find(m.old)] if m.old in text else ""
+    name = "?"
+    for line in before.splitlines():
+        stripped = line.lstrip()
+        for kw in ("def ", "class "):
+            if stripped.startswith(kw):
+                name = stripped[len(kw) :].split("(")[0].split(":")[0]
+        if line.startswith(("_", "A", "B", "C", "D", "E", "F", "G", "H")) and " = " in line:
+            name = line.split(" = ")[0].split(":")[0]
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="mutants to run (default: all)")
@@ -510,12 +611,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline", action="store_true", help="run each mutant's tests unmutated")
     ap.add_argument("--json", type=Path, help="append one JSON line per result to this file")
     ap.add_argument("--timeout", type=float, default=TEST_TIMEOUT_S)
+    ap.add_argument(
+        "--table", type=Path, metavar="JSONL", help="print docs/testing.md's table from --json results"
+    )
     args = ap.parse_args(argv)
     by_name = {m.name: m for m in MUTANTS}
     unknown = [n for n in args.names if n not in by_name]
     if unknown:
         ap.error(f"unknown mutants: {', '.join(unknown)}")
     chosen = [by_name[n] for n in args.names] if args.names else list(MUTANTS)
+    if args.table:
+        print(_table(chosen, args.table))
+        return 0
     if args.list:
         for m in chosen:
             print(f"{m.name:28} {m.file}: {m.check}")
