@@ -503,10 +503,10 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "serve.header-timeout",
         M + "serve/http.py",
-        "            return\n        self._arm(\"head\", self._config.header_timeout_s)\n",
+        '            return\n        self._arm("head", self._config.header_timeout_s)\n',
         "            return\n",
-        "a client that never finishes its head is answered 408 and closed (slowloris)",
-        "tests/unit/test_serve_http.py::test_slow_client_is_cut_off_and_others_are_served",
+        "a connection that never sends a byte is closed after header_timeout_s",
+        "tests/unit/test_serve_http.py::test_silent_connection_and_idle_keep_alive_are_closed",
     ),
     _m(
         "tokenize.overlong-word",
@@ -514,7 +514,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "        if n > self._max_chars:\n",
         "        if False:\n",
         "a word over max_input_chars_per_word is one [UNK], not a quadratic WordPiece search",
-        "tests/unit/test_tokenizer.py::test_unknown_and_overlong_words_become_one_unk",
+        "tests/unit/test_tokenizer.py::test_a_word_over_max_input_chars_is_unk_even_when_its_pieces_exist",
     ),
     _m(
         "api.token-id-negative",
@@ -612,7 +612,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="append one JSON line per result to this file")
     ap.add_argument("--timeout", type=float, default=TEST_TIMEOUT_S)
     ap.add_argument(
-        "--table", type=Path, metavar="JSONL", help="print docs/testing.md's table from --json results"
+        "--table",
+        type=Path,
+        metavar="JSONL",
+        help="print docs/testing.md's table from --json results",
     )
     args = ap.parse_args(argv)
     by_name = {m.name: m for m in MUTANTS}
