@@ -144,3 +144,20 @@ def test_push_names_a_missing_blob(tmp_path: Path) -> None:
 def test_bad_reference_is_a_registry_error_not_a_traceback(tmp_path: Path) -> None:
     with pytest.raises(reg.RegistryError, match="lowercase"):
         reg.pull("127.0.0.1:9/NoCaps:1", tmp_path)
+
+
+def test_a_blob_file_shorter_than_its_upload_fails_at_once(tmp_path: Path) -> None:
+    """Content-Length is sent first: a short body must fail here, not hang the registry."""
+    from zerostart.registry._http import FileSlice
+    from zerostart.registry.errors import ImageLayoutError
+
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"x" * 100)
+    sent: list[int] = []
+    with FileSlice(blob, 40, 60, sent.append) as body:  # control: exactly to the end
+        assert body.read(1000) == b"x" * 60 and body.read(10) == b""
+    with (
+        FileSlice(blob, 40, 70, sent.append) as body,
+        pytest.raises(ImageLayoutError, match="ended 10 bytes before the 70"),
+    ):
+        body.read(1000)

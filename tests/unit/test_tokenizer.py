@@ -96,6 +96,17 @@ def test_unknown_and_overlong_words_become_one_unk(tok: WordPieceTokenizer) -> N
     assert e.offsets[1:-1] == [(0, 6), (7, 108)]
 
 
+def test_a_word_over_max_input_chars_is_unk_even_when_its_pieces_exist(
+    tok: WordPieceTokenizer,
+) -> None:
+    """Hugging Face's rule (``max_input_chars_per_word``, 100): length alone decides."""
+    fits = "hello" + "s" * 95  # 100 characters: split into pieces
+    assert tok.encode(fits).tokens[1:-1] == ["hello", *["##s"] * 95]
+    over = fits + "s"  # 101 characters, every piece in the vocabulary, still one [UNK]
+    e = tok.encode(over)
+    assert e.tokens[1:-1] == ["[UNK]"] and e.offsets[1:-1] == [(0, 101)]
+
+
 def test_special_tokens_in_text_are_single_tokens_not_marked_special(
     tok: WordPieceTokenizer,
 ) -> None:

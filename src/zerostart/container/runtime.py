@@ -86,6 +86,28 @@ def _safe_member(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo:
     return tarfile.tar_filter(member, root)
 
 
+def _member_parent(root: str, name: str) -> tuple[str, str]:
+    """``(host folder, base name)`` of layer member ``name``, refusing a folder outside ``root``.
+
+    Whiteouts and replaced entries are removed before tarfile's filter sees the
+    member, so this check must come first: without it ``../x/.wh.f`` or
+    ``/etc/passwd`` (tar strips the leading ``/`` only when extracting) would
+    delete host files. The folder is resolved through symlinks already unpacked.
+    """
+    rel = name.lstrip("/")
+    parent = os.path.realpath(os.path.join(root, os.path.dirname(rel)))
+    if parent != root and not parent.startswith(root + os.sep):
+        raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), parent)
+    return parent, os.path.basename(rel)
+
+
+def _entry(parent: str, base: str, name: str) -> str:
+    """The path of entry ``base`` in ``parent``: never ``.``/``..``, which name a folder itself."""
+    if base in ("", ".", ".."):
+        raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), os.path.join(parent, base))
+    return os.path.join(parent, base)
+
+
 def unpack_layers(image: ImageRef, rootfs: str | os.PathLike[str]) -> None:
     """Apply the layers in order into ``rootfs``, honouring OCI whiteouts."""
     root = os.path.realpath(rootfs)
@@ -97,18 +119,18 @@ def unpack_layers(image: ImageRef, rootfs: str | os.PathLike[str]) -> None:
                 tarfile.open(fileobj=f, mode="r|") as tar,
             ):
                 for member in tar:
-                    base = os.path.basename(member.name)
-                    parent = os.path.join(root, os.path.dirname(member.name))
+                    parent, base = _member_parent(root, member.name)
                     if base == OPAQUE:
                         for child in os.listdir(parent):
                             _remove(os.path.join(parent, child))
                         continue
                     if base.startswith(WHITEOUT):
-                        _remove(os.path.join(parent, base[len(WHITEOUT) :]))
+                        _remove(_entry(parent, base[len(WHITEOUT) :], member.name))
                         continue
-                    target = os.path.join(root, member.name)
-                    if os.path.lexists(target) and not (member.isdir() and os.path.isdir(target)):
-                        _remove(target)
+                    if not (member.isdir() and os.path.isdir(os.path.join(parent, base))):
+                        target = _entry(parent, base, member.name)
+                        if os.path.lexists(target):
+                            _remove(target)
                     tar.extract(
                         _safe_member(member, root), root, set_attrs=True, filter="fully_trusted"
                     )
@@ -365,11 +387,11 @@ class Container:
     def start(self) -> float:
         """Start the container and wait for /health; returns seconds from `runtime run` to healthy."""
         image = read_oci_layout(self.image_path)
+        entry = list(image.config.get("config", {}).get("Entrypoint") or [])
+        if not entry:  # refused before probing runtimes or unpacking anything
+            raise ImageError(f"{self.image_path}: the image has no Entrypoint")
         runtime = choose_runtime(self.runtime, self.cache_dir)
         rootfs = unpacked_rootfs(image, self.cache_dir)
-        entry = list(image.config.get("config", {}).get("Entrypoint") or [])
-        if not entry:
-            raise ImageError(f"{self.image_path}: the image has no Entrypoint")
         args = [*entry, "--host", self.host, "--port", str(self.port)]
         self._work = tempfile.mkdtemp(prefix="zerostart-run-")
         config = self._runtime_config(image, str(rootfs), args)

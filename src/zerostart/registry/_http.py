@@ -80,6 +80,14 @@ class FileSlice:
         assert self._file is not None
         n = self._left if n < 0 else min(n, self._left)
         data = self._file.read(n)
+        if len(data) < n:
+            # Content-Length is already sent: a short body would leave the registry
+            # waiting for bytes that never come (a timeout, then retries), so stop now.
+            raise ImageLayoutError(
+                self.path,
+                f"ended {self._left - len(data)} bytes before the {self.length} being sent"
+                " (truncated, or changed during the push)",
+            )
         self._left -= len(data)
         self.sent(len(data))
         return data

@@ -1,0 +1,33 @@
+"""A bundle manifest of another format version is refused, naming the fix.
+
+The bundle is a real converted model; only its manifest is rewritten, in a
+folder that links the real weights and vocabulary (no copy of the weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from zerostart.errors import BundleError
+from zerostart.model.bundle import Bundle
+from zerostart.model.manifest import FORMAT_VERSION, MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
+
+
+def _with_manifest(bundle: Path, out: Path, edit: dict[str, object]) -> Path:
+    out.mkdir()
+    for name in (WEIGHTS_NAME, VOCAB_NAME):
+        (out / name).symlink_to(bundle / name)
+    data = json.loads((bundle / MANIFEST_NAME).read_text())
+    (out / MANIFEST_NAME).write_text(json.dumps({**data, **edit}))
+    return out
+
+
+def test_manifest_of_another_format_version_is_refused(sst2_bundle: Path, tmp_path: Path) -> None:
+    same = _with_manifest(sst2_bundle, tmp_path / "same", {"format_version": FORMAT_VERSION})
+    assert Bundle.open(same).manifest.format_version == FORMAT_VERSION  # control
+    newer = _with_manifest(sst2_bundle, tmp_path / "newer", {"format_version": FORMAT_VERSION + 1})
+    with pytest.raises(BundleError, match=f"format version {FORMAT_VERSION + 1} is not supported"):
+        Bundle.open(newer, verify="none")
