@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from zerostart.estargz import NO_PREFETCH_LANDMARK, TOC_TAR_NAME
 from zerostart.image.errors import ImageError
 from zerostart.image.layers import Entry, with_parents, write_layer
 
@@ -54,11 +55,14 @@ def test_entries_are_normalised_sorted_and_have_parents(
     with tarfile.open(blob.path) as tar:
         members = tar.getmembers()
     names = [m.name for m in members]
+    # eStargz without prioritized files: the no-prefetch landmark first, the TOC last
+    assert names[0] == NO_PREFETCH_LANDMARK and names[-1] == TOC_TAR_NAME
+    names = names[1:-1]
     assert names == sorted(names)
     for parent in ("usr", "usr/local", "usr/local/bin", "usr/share", "usr/share/z", "etc"):
         assert parent in names
     by = {m.name: m for m in members}
-    for m in members:
+    for m in members[:-1]:
         assert (m.uid, m.gid, m.uname, m.gname, m.mtime) == (0, 0, "", "", 1234567)
     assert by["usr/local/bin/tool"].mode == 0o755
     assert by["usr/share/z/data.txt"].mode == 0o644
