@@ -13,9 +13,14 @@
 #   apache2-utils    htpasswd -B: bcrypt password file for the registry auth test
 #   strace           tracing helpers and debugging of the traced worker
 #   fuse3            lazy image filesystem (imagefs)
+#   golang-go, golang-github-containerd-stargz-snapshotter-dev
+#                    the reference eStargz implementation (Go sources) and the
+#                    compiler that builds tests/interop/estargz_ref offline
+#   stargz-snapshotter  ctr-remote and the eStargz spec under /usr/share/doc
 set -euo pipefail
 
-REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3)
+REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3
+    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter)
 OPTIONAL=(podman)
 
 missing() {

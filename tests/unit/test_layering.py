@@ -23,6 +23,15 @@ FORBIDDEN = {
     "serve": ("zerostart.cli", "zerostart.image", "zerostart.registry", "zerostart.container"),
     "model": ("zerostart.cli", "zerostart.serve"),
     "engine": ("zerostart.cli", "zerostart.serve"),
+    # the layer format is shared by the builder and the lazy filesystem: it uses neither
+    "estargz": (
+        "zerostart.image",
+        "zerostart.imagefs",
+        "zerostart.registry",
+        "zerostart.container",
+        "zerostart.cli",
+        "zerostart.serve",
+    ),
 }
 
 

@@ -194,9 +194,10 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     b.add_argument(
         "--compression",
-        choices=["gzip", "zstd", "none"],
-        default="gzip",
-        help="layer compression (zstd needs `zstandard`)",
+        choices=["estargz", "gzip", "zstd", "none"],
+        default="estargz",
+        help="layer format: estargz (default; gzip with a table of contents, lazily pullable), "
+        "plain gzip, zstd (needs `zstandard`) or none",
     )
     b.add_argument(
         "--tag", default="latest", help="tag recorded in the layout's index (default latest)"

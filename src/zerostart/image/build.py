@@ -27,6 +27,7 @@ from zerostart.image.closure import APPLICATION, MODEL, MODEL_DIR, RUNTIME, Clos
 from zerostart.image.errors import ImageError
 from zerostart.image.layers import Entry, LayerBlob, layer_entries, write_layer
 from zerostart.image.oci import ImageConfig, WrittenImage, write_docker_archive, write_oci_layout
+from zerostart.image.readorder import read_order
 from zerostart.image.trace import Trace, trace_worker
 from zerostart.model.manifest import Manifest
 
@@ -49,7 +50,7 @@ class BuildOptions:
         None  # GPU architecture the image targets (sm_86): a label, for the scheduler
     )
     format: str = "oci"
-    compression: str = "gzip"
+    compression: str = "estargz"  # gzip tar layers with a TOC: lazily pullable
     tag: str = "latest"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -118,7 +119,8 @@ def build_image(
         blob_dir = (
             Path(out) / "blobs" / "sha256" if options.format == "oci" else Path(work) / "blobs"
         )
-        layers = _write_layers(bundle, closure, blob_dir, Path(work), options, step)
+        order = read_order(trace, closure, bundle=bundle, keep_sources=options.keep_sources)
+        layers = _write_layers(bundle, closure, blob_dir, Path(work), options, step, order)
         step("writing the image", 0.95)
         if options.format == "oci":
             image = write_oci_layout(
@@ -131,7 +133,7 @@ def build_image(
             )
     trace_file = trace_path_for(out, options.format)
     trace_file.write_text(
-        json.dumps(trace_document(trace, closure, layers), indent=1, sort_keys=True) + "\n"
+        json.dumps(trace_document(trace, closure, layers, order), indent=1, sort_keys=True) + "\n"
     )
     step("done", 1.0)
     return BuildResult(image, str(trace_file), closure, layers)
@@ -144,7 +146,21 @@ def _write_layers(
     work: Path,
     options: BuildOptions,
     step: Callable[[str, float], None],
+    order: Sequence[str] = (),
 ) -> tuple[LayerBlob, ...]:
+    blobs = []
+    for i, (name, entries) in enumerate(layer_contents(bundle, closure, work, options)):
+        step(f"writing the {name} layer", 0.4 + 0.18 * i)
+        blobs.append(
+            write_layer(name, entries, blob_dir, compression=options.compression, prioritized=order)
+        )
+    return tuple(blobs)
+
+
+def layer_contents(
+    bundle: str | os.PathLike[str], closure: Closure, work: Path, options: BuildOptions
+) -> list[tuple[str, list[Entry]]]:
+    """(layer name, tar entries) of the three layers; pycs are compiled into ``work``."""
     cache = Path(options.cache_dir) / "strip"
     files = closure.files.values()
     runtime = layer_entries(
@@ -172,11 +188,7 @@ def _write_layers(
         for p in sorted(Path(bundle).rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts
     ]
-    blobs = []
-    for i, (name, entries) in enumerate(((RUNTIME, runtime), (APPLICATION, app), (MODEL, model))):
-        step(f"writing the {name} layer", 0.4 + 0.18 * i)
-        blobs.append(write_layer(name, entries, blob_dir, compression=options.compression))
-    return tuple(blobs)
+    return [(RUNTIME, runtime), (APPLICATION, app), (MODEL, model)]
 
 
 def image_config(
@@ -227,7 +239,9 @@ def image_annotations(cfg: ImageConfig) -> dict[str, str]:
     return dict(cfg.labels)
 
 
-def trace_document(trace: Trace, closure: Closure, layers: Sequence[LayerBlob]) -> dict[str, Any]:
+def trace_document(
+    trace: Trace, closure: Closure, layers: Sequence[LayerBlob], order: Sequence[str] = ()
+) -> dict[str, Any]:
     """The reviewable record saved next to the image: the raw trace and every file's reason."""
     return {
         "trace": trace.to_dict(),
@@ -244,6 +258,7 @@ def trace_document(trace: Trace, closure: Closure, layers: Sequence[LayerBlob]) 
         ],
         "excluded": [{"path": p, "why": w} for p, w in sorted(closure.excluded.items())],
         "library_path": closure.library_path,
+        "read_order": list(order),  # image paths, first read first: eStargz prioritized files
         "layers": [
             {
                 "name": la.name,
@@ -253,6 +268,8 @@ def trace_document(trace: Trace, closure: Closure, layers: Sequence[LayerBlob]) 
                 "size": la.size,
                 "uncompressed_size": la.uncompressed_size,
                 "file_count": la.file_count,
+                "toc_digest": la.toc_digest,
+                "prefetch_size": la.prefetch_size,
             }
             for la in layers
         ],

@@ -9,6 +9,13 @@ never invents directories with the unpacker's umask. The gzip stream carries
 no file name and a zero timestamp; zstd (optional, when the ``zstandard``
 module is importable) is deterministic by construction.
 
+The default compression is eStargz (:mod:`zerostart.estargz`): still a
+``tar+gzip`` layer that every runtime unpacks, cut into one gzip member per
+file (4 MiB chunk) with a table of contents at the end, so that a node can
+mount it lazily. The files the warm-up read come first, in the order it read
+them (``prioritized``), then ``.prefetch.landmark``, then the rest in path
+order: the prefetch is one range request.
+
 Python sources get an *unchecked-hash* pyc (PEP 552) compiled by the traced
 interpreter itself in a fresh process with the image path as ``co_filename``:
 a timestamp pyc would be rejected (every mtime is the epoch), and an unchecked
@@ -27,11 +34,12 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from zerostart import estargz
 from zerostart.image.closure import ImageFile
 from zerostart.image.errors import ImageError, RuntimeToolError
 
@@ -42,6 +50,7 @@ COMPILE_TIMEOUT_S = 600.0  # a few thousand modules on a slow shared core
 STRIP_TIMEOUT_S = 120.0
 MEDIA_TYPE_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TYPES = {
+    "estargz": estargz.MEDIA_TYPE,
     "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
     "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
     "none": MEDIA_TYPE_TAR,
@@ -65,8 +74,8 @@ def compressions() -> tuple[str, ...]:
     try:
         import zstandard  # noqa: F401
     except ImportError:
-        return ("gzip", "none")
-    return ("gzip", "zstd", "none")
+        return ("estargz", "gzip", "none")
+    return ("estargz", "gzip", "zstd", "none")
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,17 @@ class LayerBlob:
     uncompressed_size: int
     file_count: int
     files: tuple[tuple[str, int], ...]  # (image path, bytes) of regular files
+    toc_digest: str = ""  # eStargz only: sha256 of the TOC JSON
+    prefetch_size: int = 0  # eStargz only: compressed bytes before .prefetch.landmark
+
+    def annotations(self) -> dict[str, str]:
+        """Layer descriptor annotations: the eStargz TOC digest and uncompressed size."""
+        if not self.toc_digest:
+            return {}
+        return {
+            estargz.TOC_DIGEST_ANNOTATION: self.toc_digest,
+            estargz.UNCOMPRESSED_SIZE_ANNOTATION: str(self.uncompressed_size),
+        }
 
 
 class _HashingWriter(io.RawIOBase):
@@ -149,10 +169,17 @@ def write_layer(
     entries: Iterable[Entry],
     out_dir: str | os.PathLike[str],
     *,
-    compression: str = "gzip",
+    compression: str = "estargz",
     mtime: int | None = None,
+    prioritized: Sequence[str] = (),
+    chunk_size: int = estargz.DEFAULT_CHUNK_SIZE,
 ) -> LayerBlob:
-    """Write one deterministic layer into ``out_dir`` (named by its digest)."""
+    """Write one deterministic layer into ``out_dir`` (named by its digest).
+
+    ``prioritized``: image paths in the order the workload reads them; an
+    eStargz layer holds those first (with their parent directories), then the
+    prefetch landmark. Other compressions ignore it and keep path order.
+    """
     if compression not in MEDIA_TYPES:
         raise ImageError(f"unknown compression {compression!r}; choose from {sorted(MEDIA_TYPES)}")
     mtime = source_date_epoch() if mtime is None else mtime
@@ -161,6 +188,29 @@ def write_layer(
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{name}-", suffix=".tmp")
     files: list[tuple[str, int]] = []
+    if compression == "estargz":
+        try:
+            with os.fdopen(fd, "wb") as raw_out:
+                written, files = _write_estargz(raw_out, ordered, mtime, prioritized, chunk_size)
+            final = out_dir / written.digest.split(":", 1)[1]
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, final)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return LayerBlob(
+            name=name,
+            path=str(final),
+            media_type=MEDIA_TYPES[compression],
+            digest=written.digest,
+            size=written.size,
+            diff_id=written.diff_id,
+            uncompressed_size=written.uncompressed_size,
+            file_count=len(files),
+            files=tuple(files),
+            toc_digest=written.toc_digest,
+            prefetch_size=written.prefetch_end,
+        )
     try:
         with os.fdopen(fd, "wb") as raw_out:
             compressed = _HashingWriter(raw_out)
@@ -192,6 +242,40 @@ def write_layer(
     )
 
 
+def _write_estargz(
+    out: IO[bytes],
+    ordered: list[Entry],
+    mtime: int,
+    prioritized: Sequence[str],
+    chunk_size: int,
+) -> tuple[estargz.WrittenBlob, list[tuple[str, int]]]:
+    by_name = {e.path.lstrip("/"): e for e in ordered}
+    first, rest, _missed = estargz.prioritize(list(by_name), [p.lstrip("/") for p in prioritized])
+    writer = estargz.Writer(out, chunk_size=chunk_size, level=GZIP_LEVEL)
+    files: list[tuple[str, int]] = []
+    if not first:
+        writer.add_landmark(False, mtime=mtime)  # the reference puts it first
+    for i, tar_name in enumerate([*first, *rest]):
+        e = by_name[tar_name]
+        info = _tar_info(e, mtime)
+        if e.kind != "file":
+            writer.add(info)
+        elif e.data is not None:
+            info.size = len(e.data)
+            writer.add(info, e.data)
+        else:
+            if e.source is None:
+                raise ImageError(f"{e.path}: a file entry needs a source or data")
+            with open(e.source, "rb") as f:
+                info.size = os.fstat(f.fileno()).st_size
+                writer.add(info, f)
+        if e.kind == "file":
+            files.append((e.path, info.size))
+        if i == len(first) - 1:
+            writer.add_landmark(True, mtime=mtime)  # the end of the prefetch range
+    return writer.close(), sorted(files)
+
+
 def _compressor(kind: str, sink: _HashingWriter) -> tuple[Any, Callable[[], None]]:
     if kind == "gzip":
         gz = gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=GZIP_LEVEL, mtime=0)
@@ -211,7 +295,8 @@ def _compressor(kind: str, sink: _HashingWriter) -> tuple[Any, Callable[[], None
     return sink, lambda: None
 
 
-def _add(tar: tarfile.TarFile, e: Entry, mtime: int) -> int:
+def _tar_info(e: Entry, mtime: int) -> tarfile.TarInfo:
+    """The normalised tar header of an entry (size left 0 for the caller to set)."""
     info = tarfile.TarInfo(e.path.lstrip("/"))
     info.mtime = mtime
     info.uid = info.gid = 0
@@ -219,16 +304,21 @@ def _add(tar: tarfile.TarFile, e: Entry, mtime: int) -> int:
     if e.kind == "dir":
         info.type = tarfile.DIRTYPE
         info.mode = e.mode if e.mode is not None else 0o755
-        tar.addfile(info)
-        return 0
-    if e.kind == "symlink":
+    elif e.kind == "symlink":
         info.type = tarfile.SYMTYPE
         info.linkname = e.target or ""
         info.mode = 0o777
+    else:
+        info.type = tarfile.REGTYPE
+        info.mode = e.mode if e.mode is not None else (0o755 if e.executable else 0o644)
+    return info
+
+
+def _add(tar: tarfile.TarFile, e: Entry, mtime: int) -> int:
+    info = _tar_info(e, mtime)
+    if e.kind != "file":
         tar.addfile(info)
         return 0
-    info.type = tarfile.REGTYPE
-    info.mode = e.mode if e.mode is not None else (0o755 if e.executable else 0o644)
     if e.data is not None:
         info.size = len(e.data)
         tar.addfile(info, io.BytesIO(e.data))
@@ -307,6 +397,14 @@ def strip_debug(source: str, cache_dir: str | os.PathLike[str]) -> str:
     return str(out)
 
 
+def pyc_path(dest: str, cache_tag: str, *, sourceless: bool) -> str:
+    """Image path of the pyc compiled for the Python source at image path ``dest``."""
+    head, name = os.path.split(dest)
+    if sourceless:
+        return f"{head}/{name[:-3]}.pyc"
+    return f"{head}/__pycache__/{name[:-3]}.{cache_tag}.pyc"
+
+
 def layer_entries(
     files: Iterable[ImageFile],
     *,
@@ -341,12 +439,7 @@ def layer_entries(
         if not (sourceless and f.compile_pyc):
             entries.append(Entry(f.dest, "file", source=source, executable=f.executable))
         if f.compile_pyc:
-            head, name = os.path.split(f.dest)
-            pyc_dest = (
-                f"{head}/{name[:-3]}.pyc"
-                if sourceless
-                else f"{head}/__pycache__/{name[:-3]}.{cache_tag}.pyc"
-            )
+            pyc_dest = pyc_path(f.dest, cache_tag, sourceless=sourceless)
             out = pyc_dir / pyc_dest.lstrip("/")
             out.parent.mkdir(parents=True, exist_ok=True)
             jobs.append((source, str(out), f.dest))

@@ -109,7 +109,10 @@ def manifest_document(
                 "mediaType": layer.media_type,
                 "digest": layer.digest,
                 "size": layer.size,
-                "annotations": {"org.opencontainers.image.title": f"zerostart {layer.name} layer"},
+                "annotations": {
+                    "org.opencontainers.image.title": f"zerostart {layer.name} layer",
+                    **layer.annotations(),
+                },
             }
             for layer in layers
         ],
@@ -256,7 +259,8 @@ class _Decompressed(io.RawIOBase):
     def __init__(self, path: str, media_type: str) -> None:
         self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
         self._buf = b""
-        if media_type.endswith("+gzip"):
+        self._gzip = media_type.endswith("+gzip")
+        if self._gzip:
             self._d: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif media_type.endswith("+zstd"):
             import zstandard
@@ -273,11 +277,27 @@ class _Decompressed(io.RawIOBase):
             chunk = self._f.read(READ_CHUNK_BYTES)
             if not chunk:
                 break
-            self._buf += self._d.decompress(chunk) if self._d is not None else chunk
+            self._buf += self._decompress(chunk)
         n = min(len(b), len(self._buf))
         b[:n] = self._buf[:n]
         self._buf = self._buf[n:]
         return n
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        if self._d is None:
+            return chunk
+        if not self._gzip:
+            return bytes(self._d.decompress(chunk))
+        # A gzip layer may be many members (eStargz: one per file): start a new
+        # decompressor wherever one ends, as gzip(1) and every runtime do.
+        out = []
+        while chunk:
+            out.append(self._d.decompress(chunk))
+            if not self._d.eof:
+                break
+            chunk = self._d.unused_data
+            self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return b"".join(out)
 
     def close(self) -> None:
         self._f.close()

@@ -207,6 +207,9 @@ class Trace:
     written: list[str] = field(default_factory=list)
     dlopened: list[str] = field(default_factory=list)
     mapped: list[str] = field(default_factory=list)
+    # (kind, value) of each first open/import/dlopen, interleaved as they happened: the
+    # order a lazily pulled image is read in (eStargz prioritized files)
+    events: list[tuple[str, str]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     exit_status: int | None = None
     elapsed_s: float = 0.0
@@ -219,6 +222,7 @@ class Trace:
     def from_dict(cls, data: dict[str, Any]) -> Trace:
         data = dict(data)
         data["startup_modules"] = [tuple(x) for x in data.get("startup_modules", [])]
+        data["events"] = [tuple(x) for x in data.get("events", [])]
         return cls(**data)
 
 
@@ -373,6 +377,8 @@ def _parse_events(text: str, trace: Trace, ignore_dir: str) -> None:
         if bucket is None or value in bucket or value.startswith(ignore_dir):
             continue
         bucket.add(value)
+        if kind != "write":
+            trace.events.append((kind, value))
         {"open": trace.opened, "write": trace.written, "import": trace.imports}.get(
             kind, trace.dlopened
         ).append(value)
