@@ -333,3 +333,53 @@ def test_a_bad_config_is_refused_naming_the_key(tmp_path: Path, sst2_bundle: Pat
     )
     assert proc.returncode == 1
     assert "models.sst2.max_replicas" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_worker_accepts_teis_api_key_and_the_gateway_sends_its_own(
+    tmp_path: Path, sst2_bundle: Path, gateways: list[Gateway]
+) -> None:
+    import http.client
+    import re
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(SRC), "API_KEY": "w-key"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerostart.serve", str(sst2_bundle), "--port", "0"],
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        port = 0
+        for raw in proc.stderr:
+            if m := re.search(rb"ready on http://127\.0\.0\.1:(\d+)", raw):
+                port = int(m.group(1))
+                break
+        assert port
+
+        def call(path: str, headers: dict[str, str]) -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            body = b'{"inputs": "hi"}' if path == "/predict" else None
+            conn.request("POST" if body else "GET", path, body=body, headers=headers)
+            status = conn.getresponse().status
+            conn.close()
+            return status
+
+        assert call("/predict", {}) == 401
+        assert call("/predict", {"authorization": "Bearer nope"}) == 401
+        assert call("/info", {}) == 401
+        assert call("/health", {}) == 200  # probes need no key
+        assert call("/predict", {"authorization": "Bearer w-key"}) == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    # behind the gateway, a replica refuses callers that bypass the gateway
+    gw = Gateway(tmp_path, GATEWAY + model_toml("sst2", sst2_bundle))
+    gateways.append(gw)
+    assert gw.request("POST", "/models/sst2/predict", {"inputs": "hi"})[0] == 200
+    replica_port = gw.status()["models"]["sst2"]["replicas"][0]["port"]
+    conn = http.client.HTTPConnection("127.0.0.1", replica_port, timeout=30)
+    conn.request("POST", "/predict", body=b'{"inputs": "hi"}')
+    assert conn.getresponse().status == 401
+    conn.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import secrets
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
@@ -34,7 +35,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = config.new(gateway=replace(gateway, **changes))
-    asyncio.run(serve(config, default_starter(config)))
+    # One random token per gateway run: its workers accept only requests that carry it.
+    worker_key = secrets.token_urlsafe(32)
+    starter = default_starter(config, worker_key=worker_key)
+    asyncio.run(serve(config, starter, worker_key=worker_key))
     return 0
 
 

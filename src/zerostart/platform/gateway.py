@@ -148,8 +148,12 @@ class ModelRuntime:
 class Gateway:
     """Serve ``config.models`` through replicas from ``starter``; see the module docstring."""
 
-    def __init__(self, config: PlatformConfig, starter: Starter) -> None:
+    def __init__(
+        self, config: PlatformConfig, starter: Starter, *, worker_key: str | None = None
+    ) -> None:
         self.platform = config
+        # sent to replicas, which were started with it as their API_KEY (never the client's)
+        self._worker_auth = [("authorization", f"Bearer {worker_key}")] if worker_key else []
         g = config.gateway
         self.config = ServerConfig(  # what serve/http.py's connections read
             host=g.host,
@@ -326,6 +330,7 @@ class Gateway:
         headers = [
             (k, request.headers[k]) for k in FORWARDED_REQUEST_HEADERS if k in request.headers
         ]
+        headers += self._worker_auth
         deadline = request.received_at + rt.config.queue_timeout_s
         waited_s = 0.0
         cold: StartRecord | None = None
@@ -741,7 +746,7 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(status, json.dumps(data, separators=(",", ":")).encode())
 
 
-async def serve(config: PlatformConfig, starter: Starter) -> None:
+async def serve(config: PlatformConfig, starter: Starter, *, worker_key: str | None = None) -> None:
     """Run a gateway until SIGTERM or SIGINT, then drain, stop every replica, and return.
 
     Prints ``zerostart: gateway on http://HOST:PORT ...`` on stderr once listening.
@@ -751,7 +756,7 @@ async def serve(config: PlatformConfig, starter: Starter) -> None:
     import sys
 
     loop = asyncio.get_running_loop()
-    gateway = Gateway(config, starter)
+    gateway = Gateway(config, starter, worker_key=worker_key)
     try:
         await gateway.start()
     except BaseException:

@@ -182,8 +182,19 @@ def worker_command(bundle: str, *, python: str | None = None) -> list[str]:
 class ColdBootStarter:
     """Starts every replica by cold boot; implements :class:`~zerostart.platform._types.Starter`."""
 
-    def __init__(self, *, env: dict[str, str] | None = None, python: str | None = None) -> None:
-        self._env = env
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        python: str | None = None,
+        worker_key: str | None = None,
+    ) -> None:
+        self._env = dict(os.environ if env is None else env)
+        if worker_key is not None:
+            # TEI's convention: the worker then wants "Authorization: Bearer KEY" on every
+            # route but /health, so another local user cannot bypass the gateway's auth
+            # by calling a replica's loopback port directly.
+            self._env["API_KEY"] = worker_key
         self._python = python
         self._replicas: set[ProcessReplica] = set()
 
@@ -270,6 +281,9 @@ class ColdBootStarter:
         self._replicas.discard(replica)
 
 
-def default_starter(config: PlatformConfig) -> Starter:
-    """The fastest start paths this build has: cold boot today (the warm pool adds more)."""
-    return ColdBootStarter()
+def default_starter(config: PlatformConfig, *, worker_key: str | None = None) -> Starter:
+    """The fastest start paths this build has: cold boot today (the warm pool adds more).
+
+    ``worker_key``: the bearer token every worker is started with (env ``API_KEY``).
+    """
+    return ColdBootStarter(worker_key=worker_key)
