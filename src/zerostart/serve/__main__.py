@@ -145,6 +145,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m zerostart.serve") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--slot" or a.startswith("--slot=") for a in argv):
+        from zerostart.serve.slot import main as slot_main  # a warm slot (zerostart.platform)
+
+        return slot_main(argv, prog, _STARTUP)
     args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:
