@@ -168,7 +168,9 @@ class WarmPool:
             text += f"; {bad} slot(s) discarded, last: {self.last_failure[device]}"
         return text
 
-    async def wait_ready(self, device: str = "cpu", count: int | None = None, timeout_s: float = 60.0) -> None:
+    async def wait_ready(
+        self, device: str = "cpu", count: int | None = None, timeout_s: float = 60.0
+    ) -> None:
         """Wait until ``count`` (default: the pool's size) slots of ``device`` are ready."""
         want = self.sizes[device] if count is None else count
         assert self._changed is not None, "start() first"
@@ -211,8 +213,8 @@ class WarmPool:
                     self._failed(device, "unhealthy", name, exc.reason)
                     backoff = min(BACKOFF_MAX_S, max(BACKOFF_START_S, 2 * backoff))
                     continue
-                except SlotError as exc:
-                    self._failed(device, "boot_failed", name, exc.reason)
+                except (SlotError, OSError) as exc:  # OSError: cannot even spawn the interpreter
+                    self._failed(device, "boot_failed", name, getattr(exc, "reason", str(exc)))
                     log.warning("pool: %s", exc)
                     backoff = min(BACKOFF_MAX_S, max(BACKOFF_START_S, 2 * backoff))
                     continue

@@ -30,8 +30,12 @@ from zerostart.serve.slot import MAX_MESSAGE_BYTES, decode, encode
 
 log = logging.getLogger("zerostart.platform.slot")
 
-SLOT_BOOT_TIMEOUT_S = 60.0  # interpreter + imports + health: ~0.2-0.6 s here; 100x margin on a loaded node
-ASSIGN_TIMEOUT_S = 60.0  # a bundle map + tokenizer + first batch; big models on slow disks take seconds
+SLOT_BOOT_TIMEOUT_S = (
+    60.0  # interpreter + imports + health: ~0.2-0.6 s here; 100x margin on a loaded node
+)
+ASSIGN_TIMEOUT_S = (
+    60.0  # a bundle map + tokenizer + first batch; big models on slow disks take seconds
+)
 STOP_TIMEOUT_S = 10.0
 KILL_WAIT_S = 5.0
 SOCKET_POLL_S = 0.002  # the slot binds its socket a few ms after exec
@@ -41,8 +45,11 @@ LOG_TAIL_CHARS = 800
 class SlotError(PlatformError):
     """A slot could not boot, failed its health check, or could not take a model."""
 
-    def __init__(self, message: str, *, reason: str = "", hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str = "", error_type: str = "", hint: str | None = None
+    ) -> None:
         self.reason = reason or message
+        self.error_type = error_type  # the slot's own exception class name, when it sent one
         super().__init__(message, hint=hint)
 
 
@@ -68,7 +75,9 @@ class Assignment:
 
     port: int
     url: str
-    phases_s: dict[str, float]  # from the slot: bundle_map, tokenizer, engine, first_batch, listening
+    phases_s: dict[
+        str, float
+    ]  # from the slot: bundle_map, tokenizer, engine, first_batch, listening
     round_trip_s: float  # assign sent -> serving received
 
 
@@ -132,21 +141,30 @@ class Slot:
         return slot
 
     async def _hello(self) -> None:
-        while not self.socket_path.exists():
+        while True:  # the file appears at bind(); connect() works from listen() on
             if self.process.returncode is not None:
                 raise SlotError(
                     f"slot {self.name} exited with status {self.process.returncode} before "
-                    f"binding its socket: {self.log_tail()}",
+                    f"listening on its socket: {self.log_tail()}",
                     reason=f"exited {self.process.returncode} at boot",
                 )
-            await asyncio.sleep(SOCKET_POLL_S)
-        self.reader, self.writer = await asyncio.open_unix_connection(
-            str(self.socket_path), limit=MAX_MESSAGE_BYTES
-        )
+            try:
+                self.reader, self.writer = await asyncio.open_unix_connection(
+                    str(self.socket_path), limit=MAX_MESSAGE_BYTES
+                )
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                await asyncio.sleep(SOCKET_POLL_S)
+            except OSError as exc:
+                raise SlotError(
+                    f"slot {self.name}: cannot connect to {self.socket_path}: {exc}"
+                ) from exc
         message = await self._read()
         if message["type"] == "unhealthy":
             reason = str(message.get("reason", "no reason given"))
-            raise SlotUnhealthy(f"slot {self.name} failed its health check: {reason}", reason=reason)
+            raise SlotUnhealthy(
+                f"slot {self.name} failed its health check: {reason}", reason=reason
+            )
         if message["type"] != "ready":
             raise SlotError(f"slot {self.name} sent {message['type']!r} instead of 'ready'")
         self.boot_phases_s = {k: float(v) for k, v in message.get("phases", {}).items()}
@@ -206,14 +224,16 @@ class Slot:
             if self.state == "assigning":
                 self.state = "failed"
         if reply["type"] == "error":
-            raise SlotError(str(reply.get("error", "unknown error")), reason="assignment failed")
+            raise SlotError(
+                str(reply.get("error", "unknown error")),
+                reason="assignment failed",
+                error_type=str(reply.get("error_type", "")),
+            )
         if reply["type"] != "serving":
             raise SlotError(f"slot {self.name} answered {reply['type']!r} to an assignment")
         self.state = "assigned"
         phases = {k: float(v) for k, v in reply.get("phases", {}).items()}
-        return Assignment(
-            int(reply["port"]), str(reply["url"]), phases, time.perf_counter() - t0
-        )
+        return Assignment(int(reply["port"]), str(reply["url"]), phases, time.perf_counter() - t0)
 
     def is_alive(self) -> bool:
         return self.process.returncode is None
@@ -255,7 +275,7 @@ class Slot:
         return text[-chars:].strip() or "(empty log)"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: replicas are kept in sets
 class SlotReplica:
     """A slot that became a model's replica (the :class:`~zerostart.platform._types.Replica` contract)."""
 

@@ -29,6 +29,7 @@ on purpose (they are what a slot pre-pays).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -153,7 +154,7 @@ def _preload(device: str) -> None:
     import zerostart.model.bundle
     import zerostart.pipeline
     import zerostart.serve.server
-    import zerostart.tokenize  # noqa: F401
+    import zerostart.tokenize
 
     if device == "cuda":
         import zerostart.engine.cuda  # noqa: F401
@@ -175,7 +176,7 @@ def _cpu_health(canary: str) -> dict[str, Any]:
 def _gpu_health() -> dict[str, Any]:
     from zerostart.engine.cuda.health import run_checks
 
-    return run_checks()
+    return dict(run_checks())
 
 
 def _health(canary: str, device: str, startup: Startup) -> tuple[dict[str, Any], str | None]:
@@ -207,10 +208,8 @@ def run_slot(
         conn = accept_owner(listener, socket_path, ACCEPT_TIMEOUT_S)
     finally:
         listener.close()
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
-        except FileNotFoundError:
-            pass
     with conn:
         boot = {k: round(v, 6) for k, v in startup.phases.items()}
         if problem is not None:
@@ -219,7 +218,13 @@ def run_slot(
             return EXIT_UNHEALTHY
         conn.sendall(
             encode(
-                {"type": "ready", "pid": os.getpid(), "device": device, "phases": boot, "checks": checks}
+                {
+                    "type": "ready",
+                    "pid": os.getpid(),
+                    "device": device,
+                    "phases": boot,
+                    "checks": checks,
+                }
             )
         )
         reader = LineReader(conn)
