@@ -164,7 +164,8 @@ def test_unhealthy_slots_are_discarded_counted_and_never_assigned(
             assert symptom in pool.last_failure["cpu"]
             replica = await starter.start(model)  # falls through to a cold boot
             assert replica.start_path == "cold_boot"
-            (skip_snapshot, skip_slot) = replica.fallbacks
+            skip_snapshot, skip_slot = replica.fallbacks
+            assert skip_snapshot.path == "snapshot"
             assert skip_slot.path == "warm_slot" and symptom in skip_slot.reason
             assert pool.snapshot()["cpu"]["assigned"] == 0
             await replica.stop()
