@@ -325,3 +325,33 @@ def test_a_bad_bundle_through_a_slot_names_the_problem(tmp_path: Path, embed_bun
             await starter.close()
 
     asyncio.run(main())
+
+
+def _libcuda_loads() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    _libcuda_loads(), reason="this machine has an NVIDIA driver (tests/gpu cover it)"
+)
+def test_a_cuda_slot_without_a_gpu_is_discarded_with_the_reason() -> None:
+    async def main() -> None:
+        pool = WarmPool({"cpu": 0, "cuda": 1})
+        try:
+            await pool.start()
+            deadline = time.monotonic() + 60
+            while pool.snapshot()["cuda"]["unhealthy"] < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert pool.snapshot()["cuda"]["unhealthy"] >= 1
+            assert "libcuda.so.1 not found" in pool.last_failure["cuda"]
+            assert pool.take("cuda") is None
+        finally:
+            await pool.close()
+
+    asyncio.run(main())
