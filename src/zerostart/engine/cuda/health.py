@@ -149,7 +149,8 @@ class Nvml:
                 handle, NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC, ctypes.byref(count)
             )
         )
-        return _supported(status, "nvmlDeviceGetTotalEccErrors", count.value)
+        found: int | None = _supported(status, "nvmlDeviceGetTotalEccErrors", count.value)
+        return found
 
     def remapped_rows(self, handle: ctypes.c_void_p) -> tuple[bool, bool] | None:
         """(pending, failure_occurred) of row remapping (Ampere and newer)."""
@@ -163,7 +164,7 @@ class Nvml:
                 ctypes.byref(failed),
             )
         )
-        found = _supported(
+        found: tuple[bool, bool] | None = _supported(
             status, "nvmlDeviceGetRemappedRows", (bool(pending.value), bool(failed.value))
         )
         return found
