@@ -127,8 +127,13 @@ class WarmPool:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # -- use ---------------------------------------------------------------------------
-    def take(self, device: str = "cpu") -> Slot | None:
-        """A ready slot of ``device``, now, or None; the pool starts booting its replacement."""
+    def take(self, device: str = "cpu", *, refill_now: bool = True) -> Slot | None:
+        """A ready slot of ``device``, now, or None; the pool boots a replacement.
+
+        ``refill_now=False`` leaves the replacement to :meth:`refill`: a starter
+        calls it once the slot serves, so the replacement's boot (a CPU-bound
+        interpreter start) does not compete with the assignment it replaces.
+        """
         queue = self._ready.get(device)
         slot = None
         while queue:
@@ -141,9 +146,14 @@ class WarmPool:
             log.warning("pool: slot %s (pid %d) died while waiting", candidate.name, candidate.pid)
         if slot is not None:
             self.counters[device]["assigned"] += 1
+        if refill_now or slot is None:
+            self.refill(device)
+        return slot
+
+    def refill(self, device: str) -> None:
+        """Wake ``device``'s refill task (it boots slots until the pool is full)."""
         if device in self._wake:
             self._wake[device].set()
-        return slot
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """Per device kind: size, ready, booting, and the counters (for /status and /metrics)."""

@@ -51,7 +51,7 @@ from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
-from zerostart.platform.slot import SlotError, SlotReplica
+from zerostart.platform.slot import Slot, SlotError, SlotReplica
 from zerostart.platform.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("zerostart.platform.starter")
@@ -245,7 +245,16 @@ class PathStarter:
                 fallbacks, model, "warm_slot", "image models need a container slot (not built yet)"
             )
             return None
-        slot = self.pool.take(model.device)
+        slot = self.pool.take(model.device, refill_now=False)
+        try:
+            return await self._assign(slot, model, fallbacks, t0)
+        finally:
+            self.pool.refill(model.device)  # after the assignment: no competing boot meanwhile
+
+    async def _assign(
+        self, slot: Slot | None, model: ModelConfig, fallbacks: list[Fallback], t0: float
+    ) -> SlotReplica | None:
+        assert self.pool is not None
         if slot is None:
             self._fall(fallbacks, model, "warm_slot", self.pool.why_empty(model.device))
             return None
