@@ -22,6 +22,14 @@ Ownership
   :class:`~zerostart.platform.errors.StartError` naming the model and the
   problem (a corrupt bundle's message, not "timed out").
 
+Worker key
+----------
+A starter built with ``worker_key`` starts every worker with that key in its
+environment as ``API_KEY`` (the worker's ``--api-key``, TEI's convention), and
+the gateway sends ``Authorization: Bearer <worker_key>`` on every request it
+forwards: a local user who finds a replica's loopback port cannot bypass the
+gateway's own auth. ``GET /health`` needs no key.
+
 Phase names (``Replica.phases_ms``, milliseconds, in the order they happened):
 ``restore`` (snapshot restore), ``slot_assign`` (a slot took the model over
 the control socket), ``spawn`` (process creation to the worker's first line),

@@ -34,9 +34,11 @@ we differ from Knative:
 
 * **To zero by idle time, not by average.** Knative scales to zero once the
   stable average reaches zero (plus a grace period). Here a model goes to
-  ``min_replicas`` when no request has *arrived* for ``idle_timeout`` and none
-  is in flight or queued, timed from the last request (not from the last
-  scale-up); until then it keeps at least one replica, however low the average.
+  ``min_replicas`` when no request has arrived or been answered for
+  ``idle_timeout`` and none is in flight or queued: timed from the last
+  request (not from the last scale-up), so a slow answer does not eat into
+  the idle time. Until then it keeps at least one replica, however low the
+  average.
 * **From zero at once.** A request that finds no replica makes
   ``desired >= 1`` at that instant (the gateway asks on arrival, like Knative's
   activator), so the first start never waits for a tick.
@@ -84,7 +86,7 @@ class Scaler:
         self._value, self._since = value, now
 
     def request(self, now: float) -> None:
-        """A request for this model arrived (restarts the idle clock)."""
+        """A request for this model arrived or was answered (restarts the idle clock)."""
         self._last_request = now
 
     def idle_s(self, now: float) -> float | None:

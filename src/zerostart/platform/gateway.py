@@ -148,8 +148,12 @@ class ModelRuntime:
 class Gateway:
     """Serve ``config.models`` through replicas from ``starter``; see the module docstring."""
 
-    def __init__(self, config: PlatformConfig, starter: Starter) -> None:
+    def __init__(
+        self, config: PlatformConfig, starter: Starter, *, worker_key: str | None = None
+    ) -> None:
         self.platform = config
+        # sent to replicas, which were started with it as their API_KEY (never the client's)
+        self._worker_auth = [("authorization", f"Bearer {worker_key}")] if worker_key else []
         g = config.gateway
         self.config = ServerConfig(  # what serve/http.py's connections read
             host=g.host,
@@ -326,6 +330,7 @@ class Gateway:
         headers = [
             (k, request.headers[k]) for k in FORWARDED_REQUEST_HEADERS if k in request.headers
         ]
+        headers += self._worker_auth
         deadline = request.received_at + rt.config.queue_timeout_s
         waited_s = 0.0
         cold: StartRecord | None = None
@@ -442,6 +447,7 @@ class Gateway:
     def _release(self, rt: ModelRuntime, seat: Seat) -> None:
         seat.in_flight -= 1
         rt.in_flight -= 1
+        rt.scaler.request(time.monotonic())  # idle time counts from the last answer
         if seat.draining and seat.in_flight == 0:
             self._stop_seat(rt, seat, "drained")
         self._dispatch(rt)
@@ -579,8 +585,9 @@ class Gateway:
         if self.draining:
             return
         if decision.desired > have:
-            if rt.failure is not None and now < rt.failure_until:
-                return
+            retry = rt.waiters or have < rt.config.min_replicas
+            if rt.failure is not None and (now < rt.failure_until or not retry):
+                return  # a broken model is retried, backing off, for its requests or min_replicas
             self.metrics.scale_events.inc(name, "up", decision.reason)
             log.info(
                 "model=%s event=scale_up from=%d to=%d reason=%s",
@@ -737,3 +744,37 @@ def _timing_headers(waited_s: float, cold: StartRecord | None) -> list[tuple[str
 
 def _json(data: Any, status: int = 200) -> Response:
     return Response(status, json.dumps(data, separators=(",", ":")).encode())
+
+
+async def serve(config: PlatformConfig, starter: Starter, *, worker_key: str | None = None) -> None:
+    """Run a gateway until SIGTERM or SIGINT, then drain, stop every replica, and return.
+
+    Prints ``zerostart: gateway on http://HOST:PORT ...`` on stderr once listening.
+    A second signal stops waiting for in-flight requests.
+    """
+    import signal
+    import sys
+
+    loop = asyncio.get_running_loop()
+    gateway = Gateway(config, starter, worker_key=worker_key)
+    try:
+        await gateway.start()
+    except BaseException:
+        await starter.close()
+        raise
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.begin_shutdown)
+    names = ", ".join(sorted(config.models))
+    print(
+        f"zerostart: gateway on http://{gateway.config.host}:{gateway.port} serving {names}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        await gateway.serve_until_shutdown()
+    finally:
+        if not gateway.draining:  # cancelled from outside: still stop everything
+            gateway.draining = True
+            await gateway.stop_all()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -24,6 +24,7 @@ import collections
 import contextlib
 import ctypes
 import logging
+import os
 import re
 import signal
 import sys
@@ -31,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zerostart.platform._types import Fallback, StartPath
-from zerostart.platform.config import ModelConfig
+from zerostart.platform._types import Fallback, Starter, StartPath
+from zerostart.platform.config import ModelConfig, PlatformConfig
 from zerostart.platform.errors import StartError
 from zerostart.platform.upstream import UpstreamError, UpstreamPool
 
@@ -134,8 +135,7 @@ class ProcessReplica:
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         if self.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self._proc.wait(), timeout_s)
             except TimeoutError:
@@ -148,8 +148,15 @@ class ProcessReplica:
 
     def kill(self) -> None:
         if self.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        # os.kill, not Popen.send_signal: the latter polls (waitpid) first and so reaps
+        # behind asyncio's child watcher, which then reports a made-up exit status 255.
+        # The pid cannot have been reused: only the watcher reaps it, and it sets
+        # returncode (checked by is_alive) when it does.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
 
     async def _finish_pump(self) -> None:
         with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -175,8 +182,19 @@ def worker_command(bundle: str, *, python: str | None = None) -> list[str]:
 class ColdBootStarter:
     """Starts every replica by cold boot; implements :class:`~zerostart.platform._types.Starter`."""
 
-    def __init__(self, *, env: dict[str, str] | None = None, python: str | None = None) -> None:
-        self._env = env
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        python: str | None = None,
+        worker_key: str | None = None,
+    ) -> None:
+        self._env = dict(os.environ if env is None else env)
+        if worker_key is not None:
+            # TEI's convention: the worker then wants "Authorization: Bearer KEY" on every
+            # route but /health, so another local user cannot bypass the gateway's auth
+            # by calling a replica's loopback port directly.
+            self._env["API_KEY"] = worker_key
         self._python = python
         self._replicas: set[ProcessReplica] = set()
 
@@ -261,3 +279,11 @@ class ColdBootStarter:
     def forget(self, replica: ProcessReplica) -> None:
         """The caller stopped ``replica``; stop tracking it."""
         self._replicas.discard(replica)
+
+
+def default_starter(config: PlatformConfig, *, worker_key: str | None = None) -> Starter:
+    """The fastest start paths this build has: cold boot today (the warm pool adds more).
+
+    ``worker_key``: the bearer token every worker is started with (env ``API_KEY``).
+    """
+    return ColdBootStarter(worker_key=worker_key)

@@ -11,6 +11,7 @@ _STARTUP = Startup.begin()
 
 import argparse  # noqa: E402  (after the clock starts, on purpose)
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 # The worker never speaks TLS (it listens behind a gateway); asyncio imports ssl only to
@@ -122,6 +123,11 @@ def parse_args(
         default=d.drain_timeout_s,
         help="seconds to finish in-flight work on SIGTERM (default %(default)s)",
     )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("API_KEY") or None,
+        help="require Authorization: Bearer KEY on every route but /health (env API_KEY, as TEI)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
 
@@ -141,6 +147,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         body_timeout_s=args.body_timeout,
         keepalive_timeout_s=args.keepalive_timeout,
         drain_timeout_s=args.drain_timeout,
+        api_key=args.api_key,
     )
 
 

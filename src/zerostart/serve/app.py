@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from _operator import _compare_digest  # hmac.compare_digest itself, without hmac's hashlib
 from typing import Any, Protocol
 
 import zerostart
@@ -100,6 +101,13 @@ class App:
 
     async def _dispatch(self, request: Request, route: str) -> Response:
         method = request.method
+        if self.config.api_key is not None and route != "health" and not self._authorized(request):
+            return error_response(
+                401,
+                "this worker needs an Authorization: Bearer token",
+                "Unauthorized",
+                headers=[("www-authenticate", 'Bearer realm="zerostart"')],
+            )
         if route in GET_ROUTES:
             if method != "GET":
                 return _method_not_allowed("GET", route)
@@ -117,6 +125,13 @@ class App:
             f"no route {request.path!r}; routes: POST /predict /embed /tokens, GET /health /info /metrics",
             "NotFound",
         )
+
+    def _authorized(self, request: Request) -> bool:
+        """TEI's --api-key check, in constant time; the token is never logged."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = self.config.api_key or ""
+        given = token.strip() if scheme.lower() == "bearer" else ""
+        return bool(_compare_digest(given.encode(), key.encode()))
 
     def _health(self) -> Response:
         if self.ready:

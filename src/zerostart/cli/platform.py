@@ -1,0 +1,65 @@
+"""``zerostart up platform.toml``: the gateway, its autoscaler and start paths, until Ctrl-C.
+
+Wired into zerostart.cli by ``add_subcommands``. Errors are raised as
+``ZerostartError`` subclasses; the main CLI shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+
+LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from zerostart.platform.config import load
+    from zerostart.platform.gateway import serve
+    from zerostart.platform.replica import default_starter
+
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    config = load(args.config)
+    gateway = config.gateway
+    changes = {}
+    if args.host is not None:
+        changes["host"] = args.host
+    if args.port is not None:
+        changes["port"] = args.port
+    if args.api_key:
+        changes["api_key"] = args.api_key
+    if changes:
+        from dataclasses import replace
+
+        config = config.new(gateway=replace(gateway, **changes))
+    # One random token per gateway run: its workers accept only requests that carry it.
+    worker_key = secrets.token_urlsafe(32)
+    starter = default_starter(config, worker_key=worker_key)
+    asyncio.run(serve(config, starter, worker_key=worker_key))
+    return 0
+
+
+def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    u = sub.add_parser(
+        "up",
+        help="run the gateway: many models behind one endpoint, each scaled from zero",
+        description=(
+            "Serve the models named in platform.toml behind one HTTP endpoint: "
+            "/models/NAME/... (or Host: NAME.*) reaches a replica of NAME, started on the first "
+            "request and stopped after idle_timeout; GET /status, /metrics, /health. "
+            "Ctrl-C (or SIGTERM) drains in-flight requests and stops every replica."
+        ),
+    )
+    u.add_argument("config", help="platform.toml (see docs/platform.md)")
+    u.add_argument("--host", help="address to listen on (default: [gateway] host, 127.0.0.1)")
+    u.add_argument("--port", type=int, help="port (default: [gateway] port, 8080; 0 picks one)")
+    u.add_argument(
+        "--api-key",
+        default=os.environ.get("API_KEY"),
+        help="require Authorization: Bearer KEY on every model (env API_KEY, as in TEI)",
+    )
+    u.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    u.set_defaults(func=_cmd_up)
