@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -355,3 +356,41 @@ def test_a_cuda_slot_without_a_gpu_is_discarded_with_the_reason() -> None:
             await pool.close()
 
     asyncio.run(main())
+
+
+def test_zerostart_up_serves_from_a_warm_slot_and_stops_every_slot(
+    tmp_path: Path, embed_bundle: Path
+) -> None:
+    from platform_helpers import Gateway, wait_until
+
+    from zerostart.pipeline import Pipeline
+
+    pipe = Pipeline.load(embed_bundle)
+    job = pipe.prepare("embed", {"inputs": TEXTS})
+    want = np.array(job.finish(pipe.execute(job.encodings)))
+    toml = f'[pool]\ncpu = 1\n[models.minilm]\nbundle = "{embed_bundle}"\n'
+    gw = Gateway(tmp_path, toml)
+    kids: set[int] = set()
+    try:
+        assert wait_until(lambda: gw.status()["starter"]["pool"]["cpu"]["ready"] == 1, 60.0)
+        code, headers, body = gw.request("POST", "/models/minilm/embed", {"inputs": TEXTS})
+        assert code == 200, body
+        assert headers["zerostart-cold-start"].startswith("warm_slot;wait_ms="), headers
+        np.testing.assert_allclose(np.array(body), want, rtol=0, atol=1e-5)
+        status = gw.status()
+        (replica,) = status["models"]["minilm"]["replicas"]
+        assert replica["start_path"] == "warm_slot"
+        assert "slot_assign" in status["models"]["minilm"]["last_start"]["phases_ms"]
+        # the slot serves with the gateway's per-run worker key: no way around the gateway
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{replica['port']}/embed", data=b'{"inputs": "hi"}', method="POST"
+        )
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=30)
+        assert info.value.code == 401
+        assert wait_until(lambda: gw.status()["starter"]["pool"]["cpu"]["ready"] == 1, 60.0)
+        kids = gw.children()
+        assert len(kids) == 2  # the replica (once a slot) and the refilled slot
+    finally:
+        assert gw.stop() == 0
+    assert all(_wait_gone(pid) for pid in kids), "a slot or replica outlived the gateway"

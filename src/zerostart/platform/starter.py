@@ -27,6 +27,12 @@ go into ``Replica.phases_ms``, in the order they happened: ``restore`` +
 assign round trip minus the slot's phases), ``bundle_map``, ``tokenizer``,
 ``engine``, ``first_batch``, ``listening``, ``health`` for a slot.
 
+With a ``worker_key`` (``_types.py``, "Worker key"), a slot gets the key in its
+assignment (over the 0600 control socket; never on a command line or in a
+log), and a restored worker must prove it holds it (401 without it, 200 with
+it) or it is stopped and the start falls through: a snapshot freezes the key
+its worker was started with.
+
 Image models (``source_kind`` "image"/"reference") have neither a warm slot
 (a container slot is not built yet) nor a cold boot here; they fail with
 StartError saying so.
@@ -47,7 +53,7 @@ from typing import Any
 
 from zerostart.errors import ZerostartError
 from zerostart.platform._types import Fallback, Replica, StartPath
-from zerostart.platform.config import ModelConfig
+from zerostart.platform.config import ModelConfig, PlatformConfig
 from zerostart.platform.errors import StartError
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
@@ -109,14 +115,35 @@ class PathStarter:
         snapshots: bool = True,
         snapshot_store: str | os.PathLike[str] | None = None,
         verify: str = "fast",
+        worker_key: str | None = None,
     ) -> None:
         self.pool = pool
-        self.cold = cold or ColdBootStarter()
+        self.cold = cold or ColdBootStarter(worker_key=worker_key)
         self.snapshots = snapshots
         self.snapshot_store = Path(snapshot_store) if snapshot_store is not None else None
         self.verify = verify
+        self.worker_key = worker_key  # see _types.py "Worker key"; sent to slots at assignment
         self.counts: Counter[str] = Counter()  # "started.PATH", "fallback.PATH", "failed"
         self._replicas: set[SlotReplica | RestoredReplica] = set()
+
+    @classmethod
+    def from_config(cls, config: PlatformConfig, *, worker_key: str | None = None) -> PathStarter:
+        """The node's starter for ``platform.toml``: a pool sized by its ``[pool]`` table."""
+        sizes = {"cpu": config.pool.cpu, "cuda": config.pool.cuda}
+        pool = WarmPool(sizes) if any(sizes.values()) else None
+        return cls(pool, worker_key=worker_key)
+
+    async def open(self) -> None:
+        """Start filling the warm pool (the gateway calls this once it listens)."""
+        if self.pool is not None:
+            await self.pool.start()
+
+    def status(self) -> dict[str, object]:
+        """Starts and fallbacks by path, and the pool's slots by state (for /status)."""
+        return {
+            "counts": dict(self.counts),
+            "pool": self.pool.snapshot() if self.pool is not None else None,
+        }
 
     async def start(self, model: ModelConfig) -> Replica:
         """A ready replica of ``model`` by the fastest path that works; StartError if none does."""
@@ -226,6 +253,13 @@ class PathStarter:
             replica.phases_ms["health"] = await _health(
                 model, "snapshot", replica.host, replica.port
             )
+            if self.worker_key is not None:
+                problem = await _key_problem(replica.host, replica.port, self.worker_key)
+                if problem is not None:
+                    await replica.stop(5.0)
+                    self._replicas.discard(replica)
+                    self._fall(fallbacks, model, "snapshot", problem)
+                    return None
         except BaseException:
             replica.kill()
             self._replicas.discard(replica)
@@ -259,8 +293,9 @@ class PathStarter:
             self._fall(fallbacks, model, "warm_slot", self.pool.why_empty(model.device))
             return None
         try:
+            server = {"api_key": self.worker_key} if self.worker_key else {}
             assigned = await slot.assign(
-                model.source, verify=self.verify, timeout_s=model.start_timeout_s
+                model.source, verify=self.verify, server=server, timeout_s=model.start_timeout_s
             )
             phases = {k: v * 1e3 for k, v in assigned.phases_s.items()}
             replica = SlotReplica(
@@ -324,6 +359,39 @@ def _stop_restored(work: asyncio.Future[Any]) -> None:
     stop = getattr(result, "stop", None)
     if stop is not None:
         stop()
+
+
+async def _key_problem(host: str, port: int, key: str) -> str | None:
+    """Why a restored worker cannot serve behind this gateway, or None.
+
+    A snapshot freezes the worker with the API key it was started with. Behind a
+    gateway that starts workers with its own key, the restored one must refuse a
+    request without that key (else any local user could call it directly) and
+    accept one with it.
+    """
+    pool = UpstreamPool(host, port, max_idle=0)
+    try:
+        bare = await pool.request(
+            "GET", "/info", timeout_s=HEALTH_TIMEOUT_S, max_body_bytes=1 << 20
+        )
+        keyed = await pool.request(
+            "GET",
+            "/info",
+            [("authorization", f"Bearer {key}")],
+            timeout_s=HEALTH_TIMEOUT_S,
+            max_body_bytes=1 << 20,
+        )
+    except UpstreamError as exc:
+        return f"restored worker did not answer /info: {exc}"
+    finally:
+        pool.close()
+    if bare.status != 401 or keyed.status != 200:
+        return (
+            "restored worker was snapshotted with another API key than this gateway's worker "
+            f"key (/info answered {bare.status} without it, {keyed.status} with it); take the "
+            "snapshot with API_KEY set to the gateway's worker key"
+        )
+    return None
 
 
 async def _health(model: ModelConfig, path: str, host: str, port: int) -> float:
