@@ -1,5 +1,9 @@
 """Worker entry point: ``python -m zerostart.serve BUNDLE [options]``.
 
+``python -m zerostart.serve --slot SOCKET --canary DIR`` runs a warm slot
+instead (``zerostart.serve.slot``): a worker that pre-imports, passes a health
+check, and waits to be assigned a model by the pool.
+
 The first statement starts the start-up clock; everything this module imports
 after it is timed as the ``imports`` phase. argparse, not click: it is already
 in the standard library and costs a few milliseconds.
