@@ -33,9 +33,10 @@ log), and a restored worker must prove it holds it (401 without it, 200 with
 it) or it is stopped and the start falls through: a snapshot freezes the key
 its worker was started with.
 
-Image models (``source_kind`` "image"/"reference") have neither a warm slot
-(a container slot is not built yet) nor a cold boot here; they fail with
-StartError saying so.
+Image models (``source_kind`` "image") start in a runc container
+(``image_start.py``): a restored container snapshot, else a container boot
+that snapshots itself for next time; no container slot yet. Registry
+references (``"reference"``) need a pull first and fail with StartError.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from zerostart.errors import ZerostartError
 from zerostart.platform._types import Fallback, Replica, StartPath
 from zerostart.platform.config import ModelConfig, PlatformConfig
 from zerostart.platform.errors import StartError
+from zerostart.platform.image_start import ContainerReplica, start_image
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
 from zerostart.platform.slot import Slot, SlotError, SlotReplica
@@ -124,7 +126,7 @@ class PathStarter:
         self.verify = verify
         self.worker_key = worker_key  # see _types.py "Worker key"; sent to slots at assignment
         self.counts: Counter[str] = Counter()  # "started.PATH", "fallback.PATH", "failed"
-        self._replicas: set[SlotReplica | RestoredReplica] = set()
+        self._replicas: set[SlotReplica | RestoredReplica | ContainerReplica] = set()
 
     @classmethod
     def from_config(cls, config: PlatformConfig, *, worker_key: str | None = None) -> PathStarter:
@@ -150,6 +152,20 @@ class PathStarter:
         t0 = time.perf_counter()
         fallbacks: list[Fallback] = []
         try:
+            if model.source_kind == "image":
+                image = await start_image(
+                    model,
+                    snapshots=self.snapshots,
+                    store=self.snapshot_store,
+                    worker_key=self.worker_key,
+                    fallbacks=fallbacks,
+                    t0=t0,
+                    key_problem=_key_problem,
+                )
+                self._replicas.add(image)
+                self.counts[f"started.{image.start_path}"] += 1
+                self.counts.update(f"fallback.{f.path}" for f in image.fallbacks)
+                return image
             replica: Replica | None = await self._snapshot(model, fallbacks, t0)
             if replica is None:
                 replica = await self._slot(model, fallbacks, t0)
@@ -157,11 +173,11 @@ class PathStarter:
                 if model.source_kind != "bundle":
                     raise StartError(
                         model.name,
-                        f"{model.source_kind} sources have no start path yet on this node "
-                        "(container slots and container cold boots are not implemented); "
+                        f"{model.source_kind} sources have no start path on this node yet; "
                         + "; ".join(f"{f.path}: {f.reason}" for f in fallbacks),
                         path="cold_boot",
-                        hint="convert the model to a bundle and name it with bundle = ...",
+                        hint="pull the image first (`zerostart pull REF DIR`) and name it "
+                        "with image = DIR",
                     )
                 cold = await self.cold.boot(model, tuple(fallbacks))
                 cold.total_ms = (time.perf_counter() - t0) * 1e3  # fallbacks' time included
