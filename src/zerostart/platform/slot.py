@@ -239,12 +239,19 @@ class Slot:
         return self.process.returncode is None
 
     async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Ask it to drain and exit (stop message, then SIGTERM), SIGKILL after ``timeout_s``."""
+        """Ask it to drain and exit, SIGKILL after ``timeout_s``.
+
+        One request only (the stop message, or SIGTERM when the control channel
+        is gone): a second one would tell the server to stop waiting for
+        in-flight requests.
+        """
+        asked = False
         if self.process.returncode is None and self.writer is not None:
             with contextlib.suppress(OSError, RuntimeError):
                 self.writer.write(encode({"type": "stop"}))
                 await self.writer.drain()
-        if self.process.returncode is None:
+                asked = True
+        if not asked and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGTERM)
         if await self._exit_code(timeout_s) is None:

@@ -229,7 +229,7 @@ def run_slot(
         )
         reader = LineReader(conn)
         message = reader.read()
-        if message is None:
+        if message is None or message["type"] == "stop":
             return 0  # discarded by the pool before it was used
         if message["type"] != "assign":
             conn.sendall(encode({"type": "error", "error": f"unexpected {message['type']!r}"}))
