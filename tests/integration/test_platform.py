@@ -55,7 +55,9 @@ def model_toml(name: str, bundle: Path, **keys: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-GATEWAY = "[autoscaler]\ntick = 0.1\n"
+# No warm pool: these tests pin cold boots (the pool's own gateway test is in
+# test_platform_pool.py).
+GATEWAY = "[autoscaler]\ntick = 0.1\n[pool]\ncpu = 0\n"
 
 
 @pytest.fixture

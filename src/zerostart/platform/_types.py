@@ -107,5 +107,8 @@ class Starter(Protocol):
         """Stop everything this starter still owns (see the module docstring)."""
         ...
 
+    # Optional, not part of the protocol check: ``async def open(self) -> None``, called
+    # once by Gateway.start after it listens (PathStarter starts filling its warm pool).
+
 
 __all__ = ["START_PATHS", "Fallback", "ModelConfig", "Replica", "StartPath", "Starter"]

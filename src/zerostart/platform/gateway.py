@@ -240,6 +240,9 @@ class Gateway:
                 hint="set [gateway] port to a free port",
             ) from exc
         self._port = int(self._listener.sockets[0].getsockname()[1])
+        opener = getattr(self.starter, "open", None)  # optional: a warm pool starts filling
+        if opener is not None:
+            await opener()
         for rt in self.models.values():
             for _ in range(rt.config.min_replicas):
                 self._start_replica(rt, "min")
@@ -720,7 +723,11 @@ class Gateway:
                 },
                 "auth": bool(c.api_key or self.platform.gateway.api_key),
             }
-        return {"draining": self.draining, "models": models}
+        out: dict[str, Any] = {"draining": self.draining, "models": models}
+        starter_status = getattr(self.starter, "status", None)  # optional: the warm pool's slots
+        if starter_status is not None:
+            out["starter"] = starter_status()
+        return out
 
     def _replica_gauge(self) -> list[tuple[Labels, float]]:
         out: list[tuple[Labels, float]] = []

@@ -282,8 +282,10 @@ class ColdBootStarter:
 
 
 def default_starter(config: PlatformConfig, *, worker_key: str | None = None) -> Starter:
-    """The fastest start paths this build has: cold boot today (the warm pool adds more).
+    """The fastest start paths this build has: snapshot, warm slot, cold boot (``starter.py``).
 
     ``worker_key``: the bearer token every worker is started with (env ``API_KEY``).
     """
-    return ColdBootStarter(worker_key=worker_key)
+    from zerostart.platform.starter import PathStarter  # imports this module
+
+    return PathStarter.from_config(config, worker_key=worker_key)

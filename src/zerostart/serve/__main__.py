@@ -1,5 +1,9 @@
 """Worker entry point: ``python -m zerostart.serve BUNDLE [options]``.
 
+``python -m zerostart.serve --slot SOCKET --canary DIR`` runs a warm slot
+instead (``zerostart.serve.slot``): a worker that pre-imports, passes a health
+check, and waits to be assigned a model by the pool.
+
 The first statement starts the start-up clock; everything this module imports
 after it is timed as the ``imports`` phase. argparse, not click: it is already
 in the standard library and costs a few milliseconds.
@@ -152,6 +156,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m zerostart.serve") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--slot" or a.startswith("--slot=") for a in argv):
+        from zerostart.serve.slot import main as slot_main  # a warm slot (zerostart.platform)
+
+        return slot_main(argv, prog, _STARTUP)
     args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:

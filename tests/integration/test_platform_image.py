@@ -1,0 +1,121 @@
+"""Image models through the start paths: runc boot that snapshots itself, then restores.
+
+Needs root, runc and a working CRIU (each skips with the reason otherwise).
+The worker key is honoured: a booted container gets it, and a container
+restored from a snapshot taken with another key is refused and re-booted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zerostart.platform.config import ModelConfig
+from zerostart.platform.image_start import home_port
+from zerostart.platform.starter import PathStarter
+
+pytestmark = [pytest.mark.integration, pytest.mark.root]
+BODY = {"inputs": ["I love this", "a cat sat on the mat"]}
+
+
+@pytest.fixture(scope="module")
+def usable() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: runc and CRIU create namespaces, mounts and ptrace")
+    if shutil.which("runc") is None:
+        pytest.skip("runc is not installed (scripts/install_system_deps.sh installs it)")
+    criu = shutil.which("criu", path=os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin")
+    if criu is None:
+        pytest.skip("criu not installed (run scripts/install_criu.sh)")
+    out = subprocess.run([criu, "check"], capture_output=True, text=True, timeout=60, check=False)
+    if "Looks good" not in out.stdout + out.stderr:
+        pytest.skip(f"criu check fails here: {(out.stdout + out.stderr).strip()[-200:]}")
+
+
+@pytest.fixture(scope="module")
+def embed_image(
+    usable: None, bundle_for_model: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    from zerostart.image.build import build_image
+
+    out = tmp_path_factory.mktemp("img") / "embed"
+    build_image(bundle_for_model("minilm-embed"), out)
+    return out
+
+
+def _embed(port: int, key: str | None) -> np.ndarray:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/embed",
+        data=json.dumps(BODY).encode(),
+        headers=headers,
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return np.array(json.loads(resp.read()))
+
+
+def test_image_model_boots_snapshots_restores_and_checks_the_key(
+    tmp_path: Path, embed_image: Path, embed_bundle: Path
+) -> None:
+    from zerostart.pipeline import Pipeline
+
+    pipe = Pipeline.load(embed_bundle)
+    job = pipe.prepare("embed", BODY)
+    want = np.array(job.finish(pipe.execute(job.encodings)))
+    name = f"img-{os.getpid()}"  # the home port follows the name
+    model = ModelConfig(name=name, source=str(embed_image), source_kind="image")
+    store = tmp_path / "store"
+
+    async def main() -> None:
+        first = PathStarter(None, snapshot_store=store, worker_key="key-one")
+        try:
+            booted = await first.start(model)
+            assert booted.start_path == "cold_boot" and booted.port == home_port(name)
+            assert [f.path for f in booted.fallbacks] == ["snapshot", "warm_slot"]
+            got = await asyncio.to_thread(_embed, booted.port, "key-one")
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+            with pytest.raises(urllib.error.HTTPError) as info:  # the key is required
+                await asyncio.to_thread(_embed, booted.port, None)
+            assert info.value.code == 401
+            await booted.stop()
+            assert not booted.is_alive()
+
+            restored = await first.start(model)
+            assert restored.start_path == "snapshot", restored.fallbacks
+            got = await asyncio.to_thread(_embed, restored.port, "key-one")
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+            await restored.stop()
+        finally:
+            await first.close()
+
+        second = PathStarter(None, snapshot_store=store, worker_key="key-two")
+        try:
+            rebooted = await second.start(model)
+            assert rebooted.start_path == "cold_boot"
+            assert "another API key" in rebooted.fallbacks[0].reason
+            got = await asyncio.to_thread(_embed, rebooted.port, "key-two")
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+            replica_pid = rebooted.pid
+        finally:
+            await second.close()
+        assert not os.path.exists(f"/proc/{replica_pid}") or _zombie(replica_pid)
+
+    asyncio.run(main())
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return True
