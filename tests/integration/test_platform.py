@@ -302,7 +302,7 @@ def test_bearer_token_auth_global_and_per_model(
         + model_toml("sst2", sst2_bundle)
         + model_toml("embed", embed_bundle, api_key=model_secret)
     )
-    gw = Gateway(tmp_path, toml, env={"TEST_GATEWAY_KEY": secret})
+    gw = Gateway(tmp_path, toml, env={"TEST_GATEWAY_KEY": secret})  # no key for /status here
     gateways.append(gw)
     body = {"inputs": "hi"}
     for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": secret}):

@@ -49,7 +49,8 @@ def test_ten_thousand_requests_over_three_models_without_an_error(
         toml += f'[models.{name}]\nbundle = "{bundle}"\nmax_replicas = 2\n'
     # One BLAS thread per worker: three models' replicas share two cores, and OpenBLAS's
     # spinning threads would otherwise starve each other (bench/platform_start.py measured it).
-    gw = Gateway(tmp_path, toml, env={"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
+    blas = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    gw = Gateway(tmp_path, toml, env=blas, api_key="load-key")
     try:
         runs = [hey(gw.port, m, r, n, c, q, "load-key") for m, r, n, c, q in PLAN]
         outputs = [p.communicate(timeout=1800)[0] for p in runs]
