@@ -202,6 +202,13 @@ class Gateway:
         }
         self.metrics.gauge("replicas", "Replicas by model and state.", self._replica_gauge)
         self.metrics.gauge("queue_depth", "Requests waiting for a replica.", self._queue_gauge)
+        self.metrics.gauge("slots", "Warm-pool slots by device kind and state.", self._slots_gauge)
+        self.metrics.gauge(
+            "slot_events_total",
+            "Warm-pool slot events by device kind (assigned, unhealthy, died, ...).",
+            self._slot_counter,
+            kind="counter",
+        )
         self.metrics.gauge(
             "replica_seconds_total",
             "Seconds replicas were ready (state=up), and ready with nothing in flight (state=idle).",
@@ -740,6 +747,26 @@ class Gateway:
             ):
                 out.append(((("model", name), ("state", state)), float(n)))
         return out
+
+    def _pool(self) -> dict[str, dict[str, int]]:
+        status = getattr(self.starter, "status", None)  # optional: a starter with a warm pool
+        pool = status().get("pool") if status is not None else None
+        return pool if isinstance(pool, dict) else {}
+
+    def _slots_gauge(self) -> list[tuple[Labels, float]]:
+        return [
+            ((("device", device), ("state", state)), float(row.get(state, 0)))
+            for device, row in self._pool().items()
+            for state in ("ready", "booting")
+        ]
+
+    def _slot_counter(self) -> list[tuple[Labels, float]]:
+        return [
+            ((("device", device), ("event", event)), float(n))
+            for device, row in self._pool().items()
+            for event, n in row.items()
+            if event not in ("size", "ready", "booting")
+        ]
 
     def _seconds_counter(self) -> list[tuple[Labels, float]]:
         out: list[tuple[Labels, float]] = []

@@ -18,7 +18,8 @@ scale_events_total              counter   model, direction (up/down), reason
 replicas                        gauge     model, state (starting/ready/draining)
 queue_depth                     gauge     model
 replica_seconds_total           counter   model, state (up/idle: ready, ready and unused)
-slots                           gauge     device, state (from the warm pool, if any)
+slots                           gauge     device, state (ready/booting; from the warm pool)
+slot_events_total               counter   device, event (the pool's counters)
 =============================== ========= ==========================================
 
 No client library: the worker renders its own metrics for import-time
