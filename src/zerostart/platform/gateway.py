@@ -66,7 +66,7 @@ from typing import Any
 from zerostart.platform._types import Replica, Starter
 from zerostart.platform.autoscaler import Scaler
 from zerostart.platform.config import ModelConfig, PlatformConfig
-from zerostart.platform.errors import StartError
+from zerostart.platform.errors import PlatformError, StartError
 from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.platform.metrics import GatewayMetrics, Labels
 from zerostart.platform.upstream import (
@@ -241,10 +241,10 @@ class Gateway:
                 reuse_address=True,
             )
         except OSError as exc:
-            raise StartError(
-                "gateway",
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}",
-                hint="set [gateway] port to a free port",
+            raise PlatformError(
+                f"the gateway cannot listen on {self.config.host}:{self.config.port}: "
+                f"{exc.strerror or exc}",
+                hint="set [gateway] port (or --port) to a free port",
             ) from exc
         self._port = int(self._listener.sockets[0].getsockname()[1])
         opener = getattr(self.starter, "open", None)  # optional: a warm pool starts filling
