@@ -1,6 +1,7 @@
 """The platform through its gateway: added latency, first answer from zero per start path, a trace.
 
     python bench/platform.py [--runs 10] [--latency-requests 2000] [--trace-seconds 45]
+    python bench/platform.py --only latency --latency-requests 5000 --out platform_latency
 
 Everything goes through a real gateway (``zerostart.platform.gateway.serve``)
 in its own process, on loopback, and a client in this process:
@@ -551,6 +552,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--blas-threads", type=int, default=1, help="0: inherit the environment")
     ap.add_argument("--only", default="latency,zero,trace")
+    ap.add_argument("--out", default="platform", help="result name in bench/results/")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
     if args.blas_threads > 0:
@@ -593,7 +595,7 @@ def main() -> None:
         print(
             f"trace: {t['requests']} requests, {t['errors']} errors, p50 {t['latency_ms']['p50']} ms, p99 {t['latency_ms']['p99']} ms, cold starts {t['cold_starts']}, replica-s up {t['replica_seconds']['up']} idle {t['replica_seconds']['idle']} (always-on: {t['always_on_anchor']['replica_seconds_up']})"
         )
-    write_result("platform", result)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
