@@ -91,7 +91,7 @@ def test_slot_answers_like_a_cold_boot_and_the_pool_refills(embed_bundle: Path) 
             )
             phases = slot_replica.phases_ms
             assert list(phases)[:2] == ["slot_assign", "bundle_map"]
-            assert {"tokenizer", "engine", "first_batch", "listening", "health"} <= set(phases)
+            assert {"tokenizer", "engine", "listening", "health"} <= set(phases)
             boot_replica = await cold.boot(model)
             pids.append(boot_replica.pid)
             body = {"inputs": TEXTS}

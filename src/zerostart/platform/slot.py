@@ -75,9 +75,7 @@ class Assignment:
 
     port: int
     url: str
-    phases_s: dict[
-        str, float
-    ]  # from the slot: bundle_map, tokenizer, engine, first_batch, listening
+    phases_s: dict[str, float]  # from the slot: bundle_map, tokenizer, engine, listening
     round_trip_s: float  # assign sent -> serving received
 
 

@@ -25,7 +25,8 @@ gateway logs and counts) and in :attr:`PathStarter.counts`. Each path's phases
 go into ``Replica.phases_ms``, in the order they happened: ``restore`` +
 ``health`` for a snapshot; ``slot_assign`` (the control channel's own cost:
 assign round trip minus the slot's phases), ``bundle_map``, ``tokenizer``,
-``engine``, ``first_batch``, ``listening``, ``health`` for a slot.
+``engine``, ``listening``, ``health`` for a slot (no warm-up batch: the
+canary already ran the engine code; see ``serve/slot.py``).
 
 With a ``worker_key`` (``_types.py``, "Worker key"), a slot gets the key in its
 assignment (over the 0600 control socket; never on a command line or in a
