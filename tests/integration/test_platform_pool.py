@@ -281,7 +281,7 @@ def test_slots_exit_when_their_pool_is_killed(tmp_path: Path) -> None:
         from zerostart.platform.pool import WarmPool
 
         async def main():
-            pool = WarmPool({"cpu": 2})
+            pool = WarmPool({"cpu": 2}, run_dir_parent=sys.argv[1])  # killed: cannot clean up
             await pool.start()
             await pool.wait_ready("cpu", timeout_s=60)
             print(" ".join(str(s.pid) for s in pool._ready["cpu"]), flush=True)
@@ -291,7 +291,7 @@ def test_slots_exit_when_their_pool_is_killed(tmp_path: Path) -> None:
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=_env(), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, str(tmp_path)], env=_env(), stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None

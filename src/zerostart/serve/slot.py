@@ -125,8 +125,11 @@ def peer_uid(conn: socket.socket) -> int:
     return int(_PEERCRED.unpack(raw)[1])
 
 
-def accept_owner(listener: socket.socket, path: str, timeout_s: float) -> socket.socket:
-    """Accept the first connection from our own uid; others are closed and logged."""
+def accept_owner(
+    listener: socket.socket, path: str, timeout_s: float, allow_uid: int | None = None
+) -> socket.socket:
+    """Accept the first connection from our own uid (or ``allow_uid``); others are closed."""
+    allowed = {os.getuid()} | ({allow_uid} if allow_uid is not None else set())
     deadline = time.monotonic() + timeout_s
     while True:
         listener.settimeout(max(0.0, deadline - time.monotonic()))
@@ -135,7 +138,7 @@ def accept_owner(listener: socket.socket, path: str, timeout_s: float) -> socket
         except TimeoutError:
             raise ServeError(f"nobody connected to {path} within {timeout_s:.0f} s") from None
         uid = peer_uid(conn)
-        if uid == os.getuid():
+        if uid in allowed:
             conn.settimeout(None)
             return conn
         log.warning("refused a control connection from uid %d", uid)
@@ -195,7 +198,12 @@ def _health(canary: str, device: str, startup: Startup) -> tuple[dict[str, Any],
 
 
 def run_slot(
-    socket_path: str, canary: str, *, device: str = "cpu", startup: Startup | None = None
+    socket_path: str,
+    canary: str,
+    *,
+    device: str = "cpu",
+    startup: Startup | None = None,
+    allow_uid: int | None = None,
 ) -> int:
     """Be a slot on ``socket_path`` until assigned and then serve; returns the exit status."""
     startup = startup or Startup.begin()
@@ -205,7 +213,7 @@ def run_slot(
         _preload(device)
         startup.mark("imports")
         checks, problem = _health(canary, device, startup)
-        conn = accept_owner(listener, socket_path, ACCEPT_TIMEOUT_S)
+        conn = accept_owner(listener, socket_path, ACCEPT_TIMEOUT_S, allow_uid)
     finally:
         listener.close()
         with contextlib.suppress(FileNotFoundError):
@@ -346,11 +354,20 @@ def main(argv: list[str], prog: str, startup: Startup) -> int:
 
     p = argparse.ArgumentParser(
         prog=prog,
+        # a fixed width, as the worker's parser: the default asks shutil for the terminal
+        # size, and shutil is not in a slot image (nor on the worker's cold-start path)
+        formatter_class=lambda prog: argparse.HelpFormatter(prog, width=100),
         description="Be a warm slot: pre-import, pass a health check, wait for a model on SOCKET.",
     )
     p.add_argument("--slot", required=True, metavar="SOCKET", help="control socket path to bind")
     p.add_argument("--canary", required=True, help="canary bundle for the health check")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument(
+        "--allow-uid",
+        type=int,
+        default=None,
+        help="also accept the pool from this uid (a slot in a container runs as another user)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -359,7 +376,9 @@ def main(argv: list[str], prog: str, startup: Startup) -> int:
         stream=sys.stderr,
     )
     try:
-        return run_slot(args.slot, args.canary, device=args.device, startup=startup)
+        return run_slot(
+            args.slot, args.canary, device=args.device, startup=startup, allow_uid=args.allow_uid
+        )
     except ZerostartError as exc:
         print(f"zerostart: error: {exc}", file=sys.stderr)
         return 1
