@@ -168,7 +168,10 @@ def test_a_container_slot_serves_an_image_model(
     model = ModelConfig(name="imgslot", source=str(embed_image_runc), source_kind="image")
 
     async def main() -> None:
-        pool = WarmPool({"cpu": 0, "container": 1}, image_cache=tmp_path / "cache")
+        from zerostart.image.slot import build_slot_image
+
+        image = await asyncio.to_thread(build_slot_image, tmp_path / "cache")
+        pool = WarmPool({"cpu": 0, "container": 1}, slot_image=image)
         starter = PathStarter(pool, snapshots=False, worker_key="slot-key")
         try:
             await pool.start()

@@ -2,7 +2,8 @@
 
 A container slot runs ``python -m zerostart.serve --slot`` from the *slot
 image*, an ordinary ``zerostart build`` of the canary bundle with the slot and
-canary modules included (:func:`build_slot_image`), under the policy of
+canary modules included (``zerostart.image.slot``, build time: the pool is
+given its path), under the policy of
 ``zerostart run``: read-only root, user 65532, no capabilities, no new
 privileges, its own pid/ipc/uts/mount namespaces, loopback on the host's
 network. It is model-agnostic: its canary is its own ``/model``.
@@ -36,17 +37,14 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import zerostart
 from zerostart.platform.slot import Assignment, Slot, SlotError
 
 log = logging.getLogger("zerostart.platform.container_slot")
 
-SLOT_IMAGE_MODULES = ("zerostart.serve.slot", "zerostart.engine.canary")
 CONTAINER_SOCKET_DIR = "/run/slot"
 CONTAINER_MODELS_DIR = "/models"
 SLOT_UID = 65532  # zerostart images' user (image/build.py NONROOT_UID)
@@ -69,33 +67,6 @@ def _tool(cmd: list[str], what: str) -> None:
         )
 
 
-def slot_image_dir(cache: Path) -> Path:
-    """Where this zerostart version's slot image lives under ``cache``."""
-    return (
-        cache / f"slot-image-{zerostart.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
-    )
-
-
-def build_slot_image(cache: Path) -> Path:
-    """The slot image (built once per zerostart version into ``cache``; a few seconds)."""
-    out = slot_image_dir(cache)
-    if (out / "index.json").is_file():
-        return out
-    from zerostart.engine.canary import write_canary
-    from zerostart.image.build import BuildOptions, build_image
-
-    cache.mkdir(parents=True, exist_ok=True)
-    work = cache / f".canary-{os.getpid()}"
-    try:
-        canary = write_canary(work)
-        tmp = cache / f".{out.name}.{os.getpid()}"
-        build_image(canary, tmp, BuildOptions(include=SLOT_IMAGE_MODULES))
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
-
-
 _BUNDLES: dict[tuple[str, int, int], Path] = {}  # (layout, index.json mtime, size) -> bundle
 
 
@@ -106,8 +77,7 @@ def image_bundle(image_path: str) -> Path:
     (``zerostart.container``'s cache, per image digest); later calls with an
     unchanged ``index.json`` reuse the result.
     """
-    from zerostart.container.runtime import unpacked_rootfs
-    from zerostart.image.oci import read_oci_layout
+    from zerostart.container import read_oci_layout, unpacked_rootfs
 
     index = Path(image_path, "index.json")
     try:
@@ -187,9 +157,9 @@ class ContainerSlot(Slot):
         models: ModelsMount,
         boot_timeout_s: float,
     ) -> ContainerSlot:
+        from zerostart.container import read_oci_layout
         from zerostart.container.runtime import STATE_ROOT, choose_runtime, unpacked_rootfs
         from zerostart.container.runtime import runtime_config as oci_config
-        from zerostart.image.oci import read_oci_layout
 
         t0 = time.perf_counter()
         image = read_oci_layout(image_dir)

@@ -164,8 +164,8 @@ def _snapshot_exists(image: str, port: int, store: Path | None) -> tuple[bool, s
     version and port: reading the layout verifies its digests, and the host
     fingerprint runs ``criu --version``; together ~90 ms here, on every start.
     """
+    from zerostart.container import read_oci_layout
     from zerostart.container.snapshot_run import snapshot_name
-    from zerostart.image.oci import read_oci_layout
     from zerostart.snapshot._criu import version
     from zerostart.snapshot._host import host_fingerprint
     from zerostart.snapshot._store import default_store, snapshot_dir

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from zerostart.errors import ZerostartError
-from zerostart.platform.container_slot import ContainerSlot, ModelsMount, build_slot_image
+from zerostart.platform.container_slot import ContainerSlot, ModelsMount
 from zerostart.platform.errors import PlatformError
 from zerostart.platform.slot import SLOT_BOOT_TIMEOUT_S, Slot, SlotError, SlotSpec, SlotUnhealthy
 
@@ -56,9 +56,11 @@ COUNTERS = ("booted", "unhealthy", "boot_failed", "assigned", "died", "stopped")
 class WarmPool:
     """Ready slots per device kind; see the module docstring.
 
-    ``sizes``: slots to hold per device kind (``{"cpu": 1, "cuda": 0}``; the
-    platform's ``[pool]`` table). ``canary``: an existing canary bundle to check
-    slots with (default: written into the pool's folder by :meth:`start`).
+    ``sizes``: slots to hold per kind (``{"cpu": 1, "cuda": 0, "container": 0}``;
+    from the platform's ``[pool]`` table). ``canary``: an existing canary bundle
+    to check slots with (default: written into the pool's folder by
+    :meth:`start`). ``slot_image``: the container slots' image
+    (``zerostart.image.slot``); without it there are none, and the reason says so.
     """
 
     def __init__(
@@ -70,7 +72,7 @@ class WarmPool:
         env: dict[str, str] | None = None,
         boot_timeout_s: float = SLOT_BOOT_TIMEOUT_S,
         run_dir_parent: str | os.PathLike[str] | None = None,
-        image_cache: str | os.PathLike[str] | None = None,
+        slot_image: str | os.PathLike[str] | None = None,
     ) -> None:
         for device, n in sizes.items():
             if device not in DEVICE_KINDS:
@@ -93,8 +95,7 @@ class WarmPool:
         self._changed: asyncio.Condition | None = None
         self._serial = 0
         self._closed = False
-        self._image_cache = Path(image_cache) if image_cache is not None else None
-        self._slot_image: Path | None = None
+        self._slot_image = Path(slot_image) if slot_image is not None else None
         self._models: ModelsMount | None = None
 
     # -- life --------------------------------------------------------------------------
@@ -214,16 +215,18 @@ class WarmPool:
 
     # -- container slots -------------------------------------------------------------------
     async def _open_containers(self) -> None:
-        """The slot image and the shared models folder; on failure no container slot is made."""
+        """The shared models folder; without it (or root, or a slot image) no container slot."""
         assert self.run_dir is not None
         if os.geteuid() != 0:
             self._no_containers("container slots need root (runc, mounts)")
             return
-        from zerostart.container.runtime import default_cache_dir
-
-        cache = self._image_cache or default_cache_dir()
+        if self._slot_image is None or not (self._slot_image / "index.json").is_file():
+            self._no_containers(
+                f"no slot image ({self._slot_image}): zerostart.image.slot.build_slot_image "
+                "makes one (`zerostart up` does when a model is an image)"
+            )
+            return
         try:
-            self._slot_image = await asyncio.to_thread(build_slot_image, cache)
             models = ModelsMount(self.run_dir / "models")
             await asyncio.to_thread(models.open)
             self._models = models

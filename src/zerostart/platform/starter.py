@@ -131,7 +131,13 @@ class PathStarter:
         self._replicas: set[SlotReplica | RestoredReplica | ContainerReplica] = set()
 
     @classmethod
-    def from_config(cls, config: PlatformConfig, *, worker_key: str | None = None) -> PathStarter:
+    def from_config(
+        cls,
+        config: PlatformConfig,
+        *,
+        worker_key: str | None = None,
+        slot_image: str | os.PathLike[str] | None = None,
+    ) -> PathStarter:
         """The node's starter for ``platform.toml``: a pool sized by its ``[pool]`` table."""
         kinds = {m.source_kind for m in config.models.values()}
         sizes = {
@@ -140,7 +146,7 @@ class PathStarter:
             # image models get container slots, as many as plain CPU slots
             "container": config.pool.cpu if "image" in kinds else 0,
         }
-        pool = WarmPool(sizes) if any(sizes.values()) else None
+        pool = WarmPool(sizes, slot_image=slot_image) if any(sizes.values()) else None
         return cls(pool, worker_key=worker_key)
 
     async def open(self) -> None:
