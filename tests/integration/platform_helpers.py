@@ -22,7 +22,10 @@ START_TIMEOUT_S = 30.0
 class Gateway:
     """``zerostart up`` on a config text; ``stop()`` sends SIGTERM and waits."""
 
-    def __init__(self, tmp: Path, toml: str, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, toml: str, *, env: dict[str, str] | None = None, api_key: str = ""
+    ) -> None:
+        self.api_key = api_key  # sent to /status and /metrics
         self.config = tmp / "platform.toml"
         self.config.write_text(toml)
         full_env = {**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1", **(env or {})}
@@ -86,7 +89,7 @@ class Gateway:
         return str(body)
 
     def _auth(self) -> dict[str, str]:
-        return {}
+        return {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def children(self) -> set[int]:
         """Pids whose parent is the gateway (its replicas)."""

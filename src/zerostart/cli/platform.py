@@ -35,8 +35,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         config = config.new(gateway=replace(gateway, **changes))
-    # One random token per gateway run: its workers accept only requests that carry it.
-    worker_key = secrets.token_urlsafe(32)
+    worker_key = _worker_key()
     slot_image = None
     if config.pool.cpu and any(m.source_kind == "image" for m in config.models.values()):
         from zerostart.container.runtime import default_cache_dir
@@ -46,6 +45,44 @@ def _cmd_up(args: argparse.Namespace) -> int:
     starter = default_starter(config, worker_key=worker_key, slot_image=slot_image)
     asyncio.run(serve(config, starter, worker_key=worker_key))
     return 0
+
+
+def _worker_key() -> str:
+    """The token the gateway's workers require (see platform/_types.py, "Worker key").
+
+    Kept in ``$XDG_STATE_HOME/zerostart/worker.key`` (default
+    ``~/.local/state``; folder 0700, file 0600) so it survives gateway runs: a
+    snapshot freezes the key its worker was started with, and a per-run key
+    would refuse every snapshot taken before. ``ZEROSTART_WORKER_KEY`` overrides
+    it. Where the file cannot be written, a per-run key (snapshots then re-boot).
+    """
+    if key := os.environ.get("ZEROSTART_WORKER_KEY"):
+        return key
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    folder = os.path.join(base, "zerostart")
+    path = os.path.join(folder, "worker.key")
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        try:
+            with open(path, encoding="ascii") as f:
+                key = f.read().strip()
+            if key and os.stat(path).st_mode & 0o077 == 0:
+                return key
+        except FileNotFoundError:
+            pass
+        key = secrets.token_urlsafe(32)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(key + "\n")
+        os.replace(path + ".tmp", path)
+        return key
+    except OSError as exc:
+        logging.getLogger("zerostart.platform").warning(
+            "event=worker_key_not_saved path=%s reason=%s", path, exc.strerror or exc
+        )
+        return secrets.token_urlsafe(32)
 
 
 def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -66,7 +66,7 @@ from typing import Any
 from zerostart.platform._types import Replica, Starter
 from zerostart.platform.autoscaler import Scaler
 from zerostart.platform.config import ModelConfig, PlatformConfig
-from zerostart.platform.errors import StartError
+from zerostart.platform.errors import PlatformError, StartError
 from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.platform.metrics import GatewayMetrics, Labels
 from zerostart.platform.upstream import (
@@ -108,7 +108,16 @@ class StartRecord:
 class Seat:
     """A replica as the gateway sees it: the process, its connections, its load."""
 
-    __slots__ = ("draining", "in_flight", "pool", "ready_at", "replica", "start")
+    __slots__ = (
+        "draining",
+        "idle_s",
+        "idle_since",
+        "in_flight",
+        "pool",
+        "ready_at",
+        "replica",
+        "start",
+    )
 
     def __init__(self, replica: Replica, start: StartRecord, now: float) -> None:
         self.replica = replica
@@ -117,6 +126,20 @@ class Seat:
         self.draining = False
         self.ready_at = now
         self.start = start
+        self.idle_s = 0.0  # seconds ready with nothing in flight, up to idle_since
+        self.idle_since: float | None = now
+
+    def busy(self, now: float) -> None:
+        if self.idle_since is not None:
+            self.idle_s += now - self.idle_since
+            self.idle_since = None
+
+    def idle(self, now: float) -> None:
+        if self.idle_since is None:
+            self.idle_since = now
+
+    def idle_total(self, now: float) -> float:
+        return self.idle_s + (0.0 if self.idle_since is None else now - self.idle_since)
 
 
 class ModelRuntime:
@@ -135,6 +158,8 @@ class ModelRuntime:
         self.failure: StartError | None = None
         self.failure_until = 0.0
         self.backoff_s = BACKOFF_FIRST_S
+        self.retired_up_s = 0.0  # replica-seconds of replicas no longer serving
+        self.retired_idle_s = 0.0
 
     @property
     def ready(self) -> int:
@@ -177,6 +202,19 @@ class Gateway:
         }
         self.metrics.gauge("replicas", "Replicas by model and state.", self._replica_gauge)
         self.metrics.gauge("queue_depth", "Requests waiting for a replica.", self._queue_gauge)
+        self.metrics.gauge("slots", "Warm-pool slots by device kind and state.", self._slots_gauge)
+        self.metrics.gauge(
+            "slot_events_total",
+            "Warm-pool slot events by device kind (assigned, unhealthy, died, ...).",
+            self._slot_counter,
+            kind="counter",
+        )
+        self.metrics.gauge(
+            "replica_seconds_total",
+            "Seconds replicas were ready (state=up), and ready with nothing in flight (state=idle).",
+            self._seconds_counter,
+            kind="counter",
+        )
         self._listener: asyncio.Server | None = None
         self._shutdown: asyncio.Event | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -203,10 +241,10 @@ class Gateway:
                 reuse_address=True,
             )
         except OSError as exc:
-            raise StartError(
-                "gateway",
-                f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}",
-                hint="set [gateway] port to a free port",
+            raise PlatformError(
+                f"the gateway cannot listen on {self.config.host}:{self.config.port}: "
+                f"{exc.strerror or exc}",
+                hint="set [gateway] port (or --port) to a free port",
             ) from exc
         self._port = int(self._listener.sockets[0].getsockname()[1])
         opener = getattr(self.starter, "open", None)  # optional: a warm pool starts filling
@@ -268,7 +306,7 @@ class Gateway:
         stops = []
         for rt in self.models.values():
             for seat in rt.seats:
-                seat.pool.close()
+                self._retire(rt, seat)
                 stops.append(seat.replica.stop(STOP_TIMEOUT_S))
             rt.seats.clear()
             while rt.waiters:
@@ -389,6 +427,8 @@ class Gateway:
         return best
 
     def _take(self, rt: ModelRuntime, seat: Seat) -> None:
+        if seat.in_flight == 0:
+            seat.busy(time.monotonic())
         seat.in_flight += 1
         rt.in_flight += 1
 
@@ -448,9 +488,12 @@ class Gateway:
         return seat, wait, cold
 
     def _release(self, rt: ModelRuntime, seat: Seat) -> None:
+        now = time.monotonic()
         seat.in_flight -= 1
         rt.in_flight -= 1
-        rt.scaler.request(time.monotonic())  # idle time counts from the last answer
+        if seat.in_flight == 0:
+            seat.idle(now)
+        rt.scaler.request(now)  # idle time counts from the last answer
         if seat.draining and seat.in_flight == 0:
             self._stop_seat(rt, seat, "drained")
         self._dispatch(rt)
@@ -535,7 +578,7 @@ class Gateway:
         if seat not in rt.seats:
             return  # already handled for another request
         rt.seats.remove(seat)
-        seat.pool.close()
+        self._retire(rt, seat)
         self.metrics.deaths.inc(rt.config.name)
         code = getattr(seat.replica, "returncode", None)
         log.warning(
@@ -553,9 +596,23 @@ class Gateway:
     def _stop_seat(self, rt: ModelRuntime, seat: Seat, reason: str) -> None:
         if seat in rt.seats:
             rt.seats.remove(seat)
-        seat.pool.close()
+        self._retire(rt, seat)
         log.info("model=%s event=stop pid=%d reason=%s", rt.config.name, seat.replica.pid, reason)
         self._reap(seat.replica, STOP_TIMEOUT_S)
+
+    def _retire(self, rt: ModelRuntime, seat: Seat) -> None:
+        """``seat`` takes no more work: close its connections, bank its replica-seconds."""
+        now = time.monotonic()
+        seat.pool.close()
+        rt.retired_up_s += now - seat.ready_at
+        rt.retired_idle_s += seat.idle_total(now)
+
+    def replica_seconds(self, rt: ModelRuntime) -> tuple[float, float]:
+        """(up, idle): seconds replicas of ``rt`` were ready, and ready with nothing in flight."""
+        now = time.monotonic()
+        up = rt.retired_up_s + sum(now - s.ready_at for s in rt.seats)
+        idle = rt.retired_idle_s + sum(s.idle_total(now) for s in rt.seats)
+        return up, idle
 
     def _reap(self, replica: Replica, timeout_s: float = 1.0) -> None:
         task = asyncio.get_running_loop().create_task(replica.stop(timeout_s))
@@ -657,6 +714,11 @@ class Gateway:
                     p: int(n) for (m, p), n in self.metrics.cold_starts._values.items() if m == name
                 },
                 "last_start": None if rt.last_start is None else _start_dict(rt.last_start),
+                "replica_seconds": dict(
+                    zip(
+                        ("up", "idle"), (round(x, 3) for x in self.replica_seconds(rt)), strict=True
+                    )
+                ),
                 "last_error": None if rt.failure is None else str(rt.failure),
                 "limits": {
                     "min_replicas": c.min_replicas,
@@ -684,6 +746,34 @@ class Gateway:
                 ("draining", draining),
             ):
                 out.append(((("model", name), ("state", state)), float(n)))
+        return out
+
+    def _pool(self) -> dict[str, dict[str, int]]:
+        status = getattr(self.starter, "status", None)  # optional: a starter with a warm pool
+        pool = status().get("pool") if status is not None else None
+        return pool if isinstance(pool, dict) else {}
+
+    def _slots_gauge(self) -> list[tuple[Labels, float]]:
+        return [
+            ((("device", device), ("state", state)), float(row.get(state, 0)))
+            for device, row in self._pool().items()
+            for state in ("ready", "booting")
+        ]
+
+    def _slot_counter(self) -> list[tuple[Labels, float]]:
+        return [
+            ((("device", device), ("event", event)), float(n))
+            for device, row in self._pool().items()
+            for event, n in row.items()
+            if event not in ("size", "ready", "booting")
+        ]
+
+    def _seconds_counter(self) -> list[tuple[Labels, float]]:
+        out: list[tuple[Labels, float]] = []
+        for name, rt in self.models.items():
+            up, idle = self.replica_seconds(rt)
+            out.append(((("model", name), ("state", "up")), up))
+            out.append(((("model", name), ("state", "idle")), idle))
         return out
 
     def _queue_gauge(self) -> list[tuple[Labels, float]]:

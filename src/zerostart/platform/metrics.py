@@ -17,7 +17,9 @@ retries_total                   counter   model
 scale_events_total              counter   model, direction (up/down), reason
 replicas                        gauge     model, state (starting/ready/draining)
 queue_depth                     gauge     model
-slots                           gauge     device, state (from the warm pool, if any)
+replica_seconds_total           counter   model, state (up/idle: ready, ready and unused)
+slots                           gauge     device, state (ready/booting; from the warm pool)
+slot_events_total               counter   device, event (the pool's counters)
 =============================== ========= ==========================================
 
 No client library: the worker renders its own metrics for import-time
@@ -128,18 +130,19 @@ class Histogram:
 
 
 class Gauges:
-    """A labelled gauge whose samples are read at scrape time."""
+    """Labelled samples read at scrape time (a gauge, or a counter kept elsewhere)."""
 
     def __init__(
         self,
         name: str,
         help_text: str,
         read: Callable[[], Iterable[tuple[Labels, float]]],
+        kind: str = "gauge",
     ) -> None:
-        self.name, self.help, self.read = f"{PREFIX}_{name}", help_text, read
+        self.name, self.help, self.read, self.kind = f"{PREFIX}_{name}", help_text, read, kind
 
     def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
         out += [f"{self.name}{_fmt(labels)} {_num(v)}" for labels, v in sorted(self.read())]
         return out
 
@@ -184,9 +187,13 @@ class GatewayMetrics:
         self._gauges: list[Gauges] = []
 
     def gauge(
-        self, name: str, help_text: str, read: Callable[[], Iterable[tuple[Labels, float]]]
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], Iterable[tuple[Labels, float]]],
+        kind: str = "gauge",
     ) -> None:
-        self._gauges.append(Gauges(name, help_text, read))
+        self._gauges.append(Gauges(name, help_text, read, kind))
 
     def render(self) -> bytes:
         out: list[str] = []
