@@ -215,3 +215,39 @@ def test_a_container_slot_serves_an_image_model(
         assert not _host_mounted(pool.run_dir / "models")
 
     asyncio.run(main())
+
+
+def test_zerostart_up_serves_an_image_model_from_a_container_slot(
+    tmp_path: Path, embed_image_runc: Path, embed_bundle: Path
+) -> None:
+    from platform_helpers import Gateway, wait_until
+
+    from zerostart.image.slot import build_slot_image
+    from zerostart.pipeline import Pipeline
+
+    cache = tmp_path / "cache"
+    build_slot_image(cache)  # what `zerostart up` builds (once) when a model is an image
+    pipe = Pipeline.load(embed_bundle)
+    job = pipe.prepare("embed", BODY)
+    want = np.array(job.finish(pipe.execute(job.encodings)))
+    toml = f'[pool]\ncpu = 1\n[models.imgup]\nimage = "{embed_image_runc}"\n'
+    gw = Gateway(tmp_path, toml, env={"ZEROSTART_CACHE": str(cache)})
+    try:
+        assert wait_until(lambda: gw.status()["starter"]["pool"]["container"]["ready"] == 1, 120)
+        assert gw.status()["starter"]["pool"]["cpu"]["size"] == 0  # no bundle model: no plain slot
+        code, headers, body = gw.request("POST", "/models/imgup/embed", BODY)
+        assert code == 200, body
+        assert headers["zerostart-cold-start"].startswith("warm_slot;"), headers
+        np.testing.assert_allclose(np.array(body), want, rtol=0, atol=1e-5)
+    finally:
+        assert gw.stop() == 0
+    from zerostart.container.runtime import STATE_ROOT
+
+    listed = subprocess.run(
+        ["runc", "--root", STATE_ROOT, "list", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert not [c for c in listed.stdout.split() if c.startswith(f"zerostart-slot-{gw.proc.pid}-")]
