@@ -91,7 +91,7 @@ def test_slot_answers_like_a_cold_boot_and_the_pool_refills(embed_bundle: Path) 
             )
             phases = slot_replica.phases_ms
             assert list(phases)[:2] == ["slot_assign", "bundle_map"]
-            assert {"tokenizer", "engine", "first_batch", "listening", "health"} <= set(phases)
+            assert {"tokenizer", "engine", "listening", "health"} <= set(phases)
             boot_replica = await cold.boot(model)
             pids.append(boot_replica.pid)
             body = {"inputs": TEXTS}
@@ -281,7 +281,7 @@ def test_slots_exit_when_their_pool_is_killed(tmp_path: Path) -> None:
         from zerostart.platform.pool import WarmPool
 
         async def main():
-            pool = WarmPool({"cpu": 2})
+            pool = WarmPool({"cpu": 2}, run_dir_parent=sys.argv[1])  # killed: cannot clean up
             await pool.start()
             await pool.wait_ready("cpu", timeout_s=60)
             print(" ".join(str(s.pid) for s in pool._ready["cpu"]), flush=True)
@@ -291,7 +291,7 @@ def test_slots_exit_when_their_pool_is_killed(tmp_path: Path) -> None:
         """
     )
     proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=_env(), stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script, str(tmp_path)], env=_env(), stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
@@ -394,3 +394,73 @@ def test_zerostart_up_serves_from_a_warm_slot_and_stops_every_slot(
     finally:
         assert gw.stop() == 0
     assert all(_wait_gone(pid) for pid in kids), "a slot or replica outlived the gateway"
+
+
+def test_a_slot_that_died_while_waiting_is_skipped_and_counted(embed_bundle: Path) -> None:
+    model = ModelConfig(name="minilm", source=str(embed_bundle))
+
+    async def main() -> None:
+        pool = WarmPool({"cpu": 1})
+        starter = PathStarter(pool, snapshots=False)
+        try:
+            await pool.start()
+            await pool.wait_ready("cpu", timeout_s=60)
+            (dead,) = pool._ready["cpu"]
+            os.kill(dead.pid, signal.SIGKILL)
+            await dead.process.wait()
+            replica = await starter.start(model)  # nothing ready: a cold boot, saying why
+            assert replica.start_path == "cold_boot"
+            assert pool.snapshot()["cpu"]["died"] == 1
+            assert "died while waiting" in replica.fallbacks[-1].reason
+            await replica.stop()
+            await pool.wait_ready("cpu", timeout_s=60)  # and the pool refilled
+        finally:
+            await starter.close()
+
+    asyncio.run(main())
+
+
+def test_a_start_cancelled_mid_assignment_and_a_pool_closed_mid_boot_leave_nothing(
+    embed_bundle: Path,
+) -> None:
+    model = ModelConfig(name="minilm", source=str(embed_bundle))
+
+    async def main() -> None:
+        pool = WarmPool({"cpu": 1})
+        starter = PathStarter(pool, snapshots=False)
+        pids: list[int] = []
+        try:
+            await pool.start()
+            await pool.wait_ready("cpu", timeout_s=60)
+            pids.extend(s.pid for s in pool._ready["cpu"])
+            task = asyncio.create_task(starter.start(model))
+            await asyncio.sleep(0.005)  # the assignment is under way
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert all(_wait_gone(p) for p in pids), "a cancelled start left its slot running"
+            await asyncio.sleep(0.05)  # the refill is booting a slot now
+            booting = [p for p in _children() if p not in pids]
+            assert len(booting) == 1 and pool.snapshot()["cpu"]["booting"] == 1
+            pids.extend(booting)
+        finally:
+            await starter.close()
+        assert all(_wait_gone(p) for p in pids), "close() left a booting slot behind"
+        assert not _children()
+
+    asyncio.run(main())
+
+
+def _children() -> list[int]:
+    """Our child processes (the slots this test's pool started)."""
+    me, kids = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == me and fields[0] != "Z":
+                kids.append(int(entry))
+    return kids

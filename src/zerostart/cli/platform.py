@@ -36,7 +36,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
         config = config.new(gateway=replace(gateway, **changes))
     worker_key = _worker_key()
-    starter = default_starter(config, worker_key=worker_key)
+    slot_image = None
+    if config.pool.cpu and any(m.source_kind == "image" for m in config.models.values()):
+        from zerostart.container.runtime import default_cache_dir
+        from zerostart.image.slot import build_slot_image  # container slots run this image
+
+        slot_image = str(build_slot_image(default_cache_dir()))
+    starter = default_starter(config, worker_key=worker_key, slot_image=slot_image)
     asyncio.run(serve(config, starter, worker_key=worker_key))
     return 0
 

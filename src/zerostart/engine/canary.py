@@ -99,13 +99,13 @@ def canary_manifest() -> Manifest:
             num_heads=4,
             intermediate_size=64,
             vocab_size=len(CANARY_VOCAB),
-            max_position_embeddings=16,
+            max_position_embeddings=512,
             type_vocab_size=2,
             layer_norm_eps=1e-12,
             hidden_act="gelu",
         ),
         tokenizer=TokenizerSettings(),
-        max_length=16,
+        max_length=512,  # long enough for an image build's warm-up texts (a slot image)
         labels=CANARY_LABELS,
         source={"name": "zerostart-canary"},
     )

@@ -5,7 +5,8 @@ A model named by ``image = "images/minilm"`` starts in its own runc container
 
 (a) ``snapshot``: ``run_with_snapshot`` restores the container from the
     snapshot of this image, address and host (``zerostart run --snapshot``);
-(b) ``warm_slot``: no container slots yet: always skipped, saying so;
+(b) ``warm_slot``: a container slot from the pool (``container_slot.py``),
+    assigned the image's bundle mounted read-only;
 (c) ``cold_boot``: when there is no usable snapshot, ``run_with_snapshot``
     boots the container and, on the model's *home port*, checkpoints it once
     warmed (``runc checkpoint --leave-running``), so the next start restores.
@@ -31,12 +32,13 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from zerostart.errors import ZerostartError
-from zerostart.platform._types import Fallback, StartPath
+from zerostart.platform._types import Fallback, Replica, StartPath
 from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
 
@@ -86,7 +88,7 @@ class ContainerReplica:
                 proc.kill()
 
 
-def _image_path(model: ModelConfig) -> str:
+def image_path(model: ModelConfig) -> str:
     folder, sep, tag = model.source.rpartition(":")
     if sep and "/" not in tag and os.path.isdir(folder):
         if tag not in ("", "latest"):
@@ -152,6 +154,38 @@ def _stop_result(work: asyncio.Future[Any]) -> None:
             container.stop()
 
 
+_NAMES: dict[tuple[str, int, int, int], str] = {}  # (layout, index mtime, size, port) -> name
+
+
+def _snapshot_exists(image: str, port: int, store: Path | None) -> tuple[bool, str]:
+    """Whether a container snapshot of ``image`` on ``port`` for this host is in the store.
+
+    The name (image digest, port, host fingerprint) is computed once per layout
+    version and port: reading the layout verifies its digests, and the host
+    fingerprint runs ``criu --version``; together ~90 ms here, on every start.
+    """
+    from zerostart.container import read_oci_layout
+    from zerostart.container.snapshot_run import snapshot_name
+    from zerostart.snapshot._criu import version
+    from zerostart.snapshot._host import host_fingerprint
+    from zerostart.snapshot._store import default_store, snapshot_dir
+
+    try:
+        st = Path(image, "index.json").stat()
+        key = (os.path.realpath(image), st.st_mtime_ns, st.st_size, port)
+        if key not in _NAMES:
+            fingerprint = host_fingerprint(version())
+            _NAMES[key] = snapshot_name(read_oci_layout(image), "127.0.0.1", port, fingerprint)
+    except (ZerostartError, OSError) as exc:
+        return False, f"{type(exc).__name__}: {exc}"
+    if (snapshot_dir(store or default_store(), _NAMES[key]) / "manifest.json").is_file():
+        return True, ""
+    return False, "no snapshot of this image for this host and port yet"
+
+
+SlotStart = Callable[[], Awaitable[Replica | None]]
+
+
 async def start_image(
     model: ModelConfig,
     *,
@@ -161,11 +195,15 @@ async def start_image(
     fallbacks: list[Fallback],
     t0: float,
     key_problem: Any,
-) -> ContainerReplica:
-    """Start ``model`` (an image) by the fastest path that works; see the module docstring."""
-    image = _image_path(model)
+    slot_start: SlotStart | None = None,
+) -> Replica:
+    """Start ``model`` (an image) by the fastest path that works; see the module docstring.
+
+    ``slot_start``: the warm-slot path (a container slot from the pool); it
+    returns None, having recorded why, when it cannot serve.
+    """
+    image = image_path(model)
     env = {"API_KEY": worker_key} if worker_key else {}
-    slot_reason = Fallback("warm_slot", "image models need a container slot (not built yet)")
     port = home_port(model.name)
     home = _port_free(port)
     if not home:
@@ -178,10 +216,14 @@ async def start_image(
         fallbacks.append(Fallback("snapshot", f"home port {home_port(model.name)} is taken"))
     run = None
     if can_snapshot and home:
-        try:
-            run = await _in_thread(_snapshot_run, image, port, store, True, env)
-        except (ZerostartError, OSError) as exc:  # SnapshotError, RuntimeToolError, ImageError
-            fallbacks.append(Fallback("snapshot", f"{type(exc).__name__}: {exc}"))
+        found, why = await asyncio.to_thread(_snapshot_exists, image, port, store)
+        if not found:
+            fallbacks.append(Fallback("snapshot", why))
+        else:
+            try:  # restores; if the restore fails it boots and snapshots again, saying why
+                run = await _in_thread(_snapshot_run, image, port, store, True, env)
+            except (ZerostartError, OSError) as exc:  # SnapshotError, RuntimeToolError, ...
+                fallbacks.append(Fallback("snapshot", f"{type(exc).__name__}: {exc}"))
     if run is not None and run.mode == "restored" and worker_key is not None:
         problem = await key_problem("127.0.0.1", port, worker_key)
         if problem is not None:
@@ -190,7 +232,21 @@ async def start_image(
 
             remove_snapshot(store or default_store(), run.name)
             fallbacks.append(Fallback("snapshot", problem))
-            run = await _in_thread(_snapshot_run, image, port, store, True, env)
+            run = None
+    if run is None:
+        if slot_start is not None:
+            replica = await slot_start()
+            if replica is not None:
+                return replica
+        else:
+            fallbacks.append(Fallback("warm_slot", "no container slots on this node"))
+        if can_snapshot and home:  # boot, and snapshot it for the next start
+            try:
+                run = await _in_thread(_snapshot_run, image, port, store, True, env)
+            except (ZerostartError, OSError) as exc:
+                raise StartError(
+                    model.name, f"container did not start: {exc}", path="cold_boot"
+                ) from exc
     if run is not None:
         if run.mode == "restored":
             path: StartPath = "snapshot"
@@ -198,13 +254,13 @@ async def start_image(
             path = "cold_boot"
             if not any(f.path == "snapshot" for f in fallbacks):
                 fallbacks.append(Fallback("snapshot", run.reason or "not restored"))
-            fallbacks.append(slot_reason)
+            if not any(f.path == "warm_slot" for f in fallbacks):
+                fallbacks.append(Fallback("warm_slot", "the failed restore booted instead"))
             if run.snapshot_error:
                 log.warning("model=%s no snapshot taken: %s", model.name, run.snapshot_error)
         phases = {k: v * 1e3 for k, v in run.timings_s.items() if k != "total"}
         container = run.container
     else:
-        fallbacks.append(slot_reason)
         try:
             container, seconds = await _in_thread(_plain_run, image, port, env)
         except (ZerostartError, OSError) as exc:

@@ -38,12 +38,16 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from pathlib import Path
 
+from zerostart.errors import ZerostartError
+from zerostart.platform.container_slot import ContainerSlot, ModelsMount
 from zerostart.platform.errors import PlatformError
 from zerostart.platform.slot import SLOT_BOOT_TIMEOUT_S, Slot, SlotError, SlotSpec, SlotUnhealthy
 
 log = logging.getLogger("zerostart.platform.pool")
 
-DEVICE_KINDS = ("cpu", "cuda")
+# Slot kinds: plain processes on CPU or a GPU, and CPU slots in their own runc container
+# (for image models; container_slot.py).
+DEVICE_KINDS = ("cpu", "cuda", "container")
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 COUNTERS = ("booted", "unhealthy", "boot_failed", "assigned", "died", "stopped")
@@ -52,9 +56,11 @@ COUNTERS = ("booted", "unhealthy", "boot_failed", "assigned", "died", "stopped")
 class WarmPool:
     """Ready slots per device kind; see the module docstring.
 
-    ``sizes``: slots to hold per device kind (``{"cpu": 1, "cuda": 0}``; the
-    platform's ``[pool]`` table). ``canary``: an existing canary bundle to check
-    slots with (default: written into the pool's folder by :meth:`start`).
+    ``sizes``: slots to hold per kind (``{"cpu": 1, "cuda": 0, "container": 0}``;
+    from the platform's ``[pool]`` table). ``canary``: an existing canary bundle
+    to check slots with (default: written into the pool's folder by
+    :meth:`start`). ``slot_image``: the container slots' image
+    (``zerostart.image.slot``); without it there are none, and the reason says so.
     """
 
     def __init__(
@@ -66,6 +72,7 @@ class WarmPool:
         env: dict[str, str] | None = None,
         boot_timeout_s: float = SLOT_BOOT_TIMEOUT_S,
         run_dir_parent: str | os.PathLike[str] | None = None,
+        slot_image: str | os.PathLike[str] | None = None,
     ) -> None:
         for device, n in sizes.items():
             if device not in DEVICE_KINDS:
@@ -88,6 +95,8 @@ class WarmPool:
         self._changed: asyncio.Condition | None = None
         self._serial = 0
         self._closed = False
+        self._slot_image = Path(slot_image) if slot_image is not None else None
+        self._models: ModelsMount | None = None
 
     # -- life --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -101,6 +110,8 @@ class WarmPool:
 
             self._canary = await asyncio.to_thread(write_canary, self.run_dir / "canary")
         self._changed = asyncio.Condition()
+        if self.sizes["container"] > 0:
+            await self._open_containers()
         for device, size in self.sizes.items():
             if size > 0:
                 self._wake[device] = asyncio.Event()
@@ -123,6 +134,8 @@ class WarmPool:
         await asyncio.gather(*(s.stop() for s in slots), return_exceptions=True)
         for s in slots:
             self.counters[s.device]["stopped"] += 1
+        if self._models is not None:
+            await asyncio.to_thread(self._models.close)
         if self.run_dir is not None:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
@@ -169,6 +182,8 @@ class WarmPool:
 
     def why_empty(self, device: str) -> str:
         """One line for a starter's fallback reason."""
+        if self.sizes.get(device, 0) == 0 and device in self.last_failure:
+            return f"no {device} slots: {self.last_failure[device]}"
         if self.sizes.get(device, 0) == 0:
             return f"no warm slots configured for {device} ([pool] {device} = 0)"
         c = self.counters[device]
@@ -198,6 +213,43 @@ class WarmPool:
                 f"({self.why_empty(device)})"
             ) from None
 
+    # -- container slots -------------------------------------------------------------------
+    async def _open_containers(self) -> None:
+        """The shared models folder; without it (or root, or a slot image) no container slot."""
+        assert self.run_dir is not None
+        if os.geteuid() != 0:
+            self._no_containers("container slots need root (runc, mounts)")
+            return
+        if self._slot_image is None or not (self._slot_image / "index.json").is_file():
+            self._no_containers(
+                f"no slot image ({self._slot_image}): zerostart.image.slot.build_slot_image "
+                "makes one (`zerostart up` does when a model is an image)"
+            )
+            return
+        try:
+            models = ModelsMount(self.run_dir / "models")
+            await asyncio.to_thread(models.open)
+            self._models = models
+        except (ZerostartError, OSError) as exc:
+            self._no_containers(f"cannot prepare container slots: {exc}")
+
+    def _no_containers(self, reason: str) -> None:
+        log.warning("pool: %s", reason)
+        self.last_failure["container"] = reason
+        self.sizes["container"] = 0
+
+    async def _spawn(self, spec: SlotSpec, name: str) -> Slot:
+        if spec.device != "container":
+            return await Slot.spawn(spec, name)
+        assert self._slot_image is not None and self._models is not None
+        return await ContainerSlot.spawn_container(
+            name,
+            image_dir=self._slot_image,
+            run_dir=spec.run_dir,
+            models=self._models,
+            boot_timeout_s=spec.boot_timeout_s,
+        )
+
     # -- the refill task -------------------------------------------------------------------
     async def _refill(self, device: str) -> None:
         assert self.run_dir is not None and self._canary is not None
@@ -218,7 +270,7 @@ class WarmPool:
                 name = f"{device}-{self._serial}"
                 self._booting[device] += 1
                 try:
-                    slot = await Slot.spawn(spec, name)
+                    slot = await self._spawn(spec, name)
                 except SlotUnhealthy as exc:
                     self._failed(device, "unhealthy", name, exc.reason)
                     backoff = min(BACKOFF_MAX_S, max(BACKOFF_START_S, 2 * backoff))

@@ -281,11 +281,14 @@ class ColdBootStarter:
         self._replicas.discard(replica)
 
 
-def default_starter(config: PlatformConfig, *, worker_key: str | None = None) -> Starter:
+def default_starter(
+    config: PlatformConfig, *, worker_key: str | None = None, slot_image: str | None = None
+) -> Starter:
     """The fastest start paths this build has: snapshot, warm slot, cold boot (``starter.py``).
 
     ``worker_key``: the bearer token every worker is started with (env ``API_KEY``).
+    ``slot_image``: the container slots' image, for image models (``zerostart.image.slot``).
     """
     from zerostart.platform.starter import PathStarter  # imports this module
 
-    return PathStarter.from_config(config, worker_key=worker_key)
+    return PathStarter.from_config(config, worker_key=worker_key, slot_image=slot_image)

@@ -75,9 +75,7 @@ class Assignment:
 
     port: int
     url: str
-    phases_s: dict[
-        str, float
-    ]  # from the slot: bundle_map, tokenizer, engine, first_batch, listening
+    phases_s: dict[str, float]  # from the slot: bundle_map, tokenizer, engine, listening
     round_trip_s: float  # assign sent -> serving received
 
 
@@ -126,19 +124,23 @@ class Slot:
                 start_new_session=True,
             )
         slot = cls(name, spec.device, process, sock, log_path)
+        await slot.handshake(spec.boot_timeout_s, t0)
+        return slot
+
+    async def handshake(self, timeout_s: float, t0: float) -> None:
+        """Connect and wait for the health verdict; the slot is killed if it is not ready."""
         try:
-            await asyncio.wait_for(slot._hello(), spec.boot_timeout_s)
+            await asyncio.wait_for(self._hello(), timeout_s)
         except TimeoutError:
-            await slot.kill()
+            await self.kill()
             raise SlotError(
-                f"slot {name} did not report within {spec.boot_timeout_s:.0f} s: {slot.log_tail()}",
+                f"slot {self.name} did not report within {timeout_s:.0f} s: {self.log_tail()}",
                 reason="boot timeout",
             ) from None
         except BaseException:
-            await slot.kill()
+            await self.kill()
             raise
-        slot.boot_s = time.perf_counter() - t0
-        return slot
+        self.boot_s = time.perf_counter() - t0
 
     async def _hello(self) -> None:
         while True:  # the file appears at bind(); connect() works from listen() on

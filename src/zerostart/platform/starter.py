@@ -25,7 +25,8 @@ gateway logs and counts) and in :attr:`PathStarter.counts`. Each path's phases
 go into ``Replica.phases_ms``, in the order they happened: ``restore`` +
 ``health`` for a snapshot; ``slot_assign`` (the control channel's own cost:
 assign round trip minus the slot's phases), ``bundle_map``, ``tokenizer``,
-``engine``, ``first_batch``, ``listening``, ``health`` for a slot.
+``engine``, ``listening``, ``health`` for a slot (no warm-up batch: the
+canary already ran the engine code; see ``serve/slot.py``).
 
 With a ``worker_key`` (``_types.py``, "Worker key"), a slot gets the key in its
 assignment (over the 0600 control socket; never on a command line or in a
@@ -55,8 +56,9 @@ from typing import Any
 from zerostart.errors import ZerostartError
 from zerostart.platform._types import Fallback, Replica, StartPath
 from zerostart.platform.config import ModelConfig, PlatformConfig
+from zerostart.platform.container_slot import ContainerSlot
 from zerostart.platform.errors import StartError
-from zerostart.platform.image_start import ContainerReplica, start_image
+from zerostart.platform.image_start import ContainerReplica, image_path, start_image
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
 from zerostart.platform.slot import Slot, SlotError, SlotReplica
@@ -129,10 +131,22 @@ class PathStarter:
         self._replicas: set[SlotReplica | RestoredReplica | ContainerReplica] = set()
 
     @classmethod
-    def from_config(cls, config: PlatformConfig, *, worker_key: str | None = None) -> PathStarter:
+    def from_config(
+        cls,
+        config: PlatformConfig,
+        *,
+        worker_key: str | None = None,
+        slot_image: str | os.PathLike[str] | None = None,
+    ) -> PathStarter:
         """The node's starter for ``platform.toml``: a pool sized by its ``[pool]`` table."""
-        sizes = {"cpu": config.pool.cpu, "cuda": config.pool.cuda}
-        pool = WarmPool(sizes) if any(sizes.values()) else None
+        kinds = {m.source_kind for m in config.models.values()}
+        sizes = {
+            "cpu": config.pool.cpu if "bundle" in kinds else 0,
+            "cuda": config.pool.cuda,
+            # image models get container slots, as many as plain CPU slots
+            "container": config.pool.cpu if "image" in kinds else 0,
+        }
+        pool = WarmPool(sizes, slot_image=slot_image) if any(sizes.values()) else None
         return cls(pool, worker_key=worker_key)
 
     async def open(self) -> None:
@@ -161,8 +175,10 @@ class PathStarter:
                     fallbacks=fallbacks,
                     t0=t0,
                     key_problem=_key_problem,
+                    slot_start=lambda: self._container_slot(model, fallbacks, t0),
                 )
-                self._replicas.add(image)
+                if isinstance(image, ContainerReplica):
+                    self._replicas.add(image)
                 self.counts[f"started.{image.start_path}"] += 1
                 self.counts.update(f"fallback.{f.path}" for f in image.fallbacks)
                 return image
@@ -301,18 +317,50 @@ class PathStarter:
         finally:
             self.pool.refill(model.device)  # after the assignment: no competing boot meanwhile
 
+    async def _container_slot(
+        self, model: ModelConfig, fallbacks: list[Fallback], t0: float
+    ) -> SlotReplica | None:
+        """(b) for an image model: a container slot, given the image's bundle read-only."""
+        if self.pool is None:
+            fallbacks.append(Fallback("warm_slot", "no warm pool on this node"))
+            return None
+        if model.device != "cpu":
+            fallbacks.append(
+                Fallback("warm_slot", "container slots are CPU only (no GPU ones yet)")
+            )
+            return None
+        slot = self.pool.take("container", refill_now=False)
+        try:
+            return await self._assign(slot, model, fallbacks, t0, kind="container")
+        finally:
+            self.pool.refill("container")
+
     async def _assign(
-        self, slot: Slot | None, model: ModelConfig, fallbacks: list[Fallback], t0: float
+        self,
+        slot: Slot | None,
+        model: ModelConfig,
+        fallbacks: list[Fallback],
+        t0: float,
+        *,
+        kind: str | None = None,
     ) -> SlotReplica | None:
         assert self.pool is not None
         if slot is None:
-            self._fall(fallbacks, model, "warm_slot", self.pool.why_empty(model.device))
+            self._fall(fallbacks, model, "warm_slot", self.pool.why_empty(kind or model.device))
             return None
         try:
             server = {"api_key": self.worker_key} if self.worker_key else {}
-            assigned = await slot.assign(
-                model.source, verify=self.verify, server=server, timeout_s=model.start_timeout_s
-            )
+            if isinstance(slot, ContainerSlot):
+                assigned = await slot.assign_image(
+                    image_path(model),
+                    verify=self.verify,
+                    server=server,
+                    timeout_s=model.start_timeout_s,
+                )
+            else:
+                assigned = await slot.assign(
+                    model.source, verify=self.verify, server=server, timeout_s=model.start_timeout_s
+                )
             phases = {k: v * 1e3 for k, v in assigned.phases_s.items()}
             replica = SlotReplica(
                 slot,
