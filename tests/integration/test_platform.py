@@ -387,3 +387,24 @@ def test_worker_accepts_teis_api_key_and_the_gateway_sends_its_own(
     conn.request("POST", "/predict", body=b'{"inputs": "hi"}')
     assert conn.getresponse().status == 401
     conn.close()
+
+
+def test_a_long_answer_is_streamed_through_a_small_body_limit(
+    tmp_path: Path, embed_bundle: Path, gateways: list[Gateway]
+) -> None:
+    from zerostart.pipeline import Pipeline
+
+    texts = [f"sentence number {i} about streaming bodies" for i in range(32)]
+    pipe = Pipeline.load(embed_bundle)
+    job = pipe.prepare("embed", {"inputs": texts})
+    expected = job.finish(pipe.execute(job.encodings))
+    # 64 KiB: the gateway may not hold the ~250 KB answer, so it must stream it
+    toml = "[gateway]\nmax_body_bytes = 65536\n" + GATEWAY + model_toml("embed", embed_bundle)
+    gw = Gateway(tmp_path, toml)
+    gateways.append(gw)
+    for _ in range(3):  # the connection to the replica is reused after a streamed body
+        code, headers, body = gw.request("POST", "/models/embed/embed", {"inputs": texts})
+        assert code == 200, body
+        assert int(headers["content-length"]) > 65536
+        assert same(body, expected)
+    assert gw.status()["models"]["embed"]["in_flight"] == 0  # the seat was given back

@@ -99,9 +99,10 @@ def test_refused_closed_too_large_slow_and_garbage() -> None:
             await read_request(r)
             w.close()
 
-        async def big(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async def big_chunked(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             await read_request(r)
-            w.write(ok(b"y" * 100))
+            w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            w.write(b"64\r\n" + b"y" * 100 + b"\r\n0\r\n\r\n")
 
         async def slow(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             await read_request(r)
@@ -113,7 +114,7 @@ def test_refused_closed_too_large_slow_and_garbage() -> None:
 
         cases: list[tuple[Handler, type[UpstreamError], str]] = [
             (closes, UpstreamError, "closed by the replica"),
-            (big, UpstreamTooLarge, "exceeds the limit of 10"),
+            (big_chunked, UpstreamTooLarge, "exceeds the limit of 10"),
             (slow, UpstreamTimeout, "within 0.2 s"),
             (garbage, UpstreamError, "malformed response"),
         ]
@@ -124,5 +125,50 @@ def test_refused_closed_too_large_slow_and_garbage() -> None:
                 await pool.request("GET", "/", timeout_s=0.2, max_body_bytes=10)
             pool.close()
             server.close()
+
+    asyncio.run(main())
+
+
+def test_a_long_body_is_streamed_with_backpressure_then_the_connection_reused() -> None:
+    async def main() -> None:
+        size = 2 * 1024 * 1024  # far above the stream's high-water mark
+        connections = 0
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            nonlocal connections
+            connections += 1
+            while True:
+                try:
+                    await read_request(r)
+                except asyncio.IncompleteReadError:
+                    break
+                w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size)
+                for i in range(32):
+                    w.write(bytes([i]) * (size // 32))
+                    await w.drain()
+
+        server, port = await serve(handler)
+        pool = UpstreamPool("127.0.0.1", port)
+        for _ in range(2):
+            resp = await pool.request("GET", "/", timeout_s=10, max_body_bytes=1000)
+            assert resp.stream is not None and resp.stream.length == size
+            got = [resp.body]
+            async for chunk in resp.stream:
+                got.append(chunk)
+                await asyncio.sleep(0)  # a slow reader
+            await resp.stream.aclose()
+            body = b"".join(got)
+            assert len(body) == size and body[-1] == 31
+        assert connections == 1  # reused after the stream was read to its end
+        # a stream closed early gives its connection up
+        resp = await pool.request("GET", "/", timeout_s=10, max_body_bytes=1000)
+        assert resp.stream is not None
+        await resp.stream.aclose()
+        resp = await pool.request("GET", "/", timeout_s=10, max_body_bytes=1000)
+        assert resp.stream is not None
+        await resp.stream.aclose()
+        assert connections == 2
+        pool.close()
+        server.close()
 
     asyncio.run(main())

@@ -32,9 +32,12 @@ over asyncio, its limits and timeouts); :meth:`Gateway.handle` routes them:
   same 502 at once, so a broken model costs nothing to the others.
 
 Bodies: a request body is held whole, up to ``max_body_bytes`` (413 above,
-answered from Content-Length before reading it), so it can be re-sent once; a
-response body up to the same limit (502 above). Neither is ever held beyond
-the limit.
+answered from Content-Length before reading it), so that it can be re-sent
+once. A response body that comes with its head is forwarded whole; a longer
+one is streamed to the client as the replica sends it, with backpressure
+both ways (``upstream.py``; at most ~256 KiB buffered per request), its seat
+held until the last byte. A response without a Content-Length is held up to
+``max_body_bytes`` (502 above).
 
 Every answer from a model carries ``zerostart-cold-start`` (``none``, or the
 start path and how long the request waited: ``cold_boot;wait_ms=212.4``) and
@@ -60,6 +63,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +74,7 @@ from zerostart.platform.errors import PlatformError, StartError
 from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.platform.metrics import GatewayMetrics, Labels
 from zerostart.platform.upstream import (
+    BodyStream,
     UpstreamError,
     UpstreamPool,
     UpstreamTimeout,
@@ -390,10 +395,13 @@ class Gateway:
                     max_body_bytes=gw.max_body_bytes,
                 )
             except UpstreamTooLarge as exc:
+                self._release(rt, seat)
                 return error_response(502, f"model {name!r}: {exc}", "Backend")
             except UpstreamTimeout as exc:
+                self._release(rt, seat)
                 return error_response(504, f"model {name!r}: {exc}", "Timeout")
             except UpstreamError as exc:
+                self._release(rt, seat)
                 self._seat_failed(rt, seat, str(exc))
                 if attempt == 0:
                     self.metrics.retries.inc(name)
@@ -401,8 +409,9 @@ class Gateway:
                 return error_response(
                     502, f"model {name!r}: replica failed twice, last: {exc}", "Backend"
                 )
-            finally:
+            except BaseException:
                 self._release(rt, seat)
+                raise
             break
         content_type = "application/json"
         out: list[tuple[str, str]] = []
@@ -412,7 +421,12 @@ class Gateway:
             elif k in FORWARDED_RESPONSE_HEADERS:
                 out.append((k, v))
         out += _timing_headers(waited_s, cold)
-        return Response(up.status, up.body, content_type=content_type, headers=out)
+        if up.stream is None:
+            self._release(rt, seat)
+            return Response(up.status, up.body, content_type=content_type, headers=out)
+        # A long body: its seat stays taken until the last byte is written (or the client left).
+        relay = _Relay(up.stream, lambda: self._release(rt, seat))
+        return Response(up.status, up.body, content_type=content_type, headers=out, stream=relay)
 
     def _pick(self, rt: ModelRuntime) -> Seat | None:
         best = None
@@ -782,6 +796,26 @@ class Gateway:
 
 class _QueueTimeout(Exception):
     pass
+
+
+class _Relay:
+    """A replica's streamed body on its way to the client; frees the seat when closed."""
+
+    def __init__(self, inner: BodyStream, on_close: Callable[[], None]) -> None:
+        self.inner = inner
+        self.length = inner.length
+        self._on_close: Callable[[], None] | None = on_close
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.inner.__aiter__()
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
 
 
 def _expire(fut: asyncio.Future[Seat]) -> None:
