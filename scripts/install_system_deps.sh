@@ -13,9 +13,10 @@
 #   apache2-utils    htpasswd -B: bcrypt password file for the registry auth test
 #   strace           tracing helpers and debugging of the traced worker
 #   fuse3            lazy image filesystem (imagefs)
+#   hey              HTTP load generator: the gateway's 10,000-request test (platform)
 set -euo pipefail
 
-REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3)
+REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 hey)
 OPTIONAL=(podman)
 
 missing() {
