@@ -89,7 +89,9 @@ def test_burst_of_200_at_zero_gets_one_start_and_200_correct_answers(
     assert not bad, bad[:3]
     status = gw.status()["models"]["sst2"]
     assert status["cold_starts"] == {"cold_boot": 1}
-    assert metric(gw.metrics(), "zerostart_gateway_cold_starts_total", model="sst2") == 1
+    m = gw.metrics()
+    assert metric(m, "zerostart_gateway_cold_starts_total", model="sst2") == 1
+    assert metric(m, "zerostart_gateway_scale_events_total", model="sst2", reason="activate") == 1
     cold = [h["zerostart-cold-start"] for _, h, _, _ in results]
     assert any(c.startswith("cold_boot;wait_ms=") for c in cold), cold[:3]
     waited = [float(c.split("wait_ms=")[1].split(";")[0]) for c in cold if c != "none"]

@@ -57,29 +57,37 @@ replica and start in progress and close the starter (its slots).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import hmac
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
+from zerostart.platform._replies import (
+    FORWARDED_REQUEST_HEADERS,
+    FORWARDED_RESPONSE_HEADERS,
+    Refused,
+    Relay,
+    authorized,
+    json_response,
+    start_failed,
+    timing_headers,
+    unauthorized,
+    unavailable,
+)
+from zerostart.platform._state import (
+    BACKOFF_FIRST_S,
+    BACKOFF_MAX_S,
+    ModelRuntime,
+    Seat,
+    StartRecord,
+)
 from zerostart.platform._types import Replica, Starter
 from zerostart.platform.autoscaler import Scaler
-from zerostart.platform.config import ModelConfig, PlatformConfig
+from zerostart.platform.config import PlatformConfig
 from zerostart.platform.errors import PlatformError, StartError
 from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from zerostart.platform.metrics import GatewayMetrics, Labels
-from zerostart.platform.upstream import (
-    BodyStream,
-    UpstreamError,
-    UpstreamPool,
-    UpstreamTimeout,
-    UpstreamTooLarge,
-)
+from zerostart.platform.metrics import GatewayMetrics, register_gauges
+from zerostart.platform.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge
 from zerostart.serve.config import ServerConfig
 from zerostart.serve.http import HttpConnection, Request, Response, error_response
 
@@ -87,92 +95,6 @@ log = logging.getLogger("zerostart.platform")
 
 DRAIN_POLL_S = 0.02
 STOP_TIMEOUT_S = 10.0  # a replica's own drain on scale-down before SIGKILL
-BACKOFF_FIRST_S = 1.0  # after a failed start; doubles per failure
-BACKOFF_MAX_S = 60.0
-FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-encoding")
-FORWARDED_RESPONSE_HEADERS = ("retry-after", "content-encoding")
-COLD_HEADER = "zerostart-cold-start"
-
-
-class _Refused(Exception):
-    def __init__(self, response: Response) -> None:
-        self.response = response
-
-
-@dataclass
-class StartRecord:
-    """One replica start, as /status and the cold-start header show it."""
-
-    path: str
-    total_ms: float
-    phases_ms: dict[str, float]
-    fallbacks: list[dict[str, str]]
-    at: float  # wall clock (time.time())
-
-
-class Seat:
-    """A replica as the gateway sees it: the process, its connections, its load."""
-
-    __slots__ = (
-        "draining",
-        "idle_s",
-        "idle_since",
-        "in_flight",
-        "pool",
-        "ready_at",
-        "replica",
-        "start",
-    )
-
-    def __init__(self, replica: Replica, start: StartRecord, now: float) -> None:
-        self.replica = replica
-        self.pool = UpstreamPool(replica.host, replica.port)
-        self.in_flight = 0
-        self.draining = False
-        self.ready_at = now
-        self.start = start
-        self.idle_s = 0.0  # seconds ready with nothing in flight, up to idle_since
-        self.idle_since: float | None = now
-
-    def busy(self, now: float) -> None:
-        if self.idle_since is not None:
-            self.idle_s += now - self.idle_since
-            self.idle_since = None
-
-    def idle(self, now: float) -> None:
-        if self.idle_since is None:
-            self.idle_since = now
-
-    def idle_total(self, now: float) -> float:
-        return self.idle_s + (0.0 if self.idle_since is None else now - self.idle_since)
-
-
-class ModelRuntime:
-    """A model's replicas, starts in progress, queue and scaler."""
-
-    def __init__(self, config: ModelConfig, scaler: Scaler) -> None:
-        self.config = config
-        self.scaler = scaler
-        self.seats: list[Seat] = []
-        self.starts: set[asyncio.Task[None]] = set()
-        self.waiters: collections.deque[asyncio.Future[Seat]] = collections.deque()
-        self.in_flight = 0
-        self.desired = config.min_replicas
-        self.panicking = False
-        self.last_start: StartRecord | None = None
-        self.failure: StartError | None = None
-        self.failure_until = 0.0
-        self.backoff_s = BACKOFF_FIRST_S
-        self.retired_up_s = 0.0  # replica-seconds of replicas no longer serving
-        self.retired_idle_s = 0.0
-
-    @property
-    def ready(self) -> int:
-        return sum(1 for s in self.seats if not s.draining)
-
-    @property
-    def concurrency(self) -> int:
-        return self.in_flight + len(self.waiters)
 
 
 class Gateway:
@@ -205,21 +127,7 @@ class Gateway:
             name: ModelRuntime(m, Scaler(m, config.autoscaler, now))
             for name, m in config.models.items()
         }
-        self.metrics.gauge("replicas", "Replicas by model and state.", self._replica_gauge)
-        self.metrics.gauge("queue_depth", "Requests waiting for a replica.", self._queue_gauge)
-        self.metrics.gauge("slots", "Warm-pool slots by device kind and state.", self._slots_gauge)
-        self.metrics.gauge(
-            "slot_events_total",
-            "Warm-pool slot events by device kind (assigned, unhealthy, died, ...).",
-            self._slot_counter,
-            kind="counter",
-        )
-        self.metrics.gauge(
-            "replica_seconds_total",
-            "Seconds replicas were ready (state=up), and ready with nothing in flight (state=idle).",
-            self._seconds_counter,
-            kind="counter",
-        )
+        register_gauges(self.metrics, self.models, self.pool_status)
         self._listener: asyncio.Server | None = None
         self._shutdown: asyncio.Event | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -311,13 +219,13 @@ class Gateway:
         stops = []
         for rt in self.models.values():
             for seat in rt.seats:
-                self._retire(rt, seat)
+                rt.retire(seat, time.monotonic())
                 stops.append(seat.replica.stop(STOP_TIMEOUT_S))
             rt.seats.clear()
             while rt.waiters:
                 fut = rt.waiters.popleft()
                 if not fut.done():
-                    fut.set_exception(_Refused(self._unavailable("the gateway is shutting down")))
+                    fut.set_exception(Refused(unavailable("the gateway is shutting down")))
         await asyncio.gather(*stops, *self._background, return_exceptions=True)
         await self.starter.close()
 
@@ -335,14 +243,14 @@ class Gateway:
         if path == "/health":
             if self.draining:
                 return error_response(503, "the gateway is shutting down", "Unhealthy")
-            return _json({"status": "ready"})
+            return json_response({"status": "ready"})
         if path in ("/status", "/metrics"):
             if request.method != "GET":
                 return error_response(405, f"{path} accepts GET only", "MethodNotAllowed")
-            if not _authorized(request, self.platform.gateway.api_key):
-                return _unauthorized("the gateway")
+            if not authorized(request, self.platform.gateway.api_key):
+                return unauthorized("the gateway")
             if path == "/status":
-                return _json(self.status())
+                return json_response(self.status())
             return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
         models = ", ".join(sorted(self.models))
         return error_response(
@@ -358,12 +266,12 @@ class Gateway:
                 404, f"no model {name!r}; models: {', '.join(sorted(self.models))}", "NotFound"
             )
         key = rt.config.api_key or self.platform.gateway.api_key
-        if not _authorized(request, key):
-            response = _unauthorized(f"model {name!r}")
+        if not authorized(request, key):
+            response = unauthorized(f"model {name!r}")
         else:
             try:
                 response = await self._forward(rt, request, target)
-            except _Refused as refused:
+            except Refused as refused:
                 response = refused.response
         self.metrics.requests.inc(name, str(response.status))
         self.metrics.duration.observe(time.perf_counter() - request.received_at, name)
@@ -420,12 +328,12 @@ class Gateway:
                 content_type = v
             elif k in FORWARDED_RESPONSE_HEADERS:
                 out.append((k, v))
-        out += _timing_headers(waited_s, cold)
+        out += timing_headers(waited_s, cold)
         if up.stream is None:
             self._release(rt, seat)
             return Response(up.status, up.body, content_type=content_type, headers=out)
         # A long body: its seat stays taken until the last byte is written (or the client left).
-        relay = _Relay(up.stream, lambda: self._release(rt, seat))
+        relay = Relay(up.stream, lambda: self._release(rt, seat))
         return Response(up.status, up.body, content_type=content_type, headers=out, stream=relay)
 
     def _pick(self, rt: ModelRuntime) -> Seat | None:
@@ -457,11 +365,11 @@ class Gateway:
         name = rt.config.name
         now = time.monotonic()
         if self.draining and not rt.seats and not rt.starts:
-            raise _Refused(self._unavailable("the gateway is shutting down"))
+            raise Refused(unavailable("the gateway is shutting down"))
         if rt.failure is not None and not rt.seats and now < rt.failure_until:
-            raise _Refused(_start_failed(rt.failure, retry_after_s=rt.failure_until - now))
+            raise Refused(start_failed(rt.failure, retry_after_s=rt.failure_until - now))
         if len(rt.waiters) >= rt.config.max_queue:
-            raise _Refused(
+            raise Refused(
                 error_response(
                     429,
                     f"model {name!r}: {len(rt.waiters)} requests already queued (max_queue)",
@@ -484,8 +392,8 @@ class Gateway:
                 self._release(rt, fut.result())  # a seat came as the client left
             raise
         except _QueueTimeout:
-            raise _Refused(
-                self._unavailable(
+            raise Refused(
+                unavailable(
                     f"model {name!r}: no replica free within queue_timeout "
                     f"({rt.config.queue_timeout_s:g} s)"
                 )
@@ -525,11 +433,10 @@ class Gateway:
             self._take(rt, seat)
             fut.set_result(seat)
 
-    def _unavailable(self, message: str) -> Response:
-        return error_response(503, message, "Unavailable", headers=[("retry-after", "1")])
-
     # -- replicas --------------------------------------------------------------------
     def _start_replica(self, rt: ModelRuntime, reason: str) -> None:
+        if reason in ("activate", "replace", "min"):  # not a tick's decision (counted there)
+            self.metrics.scale_events.inc(rt.config.name, "up", reason)
         task = asyncio.get_running_loop().create_task(self._run_start(rt, reason))
         rt.starts.add(task)
         task.add_done_callback(rt.starts.discard)
@@ -580,11 +487,11 @@ class Gateway:
         rt.backoff_s = min(rt.backoff_s * 2, BACKOFF_MAX_S)
         if rt.seats or len(rt.starts) > 1:
             return  # others will serve the queue
-        response = _start_failed(exc, retry_after_s=rt.failure_until - time.monotonic())
+        response = start_failed(exc, retry_after_s=rt.failure_until - time.monotonic())
         while rt.waiters:
             fut = rt.waiters.popleft()
             if not fut.done():
-                fut.set_exception(_Refused(response))
+                fut.set_exception(Refused(response))
         rt.scaler.concurrency(time.monotonic(), rt.concurrency)
 
     def _seat_failed(self, rt: ModelRuntime, seat: Seat, why: str) -> None:
@@ -592,7 +499,7 @@ class Gateway:
         if seat not in rt.seats:
             return  # already handled for another request
         rt.seats.remove(seat)
-        self._retire(rt, seat)
+        rt.retire(seat, time.monotonic())
         self.metrics.deaths.inc(rt.config.name)
         code = getattr(seat.replica, "returncode", None)
         log.warning(
@@ -610,23 +517,9 @@ class Gateway:
     def _stop_seat(self, rt: ModelRuntime, seat: Seat, reason: str) -> None:
         if seat in rt.seats:
             rt.seats.remove(seat)
-        self._retire(rt, seat)
+        rt.retire(seat, time.monotonic())
         log.info("model=%s event=stop pid=%d reason=%s", rt.config.name, seat.replica.pid, reason)
         self._reap(seat.replica, STOP_TIMEOUT_S)
-
-    def _retire(self, rt: ModelRuntime, seat: Seat) -> None:
-        """``seat`` takes no more work: close its connections, bank its replica-seconds."""
-        now = time.monotonic()
-        seat.pool.close()
-        rt.retired_up_s += now - seat.ready_at
-        rt.retired_idle_s += seat.idle_total(now)
-
-    def replica_seconds(self, rt: ModelRuntime) -> tuple[float, float]:
-        """(up, idle): seconds replicas of ``rt`` were ready, and ready with nothing in flight."""
-        now = time.monotonic()
-        up = rt.retired_up_s + sum(now - s.ready_at for s in rt.seats)
-        idle = rt.retired_idle_s + sum(s.idle_total(now) for s in rt.seats)
-        return up, idle
 
     def _reap(self, replica: Replica, timeout_s: float = 1.0) -> None:
         task = asyncio.get_running_loop().create_task(replica.stop(timeout_s))
@@ -690,191 +583,33 @@ class Gateway:
 
     # -- observability -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:
+        """``GET /status``: every model's state (``ModelRuntime.status``) and the warm pool's."""
         now = time.monotonic()
-        models: dict[str, Any] = {}
-        for name, rt in self.models.items():
-            c = rt.config
-            if rt.seats:
-                state = "ready"
-            elif rt.starts:
-                state = "starting"
-            elif rt.failure is not None:
-                state = "failed"
-            else:
-                state = "zero"
-            idle = rt.scaler.idle_s(now)
-            models[name] = {
-                "state": state,
-                "source": {"kind": c.source_kind, "value": c.source},
-                "device": c.device,
-                "replicas": [
-                    {
-                        "pid": s.replica.pid,
-                        "port": s.replica.port,
-                        "state": "draining" if s.draining else "ready",
-                        "in_flight": s.in_flight,
-                        "start_path": s.replica.start_path,
-                        "up_s": round(now - s.ready_at, 3),
-                    }
-                    for s in rt.seats
-                ],
-                "starting": len(rt.starts),
-                "queued": len(rt.waiters),
-                "in_flight": rt.in_flight,
-                "desired": rt.desired,
-                "panicking": rt.panicking,
-                "idle_s": None if idle is None else round(idle, 3),
-                "cold_starts": {
-                    p: int(n) for (m, p), n in self.metrics.cold_starts._values.items() if m == name
-                },
-                "last_start": None if rt.last_start is None else _start_dict(rt.last_start),
-                "replica_seconds": dict(
-                    zip(
-                        ("up", "idle"), (round(x, 3) for x in self.replica_seconds(rt)), strict=True
-                    )
-                ),
-                "last_error": None if rt.failure is None else str(rt.failure),
-                "limits": {
-                    "min_replicas": c.min_replicas,
-                    "max_replicas": c.max_replicas,
-                    "concurrency": c.concurrency,
-                    "idle_timeout_s": c.idle_timeout_s,
-                    "max_queue": c.max_queue,
-                    "queue_timeout_s": c.queue_timeout_s,
-                },
-                "auth": bool(c.api_key or self.platform.gateway.api_key),
-            }
+        key = self.platform.gateway.api_key
+        counts = self.metrics.cold_starts.by_first_label()
+        models = {
+            name: rt.status(
+                now, cold_starts=counts.get(name, {}), auth=bool(rt.config.api_key or key)
+            )
+            for name, rt in self.models.items()
+        }
         out: dict[str, Any] = {"draining": self.draining, "models": models}
+        if (pool := self.pool_status()) is not None:
+            out["starter"] = pool
+        return out
+
+    def pool_status(self) -> dict[str, Any] | None:
         starter_status = getattr(self.starter, "status", None)  # optional: the warm pool's slots
-        if starter_status is not None:
-            out["starter"] = starter_status()
-        return out
-
-    def _replica_gauge(self) -> list[tuple[Labels, float]]:
-        out: list[tuple[Labels, float]] = []
-        for name, rt in self.models.items():
-            draining = sum(1 for s in rt.seats if s.draining)
-            for state, n in (
-                ("starting", len(rt.starts)),
-                ("ready", rt.ready),
-                ("draining", draining),
-            ):
-                out.append(((("model", name), ("state", state)), float(n)))
-        return out
-
-    def _pool(self) -> dict[str, dict[str, int]]:
-        status = getattr(self.starter, "status", None)  # optional: a starter with a warm pool
-        pool = status().get("pool") if status is not None else None
-        return pool if isinstance(pool, dict) else {}
-
-    def _slots_gauge(self) -> list[tuple[Labels, float]]:
-        return [
-            ((("device", device), ("state", state)), float(row.get(state, 0)))
-            for device, row in self._pool().items()
-            for state in ("ready", "booting")
-        ]
-
-    def _slot_counter(self) -> list[tuple[Labels, float]]:
-        return [
-            ((("device", device), ("event", event)), float(n))
-            for device, row in self._pool().items()
-            for event, n in row.items()
-            if event not in ("size", "ready", "booting")
-        ]
-
-    def _seconds_counter(self) -> list[tuple[Labels, float]]:
-        out: list[tuple[Labels, float]] = []
-        for name, rt in self.models.items():
-            up, idle = self.replica_seconds(rt)
-            out.append(((("model", name), ("state", "up")), up))
-            out.append(((("model", name), ("state", "idle")), idle))
-        return out
-
-    def _queue_gauge(self) -> list[tuple[Labels, float]]:
-        return [((("model", name),), float(len(rt.waiters))) for name, rt in self.models.items()]
+        return starter_status() if starter_status is not None else None
 
 
 class _QueueTimeout(Exception):
     pass
 
 
-class _Relay:
-    """A replica's streamed body on its way to the client; frees the seat when closed."""
-
-    def __init__(self, inner: BodyStream, on_close: Callable[[], None]) -> None:
-        self.inner = inner
-        self.length = inner.length
-        self._on_close: Callable[[], None] | None = on_close
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self.inner.__aiter__()
-
-    async def aclose(self) -> None:
-        try:
-            await self.inner.aclose()
-        finally:
-            on_close, self._on_close = self._on_close, None
-            if on_close is not None:
-                on_close()
-
-
 def _expire(fut: asyncio.Future[Seat]) -> None:
     if not fut.done():
         fut.set_exception(_QueueTimeout())
-
-
-def _authorized(request: Request, key: str | None) -> bool:
-    if key is None:
-        return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        token = ""
-    return hmac.compare_digest(token.strip().encode(), key.encode())
-
-
-def _unauthorized(what: str) -> Response:
-    return error_response(
-        401,
-        f"{what} needs an Authorization: Bearer token",
-        "Unauthorized",
-        headers=[("www-authenticate", 'Bearer realm="zerostart"')],
-    )
-
-
-def _start_failed(exc: StartError, *, retry_after_s: float) -> Response:
-    return error_response(
-        502,
-        f"{exc} (could not start a replica)",
-        "StartFailed",
-        headers=[("retry-after", str(max(1, round(retry_after_s))))],
-    )
-
-
-def _start_dict(r: StartRecord) -> dict[str, Any]:
-    return {
-        "path": r.path,
-        "total_ms": round(r.total_ms, 3),
-        "phases_ms": {k: round(v, 3) for k, v in r.phases_ms.items()},
-        "fallbacks": r.fallbacks,
-        "at": r.at,
-    }
-
-
-def _timing_headers(waited_s: float, cold: StartRecord | None) -> list[tuple[str, str]]:
-    wait_ms = waited_s * 1e3
-    timing = [f"queue;dur={wait_ms:.3f}"]
-    if cold is None:
-        return [(COLD_HEADER, "none"), ("server-timing", ", ".join(timing))]
-    timing.append(f'start;desc="{cold.path}";dur={cold.total_ms:.3f}')
-    timing += [f"{k};dur={v:.3f}" for k, v in cold.phases_ms.items()]
-    return [
-        (COLD_HEADER, f"{cold.path};wait_ms={wait_ms:.3f};start_ms={cold.total_ms:.3f}"),
-        ("server-timing", ", ".join(timing)),
-    ]
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(status, json.dumps(data, separators=(",", ":")).encode())
 
 
 async def serve(config: PlatformConfig, starter: Starter, *, worker_key: str | None = None) -> None:

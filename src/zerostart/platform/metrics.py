@@ -30,7 +30,12 @@ label sets of any width. Single event loop: no locks.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zerostart.platform._state import ModelRuntime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "zerostart_gateway"
@@ -80,6 +85,13 @@ class Counter:
 
     def get(self, *values: str) -> float:
         return self._values.get(values, 0)
+
+    def by_first_label(self) -> dict[str, dict[str, int]]:
+        """For two labels: {first: {second: count}} (cold starts by model, then path)."""
+        out: dict[str, dict[str, int]] = {}
+        for key, n in self._values.items():
+            out.setdefault(key[0], {})[key[-1]] = int(n)
+        return out
 
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
@@ -213,3 +225,73 @@ class GatewayMetrics:
         for family in families:
             out += family.render()
         return ("\n".join(out) + "\n").encode()
+
+
+def register_gauges(
+    metrics: GatewayMetrics,
+    models: Mapping[str, ModelRuntime],
+    pool_status: Callable[[], dict[str, Any] | None],
+) -> None:
+    """The gateway's read-at-scrape series: replicas, queues, replica-seconds, warm slots."""
+
+    def replicas() -> list[tuple[Labels, float]]:
+        out: list[tuple[Labels, float]] = []
+        for name, rt in models.items():
+            draining = sum(1 for s in rt.seats if s.draining)
+            for state, n in (
+                ("starting", len(rt.starts)),
+                ("ready", rt.ready),
+                ("draining", draining),
+            ):
+                out.append(((("model", name), ("state", state)), float(n)))
+        return out
+
+    def queues() -> list[tuple[Labels, float]]:
+        return [((("model", name),), float(len(rt.waiters))) for name, rt in models.items()]
+
+    def seconds() -> list[tuple[Labels, float]]:
+        now = time.monotonic()
+        out: list[tuple[Labels, float]] = []
+        for name, rt in models.items():
+            up, idle = rt.replica_seconds(now)
+            out += [
+                ((("model", name), ("state", "up")), up),
+                ((("model", name), ("state", "idle")), idle),
+            ]
+        return out
+
+    def pool() -> dict[str, dict[str, int]]:
+        status = pool_status() or {}
+        p = status.get("pool")
+        return p if isinstance(p, dict) else {}
+
+    def slots() -> list[tuple[Labels, float]]:
+        return [
+            ((("device", device), ("state", state)), float(row.get(state, 0)))
+            for device, row in pool().items()
+            for state in ("ready", "booting")
+        ]
+
+    def slot_events() -> list[tuple[Labels, float]]:
+        return [
+            ((("device", device), ("event", event)), float(n))
+            for device, row in pool().items()
+            for event, n in row.items()
+            if event not in ("size", "ready", "booting")
+        ]
+
+    metrics.gauge("replicas", "Replicas by model and state.", replicas)
+    metrics.gauge("queue_depth", "Requests waiting for a replica.", queues)
+    metrics.gauge("slots", "Warm-pool slots by device kind and state.", slots)
+    metrics.gauge(
+        "slot_events_total",
+        "Warm-pool slot events by device kind (assigned, unhealthy, died, ...).",
+        slot_events,
+        kind="counter",
+    )
+    metrics.gauge(
+        "replica_seconds_total",
+        "Seconds replicas were ready (state=up), and ready with nothing in flight (state=idle).",
+        seconds,
+        kind="counter",
+    )
