@@ -217,6 +217,7 @@ def test_sigterm_drains_queued_requests_and_leaves_no_orphans(
         + model_toml("embed", embed_bundle, min_replicas=1)
     )
     gw = Gateway(tmp_path, toml)
+    gateways.append(gw)
     assert wait_until(lambda: gw.status()["models"]["embed"]["state"] == "ready", 30.0)
     kids_before = gw.children()
     assert len(kids_before) == 1
@@ -244,6 +245,7 @@ def test_sigkill_of_the_gateway_leaves_no_orphans(
     tmp_path: Path, sst2_bundle: Path, gateways: list[Gateway]
 ) -> None:
     gw = Gateway(tmp_path, GATEWAY + model_toml("sst2", sst2_bundle, min_replicas=1))
+    gateways.append(gw)
     assert wait_until(lambda: gw.status()["models"]["sst2"]["state"] == "ready", 30.0)
     kids = gw.children()
     assert kids
@@ -410,3 +412,24 @@ def test_a_long_answer_is_streamed_through_a_small_body_limit(
         assert int(headers["content-length"]) > 65536
         assert same(body, expected)
     assert gw.status()["models"]["embed"]["in_flight"] == 0  # the seat was given back
+
+
+def test_sigterm_stops_warm_slots_and_their_replicas_too(
+    tmp_path: Path, sst2_bundle: Path, gateways: list[Gateway]
+) -> None:
+    toml = "[autoscaler]\ntick = 0.1\n[pool]\ncpu = 2\n" + model_toml("sst2", sst2_bundle)
+    gw = Gateway(tmp_path, toml)
+    gateways.append(gw)  # stopped there too if an assertion fails first
+
+    def slots_ready() -> bool:
+        pool = gw.status().get("starter", {}).get("pool") or {}
+        return bool(pool.get("cpu", {}).get("ready", 0) >= 2)
+
+    assert wait_until(slots_ready, 60.0)
+    code, headers, _ = gw.request("POST", "/models/sst2/predict", {"inputs": "hi"})
+    assert code == 200 and headers["zerostart-cold-start"].startswith("warm_slot")
+    assert wait_until(slots_ready, 60.0)  # refilled: one replica and two idle slots
+    kids = gw.children()
+    assert len(kids) >= 3, kids
+    assert gw.stop() == 0, gw.stderr()
+    assert wait_until(lambda: not any(alive(p) for p in kids), 10.0), [p for p in kids if alive(p)]
