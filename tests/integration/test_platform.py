@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
+import re
 import shutil
 import signal
 import threading
@@ -433,3 +434,41 @@ def test_sigterm_stops_warm_slots_and_their_replicas_too(
     assert len(kids) >= 3, kids
     assert gw.stop() == 0, gw.stderr()
     assert wait_until(lambda: not any(alive(p) for p in kids), 10.0), [p for p in kids if alive(p)]
+
+
+def test_sustained_load_scales_up_in_panic_and_back_down_to_zero(
+    tmp_path: Path, sst2_bundle: Path, gateways: list[Gateway]
+) -> None:
+    # concurrency 2 per replica (target 1.4): 12 callers in a loop need more than one
+    toml = GATEWAY + model_toml(
+        "sst2", sst2_bundle, concurrency=2, max_replicas=3, idle_timeout=1.0
+    )
+    gw = Gateway(tmp_path, toml)
+    gateways.append(gw)
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def loop() -> None:
+        while not stop.is_set():
+            codes.append(gw.request("POST", "/models/sst2/predict", {"inputs": "hi"})[0])
+
+    threads = [threading.Thread(target=loop) for _ in range(12)]
+    for t in threads:
+        t.start()
+    try:
+        assert wait_until(lambda: len(gw.status()["models"]["sst2"]["replicas"]) == 3, 60.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert codes and set(codes) == {200}
+    # panic mode wanted more than max_replicas at once: the event says "max", and "panic=yes"
+    assert re.search(r"event=scale_up from=1 to=3 reason=(panic|max) panic=yes", gw.stderr())
+    m = gw.metrics()
+    ups = [
+        metric(m, "zerostart_gateway_scale_events_total", direction="up", reason=r)
+        for r in ("panic", "max")
+    ]
+    assert sum(ups) >= 1
+    assert wait_until(lambda: gw.status()["models"]["sst2"]["state"] == "zero", 30.0)
+    assert metric(gw.metrics(), "zerostart_gateway_scale_events_total", reason="idle") >= 1

@@ -557,11 +557,13 @@ class Gateway:
                 return  # a broken model is retried, backing off, for its requests or min_replicas
             self.metrics.scale_events.inc(name, "up", decision.reason)
             log.info(
-                "model=%s event=scale_up from=%d to=%d reason=%s",
+                "model=%s event=scale_up from=%d to=%d reason=%s panic=%s concurrency=%.1f",
                 name,
                 have,
                 decision.desired,
                 decision.reason,
+                "yes" if decision.panicking else "no",
+                decision.panic_concurrency,
             )
             for _ in range(decision.desired - have):
                 self._start_replica(rt, decision.reason)
