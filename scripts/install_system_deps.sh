@@ -17,10 +17,11 @@
 #                    the reference eStargz implementation (Go sources) and the
 #                    compiler that builds tests/interop/estargz_ref offline
 #   stargz-snapshotter  ctr-remote and the eStargz spec under /usr/share/doc
+#   hey              HTTP load generator: the gateway's 10,000-request test (platform)
 set -euo pipefail
 
 REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3
-    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter)
+    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter hey)
 OPTIONAL=(podman)
 
 missing() {

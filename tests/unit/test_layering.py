@@ -20,7 +20,14 @@ FORBIDDEN = {
     "image": ("zerostart.container", "zerostart.cli"),
     "container": ("zerostart.cli",),
     "snapshot": ("zerostart.cli", "zerostart.container"),
-    "serve": ("zerostart.cli", "zerostart.image", "zerostart.registry", "zerostart.container"),
+    "serve": (
+        "zerostart.cli",
+        "zerostart.image",
+        "zerostart.registry",
+        "zerostart.container",
+        "zerostart.platform",
+    ),
+    "platform": ("zerostart.cli", "zerostart.image"),
     "model": ("zerostart.cli", "zerostart.serve"),
     "engine": ("zerostart.cli", "zerostart.serve"),
     # the layer format is shared by the builder and the lazy filesystem: it uses neither

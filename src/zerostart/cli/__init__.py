@@ -4,6 +4,7 @@
     image.py     build, inspect, run
     registry.py  push, pull
     snapshot.py  snapshot, restore, snapshots
+    platform.py  up (the gateway)
 
 Nothing in the library imports this package; it imports the library lazily,
 per command, so `zerostart --help` is instant.

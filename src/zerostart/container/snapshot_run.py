@@ -231,11 +231,14 @@ def run_with_snapshot(
     cache_dir: Path | None = None,
     full_verify: bool = False,
     take_snapshot: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> SnapshotRun:
     """Restore ``image_path``'s container from its snapshot, else boot it and snapshot it.
 
     Raises (never boots) when the port is taken: a booted worker could not
     listen either. Any other restore failure boots and says why in ``reason``.
+    ``extra_env`` goes into a booted container's environment (a restored one
+    keeps the environment it was snapshotted with).
     """
     t_all = time.perf_counter()
     image = read_oci_layout(image_path)
@@ -255,6 +258,7 @@ def run_with_snapshot(
             hint="stop what listens there, or pick another --port",
         )
     base = {"image_path": image_path, "port": port, "host": host, "runtime": runtime_path}
+    env = dict(extra_env or {})
     if (folder / MANIFEST_NAME).exists():
         try:
             return _restore(image, name, folder, root, t_all, full_verify, cache_dir, **base)
@@ -262,7 +266,7 @@ def run_with_snapshot(
             reason = f"{type(exc).__name__}: {exc}"
     else:
         reason = "no snapshot of this image for this host and port yet"
-    return _boot(image, name, folder, root, reason, t_all, take_snapshot, cache_dir, **base)
+    return _boot(image, name, folder, root, reason, t_all, take_snapshot, cache_dir, env, **base)
 
 
 def _restore(
@@ -351,6 +355,7 @@ def _boot(
     t_all: float,
     take_snapshot: bool,
     cache_dir: Path | None,
+    extra_env: dict[str, str],
     **base: Any,
 ) -> SnapshotRun:
     if folder.exists():
@@ -364,6 +369,7 @@ def _boot(
         runtime=base["runtime"],
         cache_dir=cache_dir,
         state_dir=str(folder / STATE_DIR),
+        extra_env=extra_env,
     )
     timings = {"boot_to_health": container.start()}
     run = SnapshotRun(container, "booted", name, folder, reason=reason, timings_s=timings)
@@ -389,8 +395,10 @@ def _take(
 ) -> int:
     """Warm the running container up, checkpoint it (it keeps serving), seal the manifest."""
     t0 = time.perf_counter()
+    key = container.extra_env.get("API_KEY")  # a worker started with a key wants it
+    auth = {"Authorization": f"Bearer {key}"} if key else None
     for req, expected in warmup_requests(base["image_path"]):
-        status, answer = send(base["port"], req)
+        status, answer = send(base["port"], req, extra_headers=auth)
         if status != 200 or (expected is not None and not answers_match(answer, expected)):
             raise SnapshotError(
                 f"warm-up {req.method} {req.path} answered HTTP {status} {str(answer)[:200]}, "

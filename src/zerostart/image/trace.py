@@ -239,11 +239,16 @@ def interpreter_info(python: str, timeout_s: float = INFO_TIMEOUT_S) -> dict[str
     return info
 
 
-def send(port: int, req: WarmupRequest, timeout_s: float = REQUEST_TIMEOUT_S) -> tuple[int, Any]:
+def send(
+    port: int,
+    req: WarmupRequest,
+    timeout_s: float = REQUEST_TIMEOUT_S,
+    extra_headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     """Send one request to 127.0.0.1:port; return (status, JSON body or text)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
     try:
-        headers = {}
+        headers = dict(extra_headers or {})
         payload = None
         if req.body is not None:
             payload = req.body if isinstance(req.body, bytes) else json.dumps(req.body).encode()

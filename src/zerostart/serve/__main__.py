@@ -1,5 +1,9 @@
 """Worker entry point: ``python -m zerostart.serve BUNDLE [options]``.
 
+``python -m zerostart.serve --slot SOCKET --canary DIR`` runs a warm slot
+instead (``zerostart.serve.slot``): a worker that pre-imports, passes a health
+check, and waits to be assigned a model by the pool.
+
 The first statement starts the start-up clock; everything this module imports
 after it is timed as the ``imports`` phase. argparse, not click: it is already
 in the standard library and costs a few milliseconds.
@@ -11,6 +15,7 @@ _STARTUP = Startup.begin()
 
 import argparse  # noqa: E402  (after the clock starts, on purpose)
 import logging  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
 
 # The worker never speaks TLS (it listens behind a gateway); asyncio imports ssl only to
@@ -122,6 +127,11 @@ def parse_args(
         default=d.drain_timeout_s,
         help="seconds to finish in-flight work on SIGTERM (default %(default)s)",
     )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("API_KEY") or None,
+        help="require Authorization: Bearer KEY on every route but /health (env API_KEY, as TEI)",
+    )
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p.parse_args(argv)
 
@@ -141,10 +151,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         body_timeout_s=args.body_timeout,
         keepalive_timeout_s=args.keepalive_timeout,
         drain_timeout_s=args.drain_timeout,
+        api_key=args.api_key,
     )
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m zerostart.serve") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--slot" or a.startswith("--slot=") for a in argv):
+        from zerostart.serve.slot import main as slot_main  # a warm slot (zerostart.platform)
+
+        return slot_main(argv, prog, _STARTUP)
     args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:

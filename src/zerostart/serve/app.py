@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import time
+from _operator import _compare_digest  # hmac.compare_digest itself, without hmac's hashlib
 from typing import Any, Protocol
 
 import zerostart
@@ -135,6 +136,17 @@ class App:
 
     async def _dispatch(self, request: Request, route: str) -> Response:
         method = request.method
+        if (
+            self.config.api_key is not None
+            and route not in ("health", "ping")
+            and not self._authorized(request)
+        ):
+            return error_response(
+                401,
+                "this worker needs an Authorization: Bearer token",
+                "Unauthorized",
+                headers=[("www-authenticate", 'Bearer realm="zerostart"')],
+            )
         allowed = [
             m for m, table in (("GET", GET_ROUTES), ("POST", INFERENCE_ROUTES)) if route in table
         ]
@@ -157,6 +169,13 @@ class App:
         if route == "v1/models":
             return json_response(self._models())
         return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+    def _authorized(self, request: Request) -> bool:
+        """TEI's --api-key check, in constant time; the token is never logged."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        key = self.config.api_key or ""
+        given = token.strip() if scheme.lower() == "bearer" else ""
+        return bool(_compare_digest(given.encode(), key.encode()))
 
     def _health(self) -> Response:
         if self.ready:

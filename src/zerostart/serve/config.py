@@ -10,7 +10,7 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zerostart.errors import ServeError
@@ -40,6 +40,8 @@ class ServerConfig:
     keepalive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
     drain_timeout_s: float = 30.0  # on SIGTERM: longest wait for in-flight work before exit
     backlog: int = 1024  # listen(2) backlog
+    # TEI's --api-key: every route but GET /health needs "Authorization: Bearer KEY".
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         positive = (
@@ -60,6 +62,8 @@ class ServerConfig:
                 raise ServeError(f"server setting {name} must be > 0, got {getattr(self, name)!r}")
         if self.drain_timeout_s < 0:
             raise ServeError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ServeError("api_key must not be empty", hint="unset API_KEY or give a key")
         if not 0 <= self.port <= 65535:
             raise ServeError(f"port must be in 0..65535, got {self.port}")
 

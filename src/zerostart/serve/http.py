@@ -42,7 +42,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -59,6 +59,7 @@ REASONS = {
     100: "Continue",
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     404: "Not Found",
     405: "Method Not Allowed",
     408: "Request Timeout",
@@ -68,7 +69,9 @@ REASONS = {
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -88,6 +91,20 @@ class Request:
         return self.target.split("?", 1)[0]
 
 
+class BodyStream(Protocol):
+    """The rest of a response body, written as it comes (a proxy's upstream answer).
+
+    ``length`` is the whole body's size in bytes (``Response.body`` included);
+    ``aclose`` is always awaited once, whether the body was sent, cut short, or
+    never started (the client left): it releases what the stream holds.
+    """
+
+    length: int
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    async def aclose(self) -> None: ...
+
+
 @dataclass(slots=True)
 class Response:
     status: int
@@ -95,12 +112,14 @@ class Response:
     content_type: str = "application/json"
     headers: list[tuple[str, str]] = field(default_factory=list)
     close: bool = False  # close the connection after this response
+    stream: BodyStream | None = None  # more body after ``body``, written with backpressure
 
     def serialize(self, *, keep_alive: bool, http_version: str = "1.1") -> bytes:
+        length = self.stream.length if self.stream is not None else len(self.body)
         lines = [
             f"HTTP/1.1 {self.status} {REASONS.get(self.status, 'Unknown')}",
             f"content-type: {self.content_type}",
-            f"content-length: {len(self.body)}",
+            f"content-length: {length}",
         ]
         lines.extend(f"{k}: {v}" for k, v in self.headers)
         if not keep_alive:
@@ -352,6 +371,13 @@ class HttpConnection(asyncio.Protocol):
                         and not (self._eof and not self._pending and not self._parsing)
                     )
                     version = item.http_version
+                if response.stream is not None:
+                    if not await self._write_streamed(response, keep, version):
+                        return
+                    if not keep:
+                        self._close()
+                        return
+                    continue
                 if self._lost:
                     return
                 transport.write(response.serialize(keep_alive=keep, http_version=version))
@@ -368,6 +394,29 @@ class HttpConnection(asyncio.Protocol):
             self._close()
         elif not self._parsing:
             self._arm("idle", self._config.keepalive_timeout_s)
+
+    async def _write_streamed(self, response: Response, keep: bool, version: str) -> bool:
+        """Head and body of a streamed response; False if the connection is gone (or cut)."""
+        transport = self._transport
+        stream = response.stream
+        assert transport is not None and stream is not None
+        try:
+            if self._lost:
+                return False
+            transport.write(response.serialize(keep_alive=keep, http_version=version))
+            async for chunk in stream:
+                if self._lost:
+                    return False
+                transport.write(chunk)
+                if self._write_ready is not None:
+                    await self._write_ready
+        except Exception as exc:  # the body's source failed after the head went out
+            log.warning("response body cut short: %s", exc)
+            transport.abort()  # the client sees a short body, not a wrong one
+            return False
+        finally:
+            await stream.aclose()
+        return not self._lost
 
     def _close(self) -> None:
         """Close our side politely: FIN now, drop further input, abort after LINGER_S."""

@@ -1,0 +1,98 @@
+"""What the gateway answers besides a replica's own answer: auth, errors, timing headers.
+
+Every error names the model (or the gateway) and uses TEI's body,
+``{"error": ..., "error_type": ...}`` (``serve/http.py``'s ``error_response``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from zerostart.platform._state import StartRecord
+from zerostart.platform.errors import StartError
+from zerostart.platform.upstream import BodyStream
+from zerostart.serve.http import Request, Response, error_response
+
+FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-encoding")
+FORWARDED_RESPONSE_HEADERS = ("retry-after", "content-encoding")
+COLD_HEADER = "zerostart-cold-start"
+
+
+class Refused(Exception):
+    """Raised on the way to a replica: answer ``response`` instead."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def authorized(request: Request, key: str | None) -> bool:
+    """``Authorization: Bearer KEY``, compared in constant time; no key: anyone."""
+    if key is None:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = ""
+    return hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+def unauthorized(what: str) -> Response:
+    return error_response(
+        401,
+        f"{what} needs an Authorization: Bearer token",
+        "Unauthorized",
+        headers=[("www-authenticate", 'Bearer realm="zerostart"')],
+    )
+
+
+def unavailable(message: str) -> Response:
+    return error_response(503, message, "Unavailable", headers=[("retry-after", "1")])
+
+
+def start_failed(exc: StartError, *, retry_after_s: float) -> Response:
+    return error_response(
+        502,
+        f"{exc} (could not start a replica)",
+        "StartFailed",
+        headers=[("retry-after", str(max(1, round(retry_after_s))))],
+    )
+
+
+def timing_headers(waited_s: float, cold: StartRecord | None) -> list[tuple[str, str]]:
+    """``zerostart-cold-start`` and a W3C ``server-timing`` with the wait and the start's phases."""
+    wait_ms = waited_s * 1e3
+    timing = [f"queue;dur={wait_ms:.3f}"]
+    if cold is None:
+        return [(COLD_HEADER, "none"), ("server-timing", ", ".join(timing))]
+    timing.append(f'start;desc="{cold.path}";dur={cold.total_ms:.3f}')
+    timing += [f"{k};dur={v:.3f}" for k, v in cold.phases_ms.items()]
+    return [
+        (COLD_HEADER, f"{cold.path};wait_ms={wait_ms:.3f};start_ms={cold.total_ms:.3f}"),
+        ("server-timing", ", ".join(timing)),
+    ]
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(status, json.dumps(data, separators=(",", ":")).encode())
+
+
+class Relay:
+    """A replica's streamed body on its way to the client; ``on_close`` frees its seat."""
+
+    def __init__(self, inner: BodyStream, on_close: Callable[[], None]) -> None:
+        self.inner = inner
+        self.length = inner.length
+        self._on_close: Callable[[], None] | None = on_close
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.inner.__aiter__()
+
+    async def aclose(self) -> None:
+        try:
+            await self.inner.aclose()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()

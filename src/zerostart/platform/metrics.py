@@ -1,0 +1,297 @@
+"""The gateway's Prometheus metrics (text exposition format 0.0.4).
+
+Series (all prefixed ``zerostart_gateway_``):
+
+=============================== ========= ==========================================
+name                            type      labels
+=============================== ========= ==========================================
+requests_total                  counter   model, status
+request_duration_seconds        histogram model (complete request to response ready)
+queue_wait_seconds              histogram model (time waiting for a replica)
+cold_starts_total               counter   model, path
+start_failures_total            counter   model, path
+start_fallbacks_total           counter   model, path (the path that was skipped)
+start_phase_seconds             histogram model, phase
+replica_deaths_total            counter   model
+retries_total                   counter   model
+scale_events_total              counter   model, direction (up/down), reason
+replicas                        gauge     model, state (starting/ready/draining)
+queue_depth                     gauge     model
+replica_seconds_total           counter   model, state (up/idle: ready, ready and unused)
+slots                           gauge     device, state (ready/booting; from the warm pool)
+slot_events_total               counter   device, event (the pool's counters)
+=============================== ========= ==========================================
+
+No client library: the worker renders its own metrics for import-time
+reasons (``serve/metrics.py``) and the gateway follows the same format with
+label sets of any width. Single event loop: no locks.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from zerostart.platform._state import ModelRuntime
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX = "zerostart_gateway"
+
+# From a 1 ms warm answer to a 30 s queue timeout.
+LATENCY_BUCKETS_S = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _fmt(labels: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + inner + "}" if inner else ""
+
+
+def _num(x: float) -> str:
+    return repr(float(x)) if isinstance(x, float) else str(x)
+
+
+class Counter:
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...]) -> None:
+        self.name, self.help, self.labels = f"{PREFIX}_{name}", help_text, labels
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *values: str, by: float = 1) -> None:
+        self._values[values] = self._values.get(values, 0) + by
+
+    def get(self, *values: str) -> float:
+        return self._values.get(values, 0)
+
+    def by_first_label(self) -> dict[str, dict[str, int]]:
+        """For two labels: {first: {second: count}} (cold starts by model, then path)."""
+        out: dict[str, dict[str, int]] = {}
+        for key, n in self._values.items():
+            out.setdefault(key[0], {})[key[-1]] = int(n)
+        return out
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
+        for key, n in sorted(self._values.items()):
+            out.append(f"{self.name}{_fmt(zip(self.labels, key, strict=True))} {_num(n)}")
+        return out
+
+
+class Histogram:
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labels: tuple[str, ...],
+        buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
+    ) -> None:
+        self.name, self.help, self.labels, self.buckets = (
+            f"{PREFIX}_{name}",
+            help_text,
+            labels,
+            buckets,
+        )
+        self._series: dict[tuple[str, ...], list[float]] = {}  # per bucket, +Inf, then sum
+
+    def observe(self, seconds: float, *values: str) -> None:
+        row = self._series.get(values)
+        if row is None:
+            row = self._series[values] = [0.0] * (len(self.buckets) + 2)
+        row[bisect.bisect_left(self.buckets, seconds)] += 1
+        row[-1] += seconds
+
+    def count(self, *values: str) -> int:
+        row = self._series.get(values)
+        return int(sum(row[:-1])) if row else 0
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
+        for key, row in sorted(self._series.items()):
+            base = list(zip(self.labels, key, strict=True))
+            cumulative = 0
+            for bound, n in zip((*self.buckets, float("inf")), row[:-1], strict=True):
+                cumulative += int(n)
+                le = "+Inf" if bound == float("inf") else _num(bound)
+                out.append(f"{self.name}_bucket{_fmt([*base, ('le', le)])} {cumulative}")
+            out.append(f"{self.name}_sum{_fmt(base)} {_num(row[-1])}")
+            out.append(f"{self.name}_count{_fmt(base)} {cumulative}")
+        return out
+
+
+class Gauges:
+    """Labelled samples read at scrape time (a gauge, or a counter kept elsewhere)."""
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], Iterable[tuple[Labels, float]]],
+        kind: str = "gauge",
+    ) -> None:
+        self.name, self.help, self.read, self.kind = f"{PREFIX}_{name}", help_text, read, kind
+
+    def render(self) -> list[str]:
+        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+        out += [f"{self.name}{_fmt(labels)} {_num(v)}" for labels, v in sorted(self.read())]
+        return out
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        m = ("model",)
+        self.requests = Counter(
+            "requests_total", "Requests answered, by model and HTTP status.", ("model", "status")
+        )
+        self.duration = Histogram(
+            "request_duration_seconds", "Complete request to response ready, queue included.", m
+        )
+        self.queue_wait = Histogram(
+            "queue_wait_seconds", "Time a request waited for a free replica.", m
+        )
+        self.cold_starts = Counter(
+            "cold_starts_total", "Replicas started, by start path.", ("model", "path")
+        )
+        self.start_failures = Counter(
+            "start_failures_total", "Starts that failed, by the last path tried.", ("model", "path")
+        )
+        self.fallbacks = Counter(
+            "start_fallbacks_total",
+            "Start paths skipped or failed before the one that worked.",
+            ("model", "path"),
+        )
+        self.phases = Histogram(
+            "start_phase_seconds",
+            "Duration of each phase of a replica's start.",
+            ("model", "phase"),
+        )
+        self.deaths = Counter("replica_deaths_total", "Replicas that exited unasked.", m)
+        self.retries = Counter(
+            "retries_total", "Requests re-sent once after their replica failed.", m
+        )
+        self.scale_events = Counter(
+            "scale_events_total",
+            "Replica count changes decided by the autoscaler.",
+            ("model", "direction", "reason"),
+        )
+        self._gauges: list[Gauges] = []
+
+    def gauge(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], Iterable[tuple[Labels, float]]],
+        kind: str = "gauge",
+    ) -> None:
+        self._gauges.append(Gauges(name, help_text, read, kind))
+
+    def render(self) -> bytes:
+        out: list[str] = []
+        families: list[Counter | Histogram | Gauges] = [
+            self.requests,
+            self.duration,
+            self.queue_wait,
+            self.cold_starts,
+            self.start_failures,
+            self.fallbacks,
+            self.phases,
+            self.deaths,
+            self.retries,
+            self.scale_events,
+            *self._gauges,
+        ]
+        for family in families:
+            out += family.render()
+        return ("\n".join(out) + "\n").encode()
+
+
+def register_gauges(
+    metrics: GatewayMetrics,
+    models: Mapping[str, ModelRuntime],
+    pool_status: Callable[[], dict[str, Any] | None],
+) -> None:
+    """The gateway's read-at-scrape series: replicas, queues, replica-seconds, warm slots."""
+
+    def replicas() -> list[tuple[Labels, float]]:
+        out: list[tuple[Labels, float]] = []
+        for name, rt in models.items():
+            draining = sum(1 for s in rt.seats if s.draining)
+            for state, n in (
+                ("starting", len(rt.starts)),
+                ("ready", rt.ready),
+                ("draining", draining),
+            ):
+                out.append(((("model", name), ("state", state)), float(n)))
+        return out
+
+    def queues() -> list[tuple[Labels, float]]:
+        return [((("model", name),), float(len(rt.waiters))) for name, rt in models.items()]
+
+    def seconds() -> list[tuple[Labels, float]]:
+        now = time.monotonic()
+        out: list[tuple[Labels, float]] = []
+        for name, rt in models.items():
+            up, idle = rt.replica_seconds(now)
+            out += [
+                ((("model", name), ("state", "up")), up),
+                ((("model", name), ("state", "idle")), idle),
+            ]
+        return out
+
+    def pool() -> dict[str, dict[str, int]]:
+        status = pool_status() or {}
+        p = status.get("pool")
+        return p if isinstance(p, dict) else {}
+
+    def slots() -> list[tuple[Labels, float]]:
+        return [
+            ((("device", device), ("state", state)), float(row.get(state, 0)))
+            for device, row in pool().items()
+            for state in ("ready", "booting")
+        ]
+
+    def slot_events() -> list[tuple[Labels, float]]:
+        return [
+            ((("device", device), ("event", event)), float(n))
+            for device, row in pool().items()
+            for event, n in row.items()
+            if event not in ("size", "ready", "booting")
+        ]
+
+    metrics.gauge("replicas", "Replicas by model and state.", replicas)
+    metrics.gauge("queue_depth", "Requests waiting for a replica.", queues)
+    metrics.gauge("slots", "Warm-pool slots by device kind and state.", slots)
+    metrics.gauge(
+        "slot_events_total",
+        "Warm-pool slot events by device kind (assigned, unhealthy, died, ...).",
+        slot_events,
+        kind="counter",
+    )
+    metrics.gauge(
+        "replica_seconds_total",
+        "Seconds replicas were ready (state=up), and ready with nothing in flight (state=idle).",
+        seconds,
+        kind="counter",
+    )

@@ -1,0 +1,307 @@
+"""The warm pool: model-agnostic slots per device kind, kept full in the background.
+
+A slot has paid for the interpreter, the imports and (on a GPU node) the CUDA
+context, and has passed its health check (:mod:`zerostart.serve.slot`). The
+starter takes one with :meth:`WarmPool.take` (never waits: an empty pool means
+"use the next start path") and the pool boots a replacement at once.
+
+Theory of operation, per device kind with ``size > 0``, one refill task::
+
+    while the pool is open:
+        while ready + booting < size:  boot one slot (sequentially: a boot is CPU-bound)
+            ready          -> append to the ready queue
+            unhealthy      -> discard, count (``unhealthy``), back off
+            failed to boot -> discard, count (``boot_failed``), back off
+        sleep until take() or close() wakes us
+
+Back-off doubles from ``BACKOFF_START_S`` to ``BACKOFF_MAX_S`` while slots keep
+failing (a node whose every slot fails its health check should not burn its
+CPUs booting more) and resets after a healthy slot. ``take`` skips and counts
+(``died``) a ready slot whose process has exited. ``close`` stops every slot,
+ready or booting, and removes the pool's private folder.
+
+The folder (control sockets, slot logs, the canary) is created 0700 by
+``tempfile.mkdtemp``; the sockets inside are 0600. Standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import stat
+import sys
+import tempfile
+from collections import Counter, deque
+from collections.abc import Mapping
+from pathlib import Path
+
+from zerostart.errors import ZerostartError
+from zerostart.platform.container_slot import ContainerSlot, ModelsMount
+from zerostart.platform.errors import PlatformError
+from zerostart.platform.slot import SLOT_BOOT_TIMEOUT_S, Slot, SlotError, SlotSpec, SlotUnhealthy
+
+log = logging.getLogger("zerostart.platform.pool")
+
+# Slot kinds: plain processes on CPU or a GPU, and CPU slots in their own runc container
+# (for image models; container_slot.py).
+DEVICE_KINDS = ("cpu", "cuda", "container")
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 30.0
+COUNTERS = ("booted", "unhealthy", "boot_failed", "assigned", "died", "stopped")
+
+
+class WarmPool:
+    """Ready slots per device kind; see the module docstring.
+
+    ``sizes``: slots to hold per kind (``{"cpu": 1, "cuda": 0, "container": 0}``;
+    from the platform's ``[pool]`` table). ``canary``: an existing canary bundle
+    to check slots with (default: written into the pool's folder by
+    :meth:`start`). ``slot_image``: the container slots' image
+    (``zerostart.image.slot``); without it there are none, and the reason says so.
+    """
+
+    def __init__(
+        self,
+        sizes: Mapping[str, int],
+        *,
+        canary: str | os.PathLike[str] | None = None,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+        boot_timeout_s: float = SLOT_BOOT_TIMEOUT_S,
+        run_dir_parent: str | os.PathLike[str] | None = None,
+        slot_image: str | os.PathLike[str] | None = None,
+    ) -> None:
+        for device, n in sizes.items():
+            if device not in DEVICE_KINDS:
+                raise PlatformError(f"pool: unknown device kind {device!r}; use {DEVICE_KINDS}")
+            if n < 0:
+                raise PlatformError(f"pool: size for {device} must be >= 0, got {n}")
+        self.sizes = {d: int(sizes.get(d, 0)) for d in DEVICE_KINDS}
+        self._canary = Path(canary) if canary is not None else None
+        self._python = python
+        self._env = env
+        self._boot_timeout_s = boot_timeout_s
+        self._parent = run_dir_parent
+        self.run_dir: Path | None = None
+        self.counters: dict[str, Counter[str]] = {d: Counter() for d in DEVICE_KINDS}
+        self.last_failure: dict[str, str] = {}
+        self._ready: dict[str, deque[Slot]] = {d: deque() for d in DEVICE_KINDS}
+        self._booting: dict[str, int] = dict.fromkeys(DEVICE_KINDS, 0)
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed: asyncio.Condition | None = None
+        self._serial = 0
+        self._closed = False
+        self._slot_image = Path(slot_image) if slot_image is not None else None
+        self._models: ModelsMount | None = None
+
+    # -- life --------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the private folder and the canary, and start filling the pool."""
+        if self.run_dir is not None:
+            return
+        self.run_dir = Path(tempfile.mkdtemp(prefix="zerostart-pool-", dir=self._parent))
+        os.chmod(self.run_dir, stat.S_IRWXU)  # mkdtemp makes it 0700 already; say so
+        if self._canary is None:
+            from zerostart.engine.canary import write_canary  # numpy: only when a pool starts
+
+            self._canary = await asyncio.to_thread(write_canary, self.run_dir / "canary")
+        self._changed = asyncio.Condition()
+        if self.sizes["container"] > 0:
+            await self._open_containers()
+        for device, size in self.sizes.items():
+            if size > 0:
+                self._wake[device] = asyncio.Event()
+                self._tasks.append(
+                    asyncio.create_task(self._refill(device), name=f"pool-refill-{device}")
+                )
+
+    async def close(self) -> None:
+        """Stop every slot (ready and booting) and remove the pool's folder."""
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        slots = [s for q in self._ready.values() for s in q]
+        for q in self._ready.values():
+            q.clear()
+        await asyncio.gather(*(s.stop() for s in slots), return_exceptions=True)
+        for s in slots:
+            self.counters[s.device]["stopped"] += 1
+        if self._models is not None:
+            await asyncio.to_thread(self._models.close)
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    # -- use ---------------------------------------------------------------------------
+    def take(self, device: str = "cpu", *, refill_now: bool = True) -> Slot | None:
+        """A ready slot of ``device``, now, or None; the pool boots a replacement.
+
+        ``refill_now=False`` leaves the replacement to :meth:`refill`: a starter
+        calls it once the slot serves, so the replacement's boot (a CPU-bound
+        interpreter start) does not compete with the assignment it replaces.
+        """
+        queue = self._ready.get(device)
+        slot = None
+        while queue:
+            candidate = queue.popleft()
+            if candidate.is_alive():
+                slot = candidate
+                break
+            self.counters[device]["died"] += 1
+            self.last_failure[device] = f"slot {candidate.name} died while waiting"
+            log.warning("pool: slot %s (pid %d) died while waiting", candidate.name, candidate.pid)
+        if slot is not None:
+            self.counters[device]["assigned"] += 1
+        if refill_now or slot is None:
+            self.refill(device)
+        return slot
+
+    def refill(self, device: str) -> None:
+        """Wake ``device``'s refill task (it boots slots until the pool is full)."""
+        if device in self._wake:
+            self._wake[device].set()
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Per device kind: size, ready, booting, and the counters (for /status and /metrics)."""
+        return {
+            d: {
+                "size": self.sizes[d],
+                "ready": len(self._ready[d]),
+                "booting": self._booting[d],
+                **{c: self.counters[d][c] for c in COUNTERS},
+            }
+            for d in DEVICE_KINDS
+        }
+
+    def why_empty(self, device: str) -> str:
+        """One line for a starter's fallback reason."""
+        if self.sizes.get(device, 0) == 0 and device in self.last_failure:
+            return f"no {device} slots: {self.last_failure[device]}"
+        if self.sizes.get(device, 0) == 0:
+            return f"no warm slots configured for {device} ([pool] {device} = 0)"
+        c = self.counters[device]
+        text = f"no ready {device} slot (booting {self._booting[device]})"
+        if device in self.last_failure:
+            bad = c["unhealthy"] + c["boot_failed"] + c["died"]
+            text += f"; {bad} slot(s) discarded, last: {self.last_failure[device]}"
+        return text
+
+    async def wait_ready(
+        self, device: str = "cpu", count: int | None = None, timeout_s: float = 60.0
+    ) -> None:
+        """Wait until ``count`` (default: the pool's size) slots of ``device`` are ready."""
+        want = self.sizes[device] if count is None else count
+        assert self._changed is not None, "start() first"
+
+        async def until() -> None:
+            assert self._changed is not None
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(self._ready[device]) >= want)
+
+        try:
+            await asyncio.wait_for(until(), timeout_s)
+        except TimeoutError:
+            raise PlatformError(
+                f"pool: {want} {device} slot(s) not ready within {timeout_s:.0f} s "
+                f"({self.why_empty(device)})"
+            ) from None
+
+    # -- container slots -------------------------------------------------------------------
+    async def _open_containers(self) -> None:
+        """The shared models folder; without it (or root, or a slot image) no container slot."""
+        assert self.run_dir is not None
+        if os.geteuid() != 0:
+            self._no_containers("container slots need root (runc, mounts)")
+            return
+        if self._slot_image is None or not (self._slot_image / "index.json").is_file():
+            self._no_containers(
+                f"no slot image ({self._slot_image}): zerostart.image.slot.build_slot_image "
+                "makes one (`zerostart up` does when a model is an image)"
+            )
+            return
+        try:
+            models = ModelsMount(self.run_dir / "models")
+            await asyncio.to_thread(models.open)
+            self._models = models
+        except (ZerostartError, OSError) as exc:
+            self._no_containers(f"cannot prepare container slots: {exc}")
+
+    def _no_containers(self, reason: str) -> None:
+        log.warning("pool: %s", reason)
+        self.last_failure["container"] = reason
+        self.sizes["container"] = 0
+
+    async def _spawn(self, spec: SlotSpec, name: str) -> Slot:
+        if spec.device != "container":
+            return await Slot.spawn(spec, name)
+        assert self._slot_image is not None and self._models is not None
+        return await ContainerSlot.spawn_container(
+            name,
+            image_dir=self._slot_image,
+            run_dir=spec.run_dir,
+            models=self._models,
+            boot_timeout_s=spec.boot_timeout_s,
+        )
+
+    # -- the refill task -------------------------------------------------------------------
+    async def _refill(self, device: str) -> None:
+        assert self.run_dir is not None and self._canary is not None
+        spec = SlotSpec(
+            run_dir=self.run_dir,
+            canary=self._canary,
+            device=device,
+            python=self._python,
+            env=self._env,
+            boot_timeout_s=self._boot_timeout_s,
+        )
+        backoff = 0.0
+        while not self._closed:
+            while len(self._ready[device]) + self._booting[device] < self.sizes[device]:
+                if backoff:
+                    await asyncio.sleep(backoff)
+                self._serial += 1
+                name = f"{device}-{self._serial}"
+                self._booting[device] += 1
+                try:
+                    slot = await self._spawn(spec, name)
+                except SlotUnhealthy as exc:
+                    self._failed(device, "unhealthy", name, exc.reason)
+                    backoff = min(BACKOFF_MAX_S, max(BACKOFF_START_S, 2 * backoff))
+                    continue
+                except (SlotError, OSError) as exc:  # OSError: cannot even spawn the interpreter
+                    self._failed(device, "boot_failed", name, getattr(exc, "reason", str(exc)))
+                    log.warning("pool: %s", exc)
+                    backoff = min(BACKOFF_MAX_S, max(BACKOFF_START_S, 2 * backoff))
+                    continue
+                finally:
+                    self._booting[device] -= 1
+                backoff = 0.0
+                self.counters[device]["booted"] += 1
+                self._ready[device].append(slot)
+                log.info(
+                    "pool: slot %s ready (pid %d) in %.0f ms: %s",
+                    name,
+                    slot.pid,
+                    slot.boot_s * 1e3,
+                    " ".join(f"{k}={v * 1e3:.1f}ms" for k, v in slot.boot_phases_s.items()),
+                )
+                await self._notify()
+            self._wake[device].clear()
+            await self._wake[device].wait()
+
+    def _failed(self, device: str, counter: str, name: str, reason: str) -> None:
+        self.counters[device][counter] += 1
+        self.last_failure[device] = f"{name}: {reason}"
+        log.warning("pool: slot %s discarded (%s): %s", name, counter, reason)
+
+    async def _notify(self) -> None:
+        assert self._changed is not None
+        async with self._changed:
+            self._changed.notify_all()

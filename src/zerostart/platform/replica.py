@@ -1,0 +1,294 @@
+"""Cold boot: a replica is a fresh ``python -m zerostart.serve BUNDLE`` process.
+
+The slowest start path and the one that always works for a bundle; the warm
+pool and snapshot restores (``starter.py``, issue 10b) fall back to it.
+
+Readiness without polling: the worker prints ``zerostart: ready on URL in N
+ms`` on stderr once it listens and is warm (``serve/server.py``), with
+``--port 0`` so it picks its own free port and no two starts race for one.
+The starter reads that line from a pipe, then asks ``GET /health`` once. The
+worker's own phase breakdown follows on the next log line and is parsed into
+``phases_ms``. stderr keeps being drained (last lines kept for error
+messages) so a chatty worker never blocks on a full pipe.
+
+Processes are started in their own session (a terminal's Ctrl-C reaches the
+gateway only, which then drains and stops its replicas in order) with
+``PR_SET_PDEATHSIG`` = SIGKILL, so a gateway killed with SIGKILL leaves no
+orphan worker behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from zerostart.platform._types import Fallback, Starter, StartPath
+from zerostart.platform.config import ModelConfig, PlatformConfig
+from zerostart.platform.errors import StartError
+from zerostart.platform.upstream import UpstreamError, UpstreamPool
+
+log = logging.getLogger("zerostart.platform")
+
+READY = re.compile(rb"zerostart: ready on http://([0-9.]+):(\d+) in (\d+) ms")
+PHASES = re.compile(rb"start-up \((\w+)\): (.*)$")
+PHASE = re.compile(r"(\w+)=([0-9.]+)ms")
+STDERR_TAIL_LINES = 40  # kept per replica for error messages
+HEALTH_TIMEOUT_S = 5.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# The worker calls its warm-up batch "warmup"; the platform's phase list says "first_batch".
+PHASE_NAMES = {"warmup": "first_batch"}
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class ProcessReplica:
+    """A worker process we started; implements :class:`~zerostart.platform._types.Replica`."""
+
+    def __init__(
+        self,
+        model: str,
+        proc: asyncio.subprocess.Process,
+        *,
+        start_path: StartPath = "cold_boot",
+        fallbacks: tuple[Fallback, ...] = (),
+    ) -> None:
+        self.model = model
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.pid = proc.pid
+        self.start_path: StartPath = start_path
+        self.phases_ms: dict[str, float] = {}
+        self.total_ms = 0.0
+        self.fallbacks = fallbacks
+        self._proc = proc
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self._ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+        self._pump = asyncio.get_running_loop().create_task(self._read_stderr())
+
+    async def _read_stderr(self) -> None:
+        stream = self._proc.stderr
+        assert stream is not None
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):  # an overlong line: skip it
+                continue
+            if not line:
+                break
+            self.stderr_tail.append(line.decode("utf-8", "replace").rstrip())
+            if not self._ready.done() and (m := READY.search(line)):
+                self._ready.set_result((m.group(1).decode(), int(m.group(2))))
+            elif m := PHASES.search(line):
+                for name, ms in PHASE.findall(m.group(2).decode("ascii", "replace")):
+                    self.phases_ms[PHASE_NAMES.get(name, name)] = float(ms)
+        if not self._ready.done():
+            self._ready.set_exception(EOFError("stderr closed before the ready line"))
+
+    async def wait_ready(self, timeout_s: float) -> None:
+        """Until the ready line (then ``host``/``port`` are set); raises on exit or timeout."""
+        exited = asyncio.ensure_future(self._proc.wait())
+        waiting: set[asyncio.Future[Any]] = {self._ready, exited}
+        try:
+            done, _ = await asyncio.wait(
+                waiting, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            exited.cancel()
+        if self._ready in done and not self._ready.exception():
+            self.host, self.port = self._ready.result()
+            return
+        if not done:
+            raise TimeoutError(f"not ready within {timeout_s:g} s")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._pump), 1.0)  # the last lines
+        raise ChildProcessError(f"worker exited with status {await self._proc.wait()}")
+
+    def error_summary(self) -> str:
+        """The worker's own complaint: its ``zerostart: error:`` line, else its last lines."""
+        for line in reversed(self.stderr_tail):
+            if "error:" in line:
+                return line.split("error:", 1)[1].strip()
+        return " | ".join(list(self.stderr_tail)[-3:]) or "no output"
+
+    def is_alive(self) -> bool:
+        return self._proc.returncode is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.returncode
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        if self.is_alive():
+            self._signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._proc.wait(), timeout_s)
+            except TimeoutError:
+                log.warning(
+                    "model=%s pid=%d did not stop in %gs: SIGKILL", self.model, self.pid, timeout_s
+                )
+                self.kill()
+                await self._proc.wait()
+        await self._finish_pump()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: int) -> None:
+        # os.kill, not Popen.send_signal: the latter polls (waitpid) first and so reaps
+        # behind asyncio's child watcher, which then reports a made-up exit status 255.
+        # The pid cannot have been reused: only the watcher reaps it, and it sets
+        # returncode (checked by is_alive) when it does.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    async def _finish_pump(self) -> None:
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(self._pump, 1.0)
+
+    def __repr__(self) -> str:
+        return f"<ProcessReplica {self.model} pid={self.pid} port={self.port} {self.start_path}>"
+
+
+def worker_command(bundle: str, *, python: str | None = None) -> list[str]:
+    return [
+        python or sys.executable,
+        "-m",
+        "zerostart.serve",
+        bundle,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ]
+
+
+class ColdBootStarter:
+    """Starts every replica by cold boot; implements :class:`~zerostart.platform._types.Starter`."""
+
+    def __init__(
+        self,
+        *,
+        env: dict[str, str] | None = None,
+        python: str | None = None,
+        worker_key: str | None = None,
+    ) -> None:
+        self._env = dict(os.environ if env is None else env)
+        if worker_key is not None:
+            # TEI's convention: the worker then wants "Authorization: Bearer KEY" on every
+            # route but /health, so another local user cannot bypass the gateway's auth
+            # by calling a replica's loopback port directly.
+            self._env["API_KEY"] = worker_key
+        self._python = python
+        self._replicas: set[ProcessReplica] = set()
+
+    async def start(self, model: ModelConfig) -> ProcessReplica:
+        return await self.boot(model)
+
+    async def boot(
+        self, model: ModelConfig, fallbacks: tuple[Fallback, ...] = ()
+    ) -> ProcessReplica:
+        """Cold-boot ``model`` (a bundle); raises :class:`StartError` with the worker's complaint."""
+        t0 = time.perf_counter()
+        if model.source_kind != "bundle":
+            raise StartError(
+                model.name,
+                f"cold boot serves bundle folders; {model.source_kind} sources need the "
+                "container start path",
+                path="cold_boot",
+            )
+        if not Path(model.source, "manifest.json").is_file():
+            raise StartError(
+                model.name,
+                f"{model.source} is not a bundle (no manifest.json)",
+                path="cold_boot",
+                hint="point bundle = at a folder made by `zerostart convert`",
+            )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *worker_command(model.source, python=self._python),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                env=self._env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # prctl only; no locks taken in the child
+            )
+        except OSError as exc:
+            raise StartError(
+                model.name, f"cannot start the worker: {exc}", path="cold_boot"
+            ) from exc
+        replica = ProcessReplica(model.name, proc, fallbacks=fallbacks)
+        self._replicas.add(replica)
+        try:
+            try:
+                await replica.wait_ready(model.start_timeout_s)
+            except (TimeoutError, ChildProcessError, EOFError) as exc:
+                raise StartError(
+                    model.name, f"{exc}: {replica.error_summary()}", path="cold_boot"
+                ) from None
+            t_ready = time.perf_counter()
+            pool = UpstreamPool(replica.host, replica.port, max_idle=1)
+            try:
+                response = await pool.request(
+                    "GET", "/health", timeout_s=HEALTH_TIMEOUT_S, max_body_bytes=1 << 16
+                )
+            except UpstreamError as exc:
+                raise StartError(
+                    model.name, f"health check failed: {exc}", path="cold_boot"
+                ) from None
+            finally:
+                pool.close()
+            if response.status != 200:
+                raise StartError(
+                    model.name,
+                    f"health check answered {response.status}: {response.body[:200]!r}",
+                    path="cold_boot",
+                )
+            replica.phases_ms["health"] = (time.perf_counter() - t_ready) * 1e3
+            replica.total_ms = (time.perf_counter() - t0) * 1e3
+            return replica
+        except BaseException:
+            replica.kill()
+            self._replicas.discard(replica)
+            await replica._finish_pump()
+            raise
+
+    async def close(self) -> None:
+        """Stop (SIGTERM, then SIGKILL) every replica this starter made that still runs."""
+        alive = [r for r in self._replicas if r.is_alive()]
+        await asyncio.gather(*(r.stop(timeout_s=5.0) for r in alive), return_exceptions=True)
+        self._replicas.clear()
+
+    def forget(self, replica: ProcessReplica) -> None:
+        """The caller stopped ``replica``; stop tracking it."""
+        self._replicas.discard(replica)
+
+
+def default_starter(
+    config: PlatformConfig, *, worker_key: str | None = None, slot_image: str | None = None
+) -> Starter:
+    """The fastest start paths this build has: snapshot, warm slot, cold boot (``starter.py``).
+
+    ``worker_key``: the bearer token every worker is started with (env ``API_KEY``).
+    ``slot_image``: the container slots' image, for image models (``zerostart.image.slot``).
+    """
+    from zerostart.platform.starter import PathStarter  # imports this module
+
+    return PathStarter.from_config(config, worker_key=worker_key, slot_image=slot_image)

@@ -1,0 +1,114 @@
+"""platform.toml parsing: defaults, paths, secrets, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from zerostart.platform.config import ModelConfig, load, parse
+from zerostart.platform.errors import ConfigError
+
+
+def test_defaults_and_units() -> None:
+    c = parse('[models.minilm]\nbundle = "/b"\n')
+    m = c.models["minilm"]
+    assert m == ModelConfig(name="minilm", source="/b")
+    assert (m.min_replicas, m.max_replicas, m.concurrency) == (0, 4, 32)
+    assert (m.idle_timeout_s, m.queue_timeout_s, m.max_queue, m.device) == (60.0, 30.0, 256, "cpu")
+    assert c.gateway.port == 8080 and c.gateway.api_key is None
+    assert c.autoscaler.stable_window_s == 60.0
+
+
+def test_every_documented_key(tmp_path: Path) -> None:
+    (tmp_path / "platform.toml").write_text(
+        """
+[gateway]
+host = "0.0.0.0"
+port = 9000
+max_body_bytes = 2048
+drain_timeout = 5
+[autoscaler]
+stable_window = 30
+panic_window_percentage = 20
+tick = 1
+[pool]
+cpu = 3
+[models.a]
+bundle = "bundles/a"
+min_replicas = 1
+max_replicas = 2
+concurrency = 4
+idle_timeout = 10
+max_queue = 5
+queue_timeout = 2.5
+start_timeout = 9
+device = "cuda"
+[models.b]
+image = "layouts/b:v1"
+[models.c]
+reference = "localhost:5000/c:latest"
+"""
+    )
+    c = load(tmp_path / "platform.toml")
+    a = c.models["a"]
+    assert a.source == str(tmp_path / "bundles" / "a")  # relative to the file
+    assert (a.min_replicas, a.max_replicas, a.concurrency, a.max_queue) == (1, 2, 4, 5)
+    assert (a.idle_timeout_s, a.queue_timeout_s, a.start_timeout_s) == (10.0, 2.5, 9.0)
+    assert a.device == "cuda"
+    assert c.models["b"].source == str(tmp_path / "layouts" / "b") + ":v1"
+    assert c.models["b"].source_kind == "image"
+    assert c.models["c"].source == "localhost:5000/c:latest"
+    assert (c.gateway.host, c.gateway.port, c.gateway.max_body_bytes) == ("0.0.0.0", 9000, 2048)
+    assert c.autoscaler.panic_window_s == 6.0 and c.pool.cpu == 3
+
+
+def test_api_key_from_an_environment_variable_is_kept_out_of_repr() -> None:
+    text = '[gateway]\napi_key_env = "K"\n[models.a]\nbundle = "/b"\napi_key = "model-key"\n'
+    c = parse(text, env={"K": "gw-key"})
+    assert c.gateway.api_key == "gw-key" and c.models["a"].api_key == "model-key"
+    assert "gw-key" not in repr(c) and "model-key" not in repr(c)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fix"),
+    [
+        ('[models.a]\nbundle = "/b"\nmax_replicas = 0', "models.a.max_replicas", ">= 1"),
+        (
+            '[models.a]\nbundle = "/b"\nmin_replicas = 3\nmax_replicas = 2',
+            "models.a.min_replicas",
+            "lower",
+        ),
+        ('[models.a]\nbundle = "/b"\nidle_timout = 3', "models.a.idle_timout", "idle_timeout"),
+        ('[models.a]\nbundle = "/b"\nconcurrency = 2.5', "models.a.concurrency", "integer"),
+        ('[models.a]\nbundle = "/b"\nqueue_timeout = "3"', "models.a.queue_timeout", "number"),
+        ('[models.a]\nbundle = "/b"\ndevice = "tpu"', "models.a.device", "cuda"),
+        ("[models.a]\nmin_replicas = 1", "models.a", "bundle ="),
+        ('[models.a]\nbundle = "/b"\nimage = "/i"', "models.a", "exactly one"),
+        ('[models.A_b]\nbundle = "/b"', "models.A_b", "DNS label"),
+        ("[gateway]\nport = 8080", "models", "[models.minilm]"),
+        ('[gateway]\nport = "x"\n[models.a]\nbundle = "/b"', "gateway.port", "integer"),
+        (
+            '[gateway]\napi_key_env = "NOPE"\n[models.a]\nbundle = "/b"',
+            "gateway.api_key_env",
+            "export NOPE",
+        ),
+        (
+            '[autoscaler]\ntarget_utilization = 70\n[models.a]\nbundle = "/b"',
+            "autoscaler.target_utilization",
+            "0.7",
+        ),
+        ('[gatway]\n[models.a]\nbundle = "/b"', "gatway", "[gateway]"),
+        ("[models.a\n", "", "TOML"),
+    ],
+)
+def test_bad_files_name_the_key_and_the_fix(text: str, key: str, fix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text, env={})
+    assert info.value.key == key
+    assert fix in str(info.value)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(tmp_path / "missing.toml")
