@@ -66,7 +66,7 @@ def main() -> int:
     schema = {
         "$comment": (
             "Derived by tools/knative_schema.py from knative/serving "
-            f"config/core/300-resources/service.yaml (CRD services.serving.knative.dev, v1)"
+            "config/core/300-resources/service.yaml (CRD services.serving.knative.dev, v1)"
             + (f" at commit {args.commit}" if args.commit else "")
         ),
         **schema,

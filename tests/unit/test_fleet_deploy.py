@@ -42,7 +42,10 @@ gpu_archs = ["sm_86", "sm_90"]
 namespace = "models"
 registry = "registry.example.com/zs"
 """
-PLAN = {"window_s": 3600, "pools": {"cpu": {"slots": [2] * 12 + [5] * 12}, "gpu-l4": {"slots": [1] * 24}}}
+PLAN = {
+    "window_s": 3600,
+    "pools": {"cpu": {"slots": [2] * 12 + [5] * 12}, "gpu-l4": {"slots": [1] * 24}},
+}
 
 
 @pytest.fixture
@@ -64,7 +67,14 @@ def test_manifests_are_valid_and_carry_the_config(platform: Path, target: str) -
     assert all(validate(o, "1.33") == [] for o in objs)
     kinds = sorted(o["kind"] for o in objs)
     if target == "knative":
-        assert kinds == ["Deployment", "Deployment", "PriorityClass", "Service", "Service", "Service"]
+        assert kinds == [
+            "Deployment",
+            "Deployment",
+            "PriorityClass",
+            "Service",
+            "Service",
+            "Service",
+        ]
         svc = files["minilm.yaml"][0]
         tmpl = svc["spec"]["template"]
         ann = tmpl["metadata"]["annotations"]
@@ -118,31 +128,42 @@ def test_written_files_are_yaml_without_aliases(platform: Path, tmp_path: Path) 
     paths = write(generate("knative", plat, fleet, PLAN), tmp_path / "out")
     text = (tmp_path / "out" / "buffer.yaml").read_text()
     assert "&id" not in text and "*id" not in text
-    assert [o["kind"] for o in yaml.safe_load_all(text)] == ["PriorityClass", "Deployment", "Deployment"]
+    assert [o["kind"] for o in yaml.safe_load_all(text)] == [
+        "PriorityClass",
+        "Deployment",
+        "Deployment",
+    ]
     assert len(paths) == 4
 
 
 @pytest.mark.parametrize(
     ("change", "key"),
     [
-        (('max_replicas = 8', 'max_replicas = 8\nmax_replicaz = 3'), "models.minilm.max_replicaz"),
+        (("max_replicas = 8", "max_replicas = 8\nmax_replicaz = 3"), "models.minilm.max_replicaz"),
         (('device = "cuda"\ngpu_archs = ["sm_89"]', 'device = "tpu"'), "models.ner-gpu.device"),
-        (('max_replicas = 8', 'max_replicas = 8\nmin_replicas = 9'), "models.minilm.min_replicas"),
-        ((f'reference = "registry.example.com/zs/minilm@{DIGEST}"', 'bundle = "bundles/minilm"'), "models.minilm.bundle"),
-        ((f'minilm@{DIGEST}', 'minilm:latest'), "models.minilm.reference"),
-        (('gpu_archs = ["sm_89"]\n', ''), "models.ner-gpu.gpu_archs"),
+        (("max_replicas = 8", "max_replicas = 8\nmin_replicas = 9"), "models.minilm.min_replicas"),
+        (
+            (f'reference = "registry.example.com/zs/minilm@{DIGEST}"', 'bundle = "bundles/minilm"'),
+            "models.minilm.bundle",
+        ),
+        ((f"minilm@{DIGEST}", "minilm:latest"), "models.minilm.reference"),
+        (('gpu_archs = ["sm_89"]\n', ""), "models.ner-gpu.gpu_archs"),
         (('gpu_archs = ["sm_89"]', 'gpu_archs = ["ampere"]'), "models.ner-gpu.gpu_archs"),
-        (('idle_timeout = 120', 'idle_timeout = "soon"'), "models.minilm.idle_timeout"),
+        (("idle_timeout = 120", 'idle_timeout = "soon"'), "models.minilm.idle_timeout"),
         (('memory = "512Mi"', 'memory = "lots"'), "models.minilm.memory"),
         (('pool = "cpu"', 'pool = "tpu-v5"'), "models.minilm.pool"),
         (('namespace = "models"', 'namespace = "Models!"'), "deploy.namespace"),
-        (('registry = "registry.example.com/zs"\n', ''), "deploy.registry"),
-        (('[models.minilm]', '[models.MiniLM]'), "models.MiniLM"),
-        (('port = 8080', 'port = [8080'), "not valid TOML"),
+        (('registry = "registry.example.com/zs"\n', ""), "deploy.registry"),
+        (("[models.minilm]", "[models.MiniLM]"), "models.MiniLM"),
+        (("port = 8080", "port = [8080"), "not valid TOML"),
     ],
 )
 def test_bad_platform_toml_is_refused_before_anything_is_written(
-    platform: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], change: tuple[str, str], key: str
+    platform: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    change: tuple[str, str],
+    key: str,
 ) -> None:
     old, new = change
     text = platform.read_text()

@@ -23,14 +23,18 @@ def _pmf(mu: float, n: int) -> list[float]:
 def test_shortfall_is_the_expected_excess_of_a_poisson_difference(up: float, down: float) -> None:
     n = 60
     pa, pr = _pmf(up, n), _pmf(down, n)
-    want = [sum(pa[a] * pr[r] * max(a - r - k, 0) for a in range(n) for r in range(n)) for k in range(8)]
+    want = [
+        sum(pa[a] * pr[r] * max(a - r - k, 0) for a in range(n) for r in range(n)) for k in range(8)
+    ]
     assert shortfall(up, down, 7) == pytest.approx(want, abs=1e-9)
 
 
 def _instance(seed: int) -> tuple[list[PoolSpec], Demand, list[Quota], float]:
     rng = np.random.default_rng(seed)
     pools = [
-        PoolSpec("a", "cpu", float(rng.uniform(0.05, 3)), 60, 10, max_slots=int(rng.integers(4, 12))),
+        PoolSpec(
+            "a", "cpu", float(rng.uniform(0.05, 3)), 60, 10, max_slots=int(rng.integers(4, 12))
+        ),
         PoolSpec("b", "cuda", float(rng.uniform(0.05, 3)), 200, 30, max_slots=40),
     ]
     demand = Demand(
@@ -54,7 +58,9 @@ def test_plan_matches_brute_force_on_small_instances(seed: int) -> None:
     def feasible(s: np.ndarray) -> bool:
         if any(s[i, t] + held[i, t] > pools[i].max_slots for i in range(2) for t in range(2)):
             return False
-        return all(s[:, t].sum() + held[:, t].sum() <= q.max_slots for q in quotas for t in range(2))
+        return all(
+            s[:, t].sum() + held[:, t].sum() <= q.max_slots for q in quotas for t in range(2)
+        )
 
     table = {(i, t): shortfall(up[i, t], down[i, t], 16) for i in range(2) for t in range(2)}
 
@@ -74,7 +80,9 @@ def test_plan_matches_brute_force_on_small_instances(seed: int) -> None:
     best_cost = cost(best)
     assert exact_cost(pools, up, down, best, 3600.0, penalty) == pytest.approx(best_cost, rel=1e-9)
     assert feasible(plan.slots)
-    assert exact_cost(pools, up, down, plan.slots, 3600.0, penalty) == pytest.approx(best_cost, rel=1e-9)
+    assert exact_cost(pools, up, down, plan.slots, 3600.0, penalty) == pytest.approx(
+        best_cost, rel=1e-9
+    )
     # the LP is a relaxation: never above the integer optimum (its value is per day: 2 windows x 12)
     assert plan.lp_objective_per_day / 12 <= best_cost + 1e-6
 
@@ -89,7 +97,13 @@ def test_more_penalty_buys_more_slots_and_less_waiting() -> None:
 
 
 def _one_pool(**kw: object) -> list[PoolSpec]:
-    spec = {"name": "a", "device": "cpu", "cost_per_hour": 1.0, "allocation_s": 60.0, "health_check_s": 5.0}
+    spec = {
+        "name": "a",
+        "device": "cpu",
+        "cost_per_hour": 1.0,
+        "allocation_s": 60.0,
+        "health_check_s": 5.0,
+    }
     spec.update(kw)
     return [PoolSpec(**spec)]  # type: ignore[arg-type]
 
@@ -111,7 +125,9 @@ def _demand(rate: float = 0.01, held: float = 1.0, pool: str = "a") -> Demand:
         (_one_pool(), _demand(rate=float("nan")), 0.01, "finite"),
     ],
 )
-def test_degenerate_input_is_a_clear_error(pools: list[PoolSpec], demand: Demand, penalty: float, message: str) -> None:
+def test_degenerate_input_is_a_clear_error(
+    pools: list[PoolSpec], demand: Demand, penalty: float, message: str
+) -> None:
     with pytest.raises(PlanError, match=message):
         solve_buffer(pools, demand, START, wait_penalty=penalty)
 

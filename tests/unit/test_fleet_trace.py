@@ -51,7 +51,10 @@ def test_generated_trace_round_trips_through_the_azure_format(tmp_path: Path) ->
         ("HashOwner,HashApp,Hash,Trigger,1\n", "not an Azure Functions"),
         (HEADER + "\no,a,f,http,1,2\n", "columns"),
         (HEADER + "\n" + _row("o", "a", "f", "http", {3: -1}) + "\n", "negative"),
-        (HEADER + "\n" + _row("o", "a", "f", "http", {}).replace(",0", ",x", 1) + "\n", "not an integer"),
+        (
+            HEADER + "\n" + _row("o", "a", "f", "http", {}).replace(",0", ",x", 1) + "\n",
+            "not an integer",
+        ),
     ],
 )
 def test_bad_azure_files_are_refused(tmp_path: Path, text: str, message: str) -> None:

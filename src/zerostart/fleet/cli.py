@@ -82,20 +82,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     train = read_trace(args.train) if args.train else None
     specs = [s.strip() for s in args.policies.split(",") if s.strip()]
     if not specs:
-        raise FleetError("no policies given", hint="e.g. --policies none,static:2,lp,keepalive:10m,hybrid")
+        raise FleetError(
+            "no policies given", hint="e.g. --policies none,static:2,lp,keepalive:10m,hybrid"
+        )
     if "lp" in args.policies and train is None:
-        _log("note: lp plans on the simulated trace itself (in-sample); pass --train for another one")
+        _log(
+            "note: lp plans on the simulated trace itself (in-sample); pass --train for another one"
+        )
     try:
         warmup = parse_duration(args.warmup)
     except ValueError as exc:
         raise FleetError(f"--warmup: {exc}") from None
     if warmup >= trace.minutes * 60:
-        raise FleetError(f"--warmup {args.warmup} is not shorter than the trace ({trace.minutes} min)")
-    _log(f"{len(trace.names)} apps, {trace.minutes} min, {trace.total} invocations; measuring after {warmup:g} s")
+        raise FleetError(
+            f"--warmup {args.warmup} is not shorter than the trace ({trace.minutes} min)"
+        )
+    _log(
+        f"{len(trace.names)} apps, {trace.minutes} min, {trace.total} invocations; measuring after {warmup:g} s"
+    )
     rows = compare(trace, cfg, start, specs, train=train, measure_from_s=warmup,
                    wait_penalty=args.wait_penalty, log=print)  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"start_times": start.describe(), "policies": rows}, indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"start_times": start.describe(), "policies": rows}, indent=1) + "\n"
+        )
         print(f"wrote {args.json}")
     if args.plots:
         from zerostart.fleet.plots import plot_results
@@ -143,20 +153,28 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register ``fleet`` and ``deploy`` on the main parser's sub-parser action."""
-    fleet = sub.add_parser("fleet", help="size the ready-capacity buffer (LP) and simulate a fleet on a trace")
+    fleet = sub.add_parser(
+        "fleet", help="size the ready-capacity buffer (LP) and simulate a fleet on a trace"
+    )
     fsub = fleet.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("config", help="fleet.toml")
         p.add_argument("--trace", nargs="+", required=True,
                        help="Azure Functions per-minute CSV file(s) or one timestamp,model CSV")  # fmt: skip
-        p.add_argument("--results", default="bench/results", help="benchmark results with start-path times")
-        p.add_argument("--wait-penalty", type=float, help="$ per request-second waiting (default: fleet.toml)")
+        p.add_argument(
+            "--results", default="bench/results", help="benchmark results with start-path times"
+        )
+        p.add_argument(
+            "--wait-penalty", type=float, help="$ per request-second waiting (default: fleet.toml)"
+        )
         p.add_argument("--json", help="also write the result here")
 
     p = fsub.add_parser("plan", help="solve the buffer LP: ready slots per pool and window")
     common(p)
-    p.add_argument("--keepalive", default="", help="keep-alive the forecast assumes: DURATION or hybrid")
+    p.add_argument(
+        "--keepalive", default="", help="keep-alive the forecast assumes: DURATION or hybrid"
+    )
     p.set_defaults(func=cmd_plan)
 
     s = fsub.add_parser("simulate", help="compare buffer and keep-alive policies on a trace")
@@ -164,7 +182,9 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--policies", default="none,static:2,lp,keepalive:10m,hybrid",
                    help="comma list: none, static:N, lp, keepalive:DURATION, hybrid, BUFFER+KEEPALIVE")  # fmt: skip
     s.add_argument("--train", nargs="+", help="trace the LP plans on (default: the simulated one)")
-    s.add_argument("--warmup", default="1h", help="simulated, not measured: every app starts at zero")
+    s.add_argument(
+        "--warmup", default="1h", help="simulated, not measured: every app starts at zero"
+    )
     s.add_argument("--plots", help="folder for PNG plots (needs matplotlib)")
     s.set_defaults(func=cmd_simulate)
 

@@ -104,7 +104,9 @@ class _Table:
         except ValueError as exc:
             raise self.fail(name, str(exc)) from None
 
-    def string(self, name: str, default: str | None = None, *, choices: tuple[str, ...] = ()) -> str:
+    def string(
+        self, name: str, default: str | None = None, *, choices: tuple[str, ...] = ()
+    ) -> str:
         v = self.raw(name, default)
         if v is None:
             raise self.fail(name, "is required")
@@ -118,7 +120,9 @@ class _Table:
         v = self.raw(name, default)
         s = str(v) if isinstance(v, int) and not isinstance(v, bool) else v
         if not isinstance(s, str) or not QUANTITY.match(s):
-            raise self.fail(name, f"must be a Kubernetes quantity such as '500m', '2' or '1Gi', got {v!r}")
+            raise self.fail(
+                name, f"must be a Kubernetes quantity such as '500m', '2' or '1Gi', got {v!r}"
+            )
         return s
 
     def str_map(self, name: str) -> dict[str, str]:
@@ -234,8 +238,10 @@ def load_fleet(path: str | Path) -> FleetConfig:
             memory=t.quantity("memory", "1Gi"),
             gpus=t.integer("gpus", 1 if raw.get("device") == "cuda" else 0),
         )
-        t.refuse_unknown("pool keys: device, cost_per_hour, allocation_time, health_check_time, "
-                         "slots_per_machine, max_slots, node_selector, cpu, memory, gpus")
+        t.refuse_unknown(
+            "pool keys: device, cost_per_hour, allocation_time, health_check_time, "
+            "slots_per_machine, max_slots, node_selector, cpu, memory, gpus"
+        )
     if not pools:
         raise FleetConfigError(p, "pools", "no machine pools", hint="add a [pools.NAME] table")
     plan = _Table(p, "plan", data.get("plan", {}))
@@ -252,12 +258,17 @@ def load_fleet(path: str | Path) -> FleetConfig:
     if shares and sum(shares.values()) <= 0:
         raise routing.fail("shares", "shares add up to 0")
     models = routing.str_map("models")
-    for key, pool in [("default_pool", default_pool)] + [(f"shares.{k}", k) for k in shares] + [
-        (f"models.{m}", v) for m, v in models.items()
-    ]:
+    for key, pool in (
+        [("default_pool", default_pool)]
+        + [(f"shares.{k}", k) for k in shares]
+        + [(f"models.{m}", v) for m, v in models.items()]
+    ):
         if pool not in pools:
-            raise routing.fail(key, f"names pool {pool!r}, which is not defined",
-                               hint=f"pools: {', '.join(sorted(pools))}")
+            raise routing.fail(
+                key,
+                f"names pool {pool!r}, which is not defined",
+                hint=f"pools: {', '.join(sorted(pools))}",
+            )
     routing.refuse_unknown("routing keys: default_pool, shares, models")
     quotas = []
     raw_quotas = data.get("quotas", [])
@@ -283,8 +294,11 @@ def load_fleet(path: str | Path) -> FleetConfig:
     )
     plan.refuse_unknown("plan keys: window, wait_penalty, keepalive, start_path")
     if cfg.window_s <= 0 or 86400 % cfg.window_s:
-        raise plan.fail("window", f"must divide a day evenly, got {cfg.window_s:g} s",
-                        hint="e.g. '15m', '1h', '2h'")
+        raise plan.fail(
+            "window",
+            f"must divide a day evenly, got {cfg.window_s:g} s",
+            hint="e.g. '15m', '1h', '2h'",
+        )
     return cfg
 
 
@@ -343,10 +357,14 @@ def load_platform(path: str | Path) -> PlatformDeploy:
         t = _Table(p, f"models.{name}", raw)
         sources = [k for k in ("bundle", "image", "reference") if k in raw]
         if len(sources) != 1:
-            raise t.fail("", f"needs exactly one of bundle, image, reference (has {sources or 'none'})")
+            raise t.fail(
+                "", f"needs exactly one of bundle, image, reference (has {sources or 'none'})"
+            )
         kind = sources[0]
         archs = t.raw("gpu_archs", [])
-        if not isinstance(archs, list) or not all(isinstance(a, str) and GPU_ARCH.match(a) for a in archs):
+        if not isinstance(archs, list) or not all(
+            isinstance(a, str) and GPU_ARCH.match(a) for a in archs
+        ):
             raise t.fail("gpu_archs", f"must be a list like ['sm_89', 'sm_90'], got {archs!r}")
         t.raw("api_key")  # the gateway's concern, never written into a manifest
         m = ModelDeploy(

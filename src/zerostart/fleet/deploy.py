@@ -35,7 +35,12 @@ BUFFER_PRIORITY_VALUE = -10  # below the default 0 of every pod without a class
 PAUSE_IMAGE = "registry.k8s.io/pause:3.10"  # what the cluster-autoscaler FAQ's example runs
 TARGET_UTILIZATION_PCT = 70  # Knative's container-concurrency-target-percentage default
 KNATIVE_WINDOW_S = (6, 3600)  # autoscaling.knative.dev/window bounds (Knative docs)
-KNATIVE_ONLY = ("containerConcurrency", "timeoutSeconds", "idleTimeoutSeconds", "responseStartTimeoutSeconds")
+KNATIVE_ONLY = (
+    "containerConcurrency",
+    "timeoutSeconds",
+    "idleTimeoutSeconds",
+    "responseStartTimeoutSeconds",
+)
 
 
 def _labels(name: str) -> dict[str, str]:
@@ -64,24 +69,33 @@ def image_ref(model: ModelDeploy, plat: PlatformDeploy) -> str:
         manifests = [m for m in manifests
                      if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag]  # fmt: skip
     if not manifests:
-        raise FleetConfigError(plat.path, key, f"no image{' tagged ' + tag if tag else ''} in {folder}")
+        raise FleetConfigError(
+            plat.path, key, f"no image{' tagged ' + tag if tag else ''} in {folder}"
+        )
     if not plat.deploy.registry:
         raise FleetConfigError(plat.path, "deploy.registry", "an OCI layout needs the registry it was pushed to",
                                hint="set [deploy] registry = 'registry.example.com/team'")  # fmt: skip
     return f"{plat.deploy.registry.rstrip('/')}/{model.name}@{manifests[0]['digest']}"
 
 
-def _gpu_placement(model: ModelDeploy, plat: PlatformDeploy) -> tuple[dict[str, str], dict[str, Any] | None]:
+def _gpu_placement(
+    model: ModelDeploy, plat: PlatformDeploy
+) -> tuple[dict[str, str], dict[str, Any] | None]:
     if model.device != "cuda":
         return {}, None
     if not model.gpu_archs:
         raise FleetConfigError(plat.path, f"models.{model.name}.gpu_archs",
                                "needed for device = 'cuda': the GPU archs the bundle has kernels for",
                                hint="e.g. gpu_archs = ['sm_89'] (what `zerostart convert --arch` was given)")  # fmt: skip
-    pairs = sorted({(int(a[3:].rstrip("a")) // 10, int(a[3:].rstrip("a")) % 10) for a in model.gpu_archs})
+    pairs = sorted(
+        {(int(a[3:].rstrip("a")) // 10, int(a[3:].rstrip("a")) % 10) for a in model.gpu_archs}
+    )
     if len(pairs) == 1:
         major, minor = pairs[0]
-        return {"nvidia.com/gpu.compute.major": str(major), "nvidia.com/gpu.compute.minor": str(minor)}, None
+        return {
+            "nvidia.com/gpu.compute.major": str(major),
+            "nvidia.com/gpu.compute.minor": str(minor),
+        }, None
     terms = [
         {"matchExpressions": [
             {"key": "nvidia.com/gpu.compute.major", "operator": "In", "values": [str(major)]},
@@ -89,24 +103,37 @@ def _gpu_placement(model: ModelDeploy, plat: PlatformDeploy) -> tuple[dict[str, 
         ]}
         for major, minor in pairs
     ]  # fmt: skip
-    return {}, {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}
+    return {}, {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }
+    }
 
 
-def _pod_spec(model: ModelDeploy, plat: PlatformDeploy, fleet: FleetConfig | None, *, knative: bool) -> dict[str, Any]:
+def _pod_spec(
+    model: ModelDeploy, plat: PlatformDeploy, fleet: FleetConfig | None, *, knative: bool
+) -> dict[str, Any]:
     port = plat.deploy.port
     requests: dict[str, Any] = {"cpu": model.cpu, "memory": model.memory}
     limits: dict[str, Any] = {"memory": model.memory}
     if model.device == "cuda":
         requests["nvidia.com/gpu"] = 1
         limits["nvidia.com/gpu"] = 1
-    probe_get: dict[str, Any] = {"path": "/health", "port": port}  # Knative: must equal containerPort
+    probe_get: dict[str, Any] = {
+        "path": "/health",
+        "port": port,
+    }  # Knative: must equal containerPort
     container: dict[str, Any] = {
         "name": "worker",
         "image": image_ref(model, plat),
         "ports": [{"containerPort": port, "name": "http1" if knative else "http"}],
         "readinessProbe": {"httpGet": probe_get, "periodSeconds": 1, "failureThreshold": 3},
-        "livenessProbe": {"httpGet": dict(probe_get), "periodSeconds": 10, "failureThreshold": 3,
-                          "initialDelaySeconds": math.ceil(model.start_timeout_s)},  # fmt: skip
+        "livenessProbe": {
+            "httpGet": dict(probe_get),
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "initialDelaySeconds": math.ceil(model.start_timeout_s),
+        },
         "resources": {"requests": requests, "limits": limits},
     }
     selector, affinity = _gpu_placement(model, plat)
@@ -126,7 +153,9 @@ def _pod_spec(model: ModelDeploy, plat: PlatformDeploy, fleet: FleetConfig | Non
     return spec
 
 
-def knative_service(model: ModelDeploy, plat: PlatformDeploy, fleet: FleetConfig | None = None) -> dict[str, Any]:
+def knative_service(
+    model: ModelDeploy, plat: PlatformDeploy, fleet: FleetConfig | None = None
+) -> dict[str, Any]:
     window = min(max(math.ceil(model.idle_timeout_s), KNATIVE_WINDOW_S[0]), KNATIVE_WINDOW_S[1])
     annotations = {
         "autoscaling.knative.dev/min-scale": str(model.min_replicas),
@@ -145,7 +174,9 @@ def knative_service(model: ModelDeploy, plat: PlatformDeploy, fleet: FleetConfig
     }  # fmt: skip
 
 
-def kubernetes_objects(model: ModelDeploy, plat: PlatformDeploy, fleet: FleetConfig | None = None) -> list[dict[str, Any]]:
+def kubernetes_objects(
+    model: ModelDeploy, plat: PlatformDeploy, fleet: FleetConfig | None = None
+) -> list[dict[str, Any]]:
     ns, name, labels = plat.deploy.namespace, model.name, _labels(model.name)
     meta = {"name": name, "namespace": ns, "labels": labels}
     deployment = {
@@ -155,14 +186,20 @@ def kubernetes_objects(model: ModelDeploy, plat: PlatformDeploy, fleet: FleetCon
         "spec": {
             "replicas": max(model.min_replicas, 1),
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": _pod_spec(model, plat, fleet, knative=False)},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": _pod_spec(model, plat, fleet, knative=False),
+            },
         },
     }
     service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": meta,
-        "spec": {"selector": labels, "ports": [{"name": "http", "port": 80, "targetPort": plat.deploy.port}]},
+        "spec": {
+            "selector": labels,
+            "ports": [{"name": "http", "port": 80, "targetPort": plat.deploy.port}],
+        },
     }
     hpa = {
         "apiVersion": "autoscaling/v2",
@@ -179,7 +216,9 @@ def kubernetes_objects(model: ModelDeploy, plat: PlatformDeploy, fleet: FleetCon
     return [deployment, service, hpa]
 
 
-def buffer_objects(fleet: FleetConfig, plan: dict[str, Any], namespace: str) -> list[dict[str, Any]]:
+def buffer_objects(
+    fleet: FleetConfig, plan: dict[str, Any], namespace: str
+) -> list[dict[str, Any]]:
     """PriorityClass + one placeholder Deployment per pool, ``replicas`` = the plan's peak."""
     objs: list[dict[str, Any]] = [{
         "apiVersion": "scheduling.k8s.io/v1",
@@ -197,11 +236,15 @@ def buffer_objects(fleet: FleetConfig, plan: dict[str, Any], namespace: str) -> 
         slots = [int(x) for x in entry.get("slots", [])]
         if not slots or min(slots) < 0:
             raise DeployError(f"the plan has no slot counts for pool {name!r}")
-        objs.append(_placeholder(fleet.pools[name], slots, namespace, float(plan.get("window_s", 3600))))
+        objs.append(
+            _placeholder(fleet.pools[name], slots, namespace, float(plan.get("window_s", 3600)))
+        )
     return objs
 
 
-def _placeholder(pool: PoolSpec, slots: list[int], namespace: str, window_s: float) -> dict[str, Any]:
+def _placeholder(
+    pool: PoolSpec, slots: list[int], namespace: str, window_s: float
+) -> dict[str, Any]:
     name = f"zerostart-buffer-{pool.name}"
     labels = _labels(name)
     requests: dict[str, Any] = {"cpu": pool.cpu, "memory": pool.memory}
@@ -233,7 +276,9 @@ def _placeholder(pool: PoolSpec, slots: list[int], namespace: str, window_s: flo
 
 
 def _knative_schema() -> dict[str, Any]:
-    text = resources.files("zerostart.fleet").joinpath("schemas/knative-service-v1.json").read_text()
+    text = (
+        resources.files("zerostart.fleet").joinpath("schemas/knative-service-v1.json").read_text()
+    )
     schema: dict[str, Any] = json.loads(text)
     return schema
 
@@ -248,8 +293,13 @@ def validate(obj: dict[str, Any], kubernetes_version: str) -> list[str]:
     errors: list[str] = []
     if obj.get("apiVersion", "").startswith("serving.knative.dev/"):
         validator = jsonschema.Draft7Validator(_knative_schema())
-        errors += [f"{where}: {'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(obj)]
-        pod_spec = {k: v for k, v in obj["spec"]["template"]["spec"].items() if k not in KNATIVE_ONLY}
+        errors += [
+            f"{where}: {'/'.join(map(str, e.path))}: {e.message}"
+            for e in validator.iter_errors(obj)
+        ]
+        pod_spec = {
+            k: v for k, v in obj["spec"]["template"]["spec"].items() if k not in KNATIVE_ONLY
+        }
         obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"}, "spec": pod_spec}
         where += " (pod spec as a Kubernetes PodSpec)"
     try:
@@ -269,15 +319,26 @@ def generate(target: str, plat: PlatformDeploy, fleet: FleetConfig | None = None
     files: dict[str, list[dict[str, Any]]] = {}
     for name, model in sorted(plat.models.items()):
         files[f"{name}.yaml"] = (
-            [knative_service(model, plat, fleet)] if target == "knative" else kubernetes_objects(model, plat, fleet)
+            [knative_service(model, plat, fleet)]
+            if target == "knative"
+            else kubernetes_objects(model, plat, fleet)
         )
     if plan is not None:
         if fleet is None:
-            raise DeployError("a buffer plan needs the fleet config that made it", hint="pass --fleet fleet.toml")
+            raise DeployError(
+                "a buffer plan needs the fleet config that made it", hint="pass --fleet fleet.toml"
+            )
         files["buffer.yaml"] = buffer_objects(fleet, plan, plat.deploy.namespace)
-    errors = [e for objs in files.values() for o in objs for e in validate(o, plat.deploy.kubernetes_version)]
+    errors = [
+        e
+        for objs in files.values()
+        for o in objs
+        for e in validate(o, plat.deploy.kubernetes_version)
+    ]
     if errors:
-        raise DeployError(f"{len(errors)} schema error(s), nothing written: " + "; ".join(errors[:5]))
+        raise DeployError(
+            f"{len(errors)} schema error(s), nothing written: " + "; ".join(errors[:5])
+        )
     return files
 
 
@@ -285,7 +346,7 @@ def write(files: dict[str, list[dict[str, Any]]], out: str | Path) -> list[Path]
     """Write each file as multi-document YAML; returns the paths."""
     import yaml
 
-    class _Plain(yaml.SafeDumper):  # no &anchors / *aliases for shared label dicts
+    class _Plain(yaml.SafeDumper):  # type: ignore[misc]  # no &anchors / *aliases for shared dicts
         def ignore_aliases(self, data: Any) -> bool:
             return True
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -76,7 +77,9 @@ def _first_last(
     base = minutes * 60.0
     first = base + 60.0 * (1.0 - rng.random(minutes.size) ** (1.0 / counts))
     rest = np.maximum(counts - 1, 1)
-    last = np.where(counts > 1, first + (base + 60.0 - first) * rng.random(minutes.size) ** (1.0 / rest), first)
+    last = np.where(
+        counts > 1, first + (base + 60.0 - first) * rng.random(minutes.size) ** (1.0 / rest), first
+    )
     return first, last
 
 
@@ -125,7 +128,7 @@ def _app_holds(
     exec_s: float,
     horizon_s: float,
     rng: np.random.Generator,
-) -> tuple[list[npt.NDArray[np.float64]], ...]:
+) -> tuple[list[npt.NDArray[Any]], ...]:
     first, last = _first_last(minutes, counts, rng)
     last = last + exec_s
     gaps = np.maximum(first[1:] - last[:-1], 0.0)
@@ -184,7 +187,7 @@ def slot_requests(
     """
     rng = np.random.default_rng(seed)
     horizon_s = trace.minutes * 60.0
-    parts: list[list[npt.NDArray[np.float64]]] = [[] for _ in range(6)]
+    parts: list[list[npt.NDArray[Any]]] = [[] for _ in range(6)]
     app_ids: list[npt.NDArray[np.int64]] = []
     for a in range(len(trace.names)):
         row = trace.counts[a]

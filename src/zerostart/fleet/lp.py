@@ -55,7 +55,6 @@ from zerostart.fleet.config import PoolSpec, Quota
 from zerostart.fleet.errors import PlanError
 
 
-
 @dataclass(frozen=True)
 class Demand:
     """Forecast per model and window: slot requests per second and mean slots held."""
@@ -120,7 +119,8 @@ def _poisson(mu: float, kmax: int) -> npt.NDArray[np.float64]:
         return np.concatenate([[1.0], np.zeros(kmax)])
     k = np.arange(kmax + 1)
     logs = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, kmax + 1)))])
-    return np.exp(k * math.log(mu) - mu - logs)
+    pmf: npt.NDArray[np.float64] = np.exp(k * math.log(mu) - mu - logs)
+    return pmf
 
 
 def _reach(mu: float) -> int:
@@ -141,9 +141,10 @@ def shortfall(up: float, down: float, kmax: int | None = None) -> npt.NDArray[np
     s = np.concatenate([[float((np.arange(pd.size) * pd).sum())], np.zeros(ka)])
     s[1:] = s[0] - np.cumsum(over[:-1])
     s = np.maximum(s, 0.0)
-    if kmax <= ka:
-        return s[: kmax + 1]
-    return np.concatenate([s, np.zeros(kmax - ka)])
+    out: npt.NDArray[np.float64] = (
+        s[: kmax + 1] if kmax <= ka else np.concatenate([s, np.zeros(kmax - ka)])
+    )
+    return out
 
 
 def lead_time_means(
@@ -174,7 +175,9 @@ def _check(pools: Sequence[PoolSpec], demand: Demand, wait_penalty: float) -> di
         raise PlanError("two pools share a name")
     for p in pools:
         if p.cost_per_hour < 0 or not math.isfinite(p.cost_per_hour):
-            raise PlanError(f"pool {p.name}: cost_per_hour is {p.cost_per_hour}; costs must be >= 0")
+            raise PlanError(
+                f"pool {p.name}: cost_per_hour is {p.cost_per_hour}; costs must be >= 0"
+            )
         if p.allocation_s < 0 or p.health_check_s < 0:
             raise PlanError(f"pool {p.name}: negative allocation or health-check time")
     if wait_penalty < 0 or not math.isfinite(wait_penalty):
@@ -183,7 +186,12 @@ def _check(pools: Sequence[PoolSpec], demand: Demand, wait_penalty: float) -> di
         raise PlanError(f"window of {demand.window_s} s; it must be > 0")
     shape = (len(demand.models), demand.rate.shape[1] if demand.rate.ndim == 2 else -1)
     bad_hold = demand.hold_s is not None and demand.hold_s.shape != shape
-    if demand.rate.shape != shape or demand.held.shape != shape or bad_hold or len(demand.model_pool) != shape[0]:
+    if (
+        demand.rate.shape != shape
+        or demand.held.shape != shape
+        or bad_hold
+        or len(demand.model_pool) != shape[0]
+    ):
         raise PlanError("demand arrays must be (models, windows) with one pool per model")
     if shape[1] < 1:
         raise PlanError("demand has no time windows")
@@ -237,7 +245,9 @@ def solve_buffer(
     t_build = time.perf_counter()
     _check(pools, demand, wait_penalty)
     if start_path not in start_times:
-        raise PlanError(f"no time for start path {start_path!r}", hint=f"have {sorted(start_times)}")
+        raise PlanError(
+            f"no time for start path {start_path!r}", hint=f"have {sorted(start_times)}"
+        )
     rate, held = pool_demand(pools, demand)
     up, down = lead_time_means(pools, demand)
     n_p, n_t = rate.shape
@@ -297,7 +307,9 @@ def solve_buffer(
         for t in range(n_t):
             room = q.max_slots - sum(held[i, t] for i in members)
             if room < 0:
-                raise PlanError(f"quota {q.name}, window {t}: replicas alone exceed {q.max_slots} slots")
+                raise PlanError(
+                    f"quota {q.name}, window {t}: replicas alone exceed {q.max_slots} slots"
+                )
             ct = solver.Constraint(-inf, float(room))
             for i in members:
                 if (i, t) in b_vars:
@@ -350,13 +362,13 @@ def _round(
     heap = [h for h in heap if h[0] < -1e-12]
     heapq.heapify(heap)
     while heap:
-        g, i, t = heapq.heappop(heap)
-        q = quota_of.get(pools[i].name)
-        if q is not None and used[q.name, t] + 1 > q.max_slots + 1e-9:
+        _g, i, t = heapq.heappop(heap)
+        quota = quota_of.get(pools[i].name)
+        if quota is not None and used[quota.name, t] + 1 > quota.max_slots + 1e-9:
             continue
         slots[i, t] += 1
-        if q is not None:
-            used[q.name, t] += 1
+        if quota is not None:
+            used[quota.name, t] += 1
         g2 = gain(i, t)
         if g2 < -1e-12:
             heapq.heappush(heap, (g2, i, t))

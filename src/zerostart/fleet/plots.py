@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_results(rows: Sequence[dict[str, Any]], out_dir: str | Path, *, title: str = "") -> list[Path]:
+def plot_results(
+    rows: Sequence[dict[str, Any]], out_dir: str | Path, *, title: str = ""
+) -> list[Path]:
     """Two small PNGs: cold-start p99 wait vs idle slot-hours, and cold-start share vs cost."""
     import matplotlib
 
@@ -16,7 +18,13 @@ def plot_results(rows: Sequence[dict[str, Any]], out_dir: str | Path, *, title: 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    families = {"static": "tab:blue", "lp": "tab:green", "none": "tab:gray", "keepalive": "tab:orange", "hybrid": "tab:red"}
+    families = {
+        "static": "tab:blue",
+        "lp": "tab:green",
+        "none": "tab:gray",
+        "keepalive": "tab:orange",
+        "hybrid": "tab:red",
+    }
     paths = []
     for name, x_key, y_key, ylabel, logy in (
         ("fleet_wait_vs_idle.png", "buffer_idle_slot_hours", ("cold_wait_s", "p99"),
@@ -33,7 +41,13 @@ def plot_results(rows: Sequence[dict[str, Any]], out_dir: str | Path, *, title: 
                 fam = "keepalive"
             y = r[y_key[0]][y_key[1]] if y_key[1] else r[y_key[0]] * 100
             ax.scatter(r[x_key], max(y, 1e-3), color=families.get(fam, "black"), s=22)
-            ax.annotate(r["policy"], (r[x_key], max(y, 1e-3)), fontsize=6, xytext=(3, 2), textcoords="offset points")
+            ax.annotate(
+                r["policy"],
+                (r[x_key], max(y, 1e-3)),
+                fontsize=6,
+                xytext=(3, 2),
+                textcoords="offset points",
+            )
         ax.set_xlabel(x_key.replace("_", " "))
         ax.set_ylabel(ylabel)
         if logy:

@@ -24,6 +24,7 @@ no request in flight) and the buffer's share of it.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -104,7 +105,9 @@ class _Pool:
 class FleetSim:
     """One run: the pools, the SimPy environment, and what is measured."""
 
-    def __init__(self, pools: Sequence[PoolSpec], targets: dict[str, Callable[[float], int]]) -> None:
+    def __init__(
+        self, pools: Sequence[PoolSpec], targets: dict[str, Callable[[float], int]]
+    ) -> None:
         self.env = simpy.Environment()
         self.pools = {p.name: _Pool(p, targets[p.name]) for p in pools}
 
@@ -153,7 +156,10 @@ class FleetSim:
             pool.account(self.env.now)
             pool.pending += order
             ev = self.env.timeout(pool.spec.lead_time_s)
-            ev.callbacks.append(lambda _e, n=order: self._arrive(pool, n))
+            ev.callbacks.append(functools.partial(self._on_arrival, pool, order))
+
+    def _on_arrival(self, pool: _Pool, n: int, _event: object) -> None:
+        self._arrive(pool, n)
 
     def _arrive(self, pool: _Pool, n: int) -> None:
         pool.account(self.env.now)
@@ -215,15 +221,12 @@ def run_policy(
     horizon = trace.minutes * 60.0
     targets: dict[str, Callable[[float], int]] = {}
     for p in pools:
-        if policy.buffer == "static":
-            targets[p.name] = lambda _t, n=policy.static_slots: n
-        elif policy.buffer == "lp":
+        if policy.buffer == "lp":
             if plan is None:
                 raise FleetError("policy lp needs a plan")
-            row = plan.slots[plan.pools.index(p.name)]
-            targets[p.name] = lambda t, r=row, w=plan.window_s: int(r[int(t // w) % r.size])
+            targets[p.name] = _scheduled(plan.slots[plan.pools.index(p.name)], plan.window_s)
         else:
-            targets[p.name] = lambda _t: 0
+            targets[p.name] = _constant(policy.static_slots if policy.buffer == "static" else 0)
     sim = FleetSim(pools, targets)
     env = sim.env
     pool_of_app = [sim.pools[cfg.pool_of(n)] for n in trace.names]
@@ -264,10 +267,10 @@ def run_policy(
                 for level in range(int(prev[k]) + 1, int(cur[k]) + 1):
                     below = np.nonzero(extra[k, minute:] < level)[0]
                     end = (minute + below[0] if below.size else extra.shape[1]) * 60.0
-                    sim.acquire(app_pool[k], lambda m, p=app_pool[k], e=end: _hold(p, m, e))
+                    sim.acquire(app_pool[k], functools.partial(_hold, app_pool[k], end))
             prev = cur
 
-    def _hold(pool: _Pool, machine: int, end: float) -> None:
+    def _hold(pool: _Pool, end: float, machine: int) -> None:
         ev = env.timeout(max(end - env.now, start.median(cfg.start_path)))
         ev.callbacks.append(lambda _e: sim.release(pool, machine))
 
@@ -278,12 +281,16 @@ def run_policy(
         for p in sim.pools.values():
             p.account(env.now)
         marks["from"] = sum(p.machine_s for p in sim.pools.values())
-        marks["from_cost"] = sum(p.machine_s / 3600 * p.spec.cost_per_hour for p in sim.pools.values())
+        marks["from_cost"] = sum(
+            p.machine_s / 3600 * p.spec.cost_per_hour for p in sim.pools.values()
+        )
         yield env.timeout(horizon - measure_from_s)
         for p in sim.pools.values():
             p.account(env.now)
         marks["to"] = sum(p.machine_s for p in sim.pools.values())
-        marks["to_cost"] = sum(p.machine_s / 3600 * p.spec.cost_per_hour for p in sim.pools.values())
+        marks["to_cost"] = sum(
+            p.machine_s / 3600 * p.spec.cost_per_hour for p in sim.pools.values()
+        )
 
     def windows() -> Any:
         step = plan.window_s if plan is not None else 3600.0
@@ -299,6 +306,14 @@ def run_policy(
     measured = _Measured(measure_from_s, horizon, marks["to"] - marks["from"],
                          marks["to_cost"] - marks["from_cost"])  # fmt: skip
     return _metrics(trace, requests, policy, sim, wait, measured, time.perf_counter() - t0)
+
+
+def _constant(n: int) -> Callable[[float], int]:
+    return lambda _t: n
+
+
+def _scheduled(row: npt.NDArray[np.int64], window_s: float) -> Callable[[float], int]:
+    return lambda t: int(row[int(t // window_s) % row.size])
 
 
 @dataclass(frozen=True)
@@ -327,7 +342,9 @@ def _metrics(trace: Trace, req: SlotRequests, policy: Policy, sim: FleetSim,
     per_app_cold = np.bincount(req.app[cold], minlength=len(trace.names))
     active = invocations > 0
     app_frac = per_app_cold[active] / invocations[active]
-    held_s = float(np.clip(np.minimum(req.end, m.end_s) - np.maximum(req.time, m.start_s), 0, None).sum())
+    held_s = float(
+        np.clip(np.minimum(req.end, m.end_s) - np.maximum(req.time, m.start_s), 0, None).sum()
+    )
     held_s += float(req.scaleout[:, first_minute:].sum() * 60.0)
     busy_s = float(req.busy_s[first_minute:].sum())
     return {
@@ -340,7 +357,9 @@ def _metrics(trace: Trace, req: SlotRequests, policy: Policy, sim: FleetSim,
         "prewarms": int(((req.kind != COLD) & inside).sum()),
         "slot_stockouts": int(sum(p.stockouts for p in sim.pools.values())),
         "cold_start_fraction": cold_weight / total if total else 0.0,
-        "app_cold_start_pct_p75": float(np.percentile(app_frac, 75) * 100) if app_frac.size else 0.0,
+        "app_cold_start_pct_p75": float(np.percentile(app_frac, 75) * 100)
+        if app_frac.size
+        else 0.0,
         "wait_s": dict(zip(("p50", "p99", "p999"), all_q, strict=True)),
         "cold_wait_s": dict(zip(("p50", "p99", "p999"), cold_q, strict=True)),
         "machine_slot_hours": m.machine_s / 3600,
@@ -372,7 +391,9 @@ def demand_from_requests(trace: Trace, req: SlotRequests, cfg: FleetConfig) -> D
         for k in range(n_abs):
             block = req.scaleout[:, k * per_window : (k + 1) * per_window]
             held[req.scaleout_app, k % n_w] += block.sum(axis=1) * 60.0
-            ups = np.maximum(np.diff(req.scaleout, axis=1, prepend=0), 0)[:, k * per_window : (k + 1) * per_window]
+            ups = np.maximum(np.diff(req.scaleout, axis=1, prepend=0), 0)[
+                :, k * per_window : (k + 1) * per_window
+            ]
             rate[req.scaleout_app, k % n_w] += ups.sum(axis=1) / (max(days, 1e-9) * cfg.window_s)
     held /= max(days, 1e-9) * cfg.window_s
     hold_sum = np.zeros((apps, n_w))

@@ -42,7 +42,9 @@ class Trace:
 
     def __post_init__(self) -> None:
         if self.counts.ndim != 2 or self.counts.shape[0] != len(self.names):
-            raise TraceError(f"counts shape {self.counts.shape} does not match {len(self.names)} apps")
+            raise TraceError(
+                f"counts shape {self.counts.shape} does not match {len(self.names)} apps"
+            )
 
     @property
     def minutes(self) -> int:
@@ -84,7 +86,9 @@ def read_azure(paths: Sequence[str | Path]) -> Trace:
                 width = _azure_header(path, next(rows, []))
                 for line_no, row in enumerate(rows, start=2):
                     if len(row) != width + 4:
-                        raise TraceError(f"{path}:{line_no}: {len(row)} columns, expected {width + 4}")
+                        raise TraceError(
+                            f"{path}:{line_no}: {len(row)} columns, expected {width + 4}"
+                        )
                     try:
                         values = np.array(row[4:], dtype=np.int64)
                     except ValueError:
@@ -178,7 +182,9 @@ def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def write_azure(trace: Trace, directory: str | Path, stem: str = "invocations_per_function_md.anon") -> list[Path]:
+def write_azure(
+    trace: Trace, directory: str | Path, stem: str = "invocations_per_function_md.anon"
+) -> list[Path]:
     """Write ``trace`` as Azure day files ``STEM.d01.csv``...; one function per app."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)

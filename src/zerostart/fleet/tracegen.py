@@ -84,7 +84,8 @@ def _diurnal_grid(p: GenParams, phase: float) -> npt.NDArray[np.float64]:
     minutes = np.arange(p.days * MINUTES_PER_DAY + 1)
     lam = 1 + p.diurnal * np.sin(2 * np.pi * minutes / MINUTES_PER_DAY + phase)
     cum = np.concatenate([[0.0], np.cumsum(lam[:-1])])
-    return cum / cum[-1]  # the operational time at each minute boundary, in [0, 1]
+    op: npt.NDArray[np.float64] = cum / cum[-1]  # operational time at each minute, in [0, 1]
+    return op
 
 
 def generate(params: GenParams | None = None) -> Trace:
@@ -111,7 +112,11 @@ def generate(params: GenParams | None = None) -> Trace:
             t = (rng.random() + np.arange(n)) * period  # minutes
             triggers.append("timer")
         else:
-            cv = rng.uniform(1.5, 4.0) if u < p.timer_share + p.bursty_share else rng.uniform(0.3, 0.9)
+            cv = (
+                rng.uniform(1.5, 4.0)
+                if u < p.timer_share + p.bursty_share
+                else rng.uniform(0.3, 0.9)
+            )
             gaps = rng.gamma(1 / cv**2, 1.0, n + 1)
             op = np.cumsum(gaps)[:n] / gaps.sum()  # operational time in (0, 1)
             t = np.interp(op, warp, minute_grid)
