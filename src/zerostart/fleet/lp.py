@@ -11,7 +11,8 @@ Replicas in use form an M/G/inf system, whose arrivals and departures are both P
 the replicas that start and are still held at its end, ``R`` those held at its start that
 have gone by then. For a stationary M/G/inf system these are independent Poisson variables
 (thinnings of disjoint Poisson processes), both with mean ``lambda E[min(H, L)]`` for
-hold times ``H`` (taken as exponential with the forecast's mean hold); a forecast trend
+hold times ``H`` (measured when the forecast has them, else exponential with the mean
+hold); a forecast trend
 shifts ``R``'s mean by the growth of the slots held over ``L``. ``D`` is a Skellam variable.
 A request waits for a machine when ``D`` exceeds the buffer, so
 
@@ -65,6 +66,8 @@ class Demand:
     held: npt.NDArray[np.float64]  # (models, windows), replicas holding a slot (mean)
     window_s: float
     hold_s: npt.NDArray[np.float64] | None = None  # (models, windows) mean hold; None: >> L
+    # (models, windows) measured mean of min(hold, lead time of the model's pool); wins over hold_s
+    lead_hold_s: npt.NDArray[np.float64] | None = None
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,9 @@ def lead_time_means(
     index = {p.name: i for i, p in enumerate(pools)}
     rows = np.array([index[p] for p in demand.model_pool], dtype=np.int64)
     lead = np.array([pools[i].lead_time_s for i in rows])[:, None]
-    if demand.hold_s is None:
+    if demand.lead_hold_s is not None:
+        exposure = demand.rate * np.minimum(demand.lead_hold_s, lead)
+    elif demand.hold_s is None:
         exposure = demand.rate * lead
     else:
         h = np.maximum(demand.hold_s, 1e-9)
@@ -185,7 +190,7 @@ def _check(pools: Sequence[PoolSpec], demand: Demand, wait_penalty: float) -> di
     if demand.window_s <= 0:
         raise PlanError(f"window of {demand.window_s} s; it must be > 0")
     shape = (len(demand.models), demand.rate.shape[1] if demand.rate.ndim == 2 else -1)
-    bad_hold = demand.hold_s is not None and demand.hold_s.shape != shape
+    bad_hold = any(a is not None and a.shape != shape for a in (demand.hold_s, demand.lead_hold_s))
     if (
         demand.rate.shape != shape
         or demand.held.shape != shape

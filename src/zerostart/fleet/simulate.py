@@ -274,23 +274,14 @@ def run_policy(
         ev = env.timeout(max(end - env.now, start.median(cfg.start_path)))
         ev.callbacks.append(lambda _e: sim.release(pool, machine))
 
-    marks: dict[str, float] = {}
+    marks: dict[str, dict[str, float]] = {}
 
     def meter() -> Any:
-        yield env.timeout(measure_from_s)
-        for p in sim.pools.values():
-            p.account(env.now)
-        marks["from"] = sum(p.machine_s for p in sim.pools.values())
-        marks["from_cost"] = sum(
-            p.machine_s / 3600 * p.spec.cost_per_hour for p in sim.pools.values()
-        )
-        yield env.timeout(horizon - measure_from_s)
-        for p in sim.pools.values():
-            p.account(env.now)
-        marks["to"] = sum(p.machine_s for p in sim.pools.values())
-        marks["to_cost"] = sum(
-            p.machine_s / 3600 * p.spec.cost_per_hour for p in sim.pools.values()
-        )
+        for label, delay in (("from", measure_from_s), ("to", horizon - measure_from_s)):
+            yield env.timeout(delay)
+            for p in sim.pools.values():
+                p.account(env.now)
+            marks[label] = {name: p.machine_s for name, p in sim.pools.items()}
 
     def windows() -> Any:
         step = plan.window_s if plan is not None else 3600.0
@@ -303,9 +294,15 @@ def run_policy(
     env.process(arrivals())
     env.process(scaleouts())
     env.run(until=horizon + 1)
-    measured = _Measured(measure_from_s, horizon, marks["to"] - marks["from"],
-                         marks["to_cost"] - marks["from_cost"])  # fmt: skip
-    return _metrics(trace, requests, policy, sim, wait, measured, time.perf_counter() - t0)
+    paid = {name: marks["to"][name] - marks["from"][name] for name in sim.pools}
+    measured = _Measured(measure_from_s, horizon, paid)
+    app_pool = np.array(
+        [list(sim.pools).index(cfg.pool_of(n)) for n in trace.names], dtype=np.int64
+    )
+    slot_wait = wait - start_draw
+    return _metrics(
+        trace, requests, policy, sim, wait, slot_wait, measured, app_pool, time.perf_counter() - t0
+    )
 
 
 def _constant(n: int) -> Callable[[float], int]:
@@ -320,15 +317,23 @@ def _scheduled(row: npt.NDArray[np.int64], window_s: float) -> Callable[[float],
 class _Measured:
     start_s: float
     end_s: float
-    machine_s: float
-    cost: float
+    machine_s: dict[str, float]  # per pool: slot-seconds paid in the measured span
 
 
-def _metrics(trace: Trace, req: SlotRequests, policy: Policy, sim: FleetSim,
-             wait: npt.NDArray[np.float64], m: _Measured, run_s: float) -> dict[str, Any]:  # fmt: skip
+def _metrics(
+    trace: Trace,
+    req: SlotRequests,
+    policy: Policy,
+    sim: FleetSim,
+    wait: npt.NDArray[np.float64],
+    slot_wait: npt.NDArray[np.float64],
+    m: _Measured,
+    app_pool: npt.NDArray[np.int64],
+    run_s: float,
+) -> dict[str, Any]:
     inside = req.time >= m.start_s
     cold = (req.kind == COLD) & inside
-    w = np.nan_to_num(wait[cold], nan=m.end_s - req.time[cold])  # still waiting at the end
+    w = np.where(np.isnan(wait[cold]), m.end_s - req.time[cold], wait[cold])  # nan: still waiting
     extra = (req.minute_count[cold] - 1) * np.minimum(1.0, w / np.maximum(req.span_s[cold], 1e-9))
     extra += req.next_rate[cold] * np.clip(w - req.span_s[cold], 0.0, 60.0)
     values = np.concatenate([w, 0.25 * w, 0.75 * w])
@@ -342,11 +347,35 @@ def _metrics(trace: Trace, req: SlotRequests, policy: Policy, sim: FleetSim,
     per_app_cold = np.bincount(req.app[cold], minlength=len(trace.names))
     active = invocations > 0
     app_frac = per_app_cold[active] / invocations[active]
-    held_s = float(
-        np.clip(np.minimum(req.end, m.end_s) - np.maximum(req.time, m.start_s), 0, None).sum()
-    )
-    held_s += float(req.scaleout[:, first_minute:].sum() * 60.0)
+    held_req = np.clip(np.minimum(req.end, m.end_s) - np.maximum(req.time, m.start_s), 0, None)
+    held_app = np.bincount(req.app, weights=held_req, minlength=len(trace.names))
+    held_app[req.scaleout_app] += req.scaleout[:, first_minute:].sum(axis=1) * 60.0
     busy_s = float(req.busy_s[first_minute:].sum())
+    machine_s = sum(m.machine_s.values())
+    held_s = float(held_app.sum())
+    cold_pool = app_pool[req.app[cold]]
+    req_pool = app_pool[req.app[inside]]
+    waited = ~(slot_wait[inside] <= 1e-9)  # nan (never served) counts as waited
+    pools: dict[str, Any] = {}
+    for i, (name, pool) in enumerate(sim.pools.items()):
+        sel = np.concatenate([cold_pool == i] * 3)
+        held_p = float(held_app[app_pool == i].sum())
+        pools[name] = {
+            "cold_starts": int((cold_pool == i).sum()),
+            "cold_wait_s": dict(
+                zip(
+                    ("p50", "p99", "p999"),
+                    _weighted_quantiles(values[sel], weights[sel], 0.0),
+                    strict=True,
+                )
+            ),
+            "waited_for_machine": float(waited[req_pool == i].mean())
+            if (req_pool == i).any()
+            else 0.0,
+            "machine_slot_hours": m.machine_s[name] / 3600,
+            "buffer_idle_slot_hours": max(m.machine_s[name] - held_p, 0.0) / 3600,
+            "cost": m.machine_s[name] / 3600 * pool.spec.cost_per_hour,
+        }
     return {
         "policy": policy.spec,
         "buffer": policy.buffer if policy.buffer != "static" else f"static:{policy.static_slots}",
@@ -362,11 +391,12 @@ def _metrics(trace: Trace, req: SlotRequests, policy: Policy, sim: FleetSim,
         else 0.0,
         "wait_s": dict(zip(("p50", "p99", "p999"), all_q, strict=True)),
         "cold_wait_s": dict(zip(("p50", "p99", "p999"), cold_q, strict=True)),
-        "machine_slot_hours": m.machine_s / 3600,
+        "machine_slot_hours": machine_s / 3600,
         "replica_slot_hours": held_s / 3600,
-        "idle_slot_hours": (m.machine_s - busy_s) / 3600,
-        "buffer_idle_slot_hours": max(m.machine_s - held_s, 0.0) / 3600,
-        "cost": m.cost,
+        "idle_slot_hours": (machine_s - busy_s) / 3600,
+        "buffer_idle_slot_hours": max(machine_s - held_s, 0.0) / 3600,
+        "cost": sum(p["cost"] for p in pools.values()),
+        "pools": pools,
         "run_s": run_s,
     }
 
@@ -402,7 +432,11 @@ def demand_from_requests(trace: Trace, req: SlotRequests, cfg: FleetConfig) -> D
     np.add.at(starts, (req.app, w_idx), 1.0)
     hold = np.where(starts > 0, hold_sum / np.maximum(starts, 1), 60.0)
     pools = tuple(cfg.pool_of(n) for n in trace.names)
-    return Demand(tuple(trace.names), pools, rate, held, cfg.window_s, hold)
+    lead = np.array([cfg.pools[p].lead_time_s for p in pools])[req.app]
+    lead_sum = np.zeros((apps, n_w))
+    np.add.at(lead_sum, (req.app, w_idx), np.minimum(np.maximum(req.end - req.time, 0.0), lead))
+    lead_hold = np.where(starts > 0, lead_sum / np.maximum(starts, 1), 0.0)
+    return Demand(tuple(trace.names), pools, rate, held, cfg.window_s, hold, lead_hold)
 
 
 def plan_from_trace(
@@ -452,6 +486,10 @@ def compare(
                          measure_from_s=measure_from_s)  # fmt: skip
         if plan is not None:
             row["plan_slots_per_pool"] = {p: plan.slots_for(p) for p in plan.pools}
+            row["plan_stockout_per_pool"] = {  # predicted P(a request waits), rate-weighted
+                p: float((plan.stockout[i] * plan.rate[i]).sum() / max(plan.rate[i].sum(), 1e-12))
+                for i, p in enumerate(plan.pools)
+            }
             row["wait_penalty"] = cfg.wait_penalty if wait_penalty is None else wait_penalty
         rows.append(row)
         if log:
