@@ -6,11 +6,43 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+COLOURS = {
+    "static": "tab:blue",
+    "lp": "tab:green",
+    "none": "tab:gray",
+    "keepalive": "tab:orange",
+    "hybrid": "tab:red",
+}
+FIGURES = (  # file, x, y, y label
+    (
+        "fleet_wait_vs_idle.png",
+        "buffer_idle_slot_hours",
+        "p99",
+        "p99 wait of requests that met a cold start (s)",
+    ),
+    ("fleet_wait_vs_cost.png", "cost", "p99", "p99 wait of requests that met a cold start (s)"),
+    ("fleet_cold_vs_idle.png", "idle_slot_hours", "cold", "invocations that met a cold start (%)"),
+)
+
+
+def _family(r: dict[str, Any]) -> str:
+    if r["keepalive"] == "hybrid":
+        return "hybrid"
+    fam = str(r["policy"]).split(":")[0].split("+")[0]
+    if fam == "none" and not r["keepalive"].startswith("keepalive:60"):
+        return "keepalive"
+    return fam
+
+
+def _label(r: dict[str, Any]) -> str:
+    return f"{r['policy']}@{r['wait_penalty']:g}" if "wait_penalty" in r else r["policy"]
+
 
 def plot_results(
     rows: Sequence[dict[str, Any]], out_dir: str | Path, *, title: str = ""
 ) -> list[Path]:
-    """Two small PNGs: cold-start p99 wait vs idle slot-hours, and cold-start share vs cost."""
+    """Small PNGs: cold-start p99 wait against buffer idle slot-hours and against cost; the
+    share of invocations that met a cold start against all idle slot-hours."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,40 +50,19 @@ def plot_results(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    families = {
-        "static": "tab:blue",
-        "lp": "tab:green",
-        "none": "tab:gray",
-        "keepalive": "tab:orange",
-        "hybrid": "tab:red",
-    }
     paths = []
-    for name, x_key, y_key, ylabel, logy in (
-        ("fleet_wait_vs_idle.png", "buffer_idle_slot_hours", ("cold_wait_s", "p99"),
-         "p99 wait of requests that met a cold start (s)", True),
-        ("fleet_cold_vs_cost.png", "idle_slot_hours", ("cold_start_fraction", None),
-         "invocations that met a cold start (%)", True),
-    ):  # fmt: skip
-        fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=90)
+    for name, x_key, y_key, ylabel in FIGURES:
+        fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=80)
         for r in rows:
-            fam = r["policy"].split(":")[0].split("+")[0]
-            if r["keepalive"] == "hybrid":
-                fam = "hybrid"
-            elif fam == "none" and not r["keepalive"].startswith("keepalive:60"):
-                fam = "keepalive"
-            y = r[y_key[0]][y_key[1]] if y_key[1] else r[y_key[0]] * 100
-            ax.scatter(r[x_key], max(y, 1e-3), color=families.get(fam, "black"), s=22)
+            y = r["cold_wait_s"]["p99"] if y_key == "p99" else r["cold_start_fraction"] * 100
+            y = max(y, 1e-3)
+            ax.scatter(r[x_key], y, color=COLOURS.get(_family(r), "black"), s=20)
             ax.annotate(
-                r["policy"],
-                (r[x_key], max(y, 1e-3)),
-                fontsize=6,
-                xytext=(3, 2),
-                textcoords="offset points",
+                _label(r), (r[x_key], y), fontsize=6, xytext=(3, 2), textcoords="offset points"
             )
-        ax.set_xlabel(x_key.replace("_", " "))
-        ax.set_ylabel(ylabel)
-        if logy:
-            ax.set_yscale("log")
+        ax.set_xlabel("cost ($, measured day)" if x_key == "cost" else x_key.replace("_", " "))
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_yscale("log")
         ax.grid(True, alpha=0.3)
         if title:
             ax.set_title(title, fontsize=9)
