@@ -46,6 +46,7 @@ from zerostart.fleet.tracegen import PUBLISHED, GenParams, generate, shape_figur
 
 STATIC = (2, 4, 8, 16, 24, 32, 48, 64)
 PENALTIES = (0.001, 0.003, 0.01, 0.03)
+SERVICE_LEVELS = (0.01, 0.002)  # max share of requests that wait for a machine, penalty 1e-4
 
 
 def target_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,6 +60,7 @@ def target_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ok = [s for s in statics if s["cold_wait_s"]["p99"] <= p99 * 1.001]
         entry: dict[str, Any] = {
             "lp_wait_penalty": lp["wait_penalty"],
+            "lp_max_wait_probability": lp.get("max_wait_probability"),
             "lp_cold_wait_s": lp["cold_wait_s"],
             "lp_buffer_idle_slot_hours": lp["buffer_idle_slot_hours"],
             "lp_idle_slot_hours": lp["idle_slot_hours"],
@@ -86,7 +88,9 @@ def target_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def print_comparison(comparison: list[dict[str, Any]]) -> None:
     for c in comparison:
-        head = f"lp @ {c['lp_wait_penalty']:g}: cold p99 {c['lp_cold_wait_s']['p99']:.2f} s"
+        eps = c["lp_max_wait_probability"]
+        head = f"lp @ {c['lp_wait_penalty']:g}" + (f" eps {eps:g}" if eps else "")
+        head += f": cold p99 {c['lp_cold_wait_s']['p99']:.2f} s"
         for label in ("fewest_slot_hours", "cheapest"):
             b = c[label]
             if b is None:
@@ -183,16 +187,12 @@ def main() -> int:
     for pen in PENALTIES:
         rows += compare(trace, cfg, start, ["lp"], train=day1, measure_from_s=86400.0,
                         wait_penalty=pen, log=lambda s, p=pen: print(f"{s}  (penalty {p})"))  # fmt: skip
+    for eps in SERVICE_LEVELS:
+        rows += compare(trace, replace(cfg, max_wait_probability=eps), start, ["lp"], train=day1,
+                        measure_from_s=86400.0, wait_penalty=1e-4,
+                        log=lambda s, e=eps: print(f"{s}  (wait probability <= {e})"))  # fmt: skip
     comparison = target_comparison(rows)
-    for c in comparison:
-        if c["best_static"] is None:
-            print(
-                f"lp @ {c['lp_wait_penalty']}: p99 {c['lp_cold_p99_s']:.2f} s; no static buffer reaches it"
-            )
-        else:
-            print(f"lp @ {c['lp_wait_penalty']}: p99 {c['lp_cold_p99_s']:.2f} s vs {c['best_static']} "
-                  f"{c['static_cold_p99_s']:.2f} s: buffer idle slot-h {c['buffer_idle_saving']:+.1%}, "
-                  f"all idle slot-h {c['idle_saving']:+.1%}, cost {c['cost_saving']:+.1%} (saving)")  # fmt: skip
+    print_comparison(comparison)
 
     scale = lp_at_scale(start)
     print(f"fleet plan, 100 pools x 1,000 models: end to end {scale['end_to_end_s']:.2f} s, "

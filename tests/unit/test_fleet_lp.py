@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -135,3 +136,17 @@ def test_degenerate_input_is_a_clear_error(
 def test_unknown_start_path_is_refused() -> None:
     with pytest.raises(PlanError, match="start path"):
         solve_buffer(_one_pool(), _demand(), START, wait_penalty=0.01, start_path="snapshot")
+
+
+def test_service_level_bounds_the_share_of_requests_that_wait() -> None:
+    pools, demand, _, _ = _instance(2)
+    pools = [replace(p, max_slots=40) for p in pools]
+    plan = solve_buffer(pools, demand, START, wait_penalty=1e-6, max_wait_probability=0.01)
+    free = solve_buffer(pools, demand, START, wait_penalty=1e-6)
+    assert (plan.stockout <= 0.01).all()
+    assert free.stockout.max() > 0.01  # the bound is what made the difference
+    tight = [PoolSpec("a", "cpu", 1.0, 600.0, 0.0, max_slots=3)]
+    with pytest.raises(PlanError, match=r"needs \d+ ready slots"):
+        solve_buffer(
+            tight, _demand(rate=0.05, held=0.0), START, wait_penalty=0.0, max_wait_probability=0.001
+        )

@@ -5,7 +5,8 @@
     [plan]
     window = "1h"             # LP window length (a day is cut into 24 windows)
     wait_penalty = 0.01       # $ per request-second spent waiting for a slot
-    keepalive = "10m"         # the keep-alive the demand forecast assumes
+    max_wait_probability = 0.01  # optional: at most 1 % of slot requests wait for a machine
+    keepalive = "60s"         # the keep-alive the demand forecast assumes
     start_path = "warm_slot"  # how a ready slot becomes a replica: warm_slot | snapshot | cold_boot
 
     [pools.cpu]
@@ -197,8 +198,9 @@ class FleetConfig:
     pools: dict[str, PoolSpec]
     window_s: float = 3600.0
     wait_penalty: float = 0.01  # $ per request-second of waiting
-    keepalive_s: float = 600.0
+    keepalive_s: float = 60.0  # the platform's default idle_timeout
     start_path: str = "warm_slot"
+    max_wait_probability: float | None = None  # service level: share of requests that may wait
     default_pool: str = ""
     shares: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
@@ -217,6 +219,15 @@ class FleetConfig:
                 x -= share
             return sorted(self.shares)[-1]
         return self.default_pool
+
+
+def _probability(t: _Table, name: str) -> float | None:
+    v = t.raw(name)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1:
+        raise t.fail(name, f"must be a probability in (0, 1), e.g. 0.01, got {v!r}")
+    return float(v)
 
 
 def load_fleet(path: str | Path) -> FleetConfig:
@@ -285,14 +296,17 @@ def load_fleet(path: str | Path) -> FleetConfig:
         pools=pools,
         window_s=plan.duration("window", 3600),
         wait_penalty=plan.number("wait_penalty", 0.01),
-        keepalive_s=plan.duration("keepalive", 600),
+        keepalive_s=plan.duration("keepalive", 60),
         start_path=plan.string("start_path", "warm_slot", choices=START_PATHS),
+        max_wait_probability=_probability(plan, "max_wait_probability"),
         default_pool=default_pool,
         shares=shares,
         models=models,
         quotas=tuple(quotas),
     )
-    plan.refuse_unknown("plan keys: window, wait_penalty, keepalive, start_path")
+    plan.refuse_unknown(
+        "plan keys: window, wait_penalty, keepalive, start_path, max_wait_probability"
+    )
     if cfg.window_s <= 0 or 86400 % cfg.window_s:
         raise plan.fail(
             "window",

@@ -236,8 +236,13 @@ def solve_buffer(
     wait_penalty: float,
     start_path: str = "warm_slot",
     quotas: Sequence[Quota] = (),
+    max_wait_probability: float | None = None,
 ) -> Plan:
     """Ready slots per pool and window that minimise idle cost + ``wait_penalty`` x waiting.
+
+    ``max_wait_probability`` (optional service level): in every pool and window, at most this
+    share of slot requests may wait for a machine, ``P(D > b) <= eps``: a lower bound on
+    ``b`` (it aims at a tail percentile, where the penalty weighs the mean wait).
 
     ``start_times`` maps a start path to its time in seconds (e.g. the medians of
     :class:`~zerostart.fleet.starttimes.StartTimes`); it adds to every request's wait and does
@@ -249,6 +254,8 @@ def solve_buffer(
 
     t_build = time.perf_counter()
     _check(pools, demand, wait_penalty)
+    if max_wait_probability is not None and not 0 < max_wait_probability < 1:
+        raise PlanError(f"max_wait_probability is {max_wait_probability}; it must be in (0, 1)")
     if start_path not in start_times:
         raise PlanError(
             f"no time for start path {start_path!r}", hint=f"have {sorted(start_times)}"
@@ -291,11 +298,22 @@ def solve_buffer(
             # Presolve: past the slot whose tail P(N > k) no longer pays for it, the objective
             # only rises, and every constraint bounds b from above, so no optimum lies beyond.
             theta = c_s / (c_s + wait_penalty) if c_s + wait_penalty > 0 else 1.0
-            k_max = min(int(np.argmax(-np.diff(f) <= theta)) if (-np.diff(f) <= theta).any()
-                        else natural, int(caps[i, t]))  # fmt: skip
+            tail = -np.diff(f)  # P(D > k), k = 0..natural-1
+            k_max = int(np.argmax(tail <= theta)) if (tail <= theta).any() else natural
+            k_min = 0
+            if max_wait_probability is not None:
+                ok = tail <= max_wait_probability
+                k_min = int(np.argmax(ok)) if ok.any() else natural
+                if k_min > caps[i, t]:
+                    raise PlanError(
+                        f"pool {p.name}, window {t}: waiting at most {max_wait_probability:g} of "
+                        f"the time needs {k_min} ready slots, the supply leaves {caps[i, t]}",
+                        hint="raise max_slots or relax max_wait_probability",
+                    )
+            k_max = min(max(k_max, k_min), int(caps[i, t]))
             if k_max == 0:
                 continue
-            b = solver.NumVar(0.0, float(k_max), f"b_{i}_{t}")
+            b = solver.NumVar(float(k_min), float(k_max), f"b_{i}_{t}")
             w = solver.NumVar(0.0, inf, f"w_{i}_{t}")
             b_vars[i, t] = b
             objective.SetCoefficient(b, window * c_s)
@@ -325,6 +343,10 @@ def solve_buffer(
     t_solve = time.perf_counter()
     status = solver.Solve()
     solve_s = time.perf_counter() - t_solve
+    if status == pywraplp.Solver.INFEASIBLE:
+        raise PlanError(
+            "no plan meets every quota", hint="raise the quotas or relax max_wait_probability"
+        )
     if status != pywraplp.Solver.OPTIMAL:
         raise PlanError(f"GLOP did not find an optimum (status {status})")
     lp = np.zeros((n_p, n_t))

@@ -35,7 +35,9 @@ def _family(r: dict[str, Any]) -> str:
 
 
 def _label(r: dict[str, Any]) -> str:
-    return f"{r['policy']}@{r['wait_penalty']:g}" if "wait_penalty" in r else r["policy"]
+    if "max_wait_probability" in r:
+        return f"lp eps={r['max_wait_probability']:g}"
+    return f"{r['policy']}@{r['wait_penalty']:g}" if "wait_penalty" in r else str(r["policy"])
 
 
 def plot_results(

@@ -451,6 +451,7 @@ def plan_from_trace(
         list(cfg.pools.values()), demand, medians,
         wait_penalty=cfg.wait_penalty if wait_penalty is None else wait_penalty,
         start_path=cfg.start_path, quotas=cfg.quotas,
+        max_wait_probability=cfg.max_wait_probability,
     )  # fmt: skip
 
 
@@ -491,6 +492,8 @@ def compare(
                 for i, p in enumerate(plan.pools)
             }
             row["wait_penalty"] = cfg.wait_penalty if wait_penalty is None else wait_penalty
+            if cfg.max_wait_probability is not None:
+                row["max_wait_probability"] = cfg.max_wait_probability
         rows.append(row)
         if log:
             log(format_row(row))

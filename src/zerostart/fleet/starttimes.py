@@ -136,8 +136,8 @@ def load_start_times(results: str | Path = "bench/results") -> StartTimes:
         warm = [b * share for b in boots]
         sources["warm_slot"] = f"{cold_file.name} x {share:.2f} (derived)"
         notes.append(
-            "no platform*.json with a warm_slot time in "
-            f"{root}: warm slot = cold boot x {share:.2f}, the share of the worker's phases "
+            "no platform*.json with a warm_slot time among the results: "
+            f"warm slot = cold boot x {share:.2f}, the share of the worker's phases "
             "after interpreter and imports (coldstart_cpu.json phases_s)"
         )
     samples["warm_slot"] = np.array(warm)
