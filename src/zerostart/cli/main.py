@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for add in (add_image, add_registry, add_snapshot, add_platform):
         add(sub)
+    from zerostart.cli.fleet import add_parsers as add_fleet  # fleet plan|simulate|trace, deploy
+
+    add_fleet(sub)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Fleet tools: the ready-capacity buffer LP, a trace-driven fleet simulator, cluster manifests."""
