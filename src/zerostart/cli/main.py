@@ -168,10 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Image, registry and snapshot commands live beside their code.
     from zerostart.cli.image import add_subcommands as add_image
+    from zerostart.cli.imagefs import add_subcommands as add_imagefs
     from zerostart.cli.registry import add_subcommands as add_registry
     from zerostart.cli.snapshot import add_subcommands as add_snapshot
 
-    for add in (add_image, add_registry, add_snapshot):
+    for add in (add_image, add_registry, add_snapshot, add_imagefs):
         add(sub)
     return p
 
