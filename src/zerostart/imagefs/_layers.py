@@ -29,7 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from zerostart.estargz import TOC_DIGEST_ANNOTATION, EStargzError, TOCEntry, open_toc
+from zerostart.estargz import (
+    TOC_DIGEST_ANNOTATION,
+    EStargzError,
+    TOCEntry,
+    open_toc,
+    resolve_in_root,
+)
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import Extent, ImageIndexError, LayerEntry, normalize
 from zerostart.registry.ranges import BlobReader
@@ -118,6 +124,8 @@ def _open_estargz(
         toc.verify(desc["annotations"][TOC_DIGEST_ANNOTATION])
     except EStargzError as exc:
         raise ImageIndexError(f"layer {digest}: {exc}", hint="refusing to mount it") from exc
+    for name in toc.rooted_links:
+        check_symlink(digest, name, toc.files[name].link_name)
     layer = Layer(
         index,
         digest,
@@ -126,6 +134,22 @@ def _open_estargz(
         note=f"eStargz, {len(toc.files)} entries, prefetch {toc.prefetch_end} bytes",
     )
     return layer, entries_from_toc(index, dict(toc.files), toc.chunks)
+
+
+def check_symlink(layer: str, name: str, target: str) -> None:
+    """Refuse a relative symlink that climbs above the image root (``a/up -> ../../../etc``).
+
+    Inside the container the kernel would clamp it at the root, but on this
+    host the mount is a folder like any other, and a host process following
+    the link would leave the image. Absolute targets are the norm in images
+    (``/usr/lib/x -> /lib/x``) and are resolved inside the container's root;
+    runc resolves its own paths in the root with securejoin.
+    """
+    if not target.startswith("/") and resolve_in_root(name, target) is None:
+        raise ImageIndexError(
+            f"layer {layer}: symlink {name!r} -> {target!r} climbs above the image root",
+            hint="refusing to mount it",
+        )
 
 
 def _inflater(media_type: str) -> Callable[[bytes], bytes]:
@@ -186,6 +210,8 @@ def _fetch_whole(
                 if kind is None:
                     continue
                 name = normalize(m.name)
+                if kind == "symlink":
+                    check_symlink(digest, name, m.linkname)
                 extents = (
                     (Extent(index, 0, m.size, m.offset_data, m.offset_data + m.size),)
                     if kind == "reg" and m.size
