@@ -596,7 +596,8 @@ def parse_toc(member: bytes, toc_offset: int) -> TOC:
     return validate_entries(parsed, toc_offset, _sha256(toc_json))
 
 
-def _entry_from_json(index: int, obj: Any) -> TOCEntry:
+def _entry_from_json(index: int, obj: Any) -> dict[str, Any]:
+    """A TOC JSON object as TOCEntry keyword arguments, each field type- and range-checked."""
     if not isinstance(obj, dict):
         raise EStargzError(f"#{index}", "entry is not a JSON object")
     name, kind = obj.get("name"), obj.get("type")
@@ -604,22 +605,22 @@ def _entry_from_json(index: int, obj: Any) -> TOCEntry:
         raise EStargzError(f"#{index}", "entry has no string 'name'")
     if kind not in ENTRY_TYPES:
         raise EStargzError(name, f"unknown type {kind!r}; expected one of {ENTRY_TYPES}")
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"name": name, "type": kind}
     for key, value in obj.items():
         attr = _KEY_TO_ATTR.get(key)
         if attr is None:
-            continue  # NumLink and future fields: ignored, like the reference
+            continue  # name, type; NumLink and future fields are ignored, like the reference
         if attr in _INT_FIELDS:
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if type(value) is not int or value < 0:
                 raise EStargzError(name, f"{key} must be a non-negative integer, got {value!r}")
-            if value > (MAX_ENTRY_SIZE if attr not in ("mode", "uid", "gid") else MAX_ID):
+            if value > (MAX_ID if attr in ("mode", "uid", "gid") else MAX_ENTRY_SIZE):
                 raise EStargzError(name, f"{key}={value} is beyond any real image")
         elif attr == "xattrs":
             value = _xattrs(name, value)
-        elif not isinstance(value, str):
+        elif type(value) is not str:
             raise EStargzError(name, f"{key} must be a string, got {value!r}")
         values[attr] = value
-    return TOCEntry(name=name, type=kind, **values)
+    return values
 
 
 def _xattrs(name: str, value: Any) -> dict[str, bytes]:
@@ -634,100 +635,120 @@ def _xattrs(name: str, value: Any) -> dict[str, bytes]:
         raise EStargzError(name, f"xattrs value is not base64: {exc}") from exc
 
 
-def validate_entries(entries: Sequence[TOCEntry], toc_offset: int, digest: str) -> TOC:
+def validate_entries(entries: Sequence[Mapping[str, Any]], toc_offset: int, digest: str) -> TOC:
     """Check every rule a mounter relies on; return the indexed :class:`TOC`.
 
-    Rejected: names with ``..`` or NUL; the same name twice; an entry under a
-    non-directory; a hardlink to a name not listed before it; a symlink or
-    hardlink without a target; a device without numbers; a non-empty file or
-    chunk without ``offset`` inside ``[0, toc_offset)``, offsets not in blob
-    order, a missing or malformed ``chunkDigest``, chunks that do not tile
-    their file exactly, sizes beyond :data:`MAX_ENTRY_SIZE` or beyond what
-    deflate can produce from the chunk's compressed span.
+    ``entries``: TOCEntry keyword arguments (``name``, ``type``, ``size``,
+    ...), as written in the TOC. Rejected, naming the entry: names with
+    ``..`` or NUL; the same name twice; an entry under a non-directory; a
+    hardlink to a name not listed before it; a link without a target; a
+    non-empty file or chunk whose ``offset`` is outside ``[0, toc_offset)``
+    or out of blob order; a missing or malformed ``chunkDigest``; chunks
+    that do not tile their file exactly; sizes beyond :data:`MAX_ENTRY_SIZE`
+    or beyond what deflate can produce from the chunk's compressed span.
     """
-    out: list[TOCEntry] = []
-    files: dict[str, TOCEntry] = {}
-    chunks: dict[str, list[TOCEntry]] = {}
+    out: list[dict[str, Any]] = []
+    types: dict[str, str] = {}  # clean name -> type, of non-chunk entries
     rooted: list[str] = []
-    current: TOCEntry | None = None  # the regular file whose chunks may follow
+    current: dict[str, Any] | None = None  # the regular file whose chunks may follow
     covered = 0
     last_pos = (-1, -1)
-
-    def finish_file() -> None:
-        if current is not None and covered != current.size:
-            raise EStargzError(
-                current.name, f"chunks cover {covered} of the file's {current.size} bytes"
-            )
-
     for raw in entries:
-        e = raw
-        if e.type == "chunk":
+        e = dict(raw)
+        kind, size = e["type"], e.get("size", 0)
+        if kind == "chunk":
             if current is None:
-                raise EStargzError(e.name, "chunk without a regular file before it")
-            if e.name and clean_name(_checked_name(e.name)) != current.name:
-                raise EStargzError(e.name, f"chunk follows {current.name!r}, another file")
-            if e.chunk_offset != covered:
+                raise EStargzError(e["name"], "chunk without a regular file before it")
+            name = current["name"]
+            if e["name"] and clean_name(_checked_name(e["name"])) != name:
+                raise EStargzError(e["name"], f"chunk follows {name!r}, another file")
+            e["name"] = name
+            if e.get("chunk_offset", 0) != covered:
                 raise EStargzError(
-                    current.name,
-                    f"chunk at {e.chunk_offset}, expected {covered} (a gap or overlap)",
+                    name,
+                    f"chunk at {e.get('chunk_offset', 0)}, expected {covered} (gap or overlap)",
                 )
-            size = e.chunk_size or current.size - covered
-            e = _replace(e, name=current.name, chunk_size=size)
+            e["chunk_size"] = e.get("chunk_size") or current["size"] - covered
         else:
-            finish_file()
+            if current is not None and covered != current["size"]:
+                raise EStargzError(
+                    current["name"], f"chunks cover {covered} of its {current['size']} bytes"
+                )
             current = None
-            name = clean_name(_checked_name(e.name))
-            if name in files or name == TOC_TAR_NAME:
-                raise EStargzError(e.name, "listed twice" if name in files else "reserved name")
-            _check_parent(files, name, e.name)
-            e = _replace(e, name=name)
-            if e.type == "reg" and e.size > 0:
-                if e.chunk_offset != 0:
-                    raise EStargzError(e.name, f"first chunk at {e.chunk_offset}, expected 0")
-                e = _replace(e, chunk_size=e.chunk_size or e.size)
-            e = _check_kind(files, e, rooted)
-            files[name] = e
-            if e.type == "reg" and e.size > 0:
+            name = clean_name(_checked_name(e["name"]))
+            if name in types or name == TOC_TAR_NAME:
+                raise EStargzError(e["name"], "listed twice" if name in types else "reserved name")
+            _check_parent(types, name, e["name"])
+            _check_kind(types, e, name, rooted)
+            e["name"] = name
+            types[name] = kind
+            if kind == "reg" and size > 0:
+                if e.get("chunk_offset", 0) != 0:
+                    raise EStargzError(name, f"first chunk at {e['chunk_offset']}, expected 0")
+                e["chunk_size"] = e.get("chunk_size") or size
                 current, covered = e, 0
-                chunks[name] = []
-        if e.is_data:
-            if e.chunk_size <= 0 or covered + e.chunk_size > current.size:  # type: ignore[union-attr]
-                raise EStargzError(e.name, f"chunk of {e.chunk_size} bytes overruns the file")
-            covered += e.chunk_size
-            if not _DIGEST.match(e.chunk_digest):
-                raise EStargzError(e.name, f"missing or malformed chunkDigest {e.chunk_digest!r}")
-            if not 0 <= e.offset < toc_offset:
+        if current is not None and (kind == "chunk" or size > 0):
+            chunk_size = e["chunk_size"]
+            if covered + chunk_size > current["size"]:
+                raise EStargzError(name, f"chunk of {chunk_size} bytes overruns the file")
+            covered += chunk_size
+            if not _DIGEST.match(e.get("chunk_digest", "")):
                 raise EStargzError(
-                    e.name, f"offset {e.offset} lies outside the blob's data (0..{toc_offset})"
+                    name, f"missing or malformed chunkDigest {e.get('chunk_digest', '')!r}"
                 )
-            pos = (e.offset, e.inner_offset)
+            pos = (e.get("offset", 0), e.get("inner_offset", 0))
+            if not 0 <= pos[0] < toc_offset:
+                raise EStargzError(
+                    name, f"offset {pos[0]} lies outside the blob's data (0..{toc_offset})"
+                )
             if pos <= last_pos:
-                raise EStargzError(e.name, f"offset {pos} is out of blob order (after {last_pos})")
+                raise EStargzError(name, f"offset {pos} is out of blob order (after {last_pos})")
             last_pos = pos
+            e["_data"] = True
         out.append(e)
-    finish_file()
-    out = _with_next_offsets(out, toc_offset)
-    by_name: dict[str, list[TOCEntry]] = {n: [] for n in chunks}
+    if current is not None and covered != current["size"]:
+        raise EStargzError(
+            current["name"], f"chunks cover {covered} of its {current['size']} bytes"
+        )
+    return _index(out, toc_offset, digest, rooted)
+
+
+def _index(out: list[dict[str, Any]], toc_offset: int, digest: str, rooted: list[str]) -> TOC:
+    """Fill ``next_offset`` (the reference's rule: the next member's start) and build the maps."""
+    last = toc_offset
+    for e in reversed(out):
+        if not e.get("_data"):
+            continue
+        offset, inner = e.get("offset", 0), e.get("inner_offset", 0)
+        e["next_offset"] = last
+        if inner + e["chunk_size"] > DEFLATE_MAX_RATIO * (last - offset):
+            raise EStargzError(
+                e["name"],
+                f"{e['chunk_size']} bytes cannot come from {last - offset} compressed bytes "
+                "(deflate expands at most 1032:1)",
+            )
+        if not inner:
+            last = offset
+    entries: list[TOCEntry] = []
+    files: dict[str, TOCEntry] = {}
+    chunks: dict[str, list[TOCEntry]] = {}
     for e in out:
-        if e.is_data:
-            by_name[e.name].append(e)
-            if e.inner_offset + e.chunk_size > DEFLATE_MAX_RATIO * (e.next_offset - e.offset):
-                raise EStargzError(
-                    e.name,
-                    f"{e.chunk_size} bytes cannot come from {e.next_offset - e.offset} "
-                    "compressed bytes (deflate expands at most 1032:1)",
-                )
-            if e.type == "reg":
-                files[e.name] = e
+        data = e.pop("_data", False)
+        entry = TOCEntry(**e)
+        entries.append(entry)
+        if entry.type != "chunk":
+            files[entry.name] = entry
+        if data:
+            chunks.setdefault(entry.name, []).append(entry)
     landmark = files.get(PREFETCH_LANDMARK)
     return TOC(
         version=TOC_VERSION,
         digest=digest,
         toc_offset=toc_offset,
-        entries=tuple(out),
+        entries=tuple(entries),
         files=files,
-        chunks={n: tuple(c) for n, c in by_name.items()},
-        prefetch_end=landmark.offset if landmark is not None and landmark.is_data else 0,
+        chunks={n: tuple(c) for n, c in chunks.items()},
+        prefetch_end=landmark.offset if landmark is not None and landmark.size > 0 else 0,
         has_landmark=landmark is not None or NO_PREFETCH_LANDMARK in files,
         rooted_links=tuple(rooted),
     )
@@ -741,48 +762,34 @@ def _checked_name(name: str) -> str:
     return name
 
 
-def _check_parent(files: Mapping[str, TOCEntry], name: str, raw: str) -> None:
+def _check_parent(types: Mapping[str, str], name: str, raw: str) -> None:
     parent = name.rpartition("/")[0]
     while parent:
-        above = files.get(parent)
+        above = types.get(parent)
         if above is not None:
-            if above.type != "dir":
-                raise EStargzError(raw, f"parent {parent!r} is a {above.type}, not a directory")
+            if above != "dir":
+                raise EStargzError(raw, f"parent {parent!r} is a {above}, not a directory")
             return  # its own parents were checked when it was added
         parent = parent.rpartition("/")[0]
 
 
-def _check_kind(files: Mapping[str, TOCEntry], e: TOCEntry, rooted: list[str]) -> TOCEntry:
-    if e.type in ("symlink", "hardlink"):
-        if not e.link_name or "\0" in e.link_name:
-            raise EStargzError(e.name, f"{e.type} without a valid linkName")
-        if e.type == "hardlink":
-            target = clean_name(_checked_name(e.link_name))
-            if target not in files or files[target].type == "dir":
+def _check_kind(types: Mapping[str, str], e: dict[str, Any], name: str, rooted: list[str]) -> None:
+    kind = e["type"]
+    if kind in ("symlink", "hardlink"):
+        link = e.get("link_name", "")
+        if not link or "\0" in link:
+            raise EStargzError(name, f"{kind} without a valid linkName")
+        if kind == "hardlink":
+            target = clean_name(_checked_name(link))
+            if types.get(target, "dir") == "dir":
                 raise EStargzError(
-                    e.name, f"hardlink to {e.link_name!r}, which is not a file listed before it"
+                    name, f"hardlink to {link!r}, which is not a file listed before it"
                 )
-            return _replace(e, link_name=target)
-        if e.link_name.startswith("/") or resolve_in_root(e.name, e.link_name) is None:
-            rooted.append(e.name)
-    elif e.type == "reg" and e.size > MAX_ENTRY_SIZE:
-        raise EStargzError(e.name, f"size {e.size} is beyond any real file")
-    elif e.type == "dir" and e.size:
-        raise EStargzError(e.name, "a directory with a size")
-    return e
-
-
-def _with_next_offsets(entries: list[TOCEntry], toc_offset: int) -> list[TOCEntry]:
-    """Fill ``next_offset``: where the gzip member holding each payload ends (reference's rule)."""
-    out = list(entries)
-    last = toc_offset
-    for i in range(len(out) - 1, -1, -1):
-        e = out[i]
-        if e.is_data:
-            out[i] = _replace(e, next_offset=last)
-            if e.inner_offset == 0:
-                last = e.offset
-    return out
+            e["link_name"] = target
+        elif link.startswith("/") or resolve_in_root(name, link) is None:
+            rooted.append(name)
+    elif kind != "reg" and e.get("size"):
+        raise EStargzError(name, f"a {kind} with a size")
 
 
 def resolve_in_root(link_name: str, target: str) -> str | None:

@@ -10,9 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from zerostart.estargz import NO_PREFETCH_LANDMARK, TOC_TAR_NAME
+from zerostart.estargz import (
+    NO_PREFETCH_LANDMARK,
+    PREFETCH_LANDMARK,
+    TOC_DIGEST_ANNOTATION,
+    TOC_TAR_NAME,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+    read_toc,
+)
 from zerostart.image.errors import ImageError
 from zerostart.image.layers import Entry, with_parents, write_layer
+from zerostart.image.oci import open_layer_tar
 
 
 def _entries(root: Path) -> list[Entry]:
@@ -89,3 +97,48 @@ def test_uncompressed_layer_digest_is_its_diff_id(tmp_path: Path) -> None:
 def test_a_file_cannot_be_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="also a directory"):
         with_parents([Entry("/a", "file", data=b""), Entry("/a/b", "file", data=b"")])
+
+
+def test_estargz_layer_puts_the_read_order_first(tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(3000))
+    entries = [*_entries(tmp_path / "src"), Entry("/opt/big.bin", "file", source=str(big))]
+    read = ["/opt/big.bin", "/usr/local/bin/tool", "/not/in/this/layer"]
+    blob = write_layer("t", entries, tmp_path / "out", prioritized=read, chunk_size=1024)
+    assert blob.media_type == "application/vnd.oci.image.layer.v1.tar+gzip"
+    toc = read_toc(blob.path)
+    toc.verify(blob.toc_digest)
+    names = [e.name for e in toc.entries if e.type != "chunk"]
+    landmark = names.index(PREFETCH_LANDMARK)
+    # each read file after its parent directories, in read order, then the landmark
+    first = ["opt", "opt/big.bin", "usr", "usr/local", "usr/local/bin", "usr/local/bin/tool"]
+    assert names[:landmark] == first
+    assert names[landmark + 1 :] == sorted(names[landmark + 1 :])  # the rest in path order
+    assert blob.prefetch_size == toc.prefetch_end > 0
+    assert [c.chunk_size for c in toc.chunks["opt/big.bin"]] == [1024, 1024, 952]
+    assert blob.annotations() == {
+        TOC_DIGEST_ANNOTATION: blob.toc_digest,
+        UNCOMPRESSED_SIZE_ANNOTATION: str(blob.uncompressed_size),
+    }
+    again = write_layer("t", entries, tmp_path / "again", prioritized=read, chunk_size=1024)
+    assert Path(again.path).read_bytes() == Path(blob.path).read_bytes()
+    # the read order is part of the layer: another order, another digest
+    other = write_layer("t", entries, tmp_path / "other", prioritized=read[1::-1], chunk_size=1024)
+    assert other.digest != blob.digest and other.diff_id != blob.diff_id
+
+
+def test_multi_member_gzip_layer_unpacks_whole(tmp_path: Path) -> None:
+    """open_layer_tar (docker-archive export, runc unpack) reads every gzip member."""
+    blob = write_layer("t", _entries(tmp_path / "src"), tmp_path / "out", chunk_size=8)
+    with open_layer_tar(blob.path, blob.media_type) as f:
+        plain = f.read()
+    assert hashlib.sha256(plain).hexdigest() == blob.diff_id.split(":")[1]
+    assert len(plain) == blob.uncompressed_size
+
+
+def test_plain_gzip_is_still_available(tmp_path: Path) -> None:
+    blob = write_layer("t", _entries(tmp_path / "src"), tmp_path / "out", compression="gzip")
+    assert blob.toc_digest == "" and blob.annotations() == {}
+    with tarfile.open(blob.path) as tar:
+        names = tar.getnames()
+    assert names == sorted(names) and TOC_TAR_NAME not in names

@@ -256,8 +256,6 @@ def _write_estargz(
     if not first:
         writer.add_landmark(False, mtime=mtime)  # the reference puts it first
     for i, tar_name in enumerate([*first, *rest]):
-        if i == len(first) and first:
-            writer.add_landmark(True, mtime=mtime)
         e = by_name[tar_name]
         info = _tar_info(e, mtime)
         if e.kind != "file":
@@ -273,6 +271,8 @@ def _write_estargz(
                 writer.add(info, f)
         if e.kind == "file":
             files.append((e.path, info.size))
+        if i == len(first) - 1:
+            writer.add_landmark(True, mtime=mtime)  # the end of the prefetch range
     return writer.close(), sorted(files)
 
 
