@@ -12,10 +12,11 @@
 #   docker-registry  a real registry on 127.0.0.1 for push/pull tests
 #   apache2-utils    htpasswd -B: bcrypt password file for the registry auth test
 #   strace           tracing helpers and debugging of the traced worker
-#   fuse3            lazy image filesystem (imagefs)
+#   fuse3            lazy image filesystem (imagefs): fusermount3, /dev/fuse helpers
+#   libfuse3-dev, pkg-config  to build pyfuse3 (the dev/imagefs extra ships no wheel)
 set -euo pipefail
 
-REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3)
+REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 libfuse3-dev pkg-config)
 OPTIONAL=(podman)
 
 missing() {

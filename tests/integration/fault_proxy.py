@@ -83,9 +83,7 @@ class FaultProxy:
                     time.sleep(proxy.delay_s)
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS
-                }
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                 conn = http.client.HTTPConnection(self.upstream_host, timeout=UPSTREAM_TIMEOUT_S)
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
@@ -102,7 +100,9 @@ class FaultProxy:
                     with proxy._lock:
                         flip = proxy.corrupt > 0
                         proxy.corrupt -= flip
-                    if flip:  # early in the body: inside the first deflate block, not trailing headers
+                    if (
+                        flip
+                    ):  # early in the body: inside the first deflate block, not trailing headers
                         at = min(len(data) - 1, CORRUPT_AT)
                         data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
                 self.send_response(resp.status)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -41,6 +42,10 @@ pytestmark = [
     pytest.mark.skipif(registry_binary() is None, reason="docker-registry not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="FUSE mounts with allow_other need root"),
     pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("pyfuse3") is None,
+        reason="pyfuse3 not installed (pip install '.[imagefs]', needs libfuse3-dev)",
+    ),
 ]
 
 READ_TIMEOUT_S = 30.0  # a read through a mount that should fail fast; hanging past this is a bug
@@ -53,7 +58,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServe
 
 
 @pytest.fixture(scope="module")
-def image(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Expected]:
+def image(
+    registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Expected]:
     out = tmp_path_factory.mktemp("image") / "layout"
     expected = make_image(out)
     push(out, f"{registry.address}/test/lazy:1")
@@ -114,7 +121,9 @@ def test_mount_shows_the_merged_layers(
         assert before == 0  # metadata is served from the index alone
         assert sorted(os.listdir(root)) == ["app", "data", "empty.txt", "etc", "lib", "plain"]
         assert os.listdir(root / "data/old") == ["new.txt"]  # the opaque dir hid a.txt, b.txt
-        assert os.stat(root / "app/model/weights.bin").st_size == len(exp.files["app/model/weights.bin"])
+        assert os.stat(root / "app/model/weights.bin").st_size == len(
+            exp.files["app/model/weights.bin"]
+        )
         assert os.access(root / "app/run.sh", os.X_OK)
         assert _stats(m)["reads"]["registry_fetches"] == 0
         for path, data in exp.files.items():
@@ -227,7 +236,11 @@ def test_disk_cache_over_budget_evicts_and_never_fails_a_read(
     name, exp = image
     budget = 150_000  # less than the image's chunks (~400 kB)
     with _mount(
-        tmp_path, f"{registry.address}/{name}", prefetch=False, disk_bytes=budget, memory_bytes=70_000
+        tmp_path,
+        f"{registry.address}/{name}",
+        prefetch=False,
+        disk_bytes=budget,
+        memory_bytes=70_000,
     ) as m:
         for _ in range(2):
             for path, data in exp.files.items():
@@ -326,7 +339,9 @@ HOSTILE = {
     "duplicate": (lambda es: es.append(dict(es[-1])), "listed twice"),
     "huge": (lambda es: next(e for e in es if e.get("size")).update(size=1 << 50), "beyond"),
     "escaping-symlink": (
-        lambda es: es.append({"name": "a/up", "type": "symlink", "linkName": "../../../../etc/shadow", "mode": 0o777}),
+        lambda es: es.append(
+            {"name": "a/up", "type": "symlink", "linkName": "../../../../etc/shadow", "mode": 0o777}
+        ),
         "climbs above the image root",
     ),
     "offset-past-toc": (
@@ -349,9 +364,7 @@ def test_hostile_toc_is_refused_at_mount(
     assert not is_mounted(tmp_path / "mnt") and not m.alive()
 
 
-def test_toc_not_matching_the_manifest_is_refused(
-    registry: RegistryServer, tmp_path: Path
-) -> None:
+def test_toc_not_matching_the_manifest_is_refused(registry: RegistryServer, tmp_path: Path) -> None:
     ref = _forge(tmp_path, registry, "resigned", lambda es: None)
     # re-push the same layer under a manifest whose annotation names another TOC
     layout = tmp_path / "layout-resigned"

@@ -23,6 +23,7 @@ FORBIDDEN = {
     "serve": ("zerostart.cli", "zerostart.image", "zerostart.registry", "zerostart.container"),
     "model": ("zerostart.cli", "zerostart.serve"),
     "engine": ("zerostart.cli", "zerostart.serve"),
+    "imagefs": ("zerostart.cli", "zerostart.image", "zerostart.container", "zerostart.serve"),
 }
 
 

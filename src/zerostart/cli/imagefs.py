@@ -66,8 +66,9 @@ def _cmd_mount(args: argparse.Namespace) -> int:
         Path(args.mountpoint).resolve(),
         prefetch=not args.no_prefetch,
         insecure=args.insecure,
-        **({"cache_dir": Path(args.cache_dir)} if args.cache_dir else {}),
     )
+    if args.cache_dir:
+        mount.cache_dir = Path(args.cache_dir)
     info = mount.start()
     print(
         f"mounted {args.reference} at {args.mountpoint} (index {info['index_ms']:.1f} ms, "

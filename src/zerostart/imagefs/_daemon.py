@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     try:
         trio.run(watch)
-    except BaseException as exc:  # noqa: BLE001 - logged, then the mount is released below
+    except BaseException as exc:
         log.error("imagefs daemon failed: %r", exc)
         status = 1
     finally:

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from zerostart.errors import ZerostartError
 from zerostart.estargz import EStargzError, read_chunk
@@ -191,7 +191,7 @@ class ChunkReader:
                     self.counters["digest_mismatches"] += 1
                 message = f"layer {layer.digest[:19]}: {exc.problem} ({x.entry.name}); refused"
                 log.warning("%s (attempt %d)", message, attempt)
-        return self._fail(message + " twice: the registry's copy is corrupt or was tampered with")
+        self._fail(message + " twice: the registry's copy is corrupt or was tampered with")
 
     def _range(self, layer: Layer, start: int, end: int) -> bytes:
         delay = self.retry.backoff_s
@@ -216,9 +216,9 @@ class ChunkReader:
                 self.counters["registry_fetches"] += 1
                 self.counters["registry_bytes"] += len(data)
             return data
-        raise AssertionError("unreachable")
+        raise AssertionError("unreachable: the last attempt returns or fails")
 
-    def _fail(self, message: str) -> Any:
+    def _fail(self, message: str) -> NoReturn:
         with self._lock:
             self.counters["failed_reads"] += 1
             self.errors.append(f"{time.strftime('%H:%M:%S')} {message}")

@@ -24,7 +24,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from zerostart.imagefs._fetch import ChunkReadError, ChunkReader
+from zerostart.imagefs._fetch import ChunkReader, ChunkReadError
 from zerostart.imagefs._index import Node, Tree
 
 # The image never changes under a mount: let the kernel cache names and attributes for an hour.

@@ -208,7 +208,7 @@ class BlobReader:
         self._count(len(data))
         return data
 
-    def read_all(self, digest: str, size: int, sink: Callable[[bytes], None]) -> None:
+    def read_all(self, digest: str, size: int, sink: Callable[[bytes], object]) -> None:
         """Stream a whole blob into ``sink``, checking its size and sha256 as it arrives."""
         session = self._session()
         verifier = d.Verifier(digest, size)
