@@ -88,37 +88,36 @@ class FaultProxy:
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
-                    data = resp.read()
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in _HOP_HEADERS:
+                            self.send_header(k, v)
+                    if resp.getheader("Content-Length") is None and self.command != "HEAD":
+                        whole = resp.read()  # chunked upstream: frame it with a length
+                        self.send_header("Content-Length", str(len(whole)))
+                        self.end_headers()
+                        self.wfile.write(whole)
+                        return
+                    self.end_headers()
+                    if self.command == "HEAD":
+                        return
+                    flip = (
+                        "/blobs/" in self.path
+                        and resp.status in (200, 206)
+                        and self.command == "GET"
+                        and proxy._take_corrupt()
+                    )
+                    while block := resp.read(BLOCK_BYTES):  # streamed: the link is the limit
+                        if flip:  # early in the body: the first deflate block of a chunk
+                            at = min(len(block) - 1, CORRUPT_AT)
+                            block = block[:at] + bytes([block[at] ^ 0xFF]) + block[at + 1 :]
+                            flip = False
+                        proxy._pacer.take(len(block))
+                        self.wfile.write(block)
+                        with proxy._lock:
+                            proxy.bytes_sent += len(block)
                 finally:
                     conn.close()
-                if (
-                    "/blobs/" in self.path
-                    and resp.status in (200, 206)
-                    and data
-                    and self.command == "GET"
-                ):
-                    with proxy._lock:
-                        flip = proxy.corrupt > 0
-                        proxy.corrupt -= flip
-                    if (
-                        flip
-                    ):  # early in the body: inside the first deflate block, not trailing headers
-                        at = min(len(data) - 1, CORRUPT_AT)
-                        data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
-                self.send_response(resp.status)
-                for k, v in resp.getheaders():
-                    if k.lower() not in _HOP_HEADERS and k.lower() != "content-length":
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command == "HEAD":
-                    return
-                for i in range(0, len(data), BLOCK_BYTES):
-                    block = data[i : i + BLOCK_BYTES]
-                    proxy._pacer.take(len(block))
-                    self.wfile.write(block)
-                    with proxy._lock:
-                        proxy.bytes_sent += len(block)
 
             upstream_host = upstream
             do_GET = do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = _forward
@@ -126,6 +125,13 @@ class FaultProxy:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _take_corrupt(self) -> bool:
+        with self._lock:
+            if self.corrupt > 0:
+                self.corrupt -= 1
+                return True
+            return False
 
     @property
     def address(self) -> str:

@@ -15,10 +15,11 @@ reconnect of a keep-alive connection the server had closed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -207,6 +208,41 @@ class BlobReader:
             )
         self._count(len(data))
         return data
+
+    @contextlib.contextmanager
+    def stream(self, digest: str, start: int, end: int) -> Iterator[Callable[[int], bytes]]:
+        """Bytes ``[start, end)`` of a blob as they arrive: yields ``read(n)`` (b"" at the end).
+
+        One range request on a connection of its own, closed afterwards, so a
+        caller may stop reading early (a prefetch that is cancelled) without
+        leaving unread bytes on a shared keep-alive connection.
+        """
+        session = Session(
+            self.ref,
+            insecure=self.insecure,
+            auth=self.auth,
+            timeout_s=self.timeout_s,
+            scopes=d.scopes_for(self.ref, push=False),
+        )
+        headers = {"Range": d.range_header(start, end)}
+        try:
+            with session.stream(d.blob_path(self.ref, digest), headers, expect=(206,)) as resp:
+                try:
+                    d.check_content_range(resp.getheader("Content-Range"), start, end)
+                except d.ProtocolError as exc:
+                    raise RegistryError(self.ref.registry, f"blob {digest}: {exc}") from exc
+
+                def read(n: int) -> bytes:
+                    data = resp.read(n)
+                    with self._lock:
+                        self.bytes_fetched += len(data)
+                    return data
+
+                with self._lock:
+                    self.requests += 1
+                yield read
+        finally:
+            session.close()
 
     def read_all(self, digest: str, size: int, sink: Callable[[bytes], object]) -> None:
         """Stream a whole blob into ``sink``, checking its size and sha256 as it arrives."""
