@@ -112,6 +112,11 @@ class BlobReader:
 
     def image(self, want: tuple[str, str] | None = None) -> RemoteImage:
         """The image's manifest (an index resolved to ``want``, default this host) and config."""
+        digest, manifest = self.manifest(want)
+        return RemoteImage(str(self.ref), digest, manifest, self.config(manifest))
+
+    def manifest(self, want: tuple[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+        """``(digest, manifest)`` of the image for ``want`` (default: this host's platform)."""
         os_name, arch = want or host_platform()
         manifest, digest, media_type = self._manifest(self.ref.target, self.ref.digest)
         kids, are_manifests = self._children(manifest, media_type)
@@ -132,8 +137,12 @@ class BlobReader:
                     f"{self.ref}: no image for {os_name}/{arch} (the index offers {', '.join(offered)})",
                 )
             manifest, digest, media_type = self._manifest(match[0]["digest"], match[0]["digest"])
-            kids, _ = self._children(manifest, media_type)
-        config_digest, config_size, _ = self._descriptor(kids[0])
+            self._children(manifest, media_type)
+        return digest, manifest
+
+    def config(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """The image config a manifest names, verified against its digest."""
+        config_digest, config_size, _ = self._descriptor(manifest.get("config") or {})
         if config_size > MAX_CONFIG_BYTES:
             raise RegistryError(self.ref.registry, f"config {config_digest}: {config_size} bytes")
         config_bytes = self.read(config_digest, 0, config_size) if config_size else b""
@@ -144,10 +153,10 @@ class BlobReader:
                 hint="the registry's storage is corrupt or was tampered with",
             )
         try:
-            config = json.loads(config_bytes) if config_bytes else {}
+            config: dict[str, Any] = json.loads(config_bytes) if config_bytes else {}
         except ValueError as exc:
             raise RegistryError(self.ref.registry, f"config {config_digest} is not JSON") from exc
-        return RemoteImage(str(self.ref), digest, manifest, config)
+        return config
 
     def _children(
         self, manifest: dict[str, Any], media_type: str
