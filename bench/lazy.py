@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))  # the real registry + proxy helpers
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import bundle_dir, model_dir, write_result  # noqa: E402
 from fault_proxy import fault_proxy  # noqa: E402
 from registry_server import running_registry  # noqa: E402
 
+from common import bundle_dir, model_dir, write_result  # noqa: E402
 from zerostart.benchmark import drop_page_cache, free_port, machine_description, post_json  # noqa: E402
 from zerostart.container.lazy import LazyContainer  # noqa: E402
 from zerostart.container.runtime import Container  # noqa: E402
@@ -145,6 +145,22 @@ def run_lazy(ref: str, cache: Path, proxy: Any, *, warm: bool) -> dict[str, Any]
     }
 
 
+def mount_times(ref: str, work: Path, n: int = 7) -> dict[str, Any]:
+    """Mount (index ready) straight from the loopback registry, no proxy: ``n`` cold mounts."""
+    from zerostart.imagefs.mount import LazyMount
+
+    rows = []
+    for i in range(n):
+        cache = work / f"mount-cache-{i}"
+        m = LazyMount(ref, work / "mount-point", cache_dir=cache, prefetch=False)
+        info = m.start()
+        m.stop()
+        shutil.rmtree(cache, ignore_errors=True)
+        rows.append({k: info[k] for k in ("manifest_ms", "index_ms", "mount_ms", "import_ms")})
+    ms = sorted(r["mount_ms"] for r in rows)
+    return {"runs": rows, "median_mount_ms": ms[len(ms) // 2], "min_mount_ms": ms[0]}
+
+
 def build_images(names: list[str]) -> dict[str, dict[str, Any]]:
     from zerostart.image.build import build_image
 
@@ -193,8 +209,15 @@ def main() -> None:
             results[name] = {
                 "compressed_bytes": img["compressed_bytes"],
                 "about": img["about"],
+                "mount_direct": mount_times(f"{reg.address}/{img['repo']}:1", WORK),
                 "rates": {},
             }
+            print(
+                f"{name:7s} mount (index ready), loopback registry without proxy: median "
+                f"{results[name]['mount_direct']['median_mount_ms']:.1f} ms, min "
+                f"{results[name]['mount_direct']['min_mount_ms']:.1f} ms",
+                flush=True,
+            )
             for rate in rates:
                 with fault_proxy(reg.address, rate_bytes_per_s=rate * 1e6 / 8) as proxy:
                     ref = f"{proxy.address}/{img['repo']}:1"

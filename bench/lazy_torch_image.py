@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -152,7 +153,9 @@ def _profile(venv_python: str, model: Path, mapping: dict[str, str]) -> list[str
             "--port",
             str(port),
         ]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             deadline = time.monotonic() + PROFILE_TIMEOUT_S
             while time.monotonic() < deadline:
@@ -168,8 +171,8 @@ def _profile(venv_python: str, model: Path, mapping: dict[str, str]) -> list[str
                     if proc.poll() is not None:
                         raise RuntimeError("the torch server died while profiling") from None
                     time.sleep(0.2)
-        finally:
-            proc.terminate()
+        finally:  # strace and the server: the whole process group
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
         order: list[str] = []
         seen: set[str] = set()
@@ -192,9 +195,8 @@ def build_torch_image(out: Path, venv_python: str, model: Path) -> dict[str, obj
     t0 = time.perf_counter()
     dists, packages = _package_files(venv_python)
     stdlib = _stdlib_files()
-    elf = [h for h, _ in packages if h.endswith(".so") or ".so." in h] + [
-        str(PREFIX / "bin" / PYVER)
-    ]
+    elf = [h for h, _ in [*packages, *stdlib] if h.endswith(".so") or ".so." in h]
+    elf.append(str(PREFIX / "bin" / PYVER))  # lib-dynload's extensions too (_ctypes: libffi)
     system = _system_libraries(elf)
     app = [(str(ROOT / "bench/anchors/torch_server.py"), SERVER_IN_IMAGE)]
     app += [(str(p), f"{MODEL_IN_IMAGE}/{p.name}") for p in sorted(model.iterdir()) if p.is_file()]

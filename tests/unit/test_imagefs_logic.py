@@ -96,3 +96,17 @@ def test_corrupt_disk_chunk_is_a_miss_and_removed(tmp_path: Path) -> None:
     path.write_bytes(b"rotten")
     assert cache.get(_digest(data)) is None
     assert cache.stats()["disk_corrupt"] == 1 and not path.exists()
+
+
+def test_range_requests_are_checked_against_the_answer() -> None:
+    from zerostart.registry import _distribution as d
+
+    assert d.range_header(0, 51) == "bytes=0-50"
+    d.check_content_range("bytes 100-199/5000", 100, 200)
+    d.check_content_range("bytes 100-199/*", 100, 200)
+    with pytest.raises(d.ProtocolError, match="registry sent 0-99"):
+        d.check_content_range("bytes 0-99/5000", 100, 200)
+    with pytest.raises(d.ProtocolError):
+        d.check_content_range(None, 0, 10)
+    with pytest.raises(d.ProtocolError):
+        d.range_header(5, 5)
