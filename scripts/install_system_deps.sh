@@ -14,9 +14,14 @@
 #   strace           tracing helpers and debugging of the traced worker
 #   fuse3            lazy image filesystem (imagefs): fusermount3, /dev/fuse helpers
 #   libfuse3-dev, pkg-config  to build pyfuse3 (the dev/imagefs extra ships no wheel)
+#   golang-go, golang-github-containerd-stargz-snapshotter-dev
+#                    the reference eStargz implementation (Go sources) and the
+#                    compiler that builds tests/interop/estargz_ref offline
+#   stargz-snapshotter  ctr-remote and the eStargz spec under /usr/share/doc
 set -euo pipefail
 
-REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 libfuse3-dev pkg-config)
+REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 libfuse3-dev pkg-config
+    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter)
 OPTIONAL=(podman)
 
 missing() {

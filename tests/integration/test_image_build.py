@@ -6,21 +6,26 @@ skips with the reason when something is missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from estargz_reference import build_reference_tool, run_reference
+from zerostart import estargz
 from zerostart.benchmark import free_port
 from zerostart.container.runtime import Container, choose_runtime
 from zerostart.image.build import BuildOptions, BuildResult, build_image
 from zerostart.image.errors import RuntimeToolError
 from zerostart.image.inspect import inspect_image
+from zerostart.image.oci import read_oci_layout
 from zerostart.image.trace import WarmupRequest, answers_match, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
@@ -208,3 +213,82 @@ def test_umoci_unpacks_the_layout(embed_image: BuildResult, tmp_path: Path) -> N
     assert (rootfs / "usr" / "local" / "lib").is_dir()
     config = json.loads((dest / "config.json").read_text())
     assert config["process"]["user"]["uid"] == 65532
+
+
+def test_layers_are_estargz_with_the_read_order_first(embed_image: BuildResult) -> None:
+    image = read_oci_layout(embed_image.image.path)
+    for layer, desc in zip(image.layers, image.manifest["layers"], strict=True):
+        toc = estargz.read_toc(layer.path)
+        toc.verify(desc["annotations"][estargz.TOC_DIGEST_ANNOTATION])
+        built = next(la for la in embed_image.layers if la.digest == layer.digest)
+        assert desc["annotations"][estargz.UNCOMPRESSED_SIZE_ANNOTATION] == str(
+            built.uncompressed_size
+        )
+        # the warm-up read something from every layer: each has a prefetch range
+        assert 0 < toc.prefetch_end == built.prefetch_size < layer.size, layer.title
+    runtime = estargz.read_toc(image.layers[0].path)
+    regular = [e.name for e in runtime.entries if e.type == "reg"]
+    assert regular[0] == embed_image.closure.interpreter.lstrip("/")  # exec'd first
+    prefetched = regular[: regular.index(estargz.PREFETCH_LANDMARK)]
+    assert "usr/local/lib/python3.11/os.pyc" in prefetched
+    assert "etc/passwd" not in prefetched  # runc reads it, the worker does not
+    model = estargz.read_toc(image.layers[2].path)
+    assert all(
+        c.next_offset <= model.prefetch_end for c in model.chunks["model/weights.safetensors"]
+    )
+
+
+def test_reference_estargz_verifies_every_layer(
+    embed_image: BuildResult, embed_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    tool = build_reference_tool(tmp_path_factory.mktemp("estargz_ref"))
+    image = read_oci_layout(embed_image.image.path)
+    served: dict[str, dict[str, object]] = {}
+    for layer, desc in zip(image.layers, image.manifest["layers"], strict=True):
+        toc_digest = desc["annotations"][estargz.TOC_DIGEST_ANNOTATION]
+        _, files, _ = run_reference(tool, "verify", layer.path, toc_digest)
+        served.update(files)
+    weights = (embed_bundle / "weights.safetensors").read_bytes()
+    got = served["model/weights.safetensors"]
+    assert got["sha256"] == hashlib.sha256(weights).hexdigest()
+    assert got["chunks"] == -(-len(weights) // estargz.DEFAULT_CHUNK_SIZE)
+    assert served[embed_image.closure.interpreter.lstrip("/")]["type"] == "reg"
+
+
+def test_podman_stores_and_runs_the_image(
+    embed_image: BuildResult, embed_bundle: Path, tmp_path: Path
+) -> None:
+    _need_root()
+    run_root = tempfile.mkdtemp(prefix="zs-podman-")  # podman wants a runroot under 50 chars
+    podman = [_need("podman"), "--root", str(tmp_path / "root"), "--runroot", run_root]
+    podman += ["--storage-driver", "vfs"]  # a private store: nothing of the host's is touched
+    ref = f"oci:{embed_image.image.path}:latest"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*podman, *args], capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False
+        )
+
+    pulled = run("pull", "-q", ref)
+    assert pulled.returncode == 0, pulled.stderr
+    image_id = pulled.stdout.strip().splitlines()[-1]
+    try:
+        mounted = run("image", "mount", image_id)
+        assert mounted.returncode == 0, mounted.stderr
+        rootfs = Path(mounted.stdout.strip())
+        manifest = (embed_bundle / "manifest.json").read_bytes()
+        assert (rootfs / "model" / "manifest.json").read_bytes() == manifest
+        assert (rootfs / embed_image.closure.interpreter.lstrip("/")).is_file()
+        script = "import json; print(json.load(open('/model/manifest.json'))['task'])"
+        ran = run(
+            "run", "--rm", "--net=none", "--ulimit", "host", "--entrypoint",
+            embed_image.closure.interpreter, image_id, "-c", script,
+        )  # fmt: skip
+    finally:
+        run("image", "unmount", "--all")
+        run("rmi", "--all", "--force")
+        shutil.rmtree(run_root, ignore_errors=True)
+    if ran.returncode != 0 and ("setrlimit" in ran.stderr or "cgroup" in ran.stderr):
+        pytest.skip(f"podman stored the image but cannot run containers here: {ran.stderr[-300:]}")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "embeddings"

@@ -148,6 +148,19 @@ def _write_layers(
     step: Callable[[str, float], None],
     order: Sequence[str] = (),
 ) -> tuple[LayerBlob, ...]:
+    blobs = []
+    for i, (name, entries) in enumerate(layer_contents(bundle, closure, work, options)):
+        step(f"writing the {name} layer", 0.4 + 0.18 * i)
+        blobs.append(
+            write_layer(name, entries, blob_dir, compression=options.compression, prioritized=order)
+        )
+    return tuple(blobs)
+
+
+def layer_contents(
+    bundle: str | os.PathLike[str], closure: Closure, work: Path, options: BuildOptions
+) -> list[tuple[str, list[Entry]]]:
+    """(layer name, tar entries) of the three layers; pycs are compiled into ``work``."""
     cache = Path(options.cache_dir) / "strip"
     files = closure.files.values()
     runtime = layer_entries(
@@ -175,13 +188,7 @@ def _write_layers(
         for p in sorted(Path(bundle).rglob("*"))
         if p.is_file() and "__pycache__" not in p.parts
     ]
-    blobs = []
-    for i, (name, entries) in enumerate(((RUNTIME, runtime), (APPLICATION, app), (MODEL, model))):
-        step(f"writing the {name} layer", 0.4 + 0.18 * i)
-        blobs.append(
-            write_layer(name, entries, blob_dir, compression=options.compression, prioritized=order)
-        )
-    return tuple(blobs)
+    return [(RUNTIME, runtime), (APPLICATION, app), (MODEL, model)]
 
 
 def image_config(

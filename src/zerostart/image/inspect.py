@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerostart.estargz import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
 from zerostart.image.errors import ImageError
 from zerostart.image.oci import open_layer_tar, read_oci_layout
 
+# eStargz's own entries (table of contents, prefetch landmarks): not files of the image
+ESTARGZ_METADATA = frozenset((TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK))
 TRACE_NAME = "zerostart-trace.json"
 DEFAULT_TOP = 15
 MB = 1e6
@@ -122,7 +125,7 @@ def inspect_image(path: str | os.PathLike[str]) -> ImageReport:
                 counter = _Counter(raw)
                 with tarfile.open(fileobj=counter, mode="r|") as tar:  # type: ignore[call-overload]
                     for m in tar:
-                        if not m.isfile():
+                        if not m.isfile() or m.name in ESTARGZ_METADATA:
                             continue
                         count += 1
                         kind = _kind("/" + m.name)
