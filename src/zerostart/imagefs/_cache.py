@@ -5,10 +5,13 @@ Keys are chunk digests (``sha256:<hex>`` of the *uncompressed* chunk, the
 share is fetched and stored once, whichever image asked first.
 
 Both tiers hold only verified bytes: a chunk enters the cache after its
-digest was checked against the TOC, and a chunk read back from disk is hashed
-again before it is served (local disks rot too, and a cache directory may be
-shared). A chunk that fails that check is deleted and reported as a miss, so
-the reader fetches it from the registry again.
+digest was checked against the TOC, and a chunk found on disk from before this
+mount is hashed again the first time it is read (local disks rot too, and a
+cache directory may be shared); after that it is trusted for the life of the
+mount, and :meth:`ChunkCache.read` serves a kernel read (128 KiB) of it with
+one ``pread`` instead of loading the whole 4 MiB chunk. A chunk that fails
+the check is deleted and reported as a miss, so the reader fetches it from the
+registry again.
 
 The disk tier never fails a read: when the disk is full (``ENOSPC``/
 ``EDQUOT``) it evicts half of its own bytes and tries once more, and if that
@@ -66,6 +69,7 @@ class ChunkCache:
         self._mem: OrderedDict[str, bytes] = OrderedDict()
         self._mem_used = 0
         self._disk: OrderedDict[str, int] = OrderedDict()  # digest -> size, oldest first
+        self._trusted: set[str] = set()  # on disk and verified during this mount
         self._disk_used = 0
         self.counters = {
             "memory_hits": 0,
@@ -144,6 +148,35 @@ class ChunkCache:
             self.counters["misses"] += 1
         return None
 
+    def read(self, digest: str, start: int, end: int) -> bytes | None:
+        """Bytes ``[start, end)`` of a chunk, or None (a miss); a trusted disk chunk is pread."""
+        with self._lock:
+            data = self._mem.get(digest)
+            if data is not None:
+                self._mem.move_to_end(digest)
+                self.counters["memory_hits"] += 1
+                return data[start:end]
+            trusted = digest in self._trusted and digest in self._disk
+        if trusted:
+            try:
+                fd = os.open(self._path(digest), os.O_RDONLY)
+                try:
+                    part = os.pread(fd, end - start, start)
+                finally:
+                    os.close(fd)
+            except OSError:
+                part = b""
+            if len(part) == end - start:
+                with self._lock:
+                    self.counters["disk_hits"] += 1
+                    if digest in self._disk:
+                        self._disk.move_to_end(digest)
+                return part
+            with self._lock:
+                self._trusted.discard(digest)
+        whole = self.get(digest)
+        return whole[start:end] if whole is not None else None
+
     def __contains__(self, digest: str) -> bool:
         with self._lock:
             return digest in self._mem or digest in self._disk
@@ -155,6 +188,8 @@ class ChunkCache:
         except OSError:
             data = None
         if data is not None and digest_of(data, _split(digest)[0]) == digest:
+            with self._lock:
+                self._trusted.add(digest)
             return data
         log.warning("chunk cache: %s on disk is missing or corrupt; fetching it again", digest)
         with self._lock:
@@ -179,6 +214,7 @@ class ChunkCache:
                 if digest not in self._disk:
                     self._disk[digest] = len(data)
                     self._disk_used += len(data)
+                    self._trusted.add(digest)  # verified by the caller, written by us
                     self._evict_disk(0)
 
     def _put_memory(self, digest: str, data: bytes) -> None:
@@ -202,6 +238,7 @@ class ChunkCache:
         while self._disk and self._disk_used > target_bytes:
             digest, size = self._disk.popitem(last=False)
             self._disk_used -= size
+            self._trusted.discard(digest)
             self.counters["disk_evictions"] += 1
             self._path(digest).unlink(missing_ok=True)
 

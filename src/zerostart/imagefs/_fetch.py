@@ -141,8 +141,11 @@ class ChunkReader:
             if layer.local_path is not None:
                 parts.append(os.pread(self._fd(layer), hi - lo, x.start + lo - x.file_offset))
                 continue
-            chunk = self.chunk(layer, x)
-            parts.append(chunk[lo - x.file_offset : hi - x.file_offset])
+            assert x.digest is not None
+            part = self.cache.read(x.digest, lo - x.file_offset, hi - x.file_offset)
+            if part is None:
+                part = self.chunk(layer, x, cached=False)[lo - x.file_offset : hi - x.file_offset]
+            parts.append(part)
         return b"".join(parts)
 
     def _fd(self, layer: Layer) -> int:
@@ -153,10 +156,13 @@ class ChunkReader:
                 fd = self._fds[layer.index] = os.open(layer.local_path, os.O_RDONLY)
             return fd
 
-    def chunk(self, layer: Layer, x: Extent) -> bytes:
-        """One verified chunk: from the cache, from a fetch in flight, or fetched now."""
+    def chunk(self, layer: Layer, x: Extent, *, cached: bool = True) -> bytes:
+        """One verified chunk: from the cache, from a fetch in flight, or fetched now.
+
+        ``cached=False``: the caller just missed the cache; do not look (or count) again.
+        """
         assert x.digest is not None
-        data = self.cache.get(x.digest)
+        data = self.cache.get(x.digest) if cached else None
         if data is not None:
             return data
         with self._lock:
