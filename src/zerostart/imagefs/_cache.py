@@ -148,6 +148,13 @@ class ChunkCache:
             self.counters["misses"] += 1
         return None
 
+    def peek(self, digest: str, start: int, end: int) -> bytes | None:
+        """Like :meth:`read`, but only from memory or a trusted disk chunk; a miss is not counted."""
+        with self._lock:
+            if digest not in self._mem and digest not in self._trusted:
+                return None
+        return self.read(digest, start, end)
+
     def read(self, digest: str, start: int, end: int) -> bytes | None:
         """Bytes ``[start, end)`` of a chunk, or None (a miss); a trusted disk chunk is pread."""
         with self._lock:

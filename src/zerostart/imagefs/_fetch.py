@@ -148,6 +148,25 @@ class ChunkReader:
             parts.append(part)
         return b"".join(parts)
 
+    def read_cached(self, node: Node, offset: int, length: int) -> bytes | None:
+        """Like :meth:`read` when every chunk is in memory (or trusted on disk), else None.
+
+        Called in the FUSE event loop: it never fetches, so it never blocks on the network.
+        """
+        end = min(offset + length, node.size)
+        if offset >= end:
+            return b""
+        parts = []
+        for x in extents_for(node, offset, end - offset):
+            if self.layers[x.layer].local_path is not None or x.digest is None:
+                return None
+            lo, hi = max(offset, x.file_offset), min(end, x.file_offset + x.size)
+            part = self.cache.peek(x.digest, lo - x.file_offset, hi - x.file_offset)
+            if part is None:
+                return None
+            parts.append(part)
+        return b"".join(parts)
+
     def _fd(self, layer: Layer) -> int:
         with self._lock:
             fd = self._fds.get(layer.index)

@@ -76,7 +76,12 @@ class ImageOperations(pyfuse3.Operations):  # type: ignore[misc]
             return self._attr(parent)
         child = parent.children.get(name)
         if child is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            # A negative entry the kernel caches: an interpreter probes every sys.path
+            # folder for every import, and the answer never changes in an image.
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = 0
+            missing.entry_timeout = CACHE_TIMEOUT_S
+            return missing
         return self._attr(child)
 
     async def readlink(self, inode: int, ctx: Any) -> bytes:
@@ -109,6 +114,9 @@ class ImageOperations(pyfuse3.Operations):  # type: ignore[misc]
         node = self._node(fh)
         if not node.extents:
             return b""
+        cached = self.reader.read_cached(node, off, size)  # memory or trusted disk: no thread hop
+        if cached is not None:
+            return cached
         try:
             return await trio.to_thread.run_sync(self.reader.read, node, off, size)
         except ChunkReadError as exc:
