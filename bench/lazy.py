@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -198,6 +199,8 @@ def main() -> None:
     ap.add_argument("--images", default="minilm,torch", help="minilm,torch")
     ap.add_argument("--out", default="lazy", help="bench/results/NAME.json")
     args = ap.parse_args()
+    # SIGTERM unwinds like Ctrl-C: containers stopped, mounts and the registry cleaned up
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     rates = [float(r) for r in args.rates.split(",")]
     names = args.images.split(",")
     before = machine_description()
