@@ -14,6 +14,9 @@ layer writer (eStargz, a valid gzip image for any other runtime):
   ``site-packages``;
 * ``app``: ``bench/anchors/torch_server.py`` and the MiniLM SST-2 model folder.
 
+Python modules ship as unchecked-hash pycs (see ``_hash_pycs``: our layers'
+mtimes are normalised, which would invalidate pip's timestamp pycs).
+
 Prioritized files (before ``.prefetch.landmark``): what the server opened from
 start to its first answer, in that order, recorded by running it once on this
 host under ``strace`` (the workload profile ``ctr-remote images optimize``
@@ -35,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 from zerostart.benchmark import free_port
-from zerostart.image.layers import Entry, write_layer
+from zerostart.image.layers import Entry, pyc_path, write_layer
 from zerostart.image.oci import ImageConfig, write_oci_layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +48,7 @@ IMAGE_SITE = f"{PREFIX}/lib/{PYVER}/site-packages"
 STDLIB_SKIP = {"site-packages", "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3"}
 PROFILE_TIMEOUT_S = 600.0
 LDD_TIMEOUT_S = 60.0
+PYC_TIMEOUT_S = 1800.0  # ~10k modules on a loaded 2-core machine
 MODEL_IN_IMAGE = "/model"
 SERVER_IN_IMAGE = "/app/torch_server.py"
 
@@ -66,6 +70,18 @@ while todo:
             todo.append(req)
     files += [str(dist.locate_file(f)) for f in dist.files or []]
 print(json.dumps({"dists": sorted(seen), "files": files}))
+"""
+
+
+# As pip does, a source that does not compile (templates, test data) ships without a pyc.
+_PYC_SCRIPT = r"""
+import json, py_compile, sys
+for src, out, dfile in json.load(sys.stdin):
+    try:
+        py_compile.compile(src, cfile=out, dfile=dfile, doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    except (py_compile.PyCompileError, SyntaxError, ValueError, UnicodeDecodeError):
+        pass
 """
 
 
@@ -111,6 +127,36 @@ def _stdlib_files() -> list[tuple[str, str]]:
     for p in [PREFIX / "bin" / PYVER, *sorted((PREFIX / "lib").glob("libpython*.so*"))]:
         pairs.append((str(p), str(p)))
     return pairs
+
+
+def _hash_pycs(python: str, pairs: list[tuple[str, str]], work: Path) -> list[tuple[str, str]]:
+    """Every source's pyc compiled as unchecked-hash (PEP 552), replacing pip's timestamp pycs.
+
+    Our layers are reproducible (every mtime is SOURCE_DATE_EPOCH), so a
+    timestamp pyc no longer matches its source and the interpreter would
+    recompile every module at each start, in the full-pull run and in the
+    lazy one alike; an image built with ``docker build`` keeps mtimes and its
+    pycs stay valid. Hash-based pycs give our image that same property.
+    """
+    tag = sys.implementation.cache_tag
+    jobs, pycs = [], {}
+    for host, image in pairs:
+        if image.endswith(".py") and os.path.isfile(host):
+            target = pyc_path(image, tag, sourceless=False)
+            out = str(work / target.lstrip("/"))
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            jobs.append((host, out, image))
+            pycs[target] = out
+    subprocess.run(
+        [python, "-I", "-c", _PYC_SCRIPT],
+        input=json.dumps(jobs),
+        text=True,
+        capture_output=True,
+        timeout=PYC_TIMEOUT_S,
+        check=True,
+    )
+    kept = [(h, i) for h, i in pairs if i not in pycs]
+    return kept + [(out, image) for image, out in pycs.items() if os.path.exists(out)]
 
 
 def _system_libraries(binaries: list[str]) -> list[tuple[str, str]]:
@@ -202,6 +248,8 @@ def build_torch_image(out: Path, venv_python: str, model: Path) -> dict[str, obj
     app += [(str(p), f"{MODEL_IN_IMAGE}/{p.name}") for p in sorted(model.iterdir()) if p.is_file()]
     mapping = {h: i for h, i in [*packages, *stdlib, *system, *app]}
     profile = _profile(venv_python, model, mapping)
+    packages = _hash_pycs(venv_python, packages, out.parent / f".{out.name}-pycs")
+    stdlib = _hash_pycs(venv_python, stdlib, out.parent / f".{out.name}-pycs")
     groups = {"base": [*system, *stdlib], "packages": packages, "app": app}
     blobs = out.parent / f".{out.name}-blobs"
     layers = []
