@@ -24,6 +24,15 @@ FORBIDDEN = {
     "model": ("zerostart.cli", "zerostart.serve"),
     "engine": ("zerostart.cli", "zerostart.serve"),
     "imagefs": ("zerostart.cli", "zerostart.image", "zerostart.container", "zerostart.serve"),
+    # the layer format is shared by the builder and the lazy filesystem: it uses neither
+    "estargz": (
+        "zerostart.image",
+        "zerostart.imagefs",
+        "zerostart.registry",
+        "zerostart.container",
+        "zerostart.cli",
+        "zerostart.serve",
+    ),
 }
 
 
