@@ -12,7 +12,8 @@
 #   docker-registry  a real registry on 127.0.0.1 for push/pull tests
 #   apache2-utils    htpasswd -B: bcrypt password file for the registry auth test
 #   strace           tracing helpers and debugging of the traced worker
-#   fuse3            lazy image filesystem (imagefs)
+#   fuse3            lazy image filesystem (imagefs): fusermount3, /dev/fuse helpers
+#   libfuse3-dev, pkg-config  to build pyfuse3 (the dev/imagefs extra ships no wheel)
 #   golang-go, golang-github-containerd-stargz-snapshotter-dev
 #                    the reference eStargz implementation (Go sources) and the
 #                    compiler that builds tests/interop/estargz_ref offline
@@ -20,7 +21,7 @@
 #   hey              HTTP load generator: the gateway's 10,000-request test (platform)
 set -euo pipefail
 
-REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3
+REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 libfuse3-dev pkg-config
     golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter hey)
 OPTIONAL=(podman)
 

@@ -30,6 +30,7 @@ FORBIDDEN = {
     "platform": ("zerostart.cli", "zerostart.image"),
     "model": ("zerostart.cli", "zerostart.serve"),
     "engine": ("zerostart.cli", "zerostart.serve"),
+    "imagefs": ("zerostart.cli", "zerostart.image", "zerostart.container", "zerostart.serve"),
     # the layer format is shared by the builder and the lazy filesystem: it uses neither
     "estargz": (
         "zerostart.image",

@@ -107,6 +107,8 @@ def _start_snapshot(args: argparse.Namespace) -> Container:
 def _cmd_run(args: argparse.Namespace) -> int:
     from zerostart.container.runtime import Container
 
+    if args.lazy:
+        return _run_lazy(args)
     if args.snapshot:
         container = _start_snapshot(args)
         ready = "snapshot mode"
@@ -139,6 +141,53 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         final = container.stop()
         print(f"stopped (exit status {final})", file=sys.stderr)
+
+
+def _run_lazy(args: argparse.Namespace) -> int:
+    from zerostart.cli.imagefs import format_stats
+    from zerostart.container.lazy import LazyContainer
+
+    options = {"prefetch": not args.no_prefetch, "insecure": args.insecure}
+    if args.imagefs_cache:
+        from pathlib import Path
+
+        options["cache_dir"] = Path(args.imagefs_cache)
+    t0 = time.perf_counter()
+    container = LazyContainer(
+        args.image, port=args.port, host=args.host, runtime=args.runtime, mount_options=options
+    )
+    try:
+        ready_s = container.start()
+        info = container.mount_info
+        print(
+            f"{args.image} mounted lazily (index {info['index_ms']:.1f} ms, mounted "
+            f"{info['mount_ms']:.1f} ms after the daemon's start); answering on "
+            f"http://{args.host}:{args.port} {time.perf_counter() - t0:.2f}s after the command "
+            f"({ready_s:.2f}s from `{container.runtime_name} run` to /health); Ctrl-C stops it",
+            file=sys.stderr,
+        )
+        for layer in info.get("layers", []):
+            print(f"  layer {layer['digest'][:19]}: {layer['note']}", file=sys.stderr)
+        if args.check:
+            print("check: --check replays a local build trace; not available with --lazy")
+            return 2
+        previous = signal.signal(
+            signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())
+        )
+        try:
+            status = container.wait()
+            print(f"container exited with status {status}", file=sys.stderr)
+            return status
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    finally:
+        stats = container.stats()
+        final = container.stop()
+        if stats:
+            print(format_stats(stats), file=sys.stderr)
+        print(f"stopped (exit status {final}); unmounted and cleaned up", file=sys.stderr)
 
 
 def _check_warmup(image: str, port: int) -> list[str]:
@@ -253,8 +302,28 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "crun, whichever works here. Waits for /health; Ctrl-C or SIGTERM stops it cleanly."
         ),
     )
-    r.add_argument("image", help="OCI layout folder")
+    r.add_argument("image", help="OCI layout folder, or with --lazy a registry reference")
     r.add_argument("--port", type=int, default=8080, help="port on --host (default 8080)")
+    r.add_argument(
+        "--lazy",
+        action="store_true",
+        help="IMAGE is a registry reference (host:port/name:tag): mount it with imagefs and "
+        "start at once, fetching file chunks on first read (eStargz layers; others are "
+        "fetched whole)",
+    )
+    r.add_argument(
+        "--imagefs-cache",
+        metavar="DIR",
+        help="with --lazy: chunk cache folder (default $ZEROSTART_CACHE/imagefs)",
+    )
+    r.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="with --lazy: do not prefetch the files the build trace saw the worker read",
+    )
+    r.add_argument(
+        "--insecure", action="store_true", help="with --lazy: plain HTTP to a non-loopback registry"
+    )
     r.add_argument(
         "--host", default="127.0.0.1", help="address the worker binds (default 127.0.0.1)"
     )

@@ -386,14 +386,19 @@ class Container:
 
     def start(self) -> float:
         """Start the container and wait for /health; returns seconds from `runtime run` to healthy."""
-        image = read_oci_layout(self.image_path)
-        entry = list(image.config.get("config", {}).get("Entrypoint") or [])
-        if not entry:  # refused before probing runtimes or unpacking anything
-            raise ImageError(f"{self.image_path}: the image has no Entrypoint")
+        self._refuse_early()
         runtime = choose_runtime(self.runtime, self.cache_dir)
-        rootfs = unpacked_rootfs(image, self.cache_dir)
-        args = [*entry, "--host", self.host, "--port", str(self.port)]
         self._work = tempfile.mkdtemp(prefix="zerostart-run-")
+        try:
+            image, rootfs = self._root()
+        except BaseException:
+            self.stop()
+            raise
+        entry = list(image.config.get("config", {}).get("Entrypoint") or [])
+        if not entry:
+            self.stop()
+            raise ImageError(f"{self.image_path}: the image has no Entrypoint")
+        args = [*entry, "--host", self.host, "--port", str(self.port)]
         config = self._runtime_config(image, str(rootfs), args)
         Path(self._work, "config.json").write_text(json.dumps(config, indent=1))
         self.id = f"zerostart-{image.manifest_digest[7:19]}-{os.getpid()}-{self.port}"
@@ -414,6 +419,24 @@ class Container:
             raise RuntimeToolError(
                 cmd, f"container did not become healthy: {exc}", stderr=tail
             ) from exc
+
+    def _refuse_early(self) -> None:
+        """Refuse an image without an Entrypoint before probing runtimes or unpacking anything.
+
+        A lazily mounted image (``LazyContainer``) only knows its config once
+        mounted; it is checked after ``_root`` like every image.
+        """
+        image = read_oci_layout(self.image_path)
+        if not (image.config.get("config", {}).get("Entrypoint") or []):
+            raise ImageError(f"{self.image_path}: the image has no Entrypoint")
+
+    def _root(self) -> tuple[ImageRef, str]:
+        """The image and its root filesystem (unpacked once; ``LazyContainer`` mounts it)."""
+        image = read_oci_layout(self.image_path)
+        return image, str(unpacked_rootfs(image, self.cache_dir))
+
+    def _release_root(self) -> None:
+        """Undo what ``_root`` mounted (nothing for an unpacked root)."""
 
     def _runtime_config(self, image: ImageRef, rootfs: str, args: list[str]) -> dict[str, Any]:
         """The config.json; a subclass adjusts it (``image.snapshot_run`` adds a user namespace)."""
@@ -471,6 +494,7 @@ class Container:
         if self._log is not None:
             self._log.close()
             self._log = None
+        self._release_root()
         if self._work:
             shutil.rmtree(self._work, ignore_errors=True)
             self._work = ""

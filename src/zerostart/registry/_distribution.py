@@ -298,6 +298,28 @@ def content_range(offset: int, length: int) -> str:
     return f"{offset}-{offset + length - 1}"
 
 
+def range_header(start: int, end: int) -> str:
+    """RFC 9110 ``Range`` for bytes ``[start, end)`` of a blob (the header is inclusive)."""
+    if not 0 <= start < end:
+        raise ProtocolError(f"empty or negative byte range [{start}, {end})")
+    return f"bytes={start}-{end - 1}"
+
+
+def check_content_range(header: str | None, start: int, end: int) -> None:
+    """A ``206`` answer's ``Content-Range`` must cover exactly ``[start, end)``.
+
+    A registry (or a proxy, or blob storage behind a redirect) that answers a
+    different range would hand us bytes of the wrong place in the blob; the
+    chunk digest would catch it later, but here the message names the cause.
+    """
+    m = re.match(r"^bytes (\d+)-(\d+)/(\d+|\*)$", (header or "").strip())
+    if not m:
+        raise ProtocolError(f"206 answer with Content-Range {header!r}, asked for [{start}, {end})")
+    first, last = int(m.group(1)), int(m.group(2))
+    if first != start or last != end - 1:
+        raise ProtocolError(f"asked for bytes {start}-{end - 1}, registry sent {first}-{last}")
+
+
 # --------------------------------------------------------------------------- digests
 
 

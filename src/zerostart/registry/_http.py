@@ -247,8 +247,14 @@ class Session:
         return ans
 
     @contextlib.contextmanager
-    def stream(self, url: str, headers: dict[str, str]) -> Iterator[http.client.HTTPResponse]:
-        """A ``GET`` whose body the caller reads; follows redirects (blob storage)."""
+    def stream(
+        self, url: str, headers: dict[str, str], *, expect: tuple[int, ...] = (200,)
+    ) -> Iterator[http.client.HTTPResponse]:
+        """A ``GET`` whose body the caller reads; follows redirects (blob storage).
+
+        ``expect``: the statuses that yield the response (``(206, 200)`` for a
+        range read); any other is raised as the registry's error.
+        """
         for _ in range(MAX_REDIRECTS + 1):
             with self._exchange("GET", url, headers, None) as resp:
                 if resp.status == 401 and self._split(url)[1] == self.netloc:
@@ -260,7 +266,7 @@ class Session:
                         url if "://" in url else self.base + url, resp.getheader("Location", "")
                     )
                     continue
-                if resp.status != 200:
+                if resp.status not in expect:
                     raise self.error(
                         Answer(resp.status, resp.headers, resp.read(65536)), f"GET {url}"
                     )

@@ -1,0 +1,193 @@
+"""The mount daemon: ``python -m zerostart.imagefs REF MOUNTPOINT ...`` (started by :class:`LazyMount`).
+
+Life of a mount::
+
+    manifest + config (2 requests) -> every layer's footer + TOC (1 range request each,
+    concurrently) -> merged index -> fuse init (mounted) -> one JSON line on stdout
+    ("ready", timings, the image config) -> prefetch thread starts -> serve
+    ... SIGTERM/SIGINT, or the parent gone -> unmount -> state file removed -> exit 0
+
+A failure before the mount prints ``{"ready": false, "error": ...}`` and exits
+1, so the parent shows the real reason. The daemon runs in its own session so
+a Ctrl-C in the terminal reaches the container first; the parent then stops
+the daemon. If the parent dies without doing so, the daemon notices (its
+parent pid changes) and unmounts itself, so no orphaned mount is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from zerostart.errors import ZerostartError
+
+log = logging.getLogger("zerostart.imagefs")
+
+STATS_INTERVAL_S = 0.5
+FUSE_MAX_TASKS = 32  # concurrent FUSE requests (each read may wait on the network)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m zerostart.imagefs")
+    p.add_argument("reference")
+    p.add_argument("mountpoint")
+    p.add_argument("--cache-dir", required=True)
+    p.add_argument("--state", required=True, help="stats JSON file, rewritten twice a second")
+    p.add_argument("--memory-bytes", type=int, required=True)
+    p.add_argument("--disk-bytes", type=int, required=True)
+    p.add_argument("--timeout", type=float, required=True, help="seconds per network request")
+    p.add_argument("--attempts", type=int, required=True)
+    p.add_argument("--backoff", type=float, required=True)
+    p.add_argument("--insecure", action="store_true")
+    p.add_argument("--no-prefetch", action="store_true")
+    return p
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s imagefs %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    started = time.time()
+    parent = os.getppid()
+    try:
+        import pyfuse3
+        import trio
+
+        from zerostart.imagefs._cache import ChunkCache
+        from zerostart.imagefs._fetch import ChunkReader, RetryPolicy
+        from zerostart.imagefs._fuse import ImageOperations
+        from zerostart.imagefs._index import merge
+        from zerostart.imagefs._layers import open_layers
+        from zerostart.registry.ranges import BlobReader, RemoteImage
+
+        t_import = time.perf_counter()
+        cache_dir = Path(opts.cache_dir)
+        reader = BlobReader(
+            opts.reference, insecure=True if opts.insecure else None, timeout_s=opts.timeout
+        )
+        manifest_digest, manifest = reader.manifest()
+        t_manifest = time.perf_counter()
+        with ThreadPoolExecutor(1) as pool:  # the config arrives while the TOCs do
+            config = pool.submit(reader.config, manifest)
+            layers, entries = open_layers(reader, manifest.get("layers", []), cache_dir)
+            tree = merge(entries)
+            image = RemoteImage(opts.reference, manifest_digest, manifest, config.result())
+        t_index = time.perf_counter()
+        cache = ChunkCache(
+            memory_bytes=opts.memory_bytes,
+            disk_dir=cache_dir / "chunks",
+            disk_bytes=opts.disk_bytes,
+        )
+        chunks = ChunkReader(reader, layers, cache, RetryPolicy(opts.attempts, opts.backoff))
+        fuse_options = set(pyfuse3.default_options) | {
+            "fsname=zerostart-imagefs",
+            "subtype=zerostart",
+            "ro",
+            "allow_other",
+        }
+        pyfuse3.init(ImageOperations(tree, chunks), opts.mountpoint, fuse_options)
+    except (ZerostartError, OSError, RuntimeError) as exc:
+        print(
+            json.dumps({"ready": False, "error": str(exc), "type": type(exc).__name__}), flush=True
+        )
+        return 1
+    t_mount = time.perf_counter()
+    timings = {
+        "import_ms": (t_import - t0) * 1e3,
+        "manifest_ms": (t_manifest - t_import) * 1e3,  # the manifest alone
+        "index_ms": (t_index - t_import) * 1e3,  # manifest + config + every TOC + merge
+        "mount_ms": (t_mount - t_import) * 1e3,  # index + fuse init: the mount is usable
+    }
+    bytes_at_mount = reader.bytes_fetched
+    state_path = Path(opts.state)
+    layer_notes = [{"digest": la.digest, "size": la.size, "note": la.note} for la in layers]
+
+    def stats() -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "reference": opts.reference,
+            "mountpoint": opts.mountpoint,
+            "manifest_digest": image.manifest_digest,
+            "started_at": started,
+            "timings": timings,
+            "inodes": len(tree.inodes),
+            "layers": layer_notes,
+            "bytes_fetched": reader.bytes_fetched,
+            "bytes_fetched_at_mount": bytes_at_mount,
+            "requests": reader.requests,
+            "cache": cache.stats(),
+            "reads": chunks.stats(),
+        }
+
+    _write_json(state_path, stats())
+    ready = {"ready": True, **timings, "manifest_digest": image.manifest_digest}
+    ready |= {"config": image.config, "layers": layer_notes}
+    print(json.dumps(ready), flush=True)
+    log.info(
+        "mounted %s at %s: index %.1f ms, mount %.1f ms, %d inodes; %s",
+        opts.reference,
+        opts.mountpoint,
+        timings["index_ms"],
+        timings["mount_ms"],
+        len(tree.inodes),
+        "; ".join(la.note for la in layers),
+    )
+    if not opts.no_prefetch:
+        extents = [x for node in tree.inodes.values() for x in node.extents]
+        threading.Thread(target=chunks.prefetch, args=(extents,), daemon=True).start()
+
+    async def watch() -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def stop_on_signal() -> None:
+                    async for signum in signals:
+                        log.info("signal %d: unmounting", signum)
+                        pyfuse3.terminate()
+                        return
+
+                async def write_stats() -> None:
+                    while True:
+                        await trio.to_thread.run_sync(_write_json, state_path, stats())
+                        if os.getppid() != parent:
+                            log.warning("the parent process is gone: unmounting")
+                            pyfuse3.terminate()
+                            return
+                        await trio.sleep(STATS_INTERVAL_S)
+
+                nursery.start_soon(stop_on_signal)
+                nursery.start_soon(write_stats)
+                await pyfuse3.main(min_tasks=1, max_tasks=FUSE_MAX_TASKS)
+                nursery.cancel_scope.cancel()
+
+    status = 0
+    try:
+        trio.run(watch)
+    except BaseException as exc:
+        log.error("imagefs daemon failed: %r", exc)
+        status = 1
+    finally:
+        chunks.stop()
+        pyfuse3.close(unmount=True)
+        reader.close()
+        state_path.unlink(missing_ok=True)
+    return status

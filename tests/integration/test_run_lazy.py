@@ -1,0 +1,154 @@
+"""``zerostart run REF --lazy``: our MiniLM image, pushed to the real registry, run from imagefs.
+
+Needs root (runc, FUSE, overlayfs), runc, docker-registry and the MiniLM model
+folder; each missing piece skips with the reason. The answer is checked
+against the pipeline run in this process (the reference answer), and the
+command is stopped with Ctrl-C (SIGINT) to check that nothing stays mounted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from registry_server import RegistryServer, registry_binary, running_registry
+
+from zerostart.benchmark import free_port
+from zerostart.container.lazy import LazyContainer
+from zerostart.container.runtime import choose_runtime
+from zerostart.image.build import build_image
+from zerostart.image.errors import RuntimeToolError
+from zerostart.image.trace import WarmupRequest, send
+from zerostart.imagefs.mount import ImagefsError, is_mounted
+from zerostart.registry.client import push
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.root,
+    pytest.mark.skipif(registry_binary() is None, reason="docker-registry not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="runc, FUSE and overlayfs need root"),
+    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("pyfuse3") is None,
+        reason="pyfuse3 not installed (pip install '.[imagefs]', needs libfuse3-dev)",
+    ),
+]
+
+TEXT = "a wonderful, heartfelt film"
+CLI_TIMEOUT_S = 180.0
+
+
+@pytest.fixture(scope="module")
+def pushed(
+    sst2_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RegistryServer, str]]:
+    try:
+        choose_runtime()
+    except RuntimeToolError as exc:
+        pytest.skip(f"no working OCI runtime: {exc}")
+    image = build_image(sst2_bundle, tmp_path_factory.mktemp("img") / "sst2")
+    with running_registry(tmp_path_factory.mktemp("registry")) as reg:
+        ref = f"{reg.address}/zerostart/minilm-sst2:1"
+        push(image.image.path, ref)
+        yield reg, ref
+
+
+def _expected(bundle: Path) -> object:
+    from zerostart.pipeline import Pipeline
+
+    pipe = Pipeline.load(bundle)
+    job = pipe.prepare("predict", {"inputs": TEXT})
+    return json.loads(json.dumps(job.finish(pipe.execute(job.encodings)), default=float))
+
+
+def _scores(answer: object) -> dict[str, float]:
+    assert isinstance(answer, list)
+    return {a["label"]: a["score"] for a in answer}
+
+
+def test_lazy_container_answers_like_the_pipeline(
+    pushed: tuple[RegistryServer, str], sst2_bundle: Path, tmp_path: Path
+) -> None:
+    _, ref = pushed
+    port = free_port()
+    c = LazyContainer(ref, port=port, mount_options={"cache_dir": tmp_path / "cache"})
+    with c:
+        status, answer = send(port, WarmupRequest("POST", "/predict", {"inputs": TEXT}))
+        assert status == 200, answer
+        want = _scores(_expected(sst2_bundle))
+        got = _scores(answer)
+        assert got.keys() == want.keys()
+        assert np.allclose([got[k] for k in want], list(want.values()), atol=1e-5)
+        stats = c.stats()
+        assert stats["bytes_fetched"] > 0 and stats["reads"]["failed_reads"] == 0
+        lower = Path(c._work) / "lower"
+        assert is_mounted(lower)
+    assert not is_mounted(lower) and not lower.exists()  # unmounted, work folder removed
+
+
+def test_run_lazy_command_stops_cleanly_on_ctrl_c(
+    pushed: tuple[RegistryServer, str], tmp_path: Path
+) -> None:
+    _, ref = pushed
+    port = free_port()
+    env = {**os.environ, "ZEROSTART_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zerostart.cli", "run", ref, "--lazy", "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + CLI_TIMEOUT_S
+        status = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                status, _ = send(port, WarmupRequest("POST", "/predict", {"inputs": TEXT}))
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 200
+        stats = subprocess.run(
+            [sys.executable, "-m", "zerostart.cli", "imagefs", "stats", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            check=True,
+        )
+        mounts = [s for s in json.loads(stats.stdout) if s["reference"] == ref]
+        assert len(mounts) == 1 and mounts[0]["bytes_fetched"] > 0
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == 0, err
+    assert "unmounted and cleaned up" in err and "fetched" in err
+    with open("/proc/self/mountinfo") as f:
+        assert not any(mounts[0]["mountpoint"] in line for line in f)
+
+
+def test_dead_imagefs_daemon_is_reported_not_hung(
+    pushed: tuple[RegistryServer, str], tmp_path: Path
+) -> None:
+    _, ref = pushed
+    port = free_port()
+    c = LazyContainer(ref, port=port, mount_options={"cache_dir": tmp_path / "cache"})
+    with c:
+        assert c.mount is not None and c.mount._proc is not None
+        os.kill(c.mount._proc.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(ImagefsError, match="imagefs daemon exited"):
+            c.wait()
+        assert time.monotonic() - t0 < 5
