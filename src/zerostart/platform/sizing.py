@@ -238,8 +238,7 @@ def plan_sizes(node: NodeInput) -> Sizing:
             device="cuda" if k == "cuda" else "cpu",
             cost_per_hour=node.cost_per_hour[k],
             allocation_s=0.0,  # the node is up; a slot only boots
-            health_check_s=node.lead_s[k],
-            max_slots=node.max_slots[k] + math.ceil(sum(r[2] for r in rows if r[0].kind == k)),
+            health_check_s=node.lead_s[k],  # the cap comes after: the log says what the LP wanted
         )
         for k in kinds
     ]
