@@ -97,8 +97,7 @@ def test_the_size_is_the_exact_optimum_of_the_lp_objective() -> None:
     )  # fmt: skip
     up, down = lead_time_means([pool], demand)
     costs = [
-        exact_cost([pool], up, down, np.array([[b]], dtype=np.int64), 60.0, 0.01)
-        for b in range(30)
+        exact_cost([pool], up, down, np.array([[b]], dtype=np.int64), 60.0, 0.01) for b in range(30)
     ]
     assert got == int(np.argmin(costs))
     assert got > 0 and math.isfinite(costs[got])

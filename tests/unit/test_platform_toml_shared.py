@@ -94,7 +94,10 @@ def platform(tmp_path: Path) -> Path:
 
 
 def test_up_and_deploy_accept_the_same_file(
-    platform: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    platform: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("ZS_TEST_KEY", "gateway-key")
     assert main(["up", "--check", str(platform)]) == 0

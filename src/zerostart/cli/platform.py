@@ -29,7 +29,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
             f"{args.config}: ok: {len(config.models)} model(s) "
             f"({', '.join(sorted(config.models))}); pool sizing {pool.sizing}, "
             f"cpu {pool.cpu}, cuda {pool.cuda}"
-            + (f" at most, re-planned every {pool.resolve_interval_s:g} s" if pool.sizing == "lp" else "")
+            + (
+                f" at most, re-planned every {pool.resolve_interval_s:g} s"
+                if pool.sizing == "lp"
+                else ""
+            )
         )
         return 0
     gateway = config.gateway

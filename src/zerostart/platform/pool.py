@@ -202,7 +202,9 @@ class WarmPool:
         while len(queue) > self.sizes[device]:
             slot = queue.pop()
             self.counters[device]["stopped"] += 1
-            log.info("pool: slot %s stopped (pool %s now %d)", slot.name, device, self.sizes[device])
+            log.info(
+                "pool: slot %s stopped (pool %s now %d)", slot.name, device, self.sizes[device]
+            )
             task = asyncio.get_running_loop().create_task(slot.stop())
             self._stopping.add(task)
             task.add_done_callback(self._stopping.discard)

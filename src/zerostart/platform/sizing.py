@@ -415,7 +415,10 @@ def register_gauges(
         s = sizer()
         if s is None:
             return []
-        return [((("result", "ok"),), float(s.replans)), ((("result", "failed"),), float(s.failures))]
+        return [
+            ((("result", "ok"),), float(s.replans)),
+            ((("result", "failed"),), float(s.failures)),
+        ]
 
     metrics.gauge(
         "arrival_rate_per_second",
