@@ -28,6 +28,17 @@ FORBIDDEN = {
         "zerostart.platform",
     ),
     "platform": ("zerostart.cli", "zerostart.image"),
+    # the fleet reads platform.toml through platform/config.py, and nothing else of the node
+    "fleet": (
+        "zerostart.cli",
+        "zerostart.serve",
+        "zerostart.container",
+        "zerostart.snapshot",
+        "zerostart.platform.gateway",
+        "zerostart.platform.pool",
+        "zerostart.platform.starter",
+        "zerostart.platform.sizing",
+    ),
     "model": ("zerostart.cli", "zerostart.serve"),
     "engine": ("zerostart.cli", "zerostart.serve"),
     "imagefs": ("zerostart.cli", "zerostart.image", "zerostart.container", "zerostart.serve"),

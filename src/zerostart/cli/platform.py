@@ -23,6 +23,19 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     config = load(args.config)
+    if args.check:
+        pool = config.pool
+        print(
+            f"{args.config}: ok: {len(config.models)} model(s) "
+            f"({', '.join(sorted(config.models))}); pool sizing {pool.sizing}, "
+            f"cpu {pool.cpu}, cuda {pool.cuda}"
+            + (
+                f" at most, re-planned every {pool.resolve_interval_s:g} s"
+                if pool.sizing == "lp"
+                else ""
+            )
+        )
+        return 0
     gateway = config.gateway
     changes = {}
     if args.host is not None:
@@ -103,6 +116,9 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--api-key",
         default=os.environ.get("API_KEY"),
         help="require Authorization: Bearer KEY on every model (env API_KEY, as in TEI)",
+    )
+    u.add_argument(
+        "--check", action="store_true", help="check platform.toml, print a summary and exit"
     )
     u.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     u.set_defaults(func=_cmd_up)

@@ -30,11 +30,11 @@
     pools = ["gpu-l4", "gpu-a10"]
     max_slots = 64
 
-The ``platform.toml`` reader here is the fleet's own (issue 10 defines the file; the keys
-match its draft: bundle | image | reference, min_replicas, max_replicas, concurrency,
-idle_timeout, max_queue, queue_timeout, start_timeout, device) plus what a cluster needs:
-``cpu``, ``memory``, ``gpu_archs``, ``pool`` per model and a ``[deploy]`` table. Both raise
-:class:`FleetConfigError` naming the dotted key before anything is written.
+``platform.toml`` is defined once, in ``platform/config.py``: :func:`load_platform` reads it
+with that parser (so ``up`` and ``deploy`` accept the same file) and adds what a cluster
+needs: ``cpu``, ``memory``, ``gpu_archs``, ``pool`` per model and a ``[deploy]`` table,
+which ``up`` accepts and ignores. Both readers raise :class:`FleetConfigError` naming the
+dotted key before anything is written.
 """
 
 from __future__ import annotations
@@ -43,12 +43,15 @@ import hashlib
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from zerostart.fleet.errors import FleetConfigError
 from zerostart.fleet.units import parse_duration
+from zerostart.platform.config import ModelConfig, PlatformConfig
+from zerostart.platform.config import load as load_platform_config
+from zerostart.platform.errors import ConfigError
 
 DEVICES = ("cpu", "cuda")
 START_PATHS = ("warm_slot", "snapshot", "cold_boot")
@@ -320,20 +323,10 @@ def load_fleet(path: str | Path) -> FleetConfig:
 
 
 @dataclass(frozen=True)
-class ModelDeploy:
-    """One model as ``deploy`` sees it. ``source_kind`` is bundle | image | reference."""
+class ModelDeploy(ModelConfig):
+    """One model as ``deploy`` sees it: ``up``'s keys and defaults (:class:`ModelConfig`,
+    defined once in ``platform/config.py``) plus the deploy-only ones."""
 
-    name: str
-    source: str
-    source_kind: str
-    device: str = "cpu"
-    min_replicas: int = 0
-    max_replicas: int = 4
-    concurrency: int = 32
-    idle_timeout_s: float = 60.0
-    max_queue: int = 256
-    queue_timeout_s: float = 30.0
-    start_timeout_s: float = 60.0
     cpu: str = "1"
     memory: str = "1Gi"
     gpu_archs: tuple[str, ...] = ()
@@ -353,57 +346,42 @@ class PlatformDeploy:
     models: dict[str, ModelDeploy]
     deploy: DeploySettings
     path: Path
-
-
-MODEL_KEYS = ("bundle", "image", "reference", "min_replicas", "max_replicas", "concurrency",
-              "idle_timeout", "max_queue", "queue_timeout", "start_timeout", "device", "api_key",
-              "cpu", "memory", "gpu_archs", "pool")  # fmt: skip
+    platform: PlatformConfig | None = None  # the file as `zerostart up` reads it
 
 
 def load_platform(path: str | Path) -> PlatformDeploy:
-    """Read ``platform.toml``'s models and ``[deploy]``; raises before anything is written."""
+    """Read ``platform.toml`` as ``zerostart up`` does, plus the deploy-only keys.
+
+    The models, their keys and defaults come from :func:`zerostart.platform.config.load`
+    (``api_key_env`` variables are not read: a key never goes into a manifest); this adds
+    ``cpu``, ``memory``, ``gpu_archs``, ``pool`` per model and the ``[deploy]`` table.
+    Raises :class:`FleetConfigError` naming the key before anything is written.
+    """
     p, data = _read_toml(path)
-    raw_models = _tables(p, data, "models")
-    if not raw_models:
-        raise FleetConfigError(p, "models", "no models", hint="add a [models.NAME] table")
+    try:
+        config = load_platform_config(p, secrets=False)
+    except ConfigError as exc:
+        raise FleetConfigError(p, exc.key, exc.problem, hint=exc.hint) from None
     models: dict[str, ModelDeploy] = {}
-    for name, raw in raw_models.items():
+    for name, m in config.models.items():
+        raw = data["models"][name]
         t = _Table(p, f"models.{name}", raw)
-        sources = [k for k in ("bundle", "image", "reference") if k in raw]
-        if len(sources) != 1:
-            raise t.fail(
-                "", f"needs exactly one of bundle, image, reference (has {sources or 'none'})"
-            )
-        kind = sources[0]
         archs = t.raw("gpu_archs", [])
         if not isinstance(archs, list) or not all(
             isinstance(a, str) and GPU_ARCH.match(a) for a in archs
         ):
             raise t.fail("gpu_archs", f"must be a list like ['sm_89', 'sm_90'], got {archs!r}")
-        t.raw("api_key")  # the gateway's concern, never written into a manifest
-        m = ModelDeploy(
-            name=name,
-            source=t.string(kind),
-            source_kind=kind,
-            device=t.string("device", "cpu", choices=DEVICES),
-            min_replicas=t.integer("min_replicas", 0),
-            max_replicas=t.integer("max_replicas", 4, low=1),
-            concurrency=t.integer("concurrency", 32, low=1),
-            idle_timeout_s=t.duration("idle_timeout", 60),
-            max_queue=t.integer("max_queue", 256),
-            queue_timeout_s=t.duration("queue_timeout", 30),
-            start_timeout_s=t.duration("start_timeout", 60),
+        pool = t.raw("pool")
+        if pool is not None and not isinstance(pool, str):
+            raise t.fail("pool", "must be a pool name")
+        shared = {f.name: getattr(m, f.name) for f in fields(ModelConfig)}
+        models[name] = ModelDeploy(
+            **shared,
             cpu=t.quantity("cpu", "1"),
             memory=t.quantity("memory", "1Gi"),
             gpu_archs=tuple(archs),
-            pool=t.raw("pool"),
+            pool=pool,
         )
-        t.refuse_unknown(f"model keys: {', '.join(MODEL_KEYS)}")
-        if m.min_replicas > m.max_replicas:
-            raise t.fail("min_replicas", f"{m.min_replicas} is above max_replicas {m.max_replicas}")
-        if m.pool is not None and not isinstance(m.pool, str):
-            raise t.fail("pool", "must be a pool name")
-        models[name] = m
     d = _Table(p, "deploy", data.get("deploy", {}))
     settings = DeploySettings(
         namespace=d.string("namespace", "default"),
@@ -416,4 +394,4 @@ def load_platform(path: str | Path) -> PlatformDeploy:
         raise d.fail("namespace", "must be a DNS label")
     if settings.registry is not None and not isinstance(settings.registry, str):
         raise d.fail("registry", "must be a string such as 'registry.example.com/team'")
-    return PlatformDeploy(models=models, deploy=settings, path=p)
+    return PlatformDeploy(models=models, deploy=settings, path=p, platform=config)

@@ -16,9 +16,15 @@ Example (every key but a model's source is optional; defaults shown)::
     target_utilization = 0.7            # of a replica's concurrency
     tick = 0.5                          # seconds between decisions
 
-    [pool]                              # warm slots per device kind (issue 10b)
-    cpu = 1
-    cuda = 0
+    [pool]                              # the warm pool (pool.py, sizing.py)
+    cpu = 1                             # slots per device kind: the size when sizing is
+    cuda = 0                            # "static", the most the LP may set when "lp"
+    sizing = "static"                   # or "lp": re-solve the buffer LP on a schedule
+    resolve_interval = 30               # seconds between re-plans (lp)
+    demand_window = 300                 # seconds of traffic the arrival rates average over
+    wait_penalty = 0.01                 # $ per request-second short of a slot (lp)
+    cpu_cost_per_hour = 0.05            # $ per slot-hour a ready slot costs (lp)
+    cuda_cost_per_hour = 1.0
 
     [models.minilm]
     bundle = "bundles/minilm"           # or image = "OCI layout folder[:tag]",
@@ -31,15 +37,28 @@ Example (every key but a model's source is optional; defaults shown)::
     queue_timeout = 30                  # seconds a request may wait before 503
     start_timeout = 60                  # seconds a start may take before it fails
     device = "cpu"                      # or "cuda"
+    cpu = "1"                           # deploy only (fleet/config.py): the pod's resources,
+    memory = "1Gi"                      # the GPU kernels the bundle holds and the fleet pool;
+    gpu_archs = ["sm_89"]               # `zerostart up` accepts and ignores them
+    pool = "cpu"
 
-Keys carry seconds without a unit suffix in the file (``idle_timeout = 60``);
-the objects carry it in the name (``idle_timeout_s``). Paths are relative to
-the file's folder. A bad file raises :class:`ConfigError` naming the dotted
-key and the fix. Secrets (``api_key``) are kept out of ``repr``.
+    [deploy]                            # deploy only: namespace, registry, port,
+    namespace = "default"               # kubernetes_version (fleet/config.py)
+
+This module defines the file: ``zerostart up`` reads it here, and ``zerostart
+deploy`` (``fleet/config.py``) reads the same models through :func:`parse`
+and adds only the deploy-only keys (:data:`DEPLOY_MODEL_KEYS`, ``[deploy]``).
+
+Times are seconds: a number (``idle_timeout = 60``) or a string with a unit
+(``"90s"``, ``"10m"``); the objects carry the unit in the name
+(``idle_timeout_s``). Paths are relative to the file's folder. A bad file
+raises :class:`ConfigError` naming the dotted key and the fix. Secrets
+(``api_key``) are kept out of ``repr``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import tomllib
@@ -47,11 +66,17 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from zerostart.fleet.units import parse_duration
 from zerostart.platform.errors import ConfigError
 
 MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: Host: NAME.*
 DEVICES = ("cpu", "cuda")
 SOURCES = ("bundle", "image", "reference")
+SIZINGS = ("static", "lp")
+TABLES = ("gateway", "autoscaler", "pool", "models", "deploy")  # [deploy]: deploy only
+# Per-model keys only `zerostart deploy` reads (fleet/config.py checks them); `up` ignores them.
+DEPLOY_MODEL_KEYS = ("cpu", "memory", "gpu_archs", "pool")
+FLEET_EXTRA_FIX = "pip install 'zerostart[fleet]'"
 
 
 def _file_key(attr: str) -> str:
@@ -173,14 +198,47 @@ class AutoscalerConfig:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    """Warm slots held per device kind (the warm pool, issue 10b; sized by an LP in issue 11)."""
+    """The warm pool: slots per device kind, and how that number is chosen.
+
+    ``sizing = "static"``: hold ``cpu`` / ``cuda`` slots. ``sizing = "lp"``: every
+    ``resolve_interval_s`` re-solve the buffer LP (``fleet/lp.py``) on the arrival rates of
+    the last ``demand_window_s`` and hold its answer, never more than ``cpu`` / ``cuda``
+    (``sizing.py``). Costs are $ per slot-hour; ``wait_penalty`` is $ per request-second
+    short of a slot (the LP's, docs/fleet.md).
+    """
 
     cpu: int = 1
     cuda: int = 0
+    sizing: str = "static"
+    resolve_interval_s: float = 30.0  # a replica lives idle_timeout (60 s) at least: twice a life
+    demand_window_s: float = 300.0  # 5 min: the shortest keep-alive ATC'20 weighs is 10 min
+    wait_penalty: float = 0.01  # fleet.toml's default: one slot-hour of CPU = 5 s of waiting
+    cpu_cost_per_hour: float = 0.05  # $ per slot-hour; a share of a CPU VM
+    cuda_cost_per_hour: float = 1.0  # $ per slot-hour; an L4-class GPU
 
     def __post_init__(self) -> None:
         _at_least("pool.cpu", self.cpu, 0)
         _at_least("pool.cuda", self.cuda, 0)
+        if self.sizing not in SIZINGS:
+            raise ConfigError("pool.sizing", f"must be one of {SIZINGS}, got {self.sizing!r}")
+        for key in ("resolve_interval", "demand_window"):
+            _positive(f"pool.{key}", getattr(self, key + "_s"))
+        for key in ("wait_penalty", "cpu_cost_per_hour", "cuda_cost_per_hour"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"pool.{key}", f"must be a number >= 0, got {value!r}")
+
+    def cost_per_hour(self, device: str) -> float:
+        """$ per slot-hour of ``device`` ("cuda", else a CPU slot's)."""
+        return self.cuda_cost_per_hour if device == "cuda" else self.cpu_cost_per_hour
+
+
+def ortools_available() -> bool:
+    """Whether the ``fleet`` extra (OR-Tools) is installed; nothing is imported."""
+    try:
+        return importlib.util.find_spec("ortools") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -198,8 +256,11 @@ class PlatformConfig:
 # -- parsing ---------------------------------------------------------------------------
 
 
-def _secret(table: dict[str, Any], where: str, env: dict[str, str]) -> str | None:
-    """``api_key`` or ``api_key_env`` (the name of an environment variable holding it)."""
+def _secret(table: dict[str, Any], where: str, env: dict[str, str] | None) -> str | None:
+    """``api_key`` or ``api_key_env`` (the name of an environment variable holding it).
+
+    ``env=None``: the variable is not read (``deploy`` never writes a key into a manifest).
+    """
     if "api_key" in table and "api_key_env" in table:
         raise ConfigError(f"{where}.api_key", "set api_key or api_key_env, not both")
     if "api_key_env" in table:
@@ -207,6 +268,8 @@ def _secret(table: dict[str, Any], where: str, env: dict[str, str]) -> str | Non
         table.pop("api_key", None)
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}.api_key_env", "must name an environment variable")
+        if env is None:
+            return None
         value = env.get(name)
         if not value:
             raise ConfigError(
@@ -240,7 +303,9 @@ def _build(cls: type[Any], where: str, table: Any, **extra: Any) -> Any:
             )
         want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if want == "float":
+        if want == "float" and f.name.endswith("_s") and isinstance(value, str):
+            value = _seconds(f"{where}.{key}", value)
+        elif want == "float":
             if not number:
                 raise ConfigError(f"{where}.{key}", f"must be a number, got {value!r}")
             value = float(value)
@@ -255,29 +320,52 @@ def _build(cls: type[Any], where: str, table: Any, **extra: Any) -> Any:
         raise ConfigError(where, str(exc)) from exc
 
 
+def _seconds(key: str, value: str) -> float:
+    """A duration string with its unit (``"90s"``, ``"10m"``); a bare ``"3"`` is refused."""
+    if value.strip().replace(".", "", 1).isdigit():
+        raise ConfigError(key, f"must be a number of seconds or carry a unit, got {value!r}",
+                          hint=f"write {value.strip()} (seconds) or e.g. '{value.strip()}s'")  # fmt: skip
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(key, f"must be a number of seconds: {exc}") from None
+
+
 def parse(
-    text: str, *, base: Path | None = None, env: dict[str, str] | None = None
+    text: str,
+    *,
+    base: Path | None = None,
+    env: dict[str, str] | None = None,
+    secrets: bool = True,
 ) -> PlatformConfig:
     """Parse ``platform.toml`` text; relative paths resolve against ``base``.
 
+    ``secrets=False`` leaves ``api_key_env`` variables unread (``deploy`` has no use for
+    keys). ``pool.sizing = "lp"`` without OR-Tools is refused here, naming the extra.
     Raises :class:`ConfigError` naming the dotted key and how to fix it.
     """
-    env = dict(os.environ) if env is None else env
+    env = (dict(os.environ) if env is None else env) if secrets else None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}", hint="see https://toml.io") from exc
-    unknown = sorted(set(data) - {"gateway", "autoscaler", "pool", "models"})
+    unknown = sorted(set(data) - set(TABLES))
     if unknown:
         raise ConfigError(
             unknown[0],
             "unknown table",
-            hint="tables are [gateway], [autoscaler], [pool], [models.NAME]",
+            hint="tables are [gateway], [autoscaler], [pool], [models.NAME], [deploy]",
         )
     gw = dict(data.get("gateway", {}))
     gateway = _build(GatewayConfig, "gateway", gw, api_key=_secret(gw, "gateway", env))
     autoscaler = _build(AutoscalerConfig, "autoscaler", data.get("autoscaler", {}))
     pool = _build(PoolConfig, "pool", data.get("pool", {}))
+    if pool.sizing == "lp" and not ortools_available():
+        raise ConfigError(
+            "pool.sizing",
+            '"lp" solves the buffer LP with OR-Tools, which is not installed',
+            hint=f'{FLEET_EXTRA_FIX}, or set pool.sizing = "static"',
+        )
     models_table = data.get("models")
     if not isinstance(models_table, dict) or not models_table:
         raise ConfigError(
@@ -307,6 +395,8 @@ def parse(
             path_part, sep, tag = source.partition(":") if kind == "image" else (source, "", "")
             if not os.path.isabs(path_part):
                 source = str((base / path_part).resolve()) + sep + tag
+        for deploy_only in DEPLOY_MODEL_KEYS:  # checked by `zerostart deploy`, unused here
+            table.pop(deploy_only, None)
         key = _secret(table, where, env)
         models[name] = _build(
             ModelConfig, where, table, name=name, source=source, source_kind=kind, api_key=key
@@ -314,7 +404,9 @@ def parse(
     return PlatformConfig(models=models, gateway=gateway, autoscaler=autoscaler, pool=pool)
 
 
-def load(path: str | os.PathLike[str], *, env: dict[str, str] | None = None) -> PlatformConfig:
+def load(
+    path: str | os.PathLike[str], *, env: dict[str, str] | None = None, secrets: bool = True
+) -> PlatformConfig:
     """Read and parse ``platform.toml``; see :func:`parse`."""
     p = Path(path)
     try:
@@ -323,5 +415,5 @@ def load(path: str | os.PathLike[str], *, env: dict[str, str] | None = None) -> 
         raise ConfigError("", f"cannot read {p}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError("", f"{p} is not UTF-8 text: {exc}") from exc
-    config = parse(text, base=p.resolve().parent, env=env)
+    config = parse(text, base=p.resolve().parent, env=env, secrets=secrets)
     return config.new(path=p)

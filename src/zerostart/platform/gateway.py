@@ -49,6 +49,11 @@ Auth: with a key set (the model's own, else the gateway's), a request needs
 401. ``/status`` and ``/metrics`` need the gateway's key when it has one;
 ``/health`` never does. Keys never reach a log line or ``/status``.
 
+Pool sizing: every model request counts as an arrival and every replica start
+as a start (``sizing.Recent``, a sliding window); with ``[pool] sizing = "lp"``
+a ``sizing.PoolSizer`` task re-plans the warm pool's size on a schedule
+(``/status`` "pool_sizing", ``/metrics`` ``zerostart_pool_*``).
+
 Shutdown (SIGTERM/SIGINT or :meth:`begin_shutdown`): stop accepting, answer
 what is in flight or queued (up to ``drain_timeout``), then stop every
 replica and start in progress and close the starter (its slots).
@@ -87,6 +92,8 @@ from zerostart.platform.config import PlatformConfig
 from zerostart.platform.errors import PlatformError, StartError
 from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.platform.metrics import GatewayMetrics, register_gauges
+from zerostart.platform.sizing import PoolSizer, Recent
+from zerostart.platform.sizing import register_gauges as register_sizing_gauges
 from zerostart.platform.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge
 from zerostart.serve.config import ServerConfig
 from zerostart.serve.http import HttpConnection, Request, Response, error_response
@@ -128,6 +135,12 @@ class Gateway:
             for name, m in config.models.items()
         }
         register_gauges(self.metrics, self.models, self.pool_status)
+        self.recent = Recent(config.pool.demand_window_s, now)
+        self.sizer: PoolSizer | None = None
+        self._sizer_task: asyncio.Task[None] | None = None
+        register_sizing_gauges(
+            self.metrics, list(self.models), self.recent, self._pool_sizes, lambda: self.sizer
+        )
         self._listener: asyncio.Server | None = None
         self._shutdown: asyncio.Event | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -163,6 +176,10 @@ class Gateway:
         opener = getattr(self.starter, "open", None)  # optional: a warm pool starts filling
         if opener is not None:
             await opener()
+        pool = getattr(self.starter, "pool", None)
+        if self.platform.pool.sizing == "lp" and pool is not None:
+            self.sizer = PoolSizer(self.platform, pool, self.recent)
+            self._sizer_task = loop.create_task(self.sizer.run(), name="pool-sizer")
         for rt in self.models.values():
             for _ in range(rt.config.min_replicas):
                 self._start_replica(rt, "min")
@@ -212,6 +229,10 @@ class Gateway:
         """Stop the autoscaler, cancel starts, stop every replica, close the starter."""
         if self._ticker is not None:
             self._ticker.cancel()
+        if self._sizer_task is not None:
+            self._sizer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sizer_task
         starts = [t for rt in self.models.values() for t in rt.starts]
         for task in starts:
             task.cancel()
@@ -280,7 +301,9 @@ class Gateway:
     # -- forwarding ----------------------------------------------------------------
     async def _forward(self, rt: ModelRuntime, request: Request, target: str) -> Response:
         name = rt.config.name
-        rt.scaler.request(time.monotonic())
+        now = time.monotonic()
+        rt.scaler.request(now)
+        self.recent.arrival(name, now)
         headers = [
             (k, request.headers[k]) for k in FORWARDED_REQUEST_HEADERS if k in request.headers
         ]
@@ -465,6 +488,7 @@ class Gateway:
         for phase, ms in replica.phases_ms.items():
             self.metrics.phases.observe(ms / 1e3, name, phase)
         rt.last_start = record
+        self.recent.started(name, replica.start_path, replica.total_ms / 1e3, time.monotonic())
         rt.failure, rt.backoff_s = None, BACKOFF_FIRST_S
         seat = Seat(replica, record, time.monotonic())
         rt.seats.append(seat)
@@ -598,7 +622,17 @@ class Gateway:
         out: dict[str, Any] = {"draining": self.draining, "models": models}
         if (pool := self.pool_status()) is not None:
             out["starter"] = pool
+        out["demand"] = self.recent.status(now, list(self.models))
+        out["pool_sizing"] = (
+            self.sizer.status()
+            if self.sizer is not None
+            else {"sizing": self.platform.pool.sizing, "sizes": dict(self._pool_sizes())}
+        )
         return out
+
+    def _pool_sizes(self) -> dict[str, int]:
+        pool = getattr(self.starter, "pool", None)
+        return dict(pool.sizes) if pool is not None else {}
 
     def pool_status(self) -> dict[str, Any] | None:
         starter_status = getattr(self.starter, "status", None)  # optional: the warm pool's slots

@@ -20,6 +20,12 @@ CPUs booting more) and resets after a healthy slot. ``take`` skips and counts
 (``died``) a ready slot whose process has exited. ``close`` stops every slot,
 ready or booting, and removes the pool's private folder.
 
+:meth:`resize` changes a kind's size while the pool runs (``sizing.py`` does, on
+the buffer LP's schedule): growing wakes (or starts) the refill task; shrinking
+stops surplus ready slots at once, and a slot that finishes booting past the
+new size is stopped too. Each kind keeps its last ``RECENT_BOOTS`` boot times
+(:attr:`WarmPool.boot_s`): the LP's lead time for a new slot.
+
 The folder (control sockets, slot logs, the canary) is created 0700 by
 ``tempfile.mkdtemp``; the sockets inside are 0600. Standard library only.
 """
@@ -51,6 +57,7 @@ DEVICE_KINDS = ("cpu", "cuda", "container")
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 COUNTERS = ("booted", "unhealthy", "boot_failed", "assigned", "died", "stopped")
+RECENT_BOOTS = 32  # slot boot times kept per kind: enough for a median, recent enough to track load
 
 
 class WarmPool:
@@ -97,6 +104,9 @@ class WarmPool:
         self._closed = False
         self._slot_image = Path(slot_image) if slot_image is not None else None
         self._models: ModelsMount | None = None
+        self._containers_off = False
+        self.boot_s: dict[str, deque[float]] = {d: deque(maxlen=RECENT_BOOTS) for d in DEVICE_KINDS}
+        self._stopping: set[asyncio.Task[None]] = set()
 
     # -- life --------------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,10 +124,11 @@ class WarmPool:
             await self._open_containers()
         for device, size in self.sizes.items():
             if size > 0:
-                self._wake[device] = asyncio.Event()
-                self._tasks.append(
-                    asyncio.create_task(self._refill(device), name=f"pool-refill-{device}")
-                )
+                self._start_refill(device)
+
+    def _start_refill(self, device: str) -> None:
+        self._wake[device] = asyncio.Event()
+        self._tasks.append(asyncio.create_task(self._refill(device), name=f"pool-refill-{device}"))
 
     async def close(self) -> None:
         """Stop every slot (ready and booting) and remove the pool's folder."""
@@ -131,7 +142,7 @@ class WarmPool:
         slots = [s for q in self._ready.values() for s in q]
         for q in self._ready.values():
             q.clear()
-        await asyncio.gather(*(s.stop() for s in slots), return_exceptions=True)
+        await asyncio.gather(*(s.stop() for s in slots), *self._stopping, return_exceptions=True)
         for s in slots:
             self.counters[s.device]["stopped"] += 1
         if self._models is not None:
@@ -163,6 +174,41 @@ class WarmPool:
             self.refill(device)
         return slot
 
+    def resize(self, device: str, size: int) -> int:
+        """Hold ``size`` slots of ``device`` from now on; returns the size it had.
+
+        Growing boots slots in the background; shrinking stops surplus ready slots now
+        (the most recently booted first: the oldest have waited longest for work, and
+        any of them serves alike). Container slots stay at 0 where they cannot run.
+        """
+        if device not in DEVICE_KINDS or size < 0:
+            raise PlatformError(f"pool: cannot size {device!r} to {size}")
+        old = self.sizes[device]
+        if device == "container" and self._containers_off:
+            return old
+        self.sizes[device] = size
+        if self._changed is None or self._closed:  # not started: start() reads sizes
+            return old
+        if size > old:
+            if device in self._wake:
+                self._wake[device].set()
+            else:
+                self._start_refill(device)
+        self._trim(device)
+        return old
+
+    def _trim(self, device: str) -> None:
+        queue = self._ready[device]
+        while len(queue) > self.sizes[device]:
+            slot = queue.pop()
+            self.counters[device]["stopped"] += 1
+            log.info(
+                "pool: slot %s stopped (pool %s now %d)", slot.name, device, self.sizes[device]
+            )
+            task = asyncio.get_running_loop().create_task(slot.stop())
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
     def refill(self, device: str) -> None:
         """Wake ``device``'s refill task (it boots slots until the pool is full)."""
         if device in self._wake:
@@ -185,7 +231,7 @@ class WarmPool:
         if self.sizes.get(device, 0) == 0 and device in self.last_failure:
             return f"no {device} slots: {self.last_failure[device]}"
         if self.sizes.get(device, 0) == 0:
-            return f"no warm slots configured for {device} ([pool] {device} = 0)"
+            return f"no warm {device} slots held (pool size 0: [pool] {device}, or the LP)"
         c = self.counters[device]
         text = f"no ready {device} slot (booting {self._booting[device]})"
         if device in self.last_failure:
@@ -235,6 +281,7 @@ class WarmPool:
 
     def _no_containers(self, reason: str) -> None:
         log.warning("pool: %s", reason)
+        self._containers_off = True
         self.last_failure["container"] = reason
         self.sizes["container"] = 0
 
@@ -284,6 +331,7 @@ class WarmPool:
                     self._booting[device] -= 1
                 backoff = 0.0
                 self.counters[device]["booted"] += 1
+                self.boot_s[device].append(slot.boot_s)
                 self._ready[device].append(slot)
                 log.info(
                     "pool: slot %s ready (pid %d) in %.0f ms: %s",
@@ -292,6 +340,7 @@ class WarmPool:
                     slot.boot_s * 1e3,
                     " ".join(f"{k}={v * 1e3:.1f}ms" for k, v in slot.boot_phases_s.items()),
                 )
+                self._trim(device)  # resized down while it booted
                 await self._notify()
             self._wake[device].clear()
             await self._wake[device].wait()
