@@ -104,13 +104,13 @@ class Pipeline:
     def model_id(self) -> str:
         """The name clients see (``/info``, OpenAI's ``model``).
 
-        The Hugging Face folder the bundle was converted from (TEI reports the
-        model's repository name there), else the bundle folder's name. Recorded
-        in the manifest, so the same bundle answers the same id on a developer's
-        machine and inside an image (where the bundle folder is ``/model``).
+        The name ``zerostart convert`` recorded in the manifest (``--name``,
+        default the bundle folder's name at convert time), so the same bundle
+        answers the same id on a developer's machine and inside an image (where
+        the bundle folder is ``/model``); bundles converted before the name was
+        recorded answer their folder's name.
         """
-        src = self.manifest.source
-        return str(src.get("name") or src.get("folder") or self.bundle.path.name)
+        return str(self.manifest.source.get("name") or self.bundle.path.name)
 
     def info(self) -> dict[str, Any]:
         """TEI's ``/info`` model fields (``model_id``, ``model_dtype``, ``model_type``) plus ours."""

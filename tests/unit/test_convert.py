@@ -506,3 +506,15 @@ def test_real_weights_are_aligned(rampart_ner_dir: Path, tmp_path: Path) -> None
     w = map_weights(tmp_path / "out" / "weights.safetensors")
     base = np.frombuffer(w.buffer, np.uint8).ctypes.data
     assert all((a.ctypes.data - base) % ALIGN_BYTES == 0 for a in w.values())
+
+
+def test_the_model_name_clients_see_is_recorded_and_survives_a_move(
+    bert_cls: Path, tmp_path: Path
+) -> None:
+    from zerostart.pipeline import Pipeline
+
+    convert(bert_cls, tmp_path / "my-classifier")
+    assert Manifest.load(tmp_path / "my-classifier").source["name"] == "my-classifier"
+    convert(bert_cls, tmp_path / "b", name="sentiment-v2")
+    (tmp_path / "b").rename(tmp_path / "model")  # as inside an image: the folder is /model
+    assert Pipeline.load(tmp_path / "model").model_id == "sentiment-v2"

@@ -37,6 +37,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         progress=None if args.quiet else Progress(),
         archs=[a.strip() for a in args.arch.split(",") if a.strip()],
         allow_nonfinite=args.allow_nonfinite,
+        name=args.name,
     )
     weights = manifest.files.get("weights.safetensors")
     size_mb = weights.size / 1e6 if weights else 0.0
@@ -135,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU archs to compile kernels for with --device cuda, e.g. sm_86,sm_90 (needs Triton; no GPU needed)",
     )
     c.add_argument("--max-length", type=int, help="longest input in tokens (default: the model's)")
+    c.add_argument(
+        "--name",
+        help="the model's name as clients see it (/info model_id, OpenAI model); default: DST's folder name",
+    )
     c.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     c.add_argument(
         "--allow-nonfinite",

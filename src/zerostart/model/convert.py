@@ -65,6 +65,7 @@ def convert(
     archs: Sequence[str] = (),
     kernels_from: str | Path | None = None,
     allow_nonfinite: bool = False,
+    name: str | None = None,
 ) -> Manifest:
     """Convert the Hugging Face folder ``src`` into a bundle at ``dst`` and return its manifest.
 
@@ -75,7 +76,9 @@ def convert(
     variants and sequence buckets, checked); kernels depend on the shape only,
     never on the weights. Raises ConvertError naming the tensor if one holds NaN
     or infinity (after the cast to the bundle's dtype), unless
-    ``allow_nonfinite``, which logs a warning instead.
+    ``allow_nonfinite``, which logs a warning instead. ``name`` is the model's
+    name as clients see it (TEI's ``model_id``, OpenAI's ``model``); default:
+    the bundle folder's name.
     """
     report: Progress = progress or (lambda _stage, _fraction: None)
     src, dst = Path(src), Path(dst)
@@ -117,6 +120,7 @@ def convert(
         problem_type=problem_type,
         pooling=pooling,
         source={
+            "name": name or Path(dst).resolve().name,
             "folder": src.resolve().name,
             "model_type": architecture,
             "architectures": list(config.get("architectures") or []),
