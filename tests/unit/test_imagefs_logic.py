@@ -110,3 +110,26 @@ def test_range_requests_are_checked_against_the_answer() -> None:
         d.check_content_range(None, 0, 10)
     with pytest.raises(d.ProtocolError):
         d.range_header(5, 5)
+
+
+def test_missing_pyfuse3_is_one_line_naming_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    from zerostart.imagefs import mount
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(mount.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(mount.os.path, "exists", lambda p: True)
+    monkeypatch.setattr(
+        mount.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "pyfuse3" else real_find_spec(name, *a),
+    )
+    lazy = mount.LazyMount("127.0.0.1:5000/x:1", tmp_path / "mnt", cache_dir=tmp_path / "c")
+    with pytest.raises(mount.ImagefsError) as err:
+        lazy.start()
+    assert "pyfuse3 is not installed" in str(err.value)
+    assert "zerostart[imagefs]" in str(err.value)
+    assert not (tmp_path / "mnt").exists()  # refused before anything is made

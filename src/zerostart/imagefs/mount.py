@@ -13,6 +13,7 @@ the daemon's ``/dev/fuse`` descriptor closes.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import select
@@ -124,6 +125,12 @@ class LazyMount:
         if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
             raise ImagefsError(
                 "FUSE is not available here", hint="apt-get install fuse3; needs /dev/fuse"
+            )
+        if importlib.util.find_spec("pyfuse3") is None:
+            raise ImagefsError(
+                "pyfuse3 is not installed (imagefs mounts with it)",
+                hint="pip install 'zerostart[imagefs]'; it builds against libfuse3-dev, "
+                "which scripts/install_system_deps.sh installs",
             )
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
