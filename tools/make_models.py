@@ -593,6 +593,14 @@ def main(argv: list[str] | None = None) -> int:
     except ZerostartError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except ModuleNotFoundError as err:
+        print(
+            f"error: {err.name} is not installed: building the model folders needs the dev "
+            "extras (pip install -e '.[dev]': torch, transformers, onnx, onnxruntime, "
+            "safetensors, tokenizers)",
+            file=sys.stderr,
+        )
+        return 1
     print(f"all done in {time.perf_counter() - total:.1f} s")
     return 0
 
