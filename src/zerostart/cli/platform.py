@@ -10,6 +10,8 @@ import argparse
 import logging
 import os
 import secrets
+import signal
+from types import FrameType
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
@@ -54,10 +56,21 @@ def _cmd_up(args: argparse.Namespace) -> int:
         from zerostart.container.runtime import default_cache_dir
         from zerostart.image.slot import build_slot_image  # container slots run this image
 
-        slot_image = str(build_slot_image(default_cache_dir()))
+        # The build takes seconds and cleans up in `finally`; SIGTERM's default action
+        # would skip that (the gateway installs its own handlers only once it serves).
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            slot_image = str(build_slot_image(default_cache_dir()))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     starter = default_starter(config, worker_key=worker_key, slot_image=slot_image)
     asyncio.run(serve(config, starter, worker_key=worker_key))
     return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM before the gateway serves: unwind like Ctrl-C, so `finally` blocks clean up."""
+    raise KeyboardInterrupt
 
 
 def _worker_key() -> str:

@@ -89,6 +89,14 @@ def _samples(entry: Any) -> list[float]:
         for k in ("median_s", "median"):
             if isinstance(entry.get(k), int | float):
                 return [float(entry[k])]
+        # bench/platform_gateway.py and platform_start.py: {"first_answer_ms": {min, median, max}}
+        ms = entry.get("first_answer_ms")
+        if isinstance(ms, dict):
+            return [
+                float(ms[k]) / 1e3
+                for k in ("min", "median", "max")
+                if isinstance(ms.get(k), int | float)
+            ]
     return []
 
 
