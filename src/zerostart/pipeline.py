@@ -349,7 +349,7 @@ def _make_engine(bundle: Bundle) -> Engine:
     if device == "cpu":
         from zerostart.engine.cpu import CpuEngine
 
-        return CpuEngine(bundle.manifest, bundle.weights)
+        return CpuEngine.from_bundle(bundle)
     if device == "cuda":
         # Driver-only GPU engine: ctypes to libcuda and kernels compiled at convert time.
         from zerostart.engine.cuda import CudaEngine

@@ -20,16 +20,27 @@ is whatever the process was started with.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from zerostart.engine import ops
 from zerostart.engine.inputs import check_inputs
 from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix, tensor_shapes
+from zerostart.engine.native import (
+    ACT_GELU_ERF,
+    ACT_GELU_TANH,
+    ACT_RELU,
+    NativeKernels,
+    addr,
+    load_bundle_kernels,
+)
 from zerostart.engine.parallel import Workers
 from zerostart.errors import EngineError
 from zerostart.model.manifest import Manifest
+
+if TYPE_CHECKING:
+    from zerostart.model.bundle import Bundle
 
 # Scores of one attention work item: 32 Ki float32 = 128 KiB, which stays in L2
 # through scale, mask, softmax and the product with V.
@@ -73,6 +84,10 @@ _LAYER_TENSORS = (
 )
 
 
+_NATIVE_ACTS = {**dict.fromkeys(GELU_ERF_ACTS, ACT_GELU_ERF), **dict.fromkeys(GELU_TANH_ACTS, ACT_GELU_TANH), "relu": ACT_RELU}
+F32 = 4  # bytes per float32: row offsets of the native kernels' pointers
+
+
 def _activation(name: str) -> Callable[[np.ndarray], None]:
     if name in GELU_ERF_ACTS:
         return ops.gelu_erf_
@@ -91,12 +106,19 @@ class CpuEngine:
     """
 
     def __init__(
-        self, manifest: Manifest, weights: Mapping[str, np.ndarray], *, threads: int | None = None
+        self,
+        manifest: Manifest,
+        weights: Mapping[str, np.ndarray],
+        *,
+        threads: int | None = None,
+        kernels: NativeKernels | None = None,
     ) -> None:
         """``threads``: threads for the work BLAS does not parallelise (attention per head,
         softmax, GELU, layer norm). Default 1: on the shared 2-core machine this was
         measured, a second thread competed with BLAS's own and lost (docs/bundle.md);
-        ``parallel.default_threads()`` gives the CPUs this process may use."""
+        ``parallel.default_threads()`` gives the CPUs this process may use.
+        ``kernels``: the bundle's native kernels (``from_bundle`` loads them); None runs
+        the numpy kernels of ``ops``."""
         if manifest.dtype != "float32":
             raise EngineError(
                 f"the CPU engine computes in float32 but this bundle holds {manifest.dtype} weights",
@@ -117,6 +139,8 @@ class CpuEngine:
             w[name] = arr
         c = manifest.config
         self.manifest = manifest
+        self.kernels = kernels
+        self._native_act = _NATIVE_ACTS.get(c.hidden_act, -1)
         self._workers = Workers(threads or 1)
         self._task = manifest.task
         self._hidden = c.hidden_size
@@ -135,6 +159,16 @@ class CpuEngine:
         cls = "head.classifier"
         self._classifier = (w[cls + ".weight"], w[cls + ".bias"]) if cls + ".weight" in w else None
 
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, *, threads: int | None = None) -> CpuEngine:
+        """The engine for an opened bundle, on its native kernels when it carries them.
+
+        Raises EngineError when the bundle's kernels need CPU features this CPU lacks.
+        """
+        m = bundle.manifest
+        kernels = load_bundle_kernels(bundle.path, m.cpu_kernels) if m.cpu_kernels else None
+        return cls(m, bundle.weights, threads=threads, kernels=kernels)
+
     def forward(
         self,
         input_ids: np.ndarray,
@@ -146,6 +180,8 @@ class CpuEngine:
         [B, T, num_labels]; embeddings -> last_hidden_state [B, T, H]."""
         ids, mask, types = self._check_inputs(input_ids, attention_mask, token_type_ids)
         b, t = ids.shape
+        if self.kernels is not None:
+            return self._forward_native(self.kernels, ids, mask, types)
         x = self._embed(ids, types)
         # [B, 1, T]: 0 for real tokens, finfo.min for padding keys; None when nothing is padded.
         bias = None
@@ -234,6 +270,73 @@ class CpuEngine:
 
         run(work, len(items))
         return ctx.reshape(b * t, h)
+
+    # -- native kernels (kernels/cpu/zs_cpu.c) ----------------------------------------
+    def _forward_native(
+        self, k: NativeKernels, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
+    ) -> np.ndarray:
+        b, t = ids.shape
+        n, h, run = b * t, self._hidden, self._workers.run
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        types_p = None if types is None else addr(types := np.ascontiguousarray(types, np.int64))
+        tt = self._token_type
+        x = np.empty((n, h), np.float32)
+        g, beta = self._embed_norm
+
+        def embed(i: int, j: int) -> None:
+            k.embed_layernorm(
+                addr(x), addr(ids), types_p, addr(self._word), addr(self._position),
+                None if tt is None else addr(tt), addr(g), addr(beta), i, j, t, h, self._eps,
+            )  # fmt: skip
+
+        run(embed, n, min_part=ROWS_PER_PART)
+        # [B, T]: 0 for real tokens, finfo.min for padding keys; None when nothing is padded.
+        bias = None
+        if not mask.all():
+            bias = np.where(mask != 0, np.float32(0), np.float32(MASK_VALUE))
+        for layer in self._layers:
+            x = self._layer_native(k, x, bias, b, t, layer)
+        return self._head(x, b, t)
+
+    def _layer_native(
+        self, k: NativeKernels, x: np.ndarray, bias: np.ndarray | None, b: int, t: int, p: _Layer
+    ) -> np.ndarray:
+        n, h, nh, eps, run = b * t, self._hidden, self._heads, self._eps, self._workers.run
+        qkv = x @ p.qkv_w
+        ctx = np.empty((n, h), np.float32)
+        bias_p = None if bias is None else addr(bias)
+
+        def attention(i: int, j: int) -> None:
+            if k.attention(addr(qkv), addr(p.qkv_b), bias_p, addr(ctx), t, nh, h // nh, i, j):
+                raise MemoryError("zs_attention: out of memory for its scratch block")
+
+        run(attention, b * nh)
+        a = ctx @ p.out_w
+
+        def attn_epilogue(i: int, j: int) -> None:
+            k.bias_residual_layernorm(
+                addr(a) + i * h * F32, addr(x) + i * h * F32, addr(p.out_b),
+                addr(p.attn_norm_w), addr(p.attn_norm_b), j - i, h, eps,
+            )  # fmt: skip
+
+        run(attn_epilogue, n, min_part=ROWS_PER_PART)
+        f = a @ p.up_w
+        inter = f.shape[1]
+
+        def activation(i: int, j: int) -> None:
+            k.bias_act(addr(f) + i * inter * F32, addr(p.up_b), j - i, inter, self._native_act)
+
+        run(activation, n, min_part=ROWS_PER_PART)
+        out: np.ndarray = f @ p.down_w
+
+        def ffn_epilogue(i: int, j: int) -> None:
+            k.bias_residual_layernorm(
+                addr(out) + i * h * F32, addr(a) + i * h * F32, addr(p.down_b),
+                addr(p.ffn_norm_w), addr(p.ffn_norm_b), j - i, h, eps,
+            )  # fmt: skip
+
+        run(ffn_epilogue, n, min_part=ROWS_PER_PART)
+        return out
 
     def _head(self, x: np.ndarray, b: int, t: int) -> np.ndarray:
         if self._task == "embeddings":

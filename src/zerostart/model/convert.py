@@ -22,6 +22,7 @@ import math
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,23 @@ Progress = Callable[[str, float], None]
 
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 _DEVICE_DTYPES = {"cpu": "float32", "cuda": "float16"}
+_PRECISIONS = ("float32", "int8", "bfloat16")
+NO_CPU_KERNELS = "none"  # --cpu-arch none: no native kernels, the numpy engine
+
+
+def _cpu_archs(cpu_archs: Sequence[str] | None, precision: str, dst: Path) -> tuple[str, ...]:
+    from zerostart.kernels.cpu_build import PRECISION_DEFAULT_ARCHS
+
+    if cpu_archs is None:
+        return PRECISION_DEFAULT_ARCHS[precision]
+    archs = tuple(a for a in cpu_archs if a)
+    if archs in ((), (NO_CPU_KERNELS,)):
+        if precision != "float32":
+            raise ConvertError(dst, f"--precision {precision} needs native kernels, not --cpu-arch none")
+        return ()
+    if NO_CPU_KERNELS in archs:
+        raise ConvertError(dst, "--cpu-arch none cannot be combined with other targets")
+    return archs
 
 
 def convert(
@@ -56,11 +74,19 @@ def convert(
     max_length: int | None = None,
     progress: Progress | None = None,
     archs: Sequence[str] = (),
+    cpu_archs: Sequence[str] | None = None,
+    precision: str = "float32",
 ) -> Manifest:
     """Convert the Hugging Face folder ``src`` into a bundle at ``dst`` and return its manifest.
 
     ``dst`` is replaced atomically if it is already a bundle; any other
     non-empty folder is refused rather than overwritten.
+
+    ``cpu_archs`` (CPU bundles): the targets to compile native kernels for (gcc
+    ``-march`` names, e.g. ``x86-64-v3``; see ``zerostart.kernels.cpu_build``);
+    None takes the defaults for ``precision``; ``()`` or ``("none",)`` writes no
+    kernels (the numpy engine runs it). ``precision``: "float32" (default),
+    "int8" or "bfloat16" for the encoder's matrix weights (CPU only).
     """
     report: Progress = progress or (lambda _stage, _fraction: None)
     src, dst = Path(src), Path(dst)
@@ -68,6 +94,12 @@ def convert(
         raise ConvertError(dst, f"device {device!r} is not one of {tuple(_DEVICE_DTYPES)}")
     if task is not None and task not in TASKS:
         raise ConvertError(src, f"task {task!r} is not one of {TASKS}")
+    if precision not in _PRECISIONS:
+        raise ConvertError(dst, f"precision {precision!r} is not one of {_PRECISIONS}")
+    if device != "cpu" and (cpu_archs or precision != "float32"):
+        raise ConvertError(dst, "--cpu-arch and --precision are for --device cpu")
+    if device == "cpu":
+        cpu_archs = _cpu_archs(cpu_archs, precision, dst)
     _check_destination(dst)
     if not src.is_dir():
         raise ConvertError(src, "model folder not found")
@@ -96,7 +128,7 @@ def convert(
         config=model_config,
         tokenizer=settings,
         max_length=length,
-        dtype=_DEVICE_DTYPES[device],
+        dtype=_DEVICE_DTYPES[device] if precision == "float32" else precision,
         device=device,
         labels=labels,
         problem_type=problem_type,
@@ -119,7 +151,7 @@ def convert(
     report("write", 0.6)
     if archs and device != "cuda":
         raise ConvertError(dst, "--arch needs --device cuda")
-    _write_bundle(dst, manifest, tensors, vocab, report, archs)
+    _write_bundle(dst, manifest, tensors, vocab, report, archs, cpu_archs or ())
     report("done", 1.0)
     return Manifest.load(dst)
 
@@ -253,6 +285,7 @@ def _write_bundle(
     vocab: list[str],
     report: Progress,
     archs: Sequence[str] = (),
+    cpu_archs: Sequence[str] = (),
 ) -> None:
     """Write into a temporary sibling folder, then rename it into place."""
     if any("\n" in t or "\r" in t for t in vocab):
@@ -272,6 +305,12 @@ def _write_bundle(
 
             compile_for_bundle(manifest, tmp, list(archs), report)
             names += sorted(p.relative_to(tmp).as_posix() for p in (tmp / "kernels").iterdir())
+        if cpu_archs:  # CPU kernels, one shared library per target (gcc, build time only)
+            from zerostart.kernels.cpu_build import build_for_bundle
+
+            builds = build_for_bundle(tmp, cpu_archs, manifest.dtype, report)
+            manifest = replace(manifest, cpu_kernels=builds)
+            names += [b.file for b in builds.values()]
         report("hash", 0.8)
         files = {name: _file_entry(tmp / name) for name in names}
         (tmp / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")
