@@ -51,7 +51,7 @@ NO_CPU_KERNELS = "none"  # --cpu-arch none: no native kernels, the numpy engine
 
 
 def _cpu_archs(cpu_archs: Sequence[str] | None, precision: str, dst: Path) -> tuple[str, ...]:
-    from zerostart.kernels.cpu_build import PRECISION_DEFAULT_ARCHS
+    from zerostart.kernels.cpu_build import PRECISION_DEFAULT_ARCHS, arch_flags
 
     if cpu_archs is None:
         return PRECISION_DEFAULT_ARCHS[precision]
@@ -62,6 +62,8 @@ def _cpu_archs(cpu_archs: Sequence[str] | None, precision: str, dst: Path) -> tu
         return ()
     if NO_CPU_KERNELS in archs:
         raise ConvertError(dst, "--cpu-arch none cannot be combined with other targets")
+    for arch in archs:
+        arch_flags(arch)  # a malformed name fails here, before the weights are read
     return archs
 
 
