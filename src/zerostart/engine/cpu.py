@@ -20,13 +20,21 @@ is whatever the process was started with.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from zerostart.engine import ops
 from zerostart.engine.inputs import check_inputs
-from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix, tensor_shapes
+from zerostart.engine.cpu_gemm import PackedMatrix
+from zerostart.engine.layout import (
+    GELU_ERF_ACTS,
+    GELU_TANH_ACTS,
+    GEMM_GROUP,
+    layer_prefix,
+    tensor_dtypes,
+    tensor_shapes,
+)
 from zerostart.engine.native import (
     ACT_GELU_ERF,
     ACT_GELU_TANH,
@@ -98,6 +106,24 @@ def _activation(name: str) -> Callable[[np.ndarray], None]:
     raise EngineError(f"hidden_act {name!r} is not supported by the CPU engine")
 
 
+def _check_precision(manifest: Manifest, kernels: NativeKernels | None) -> None:
+    if manifest.dtype == "float32":
+        return
+    if manifest.dtype not in GEMM_GROUP or manifest.device != "cpu":
+        raise EngineError(
+            f"the CPU engine computes in float32 (or int8/bf16 with native kernels), "
+            f"but this bundle holds {manifest.dtype} weights",
+            hint="convert the model again with `zerostart convert --device cpu`",
+        )
+    if kernels is None or manifest.dtype not in kernels.precisions:
+        which = "no native kernels" if kernels is None else f"the {kernels.arch} build"
+        raise EngineError(
+            f"this bundle's {manifest.dtype} matrices need native kernels with "
+            f"{'AVX-512 VNNI' if manifest.dtype == 'int8' else 'AVX-512 BF16'}, and {which} has none",
+            hint="convert again with --precision float32, or with a --cpu-arch that has them",
+        )
+
+
 class CpuEngine:
     """Runs one bundle's encoder and task head on the CPU.
 
@@ -119,21 +145,18 @@ class CpuEngine:
         ``parallel.default_threads()`` gives the CPUs this process may use.
         ``kernels``: the bundle's native kernels (``from_bundle`` loads them); None runs
         the numpy kernels of ``ops``."""
-        if manifest.dtype != "float32":
-            raise EngineError(
-                f"the CPU engine computes in float32 but this bundle holds {manifest.dtype} weights",
-                hint="convert the model again with `zerostart convert --device cpu`",
-            )
+        _check_precision(manifest, kernels)
         w: dict[str, np.ndarray] = {}
+        dtypes = tensor_dtypes(manifest)
         for name, shape in tensor_shapes(manifest).items():
             if name not in weights:
                 raise EngineError(
                     f"weights have no tensor {name!r}", hint="re-run zerostart convert"
                 )
             arr = weights[name]
-            if arr.shape != shape or arr.dtype != np.float32:
+            if arr.shape != shape or arr.dtype != np.dtype(dtypes[name]):
                 raise EngineError(
-                    f"tensor {name!r} is {arr.dtype}{list(arr.shape)}, expected float32{list(shape)}",
+                    f"tensor {name!r} is {arr.dtype}{list(arr.shape)}, expected {dtypes[name]}{list(shape)}",
                     hint="re-run zerostart convert",
                 )
             w[name] = arr
@@ -152,12 +175,34 @@ class CpuEngine:
         self._token_type = w.get("embed.token_type")
         self._embed_norm = (w["embed.norm.weight"], w["embed.norm.bias"])
         self._layers = [
-            _Layer(*(w[layer_prefix(i) + t] for t in _LAYER_TENSORS)) for i in range(c.num_layers)
+            _Layer(*(self._tensor(w, layer_prefix(i) + t) for t in _LAYER_TENSORS))
+            for i in range(c.num_layers)
         ]
         pre = "head.pooler" if manifest.architecture == "bert" else "head.pre_classifier"
         self._pre = (w[pre + ".weight"], w[pre + ".bias"]) if pre + ".weight" in w else None
         cls = "head.classifier"
         self._classifier = (w[cls + ".weight"], w[cls + ".bias"]) if cls + ".weight" in w else None
+
+    def _tensor(self, w: Mapping[str, np.ndarray], name: str) -> Any:
+        """A layer tensor: the array, or for int8/bf16 bundles a PackedMatrix."""
+        m = self.manifest
+        if m.dtype not in GEMM_GROUP or name.endswith(".bias") or ".norm." in name:
+            return w[name]
+        h, inter = m.config.hidden_size, m.config.intermediate_size
+        k, n = {
+            "attn.qkv.weight": (h, 3 * h),
+            "attn.out.weight": (h, h),
+            "ffn.up.weight": (h, inter),
+            "ffn.down.weight": (inter, h),
+        }[name.split(".", 2)[-1]]
+        return PackedMatrix.from_weights(w, name, m.dtype, k, n)
+
+    def _mm(self, x: np.ndarray, w: np.ndarray | PackedMatrix) -> np.ndarray:
+        if isinstance(w, PackedMatrix):
+            assert self.kernels is not None  # _check_precision made sure
+            return w.matmul(x, self.kernels, self._workers)
+        out: np.ndarray = x @ w
+        return out
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, *, threads: int | None = None) -> CpuEngine:
@@ -302,7 +347,7 @@ class CpuEngine:
         self, k: NativeKernels, x: np.ndarray, bias: np.ndarray | None, b: int, t: int, p: _Layer
     ) -> np.ndarray:
         n, h, nh, eps, run = b * t, self._hidden, self._heads, self._eps, self._workers.run
-        qkv = x @ p.qkv_w
+        qkv = self._mm(x, p.qkv_w)
         ctx = np.empty((n, h), np.float32)
         bias_p = None if bias is None else addr(bias)
 
@@ -311,7 +356,7 @@ class CpuEngine:
                 raise MemoryError("zs_attention: out of memory for its scratch block")
 
         run(attention, b * nh)
-        a = ctx @ p.out_w
+        a = self._mm(ctx, p.out_w)
 
         def attn_epilogue(i: int, j: int) -> None:
             k.bias_residual_layernorm(
@@ -320,14 +365,14 @@ class CpuEngine:
             )  # fmt: skip
 
         run(attn_epilogue, n, min_part=ROWS_PER_PART)
-        f = a @ p.up_w
+        f = self._mm(a, p.up_w)
         inter = f.shape[1]
 
         def activation(i: int, j: int) -> None:
             k.bias_act(addr(f) + i * inter * F32, addr(p.up_b), j - i, inter, self._native_act)
 
         run(activation, n, min_part=ROWS_PER_PART)
-        out: np.ndarray = f @ p.down_w
+        out = self._mm(f, p.down_w)
 
         def ffn_epilogue(i: int, j: int) -> None:
             k.bias_residual_layernorm(

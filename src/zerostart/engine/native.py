@@ -38,6 +38,8 @@ ARCH_ENV = "ZEROSTART_CPU_ARCH"
 
 # Activation codes of zs_bias_act (kernels/cpu/zs_cpu.c).
 ACT_NONE, ACT_GELU_ERF, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
+# Bits of zs_precisions() (kernels/cpu/zs_cpu_gemm.c): reduced-precision products compiled in.
+PRECISION_BITS = {"int8": 1, "bfloat16": 2}
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -124,6 +126,23 @@ class NativeKernels:
         for name, (res, args) in sig.items():
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
+        self.precisions = frozenset(
+            p for p, bit in PRECISION_BITS.items() if lib.zs_precisions() & bit
+        )
+        if "int8" in self.precisions:
+            lib.zs_quantize_u8.restype = None
+            lib.zs_quantize_u8.argtypes = [_P, _P, _P, _I, _I, _I, _I]
+            lib.zs_gemm_u8s8.restype = None
+            lib.zs_gemm_u8s8.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]
+            self.quantize_u8 = lib.zs_quantize_u8
+            self.gemm_u8s8 = lib.zs_gemm_u8s8
+        if "bfloat16" in self.precisions:
+            lib.zs_to_bf16.restype = None
+            lib.zs_to_bf16.argtypes = [_P, _P, _I, _I, _I, _I]
+            lib.zs_gemm_bf16.restype = None
+            lib.zs_gemm_bf16.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I]
+            self.to_bf16 = lib.zs_to_bf16
+            self.gemm_bf16 = lib.zs_gemm_bf16
         self.bias_act = lib.zs_bias_act
         self.bias_residual_layernorm = lib.zs_bias_residual_layernorm
         self.embed_layernorm = lib.zs_embed_layernorm

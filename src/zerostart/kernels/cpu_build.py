@@ -214,7 +214,7 @@ def build_for_bundle(
             raise ConvertError(
                 arch,
                 f"--precision {precision} needs {' or '.join(need)}, which -march={arch} does not have",
-                hint="choose --cpu-arch targets with it (e.g. znver4, sapphirerapids), or --precision float32",
+                hint="choose --cpu-arch targets with it (e.g. x86-64-v4+avx512vnni+avx512bf16, sapphirerapids), or --precision float32",
             )
         t0 = time.perf_counter()
         lib = build_library(arch)

@@ -1,14 +1,175 @@
-/* zerostart CPU kernels: reduced-precision matrix products (filled in below). */
+/* zerostart CPU kernels: reduced-precision matrix products, C = A W, for opt-in bundles.
+ *
+ * int8 (AVX-512 VNNI, vpdpbusd): W int8 per output channel (scale w_scale[n],
+ * symmetric), A quantised per row at run time (dynamic, symmetric, scale
+ * a_scale[m]) and shifted by +128 to the unsigned bytes vpdpbusd multiplies;
+ * the shift is taken back out with the column sums of W:
+ *     C[m,n] = (sum_k (qa[m,k]+128) qw[k,n] - 128 colsum[n]) a_scale[m] w_scale[n]
+ * bf16 (AVX-512 BF16, vdpbf16ps): A rounded to bf16 at run time, W stored bf16,
+ * products accumulated in float32.
+ *
+ * Packed weights (written at convert time by zerostart.model.quantize): the N
+ * columns in panels of 64 (four vectors of 16), K in groups of G = 4 bytes
+ * (int8) or 2 (bf16), so one 64-byte load holds, for 16 columns, the G
+ * consecutive k that one lane's dot product consumes:
+ *     packed[p][k/G][j][n16][k%G] = W[k, 64p + 16j + n16]      (zero padding)
+ * The micro-kernel keeps 4 rows x 64 columns of accumulators (16 zmm) in
+ * registers; rows are blocked by MB so a block of A stays in L2 while every
+ * panel of W streams past it.
+ *
+ * Compiled only into builds whose -march has the instructions; zs_precisions()
+ * says which are present. Sizes are int64; kp is K padded to G, np N to 64.
+ */
 #include <stdint.h>
+#include <string.h>
 
-/* Bit 0: int8 (AVX-512 VNNI) products compiled in; bit 1: bf16 (AVX-512 BF16). */
+#define PRECISION_INT8 1
+#define PRECISION_BF16 2
+
 int zs_precisions(void) {
     int p = 0;
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-    p |= 1;
+    p |= PRECISION_INT8;
 #endif
 #if defined(__AVX512BF16__) && defined(__AVX512BW__)
-    p |= 2;
+    p |= PRECISION_BF16;
 #endif
     return p;
 }
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && (defined(__AVX512VNNI__) || defined(__AVX512BF16__))
+#include <immintrin.h>
+
+#define MB 128 /* rows of A per block: 128 x 3072 bytes = 384 KiB, within a 1 MiB L2 */
+
+static inline __mmask16 zs_tail_mask(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
+#endif
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+/* Rows [m0, m1) of x [M, k] -> bytes [M, kp] (q + 128, padding 128) and scales [M]. */
+void zs_quantize_u8(const float *x, uint8_t *out, float *a_scale, int64_t m0, int64_t m1, int64_t k, int64_t kp) {
+    for (int64_t m = m0; m < m1; m++) {
+        const float *row = x + m * k;
+        uint8_t *o = out + m * kp;
+        __m512 amax = _mm512_setzero_ps();
+        for (int64_t c = 0; c < k; c += 16)
+            amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(zs_tail_mask(k - c), row + c)));
+        const float mx = _mm512_reduce_max_ps(amax);
+        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+        a_scale[m] = mx / 127.0f;
+        const __m512 vinv = _mm512_set1_ps(inv);
+        const __m512i shift = _mm512_set1_epi32(128);
+        for (int64_t c = 0; c < k; c += 16) {
+            const __mmask16 mk = zs_tail_mask(k - c);
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, row + c), vinv));
+            q = _mm512_add_epi32(q, shift);
+            _mm_mask_storeu_epi8(o + c, mk, _mm512_cvtusepi32_epi8(q));
+        }
+        for (int64_t c = k; c < kp; c++) o[c] = 128;
+    }
+}
+
+void zs_gemm_u8s8(const uint8_t *a, const float *a_scale, const int8_t *wp, const int32_t *colsum,
+                  const float *w_scale, float *c, int64_t m0, int64_t m1, int64_t kp, int64_t n, int64_t np) {
+    const int64_t k4 = kp / 4;
+    for (int64_t mb = m0; mb < m1; mb += MB) {
+        const int64_t me = mb + MB < m1 ? mb + MB : m1;
+        for (int64_t p = 0; p < np / 64; p++) {
+            const int8_t *bp = wp + p * k4 * 256;
+            for (int64_t m = mb; m < me; m += 4) {
+                const int64_t rows = me - m < 4 ? me - m : 4;
+                const uint8_t *ar[4];
+                for (int r = 0; r < 4; r++) ar[r] = a + (m + (r < rows ? r : 0)) * kp;
+                __m512i acc[4][4];
+                for (int r = 0; r < 4; r++)
+                    for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
+                for (int64_t kk = 0; kk < k4; kk++) {
+                    const int8_t *b = bp + kk * 256;
+                    const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 64);
+                    const __m512i b2 = _mm512_loadu_si512(b + 128), b3 = _mm512_loadu_si512(b + 192);
+                    for (int r = 0; r < 4; r++) {
+                        int32_t a4;
+                        memcpy(&a4, ar[r] + 4 * kk, 4);
+                        const __m512i av = _mm512_set1_epi32(a4);
+                        acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], av, b0);
+                        acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], av, b1);
+                        acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], av, b2);
+                        acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], av, b3);
+                    }
+                }
+                for (int j = 0; j < 4; j++) {
+                    const int64_t n0 = p * 64 + j * 16;
+                    if (n0 >= n) break;
+                    const __mmask16 mk = zs_tail_mask(n - n0);
+                    const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(colsum + n0), 7); /* 128 colsum */
+                    const __m512 ws = _mm512_loadu_ps(w_scale + n0);
+                    for (int64_t r = 0; r < rows; r++) {
+                        const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], corr));
+                        const __m512 sc = _mm512_mul_ps(ws, _mm512_set1_ps(a_scale[m + r]));
+                        _mm512_mask_storeu_ps(c + (m + r) * n + n0, mk, _mm512_mul_ps(v, sc));
+                    }
+                }
+            }
+        }
+    }
+}
+#endif
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__)
+/* Rows [m0, m1) of x [M, k] -> bf16 (round to nearest even) [M, kp], zero padding. */
+void zs_to_bf16(const float *x, uint16_t *out, int64_t m0, int64_t m1, int64_t k, int64_t kp) {
+    for (int64_t m = m0; m < m1; m++) {
+        const float *row = x + m * k;
+        uint16_t *o = out + m * kp;
+        for (int64_t c = 0; c < k; c += 16) {
+            const __mmask16 mk = zs_tail_mask(k - c);
+            const __m256bh h = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, row + c));
+            __m256i hi;
+            memcpy(&hi, &h, sizeof hi);
+            _mm256_mask_storeu_epi16(o + c, mk, hi);
+        }
+        for (int64_t c = k; c < kp; c++) o[c] = 0;
+    }
+}
+
+void zs_gemm_bf16(const uint16_t *a, const uint16_t *wp, float *c, int64_t m0, int64_t m1, int64_t kp, int64_t n,
+                  int64_t np) {
+    const int64_t k2 = kp / 2;
+    for (int64_t mb = m0; mb < m1; mb += MB) {
+        const int64_t me = mb + MB < m1 ? mb + MB : m1;
+        for (int64_t p = 0; p < np / 64; p++) {
+            const uint16_t *bp = wp + p * k2 * 128;
+            for (int64_t m = mb; m < me; m += 4) {
+                const int64_t rows = me - m < 4 ? me - m : 4;
+                const uint16_t *ar[4];
+                for (int r = 0; r < 4; r++) ar[r] = a + (m + (r < rows ? r : 0)) * kp;
+                __m512 acc[4][4];
+                for (int r = 0; r < 4; r++)
+                    for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+                for (int64_t kk = 0; kk < k2; kk++) {
+                    const uint16_t *b = bp + kk * 128;
+                    __m512bh bv[4];
+                    for (int j = 0; j < 4; j++) {
+                        const __m512i t = _mm512_loadu_si512(b + 32 * j);
+                        memcpy(&bv[j], &t, sizeof t);
+                    }
+                    for (int r = 0; r < 4; r++) {
+                        int32_t a2;
+                        memcpy(&a2, ar[r] + 2 * kk, 4);
+                        const __m512i ai = _mm512_set1_epi32(a2);
+                        __m512bh av;
+                        memcpy(&av, &ai, sizeof ai);
+                        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, bv[j]);
+                    }
+                }
+                for (int j = 0; j < 4; j++) {
+                    const int64_t n0 = p * 64 + j * 16;
+                    if (n0 >= n) break;
+                    const __mmask16 mk = zs_tail_mask(n - n0);
+                    for (int64_t r = 0; r < rows; r++) _mm512_mask_storeu_ps(c + (m + r) * n + n0, mk, acc[r][j]);
+                }
+            }
+        }
+    }
+}
+#endif
