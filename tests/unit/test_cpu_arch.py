@@ -141,4 +141,3 @@ def test_reduced_precision_for_a_target_without_it_is_refused(
 ) -> None:
     with pytest.raises(ConvertError, match=f"needs {feature}, which -march=x86-64-v3"):
         convert(minilm_sst2_dir, tmp_path / "b", cpu_archs=["x86-64-v3"], precision=precision)
-

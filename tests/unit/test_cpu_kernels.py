@@ -30,7 +30,10 @@ from zerostart.engine.native import (
 
 cpu_build = pytest.importorskip("zerostart.kernels.cpu_build")
 if shutil.which(cpu_build.CC) is None:
-    pytest.skip(f"no C compiler ({cpu_build.CC}): the kernels are built at convert time", allow_module_level=True)
+    pytest.skip(
+        f"no C compiler ({cpu_build.CC}): the kernels are built at convert time",
+        allow_module_level=True,
+    )
 
 SEQ_LENS = (1, 3, 127, 512)
 BATCHES = (1, 33)
@@ -44,7 +47,9 @@ def _runnable_archs() -> list[str]:
 
 
 @pytest.fixture(scope="module", params=_runnable_archs())
-def kernels(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeKernels]:
+def kernels(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NativeKernels]:
     arch: str = request.param
     lib = cpu_build.build_library(arch, cache=tmp_path_factory.mktemp("cpu-kernels"))
     yield NativeKernels(lib, arch)
@@ -92,7 +97,9 @@ def test_bias_residual_layernorm(kernels: NativeKernels, rows: int, cols: int) -
     x[0] += 100.0  # a large mean: the two-pass variance must not cancel
     bias, g, b = (rng.standard_normal(cols).astype(np.float32) for _ in range(3))
     want = _layer_norm(x.astype(np.float64) + bias + res, g, b, 1e-12)
-    kernels.bias_residual_layernorm(addr(x), addr(res), addr(bias), addr(g), addr(b), rows, cols, 1e-12)
+    kernels.bias_residual_layernorm(
+        addr(x), addr(res), addr(bias), addr(g), addr(b), rows, cols, 1e-12
+    )
     np.testing.assert_allclose(x, want, rtol=1e-4, atol=1e-4 if cols == 1 else TOL * 10)
 
 
@@ -159,9 +166,13 @@ def test_attention(kernels: NativeKernels, batch: int, seq: int, heads: int, hea
     ctx = np.full((batch * seq, h), np.nan, np.float32)
     items = batch * heads
     for i, j in ((0, items // 2), (items // 2, items)):
-        rc = kernels.attention(addr(qkv), addr(qkv_b), addr(bias), addr(ctx), seq, heads, head_dim, i, j)
+        rc = kernels.attention(
+            addr(qkv), addr(qkv_b), addr(bias), addr(ctx), seq, heads, head_dim, i, j
+        )
         assert rc == 0
-    np.testing.assert_allclose(ctx, _attention_reference(qkv, qkv_b, mask, heads), rtol=1e-4, atol=TOL)
+    np.testing.assert_allclose(
+        ctx, _attention_reference(qkv, qkv_b, mask, heads), rtol=1e-4, atol=TOL
+    )
     # Without a mask (nothing padded) the kernel takes NULL.
     kernels.attention(addr(qkv), addr(qkv_b), None, addr(ctx), seq, heads, head_dim, 0, items)
     want = _attention_reference(qkv, qkv_b, np.ones_like(mask), heads)

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from zerostart.engine import ops
-from zerostart.engine.inputs import check_inputs
 from zerostart.engine.cpu_gemm import PackedMatrix
+from zerostart.engine.inputs import check_inputs
 from zerostart.engine.layout import (
     GELU_ERF_ACTS,
     GELU_TANH_ACTS,
@@ -43,7 +43,7 @@ from zerostart.engine.native import (
     addr,
     load_bundle_kernels,
 )
-from zerostart.engine.parallel import Workers
+from zerostart.engine.parallel import Workers, default_threads
 from zerostart.errors import EngineError
 from zerostart.model.manifest import Manifest
 
@@ -92,7 +92,11 @@ _LAYER_TENSORS = (
 )
 
 
-_NATIVE_ACTS = {**dict.fromkeys(GELU_ERF_ACTS, ACT_GELU_ERF), **dict.fromkeys(GELU_TANH_ACTS, ACT_GELU_TANH), "relu": ACT_RELU}
+_NATIVE_ACTS = {
+    **dict.fromkeys(GELU_ERF_ACTS, ACT_GELU_ERF),
+    **dict.fromkeys(GELU_TANH_ACTS, ACT_GELU_TANH),
+    "relu": ACT_RELU,
+}
 F32 = 4  # bytes per float32: row offsets of the native kernels' pointers
 
 
@@ -164,7 +168,10 @@ class CpuEngine:
         self.manifest = manifest
         self.kernels = kernels
         self._native_act = _NATIVE_ACTS.get(c.hidden_act, -1)
-        self._workers = Workers(threads or 1)
+        # int8/bf16 products are ours, split over rows: they need the threads BLAS would use.
+        self._workers = Workers(
+            threads or (default_threads() if manifest.dtype in GEMM_GROUP else 1)
+        )
         self._task = manifest.task
         self._hidden = c.hidden_size
         self._heads = c.num_heads

@@ -22,8 +22,8 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import replace
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,9 @@ def _cpu_archs(cpu_archs: Sequence[str] | None, precision: str, dst: Path) -> tu
     archs = tuple(a for a in cpu_archs if a)
     if archs in ((), (NO_CPU_KERNELS,)):
         if precision != "float32":
-            raise ConvertError(dst, f"--precision {precision} needs native kernels, not --cpu-arch none")
+            raise ConvertError(
+                dst, f"--precision {precision} needs native kernels, not --cpu-arch none"
+            )
         return ()
     if NO_CPU_KERNELS in archs:
         raise ConvertError(dst, "--cpu-arch none cannot be combined with other targets")

@@ -198,7 +198,9 @@ class Manifest:
             raise bad(f"device {self.device!r} is not one of {DEVICES}")
         for arch, build in self.cpu_kernels.items():
             if not build.file.startswith(CPU_KERNELS_DIR + "/") or ".." in build.file:
-                raise bad(f"cpu_kernels[{arch!r}].file {build.file!r} is not under {CPU_KERNELS_DIR}/")
+                raise bad(
+                    f"cpu_kernels[{arch!r}].file {build.file!r} is not under {CPU_KERNELS_DIR}/"
+                )
         if self.pooling.mode not in POOLING_MODES:
             raise bad(f"pooling mode {self.pooling.mode!r} is not one of {POOLING_MODES}")
         if self.problem_type not in PROBLEM_TYPES:

@@ -41,7 +41,7 @@ def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     amax = np.abs(w64).max(axis=0)
     scale = np.where(amax > 0, amax / INT8_MAX, 1.0)
     q = np.clip(np.rint(w64 / scale), -INT8_MAX, INT8_MAX).astype(np.int8)
-    n_pad = padded(*w.shape, "int8")[1]
+    n_pad = padded(w.shape[0], w.shape[1], "int8")[1]
     scale_p = np.ones(n_pad, np.float32)
     scale_p[: w.shape[1]] = scale
     colsum = np.zeros(n_pad, np.int32)
