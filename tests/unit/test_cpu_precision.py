@@ -97,9 +97,12 @@ def test_reduced_precision_product(
         qw = (
             packed.transpose(1, 4, 0, 2, 3).reshape(padded(k, n, "int8"))[:k, :n].astype(np.float64)
         )
-        sx = np.abs(x).max(1, keepdims=True) / 127
-        qx = np.rint(x / sx)  # the kernel rounds half to even too (vcvtps2dq)
-        want = (qx @ qw) * sx * scale[:n]
+        hi, lo = np.maximum(x.max(1, keepdims=True), 0), np.minimum(x.min(1, keepdims=True), 0)
+        sx = ((hi - lo) / np.float32(255)).astype(np.float32)
+        zp = np.clip(np.rint(-lo * (np.float32(1) / sx)), 0, 255)
+        # the kernel rounds half to even too (vcvtps2dq), on x * (1 / scale) in float32
+        qx = np.clip(np.rint(x * (np.float32(1) / sx)) + zp, 0, 255)
+        want = ((qx - zp) @ qw) * sx * scale[:n]
         tol = 1e-4 * np.abs(want).max()
     else:
         mat = PackedMatrix("bfloat16", quantize.quantize_bf16(w), None, None, k, n)

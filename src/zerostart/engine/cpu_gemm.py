@@ -4,7 +4,7 @@ The packed weights come from ``zerostart convert --precision int8|bfloat16``
 (``zerostart.model.quantize``, layout in ``zerostart.engine.layout``); the
 products run in the native kernels (kernels/cpu/zs_cpu_gemm.c). Each thread
 takes a range of rows and does both steps on it, with no barrier between:
-quantise (int8: per row, dynamic, symmetric) or round (bf16) its rows of x,
+quantise (int8: per row, dynamic, asymmetric) or round (bf16) its rows of x,
 then multiply them by all of W.
 
 Runtime module: numpy only.
@@ -54,12 +54,13 @@ class PackedMatrix(NamedTuple):
             assert self.scale is not None and self.colsum is not None
             a = np.empty((m, kp), np.uint8)
             a_scale = np.empty(m, np.float32)
+            a_zp = np.empty(m, np.int32)
             w, ws, cs = addr(self.packed), addr(self.scale), addr(self.colsum)
 
             def part_int8(i: int, j: int) -> None:
-                kernels.quantize_u8(addr(x), addr(a), addr(a_scale), i, j, self.k, kp)
+                kernels.quantize_u8(addr(x), addr(a), addr(a_scale), addr(a_zp), i, j, self.k, kp)
                 kernels.gemm_u8s8(
-                    addr(a), addr(a_scale), w, cs, ws, addr(out), i, j, kp, self.n, n_pad
+                    addr(a), addr(a_scale), addr(a_zp), w, cs, ws, addr(out), i, j, kp, self.n, n_pad
                 )
 
             workers.run(part_int8, m, min_part=ROWS_PER_PART)

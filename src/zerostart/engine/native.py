@@ -31,7 +31,7 @@ import numpy as np
 from zerostart.errors import EngineError
 from zerostart.model.manifest import CpuKernelBuild
 
-ABI_VERSION = 2  # must match ZS_ABI_VERSION in kernels/cpu/zs_cpu.c
+ABI_VERSION = 3  # must match ZS_ABI_VERSION in kernels/cpu/zs_cpu.c
 CPUINFO = "/proc/cpuinfo"
 CPUINFO_READ_BYTES = 64 * 1024  # the first CPU's block; the flags line is in it
 ARCH_ENV = "ZEROSTART_CPU_ARCH"
@@ -131,9 +131,9 @@ class NativeKernels:
         )
         if "int8" in self.precisions:
             lib.zs_quantize_u8.restype = None
-            lib.zs_quantize_u8.argtypes = [_P, _P, _P, _I, _I, _I, _I]
+            lib.zs_quantize_u8.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I]
             lib.zs_gemm_u8s8.restype = None
-            lib.zs_gemm_u8s8.argtypes = [_P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]
+            lib.zs_gemm_u8s8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]
             self.quantize_u8 = lib.zs_quantize_u8
             self.gemm_u8s8 = lib.zs_gemm_u8s8
         if "bfloat16" in self.precisions:

@@ -9,8 +9,8 @@ G (4 for int8, 2 for bf16), ``packed[p, k // G, j, n16, k % G] = W[k, 64 p +
 * int8: symmetric per output column, ``scale[n] = max_k |W[k, n]| / 127``,
   ``q = round(W / scale)`` in [-127, 127] (never -128, so that the sign flip
   of a dot product cannot overflow); plus ``colsum[n] = sum_k q[k, n]``, which
-  the kernel needs to undo the +128 shift of its unsigned activations
-  (the scheme of Intel's VNNI guide and oneDNN's u8s8 products).
+  the kernel needs to take out the zero point of its unsigned, asymmetric
+  activations (the u8 x s8 scheme of Intel's VNNI guide and oneDNN).
 * bf16: float32 rounded to nearest even on the upper 16 bits (the rounding of
   ``vcvtneps2bf16``).
 """

@@ -1,10 +1,10 @@
 /* zerostart CPU kernels: reduced-precision matrix products, C = A W, for opt-in bundles.
  *
  * int8 (AVX-512 VNNI, vpdpbusd): W int8 per output channel (scale w_scale[n],
- * symmetric), A quantised per row at run time (dynamic, symmetric, scale
- * a_scale[m]) and shifted by +128 to the unsigned bytes vpdpbusd multiplies;
- * the shift is taken back out with the column sums of W:
- *     C[m,n] = (sum_k (qa[m,k]+128) qw[k,n] - 128 colsum[n]) a_scale[m] w_scale[n]
+ * symmetric), A quantised per row at run time (dynamic, asymmetric: scale
+ * a_scale[m], zero point a_zp[m], to the unsigned bytes vpdpbusd multiplies);
+ * the zero point is taken back out with the column sums of W:
+ *     C[m,n] = (sum_k qa[m,k] qw[k,n] - a_zp[m] colsum[n]) a_scale[m] w_scale[n]
  * bf16 (AVX-512 BF16, vdpbf16ps): A rounded to bf16 at run time, W stored bf16,
  * products accumulated in float32.
  *
@@ -22,6 +22,7 @@
  */
 #include <stdint.h>
 #include <string.h>
+#include <math.h>
 
 #define PRECISION_INT8 1
 #define PRECISION_BF16 2
@@ -46,30 +47,41 @@ static inline __mmask16 zs_tail_mask(int64_t n) { return n >= 16 ? (__mmask16)0x
 #endif
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-/* Rows [m0, m1) of x [M, k] -> bytes [M, kp] (q + 128, padding 128) and scales [M]. */
-void zs_quantize_u8(const float *x, uint8_t *out, float *a_scale, int64_t m0, int64_t m1, int64_t k, int64_t kp) {
+/* Rows [m0, m1) of x [M, k] -> bytes [M, kp], scales and zero points [M]: asymmetric,
+ * x ~= a_scale (q - a_zp), q in [0, 255], the range [min(x, 0), max(x, 0)] mapped onto
+ * it so that 0 is exact (GELU outputs are nearly one-sided: this doubles their resolution
+ * over a symmetric scale). Padding columns hold a_zp (they meet zero weights anyway). */
+void zs_quantize_u8(const float *x, uint8_t *out, float *a_scale, int32_t *a_zp, int64_t m0, int64_t m1, int64_t k,
+                    int64_t kp) {
     for (int64_t m = m0; m < m1; m++) {
         const float *row = x + m * k;
         uint8_t *o = out + m * kp;
-        __m512 amax = _mm512_setzero_ps();
-        for (int64_t c = 0; c < k; c += 16)
-            amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(zs_tail_mask(k - c), row + c)));
-        const float mx = _mm512_reduce_max_ps(amax);
-        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
-        a_scale[m] = mx / 127.0f;
+        __m512 vmax = _mm512_setzero_ps(), vmin = _mm512_setzero_ps();
+        for (int64_t c = 0; c < k; c += 16) {
+            const __m512 v = _mm512_maskz_loadu_ps(zs_tail_mask(k - c), row + c);
+            vmax = _mm512_max_ps(vmax, v);
+            vmin = _mm512_min_ps(vmin, v);
+        }
+        const float hi = _mm512_reduce_max_ps(vmax), lo = _mm512_reduce_min_ps(vmin);
+        const float scale = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+        const float inv = 1.0f / scale;
+        int32_t zp = (int32_t)nearbyintf(-lo * inv);
+        zp = zp < 0 ? 0 : (zp > 255 ? 255 : zp);
+        a_scale[m] = scale;
+        a_zp[m] = zp;
         const __m512 vinv = _mm512_set1_ps(inv);
-        const __m512i shift = _mm512_set1_epi32(128);
+        const __m512i vzp = _mm512_set1_epi32(zp), zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
         for (int64_t c = 0; c < k; c += 16) {
             const __mmask16 mk = zs_tail_mask(k - c);
             __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, row + c), vinv));
-            q = _mm512_add_epi32(q, shift);
+            q = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(q, vzp), zero), top);
             _mm_mask_storeu_epi8(o + c, mk, _mm512_cvtusepi32_epi8(q));
         }
-        for (int64_t c = k; c < kp; c++) o[c] = 128;
+        for (int64_t c = k; c < kp; c++) o[c] = (uint8_t)zp;
     }
 }
 
-void zs_gemm_u8s8(const uint8_t *a, const float *a_scale, const int8_t *wp, const int32_t *colsum,
+void zs_gemm_u8s8(const uint8_t *a, const float *a_scale, const int32_t *a_zp, const int8_t *wp, const int32_t *colsum,
                   const float *w_scale, float *c, int64_t m0, int64_t m1, int64_t kp, int64_t n, int64_t np) {
     const int64_t k4 = kp / 4;
     for (int64_t mb = m0; mb < m1; mb += MB) {
@@ -101,9 +113,10 @@ void zs_gemm_u8s8(const uint8_t *a, const float *a_scale, const int8_t *wp, cons
                     const int64_t n0 = p * 64 + j * 16;
                     if (n0 >= n) break;
                     const __mmask16 mk = zs_tail_mask(n - n0);
-                    const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512(colsum + n0), 7); /* 128 colsum */
+                    const __m512i cs = _mm512_loadu_si512(colsum + n0);
                     const __m512 ws = _mm512_loadu_ps(w_scale + n0);
                     for (int64_t r = 0; r < rows; r++) {
+                        const __m512i corr = _mm512_mullo_epi32(cs, _mm512_set1_epi32(a_zp[m + r]));
                         const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], corr));
                         const __m512 sc = _mm512_mul_ps(ws, _mm512_set1_ps(a_scale[m + r]));
                         _mm512_mask_storeu_ps(c + (m + r) * n + n0, mk, _mm512_mul_ps(v, sc));
