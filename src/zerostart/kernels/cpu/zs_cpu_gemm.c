@@ -13,8 +13,9 @@
  * (int8) or 2 (bf16), so one 64-byte load holds, for 16 columns, the G
  * consecutive k that one lane's dot product consumes:
  *     packed[p][k/G][j][n16][k%G] = W[k, 64p + 16j + n16]      (zero padding)
- * The micro-kernel keeps 4 rows x 64 columns of accumulators (16 zmm) in
- * registers; rows are blocked by MB so a block of A stays in L2 while every
+ * The micro-kernel keeps MR = 6 rows x 64 columns of accumulators (24 zmm) in
+ * registers, so each 64-byte load of W feeds 6 dot products; rows are blocked
+ * (zs_row_block) so a block of A stays in L2 while every
  * panel of W streams past it.
  *
  * Compiled only into builds whose -march has the instructions; zs_precisions()
@@ -41,7 +42,15 @@ int zs_precisions(void) {
 #if defined(__AVX512F__) && defined(__AVX512BW__) && (defined(__AVX512VNNI__) || defined(__AVX512BF16__))
 #include <immintrin.h>
 
-#define MB 128 /* rows of A per block: 128 x 3072 bytes = 384 KiB, within a 1 MiB L2 */
+/* Rows of A per block: as many as fit in A_BLOCK_BYTES (half a 1 MiB L2), so every
+ * panel of W streamed from L3 is used by that many rows; a multiple of MR. */
+#define A_BLOCK_BYTES (512 * 1024)
+static inline int64_t zs_row_block(int64_t row_bytes) {
+    int64_t mb = A_BLOCK_BYTES / (row_bytes > 0 ? row_bytes : 1);
+    mb = mb / 6 * 6;
+    return mb < 6 ? 6 : mb;
+}
+#define MR 6   /* rows per micro-tile: 6 x 4 accumulators + 4 of W + 1 of A = 29 of 32 zmm */
 
 static inline __mmask16 zs_tail_mask(int64_t n) { return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u); }
 #endif
@@ -83,23 +92,23 @@ void zs_quantize_u8(const float *x, uint8_t *out, float *a_scale, int32_t *a_zp,
 
 void zs_gemm_u8s8(const uint8_t *a, const float *a_scale, const int32_t *a_zp, const int8_t *wp, const int32_t *colsum,
                   const float *w_scale, float *c, int64_t m0, int64_t m1, int64_t kp, int64_t n, int64_t np) {
-    const int64_t k4 = kp / 4;
-    for (int64_t mb = m0; mb < m1; mb += MB) {
-        const int64_t me = mb + MB < m1 ? mb + MB : m1;
+    const int64_t k4 = kp / 4, block = zs_row_block(kp);
+    for (int64_t mb = m0; mb < m1; mb += block) {
+        const int64_t me = mb + block < m1 ? mb + block : m1;
         for (int64_t p = 0; p < np / 64; p++) {
             const int8_t *bp = wp + p * k4 * 256;
-            for (int64_t m = mb; m < me; m += 4) {
-                const int64_t rows = me - m < 4 ? me - m : 4;
-                const uint8_t *ar[4];
-                for (int r = 0; r < 4; r++) ar[r] = a + (m + (r < rows ? r : 0)) * kp;
-                __m512i acc[4][4];
-                for (int r = 0; r < 4; r++)
+            for (int64_t m = mb; m < me; m += MR) {
+                const int64_t rows = me - m < MR ? me - m : MR;
+                const uint8_t *ar[MR];
+                for (int r = 0; r < MR; r++) ar[r] = a + (m + (r < rows ? r : 0)) * kp;
+                __m512i acc[MR][4];
+                for (int r = 0; r < MR; r++)
                     for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_si512();
                 for (int64_t kk = 0; kk < k4; kk++) {
                     const int8_t *b = bp + kk * 256;
                     const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 64);
                     const __m512i b2 = _mm512_loadu_si512(b + 128), b3 = _mm512_loadu_si512(b + 192);
-                    for (int r = 0; r < 4; r++) {
+                    for (int r = 0; r < MR; r++) {
                         int32_t a4;
                         memcpy(&a4, ar[r] + 4 * kk, 4);
                         const __m512i av = _mm512_set1_epi32(a4);
@@ -109,6 +118,11 @@ void zs_gemm_u8s8(const uint8_t *a, const float *a_scale, const int32_t *a_zp, c
                         acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], av, b3);
                     }
                 }
+                /* Spill through a buffer with constant indices only: an accumulator array
+                 * indexed by a run-time row would be kept in memory inside the k loop. */
+                int32_t done[MR * 4 * 16];
+                for (int r = 0; r < MR; r++)
+                    for (int j = 0; j < 4; j++) _mm512_storeu_si512(done + (r * 4 + j) * 16, acc[r][j]);
                 for (int j = 0; j < 4; j++) {
                     const int64_t n0 = p * 64 + j * 16;
                     if (n0 >= n) break;
@@ -117,7 +131,8 @@ void zs_gemm_u8s8(const uint8_t *a, const float *a_scale, const int32_t *a_zp, c
                     const __m512 ws = _mm512_loadu_ps(w_scale + n0);
                     for (int64_t r = 0; r < rows; r++) {
                         const __m512i corr = _mm512_mullo_epi32(cs, _mm512_set1_epi32(a_zp[m + r]));
-                        const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][j], corr));
+                        const __m512i sum = _mm512_loadu_si512(done + (r * 4 + j) * 16);
+                        const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, corr));
                         const __m512 sc = _mm512_mul_ps(ws, _mm512_set1_ps(a_scale[m + r]));
                         _mm512_mask_storeu_ps(c + (m + r) * n + n0, mk, _mm512_mul_ps(v, sc));
                     }
@@ -147,17 +162,17 @@ void zs_to_bf16(const float *x, uint16_t *out, int64_t m0, int64_t m1, int64_t k
 
 void zs_gemm_bf16(const uint16_t *a, const uint16_t *wp, float *c, int64_t m0, int64_t m1, int64_t kp, int64_t n,
                   int64_t np) {
-    const int64_t k2 = kp / 2;
-    for (int64_t mb = m0; mb < m1; mb += MB) {
-        const int64_t me = mb + MB < m1 ? mb + MB : m1;
+    const int64_t k2 = kp / 2, block = zs_row_block(2 * kp);
+    for (int64_t mb = m0; mb < m1; mb += block) {
+        const int64_t me = mb + block < m1 ? mb + block : m1;
         for (int64_t p = 0; p < np / 64; p++) {
             const uint16_t *bp = wp + p * k2 * 128;
-            for (int64_t m = mb; m < me; m += 4) {
-                const int64_t rows = me - m < 4 ? me - m : 4;
-                const uint16_t *ar[4];
-                for (int r = 0; r < 4; r++) ar[r] = a + (m + (r < rows ? r : 0)) * kp;
-                __m512 acc[4][4];
-                for (int r = 0; r < 4; r++)
+            for (int64_t m = mb; m < me; m += MR) {
+                const int64_t rows = me - m < MR ? me - m : MR;
+                const uint16_t *ar[MR];
+                for (int r = 0; r < MR; r++) ar[r] = a + (m + (r < rows ? r : 0)) * kp;
+                __m512 acc[MR][4];
+                for (int r = 0; r < MR; r++)
                     for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
                 for (int64_t kk = 0; kk < k2; kk++) {
                     const uint16_t *b = bp + kk * 128;
@@ -166,7 +181,7 @@ void zs_gemm_bf16(const uint16_t *a, const uint16_t *wp, float *c, int64_t m0, i
                         const __m512i t = _mm512_loadu_si512(b + 32 * j);
                         memcpy(&bv[j], &t, sizeof t);
                     }
-                    for (int r = 0; r < 4; r++) {
+                    for (int r = 0; r < MR; r++) {
                         int32_t a2;
                         memcpy(&a2, ar[r] + 2 * kk, 4);
                         const __m512i ai = _mm512_set1_epi32(a2);
@@ -175,11 +190,15 @@ void zs_gemm_bf16(const uint16_t *a, const uint16_t *wp, float *c, int64_t m0, i
                         for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], av, bv[j]);
                     }
                 }
+                float done[MR * 4 * 16]; /* constant indices only: see zs_gemm_u8s8 */
+                for (int r = 0; r < MR; r++)
+                    for (int j = 0; j < 4; j++) _mm512_storeu_ps(done + (r * 4 + j) * 16, acc[r][j]);
                 for (int j = 0; j < 4; j++) {
                     const int64_t n0 = p * 64 + j * 16;
                     if (n0 >= n) break;
                     const __mmask16 mk = zs_tail_mask(n - n0);
-                    for (int64_t r = 0; r < rows; r++) _mm512_mask_storeu_ps(c + (m + r) * n + n0, mk, acc[r][j]);
+                    for (int64_t r = 0; r < rows; r++)
+                        _mm512_mask_storeu_ps(c + (m + r) * n + n0, mk, _mm512_loadu_ps(done + (r * 4 + j) * 16));
                 }
             }
         }
