@@ -101,7 +101,9 @@ def main() -> None:
         if "int8" in ours:
             q, s, c = quantize.quantize_int8(w)
             mat8 = PackedMatrix("int8", q, s, c, k, n)
-            fns["zerostart_int8_vnni"] = lambda mat8=mat8, x=x: mat8.matmul(x, ours["int8"], workers)
+            fns["zerostart_int8_vnni"] = lambda mat8=mat8, x=x: mat8.matmul(
+                x, ours["int8"], workers
+            )
         if "bf16" in ours:
             matb = PackedMatrix("bfloat16", quantize.quantize_bf16(w), None, None, k, n)
             fns["zerostart_bf16"] = lambda matb=matb, x=x: matb.matmul(x, ours["bf16"], workers)

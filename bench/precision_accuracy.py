@@ -26,7 +26,7 @@ from zerostart.benchmark import machine_description
 from zerostart.engine.native import cpu_flags
 
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
-from tokenizer_corpus import corpus  # noqa: E402
+from tokenizer_corpus import corpus
 
 MODELS = "minilm-sst2,minilm-multilabel,minilm-embed,rampart-ner,quire-cls,quire-tagger"
 PRECISIONS = ("int8", "bfloat16")
@@ -74,7 +74,9 @@ def compare(name: str) -> dict[str, Any]:
             continue
         raw, ans = _run(pipe, texts)
         res: dict[str, Any] = {
-            "max_abs_diff_raw": max(float(np.abs(a - b).max()) for a, b in zip(raw, raw32, strict=True))
+            "max_abs_diff_raw": max(
+                float(np.abs(a - b).max()) for a, b in zip(raw, raw32, strict=True)
+            )
         }
         if task == "sequence-classification":
             res["top_label_differs"] = sum(

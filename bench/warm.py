@@ -104,7 +104,7 @@ def _bundle(name: str, src: Path, tag: str, **kwargs: Any) -> Path:
     return out
 
 
-def _zerostart_engines(name: str, src: Path) -> dict[str, Any]:
+def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
     """Our engines this CPU can run, by label; a precision it lacks is reported, not run."""
     from zerostart.engine.cpu import CpuEngine
     from zerostart.errors import ConvertError, EngineError
@@ -119,7 +119,11 @@ def _zerostart_engines(name: str, src: Path) -> dict[str, Any]:
     ]
     for label, tag, kwargs in variants:
         try:
-            engines[label] = CpuEngine.from_bundle(Bundle.open(_bundle(name, src, tag, **kwargs)))
+            bundle = Bundle.open(_bundle(name, src, tag, **kwargs))
+            # fp32: BLAS has the threads (OPENBLAS_NUM_THREADS), our kernels one, as the worker
+            # runs it; int8/bf16: the products are ours, so ours get the threads.
+            ours = threads if tag in ("int8", "bf16") else 1
+            engines[label] = CpuEngine.from_bundle(bundle, threads=ours)
         except (EngineError, ConvertError) as exc:
             engines[label] = f"not run: {exc}"
     return engines
@@ -155,7 +159,7 @@ def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, obj
     from transformers import AutoModelForSequenceClassification
 
     torch.set_num_threads(threads)
-    ours = _zerostart_engines(name, src)
+    ours = _zerostart_engines(name, src, threads)
     model = AutoModelForSequenceClassification.from_pretrained(
         src, attn_implementation="eager"
     ).eval()

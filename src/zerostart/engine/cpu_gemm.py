@@ -60,7 +60,18 @@ class PackedMatrix(NamedTuple):
             def part_int8(i: int, j: int) -> None:
                 kernels.quantize_u8(addr(x), addr(a), addr(a_scale), addr(a_zp), i, j, self.k, kp)
                 kernels.gemm_u8s8(
-                    addr(a), addr(a_scale), addr(a_zp), w, cs, ws, addr(out), i, j, kp, self.n, n_pad
+                    addr(a),
+                    addr(a_scale),
+                    addr(a_zp),
+                    w,
+                    cs,
+                    ws,
+                    addr(out),
+                    i,
+                    j,
+                    kp,
+                    self.n,
+                    n_pad,
                 )
 
             workers.run(part_int8, m, min_part=ROWS_PER_PART)
