@@ -221,7 +221,11 @@ class Pipeline:
                 mask[row, :n] = 1
             result = self.engine.forward(ids, mask, types)
             if task == "embeddings":
-                result = pool(result, mask, self.manifest.pooling.mode)
+                mode = self.manifest.pooling.mode
+                if mode == "mean" and getattr(self.engine, "kernels", None) is not None:
+                    result = self.engine.mean_pool(result, mask)  # type: ignore[attr-defined]
+                else:
+                    result = pool(result, mask, mode)
             for row, i in enumerate(group):
                 if task == "token-classification":
                     out[i] = result[row, : len(encodings[i].ids)]

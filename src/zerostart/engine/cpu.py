@@ -323,6 +323,21 @@ class CpuEngine:
         run(work, len(items))
         return ctx.reshape(b * t, h)
 
+    def mean_pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Masked mean over tokens on the native kernel: hidden [B, T, H], mask [B, T] -> [B, H].
+
+        Same contract as ``zerostart.tasks.pool(..., "mean")`` (count clamped at 1e-9);
+        raises EngineError when this engine has no native kernels.
+        """
+        if self.kernels is None:
+            raise EngineError("mean_pool needs the native kernels; use zerostart.tasks.pool")
+        b, t, h = hidden.shape
+        hidden = np.ascontiguousarray(hidden, np.float32)
+        mask = np.ascontiguousarray(mask, np.int64)
+        out = np.empty((b, h), np.float32)
+        self.kernels.mean_pool(addr(hidden), addr(mask), addr(out), 0, b, t, h)
+        return out
+
     # -- native kernels (kernels/cpu/zs_cpu.c) ----------------------------------------
     def _forward_native(
         self, k: NativeKernels, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
