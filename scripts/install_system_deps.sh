@@ -13,9 +13,11 @@
 #   apache2-utils    htpasswd -B: bcrypt password file for the registry auth test
 #   strace           tracing helpers and debugging of the traced worker
 #   fuse3            lazy image filesystem (imagefs)
+#   gcc              compiles the native CPU kernels at `zerostart convert` (build time
+#                    only, never in an image; docs/cpu.md) and in the kernel tests
 set -euo pipefail
 
-REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3)
+REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 gcc)
 OPTIONAL=(podman)
 
 missing() {
