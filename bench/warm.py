@@ -250,8 +250,8 @@ def main() -> None:
     for name in args.models.split(","):
         src = bert_base_random() if name == "bert-base-random" else model_dir(name)
         result["models"][name] = bench_model(name, src, args.iters, args.threads)  # type: ignore[index]
-    result["load_average_after"] = list(os.getloadavg())
-    write_result(args.out, result)
+        result["load_average_after"] = list(os.getloadavg())
+        write_result(args.out, result)  # after every model: a long run stopped early keeps its data
 
 
 if __name__ == "__main__":
