@@ -156,6 +156,8 @@ class Pipeline:
             "routes": sorted(self.routes),
             "hidden_size": m.config.hidden_size,
             "num_layers": m.config.num_layers,
+            # CPU: the native kernel build this CPU runs (docs/cpu.md); None: numpy kernels / GPU.
+            "cpu_kernel_build": getattr(getattr(self.engine, "kernels", None), "arch", None),
         }
 
     # -- requests ------------------------------------------------------------

@@ -109,6 +109,15 @@ def test_convert_records_each_target_and_its_features(
 
 
 @needs_cc
+def test_info_reports_the_build_in_use(minilm_sst2_dir: Path, tmp_path: Path) -> None:
+    from zerostart.pipeline import Pipeline
+
+    convert(minilm_sst2_dir, tmp_path / "b", cpu_archs=["x86-64", "x86-64-v3"])
+    want = "x86-64-v3" if set(cpu_build.arch_features("x86-64-v3")) <= cpu_flags() else "x86-64"
+    assert Pipeline.load(tmp_path / "b").info()["cpu_kernel_build"] == want
+
+
+@needs_cc
 def test_cpu_arch_none_means_the_numpy_engine(minilm_sst2_dir: Path, tmp_path: Path) -> None:
     m = convert(minilm_sst2_dir, tmp_path / "b", cpu_archs=["none"])
     assert m.cpu_kernels == {}
