@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 SCORES_BLOCK_ELEMS = 32 * 1024
 # Rows per part below which splitting elementwise work over threads costs more than it saves.
 ROWS_PER_PART = 64
+GEMM_ROWS_PER_PART = 24  # rows per thread of our own products: 4 micro-tiles of 6 rows
 
 # Hugging Face adds finfo(dtype).min to the scores of padding keys; so do we, so
 # that a fully padded row (impossible with [CLS], but still) behaves the same.
@@ -168,10 +169,12 @@ class CpuEngine:
         self.manifest = manifest
         self.kernels = kernels
         self._native_act = _NATIVE_ACTS.get(c.hidden_act, -1)
-        # int8/bf16 products are ours, split over rows: they need the threads BLAS would use.
-        self._workers = Workers(
-            threads or (default_threads() if manifest.dtype in GEMM_GROUP else 1)
-        )
+        # Products that are ours (int8/bf16; fp32 on AVX-512 builds) are split over rows by
+        # our threads: they need the cores BLAS would otherwise use. When BLAS does the
+        # products, one thread for the rest (BLAS's own threads spin between calls).
+        self._own_f32 = kernels is not None and "float32" in kernels.precisions
+        own = self._own_f32 or manifest.dtype in GEMM_GROUP
+        self._workers = Workers(threads or (default_threads() if own else 1))
         self._task = manifest.task
         self._hidden = c.hidden_size
         self._heads = c.num_heads
@@ -208,6 +211,15 @@ class CpuEngine:
         if isinstance(w, PackedMatrix):
             assert self.kernels is not None  # _check_precision made sure
             return w.matmul(x, self.kernels, self._workers)
+        if self._own_f32 and x.flags.c_contiguous and w.flags.c_contiguous:
+            assert self.kernels is not None
+            m, (k, n) = x.shape[0], w.shape
+            res = np.empty((m, n), np.float32)
+            gemm, xa, wa, ra = self.kernels.gemm_f32, addr(x), addr(w), addr(res)
+            self._workers.run(
+                lambda i, j: gemm(xa, wa, ra, i, j, k, n), m, min_part=GEMM_ROWS_PER_PART
+            )
+            return res
         out: np.ndarray = x @ w
         return out
 

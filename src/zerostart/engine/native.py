@@ -38,8 +38,9 @@ ARCH_ENV = "ZEROSTART_CPU_ARCH"
 
 # Activation codes of zs_bias_act (kernels/cpu/zs_cpu.c).
 ACT_NONE, ACT_GELU_ERF, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
-# Bits of zs_precisions() (kernels/cpu/zs_cpu_gemm.c): reduced-precision products compiled in.
-PRECISION_BITS = {"int8": 1, "bfloat16": 2}
+# Bits of zs_precisions() (kernels/cpu/zs_cpu_gemm.c): the matrix products compiled in
+# (float32: our own fp32 GEMM, AVX-512 builds; otherwise fp32 products go to numpy's BLAS).
+PRECISION_BITS = {"int8": 1, "bfloat16": 2, "float32": 4}
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -129,6 +130,10 @@ class NativeKernels:
         self.precisions = frozenset(
             p for p, bit in PRECISION_BITS.items() if lib.zs_precisions() & bit
         )
+        if "float32" in self.precisions:
+            lib.zs_gemm_f32.restype = None
+            lib.zs_gemm_f32.argtypes = [_P, _P, _P, _I, _I, _I, _I]
+            self.gemm_f32 = lib.zs_gemm_f32
         if "int8" in self.precisions:
             lib.zs_quantize_u8.restype = None
             lib.zs_quantize_u8.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I]
