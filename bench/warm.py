@@ -120,9 +120,9 @@ def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
     for label, tag, kwargs in variants:
         try:
             bundle = Bundle.open(_bundle(name, src, tag, **kwargs))
-            # fp32: BLAS has the threads (OPENBLAS_NUM_THREADS), our kernels one, as the worker
-            # runs it; int8/bf16: the products are ours, so ours get the threads.
-            ours = threads if tag in ("int8", "bf16") else 1
+            # The numpy-kernel engine: BLAS has the threads (OPENBLAS_NUM_THREADS), the rest
+            # one, as the worker runs it; native bundles: the products are ours, so are the threads.
+            ours = 1 if tag == "numpy" else threads
             engines[label] = CpuEngine.from_bundle(bundle, threads=ours)
         except (EngineError, ConvertError) as exc:
             engines[label] = f"not run: {exc}"
