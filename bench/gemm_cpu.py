@@ -4,6 +4,7 @@ On the products of a forward pass (MiniLM and bert-base shapes, 128 and 4096
 rows), interleaved call by call, same threads:
 
 * numpy's bundled OpenBLAS, fp32 (what the fp32 engine uses);
+* our fp32 kernel (AVX-512 builds; on the weights as stored);
 * our int8 (AVX-512 VNNI) and bf16 (AVX-512 BF16) micro-kernels, with the
   activation quantisation / rounding they need included in the time;
 * PyTorch's CPU matmul, fp32 and bf16 (oneDNN / MKL: the well-kept library
@@ -81,8 +82,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     flags = cpu_flags()
     ours: dict[str, NativeKernels] = {}
-    for precision, arch in (("int8", "x86-64-v4+avx512vnni"), ("bf16", "x86-64-v4+avx512bf16")):
-        need = {"int8": "avx512_vnni", "bf16": "avx512_bf16"}[precision]
+    for precision, arch in (
+        ("fp32", "x86-64-v4"),
+        ("int8", "x86-64-v4+avx512vnni"),
+        ("bf16", "x86-64-v4+avx512bf16"),
+    ):
+        need = {"fp32": "avx512f", "int8": "avx512_vnni", "bf16": "avx512_bf16"}[precision]
         if need in flags and "avx512bw" in flags:
             ours[precision] = NativeKernels(build_library(arch), arch)
     workers = Workers(args.threads)
@@ -98,6 +103,15 @@ def main() -> None:
             "torch_fp32": lambda tx=tx, tw=tw: torch.matmul(tx, tw),
             "torch_bf16": lambda txb=txb, twb=twb: torch.matmul(txb, twb),
         }
+        if "fp32" in ours:
+            out = np.empty((m, n), np.float32)
+            fns["zerostart_fp32"] = lambda x=x, w=w, out=out, m=m, k=k, n=n: workers.run(
+                lambda i, j: ours["fp32"].gemm_f32(
+                    x.ctypes.data, w.ctypes.data, out.ctypes.data, i, j, k, n
+                ),
+                m,
+                min_part=24,
+            )
         if "int8" in ours:
             q, s, c = quantize.quantize_int8(w)
             mat8 = PackedMatrix("int8", q, s, c, k, n)
