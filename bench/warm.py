@@ -1,33 +1,55 @@
-"""Warm speed on CPU: zerostart's numpy engine vs PyTorch (eager, fp32) vs ONNX Runtime.
+"""Warm speed on CPU: zerostart (fp32 / int8 / bf16) vs PyTorch (fp32 / bf16) vs ONNX Runtime (fp32 / int8).
 
-Same model, same token ids, same machine, same run, same thread count.
-Measures the forward pass of already-tokenised inputs (tokenisation is
-timed separately in bench/tokenizer_bench.py): latency at batch 1 x 128
-tokens and throughput at batch 32 x 128 tokens. The ONNX model is exported
-from the same PyTorch model at bench time (never committed).
+Same model, same token ids, same machine, same run, same thread count, and
+the engines *interleaved*: every round times one call of each, so a burst of
+load from other work on the machine hits all of them alike. Measures the
+forward pass of already-tokenised inputs (tokenisation is timed separately in
+bench/tokenizer_bench.py): latency at batch 1 x 128 tokens and throughput at
+batch 32 x 128 tokens.
 
-    python bench/warm.py [--models minilm-sst2,bert-base-random] [--iters 30]
+Engines:
+* zerostart fp32 on its native kernels (the default bundle), and on the numpy
+  kernels (``--cpu-arch none``), to show what the kernels bring;
+* zerostart int8 / bf16 (``--precision``), where this CPU has VNNI / AVX-512 BF16;
+* PyTorch eager fp32, and bf16 under ``torch.autocast("cpu")`` (oneDNN: AMX
+  where the CPU has it, AVX-512 BF16 otherwise);
+* ONNX Runtime fp32, and int8 from its own ``quantize_dynamic`` (QInt8
+  weights, per-channel). The ONNX models are exported from the same PyTorch
+  model at bench time (never committed).
+
+Accuracy: max |logit difference| against PyTorch fp32 for each engine.
+
+    python bench/warm.py [--models minilm-sst2,bert-base-random] [--iters 20] [--threads N]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
+import sys
+
+# BLAS reads its thread count once, when numpy loads: set it before that, from --threads.
+if "--threads" in sys.argv:
+    os.environ["OPENBLAS_NUM_THREADS"] = sys.argv[sys.argv.index("--threads") + 1]
+
+import argparse
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from common import BUNDLES, ROOT, bundle_dir, model_dir, write_result
+from common import BUNDLES, ROOT, model_dir, write_result
 from zerostart.benchmark import machine_description
+from zerostart.engine.native import cpu_flags
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SEQ_LEN = 128
 SHAPES = (("latency_b1x128", 1), ("throughput_b32x128", 32))
+ANCHOR = "onnxruntime_fp32"
 
 
 def bert_base_random() -> Path:
@@ -55,15 +77,80 @@ def bert_base_random() -> Path:
     return out
 
 
-def timeit(fn: Callable[[], object], iters: int) -> dict[str, float]:
-    fn()
-    fn()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
+def interleaved(fns: dict[str, Callable[[], object]], iters: int) -> dict[str, dict[str, float]]:
+    """Two warm-up calls each, then ``iters`` rounds of one timed call of every engine."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {
+        k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+        for k, v in times.items()
+    }
+
+
+def _bundle(name: str, src: Path, tag: str, **kwargs: Any) -> Path:
+    from zerostart.model.convert import convert
+
+    out = BUNDLES / f"{name}-cpu-{tag}"
+    if not (out / "manifest.json").exists():
+        BUNDLES.mkdir(parents=True, exist_ok=True)
+        convert(src, out, **kwargs)
+    return out
+
+
+def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
+    """Our engines this CPU can run, by label; a precision it lacks is reported, not run."""
+    from zerostart.engine.cpu import CpuEngine
+    from zerostart.errors import ConvertError, EngineError
+    from zerostart.model.bundle import Bundle
+
+    engines: dict[str, Any] = {}
+    variants: list[tuple[str, str, dict[str, Any]]] = [
+        ("zerostart_fp32", "fp32", {}),
+        ("zerostart_numpy_fp32", "numpy", {"cpu_archs": ["none"]}),
+        ("zerostart_int8", "int8", {"precision": "int8"}),
+        ("zerostart_bf16", "bf16", {"precision": "bfloat16"}),
+    ]
+    for label, tag, kwargs in variants:
+        try:
+            bundle = Bundle.open(_bundle(name, src, tag, **kwargs))
+            # The numpy-kernel engine: BLAS has the threads (OPENBLAS_NUM_THREADS), the rest
+            # one, as the worker runs it; native bundles: the products are ours, so are the threads.
+            ours = 1 if tag == "numpy" else threads
+            engines[label] = CpuEngine.from_bundle(bundle, threads=ours)
+        except (EngineError, ConvertError) as exc:
+            engines[label] = f"not run: {exc}"
+    return engines
+
+
+def _onnx(name: str, model: Any) -> tuple[Path, Path]:
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    fp32 = BUNDLES / f"{name}.onnx"
+    int8 = BUNDLES / f"{name}.int8.onnx"
+    if not fp32.exists():
+        ids = torch.ones(1, 8, dtype=torch.long)
+        axes = {k: {0: "b", 1: "t"} for k in ("input_ids", "attention_mask", "token_type_ids")}
+        torch.onnx.export(
+            model,
+            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+            str(fp32),
+            input_names=list(axes),
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    if not int8.exists():
+        quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
+    return fp32, int8
 
 
 def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, object]:
@@ -71,78 +158,74 @@ def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, obj
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from zerostart.pipeline import Pipeline
-
     torch.set_num_threads(threads)
-    bundle = bundle_dir(name) if name != "bert-base-random" else _convert(src)
-    pipe = Pipeline.load(bundle)
-    rng = np.random.default_rng(0)
+    ours = _zerostart_engines(name, src, threads)
     model = AutoModelForSequenceClassification.from_pretrained(
         src, attn_implementation="eager"
     ).eval()
-    onnx_path = BUNDLES / f"{name}.onnx"
-    if not onnx_path.exists():
-        ids = torch.ones(1, 8, dtype=torch.long)
-        axes = {k: {0: "b", 1: "t"} for k in ("input_ids", "attention_mask", "token_type_ids")}
-        torch.onnx.export(
-            model,
-            (ids, torch.ones_like(ids), torch.zeros_like(ids)),
-            str(onnx_path),
-            input_names=list(axes),
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
+    onnx_fp32, onnx_int8 = _onnx(name, model)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-    row: dict[str, object] = {"threads": threads}
+    sessions = {
+        "onnxruntime_fp32": ort.InferenceSession(
+            str(onnx_fp32), so, providers=["CPUExecutionProvider"]
+        ),
+        "onnxruntime_int8": ort.InferenceSession(
+            str(onnx_int8), so, providers=["CPUExecutionProvider"]
+        ),
+    }
+    row: dict[str, object] = {
+        "threads": threads,
+        "zerostart_kernel_build": {
+            k: e.kernels.arch if not isinstance(e, str) and e.kernels else None
+            for k, e in ours.items()
+        },
+        "not_run": {k: e for k, e in ours.items() if isinstance(e, str)},
+    }
+    rng = np.random.default_rng(0)
     for label, batch in SHAPES:
         ids = rng.integers(1000, 20000, size=(batch, SEQ_LEN), dtype=np.int64)
-        ids[:, 0], ids[:, -1] = pipe.tokenizer.cls_id, pipe.tokenizer.sep_id
+        ids[:, 0], ids[:, -1] = 101, 102
         mask = np.ones_like(ids)
         types = np.zeros_like(ids)
         t_ids, t_mask, t_types = (torch.from_numpy(a) for a in (ids, mask, types))
-        with torch.inference_mode():
-            ref = model(
-                input_ids=t_ids, attention_mask=t_mask, token_type_ids=t_types
-            ).logits.numpy()
-        ours = pipe.engine.forward(ids, mask, types)
-        diff = float(np.abs(ours - ref).max())
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
-        def run_torch() -> object:
-            with torch.inference_mode():
+        def run_torch(bf16: bool = False) -> Any:
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
                 return model(input_ids=t_ids, attention_mask=t_mask, token_type_ids=t_types).logits
 
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        res = {
-            "zerostart_numpy": timeit(lambda: pipe.engine.forward(ids, mask, types), iters),
-            "pytorch_eager_fp32": timeit(run_torch, iters),
-            "onnxruntime": timeit(lambda: sess.run(None, feeds), iters),
-            "max_abs_diff_vs_pytorch": diff,
+        fns: dict[str, Callable[[], Any]] = {}
+        for k, e in ours.items():
+            if not isinstance(e, str):
+                fns[k] = lambda e=e: e.forward(ids, mask, types)
+        fns["pytorch_fp32"] = run_torch
+        fns["pytorch_bf16"] = lambda: run_torch(bf16=True)
+        for k, sess in sessions.items():
+            fns[k] = lambda sess=sess: sess.run(None, feeds)[0]
+        ref = run_torch().float().numpy()
+        diffs = {}
+        for k, fn in fns.items():
+            out = fn()
+            out = (
+                out.float().numpy()
+                if hasattr(out, "float") and not isinstance(out, np.ndarray)
+                else out
+            )
+            diffs[k] = float(np.abs(np.asarray(out, np.float32) - ref).max())
+        res: dict[str, Any] = {
+            "timings": interleaved(fns, iters),
+            "max_abs_diff_vs_pytorch_fp32": diffs,
         }
-        z, p, o = (
-            res[k]["median_s"] for k in ("zerostart_numpy", "pytorch_eager_fp32", "onnxruntime")
-        )  # type: ignore[index]
-        res["pytorch_over_zerostart"] = p / z
-        res["onnxruntime_over_zerostart"] = o / z
+        t = {k: v["median_s"] for k, v in res["timings"].items()}
+        res["anchor_over_engine"] = {k: t[ANCHOR] / v for k, v in t.items()}
+        best_reduced = min(t.get("onnxruntime_int8", np.inf), t.get("pytorch_bf16", np.inf))
+        res["best_of_ort_int8_and_torch_bf16_s"] = best_reduced
         row[label] = res
-        print(
-            f"{name:<17} {label:<19} zerostart {z * 1e3:8.2f} ms | PyTorch {p * 1e3:8.2f} ms "
-            f"({p / z:4.2f}x) | ONNX Runtime {o * 1e3:8.2f} ms ({o / z:4.2f}x) | max|diff| {diff:.1e}"
-        )
+        print(f"{name} {label} (medians; ratio = ONNX Runtime fp32 time / this engine's time)")
+        for k, v in sorted(t.items(), key=lambda kv: kv[1]):
+            print(f"  {k:<22} {v * 1e3:9.2f} ms  {t[ANCHOR] / v:5.2f}x  max|diff| {diffs[k]:.1e}")
     return row
-
-
-def _convert(src: Path) -> Path:
-    from zerostart.model.convert import convert
-
-    out = BUNDLES / "bert-base-random-cpu"
-    if not (out / "manifest.json").exists():
-        BUNDLES.mkdir(parents=True, exist_ok=True)
-        convert(src, out)
-    return out
 
 
 def main() -> None:
@@ -152,17 +235,23 @@ def main() -> None:
     ap.add_argument("--models", default="minilm-sst2,bert-base-random")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--out", default="warm_cpu", help="result name under bench/results/")
     args = ap.parse_args()
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+    machine = machine_description()
+    machine["cpu_flags"] = sorted(cpu_flags())
     result: dict[str, object] = {
         "benchmark": "warm_cpu",
-        "machine": machine_description(),
+        "machine": machine,
         "seq_len": SEQ_LEN,
+        "method": "engines interleaved call by call; median of --iters rounds",
         "models": {},
     }
     for name in args.models.split(","):
         src = bert_base_random() if name == "bert-base-random" else model_dir(name)
         result["models"][name] = bench_model(name, src, args.iters, args.threads)  # type: ignore[index]
-    write_result("warm_cpu", result)
+        result["load_average_after"] = list(os.getloadavg())
+        write_result(args.out, result)  # after every model: a long run stopped early keeps its data
 
 
 if __name__ == "__main__":

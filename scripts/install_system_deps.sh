@@ -18,11 +18,13 @@
 #                    the reference eStargz implementation (Go sources) and the
 #                    compiler that builds tests/interop/estargz_ref offline
 #   stargz-snapshotter  ctr-remote and the eStargz spec under /usr/share/doc
+#   gcc              compiles the native CPU kernels at `zerostart convert` (build time
+#                    only, never in an image; docs/cpu.md) and in the kernel tests
 #   hey              HTTP load generator: the gateway's 10,000-request test (platform)
 set -euo pipefail
 
 REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 libfuse3-dev pkg-config
-    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter hey)
+    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter hey gcc)
 OPTIONAL=(podman)
 
 missing() {

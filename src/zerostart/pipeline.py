@@ -146,6 +146,8 @@ class Pipeline:
             "routes": sorted(self.routes),
             "hidden_size": m.config.hidden_size,
             "num_layers": m.config.num_layers,
+            # CPU: the native kernel build this CPU runs (docs/cpu.md); None: numpy kernels / GPU.
+            "cpu_kernel_build": getattr(getattr(self.engine, "kernels", None), "arch", None),
         }
 
     # -- requests ------------------------------------------------------------
@@ -197,7 +199,7 @@ def _make_engine(bundle: Bundle) -> Engine:
     if device == "cpu":
         from zerostart.engine.cpu import CpuEngine
 
-        return CpuEngine(bundle.manifest, bundle.weights)
+        return CpuEngine.from_bundle(bundle)
     if device == "cuda":
         # Driver-only GPU engine: ctypes to libcuda and kernels compiled at convert time.
         from zerostart.engine.cuda import CudaEngine

@@ -157,10 +157,14 @@ def test_bert_bundle_manifest_files_and_layout(bert_cls: Path, tmp_path: Path) -
     assert m.tokenizer.lowercase is False
     assert m == Manifest.load(tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "kernels",  # the native CPU kernels, one per default target (test_cpu_arch.py)
         "manifest.json",
         "vocab.txt",
         "weights.safetensors",
     ]
+    assert sorted(m.files) == sorted(
+        ["vocab.txt", "weights.safetensors", *(b.file for b in m.cpu_kernels.values())]
+    )
     import hashlib
 
     for name, entry in m.files.items():

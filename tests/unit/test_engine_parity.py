@@ -3,8 +3,11 @@
 Every model is converted with ``zerostart convert`` and run on the same padded
 batch (different lengths; sentence pairs with token types for BERT). Logits or
 hidden states must agree within 1e-4 at every non-padding position, and the
-predicted class must be identical. Real folders come from tests/conftest.py;
-tiny random models cover every architecture x task x activation cheaply.
+predicted class must be identical, for the numpy kernels and for every native
+kernel build in the bundle that this CPU can run (the portable x86-64 one
+always; AVX2 and AVX-512 where present). Real folders come from
+tests/conftest.py; tiny random models cover every architecture x task x
+activation cheaply.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pytest
 
 from engine_reference import auto_class, encode_padded, transformers_reference
 from zerostart.engine.cpu import CpuEngine
+from zerostart.engine.native import NativeKernels, cpu_flags
 from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
 
@@ -54,8 +58,15 @@ def _check(
     m = bundle.manifest
     if m.architecture != "bert":
         types = None
-    got = CpuEngine(m, bundle.weights).forward(ids, mask, types)
-    _assert_parity(got, transformers_reference(src, m.task, ids, mask, types), mask, m.task)
+    want = transformers_reference(src, m.task, ids, mask, types)
+    _assert_parity(CpuEngine(m, bundle.weights).forward(ids, mask, types), want, mask, m.task)
+    flags = cpu_flags()
+    runnable = [a for a, b in m.cpu_kernels.items() if set(b.features) <= flags]
+    assert "x86-64" in runnable  # the portable build is in every default bundle and runs anywhere
+    for arch in runnable:
+        kernels = NativeKernels(dst / m.cpu_kernels[arch].file, arch)
+        got = CpuEngine(m, bundle.weights, kernels=kernels).forward(ids, mask, types)
+        _assert_parity(got, want, mask, m.task)
 
 
 @pytest.mark.parametrize(

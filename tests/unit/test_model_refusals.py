@@ -18,9 +18,11 @@ from zerostart.model.manifest import FORMAT_VERSION, MANIFEST_NAME, VOCAB_NAME, 
 
 def _with_manifest(bundle: Path, out: Path, edit: dict[str, object]) -> Path:
     out.mkdir()
-    for name in (WEIGHTS_NAME, VOCAB_NAME):
-        (out / name).symlink_to(bundle / name)
     data = json.loads((bundle / MANIFEST_NAME).read_text())
+    for name in (WEIGHTS_NAME, VOCAB_NAME, *data.get("files", {})):  # kernels/… too
+        if name != MANIFEST_NAME and not (out / name).exists():
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (out / name).symlink_to(bundle / name)
     (out / MANIFEST_NAME).write_text(json.dumps({**data, **edit}))
     return out
 

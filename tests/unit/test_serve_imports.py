@@ -168,7 +168,7 @@ NUMPY = frozenset(
     ]
 )
 
-# What the pipeline (bundle, weights, tokenizer) adds: hashlib to verify the bundle,
+# What the pipeline (bundle, weights, tokenizer, engine) adds: hashlib to verify the bundle,
 # mmap for the weights, unicodedata for the tokenizer, and pathlib, which in 3.11
 # brings fnmatch, ntpath, urllib.parse and ipaddress (about 7 ms).
 PIPELINE_STDLIB = frozenset(
@@ -183,6 +183,10 @@ PIPELINE_STDLIB = frozenset(
         "ntpath",
         "urllib",
         "ipaddress",
+        # The engine's threads (parallel.Workers -> concurrent.futures' pool) when the native
+        # CPU kernels do the matrix products and use every core (docs/cpu.md).
+        "queue",
+        "_queue",
     ]
 )
 

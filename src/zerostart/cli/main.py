@@ -38,6 +38,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         archs=[a.strip() for a in args.arch.split(",") if a.strip()],
         allow_nonfinite=args.allow_nonfinite,
         name=args.name,
+        cpu_archs=None if args.cpu_arch is None else [a.strip() for a in args.cpu_arch.split(",")],
+        precision=args.precision,
     )
     weights = manifest.files.get("weights.safetensors")
     size_mb = weights.size / 1e6 if weights else 0.0
@@ -134,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch",
         default="",
         help="GPU archs to compile kernels for with --device cuda, e.g. sm_86,sm_90 (needs Triton; no GPU needed)",
+    )
+    c.add_argument(
+        "--cpu-arch",
+        help="CPU targets to compile the native kernels for (gcc -march names, +ext allowed), e.g. "
+        "x86-64,x86-64-v3,x86-64-v4 (the default for float32); 'none': numpy engine, no compiler",
+    )
+    c.add_argument(
+        "--precision",
+        choices=["float32", "int8", "bfloat16"],
+        default="float32",
+        help="CPU matrix weights: int8 needs AVX-512 VNNI, bfloat16 AVX-512 BF16 (docs/cpu.md)",
     )
     c.add_argument("--max-length", type=int, help="longest input in tokens (default: the model's)")
     c.add_argument(

@@ -20,22 +20,42 @@ is whatever the process was started with.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from zerostart.engine import ops
+from zerostart.engine.cpu_gemm import PackedMatrix
 from zerostart.engine.inputs import check_inputs
-from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix, tensor_shapes
-from zerostart.engine.parallel import Workers
+from zerostart.engine.layout import (
+    GELU_ERF_ACTS,
+    GELU_TANH_ACTS,
+    GEMM_GROUP,
+    layer_prefix,
+    tensor_dtypes,
+    tensor_shapes,
+)
+from zerostart.engine.native import (
+    ACT_GELU_ERF,
+    ACT_GELU_TANH,
+    ACT_RELU,
+    NativeKernels,
+    addr,
+    load_bundle_kernels,
+)
+from zerostart.engine.parallel import Workers, default_threads
 from zerostart.errors import EngineError
 from zerostart.model.manifest import Manifest
+
+if TYPE_CHECKING:
+    from zerostart.model.bundle import Bundle
 
 # Scores of one attention work item: 32 Ki float32 = 128 KiB, which stays in L2
 # through scale, mask, softmax and the product with V.
 SCORES_BLOCK_ELEMS = 32 * 1024
 # Rows per part below which splitting elementwise work over threads costs more than it saves.
 ROWS_PER_PART = 64
+GEMM_ROWS_PER_PART = 24  # rows per thread of our own products: 4 micro-tiles of 6 rows
 
 # Hugging Face adds finfo(dtype).min to the scores of padding keys; so do we, so
 # that a fully padded row (impossible with [CLS], but still) behaves the same.
@@ -73,6 +93,14 @@ _LAYER_TENSORS = (
 )
 
 
+_NATIVE_ACTS = {
+    **dict.fromkeys(GELU_ERF_ACTS, ACT_GELU_ERF),
+    **dict.fromkeys(GELU_TANH_ACTS, ACT_GELU_TANH),
+    "relu": ACT_RELU,
+}
+F32 = 4  # bytes per float32: row offsets of the native kernels' pointers
+
+
 def _activation(name: str) -> Callable[[np.ndarray], None]:
     if name in GELU_ERF_ACTS:
         return ops.gelu_erf_
@@ -83,6 +111,24 @@ def _activation(name: str) -> Callable[[np.ndarray], None]:
     raise EngineError(f"hidden_act {name!r} is not supported by the CPU engine")
 
 
+def _check_precision(manifest: Manifest, kernels: NativeKernels | None) -> None:
+    if manifest.dtype == "float32":
+        return
+    if manifest.dtype not in GEMM_GROUP or manifest.device != "cpu":
+        raise EngineError(
+            f"the CPU engine computes in float32 (or int8/bf16 with native kernels), "
+            f"but this bundle holds {manifest.dtype} weights",
+            hint="convert the model again with `zerostart convert --device cpu`",
+        )
+    if kernels is None or manifest.dtype not in kernels.precisions:
+        which = "no native kernels" if kernels is None else f"the {kernels.arch} build"
+        raise EngineError(
+            f"this bundle's {manifest.dtype} matrices need native kernels with "
+            f"{'AVX-512 VNNI' if manifest.dtype == 'int8' else 'AVX-512 BF16'}, and {which} has none",
+            hint="convert again with --precision float32, or with a --cpu-arch that has them",
+        )
+
+
 class CpuEngine:
     """Runs one bundle's encoder and task head on the CPU.
 
@@ -91,33 +137,44 @@ class CpuEngine:
     """
 
     def __init__(
-        self, manifest: Manifest, weights: Mapping[str, np.ndarray], *, threads: int | None = None
+        self,
+        manifest: Manifest,
+        weights: Mapping[str, np.ndarray],
+        *,
+        threads: int | None = None,
+        kernels: NativeKernels | None = None,
     ) -> None:
         """``threads``: threads for the work BLAS does not parallelise (attention per head,
         softmax, GELU, layer norm). Default 1: on the shared 2-core machine this was
         measured, a second thread competed with BLAS's own and lost (docs/bundle.md);
-        ``parallel.default_threads()`` gives the CPUs this process may use."""
-        if manifest.dtype != "float32":
-            raise EngineError(
-                f"the CPU engine computes in float32 but this bundle holds {manifest.dtype} weights",
-                hint="convert the model again with `zerostart convert --device cpu`",
-            )
+        ``parallel.default_threads()`` gives the CPUs this process may use.
+        ``kernels``: the bundle's native kernels (``from_bundle`` loads them); None runs
+        the numpy kernels of ``ops``."""
+        _check_precision(manifest, kernels)
         w: dict[str, np.ndarray] = {}
+        dtypes = tensor_dtypes(manifest)
         for name, shape in tensor_shapes(manifest).items():
             if name not in weights:
                 raise EngineError(
                     f"weights have no tensor {name!r}", hint="re-run zerostart convert"
                 )
             arr = weights[name]
-            if arr.shape != shape or arr.dtype != np.float32:
+            if arr.shape != shape or arr.dtype != np.dtype(dtypes[name]):
                 raise EngineError(
-                    f"tensor {name!r} is {arr.dtype}{list(arr.shape)}, expected float32{list(shape)}",
+                    f"tensor {name!r} is {arr.dtype}{list(arr.shape)}, expected {dtypes[name]}{list(shape)}",
                     hint="re-run zerostart convert",
                 )
             w[name] = arr
         c = manifest.config
         self.manifest = manifest
-        self._workers = Workers(threads or 1)
+        self.kernels = kernels
+        self._native_act = _NATIVE_ACTS.get(c.hidden_act, -1)
+        # Products that are ours (int8/bf16; fp32 on AVX-512 builds) are split over rows by
+        # our threads: they need the cores BLAS would otherwise use. When BLAS does the
+        # products, one thread for the rest (BLAS's own threads spin between calls).
+        self._own_f32 = kernels is not None and "float32" in kernels.precisions
+        own = self._own_f32 or manifest.dtype in GEMM_GROUP
+        self._workers = Workers(threads or (default_threads() if own else 1))
         self._task = manifest.task
         self._hidden = c.hidden_size
         self._heads = c.num_heads
@@ -128,12 +185,53 @@ class CpuEngine:
         self._token_type = w.get("embed.token_type")
         self._embed_norm = (w["embed.norm.weight"], w["embed.norm.bias"])
         self._layers = [
-            _Layer(*(w[layer_prefix(i) + t] for t in _LAYER_TENSORS)) for i in range(c.num_layers)
+            _Layer(*(self._tensor(w, layer_prefix(i) + t) for t in _LAYER_TENSORS))
+            for i in range(c.num_layers)
         ]
         pre = "head.pooler" if manifest.architecture == "bert" else "head.pre_classifier"
         self._pre = (w[pre + ".weight"], w[pre + ".bias"]) if pre + ".weight" in w else None
         cls = "head.classifier"
         self._classifier = (w[cls + ".weight"], w[cls + ".bias"]) if cls + ".weight" in w else None
+
+    def _tensor(self, w: Mapping[str, np.ndarray], name: str) -> Any:
+        """A layer tensor: the array, or for int8/bf16 bundles a PackedMatrix."""
+        m = self.manifest
+        if m.dtype not in GEMM_GROUP or name.endswith(".bias") or ".norm." in name:
+            return w[name]
+        h, inter = m.config.hidden_size, m.config.intermediate_size
+        k, n = {
+            "attn.qkv.weight": (h, 3 * h),
+            "attn.out.weight": (h, h),
+            "ffn.up.weight": (h, inter),
+            "ffn.down.weight": (inter, h),
+        }[name.split(".", 2)[-1]]
+        return PackedMatrix.from_weights(w, name, m.dtype, k, n)
+
+    def _mm(self, x: np.ndarray, w: np.ndarray | PackedMatrix) -> np.ndarray:
+        if isinstance(w, PackedMatrix):
+            assert self.kernels is not None  # _check_precision made sure
+            return w.matmul(x, self.kernels, self._workers)
+        if self._own_f32 and x.flags.c_contiguous and w.flags.c_contiguous:
+            assert self.kernels is not None
+            m, (k, n) = x.shape[0], w.shape
+            res = np.empty((m, n), np.float32)
+            gemm, xa, wa, ra = self.kernels.gemm_f32, addr(x), addr(w), addr(res)
+            self._workers.run(
+                lambda i, j: gemm(xa, wa, ra, i, j, k, n), m, min_part=GEMM_ROWS_PER_PART
+            )
+            return res
+        out: np.ndarray = x @ w
+        return out
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, *, threads: int | None = None) -> CpuEngine:
+        """The engine for an opened bundle, on its native kernels when it carries them.
+
+        Raises EngineError when the bundle's kernels need CPU features this CPU lacks.
+        """
+        m = bundle.manifest
+        kernels = load_bundle_kernels(bundle.path, m.cpu_kernels) if m.cpu_kernels else None
+        return cls(m, bundle.weights, threads=threads, kernels=kernels)
 
     def forward(
         self,
@@ -146,6 +244,8 @@ class CpuEngine:
         [B, T, num_labels]; embeddings -> last_hidden_state [B, T, H]."""
         ids, mask, types = self._check_inputs(input_ids, attention_mask, token_type_ids)
         b, t = ids.shape
+        if self.kernels is not None:
+            return self._forward_native(self.kernels, ids, mask, types)
         x = self._embed(ids, types)
         # [B, 1, T]: 0 for real tokens, finfo.min for padding keys; None when nothing is padded.
         bias = None
@@ -234,6 +334,88 @@ class CpuEngine:
 
         run(work, len(items))
         return ctx.reshape(b * t, h)
+
+    def mean_pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Masked mean over tokens on the native kernel: hidden [B, T, H], mask [B, T] -> [B, H].
+
+        Same contract as ``zerostart.tasks.pool(..., "mean")`` (count clamped at 1e-9);
+        raises EngineError when this engine has no native kernels.
+        """
+        if self.kernels is None:
+            raise EngineError("mean_pool needs the native kernels; use zerostart.tasks.pool")
+        b, t, h = hidden.shape
+        hidden = np.ascontiguousarray(hidden, np.float32)
+        mask = np.ascontiguousarray(mask, np.int64)
+        out = np.empty((b, h), np.float32)
+        self.kernels.mean_pool(addr(hidden), addr(mask), addr(out), 0, b, t, h)
+        return out
+
+    # -- native kernels (kernels/cpu/zs_cpu.c) ----------------------------------------
+    def _forward_native(
+        self, k: NativeKernels, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None
+    ) -> np.ndarray:
+        b, t = ids.shape
+        n, h, run = b * t, self._hidden, self._workers.run
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        types_p = None if types is None else addr(types := np.ascontiguousarray(types, np.int64))
+        tt = self._token_type
+        x = np.empty((n, h), np.float32)
+        g, beta = self._embed_norm
+
+        def embed(i: int, j: int) -> None:
+            k.embed_layernorm(
+                addr(x), addr(ids), types_p, addr(self._word), addr(self._position),
+                None if tt is None else addr(tt), addr(g), addr(beta), i, j, t, h, self._eps,
+            )  # fmt: skip
+
+        run(embed, n, min_part=ROWS_PER_PART)
+        # [B, T]: 0 for real tokens, finfo.min for padding keys; None when nothing is padded.
+        bias = None
+        if not mask.all():
+            bias = np.where(mask != 0, np.float32(0), np.float32(MASK_VALUE))
+        for layer in self._layers:
+            x = self._layer_native(k, x, bias, b, t, layer)
+        return self._head(x, b, t)
+
+    def _layer_native(
+        self, k: NativeKernels, x: np.ndarray, bias: np.ndarray | None, b: int, t: int, p: _Layer
+    ) -> np.ndarray:
+        n, h, nh, eps, run = b * t, self._hidden, self._heads, self._eps, self._workers.run
+        qkv = self._mm(x, p.qkv_w)
+        ctx = np.empty((n, h), np.float32)
+        bias_p = None if bias is None else addr(bias)
+
+        def attention(i: int, j: int) -> None:
+            if k.attention(addr(qkv), addr(p.qkv_b), bias_p, addr(ctx), t, nh, h // nh, i, j):
+                raise MemoryError("zs_attention: out of memory for its scratch block")
+
+        run(attention, b * nh)
+        a = self._mm(ctx, p.out_w)
+
+        def attn_epilogue(i: int, j: int) -> None:
+            k.bias_residual_layernorm(
+                addr(a) + i * h * F32, addr(x) + i * h * F32, addr(p.out_b),
+                addr(p.attn_norm_w), addr(p.attn_norm_b), j - i, h, eps,
+            )  # fmt: skip
+
+        run(attn_epilogue, n, min_part=ROWS_PER_PART)
+        f = self._mm(a, p.up_w)
+        inter = f.shape[1]
+
+        def activation(i: int, j: int) -> None:
+            k.bias_act(addr(f) + i * inter * F32, addr(p.up_b), j - i, inter, self._native_act)
+
+        run(activation, n, min_part=ROWS_PER_PART)
+        out = self._mm(f, p.down_w)
+
+        def ffn_epilogue(i: int, j: int) -> None:
+            k.bias_residual_layernorm(
+                addr(out) + i * h * F32, addr(a) + i * h * F32, addr(p.down_b),
+                addr(p.ffn_norm_w), addr(p.ffn_norm_b), j - i, h, eps,
+            )  # fmt: skip
+
+        run(ffn_epilogue, n, min_part=ROWS_PER_PART)
+        return out
 
     def _head(self, x: np.ndarray, b: int, t: int) -> np.ndarray:
         if self._task == "embeddings":

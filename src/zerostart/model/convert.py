@@ -27,13 +27,22 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from zerostart.engine.cuda.launch import KERNELS_DIR
-from zerostart.engine.layout import LAYOUT_VERSION, layer_prefix, tensor_shapes
+from zerostart.engine.layout import (
+    COLSUM_SUFFIX,
+    GEMM_GROUP,
+    LAYOUT_VERSION,
+    QUANTIZED,
+    SCALE_SUFFIX,
+    layer_prefix,
+    tensor_shapes,
+)
 from zerostart.errors import BundleError, ConvertError
 from zerostart.model import hf_folder as hf
 from zerostart.model.manifest import (
@@ -52,6 +61,27 @@ log = logging.getLogger("zerostart.convert")
 
 HASH_CHUNK_BYTES = 8 * 1024 * 1024
 _DEVICE_DTYPES = {"cpu": "float32", "cuda": "float16"}
+_PRECISIONS = ("float32", "int8", "bfloat16")
+NO_CPU_KERNELS = "none"  # --cpu-arch none: no native kernels, the numpy engine
+
+
+def _cpu_archs(cpu_archs: Sequence[str] | None, precision: str, dst: Path) -> tuple[str, ...]:
+    from zerostart.kernels.cpu_build import PRECISION_DEFAULT_ARCHS, arch_flags
+
+    if cpu_archs is None:
+        return PRECISION_DEFAULT_ARCHS[precision]
+    archs = tuple(a for a in cpu_archs if a)
+    if archs in ((), (NO_CPU_KERNELS,)):
+        if precision != "float32":
+            raise ConvertError(
+                dst, f"--precision {precision} needs native kernels, not --cpu-arch none"
+            )
+        return ()
+    if NO_CPU_KERNELS in archs:
+        raise ConvertError(dst, "--cpu-arch none cannot be combined with other targets")
+    for arch in archs:
+        arch_flags(arch)  # a malformed name fails here, before the weights are read
+    return archs
 
 
 def convert(
@@ -66,6 +96,8 @@ def convert(
     kernels_from: str | Path | None = None,
     allow_nonfinite: bool = False,
     name: str | None = None,
+    cpu_archs: Sequence[str] | None = None,
+    precision: str = "float32",
 ) -> Manifest:
     """Convert the Hugging Face folder ``src`` into a bundle at ``dst`` and return its manifest.
 
@@ -79,6 +111,12 @@ def convert(
     ``allow_nonfinite``, which logs a warning instead. ``name`` is the model's
     name as clients see it (TEI's ``model_id``, OpenAI's ``model``); default:
     the bundle folder's name.
+
+    ``cpu_archs`` (CPU bundles): the targets to compile native kernels for (gcc
+    ``-march`` names, e.g. ``x86-64-v3``; see ``zerostart.kernels.cpu_build``);
+    None takes the defaults for ``precision``; ``()`` or ``("none",)`` writes no
+    kernels (the numpy engine runs it). ``precision``: "float32" (default),
+    "int8" or "bfloat16" for the encoder's matrix weights (CPU only).
     """
     report: Progress = progress or (lambda _stage, _fraction: None)
     src, dst = Path(src), Path(dst)
@@ -86,6 +124,12 @@ def convert(
         raise ConvertError(dst, f"device {device!r} is not one of {tuple(_DEVICE_DTYPES)}")
     if task is not None and task not in TASKS:
         raise ConvertError(src, f"task {task!r} is not one of {TASKS}")
+    if precision not in _PRECISIONS:
+        raise ConvertError(dst, f"precision {precision!r} is not one of {_PRECISIONS}")
+    if device != "cpu" and (cpu_archs or precision != "float32"):
+        raise ConvertError(dst, "--cpu-arch and --precision are for --device cpu")
+    if device == "cpu":
+        cpu_archs = _cpu_archs(cpu_archs, precision, dst)
     _check_destination(dst)
     if not src.is_dir():
         raise ConvertError(src, "model folder not found")
@@ -114,7 +158,7 @@ def convert(
         config=model_config,
         tokenizer=settings,
         max_length=length,
-        dtype=_DEVICE_DTYPES[device],
+        dtype=_DEVICE_DTYPES[device] if precision == "float32" else precision,
         device=device,
         labels=labels,
         problem_type=problem_type,
@@ -144,7 +188,7 @@ def convert(
         raise ConvertError(dst, "give either archs to compile kernels for, or kernels to copy")
     if kernels_from is not None:
         check_prebuilt_kernels(manifest, Path(kernels_from))
-    _write_bundle(dst, manifest, tensors, vocab, report, archs, kernels_from)
+    _write_bundle(dst, manifest, tensors, vocab, report, archs, kernels_from, cpu_archs or ())
     report("done", 1.0)
     return Manifest.load(dst)
 
@@ -265,6 +309,8 @@ def _engine_tensors(
         cls = linear("classifier", h, n_labels, prefixed=False)
         out["head.classifier.weight"], out["head.classifier.bias"] = cls
     # File order = the engine's access order (see layout.tensor_shapes).
+    if manifest.dtype in GEMM_GROUP:
+        return _reduce_precision(out, manifest)
     return {name: np.ascontiguousarray(out[name], dtype=dtype) for name in tensor_shapes(manifest)}
 
 
@@ -327,6 +373,29 @@ def _check_finite(
     )
 
 
+def _reduce_precision(full: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
+    """The encoder's matrices packed in int8 / bf16 (``zerostart.model.quantize``), the rest float32."""
+    from zerostart.model import quantize
+
+    out: dict[str, np.ndarray] = {}
+    for name in tensor_shapes(manifest):
+        if name.endswith((SCALE_SUFFIX, COLSUM_SUFFIX)):
+            continue  # written with their matrix, just below it
+        packed = (
+            name.startswith("layer.")
+            and name.endswith(".weight")
+            and name.removesuffix(".weight").split(".", 2)[-1] in QUANTIZED
+        )
+        if not packed:
+            out[name] = np.ascontiguousarray(full[name], dtype=np.float32)
+        elif manifest.dtype == "int8":
+            q, scale, colsum = quantize.quantize_int8(full[name])
+            out[name], out[name + SCALE_SUFFIX], out[name + COLSUM_SUFFIX] = q, scale, colsum
+        else:
+            out[name] = quantize.quantize_bf16(full[name])
+    return {name: out[name] for name in tensor_shapes(manifest)}
+
+
 def _positions(
     source: Mapping[str, np.ndarray],
     prefix: str,
@@ -370,6 +439,7 @@ def _write_bundle(
     report: Progress,
     archs: Sequence[str] = (),
     kernels_from: str | Path | None = None,
+    cpu_archs: Sequence[str] = (),
 ) -> None:
     """Write into a temporary sibling folder, then rename it into place."""
     if any("\n" in t or "\r" in t for t in vocab):
@@ -392,6 +462,12 @@ def _write_bundle(
             shutil.copytree(kernels_from, tmp / KERNELS_DIR)
         if archs or kernels_from is not None:
             names += sorted(p.relative_to(tmp).as_posix() for p in (tmp / KERNELS_DIR).iterdir())
+        if cpu_archs:  # CPU kernels, one shared library per target (gcc, build time only)
+            from zerostart.kernels.cpu_build import build_for_bundle
+
+            builds = build_for_bundle(tmp, cpu_archs, manifest.dtype, report)
+            manifest = replace(manifest, cpu_kernels=builds)
+            names += [b.file for b in builds.values()]
         report("hash", 0.8)
         files = {name: _file_entry(tmp / name) for name in names}
         (tmp / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")

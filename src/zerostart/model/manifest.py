@@ -5,6 +5,8 @@ A bundle is a folder::
     manifest.json          this file's schema (format_version 1)
     weights.safetensors    every tensor in engine layout, 64-byte aligned, one file
     vocab.txt              WordPiece vocabulary, one token per line
+    kernels/cpu/*.so       CPU bundles: the native kernels, one build per target CPU
+                           (``cpu_kernels`` below); none means the numpy engine
 
 The manifest is the only JSON the worker parses before serving, and it records
 the sha256 of every other file so a tampered bundle is refused.
@@ -28,7 +30,10 @@ VOCAB_NAME = "vocab.txt"
 
 ARCHITECTURES = ("bert", "distilbert")
 TASKS = ("sequence-classification", "token-classification", "embeddings")
-DTYPES = ("float32", "float16")
+# float32/float16: every tensor. int8/bfloat16 (CPU, opt-in): the encoder's matrix weights
+# only (int8 per output channel with float32 scales); embeddings, norms and biases stay float32.
+DTYPES = ("float32", "float16", "int8", "bfloat16")
+CPU_KERNELS_DIR = "kernels/cpu"
 DEVICES = ("cpu", "cuda")
 POOLING_MODES = ("cls", "mean")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -83,6 +88,17 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class CpuKernelBuild:
+    """One native CPU kernel library in the bundle, built for one target CPU."""
+
+    file: str  # bundle-relative path, e.g. "kernels/cpu/libzs_cpu.x86-64-v3.so"
+    # /proc/cpuinfo flags the build may use (from the compiler's -march); a CPU lacking
+    # any of them cannot run it.
+    features: tuple[str, ...] = ()
+    build_s: float = 0.0  # compile time at convert (0 when taken from the build cache)
+
+
+@dataclass(frozen=True)
 class Manifest:
     architecture: str
     task: str
@@ -96,6 +112,8 @@ class Manifest:
     pooling: Pooling = field(default_factory=Pooling)
     files: dict[str, FileEntry] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # provenance: folder, model name, licence
+    # CPU bundles: target name (gcc -march, e.g. "x86-64-v4") -> its kernel build.
+    cpu_kernels: dict[str, CpuKernelBuild] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def with_files(self, files: dict[str, FileEntry]) -> Manifest:
@@ -130,6 +148,14 @@ class Manifest:
                 pooling=Pooling(**data.get("pooling", {})),
                 files={k: FileEntry(**v) for k, v in data.get("files", {}).items()},
                 source=dict(data.get("source", {})),
+                cpu_kernels={
+                    str(k): CpuKernelBuild(
+                        file=str(v["file"]),
+                        features=tuple(str(f) for f in v.get("features", ())),
+                        build_s=float(v.get("build_s", 0.0)),
+                    )
+                    for k, v in data.get("cpu_kernels", {}).items()
+                },
                 format_version=version,
             )
         except BundleError:
@@ -170,6 +196,11 @@ class Manifest:
             raise bad(f"dtype {self.dtype!r} is not one of {DTYPES}")
         if self.device not in DEVICES:
             raise bad(f"device {self.device!r} is not one of {DEVICES}")
+        for arch, build in self.cpu_kernels.items():
+            if not build.file.startswith(CPU_KERNELS_DIR + "/") or ".." in build.file:
+                raise bad(
+                    f"cpu_kernels[{arch!r}].file {build.file!r} is not under {CPU_KERNELS_DIR}/"
+                )
         if self.pooling.mode not in POOLING_MODES:
             raise bad(f"pooling mode {self.pooling.mode!r} is not one of {POOLING_MODES}")
         if self.problem_type not in PROBLEM_TYPES:

@@ -52,8 +52,17 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("?"),
 }
-BUNDLE_DTYPES = ("F32", "F16")  # what a bundle may hold: the engines compute in these
-_WRITE_DTYPES = {np.dtype("<f4"): "F32", np.dtype("<f2"): "F16"}
+# What a bundle may hold: the engines compute in float32/float16; reduced-precision CPU
+# bundles add packed int8 / bf16 matrices and their int32 column sums (engine.layout).
+BUNDLE_DTYPES = ("F32", "F16", "I8", "I32", "BF16")
+# uint16 is written as BF16: bf16 bit patterns are the only 16-bit integers a bundle holds.
+_WRITE_DTYPES = {
+    np.dtype("<f4"): "F32",
+    np.dtype("<f2"): "F16",
+    np.dtype("i1"): "I8",
+    np.dtype("<i4"): "I32",
+    np.dtype("<u2"): "BF16",
+}
 
 
 class Weights(Mapping[str, np.ndarray]):
@@ -95,7 +104,7 @@ class Weights(Mapping[str, np.ndarray]):
 def write_weights(
     path: str | Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]
 ) -> None:
-    """Write ``tensors`` (float32/float16) as an aligned safetensors file.
+    """Write ``tensors`` (float32/float16; int8, int32, bf16 bits as uint16) as an aligned safetensors file.
 
     Tensors are written in the mapping's iteration order, which the caller
     chooses (convert uses the order the engine reads them in), so the same
@@ -111,7 +120,9 @@ def write_weights(
         arr = np.ascontiguousarray(array)
         if arr.dtype.newbyteorder("<") not in _WRITE_DTYPES:
             raise BundleError(
-                path, f"tensor {name!r} has dtype {arr.dtype}; bundles hold float32/float16"
+                path,
+                f"tensor {name!r} has dtype {arr.dtype}; bundles hold float32/float16 "
+                "(and int8/int32/bf16 in reduced-precision CPU bundles)",
             )
         arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
         gap = -offset % ALIGN_BYTES
@@ -141,7 +152,7 @@ def write_weights(
 
 
 def map_weights(path: str | Path) -> Weights:
-    """Map a bundle's weights file: float32/float16 tensors only, validated, zero-copy."""
+    """Map a bundle's weights file: the BUNDLE_DTYPES only, validated, zero-copy."""
     return map_safetensors(path, allowed_dtypes=BUNDLE_DTYPES)
 
 

@@ -1,0 +1,165 @@
+"""Loading the bundle's native CPU kernels: pick the build this CPU can run, map it with ctypes.
+
+A CPU bundle carries one shared library per target CPU (``kernels/cpu/``, built
+at convert time by ``zerostart.kernels.cpu_build``) and the manifest lists, for
+each, the CPU features its code may use. At load time we read this CPU's
+features and take the runnable build that uses the most of them (AVX-512 over
+AVX2 over the portable x86-64 build). If none is runnable the worker refuses
+to start, naming the features the CPU lacks, rather than dying of SIGILL on
+the first request.
+
+The features come from the kernel's view of the CPU: the ``flags`` line of
+``/proc/cpuinfo``, which Linux fills from CPUID and clears for what the OS
+has not enabled (AVX-512 state in XCR0, AMX tile permission), so it is what
+code may actually execute. ``ZEROSTART_CPU_ARCH`` picks a build by name
+instead (e.g. the portable one, to compare); it is refused like any other
+when this CPU cannot run it.
+
+Runtime module: standard library + numpy (ctypes comes with numpy already).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from zerostart.errors import EngineError
+from zerostart.model.manifest import CpuKernelBuild
+
+ABI_VERSION = 3  # must match ZS_ABI_VERSION in kernels/cpu/zs_cpu.c
+CPUINFO = "/proc/cpuinfo"
+CPUINFO_READ_BYTES = 64 * 1024  # the first CPU's block; the flags line is in it
+ARCH_ENV = "ZEROSTART_CPU_ARCH"
+
+# Activation codes of zs_bias_act (kernels/cpu/zs_cpu.c).
+ACT_NONE, ACT_GELU_ERF, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
+# Bits of zs_precisions() (kernels/cpu/zs_cpu_gemm.c): the matrix products compiled in
+# (float32: our own fp32 GEMM, AVX-512 builds; otherwise fp32 products go to numpy's BLAS).
+PRECISION_BITS = {"int8": 1, "bfloat16": 2, "float32": 4}
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+_F = ctypes.c_float
+
+
+def cpu_flags(cpuinfo: str = CPUINFO) -> frozenset[str]:
+    """This CPU's feature flags as Linux names them ("avx2", "avx512f", "avx512_vnni", ...).
+
+    Empty when they cannot be read (not Linux): then only a build needing nothing runs.
+    """
+    try:
+        with open(cpuinfo, "rb") as f:
+            head = f.read(CPUINFO_READ_BYTES).decode("ascii", "replace")
+    except OSError:
+        return frozenset()
+    for line in head.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.partition(":")[2].split())
+    return frozenset()
+
+
+def choose_build(
+    builds: Mapping[str, CpuKernelBuild], flags: frozenset[str], *, want: str | None = None
+) -> str:
+    """The arch of the build to load; raise EngineError naming what this CPU lacks.
+
+    ``want``: a build's name (from ``ZEROSTART_CPU_ARCH``); otherwise the runnable
+    build using the most features.
+    """
+    missing = {arch: sorted(set(b.features) - flags) for arch, b in builds.items()}
+    if want is not None:
+        if want not in builds:
+            raise EngineError(
+                f"{ARCH_ENV}={want!r} but the bundle holds kernels for {sorted(builds)}",
+                hint=f"unset {ARCH_ENV}, or convert with --cpu-arch {want}",
+            )
+        if missing[want]:
+            raise EngineError(
+                f"{ARCH_ENV}={want}: this CPU lacks {', '.join(missing[want])}",
+                hint=f"unset {ARCH_ENV} to take the best build this CPU runs",
+            )
+        return want
+    runnable = [arch for arch in builds if not missing[arch]]
+    if not runnable:
+        lacks = "; ".join(f"{arch} needs {', '.join(m)}" for arch, m in missing.items())
+        raise EngineError(
+            f"this CPU ({platform.machine()}) cannot run any kernel build in the bundle: {lacks}",
+            hint="convert again with a --cpu-arch this CPU has (e.g. --cpu-arch x86-64,x86-64-v3)",
+        )
+    return max(runnable, key=lambda a: len(builds[a].features))
+
+
+def addr(a: np.ndarray) -> int:
+    """The address of an array's first element (the array must stay alive during the call)."""
+    return int(a.__array_interface__["data"][0])
+
+
+class NativeKernels:
+    """The functions of one loaded kernel library, with typed signatures.
+
+    Every call works on a sub-range (rows, or (sequence, head) items) so the
+    engine can split one operation over threads: ctypes releases the GIL.
+    """
+
+    def __init__(self, path: Path, arch: str) -> None:
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise EngineError(f"cannot load CPU kernels {path}: {exc}") from exc
+        if lib.zs_abi_version() != ABI_VERSION:
+            raise EngineError(
+                f"{path} has kernel ABI {lib.zs_abi_version()}, this zerostart needs {ABI_VERSION}",
+                hint="re-run zerostart convert",
+            )
+        self.path, self.arch, self._lib = path, arch, lib
+        sig = {
+            "zs_bias_act": (None, [_P, _P, _I, _I, ctypes.c_int]),
+            "zs_bias_residual_layernorm": (None, [_P, _P, _P, _P, _P, _I, _I, _F]),
+            "zs_embed_layernorm": (None, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _F]),
+            "zs_attention": (ctypes.c_int, [_P, _P, _P, _P, _I, _I, _I, _I, _I]),
+            "zs_mean_pool": (None, [_P, _P, _P, _I, _I, _I, _I]),
+        }
+        for name, (res, args) in sig.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = res, args
+        self.precisions = frozenset(
+            p for p, bit in PRECISION_BITS.items() if lib.zs_precisions() & bit
+        )
+        if "float32" in self.precisions:
+            lib.zs_gemm_f32.restype = None
+            lib.zs_gemm_f32.argtypes = [_P, _P, _P, _I, _I, _I, _I]
+            self.gemm_f32 = lib.zs_gemm_f32
+        if "int8" in self.precisions:
+            lib.zs_quantize_u8.restype = None
+            lib.zs_quantize_u8.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I]
+            lib.zs_gemm_u8s8.restype = None
+            lib.zs_gemm_u8s8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]
+            self.quantize_u8 = lib.zs_quantize_u8
+            self.gemm_u8s8 = lib.zs_gemm_u8s8
+        if "bfloat16" in self.precisions:
+            lib.zs_to_bf16.restype = None
+            lib.zs_to_bf16.argtypes = [_P, _P, _I, _I, _I, _I]
+            lib.zs_gemm_bf16.restype = None
+            lib.zs_gemm_bf16.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I]
+            self.to_bf16 = lib.zs_to_bf16
+            self.gemm_bf16 = lib.zs_gemm_bf16
+        self.bias_act = lib.zs_bias_act
+        self.bias_residual_layernorm = lib.zs_bias_residual_layernorm
+        self.embed_layernorm = lib.zs_embed_layernorm
+        self.attention = lib.zs_attention
+        self.mean_pool = lib.zs_mean_pool
+
+
+def load_bundle_kernels(
+    bundle_dir: Path, builds: Mapping[str, CpuKernelBuild], *, flags: frozenset[str] | None = None
+) -> NativeKernels:
+    """Choose and load the bundle's best runnable build (see the module docstring)."""
+    arch = choose_build(
+        builds, cpu_flags() if flags is None else flags, want=os.environ.get(ARCH_ENV) or None
+    )
+    return NativeKernels(bundle_dir / builds[arch].file, arch)

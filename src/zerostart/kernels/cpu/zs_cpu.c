@@ -1,0 +1,290 @@
+/* zerostart CPU kernels: the fused, vectorised work of a BERT forward pass that
+ * numpy does in many single-threaded passes.
+ *
+ * Theory of operation. One portable C source, compiled once per CPU target at
+ * build time (`gcc -O3 -march=x86-64-v3 ...`, see zerostart/kernels/cpu_build.py),
+ * like the GPU path's cubins per arch. The inner loops are written so GCC's
+ * vectoriser turns them into SSE2 / AVX2 / AVX-512 code for the -march it is
+ * given: no branches inside them (selects instead), `#pragma omp simd` on the
+ * reductions (-fopenmp-simd: vector pragmas only, no OpenMP runtime), and our
+ * own exp / erf so no libm call blocks vectorisation. The int8 (VNNI) and bf16
+ * (AVX-512 BF16) matrix products use intrinsics and are compiled only into the
+ * builds whose -march has those instructions (zs_cpu_gemm.c).
+ *
+ * Every kernel works on a range of rows or of (sequence, head) items, so the
+ * caller splits the work over threads (ctypes releases the GIL during a call).
+ * All arrays are C-contiguous float32 unless said otherwise; sizes are int64.
+ *
+ * Formulas and their sources:
+ *  - GELU (erf form) = x/2 (1 + erf(x/sqrt 2)) (Hendrycks & Gimpel 2016); erf by
+ *    the float32 rational approximation Eigen and XLA use (|err| ~ 1e-7).
+ *  - GELU (tanh form) = x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+ *  - exp: Cephes expf (range reduction by ln 2 in two parts, degree-5 poly).
+ *  - LayerNorm: biased variance, two passes, like torch.nn.LayerNorm.
+ *  - Masked softmax: the additive mask of Hugging Face (finfo(float32).min on
+ *    padding keys), max-subtracted.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#define ZS_ABI_VERSION 3
+
+#define ACT_NONE 0
+#define ACT_GELU_ERF 1
+#define ACT_GELU_TANH 2
+#define ACT_RELU 3
+
+int zs_abi_version(void) { return ZS_ABI_VERSION; }
+
+static inline float zs_bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+
+/* Cephes expf, vectorisable: clamp, n = round(x log2 e) by the 1.5*2^23 trick,
+ * r = x - n ln2 (two-part ln2), polynomial, scale by 2^n built in the exponent bits. */
+static inline float zs_expf(float x) {
+    x = x < -87.33654f ? -87.33654f : x;
+    x = x > 88.37626f ? 88.37626f : x;
+    const float shift = 12582912.0f; /* 1.5 * 2^23 */
+    float n = (x * 1.44269504088896341f + shift) - shift;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    return y * zs_bits_to_float(((int32_t)n + 127) << 23);
+}
+
+/* erf(x) ~= x P(x^2) / Q(x^2) on [-4, 4] (Eigen's generic_fast_erf_float). */
+static inline float zs_erff(float x) {
+    x = x < -4.0f ? -4.0f : x;
+    x = x > 4.0f ? 4.0f : x;
+    float x2 = x * x;
+    float p = -2.72614225801306e-10f;
+    p = p * x2 + 2.77068142495902e-08f;
+    p = p * x2 + -2.10102402082508e-06f;
+    p = p * x2 + -5.69250639462346e-05f;
+    p = p * x2 + -7.34990630326855e-04f;
+    p = p * x2 + -2.95459980854025e-03f;
+    p = p * x2 + -1.60960333262415e-02f;
+    float q = -1.45660718464996e-05f;
+    q = q * x2 + -2.13374055278905e-04f;
+    q = q * x2 + -1.68282697438203e-03f;
+    q = q * x2 + -7.37332916720468e-03f;
+    q = q * x2 + -1.42647390514189e-02f;
+    return x * p / q;
+}
+
+static inline float zs_gelu_erf(float x) { return 0.5f * x * (1.0f + zs_erff(x * 0.70710678118654752f)); }
+
+static inline float zs_gelu_tanh(float x) {
+    float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    /* tanh(u) = 1 - 2 / (1 + exp(2u)); exp saturates, so |u| large gives +-1. */
+    float t = 1.0f - 2.0f / (1.0f + zs_expf(2.0f * u));
+    return 0.5f * x * (1.0f + t);
+}
+
+/* x[r, :] = act(x[r, :] + bias) for r in [0, rows). */
+void zs_bias_act(float *x, const float *bias, int64_t rows, int64_t cols, int act) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = x + r * cols;
+        switch (act) {
+        case ACT_GELU_ERF:
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) row[c] = zs_gelu_erf(row[c] + bias[c]);
+            break;
+        case ACT_GELU_TANH:
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) row[c] = zs_gelu_tanh(row[c] + bias[c]);
+            break;
+        case ACT_RELU:
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) {
+                float v = row[c] + bias[c];
+                row[c] = v > 0.0f ? v : 0.0f;
+            }
+            break;
+        default:
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) row[c] += bias[c];
+        }
+    }
+}
+
+static inline void zs_layer_norm_row(float *row, const float *gamma, const float *beta, int64_t n, float eps) {
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t c = 0; c < n; c++) sum += row[c];
+    float mean = sum / (float)n;
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t c = 0; c < n; c++) {
+        float d = row[c] - mean;
+        sq += d * d;
+    }
+    float rstd = 1.0f / sqrtf(sq / (float)n + eps);
+#pragma omp simd
+    for (int64_t c = 0; c < n; c++) row[c] = (row[c] - mean) * rstd * gamma[c] + beta[c];
+}
+
+/* x[r] = LayerNorm(x[r] + bias + residual[r]) (post-LN residual block), in place. */
+void zs_bias_residual_layernorm(float *x, const float *residual, const float *bias, const float *gamma,
+                                const float *beta, int64_t rows, int64_t cols, float eps) {
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = x + r * cols;
+        const float *res = residual + r * cols;
+#pragma omp simd
+        for (int64_t c = 0; c < cols; c++) row[c] = (row[c] + bias[c]) + res[c];
+        zs_layer_norm_row(row, gamma, beta, cols, eps);
+    }
+}
+
+/* Rows [row0, row1) of the embeddings: LayerNorm(word[ids] + position[t] + type[types]).
+ * ids/types: int64 [B*T] (types may be NULL: token type 0, or no table at all). */
+void zs_embed_layernorm(float *out, const int64_t *ids, const int64_t *types, const float *word,
+                        const float *position, const float *type_table, const float *gamma, const float *beta,
+                        int64_t row0, int64_t row1, int64_t seq_len, int64_t hidden, float eps) {
+    for (int64_t r = row0; r < row1; r++) {
+        float *row = out + r * hidden;
+        const float *w = word + ids[r] * hidden;
+        const float *p = position + (r % seq_len) * hidden;
+#pragma omp simd
+        for (int64_t c = 0; c < hidden; c++) row[c] = w[c] + p[c];
+        if (type_table) {
+            const float *ty = type_table + (types ? types[r] : 0) * hidden;
+#pragma omp simd
+            for (int64_t c = 0; c < hidden; c++) row[c] += ty[c];
+        }
+        zs_layer_norm_row(row, gamma, beta, hidden, eps);
+    }
+}
+
+/* Attention for items [item0, item1) of the B x heads (sequence, head) pairs.
+ *
+ * qkv: [B*T, 3H] projections without bias (bias added here; the query block
+ * was pre-scaled by 1/sqrt(d) at convert time); qkv_bias [3H]; mask_bias
+ * [B, T] additive (0 or finfo.min) or NULL; ctx: [B*T, H] output, head h in
+ * columns h*d .. h*d+d. Per item, K^T and V (+ bias) are copied into a
+ * scratch block padded to whole vectors (zeros), which stays in L1/L2 with
+ * the scores of QR query rows, so the T x T score matrix never exists in
+ * memory. Both products are register-tiled: QR rows x VB columns of
+ * accumulators, which GCC keeps in vector registers for every -march.
+ * Returns 0, or -1 when the scratch block cannot be allocated.
+ */
+#define QR 4  /* query rows per tile */
+#define VB 16 /* columns per tile: one AVX-512 vector, two AVX2, four SSE */
+
+int zs_attention(const float *qkv, const float *qkv_bias, const float *mask_bias, float *ctx, int64_t seq_len,
+                 int64_t heads, int64_t head_dim, int64_t item0, int64_t item1) {
+    const int64_t t_len = seq_len, d = head_dim, h = heads * head_dim, stride = 3 * h;
+    const int64_t tp = (t_len + VB - 1) / VB * VB, dp = (d + VB - 1) / VB * VB;
+    float *kt = (float *)calloc((size_t)(d * tp + tp * dp + QR * tp + QR * d + QR * dp), sizeof(float));
+    if (!kt) return -1;
+    float *v = kt + d * tp;  /* [tp, dp], rows >= T and columns >= d are zero */
+    float *s = v + tp * dp;  /* [QR, tp] scores, then probabilities */
+    float *q = s + QR * tp;  /* [QR, d] */
+    float *o = q + QR * d;   /* [QR, dp] */
+    for (int64_t item = item0; item < item1; item++) {
+        const int64_t b = item / heads, hd = item % heads;
+        const float *base = qkv + b * t_len * stride;
+        const float *kb = qkv_bias + h + hd * d, *vb = qkv_bias + 2 * h + hd * d, *qb = qkv_bias + hd * d;
+        const float *mb = mask_bias ? mask_bias + b * t_len : NULL;
+        for (int64_t j = 0; j < t_len; j++) {
+            const float *kr = base + j * stride + h + hd * d, *vr = base + j * stride + 2 * h + hd * d;
+            for (int64_t k = 0; k < d; k++) kt[k * tp + j] = kr[k] + kb[k];
+#pragma omp simd
+            for (int64_t k = 0; k < d; k++) v[j * dp + k] = vr[k] + vb[k];
+        }
+        for (int64_t i0 = 0; i0 < t_len; i0 += QR) {
+            const int64_t rows = t_len - i0 < QR ? t_len - i0 : QR;
+            for (int64_t r = 0; r < QR; r++) {
+                const float *qr = base + (i0 + (r < rows ? r : 0)) * stride + hd * d;
+#pragma omp simd
+                for (int64_t k = 0; k < d; k++) q[r * d + k] = qr[k] + qb[k];
+            }
+            for (int64_t j0 = 0; j0 < tp; j0 += VB) {
+                float acc[QR][VB] = {{0}};
+                for (int64_t k = 0; k < d; k++) {
+                    const float *kr = kt + k * tp + j0;
+                    for (int r = 0; r < QR; r++) {
+                        const float qk = q[r * d + k];
+#pragma omp simd
+                        for (int jj = 0; jj < VB; jj++) acc[r][jj] += qk * kr[jj];
+                    }
+                }
+                for (int r = 0; r < QR; r++)
+#pragma omp simd
+                    for (int jj = 0; jj < VB; jj++) s[r * tp + j0 + jj] = acc[r][jj];
+            }
+            for (int r = 0; r < QR; r++) {
+                float *sr = s + r * tp;
+                if (mb) {
+#pragma omp simd
+                    for (int64_t j = 0; j < t_len; j++) sr[j] += mb[j];
+                }
+                float m = sr[0];
+#pragma omp simd reduction(max : m)
+                for (int64_t j = 0; j < t_len; j++) m = sr[j] > m ? sr[j] : m;
+                float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+                for (int64_t j = 0; j < t_len; j++) {
+                    float e = zs_expf(sr[j] - m);
+                    sr[j] = e;
+                    sum += e;
+                }
+                const float inv = 1.0f / sum;
+#pragma omp simd
+                for (int64_t j = 0; j < t_len; j++) sr[j] *= inv;
+                for (int64_t j = t_len; j < tp; j++) sr[j] = 0.0f;
+            }
+            for (int64_t c0 = 0; c0 < dp; c0 += VB) {
+                float acc[QR][VB] = {{0}};
+                for (int64_t j = 0; j < t_len; j++) {
+                    const float *vr = v + j * dp + c0;
+                    for (int r = 0; r < QR; r++) {
+                        const float pj = s[r * tp + j];
+#pragma omp simd
+                        for (int cc = 0; cc < VB; cc++) acc[r][cc] += pj * vr[cc];
+                    }
+                }
+                for (int r = 0; r < QR; r++)
+#pragma omp simd
+                    for (int cc = 0; cc < VB; cc++) o[r * dp + c0 + cc] = acc[r][cc];
+            }
+            for (int64_t r = 0; r < rows; r++) {
+                float *out = ctx + (b * t_len + i0 + r) * h + hd * d;
+#pragma omp simd
+                for (int64_t k = 0; k < d; k++) out[k] = o[r * dp + k];
+            }
+        }
+    }
+    free(kt);
+    return 0;
+}
+
+/* Masked mean pooling (sentence-transformers' pooling_mode_mean_tokens):
+ * out[b] = sum_t mask[b,t] hidden[b,t] / max(sum_t mask[b,t], 1e-9), b in [b0, b1). */
+void zs_mean_pool(const float *hidden, const int64_t *mask, float *out, int64_t b0, int64_t b1, int64_t seq_len,
+                  int64_t hidden_size) {
+    for (int64_t b = b0; b < b1; b++) {
+        float *o = out + b * hidden_size;
+        float count = 0.0f;
+#pragma omp simd
+        for (int64_t c = 0; c < hidden_size; c++) o[c] = 0.0f;
+        for (int64_t t = 0; t < seq_len; t++) {
+            const float w = (float)mask[b * seq_len + t];
+            if (w == 0.0f) continue;
+            count += w;
+            const float *row = hidden + (b * seq_len + t) * hidden_size;
+#pragma omp simd
+            for (int64_t c = 0; c < hidden_size; c++) o[c] += w * row[c];
+        }
+        const float inv = 1.0f / (count > 1e-9f ? count : 1e-9f);
+#pragma omp simd
+        for (int64_t c = 0; c < hidden_size; c++) o[c] *= inv;
+    }
+}
