@@ -127,20 +127,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(f"check failed: {line}", file=sys.stderr)
             print(f"check: {'FAILED' if failures else 'all warm-up answers match the trace'}")
             return 1 if failures else 0
-        previous = signal.signal(
-            signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())
-        )
-        try:
-            status = container.wait()
-            print(f"container exited with status {status}", file=sys.stderr)
-            return status
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        return _wait_for_exit(container)
     finally:
         final = container.stop()
         print(f"stopped (exit status {final})", file=sys.stderr)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_for_exit(container: Container) -> int:
+    """Wait for the container to exit on its own; SIGTERM and Ctrl-C end the wait (status 0).
+
+    The caller's ``finally`` stops the container and cleans up in every case.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        status = container.wait()
+        print(f"container exited with status {status}", file=sys.stderr)
+        return status
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_lazy(args: argparse.Namespace) -> int:
@@ -171,17 +181,7 @@ def _run_lazy(args: argparse.Namespace) -> int:
         if args.check:
             print("check: --check replays a local build trace; not available with --lazy")
             return 2
-        previous = signal.signal(
-            signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt())
-        )
-        try:
-            status = container.wait()
-            print(f"container exited with status {status}", file=sys.stderr)
-            return status
-        except KeyboardInterrupt:
-            return 0
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        return _wait_for_exit(container)
     finally:
         stats = container.stats()
         final = container.stop()
