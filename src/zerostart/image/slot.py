@@ -17,13 +17,43 @@ from pathlib import Path
 import zerostart
 from zerostart.image.build import BuildOptions, build_image
 
-SLOT_IMAGE_MODULES = ("zerostart.serve.slot", "zerostart.engine.canary")
+# The slot and canary modules, and what the engine loads on a real model but not on
+# the tiny canary the trace runs: the thread pool of the native CPU kernels'
+# multi-threaded products (a model served in a container slot would otherwise fail
+# its first large batch with ModuleNotFoundError).
+SLOT_IMAGE_MODULES = (
+    "zerostart.serve.slot",
+    "zerostart.engine.canary",
+    "concurrent.futures.thread",
+    "concurrent.futures._base",
+    "concurrent.futures",
+    "concurrent",
+    "queue",
+    "_queue",
+    "heapq",
+    "_heapq",
+)
 
 
 def slot_image_dir(cache: Path) -> Path:
-    """Where this zerostart version's slot image lives under ``cache``."""
+    """Where the slot image of this zerostart source and Python lives under ``cache``.
+
+    Keyed by a digest of zerostart's own modules and the include list, not by the
+    version alone: an editable install changes code without changing the version,
+    and a stale slot image would serve the old code.
+    """
     py = f"py{sys.version_info[0]}{sys.version_info[1]}"
-    return cache / f"slot-image-{zerostart.__version__}-{py}"
+    return cache / f"slot-image-{zerostart.__version__}-{py}-{_source_digest()}"
+
+
+def _source_digest() -> str:
+    import hashlib
+
+    root = Path(zerostart.__file__).parent
+    h = hashlib.sha256(repr(SLOT_IMAGE_MODULES).encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def build_slot_image(cache: Path) -> Path:
