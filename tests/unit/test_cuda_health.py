@@ -65,11 +65,23 @@ class FakeGpu:
         out._obj.value = 0xC0
         return 0
 
-    def cuCtxSetCurrent(self, ctx: Any) -> int:
+    # As the real driver: retaining the primary context does not make it current,
+    # and a stream needs a current context (CUDA_ERROR_INVALID_CONTEXT, 201, without:
+    # what the first run on an H200 answered before the health check pushed it).
+    current: int = 0
+
+    def cuCtxPushCurrent_v2(self, ctx: Any) -> int:
         assert ctx.value == 0xC0
+        self.current = ctx.value
+        return 0
+
+    def cuCtxSetCurrent(self, ctx: Any) -> int:
+        self.current = ctx.value or 0
         return 0
 
     def cuStreamCreate(self, out: Any, flags: int) -> int:
+        if not self.current:
+            return 201
         out._obj.value = 0x5
         return 0
 

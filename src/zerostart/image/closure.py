@@ -195,6 +195,9 @@ class ClosureBuilder:
         py_version = str(trace.python["py_version_short"])
         replacement = openssl_replacement_includes(py_version) if drop_openssl else ()
         self.include = (*replacement, *include)
+        # The hashlib fallbacks are files on some Pythons and built into the
+        # interpreter on others (Ubuntu's 3.12: _sha2): a missing one is fine.
+        self._optional_includes = frozenset(replacement)
         self.strip = strip_debug
         self.resolver = Resolver()
         self.closure = Closure(
@@ -242,7 +245,11 @@ class ClosureBuilder:
         for name in t.dlopened:
             self.add_dlopen(name)
         for item in self.include:
-            self.add_include(item)
+            try:
+                self.add_include(item)
+            except ImageError:
+                if item not in self._optional_includes:
+                    raise
         self._library_path()
         return self.closure
 

@@ -212,7 +212,9 @@ def run_checks(
     def device() -> dict[str, Any]:
         drv.init()
         state["device"] = dev = drv.device(ordinal)
-        drv.primary_context(dev)
+        # Retaining does not make the context current (driver.primary_context); the
+        # checks run on this thread, which keeps it current: the slot pre-pays it.
+        drv.push_context(drv.primary_context(dev))
         state["stream"] = drv.stream_create()
         return {"name": drv.device_name(dev), "sm": drv.compute_capability(dev)}
 
