@@ -123,6 +123,21 @@ def check() -> None:
         raise CriuError("criu check did not pass", output=out, hint=INSTALL_HINT)
 
 
+def network_lock_flags() -> list[str]:
+    """CRIU locks established TCP connections with iptables (its default) or nftables.
+
+    A host with neither (the GPU machine we ran on: "Iptables configuration
+    failed", exit 127) gets ``--network-lock skip``: the worker is frozen
+    before its sockets are read, and a client whose connection is dumped sees
+    it reset on restore either way (``--tcp-close``).
+    """
+    if shutil.which("iptables") or shutil.which("iptables-restore"):
+        return []
+    if shutil.which("nft"):
+        return ["--network-lock", "nftables"]
+    return ["--network-lock", "skip"]
+
+
 def dump(
     pid: int, images: Path, *, leave_running: bool = False, timeout_s: float = DUMP_TIMEOUT_S
 ) -> float:
@@ -132,6 +147,7 @@ def dump(
     args = ["dump", "-t", str(pid), "-D", str(images), "-o", str(log_file), "-v4", *DUMP_FLAGS]
     if leave_running:
         args.append("--leave-running")
+    args += network_lock_flags()
     t0 = time.perf_counter()
     _run(args, timeout_s, f"criu dump of pid {pid}", log_file)
     return time.perf_counter() - t0
