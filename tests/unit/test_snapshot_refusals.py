@@ -67,3 +67,18 @@ def test_check_refuses_a_snapshot_from_another_architecture(tmp_path: Path) -> N
     write_manifest(images.parent, manifest.with_host(arch=other))
     with pytest.raises(IncompatibleSnapshotError, match=f"CPU architecture {other} ->"):
         _api.check("s", store=tmp_path)
+
+
+def test_criu_network_lock_follows_what_the_host_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    """iptables: CRIU's default; nft only: nftables; neither (the H200 machine): skip."""
+    from zerostart.snapshot import _criu
+
+    def which(tools: set[str]):  # type: ignore[no-untyped-def]
+        return lambda name: f"/usr/sbin/{name}" if name in tools else None
+
+    monkeypatch.setattr(_criu.shutil, "which", which({"iptables", "iptables-restore"}))
+    assert _criu.network_lock_flags() == []
+    monkeypatch.setattr(_criu.shutil, "which", which({"nft"}))
+    assert _criu.network_lock_flags() == ["--network-lock", "nftables"]
+    monkeypatch.setattr(_criu.shutil, "which", which(set()))
+    assert _criu.network_lock_flags() == ["--network-lock", "skip"]
