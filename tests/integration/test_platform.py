@@ -139,6 +139,14 @@ def test_min_replicas_start_at_boot_and_never_go_to_zero(
     assert code == 200 and headers["zerostart-cold-start"] == "none"
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "known bug, found at the end of stop 7: after the replica is SIGKILLed, some in-flight "
+        "requests get no answer within 30 s (2 of 3 local runs); before, the test lost those "
+        "client threads' exceptions and passed. See the stop-7 notes."
+    ),
+)
 def test_replica_killed_mid_request_is_replaced_and_its_requests_retried(
     tmp_path: Path, sst2_bundle: Path, gateways: list[Gateway]
 ) -> None:
@@ -154,7 +162,12 @@ def test_replica_killed_mid_request_is_replaced_and_its_requests_retried(
         i = k
         while not stop.is_set():
             text = TEXTS[i % len(TEXTS)]
-            code, _, body = gw.request("POST", "/models/sst2/predict", {"inputs": text})
+            try:
+                code, _, body = gw.request(
+                    "POST", "/models/sst2/predict", {"inputs": text}, timeout_s=30.0
+                )
+            except OSError as exc:  # no answer at all is a failure too, not a lost thread
+                code, body = -1, repr(exc)
             results.append((code, body, text))
             i += 1
 
@@ -169,6 +182,7 @@ def test_replica_killed_mid_request_is_replaced_and_its_requests_retried(
     stop.set()
     for t in threads:
         t.join(60)
+    assert not any(t.is_alive() for t in threads), "a request got no answer within 60 s"
     bad = [(c, b) for c, b, t in results if c != 200 or not same(b, expected[t])]
     assert not bad, bad[:3]
     m = gw.metrics()
