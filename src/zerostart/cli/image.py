@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -133,24 +132,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"stopped (exit status {final})", file=sys.stderr)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _wait_for_exit(container: Container) -> int:
     """Wait for the container to exit on its own; SIGTERM and Ctrl-C end the wait (status 0).
 
     The caller's ``finally`` stops the container and cleans up in every case.
     """
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    from zerostart.cli.main import sigterm_as_interrupt
+
     try:
-        status = container.wait()
+        with sigterm_as_interrupt():
+            status = container.wait()
         print(f"container exited with status {status}", file=sys.stderr)
         return status
     except KeyboardInterrupt:
         return 0
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_lazy(args: argparse.Namespace) -> int:

@@ -10,8 +10,6 @@ import argparse
 import logging
 import os
 import secrets
-import signal
-from types import FrameType
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
@@ -53,24 +51,17 @@ def _cmd_up(args: argparse.Namespace) -> int:
     worker_key = _worker_key()
     slot_image = None
     if config.pool.cpu and any(m.source_kind == "image" for m in config.models.values()):
+        # The build takes seconds and cleans up in `finally`; SIGTERM's default action
+        # would skip that (the gateway installs its own handlers only once it serves).
+        from zerostart.cli.main import sigterm_as_interrupt
         from zerostart.container.runtime import default_cache_dir
         from zerostart.image.slot import build_slot_image  # container slots run this image
 
-        # The build takes seconds and cleans up in `finally`; SIGTERM's default action
-        # would skip that (the gateway installs its own handlers only once it serves).
-        previous = signal.signal(signal.SIGTERM, _interrupt)
-        try:
+        with sigterm_as_interrupt():
             slot_image = str(build_slot_image(default_cache_dir()))
-        finally:
-            signal.signal(signal.SIGTERM, previous)
     starter = default_starter(config, worker_key=worker_key, slot_image=slot_image)
     asyncio.run(serve(config, starter, worker_key=worker_key))
     return 0
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM before the gateway serves: unwind like Ctrl-C, so `finally` blocks clean up."""
-    raise KeyboardInterrupt
 
 
 def _worker_key() -> str:
