@@ -108,16 +108,48 @@ def make_model() -> Path:
     return folder
 
 
-def make_bundle(src: Path, arch: str, kernels: Path | None) -> Path:
-    """The GPU bundle: kernels compiled here for ``arch``, or copied from ``kernels``."""
+def make_bundle(
+    src: Path, arch: str, kernels: Path | None, tuning: Path | None, name: str = ""
+) -> Path:
+    """The GPU bundle: kernels compiled here for ``arch``, or copied from ``kernels``.
+
+    ``tuning``: a tools/gpu_tune.py result the launch rule follows; without it the
+    bundle carries no measured choices (the untuned rule), whatever ships in the package.
+    """
     from zerostart.model.convert import convert
 
-    dst = WORK / f"bundle-{arch}"
+    if kernels is not None and name == "-rule":
+        kernels = default_kernels(kernels)
+    dst = WORK / f"bundle-{arch}{name}"
+    empty = WORK / "no-tuning.json"
+    empty.write_text(json.dumps({"arch": arch, "choices": []}))
+    t = tuning or empty
     if kernels is not None:
-        convert(src, dst, device="cuda", kernels_from=kernels)
+        convert(src, dst, device="cuda", kernels_from=kernels, gemm_tuning=t)
     else:
-        convert(src, dst, device="cuda", archs=[arch])
+        convert(src, dst, device="cuda", archs=[arch], gemm_tuning=t)
     return dst
+
+
+def default_kernels(kernels: Path) -> Path:
+    """A copy of a kernels/ folder with only the default GEMM configs: an untuned bundle."""
+    import shutil
+    from dataclasses import replace
+
+    from zerostart.engine.cuda.launch import KernelManifest, gemm_config_name
+    from zerostart.kernels.variants import DEFAULT_GEMM_CONFIGS
+
+    names = {c.name for c in DEFAULT_GEMM_CONFIGS}
+    km = KernelManifest.load(kernels)
+    keep = tuple(v for v in km.variants if v.op != "gemm" or gemm_config_name(v) in names)
+    out = WORK / "kernels-default"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for v in keep:
+        for image in v.images.values():
+            shutil.copy2(kernels / image.file, out / image.file)
+    (out / "manifest.json").write_text(replace(km, variants=keep, gemm_table=()).to_json())
+    return out
 
 
 def inputs(b: int, t: int) -> tuple:
@@ -142,20 +174,83 @@ def time_ms(fn, sync) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(samples)
 
 
-def bench_zerostart(bundle_dir: Path) -> dict:
+def bench_zerostart(bundle_dir: Path, profile: bool = False) -> dict:
     from zerostart.engine.cuda import CudaEngine
     from zerostart.model.bundle import Bundle
 
     t0 = time.perf_counter()
     engine = CudaEngine.from_bundle(Bundle.open(bundle_dir))
     startup_s = time.perf_counter() - t0
-    out = {"engine_startup_s": startup_s, "device": engine.device_name}
+    out: dict = {
+        "engine_startup_s": startup_s,
+        "startup_phases_s": dict(engine.startup_phases),
+        "device": engine.device_name,
+    }
     for b, t in SHAPES:
         ids, mask = inputs(b, t)
+        t0 = time.perf_counter()
+        engine.forward(ids, mask)  # the bucket's first call captures its graph
+        out[f"b{b}x{t}_first_call_ms"] = (time.perf_counter() - t0) * 1e3
         out[f"b{b}x{t}_ms"] = time_ms(
             lambda ids=ids, mask=mask: engine.forward(ids, mask), lambda: None
         )
+    gemms = {
+        f"{s.args['N']}x{s.args['K']}": s.variant.key.rsplit(".", 1)[-1]
+        for s in engine._plans[(1, 128)]
+        if s.variant.op == "gemm"
+    }
+    out["gemm_configs_b1x128"] = gemms
+    if profile:
+        try:
+            out["profile_us"] = {f"b{b}x{t}": profile_plan(engine, b, t) for b, t in SHAPES}
+        except Exception as exc:  # the profile is extra: never lose the numbers above
+            out["profile_error"] = repr(exc)
     engine.close()
+    return out
+
+
+def profile_plan(engine, b: int, t: int, reps: int = 20, rounds: int = 5) -> dict:  # type: ignore[no-untyped-def]
+    """GPU time of each kind of launch in the bucket's forward pass, summed over layers (us).
+
+    Each launch is captured ``reps`` times into its own CUDA graph and timed with
+    CUDA events over ``rounds`` graph launches, as it runs inside the real graph.
+    Also the whole pass's graph, and the sum of the parts for comparison.
+    """
+    d, s = engine.driver, engine._stream
+
+    def timed(steps: list) -> float:  # type: ignore[type-arg]
+        d.begin_capture(s)
+        try:
+            for _ in range(reps):
+                engine._run(steps)
+        finally:
+            graph = d.end_capture(s)
+        exe = d.graph_instantiate(graph)
+        d.graph_destroy(graph)
+        d.graph_launch(exe, s)
+        d.event_record(ev0, s)
+        for _ in range(rounds):
+            d.graph_launch(exe, s)
+        d.event_record(ev1, s)
+        d.event_synchronize(ev1)
+        import ctypes
+
+        d.call("cuGraphExecDestroy", ctypes.c_void_p(exe))
+        return d.event_elapsed_ms(ev0, ev1) * 1e3 / (reps * rounds)
+
+    out: dict = {}
+    with engine._lock, d.current(engine._context):
+        ev0, ev1 = d.event_create(), d.event_create()
+        plan = engine._plans[(b, t)]
+        for step in plan:
+            v = step.variant
+            kind = v.op
+            if v.op == "gemm":
+                kind = f"gemm {step.args['N']}x{step.args['K']} M={step.args['M']} {v.key.rsplit('.', 1)[-1]}"
+            out[kind] = out.get(kind, 0.0) + timed([step])
+        out = {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+        out["sum_of_parts"] = round(sum(out.values()), 2)
+        out["whole_pass"] = round(timed(plan), 2)
     return out
 
 
@@ -194,11 +289,20 @@ def bench_torch(src: Path) -> dict:
 
 
 ZEROSTART_CHILD = """
-import sys, time, numpy as np
+import time; t0 = time.perf_counter()
+import sys, numpy as np
 from zerostart.model.bundle import Bundle
 from zerostart.engine.cuda import CudaEngine
-e = CudaEngine.from_bundle(Bundle.open(sys.argv[1]))
+t1 = time.perf_counter()
+b = Bundle.open(sys.argv[1])
+t2 = time.perf_counter()
+e = CudaEngine.from_bundle(b)
+t3 = time.perf_counter()
 ids = np.array([[2, 1000, 2000, 3]]); print("ANSWER", e.forward(ids, np.ones_like(ids)).argmax(-1)[0], flush=True)
+t4 = time.perf_counter()
+import json
+print("PHASES", json.dumps({"imports": t1 - t0, "bundle_open": t2 - t1, "engine": t3 - t2,
+      "first_forward": t4 - t3, "engine_phases": e.startup_phases}))
 maps = {}
 for line in open('/proc/self/maps'):
     parts = line.split()
@@ -241,6 +345,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--kernels", type=Path, help="kernels/ folder compiled for this shape")
     ap.add_argument("--out", type=Path, help="result JSON (default bench/results/gpu_<gpu>.json)")
+    ap.add_argument(
+        "--tuning",
+        type=Path,
+        help="tools/gpu_tune.py result: the engine is measured with it and with the untuned rule",
+    )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from zerostart.benchmark import machine_description
@@ -253,7 +362,8 @@ def main() -> None:
     name = drv.device_name(dev)
     WORK.mkdir(parents=True, exist_ok=True)
     src = make_model()
-    bundle = make_bundle(src, arch, args.kernels)
+    bundle = make_bundle(src, arch, args.kernels, args.tuning)
+    rule_bundle = make_bundle(src, arch, args.kernels, None, "-rule") if args.tuning else None
     for p in bundle.rglob("*"):  # page cache warm, as the target says
         if p.is_file():
             p.read_bytes()
@@ -264,10 +374,18 @@ def main() -> None:
         "model": "bert-base shape, random weights",
         "machine": machine_description(),
     }
-    result["zerostart"] = bench_zerostart(bundle)
+    result["zerostart"] = bench_zerostart(bundle, profile=True)
+    if rule_bundle is not None:
+        result["zerostart_untuned_rule"] = bench_zerostart(rule_bundle)
+        result["tuning"] = str(args.tuning)
+    print(json.dumps(result, indent=1, sort_keys=True), flush=True)  # kept if a later part fails
     result["pytorch"] = bench_torch(src)
-    zs_s, rest = exec_to_answer(ZEROSTART_CHILD, bundle)
+    runs = [exec_to_answer(ZEROSTART_CHILD, bundle) for _ in range(3)]
+    zs_s = statistics.median(r[0] for r in runs)
+    rest = runs[-1][1]
     maps = json.loads(rest.split("MAPS", 1)[1])
+    result["exec_phases_s"] = json.loads(rest.split("PHASES", 1)[1].split("\n", 1)[0])
+    result["exec_runs_s"] = [r[0] for r in runs]
     torch_s, _ = exec_to_answer(TORCH_CHILD, src)
     weights = str(bundle / "weights.safetensors")
     result["exec_to_first_answer_s"] = {"zerostart": zs_s, "pytorch_transformers": torch_s}

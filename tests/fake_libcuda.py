@@ -316,6 +316,24 @@ class FakeCuda:
     def _cuGraphDestroy(self, graph: Any) -> int:
         return CUDA_SUCCESS if self._graphs.pop(_int(graph), None) is not None else 1
 
+    def _cuGraphExecDestroy(self, exe: Any) -> int:
+        return CUDA_SUCCESS if self._graphs.pop(_int(exe), None) is not None else 1
+
+    # Events: a fake clock (no work takes time here): every elapsed time is 1 ms.
+    def _cuEventCreate(self, out: Any, flags: int) -> int:
+        out._obj.value = self._handle()
+        return CUDA_SUCCESS
+
+    def _cuEventRecord(self, event: Any, stream: Any) -> int:
+        return CUDA_SUCCESS
+
+    def _cuEventSynchronize(self, event: Any) -> int:
+        return CUDA_SUCCESS
+
+    def _cuEventElapsedTime(self, out: Any, start: Any, end: Any) -> int:
+        out._obj.value = 1.0
+        return CUDA_SUCCESS
+
     def _cuGraphLaunch(self, exe: Any, stream: Any) -> int:
         for launch in self._graphs[_int(exe)]:
             self.launches.append(

@@ -13,7 +13,8 @@ the call's ``carry``)::
     .gpu/models/<name>/answers.json   the CPU pipeline's answers on the corpus (labels, entities)
     .gpu/bench/kernels/               kernels of bench/gpu.py's bert-base shape (its random
                                       weights are made on the GPU machine; kernels depend on
-                                      the shape only)
+                                      the shape only), with every GEMM config tools/gpu_tune.py
+                                      times (TUNING_GEMM_CONFIGS)
     .gpu/wheels/                      httptools for CPython 3.12 (the worker's HTTP parser)
     .gpu/criu.tar.xz                  CRIU and the shared libraries it needs (glibc excepted),
                                       14 MB unpacked; criu/criu is a wrapper that sets the
@@ -200,8 +201,8 @@ def bench_kernels(out: Path, archs: list[str]) -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    log(f"bench kernels (bert-base shape) for {','.join(archs)}")
-    compile_for_bundle(bench_gpu.bench_manifest(), out, archs)
+    log(f"bench kernels (bert-base shape, every tuning config) for {','.join(archs)}")
+    compile_for_bundle(bench_gpu.bench_manifest(), out, archs, tuning=(), tuning_candidates=True)
     (out / "kernels").rename(out / "k")
     for p in (out / "k").iterdir():
         p.rename(out / p.name)

@@ -7,13 +7,15 @@ time) loses nothing already done. Steps:
 
     env       what the machine is: GPU, driver, Python packages, CRIU (never fails the run)
     pytest    pytest -m gpu tests/gpu -v on the carried models; any skip is a failure
-    bench     bench/gpu.py with the carried bert-base kernels -> OUT/gpu_bench.json
+    tune      tools/gpu_tune.py: every carried GEMM config timed per shape -> OUT/tuning.json
+    bench     bench/gpu.py with the carried bert-base kernels (and OUT/tuning.json when the
+              tune step wrote one: tuned and untuned rule side by side) -> OUT/gpu_bench.json
     image     the warmed GPU worker traced and built into an OCI image -> OUT/image.json
     snapshot  bench/snapshot.py on the GPU: zerostart worker and PyTorch server,
               boot vs restore (CRIU + CUDA checkpoint) -> OUT/snapshot.json
 
 What comes back from the machine is at most 8 files, so everything lands in
-those five: session.log, summary.json, pytest.xml, and the step JSONs.
+these: session.log, summary.json, pytest.xml, and the step JSONs.
 
     python3 tools/gpu_session.py --out DIR [--steps env,pytest,bench,image,snapshot]
 """
@@ -33,9 +35,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / ".gpu"
 IMAGE_DIR = "/tmp/zs-gpu-image"
-STEPS = ("env", "pytest", "bench", "image", "snapshot")
+STEPS = ("env", "pytest", "tune", "bench", "image", "snapshot")
 # Seconds per step: together well inside one 10-minute call, leaving room for the start.
-LIMITS_S = {"env": 60, "pytest": 150, "bench": 150, "image": 90, "snapshot": 200}
+LIMITS_S = {"env": 60, "pytest": 150, "tune": 150, "bench": 180, "image": 90, "snapshot": 200}
 ENV_COMMANDS = (
     "nvidia-smi",
     "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv",
@@ -116,8 +118,17 @@ def step_pytest(s: Session, env: dict[str, str]) -> None:
     s.run("pytest", cmd, env)
 
 
+def step_tune(s: Session, env: dict[str, str]) -> None:
+    cmd = [sys.executable, "tools/gpu_tune.py", "--kernels", str(FIXTURES / "bench" / "kernels")]
+    budget = str(LIMITS_S["tune"] - 30)
+    s.run("tune", [*cmd, "--out", str(s.out / "tuning.json"), "--budget-s", budget], env)
+
+
 def step_bench(s: Session, env: dict[str, str]) -> None:
     cmd = [sys.executable, "bench/gpu.py", "--kernels", str(FIXTURES / "bench" / "kernels")]
+    tuning = s.out / "tuning.json"
+    if tuning.exists():
+        cmd += ["--tuning", str(tuning)]
     s.run("bench", [*cmd, "--out", str(s.out / "gpu_bench.json")], env)
 
 
@@ -191,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     funcs = {
         "env": step_env,
         "pytest": step_pytest,
+        "tune": step_tune,
         "bench": step_bench,
         "image": step_image,
         "snapshot": step_snapshot,

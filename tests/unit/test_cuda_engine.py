@@ -142,6 +142,14 @@ def engine(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 def test_graph_per_bucket_with_every_launch(engine: Any) -> None:
     drv: RecordingDriver = engine.driver
     buckets = [(b, t) for b in (1, 2, 4, 8) for t in (16, 32, 64)]
+    assert set(engine._graphs) <= set(buckets)  # lazily: none until a bucket is first used
+    captured = len(drv.captured)
+    engine.forward(np.array([[2, 5, 3]]), np.array([[1, 1, 1]]))
+    assert (1, 16) in engine._graphs and len(drv.captured) == captured + (captured == 0)
+    before = dict(engine._graphs)
+    engine.forward(np.array([[2, 5, 3]]), np.array([[1, 1, 1]]))
+    assert engine._graphs == before  # a bucket's second call reuses its graph
+    engine.warm_graphs()
     assert sorted(engine._graphs) == sorted(buckets)
     head = {"sequence-classification": 2, "token-classification": 1, "embeddings": 0}[
         engine.manifest.task

@@ -148,3 +148,117 @@ def test_argument_packing_follows_the_signature() -> None:
     assert len(packed.pointers) == 5  # 3 arguments + Triton's two scratch pointers
     with pytest.raises(EngineError, match=r"missing \['eps'\]"):
         pack_args(v, {"M": 1, "a_ptr": 0})
+
+
+def _cfg_gemm(cfg: str, *, act: int = 0, res: int = 0, bk: int = 64) -> KernelVariant:
+    """A GEMM variant keyed like the compiler's (``...al1.<config>``) with BLOCK_K."""
+    from zerostart.kernels.variants import GemmConfig
+
+    c = GemmConfig.parse(cfg)
+    v = _gemm(c.block_m, c.block_n, act=act, res=res)
+    return replace(
+        v,
+        key=f"gemm.act{act}.res{res}.al1.{cfg}",
+        params={**v.params, "BLOCK_K": c.block_k, "EVEN_K": 1},
+    )
+
+
+def test_measured_choice_wins_at_the_nearest_rows_and_falls_back_to_the_rule() -> None:
+    small, big, mid = (
+        _cfg_gemm("m16n64k128w4s4", bk=128),
+        _cfg_gemm("m128n128k64w8s3"),
+        _cfg_gemm("m64n64k64w4s3"),
+    )
+    table = (
+        launch.GemmChoice("sm_90", 768, 3072, 128, "m16n64k128w4s4"),
+        launch.GemmChoice("sm_90", 768, 3072, 4096, "m64n64k64w4s3"),
+        launch.GemmChoice("sm_80", 768, 768, 128, "m16n64k128w4s4"),
+    )
+    km = replace(_km(small, big, mid), gemm_table=table)
+
+    def pick(m: int, n: int = 768, k: int = 3072, arch: str | None = "sm_90", **kw: object) -> str:
+        base = {"act": 0, "has_res": False, "lda": k, "ldc": n, "sm_count": 132}
+        v = launch.select_gemm(km, m=m, n=n, k=k, arch=arch, **{**base, **kw})  # type: ignore[arg-type]
+        return launch.gemm_config_name(v)
+
+    assert pick(128) == "m16n64k128w4s4"
+    assert pick(200) == "m16n64k128w4s4"  # log2 distance: 200 is nearer 128 than 4096
+    assert pick(2048) == "m64n64k64w4s3" and pick(16384) == "m64n64k64w4s3"
+    # another arch, another (N, K), no arch given: the rule (largest filling tile / most tiles)
+    assert pick(128, arch="sm_86") == "m16n64k128w4s4"  # most programs at M=128
+    assert pick(16384, arch=None) == "m128n128k64w8s3"
+    assert pick(16384, n=2304, k=768) == "m128n128k64w8s3"
+    # K not a multiple of a config's BLOCK_K: that aligned build is out of the pool
+    assert pick(128, k=3072 + 64) != "m16n64k128w4s4"
+    # a config the table names but the bundle lacks: the rule
+    km2 = replace(_km(big, mid), gemm_table=table)
+    v = launch.select_gemm(
+        km2,
+        act=0,
+        has_res=False,
+        m=128,
+        n=768,
+        k=3072,
+        lda=3072,
+        ldc=768,
+        sm_count=132,
+        arch="sm_90",
+    )
+    assert launch.gemm_config_name(v) == "m64n64k64w4s3"
+    # a variant the GPU cannot fit is never picked, even when measured best
+    v = launch.select_gemm(
+        km, act=0, has_res=False, m=128, n=768, k=3072, lda=3072, ldc=768, sm_count=132,
+        arch="sm_90", fits=lambda v: "m16n64" not in v.key,
+    )  # fmt: skip
+    assert launch.gemm_config_name(v) != "m16n64k128w4s4"
+    # the table survives the manifest's JSON round trip; a malformed entry is refused
+    data = json.loads(km.to_json())
+    assert KernelManifest.from_dict(data) == km
+    data["gemm_table"][0]["config"] = "../x"
+    with pytest.raises(BundleError, match="gemm_table"):
+        KernelManifest.from_dict(data)
+
+
+def test_tuning_files_are_read_filtered_and_applied(tmp_path: Path) -> None:
+    from tiny_models import tiny_manifest
+    from zerostart.errors import ConvertError
+    from zerostart.kernels import variants
+    from zerostart.model.manifest import Manifest
+
+    m: Manifest = tiny_manifest(
+        "bert", "embeddings", hidden=64, layers=1, heads=2, ffn=128, max_positions=64, device="cuda"
+    )
+    tuning = tmp_path / "sm_90.json"
+    tuning.write_text(
+        json.dumps(
+            {
+                "arch": "sm_90",
+                "choices": [
+                    {"n": 192, "k": 64, "m": 128, "config": "m16n64k128w4s4"},  # QKV of this model
+                    {"n": 64, "k": 128, "m": 16, "config": "m32n32k128w4s4"},  # FFN down
+                    {"n": 2304, "k": 768, "m": 128, "config": "m64n64k64w4s3"},  # another model
+                ],
+            }
+        )
+    )
+    choices = variants.load_tuning(tuning)
+    mine = variants.model_choices(m, choices)
+    assert [(c.n, c.k) for c in mine] == [(64, 128), (192, 64)]
+    names = [c.name for c in variants.tuned_configs(mine)]
+    assert names[:2] == [c.name for c in variants.DEFAULT_GEMM_CONFIGS]
+    assert set(names[2:]) == {"m16n64k128w4s4", "m32n32k128w4s4"}
+    for bad, message in [("{", "not a GEMM tuning file"), ('{"arch": "sm_90"}', "not a GEMM")]:
+        tuning.write_text(bad)
+        with pytest.raises(ConvertError, match=message):
+            variants.load_tuning(tuning)
+    with pytest.raises(ConvertError, match="cannot read"):
+        variants.load_tuning(tmp_path / "missing.json")
+    bad_cfg = {"arch": "sm_90", "choices": [{"n": 1, "k": 1, "m": 1, "config": "big"}]}
+    tuning.write_text(json.dumps(bad_cfg))
+    with pytest.raises(ConvertError, match="not a GEMM"):
+        variants.load_tuning(tuning)
+    # applied to a prebuilt folder: only configs the folder holds, for its archs
+    km = _km(_cfg_gemm("m16n64k128w4s4", bk=128), _cfg_gemm("m64n64k64w4s3"))
+    (tmp_path / "manifest.json").write_text(km.to_json())
+    assert variants.apply_tuning(tmp_path, m, mine) == 1  # m32n32... is not in the folder
+    assert KernelManifest.load(tmp_path).gemm_table == (mine[1],)

@@ -143,6 +143,9 @@ def test_gemm_at_exactly_48k_dynamic_plus_static_opts_in(tmp_path: Path) -> None
     engine = _engine(tmp_path, lib)
     small = [k for k in engine.kernels.variants if k.key.endswith("m64n64k64w4s3")]
     assert small and all(v.images["sm_90"].shared_bytes == 48 * 1024 for v in small)
+    with engine.driver.current(engine._context):  # modules load on first use: load all here
+        for v in engine.kernels.variants:
+            engine.library.load(v)
     raised = {(name, value) for name, attr, value in lib.set_attributes}
     assert all(
         attr == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES for _, attr, _ in lib.set_attributes
@@ -163,8 +166,24 @@ def test_shared_memory_rule() -> None:
         dynamic_shared_limit("gemm.x", 4096, 98304, 99 * 1024)  # sm_86's opt-in limit
 
 
-def test_kernel_too_big_for_this_gpu_is_refused_by_name(tmp_path: Path) -> None:
+def test_kernel_too_big_for_this_gpu_is_left_out_or_refused_by_name(tmp_path: Path) -> None:
+    # 64 KiB opt-in: the 96 KiB 128x128 GEMM cannot run, the 48 KiB 64x64 one can.
     lib = FakeCuda(compute_capability=90, shared_optin_bytes=64 * 1024)
-    with pytest.raises(EngineError, match=r"kernel gemm\..*m128n128k64.* this GPU allows 65536"):
-        _engine(tmp_path, lib)
+    engine = _engine(tmp_path, lib)
+    engine.warm_graphs()
+    used = {s.variant.key for plan in engine._plans.values() for s in plan}
+    assert not [k for k in used if "m128n128k64" in k] and [k for k in used if "m64n64k64" in k]
+    engine.forward(np.array([[2, 3]]), np.array([[1, 1]]))
+    assert not lib.failures, lib.failures
+    big = next(v for v in engine.kernels.variants if "m128n128k64" in v.key)
+    with (
+        engine.driver.current(engine._context),
+        pytest.raises(EngineError, match=r"kernel gemm\..*m128n128k64.* this GPU allows 65536"),
+    ):
+        engine.library.load(big)
+    engine.close()
+    # 32 KiB: no GEMM fits at all -> refused at start, naming the kernels
+    lib = FakeCuda(compute_capability=90, shared_optin_bytes=32 * 1024)
+    with pytest.raises(EngineError, match=r"more shared memory per block than this GPU allows"):
+        _engine(tmp_path / "small", lib)
     assert lib.primary_retains == 0  # a failed start gives the context back

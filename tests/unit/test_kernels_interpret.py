@@ -54,6 +54,7 @@ def _gemm(torch, k):  # type: ignore[no-untyped-def]
             BLOCK_N=32,
             BLOCK_K=16,
             GROUP_M=2,
+            EVEN_K=int(kk % 16 == 0),  # both K loops: unmasked (64, 32, 48) and masked (40)
         )
         ref = a.float()[:, :kk] @ b.float() + bias.float()
         F = torch.nn.functional

@@ -60,6 +60,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         name=args.name,
         cpu_archs=None if args.cpu_arch is None else [a.strip() for a in args.cpu_arch.split(",")],
         precision=args.precision,
+        gemm_tuning=args.gemm_tuning,
     )
     weights = manifest.files.get("weights.safetensors")
     size_mb = weights.size / 1e6 if weights else 0.0
@@ -156,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--arch",
         default="",
         help="GPU archs to compile kernels for with --device cuda, e.g. sm_86,sm_90 (needs Triton; no GPU needed)",
+    )
+    c.add_argument(
+        "--gemm-tuning",
+        metavar="FILE",
+        help="GPU: GEMM block configs measured by tools/gpu_tune.py on the target GPU "
+        "(default: the results shipped for the --arch values, src/zerostart/kernels/tuning/)",
     )
     c.add_argument(
         "--cpu-arch",

@@ -34,6 +34,7 @@ from zerostart.engine.cuda.launch import (
     KERNELS_DIR,
     KERNELS_MANIFEST_NAME,
     PTX_KEY,
+    GemmChoice,
     KernelImage,
     KernelManifest,
     KernelVariant,
@@ -41,7 +42,16 @@ from zerostart.engine.cuda.launch import (
     seq_buckets,
 )
 from zerostart.errors import ConvertError
-from zerostart.kernels.variants import DEFAULT_GEMM_CONFIGS, GemmConfig, KernelSpec, model_specs
+from zerostart.kernels.variants import (
+    DEFAULT_GEMM_CONFIGS,
+    GemmConfig,
+    KernelSpec,
+    model_choices,
+    model_specs,
+    packaged_tuning,
+    tuned_configs,
+    tuning_specs,
+)
 from zerostart.model.manifest import Manifest
 
 Progress = Callable[[str, float], None]
@@ -242,8 +252,16 @@ def compile_for_bundle(
     *,
     max_batch: int = DEFAULT_MAX_BATCH,
     gemm_configs: tuple[GemmConfig, ...] = DEFAULT_GEMM_CONFIGS,
+    tuning: Sequence[GemmChoice] | None = None,
+    tuning_candidates: bool = False,
 ) -> dict[str, Any]:
     """Write ``kernels/`` for this model into ``bundle_dir``; return the kernels manifest as a dict.
+
+    GEMM block configs: ``gemm_configs`` plus those a tuning run measured best for
+    this model's (N, K) on one of ``archs`` (``tuning``; default the results shipped
+    in ``zerostart/kernels/tuning/``), which also go into the manifest's gemm_table.
+    ``tuning_candidates``: also every ``TUNING_GEMM_CONFIGS`` build of the encoder's
+    GEMMs, for tools/gpu_tune.py to time on a GPU.
 
     Called by ``zerostart convert --device cuda --arch ...`` on the bundle's
     temporary folder, before the bundle manifest hashes the files, so the
@@ -254,7 +272,15 @@ def compile_for_bundle(
             bundle_dir, "GPU kernels need float16 weights", hint="convert with --device cuda"
         )
     out_dir = Path(bundle_dir) / KERNELS_DIR
-    specs = model_specs(manifest, gemm_configs)
+    arch_names = {f"sm_{parse_arch(a)}" for a in archs}
+    choices = model_choices(
+        manifest, packaged_tuning(sorted(arch_names)) if tuning is None else tuning
+    )
+    choices = tuple(c for c in choices if c.arch in arch_names)
+    specs = model_specs(manifest, tuned_configs(choices, gemm_configs))
+    if tuning_candidates:
+        keys = {s.key for s in specs}
+        specs += [s for s in tuning_specs(manifest) if s.key not in keys]
     variants = compile_specs(specs, archs, out_dir, progress)
     km = KernelManifest(
         archs=tuple(f"sm_{c}" for c in sorted({parse_arch(a) for a in archs})),
@@ -263,6 +289,7 @@ def compile_for_bundle(
         batch_buckets=batch_buckets(max_batch),
         seq_buckets=seq_buckets(manifest.max_length),
         variants=tuple(variants),
+        gemm_table=choices,
     )
     km.validate(out_dir / KERNELS_MANIFEST_NAME)
     (out_dir / KERNELS_MANIFEST_NAME).write_text(km.to_json(), encoding="utf-8")

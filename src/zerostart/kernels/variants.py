@@ -13,10 +13,21 @@ that picks one per shape is ``zerostart.engine.cuda.launch.select_gemm``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from zerostart.engine.cuda import launch
-from zerostart.engine.cuda.launch import ACT_NONE, ACT_RELU, ACT_TANH, gemm_aligned, next_pow2
+from zerostart.engine.cuda.launch import (
+    ACT_NONE,
+    ACT_RELU,
+    ACT_TANH,
+    GemmChoice,
+    gemm_aligned,
+    next_pow2,
+)
 from zerostart.errors import ConvertError, EngineError
 from zerostart.model.manifest import Manifest
 
@@ -30,12 +41,48 @@ class GemmConfig:
     num_stages: int
     group_m: int = 8
 
+    @property
+    def name(self) -> str:
+        """The block-config part of a GEMM variant's key (``launch.gemm_config_name``)."""
+        return f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
+
+    @classmethod
+    def parse(cls, name: str) -> GemmConfig:
+        """The inverse of ``name``; ValueError on anything else."""
+        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)w(\d+)s(\d+)", name)
+        if not m:
+            raise ValueError(f"not a GEMM block config: {name!r}")
+        bm, bn, bk, w, st = (int(x) for x in m.groups())
+        return cls(bm, bn, bk, num_warps=w, num_stages=st)
+
 
 # Defaults without a GPU: a small tile for latency-bound shapes (batch 1) and a large
 # one for throughput (batch 32 x 128 = 4096 rows); both fit sm_80's 164 KiB of shared memory.
 DEFAULT_GEMM_CONFIGS = (
     GemmConfig(64, 64, 64, num_warps=4, num_stages=3),
     GemmConfig(128, 128, 64, num_warps=8, num_stages=3),
+)
+# What a tuning run on a GPU (tools/gpu_tune.py) chooses among: small tiles for batch 1
+# (M = 16..512 rows: parallelism over N and a short K loop matter most), large ones for
+# batch 32. tl.dot needs every block dim >= 16; all fit the 99 KiB of shared memory
+# sm_86 / sm_89 offer per block (a config that does not fit is skipped for that arch).
+TUNING_GEMM_CONFIGS = (
+    GemmConfig(16, 64, 128, num_warps=4, num_stages=4),
+    GemmConfig(16, 128, 128, num_warps=4, num_stages=3),
+    GemmConfig(32, 32, 128, num_warps=4, num_stages=4),
+    GemmConfig(32, 64, 64, num_warps=4, num_stages=4),
+    GemmConfig(32, 64, 128, num_warps=4, num_stages=3),
+    GemmConfig(32, 128, 64, num_warps=4, num_stages=4),
+    GemmConfig(64, 32, 64, num_warps=4, num_stages=4),
+    GemmConfig(64, 64, 64, num_warps=4, num_stages=3),
+    GemmConfig(64, 64, 128, num_warps=4, num_stages=3),
+    GemmConfig(64, 128, 64, num_warps=4, num_stages=4),
+    GemmConfig(64, 256, 64, num_warps=8, num_stages=3),
+    GemmConfig(128, 64, 64, num_warps=4, num_stages=4),
+    GemmConfig(128, 128, 64, num_warps=8, num_stages=3),
+    GemmConfig(128, 128, 64, num_warps=4, num_stages=4),
+    GemmConfig(128, 256, 64, num_warps=8, num_stages=3),
+    GemmConfig(256, 128, 64, num_warps=8, num_stages=3),
 )
 ATTENTION_BLOCK_M = 64
 ATTENTION_BLOCK_N = 64
@@ -126,10 +173,7 @@ def gemm_sites(manifest: Manifest) -> list[tuple[str, int, bool, int, int]]:
 
 
 def gemm_spec(act: int, has_res: bool, aligned: bool, cfg: GemmConfig) -> KernelSpec:
-    key = (
-        f"gemm.act{act}.res{int(has_res)}.al{int(aligned)}"
-        f".m{cfg.block_m}n{cfg.block_n}k{cfg.block_k}w{cfg.num_warps}s{cfg.num_stages}"
-    )
+    key = f"gemm.act{act}.res{int(has_res)}.al{int(aligned)}.{cfg.name}"
     return KernelSpec(
         key=key,
         op="gemm",
@@ -141,6 +185,8 @@ def gemm_spec(act: int, has_res: bool, aligned: bool, cfg: GemmConfig) -> Kernel
             "BLOCK_N": cfg.block_n,
             "BLOCK_K": cfg.block_k,
             "GROUP_M": cfg.group_m,
+            # aligned builds also drop the K mask: chosen only when K % BLOCK_K == 0
+            "EVEN_K": int(aligned),
         },
         grid=("cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)", "1", "1"),
         num_warps=cfg.num_warps,
@@ -169,8 +215,8 @@ def model_specs(
         )
     specs: dict[str, KernelSpec] = {}
     for _site, act, has_res, n, k in gemm_sites(manifest):
-        aligned = gemm_aligned(n, k)
         for cfg in gemm_configs:
+            aligned = gemm_aligned(n, k) and k % cfg.block_k == 0
             spec = gemm_spec(act, has_res, aligned, cfg)
             specs.setdefault(spec.key, spec)
     block_h = next_pow2(h)
@@ -212,3 +258,98 @@ def model_specs(
     for spec in (ln, emb, att):
         specs[spec.key] = spec
     return list(specs.values())
+
+
+def tuning_specs(manifest: Manifest) -> list[KernelSpec]:
+    """Every ``TUNING_GEMM_CONFIGS`` build of the model's encoder GEMM sites (what a tuning run times).
+
+    The encoder's four sites (QKV, attention output, FFN up and down) with their
+    epilogues, aligned builds only (where N and K allow); the heads run on a few
+    rows and keep the defaults.
+    """
+    specs: dict[str, KernelSpec] = {}
+    for site, act, has_res, n, k in gemm_sites(manifest):
+        if site not in ("qkv", "attn_out", "ffn_up", "ffn_down"):
+            continue
+        for cfg in TUNING_GEMM_CONFIGS:
+            if gemm_aligned(n, k) and k % cfg.block_k == 0:
+                spec = gemm_spec(act, has_res, True, cfg)
+                specs.setdefault(spec.key, spec)
+    return list(specs.values())
+
+
+# -- measured GEMM choices (tools/gpu_tune.py) --------------------------------------
+TUNING_DIR = Path(__file__).resolve().parent / "tuning"
+
+
+def load_tuning(path: str | Path) -> list[GemmChoice]:
+    """The choices of one ``tools/gpu_tune.py`` result file (``{"arch", "choices": [...]}``).
+
+    Raises ConvertError naming the file when it is not such a file.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        arch = str(data["arch"])
+        out = [
+            GemmChoice(arch=arch, n=int(c["n"]), k=int(c["k"]), m=int(c["m"]), config=c["config"])
+            for c in data["choices"]
+        ]
+        for c in out:
+            GemmConfig.parse(c.config)
+    except OSError as exc:
+        raise ConvertError(path, f"cannot read the GEMM tuning file: {exc.strerror}") from exc
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConvertError(
+            path,
+            f"not a GEMM tuning file ({exc!r})",
+            hint="write it with `python tools/gpu_tune.py` on the GPU",
+        ) from exc
+    return out
+
+
+def packaged_tuning(archs: Sequence[str]) -> list[GemmChoice]:
+    """The tuning results shipped with zerostart (``kernels/tuning/<arch>.json``) for ``archs``."""
+    out: list[GemmChoice] = []
+    for arch in sorted(set(archs)):
+        path = TUNING_DIR / f"{arch}.json"
+        if path.is_file():
+            out += load_tuning(path)
+    return out
+
+
+def model_choices(manifest: Manifest, choices: Sequence[GemmChoice]) -> tuple[GemmChoice, ...]:
+    """The choices that apply to this model's GEMM sites (same N and K), deduplicated."""
+    sites = {(n, k) for _s, _a, _r, n, k in gemm_sites(manifest)}
+    seen: dict[tuple[str, int, int, int], GemmChoice] = {}
+    for c in choices:
+        if (c.n, c.k) in sites:
+            seen[(c.arch, c.n, c.k, c.m)] = c
+    return tuple(seen[k] for k in sorted(seen))
+
+
+def tuned_configs(
+    choices: Sequence[GemmChoice], base: tuple[GemmConfig, ...] = DEFAULT_GEMM_CONFIGS
+) -> tuple[GemmConfig, ...]:
+    """``base`` plus every config the choices name, in a stable order."""
+    out = list(base)
+    for name in sorted({c.config for c in choices}):
+        cfg = GemmConfig.parse(name)
+        if cfg not in out:
+            out.append(cfg)
+    return tuple(out)
+
+
+def apply_tuning(kernels_dir: Path, manifest: Manifest, choices: Sequence[GemmChoice]) -> int:
+    """Write the choices that fit a prebuilt ``kernels/`` folder into its manifest's gemm_table.
+
+    A choice fits when it is for one of the folder's archs, one of this model's
+    (N, K) sites, and a block config the folder holds. Returns how many were kept.
+    """
+    km = launch.KernelManifest.load(kernels_dir)
+    have = {launch.gemm_config_name(v) for v in km.variants if v.op == "gemm"}
+    table = tuple(
+        c for c in model_choices(manifest, choices) if c.config in have and c.arch in km.archs
+    )
+    km = replace(km, gemm_table=table)
+    (Path(kernels_dir) / launch.KERNELS_MANIFEST_NAME).write_text(km.to_json(), encoding="utf-8")
+    return len(table)

@@ -98,6 +98,7 @@ def convert(
     name: str | None = None,
     cpu_archs: Sequence[str] | None = None,
     precision: str = "float32",
+    gemm_tuning: str | Path | None = None,
 ) -> Manifest:
     """Convert the Hugging Face folder ``src`` into a bundle at ``dst`` and return its manifest.
 
@@ -117,6 +118,11 @@ def convert(
     None takes the defaults for ``precision``; ``()`` or ``("none",)`` writes no
     kernels (the numpy engine runs it). ``precision``: "float32" (default),
     "int8" or "bfloat16" for the encoder's matrix weights (CPU only).
+
+    ``gemm_tuning`` (GPU bundles): a ``tools/gpu_tune.py`` result whose measured
+    GEMM block configs the bundle's launch rule follows (compiled in, or, with
+    ``kernels_from``, kept where the folder holds them); default: the results
+    shipped in ``zerostart/kernels/tuning/`` for the archs.
     """
     report: Progress = progress or (lambda _stage, _fraction: None)
     src, dst = Path(src), Path(dst)
@@ -128,6 +134,8 @@ def convert(
         raise ConvertError(dst, f"precision {precision!r} is not one of {_PRECISIONS}")
     if device != "cpu" and (cpu_archs or precision != "float32"):
         raise ConvertError(dst, "--cpu-arch and --precision are for --device cpu")
+    if gemm_tuning is not None and device != "cuda":
+        raise ConvertError(dst, "--gemm-tuning is for --device cuda")
     if device == "cpu":
         cpu_archs = _cpu_archs(cpu_archs, precision, dst)
     _check_destination(dst)
@@ -188,7 +196,9 @@ def convert(
         raise ConvertError(dst, "give either archs to compile kernels for, or kernels to copy")
     if kernels_from is not None:
         check_prebuilt_kernels(manifest, Path(kernels_from))
-    _write_bundle(dst, manifest, tensors, vocab, report, archs, kernels_from, cpu_archs or ())
+    _write_bundle(
+        dst, manifest, tensors, vocab, report, archs, kernels_from, cpu_archs or (), gemm_tuning
+    )
     report("done", 1.0)
     return Manifest.load(dst)
 
@@ -440,6 +450,7 @@ def _write_bundle(
     archs: Sequence[str] = (),
     kernels_from: str | Path | None = None,
     cpu_archs: Sequence[str] = (),
+    gemm_tuning: str | Path | None = None,
 ) -> None:
     """Write into a temporary sibling folder, then rename it into place."""
     if any("\n" in t or "\r" in t for t in vocab):
@@ -454,12 +465,20 @@ def _write_bundle(
         write_weights(weights_path, tensors, {"format": "np", "zerostart.layout": LAYOUT_VERSION})
         (tmp / VOCAB_NAME).write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
         names = [WEIGHTS_NAME, VOCAB_NAME]
+        if archs or kernels_from is not None:
+            from zerostart.engine.cuda.launch import KernelManifest
+            from zerostart.kernels.variants import apply_tuning, load_tuning, packaged_tuning
         if archs:  # GPU kernels, compiled ahead of time (Triton, build time only)
             from zerostart.kernels.aot import compile_for_bundle
 
-            compile_for_bundle(manifest, tmp, list(archs), report)
+            tuning = None if gemm_tuning is None else load_tuning(gemm_tuning)
+            compile_for_bundle(manifest, tmp, list(archs), report, tuning=tuning)
         elif kernels_from is not None:
             shutil.copytree(kernels_from, tmp / KERNELS_DIR)
+            km = KernelManifest.load(tmp / KERNELS_DIR)
+            choices = packaged_tuning(km.archs) if gemm_tuning is None else load_tuning(gemm_tuning)
+            kept = apply_tuning(tmp / KERNELS_DIR, manifest, choices)
+            log.info("kernels copied from %s; %d measured GEMM choices apply", kernels_from, kept)
         if archs or kernels_from is not None:
             names += sorted(p.relative_to(tmp).as_posix() for p in (tmp / KERNELS_DIR).iterdir())
         if cpu_archs:  # CPU kernels, one shared library per target (gcc, build time only)

@@ -37,6 +37,7 @@ libcuda is opened.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,9 +105,15 @@ class CudaEngine:
         self.driver = drv = driver or Driver.load()
         self._lock = threading.Lock()
         self._closed = False
+        # Seconds per start-up phase, in order (what /status and bench/gpu.py report).
+        self.startup_phases: dict[str, float] = {}
+        t0 = time.perf_counter()
         drv.init()
         self._device = drv.device(device)
+        self._mark("driver_init", t0)
+        t0 = time.perf_counter()
         self._context = drv.primary_context(self._device)
+        self._mark("context", t0)
         try:
             with drv.current(self._context):
                 self._start(weights, Path(kernels_dir), capture_graphs)
@@ -114,11 +121,21 @@ class CudaEngine:
             drv.release_primary_context(self._device)
             raise
 
+    def _mark(self, phase: str, since: float) -> None:
+        self.startup_phases[phase] = time.perf_counter() - since
+
     def _start(
         self, weights: Mapping[str, np.ndarray], kernels_dir: Path, capture_graphs: bool
     ) -> None:
-        """Everything after the context is retained; runs with it current."""
+        """Everything after the context is retained; runs with it current.
+
+        Launch plans, their kernels' modules and graphs are made lazily, per
+        bucket pair on its first use (a few milliseconds), not all at start-up: a
+        worker serves a handful of bucket pairs, and planning and capturing all
+        42 was most of the engine's start-up.
+        """
         drv, c = self.driver, self.manifest.config
+        t0 = time.perf_counter()
         self.device_name = drv.device_name(self._device)
         self.compute_capability = drv.compute_capability(self._device)
         self._sms = drv.device_attribute(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, self._device)
@@ -128,20 +145,31 @@ class CudaEngine:
         self.library = KernelLibrary(drv, kernels_dir, self.kernels, self.compute_capability, optin)
         self._stream = drv.stream_create()
         self._alloc = CachingAllocator(drv)
+        self._mark("setup", t0)
+        t0 = time.perf_counter()
         self._w = self._upload(weights)
+        self._mark("weights_upload", t0)
+        t0 = time.perf_counter()
         self._max_b = self.kernels.batch_buckets[-1]
         self._max_t = min(self.kernels.seq_buckets[-1], c.max_position_embeddings)
         self._buffers()
+        self._mark("buffers", t0)
+        self._capture_graphs = capture_graphs
         self._graphs: dict[tuple[int, int], int] = {}
-        self._plans = {
-            (b, t): self._plan(b, t)
+        self._plans: dict[tuple[int, int], list[_Launch]] = {}
+        self._gemm_choice: dict[tuple[int, ...], KernelVariant] = {}
+        self._pairs = [
+            (b, t)
             for b in self.kernels.batch_buckets
             for t in self.kernels.seq_buckets
             if t <= self._max_t
-        }
-        if capture_graphs:
-            for key, plan in self._plans.items():
-                self._graphs[key] = self._capture(plan)
+        ]
+        # Fail at start-up, not on a request: plan the smallest pair (its modules loaded:
+        # the likeliest first request) and check the largest one's kernel choices.
+        t0 = time.perf_counter()
+        self._plan_for(*self._pairs[0])
+        self._plan(*self._pairs[-1])
+        self._mark("plans", t0)
 
     @classmethod
     def from_bundle(cls, bundle: object, **kwargs: object) -> CudaEngine:
@@ -189,17 +217,22 @@ class CudaEngine:
     ) -> _Launch:
         k, n = tensor_shapes(self.manifest)[w + ".weight"]
         lda = lda or k
-        v = select_gemm(
-            self.kernels,
-            act=act,
-            has_res=bool(res),
-            m=m,
-            n=n,
-            k=k,
-            lda=lda,
-            ldc=n,
-            sm_count=self._sms,
-        )
+        key = (act, int(bool(res)), m, n, k, lda)
+        v = self._gemm_choice.get(key)
+        if v is None:
+            v = self._gemm_choice[key] = select_gemm(
+                self.kernels,
+                act=act,
+                has_res=bool(res),
+                m=m,
+                n=n,
+                k=k,
+                lda=lda,
+                ldc=n,
+                sm_count=self._sms,
+                arch=f"sm_{self.compute_capability}",
+                fits=self.library.fits,
+            )
         args: dict[str, int | float] = {
             "a_ptr": a,
             "b_ptr": self._w[w + ".weight"],
@@ -296,6 +329,32 @@ class CudaEngine:
         self.driver.graph_destroy(graph)  # the executable graph keeps what it needs
         return exe
 
+    def _plan_for(self, b: int, t: int) -> list[_Launch]:
+        """The bucket pair's launch plan, made on first use with its kernels' modules loaded."""
+        plan = self._plans.get((b, t))
+        if plan is None:
+            plan = self._plan(b, t)
+            for step in plan:  # module loads are not allowed while a stream captures
+                self.library.load(step.variant)
+            self._plans[(b, t)] = plan
+        return plan
+
+    def _graph(self, b: int, t: int) -> int:
+        """The bucket pair's executable graph, captured on first use; 0 when graphs are off."""
+        plan = self._plan_for(b, t)
+        if not self._capture_graphs:
+            return 0
+        exe = self._graphs.get((b, t))
+        if exe is None:
+            exe = self._graphs[(b, t)] = self._capture(plan)
+        return exe
+
+    def warm_graphs(self, pairs: list[tuple[int, int]] | None = None) -> None:
+        """Plan and capture ``pairs`` (default: every bucket pair) now, not on first use."""
+        with self._lock, self.driver.current(self._context):
+            for b, t in pairs if pairs is not None else self._pairs:
+                self._graph(b, t)
+
     # -- inference ---------------------------------------------------------------
     def forward(
         self,
@@ -328,6 +387,8 @@ class CudaEngine:
         b, t = ids.shape
         bb, tb = bucket(b, self.kernels.batch_buckets), bucket(t, self.kernels.seq_buckets)
         n = bb * tb
+        d, s = self.driver, self._stream
+        graph = self._graph(bb, tb)  # captured before this call's copies are queued
         grid_ids = self._in_ids.array[:n].reshape(bb, tb)
         grid_ids[:] = self.manifest.config.pad_token_id
         grid_ids[:b, :t] = ids
@@ -337,14 +398,13 @@ class CudaEngine:
             grid_types[:b, :t] = types
         self._in_lens.array[:bb] = 0
         self._in_lens.array[:b] = lens
-        d, s = self.driver, self._stream
         d.memcpy_htod(self._ids, self._in_ids.ptr, n * 4, s)
         d.memcpy_htod(self._types, self._in_types.ptr, n * 4, s)
         d.memcpy_htod(self._lens, self._in_lens.ptr, bb * 4, s)
-        if (bb, tb) in self._graphs:
-            d.graph_launch(self._graphs[(bb, tb)], s)
+        if graph:
+            d.graph_launch(graph, s)
         else:
-            self._run(self._plans[(bb, tb)])
+            self._run(self._plan_for(bb, tb))
         task = self.manifest.task
         if task == "embeddings":
             src, width, rows = self._x, self._h, n

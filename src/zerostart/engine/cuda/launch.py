@@ -97,6 +97,23 @@ class KernelVariant:
 
 
 @dataclass(frozen=True)
+class GemmChoice:
+    """A measured best GEMM block config for one problem on one arch (a tuning run's output).
+
+    ``config`` is the block-config suffix of a GEMM variant's key
+    (``"m64n64k64w4s3"``); ``m`` the rows it was measured at (batch x sequence
+    bucket). ``select_gemm`` uses the entry of the same arch, N and K whose M is
+    nearest on a log scale, when the bundle holds that config.
+    """
+
+    arch: str
+    n: int
+    k: int
+    m: int
+    config: str
+
+
+@dataclass(frozen=True)
 class KernelManifest:
     """``kernels/manifest.json``: what was compiled, for which archs, with which compiler."""
 
@@ -107,6 +124,7 @@ class KernelManifest:
     seq_buckets: tuple[int, ...]
     variants: tuple[KernelVariant, ...]
     format_version: int = KERNELS_FORMAT_VERSION
+    gemm_table: tuple[GemmChoice, ...] = ()  # measured choices; absent in untuned bundles
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -151,6 +169,16 @@ class KernelManifest:
                 seq_buckets=tuple(int(x) for x in data["seq_buckets"]),
                 variants=variants,
                 format_version=version,
+                gemm_table=tuple(
+                    GemmChoice(
+                        arch=str(x["arch"]),
+                        n=int(x["n"]),
+                        k=int(x["k"]),
+                        m=int(x["m"]),
+                        config=str(x["config"]),
+                    )
+                    for x in data.get("gemm_table", ())
+                ),
             )
         except BundleError:
             raise
@@ -205,6 +233,9 @@ class KernelManifest:
                     raise BundleError(
                         path, f"kernel {v.key!r} [{arch}]: file {image.file!r} leaves kernels/"
                     )
+        for c in self.gemm_table:
+            if min(c.n, c.k, c.m) < 1 or not c.config.isalnum():
+                raise BundleError(path, f"gemm_table entry {c} is malformed")
         if list(self.batch_buckets) != sorted(set(self.batch_buckets)) or not self.batch_buckets:
             raise BundleError(path, "batch_buckets must be strictly increasing and non-empty")
         if list(self.seq_buckets) != sorted(set(self.seq_buckets)) or not self.seq_buckets:
@@ -289,6 +320,11 @@ def gemm_aligned(*dims: int) -> bool:
     return all(d % _GEMM_ALIGN == 0 for d in dims)
 
 
+def gemm_config_name(v: KernelVariant) -> str:
+    """A GEMM variant's block config, the last part of its key (``"m64n64k64w4s3"``)."""
+    return v.key.rsplit(".", 1)[-1]
+
+
 def select_gemm(
     manifest: KernelManifest,
     *,
@@ -300,22 +336,40 @@ def select_gemm(
     lda: int,
     ldc: int,
     sm_count: int,
+    arch: str | None = None,
+    fits: Callable[[KernelVariant], bool] | None = None,
 ) -> KernelVariant:
     """Pick the GEMM variant for one problem.
 
-    Rule: among block configs compiled for this epilogue, prefer the aligned
-    build when N, K and the strides allow it; then the largest tile that still
+    Pool: the variants compiled for this epilogue; the aligned builds (16-byte
+    vector loads, and no K mask in the loop, so K must be a multiple of their
+    BLOCK_K) when N, K and the strides allow it, else the plain ones.
+
+    Measured first: when the manifest's ``gemm_table`` has entries for ``arch``
+    and this (N, K), the config measured best at the nearest M (log scale) is
+    taken if the pool holds it. Otherwise the rule: the largest tile that still
     gives every SM at least one tile (big tiles reuse operands best), or, when
     no tile does, the tile with the most programs (small problems are latency
-    bound, so parallelism wins). Ties go to the first listed (the compiler's
-    order). Deterministic and GPU-free; a tuning run may reorder the manifest.
+    bound, so parallelism wins). Ties go to the first listed. GPU-free.
+
+    ``fits``: whether a variant can launch on this GPU (its shared memory per
+    block within the device's opt-in limit); variants that do not are left out.
     """
-    pool = [
+    compiled = [
         v
         for v in manifest.variants
         if v.op == "gemm" and v.params.get("ACT") == act and v.params.get("HAS_RES") == int(has_res)
     ]
-    aligned = [v for v in pool if v.params.get("ALIGNED") == 1]
+    pool = [v for v in compiled if fits is None or fits(v)]
+    if compiled and not pool:
+        raise EngineError(
+            f"every GEMM kernel for activation {act}, residual {has_res} needs more shared "
+            f"memory per block than this GPU allows ({', '.join(v.key for v in compiled)})",
+            hint="re-run `zerostart convert --device cuda --arch sm_XY` with this GPU's arch",
+        )
+    aligned = [
+        v for v in pool if v.params.get("ALIGNED") == 1 and k % v.params.get("BLOCK_K", 1) == 0
+    ]
     plain = [v for v in pool if v.params.get("ALIGNED", 0) == 0]
     pool = aligned if aligned and gemm_aligned(n, k, lda, ldc) else plain
     if not pool:
@@ -324,6 +378,13 @@ def select_gemm(
             f" (M={m}, N={n}, K={k})",
             hint="re-run `zerostart convert --device cuda`",
         )
+    if arch is not None:
+        measured = [c for c in manifest.gemm_table if (c.arch, c.n, c.k) == (arch, n, k)]
+        if measured:
+            best = min(measured, key=lambda c: (abs(math.log2(c.m / m)), -c.m))
+            for v in pool:
+                if gemm_config_name(v) == best.config:
+                    return v
 
     def tiles(v: KernelVariant) -> int:
         return math.ceil(m / v.params["BLOCK_M"]) * math.ceil(n / v.params["BLOCK_N"])

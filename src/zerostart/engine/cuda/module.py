@@ -118,7 +118,12 @@ class Kernel:
 
 
 class KernelLibrary:
-    """Every variant of a bundle's ``kernels/`` loaded for one device (one module each)."""
+    """A bundle's ``kernels/`` for one device: one module per variant, loaded on first use.
+
+    A bundle holds every block config it was compiled with, and a forward pass
+    uses a handful: loading only those keeps start-up short (each module load is
+    a driver call that parses a cubin, or JIT-compiles PTX).
+    """
 
     def __init__(
         self,
@@ -130,23 +135,39 @@ class KernelLibrary:
     ) -> None:
         self.driver = driver
         self.manifest = km
+        self.kernels_dir = Path(kernels_dir)
+        self.cc = cc
+        self.shared_optin_bytes = shared_optin_bytes
         self.kernels: dict[str, Kernel] = {}
-        for v in km.variants:
-            key, image = choose_image(km, v, cc)
-            path = Path(kernels_dir) / image.file
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise BundleError(path, f"cannot read kernel image: {exc.strerror}") from exc
-            module = driver.module_load(data)
-            fn = driver.module_function(module, v.entry)
-            static = driver.func_attribute(fn, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
-            limit = dynamic_shared_limit(v.key, static, image.shared_bytes, shared_optin_bytes)
-            if limit is not None:
-                driver.func_set_attribute(
-                    fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit
-                )
-            self.kernels[v.key] = Kernel(v, key, image, fn)
+        for v in km.variants:  # every variant has an image for this GPU, or say so now
+            choose_image(km, v, cc)
+
+    def fits(self, variant: KernelVariant) -> bool:
+        """Whether the variant's image for this GPU can fit its dynamic shared memory at all."""
+        _key, image = choose_image(self.manifest, variant, self.cc)
+        return image.shared_bytes <= self.shared_optin_bytes
+
+    def load(self, v: KernelVariant) -> Kernel:
+        """The variant's loaded function (loads its module the first time)."""
+        k = self.kernels.get(v.key)
+        if k is not None:
+            return k
+        key, image = choose_image(self.manifest, v, self.cc)
+        path = self.kernels_dir / image.file
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise BundleError(path, f"cannot read kernel image: {exc.strerror}") from exc
+        module = self.driver.module_load(data)
+        fn = self.driver.module_function(module, v.entry)
+        static = self.driver.func_attribute(fn, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+        limit = dynamic_shared_limit(v.key, static, image.shared_bytes, self.shared_optin_bytes)
+        if limit is not None:
+            self.driver.func_set_attribute(
+                fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, limit
+            )
+        k = self.kernels[v.key] = Kernel(v, key, image, fn)
+        return k
 
     def launch(
         self,
@@ -156,7 +177,7 @@ class KernelLibrary:
         stream: int,
         scratch: int = 0,
     ) -> None:
-        k = self.kernels[variant.key]
+        k = self.load(variant)
         grid = variant.grid_for(sizes)
         if k.image.global_scratch_bytes and not scratch:
             raise EngineError(f"kernel {variant.key} needs global scratch memory and got none")
