@@ -320,9 +320,26 @@ with torch.inference_mode(): print("ANSWER", int(m(input_ids=ids).logits.argmax(
 """
 
 
-def exec_to_answer(code: str, arg: Path) -> tuple[float, str]:
+def import_profile(top: int = 15) -> dict:
+    """The child's imports by cumulative time (``python -X importtime``), microseconds."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    code = "import numpy\nfrom zerostart.model.bundle import Bundle\nfrom zerostart.engine.cuda import CudaEngine"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    rows = []
+    for line in proc.stderr.splitlines():
+        parts = line.removeprefix("import time:").split("|")
+        if len(parts) == 3 and parts[1].strip().isdigit():
+            rows.append((int(parts[1]), parts[2].rstrip()))
+    return {name: us for us, name in sorted(rows, reverse=True)[:top]}
+
+
+def exec_to_answer(code: str, arg: Path, extra_env: dict | None = None) -> tuple[float, str]:
     t0 = time.perf_counter()
-    env = dict(os.environ)  # the child imports zerostart from this checkout
+    env = dict(os.environ, **(extra_env or {}))  # the child imports zerostart from this checkout
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
         [sys.executable, "-c", code, str(arg)], stdout=subprocess.PIPE, text=True, env=env
@@ -386,6 +403,12 @@ def main() -> None:
     maps = json.loads(rest.split("MAPS", 1)[1])
     result["exec_phases_s"] = json.loads(rest.split("PHASES", 1)[1].split("\n", 1)[0])
     result["exec_runs_s"] = [r[0] for r in runs]
+    # numpy's OpenBLAS starts a thread per core at import; the GPU worker never calls BLAS
+    one = {"OPENBLAS_NUM_THREADS": "1"}
+    result["exec_runs_openblas_1_thread_s"] = [
+        exec_to_answer(ZEROSTART_CHILD, bundle, one)[0] for _ in range(3)
+    ]
+    result["import_profile_us"] = import_profile()
     torch_s, _ = exec_to_answer(TORCH_CHILD, src)
     weights = str(bundle / "weights.safetensors")
     result["exec_to_first_answer_s"] = {"zerostart": zs_s, "pytorch_transformers": torch_s}

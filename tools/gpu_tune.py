@@ -178,9 +178,10 @@ def main(argv: list[str] | None = None) -> int:
 
         bad: set[str] = set()
         for n, k in shapes:
-            # the kernel reads B as K x N contiguous: the buffer's first K*N values
+            # the kernel reads A (lda = K) and B as contiguous M x K and K x N: the buffers' first values
             b_view = b_host.reshape(-1)[: k * n].reshape(k, n).astype(np.float32)
-            want = a_host[:CHECK_ROWS, :k].astype(np.float32) @ b_view
+            a_view = a_host.reshape(-1)[: CHECK_ROWS * k].reshape(CHECK_ROWS, k)  # lda = K
+            want = a_view.astype(np.float32) @ b_view
             want += bias_host[:n].astype(np.float32)
             runnable = [v for v in cands if k % v.params["BLOCK_K"] == 0]
             for v in [] if args.no_check else runnable:

@@ -70,6 +70,11 @@ from zerostart.model.manifest import Manifest
 FP16_BYTES = 2
 
 
+def _input_offsets(b: int, t: int) -> tuple[int, int, int]:
+    """int32 offsets of token ids, token types and lengths for bucket (b, t) in the input block."""
+    return 0, b * t, 2 * b * t
+
+
 @dataclass(frozen=True)
 class _Launch:
     variant: KernelVariant
@@ -201,15 +206,15 @@ class CudaEngine:
     def _buffers(self) -> None:
         n, h = self._max_b * self._max_t, self._h
         a = self._alloc.alloc
-        self._ids, self._types, self._lens = a(n * 4), a(n * 4), a(self._max_b * 4)
+        # Token ids, token types and lengths of a batch travel in one copy: per bucket
+        # (b, t) they lie at int32 offsets 0, b*t and 2*b*t of one block (``_input_offsets``).
+        self._inputs = a((2 * n + self._max_b) * 4)
         self._x, self._ctx, self._tmp, self._a = (a(n * h * FP16_BYTES) for _ in range(4))
         self._qkv = a(n * 3 * h * FP16_BYTES)
         self._f = a(n * self._inter * FP16_BYTES)
         self._pooled = a(self._max_b * h * FP16_BYTES)
         self._logits = a(n * max(1, self._labels) * FP16_BYTES)
-        self._in_ids = PinnedBuffer(self.driver, np.int32, n)
-        self._in_types = PinnedBuffer(self.driver, np.int32, n)
-        self._in_lens = PinnedBuffer(self.driver, np.int32, self._max_b)
+        self._in = PinnedBuffer(self.driver, np.int32, 2 * n + self._max_b)
         self._out = PinnedBuffer(self.driver, np.float16, n * max(h, self._labels))
 
     def _gemm(
@@ -262,14 +267,15 @@ class CudaEngine:
     def _plan(self, b: int, t: int) -> list[_Launch]:
         """Every launch of one forward pass at bucket (b, t), in order."""
         n, h, w = b * t, self._h, self._w
+        ids_ptr, types_ptr, lens_ptr = (self._inputs + 4 * o for o in _input_offsets(b, t))
         has_types = "embed.token_type" in w
         plan = [
             _Launch(
                 self.kernels.find("embed", HAS_TYPES=int(has_types)),
                 {"B": b, "T": t},
                 {
-                    "ids_ptr": self._ids,
-                    "types_ptr": self._types,
+                    "ids_ptr": ids_ptr,
+                    "types_ptr": types_ptr,
                     "word_ptr": w["embed.word"],
                     "pos_ptr": w["embed.position"],
                     "type_ptr": w.get("embed.token_type", w["embed.word"]),
@@ -292,7 +298,7 @@ class CudaEngine:
                     {"B": b, "T": t},
                     {
                         "qkv_ptr": self._qkv,
-                        "lens_ptr": self._lens,
+                        "lens_ptr": lens_ptr,
                         "out_ptr": self._ctx,
                         "T": t,
                         "H": h,
@@ -389,18 +395,17 @@ class CudaEngine:
         n = bb * tb
         d, s = self.driver, self._stream
         graph = self._graph(bb, tb)  # captured before this call's copies are queued
-        grid_ids = self._in_ids.array[:n].reshape(bb, tb)
+        staged = self._in.array
+        grid_ids = staged[:n].reshape(bb, tb)
         grid_ids[:] = self.manifest.config.pad_token_id
         grid_ids[:b, :t] = ids
-        grid_types = self._in_types.array[:n].reshape(bb, tb)
+        grid_types = staged[n : 2 * n].reshape(bb, tb)
         grid_types[:] = 0
         if types is not None:
             grid_types[:b, :t] = types
-        self._in_lens.array[:bb] = 0
-        self._in_lens.array[:b] = lens
-        d.memcpy_htod(self._ids, self._in_ids.ptr, n * 4, s)
-        d.memcpy_htod(self._types, self._in_types.ptr, n * 4, s)
-        d.memcpy_htod(self._lens, self._in_lens.ptr, bb * 4, s)
+        staged[2 * n + b : 2 * n + bb] = 0
+        staged[2 * n : 2 * n + b] = lens
+        d.memcpy_htod(self._inputs, self._in.ptr, (2 * n + bb) * 4, s)
         if graph:
             d.graph_launch(graph, s)
         else:
@@ -443,6 +448,6 @@ class CudaEngine:
             self._closed = True
             with self.driver.current(self._context):
                 self._alloc.release_all()
-                for buf in (self._in_ids, self._in_types, self._in_lens, self._out):
+                for buf in (self._in, self._out):
                     buf.close()
             self.driver.release_primary_context(self._device)
