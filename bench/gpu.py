@@ -113,17 +113,19 @@ def make_bundle(
 ) -> Path:
     """The GPU bundle: kernels compiled here for ``arch``, or copied from ``kernels``.
 
-    ``tuning``: a tools/gpu_tune.py result the launch rule follows; without it the
-    bundle carries no measured choices (the untuned rule), whatever ships in the package.
+    ``tuning``: a tools/gpu_tune.py result the launch rule follows; default: what ships
+    in zerostart/kernels/tuning/ for this arch. ``name == "-rule"``: no measured choices
+    and the default configs only (an untuned bundle).
     """
     from zerostart.model.convert import convert
 
     if kernels is not None and name == "-rule":
         kernels = default_kernels(kernels)
     dst = WORK / f"bundle-{arch}{name}"
-    empty = WORK / "no-tuning.json"
-    empty.write_text(json.dumps({"arch": arch, "choices": []}))
-    t = tuning or empty
+    t = tuning
+    if name == "-rule":  # no measured choices: the launch rule alone
+        t = WORK / "no-tuning.json"
+        t.write_text(json.dumps({"arch": arch, "choices": []}))
     if kernels is not None:
         convert(src, dst, device="cuda", kernels_from=kernels, gemm_tuning=t)
     else:
@@ -365,7 +367,8 @@ def main() -> None:
     ap.add_argument(
         "--tuning",
         type=Path,
-        help="tools/gpu_tune.py result: the engine is measured with it and with the untuned rule",
+        help="tools/gpu_tune.py result (default: the packaged one for this arch); the engine "
+        "is measured with it and with the untuned rule",
     )
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
@@ -380,7 +383,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     src = make_model()
     bundle = make_bundle(src, arch, args.kernels, args.tuning)
-    rule_bundle = make_bundle(src, arch, args.kernels, None, "-rule") if args.tuning else None
+    rule_bundle = make_bundle(src, arch, args.kernels, None, "-rule")
     for p in bundle.rglob("*"):  # page cache warm, as the target says
         if p.is_file():
             p.read_bytes()
@@ -392,9 +395,8 @@ def main() -> None:
         "machine": machine_description(),
     }
     result["zerostart"] = bench_zerostart(bundle, profile=True)
-    if rule_bundle is not None:
-        result["zerostart_untuned_rule"] = bench_zerostart(rule_bundle)
-        result["tuning"] = str(args.tuning)
+    result["zerostart_untuned_rule"] = bench_zerostart(rule_bundle)
+    result["tuning"] = str(args.tuning or "zerostart/kernels/tuning (packaged)")
     print(json.dumps(result, indent=1, sort_keys=True), flush=True)  # kept if a later part fails
     result["pytorch"] = bench_torch(src)
     runs = [exec_to_answer(ZEROSTART_CHILD, bundle) for _ in range(3)]

@@ -202,7 +202,9 @@ def bench_kernels(out: Path, archs: list[str]) -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     log(f"bench kernels (bert-base shape, every tuning config) for {','.join(archs)}")
-    compile_for_bundle(bench_gpu.bench_manifest(), out, archs, tuning=(), tuning_candidates=True)
+    # as `convert --arch` would (the configs measured in zerostart/kernels/tuning/), plus every
+    # candidate tools/gpu_tune.py times
+    compile_for_bundle(bench_gpu.bench_manifest(), out, archs, tuning_candidates=True)
     (out / "kernels").rename(out / "k")
     for p in (out / "k").iterdir():
         p.rename(out / p.name)

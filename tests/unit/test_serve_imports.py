@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 # Never on the worker path (build-time or CLI-only libraries).
@@ -224,3 +226,21 @@ def test_package_import_is_lazy() -> None:
     # or that time would hide in the "interpreter" phase.
     modules = top_level_modules("import zerostart.serve")
     assert "httptools" not in modules and "asyncio" not in modules
+
+
+def test_gpu_bundle_gets_one_openblas_thread_unless_the_user_chose(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zerostart.serve.__main__ import quiet_blas_for_gpu
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    (tmp_path / "manifest.json").write_text('{"device": "cpu"}')
+    quiet_blas_for_gpu(str(tmp_path))
+    assert "OPENBLAS_NUM_THREADS" not in os.environ  # the CPU engine may use BLAS threads
+    quiet_blas_for_gpu(str(tmp_path / "missing"))  # the loader reports a missing bundle
+    (tmp_path / "manifest.json").write_text('{"device": "cuda"}')
+    quiet_blas_for_gpu(str(tmp_path))
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    quiet_blas_for_gpu(str(tmp_path))
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "4"

@@ -350,7 +350,8 @@ def select_gemm(
     taken if the pool holds it. Otherwise the rule: the largest tile that still
     gives every SM at least one tile (big tiles reuse operands best), or, when
     no tile does, the tile with the most programs (small problems are latency
-    bound, so parallelism wins). Ties go to the first listed. GPU-free.
+    bound, so parallelism wins), the smaller of those. Remaining ties go to the
+    first listed. GPU-free.
 
     ``fits``: whether a variant can launch on this GPU (its shared memory per
     block within the device's opt-in limit); variants that do not are left out.
@@ -395,7 +396,8 @@ def select_gemm(
     filling = [v for v in pool if tiles(v) >= sm_count]
     if filling:
         return max(filling, key=area)  # max keeps the first of equal areas
-    return max(pool, key=tiles)
+    # equal parallelism: the smaller tile wastes less on padding (a 1-row, 2-label head)
+    return max(pool, key=lambda v: (tiles(v), -area(v)))
 
 
 # -- shape buckets -----------------------------------------------------------------
