@@ -139,14 +139,6 @@ def test_min_replicas_start_at_boot_and_never_go_to_zero(
     assert code == 200 and headers["zerostart-cold-start"] == "none"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "known bug, found at the end of stop 7: after the replica is SIGKILLed, some in-flight "
-        "requests get no answer within 30 s (2 of 3 local runs); before, the test lost those "
-        "client threads' exceptions and passed. See the stop-7 notes."
-    ),
-)
 def test_replica_killed_mid_request_is_replaced_and_its_requests_retried(
     tmp_path: Path, sst2_bundle: Path, gateways: list[Gateway]
 ) -> None:
@@ -184,7 +176,7 @@ def test_replica_killed_mid_request_is_replaced_and_its_requests_retried(
         t.join(60)
     assert not any(t.is_alive() for t in threads), "a request got no answer within 60 s"
     bad = [(c, b) for c, b, t in results if c != 200 or not same(b, expected[t])]
-    assert not bad, bad[:3]
+    assert not bad, f"{bad[:3]}\n--- gateway log ---\n{gw.stderr()[-4000:]}"
     m = gw.metrics()
     assert metric(m, "zerostart_gateway_replica_deaths_total", model="sst2") == 1
     assert metric(m, "zerostart_gateway_cold_starts_total", model="sst2") == 2

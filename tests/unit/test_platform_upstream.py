@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -82,6 +83,50 @@ def test_a_stale_idle_connection_is_retried_once_on_a_fresh_one() -> None:
             assert resp.body == b"x"
         pool.close()
         server.close()
+
+    asyncio.run(main())
+
+
+def test_many_stale_idle_connections_cost_one_retry_on_a_fresh_one() -> None:
+    """A replica killed with several idle keep-alive connections: all of them are dead.
+
+    The old pool retried on the next idle one, found it stale too, and fell out of its
+    loop with an AssertionError that left the gateway's client with no answer.
+    """
+
+    async def main() -> None:
+        writers: list[asyncio.StreamWriter] = []
+        hold = asyncio.Event()
+
+        async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            writers.append(w)
+            await read_request(r)
+            await hold.wait()  # answer all four together: four idle connections afterwards
+            w.write(ok(b"x"))
+            await w.drain()
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await read_request(r)  # a request on a stale connection: closed unanswered
+            w.close()
+
+        server, port = await serve(handler)
+        pool = UpstreamPool("127.0.0.1", port)
+        calls = [
+            asyncio.ensure_future(pool.request("GET", "/", timeout_s=5, max_body_bytes=10))
+            for _ in range(4)
+        ]
+        while len(writers) < 4:
+            await asyncio.sleep(0.01)
+        hold.set()
+        assert [c.body for c in await asyncio.gather(*calls)] == [b"x"] * 4
+        for w in writers:  # "kill the replica": every idle connection closes under the pool
+            w.close()
+        await asyncio.sleep(0.05)
+        resp = await pool.request("GET", "/", timeout_s=5, max_body_bytes=10)
+        assert resp.body == b"x" and len(writers) == 5  # one fresh connection, no stale retries
+        server.close()
+        with pytest.raises(UpstreamError, match="cannot connect"):
+            await pool.request("GET", "/", timeout_s=5, max_body_bytes=10)  # replica gone
+        pool.close()
 
     asyncio.run(main())
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import Any
 
-from serve_fakes import FakePipeline, exchange, get, post, running
+from serve_fakes import FakePipeline, Reader, connect, exchange, get, post, running
 
 from zerostart.serve.config import ServerConfig
 from zerostart.serve.http import Request
@@ -88,3 +89,34 @@ def test_an_answer_holding_nan_is_424_never_invalid_json() -> None:
         status, _, body = exchange(srv.port, post("/predict", b'{"inputs": "x"}'))
         assert status == 424 and json.loads(body)["error_type"] == "Backend"
         assert exchange(srv.port, get("/health"))[0] == 200
+
+
+def test_a_handler_that_raises_still_answers_500_and_closes(caplog: Any) -> None:
+    """The HTTP layer's own safety net (the gateway's handler has no pipeline to catch for it).
+
+    Before it, an exception escaping ``Host.handle`` killed the connection's responder
+    task: the client waited for an answer that never came (found killing a replica
+    under load, when the gateway's upstream client raised an AssertionError).
+    """
+    with running(FakePipeline()) as srv:
+        assert srv.server is not None
+        real = srv.server.handle
+
+        def handle(request: Request) -> Any:
+            if request.path == "/explode":
+                raise RuntimeError("a bug")
+            return real(request)
+
+        srv.server.handle = handle  # type: ignore[method-assign]
+        with connect(srv.port) as s:
+            s.sendall(post("/explode", b"{}") + get("/health"))
+            reader = Reader(s)
+            status, headers, body = reader.response()
+            assert status == 500 and headers.get("connection") == "close"
+            assert json.loads(body) == {
+                "error": "internal error (logged by the server)",
+                "error_type": "Internal",
+            }
+            assert s.recv(1) == b""  # closed: the pipelined /health is not answered
+        assert exchange(srv.port, get("/health"))[0] == 200  # the server keeps serving
+    assert "internal error answering POST /explode" in caplog.text

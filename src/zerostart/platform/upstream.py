@@ -260,6 +260,10 @@ class _Connection(asyncio.Protocol):
         ``release(reusable)`` is called when a streamed body has been closed.
         """
         assert self._transport is not None and self._waiter is None
+        if self.closed:  # lost while idle: writing would be dropped, and the answer never come
+            waiter: asyncio.Future[UpstreamResponse] = self._loop.create_future()
+            waiter.set_exception(UpstreamError("connection closed by the replica while idle"))
+            return waiter
         self._headers, self._body, self._size, self._limit = [], [], 0, limit
         self._started = self._head_done = False
         self._length, self._stream, self._release = None, None, release
@@ -332,27 +336,44 @@ class UpstreamPool:
         head.extend(f"{k}: {v}\r\n".encode("latin-1") for k, v in headers or ())
         head.append(b"content-length: %d\r\n\r\n" % len(body))
         data = b"".join(head) + body
-        for _ in range(2):
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else await self._open()
+        # An idle keep-alive connection first; if it turns out stale (the replica closed it,
+        # or died) before any answer, once more on a fresh connection, never on another idle
+        # one: when one is stale the others usually are too (a killed replica leaves all of
+        # them dead), and they are dropped.
+        conn = None
+        while self._idle and conn is None:
+            conn = self._idle.pop()
+            if conn.closed:  # the replica closed it while idle (its keep-alive timeout, or died)
+                conn = None
+        if conn is not None:
             try:
-                response = await conn.send(
-                    data, max_body_bytes, timeout_s, functools.partial(self._checkin, conn)
-                )
+                return await self._exchange(conn, data, max_body_bytes, timeout_s)
             except UpstreamError as exc:
-                conn.close()
-                if reused and not exc.response_started and not isinstance(exc, UpstreamTimeout):
-                    continue  # a stale keep-alive connection: once more on a fresh one
-                raise
-            except BaseException:  # cancelled mid-request: the connection's state is unknown
-                conn.close()
-                raise
-            if response.stream is None:
-                self._checkin(conn, response.keep_alive)
-            elif not response.keep_alive:
-                conn.mark_last()
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+                if exc.response_started or isinstance(exc, UpstreamTimeout):
+                    raise
+                self._drop_idle()
+        return await self._exchange(await self._open(), data, max_body_bytes, timeout_s)
+
+    async def _exchange(
+        self, conn: _Connection, data: bytes, max_body_bytes: int, timeout_s: float
+    ) -> UpstreamResponse:
+        """One request on ``conn``; the connection is closed on any failure."""
+        try:
+            response = await conn.send(
+                data, max_body_bytes, timeout_s, functools.partial(self._checkin, conn)
+            )
+        except BaseException:  # failed or cancelled mid-request: the connection's state is unknown
+            conn.close()
+            raise
+        if response.stream is None:
+            self._checkin(conn, response.keep_alive)
+        elif not response.keep_alive:
+            conn.mark_last()
+        return response
+
+    def _drop_idle(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
 
     def _checkin(self, conn: _Connection, reusable: bool) -> None:
         usable = reusable and not conn.closed and not conn.last and not self._closed
@@ -364,5 +385,4 @@ class UpstreamPool:
     def close(self) -> None:
         """Close idle connections; ones in use close when their request ends."""
         self._closed = True
-        while self._idle:
-            self._idle.pop().close()
+        self._drop_idle()

@@ -362,7 +362,14 @@ class HttpConnection(asyncio.Protocol):
                 if isinstance(item, Response):
                     response, keep, version = item, False, "1.1"
                 else:
-                    response = await self._host.handle(item)
+                    try:
+                        response = await self._host.handle(item)
+                    except Exception:  # a bug must not leave the client waiting for nothing
+                        log.exception("internal error answering %s %s", item.method, item.target)
+                        response = error_response(
+                            500, "internal error (logged by the server)", "Internal"
+                        )
+                        response.close = True
                     keep = (
                         item.keep_alive
                         and not response.close
