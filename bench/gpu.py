@@ -322,9 +322,21 @@ with torch.inference_mode(): print("ANSWER", int(m(input_ids=ids).logits.argmax(
 """
 
 
-def import_profile(top: int = 15) -> dict:
+def minimal_blas() -> Path:
+    """zerostart's minimal BLAS built for this numpy (what ``zerostart build`` puts in images)."""
+    import numpy as np
+
+    from zerostart.kernels.blas_build import build_minimal_blas
+
+    npdir = Path(np.__file__).resolve().parent
+    (openblas,) = sorted((npdir.parent / "numpy.libs").glob("lib*openblas*.so*"))
+    modules = sorted(p for p in npdir.rglob("*.so") if "tests" not in p.parts)
+    return build_minimal_blas(openblas, modules, cache=WORK / "minimal-blas")
+
+
+def import_profile(top: int = 15, extra_env: dict | None = None) -> dict:
     """The child's imports by cumulative time (``python -X importtime``), microseconds."""
-    env = dict(os.environ)
+    env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     code = "import numpy\nfrom zerostart.model.bundle import Bundle\nfrom zerostart.engine.cuda import CudaEngine"
     proc = subprocess.run(
@@ -411,6 +423,17 @@ def main() -> None:
         exec_to_answer(ZEROSTART_CHILD, bundle, one)[0] for _ in range(3)
     ]
     result["import_profile_us"] = import_profile()
+    # What the GPU image's worker runs: numpy with zerostart's minimal BLAS (image/blas.py)
+    # instead of its OpenBLAS, loaded here in its place through LD_PRELOAD (same SONAME).
+    try:
+        shim = minimal_blas()
+        pre = {"LD_PRELOAD": str(shim)}
+        result["exec_runs_minimal_blas_s"] = [
+            exec_to_answer(ZEROSTART_CHILD, bundle, pre)[0] for _ in range(3)
+        ]
+        result["import_profile_minimal_blas_us"] = import_profile(extra_env=pre)
+    except Exception as exc:  # no compiler here: say so, keep the rest
+        result["exec_runs_minimal_blas_s"] = f"not measured: {exc!r}"
     torch_s, _ = exec_to_answer(TORCH_CHILD, src)
     weights = str(bundle / "weights.safetensors")
     result["exec_to_first_answer_s"] = {"zerostart": zs_s, "pytorch_transformers": torch_s}

@@ -9,6 +9,9 @@ Builds the CPU image of a model with ``zerostart build`` and measures, in one ru
   dependency they pull in, found through the installed distributions'
   metadata and RECORD files), and one holding ONNX Runtime + numpy +
   tokenizers; both plus the interpreter (stdlib + libpython) they need too;
+* the same model converted for AVX-512 only (``--cpu-arch x86-64-v4``): its
+  image takes zerostart's minimal BLAS instead of numpy's OpenBLAS (issue 12's
+  image target: <= 40 MB unpacked, <= 15 MB compressed without weights);
 * container start (``runc run``) -> first correct answer, median of N, with
   the rootfs already unpacked (unpacking is reported separately), next to the
   same worker started as a plain process.
@@ -33,7 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, bundle_dir, write_result
+from common import BUNDLES, ROOT, bundle_dir, model_dir, write_result
 from zerostart.benchmark import (
     free_port,
     machine_description,
@@ -175,6 +178,39 @@ def process_cold_starts(bundle: Path, task: str, runs: int) -> dict[str, Any]:
     return {"median": round(statistics.median(samples[1:]), 3), "n": runs}
 
 
+def avx512_image(model: str, task: str, runs: int) -> dict[str, Any]:
+    """The image of the model converted for x86-64-v4 only: minimal BLAS, its sizes and start."""
+    from zerostart.model.convert import convert
+
+    bundle = BUNDLES / f"{model}-cpu-x86-64-v4"
+    if not (bundle / "manifest.json").exists():
+        convert(model_dir(model), bundle, cpu_archs=["x86-64-v4"])
+    out = WORK / f"{model}-x86-64-v4"
+    built = build_image(bundle, out)
+    report = inspect_image(out)
+    no_model = [la for la in report.layers if la.name != "model"]
+    assert built.blas is not None
+    runnable = "avx512f" in Path("/proc/cpuinfo").read_text()
+    return {
+        "blas": {
+            "blas": built.blas.blas,
+            "reason": built.blas.reason,
+            "replaced": list(built.blas.replaced),
+            "saved_mb": round(built.blas.saved_bytes / MB, 2),
+        },
+        "without_weights_compressed_mb": round(sum(la.size for la in no_model) / MB, 2),
+        "without_weights_unpacked_mb": round(sum(la.uncompressed_size for la in no_model) / MB, 2),
+        "largest_files": [
+            {"path": f.path, "mb": round(f.size / MB, 2)}
+            for f in report.largest(6)
+            if f.path != "/model/weights.safetensors"
+        ],
+        "container_cold_start": container_cold_starts(out, task, runs)
+        if runnable
+        else "not run: this CPU has no AVX-512",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,6 +266,7 @@ def main() -> None:
             "note": "installed (unpacked) bytes; compare with the image's unpacked size",
         },
         "container_cold_start": container_cold_starts(out, task, args.runs),
+        "avx512_only": avx512_image(args.model, task, args.runs),
         "process_cold_start_s": process_cold_starts(bundle, task, args.runs),
         "gpu": "not measured: no NVIDIA GPU on this machine",
     }
@@ -246,6 +283,11 @@ def main() -> None:
         print(
             f"{key}: {s['site_packages_mb']} MB site-packages, {s['with_interpreter_mb']} MB with the interpreter"
         )
+    v4 = result["avx512_only"]
+    print(
+        f"AVX-512-only bundle ({v4['blas']['blas']} BLAS): {v4['without_weights_compressed_mb']} MB "
+        f"compressed, {v4['without_weights_unpacked_mb']} MB unpacked without weights"
+    )
     print(f"container: {result['container_cold_start']}")
     print(f"process:   {result['process_cold_start_s']}")
 

@@ -153,6 +153,61 @@ def test_image_contents_and_size_budget(embed_image: BuildResult) -> None:
     )
 
 
+def test_an_avx512_only_bundle_gets_the_minimal_blas_and_fits_the_budget(
+    embed_image: BuildResult, minilm_embed_dir: Path, embed_bundle: Path, tmp_path: Path
+) -> None:
+    """Issue 12's image target: ≤ 40 MB unpacked, ≤ 15 MB compressed without weights.
+
+    A bundle converted for AVX-512 only carries its own matrix products, so the image
+    takes zerostart's minimal BLAS instead of numpy's OpenBLAS (28 MB with its Fortran
+    runtime); the default bundle (portable and AVX2 builds too) keeps OpenBLAS.
+    """
+    from zerostart.model.convert import convert
+
+    if shutil.which("gcc") is None or shutil.which("nm") is None:
+        pytest.skip("gcc and binutils build the minimal BLAS (scripts/install_system_deps.sh)")
+    assert embed_image.blas is not None and embed_image.blas.blas == "openblas"
+    assert "portable or AVX2" in embed_image.blas.reason
+    v4 = tmp_path / "embed-v4"
+    convert(minilm_embed_dir, v4, cpu_archs=["x86-64-v4"])
+    result = build_image(v4, tmp_path / "img")
+    assert result.blas is not None and result.blas.blas == "minimal", result.blas
+    assert result.blas.saved_bytes > 20_000_000
+    report = inspect_image(result.image.path)
+    sizes = {f.path: f.size for f in report.files}
+    blas = [p for p in sizes if "numpy.libs/" in p]
+    assert len(blas) == 1 and "openblas" in blas[0] and sizes[blas[0]] < 200_000, blas
+    unpacked = sum(la.uncompressed_size for la in result.layers if la.name != "model")
+    compressed = sum(la.size for la in result.layers if la.name != "model")
+    assert unpacked <= 40_000_000 and compressed <= 15_000_000, (unpacked, compressed)
+    trace = json.loads(Path(result.trace_path).read_text())
+    assert trace["blas"]["blas"] == "minimal" and any(
+        "libgfortran" in p for p in trace["blas"]["replaced"]
+    )
+    # it runs, and answers like the pipeline with numpy's OpenBLAS (needs an AVX-512 CPU)
+    _need_root()
+    if "avx512f" not in Path("/proc/cpuinfo").read_text():
+        pytest.skip("this CPU cannot run the x86-64-v4 kernels the image carries")
+    try:
+        choose_runtime()
+    except RuntimeToolError as exc:
+        pytest.skip(f"no working OCI runtime: {exc}")
+    from zerostart.pipeline import Pipeline
+
+    pipe = Pipeline.load(embed_bundle)
+    body = {"inputs": TEXTS}
+    job = pipe.prepare("embed", body)
+    expected = json.loads(json.dumps(job.finish(pipe.execute(job.encodings)), default=float))
+    port = free_port()
+    with Container(result.image.path, port=port):
+        status, answer = send(port, WarmupRequest("POST", "/embed", body))
+        assert status == 200, answer
+        assert np.allclose(np.array(answer), np.array(expected), atol=1e-5)
+        pair = {"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS}}
+        status, scores = send(port, WarmupRequest("POST", "/similarity", pair))
+        assert status == 200 and abs(scores[0] - 1.0) < 1e-5, scores  # a product in numpy
+
+
 def test_skopeo_accepts_layout_and_docker_archive(embed_image: BuildResult, tmp_path: Path) -> None:
     skopeo = _need("skopeo")
     path = embed_image.image.path

@@ -43,6 +43,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
         strip_debug=not args.no_strip,
         drop_openssl=not args.keep_openssl,
         keep_sources=args.keep_sources,
+        blas=args.blas,
         **({"python": args.python} if args.python else {}),
     )
     t0 = time.perf_counter()
@@ -54,6 +55,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     )
     print(f"built {args.output} ({options.format}) in {elapsed:.1f}s: {layers}")
     print(f"trace: {result.trace_path}")
+    if result.blas is not None:
+        saved = f", {result.blas.saved_bytes / 1e6:.1f} MB saved" if result.blas.saved_bytes else ""
+        print(f"BLAS: {result.blas.blas} ({result.blas.reason}{saved})")
     if options.format == "oci":
         report = inspect_image(args.output)
         print(format_report(report, top=args.top))
@@ -270,6 +274,14 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--keep-openssl",
         action="store_true",
         help="ship _ssl/_hashlib and OpenSSL (5.4 MB) even though a loopback worker needs no TLS",
+    )
+    b.add_argument(
+        "--blas",
+        choices=["auto", "minimal", "openblas"],
+        default="auto",
+        help="numpy's BLAS in the image: auto (default) takes zerostart's minimal BLAS (60 KB) "
+        "instead of numpy's OpenBLAS (28 MB) for GPU bundles and CPU bundles whose kernels all "
+        "carry their own products (convert --cpu-arch x86-64-v4); see docs/image.md",
     )
     b.add_argument("--python", help="interpreter of the build environment (default: this one)")
     b.add_argument(

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import zerostart
+from zerostart.image.blas import BlasDecision
+from zerostart.image.blas import apply as apply_blas
 from zerostart.image.closure import APPLICATION, MODEL, MODEL_DIR, RUNTIME, Closure, build_closure
 from zerostart.image.errors import ImageError
 from zerostart.image.layers import Entry, LayerBlob, layer_entries, write_layer
@@ -56,6 +58,7 @@ class BuildOptions:
     exclude: tuple[str, ...] = ()
     strip_debug: bool = True
     drop_openssl: bool = True  # a loopback worker serves no TLS: see closure.OPENSSL_EXCLUDES
+    blas: str = "auto"  # numpy's OpenBLAS or zerostart's minimal BLAS: see image/blas.py
     keep_sources: bool = False  # runtime layer: .py beside each .pyc (tracebacks with lines)
     python: str = sys.executable  # the build environment whose files the image takes
     worker_module: str = "zerostart.serve"  # the server the image runs (python -m MODULE /model)
@@ -68,6 +71,7 @@ class BuildResult:
     trace_path: str
     closure: Closure
     layers: tuple[LayerBlob, ...]
+    blas: BlasDecision | None = None
 
 
 def app_package_dir() -> str:
@@ -114,6 +118,7 @@ def build_image(
         strip_debug=options.strip_debug,
         drop_openssl=options.drop_openssl,
     )
+    blas = apply_blas(closure, options.blas, manifest, device)
     cfg = image_config(closure, manifest, device, options, bundle)
     with tempfile.TemporaryDirectory(prefix="zerostart-build-") as work:
         blob_dir = (
@@ -132,11 +137,16 @@ def build_image(
                 out, cfg, list(layers), repo_tag=f"zerostart/{name}:{options.tag}"
             )
     trace_file = trace_path_for(out, options.format)
-    trace_file.write_text(
-        json.dumps(trace_document(trace, closure, layers, order), indent=1, sort_keys=True) + "\n"
-    )
+    doc = trace_document(trace, closure, layers, order)
+    doc["blas"] = {
+        "blas": blas.blas,
+        "reason": blas.reason,
+        "replaced": list(blas.replaced),
+        "saved_bytes": blas.saved_bytes,
+    }
+    trace_file.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     step("done", 1.0)
-    return BuildResult(image, str(trace_file), closure, layers)
+    return BuildResult(image, str(trace_file), closure, layers, blas)
 
 
 def _write_layers(

@@ -1,0 +1,134 @@
+"""Which BLAS an image carries: numpy's OpenBLAS, or zerostart's minimal BLAS in its place.
+
+``zerostart build --blas auto|minimal|openblas`` (default auto). The
+minimal BLAS (``zerostart.kernels.blas_build``: numpy's CBLAS routines as
+plain loops, ~60 KB) replaces the 25 MB OpenBLAS and the libgfortran and
+libquadmath only it needs, when numpy never does heavy linear algebra in the
+worker:
+
+* a GPU bundle (every product runs on the GPU);
+* a CPU bundle whose every native kernel build carries its own matrix
+  products (the AVX-512 builds: ``zerostart convert --cpu-arch x86-64-v4``);
+  a bundle with a portable or AVX2 build, or none (the numpy engine), hands
+  its fp32 products to numpy's BLAS and keeps OpenBLAS.
+
+``auto`` falls back to OpenBLAS, with the reason in the build result, when the
+replacement cannot be built here (no gcc / nm, a numpy it does not know);
+``minimal`` makes that an error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from zerostart.image.closure import Closure
+from zerostart.image.elf import read_elf
+from zerostart.image.errors import ImageError
+from zerostart.kernels.blas_build import (
+    OPENBLAS_GLOB,
+    MinimalBlasUnavailable,
+    build_minimal_blas,
+)
+from zerostart.model.manifest import Manifest
+
+BLAS_CHOICES = ("auto", "minimal", "openblas")
+OWN_GEMM_FEATURE = "avx512f"  # CPU kernel builds with it carry their own fp32 GEMM
+
+
+@dataclass(frozen=True)
+class BlasDecision:
+    blas: str  # "minimal" | "openblas"
+    reason: str
+    replaced: tuple[str, ...] = ()  # image paths taken out or replaced
+    saved_bytes: int = 0
+
+
+def wanted(option: str, manifest: Manifest, device: str) -> tuple[bool, str]:
+    """Whether ``option`` asks for the minimal BLAS for this bundle, and why."""
+    if option not in BLAS_CHOICES:
+        raise ImageError(f"--blas {option!r} is not one of {BLAS_CHOICES}")
+    if option == "openblas":
+        return False, "asked for (--blas openblas)"
+    if option == "minimal":
+        return True, "asked for (--blas minimal)"
+    if device == "cuda":
+        return True, "a GPU worker multiplies no matrices in numpy"
+    builds = list(manifest.cpu_kernels.values())
+    if builds and all(OWN_GEMM_FEATURE in b.features for b in builds):
+        return True, "every CPU kernel build carries its own matrix products (AVX-512)"
+    if not builds:
+        return False, "the numpy engine multiplies with numpy's BLAS"
+    return False, "a portable or AVX2 kernel build hands fp32 products to numpy's BLAS"
+
+
+def apply(closure: Closure, option: str, manifest: Manifest, device: str) -> BlasDecision:
+    """Swap numpy's OpenBLAS for the minimal BLAS in ``closure`` when wanted; say what was done."""
+    want, why = wanted(option, manifest, device)
+    if not want:
+        return BlasDecision("openblas", why)
+    openblas = [
+        f
+        for f in closure.files.values()
+        if f.source and "numpy.libs" in f.dest and fnmatch.fnmatch(Path(f.dest).name, OPENBLAS_GLOB)
+    ]
+    if len(openblas) != 1:
+        return _fallback(option, f"{len(openblas)} OpenBLAS libraries in numpy.libs, expected 1")
+    target = openblas[0]
+    assert target.source is not None
+    modules = [
+        f.source
+        for f in closure.files.values()
+        if f.source and "/numpy/" in f.dest and f.dest.endswith(".so")
+    ]
+    try:
+        built = build_minimal_blas(target.source, modules)
+    except MinimalBlasUnavailable as exc:
+        return _fallback(option, str(exc))
+    saved = os.path.getsize(target.source) - built.stat().st_size
+    closure.files[target.dest] = replace(
+        target,
+        source=str(built),
+        reason=f"zerostart's minimal BLAS in place of numpy's OpenBLAS: {why}",
+        strip_debug=False,
+    )
+    dropped = _drop_unneeded(closure, os.path.dirname(target.dest))
+    saved += sum(size for _, size in dropped)
+    return BlasDecision("minimal", why, (target.dest, *(d for d, _ in dropped)), saved)
+
+
+def _fallback(option: str, reason: str) -> BlasDecision:
+    if option == "minimal":
+        raise ImageError(
+            f"cannot use the minimal BLAS: {reason}", hint="build with --blas openblas"
+        )
+    return BlasDecision("openblas", f"minimal BLAS not possible here: {reason}")
+
+
+def _drop_unneeded(closure: Closure, libs_dir: str) -> list[tuple[str, int]]:
+    """Remove files of ``libs_dir`` that no remaining ELF object needs; (image path, bytes)."""
+    removed: list[tuple[str, int]] = []
+    while True:
+        needed: set[str] = set()
+        for f in closure.files.values():
+            if f.source and (f.dest.endswith(".so") or ".so." in f.dest):
+                info = read_elf(f.source)
+                if info is not None:
+                    needed.update(info.needed)
+        gone = [
+            d
+            for d, f in closure.files.items()
+            if os.path.dirname(d) == libs_dir
+            and f.source
+            and Path(d).name not in needed
+            and not fnmatch.fnmatch(Path(d).name, OPENBLAS_GLOB)
+        ]
+        if not gone:
+            return removed
+        for d in gone:
+            f = closure.files.pop(d)
+            assert f.source is not None
+            closure.excluded[f.source] = "needed only by numpy's OpenBLAS (minimal BLAS instead)"
+            removed.append((d, os.path.getsize(f.source)))
