@@ -176,6 +176,26 @@ def time_ms(fn, sync) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(samples)
 
 
+def bench_split_k(bundle_dir: Path) -> dict:
+    """Batch-1 latency with split-K off (1), forced to 2 or 4, and automatic (the default)."""
+    from zerostart.engine.cuda import CudaEngine
+    from zerostart.model.bundle import Bundle
+
+    out: dict = {}
+    bundle = Bundle.open(bundle_dir)
+    for split in (1, 2, 4, None):
+        engine = CudaEngine.from_bundle(bundle, split_k=split)
+        row = {}
+        for b, t in SHAPES[:2]:
+            ids, mask = inputs(b, t)
+            row[f"b{b}x{t}_ms"] = time_ms(
+                lambda ids=ids, mask=mask: engine.forward(ids, mask), lambda: None
+            )
+        out["auto" if split is None else f"x{split}"] = row
+        engine.close()
+    return out
+
+
 def bench_zerostart(bundle_dir: Path, profile: bool = False) -> dict:
     from zerostart.engine.cuda import CudaEngine
     from zerostart.model.bundle import Bundle
@@ -197,9 +217,11 @@ def bench_zerostart(bundle_dir: Path, profile: bool = False) -> dict:
             lambda ids=ids, mask=mask: engine.forward(ids, mask), lambda: None
         )
     gemms = {
-        f"{s.args['N']}x{s.args['K']}": s.variant.key.rsplit(".", 1)[-1]
+        f"{s.variant.op} {s.args['N']}x{s.args['K']} M={s.args['M']}": s.variant.key.split(".", 2)[
+            -1
+        ]
         for s in engine._plans[(1, 128)]
-        if s.variant.op == "gemm"
+        if s.variant.op in ("gemm", "gemm_partial")
     }
     out["gemm_configs_b1x128"] = gemms
     if profile:
@@ -247,8 +269,8 @@ def profile_plan(engine, b: int, t: int, reps: int = 20, rounds: int = 5) -> dic
         for step in plan:
             v = step.variant
             kind = v.op
-            if v.op == "gemm":
-                kind = f"gemm {step.args['N']}x{step.args['K']} M={step.args['M']} {v.key.rsplit('.', 1)[-1]}"
+            if v.op in ("gemm", "gemm_partial"):
+                kind = f"{v.op} {step.args['N']}x{step.args['K']} M={step.args['M']} {v.key.split('.', 2)[-1]}"
             out[kind] = out.get(kind, 0.0) + timed([step])
         out = {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
         out["sum_of_parts"] = round(sum(out.values()), 2)
@@ -408,6 +430,7 @@ def main() -> None:
     }
     result["zerostart"] = bench_zerostart(bundle, profile=True)
     result["zerostart_untuned_rule"] = bench_zerostart(rule_bundle)
+    result["split_k"] = bench_split_k(bundle)
     result["tuning"] = str(args.tuning or "zerostart/kernels/tuning (packaged)")
     print(json.dumps(result, indent=1, sort_keys=True), flush=True)  # kept if a later part fails
     result["pytorch"] = bench_torch(src)

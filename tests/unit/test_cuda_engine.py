@@ -218,3 +218,32 @@ def test_eager_path_matches_plan(tmp_path: Path) -> None:
             kernels_dir=tmp_path / "kernels",
             driver=drv,
         )
+
+
+def test_split_k_for_few_rows_only_and_on_request(tmp_path: Path) -> None:
+    """Residual GEMMs of few rows run split-K, their LayerNorm summing the slices."""
+    from zerostart.engine.cuda import CudaEngine
+    from zerostart.engine.cuda.engine import SPLITK_AUTO_MAX_ROWS
+    from zerostart.kernels.aot import compile_for_bundle
+    from zerostart.kernels.variants import GemmConfig
+
+    m = _manifest("embeddings")  # hidden 64, FFN 128: FFN down has K = 128 = 2 x 64
+    compile_for_bundle(
+        m, tmp_path, ["sm_90"], gemm_configs=(GemmConfig(64, 64, 32, 4, 2),), max_batch=8
+    )
+    weights = {k: np.zeros(s, np.float16) for k, s in tensor_shapes(m).items()}
+
+    def ops(split_k: int | None, b: int, t: int) -> list[str]:
+        e = CudaEngine(
+            m, weights, kernels_dir=tmp_path / "kernels", driver=RecordingDriver(), split_k=split_k
+        )
+        return [s.variant.op for s in e._plan_for(b, t)]
+
+    layer = ops(None, 1, 16)[1:8]  # embed, then layer 0
+    assert layer == [
+        "gemm", "attention", "gemm", "layer_norm", "gemm", "gemm_partial", "splitk_layer_norm"
+    ]  # fmt: skip
+    assert SPLITK_AUTO_MAX_ROWS < 8 * 64 and "gemm_partial" not in ops(None, 8, 64)
+    assert "gemm_partial" in ops(2, 8, 64)  # forced: up to the workspace's rows
+    assert "gemm_partial" not in ops(1, 1, 16)  # never
+    assert "gemm_partial" not in ops(4, 1, 16)  # no x4 build: K = 128 < 4 x 64

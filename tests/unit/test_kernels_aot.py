@@ -42,7 +42,14 @@ def test_every_kernel_is_compiled_for_each_arch_and_ptx(compiled: tuple[Path, di
     out, data = compiled
     km = KernelManifest.load(out / KERNELS_DIR)
     assert km.archs == ("sm_80", "sm_90")
-    assert {v.op for v in km.variants} == {"gemm", "layer_norm", "embed", "attention"}
+    assert {v.op for v in km.variants} == {
+        "gemm",
+        "layer_norm",
+        "embed",
+        "attention",
+        "gemm_partial",
+        "splitk_layer_norm",
+    }
     # GEMM epilogues of a BERT classifier: qkv, out+res, up+gelu, pooler tanh, classifier (N=3: unaligned)
     gemm = {
         (v.params["ACT"], v.params["HAS_RES"], v.params["ALIGNED"])

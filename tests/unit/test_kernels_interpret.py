@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-CASES = ("gemm", "layer_norm", "embed", "attention")
+CASES = ("gemm", "layer_norm", "embed", "attention", "splitk")
 
 
 def _gemm(torch, k):  # type: ignore[no-untyped-def]
@@ -137,15 +137,42 @@ def _attention(torch, k):  # type: ignore[no-untyped-def]
     return worst
 
 
+def _splitk(torch, k):  # type: ignore[no-untyped-def]
+    """gemm_partial (K in SPLIT_K slices, fp32) + splitk_layer_norm (sum, bias, residual, LN)."""
+    g = torch.Generator().manual_seed(4)
+    worst = 0.0
+    for m, n, kk, split, lda in [(5, 48, 64, 2, 64), (33, 64, 128, 4, 160), (1, 32, 32, 1, 32)]:
+        a = torch.randn(m, lda, generator=g).half()
+        b = (torch.randn(kk, n, generator=g) / kk**0.5).half()
+        bias, res = torch.randn(n, generator=g).half(), torch.randn(m, n, generator=g).half()
+        gam, bet = torch.randn(n, generator=g).half(), torch.randn(n, generator=g).half()
+        w = torch.full((split, m, n), float("nan"))
+        grid = (-(-m // 16) * -(-n // 16), split)
+        k.gemm_partial[grid](
+            a, b, w, m, n, kk, lda, BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, GROUP_M=2, SPLIT_K=split
+        )
+        y = torch.full((m, n), float("nan")).half()
+        k.splitk_layer_norm[(m,)](w, bias, res, gam, bet, y, m, n, 1e-12, SPLIT_K=split, BLOCK_H=64)
+        x = a.float()[:, :kk] @ b.float() + bias.float() + res.float()
+        ref = torch.nn.functional.layer_norm(x, (n,), gam.float(), bet.float(), 1e-12)
+        worst = max(worst, (y.float() - ref).abs().max().item())
+    assert worst < 2e-2, worst
+    return worst
+
+
 def _main(case: str) -> None:
     os.environ["TRITON_INTERPRET"] = "1"
     import torch
 
     from zerostart.kernels import triton_kernels
 
-    err = {"gemm": _gemm, "layer_norm": _layer_norm, "embed": _embed, "attention": _attention}[
-        case
-    ](torch, triton_kernels)
+    err = {
+        "gemm": _gemm,
+        "layer_norm": _layer_norm,
+        "embed": _embed,
+        "attention": _attention,
+        "splitk": _splitk,
+    }[case](torch, triton_kernels)
     print(f"{case} max abs error {err:.3g}")
 
 

@@ -140,6 +140,93 @@ def layer_norm(x_ptr, w_ptr, b_ptr, y_ptr, H, eps, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
+def gemm_partial(
+    a_ptr,
+    b_ptr,
+    w_ptr,
+    M,
+    N,
+    K,
+    lda,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
+    """Split-K: W[s] = A[:, Ks] @ B[Ks, :] in fp32 for the s-th of SPLIT_K slices of K.
+
+    Grid (tiles, SPLIT_K). The caller promises K % (SPLIT_K * BLOCK_K) == 0. Few rows
+    (batch 1) give a GEMM few tiles; splitting K multiplies the programs and shortens
+    each one's loop. ``splitk_layer_norm`` sums the slices in its epilogue.
+    """
+    pid = tl.program_id(0)
+    s = tl.program_id(1)
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BLOCK_N)
+    group = GROUP_M * num_n
+    first_m = (pid // group) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % group) % size_m
+    pid_n = (pid % group) // size_m
+
+    k_len = K // SPLIT_K
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = s * k_len + tl.arange(0, BLOCK_K)
+    mask_m = rm < M
+    mask_n = rn < N
+    a_ptrs = a_ptr + rm[:, None].to(tl.int64) * lda + rk[None, :]
+    b_ptrs = b_ptr + rk[:, None].to(tl.int64) * N + rn[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for _ in range(0, k_len // BLOCK_K):
+        a = tl.load(a_ptrs, mask=mask_m[:, None], other=0.0)
+        b = tl.load(b_ptrs, mask=mask_n[None, :], other=0.0)
+        acc = tl.dot(a, b, acc)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K * N
+    offs = (s * M).to(tl.int64) * N + rm[:, None].to(tl.int64) * N + rn[None, :]
+    tl.store(w_ptr + offs, acc, mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def splitk_layer_norm(
+    w_ptr,
+    bias_ptr,
+    res_ptr,
+    g_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    H,
+    eps,
+    SPLIT_K: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """y[row] = LayerNorm(sum_s W[s, row] + bias + res[row]) * g + b: a split-K GEMM's epilogue.
+
+    The residual GEMMs of a layer (attention output, FFN down) are each followed by a
+    LayerNorm over the same rows, so the slices are summed here, with no launch of
+    their own. One program per row.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_H)
+    mask = cols < H
+    x = tl.load(bias_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    x += tl.load(res_ptr + row * H + cols, mask=mask, other=0.0).to(tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        x += tl.load(w_ptr + (s * M + row) * H + cols, mask=mask, other=0.0)
+    x = x.to(tl.float16).to(tl.float32)  # the unsplit GEMM rounds its output to fp16 here
+    mean = tl.sum(x, axis=0) / H
+    xc = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(xc * xc, axis=0) / H
+    rstd = 1.0 / tl.sqrt(var + eps)
+    g = tl.load(g_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * H + cols, (xc * rstd * g + b).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def embed(
     ids_ptr,
     types_ptr,
@@ -242,4 +329,11 @@ def attention(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask_q[:, None])
 
 
-KERNELS = {"gemm": gemm, "layer_norm": layer_norm, "embed": embed, "attention": attention}
+KERNELS = {
+    "gemm": gemm,
+    "layer_norm": layer_norm,
+    "embed": embed,
+    "attention": attention,
+    "gemm_partial": gemm_partial,
+    "splitk_layer_norm": splitk_layer_norm,
+}

@@ -84,6 +84,14 @@ TUNING_GEMM_CONFIGS = (
     GemmConfig(128, 256, 64, num_warps=8, num_stages=3),
     GemmConfig(256, 128, 64, num_warps=8, num_stages=3),
 )
+# Split-K for the residual GEMMs (attention output, FFN down) of few rows: the K slices
+# are summed by the LayerNorm that follows (``splitk_layer_norm``), so splitting costs no
+# launch. Selected by ``zerostart.engine.cuda.engine`` for M <= SPLITK_MAX_ROWS.
+SPLITK_CONFIGS = (
+    GemmConfig(16, 64, 128, num_warps=4, num_stages=4),
+    GemmConfig(32, 64, 64, num_warps=4, num_stages=4),
+)
+SPLITK_FACTORS = (2, 4)
 ATTENTION_BLOCK_M = 64
 ATTENTION_BLOCK_N = 64
 
@@ -118,6 +126,26 @@ EMBED_SIGNATURE = (
     ("b_ptr", _PTR16),
     ("y_ptr", _PTR16),
     ("T", "i32"),
+    ("H", "i32"),
+    ("eps", "fp32"),
+)
+GEMM_PARTIAL_SIGNATURE = (
+    ("a_ptr", _PTR16),
+    ("b_ptr", _PTR16),
+    ("w_ptr", "*fp32"),
+    ("M", "i32"),
+    ("N", "i32"),
+    ("K", "i32"),
+    ("lda", "i32"),
+)
+SPLITK_LAYER_NORM_SIGNATURE = (
+    ("w_ptr", "*fp32"),
+    ("bias_ptr", _PTR16),
+    ("res_ptr", _PTR16),
+    ("g_ptr", _PTR16),
+    ("b_ptr", _PTR16),
+    ("y_ptr", _PTR16),
+    ("M", "i32"),
     ("H", "i32"),
     ("eps", "fp32"),
 )
@@ -257,7 +285,55 @@ def model_specs(
     )
     for spec in (ln, emb, att):
         specs[spec.key] = spec
+    for spec in splitk_specs(manifest, block_h, warps):
+        specs[spec.key] = spec
     return list(specs.values())
+
+
+def splitk_specs(manifest: Manifest, block_h: int, warps: int) -> list[KernelSpec]:
+    """Split-K partial GEMMs for the residual sites their K allows, and their LayerNorms."""
+    sites = [
+        (n, k) for site, _a, _r, n, k in gemm_sites(manifest) if site in ("attn_out", "ffn_down")
+    ]
+    h = manifest.config.hidden_size
+    out: list[KernelSpec] = []
+    used: set[int] = set()
+    for cfg in SPLITK_CONFIGS:
+        for split in SPLITK_FACTORS:
+            if not any(gemm_aligned(n, k) and k % (split * cfg.block_k) == 0 for n, k in sites):
+                continue
+            used.add(split)
+            out.append(
+                KernelSpec(
+                    key=f"gemm_partial.al1.{cfg.name}.x{split}",
+                    op="gemm_partial",
+                    signature=GEMM_PARTIAL_SIGNATURE,
+                    constexprs={
+                        "BLOCK_M": cfg.block_m,
+                        "BLOCK_N": cfg.block_n,
+                        "BLOCK_K": cfg.block_k,
+                        "GROUP_M": cfg.group_m,
+                        "SPLIT_K": split,
+                    },
+                    grid=("cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)", "SPLIT_K", "1"),
+                    num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages,
+                    aligned_args=("N", "K", "lda"),
+                )
+            )
+    for split in sorted(used):
+        out.append(
+            KernelSpec(
+                key=f"splitk_layer_norm.h{block_h}.x{split}",
+                op="splitk_layer_norm",
+                signature=SPLITK_LAYER_NORM_SIGNATURE,
+                constexprs={"SPLIT_K": split, "BLOCK_H": block_h},
+                grid=("ROWS", "1", "1"),
+                num_warps=warps,
+                aligned_args=("H",) if h % 16 == 0 else (),
+            )
+        )
+    return out
 
 
 def tuning_specs(manifest: Manifest) -> list[KernelSpec]:

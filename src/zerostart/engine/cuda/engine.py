@@ -68,6 +68,12 @@ from zerostart.errors import EngineError
 from zerostart.model.manifest import Manifest
 
 FP16_BYTES = 2
+FP32_BYTES = 4
+# Split-K (see kernels/variants.py) only for GEMMs of at most this many rows: the K slices'
+# fp32 workspace is sized for it, and more rows already give every SM work.
+SPLITK_MAX_ROWS = 512
+# Automatic split-K (``split_k=None``) up to this many rows (batch 1 up to 256 tokens).
+SPLITK_AUTO_MAX_ROWS = 256
 
 
 def _input_offsets(b: int, t: int) -> tuple[int, int, int]:
@@ -94,6 +100,7 @@ class CudaEngine:
         device: int = 0,
         capture_graphs: bool = True,
         driver: Driver | None = None,
+        split_k: int | None = None,
     ) -> None:
         if manifest.dtype != "float16":
             raise EngineError(
@@ -106,6 +113,7 @@ class CudaEngine:
         self._eps = float(c.layer_norm_eps)
         self._act = activation_code(c.hidden_act)
         self._labels = len(manifest.labels)
+        self._split_k = split_k  # None: automatic; 1: never; 2, 4: wherever compiled and allowed
         self.kernels = KernelManifest.load(kernels_dir)
         self.driver = drv = driver or Driver.load()
         self._lock = threading.Lock()
@@ -216,6 +224,9 @@ class CudaEngine:
         self._logits = a(n * max(1, self._labels) * FP16_BYTES)
         self._in = PinnedBuffer(self.driver, np.int32, 2 * n + self._max_b)
         self._out = PinnedBuffer(self.driver, np.float16, n * max(h, self._labels))
+        splits = [v.params["SPLIT_K"] for v in self.kernels.variants if v.op == "gemm_partial"]
+        rows = min(n, SPLITK_MAX_ROWS)
+        self._ws = a(max(splits) * rows * h * FP32_BYTES) if splits else 0
 
     def _gemm(
         self, a: int, w: str, c: int, m: int, *, act: int = ACT_NONE, res: int = 0, lda: int = 0
@@ -251,6 +262,70 @@ class CudaEngine:
             "ldc": n,
         }
         return _Launch(v, {"M": m, "N": n}, args)
+
+    def _choose_split(self, m: int, n: int, k: int) -> tuple[KernelVariant, int] | None:
+        """The split-K partial GEMM for a residual site of ``m`` rows, or None to not split.
+
+        Eligible: compiled, K a multiple of SPLIT_K x BLOCK_K, fits the GPU, m within the
+        workspace. Automatic (``split_k=None``) up to SPLITK_AUTO_MAX_ROWS rows; among the
+        eligible, the most programs (tiles x SPLIT_K), then the smaller tile.
+        """
+        if self._split_k == 1 or not self._ws or m > SPLITK_MAX_ROWS:
+            return None
+        if self._split_k is None and m > SPLITK_AUTO_MAX_ROWS:
+            return None
+        best: tuple[tuple[int, int], KernelVariant] | None = None
+        for v in self.kernels.variants:
+            if v.op != "gemm_partial" or not self.library.fits(v):
+                continue
+            pr = v.params
+            split = pr["SPLIT_K"]
+            if self._split_k not in (None, split) or k % (split * pr["BLOCK_K"]):
+                continue
+            tiles = -(-m // pr["BLOCK_M"]) * -(-n // pr["BLOCK_N"]) * split
+            rank = (tiles, -pr["BLOCK_M"] * pr["BLOCK_N"])
+            if best is None or rank > best[0]:
+                best = (rank, v)
+        return None if best is None else (best[1], best[1].params["SPLIT_K"])
+
+    def _residual_norm(self, x: int, w: str, res: int, norm: str, y: int, m: int) -> list[_Launch]:
+        """y = LayerNorm(x @ W + b + res): a GEMM and a LayerNorm, or split-K and its LayerNorm."""
+        k, n = tensor_shapes(self.manifest)[w + ".weight"]
+        split = self._choose_split(m, n, k)
+        if split is None:
+            return [self._gemm(x, w, self._tmp, m, res=res), self._norm(self._tmp, norm, y, m)]
+        partial, factor = split
+        ln = self.kernels.find("splitk_layer_norm", SPLIT_K=factor)
+        return [
+            _Launch(
+                partial,
+                {"M": m, "N": n},
+                {
+                    "a_ptr": x,
+                    "b_ptr": self._w[w + ".weight"],
+                    "w_ptr": self._ws,
+                    "M": m,
+                    "N": n,
+                    "K": k,
+                    "lda": k,
+                },
+            ),
+            _Launch(
+                ln,
+                {"ROWS": m},
+                {
+                    "w_ptr": self._ws,
+                    "bias_ptr": self._w[w + ".bias"],
+                    "res_ptr": res,
+                    "g_ptr": self._w[norm + ".weight"],
+                    "b_ptr": self._w[norm + ".bias"],
+                    "y_ptr": y,
+                    "M": m,
+                    "H": self._h,
+                    "eps": self._eps,
+                },
+            ),
+        ]
 
     def _norm(self, x: int, prefix: str, y: int, rows: int) -> _Launch:
         v = self.kernels.find("layer_norm")
@@ -304,11 +379,11 @@ class CudaEngine:
                         "H": h,
                     },
                 ),
-                self._gemm(self._ctx, p + "attn.out", self._tmp, n, res=self._x),
-                self._norm(self._tmp, p + "attn.norm", self._a, n),
+                *self._residual_norm(
+                    self._ctx, p + "attn.out", self._x, p + "attn.norm", self._a, n
+                ),
                 self._gemm(self._a, p + "ffn.up", self._f, n, act=self._act),
-                self._gemm(self._f, p + "ffn.down", self._tmp, n, res=self._a),
-                self._norm(self._tmp, p + "ffn.norm", self._x, n),
+                *self._residual_norm(self._f, p + "ffn.down", self._a, p + "ffn.norm", self._x, n),
             ]
         task = self.manifest.task
         if task == "token-classification":

@@ -40,7 +40,7 @@ KERNELS_FORMAT_VERSION = 1
 POINTER_DTYPES = ("*fp16", "*fp32", "*i32")
 SCALAR_DTYPES = ("i32", "i64", "fp32")
 ARG_DTYPES = POINTER_DTYPES + SCALAR_DTYPES
-OPS = ("gemm", "layer_norm", "embed", "attention")
+OPS = ("gemm", "layer_norm", "embed", "attention", "gemm_partial", "splitk_layer_norm")
 PTX_KEY = "ptx"  # the image key of a variant's PTX (its arch is KernelManifest.ptx_arch)
 THREADS_PER_WARP = 32
 
