@@ -40,6 +40,22 @@ def _need_root() -> None:
         pytest.skip("needs root: the OCI runtime creates namespaces and mounts")
 
 
+def _need_runtime() -> None:
+    try:
+        choose_runtime()
+    except RuntimeToolError as exc:
+        pytest.skip(f"no working OCI runtime: {exc}")
+
+
+def _pipeline_answer(bundle: Path, route: str, body: dict[str, object]) -> object:
+    """What the pipeline answers in this process (numpy's OpenBLAS), as JSON would carry it."""
+    from zerostart.pipeline import Pipeline
+
+    pipe = Pipeline.load(bundle)
+    job = pipe.prepare(route, body)
+    return json.loads(json.dumps(job.finish(pipe.execute(job.encodings)), default=float))
+
+
 def _need(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
@@ -73,16 +89,9 @@ def test_image_runs_in_an_oci_runtime_and_answers_like_the_pipeline(
     embed_image: BuildResult, embed_bundle: Path
 ) -> None:
     _need_root()
-    try:
-        choose_runtime()
-    except RuntimeToolError as exc:
-        pytest.skip(f"no working OCI runtime: {exc}")
-    from zerostart.pipeline import Pipeline
-
-    pipe = Pipeline.load(embed_bundle)
+    _need_runtime()
     body = {"inputs": TEXTS}
-    job = pipe.prepare("embed", body)
-    expected = json.loads(json.dumps(job.finish(pipe.execute(job.encodings)), default=float))
+    expected = _pipeline_answer(embed_bundle, "embed", body)
     port = free_port()
     with Container(embed_image.image.path, port=port) as c:
         status, answer = send(port, WarmupRequest("POST", "/embed", body))
@@ -188,16 +197,9 @@ def test_an_avx512_only_bundle_gets_the_minimal_blas_and_fits_the_budget(
     _need_root()
     if "avx512f" not in Path("/proc/cpuinfo").read_text():
         pytest.skip("this CPU cannot run the x86-64-v4 kernels the image carries")
-    try:
-        choose_runtime()
-    except RuntimeToolError as exc:
-        pytest.skip(f"no working OCI runtime: {exc}")
-    from zerostart.pipeline import Pipeline
-
-    pipe = Pipeline.load(embed_bundle)
+    _need_runtime()
     body = {"inputs": TEXTS}
-    job = pipe.prepare("embed", body)
-    expected = json.loads(json.dumps(job.finish(pipe.execute(job.encodings)), default=float))
+    expected = _pipeline_answer(embed_bundle, "embed", body)
     port = free_port()
     with Container(result.image.path, port=port):
         status, answer = send(port, WarmupRequest("POST", "/embed", body))

@@ -59,42 +59,27 @@ typedef double complex cdouble;
 static inline blasint start(blasint n, blasint inc) { return inc < 0 ? (1 - n) * inc : 0; }
 
 /* ---- real GEMM: row-major C[M,N] = alpha * op(A)[M,K] op(B)[K,N] + beta * C ---------- */
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void sgemm_rows(blasint m, blasint n, blasint k, float alpha, const float *a, blasint sai,
-                       blasint sak, const float *b, blasint ldb, float beta, float *c, blasint ldc) {
-    for (blasint i = 0; i < m; i++) {
-        float *ci = c + i * ldc;
-        if (beta == 0.0f) {
-            for (blasint j = 0; j < n; j++) ci[j] = 0.0f;
-        } else if (beta != 1.0f) {
-            for (blasint j = 0; j < n; j++) ci[j] *= beta;
-        }
-        for (blasint p = 0; p < k; p++) {
-            const float av = alpha * a[i * sai + p * sak];
-            const float *bp = b + p * ldb;
-            for (blasint j = 0; j < n; j++) ci[j] += av * bp[j];
-        }
+/* op(A)[i,p] = a[i*sai + p*sak]; B is row-major K x N with row stride ldb. */
+#define REAL_ROWS(NAME, T)                                                                      \
+    __attribute__((target_clones("avx512f", "avx2", "default"))) static void NAME(             \
+        blasint m, blasint n, blasint k, T alpha, const T *a, blasint sai, blasint sak,        \
+        const T *b, blasint ldb, T beta, T *c, blasint ldc) {                                   \
+        for (blasint i = 0; i < m; i++) {                                                       \
+            T *ci = c + i * ldc;                                                                \
+            if (beta == 0) {                                                                    \
+                for (blasint j = 0; j < n; j++) ci[j] = 0;                                      \
+            } else if (beta != 1) {                                                             \
+                for (blasint j = 0; j < n; j++) ci[j] *= beta;                                  \
+            }                                                                                   \
+            for (blasint p = 0; p < k; p++) {                                                   \
+                const T av = alpha * a[i * sai + p * sak];                                      \
+                const T *bp = b + p * ldb;                                                      \
+                for (blasint j = 0; j < n; j++) ci[j] += av * bp[j];                            \
+            }                                                                                   \
+        }                                                                                       \
     }
-}
-
-__attribute__((target_clones("avx512f", "avx2", "default")))
-static void dgemm_rows(blasint m, blasint n, blasint k, double alpha, const double *a,
-                       blasint sai, blasint sak, const double *b, blasint ldb, double beta,
-                       double *c, blasint ldc) {
-    for (blasint i = 0; i < m; i++) {
-        double *ci = c + i * ldc;
-        if (beta == 0.0) {
-            for (blasint j = 0; j < n; j++) ci[j] = 0.0;
-        } else if (beta != 1.0) {
-            for (blasint j = 0; j < n; j++) ci[j] *= beta;
-        }
-        for (blasint p = 0; p < k; p++) {
-            const double av = alpha * a[i * sai + p * sak];
-            const double *bp = b + p * ldb;
-            for (blasint j = 0; j < n; j++) ci[j] += av * bp[j];
-        }
-    }
-}
+REAL_ROWS(sgemm_rows, float)
+REAL_ROWS(dgemm_rows, double)
 
 static void *xmalloc(size_t bytes) {
     void *p = malloc(bytes ? bytes : 1);
