@@ -91,16 +91,18 @@ static void *xmalloc(size_t bytes) {
 }
 
 /* Column-major C = op(A) op(B) is row-major C^T = op(B)^T op(A)^T: swap the operands. */
+#define TO_ROW_MAJOR(T)                                                                         \
+    if (order == ColMajor) {                                                                    \
+        const T *t = a; a = b; b = t;                                                           \
+        blasint ti = lda; lda = ldb; ldb = ti;                                                  \
+        int tt = ta; ta = tb; tb = tt;                                                          \
+        ti = m; m = n; n = ti;                                                                  \
+    }
 #define REAL_GEMM(NAME, T, ROWS)                                                               \
     EXPORT void CBLAS(NAME)(int order, int ta, int tb, blasint m, blasint n, blasint k,         \
                             T alpha, const T *a, blasint lda, const T *b, blasint ldb, T beta,  \
                             T *c, blasint ldc) {                                                \
-        if (order == ColMajor) {                                                                \
-            const T *t = a; a = b; b = t;                                                       \
-            blasint ti = lda; lda = ldb; ldb = ti;                                              \
-            int tt = ta; ta = tb; tb = tt;                                                      \
-            ti = m; m = n; n = ti;                                                              \
-        }                                                                                       \
+        TO_ROW_MAJOR(T)                                                                          \
         if (m <= 0 || n <= 0) return;                                                           \
         int at = ta == Trans || ta == ConjTrans, bt = tb == Trans || tb == ConjTrans;           \
         const T *bb = b;                                                                        \
@@ -125,12 +127,7 @@ REAL_GEMM(dgemm, double, dgemm_rows)
                             blasint ldb, const void *betap, void *cv, blasint ldc) {             \
         const T *a = (const T *)av, *b = (const T *)bv;                                          \
         T *c = (T *)cv, alpha = *(const T *)alphap, beta = *(const T *)betap;                    \
-        if (order == ColMajor) {                                                                 \
-            const T *t = a; a = b; b = t;                                                        \
-            blasint ti = lda; lda = ldb; ldb = ti;                                               \
-            int tt = ta; ta = tb; tb = tt;                                                       \
-            ti = m; m = n; n = ti;                                                               \
-        }                                                                                        \
+        TO_ROW_MAJOR(T)                                                                          \
         int at = ta == Trans || ta == ConjTrans, bt = tb == Trans || tb == ConjTrans;            \
         int ac = ta == ConjTrans || ta == ConjNoTrans, bc = tb == ConjTrans || tb == ConjNoTrans; \
         for (blasint i = 0; i < m; i++)                                                          \
