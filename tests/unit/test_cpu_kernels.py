@@ -150,7 +150,7 @@ def _attention_reference(
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("seq", SEQ_LENS)
-@pytest.mark.parametrize(("heads", "head_dim"), [(3, 8), (2, 24), (1, 64)])
+@pytest.mark.parametrize(("heads", "head_dim"), [(3, 8), (2, 24), (2, 32), (1, 64)])
 def test_attention(kernels: NativeKernels, batch: int, seq: int, heads: int, head_dim: int) -> None:
     rng = np.random.default_rng(batch + seq + heads)
     h = heads * head_dim
@@ -206,7 +206,9 @@ def test_abi_mismatch_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("m", "k", "n"), [(1, 384, 1152), (3, 37, 5), (127, 1536, 384), (33, 64, 70)]
+    ("m", "k", "n"),
+    # k > 768: the product runs in k blocks that add to C (even blocks of 534, 534, 532 for 1600)
+    [(1, 384, 1152), (3, 37, 5), (127, 1536, 384), (33, 64, 70), (9, 3072, 768), (17, 1600, 100)],
 )
 def test_gemm_f32(kernels: NativeKernels, m: int, k: int, n: int) -> None:
     """Our fp32 product (AVX-512 builds; the others leave fp32 products to numpy's BLAS)."""

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 SCORES_BLOCK_ELEMS = 32 * 1024
 # Rows per part below which splitting elementwise work over threads costs more than it saves.
 ROWS_PER_PART = 64
-GEMM_ROWS_PER_PART = 24  # rows per thread of our own products: 4 micro-tiles of 6 rows
+GEMM_ROWS_PER_PART = 24  # rows per thread of our own products: 3 micro-tiles of 8 rows
 
 # Hugging Face adds finfo(dtype).min to the scores of padding keys; so do we, so
 # that a fully padded row (impossible with [CLS], but still) behaves the same.

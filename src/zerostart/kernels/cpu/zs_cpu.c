@@ -171,12 +171,140 @@ void zs_embed_layernorm(float *out, const int64_t *ids, const int64_t *types, co
  * columns h*d .. h*d+d. Per item, K^T and V (+ bias) are copied into a
  * scratch block padded to whole vectors (zeros), which stays in L1/L2 with
  * the scores of QR query rows, so the T x T score matrix never exists in
- * memory. Both products are register-tiled: QR rows x VB columns of
- * accumulators, which GCC keeps in vector registers for every -march.
+ * memory. Both products are register-tiled: on AVX-512 builds with
+ * intrinsics, elsewhere as QR rows x VB columns of accumulators that GCC's
+ * vectoriser turns into SSE / AVX2 code.
  * Returns 0, or -1 when the scratch block cannot be allocated.
  */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+/* AVX-512 builds: the same algorithm with intrinsics (GCC's vectoriser kept the generic
+ * tiles' accumulators on the stack, and -std=c11 forbids it to contract a*b+c to FMA):
+ * tiles of 8 query rows x 32 keys (scores) and 8 rows x 32 columns of the context, 16
+ * accumulators each, and a vector exp. */
+#define AQR 8
+#define AVB 32
+
+/* zs_expf's formula on 16 lanes: Cephes polynomial, 2^n applied by scalef. */
+static inline __m512 zs_exp512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.33654f)), _mm512_set1_ps(88.37626f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+}
+
+static inline __mmask16 zs_mask16(int64_t n) {
+    return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+}
+
+int zs_attention(const float *qkv, const float *qkv_bias, const float *mask_bias, float *ctx, int64_t seq_len,
+                 int64_t heads, int64_t head_dim, int64_t item0, int64_t item1) {
+    const int64_t t_len = seq_len, d = head_dim, h = heads * head_dim, stride = 3 * h;
+    const int64_t tp = (t_len + AVB - 1) / AVB * AVB, dp = (d + AVB - 1) / AVB * AVB;
+    const size_t bytes = (size_t)(d * tp + tp * dp + AQR * tp + AQR * d) * sizeof(float);
+    float *kt = (float *)aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!kt) return -1;
+    float *v = kt + d * tp; /* [tp, dp], rows >= T and columns >= d are zero */
+    float *s = v + tp * dp; /* [AQR, tp] scores, then probabilities (zero past T) */
+    float *q = s + AQR * tp; /* [AQR, d] */
+    memset(kt, 0, (size_t)(d * tp + tp * dp) * sizeof(float));
+    for (int64_t item = item0; item < item1; item++) {
+        const int64_t b = item / heads, hd = item % heads;
+        const float *base = qkv + b * t_len * stride;
+        const float *kb = qkv_bias + h + hd * d, *vb = qkv_bias + 2 * h + hd * d, *qb = qkv_bias + hd * d;
+        const float *mb = mask_bias ? mask_bias + b * t_len : NULL;
+        for (int64_t j = 0; j < t_len; j++) {
+            const float *kr = base + j * stride + h + hd * d, *vr = base + j * stride + 2 * h + hd * d;
+            for (int64_t k = 0; k < d; k++) kt[k * tp + j] = kr[k] + kb[k];
+            for (int64_t k = 0; k < d; k += 16) {
+                const __mmask16 mk = zs_mask16(d - k);
+                _mm512_mask_storeu_ps(v + j * dp + k, mk,
+                                      _mm512_add_ps(_mm512_maskz_loadu_ps(mk, vr + k), _mm512_maskz_loadu_ps(mk, vb + k)));
+            }
+        }
+        for (int64_t i0 = 0; i0 < t_len; i0 += AQR) {
+            const int64_t rows = t_len - i0 < AQR ? t_len - i0 : AQR;
+            for (int64_t r = 0; r < AQR; r++) {
+                const float *qr = base + (i0 + (r < rows ? r : 0)) * stride + hd * d;
+                for (int64_t k = 0; k < d; k++) q[r * d + k] = qr[k] + qb[k];
+            }
+            for (int64_t j0 = 0; j0 < tp; j0 += AVB) {
+                __m512 acc[AQR][2];
+                for (int r = 0; r < AQR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+                for (int64_t k = 0; k < d; k++) {
+                    const __m512 k0 = _mm512_load_ps(kt + k * tp + j0), k1 = _mm512_load_ps(kt + k * tp + j0 + 16);
+                    for (int r = 0; r < AQR; r++) {
+                        const __m512 qk = _mm512_set1_ps(q[r * d + k]);
+                        acc[r][0] = _mm512_fmadd_ps(qk, k0, acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(qk, k1, acc[r][1]);
+                    }
+                }
+                for (int r = 0; r < AQR; r++) {
+                    _mm512_store_ps(s + r * tp + j0, acc[r][0]);
+                    _mm512_store_ps(s + r * tp + j0 + 16, acc[r][1]);
+                }
+            }
+            for (int r = 0; r < AQR; r++) {
+                float *sr = s + r * tp;
+                __m512 vmax = _mm512_set1_ps(-INFINITY);
+                for (int64_t j = 0; j < t_len; j += 16) {
+                    const __mmask16 mk = zs_mask16(t_len - j);
+                    __m512 x = _mm512_load_ps(sr + j);
+                    if (mb) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk, mb + j));
+                    _mm512_store_ps(sr + j, x);
+                    vmax = _mm512_mask_max_ps(vmax, mk, vmax, x);
+                }
+                const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+                __m512 vsum = _mm512_setzero_ps();
+                for (int64_t j = 0; j < tp; j += 16) {
+                    const __m512 e = _mm512_maskz_mov_ps(zs_mask16(t_len - j), zs_exp512(_mm512_sub_ps(_mm512_load_ps(sr + j), m)));
+                    _mm512_store_ps(sr + j, e);
+                    vsum = _mm512_add_ps(vsum, e);
+                }
+                const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+                for (int64_t j = 0; j < tp; j += 16) _mm512_store_ps(sr + j, _mm512_mul_ps(_mm512_load_ps(sr + j), inv));
+            }
+            for (int64_t c0 = 0; c0 < dp; c0 += AVB) {
+                __m512 acc[AQR][2];
+                for (int r = 0; r < AQR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+                for (int64_t j = 0; j < t_len; j++) {
+                    const __m512 v0 = _mm512_load_ps(v + j * dp + c0), v1 = _mm512_load_ps(v + j * dp + c0 + 16);
+                    for (int r = 0; r < AQR; r++) {
+                        const __m512 pj = _mm512_set1_ps(s[r * tp + j]);
+                        acc[r][0] = _mm512_fmadd_ps(pj, v0, acc[r][0]);
+                        acc[r][1] = _mm512_fmadd_ps(pj, v1, acc[r][1]);
+                    }
+                }
+                float done[AQR * AVB]; /* constant indices only: see zs_gemm_u8s8 */
+                for (int r = 0; r < AQR; r++) {
+                    _mm512_storeu_ps(done + r * AVB, acc[r][0]);
+                    _mm512_storeu_ps(done + r * AVB + 16, acc[r][1]);
+                }
+                const __mmask16 m0 = zs_mask16(d - c0), m1 = zs_mask16(d - c0 - 16);
+                for (int64_t r = 0; r < rows; r++) {
+                    float *out = ctx + (b * t_len + i0 + r) * h + hd * d + c0;
+                    _mm512_mask_storeu_ps(out, m0, _mm512_loadu_ps(done + r * AVB));
+                    _mm512_mask_storeu_ps(out + 16, m1, _mm512_loadu_ps(done + r * AVB + 16));
+                }
+            }
+        }
+    }
+    free(kt);
+    return 0;
+}
+#else
 #define QR 4  /* query rows per tile */
-#define VB 16 /* columns per tile: one AVX-512 vector, two AVX2, four SSE */
+#define VB 16 /* columns per tile: two AVX2 vectors, four SSE */
 
 int zs_attention(const float *qkv, const float *qkv_bias, const float *mask_bias, float *ctx, int64_t seq_len,
                  int64_t heads, int64_t head_dim, int64_t item0, int64_t item1) {
@@ -265,6 +393,8 @@ int zs_attention(const float *qkv, const float *qkv_bias, const float *mask_bias
     free(kt);
     return 0;
 }
+
+#endif
 
 /* Masked mean pooling (sentence-transformers' pooling_mode_mean_tokens):
  * out[b] = sum_t mask[b,t] hidden[b,t] / max(sum_t mask[b,t], 1e-9), b in [b0, b1). */
