@@ -34,10 +34,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from zerostart.serve.metrics import CONTENT_TYPE as CONTENT_TYPE
+from zerostart.serve.metrics import label_set, number
+
 if TYPE_CHECKING:
     from zerostart.platform._state import ModelRuntime
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 PREFIX = "zerostart_gateway"
 
 # From a 1 ms warm answer to a 30 s queue timeout.
@@ -62,19 +64,6 @@ LATENCY_BUCKETS_S = (
 Labels = tuple[tuple[str, str], ...]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _fmt(labels: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-    return "{" + inner + "}" if inner else ""
-
-
-def _num(x: float) -> str:
-    return repr(float(x)) if isinstance(x, float) else str(x)
-
-
 class Counter:
     def __init__(self, name: str, help_text: str, labels: tuple[str, ...]) -> None:
         self.name, self.help, self.labels = f"{PREFIX}_{name}", help_text, labels
@@ -96,7 +85,7 @@ class Counter:
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
         for key, n in sorted(self._values.items()):
-            out.append(f"{self.name}{_fmt(zip(self.labels, key, strict=True))} {_num(n)}")
+            out.append(f"{self.name}{label_set(zip(self.labels, key, strict=True))} {number(n)}")
         return out
 
 
@@ -134,10 +123,10 @@ class Histogram:
             cumulative = 0
             for bound, n in zip((*self.buckets, float("inf")), row[:-1], strict=True):
                 cumulative += int(n)
-                le = "+Inf" if bound == float("inf") else _num(bound)
-                out.append(f"{self.name}_bucket{_fmt([*base, ('le', le)])} {cumulative}")
-            out.append(f"{self.name}_sum{_fmt(base)} {_num(row[-1])}")
-            out.append(f"{self.name}_count{_fmt(base)} {cumulative}")
+                le = "+Inf" if bound == float("inf") else number(bound)
+                out.append(f"{self.name}_bucket{label_set([*base, ('le', le)])} {cumulative}")
+            out.append(f"{self.name}_sum{label_set(base)} {number(row[-1])}")
+            out.append(f"{self.name}_count{label_set(base)} {cumulative}")
         return out
 
 
@@ -155,7 +144,7 @@ class Gauges:
 
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        out += [f"{self.name}{_fmt(labels)} {_num(v)}" for labels, v in sorted(self.read())]
+        out += [f"{self.name}{label_set(labels)} {number(v)}" for labels, v in sorted(self.read())]
         return out
 
 

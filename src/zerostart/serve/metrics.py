@@ -38,16 +38,19 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCH_TOKENS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
 
 
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+# The exposition format's pieces, shared with the gateway's metrics (platform/metrics.py).
+def label_set(pairs: Iterable[tuple[str, str]]) -> str:
+    """``{k="v",...}`` with values escaped as the text format requires; "" for no labels."""
+    inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in pairs)
     return "{" + inner + "}" if inner else ""
 
 
-def _escape(value: str) -> str:
+def escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _num(x: float) -> str:
+def number(x: float) -> str:
+    """A sample value: floats with repr (round-trips), integers as integers."""
     return repr(float(x)) if isinstance(x, float) else str(x)
 
 
@@ -81,10 +84,10 @@ class Histogram:
             cumulative = 0
             for bound, n in zip((*self.buckets, float("inf")), row[:-1], strict=True):
                 cumulative += int(n)
-                le = "+Inf" if bound == float("inf") else _num(bound)
-                out.append(f"{self.name}_bucket{_labels([*base, ('le', le)])} {cumulative}")
-            out.append(f"{self.name}_sum{_labels(base)} {_num(row[-1])}")
-            out.append(f"{self.name}_count{_labels(base)} {cumulative}")
+                le = "+Inf" if bound == float("inf") else number(bound)
+                out.append(f"{self.name}_bucket{label_set([*base, ('le', le)])} {cumulative}")
+            out.append(f"{self.name}_sum{label_set(base)} {number(row[-1])}")
+            out.append(f"{self.name}_count{label_set(base)} {cumulative}")
         return out
 
 
@@ -143,14 +146,14 @@ class Metrics:
         ]
         with self._lock:
             counts = sorted(self._requests.items())
-        out += [f"{name}{_labels([('route', r), ('status', s)])} {n}" for (r, s), n in counts]
+        out += [f"{name}{label_set([('route', r), ('status', s)])} {n}" for (r, s), n in counts]
         for hist in (self.latency, self.batch_size, self.batch_tokens, self.batch_seconds):
             out += hist.render()
         for gname, (help_text, read) in sorted(self._gauges.items()):
             out += [
                 f"# HELP {gname} {help_text}",
                 f"# TYPE {gname} gauge",
-                f"{gname} {_num(read())}",
+                f"{gname} {number(read())}",
             ]
         name = f"{PREFIX}_startup_phase_seconds"
         out += [
@@ -158,6 +161,6 @@ class Metrics:
             f"# TYPE {name} gauge",
         ]
         out += [
-            f"{name}{_labels([('phase', p)])} {_num(float(s))}" for p, s in self._phases.items()
+            f"{name}{label_set([('phase', p)])} {number(float(s))}" for p, s in self._phases.items()
         ]
         return ("\n".join(out) + "\n").encode()
