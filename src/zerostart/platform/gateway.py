@@ -96,20 +96,20 @@ from zerostart.platform.sizing import PoolSizer, Recent
 from zerostart.platform.sizing import register_gauges as register_sizing_gauges
 from zerostart.platform.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge
 from zerostart.serve.config import ServerConfig
-from zerostart.serve.http import HttpConnection, Request, Response, error_response
+from zerostart.serve.http import ListeningHost, Request, Response, error_response
 
 log = logging.getLogger("zerostart.platform")
 
-DRAIN_POLL_S = 0.02
 STOP_TIMEOUT_S = 10.0  # a replica's own drain on scale-down before SIGKILL
 
 
-class Gateway:
+class Gateway(ListeningHost):
     """Serve ``config.models`` through replicas from ``starter``; see the module docstring."""
 
     def __init__(
         self, config: PlatformConfig, starter: Starter, *, worker_key: str | None = None
     ) -> None:
+        super().__init__()
         self.platform = config
         # sent to replicas, which were started with it as their API_KEY (never the client's)
         self._worker_auth = [("authorization", f"Bearer {worker_key}")] if worker_key else []
@@ -126,8 +126,6 @@ class Gateway:
             drain_timeout_s=g.drain_timeout_s,
         )
         self.starter = starter
-        self.connections: set[HttpConnection] = set()
-        self.draining = False
         self.metrics = GatewayMetrics()
         now = time.monotonic()
         self.models = {
@@ -141,38 +139,21 @@ class Gateway:
         register_sizing_gauges(
             self.metrics, list(self.models), self.recent, self._pool_sizes, lambda: self.sizer
         )
-        self._listener: asyncio.Server | None = None
-        self._shutdown: asyncio.Event | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._force = False
-        self._port: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------
-    @property
-    def port(self) -> int:
-        assert self._port is not None, "start() first"
-        return self._port
-
     async def start(self) -> None:
         """Listen, start the autoscaler, and bring each model up to ``min_replicas``."""
         loop = asyncio.get_running_loop()
-        self._shutdown = asyncio.Event()
         try:
-            self._listener = await loop.create_server(
-                lambda: HttpConnection(self),
-                self.config.host,
-                self.config.port,
-                backlog=self.config.backlog,
-                reuse_address=True,
-            )
+            await self._listen()
         except OSError as exc:
             raise PlatformError(
                 f"the gateway cannot listen on {self.config.host}:{self.config.port}: "
                 f"{exc.strerror or exc}",
                 hint="set [gateway] port (or --port) to a free port",
             ) from exc
-        self._port = int(self._listener.sockets[0].getsockname()[1])
         opener = getattr(self.starter, "open", None)  # optional: a warm pool starts filling
         if opener is not None:
             await opener()
@@ -185,24 +166,8 @@ class Gateway:
                 self._start_replica(rt, "min")
         self._ticker = loop.create_task(self._autoscale())
 
-    def begin_shutdown(self) -> None:
-        """Stop accepting and drain; a second call stops waiting for stragglers."""
-        if self.draining:
-            self._force = True
-            return
+    def _shutdown_started(self) -> None:
         log.info("event=shutdown connections=%d", len(self.connections))
-        self.draining = True
-        if self._listener is not None:
-            self._listener.close()
-        for conn in list(self.connections):
-            conn.close_if_idle()
-        if self._shutdown is not None:
-            self._shutdown.set()
-
-    async def serve_until_shutdown(self) -> None:
-        assert self._shutdown is not None, "start() first"
-        await self._shutdown.wait()
-        await self._drain()
 
     def _busy(self) -> bool:
         if any(c.busy for c in self.connections):
@@ -210,19 +175,11 @@ class Gateway:
         return any(rt.in_flight or rt.waiters for rt in self.models.values())
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.drain_timeout_s
-        while not self._force and loop.time() < deadline and self._busy():
-            for conn in list(self.connections):
-                conn.close_if_idle()
-            await asyncio.sleep(DRAIN_POLL_S)
+        await self._drain_connections(self._busy)
         if self._busy():
             log.warning("event=drain_timeout: answering what is left with errors")
         await self.stop_all()
-        for conn in list(self.connections):
-            conn.abort()
-        if self._listener is not None:
-            await self._listener.wait_closed()
+        await self._close_connections()
         log.info("event=stopped")
 
     async def stop_all(self) -> None:

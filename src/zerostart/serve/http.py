@@ -42,7 +42,7 @@ import collections
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -466,3 +466,96 @@ class HttpConnection(asyncio.Protocol):
         else:
             log.info("closing a connection: request %s not received in time", kind)
             self._refuse(408, f"request {kind} not received in time", "Timeout")
+
+
+DRAIN_POLL_S = 0.02  # how often a draining server re-checks for busy connections
+
+
+class ListeningHost:
+    """Listening, shutdown and drain shared by the worker's Server and the platform's Gateway.
+
+    A subclass sets ``config`` (its ServerConfig) and implements ``handle``; it
+    calls ``_listen()`` from its ``start()`` and drains in its own ``_drain()``
+    with ``_drain_connections()`` and ``_close_connections()``. ``begin_shutdown``
+    stops accepting and closes idle connections; a second call stops waiting for
+    stragglers (``_force``).
+    """
+
+    config: ServerConfig
+
+    def __init__(self) -> None:
+        self.connections: set[HttpConnection] = set()
+        self.draining = False
+        self._listener: asyncio.Server | None = None
+        self._shutdown: asyncio.Event | None = None
+        self._force = False
+        self._port: int | None = None
+
+    def handle(self, request: Request) -> Awaitable[Response]:
+        raise NotImplementedError
+
+    @property
+    def port(self) -> int:
+        """The port bound by start() (the real one when config.port is 0)."""
+        assert self._port is not None, "start() first"
+        return self._port
+
+    async def _listen(self) -> None:
+        """Bind and listen on config.host:port; OSError when that is not possible."""
+        loop = asyncio.get_running_loop()
+        self._shutdown = asyncio.Event()
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(self),
+            self.config.host,
+            self.config.port,
+            backlog=self.config.backlog,
+            reuse_address=True,
+        )
+        self._port = int(self._listener.sockets[0].getsockname()[1])
+
+    def _shutdown_started(self) -> None:
+        """Hook: log and mark what the subclass needs when draining begins."""
+
+    def begin_shutdown(self) -> None:
+        """Stop accepting and start draining; a second call stops waiting for stragglers."""
+        if self.draining:
+            self._force = True
+            return
+        self._shutdown_started()
+        self.draining = True
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        if self._shutdown is not None:
+            self._shutdown.set()
+
+    async def serve_until_shutdown(self) -> None:
+        """Serve until :meth:`begin_shutdown`, then drain and return."""
+        assert self._shutdown is not None, "start() first"
+        await self._shutdown.wait()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        await self._drain_connections(lambda: any(c.busy for c in self.connections))
+        await self._close_connections()
+
+    async def _drain_connections(self, busy: Callable[[], bool]) -> float:
+        """Wait until ``busy()`` is false, the drain timeout passes or a second shutdown.
+
+        Closes connections as they go idle. Returns the deadline (loop time), for
+        what the subclass still waits for.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_timeout_s
+        while not self._force and loop.time() < deadline and busy():
+            for conn in list(self.connections):
+                conn.close_if_idle()
+            await asyncio.sleep(DRAIN_POLL_S)
+        return deadline
+
+    async def _close_connections(self) -> None:
+        for conn in list(self.connections):
+            conn.abort()
+        if self._listener is not None:
+            await self._listener.wait_closed()

@@ -25,16 +25,14 @@ from zerostart.errors import ServeError
 from zerostart.serve.app import App, PipelineLike
 from zerostart.serve.batcher import Batcher
 from zerostart.serve.config import ServerConfig
-from zerostart.serve.http import HttpConnection, Request, Response
+from zerostart.serve.http import DRAIN_POLL_S, ListeningHost, Request, Response
 from zerostart.serve.metrics import Metrics
 from zerostart.serve.startup import Startup
 
 log = logging.getLogger("zerostart.serve")
 
-DRAIN_POLL_S = 0.02  # how often shutdown re-checks for busy connections
 
-
-class Server:
+class Server(ListeningHost):
     """Serves one pipeline; use ``await start()``, then ``await serve_until_shutdown()``."""
 
     def __init__(
@@ -44,9 +42,8 @@ class Server:
         *,
         startup: Startup | None = None,
     ) -> None:
+        super().__init__()
         self.config = config or ServerConfig()
-        self.connections: set[HttpConnection] = set()
-        self.draining = False
         self.metrics = Metrics()
         self.batcher = Batcher(
             pipeline.execute,
@@ -66,19 +63,9 @@ class Server:
         self.metrics.gauge(
             "open_connections", "Open client connections.", lambda: len(self.connections)
         )
-        self._listener: asyncio.Server | None = None
-        self._shutdown: asyncio.Event | None = None
-        self._force = False
-        self._port: int | None = None
 
     def handle(self, request: Request) -> Any:
         return self.app.handle(request)
-
-    @property
-    def port(self) -> int:
-        """The port bound by start() (the real one when config.port is 0)."""
-        assert self._port is not None, "start() first"
-        return self._port
 
     @property
     def url(self) -> str:
@@ -87,59 +74,28 @@ class Server:
 
     async def start(self) -> None:
         """Start the batcher and listen; the worker is ready when this returns."""
-        loop = asyncio.get_running_loop()
-        self._shutdown = asyncio.Event()
-        self.batcher.start(loop)
+        self.batcher.start(asyncio.get_running_loop())
         try:
-            self._listener = await loop.create_server(
-                lambda: HttpConnection(self),
-                self.config.host,
-                self.config.port,
-                backlog=self.config.backlog,
-                reuse_address=True,
-            )
+            await self._listen()
         except OSError as exc:
             self.batcher.stop()
             raise ServeError(
                 f"cannot listen on {self.config.host}:{self.config.port}: {exc.strerror or exc}",
                 hint="pick another --port, or stop what is using this one",
             ) from exc
-        self._port = int(self._listener.sockets[0].getsockname()[1])
         self.startup.mark("listening")
         self.metrics.set_phases(self.startup.phases)
         self.app.ready = True
 
-    def begin_shutdown(self) -> None:
-        """Stop accepting and start draining; a second call stops waiting for stragglers."""
-        if self.draining:
-            self._force = True
-            return
+    def _shutdown_started(self) -> None:
         log.info("shutting down: draining %d connection(s)", len(self.connections))
-        self.draining = True
         self.app.ready = False
-        if self._listener is not None:
-            self._listener.close()
-        for conn in list(self.connections):
-            conn.close_if_idle()
-        if self._shutdown is not None:
-            self._shutdown.set()
-
-    async def serve_until_shutdown(self) -> None:
-        """Serve until :meth:`begin_shutdown`, then drain and return."""
-        assert self._shutdown is not None, "start() first"
-        await self._shutdown.wait()
-        await self._drain()
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.drain_timeout_s
-        while not self._force and loop.time() < deadline:
-            busy = [c for c in self.connections if c.busy]
-            if not busy and not self.batcher.depth:
-                break
-            for conn in list(self.connections):
-                conn.close_if_idle()
-            await asyncio.sleep(DRAIN_POLL_S)
+        deadline = await self._drain_connections(
+            lambda: any(c.busy for c in self.connections) or bool(self.batcher.depth)
+        )
         left = sum(c.busy for c in self.connections)
         if left:
             log.warning("drain ended with %d connection(s) still busy; closing them", left)
@@ -150,10 +106,7 @@ class Server:
             await asyncio.sleep(DRAIN_POLL_S)
         if self.batcher.alive:
             log.warning("the engine did not finish its batch within the drain timeout")
-        for conn in list(self.connections):
-            conn.abort()
-        if self._listener is not None:
-            await self._listener.wait_closed()
+        await self._close_connections()
         log.info("stopped")
 
 
