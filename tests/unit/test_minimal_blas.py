@@ -164,3 +164,25 @@ def test_a_library_that_is_not_openblas_is_refused(tmp_path: Path, openblas: Pat
         pytest.skip("no glibc at the Debian path")
     with pytest.raises(MinimalBlasUnavailable, match="no cblas_sgemm"):
         build_minimal_blas(libc, _numpy_modules(), cache=tmp_path)
+
+
+def test_which_bundles_get_the_minimal_blas() -> None:
+    """auto: GPU bundles and AVX-512-only CPU bundles; never the numpy engine or portable builds."""
+    from dataclasses import replace
+
+    from tiny_models import tiny_manifest
+    from zerostart.image.blas import wanted
+    from zerostart.image.errors import ImageError
+    from zerostart.model.manifest import CpuKernelBuild
+
+    m = tiny_manifest("bert", "embeddings", hidden=64, layers=1, heads=2, ffn=128, max_positions=64)
+    v4 = CpuKernelBuild("kernels/cpu/a.so", ("avx2", "avx512f"))
+    v3 = CpuKernelBuild("kernels/cpu/b.so", ("avx2",))
+    assert wanted("auto", m, "cuda")[0]
+    assert wanted("auto", replace(m, cpu_kernels={"x86-64-v4": v4}), "cpu")[0]
+    assert not wanted("auto", replace(m, cpu_kernels={"x86-64-v4": v4, "x86-64-v3": v3}), "cpu")[0]
+    assert "numpy engine" in wanted("auto", m, "cpu")[1]
+    assert wanted("minimal", m, "cpu") == (True, "--blas minimal")
+    assert wanted("openblas", m, "cuda") == (False, "--blas openblas")
+    with pytest.raises(ImageError, match="not one of"):
+        wanted("mkl", m, "cpu")

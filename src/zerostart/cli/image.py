@@ -58,6 +58,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     if result.blas is not None:
         saved = f", {result.blas.saved_bytes / 1e6:.1f} MB saved" if result.blas.saved_bytes else ""
         print(f"BLAS: {result.blas.blas} ({result.blas.reason}{saved})")
+        if result.blas.warning:
+            print(f"warning: {result.blas.warning}", file=sys.stderr)
     if options.format == "oci":
         report = inspect_image(args.output)
         print(format_report(report, top=args.top))

@@ -234,12 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["serve"]:
+    debug = argv[:1] == ["--debug"]
+    if argv[debug : debug + 1] == ["serve"]:
         # The worker parses its own options: one definition for `zerostart serve` and
         # `python -m zerostart.serve` (the image entrypoint), and no CLI imports on its path.
         from zerostart.serve.__main__ import main as serve_main
 
-        return serve_main(argv[1:], prog="zerostart serve")
+        return serve_main(argv[debug + 1 :], prog="zerostart serve", debug=debug)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

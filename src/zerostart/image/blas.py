@@ -44,6 +44,7 @@ class BlasDecision:
     reason: str
     replaced: tuple[str, ...] = ()  # image paths taken out or replaced
     saved_bytes: int = 0
+    warning: str = ""  # what forcing the minimal BLAS costs this bundle, if anything
 
 
 def wanted(option: str, manifest: Manifest, device: str) -> tuple[bool, str]:
@@ -51,9 +52,9 @@ def wanted(option: str, manifest: Manifest, device: str) -> tuple[bool, str]:
     if option not in BLAS_CHOICES:
         raise ImageError(f"--blas {option!r} is not one of {BLAS_CHOICES}")
     if option == "openblas":
-        return False, "asked for (--blas openblas)"
+        return False, "--blas openblas"
     if option == "minimal":
-        return True, "asked for (--blas minimal)"
+        return True, "--blas minimal"
     if device == "cuda":
         return True, "a GPU worker multiplies no matrices in numpy"
     builds = list(manifest.cpu_kernels.values())
@@ -96,7 +97,14 @@ def apply(closure: Closure, option: str, manifest: Manifest, device: str) -> Bla
     )
     dropped = _drop_unneeded(closure, os.path.dirname(target.dest))
     saved += sum(size for _, size in dropped)
-    return BlasDecision("minimal", why, (target.dest, *(d for d, _ in dropped)), saved)
+    warning = ""
+    auto_wants, auto_why = wanted("auto", manifest, device)
+    if not auto_wants:  # forced on a bundle that multiplies in numpy
+        warning = (
+            f"{auto_why}: those products run on the minimal BLAS's plain loops, several "
+            "times slower than OpenBLAS (convert with --cpu-arch x86-64-v4, or --blas auto)"
+        )
+    return BlasDecision("minimal", why, (target.dest, *(d for d, _ in dropped)), saved, warning)
 
 
 def _fallback(option: str, reason: str) -> BlasDecision:

@@ -143,6 +143,7 @@ def build_image(
         "reason": blas.reason,
         "replaced": list(blas.replaced),
         "saved_bytes": blas.saved_bytes,
+        "warning": blas.warning,
     }
     trace_file.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     step("done", 1.0)

@@ -174,7 +174,10 @@ def quiet_blas_for_gpu(bundle: str) -> None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m zerostart.serve") -> int:
+def main(
+    argv: list[str] | None = None, prog: str = "python -m zerostart.serve", *, debug: bool = False
+) -> int:
+    """The worker; ``debug`` (``zerostart --debug serve``) re-raises errors with their traceback."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a == "--slot" or a.startswith("--slot=") for a in argv):
         from zerostart.serve.slot import main as slot_main  # a warm slot (zerostart.platform)
@@ -189,7 +192,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m zerostart.serve")
 
         run(args.bundle, config, verify=args.verify, startup=_STARTUP)
     except ZerostartError as exc:
-        print(f"zerostart: error: {exc}", file=sys.stderr)
+        if debug:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
     return 0
 

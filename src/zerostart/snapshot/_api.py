@@ -206,7 +206,7 @@ def check(
     folder = snapshot_dir(_store(store), name)
     if not folder.exists():
         raise SnapshotError(
-            f"no snapshot named {name!r} in {folder.parent}",
+            f"no snapshot named {name!r} in {folder.parent.parent}",
             hint="list them with `zerostart snapshot --list`",
         )
     manifest = read_manifest(folder)
@@ -269,7 +269,7 @@ def restore(
         manifest = read_manifest(folder)
     except SnapshotError:
         if not folder.exists():
-            raise SnapshotError(f"no snapshot named {name!r} in {folder.parent}") from None
+            raise SnapshotError(f"no snapshot named {name!r} in {root}") from None
         raise  # without a readable manifest there is no command to boot either
     if manifest.port is not None and _port_in_use(manifest.port):
         raise SnapshotError(
