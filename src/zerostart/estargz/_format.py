@@ -197,6 +197,15 @@ def parse_footer(footer: bytes) -> int:
 
 def clean_name(name: str) -> str:
     """A tar name as a clean root-relative path: "./a//b/" -> "a/b", "/" -> "" (``..`` kept)."""
+    if (
+        name
+        and name[0] not in "/."
+        and name[-1] != "/"
+        and "//" not in name
+        and "/./" not in name
+        and not name.endswith("/.")
+    ):
+        return name  # already clean: the common case, without splitting
     return "/".join(p for p in name.split("/") if p not in ("", "."))
 
 

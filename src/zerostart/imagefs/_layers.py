@@ -16,13 +16,12 @@ says so in its notes (``imagefs stats``) and the log.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
+import datetime
 import logging
 import os
 import tarfile
 import tempfile
-import time
 import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -70,18 +69,32 @@ _TAR_KINDS = {
 }
 
 
-def _mtime_ns(modtime: str) -> int:
+def _mtime_ns(modtime: str, seen: dict[str, int] | None = None) -> int:
+    """An RFC 3339 ``modTime`` ("2006-01-02T15:04:05Z", UTC) in ns since the epoch; 0 if none.
+
+    ``seen``: a cache for one TOC (an image's files share few distinct times; a
+    36k-file TOC parsed with strptime spent 0.2 s here).
+    """
     if not modtime:
         return 0
+    if seen is not None:
+        hit = seen.get(modtime)
+        if hit is not None:
+            return hit
     try:
-        return calendar.timegm(time.strptime(modtime[:19], "%Y-%m-%dT%H:%M:%S")) * 10**9
+        stamp = datetime.datetime.fromisoformat(modtime[:19])
+        value = int(stamp.replace(tzinfo=datetime.UTC).timestamp()) * 10**9
     except ValueError:
-        return 0
+        value = 0
+    if seen is not None:
+        seen[modtime] = value
+    return value
 
 
 def entries_from_toc(index: int, files: dict[str, TOCEntry], chunks: Any) -> list[LayerEntry]:
     """The layer's entries in our terms (``files``/``chunks`` of a validated TOC)."""
     out = []
+    seen: dict[str, int] = {}
     for name, e in files.items():
         extents = tuple(
             Extent(index, c.chunk_offset, c.chunk_size, c.offset, c.next_offset, c)
@@ -95,7 +108,7 @@ def entries_from_toc(index: int, files: dict[str, TOCEntry], chunks: Any) -> lis
                 uid=e.uid,
                 gid=e.gid,
                 size=e.size if e.type == "reg" else 0,
-                mtime_ns=_mtime_ns(e.modtime),
+                mtime_ns=_mtime_ns(e.modtime, seen),
                 link=e.link_name,
                 dev_major=e.dev_major,
                 dev_minor=e.dev_minor,
