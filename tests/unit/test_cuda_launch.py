@@ -262,3 +262,45 @@ def test_tuning_files_are_read_filtered_and_applied(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(km.to_json())
     assert variants.apply_tuning(tmp_path, m, mine) == 1  # m32n32... is not in the folder
     assert KernelManifest.load(tmp_path).gemm_table == (mine[1],)
+
+
+@pytest.mark.parametrize(
+    ("choice", "why"),
+    [
+        ({"n": 192, "k": 64, "m": 0, "config": "m16n64k128w4s4"}, "sizes"),  # log2(0) at run time
+        ({"n": -192, "k": 64, "m": 16, "config": "m16n64k128w4s4"}, "sizes"),
+        ({"n": 192, "k": 64, "m": 10**40, "config": "m16n64k128w4s4"}, "sizes"),  # not an i32
+        ({"n": 192, "k": 64, "m": 1e400, "config": "m16n64k128w4s4"}, "infinity"),
+        ({"n": 192, "k": 64, "m": 16, "config": "m0n0k0w0s0"}, "block dims"),
+        ({"n": 192, "k": 64, "m": 16, "config": "m100000n64k64w4s4"}, "block dims"),
+        ({"n": 192, "k": 64, "m": 16, "config": "m64n64k64w3s3"}, "warps"),
+        ({"n": 192, "k": 64, "m": 16, "config": "m64n64k64w4s0"}, "stages"),
+    ],
+)
+def test_tuning_file_with_absurd_numbers_is_refused_at_convert(
+    tmp_path: Path, choice: dict[str, object], why: str
+) -> None:
+    """Each would pass into a bundle (or to Triton) and fail later, far from the file's name."""
+    from zerostart.errors import ConvertError
+    from zerostart.kernels import variants
+
+    tuning = tmp_path / "sm_90.json"
+    tuning.write_text(json.dumps({"arch": "sm_90", "choices": [choice]}))
+    with pytest.raises(ConvertError, match=f"not a GEMM tuning file.*{why}"):
+        variants.load_tuning(tuning)
+
+
+def test_shipped_tuning_files_pass_the_checks() -> None:
+    from zerostart.kernels import variants
+
+    files = sorted(variants.TUNING_DIR.glob("*.json"))
+    assert files and all(variants.load_tuning(p) for p in files)
+
+
+def test_kernels_manifest_with_out_of_range_gemm_table_is_a_bundle_error() -> None:
+    data = json.loads(_km(_cfg_gemm("m16n64k128w4s4", bk=128)).to_json())
+    row = {"arch": "sm_90", "n": 192, "k": 64, "config": "m16n64k128w4s4"}
+    for m, message in [(float("inf"), "malformed: OverflowError"), (2**31, "gemm_table entry")]:
+        data["gemm_table"] = [{**row, "m": m}]
+        with pytest.raises(BundleError, match=message):
+            KernelManifest.from_dict(data)

@@ -371,16 +371,38 @@ def load_tuning(path: str | Path) -> list[GemmChoice]:
             for c in data["choices"]
         ]
         for c in out:
-            GemmConfig.parse(c.config)
+            _check_choice(c)
     except OSError as exc:
         raise ConvertError(path, f"cannot read the GEMM tuning file: {exc.strerror}") from exc
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
         raise ConvertError(
             path,
             f"not a GEMM tuning file ({exc!r})",
             hint="write it with `python tools/gpu_tune.py` on the GPU",
         ) from exc
     return out
+
+
+# A measured config is compiled as it is named: tl.dot needs every block dim a power of
+# two >= 16; 1024 is past any tile that fits a GPU's shared memory with fp16 operands.
+_BLOCK_DIMS = tuple(1 << i for i in range(4, 11))
+_WARPS = (1, 2, 4, 8, 16, 32)
+
+
+def _check_choice(c: GemmChoice) -> None:
+    """ValueError unless ``c`` names a problem the kernels take (i32 sizes) and a compilable config."""
+    if not all(1 <= x <= launch.I32_MAX for x in (c.n, c.k, c.m)):
+        raise ValueError(f"sizes of {c} must be 1..{launch.I32_MAX}")
+    cfg = GemmConfig.parse(c.config)
+    if (
+        {cfg.block_m, cfg.block_n, cfg.block_k} - set(_BLOCK_DIMS)
+        or cfg.num_warps not in _WARPS
+        or not 1 <= cfg.num_stages <= 8
+    ):
+        raise ValueError(
+            f"{c.config!r}: block dims must be one of {_BLOCK_DIMS}, warps one of {_WARPS},"
+            " stages 1..8"
+        )
 
 
 def packaged_tuning(archs: Sequence[str]) -> list[GemmChoice]:

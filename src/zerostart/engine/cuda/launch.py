@@ -43,6 +43,7 @@ ARG_DTYPES = POINTER_DTYPES + SCALAR_DTYPES
 OPS = ("gemm", "layer_norm", "embed", "attention", "gemm_partial", "splitk_layer_norm")
 PTX_KEY = "ptx"  # the image key of a variant's PTX (its arch is KernelManifest.ptx_arch)
 THREADS_PER_WARP = 32
+I32_MAX = 2**31 - 1  # the kernels take M, N and K as i32 arguments
 
 # Shape buckets. Sequence buckets grow in steps that keep padding waste under ~2x
 # at short lengths and match the usual max lengths (128, 256, 384, 512).
@@ -182,7 +183,7 @@ class KernelManifest:
             )
         except BundleError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
             raise BundleError(path, f"kernels manifest is malformed: {exc!r}") from exc
         m.validate(path)
         return m
@@ -234,7 +235,7 @@ class KernelManifest:
                         path, f"kernel {v.key!r} [{arch}]: file {image.file!r} leaves kernels/"
                     )
         for c in self.gemm_table:
-            if min(c.n, c.k, c.m) < 1 or not c.config.isalnum():
+            if not all(1 <= x <= I32_MAX for x in (c.n, c.k, c.m)) or not c.config.isalnum():
                 raise BundleError(path, f"gemm_table entry {c} is malformed")
         if list(self.batch_buckets) != sorted(set(self.batch_buckets)) or not self.batch_buckets:
             raise BundleError(path, "batch_buckets must be strictly increasing and non-empty")
