@@ -186,3 +186,21 @@ def test_which_bundles_get_the_minimal_blas() -> None:
     assert wanted("openblas", m, "cuda") == (False, "--blas openblas")
     with pytest.raises(ImageError, match="not one of"):
         wanted("mkl", m, "cpu")
+
+
+def test_a_cached_library_cut_short_is_built_again(openblas: Path, tmp_path: Path) -> None:
+    """A zero-length or truncated file in the cache (a crash before the data reached disk)."""
+    built = build_minimal_blas(openblas, _numpy_modules(), cache=tmp_path)
+    whole = built.read_bytes()
+    for cut in (b"", whole[: len(whole) // 3]):
+        built.write_bytes(cut)
+        again = build_minimal_blas(openblas, _numpy_modules(), cache=tmp_path)
+        assert again == built and again.read_bytes() == whole
+
+
+def test_an_unwritable_cache_is_a_reason_not_a_crash(openblas: Path, tmp_path: Path) -> None:
+    """--blas auto falls back on MinimalBlasUnavailable only; an OSError stopped the build."""
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(MinimalBlasUnavailable, match=r"cannot write the build cache .*ZEROSTART"):
+        build_minimal_blas(openblas, _numpy_modules(), cache=not_a_folder / "cache")

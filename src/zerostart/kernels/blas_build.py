@@ -154,19 +154,37 @@ def build_minimal_blas(
     digest.update("\0".join([_run([CC, "--version"]).splitlines()[0], *flags]).encode())
     out_dir = (cache or cache_root()) / digest.hexdigest()[:24]
     out = out_dir / so
-    if not out.is_file():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=so, suffix=".tmp", dir=out_dir)
-        os.close(fd)
+    defined: set[str] | None = None
+    if out.is_file():
         try:
-            _run([CC, *flags, "-o", tmp, str(SOURCE)])
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    missing = sorted(set(names.needed) - dynamic_symbols(out, defined=True))
+            defined = dynamic_symbols(out, defined=True)
+        except MinimalBlasUnavailable:  # not an ELF object (cut short on disk): build it again
+            defined = None
+    if defined is None:
+        try:
+            _compile(flags, out)
+        except OSError as exc:  # the cache folder: read-only, not a folder, full
+            raise MinimalBlasUnavailable(
+                f"cannot write the build cache {out_dir}: {exc.strerror or exc}"
+                " (set ZEROSTART_CACHE to a writable folder)"
+            ) from exc
+        defined = dynamic_symbols(out, defined=True)
+    missing = sorted(set(names.needed) - defined)
     if missing:
         raise MinimalBlasUnavailable(
             f"numpy needs {len(missing)} symbols the minimal BLAS lacks: {', '.join(missing[:8])}"
         )
     return out
+
+
+def _compile(flags: Sequence[str], out: Path) -> None:
+    """Compile SOURCE into ``out`` through a temporary file, so ``out`` is whole or absent."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name, suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        _run([CC, *flags, "-o", tmp, str(SOURCE)])
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
