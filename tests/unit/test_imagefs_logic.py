@@ -133,3 +133,22 @@ def test_missing_pyfuse3_is_one_line_naming_the_extra(
     assert "pyfuse3 is not installed" in str(err.value)
     assert "zerostart[imagefs]" in str(err.value)
     assert not (tmp_path / "mnt").exists()  # refused before anything is made
+
+
+def test_toc_mod_times_are_read_as_rfc3339_with_their_offset() -> None:
+    from zerostart.imagefs._layers import _mtime_ns
+
+    s = 10**9
+    base = 1136214245 * s  # 2006-01-02T15:04:05Z
+    assert _mtime_ns("2006-01-02T15:04:05Z") == base
+    assert _mtime_ns("2006-01-02T15:04:05+02:00") == base - 2 * 3600 * s
+    assert _mtime_ns("2006-01-02T15:04:05.999Z") == base  # whole seconds, as tar keeps
+    assert _mtime_ns("1969-12-31T23:59:59.5Z") == -1 * s  # floor before the epoch
+    assert _mtime_ns("2006-01-02T15:04:05") == base  # no offset: UTC
+    assert _mtime_ns("2006-01-02T15:04:05Zjunk") == base  # reference-like prefix wins
+    for bad in ("", "garbage", "2006-13-02T15:04:05Z"):
+        assert _mtime_ns(bad) == 0
+    seen: dict[str, int] = {}
+    assert _mtime_ns("2006-01-02T15:04:05Z", seen) == base and seen == {
+        "2006-01-02T15:04:05Z": base
+    }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import math
 import os
 import tarfile
 import tempfile
@@ -70,7 +71,9 @@ _TAR_KINDS = {
 
 
 def _mtime_ns(modtime: str, seen: dict[str, int] | None = None) -> int:
-    """An RFC 3339 ``modTime`` ("2006-01-02T15:04:05Z", UTC) in ns since the epoch; 0 if none.
+    """An RFC 3339 ``modTime`` ("2006-01-02T15:04:05Z") in whole seconds since the epoch, as ns.
+
+    A time without an offset is UTC; an unreadable one is 0.
 
     ``seen``: a cache for one TOC (an image's files share few distinct times; a
     36k-file TOC parsed with strptime spent 0.2 s here).
@@ -81,11 +84,19 @@ def _mtime_ns(modtime: str, seen: dict[str, int] | None = None) -> int:
         hit = seen.get(modtime)
         if hit is not None:
             return hit
-    try:
-        stamp = datetime.datetime.fromisoformat(modtime[:19])
-        value = int(stamp.replace(tzinfo=datetime.UTC).timestamp()) * 10**9
+    try:  # RFC 3339 with its offset ("Z" or +02:00); fractions of a second are dropped
+        stamp: datetime.datetime | None = datetime.datetime.fromisoformat(modtime)
     except ValueError:
+        try:  # what the reference writes, with anything after the seconds ignored
+            stamp = datetime.datetime.fromisoformat(modtime[:19])
+        except ValueError:
+            stamp = None
+    if stamp is None:
         value = 0
+    else:
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=datetime.UTC)
+        value = math.floor(stamp.timestamp()) * 10**9
     if seen is not None:
         seen[modtime] = value
     return value
