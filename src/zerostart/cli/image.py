@@ -62,7 +62,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
             print(f"warning: {result.blas.warning}", file=sys.stderr)
     if options.format == "oci":
         report = inspect_image(args.output)
-        print(format_report(report, top=args.top))
+        if not args.quiet:  # the table is `zerostart inspect`'s; -q keeps the summary lines
+            print(format_report(report, top=args.top))
         print(f"biggest: {summary_line(report)}")
     return 0
 
@@ -289,7 +290,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     b.add_argument(
         "--top", type=int, default=DEFAULT_TOP, help="largest files to list (default 15)"
     )
-    b.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    b.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress output and no size table (`zerostart inspect` prints it)",
+    )
     b.set_defaults(func=_cmd_build)
 
     i = sub.add_parser(
