@@ -314,7 +314,11 @@ def bench_torch(src: Path) -> dict:
 
 ZEROSTART_CHILD = """
 import time; t0 = time.perf_counter()
-import sys, numpy as np
+import os, sys
+if os.environ.get("ZS_PREWARM") == "1":  # what the worker does for a GPU bundle (serve/__main__)
+    from zerostart.serve.__main__ import prewarm_cuda
+    prewarm_cuda()
+import numpy as np
 from zerostart.model.bundle import Bundle
 from zerostart.engine.cuda import CudaEngine
 t1 = time.perf_counter()
@@ -446,6 +450,11 @@ def main() -> None:
         exec_to_answer(ZEROSTART_CHILD, bundle, one)[0] for _ in range(3)
     ]
     result["import_profile_us"] = import_profile()
+    # the worker's context prewarm (a thread retains the primary context during the imports)
+    warm = {"OPENBLAS_NUM_THREADS": "1", "ZS_PREWARM": "1"}
+    result["exec_runs_prewarm_s"] = [
+        exec_to_answer(ZEROSTART_CHILD, bundle, warm)[0] for _ in range(3)
+    ]
     # What the GPU image's worker runs: numpy with zerostart's minimal BLAS (image/blas.py)
     # instead of its OpenBLAS, loaded here in its place through LD_PRELOAD (same SONAME).
     try:

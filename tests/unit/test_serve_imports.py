@@ -231,16 +231,55 @@ def test_package_import_is_lazy() -> None:
 def test_gpu_bundle_gets_one_openblas_thread_unless_the_user_chose(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from zerostart.serve.__main__ import quiet_blas_for_gpu
+    from zerostart.serve import __main__ as worker
 
+    started: list[str] = []
+    monkeypatch.setattr(worker, "prewarm_cuda", lambda: started.append("cuda"))
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     (tmp_path / "manifest.json").write_text('{"device": "cpu"}')
-    quiet_blas_for_gpu(str(tmp_path))
+    assert not worker.prepare_for_gpu(str(tmp_path))
     assert "OPENBLAS_NUM_THREADS" not in os.environ  # the CPU engine may use BLAS threads
-    quiet_blas_for_gpu(str(tmp_path / "missing"))  # the loader reports a missing bundle
+    assert not worker.prepare_for_gpu(str(tmp_path / "missing"))  # the loader reports it
+    assert not started
     (tmp_path / "manifest.json").write_text('{"device": "cuda"}')
-    quiet_blas_for_gpu(str(tmp_path))
-    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert worker.prepare_for_gpu(str(tmp_path))
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1" and started == ["cuda"]
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
-    quiet_blas_for_gpu(str(tmp_path))
+    worker.prepare_for_gpu(str(tmp_path))
     assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
+
+
+FAKE_LIBCUDA_C = r"""
+#include <stdint.h>
+static int inits, retains, last_device = -1;
+int cuInit(unsigned flags) { inits++; return flags == 0 ? 0 : 1; }
+int cuDeviceGet(int *dev, int ordinal) { *dev = 100 + ordinal; return 0; }
+int cuDevicePrimaryCtxRetain(void **ctx, int dev) {
+    retains++; last_device = dev; *ctx = (void *)(uintptr_t)0xc0; return 0;
+}
+int fake_inits(void) { return inits; }
+int fake_retains(void) { return retains; }
+int fake_last_device(void) { return last_device; }
+"""
+
+
+def test_cuda_prewarm_initialises_and_retains_on_its_own_thread(tmp_path: Path) -> None:
+    """Against a small C stand-in for libcuda with the three entry points it calls."""
+    import ctypes
+    import shutil
+
+    from zerostart.serve.__main__ import prewarm_cuda
+
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc builds the stand-in library (scripts/install_system_deps.sh)")
+    src, lib = tmp_path / "fake_cuda.c", tmp_path / "libfakecuda.so"
+    src.write_text(FAKE_LIBCUDA_C)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    thread = prewarm_cuda(str(lib), device=0)
+    assert thread.daemon and thread.name == "cuda-prewarm"
+    thread.join(10)
+    fake = ctypes.CDLL(str(lib))  # the same loaded object: its counters
+    assert (fake.fake_inits(), fake.fake_retains(), fake.fake_last_device()) == (1, 1, 100)
+    missing = prewarm_cuda(str(tmp_path / "no-libcuda.so"))  # no driver: silent, no crash
+    missing.join(10)
+    assert not missing.is_alive()

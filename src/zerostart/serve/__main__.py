@@ -17,6 +17,7 @@ import argparse  # noqa: E402  (after the clock starts, on purpose)
 import logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 
 # The worker never speaks TLS (it listens behind a gateway); asyncio imports ssl only to
 # offer it and treats ImportError as "no TLS". Marking ssl absent saves ~15 ms of every
@@ -155,13 +156,18 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def quiet_blas_for_gpu(bundle: str) -> None:
-    """One OpenBLAS thread for a GPU bundle, set before numpy is imported.
+LIBCUDA = "libcuda.so.1"
+
+
+def prepare_for_gpu(bundle: str) -> bool:
+    """For a GPU bundle, before numpy is imported: one OpenBLAS thread, and the CUDA context
+    started on a thread of its own. True when the bundle is a GPU bundle.
 
     numpy's OpenBLAS starts a thread per core at import, and a GPU worker never
-    calls BLAS: on the 16-core H200 machine this cut exec -> first answer from
-    0.60 s to 0.48 s (bench/results/gpu_h200.json, ``exec_runs_openblas_1_thread_s``).
-    A value the user set wins; an unreadable manifest is left to the loader's error.
+    calls BLAS: on the 16-core H200 machine one thread cut exec -> first answer from
+    a median of 0.61 s to 0.53 s (bench/results/gpu_h200.json,
+    ``exec_runs_five_machines_s``). A value the user set wins. An unreadable
+    manifest is left to the loader's error.
     """
     import json
 
@@ -169,9 +175,43 @@ def quiet_blas_for_gpu(bundle: str) -> None:
         with open(os.path.join(bundle, "manifest.json"), "rb") as f:
             device = json.load(f).get("device")
     except (OSError, ValueError, AttributeError):
-        return
-    if device == "cuda":
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+        return False
+    if device != "cuda":
+        return False
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    prewarm_cuda()
+    return True
+
+
+def prewarm_cuda(library: str = LIBCUDA, device: int = 0) -> threading.Thread:
+    """Initialise the driver and retain ``device``'s primary context on a daemon thread.
+
+    Creating the context costs ~0.11 s (H200, the engine's ``startup_phases``) inside
+    the driver, where ctypes has released the GIL, so it overlaps the worker's imports
+    (numpy and the pipeline: ~0.26 s there); the engine's own retain then finds the
+    context made (the driver counts retains; this one is held for the process's life,
+    as the engine holds its own). Raw ctypes on purpose: importing
+    ``zerostart.engine.cuda`` would import numpy first. Any failure is silent here:
+    the engine reports it with its hint. Not yet measured on a GPU.
+    """
+    import ctypes
+
+    def run() -> None:
+        try:
+            lib = ctypes.CDLL(library)
+        except OSError:
+            return
+        if lib.cuInit(0) != 0:
+            return
+        dev = ctypes.c_int()
+        if lib.cuDeviceGet(ctypes.byref(dev), device) != 0:
+            return
+        ctx = ctypes.c_void_p()
+        lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev)
+
+    thread = threading.Thread(target=run, name="cuda-prewarm", daemon=True)
+    thread.start()
+    return thread
 
 
 def main(
@@ -185,7 +225,7 @@ def main(
         return slot_main(argv, prog, _STARTUP)
     args = parse_args(argv, prog)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    quiet_blas_for_gpu(args.bundle)
+    prepare_for_gpu(args.bundle)
     try:
         config = config_from_args(args)
         from zerostart.serve.server import run
