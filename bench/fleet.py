@@ -44,7 +44,7 @@ from zerostart.fleet.simulate import compare, format_row, plan_from_trace
 from zerostart.fleet.starttimes import load_start_times
 from zerostart.fleet.tracegen import PUBLISHED, GenParams, generate, shape_figures
 
-STATIC = (2, 4, 8, 16, 24, 32, 48, 64)
+STATIC = (2, 4, 8, 16, 24, 32, 36, 40, 44, 48, 56, 64)
 PENALTIES = (0.001, 0.003, 0.01, 0.03)
 SERVICE_LEVELS = (0.01, 0.002)  # max share of requests that wait for a machine, penalty 1e-4
 
@@ -59,6 +59,7 @@ def target_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         p99 = lp["cold_wait_s"]["p99"]
         ok = [s for s in statics if s["cold_wait_s"]["p99"] <= p99 * 1.001]
         entry: dict[str, Any] = {
+            "lp_tail": lp.get("tail", "skellam"),
             "lp_wait_penalty": lp["wait_penalty"],
             "lp_max_wait_probability": lp.get("max_wait_probability"),
             "lp_cold_wait_s": lp["cold_wait_s"],
@@ -89,7 +90,9 @@ def target_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_comparison(comparison: list[dict[str, Any]]) -> None:
     for c in comparison:
         eps = c["lp_max_wait_probability"]
-        head = f"lp @ {c['lp_wait_penalty']:g}" + (f" eps {eps:g}" if eps else "")
+        head = f"lp:{c.get('lp_tail', 'skellam')} @ {c['lp_wait_penalty']:g}" + (
+            f" eps {eps:g}" if eps else ""
+        )
         head += f": cold p99 {c['lp_cold_wait_s']['p99']:.2f} s"
         for label in ("fewest_slot_hours", "cheapest"):
             b = c[label]
@@ -157,6 +160,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "fleet_sim.json"))
     ap.add_argument("--plots", default=str(ROOT / "docs"))
     ap.add_argument("--fleet", default=str(ROOT / "bench" / "fleet.toml"))
+    ap.add_argument("--tails", default="skellam,replay",
+                    help="the LP's demand models to run: skellam, empirical, replay")  # fmt: skip
     ap.add_argument(
         "--replot", action="store_true", help="only redo comparison and plots from --out"
     )
@@ -184,13 +189,15 @@ def main() -> int:
 
     specs = ["none", *(f"static:{n}" for n in STATIC), "keepalive:10m", "hybrid"]
     rows = compare(trace, cfg, start, specs, train=day1, measure_from_s=86400.0, log=print)
-    for pen in PENALTIES:
-        rows += compare(trace, cfg, start, ["lp"], train=day1, measure_from_s=86400.0,
-                        wait_penalty=pen, log=lambda s, p=pen: print(f"{s}  (penalty {p})"))  # fmt: skip
-    for eps in SERVICE_LEVELS:
-        rows += compare(trace, replace(cfg, max_wait_probability=eps), start, ["lp"], train=day1,
-                        measure_from_s=86400.0, wait_penalty=1e-4,
-                        log=lambda s, e=eps: print(f"{s}  (wait probability <= {e})"))  # fmt: skip
+    for tail in args.tails.split(","):
+        spec = "lp" if tail == "skellam" else f"lp:{tail}"
+        for pen in PENALTIES:
+            rows += compare(trace, cfg, start, [spec], train=day1, measure_from_s=86400.0,
+                            wait_penalty=pen, log=lambda s, p=pen: print(f"{s}  (penalty {p})"))  # fmt: skip
+        for eps in SERVICE_LEVELS:
+            rows += compare(trace, replace(cfg, max_wait_probability=eps), start, [spec],
+                            train=day1, measure_from_s=86400.0, wait_penalty=1e-4,
+                            log=lambda s, e=eps: print(f"{s}  (wait probability <= {e})"))  # fmt: skip
     comparison = target_comparison(rows)
     print_comparison(comparison)
 
@@ -211,6 +218,7 @@ def main() -> int:
             "keepalive_s": cfg.keepalive_s,
             "start_path": cfg.start_path,
             "wait_penalties": list(PENALTIES),
+            "tails": args.tails.split(","),
         },
         "trace": {
             "apps": args.apps,

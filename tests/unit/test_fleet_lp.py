@@ -11,7 +11,15 @@ import pytest
 
 from zerostart.fleet.config import PoolSpec, Quota
 from zerostart.fleet.errors import PlanError
-from zerostart.fleet.lp import Demand, exact_cost, lead_time_means, shortfall, solve_buffer
+from zerostart.fleet.lp import (
+    Demand,
+    empirical_shortfall,
+    exact_cost,
+    fit_empirical_tail,
+    lead_time_means,
+    shortfall,
+    solve_buffer,
+)
 
 START = {"warm_slot": 0.06}
 
@@ -150,3 +158,56 @@ def test_service_level_bounds_the_share_of_requests_that_wait() -> None:
         solve_buffer(
             tight, _demand(rate=0.05, held=0.0), START, wait_penalty=0.0, max_wait_probability=0.001
         )
+
+
+def test_empirical_fit_reproduces_a_known_tail() -> None:
+    """Samples of a known distribution (Poisson 6 minus Poisson 2, clipped at 0) -> its S(k)."""
+    rng = np.random.default_rng(3)
+    x = rng.poisson(6.0, 400_000) - rng.poisson(2.0, 400_000)
+    fit = fit_empirical_tail({"a": x}, {"a": np.zeros(x.size, dtype=np.int64)}, 1)
+    f = fit.shortfall["a"][0]
+    assert f is not None
+    exact = shortfall(6.0, 2.0, f.size - 1)
+    assert f == pytest.approx(exact, abs=0.01)
+    over, over_exact = -np.diff(f), -np.diff(exact)  # P(X > k)
+    assert over[:15] == pytest.approx(over_exact[:15], abs=0.003)
+    assert (np.diff(f, 2) >= -1e-12).all()  # convex: the LP's secants stay exact
+
+
+def test_empirical_fit_handles_empty_and_sparse_history() -> None:
+    fit = fit_empirical_tail(
+        {"none": np.zeros(0, dtype=np.int64), "sparse": np.array([3, 0, 5]),
+         "zeros": np.zeros(100, dtype=np.int64)},
+        {"none": np.zeros(0, dtype=np.int64), "sparse": np.array([0, 1, 1]),
+         "zeros": np.arange(100) % 2},
+        2, min_samples=2,
+    )  # fmt: skip
+    assert fit.shortfall["none"] == (None, None)  # no history: the LP keeps the Skellam curve
+    day = fit.shortfall["sparse"][0]  # one sample: borrows the pool's day
+    assert day is not None and day == pytest.approx(empirical_shortfall(np.array([3, 0, 5])))
+    assert fit.samples["sparse"].tolist() == [0, 2]
+    assert all(f is not None and f.tolist() == [0.0] for f in fit.shortfall["zeros"])
+    pools = [PoolSpec(p, "cpu", 1.0, 60.0, 0.0, max_slots=50) for p in ("none", "sparse", "zeros")]
+    demand = Demand(("m1", "m2", "m3"), ("none", "sparse", "zeros"), np.full((3, 2), 0.01),
+                    np.zeros((3, 2)), 3600.0)  # fmt: skip
+    plan = solve_buffer(pools, demand, START, wait_penalty=0.01, tail=fit)
+    assert plan.slots_for("zeros") == [0, 0]  # never more than 0 net demand: nothing to hold
+    assert plan.slots_for("sparse")[1] <= 5  # never past the largest sample
+    assert plan.slots_for("none") == solve_buffer(
+        pools, demand, START, wait_penalty=0.01
+    ).slots_for("none")
+
+
+def test_empirical_tail_sets_the_service_level() -> None:
+    """With measured curves, ``max_wait_probability`` bounds the measured share that waits."""
+    rng = np.random.default_rng(5)
+    x = rng.negative_binomial(2, 0.2, 50_000)  # over-dispersed: mean 8, variance 40
+    fit = fit_empirical_tail({"a": x}, {"a": np.zeros(x.size, dtype=np.int64)}, 1)
+    pools = [PoolSpec("a", "cpu", 1.0, 60.0, 0.0, max_slots=200)]
+    demand = Demand(("m",), ("a",), np.full((1, 1), 0.1), np.zeros((1, 1)), 3600.0)
+    plan = solve_buffer(
+        pools, demand, START, wait_penalty=1e-6, max_wait_probability=0.01, tail=fit
+    )
+    b = plan.slots_for("a")[0]
+    assert (x > b).mean() <= 0.01 < (x > b - 1).mean()
+    assert plan.stockout[0, 0] == pytest.approx((x > b).mean())

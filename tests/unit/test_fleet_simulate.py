@@ -97,3 +97,42 @@ def test_lp_without_a_plan_is_refused() -> None:
     req = slot_requests(trace, KeepAlive("fixed", 60.0), exec_s=0.05)
     with pytest.raises(FleetError, match="needs a plan"):
         run_policy(trace, req, _fleet(), parse_policy("lp", 60), START)
+
+
+def test_rise_over_a_lead_time_matches_brute_force() -> None:
+    from zerostart.fleet.simulate import _rise_over
+
+    rng = np.random.default_rng(2)
+    t = np.sort(rng.uniform(0, 100, 300))
+    held = np.cumsum(rng.choice([-1, 1], 300)) + 50
+    sample = rng.random(300) < 0.5
+    got = _rise_over(t, held, 7.0, sample)
+    want = []
+    for j in np.nonzero(sample)[0]:
+        inside = held[(t >= t[j] - 7.0) & (t <= t[j])]
+        before = held[t < t[j] - 7.0]
+        low = min(inside.min(), before[-1] if before.size else 0)
+        want.append(held[j] - low)
+    assert got.tolist() == want
+
+
+def test_replay_tail_predicts_the_simulated_wait_in_a_one_slot_pool() -> None:
+    """In-sample, one-slot machines: the replay's P(wait | b) is the simulator's share."""
+    from zerostart.fleet.simulate import replay_tail
+    from zerostart.fleet.tracegen import GenParams, generate
+
+    trace = generate(GenParams(apps=150, days=1, seed=4))
+    pool = PoolSpec("gpu", "cuda", 1.0, 180.0, 30.0, slots_per_machine=1, max_slots=10_000)
+    cfg = FleetConfig(pools={"gpu": pool}, default_pool="gpu", keepalive_s=60.0)
+    req = slot_requests(trace, KeepAlive("fixed", 60.0), exec_s=START.exec_s, seed=0)
+    fit = replay_tail(trace, req, cfg, min_samples=10**9)  # one curve for the whole day
+    curve = fit.shortfall["gpu"][0]
+    assert curve is not None
+    for b in (1, 3, 6):
+        row = compare(trace, cfg, START, [f"static:{b}"], measure_from_s=900.0)[0]
+        predicted = float(curve[b] - curve[b + 1]) if b + 1 < curve.size else 0.0
+        assert predicted == pytest.approx(row["pools"]["gpu"]["waited_for_machine"], abs=0.02)
+    with pytest.raises(FleetError, match="tail model"):
+        from zerostart.fleet.simulate import plan_from_trace
+
+        plan_from_trace(trace, cfg, START, KeepAlive("fixed", 60.0), tail="bogus")

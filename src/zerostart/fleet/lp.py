@@ -32,6 +32,16 @@ rounded down and completed greedily, which is optimal for a separable convex obj
 under disjoint sum constraints. The growth of the slots held is a central difference over
 the windows of the day (cyclic).
 
+Empirical tail (optional, ``solve_buffer(..., tail=EmpiricalTail)``). Real slot demand is
+not Poisson: sparse apps start in bursts, busy apps scale in steps, and a release while
+the pool already holds its buffer is given back, not kept. :func:`fit_empirical_tail`
+replaces the Skellam ``D`` per pool and window by the measured distribution of ``X``, the
+slots the pool needs beyond its buffer at a request's arrival (see
+``simulate.net_demand_samples``), as ``S(k) = E[(X - k)+]`` over the samples. That is
+convex in ``k`` for any distribution (a mean of convex functions), so the same secants
+apply. A window with too few samples borrows its pool's whole-day distribution; a pool
+with none keeps the Skellam curve.
+
 Sources: the expected-shortfall function of base-stock inventory with Poisson lead-time
 demand, C. C. Sherbrooke (1968), "METRIC: A multi-echelon technique for recoverable item
 control", Operations Research 16(1); N. M. Mirasol (1963), "The output of an M/G/inf
@@ -68,6 +78,74 @@ class Demand:
     hold_s: npt.NDArray[np.float64] | None = None  # (models, windows) mean hold; None: >> L
     # (models, windows) measured mean of min(hold, lead time of the model's pool); wins over hold_s
     lead_hold_s: npt.NDArray[np.float64] | None = None
+
+
+@dataclass(frozen=True)
+class EmpiricalTail:
+    """Measured net slot demand per pool and window (:func:`fit_empirical_tail`).
+
+    ``shortfall[pool][t]`` is ``S(k) = E[(X - k)+]`` for ``k = 0..max X`` (``None``: no
+    history, the LP uses the Skellam curve), ``mean[pool][t]`` is ``E[X]``, and
+    ``samples[pool][t]`` the window's own samples (0 where it borrowed the pool's day).
+    """
+
+    shortfall: Mapping[str, tuple[npt.NDArray[np.float64] | None, ...]]
+    mean: Mapping[str, npt.NDArray[np.float64]]
+    samples: Mapping[str, npt.NDArray[np.int64]]
+
+
+def empirical_shortfall(
+    x: npt.NDArray[np.int64], weights: npt.NDArray[np.float64] | None = None
+) -> npt.NDArray[np.float64]:
+    """``S(k) = E[(X - k)+]``, ``k = 0..max(X, 0)``, over the samples ``x`` (integers)."""
+    x = np.maximum(np.asarray(x, dtype=np.int64), 0)
+    if x.size == 0:
+        return np.zeros(1)
+    w = np.ones(x.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    pmf = np.bincount(x, weights=w) / w.sum()
+    over = 1.0 - np.cumsum(pmf)  # P(X > k), k = 0..max
+    s = np.concatenate([[float((np.arange(pmf.size) * pmf).sum())], np.zeros(pmf.size - 1)])
+    s[1:] = s[0] - np.cumsum(over[:-1])
+    out: npt.NDArray[np.float64] = np.maximum(s, 0.0)
+    out[-1] = 0.0
+    return out
+
+
+def fit_empirical_tail(
+    values: Mapping[str, npt.NDArray[np.int64]],
+    windows: Mapping[str, npt.NDArray[np.int64]],
+    n_windows: int,
+    *,
+    min_samples: int = 50,
+) -> EmpiricalTail:
+    """Per pool: samples ``values[pool]`` falling in windows ``windows[pool]`` -> curves.
+
+    A window with fewer than ``min_samples`` samples takes the pool's whole-day curve (the
+    floor for unseen hours); a pool without samples gets ``None`` curves (Skellam).
+    """
+    shortfalls: dict[str, tuple[npt.NDArray[np.float64] | None, ...]] = {}
+    means: dict[str, npt.NDArray[np.float64]] = {}
+    counts: dict[str, npt.NDArray[np.int64]] = {}
+    for pool, x in values.items():
+        x = np.asarray(x, dtype=np.int64)
+        w = np.asarray(windows[pool], dtype=np.int64) % n_windows
+        if x.shape != w.shape:
+            raise PlanError(f"pool {pool}: {x.size} samples but {w.size} windows")
+        day = empirical_shortfall(x) if x.size else None
+        day_mean = float(x.mean()) if x.size else 0.0
+        curves: list[npt.NDArray[np.float64] | None] = []
+        mean = np.full(n_windows, day_mean)
+        n = np.bincount(w, minlength=n_windows).astype(np.int64)
+        for t in range(n_windows):
+            if n[t] >= max(min_samples, 1):
+                xt = x[w == t]
+                curves.append(empirical_shortfall(xt))
+                mean[t] = float(xt.mean())
+            else:
+                curves.append(day)
+                n[t] = 0
+        shortfalls[pool], means[pool], counts[pool] = tuple(curves), mean, n
+    return EmpiricalTail(shortfalls, means, counts)
 
 
 @dataclass(frozen=True)
@@ -237,12 +315,15 @@ def solve_buffer(
     start_path: str = "warm_slot",
     quotas: Sequence[Quota] = (),
     max_wait_probability: float | None = None,
+    tail: EmpiricalTail | None = None,
 ) -> Plan:
     """Ready slots per pool and window that minimise idle cost + ``wait_penalty`` x waiting.
 
     ``max_wait_probability`` (optional service level): in every pool and window, at most this
     share of slot requests may wait for a machine, ``P(D > b) <= eps``: a lower bound on
     ``b`` (it aims at a tail percentile, where the penalty weighs the mean wait).
+    ``tail``: measured curves (:func:`fit_empirical_tail`) in place of the Skellam model
+    wherever they have data.
 
     ``start_times`` maps a start path to its time in seconds (e.g. the medians of
     :class:`~zerostart.fleet.starttimes.StartTimes`); it adds to every request's wait and does
@@ -286,11 +367,18 @@ def solve_buffer(
     objective = solver.Objective()
     constant = 0.0
     n_cons = 0
+    means = up - down  # E[D]
     for i, p in enumerate(pools):
         c_s = p.cost_per_hour / 3600.0  # $ per slot-second
+        measured = tail.shortfall.get(p.name) if tail is not None else None
         for t in range(n_t):
-            mu = up[i, t] - down[i, t]  # E[D]
-            f = shortfall(up[i, t], down[i, t])
+            f_emp = measured[t] if measured is not None else None
+            if f_emp is not None and tail is not None:
+                f = f_emp
+                means[i, t] = tail.mean[p.name][t]
+            else:
+                f = shortfall(up[i, t], down[i, t])
+            mu = means[i, t]
             natural = f.size - 1
             if natural == 0:
                 continue
@@ -298,11 +386,11 @@ def solve_buffer(
             # Presolve: past the slot whose tail P(N > k) no longer pays for it, the objective
             # only rises, and every constraint bounds b from above, so no optimum lies beyond.
             theta = c_s / (c_s + wait_penalty) if c_s + wait_penalty > 0 else 1.0
-            tail = -np.diff(f)  # P(D > k), k = 0..natural-1
-            k_max = int(np.argmax(tail <= theta)) if (tail <= theta).any() else natural
+            over = -np.diff(f)  # P(D > k), k = 0..natural-1
+            k_max = int(np.argmax(over <= theta)) if (over <= theta).any() else natural
             k_min = 0
             if max_wait_probability is not None:
-                ok = tail <= max_wait_probability
+                ok = over <= max_wait_probability
                 k_min = int(np.argmax(ok)) if ok.any() else natural
                 if k_min > caps[i, t]:
                     raise PlanError(
@@ -353,7 +441,7 @@ def solve_buffer(
     for key, var in b_vars.items():
         lp[key] = var.solution_value()
     slots = _round(pools, quotas, held, lp, curves, caps, window, wait_penalty)
-    return _summarise(pools, demand, rate, up, down, slots, lp, curves, start_times[start_path], wait_penalty,
+    return _summarise(pools, demand, rate, means, slots, lp, curves, start_times[start_path], wait_penalty,
                       solver.Objective().Value() + constant, solve_s, build_s,
                       solver.NumVariables(), n_cons)  # fmt: skip
 
@@ -406,8 +494,7 @@ def _summarise(
     pools: Sequence[PoolSpec],
     demand: Demand,
     rate: npt.NDArray[np.float64],
-    up: npt.NDArray[np.float64],
-    down: npt.NDArray[np.float64],
+    means: npt.NDArray[np.float64],
     slots: npt.NDArray[np.int64],
     lp: npt.NDArray[np.float64],
     curves: dict[tuple[int, int], npt.NDArray[np.float64]],
@@ -427,7 +514,7 @@ def _summarise(
     for i, p in enumerate(pools):
         for t in range(n_t):
             b = int(slots[i, t])
-            mu = up[i, t] - down[i, t]
+            mu = means[i, t]
             f = curves.get((i, t))
             if f is None:  # no demand here: every held slot is idle
                 idle = float(b)

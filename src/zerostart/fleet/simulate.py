@@ -38,7 +38,7 @@ import simpy
 from zerostart.fleet.config import FleetConfig, PoolSpec
 from zerostart.fleet.errors import FleetError
 from zerostart.fleet.keepalive import COLD, KeepAlive, SlotRequests, parse_keepalive, slot_requests
-from zerostart.fleet.lp import Demand, Plan, solve_buffer
+from zerostart.fleet.lp import Demand, EmpiricalTail, Plan, fit_empirical_tail, solve_buffer
 from zerostart.fleet.starttimes import StartTimes
 from zerostart.fleet.trace import Trace
 
@@ -53,11 +53,13 @@ class Policy:
     buffer: str
     static_slots: int
     keepalive: KeepAlive
+    tail: str = "skellam"  # lp only: skellam | empirical | replay (the LP's model of demand)
 
 
 def parse_policy(spec: str, default_keepalive_s: float) -> Policy:
-    """``none``, ``static:N``, ``lp``, ``keepalive:10m``, ``hybrid``, or ``BUFFER+KEEPALIVE``."""
-    buffer, static, ka = "none", 0, KeepAlive("fixed", default_keepalive_s)
+    """``none``, ``static:N``, ``lp[:empirical|:replay]``, ``keepalive:10m``, ``hybrid``, or
+    ``BUFFER+KEEPALIVE``."""
+    buffer, static, ka, tail = "none", 0, KeepAlive("fixed", default_keepalive_s), "skellam"
     for part in spec.strip().split("+"):
         name, _, arg = part.partition(":")
         try:
@@ -67,16 +69,17 @@ def parse_policy(spec: str, default_keepalive_s: float) -> Policy:
                 buffer, static = "static", int(arg)
                 if static < 0:
                     raise ValueError
-            elif name == "lp" and not arg:
-                buffer = "lp"
+            elif name == "lp" and arg in ("", "skellam", "empirical", "replay"):
+                buffer, tail = "lp", arg or "skellam"
             else:
                 ka = parse_keepalive(part)
         except ValueError:
             raise FleetError(
                 f"unknown policy {part!r}",
-                hint="use none, static:N, lp, keepalive:DURATION, hybrid, or BUFFER+KEEPALIVE",
+                hint="use none, static:N, lp, lp:empirical, keepalive:DURATION, hybrid, or "
+                "BUFFER+KEEPALIVE",
             ) from None
-    return Policy(spec, buffer, static, ka)
+    return Policy(spec, buffer, static, ka, tail)
 
 
 @dataclass
@@ -356,6 +359,7 @@ def _metrics(
     cold_pool = app_pool[req.app[cold]]
     req_pool = app_pool[req.app[inside]]
     waited = ~(slot_wait[inside] <= 1e-9)  # nan (never served) counts as waited
+    hour = (req.time[inside] // 3600).astype(np.int64) % 24
     pools: dict[str, Any] = {}
     for i, (name, pool) in enumerate(sim.pools.items()):
         sel = np.concatenate([cold_pool == i] * 3)
@@ -372,6 +376,7 @@ def _metrics(
             "waited_for_machine": float(waited[req_pool == i].mean())
             if (req_pool == i).any()
             else 0.0,
+            "waited_for_machine_by_hour": _share_by_hour(waited, hour, req_pool == i),
             "machine_slot_hours": m.machine_s[name] / 3600,
             "buffer_idle_slot_hours": max(m.machine_s[name] - held_p, 0.0) / 3600,
             "cost": m.machine_s[name] / 3600 * pool.spec.cost_per_hour,
@@ -399,6 +404,194 @@ def _metrics(
         "pools": pools,
         "run_s": run_s,
     }
+
+
+def _share_by_hour(
+    flag: npt.NDArray[np.bool_], hour: npt.NDArray[np.int64], sel: npt.NDArray[np.bool_]
+) -> list[float | None]:
+    """Per hour of the day: the share of selected requests with ``flag`` (None: no request)."""
+    n = np.bincount(hour[sel], minlength=24)
+    k = np.bincount(hour[sel], weights=flag[sel].astype(np.float64), minlength=24)
+    return [float(k[h] / n[h]) if n[h] else None for h in range(24)]
+
+
+def net_demand_samples(
+    trace: Trace, req: SlotRequests, cfg: FleetConfig, *, skip_s: float = 900.0
+) -> tuple[dict[str, npt.NDArray[np.int64]], dict[str, npt.NDArray[np.int64]]]:
+    """Per pool, at every slot request: ``X``, the slots it needs beyond a buffer, and its window.
+
+    ``X(t) = held(t) - min(held(s) : t - L <= s <= t)``: the rise in slots held since their
+    lowest point within one lead time ``L``, the request itself included. A pool holding
+    ``b`` ready slots gives back what a release adds above ``b`` (the simulator's
+    ``_shrink``), so releases before that low point cannot serve ``t``, and machines
+    ordered after it are not ready by ``t``: a request waits about when ``X > b`` (exact
+    for one-slot machines if the pool's orders arrive within ``L`` of that low point;
+    machines of several slots keep up to ``slots_per_machine - 1`` extra, so it is
+    conservative there). Samples before ``skip_s`` are dropped: the trace starts with
+    every app at zero replicas.
+    """
+    pool_names = list(cfg.pools)
+    app_pool = np.array([pool_names.index(cfg.pool_of(n)) for n in trace.names], dtype=np.int64)
+    t_ev = [req.time, req.end]
+    d_ev = [np.ones(req.time.size, dtype=np.int64), -np.ones(req.end.size, dtype=np.int64)]
+    p_ev = [app_pool[req.app], app_pool[req.app]]
+    s_ev = [np.ones(req.time.size, dtype=bool), np.zeros(req.end.size, dtype=bool)]
+    if req.scaleout.size:
+        step = np.diff(req.scaleout, axis=1, prepend=0)
+        rows, minutes = np.nonzero(step)
+        t_ev.append(minutes.astype(np.float64) * 60.0)
+        d_ev.append(step[rows, minutes].astype(np.int64))
+        p_ev.append(app_pool[req.scaleout_app[rows]])
+        s_ev.append(np.zeros(rows.size, dtype=bool))
+    t_all, d_all = np.concatenate(t_ev), np.concatenate(d_ev)
+    p_all, s_all = np.concatenate(p_ev), np.concatenate(s_ev)
+    values: dict[str, npt.NDArray[np.int64]] = {}
+    windows: dict[str, npt.NDArray[np.int64]] = {}
+    n_w = int(86400 // cfg.window_s)
+    for i, name in enumerate(pool_names):
+        sel = p_all == i
+        # releases before starts at equal times: a slot given back can be taken at once
+        order = np.lexsort((d_all[sel], t_all[sel]))
+        t, held = t_all[sel][order], np.cumsum(d_all[sel][order])
+        sample = s_all[sel][order]
+        x = _rise_over(t, held, cfg.pools[name].lead_time_s, sample)
+        keep = t[sample] >= skip_s
+        values[name] = x[keep]
+        windows[name] = (t[sample][keep] // cfg.window_s).astype(np.int64) % n_w
+    return values, windows
+
+
+def _rise_over(
+    t: npt.NDArray[np.float64], held: npt.NDArray[np.int64], lead: float,
+    sample: npt.NDArray[np.bool_],
+) -> npt.NDArray[np.int64]:  # fmt: skip
+    """``held[j] - min(held over [t[j] - lead, t[j]])`` at the events where ``sample`` holds.
+
+    The level just before the window counts too (it lasts into the window). A monotonic
+    deque: one pass over the events.
+    """
+    out = np.zeros(int(sample.sum()), dtype=np.int64)
+    dq: deque[int] = deque()  # event indices, increasing held
+    before = 0  # held just before the window: the last event at or before t - lead
+    lo = 0
+    k = 0
+    tl, hl, sl = t.tolist(), held.tolist(), sample.tolist()
+    for j in range(len(tl)):
+        h = hl[j]
+        while dq and hl[dq[-1]] >= h:
+            dq.pop()
+        dq.append(j)
+        edge = tl[j] - lead
+        while lo < j and tl[lo] <= edge:
+            before = hl[lo]
+            lo += 1
+        while dq[0] < lo:
+            dq.popleft()
+        if sl[j]:
+            low = min(hl[dq[0]], before) if lo > 0 else min(hl[dq[0]], 0)
+            out[k] = h - low
+            k += 1
+    return out
+
+
+def replay_tail(
+    trace: Trace, req: SlotRequests, cfg: FleetConfig, *, skip_s: float = 900.0,
+    min_samples: int = 50,
+) -> EmpiricalTail:  # fmt: skip
+    """Empirical tail points: the share of requests that wait at every buffer size ``b``.
+
+    Per pool, the slot requests of ``trace`` are replayed against that pool alone once,
+    for all ``b = 0..B`` at once (numpy vectors over ``b``), with the simulator's rules:
+    a request waits when no slot is free or others queue; the pool orders machines of
+    ``slots_per_machine`` to keep free + ordered >= b + queued, ready after the lead time;
+    free slots beyond ``b`` go back a machine at a time (machines are not packed: a slot
+    freed on a busy machine counts as returnable, the simulator cannot return it). ``B``
+    is the largest :func:`net_demand_samples` value, past which no request waits. Per
+    window the measured ``P(wait | b)`` (made non-increasing) are the tail points ``P(X >
+    b)`` of an effective demand ``X``: ``S(k) = sum_{j >= k} P(X > j)``.
+    """
+    pool_names = list(cfg.pools)
+    app_pool = np.array([pool_names.index(cfg.pool_of(n)) for n in trace.names], dtype=np.int64)
+    rise, _ = net_demand_samples(trace, req, cfg, skip_s=skip_s)
+    n_w = int(86400 // cfg.window_s)
+    shortfalls: dict[str, tuple[npt.NDArray[np.float64] | None, ...]] = {}
+    means: dict[str, npt.NDArray[np.float64]] = {}
+    counts: dict[str, npt.NDArray[np.int64]] = {}
+    for i, name in enumerate(pool_names):
+        sel = app_pool[req.app] == i
+        t_acq, t_end = req.time[sel], req.end[sel]
+        big = int(rise[name].max()) + 1 if rise[name].size else 0
+        if t_acq.size == 0 or big == 0:
+            shortfalls[name] = (None,) * n_w
+            means[name] = np.zeros(n_w)
+            counts[name] = np.zeros(n_w, dtype=np.int64)
+            continue
+        waited, n = _replay_pool(cfg.pools[name], t_acq, t_end, big, n_w, cfg.window_s, skip_s)
+        curves: list[npt.NDArray[np.float64] | None] = []
+        mean = np.zeros(n_w)
+        day = np.minimum.accumulate(waited.sum(axis=0) / max(n.sum(), 1))
+        for t in range(n_w):
+            p_wait = np.minimum.accumulate(waited[t] / n[t]) if n[t] >= min_samples else day
+            f = np.concatenate([np.cumsum(p_wait[::-1])[::-1], [0.0]])
+            curves.append(f)
+            mean[t] = f[0]
+        shortfalls[name], means[name] = tuple(curves), mean
+        counts[name] = np.where(n >= min_samples, n, 0).astype(np.int64)
+    return EmpiricalTail(shortfalls, means, counts)
+
+
+def _replay_pool(
+    pool: PoolSpec, t_acq: npt.NDArray[np.float64], t_end: npt.NDArray[np.float64], big: int,
+    n_w: int, window_s: float, skip_s: float,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:  # fmt: skip
+    """Requests that waited, per window and buffer size ``b = 0..big-1``, and requests."""
+    spm, lead = pool.slots_per_machine, pool.lead_time_s
+    # events: 0 release, 1 machines arrive (for acquisition j), 2 acquisition j
+    n = t_acq.size
+    t_ev = np.concatenate([t_end, t_acq + lead, t_acq])
+    kind = np.concatenate([np.zeros(n), np.ones(n), np.full(n, 2)]).astype(np.int64)
+    ref = np.concatenate([np.arange(n), np.arange(n), np.arange(n)])
+    order = np.lexsort((ref, kind, t_ev))
+    b = np.arange(big, dtype=np.int64)
+    free = b.copy()  # the pool starts holding its buffer
+    pend = np.zeros(big, dtype=np.int64)
+    queue = np.zeros(big, dtype=np.int64)
+    ordered: dict[int, npt.NDArray[np.int64]] = {}
+    waited = np.zeros((n_w, big))
+    count = np.zeros(n_w)
+    win = ((t_acq // window_s).astype(np.int64)) % n_w
+
+    def settle() -> None:
+        served = np.minimum(free, queue)
+        free[:] -= served
+        queue[:] -= served
+        back = np.where(queue == 0, np.maximum(free - b, 0) // spm, 0)
+        free[:] -= back * spm
+
+    for e in order.tolist():
+        k, j = int(kind[e]), int(ref[e])
+        if k == 0:
+            free += 1
+            settle()
+        elif k == 1:
+            got = ordered.pop(j, None)
+            if got is not None:
+                pend -= got
+                free += got * spm
+                settle()
+        else:
+            w = (free == 0) | (queue > 0)
+            if t_acq[j] >= skip_s:
+                waited[win[j]] += w
+                count[win[j]] += 1
+            free -= ~w
+            queue += w
+            short = b + queue - free - pend * spm
+            got = np.where(short > 0, -(-short // spm), 0)
+            if got.any():
+                pend += got
+                ordered[j] = got
+    return waited, count
 
 
 def demand_from_requests(trace: Trace, req: SlotRequests, cfg: FleetConfig) -> Demand:
@@ -442,16 +635,29 @@ def demand_from_requests(trace: Trace, req: SlotRequests, cfg: FleetConfig) -> D
 def plan_from_trace(
     trace: Trace, cfg: FleetConfig, start: StartTimes, keepalive: KeepAlive, *,
     wait_penalty: float | None = None, concurrency: int = 32, seed: int = 0,
+    tail: str = "skellam",
 ) -> Plan:  # fmt: skip
-    """The LP's plan for the demand ``trace`` shows under ``keepalive``."""
+    """The LP's plan for the demand ``trace`` shows under ``keepalive``.
+
+    ``tail``: ``skellam`` (the Poisson model) or ``empirical`` (the net slot demand measured
+    on ``trace``, :func:`net_demand_samples`).
+    """
     req = slot_requests(trace, keepalive, exec_s=start.exec_s, concurrency=concurrency, seed=seed)
     demand = demand_from_requests(trace, req, cfg)
+    fitted = None
+    if tail == "empirical":
+        values, windows = net_demand_samples(trace, req, cfg)
+        fitted = fit_empirical_tail(values, windows, int(86400 // cfg.window_s))
+    elif tail == "replay":
+        fitted = replay_tail(trace, req, cfg)
+    elif tail != "skellam":
+        raise FleetError(f"unknown tail model {tail!r}", hint="use skellam, empirical or replay")
     medians = {k: start.median(k) for k in start.samples}
     return solve_buffer(
         list(cfg.pools.values()), demand, medians,
         wait_penalty=cfg.wait_penalty if wait_penalty is None else wait_penalty,
         start_path=cfg.start_path, quotas=cfg.quotas,
-        max_wait_probability=cfg.max_wait_probability,
+        max_wait_probability=cfg.max_wait_probability, tail=fitted,
     )  # fmt: skip
 
 
@@ -482,7 +688,8 @@ def compare(
         plan = None
         if pol.buffer == "lp":
             plan = plan_from_trace(train or test, cfg, start, pol.keepalive,
-                                   wait_penalty=wait_penalty, concurrency=concurrency, seed=seed + 1)  # fmt: skip
+                                   wait_penalty=wait_penalty, concurrency=concurrency, seed=seed + 1,
+                                   tail=pol.tail)  # fmt: skip
         row = run_policy(test, cache[pol.keepalive], cfg, pol, start, plan=plan, seed=seed,
                          measure_from_s=measure_from_s)  # fmt: skip
         if plan is not None:
@@ -490,6 +697,10 @@ def compare(
             row["plan_stockout_per_pool"] = {  # predicted P(a request waits), rate-weighted
                 p: float((plan.stockout[i] * plan.rate[i]).sum() / max(plan.rate[i].sum(), 1e-12))
                 for i, p in enumerate(plan.pools)
+            }
+            row["tail"] = pol.tail
+            row["plan_stockout_by_hour"] = {  # predicted P(a request waits) per window
+                p: [round(float(x), 6) for x in plan.stockout[i]] for i, p in enumerate(plan.pools)
             }
             row["wait_penalty"] = cfg.wait_penalty if wait_penalty is None else wait_penalty
             if cfg.max_wait_probability is not None:
