@@ -304,3 +304,25 @@ def test_kernels_manifest_with_out_of_range_gemm_table_is_a_bundle_error() -> No
         data["gemm_table"] = [{**row, "m": m}]
         with pytest.raises(BundleError, match=message):
             KernelManifest.from_dict(data)
+
+
+def test_splitk_choice_most_programs_then_smaller_tile() -> None:
+    def partial(bm: int, bn: int, bk: int, split: int) -> KernelVariant:
+        v = _gemm(bm, bn)
+        return replace(
+            v,
+            key=f"gemm_partial.al1.m{bm}n{bn}k{bk}.x{split}",
+            op="gemm_partial",
+            params={"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split},
+        )
+
+    a4, b4, a2 = partial(16, 64, 128, 4), partial(32, 64, 64, 4), partial(16, 64, 128, 2)
+    km = _km(a4, b4, a2)
+    pick = launch.select_splitk
+    assert pick(km, m=128, n=768, k=3072) is a4  # 8*12*4 programs beat 4*12*4
+    # 768 % (4*128) != 0 drops a4; b4 (4*12*4) and a2 (8*12*2) tie at 192: the smaller tile
+    assert pick(km, m=128, n=768, k=768) is a2
+    assert pick(km, m=128, n=768, k=3072, split_k=2) is a2
+    assert pick(km, m=128, n=768, k=3072, fits=lambda v: v is not a2) is a4
+    assert pick(km, m=128, n=768, k=3072, fits=lambda v: v is b4) is b4
+    assert pick(km, m=128, n=768, k=100) is None

@@ -59,6 +59,7 @@ from zerostart.engine.cuda.launch import (
     activation_code,
     bucket,
     select_gemm,
+    select_splitk,
 )
 from zerostart.engine.cuda.memory import CachingAllocator, PinnedBuffer
 from zerostart.engine.cuda.module import KernelLibrary
@@ -263,39 +264,27 @@ class CudaEngine:
         }
         return _Launch(v, {"M": m, "N": n}, args)
 
-    def _choose_split(self, m: int, n: int, k: int) -> tuple[KernelVariant, int] | None:
+    def _choose_split(self, m: int, n: int, k: int) -> KernelVariant | None:
         """The split-K partial GEMM for a residual site of ``m`` rows, or None to not split.
 
-        Eligible: compiled, K a multiple of SPLIT_K x BLOCK_K, fits the GPU, m within the
-        workspace. Automatic (``split_k=None``) up to SPLITK_AUTO_MAX_ROWS rows; among the
-        eligible, the most programs (tiles x SPLIT_K), then the smaller tile.
+        Within the workspace's rows (SPLITK_MAX_ROWS), automatically (``split_k=None``)
+        up to SPLITK_AUTO_MAX_ROWS; which variant is ``launch.select_splitk``'s rule.
         """
         if self._split_k == 1 or not self._ws or m > SPLITK_MAX_ROWS:
             return None
         if self._split_k is None and m > SPLITK_AUTO_MAX_ROWS:
             return None
-        best: tuple[tuple[int, int], KernelVariant] | None = None
-        for v in self.kernels.variants:
-            if v.op != "gemm_partial" or not self.library.fits(v):
-                continue
-            pr = v.params
-            split = pr["SPLIT_K"]
-            if self._split_k not in (None, split) or k % (split * pr["BLOCK_K"]):
-                continue
-            tiles = -(-m // pr["BLOCK_M"]) * -(-n // pr["BLOCK_N"]) * split
-            rank = (tiles, -pr["BLOCK_M"] * pr["BLOCK_N"])
-            if best is None or rank > best[0]:
-                best = (rank, v)
-        return None if best is None else (best[1], best[1].params["SPLIT_K"])
+        return select_splitk(
+            self.kernels, m=m, n=n, k=k, split_k=self._split_k, fits=self.library.fits
+        )
 
     def _residual_norm(self, x: int, w: str, res: int, norm: str, y: int, m: int) -> list[_Launch]:
         """y = LayerNorm(x @ W + b + res): a GEMM and a LayerNorm, or split-K and its LayerNorm."""
         k, n = tensor_shapes(self.manifest)[w + ".weight"]
-        split = self._choose_split(m, n, k)
-        if split is None:
+        partial = self._choose_split(m, n, k)
+        if partial is None:
             return [self._gemm(x, w, self._tmp, m, res=res), self._norm(self._tmp, norm, y, m)]
-        partial, factor = split
-        ln = self.kernels.find("splitk_layer_norm", SPLIT_K=factor)
+        ln = self.kernels.find("splitk_layer_norm", SPLIT_K=partial.params["SPLIT_K"])
         return [
             _Launch(
                 partial,
@@ -471,16 +460,17 @@ class CudaEngine:
         d, s = self.driver, self._stream
         graph = self._graph(bb, tb)  # captured before this call's copies are queued
         staged = self._in.array
-        grid_ids = staged[:n].reshape(bb, tb)
+        at_ids, at_types, at_lens = _input_offsets(bb, tb)
+        grid_ids = staged[at_ids : at_ids + n].reshape(bb, tb)
         grid_ids[:] = self.manifest.config.pad_token_id
         grid_ids[:b, :t] = ids
-        grid_types = staged[n : 2 * n].reshape(bb, tb)
+        grid_types = staged[at_types : at_types + n].reshape(bb, tb)
         grid_types[:] = 0
         if types is not None:
             grid_types[:b, :t] = types
-        staged[2 * n + b : 2 * n + bb] = 0
-        staged[2 * n : 2 * n + b] = lens
-        d.memcpy_htod(self._inputs, self._in.ptr, (2 * n + bb) * 4, s)
+        staged[at_lens + b : at_lens + bb] = 0
+        staged[at_lens : at_lens + b] = lens
+        d.memcpy_htod(self._inputs, self._in.ptr, (at_lens + bb) * 4, s)
         if graph:
             d.graph_launch(graph, s)
         else:

@@ -388,17 +388,50 @@ def select_gemm(
                 if gemm_config_name(v) == best.config:
                     return v
 
-    def tiles(v: KernelVariant) -> int:
-        return math.ceil(m / v.params["BLOCK_M"]) * math.ceil(n / v.params["BLOCK_N"])
-
-    def area(v: KernelVariant) -> int:
-        return v.params["BLOCK_M"] * v.params["BLOCK_N"]
-
-    filling = [v for v in pool if tiles(v) >= sm_count]
+    filling = [v for v in pool if tile_count(v, m, n) >= sm_count]
     if filling:
-        return max(filling, key=area)  # max keeps the first of equal areas
+        return max(filling, key=tile_area)  # max keeps the first of equal areas
     # equal parallelism: the smaller tile wastes less on padding (a 1-row, 2-label head)
-    return max(pool, key=lambda v: (tiles(v), -area(v)))
+    return max(pool, key=lambda v: (tile_count(v, m, n), -tile_area(v)))
+
+
+def tile_count(v: KernelVariant, m: int, n: int) -> int:
+    """Programs a GEMM-like variant runs on an M x N output (times its K slices, if split)."""
+    tiles = math.ceil(m / v.params["BLOCK_M"]) * math.ceil(n / v.params["BLOCK_N"])
+    return tiles * v.params.get("SPLIT_K", 1)
+
+
+def tile_area(v: KernelVariant) -> int:
+    return v.params["BLOCK_M"] * v.params["BLOCK_N"]
+
+
+def select_splitk(
+    manifest: KernelManifest,
+    *,
+    m: int,
+    n: int,
+    k: int,
+    split_k: int | None = None,
+    fits: Callable[[KernelVariant], bool] | None = None,
+) -> KernelVariant | None:
+    """The split-K partial GEMM (``gemm_partial``) for an M x N x K residual site, or None.
+
+    Eligible: K a multiple of SPLIT_K x BLOCK_K, SPLIT_K equal to ``split_k`` when
+    given, fitting the GPU (``fits``). Among those, the same rule as ``select_gemm``
+    for few rows: the most programs, then the smaller tile. Whether to split at all
+    (how many rows) is the engine's: its workspace bounds it.
+    """
+    pool = [
+        v
+        for v in manifest.variants
+        if v.op == "gemm_partial"
+        and split_k in (None, v.params["SPLIT_K"])
+        and k % (v.params["SPLIT_K"] * v.params["BLOCK_K"]) == 0
+        and (fits is None or fits(v))
+    ]
+    if not pool:
+        return None
+    return max(pool, key=lambda v: (tile_count(v, m, n), -tile_area(v)))
 
 
 # -- shape buckets -----------------------------------------------------------------
