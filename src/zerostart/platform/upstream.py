@@ -337,14 +337,11 @@ class UpstreamPool:
         head.append(b"content-length: %d\r\n\r\n" % len(body))
         data = b"".join(head) + body
         # An idle keep-alive connection first; if it turns out stale (the replica closed it,
-        # or died) before any answer, once more on a fresh connection, never on another idle
-        # one: when one is stale the others usually are too (a killed replica leaves all of
-        # them dead), and they are dropped.
-        conn = None
-        while self._idle and conn is None:
-            conn = self._idle.pop()
-            if conn.closed:  # the replica closed it while idle (its keep-alive timeout, or died)
-                conn = None
+        # or died; a send on a connection already closed fails at once) before any answer,
+        # once more on a fresh connection, never on another idle one: when one is stale the
+        # others usually are too (a killed replica leaves all of them dead), and they are
+        # dropped.
+        conn = self._idle.pop() if self._idle else None
         if conn is not None:
             try:
                 return await self._exchange(conn, data, max_body_bytes, timeout_s)
