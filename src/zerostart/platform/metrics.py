@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zerostart.serve.metrics import CONTENT_TYPE as CONTENT_TYPE
-from zerostart.serve.metrics import label_set, number
+from zerostart.serve.metrics import histogram_series, label_set, number
 
 if TYPE_CHECKING:
     from zerostart.platform._state import ModelRuntime
@@ -119,14 +119,9 @@ class Histogram:
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         for key, row in sorted(self._series.items()):
-            base = list(zip(self.labels, key, strict=True))
-            cumulative = 0
-            for bound, n in zip((*self.buckets, float("inf")), row[:-1], strict=True):
-                cumulative += int(n)
-                le = "+Inf" if bound == float("inf") else number(bound)
-                out.append(f"{self.name}_bucket{label_set([*base, ('le', le)])} {cumulative}")
-            out.append(f"{self.name}_sum{label_set(base)} {number(row[-1])}")
-            out.append(f"{self.name}_count{label_set(base)} {cumulative}")
+            out += histogram_series(
+                self.name, self.buckets, list(zip(self.labels, key, strict=True)), row
+            )
         return out
 
 

@@ -81,14 +81,26 @@ class Histogram:
             series = {k: list(v) for k, v in self._series.items()}
         for value, row in sorted(series.items()):
             base = [(self.label, value)] if self.label else []
-            cumulative = 0
-            for bound, n in zip((*self.buckets, float("inf")), row[:-1], strict=True):
-                cumulative += int(n)
-                le = "+Inf" if bound == float("inf") else number(bound)
-                out.append(f"{self.name}_bucket{label_set([*base, ('le', le)])} {cumulative}")
-            out.append(f"{self.name}_sum{label_set(base)} {number(row[-1])}")
-            out.append(f"{self.name}_count{label_set(base)} {cumulative}")
+            out += histogram_series(self.name, self.buckets, base, row)
         return out
+
+
+def histogram_series(
+    name: str, buckets: tuple[float, ...], labels: list[tuple[str, str]], row: list[float]
+) -> list[str]:
+    """One label set's ``_bucket`` (cumulative), ``_sum`` and ``_count`` lines.
+
+    ``row``: the count per bucket, then the +Inf bucket's, then the sum of the values.
+    """
+    out = []
+    cumulative = 0
+    for bound, n in zip((*buckets, float("inf")), row[:-1], strict=True):
+        cumulative += int(n)
+        le = "+Inf" if bound == float("inf") else number(bound)
+        out.append(f"{name}_bucket{label_set([*labels, ('le', le)])} {cumulative}")
+    out.append(f"{name}_sum{label_set(labels)} {number(row[-1])}")
+    out.append(f"{name}_count{label_set(labels)} {cumulative}")
+    return out
 
 
 class Metrics:
