@@ -6,7 +6,7 @@ has the OpenBLAS's SONAME, so the dynamic linker satisfies numpy's ``NEEDED``
 entry with it and the real OpenBLAS is never mapped (checked in /proc/self/maps).
 The child computes every BLAS-backed numpy operation below; the parent, with
 OpenBLAS, computes the same ones; they must agree within float32 / float64
-rounding. Needs gcc and binutils (nm, readelf), which CI installs.
+rounding. Needs gcc and binutils (nm), which CI installs.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _numpy_modules() -> list[Path]:
 
 @pytest.fixture(scope="module")
 def openblas() -> Path:
-    for tool in ("gcc", "nm", "readelf"):
+    for tool in ("gcc", "nm"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (scripts/install_system_deps.sh installs it)")
     found = sorted(LIBS.glob("lib*openblas*.so*"))

@@ -84,8 +84,11 @@ def apply(closure: Closure, option: str, manifest: Manifest, device: str) -> Bla
         for f in closure.files.values()
         if f.source and "/numpy/" in f.dest and f.dest.endswith(".so")
     ]
+    info = read_elf(target.source)
     try:
-        built = build_minimal_blas(target.source, modules)
+        built = build_minimal_blas(
+            target.source, modules, soname=info.soname if info is not None else None
+        )
     except MinimalBlasUnavailable as exc:
         return _fallback(option, str(exc))
     saved = os.path.getsize(target.source) - built.stat().st_size

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from zerostart.kernels.cpu_build import cache_base
+
 SOURCE = Path(__file__).resolve().parent / "cpu" / "zs_blas.c"
 CC = os.environ.get("CC", "gcc")
 NM = os.environ.get("NM", "nm")
@@ -110,39 +112,27 @@ def blas_names(
     )
 
 
-def soname(path: str | os.PathLike[str]) -> str:
-    out = _run(["readelf", "-d", str(path)]) if _has("readelf") else ""
-    hit = re.search(r"\(SONAME\)\s+Library soname: \[([^\]]+)\]", out)
-    return hit.group(1) if hit else Path(path).name
-
-
-def _has(tool: str) -> bool:
-    from shutil import which
-
-    return which(tool) is not None
-
-
 def cache_root() -> Path:
-    base = os.environ.get("ZEROSTART_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zerostart"
-    )
-    return Path(base) / "minimal-blas"
+    return cache_base() / "minimal-blas"
 
 
 def build_minimal_blas(
     openblas: str | os.PathLike[str],
     modules: Sequence[str | os.PathLike[str]],
     *,
+    soname: str | None = None,
     cache: Path | None = None,
 ) -> Path:
     """Compile (or take from the cache) the replacement for ``openblas``; returns its path.
 
-    ``modules``: numpy's extension modules that link against it. Raises
+    ``modules``: numpy's extension modules that link against it. ``soname``: the
+    OpenBLAS's SONAME (the image builder reads it with its ELF reader); default its
+    file name, which numpy's wheels use as the SONAME. Raises
     MinimalBlasUnavailable when the tools are missing, the naming is unknown, or
     numpy needs a symbol the replacement lacks (named).
     """
     names = blas_names(openblas, modules)
-    so = soname(openblas)
+    so = soname or Path(openblas).name
     flags = [
         *CFLAGS,
         f"-DZS_PREFIX={names.prefix}",

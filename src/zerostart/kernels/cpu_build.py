@@ -165,11 +165,16 @@ def _compiler_id() -> str:
     return _run([CC, "--version"], PROBE_TIMEOUT_S, CC).stdout.splitlines()[0]
 
 
-def cache_root() -> Path:
+def cache_base() -> Path:
+    """zerostart's build cache: $ZEROSTART_CACHE, else $XDG_CACHE_HOME/zerostart, else ~/.cache/zerostart."""
     base = os.environ.get("ZEROSTART_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zerostart"
     )
-    return Path(base) / "cpu-kernels"
+    return Path(base)
+
+
+def cache_root() -> Path:
+    return cache_base() / "cpu-kernels"
 
 
 def build_library(arch: str, *, cache: Path | None = None) -> Path:
