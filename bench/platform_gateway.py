@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from common import ROOT, bundle_dir, model_dir, write_result
-from zerostart.benchmark import free_port, machine_description
+from zerostart.benchmark import free_port, machine_description, request_json
 
 BODY = {"inputs": "I love this"}
 ATOL_OURS = 1e-5  # the same engine, any start path
@@ -236,21 +236,7 @@ class Gateway:
 def call(
     port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(
-            method, path, body=data, headers={"content-type": "application/json", **(headers or {})}
-        )
-        resp = conn.getresponse()
-        raw = resp.read()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = raw.decode("utf-8", "replace")
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed
-    finally:
-        conn.close()
+    return request_json(port, method, path, body, headers, timeout=120)
 
 
 def pct(samples: list[float], q: float) -> float:

@@ -92,15 +92,32 @@ def post_json(port: int, path: str, body: Any, timeout: float = 30.0) -> tuple[i
 
 
 def get_json(port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
+    status, _, body = request_json(port, "GET", path, timeout=timeout)
+    return status, body
+
+
+def request_json(
+    port: int,
+    method: str,
+    path: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> tuple[int, dict[str, str], Any]:
+    """One request to 127.0.0.1:``port`` with a JSON body (if any): status, headers
+    (lower-case names) and the answer parsed as JSON, or as text when it is not JSON."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        data = json.dumps(body).encode() if body is not None else None
+        hdrs = {"content-type": "application/json", **(headers or {})}
+        conn.request(method, path, body=data, headers=hdrs)
         resp = conn.getresponse()
-        data = resp.read()
+        raw = resp.read()
         try:
-            return resp.status, json.loads(data)
+            parsed = json.loads(raw)
         except ValueError:
-            return resp.status, data.decode(errors="replace")
+            parsed = raw.decode("utf-8", "replace")
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed
     finally:
         conn.close()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
 import signal
@@ -13,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from zerostart.benchmark import request_json
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 READY = re.compile(r"zerostart: gateway on http://127\.0\.0\.1:(\d+)")
@@ -63,20 +63,7 @@ class Gateway:
         headers: dict[str, str] | None = None,
         timeout_s: float = 60.0,
     ) -> tuple[int, dict[str, str], Any]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
-        try:
-            data = json.dumps(body).encode() if body is not None else None
-            hdrs = {"content-type": "application/json", **(headers or {})}
-            conn.request(method, path, body=data, headers=hdrs)
-            resp = conn.getresponse()
-            raw = resp.read()
-            try:
-                parsed = json.loads(raw)
-            except ValueError:
-                parsed = raw.decode("utf-8", "replace")
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed
-        finally:
-            conn.close()
+        return request_json(self.port, method, path, body, headers, timeout=timeout_s)
 
     def status(self) -> dict[str, Any]:
         code, _, body = self.request("GET", "/status", headers=self._auth())
