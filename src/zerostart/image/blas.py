@@ -120,14 +120,15 @@ def _fallback(option: str, reason: str) -> BlasDecision:
 
 def _drop_unneeded(closure: Closure, libs_dir: str) -> list[tuple[str, int]]:
     """Remove files of ``libs_dir`` that no remaining ELF object needs; (image path, bytes)."""
+    needs: dict[str, frozenset[str]] = {}  # image path -> DT_NEEDED names, each file read once
+    for d, f in closure.files.items():
+        if f.source and (d.endswith(".so") or ".so." in d):
+            info = read_elf(f.source)
+            if info is not None:
+                needs[d] = frozenset(info.needed)
     removed: list[tuple[str, int]] = []
     while True:
-        needed: set[str] = set()
-        for f in closure.files.values():
-            if f.source and (f.dest.endswith(".so") or ".so." in f.dest):
-                info = read_elf(f.source)
-                if info is not None:
-                    needed.update(info.needed)
+        needed = set().union(*(n for d, n in needs.items() if d in closure.files))
         gone = [
             d
             for d, f in closure.files.items()
