@@ -30,7 +30,7 @@ import struct
 import sys
 from array import array
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeAlias
 
 from zerostart.errors import TokenizerError
 
@@ -40,7 +40,7 @@ ALIGN_BYTES = 8  # every section starts on an 8-byte boundary (float64 arrays)
 _HEAD = struct.Struct("<8sII")
 _FORMATS = {"B": 1, "i": 4, "I": 4, "d": 8}
 
-Section = bytes | array[Any]  # what ``write`` takes: raw bytes or a typed array
+Section: TypeAlias = "bytes | array[Any]"  # what ``write`` takes: raw bytes or a typed array
 
 
 def write(
