@@ -198,16 +198,24 @@ class Tokenizer:
         if self._normalizer is not None:
             text, align = self._normalizer.normalize(text, None)
         text, align, spans = self._pre.split(text, align, at_start=base == 0)
+        if not spans:
+            return word
+        # Whole-list comprehensions, not a per-token loop: this is the worker's hot path.
         pieces = self.model.pieces
-        for k, (a, b) in enumerate(spans, word):
-            ids, tokens, offsets = pieces(text[a:b])
-            seq.ids += ids
-            seq.tokens += tokens
-            if align is None:
-                seq.offsets += [(a + s + base, a + e + base) for s, e in offsets]
-            else:
-                seq.offsets += [
-                    (align[a + s] + base, align[a + e - 1] + 1 + base) for s, e in offsets
-                ]
-            seq.word_ids += [k] * len(ids)
+        found = [pieces(text[a:b]) for a, b in spans]
+        seq.ids += [i for p in found for i in p[0]]
+        seq.tokens += [t for p in found for t in p[1]]
+        if align is None:
+            seq.offsets += [
+                (a + s + base, a + e + base)
+                for (a, _), p in zip(spans, found, strict=True)
+                for s, e in p[2]
+            ]
+        else:
+            seq.offsets += [
+                (align[a + s] + base, align[a + e - 1] + 1 + base)
+                for (a, _), p in zip(spans, found, strict=True)
+                for s, e in p[2]
+            ]
+        seq.word_ids += [k for k, p in enumerate(found, word) for _ in p[0]]
         return word + len(spans)
