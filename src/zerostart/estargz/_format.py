@@ -97,6 +97,23 @@ _INT_FIELDS = frozenset(
 _KEY_TO_ATTR = {key: attr for attr, key in _FIELDS}
 
 
+# tar header type -> TOC ``type`` (the spec's names). CONTTYPE ("7", a contiguous file) is a
+# regular file to every reader (POSIX ustar: "treat as a regular file"); GNU tar writes none.
+# (the header's type byte, as tarfile's REGTYPE... constants; spelt out so that reading a
+# TOC imports no tarfile)
+TAR_KINDS = {
+    b"0": "reg",  # REGTYPE
+    b"\0": "reg",  # AREGTYPE
+    b"7": "reg",  # CONTTYPE
+    b"5": "dir",  # DIRTYPE
+    b"2": "symlink",  # SYMTYPE
+    b"1": "hardlink",  # LNKTYPE
+    b"3": "char",  # CHRTYPE
+    b"4": "block",  # BLKTYPE
+    b"6": "fifo",  # FIFOTYPE
+}
+
+
 class Chunk(Protocol):
     """What reading one payload needs of its TOC entry (a :class:`TOCEntry` or a :class:`ChunkRef`)."""
 
