@@ -245,7 +245,7 @@ def run_slot(
         return _assigned(conn, reader, message, boot)
 
 
-def _load(bundle_dir: str, verify: str, max_client_batch_size: int) -> Any:
+def _load(bundle_dir: str, verify: str, limits: Any) -> Any:
     """``Pipeline.load``, without the cold boot's warm-up batch.
 
     The canary has already run the engine's code in this process, so a warm-up
@@ -258,7 +258,7 @@ def _load(bundle_dir: str, verify: str, max_client_batch_size: int) -> Any:
     """
     from zerostart.pipeline import Pipeline
 
-    return Pipeline.load(bundle_dir, verify=verify, max_client_batch_size=max_client_batch_size)
+    return Pipeline.load(bundle_dir, verify=verify, limits=limits)
 
 
 def _assigned(
@@ -275,7 +275,7 @@ def _assigned(
         pipeline = _load(
             str(message["bundle"]),
             str(message.get("verify", "fast")),
-            config.max_client_batch_size,
+            config.limits,
         )
         startup.add(pipeline.phases)
     except (ZerostartError, KeyError, TypeError, ValueError) as exc:
