@@ -26,6 +26,7 @@ from typing import Any
 
 from zerostart.platform._types import Fallback, StartPath
 from zerostart.platform.errors import PlatformError
+from zerostart.platform.liveness import Health
 from zerostart.serve.slot import MAX_MESSAGE_BYTES, decode, encode
 
 log = logging.getLogger("zerostart.platform.slot")
@@ -93,6 +94,8 @@ class Slot:
     boot_phases_s: dict[str, float] = field(default_factory=dict)
     boot_s: float = 0.0  # spawn -> ready message, by our clock
     state: str = "booting"
+    # liveness.py's record while the slot waits in the pool (process state)
+    health: Health = field(default_factory=lambda: Health(since=time.monotonic()))
 
     @property
     def pid(self) -> int:
