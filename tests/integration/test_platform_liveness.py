@@ -3,10 +3,13 @@ workers get: ``zerostart up`` in a subprocess with real slots and workers on loo
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +18,12 @@ from typing import Any
 
 import pytest
 from platform_helpers import Gateway, alive, metric, wait_until
+
+from zerostart.benchmark import request_json
+from zerostart.platform import gateway as gateway_module
+from zerostart.platform.config import ModelConfig, parse
+from zerostart.platform.liveness import LivenessPolicy
+from zerostart.platform.replica import ColdBootStarter
 
 pytestmark = pytest.mark.integration
 
@@ -190,3 +199,99 @@ def test_the_gateway_body_limit_reaches_its_workers(
     # under it, the worker's key check answers (401: the gateway's per-run key is not sent)
     assert _post(replica["port"], 8192) == 413
     assert _post(replica["port"], 2048) == 401
+
+
+# A process that accepts connections and never answers: what a worker whose event loop
+# is wedged looks like from outside (its state is S, sleeping; only a probe tells).
+MUTE = """
+import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(64)
+print(s.getsockname()[1], flush=True)
+held = []
+while True:
+    held.append(s.accept()[0])
+"""
+
+
+class MuteReplica:
+    """The Replica contract around the mute process (the first 'replica' of the test)."""
+
+    def __init__(self, model: str, proc: subprocess.Popen[str], port: int) -> None:
+        self.model, self.host, self.port, self.pid = model, "127.0.0.1", port, proc.pid
+        self.start_path = "cold_boot"
+        self.phases_ms: dict[str, float] = {}
+        self.total_ms = 0.0
+        self.fallbacks = ()
+        self.proc = proc
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class MuteThenCold:
+    """A starter whose first replica is mute and whose later ones are real cold boots."""
+
+    def __init__(self) -> None:
+        self.cold = ColdBootStarter()
+        self.mute: MuteReplica | None = None
+
+    async def start(self, model: ModelConfig) -> Any:
+        if self.mute is not None:
+            return await self.cold.start(model)
+        proc = subprocess.Popen([sys.executable, "-c", MUTE], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        port = int(await asyncio.to_thread(proc.stdout.readline))
+        self.mute = MuteReplica(model.name, proc, port)
+        return self.mute
+
+    async def close(self) -> None:
+        await self.cold.close()
+        if self.mute is not None:
+            self.mute.kill()
+
+
+def test_a_replica_that_stops_answering_is_replaced_and_its_request_re_sent(
+    embed_bundle: Path,
+) -> None:
+    # Before: nothing asked a replica that runs but answers nothing; its requests waited
+    # for upstream_timeout and got 504.
+    config = parse(
+        "[gateway]\nport = 0\nupstream_timeout = 30\n[autoscaler]\ntick = 0.1\n"
+        f'[pool]\ncpu = 0\n[models.minilm]\nbundle = "{embed_bundle}"\nmax_replicas = 1\n'
+    )
+    policy = LivenessPolicy(probe_interval_s=0.3, probe_timeout_s=0.5, failed_probes=2)
+
+    async def main() -> None:
+        starter = MuteThenCold()
+        gw = gateway_module.Gateway(config, starter, liveness=policy)
+        await gw.start()
+        try:
+            t0 = time.monotonic()
+            code, _, body = await asyncio.to_thread(
+                request_json, gw.port, "POST", "/models/minilm/embed", TEXT
+            )
+            elapsed = time.monotonic() - t0
+            print(f"mute replica -> answered by its replacement in {elapsed:.2f} s")
+            assert code == 200 and len(body) == 1, body
+            assert elapsed < 20.0
+            rt = gw.models["minilm"]
+            assert dict(rt.replaced) == {"unresponsive": 1}
+            assert gw.metrics.retries.get("minilm") == 1  # re-sent once
+            assert gw.metrics.replaced.get("minilm", "unresponsive") == 1
+            assert starter.mute is not None and not starter.mute.is_alive()
+            assert [s.replica.start_path for s in rt.seats] == ["cold_boot"]
+        finally:
+            gw.begin_shutdown()
+            await gw.serve_until_shutdown()
+
+    asyncio.run(main())
