@@ -70,6 +70,37 @@ def test_a_sigkilled_warm_slot_is_replaced_and_the_next_start_is_warm(
     assert 'event="died"' in gw.metrics()
 
 
+def test_a_waiting_slot_answers_pings_and_still_takes_a_model(embed_bundle: Path) -> None:
+    from zerostart.platform.pool import WarmPool
+    from zerostart.platform.starter import PathStarter
+
+    # pings every 0.1 s, as the watcher sends them, racing the assignment below
+    policy = LivenessPolicy(probe_interval_s=0.1, probe_timeout_s=2.0)
+    model = ModelConfig(name="minilm", source=str(embed_bundle))
+
+    async def main() -> None:
+        pool = WarmPool({"cpu": 1}, liveness=policy)
+        starter = PathStarter(pool, snapshots=False)
+        try:
+            await pool.start()
+            await pool.wait_ready("cpu", timeout_s=60)
+            (slot,) = pool._ready["cpu"]
+            assert slot.pings
+            assert all([await slot.ping(2.0) for _ in range(5)])
+            await asyncio.sleep(0.5)  # the watcher's pings too
+            assert pool.counters["cpu"]["hung"] == 0
+            replica = await starter.start(model)
+            assert replica.start_path == "warm_slot"
+            code, _, body = await asyncio.to_thread(
+                request_json, replica.port, "POST", "/embed", TEXT
+            )
+            assert code == 200 and len(body) == 1
+        finally:
+            await starter.close()
+
+    asyncio.run(main())
+
+
 def test_a_sigstopped_slot_is_killed_and_replaced(
     tmp_path: Path, embed_bundle: Path, gateways: list[Gateway]
 ) -> None:

@@ -52,14 +52,22 @@ import stat
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 from zerostart.errors import ZerostartError
 from zerostart.platform._rundir import make_run_dir, reap_dead_pools
 from zerostart.platform.container_slot import ContainerSlot, ModelsMount
 from zerostart.platform.errors import PlatformError
-from zerostart.platform.liveness import LivenessPolicy, observe_state, proc_state
+from zerostart.platform.liveness import (
+    LivenessPolicy,
+    observe_state,
+    probe_due,
+    probe_result,
+    probe_sent,
+    proc_state,
+)
 from zerostart.platform.slot import SLOT_BOOT_TIMEOUT_S, Slot, SlotError, SlotSpec, SlotUnhealthy
 
 log = logging.getLogger("zerostart.platform.pool")
@@ -375,21 +383,42 @@ class WarmPool:
             self.check(time.monotonic())
 
     def check(self, now: float) -> None:
-        """One look at every ready slot's process; the watcher calls it."""
+        """One look at every ready slot's process, and a ping to those due; the watcher
+        calls it."""
         for device, queue in self._ready.items():
             for slot in list(queue):
                 state = proc_state(slot.pid) if slot.is_alive() else None
                 slot.health, verdict = observe_state(slot.health, state, now, self.liveness)
-                if verdict == "ok":
-                    continue
-                queue.remove(slot)
-                counter = "died" if verdict == "dead" else "hung"
-                why = "exited" if verdict == "dead" else f"stopped (state {state})"
-                self._failed(device, counter, slot.name, f"{why} while waiting (pid {slot.pid})")
-                task = asyncio.get_running_loop().create_task(slot.kill())
-                self._stopping.add(task)
-                task.add_done_callback(self._stopping.discard)
-                self.refill(device)
+                if verdict == "dead":
+                    self._discard(device, slot, "died", "exited while waiting")
+                elif verdict == "hung":
+                    self._discard(device, slot, "hung", f"stopped (state {state}) while waiting")
+                elif slot.pings and probe_due(slot.health, now, self.liveness):
+                    slot.health = probe_sent(slot.health)
+                    self._background(self._ping(device, slot))
+
+    async def _ping(self, device: str, slot: Slot) -> None:
+        policy = self.liveness
+        ok = await slot.ping(policy.probe_timeout_s)
+        if slot not in self._ready[device]:
+            return  # taken or discarded meanwhile
+        slot.health, verdict = probe_result(slot.health, ok, time.monotonic(), policy)
+        if verdict == "hung":
+            self._discard(
+                device, slot, "hung", f"no answer to {slot.health.failures} pings in a row"
+            )
+
+    def _discard(self, device: str, slot: Slot, counter: str, why: str) -> None:
+        """Take a ready slot out, kill it, count it, boot its replacement."""
+        self._ready[device].remove(slot)
+        self._failed(device, counter, slot.name, f"{why} (pid {slot.pid})")
+        self._background(slot.kill())
+        self.refill(device)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._stopping.add(task)  # close() waits for these
+        task.add_done_callback(self._stopping.discard)
 
     def _failed(self, device: str, counter: str, name: str, reason: str) -> None:
         self.counters[device][counter] += 1

@@ -167,3 +167,45 @@ def test_only_dead_owners_folders_are_reaped(tmp_path: Path) -> None:
         live.wait()
         dead.kill()
         dead.wait()
+
+
+def test_a_waiting_slot_that_stops_answering_pings_is_killed_and_counted(tmp_path: Path) -> None:
+    """The pool's watcher with a slot whose process runs (state S) but whose control
+    connection answers nothing: a fake slot (a sleeping process and a socket pair that
+    nobody reads), driven through the real WarmPool."""
+    import asyncio
+    import socket
+
+    from zerostart.platform.pool import WarmPool
+    from zerostart.platform.slot import Slot
+
+    policy = LivenessPolicy(probe_interval_s=0.1, probe_timeout_s=0.2, failed_probes=2)
+
+    async def main() -> None:
+        pool = WarmPool({"cpu": 0}, canary=tmp_path, run_dir_parent=tmp_path, liveness=policy)
+        await pool.start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(60)", start_new_session=True
+        )
+        ours, theirs = socket.socketpair()
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+            slot = Slot("cpu-9", "cpu", proc, tmp_path / "s", tmp_path / "l", reader, writer)
+            slot.state, slot.pings = "ready", True
+            pool._ready["cpu"].append(slot)
+            deadline = time.monotonic() + 10
+            while pool.counters["cpu"]["hung"] == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert pool.counters["cpu"]["hung"] == 1
+            assert "pings" in pool.last_failure["cpu"]
+            assert not pool._ready["cpu"]
+            await asyncio.wait_for(proc.wait(), 5)  # killed
+            assert theirs.recv(4096).startswith(b'{"type":"ping"}')
+        finally:
+            theirs.close()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await pool.close()
+
+    asyncio.run(main())
