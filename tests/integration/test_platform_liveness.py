@@ -126,7 +126,8 @@ def test_a_sigstopped_replica_is_replaced_and_its_waiting_requests_answered(
 ) -> None:
     # Before: the stopped replica stayed "ready"; every request forwarded to it waited
     # for upstream_timeout (here 20 s, by default 60 s) and got 504, and the queued ones
-    # waited behind them.
+    # waited behind them: 16 x 504 in 40 s. After: 16 x 200 in 5-9 s (load 7-9), 16 s at
+    # load 17.
     toml = (
         "[gateway]\nupstream_timeout = 20\n[autoscaler]\ntick = 0.2\n[pool]\ncpu = 1\n"
         f'[models.minilm]\nbundle = "{embed_bundle}"\nmin_replicas = 1\nmax_replicas = 1\n'
@@ -153,7 +154,9 @@ def test_a_sigstopped_replica_is_replaced_and_its_waiting_requests_answered(
             os.kill(pid, signal.SIGKILL)
     print(f"replica SIGSTOPped -> 16 requests answered in {elapsed:.2f} s")
     assert [code for code, _, _ in results] == [200] * 16, [r[2] for r in results]
-    assert elapsed < 15.0
+    # none waited out upstream_timeout (how each forwarded one ended before); the rest of
+    # the time is the replacement serving 16 requests 4 at a time on a loaded machine
+    assert elapsed < 20.0
     status = gw.status()["models"]["minilm"]
     assert status["replaced"] == {"stopped": 1}
     assert [r["pid"] for r in status["replicas"]] != [pid]
