@@ -214,8 +214,8 @@ class Gateway(ListeningHost):
             name, _, rest = path[8:].partition("/")
             query = request.target[len(path) :]
             return await self._model_request(request, name, "/" + rest + query)
-        host = request.headers.get("host", "")
-        label = host.partition(":")[0].partition(".")
+        # Host names are case-insensitive (RFC 9110 section 4.2.3): A.x is model a.
+        label = request.headers.get("host", "").partition(":")[0].lower().partition(".")
         if label[1] and label[0] in self.models:
             return await self._model_request(request, label[0], request.target)
         if path == "/health":
