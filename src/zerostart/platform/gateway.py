@@ -120,8 +120,11 @@ class Gateway(ListeningHost):
             max_body_bytes=g.max_body_bytes,
             max_header_bytes=g.max_header_bytes,
             max_connections=g.max_connections,
+            max_connections_per_client=g.max_connections_per_client,
+            max_trailer_bytes=g.max_trailer_bytes,
             header_timeout_s=g.header_timeout_s,
             body_timeout_s=g.body_timeout_s,
+            body_deadline_s=g.body_deadline_s,
             keepalive_timeout_s=g.keepalive_timeout_s,
             drain_timeout_s=g.drain_timeout_s,
         )

@@ -188,19 +188,23 @@ class HttpConnection(asyncio.Protocol):
         self._client = str(peer[0]) if isinstance(peer, tuple) and peer else "local"
         host.clients[self._client] += 1
         if len(host.connections) > self._limits.max_connections:
-            self._refuse(Refusal(503, "too many open connections; retry later", "Overloaded"))
+            self._turn_away("too many open connections; retry later")
         elif host.clients[self._client] > self._limits.max_connections_per_client:
-            self._refuse(
-                Refusal(
-                    503,
-                    f"too many open connections from {self._client} "
-                    f"(max_connections_per_client {self._limits.max_connections_per_client}); "
-                    "retry later",
-                    "Overloaded",
-                )
+            self._turn_away(
+                f"too many open connections from {self._client} "
+                f"(max_connections_per_client {self._limits.max_connections_per_client}); "
+                "retry later"
             )
         else:
             self._arm("first", self._limits.head_timeout_s)
+
+    def _turn_away(self, message: str) -> None:
+        """503 and close at once, without lingering: a refused connection holds no slot."""
+        assert self._transport is not None
+        self._state = next_conn(self._state, ConnInput.CLOSE)
+        response = error_response(503, message, "Overloaded", headers=[("retry-after", "1")])
+        self._transport.write(response.serialize(keep_alive=False))
+        self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state = next_conn(self._state, ConnInput.LOST)
@@ -275,10 +279,7 @@ class HttpConnection(asyncio.Protocol):
             log.error("bug while reading a request", exc_info=refusal.bug)
         self._cancel_timer()
         self._stop_reading()
-        headers = [("retry-after", "1")] if refusal.status == 503 else None
-        self._enqueue(
-            error_response(refusal.status, refusal.message, refusal.error_type, headers=headers)
-        )
+        self._enqueue(error_response(refusal.status, refusal.message, refusal.error_type))
 
     def _stop_reading(self) -> None:
         self._state = next_conn(self._state, ConnInput.STOP_READING)
