@@ -10,6 +10,9 @@ What is measured, per candidate, on this machine:
 * ``requests_per_s``: a trivial keep-alive route (``GET /`` → 11-byte JSON) served
   by a one-process asyncio ``Protocol`` server built on the candidate, loaded by
   ``wrk`` (another process) when installed, else by the asyncio client below.
+* ``server_cpu_us_per_request``: the server process's CPU time (user + system,
+  /proc) during the load, per request served: the layer's own cost, much less
+  sensitive than requests/s to other jobs on a shared machine.
 * ``robustness``: a fixed list of hostile or unusual requests (oversized head,
   chunked bodies, smuggling-shaped framing, pipelining) and whether the server
   built on the candidate answers each the way RFC 9112 says.
@@ -263,6 +266,14 @@ def closure_bytes(kind: str) -> int:
     return sum(os.path.getsize(p) for f in dist.files or () if os.path.isfile(p := str(f.locate())))
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (/proc/PID/stat): less noisy than requests/s
+    when other jobs share the cores."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load_wrk(port: int, seconds: float, connections: int) -> float:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", f"http://127.0.0.1:{port}/"],
@@ -404,11 +415,15 @@ def main() -> None:
         )
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            cpu0, t0 = cpu_s(proc.pid), time.perf_counter()
             rps, loader = requests_per_s(port, args.seconds, args.connections)
+            served = rps * (time.perf_counter() - t0)
+            cpu_us = (cpu_s(proc.pid) - cpu0) / served * 1e6
             row = {
                 "import_ms": import_ms(kind),
                 "closure_bytes": closure_bytes(kind),
                 "requests_per_s": round(rps),
+                "server_cpu_us_per_request": round(cpu_us, 1),
                 "load_generator": f"{loader}, {args.connections} keep-alive connections, {args.seconds:g} s",
                 "robustness": robustness(port),
             }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from zerostart.errors import ServeError
 from zerostart.serve._h1core import (
     ExpectContinue,
     Refusal,
@@ -102,8 +103,10 @@ def test_config_builds_one_limits_object_and_limits_are_validated() -> None:
     assert (limits.max_trailer_bytes, limits.body_deadline_s) == (77, 3.0)
     assert limits.max_connections_per_client == 9
     assert limits.new(max_head_bytes=5).max_head_bytes == 5 and limits.max_head_bytes == 16384
-    with pytest.raises(Exception, match="max_trailer_bytes must be > 0"):
-        HttpLimits(max_trailer_bytes=0)
+    with pytest.raises(ServeError, match="max_trailer_bytes must be > 0"):
+        limits.new(max_trailer_bytes=0)
+    with pytest.raises(ServeError, match="max_connections_per_client must be > 0"):
+        ServerConfig(max_connections_per_client=0)
 
 
 # -- requests -----------------------------------------------------------------------------
@@ -202,6 +205,10 @@ def test_an_endless_header_value_is_cut_off_at_the_head_limit() -> None:
         (("Host: a b",), "not a host name"),
         (("Host: a.x/embed",), "not a host name"),
         (("Host: a.x@b.x",), "not a host name"),
+        (("Host: a.x:8o",), "not a host name"),
+        (("Host: a.x:\xb2",), "not a host name"),  # a digit to str.isdigit, not to RFC 3986
+        (("Host: [zz::1]",), "not a host name"),
+        (("Host: [::1",), "not a host name"),
     ],
 )
 def test_ambiguous_or_missing_host_and_keys_get_400(fields: tuple[str, ...], needle: str) -> None:
@@ -273,7 +280,7 @@ def test_a_declared_body_over_the_limit_is_413_before_it_is_sent() -> None:
 
 def test_expect_continue_is_an_event_after_the_checks() -> None:
     events = feed(head("POST", "/embed", "Host: a.x", "Content-Length: 2", "Expect: 100-continue"))
-    assert events == [ExpectContinue()]
+    assert [type(e) for e in events] == [ExpectContinue]
 
 
 def test_a_chunked_body_over_the_limit_is_413() -> None:

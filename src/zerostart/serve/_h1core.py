@@ -46,11 +46,28 @@ from zerostart.serve.config import HttpLimits
 
 # More than one of these is ambiguous (which key? which host?): 400, not "last wins".
 SINGLETON_FIELDS = frozenset({"host", "authorization", "content-type", "content-length"})
-# RFC 3986 section 3.2.2 host (IP-literal or reg-name) and an optional port.
-_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?\Z")
-_ABSOLUTE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)\Z", re.DOTALL)
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_DIGITS = frozenset("0123456789")
 _HEX = frozenset("0123456789abcdefABCDEF")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_REG_NAME = _UNRESERVED | frozenset("!$&'()*+,;=%")  # RFC 3986 section 3.2.2
+_IP_LITERAL = _HEX | frozenset(":.")
+# absolute-form (RFC 9112 section 3.2.2): compiled on first use, off the cold-start path
+_ABSOLUTE = r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)(.*)\Z"
+
+
+def valid_host(host: str) -> bool:
+    """RFC 3986 section 3.2.2 ``host [":" port]``: a reg-name or an ``[IP-literal]``."""
+    if host[:1] == "[":
+        end = host.find("]")
+        if end < 0 or not set(host[1:end]) <= _IP_LITERAL:
+            return False
+        rest = host[end + 1 :]
+    else:
+        name = host.partition(":")[0]
+        if not set(name) <= _REG_NAME:
+            return False
+        rest = host[len(name) :]
+    return not rest or (rest[0] == ":" and set(rest[1:]) <= _DIGITS)
 
 
 @dataclass(slots=True)
@@ -68,26 +85,41 @@ class Request:
         return self.target.split("?", 1)[0]
 
 
-@dataclass(frozen=True, slots=True)
 class Refusal:
     """Answer ``status`` with TEI's error body, then close; ``bug`` when it is our fault."""
 
-    status: int
-    message: str
-    error_type: str = "Validation"
-    bug: BaseException | None = None
+    __slots__ = ("bug", "error_type", "message", "status")
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        error_type: str = "Validation",
+        bug: BaseException | None = None,
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.error_type = error_type
+        self.bug = bug
+
+    def __repr__(self) -> str:
+        return f"Refusal({self.status}, {self.message!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class ExpectContinue:
     """The head asked for ``100 Continue`` and passed every check."""
 
+    __slots__ = ()
 
-@dataclass(frozen=True, slots=True)
+
 class Upgraded:
     """llhttp stopped at ``Connection: upgrade``: answer what came, then close."""
 
+    __slots__ = ()
 
+
+# (Plain classes, not dataclasses: each dataclass costs an exec() at import, on the
+# worker's cold-start path.)
 Event = Request | Refusal | ExpectContinue | Upgraded
 
 
@@ -110,7 +142,7 @@ def canonical_target(target: str) -> tuple[str, str | None]:
     """
     authority = None
     if not target.startswith("/"):
-        m = _ABSOLUTE.match(target)
+        m = re.match(_ABSOLUTE, target, re.DOTALL)
         if m is None or m.group(1).lower() not in ("http", "https") or not m.group(2):
             raise ValueError(f"request target {target[:80]!r} is not a path")
         authority, target = m.group(2), m.group(3)
@@ -291,15 +323,17 @@ class RequestReader:
         host = headers.get("host")
         if host is None and self._parser.get_http_version() == "1.1":
             raise _Refused(Refusal(400, "an HTTP/1.1 request needs a Host header field"))
-        try:
-            target, authority = canonical_target(self._url.decode("latin-1"))
-        except ValueError as exc:
-            raise _Refused(Refusal(400, str(exc))) from None
-        if authority is not None:
-            host = headers["host"] = authority
-        if host is not None and not _HOST.match(host):
+        url = self._url
+        if url[:1] != b"/" or b"%" in url or b"/." in url or b"#" in url:  # else: canonical
+            try:
+                target, authority = canonical_target(url.decode("latin-1"))
+            except ValueError as exc:
+                raise _Refused(Refusal(400, str(exc))) from None
+            if authority is not None:
+                host = headers["host"] = authority
+            self._url = bytearray(target.encode("latin-1"))
+        if host and not valid_host(host):
             raise _Refused(Refusal(400, f"Host {host[:80]!r} is not a host name"))
-        self._url = bytearray(target.encode("latin-1"))
         length = headers.get("content-length")
         if length is not None and int(length) > self.limits.max_body_bytes:
             # llhttp has already checked it is a number; refuse before reading the body.
@@ -350,10 +384,13 @@ class RequestReader:
 
     def _count(self, n: int) -> None:
         self._counted += n
-        field = "max_head_bytes" if self.state is Read.HEAD else "max_trailer_bytes"
-        limit = getattr(self.limits, field)
-        if self._counted > limit:
-            raise _Refused(Refusal(431, self._too_large(field, limit)))
+        if self._counted > (head := self.limits.max_head_bytes) and self.state is Read.HEAD:
+            raise _Refused(Refusal(431, self._too_large("max_head_bytes", head)))
+        if (
+            self._counted > (trailer := self.limits.max_trailer_bytes)
+            and self.state is not Read.HEAD
+        ):
+            raise _Refused(Refusal(431, self._too_large("max_trailer_bytes", trailer)))
 
     @staticmethod
     def _too_large(field: str, limit: int) -> str:

@@ -138,6 +138,7 @@ class Host(Protocol):
     config: ServerConfig
     connections: set[HttpConnection]
     clients: collections.Counter[str]  # open connections per client address
+    read_buffer: memoryview  # where every connection's reads land (BufferedProtocol)
     draining: bool
 
     @property
@@ -146,7 +147,7 @@ class Host(Protocol):
     def handle(self, request: Request) -> Awaitable[Response]: ...
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(asyncio.BufferedProtocol):
     def __init__(self, host: Host) -> None:
         self._host = host
         self._limits = host.limits
@@ -234,6 +235,12 @@ class HttpConnection(asyncio.Protocol):
         if not self.busy:
             self._close()
         return True  # keep our side open: a half-closed client still gets its answers
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._host.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._host.read_buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         if self._state not in READING_CONN:
@@ -427,6 +434,7 @@ class HttpConnection(asyncio.Protocol):
             transport.close()
 
 
+READ_BUFFER_BYTES = 64 * 1024  # one read's most; shared by all connections of a host
 DRAIN_POLL_S = 0.02  # how often a draining server re-checks for busy connections
 
 
@@ -443,6 +451,11 @@ class ListeningHost:
     config: ServerConfig
 
     def __init__(self) -> None:
+        # Every connection reads into this one buffer (asyncio calls get_buffer, recv_into,
+        # buffer_updated back to back on the loop's thread, and the bytes are copied out at
+        # once): no 256 KiB allocation per read, which glibc may serve with mmap + mremap +
+        # munmap, three system calls per request (seen with strace: 30-60 % more CPU).
+        self.read_buffer = memoryview(bytearray(READ_BUFFER_BYTES))
         self.connections: set[HttpConnection] = set()
         self.clients: collections.Counter[str] = collections.Counter()
         self.draining = False
