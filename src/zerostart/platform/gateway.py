@@ -47,7 +47,11 @@ start, its phases.
 Auth: with a key set (the model's own, else the gateway's), a request needs
 ``Authorization: Bearer KEY`` (compared with :func:`hmac.compare_digest`), else
 401. ``/status`` and ``/metrics`` need the gateway's key when it has one;
-``/health`` never does. Keys never reach a log line or ``/status``.
+``/health`` never does. Keys never reach a log line or ``/status``. The key,
+``Host`` and path are the request head's as the HTTP layer read them
+(``serve/_h1core.py``): trailers dropped, two keys or hosts refused with 400,
+the path canonical (``/models/a/../b/x`` is b's), so what is authorised is what
+is routed and forwarded. Host names are case-insensitive.
 
 Pool sizing: every model request counts as an arrival and every replica start
 as a start (``sizing.Recent``, a sliding window); with ``[pool] sizing = "lp"``
