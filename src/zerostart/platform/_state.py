@@ -16,10 +16,14 @@ from zerostart.platform._types import Replica
 from zerostart.platform.autoscaler import Scaler
 from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
+from zerostart.platform.liveness import Health
 from zerostart.platform.upstream import UpstreamPool
 
 BACKOFF_FIRST_S = 1.0  # after a failed start; doubles per failure
 BACKOFF_MAX_S = 60.0
+
+
+RECENT_STARTS = 8  # starts per model that /status keeps (the status page's waterfall)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class Seat:
 
     __slots__ = (
         "draining",
+        "health",
         "idle_s",
         "idle_since",
         "in_flight",
@@ -65,6 +70,7 @@ class Seat:
         self.start = start
         self.idle_s = 0.0  # seconds ready with nothing in flight, up to idle_since
         self.idle_since: float | None = now
+        self.health = Health(since=now)  # liveness.py: process state and probes
 
     def busy(self, now: float) -> None:
         if self.idle_since is not None:
@@ -92,11 +98,14 @@ class ModelRuntime:
         self.desired = config.min_replicas
         self.panicking = False
         self.last_start: StartRecord | None = None
+        self.recent_starts: collections.deque[StartRecord] = collections.deque(maxlen=RECENT_STARTS)
         self.failure: StartError | None = None
         self.failure_until = 0.0
         self.backoff_s = BACKOFF_FIRST_S
         self.retired_up_s = 0.0  # replica-seconds of replicas no longer serving
         self.retired_idle_s = 0.0
+        # replicas taken out unasked, by why: exited, stopped, unresponsive, connection
+        self.replaced: collections.Counter[str] = collections.Counter()
 
     @property
     def ready(self) -> int:
@@ -154,8 +163,10 @@ class ModelRuntime:
             "idle_s": None if idle is None else round(idle, 3),
             "cold_starts": cold_starts,
             "last_start": None if self.last_start is None else self.last_start.as_dict(),
+            "recent_starts": [s.as_dict() for s in self.recent_starts],  # oldest first
             "replica_seconds": {"up": round(up, 3), "idle": round(idle_replica_s, 3)},
             "last_error": None if self.failure is None else str(self.failure),
+            "replaced": dict(self.replaced),
             "limits": {
                 "min_replicas": c.min_replicas,
                 "max_replicas": c.max_replicas,
