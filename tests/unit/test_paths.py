@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from zerostart.errors import PathEscapeError, ZerostartError
-from zerostart.paths import inside, is_within, relative_name
+from zerostart.paths import inside, is_within, redact_paths, relative_name
 
 
 @pytest.fixture
@@ -86,3 +86,22 @@ def test_a_symlink_loop_is_refused_or_stays_inside(root: Path) -> None:
     except PathEscapeError:
         return
     assert is_within(os.path.realpath(root), got)
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "model 'a': /srv/models/a/weights.safetensors: size is 661 bytes",
+            "model 'a': …/weights.safetensors: size is 661 bytes",
+        ),
+        ("'/root/.cache/zerostart/x/model': no manifest", "'…/model': no manifest"),
+        ("health check of http://127.0.0.1:8000/health failed", None),
+        ("POST /embed answered 500", None),
+        ("relative a/b/c stays", None),
+    ],
+)
+def test_redact_paths_keeps_the_file_name_and_drops_the_folders(
+    text: str, shown: str | None
+) -> None:
+    assert redact_paths(text) == (text if shown is None else shown)

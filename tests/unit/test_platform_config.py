@@ -112,3 +112,34 @@ def test_bad_files_name_the_key_and_the_fix(text: str, key: str, fix: str) -> No
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "nearest", "every"),
+    [
+        ('[models.a]\nbundle = "/b"\nmax_replica = 2', "models.a.max_replica", "'max_replicas'",
+         ("api_key_env", "bundle", "concurrency", "gpu_archs", "idle_timeout", "max_queue")),
+        ("[gateway]\nprot = 1\n[models.a]\nbundle = \"/b\"", "gateway.prot", "'port'",
+         ("api_key", "api_key_env", "drain_timeout", "host", "max_body_bytes")),
+        ("[pool]\nsizeing = 1\n[models.a]\nbundle = \"/b\"", "pool.sizeing", "'sizing'",
+         ("cpu", "cuda", "demand_window", "resolve_interval", "wait_penalty")),
+        ('[modles.a]\nbundle = "/b"', "modles", "[models.NAME]",
+         ("[gateway]", "[autoscaler]", "[pool]", "[deploy]")),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_lists_every_valid_key_and_suggests_the_nearest(
+    text: str, key: str, nearest: str, every: tuple[str, ...]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text, env={})
+    assert info.value.key == key
+    hint = info.value.hint or ""
+    assert hint.startswith(f"did you mean {nearest}?"), hint
+    assert all(k in hint for k in every), hint
+
+
+def test_an_unknown_key_far_from_any_gets_no_guess() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse('[models.a]\nbundle = "/b"\nzzzz = 1', env={})
+    assert "did you mean" not in (info.value.hint or "")
+    assert "max_replicas" in (info.value.hint or "")
