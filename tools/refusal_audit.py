@@ -396,7 +396,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "manifest.file-name",
         M + "model/manifest.py",
-        "        raise BundleError(path, f\"{what} leaves the bundle: {exc.problem}\") from exc\n",
+        '        raise BundleError(path, f"{what} leaves the bundle: {exc.problem}") from exc\n',
         "        clean = name\n",
         "a bundle manifest `files` entry that leaves the bundle (../../etc/passwd: stat'ed, hashed)",
         TB + "test_manifest_file_names_that_leave_the_bundle_are_refused",
@@ -443,6 +443,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "    return sha2[:1]\n",
         "an image without OpenSSL keeps every hashlib fallback (no logged tracebacks)",
         "tests/unit/test_image_closure.py::test_hashlib_imports_cleanly_with_only_the_included_fallbacks",
+        "tests/integration/test_image_build.py::"
+        "test_image_runs_in_an_oci_runtime_and_answers_like_the_pipeline",
     ),
     _m(
         "estargz.name-escape",

@@ -72,7 +72,8 @@ HASHLIB_BUILTINS = ("_md5", "_sha1", "_sha3", "_blake2")
 def openssl_replacement_includes(py_version: str) -> tuple[str, ...]:
     """The modules hashlib needs without _hashlib: :data:`HASHLIB_BUILTINS` and the SHA-2
     ones, ``_sha256`` + ``_sha512`` up to Python 3.11, ``_sha2`` from 3.12 (CPython
-    gh-99108 merged them). Stripped, about 0.4 MB in all on CPython 3.11 (libcrypto: 4.7 MB)."""
+    gh-99108 merged them). Measured on CPython 3.11.7: +115 KB unpacked, +36 KB compressed in
+    the runtime layer over _sha256 and _blake2 alone (libcrypto is 4.7 MB; docs/image.md)."""
     major, minor = (int(x) for x in py_version.split(".")[:2])
     sha2 = ("_sha2",) if (major, minor) >= (3, 12) else ("_sha256", "_sha512")
     return (*HASHLIB_BUILTINS[:2], *sha2, *HASHLIB_BUILTINS[2:])
