@@ -27,7 +27,8 @@ from zerostart.platform.config import ModelConfig, PlatformConfig
 from zerostart.platform.errors import ConfigError, StartError
 
 _BUNDLE_FIX = (
-    "point bundle = at a folder made by `zerostart convert` (paths are relative to platform.toml)"
+    "point bundle = at a folder made by `zerostart convert`; "
+    "relative paths start at platform.toml's folder"
 )
 _IMAGE_FIX = "point image = at an OCI layout made by `zerostart build`"
 
