@@ -11,6 +11,7 @@ image writer, damaged one way at a time.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -201,3 +202,24 @@ def test_an_image_without_entrypoint_is_refused_before_anything_runs(tmp_path: P
     with pytest.raises(ImageError, match="has no Entrypoint"):
         Container(str(path), port=1, cache_dir=cache).start()
     assert not cache.exists()  # no runtime probed, nothing unpacked
+
+
+def test_mapped_files_of_a_container_are_hashed_inside_its_rootfs_only(
+    tmp_path: Path, sibling: Path
+) -> None:
+    """`run --snapshot` digests the files the worker maps (paths as the container sees them),
+    joined to the rootfs: a link in the image pointing at a sibling folder must not make it
+    read a host file."""
+    from zerostart.container.snapshot_run import _host_paths
+    from zerostart.snapshot import SnapshotError
+
+    root = tmp_path / "rootfs"
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "usr" / "lib" / "libx.so").write_bytes(b"\x7fELF")
+    (root / "usr" / "lib" / "gone.so").symlink_to("missing")
+    assert _host_paths(str(root), ["/usr/lib/libx.so", "/usr/lib/gone.so"]) == [
+        os.path.join(os.path.realpath(root), "usr", "lib", "libx.so")
+    ]
+    (root / "evil").symlink_to("../rootfs-host")
+    with pytest.raises(SnapshotError, match="outside"):
+        _host_paths(str(root), ["/usr/lib/libx.so", "/evil/keep"])
