@@ -411,6 +411,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "test_corrupt_bundle_gets_a_clear_5xx_and_other_models_keep_serving",
     ),
     _m(
+        "serve.500-redact",
+        M + "serve/app.py",
+        'error_response(500, redact_paths(f"internal error: {exc!r}"), "Backend")',
+        'error_response(500, f"internal error: {exc!r}", "Backend")',
+        "a worker's 500 body naming a server path (kept in the log)",
+        "tests/unit/test_serve_refusals.py::test_a_5xx_body_shows_no_server_path_and_the_log_keeps_it",
+    ),
+    _m(
         "up.check-sources",
         M + "platform/sources.py",
         "    if problem is not None:\n        return SourceCheck(model.name, key, False, problem, hint)\n",
