@@ -167,3 +167,23 @@ def test_source_checks_name_a_missing_folder_a_loop_and_a_file(tmp_path: Path) -
     assert not checks["img"].ok and "not an OCI image layout" in checks["img"].detail
     assert checks["reg"].ok and "pulled at start" in checks["reg"].detail
     assert [c.ok for c in checks.values()].count(False) == 4
+
+
+@pytest.mark.parametrize(
+    ("accept", "html"),
+    [
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),  # Chromium
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),
+        ("", False),  # curl, urllib, requests: no preference
+        ("*/*", False),
+        ("application/json", False),
+        ("application/json, text/html;q=0.5", False),
+        ("text/html;q=0", False),
+        ("text/html;q=bogus", False),
+        ("TEXT/HTML", True),
+    ],
+)
+def test_status_page_goes_to_browsers_only(accept: str, html: bool) -> None:
+    from zerostart.platform.status_page import wants_html
+
+    assert wants_html(accept) is html
