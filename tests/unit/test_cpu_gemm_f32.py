@@ -53,8 +53,9 @@ SHAPES = [
     (17, 1600, 100),
     (131, 97, 61),
 ]
-# (kc, mc): the kernel's defaults, and small blocks (several k blocks, several row blocks).
-BLOCKINGS = [(0, 0), (64, 13)]
+# (kc, mc, nc): the kernel's defaults, and small blocks (several k blocks, row blocks and
+# column blocks; nc = 40 is not a multiple of any tile's width, the kernel rounds it down).
+BLOCKINGS = [(0, 0, 0), (64, 13, 40)]
 
 
 def _runnable_archs() -> list[str]:
@@ -96,9 +97,9 @@ def test_every_build_has_its_own_fp32_products(kernels: NativeKernels) -> None:
 
 @pytest.mark.parametrize(("m", "k", "n"), SHAPES)
 @pytest.mark.parametrize("pack", [0, 1])
-@pytest.mark.parametrize(("kc", "mc"), BLOCKINGS)
+@pytest.mark.parametrize(("kc", "mc", "nc"), BLOCKINGS)
 def test_every_tile_against_numpy(
-    kernels: NativeKernels, m: int, k: int, n: int, pack: int, kc: int, mc: int
+    kernels: NativeKernels, m: int, k: int, n: int, pack: int, kc: int, mc: int, nc: int
 ) -> None:
     x, w, exact, magnitude = _operands(m, k, n)
     for tile in range(len(kernels.gemm_f32_tiles)):
@@ -106,14 +107,14 @@ def test_every_tile_against_numpy(
         half = m // 2
         for i, j in ((0, half), (half, m)):  # two row ranges, as two threads
             assert not kernels.gemm_f32(
-                addr(x), addr(w), addr(by_rows), i, j, 0, n, k, n, tile, kc, mc, pack
+                addr(x), addr(w), addr(by_rows), i, j, 0, n, k, n, tile, kc, mc, nc, pack
             )
         _assert_close(by_rows, exact, magnitude)
         by_cols = np.full((m, n), np.nan, np.float32)
         third = n // 3  # column ranges, one not a multiple of the tile's width
         for i, j in ((0, third), (third, n)):
             assert not kernels.gemm_f32(
-                addr(x), addr(w), addr(by_cols), 0, m, i, j, k, n, tile, kc, mc, pack
+                addr(x), addr(w), addr(by_cols), 0, m, i, j, k, n, tile, kc, mc, nc, pack
             )
         _assert_close(by_cols, exact, magnitude)
         # Same k blocks in the same order whatever the split: bit-identical results.
@@ -124,7 +125,7 @@ def test_only_the_asked_range_is_written(kernels: NativeKernels) -> None:
     m, k, n = 29, 50, 41
     x, w, exact, magnitude = _operands(m, k, n)
     out = np.full((m, n), np.nan, np.float32)
-    assert not kernels.gemm_f32(addr(x), addr(w), addr(out), 5, 20, 7, 30, k, n, 0, 16, 6, 1)
+    assert not kernels.gemm_f32(addr(x), addr(w), addr(out), 5, 20, 7, 30, k, n, 0, 16, 6, 16, 1)
     _assert_close(out[5:20, 7:30], exact[5:20, 7:30], magnitude[5:20, 7:30])
     out[5:20, 7:30] = np.nan
     assert np.isnan(out).all()
@@ -133,11 +134,11 @@ def test_only_the_asked_range_is_written(kernels: NativeKernels) -> None:
 def test_k_zero_gives_zeros_and_a_bad_tile_is_refused(kernels: NativeKernels) -> None:
     x, w = np.ones((4, 1), np.float32), np.ones((1, 6), np.float32)
     out = np.full((4, 6), np.nan, np.float32)
-    assert not kernels.gemm_f32(addr(x), addr(w), addr(out), 0, 4, 0, 6, 0, 6, 0, 0, 0, 0)
+    assert not kernels.gemm_f32(addr(x), addr(w), addr(out), 0, 4, 0, 6, 0, 6, 0, 0, 0, 0, 0)
     assert (out == 0).all()
     bad = len(kernels.gemm_f32_tiles)
     assert (
-        kernels.gemm_f32(addr(x), addr(w), addr(out), 0, 4, 0, 6, 1, 6, bad, 0, 0, 0)
+        kernels.gemm_f32(addr(x), addr(w), addr(out), 0, 4, 0, 6, 1, 6, bad, 0, 0, 0, 0)
         == ZS_GEMM_BADTILE
     )
 
@@ -147,7 +148,7 @@ def test_matmul_f32_splits_over_threads(kernels: NativeKernels, col_split_rows: 
     """The engine's dispatch with 3 threads, rows or columns: same result as one thread."""
     here = cpu_identity()
     row = TuningRow(
-        here, kernels.gemm_f32_tiles[0].split("_")[0], kernels.gemm_f32_tiles[-1], 96, 24, False,
+        here, kernels.gemm_f32_tiles[0].split("_")[0], kernels.gemm_f32_tiles[-1], 96, 24, 0, False,
         col_split_rows,
     )  # fmt: skip
     tuned = NativeKernels(kernels.path, kernels.arch, tuning=[row], cpu=here)
@@ -175,17 +176,18 @@ AVX2_TILES = ("avx2_6x16", "avx2_4x24", "v4_6x8", "v4_4x12")
 
 
 def _row(cpu: CpuIdentity, isa: str, tile: str) -> TuningRow:
-    return TuningRow(cpu, isa, tile, 384, 96, True, 256)
+    return TuningRow(cpu, isa, tile, 384, 96, 0, True, 256)
 
 
 def test_a_measured_row_is_taken_for_its_cpu_and_isa_only() -> None:
     table = [_row(ICX, "avx2", "avx2_6x16"), _row(ZEN3, "avx512", "avx512_8x48"),
              _row(ZEN3, "avx2", "avx2_4x24")]  # fmt: skip
     plan = choose_plan(table, AVX2_TILES, ZEN3)
-    assert (plan.tile, plan.kc, plan.mc, plan.pack, plan.col_split_rows) == (
+    assert (plan.tile, plan.kc, plan.mc, plan.nc, plan.pack, plan.col_split_rows) == (
         "avx2_4x24",
         384,
         96,
+        0,
         True,
         256,
     )

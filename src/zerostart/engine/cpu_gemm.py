@@ -44,10 +44,10 @@ def matmul_f32(
     """
     plan = kernels.gemm_plan
     tile = kernels.gemm_f32_tiles.index(plan.tile)
-    gemm, kc, mc, pack = kernels.gemm_f32, plan.kc, plan.mc, int(plan.pack)
+    gemm, kc, mc, nc, pack = kernels.gemm_f32, plan.kc, plan.mc, plan.nc, int(plan.pack)
 
     def call(m0: int, m1: int, n0: int, n1: int) -> None:
-        err = gemm(a, w, c, m0, m1, n0, n1, k, n, tile, kc, mc, pack)
+        err = gemm(a, w, c, m0, m1, n0, n1, k, n, tile, kc, mc, nc, pack)
         if err == ZS_GEMM_NOMEM:
             raise MemoryError("zs_gemm_f32: out of memory for its packing buffers")
         if err:

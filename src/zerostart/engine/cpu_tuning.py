@@ -71,7 +71,8 @@ class GemmPlan:
     tile: str  # e.g. "avx2_6x16": ISA, rows x columns of the register tile
     kc: int  # k block; 0: the kernel's default
     mc: int  # rows of A per block; 0: the kernel's default (half a 1 MiB L2)
-    pack: bool  # copy each kc x NR panel of W into a contiguous buffer first
+    nc: int  # columns of W per packed block; 0: the kernel's default (1 MiB of W)
+    pack: bool  # copy W's kc x nc blocks into contiguous panels first, or read W in place
     col_split_rows: int  # threads split columns below this many rows, rows from it on
     source: str  # "measured on …" or "default rule (…)"
 
@@ -93,6 +94,7 @@ class TuningRow:
     tile: str
     kc: int
     mc: int
+    nc: int
     pack: bool
     col_split_rows: int
 
@@ -166,7 +168,7 @@ def default_plan(tiles: tuple[str, ...], cpu: CpuIdentity) -> GemmPlan:
     kc = min(hi, max(lo, l1d // 2 // (4 * nr) // 64 * 64))
     mc = max(mr, l2 // 2 // (4 * kc) // mr * mr)
     why = f"default rule (L1d {l1d // 1024} KiB, L2 {l2 // 1024} KiB)"
-    return GemmPlan(tile, kc, mc, True, DEFAULT_COL_SPLIT_ROWS, why)
+    return GemmPlan(tile, kc, mc, 0, True, DEFAULT_COL_SPLIT_ROWS, why)
 
 
 def choose_plan(table: list[TuningRow], tiles: tuple[str, ...], cpu: CpuIdentity) -> GemmPlan:
@@ -180,7 +182,7 @@ def choose_plan(table: list[TuningRow], tiles: tuple[str, ...], cpu: CpuIdentity
             and row.tile in tiles
         ):
             return GemmPlan(
-                row.tile, row.kc, row.mc, row.pack, row.col_split_rows,
+                row.tile, row.kc, row.mc, row.nc, row.pack, row.col_split_rows,
                 f"measured on {c.describe()}",
             )  # fmt: skip
     return default_plan(tiles, cpu)
@@ -200,9 +202,9 @@ def parse_table(data: Any, where: object) -> list[TuningRow]:
                     int(c.get("l1d_bytes", 0)), int(c.get("l2_bytes", 0)), int(c.get("l3_bytes", 0)),
                 ),
                 isa=str(r["isa"]), tile=str(r["tile"]), kc=int(r["kc"]), mc=int(r["mc"]),
-                pack=bool(r["pack"]), col_split_rows=int(r["col_split_rows"]),
+                nc=int(r.get("nc", 0)), pack=bool(r["pack"]), col_split_rows=int(r["col_split_rows"]),
             )  # fmt: skip
-            if row.kc < 0 or row.mc < 0 or row.col_split_rows < 0 or not TILE_NAME.match(row.tile):
+            if min(row.kc, row.mc, row.nc, row.col_split_rows) < 0 or not TILE_NAME.match(row.tile):
                 raise ValueError(f"row {r} has a negative size or a tile not named ISA_MRxNR")
             rows.append(row)
     except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:

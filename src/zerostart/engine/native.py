@@ -149,7 +149,7 @@ class NativeKernels:
             p for p, bit in PRECISION_BITS.items() if lib.zs_precisions() & bit
         )
         lib.zs_gemm_f32.restype = ctypes.c_int
-        lib.zs_gemm_f32.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I]
+        lib.zs_gemm_f32.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I]
         self.gemm_f32 = lib.zs_gemm_f32
         lib.zs_gemm_f32_tile_name.restype = ctypes.c_char_p
         lib.zs_gemm_f32_tile_name.argtypes = [_I]

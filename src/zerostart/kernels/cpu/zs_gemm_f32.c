@@ -6,15 +6,17 @@
  * of one row of W and broadcasts one element of each of the MR rows of A, so every
  * load of W feeds MR FMAs. Around the tile (BLIS / GotoBLAS order, without packing A):
  *
- *     for kb in K, blocks of kc        (later blocks add to C)
- *       for mb in [m0, m1), blocks of mc rows   (the mc x kc block of A stays in L2)
- *         for p in [n0, n1), panels of NR columns
- *           [pack]: copy the kc x NR panel of W to a contiguous buffer (stays in L1)
- *           for m in mb, tiles of MR rows: micro-kernel
+ *     for kb in K, blocks of kc                 (later blocks add to C)
+ *       for mb in [m0, m1), blocks of mc rows    pack A's mc x kc block, k-major per MR
+ *                                                 rows (it stays in L2)
+ *         for nb in [n0, n1), blocks of nc columns
+ *           [pack]: copy W's kc x nc block, panel by panel of NR columns (L2 / L3)
+ *           for p in nb, panels of NR columns   (the kc x NR panel: L1 / L2)
+ *             for m in mb, tiles of MR rows: micro-kernel
  *
- * Which tile, kc, mc and whether to pack are the caller's choice per CPU (measured:
+ * Which tile, kc, mc, nc and whether to pack are the caller's choice per CPU (measured:
  * zerostart/kernels/tuning/cpu_gemm.json, chosen at load by zerostart.engine.cpu_tuning);
- * 0 for kc or mc takes the defaults below. The caller also chooses how threads share a
+ * 0 for kc, mc or nc takes the defaults below. The caller also chooses how threads share a
  * product: by rows (m0, m1) or by columns (n0, n1), which at 128 rows keeps each thread
  * on its own half of W instead of both streaming all of it.
  *
@@ -24,12 +26,13 @@
  * (no FMA there). Accumulator counts: 8 x 48 (AVX-512) is 24 zmm + 3 of W + 1 of A of
  * 32; 6 x 16 (AVX2) is 12 ymm + 2 + 1 of 16 (BLIS's Haswell tile).
  *
- * Ragged edges: a panel narrower than NR is always packed, zero-padded; a tile with
- * fewer than MR rows reads row 0 again for the missing ones and stores only the rows
- * it has. Results do not depend on the split over threads (each C element is summed
+ * Ragged edges: a panel narrower than NR is always packed, zero-padded; A's packed block
+ * is zero-padded to whole tiles; a tile with fewer than MR rows or NR columns stores only
+ * those it has. Results do not depend on the split over threads (each C element is summed
  * over the same k blocks in the same order). Sizes are int64; returns 0, or
  * ZS_GEMM_NOMEM when the panel buffer cannot be allocated, ZS_GEMM_BADTILE for a tile
- * index this build does not have.
+ * index this build does not have. Packing buffers are per thread, kept between calls
+ * (at most mc x kc + kc x nc floats, a few MiB) and reused by the thread's next product.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -43,6 +46,7 @@
 #define ZS_GEMM_BADTILE 2
 #define DEFAULT_KC 768                 /* k block when the caller passes 0 (Zen 4's measured best) */
 #define DEFAULT_A_BLOCK_BYTES (512 * 1024) /* mc x kc floats of A: half a 1 MiB L2 */
+#define DEFAULT_B_BLOCK_BYTES (1024 * 1024) /* kc x nc floats of packed W: in L2 / L3 */
 #define PANEL_ALIGN 64
 
 typedef void (*zs_micro_kernel)(const float *ap, const float *b, int64_t ldb, int64_t kc, float *c, int64_t ldc,
@@ -137,12 +141,28 @@ static const zs_tile TILES[] = {
 /* The name of tile i of this build ("avx2_6x16"), or NULL past the last. */
 const char *zs_gemm_f32_tile_name(int64_t i) { return i >= 0 && i < N_TILES ? TILES[i].name : NULL; }
 
+/* Per-thread scratch, grown on demand and kept for the thread's next product: allocating
+ * (and faulting in) a fresh buffer per call cost more than packing at 128 rows. */
+static _Thread_local float *tl_a, *tl_b;
+static _Thread_local size_t tl_a_floats, tl_b_floats;
+
+static float *zs_scratch(float **buf, size_t *have, size_t floats) {
+    if (*have >= floats) return *buf;
+    free(*buf);
+    const size_t bytes = (floats * sizeof(float) + PANEL_ALIGN - 1) / PANEL_ALIGN * PANEL_ALIGN;
+    *buf = aligned_alloc(PANEL_ALIGN, bytes);
+    *have = *buf != NULL ? floats : 0;
+    return *buf;
+}
+
 /* C[m0:m1, n0:n1] = A[m0:m1, :] W[:, n0:n1]; A [*, k], W [k, n], C [*, n] row-major.
  * tile: index into TILES; kc: k block (0: DEFAULT_KC; k is cut into even blocks of at most
- * kc); mc: rows per block of A (0: DEFAULT_A_BLOCK_BYTES worth); pack: copy each panel of W
- * into a contiguous buffer before use (non-zero) or read it in place. */
+ * kc); mc: rows per block of A (0: DEFAULT_A_BLOCK_BYTES worth); nc: columns per packed
+ * block of W (0: DEFAULT_B_BLOCK_BYTES worth; packing reads W a block-row at a time, nc
+ * contiguous floats per k, which the prefetcher streams, rather than NR per k); pack: pack
+ * W's blocks (non-zero) or read full panels in place. */
 int zs_gemm_f32(const float *a, const float *w, float *c, int64_t m0, int64_t m1, int64_t n0, int64_t n1,
-                int64_t k, int64_t n, int64_t tile, int64_t kc, int64_t mc, int64_t pack) {
+                int64_t k, int64_t n, int64_t tile, int64_t kc, int64_t mc, int64_t nc, int64_t pack) {
     if (tile < 0 || tile >= N_TILES) return ZS_GEMM_BADTILE;
     if (m1 <= m0 || n1 <= n0) return 0;
     if (k <= 0) {
@@ -155,51 +175,57 @@ int zs_gemm_f32(const float *a, const float *w, float *c, int64_t m0, int64_t m1
     const int64_t nkb = (k + kc - 1) / kc, kc_even = (k + nkb - 1) / nkb;
     if (mc <= 0) mc = DEFAULT_A_BLOCK_BYTES / (int64_t)(sizeof(float) * kc_even);
     mc = mc < mr ? mr : mc / mr * mr;
-    const size_t panel_bytes = (size_t)(kc_even * nr) * sizeof(float), a_bytes = (size_t)(mc * kc_even) * sizeof(float);
-    float *apack = aligned_alloc(PANEL_ALIGN, (a_bytes + PANEL_ALIGN - 1) / PANEL_ALIGN * PANEL_ALIGN);
-    float *buf = NULL;
-    if (pack || (n1 - n0) % nr) buf = aligned_alloc(PANEL_ALIGN, (panel_bytes + PANEL_ALIGN - 1) / PANEL_ALIGN * PANEL_ALIGN);
-    if (apack == NULL || ((pack || (n1 - n0) % nr) && buf == NULL)) {
-        free(apack);
-        free(buf);
-        return ZS_GEMM_NOMEM;
-    }
+    if (!pack) nc = n1 - n0; /* in place: one block; only a ragged last panel is copied */
+    else if (nc <= 0) nc = DEFAULT_B_BLOCK_BYTES / (int64_t)(sizeof(float) * kc_even);
+    nc = nc < nr ? nr : (pack ? nc / nr * nr : nc);
+    const int64_t mc_used = mc < m1 - m0 ? mc : (m1 - m0 + mr - 1) / mr * mr;
+    const int64_t nc_used = !pack ? nr : nc < n1 - n0 ? nc : (n1 - n0 + nr - 1) / nr * nr;
+    float *apack = zs_scratch(&tl_a, &tl_a_floats, (size_t)(mc_used * kc_even));
+    float *bpack = zs_scratch(&tl_b, &tl_b_floats, (size_t)(nc_used * kc_even));
+    if (apack == NULL || bpack == NULL) return ZS_GEMM_NOMEM;
     for (int64_t kb = 0; kb < k; kb += kc_even) {
         const int64_t kcb = k - kb < kc_even ? k - kb : kc_even;
         for (int64_t mb = m0; mb < m1; mb += mc) {
             const int64_t me = mb + mc < m1 ? mb + mc : m1;
-            /* A's block, tile by tile, k-major: apack[t][kk][r] = A[mb + t mr + r, kb + kk]. */
+            /* A's block, tile by tile, k-major: apack[t][kk][r] = A[mb + t mr + r, kb + kk],
+             * zero rows past me. Packed once, used against every block of W. */
             for (int64_t m = mb; m < me; m += mr) {
                 float *dst = apack + (m - mb) * kcb;
                 for (int64_t r = 0; r < mr; r++) {
-                    if (m + r < me) {
-                        const float *src = a + (m + r) * k + kb;
+                    const float *src = a + (m + r) * k + kb;
+                    if (m + r < me)
                         for (int64_t kk = 0; kk < kcb; kk++) dst[kk * mr + r] = src[kk];
-                    } else {
+                    else
                         for (int64_t kk = 0; kk < kcb; kk++) dst[kk * mr + r] = 0.0f;
-                    }
                 }
             }
-            for (int64_t p = n0; p < n1; p += nr) {
-                const int64_t cols = n1 - p < nr ? n1 - p : nr;
-                const float *b = w + kb * n + p;
-                int64_t ldb = n;
-                if (pack || cols < nr) {
-                    for (int64_t kk = 0; kk < kcb; kk++) {
-                        memcpy(buf + kk * nr, b + kk * n, (size_t)cols * sizeof(float));
-                        if (cols < nr) memset(buf + kk * nr + cols, 0, (size_t)(nr - cols) * sizeof(float));
+            for (int64_t nb = n0; nb < n1; nb += nc) {
+                const int64_t ne = nb + nc < n1 ? nb + nc : n1;
+                /* W's block, panel-major: bpack[panel][kk][0:nr], zero past column ne; in
+                 * place, only the ragged last panel (at bpack). */
+                const int64_t ragged = nb + (ne - nb) / nr * nr;
+                const int64_t pack_from = pack ? nb : ragged;
+                for (int64_t kk = 0; kk < kcb && pack_from < ne; kk++) {
+                    const float *src = w + (kb + kk) * n;
+                    for (int64_t p = pack_from; p < ne; p += nr) {
+                        float *dst = bpack + (p - pack_from) * kcb + kk * nr;
+                        const int64_t cols = ne - p < nr ? ne - p : nr;
+                        memcpy(dst, src + p, (size_t)cols * sizeof(float));
+                        if (cols < nr) memset(dst + cols, 0, (size_t)(nr - cols) * sizeof(float));
                     }
-                    b = buf;
-                    ldb = nr;
                 }
-                for (int64_t m = mb; m < me; m += mr) {
-                    const int64_t rows = me - m < mr ? me - m : mr;
-                    t->fn(apack + (m - mb) * kcb, b, ldb, kcb, c + m * n + p, n, rows, cols, kb > 0);
+                for (int64_t p = nb; p < ne; p += nr) {
+                    const int64_t cols = ne - p < nr ? ne - p : nr;
+                    const int copied = p >= pack_from;
+                    const float *b = copied ? bpack + (p - pack_from) * kcb : w + kb * n + p;
+                    const int64_t ldb = copied ? nr : n;
+                    for (int64_t m = mb; m < me; m += mr) {
+                        const int64_t rows = me - m < mr ? me - m : mr;
+                        t->fn(apack + (m - mb) * kcb, b, ldb, kcb, c + m * n + p, n, rows, cols, kb > 0);
+                    }
                 }
             }
         }
     }
-    free(apack);
-    free(buf);
     return 0;
 }
