@@ -48,6 +48,7 @@
 #define DEFAULT_A_BLOCK_BYTES (512 * 1024) /* mc x kc floats of A: half a 1 MiB L2 */
 #define DEFAULT_B_BLOCK_BYTES (1024 * 1024) /* kc x nc floats of packed W: in L2 / L3 */
 #define PANEL_ALIGN 64
+#define PACK_AHEAD 4 /* rows of W prefetched ahead of the packing copy */
 
 typedef void (*zs_micro_kernel)(const float *ap, const float *b, int64_t ldb, int64_t kc, float *c, int64_t ldc,
                                 int64_t rows, int64_t cols, int add);
@@ -207,11 +208,19 @@ int zs_gemm_f32(const float *a, const float *w, float *c, int64_t m0, int64_t m1
                 const int64_t pack_from = pack ? nb : ragged;
                 for (int64_t kk = 0; kk < kcb && pack_from < ne; kk++) {
                     const float *src = w + (kb + kk) * n;
+                    /* The rows PACK_AHEAD below, requested now: each row of the block starts a
+                     * new page, where the hardware prefetcher starts over. */
+                    const float *ahead = w + (kb + (kk + PACK_AHEAD < kcb ? kk + PACK_AHEAD : kk)) * n;
                     for (int64_t p = pack_from; p < ne; p += nr) {
                         float *dst = bpack + (p - pack_from) * kcb + kk * nr;
                         const int64_t cols = ne - p < nr ? ne - p : nr;
-                        memcpy(dst, src + p, (size_t)cols * sizeof(float));
-                        if (cols < nr) memset(dst + cols, 0, (size_t)(nr - cols) * sizeof(float));
+                        for (int64_t j = 0; j < cols; j += 16) __builtin_prefetch(ahead + p + j, 0, 0);
+                        if (cols == nr && nr % 4 == 0) { /* fixed 16-byte moves: inlined, no call */
+                            for (int64_t j = 0; j < nr; j += 4) memcpy(dst + j, src + p + j, 4 * sizeof(float));
+                        } else {
+                            memcpy(dst, src + p, (size_t)cols * sizeof(float));
+                            memset(dst + cols, 0, (size_t)(nr - cols) * sizeof(float));
+                        }
                     }
                 }
                 for (int64_t p = nb; p < ne; p += nr) {
