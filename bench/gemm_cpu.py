@@ -139,6 +139,8 @@ def main() -> None:
             "model": model, "rows": m, "k": k, "n": n,
             "median_ms": {name: v["median_s"] * 1e3 for name, v in times.items()},
             "min_ms": {name: v["min_s"] * 1e3 for name, v in times.items()},
+            # the calling thread's CPU time: meaningful at --threads 1 only (gemm_timing.py)
+            "cpu_median_ms": {name: v["cpu_median_s"] * 1e3 for name, v in times.items()},
             "gflops": {name: prob.gflop / v["median_s"] for name, v in times.items()},
             "fp32_relative_error": errors,
             "load_average": list(os.getloadavg()),
@@ -147,7 +149,17 @@ def main() -> None:
         print(
             f"{model:<9} {m:>5}x{k:<4}x{n:<4} "
             + " ".join(f"{name}={g:6.1f}" for name, g in row["gflops"].items())
-            + f"  GFLOP/s (median)  load {row['load_average'][0]:.1f}",
+            + f"  GFLOP/s (median)  load {row['load_average'][0]:.1f}"
+            + (
+                "  ours/OpenBLAS CPU time: "
+                + " ".join(
+                    f"{name[15:]}={times['numpy_openblas_fp32']['cpu_median_s'] / v['cpu_median_s']:.2f}x"
+                    for name, v in times.items()
+                    if name.startswith("zerostart_fp32")
+                )
+                if args.threads == 1
+                else ""
+            ),
             flush=True,
         )
     np_libs = Path(np.__file__).parent.parent / "numpy.libs"

@@ -93,16 +93,32 @@ class Problem:
 
 
 def interleave(fns: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, dict[str, float]]:
-    """Each candidate once per round, same order; median and min seconds per candidate."""
+    """Each candidate once per round, same order; per candidate the median and min wall
+    seconds, and the median of the calling thread's CPU seconds (``cpu_median_s``).
+
+    The CPU time is what a one-thread product costs when other processes share the cores:
+    it leaves out the time the thread waited for a core (but not the caches they took), so
+    on this shared 2-core machine it separates plans that wall time cannot. It is only
+    meaningful when the work runs on the calling thread (one thread).
+    """
     for fn in fns.values():
         fn()  # warm: page in, allocate, start threads
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.thread_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {n: {"median_s": statistics.median(v), "min_s": min(v)} for n, v in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.thread_time() - c0)
+    return {
+        n: {
+            "median_s": statistics.median(wall[n]),
+            "min_s": min(wall[n]),
+            "cpu_median_s": statistics.median(cpu[n]),
+        }
+        for n in fns
+    }
 
 
 def machine_cpu() -> dict[str, Any]:

@@ -16,10 +16,11 @@ For each build this CPU runs (default: every DEFAULT_ARCHS build it can run):
    (b) the k block for the best two; (c) the row block; (d) the packed block of W. The score is the
    geometric mean over products of OpenBLAS's median time / ours: > 1 is ahead.
    The best three are timed again at 4096 rows (b32 x 128), and the best over
-   both row counts is taken.
+   both row counts is taken. Plans are compared on the calling thread's CPU
+   time (median over rounds), which a shared machine disturbs far less than
+   wall time.
    Then the best of each stage and the default rule are timed together at 128 and
-   4096 rows; the best geometric mean over both wins. (Scores compare each
-   plan's fastest round: the least disturbed one on a shared machine.)
+   4096 rows; the best geometric mean over both wins.
 3. Threads (``--threads``, default 2): the winner with threads splitting rows
    against splitting columns at 128, 512 and 4096 rows, OpenBLAS at the same
    thread count interleaved; ``col_split_rows`` = the first row count at which
@@ -77,16 +78,15 @@ def _key(p: GemmPlan) -> str:
 
 
 def _score(
-    timings: dict[str, dict[str, dict[str, float]]], shape_keys: list[str], cand: str
+    timings: dict[str, dict[str, dict[str, float]]], shape_keys: list[str], cand: str, stat: str
 ) -> float:
-    """Geometric mean over shapes of OpenBLAS's fastest round / our fastest (> 1: ahead).
+    """Geometric mean over shapes of OpenBLAS's time / ours (> 1: ahead).
 
-    The fastest round, not the median: on a machine shared with other work it is the one
-    least disturbed, and the search compares plans whose difference is a few per cent.
+    ``stat``: at one thread the median CPU time of the calling thread (on a machine shared
+    with other work, wall time swung by ±30 % between rounds of the same plan; CPU time
+    leaves out the waits for a core); with threads, the fastest round's wall time.
     """
-    logs = [
-        math.log(timings[s]["openblas"]["min_s"] / timings[s][cand]["min_s"]) for s in shape_keys
-    ]
+    logs = [math.log(timings[s]["openblas"][stat] / timings[s][cand][stat]) for s in shape_keys]
     return math.exp(sum(logs) / len(logs))
 
 
@@ -119,7 +119,7 @@ class Tuner:
             rounds = self.rounds if rows <= 512 else max(3, self.rounds // 2)
             timings[f"{model} {m}x{k}x{n}"] = interleave(fns, rounds)
         keys = list(timings)
-        scores = {_key(p): _score(timings, keys, _key(p)) for p in plans}
+        scores = {_key(p): _score(timings, keys, _key(p), "cpu_median_s") for p in plans}
         self.log.append(
             {"stage": stage, "rows": rows, "threads": 1, "scores": scores, "timings": timings,
              "load_average": list(os.getloadavg())}
@@ -198,7 +198,7 @@ class Tuner:
                         fns, self.rounds if m <= 512 else 3
                     )
                 keys = list(timings)
-                s = {c: _score(timings, keys, c) for c in ("columns", "rows")}
+                s = {c: _score(timings, keys, c, "min_s") for c in ("columns", "rows")}
                 self.log.append(
                     {"stage": "split", "rows": m, "threads": threads, "scores": s, "timings": timings,
                      "load_average": list(os.getloadavg())}

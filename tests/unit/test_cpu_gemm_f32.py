@@ -203,11 +203,13 @@ def test_a_measured_row_is_taken_for_its_cpu_and_isa_only() -> None:
 
 def test_the_default_rule_sizes_blocks_from_the_caches() -> None:
     plan = default_plan(AVX2_TILES, ZEN3)
-    # half of L1d holds the kc x 16 panel of W: 16 KiB / 64 B = 256; half of L2 the mc x kc block of A.
-    assert (plan.tile, plan.kc, plan.pack) == ("avx2_6x16", 256, True)
-    assert plan.mc == 256 * 1024 // (4 * 256) // 6 * 6
+    # half of L2 (256 KiB) holds 128 rows x kc of A: kc 512; and the mc x kc block of A.
+    assert (plan.tile, plan.kc, plan.pack) == ("avx2_6x16", 512, True)
+    assert plan.mc == 256 * 1024 // (4 * 512) // 6 * 6
     unknown = default_plan(("avx512_8x48",), CpuIdentity())  # nothing readable: 32 KiB / 1 MiB
-    assert unknown.kc == 128 and unknown.mc == 512 * 1024 // (4 * 128) // 8 * 8
+    assert unknown.kc == 768 and unknown.mc == 512 * 1024 // (4 * 768) // 8 * 8
+    small = CpuIdentity(l1d_bytes=32 * 1024, l2_bytes=128 * 1024)
+    assert default_plan(AVX2_TILES, small).kc == 128  # the low end of DEFAULT_KC_RANGE
     assert "L1d 32 KiB, L2 1024 KiB" in unknown.source
 
 

@@ -43,6 +43,7 @@ BUNDLE_TABLE = "kernels/cpu/gemm_tuning.json"
 FALLBACK_L1D_BYTES = 32 * 1024
 FALLBACK_L2_BYTES = 1024 * 1024
 DEFAULT_KC_RANGE = (128, 768)  # k blocks outside this lost on every CPU measured (docs/cpu.md)
+BATCH1_ROWS = 128  # rows of a b1 x 128 product: its whole A should sit in half of L2
 # Below this many rows, a product's threads take column ranges (each streams its own part of
 # W, the whole of A is small); from it on, row ranges (each packs and keeps its own rows of A).
 DEFAULT_COL_SPLIT_ROWS = 512
@@ -154,18 +155,19 @@ def cpu_identity(cpuinfo: str = CPUINFO, cache_dir: str = CACHE_SYSFS) -> CpuIde
 
 
 def default_plan(tiles: tuple[str, ...], cpu: CpuIdentity) -> GemmPlan:
-    """The rule for a CPU never measured: the build's first tile, W panels packed, kc so
-    that a packed kc x NR panel of W fills half of L1d (rounded to 64, within
-    DEFAULT_KC_RANGE), mc so that the mc x kc block of A fills half of L2 (GotoBLAS's
-    sizing, Goto & van de Geijn 2008, section 6); columns split over threads below 512 rows.
+    """The rule for a CPU never measured: the build's first tile, W packed, kc so that
+    the 128 x kc block of A of a b1 x 128 product fills half of L2 (rounded to 64, within
+    DEFAULT_KC_RANGE; GotoBLAS's rule, Goto & van de Geijn 2008 section 6, would size kc
+    for a kc x NR panel in half of L1d, 256 on a 32 KiB L1d, which lost 8-10 % to
+    kc 512-768 on Zen 3, and kc 768 was Zen 4's best), mc so that the mc x kc block of A
+    fills half of L2; columns split over threads below 512 rows.
     """
     tile = tiles[0]
-    nr = int(tile.rsplit("_", 1)[1].split("x")[1])
     mr = int(tile.rsplit("_", 1)[1].split("x")[0])
     l1d = cpu.l1d_bytes or FALLBACK_L1D_BYTES
     l2 = cpu.l2_bytes or FALLBACK_L2_BYTES
     lo, hi = DEFAULT_KC_RANGE
-    kc = min(hi, max(lo, l1d // 2 // (4 * nr) // 64 * 64))
+    kc = min(hi, max(lo, l2 // 2 // (4 * BATCH1_ROWS) // 64 * 64))
     mc = max(mr, l2 // 2 // (4 * kc) // mr * mr)
     why = f"default rule (L1d {l1d // 1024} KiB, L2 {l2 // 1024} KiB)"
     return GemmPlan(tile, kc, mc, 0, True, DEFAULT_COL_SPLIT_ROWS, why)
