@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from zerostart.cachedir import cache_base
 from zerostart.engine.cpu_tuning import BUNDLE_TABLE, load_table
 from zerostart.errors import ConvertError, EngineError
 from zerostart.model.manifest import CPU_KERNELS_DIR, CpuKernelBuild
@@ -170,14 +171,6 @@ def arch_features(arch: str) -> tuple[str, ...]:
 
 def _compiler_id() -> str:
     return _run([CC, "--version"], PROBE_TIMEOUT_S, CC).stdout.splitlines()[0]
-
-
-def cache_base() -> Path:
-    """zerostart's build cache: $ZEROSTART_CACHE, else $XDG_CACHE_HOME/zerostart, else ~/.cache/zerostart."""
-    base = os.environ.get("ZEROSTART_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zerostart"
-    )
-    return Path(base)
 
 
 def cache_root() -> Path:
