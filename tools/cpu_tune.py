@@ -91,8 +91,8 @@ def _score(
 
 
 class Tuner:
-    def __init__(self, kernels: NativeKernels, rounds: int) -> None:
-        self.kernels, self.rounds = kernels, rounds
+    def __init__(self, kernels: NativeKernels, rounds: int, large_rows: int = 4096) -> None:
+        self.kernels, self.rounds, self.large_rows = kernels, rounds, large_rows
         self.one = Workers(1)
         self.rejected: dict[str, str] = {}
         self.log: list[dict[str, Any]] = []
@@ -175,7 +175,7 @@ class Tuner:
         ))  # fmt: skip
         by_key[_key(base)] = base
         small = self.time([by_key[k] for k in finalists], 128, "final 128")
-        big = self.time([by_key[k] for k in finalists], 4096, "final 4096")
+        big = self.time([by_key[k] for k in finalists], self.large_rows, "final large")
         both = {k: math.sqrt(small[k] * big[k]) for k in finalists if k in small and k in big}
         return by_key[max(both, key=lambda x: both[x])]
 
@@ -185,7 +185,7 @@ class Tuner:
         set_openblas_threads(threads)
         try:
             rows_win: list[int] = []
-            for m in SPLIT_ROWS:
+            for m in sorted({*SPLIT_ROWS[:-1], self.large_rows}):
                 timings: dict[str, dict[str, dict[str, float]]] = {}
                 for model, mm, k, n in encoder_shapes((m,)):
                     prob = Problem(mm, k, n)
@@ -219,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", action="append", help="builds to tune (default: every runnable one)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--large-rows",
+        type=int,
+        default=4096,
+        help="the b32 x 128 row count (smaller for a slow build on a busy machine: the portable "
+        "build's 4096-row products take ~10 s each at load 15)",
+    )
     ap.add_argument("--write", action="store_true", help="replace this CPU's rows in the table")
     ap.add_argument(
         "--openblas-coretype",
@@ -237,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         kernels = NativeKernels(cpu_build.build_library(arch), arch)
         isa = kernels.gemm_f32_tiles[0].split("_")[0]
         print(f"{arch} ({isa}) on {cpu.describe()}, default {_key(kernels.gemm_plan)}", flush=True)
-        tuner = Tuner(kernels, args.rounds)
+        tuner = Tuner(kernels, args.rounds, args.large_rows)
         best = tuner.search()
         split = tuner.split(best, args.threads) if args.threads > 1 else best.col_split_rows
         row = {
