@@ -268,3 +268,39 @@ def test_the_shipped_table_parses_and_bad_tables_are_refused(tmp_path: Path) -> 
              "tile": "avx2", "kc": 1, "mc": 1, "pack": True, "col_split_rows": 1}]},
             "t",
         )  # fmt: skip
+
+
+def test_the_engine_multiplies_on_our_kernels_in_every_build(kernels: NativeKernels) -> None:
+    """Every encoder product of a forward goes through zs_gemm_f32 (none to numpy's BLAS),
+    split over threads, and the result matches the numpy engine (numpy's products)."""
+    from tiny_models import tiny_manifest
+    from zerostart.engine.cpu import CpuEngine
+    from zerostart.engine.layout import tensor_shapes
+
+    m = tiny_manifest("bert", "embeddings", hidden=40, layers=2, heads=4, ffn=70, max_positions=64)
+    rng = np.random.default_rng(1)
+    weights = {
+        name: (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        for name, shape in tensor_shapes(m).items()
+    }
+    calls = []
+    gemm = kernels.gemm_f32
+
+    def counted(*args: int) -> int:
+        calls.append(args[3:9])  # m0, m1, n0, n1, k, n
+        result: int = gemm(*args)
+        return result
+
+    kernels.gemm_f32 = counted
+    try:
+        ids = rng.integers(1, 50, (3, 37))
+        mask = np.ones_like(ids)
+        mask[1, 20:] = 0
+        ours = CpuEngine(m, weights, kernels=kernels, threads=2).forward(ids, mask)
+    finally:
+        kernels.gemm_f32 = gemm
+    reference = CpuEngine(m, weights).forward(ids, mask)
+    np.testing.assert_allclose(ours, reference, atol=2e-5, rtol=0)
+    products = {(k, n) for *_, k, n in calls}
+    assert products == {(40, 120), (40, 40), (40, 70), (70, 40)}  # QKV, out, FFN up, down
+    assert len(calls) >= 4 * 2 * 2  # 4 products x 2 layers, each split over 2 threads
