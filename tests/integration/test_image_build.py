@@ -176,9 +176,12 @@ def test_every_cpu_bundle_with_kernels_gets_the_minimal_blas_and_fits_the_budget
 
     if shutil.which("gcc") is None or shutil.which("nm") is None:
         pytest.skip("gcc and binutils build the minimal BLAS (scripts/install_system_deps.sh)")
-    v4 = tmp_path / "embed-v4"
-    convert(minilm_embed_dir, v4, cpu_archs=["x86-64-v4"])
-    for result in (embed_image, build_image(v4, tmp_path / "img")):
+    results = [embed_image]
+    if "avx512f" in Path("/proc/cpuinfo").read_text():  # the build traces a warm-up run
+        v4 = tmp_path / "embed-v4"
+        convert(minilm_embed_dir, v4, cpu_archs=["x86-64-v4"])
+        results.append(build_image(v4, tmp_path / "img"))
+    for result in results:
         assert result.blas is not None and result.blas.blas == "minimal", result.blas
         assert result.blas.saved_bytes > 20_000_000
         report = inspect_image(result.image.path)
