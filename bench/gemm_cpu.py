@@ -200,6 +200,8 @@ def main() -> None:
         if "OPENBLAS_CORETYPE" not in os.environ
         else "_" + os.environ["OPENBLAS_CORETYPE"].lower()
     )
+    if args.rows != "128,4096":
+        suffix += "_rows" + args.rows.replace(",", "-")
     write_result(f"gemm_cpu_{cpu.vendor}-{cpu.family}-{cpu.model}_{args.threads}t{suffix}", result)
 
 
