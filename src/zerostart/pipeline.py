@@ -55,6 +55,7 @@ class Pipeline:
         phases: dict[str, float] | None = None,
         max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
         max_batch_sequences: int = DEFAULT_MAX_BATCH_SEQUENCES,
+        auto_truncate: bool = True,
     ) -> None:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
@@ -63,6 +64,8 @@ class Pipeline:
         self.phases: dict[str, float] = dict(phases or {})
         self.max_client_batch_size = max_client_batch_size
         self.max_batch_sequences = max_batch_sequences
+        # truncate over-long inputs when a request does not say (TEI's --auto-truncate)
+        self.auto_truncate = auto_truncate
         self.routes = api.routes_for(self.manifest)
 
     # -- loading -------------------------------------------------------------
@@ -73,6 +76,7 @@ class Pipeline:
         *,
         verify: str = "fast",
         max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
+        auto_truncate: bool = True,
     ) -> Pipeline:
         """Map the bundle, build the tokenizer and engine; each step is timed in ``phases``."""
         phases: dict[str, float] = {}
@@ -91,6 +95,7 @@ class Pipeline:
             engine,
             phases=phases,
             max_client_batch_size=max_client_batch_size,
+            auto_truncate=auto_truncate,
         )
 
     def warmup(self) -> None:

@@ -146,7 +146,10 @@ def run(
     startup.mark("imports")
     config = config or ServerConfig()
     pipeline = Pipeline.load(
-        bundle_dir, verify=verify, max_client_batch_size=config.max_client_batch_size
+        bundle_dir,
+        verify=verify,
+        max_client_batch_size=config.max_client_batch_size,
+        auto_truncate=config.auto_truncate,
     )
     startup.add(pipeline.phases)
     pipeline.warmup()

@@ -245,7 +245,7 @@ def run_slot(
         return _assigned(conn, reader, message, boot)
 
 
-def _load(bundle_dir: str, verify: str, max_client_batch_size: int) -> Any:
+def _load(bundle_dir: str, verify: str, max_client_batch_size: int, auto_truncate: bool) -> Any:
     """``Pipeline.load``, without the cold boot's warm-up batch.
 
     The canary has already run the engine's code in this process, so a warm-up
@@ -258,7 +258,12 @@ def _load(bundle_dir: str, verify: str, max_client_batch_size: int) -> Any:
     """
     from zerostart.pipeline import Pipeline
 
-    return Pipeline.load(bundle_dir, verify=verify, max_client_batch_size=max_client_batch_size)
+    return Pipeline.load(
+        bundle_dir,
+        verify=verify,
+        max_client_batch_size=max_client_batch_size,
+        auto_truncate=auto_truncate,
+    )
 
 
 def _assigned(
@@ -276,6 +281,7 @@ def _assigned(
             str(message["bundle"]),
             str(message.get("verify", "fast")),
             config.max_client_batch_size,
+            config.auto_truncate,
         )
         startup.add(pipeline.phases)
     except (ZerostartError, KeyError, TypeError, ValueError) as exc:
