@@ -111,8 +111,9 @@ def test_inference_client_errors_carry_tei_status(embed_worker: Worker) -> None:
     assert info.value.response.status_code == 400
     assert info.value.response.json()["error_type"] == "Empty"
     with pytest.raises(hub.errors.HfHubHTTPError) as info:
-        client.feature_extraction("hello", dimensions=100)
-    assert info.value.response.status_code == 422 and "Matryoshka" in info.value.response.text
+        client.feature_extraction("hello", dimensions=1000)
+    assert info.value.response.status_code == 422
+    assert "smaller than the maximum embedding dimension" in info.value.response.text
 
 
 # -- embeddings: openai ------------------------------------------------------------------
@@ -158,9 +159,14 @@ def test_openai_embeddings_of_token_ids(embed_worker: Worker, minilm_embed_dir: 
     [
         ({"input": ""}, "BadRequestError", 400, "Empty"),
         ({"input": []}, "BadRequestError", 400, "Empty"),
-        ({"input": "hi", "dimensions": 64}, "UnprocessableEntityError", 422, "Validation"),
+        ({"input": "hi", "dimensions": 385}, "UnprocessableEntityError", 422, "Validation"),
         ({"input": [[10**9]]}, "UnprocessableEntityError", 422, "Tokenizer"),
-        ({"input": "word " * 600}, "UnprocessableEntityError", 422, "Validation"),
+        (
+            {"input": "word " * 600, "extra_body": {"truncate": False}},
+            "UnprocessableEntityError",
+            422,
+            "Validation",
+        ),
     ],
 )
 def test_openai_errors(
