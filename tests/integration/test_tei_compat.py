@@ -208,3 +208,28 @@ def test_similarity_bad_direction_is_a_422(w: Worker) -> None:
 def test_embed_sparse_on_a_dense_model_is_tei_424_backend(w: Worker) -> None:
     status, err = w.request("POST", "/embed_sparse", {"inputs": "x"})
     assert (status, err["error_type"]) == (424, "Backend") and "embed_sparse" in err["error"]
+
+
+def test_langchain_openai_embeddings_with_raw_text(w: Worker, minilm_embed_dir: Path) -> None:
+    """langchain-openai's ``OpenAIEmbeddings`` as docs/server.md says to set it up.
+
+    By default it sends tiktoken ids (``check_embedding_ctx_length=True``), which
+    this route reads as the model's own ids, as TEI does; with
+    ``check_embedding_ctx_length=False`` it sends the text and the 400-word chunk
+    is cut by ``--auto-truncate``.
+    """
+    lc = pytest.importorskip("langchain_openai", reason="optional: pip install langchain-openai")
+    emb = lc.OpenAIEmbeddings(
+        model="m", base_url=f"{url(w)}/v1", api_key="unused", check_embedding_ctx_length=False
+    )
+    docs = emb.embed_documents([CHUNK, "short text"])
+    assert close(docs[0], unit(reference(minilm_embed_dir, CHUNK)))
+    assert close(emb.embed_query("short text"), docs[1])
+    cut = lc.OpenAIEmbeddings(
+        model="m",
+        base_url=f"{url(w)}/v1",
+        api_key="unused",
+        check_embedding_ctx_length=False,
+        dimensions=32,
+    )
+    assert close(cut.embed_query(CHUNK), unit(reference(minilm_embed_dir, CHUNK)[:32]))
