@@ -129,3 +129,49 @@ def test_the_document_is_tei_193_and_every_divergence_is_documented() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "server.md").read_text()
     for name in DIVERGENCES:
         assert f"`{name}`" in docs, f"divergence {name} is not listed in docs/server.md"
+
+
+# Fuzzed bodies are mostly refused (a random `dimensions` or token id is usually out of
+# range), so each kind's successful answers are also checked on hand-written valid bodies,
+# the document's own examples among them.
+VALID: dict[str, list[tuple[str, str, Any]]] = {
+    "embedder": [
+        ("POST", "/embed", {"inputs": "What is Deep Learning?"}),
+        ("POST", "/embed", {"inputs": ["a", [101, 7592, 102]], "normalize": False}),
+        ("POST", "/embed", {"inputs": ["a", "b"], "dimensions": 64, "truncate": True}),
+        ("POST", "/embed", {"inputs": "x " * 600, "truncation_direction": "Left"}),
+        ("POST", "/embed_all", {"inputs": ["a", "b c"]}),
+        ("POST", "/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b", "c"]}}),
+        ("POST", "/v1/embeddings", {"input": "What is Deep Learning?"}),
+        ("POST", "/v1/embeddings", {"input": ["a", "b"], "encoding_format": "base64"}),
+        ("POST", "/v1/embeddings", {"input": [[101, 102]], "dimensions": 32, "model": "m"}),
+        ("POST", "/tokenize", {"inputs": ["Köln", "b"], "add_special_tokens": False}),
+        ("POST", "/decode", {"ids": [[101, 7592, 102], [101]]}),
+        ("GET", "/info", None),
+        ("GET", "/health", None),
+        ("GET", "/metrics", None),
+    ],
+    "classifier": [
+        ("POST", "/predict", {"inputs": "What is Deep Learning?"}),
+        ("POST", "/predict", {"inputs": ["a", "b"], "raw_scores": True}),
+        ("POST", "/predict", {"inputs": [["a"], ["b", "c"]], "truncate": True}),
+        ("GET", "/info", None),
+    ],
+    "reranker": [
+        ("POST", "/rerank", {"query": "q", "texts": ["a", "b"], "return_text": True}),
+        ("POST", "/rerank", {"query": "q", "texts": ["a"], "raw_scores": True}),
+        ("POST", "/predict", {"inputs": "a"}),
+        ("GET", "/info", None),
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(VALID))
+def test_successful_answers_match_the_document(kind: str, request: pytest.FixtureRequest) -> None:
+    worker: Worker = request.getfixturevalue(kind)
+    for method, path, body in VALID[kind]:
+        operation = schema[path][method]
+        case = operation.Case(body=body) if body is not None else operation.Case()
+        response = case.call(base_url=f"http://127.0.0.1:{worker.port}", timeout=30)
+        assert response.status_code == 200, (path, body, response.text)
+        case.validate_response(response, checks=CHECKS)
