@@ -86,7 +86,8 @@ def parse_args(
         "--max-client-batch-size",
         type=int,
         default=d.max_client_batch_size,
-        help="inputs allowed in one request before 413 (default %(default)s)",
+        help="inputs allowed in one request; more is 422 Validation, as in TEI"
+        " (default %(default)s)",
     )
     auto_truncate = d.auto_truncate
     if os.environ.get("AUTO_TRUNCATE"):
