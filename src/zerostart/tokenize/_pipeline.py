@@ -155,16 +155,26 @@ class Tokenizer:
 
     # -- encoding --------------------------------------------------------------
     def encode(
-        self, text: str, pair: str | None = None, *, max_length: int | None = None
+        self,
+        text: str,
+        pair: str | None = None,
+        *,
+        max_length: int | None = None,
+        left: bool | None = None,
     ) -> Encoding:
-        """Encode one text or a pair with the post-processor's specials; truncate to max_length."""
+        """Encode one text or a pair with the post-processor's specials; truncate to max_length.
+
+        ``left``: keep the end of the text (tokenizers' direction "left"); None
+        takes tokenizer.json's ``truncation.direction`` (``self.direction``).
+        """
         a = self._sequence(text)
         b = self._sequence(pair) if pair is not None else None
         specials = self._post.added(b is not None)
         untruncated = len(a.ids) + (len(b.ids) if b is not None else 0) + specials
         cut = False
         if max_length is not None:
-            cut = truncate(a, b, budget(max_length, specials), self.direction)
+            keep_end = self.direction == "left" if left is None else left
+            cut = truncate(a, b, budget(max_length, specials), keep_end)
         return self._post.apply(a, b, truncated=cut, untruncated=untruncated)
 
     def encode_batch(
