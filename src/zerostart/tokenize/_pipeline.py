@@ -25,6 +25,8 @@ from typing import Any
 
 from zerostart.errors import TokenizerError
 from zerostart.tokenize._base import Decoder, Model, PreTokenizer
+from zerostart.tokenize._bpe import BPE
+from zerostart.tokenize._bytelevel import ByteLevelDecoder, byte_level
 from zerostart.tokenize._compiled import CompiledFile
 from zerostart.tokenize._encoding import TRUNCATION_DIRECTIONS, Encoding, Tokens, budget, truncate
 from zerostart.tokenize._normalize import _SPACE
@@ -37,13 +39,16 @@ TABLES_NAME = "tokenizer.bin"
 
 MODELS: dict[str, Callable[[dict[str, Any], CompiledFile], Model]] = {
     "Unigram": lambda meta, tables: Unigram(tables, meta),
+    "BPE": lambda meta, tables: BPE(tables, meta),
 }
 PRE_TOKENIZERS: dict[str, Callable[[dict[str, Any]], PreTokenizer]] = {
     "Metaspace": metaspace,
     "WhitespaceSplit": lambda _spec: WhitespaceSplit(),
+    "ByteLevel": byte_level,
 }
 DECODERS: dict[str, Callable[[dict[str, Any]], Decoder]] = {
     "Metaspace": metaspace_decoder,
+    "ByteLevel": lambda _spec: ByteLevelDecoder(),
 }
 
 

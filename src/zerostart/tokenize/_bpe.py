@@ -1,0 +1,229 @@
+"""The BPE model: merges applied by rank, per pre-tokenised piece, memoised.
+
+Theory of operation (Hugging Face `tokenizers`, ``models/bpe/word.rs``). A
+piece starts as one symbol per byte character. Of all adjacent pairs that have a
+merge, the one with the lowest rank is merged, the leftmost first among equal
+ranks; repeat until no pair has a merge. `tokenizers` keeps the candidates in a
+heap keyed by (rank, position) and skips stale entries; with a vocabulary whose
+ids name distinct strings that is exactly "merge the lowest (rank, position)
+pair of the current symbols", which we do with a scan for short pieces and with
+the same heap for long ones (a 10,000-byte run without spaces would otherwise
+cost a quadratic number of scans).
+
+A merge is looked up by one integer key ``left_id * KEY_BASE + right_id``; its
+value is ``rank * KEY_BASE + new_id``, so comparing values compares ranks.
+
+Tables (``tokenizer.bin`` sections, written by ``compile_bpe``):
+
+* ``pieces`` + ``piece_offsets``: token ``i`` is UTF-8 bytes
+  ``pieces[piece_offsets[i]:piece_offsets[i + 1]]``; the trie over them
+  (``trie_first``, ``trie_labels``, ``trie_value``, as ``_unigram.build_trie``)
+  answers ``token_to_id`` without building a dict;
+* ``merge_keys`` / ``merge_values``: uint64, one per merge in rank order; the
+  merge dict is built from them at load (a C-level ``dict(zip(...))``: about
+  3 ms for 50,000 merges, see docs/tokenizer.md);
+* ``byte_ids``: uint32 x 256, the id of each byte's character.
+
+Runtime module: standard library only.
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from zerostart.errors import TokenizerError
+from zerostart.tokenize._base import Pieces
+from zerostart.tokenize._bytelevel import BYTE_TO_CHAR
+from zerostart.tokenize._compiled import CompiledFile, Section
+from zerostart.tokenize._unigram import build_trie
+
+# Ids fit in 32 bits (the compiled file stores them as uint32).
+KEY_BASE = 1 << 32
+# Pieces up to this many symbols are merged by scanning; longer ones with a heap.
+SCAN_MAX_SYMBOLS = 48
+# Memoised pieces; cleared when full (the same bound `tokenizers` uses: 10,000).
+CACHE_SIZE_PIECES = 10_000
+# `tokenizers` does not memoise pieces of this many bytes or more; neither do we.
+CACHE_MAX_PIECE_BYTES = 256
+
+
+def merge(ids: list[int], lengths: list[int], merges: dict[int, int]) -> None:
+    """Apply the merges to ``ids`` (symbol ids) and ``lengths`` (their byte lengths), in place."""
+    if len(ids) > SCAN_MAX_SYMBOLS:
+        _merge_heap(ids, lengths, merges)
+        return
+    get = merges.get
+    while len(ids) > 1:
+        best = -1
+        best_value = 0
+        for i in range(len(ids) - 1):
+            v = get(ids[i] * KEY_BASE + ids[i + 1])
+            if v is not None and (best < 0 or v < best_value):
+                best, best_value = i, v
+        if best < 0:
+            return
+        ids[best] = best_value % KEY_BASE
+        lengths[best] += lengths[best + 1]
+        del ids[best + 1], lengths[best + 1]
+
+
+def _merge_heap(ids: list[int], lengths: list[int], merges: dict[int, int]) -> None:
+    """The same result as the scan, in O(n log n): a heap of (value, position) and a linked list."""
+    n = len(ids)
+    nxt = list(range(1, n + 1))
+    prev = list(range(-1, n - 1))
+    alive = [True] * n
+    get = merges.get
+    heap = [(v, i) for i in range(n - 1) if (v := get(ids[i] * KEY_BASE + ids[i + 1])) is not None]
+    heapq.heapify(heap)
+    while heap:
+        value, i = heapq.heappop(heap)
+        j = nxt[i]
+        if not alive[i] or j >= n or get(ids[i] * KEY_BASE + ids[j]) != value:
+            continue  # stale: one side has merged since this entry was pushed
+        ids[i] = value % KEY_BASE
+        lengths[i] += lengths[j]
+        alive[j] = False
+        k = nxt[j]
+        nxt[i] = k
+        if k < n:
+            prev[k] = i
+        p = prev[i]
+        if p >= 0 and (v := get(ids[p] * KEY_BASE + ids[i])) is not None:
+            heapq.heappush(heap, (v, p))
+        if k < n and (v := get(ids[i] * KEY_BASE + ids[k])) is not None:
+            heapq.heappush(heap, (v, i))
+    kept = [i for i in range(n) if alive[i]]
+    ids[:] = [ids[i] for i in kept]
+    lengths[:] = [lengths[i] for i in kept]
+
+
+def compile_bpe(
+    vocab: dict[str, int], merges: Sequence[tuple[str, str]], *, ignore_merges: bool
+) -> tuple[dict[str, Any], dict[str, Section]]:
+    """(meta, sections) of ``tokenizer.bin`` for a byte-level BPE vocabulary and its merges.
+
+    Raises TokenizerError for what a byte-level BPE cannot be: ids that are not
+    0..n-1, a byte character missing from the vocabulary (`tokenizers` would
+    drop or ``unk`` that byte; we refuse), a merge of unknown tokens or whose
+    result is not in the vocabulary.
+    """
+    n = len(vocab)
+    by_id: list[str | None] = [None] * n
+    for token, i in vocab.items():
+        if not isinstance(i, int) or not 0 <= i < n or by_id[i] is not None:
+            raise TokenizerError(
+                f"BPE vocabulary ids are not 0..{n - 1} once each ({token!r}: {i!r})"
+            )
+        by_id[i] = token
+    missing = [c for c in BYTE_TO_CHAR if c not in vocab]
+    if missing:
+        raise TokenizerError(
+            f"a byte-level BPE vocabulary without the byte characters {missing[:8]}"
+        )
+    blob = bytearray()
+    offsets = array("I", [0])
+    keys: dict[bytes, int] = {}
+    for i, name in enumerate(by_id):
+        raw = str(name).encode("utf-8")
+        blob += raw
+        offsets.append(len(blob))
+        keys[raw] = i
+    first, labels, value = build_trie(keys)
+    merge_keys = array("Q")
+    merge_values = array("Q")
+    seen: set[int] = set()
+    for rank, (left, right) in enumerate(merges):
+        a, b, new = vocab.get(left), vocab.get(right), vocab.get(left + right)
+        if a is None or b is None or new is None:
+            raise TokenizerError(
+                f"merge {rank} ({left!r}, {right!r}) names a token not in the vocabulary"
+            )
+        key = a * KEY_BASE + b
+        if key in seen:  # tokenizers keeps the later rank; a file that relies on it is odd
+            raise TokenizerError(f"merge {rank} ({left!r}, {right!r}) is listed twice")
+        seen.add(key)
+        merge_keys.append(key)
+        merge_values.append(rank * KEY_BASE + new)
+    meta: dict[str, Any] = {"vocab_size": n, "merges": len(merges), "ignore_merges": ignore_merges}
+    sections: dict[str, Section] = {
+        "pieces": bytes(blob),
+        "piece_offsets": offsets,
+        "trie_first": first,
+        "trie_labels": bytes(labels),
+        "trie_value": value,
+        "merge_keys": merge_keys,
+        "merge_values": merge_values,
+        "byte_ids": array("I", [vocab[c] for c in BYTE_TO_CHAR]),
+    }
+    return meta, sections
+
+
+class BPE:
+    """Byte-level BPE over a mapped ``tokenizer.bin`` (``_base.Model``); words are byte characters."""
+
+    def __init__(self, tables: CompiledFile, meta: dict[str, Any]) -> None:
+        self.vocab_size = int(meta["vocab_size"])
+        self._blob = tables.section("pieces")
+        self._offsets = tables.section("piece_offsets")
+        self._first = tables.section("trie_first")
+        self._labels = bytes(tables.section("trie_labels"))  # bytes.find needs a bytes object
+        self._value = tables.section("trie_value")
+        keys, values = tables.section("merge_keys"), tables.section("merge_values")
+        byte_ids = tables.section("byte_ids")
+        if (
+            len(self._offsets) != self.vocab_size + 1
+            or len(keys) != len(values)
+            or len(keys) != int(meta["merges"])
+            or len(byte_ids) != len(BYTE_TO_CHAR)
+        ):
+            raise TokenizerError(f"{tables.path}: BPE tables do not match their header")
+        self._merges: dict[int, int] = dict(zip(keys, values, strict=True))
+        self._char_ids = {c: byte_ids[b] for b, c in enumerate(BYTE_TO_CHAR)}
+        self._ignore_merges = bool(meta.get("ignore_merges"))
+        self._cache: dict[str, Pieces] = {}
+
+    # -- vocabulary -----------------------------------------------------------
+    def id_to_token(self, i: int) -> str | None:
+        if not 0 <= i < self.vocab_size:
+            return None
+        return bytes(self._blob[self._offsets[i] : self._offsets[i + 1]]).decode("utf-8")
+
+    def token_to_id(self, token: str) -> int | None:
+        node = 0
+        first, find = self._first, self._labels.find
+        for byte in token.encode("utf-8"):
+            node = find(byte, first[node], first[node + 1])
+            if node < 0:
+                return None
+        v = self._value[node] if node else -1
+        return v if v >= 0 else None
+
+    # -- segmentation ---------------------------------------------------------
+    def pieces(self, word: str) -> Pieces:
+        """One word's tokens; ``word`` is byte characters, spans count them (bytes)."""
+        found = self._cache.get(word)
+        if found is not None:
+            return found
+        if self._ignore_merges and (whole := self.token_to_id(word)) is not None:
+            result: Pieces = ((whole,), (word,), ((0, len(word)),))
+        else:
+            char_ids = self._char_ids
+            ids = [char_ids[c] for c in word]
+            lengths = [1] * len(ids)
+            merge(ids, lengths, self._merges)
+            spans = []
+            pos = 0
+            for n in lengths:
+                spans.append((pos, pos + n))
+                pos += n
+            token = self.id_to_token
+            result = (tuple(ids), tuple(str(token(i)) for i in ids), tuple(spans))
+        if len(word) < CACHE_MAX_PIECE_BYTES:
+            if len(self._cache) >= CACHE_SIZE_PIECES:
+                self._cache.clear()
+            self._cache[word] = result
+        return result
