@@ -57,7 +57,12 @@ class AddedTokens:
 
     Leftmost-longest matching (aho-corasick ``LeftmostLongest``); ``lstrip`` /
     ``rstrip`` widen a match over the whitespace before / after it (the token's
-    text and offsets then include that whitespace).
+    text and offsets then include that whitespace). Two passes, as tokenizers'
+    ``extract_and_normalize``: tokens with ``normalized: false`` (the specials)
+    first over the whole text, then those with ``normalized: true`` within the
+    gaps (convert refuses the latter when a normaliser would change the gaps).
+    So ``"[MASK]  [MASK]"`` with ``[MASK]`` lstrip and ``"  "`` an added token
+    gives two ``[MASK]``, the second one over the spaces.
     """
 
     def __init__(self, entries: Sequence[dict[str, Any]]) -> None:
@@ -66,17 +71,44 @@ class AddedTokens:
             self.by_content[str(e["content"])] = e
         self.by_id = {int(e["id"]): str(e["content"]) for e in entries}
         self.special_ids = frozenset(int(e["id"]) for e in entries if e.get("special"))
-        ordered = sorted(self.by_content, key=len, reverse=True)
-        self._re = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-        self._firsts = tuple(sorted({c[0] for c in ordered}))
+        # tokenizers' default: special tokens are matched raw, others after normalisation.
+        passes = (
+            [
+                c
+                for c, e in self.by_content.items()
+                if not e.get("normalized", not e.get("special"))
+            ],
+            [c for c, e in self.by_content.items() if e.get("normalized", not e.get("special"))],
+        )
+        self._passes = [
+            (
+                re.compile("|".join(map(re.escape, sorted(p, key=len, reverse=True)))),
+                tuple({c[0] for c in p}),
+            )
+            for p in passes
+            if p
+        ]
 
     def split(self, text: str) -> list[tuple[int, int, int | None]]:
         """(start, end, id) pieces covering ``text``; id None for ordinary text."""
-        if self._re is None or not any(c in text for c in self._firsts):
-            return [(0, len(text), None)] if text else []
+        out: list[tuple[int, int, int | None]] = [(0, len(text), None)] if text else []
+        for pattern, firsts in self._passes:
+            done: list[tuple[int, int, int | None]] = []
+            for start, end, added in out:
+                if added is not None or not any(c in text[start:end] for c in firsts):
+                    done.append((start, end, added))
+                else:
+                    done += [
+                        (a + start, b + start, i)
+                        for a, b, i in self._find(pattern, text[start:end])
+                    ]
+            out = done
+        return out
+
+    def _find(self, pattern: re.Pattern[str], text: str) -> list[tuple[int, int, int | None]]:
         out: list[tuple[int, int, int | None]] = []
         pos = 0
-        for m in self._re.finditer(text):
+        for m in pattern.finditer(text):
             start, end = m.span()
             entry = self.by_content[m.group()]
             if entry.get("lstrip"):

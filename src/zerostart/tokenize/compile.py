@@ -150,9 +150,12 @@ def compile_tokenizer_json(
         content = token.get("content")
         if token.get("single_word"):
             raise refuse(f"added token {content!r} with single_word=true")
-        if token.get("normalized") and normalizer is not None:
+        # tokenizers' default: special tokens match the raw text, others the normalised one
+        normalized = bool(token.get("normalized", not token.get("special")))
+        if normalized and normalizer is not None:
             raise refuse(f"added token {content!r} matched after normalisation (normalized=true)")
-        added.append({k: token.get(k) for k in ("id", "content", "lstrip", "rstrip", "special")})
+        entry = {k: token.get(k) for k in ("id", "content", "lstrip", "rstrip", "special")}
+        added.append({**entry, "normalized": normalized})
     truncation = data.get("truncation") or {}
     try:
         meta, model_sections = MODEL_COMPILERS[kind](model)
