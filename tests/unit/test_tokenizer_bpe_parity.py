@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bpe_tokenizers import KINDS, trained
 from test_tokenizer_parity import _random_texts
 from tokenizer_corpus import corpus, pairs
 
+from bpe_tokenizers import KINDS, trained
 from zerostart.tokenize import Encoding, Tokenizer
 from zerostart.tokenize.compile import compile_tokenizer_json
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import heapq
 from array import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from zerostart.errors import TokenizerError
@@ -184,7 +184,12 @@ class BPE:
         self._merges: dict[int, int] = dict(zip(keys, values, strict=True))
         self._char_ids = {c: byte_ids[b] for b, c in enumerate(BYTE_TO_CHAR)}
         self._ignore_merges = bool(meta.get("ignore_merges"))
-        self._cache: dict[str, Pieces] = {}
+        # A hit is a C-level dict lookup (no Python frame): most words are hits.
+        self._cache = _PieceCache(self._merge_word)
+        self.pieces: Callable[[str], Pieces] = self._cache.__getitem__
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
 
     # -- vocabulary -----------------------------------------------------------
     def id_to_token(self, i: int) -> str | None:
@@ -203,27 +208,34 @@ class BPE:
         return v if v >= 0 else None
 
     # -- segmentation ---------------------------------------------------------
-    def pieces(self, word: str) -> Pieces:
-        """One word's tokens; ``word`` is byte characters, spans count them (bytes)."""
-        found = self._cache.get(word)
-        if found is not None:
-            return found
+    def _merge_word(self, word: str) -> Pieces:
+        """One word's tokens (``pieces`` memoises this); ``word`` is byte characters."""
         if self._ignore_merges and (whole := self.token_to_id(word)) is not None:
-            result: Pieces = ((whole,), (word,), ((0, len(word)),))
-        else:
-            char_ids = self._char_ids
-            ids = [char_ids[c] for c in word]
-            lengths = [1] * len(ids)
-            merge(ids, lengths, self._merges)
-            spans = []
-            pos = 0
-            for n in lengths:
-                spans.append((pos, pos + n))
-                pos += n
-            token = self.id_to_token
-            result = (tuple(ids), tuple(str(token(i)) for i in ids), tuple(spans))
+            return (whole,), (word,), ((0, len(word)),)
+        char_ids = self._char_ids
+        ids = [char_ids[c] for c in word]
+        lengths = [1] * len(ids)
+        merge(ids, lengths, self._merges)
+        spans = []
+        pos = 0
+        for n in lengths:
+            spans.append((pos, pos + n))
+            pos += n
+        token = self.id_to_token
+        return tuple(ids), tuple(str(token(i)) for i in ids), tuple(spans)
+
+
+class _PieceCache(dict[str, Pieces]):
+    """word -> its tokens, computed on first sight; cleared when full."""
+
+    def __init__(self, compute: Callable[[str], Pieces]) -> None:
+        super().__init__()
+        self._compute = compute
+
+    def __missing__(self, word: str) -> Pieces:
+        result = self._compute(word)
         if len(word) < CACHE_MAX_PIECE_BYTES:
-            if len(self._cache) >= CACHE_SIZE_PIECES:
-                self._cache.clear()
-            self._cache[word] = result
+            if len(self) >= CACHE_SIZE_PIECES:
+                self.clear()
+            self[word] = result
         return result

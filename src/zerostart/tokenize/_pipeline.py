@@ -18,6 +18,8 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -235,16 +237,29 @@ class Tokenizer:
         if self._normalizer is not None:
             text, align = self._normalizer.normalize(text, None)
         text, align, spans = self._pre.split(text, align, at_start=base == 0)
-        pieces = self.model.pieces
-        for k, (a, b) in enumerate(spans, word):
-            ids, tokens, offsets = pieces(text[a:b])
-            seq.ids += ids
-            seq.tokens += tokens
-            if align is None:
-                seq.offsets += [(a + s + base, a + e + base) for s, e in offsets]
-            else:
-                seq.offsets += [
-                    (align[a + s] + base, align[a + e - 1] + 1 + base) for s, e in offsets
-                ]
-            seq.word_ids += [k] * len(ids)
+        # Whole-segment C-level passes (map / chain) rather than a loop per word:
+        # this is the worker's hot path, and a per-word loop costs twice as much.
+        words = list(map(self.model.pieces, map(text.__getitem__, itertools.starmap(slice, spans))))
+        ids = list(map(_first, words))
+        seq.ids += itertools.chain.from_iterable(ids)
+        seq.tokens += itertools.chain.from_iterable(map(_second, words))
+        if align is None:
+            seq.offsets += [
+                (a + s + base, a + e + base)
+                for (a, _), w in zip(spans, words, strict=True)
+                for s, e in w[2]
+            ]
+        else:
+            seq.offsets += [
+                (align[a + s] + base, align[a + e - 1] + 1 + base)
+                for (a, _), w in zip(spans, words, strict=True)
+                for s, e in w[2]
+            ]
+        seq.word_ids += itertools.chain.from_iterable(
+            map(itertools.repeat, range(word, word + len(words)), map(len, ids))
+        )
         return word + len(spans)
+
+
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)
