@@ -53,7 +53,7 @@ def _training_text() -> Iterator[str]:
         yield from text.splitlines()
 
 
-def _train(kind: str) -> Any:
+def _train(kind: str, vocab_size: int) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     prefix = kind == "roberta-prefix"
@@ -65,7 +65,7 @@ def _train(kind: str) -> Any:
     else:
         specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -95,11 +95,11 @@ def _train(kind: str) -> Any:
     return tok
 
 
-def trained(kind: str, folder: Path) -> Path:
-    """``folder/<kind>.json``: the trained tokenizer, trained on first use."""
-    path = folder / f"{kind}.json"
+def trained(kind: str, folder: Path, vocab_size: int = VOCAB_SIZE) -> Path:
+    """``folder/<kind>-<vocab_size>.json``: the trained tokenizer, trained on first use."""
+    path = folder / f"{kind}-{vocab_size}.json"
     if not path.exists():
         tmp = path.with_suffix(".tmp")
-        _train(kind).save(str(tmp))
+        _train(kind, vocab_size).save(str(tmp))
         tmp.replace(path)
     return path
