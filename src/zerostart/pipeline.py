@@ -28,7 +28,7 @@ from zerostart.api import Job
 from zerostart.errors import EngineError
 from zerostart.model.bundle import Bundle
 from zerostart.model.manifest import Manifest
-from zerostart.tokenize import Encoding, WordPieceTokenizer
+from zerostart.tokenize import Encoding, Tokenizer, WordPieceTokenizer, load_tokenizer
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 32  # inputs per request, TEI's --max-client-batch-size default
 DEFAULT_MAX_BATCH_SEQUENCES = 32  # sequences per engine call; bigger batches gain little on CPU
@@ -49,7 +49,7 @@ class Pipeline:
     def __init__(
         self,
         bundle: Bundle,
-        tokenizer: WordPieceTokenizer,
+        tokenizer: WordPieceTokenizer | Tokenizer,
         engine: Engine,
         *,
         phases: dict[str, float] | None = None,
@@ -80,7 +80,7 @@ class Pipeline:
         bundle = Bundle.open(os.fspath(bundle_dir), verify=verify)
         t1 = time.perf_counter()
         phases["bundle_map"] = t1 - t0
-        tokenizer = WordPieceTokenizer.from_files(bundle.vocab_path, bundle.manifest.tokenizer)
+        tokenizer = load_tokenizer(bundle.path, bundle.manifest.tokenizer)
         t2 = time.perf_counter()
         phases["tokenizer"] = t2 - t1
         engine = _make_engine(bundle)
