@@ -23,6 +23,7 @@ seconds; ``trained(kind, folder)`` caches the file in ``folder``.
 
 from __future__ import annotations
 
+import importlib.util
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,11 +34,20 @@ KINDS = ("roberta", "roberta-prefix", "modernbert")
 MAX_TRAINING_BYTES = 24_000_000
 
 
-def _training_text() -> Iterator[str]:
-    from tokenizer_corpus import corpus
+def _corpus() -> list[str]:
+    """tests/unit/tokenizer_corpus.py's corpus (imported by path: tests/unit is not a package)."""
+    path = Path(__file__).parent / "unit" / "tokenizer_corpus.py"
+    spec = importlib.util.spec_from_file_location("tokenizer_corpus", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return list(module.corpus())
 
+
+def _training_text() -> Iterator[str]:
+    corpus = _corpus()
     for _ in range(20):  # weight the multilingual corpus up against the English library text
-        yield from corpus()
+        yield from corpus
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     total = 0
     for path in sorted(stdlib.glob("**/*.py")):
