@@ -10,8 +10,12 @@ pair of the current symbols", which we do with a scan for short pieces and with
 the same heap for long ones (a 10,000-byte run without spaces would otherwise
 cost a quadratic number of scans).
 
-A merge is looked up by one integer key ``left_id * KEY_BASE + right_id``; its
-value is ``rank * KEY_BASE + new_id``, so comparing values compares ranks.
+A merge is looked up as ``by_left[left_id].get(right_id)``; its value is
+``rank * KEY_BASE + new_id``, so comparing values compares ranks. ``by_left``
+builds the small dict of one left id's merges from the mapped arrays the first
+time that id is looked up: nothing is built at load (a dict of all 50,000
+merges costs 3 ms on a quiet machine and 15-90 ms on a busy one), and a text
+only ever touches a few thousand left ids.
 
 Tables (``tokenizer.bin`` sections, written by ``compile_bpe``):
 
@@ -19,9 +23,9 @@ Tables (``tokenizer.bin`` sections, written by ``compile_bpe``):
   ``pieces[piece_offsets[i]:piece_offsets[i + 1]]``; the trie over them
   (``trie_first``, ``trie_labels``, ``trie_value``, as ``_unigram.build_trie``)
   answers ``token_to_id`` without building a dict;
-* ``merge_keys`` / ``merge_values``: uint64, one per merge in rank order; the
-  merge dict is built from them at load (a C-level ``dict(zip(...))``: about
-  3 ms for 50,000 merges, see docs/tokenizer.md);
+* merges sorted by (left, right): left id ``l``'s are entries
+  ``merge_starts[l] .. merge_starts[l + 1] - 1`` of ``merge_rights`` (uint32,
+  the right ids) and ``merge_values`` (uint64, rank and new id as above);
 * ``byte_ids``: uint32 x 256, the id of each byte's character.
 
 Runtime module: standard library only.
@@ -50,17 +54,19 @@ CACHE_SIZE_PIECES = 10_000
 CACHE_MAX_PIECE_BYTES = 256
 
 
-def merge(ids: list[int], lengths: list[int], merges: dict[int, int]) -> None:
+MergeTable = Callable[[int], dict[int, int]]  # left id -> {right id: rank * KEY_BASE + new id}
+
+
+def merge(ids: list[int], lengths: list[int], by_left: MergeTable) -> None:
     """Apply the merges to ``ids`` (symbol ids) and ``lengths`` (their byte lengths), in place."""
     if len(ids) > SCAN_MAX_SYMBOLS:
-        _merge_heap(ids, lengths, merges)
+        _merge_heap(ids, lengths, by_left)
         return
-    get = merges.get
     while len(ids) > 1:
         best = -1
         best_value = 0
         for i in range(len(ids) - 1):
-            v = get(ids[i] * KEY_BASE + ids[i + 1])
+            v = by_left(ids[i]).get(ids[i + 1])
             if v is not None and (best < 0 or v < best_value):
                 best, best_value = i, v
         if best < 0:
@@ -70,19 +76,18 @@ def merge(ids: list[int], lengths: list[int], merges: dict[int, int]) -> None:
         del ids[best + 1], lengths[best + 1]
 
 
-def _merge_heap(ids: list[int], lengths: list[int], merges: dict[int, int]) -> None:
+def _merge_heap(ids: list[int], lengths: list[int], by_left: MergeTable) -> None:
     """The same result as the scan, in O(n log n): a heap of (value, position) and a linked list."""
     n = len(ids)
     nxt = list(range(1, n + 1))
     prev = list(range(-1, n - 1))
     alive = [True] * n
-    get = merges.get
-    heap = [(v, i) for i in range(n - 1) if (v := get(ids[i] * KEY_BASE + ids[i + 1])) is not None]
+    heap = [(v, i) for i in range(n - 1) if (v := by_left(ids[i]).get(ids[i + 1])) is not None]
     heapq.heapify(heap)
     while heap:
         value, i = heapq.heappop(heap)
         j = nxt[i]
-        if not alive[i] or j >= n or get(ids[i] * KEY_BASE + ids[j]) != value:
+        if not alive[i] or j >= n or by_left(ids[i]).get(ids[j]) != value:
             continue  # stale: one side has merged since this entry was pushed
         ids[i] = value % KEY_BASE
         lengths[i] += lengths[j]
@@ -92,13 +97,26 @@ def _merge_heap(ids: list[int], lengths: list[int], merges: dict[int, int]) -> N
         if k < n:
             prev[k] = i
         p = prev[i]
-        if p >= 0 and (v := get(ids[p] * KEY_BASE + ids[i])) is not None:
+        if p >= 0 and (v := by_left(ids[p]).get(ids[i])) is not None:
             heapq.heappush(heap, (v, p))
-        if k < n and (v := get(ids[i] * KEY_BASE + ids[k])) is not None:
+        if k < n and (v := by_left(ids[i]).get(ids[k])) is not None:
             heapq.heappush(heap, (v, i))
     kept = [i for i in range(n) if alive[i]]
     ids[:] = [ids[i] for i in kept]
     lengths[:] = [lengths[i] for i in kept]
+
+
+class _MergesByLeft(dict[int, dict[int, int]]):
+    """left id -> its merges, each built from the mapped arrays on first lookup."""
+
+    def __init__(self, starts: memoryview, rights: memoryview, values: memoryview) -> None:
+        super().__init__()
+        self._starts, self._rights, self._values = starts, rights, values
+
+    def __missing__(self, left: int) -> dict[int, int]:
+        lo, hi = self._starts[left], self._starts[left + 1]
+        found = self[left] = dict(zip(self._rights[lo:hi], self._values[lo:hi], strict=True))
+        return found
 
 
 def compile_bpe(
@@ -133,21 +151,25 @@ def compile_bpe(
         offsets.append(len(blob))
         keys[raw] = i
     first, labels, value = build_trie(keys)
-    merge_keys = array("Q")
-    merge_values = array("Q")
-    seen: set[int] = set()
+    entries: dict[tuple[int, int], int] = {}
     for rank, (left, right) in enumerate(merges):
         a, b, new = vocab.get(left), vocab.get(right), vocab.get(left + right)
         if a is None or b is None or new is None:
             raise TokenizerError(
                 f"merge {rank} ({left!r}, {right!r}) names a token not in the vocabulary"
             )
-        key = a * KEY_BASE + b
-        if key in seen:  # tokenizers keeps the later rank; a file that relies on it is odd
+        if (a, b) in entries:  # tokenizers keeps the later rank; a file that relies on it is odd
             raise TokenizerError(f"merge {rank} ({left!r}, {right!r}) is listed twice")
-        seen.add(key)
-        merge_keys.append(key)
-        merge_values.append(rank * KEY_BASE + new)
+        entries[a, b] = rank * KEY_BASE + new
+    starts = array("I", [0] * (n + 1))
+    rights = array("I")
+    values = array("Q")
+    for (a, b), v in sorted(entries.items()):
+        starts[a + 1] += 1
+        rights.append(b)
+        values.append(v)
+    for i in range(n):
+        starts[i + 1] += starts[i]
     meta: dict[str, Any] = {"vocab_size": n, "merges": len(merges), "ignore_merges": ignore_merges}
     sections: dict[str, Section] = {
         "pieces": bytes(blob),
@@ -155,8 +177,9 @@ def compile_bpe(
         "trie_first": first,
         "trie_labels": bytes(labels),
         "trie_value": value,
-        "merge_keys": merge_keys,
-        "merge_values": merge_values,
+        "merge_starts": starts,
+        "merge_rights": rights,
+        "merge_values": values,
         "byte_ids": array("I", [vocab[c] for c in BYTE_TO_CHAR]),
     }
     return meta, sections
@@ -172,16 +195,19 @@ class BPE:
         self._first = tables.section("trie_first")
         self._labels = bytes(tables.section("trie_labels"))  # bytes.find needs a bytes object
         self._value = tables.section("trie_value")
-        keys, values = tables.section("merge_keys"), tables.section("merge_values")
+        starts = tables.section("merge_starts")
+        rights, values = tables.section("merge_rights"), tables.section("merge_values")
         byte_ids = tables.section("byte_ids")
         if (
             len(self._offsets) != self.vocab_size + 1
-            or len(keys) != len(values)
-            or len(keys) != int(meta["merges"])
+            or len(starts) != self.vocab_size + 1
+            or len(rights) != len(values)
+            or len(rights) != int(meta["merges"])
+            or starts[-1] != len(rights)
             or len(byte_ids) != len(BYTE_TO_CHAR)
         ):
             raise TokenizerError(f"{tables.path}: BPE tables do not match their header")
-        self._merges: dict[int, int] = dict(zip(keys, values, strict=True))
+        self._by_left = _MergesByLeft(starts, rights, values).__getitem__
         self._char_ids = {c: byte_ids[b] for b, c in enumerate(BYTE_TO_CHAR)}
         self._ignore_merges = bool(meta.get("ignore_merges"))
         # A hit is a C-level dict lookup (no Python frame): most words are hits.
@@ -215,7 +241,7 @@ class BPE:
         char_ids = self._char_ids
         ids = [char_ids[c] for c in word]
         lengths = [1] * len(ids)
-        merge(ids, lengths, self._merges)
+        merge(ids, lengths, self._by_left)
         spans = []
         pos = 0
         for n in lengths:
