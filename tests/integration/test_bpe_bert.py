@@ -1,13 +1,13 @@
-"""A BERT encoder with a byte-level BPE tokenizer, converted and served by a real worker.
+"""Encoders with a byte-level BPE tokenizer, converted and served by a real worker.
 
-RoBERTa itself cannot run on today's BERT engine (its position ids start after
-the padding id), so this checks the tokenizer's end-to-end path on a model the
-engines do run: a seeded random-weight ``BertModel`` (mean pooling, a
-sentence-transformers layout) whose tokenizer.json is the RoBERTa-layout
-byte-level BPE trained by tests/bpe_tokenizers.py (40,005 tokens, so the
-embedding table has 40,005 rows). References: Hugging Face `tokenizers` on the
-same tokenizer.json for /tokenize and /decode (TEI's own tokenizer), PyTorch +
-transformers' ``BertModel`` on `tokenizers`' ids for /embed.
+Two seeded random-weight models (mean pooling, a sentence-transformers layout)
+whose tokenizer.json is the RoBERTa-layout byte-level BPE trained by
+tests/bpe_tokenizers.py (40,005 tokens, so the embedding table has 40,005
+rows): a ``BertModel``, and a ``RobertaModel`` (positions from padding_idx + 1,
+which convert maps onto the BERT engine): a RoBERTa checkpoint end to end.
+References: Hugging Face `tokenizers` on the same tokenizer.json for /tokenize
+and /decode (TEI's own tokenizer), PyTorch + transformers' ``AutoModel`` on
+`tokenizers`' ids for /embed.
 """
 
 from __future__ import annotations
@@ -36,26 +36,26 @@ TEXTS = (
 )
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A BertModel folder with the trained RoBERTa-layout tokenizer (seeded weights)."""
+@pytest.fixture(scope="module", params=["bert", "roberta"])
+def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BertModel / RobertaModel folder with the trained RoBERTa-layout tokenizer."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
-    out = tmp_path_factory.mktemp("bpe-bert")
-    tokenizer_json = trained("roberta", tmp_path_factory.mktemp("bpe-tokenizer"))
+    out = tmp_path_factory.mktemp(f"bpe-{request.param}")
+    shared = tmp_path_factory.getbasetemp() / "bpe-tokenizer"  # trained once per session
+    shared.mkdir(exist_ok=True)
+    tokenizer_json = trained("roberta", shared)
     vocab_size = tokenizers.Tokenizer.from_file(str(tokenizer_json)).get_vocab_size()
     torch.manual_seed(20261207)
-    config = transformers.BertConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=512,
-        pad_token_id=1,  # RoBERTa's <pad>
-    )
-    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+    shape = {"vocab_size": vocab_size, "hidden_size": 64, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "intermediate_size": 128, "pad_token_id": 1}  # fmt: skip
+    if request.param == "roberta":  # 2 position rows before position 0 (padding_idx + 1)
+        config = transformers.RobertaConfig(**shape, max_position_embeddings=514, type_vocab_size=1)
+        model = transformers.RobertaModel(config, add_pooling_layer=False).eval()
+    else:
+        config = transformers.BertConfig(**shape, max_position_embeddings=512)
+        model = transformers.BertModel(config, add_pooling_layer=False).eval()
     model.save_pretrained(out, safe_serialization=True)
     (out / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
     specials = {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>",
@@ -80,7 +80,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from zerostart.model.convert import convert
 
-    out = tmp_path_factory.mktemp("bundles") / "bpe-bert"
+    out = tmp_path_factory.mktemp("bundles") / f"bpe-{folder.name}"
     manifest = convert(folder, out, device="cpu")
     assert manifest.tokenizer.model == "BPE"
     assert (out / "tokenizer.bin").is_file() and not (out / "vocab.txt").exists()
@@ -117,7 +117,7 @@ def _reference_embeddings(folder: Path, texts: tuple[str, ...]) -> tuple[np.ndar
     ids = torch.tensor([e.ids for e in encs])
     mask = torch.tensor([e.attention_mask for e in encs])
     types = torch.tensor([e.type_ids for e in encs])
-    model = transformers.BertModel.from_pretrained(str(folder), add_pooling_layer=False).eval()
+    model = transformers.AutoModel.from_pretrained(str(folder), add_pooling_layer=False).eval()
     with torch.inference_mode():
         hidden = model(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state
     weights = mask.unsqueeze(-1).expand(hidden.size()).float()
