@@ -133,9 +133,8 @@ def split(text: str) -> list[str]:
     """GPT-2's pieces of ``text``, in order; they concatenate back to ``text``."""
     if text.isascii():
         return SPLIT_RE.findall(text)
-    stand_in = SPLIT_RE.findall(text.translate(_STAND_IN))
-    ends = list(accumulate(map(len, stand_in)))
-    return [text[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+    ends = list(accumulate(map(len, SPLIT_RE.findall(text.translate(_STAND_IN)))))
+    return list(map(text.__getitem__, map(slice, [0, *ends], ends)))
 
 
 # Per UTF-8 byte: 1 if it starts a character, 0 for a continuation byte (0x80-0xBF).
@@ -178,7 +177,7 @@ class ByteLevel:
             # Character index of each byte: running count of character starts, minus one.
             of_byte = list(accumulate(raw.translate(_STARTS_CHAR), initial=-1))[1:]
             align = of_byte if align is None else [align[i] for i in of_byte]
-            ends = list(accumulate(len(w.encode("utf-8")) for w in words))
+            ends = list(accumulate(map(len, map(str.encode, words))))  # UTF-8 lengths
         return out, align, list(zip([0, *ends], ends, strict=False))
 
 
