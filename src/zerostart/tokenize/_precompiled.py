@@ -56,10 +56,18 @@ def grapheme_class(cp: int) -> str:
 _CLASSES = _CharTable(grapheme_class)
 # Some cluster has two or more characters only if one of these classes occurs.
 _JOINS_RE = re.compile("[eksxzpLVTR]|rn")
-# One extended grapheme cluster (UAX #29 GB3-GB13) over class letters.
-_CLUSTER_RE = re.compile(
-    r"rn|[Crn]|p*(?:L*(?:V+|AV*|B)T*|L+|T+|RR|P(?:[ekx]*zP)*|c(?:[kxz]*k[kxz]*c)*|[^Crn])[ekxzs]*"
+# Extended grapheme clusters (UAX #29 GB3-GB13) of two or more characters, over class
+# letters. Scanning left to right, each attempt starts on a cluster boundary (the end
+# of the last match, or one past a one-character cluster), so the matches are exactly
+# the multi-character clusters.
+_CORE = r"L*(?:V+|AV*|B)T*|L+|T+|RR|P(?:[ekx]*zP)*|c(?:[kxz]*k[kxz]*c)*|[^Crn]"
+# The cores of two or more characters, in _CORE's order (Hangul: L* (V+ | LV V* | LVT) T*).
+_CORE_MULTI = (
+    r"L+(?:V+|AV*|B)T*|V(?:V+T*|T+)|A(?:V+T*|T+)|BT+|L{2,}|T{2,}|RR|P(?:[ekx]*zP)+"
+    r"|c(?:[kxz]*k[kxz]*c)+"
 )
+_MULTI_RE = re.compile(rf"rn|p+(?:{_CORE})[ekxzs]*|(?:{_CORE_MULTI})[ekxzs]*|(?:{_CORE})[ekxzs]+")
+_ASCII_CONTROL_RE = re.compile("[\x00-\x1f\x7f]")
 _SAME_LENGTH = "."
 _CHANGES_LENGTH = "x"
 
@@ -83,6 +91,7 @@ class Precompiled:
         self._chars = _CharTable(self._char)
         self._marks = _CharTable(self._mark)
         self._clusters: dict[str, str | None] = {}
+        self._printable_ascii_kept: bool | None = None  # does the map leave " ".."~" alone?
 
     def transform(self, chunk: str) -> str | None:
         """The replacement of the shortest charsmap key that starts ``chunk`` (None: none)."""
@@ -123,31 +132,52 @@ class Precompiled:
         return out
 
     def normalize(self, text: str, align: Align) -> tuple[str, Align]:
-        classes = text.translate(_CLASSES)
-        if _JOINS_RE.search(classes) is None:  # every cluster is one character
-            if _CHANGES_LENGTH not in text.translate(self._marks):
-                return text.translate(self._chars), align
-            table = self._chars
-            changes: list[int] = []
-            for ch in text:
-                _charge(changes, 1, len(table[ord(ch)]))
-            return text.translate(table), _realign(changes, align)
-        pieces: list[str] = []
-        changes = []
         table = self._chars
-        for m in _CLUSTER_RE.finditer(classes):
-            start, end = m.span()
-            if end - start > 1:
+        if text.isascii() and _ASCII_CONTROL_RE.search(text) is None:
+            if self._printable_ascii_kept is None:  # decided on first sight, not at load
+                self._printable_ascii_kept = all(table[cp] == chr(cp) for cp in range(0x20, 0x7F))
+            if self._printable_ascii_kept:
+                return text, align
+        if (  # ASCII has no cluster of two characters but CR LF
+            text.isascii()
+            and "\r\n" not in text
+            and _CHANGES_LENGTH not in text.translate(self._marks)
+        ):
+            return text.translate(table), align
+        specials: list[tuple[int, int, str]] = []  # clusters replaced whole: (start, end, out)
+        classes = text.translate(_CLASSES)
+        if _JOINS_RE.search(classes) is not None:
+            for m in _MULTI_RE.finditer(classes):
+                start, end = m.span()
                 out = self._cluster(text[start:end])
                 if out is not None:
-                    pieces.append(out)
-                    _charge(changes, end - start, len(out))
-                    continue
-            for ch in text[start:end]:
-                out = table[ord(ch)]
-                pieces.append(out)
-                _charge(changes, 1, len(out))
-        return "".join(pieces), _realign(changes, align)
+                    specials.append((start, end, out))
+        marks = text.translate(self._marks)
+        if not specials and _CHANGES_LENGTH not in marks:
+            return text.translate(table), align  # one character for one: same alignment
+        pieces: list[str] = []
+        edits = _Edits()
+        pos = 0
+        for start, end, out in specials:
+            self._chars_between(text, marks, pos, start, pieces, edits)
+            pieces.append(out)
+            edits.charge(end - start, len(out))
+            pos = end
+        self._chars_between(text, marks, pos, len(text), pieces, edits)
+        return "".join(pieces), edits.realign(align)
+
+    def _chars_between(
+        self, text: str, marks: str, a: int, b: int, pieces: list[str], edits: _Edits
+    ) -> None:
+        """Characters ``text[a:b]`` replaced one by one; Python touches only length changes."""
+        table = self._chars
+        pieces.append(text[a:b].translate(table))
+        pos = a
+        while (k := marks.find(_CHANGES_LENGTH, pos, b)) >= 0:
+            edits.keep(k - pos)
+            edits.charge(1, len(table[ord(text[k])]))
+            pos = k + 1
+        edits.keep(b - pos)
 
 
 def _offset(unit: int) -> int:
@@ -155,29 +185,58 @@ def _offset(unit: int) -> int:
     return (unit >> 10) << ((unit & (1 << 9)) >> 6)
 
 
-def _charge(changes: list[int], old: int, new: int) -> None:
-    """Record ``old`` characters becoming ``new`` ones (tokenizers' precompiled ``replace``)."""
-    diff = new - old
-    changes.extend([0] * new)
-    if diff > 0:
-        changes[-diff:] = [1] * diff
-    elif diff < 0 and changes:
-        changes[-1] += diff
+class _Edits:
+    """tokenizers' transformations ``(char, change)`` kept sparse: only non-zero changes.
 
+    ``charge`` is precompiled.rs's ``replace``: ``old`` characters become ``new``
+    ones; a growth marks the last new characters as inserted (+1), a shrink is
+    charged to the last character written so far (which then swallows the
+    following originals), or lost if nothing was written yet. ``realign`` then
+    replays ``NormalizedString::transform``: a character with change <= 0 takes
+    the next original's alignment and consumes 1 - change originals; an
+    inserted one repeats the previous original's.
+    """
 
-def _realign(changes: list[int], align: Align) -> list[int]:
-    """Alignment after tokenizers' ``NormalizedString::transform`` with these changes."""
-    out: list[int] = []
-    cursor = 0  # next character of the text before this transform
-    last = len(align) - 1 if align is not None else -1
-    for change in changes:
-        if change > 0:
-            k = cursor - 1 if cursor else 0
-        else:
-            k = cursor
-            cursor += 1 - change
-        if align is not None:
-            out.append(align[min(k, last)])
-        else:
-            out.append(k)
-    return out
+    __slots__ = ("events", "n")
+
+    def __init__(self) -> None:
+        self.n = 0  # characters written so far
+        self.events: list[list[int]] = []  # [output index, change], change != 0 when written
+
+    def keep(self, count: int) -> None:
+        self.n += count
+
+    def charge(self, old: int, new: int) -> None:
+        diff = new - old
+        self.n += new
+        if diff > 0:
+            self.events += [[k, 1] for k in range(self.n - diff, self.n)]
+        elif diff < 0 and self.n:
+            last = self.n - 1
+            if self.events and self.events[-1][0] == last:
+                self.events[-1][1] += diff
+            else:
+                self.events.append([last, diff])
+
+    def realign(self, align: Align) -> list[int]:
+        out: list[int] = []
+        cursor = 0  # next character of the text before this transform
+        pos = 0  # next output character
+        for index, change in self.events:
+            if index > pos:
+                run = index - pos
+                out += (
+                    range(cursor, cursor + run) if align is None else align[cursor : cursor + run]
+                )
+                cursor += run
+            if change > 0:
+                k = cursor - 1 if cursor else 0
+            else:
+                k = cursor
+                cursor += 1 - change
+            out.append(k if align is None else align[min(k, len(align) - 1)])
+            pos = index + 1
+        if self.n > pos:
+            run = self.n - pos
+            out += range(cursor, cursor + run) if align is None else align[cursor : cursor + run]
+        return out

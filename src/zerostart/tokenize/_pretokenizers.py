@@ -9,6 +9,7 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -62,7 +63,10 @@ class Metaspace:
         return text, align, spans
 
 
-_RUST_SPACE_RE = re.compile(f"[^{_char_class(tables.SPACE_RANGES)}]+")
+@functools.cache
+def _words_re() -> re.Pattern[str]:
+    """Runs of non-whitespace; compiled on first use (a Unicode class costs ms to compile)."""
+    return re.compile(f"[^{_char_class(tables.SPACE_RANGES)}]+")
 
 
 class WhitespaceSplit:
@@ -71,7 +75,7 @@ class WhitespaceSplit:
     def split(
         self, text: str, align: Align, *, at_start: bool
     ) -> tuple[str, Align, list[tuple[int, int]]]:
-        return text, align, [m.span() for m in _RUST_SPACE_RE.finditer(text)]
+        return text, align, [m.span() for m in _words_re().finditer(text)]
 
 
 class MetaspaceDecoder:
