@@ -13,6 +13,7 @@ seeded random strings, every code point, batches and the decoder.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,26 @@ def test_unknown_id_is_refused_not_dropped(pair: Pair) -> None:
 
     with pytest.raises(TokenizerError, match="outside the vocabulary"):
         pair.ours.decode([pair.ours.vocab_size + 5])
+
+
+@pytest.mark.parametrize(("prefix", "use_regex"), [(True, False), (False, False), (True, True)])
+def test_pre_tokenizer_options(
+    bpe_files: Path, tmp_path: Path, prefix: bool, use_regex: bool
+) -> None:
+    """``add_prefix_space`` / ``use_regex`` on the RoBERTa tokenizer's merges, both ways."""
+    import tokenizers
+
+    data = json.loads(trained("roberta", bpe_files).read_text(encoding="utf-8"))
+    data["pre_tokenizer"].update(add_prefix_space=prefix, use_regex=use_regex)
+    data["post_processor"]["add_prefix_space"] = prefix
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data), encoding="utf-8")
+    spec = compile_tokenizer_json(path, tmp_path, special_tokens={}).spec
+    ours = Tokenizer.from_bundle(tmp_path, spec)
+    ref = tokenizers.Tokenizer.from_file(str(path))
+    bad = []
+    for text in [*corpus()[:150], *BPE_TEXTS[:13]]:
+        o, r = ours.encode(text, "a pair"), ref.encode(text, "a pair")
+        if (o.ids, o.offsets, o.word_ids) != (r.ids, list(r.offsets), list(r.word_ids)):
+            bad.append(text)
+    assert not bad, f"{len(bad)} mismatches; first: {bad[:3]}"
