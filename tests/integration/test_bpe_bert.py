@@ -184,3 +184,12 @@ def test_decode_matches_tokenizers(w: Worker, folder: Path) -> None:
     assert (status, got) == (200, [ref.decode(cut[:1]), ref.decode(cut[1:])])
     status, got = w.request("POST", "/decode", {"ids": [ref.get_vocab_size() + 7]})
     assert status == 422 and "outside the vocabulary" in json.dumps(got)
+
+
+def test_lone_surrogate_is_422_not_a_crash(w: Worker) -> None:
+    """JSON's "\\ud800" escape parses to a lone surrogate, which has no UTF-8 bytes."""
+    for route in ("/embed", "/tokenize"):
+        status, got = w.request("POST", route, raw=b'{"inputs": "a\\ud800b"}')
+        assert status == 422 and "not valid Unicode" in json.dumps(got), (route, got)
+    status, _ = w.request("POST", "/embed", {"inputs": "still serving"})
+    assert status == 200

@@ -86,6 +86,15 @@ def test_offsets_are_characters_of_the_original_text(tmp_path: Path) -> None:
     assert enc.offsets[1:4] == [(0, 1), (0, 1), (2, 5)]
 
 
+def test_lone_surrogate_is_a_tokenizer_error(tmp_path: Path) -> None:
+    """JSON can carry "\\ud800"; it has no UTF-8 bytes, so it is refused (422), not a crash."""
+    tok = _compile(tmp_path, _tokenizer_json())
+    with pytest.raises(TokenizerError, match=r"'\\ud800' at character 1"):
+        tok.encode("a\ud800b")
+    with pytest.raises(TokenizerError, match="not valid Unicode"):
+        tok.encode("fine", "pair \udfff")
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [

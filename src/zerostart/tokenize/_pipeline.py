@@ -196,9 +196,20 @@ class Tokenizer:
     def encode(
         self, text: str, pair: str | None = None, *, max_length: int | None = None
     ) -> Encoding:
-        """Encode one text or a pair with the post-processor's specials; truncate to max_length."""
-        a = self._sequence(text)
-        b = self._sequence(pair) if pair is not None else None
+        """Encode one text or a pair with the post-processor's specials; truncate to max_length.
+
+        Raises TokenizerError for text that is not valid Unicode (a lone
+        surrogate, which JSON's ``\\ud800`` escape can carry): its UTF-8 bytes,
+        which byte-level BPE and Unigram read, do not exist.
+        """
+        try:
+            a = self._sequence(text)
+            b = self._sequence(pair) if pair is not None else None
+        except UnicodeEncodeError as exc:
+            raise TokenizerError(
+                f"the text holds {exc.object[exc.start : exc.end]!a} at character {exc.start}, "
+                f"which is not valid Unicode ({exc.reason})"
+            ) from exc
         specials = self._post.added(b is not None)
         untruncated = len(a.ids) + (len(b.ids) if b is not None else 0) + specials
         cut = False
