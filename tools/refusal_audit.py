@@ -532,6 +532,39 @@ MUTANTS: tuple[Mutant, ...] = (
         "a token id past the vocabulary sent as input",
         "tests/unit/test_api_refusals.py::test_token_ids_outside_the_vocabulary_are_refused",
     ),
+    # ------------------------------------------------- drain, liveness, pool folders (issue 17)
+    _m(
+        "serve.drain-backlog",
+        M + "serve/http.py",
+        "            self._adopt_backlog()\n",
+        "",
+        "connections in the accept queue at shutdown are answered, not reset",
+        "tests/unit/test_serve_drain.py::test_connections_in_the_backlog_at_shutdown_get_503_not_a_reset",
+    ),
+    _m(
+        "serve.drain-late-request",
+        M + "serve/http.py",
+        "        if self._host.draining:\n            # Arrived after shutdown began",
+        "        if False:\n            # Arrived after shutdown began",
+        "a request completing after shutdown began is refused with 503 + connection: close",
+        "tests/unit/test_serve_drain.py::test_a_silent_connection_at_shutdown_gets_an_answer_to_its_late_request",
+    ),
+    _m(
+        "pool.reap-live-folder",
+        M + "platform/_rundir.py",
+        "        except BlockingIOError:\n            return False  # its pool is alive\n",
+        "        except BlockingIOError:\n            pass\n",
+        "a starting pool never removes a live pool's folder (its lock is held)",
+        "tests/unit/test_liveness_core.py::test_only_dead_owners_folders_are_reaped",
+    ),
+    _m(
+        "platform.stopped-is-hung",
+        M + "platform/liveness.py",
+        '        return health, "hung" if now - since >= policy.stopped_s else "ok"\n',
+        '        return health, "ok"\n',
+        "a replica or slot stopped (SIGSTOP) for stopped_s is hung",
+        "tests/unit/test_liveness_core.py::test_a_stopped_process_is_hung_only_after_stopped_s",
+    ),
 )
 
 
