@@ -12,6 +12,7 @@ import collections
 from dataclasses import dataclass
 from typing import Any
 
+from zerostart.paths import redact_paths
 from zerostart.platform._types import Replica
 from zerostart.platform.autoscaler import Scaler
 from zerostart.platform.config import ModelConfig
@@ -165,7 +166,7 @@ class ModelRuntime:
             "last_start": None if self.last_start is None else self.last_start.as_dict(),
             "recent_starts": [s.as_dict() for s in self.recent_starts],  # oldest first
             "replica_seconds": {"up": round(up, 3), "idle": round(idle_replica_s, 3)},
-            "last_error": None if self.failure is None else str(self.failure),
+            "last_error": None if self.failure is None else redact_paths(str(self.failure)),
             "replaced": dict(self.replaced),
             "limits": {
                 "min_replicas": c.min_replicas,

@@ -71,6 +71,7 @@ import logging
 import time
 from typing import Any
 
+from zerostart.paths import redact_paths
 from zerostart.platform._replies import (
     FORWARDED_REQUEST_HEADERS,
     FORWARDED_RESPONSE_HEADERS,
@@ -329,7 +330,9 @@ class Gateway(ListeningHost):
                     self.metrics.retries.inc(name)
                     continue
                 return error_response(
-                    502, f"model {name!r}: replica failed twice, last: {exc}", "Backend"
+                    502,
+                    f"model {name!r}: replica failed twice, last: {redact_paths(str(exc))}",
+                    "Backend",
                 )
             except BaseException:
                 self._release(rt, seat)
