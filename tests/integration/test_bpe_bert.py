@@ -193,3 +193,53 @@ def test_lone_surrogate_is_422_not_a_crash(w: Worker) -> None:
         assert status == 422 and "not valid Unicode" in json.dumps(got), (route, got)
     status, _ = w.request("POST", "/embed", {"inputs": "still serving"})
     assert status == 200
+
+
+def test_served_ner_on_byte_level_bpe_matches_the_pipeline(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """/tokens of a RoBERTa tagger: transformers' fallback subword rule (no "##" in BPE)."""
+    import torch
+    import transformers
+
+    from zerostart.model.convert import convert
+
+    shared = tmp_path_factory.getbasetemp() / "bpe-tokenizer"
+    shared.mkdir(exist_ok=True)
+    tokenizer_json = trained("roberta", shared)
+    src = tmp_path_factory.mktemp("bpe-ner")
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    torch.manual_seed(7)
+    config = transformers.RobertaConfig(
+        vocab_size=40_005, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=514, pad_token_id=1, type_vocab_size=1,
+        id2label=dict(enumerate(labels)), label2id={v: k for k, v in enumerate(labels)},
+    )  # fmt: skip
+    model = transformers.RobertaForTokenClassification(config).eval()
+    model.save_pretrained(src, safe_serialization=True)
+    (src / "tokenizer.json").write_bytes(tokenizer_json.read_bytes())
+    specials = {"cls_token": "<s>", "sep_token": "</s>", "pad_token": "<pad>",
+                "unk_token": "<unk>", "mask_token": "<mask>", "bos_token": "<s>",
+                "eos_token": "</s>"}  # fmt: skip
+    (src / "tokenizer_config.json").write_text(json.dumps({**specials, "model_max_length": 512}))
+    out = tmp_path_factory.mktemp("bundles") / "bpe-ner"
+    convert(src, out, device="cpu")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), **specials)
+    text = "Angela Merkel visited Paris and Zürich; unaffable Smith-Jones in São Paulo"
+    with Worker(out) as worker:
+        for strategy in ("simple", "first", "average", "max"):
+            nlp = transformers.pipeline(
+                "token-classification", model=model, tokenizer=fast, aggregation_strategy=strategy
+            )
+            want = nlp(text)
+            status, got = worker.request(
+                "POST", "/tokens", {"inputs": text, "aggregation_strategy": strategy}
+            )
+            assert status == 200 and len(got) == len(want), (strategy, got, want)
+            for a, b in zip(got, want, strict=True):
+                assert (a["entity_group"], a["word"], a["start"], a["end"]) == (
+                    b["entity_group"], b["word"], b["start"], b["end"],
+                ), strategy  # fmt: skip
+                assert abs(a["score"] - float(b["score"])) <= 1e-4
+        worker.terminate()
+        assert worker.wait() == 0
