@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -29,7 +29,10 @@ from zerostart.errors import EngineError
 from zerostart.limits import Limits
 from zerostart.model.bundle import Bundle
 from zerostart.model.manifest import Manifest
-from zerostart.tokenize import Encoding, Tokenizer, WordPieceTokenizer, load_tokenizer
+from zerostart.tokenize import Encoding, WordPieceTokenizer, load_tokenizer
+
+if TYPE_CHECKING:  # loaded by load_tokenizer only for bundles that use it
+    from zerostart.tokenize import Tokenizer
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits.max_client_batch_size  # zerostart.limits: TEI's default
 DEFAULT_MAX_BATCH_SEQUENCES = Limits.max_batch_sequences

@@ -16,16 +16,26 @@ rest) and are not imported here.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from zerostart.tokenize._encoding import Encoding
-from zerostart.tokenize._pipeline import Tokenizer
 from zerostart.tokenize._tokenizer import WordPieceTokenizer
 
 if TYPE_CHECKING:
     from zerostart.model.manifest import TokenizerSettings
+    from zerostart.tokenize._pipeline import Tokenizer
 
 __all__ = ["Encoding", "Tokenizer", "WordPieceTokenizer", "load_tokenizer"]
+
+
+def __getattr__(name: str) -> Any:
+    # The assembled tokenizer's modules load on first use: a WordPiece worker's
+    # cold start does not import them.
+    if name == "Tokenizer":
+        from zerostart.tokenize._pipeline import Tokenizer
+
+        return Tokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_tokenizer(
@@ -37,4 +47,6 @@ def load_tokenizer(
     """
     if settings.model == "WordPiece":
         return WordPieceTokenizer.from_files(os.path.join(bundle_dir, "vocab.txt"), settings)
+    from zerostart.tokenize._pipeline import Tokenizer
+
     return Tokenizer.from_bundle(bundle_dir, settings.spec)
