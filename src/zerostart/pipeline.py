@@ -58,6 +58,7 @@ class Pipeline:
         *,
         phases: dict[str, float] | None = None,
         limits: Limits | None = None,
+        auto_truncate: bool = True,
     ) -> None:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
@@ -68,6 +69,8 @@ class Pipeline:
         self.max_client_batch_size = self.limits.max_client_batch_size  # read by zerostart.api
         self.max_batch_sequences = self.limits.max_batch_sequences
         self.engine_calls = 0  # engine.forward calls so far (the worker's /metrics)
+        # truncate over-long inputs when a request does not say (TEI's --auto-truncate)
+        self.auto_truncate = auto_truncate
         self.routes = api.routes_for(self.manifest)
 
     # -- loading -------------------------------------------------------------
@@ -79,6 +82,7 @@ class Pipeline:
         verify: str = "fast",
         max_client_batch_size: int | None = None,
         limits: Limits | None = None,
+        auto_truncate: bool = True,
     ) -> Pipeline:
         """Map the bundle, build the tokenizer and engine; each step is timed in ``phases``.
 
@@ -104,6 +108,7 @@ class Pipeline:
             engine,
             phases=phases,
             limits=limits,
+            auto_truncate=auto_truncate,
         )
 
     def warmup(self) -> None:

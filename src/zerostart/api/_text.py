@@ -48,7 +48,7 @@ def prepare_tokens(pipe: Pipeline, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     texts, single = string_inputs(required(body, "inputs"), "inputs", pipe.max_client_batch_size)
-    truncate = Truncation.read(opts)
+    truncate = Truncation.read(opts, pipe.auto_truncate)
     strategy = opts.get("aggregation_strategy") or "simple"
     if strategy not in STRATEGIES:
         raise invalid(f"`aggregation_strategy` must be one of {', '.join(STRATEGIES)}")

@@ -39,6 +39,14 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=HELP_WIDTH_CHARS)
 
 
+def _bool(value: str) -> bool:
+    """``true``/``false`` (any case), as TEI's clap flags read them."""
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return lowered == "true"
+
+
 def parse_args(
     argv: list[str] | None = None, prog: str = "python -m zerostart.serve"
 ) -> argparse.Namespace:
@@ -80,6 +88,25 @@ def parse_args(
         default=d.max_client_batch_size,
         help="inputs allowed in one request; more is 422 Validation, as in TEI"
         " (default %(default)s)",
+    )
+    auto_truncate = d.auto_truncate
+    if os.environ.get("AUTO_TRUNCATE"):
+        try:
+            auto_truncate = _bool(os.environ["AUTO_TRUNCATE"])
+        except argparse.ArgumentTypeError as exc:
+            p.error(f"environment variable AUTO_TRUNCATE: {exc}")
+    p.add_argument(
+        "--auto-truncate",
+        nargs="?",
+        type=_bool,
+        const=True,
+        default=auto_truncate,
+        metavar="true|false",
+        help=(
+            "cut inputs over the model's length when a request does not send `truncate` "
+            "(`--auto-truncate false`: refuse them with 422); env AUTO_TRUNCATE, as TEI "
+            "(default %(default)s, TEI's since 1.9)"
+        ),
     )
     p.add_argument(
         "--max-queue",
@@ -145,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
         max_client_batch_size=args.max_client_batch_size,
+        auto_truncate=args.auto_truncate,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
         max_header_bytes=args.max_header_bytes,

@@ -34,6 +34,9 @@ class ServerConfig:
     max_batch_size: int = 32  # sequences per engine call (Limits.max_batch_sequences)
     max_batch_tokens: int = 16384  # sum of sequence lengths per engine call (TEI's default)
     max_client_batch_size: int = 32  # inputs in one request; more is 422 (TEI: default and status)
+    # TEI's --auto-truncate (default true since TEI 1.9.0): a request that does not say
+    # "truncate" has over-long inputs cut to the model's length instead of refused (422).
+    auto_truncate: bool = True
     max_queue: int = 256  # queued jobs (requests) waiting for the engine before 429
     max_connections: int = 512  # open connections; more are closed right after accept
     header_timeout_s: float = 10.0  # whole request head must arrive within this (slowloris)

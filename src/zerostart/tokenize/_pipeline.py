@@ -194,9 +194,18 @@ class Tokenizer:
 
     # -- encoding --------------------------------------------------------------
     def encode(
-        self, text: str, pair: str | None = None, *, max_length: int | None = None
+        self,
+        text: str,
+        pair: str | None = None,
+        *,
+        max_length: int | None = None,
+        left: bool = False,
     ) -> Encoding:
         """Encode one text or a pair with the post-processor's specials; truncate to max_length.
+
+        ``left``: truncate from the start (a request's TEI ``truncation_direction``
+        "left"); otherwise the direction tokenizer.json's ``truncation`` names
+        (right when it names none).
 
         Raises TokenizerError for text that is not valid Unicode (a lone
         surrogate, which JSON's ``\\ud800`` escape can carry): its UTF-8 bytes,
@@ -214,7 +223,8 @@ class Tokenizer:
         untruncated = len(a.ids) + (len(b.ids) if b is not None else 0) + specials
         cut = False
         if max_length is not None:
-            cut = truncate(a, b, budget(max_length, specials), self.direction)
+            direction = "left" if left else self.direction
+            cut = truncate(a, b, budget(max_length, specials), direction)
         return self._post.apply(a, b, truncated=cut, untruncated=untruncated)
 
     def encode_batch(

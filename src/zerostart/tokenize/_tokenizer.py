@@ -141,13 +141,22 @@ class WordPieceTokenizer:
 
     # -- encoding --------------------------------------------------------------
     def encode(
-        self, text: str, pair: str | None = None, *, max_length: int | None = None
+        self,
+        text: str,
+        pair: str | None = None,
+        *,
+        max_length: int | None = None,
+        left: bool = False,
     ) -> Encoding:
-        """Encode one text or a pair with [CLS]/[SEP]; truncate to max_length tokens if given."""
+        """Encode one text or a pair with [CLS]/[SEP]; truncate to max_length tokens if given.
+
+        Truncation drops tokens from the end of each sequence, or from its start
+        with ``left`` (tokenizers' ``direction="left"``: the end of the text is kept).
+        """
         first = self._encode_sequence(text)
         if pair is None:
-            return self._single(first, max_length)
-        return self._pair(first, self._encode_sequence(pair), max_length)
+            return self._single(first, max_length, left)
+        return self._pair(first, self._encode_sequence(pair), max_length, left)
 
     def encode_batch(
         self, items: Sequence[str | tuple[str, str]], *, max_length: int | None = None
@@ -162,14 +171,14 @@ class WordPieceTokenizer:
                 out.append(self.encode(text, pair, max_length=max_length))
         return out
 
-    def _single(self, seq: Tokens, max_length: int | None) -> Encoding:
+    def _single(self, seq: Tokens, max_length: int | None, left: bool = False) -> Encoding:
         n = len(seq.ids)
         untruncated = n + SPECIALS_SINGLE
         truncated = False
         if max_length is not None:
             budget = _budget(max_length, SPECIALS_SINGLE)
             if n > budget:
-                seq.cut(budget)
+                seq.cut(budget, "left" if left else "right")
                 n = budget
                 truncated = True
         return Encoding(
@@ -184,7 +193,7 @@ class WordPieceTokenizer:
             untruncated_length=untruncated,
         )
 
-    def _pair(self, a: Tokens, b: Tokens, max_length: int | None) -> Encoding:
+    def _pair(self, a: Tokens, b: Tokens, max_length: int | None, left: bool = False) -> Encoding:
         n1, n2 = len(a.ids), len(b.ids)
         untruncated = n1 + n2 + SPECIALS_PAIR
         truncated = False
@@ -192,8 +201,8 @@ class WordPieceTokenizer:
             budget = _budget(max_length, SPECIALS_PAIR)
             if n1 + n2 > budget:
                 n1, n2 = longest_first(n1, n2, budget)
-                a.cut(n1)
-                b.cut(n2)
+                a.cut(n1, "left" if left else "right")
+                b.cut(n2, "left" if left else "right")
                 n1, n2 = len(a.ids), len(b.ids)
                 truncated = True
         cls_tok, sep_tok = self.settings.cls_token, self.settings.sep_token
