@@ -178,3 +178,14 @@ def test_scan_and_heap_merge_the_same_way() -> None:
         heap_ids, heap_lengths = list(word), [1] * len(word)
         _bpe._merge_heap(heap_ids, heap_lengths, by_left)
         assert (scan_ids, scan_lengths) == (heap_ids, heap_lengths), word
+
+
+def test_per_request_left_truncation(tmp_path: Path) -> None:
+    """TEI's truncation_direction "left" keeps the end of the text (``left=True``)."""
+    tok = _compile(tmp_path, _tokenizer_json())
+    full = tok.encode("Hello the world the world")
+    right = tok.encode("Hello the world the world", max_length=5)
+    left = tok.encode("Hello the world the world", max_length=5, left=True)
+    assert right.tokens == ["<s>", *full.tokens[1:4], "</s>"]
+    assert left.tokens == ["<s>", *full.tokens[-4:-1], "</s>"]
+    assert left.offsets[1:-1] == full.offsets[-4:-1] and left.truncated
