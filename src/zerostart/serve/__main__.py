@@ -133,6 +133,24 @@ def parse_args(
         help="open connections (default %(default)s)",
     )
     p.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=d.max_connections_per_client,
+        help="open connections from one client address; 503 above (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-trailer-bytes",
+        type=int,
+        default=d.max_trailer_bytes,
+        help="chunked trailer section, dropped; 431 above (default %(default)s)",
+    )
+    p.add_argument(
+        "--body-deadline",
+        type=float,
+        default=d.body_deadline_s,
+        help="seconds to receive a whole request body (default %(default)s)",
+    )
+    p.add_argument(
         "--header-timeout",
         type=float,
         default=d.header_timeout_s,
@@ -142,7 +160,7 @@ def parse_args(
         "--body-timeout",
         type=float,
         default=d.body_timeout_s,
-        help="seconds between body chunks (default %(default)s)",
+        help="longest pause inside a request body, seconds (default %(default)s)",
     )
     p.add_argument(
         "--keepalive-timeout",
@@ -177,8 +195,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_body_bytes=args.max_body_bytes,
         max_header_bytes=args.max_header_bytes,
         max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
+        max_trailer_bytes=args.max_trailer_bytes,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
+        body_deadline_s=args.body_deadline,
         keepalive_timeout_s=args.keepalive_timeout,
         drain_timeout_s=args.drain_timeout,
         api_key=args.api_key,
