@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -29,7 +29,10 @@ from zerostart.errors import EngineError
 from zerostart.limits import Limits
 from zerostart.model.bundle import Bundle
 from zerostart.model.manifest import Manifest
-from zerostart.tokenize import Encoding, WordPieceTokenizer
+from zerostart.tokenize import Encoding, WordPieceTokenizer, load_tokenizer
+
+if TYPE_CHECKING:  # loaded by load_tokenizer only for bundles that use it
+    from zerostart.tokenize import Tokenizer
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits.max_client_batch_size  # zerostart.limits: TEI's default
 DEFAULT_MAX_BATCH_SEQUENCES = Limits.max_batch_sequences
@@ -50,7 +53,7 @@ class Pipeline:
     def __init__(
         self,
         bundle: Bundle,
-        tokenizer: WordPieceTokenizer,
+        tokenizer: WordPieceTokenizer | Tokenizer,
         engine: Engine,
         *,
         phases: dict[str, float] | None = None,
@@ -94,7 +97,7 @@ class Pipeline:
         bundle = Bundle.open(os.fspath(bundle_dir), verify=verify)
         t1 = time.perf_counter()
         phases["bundle_map"] = t1 - t0
-        tokenizer = WordPieceTokenizer.from_files(bundle.vocab_path, bundle.manifest.tokenizer)
+        tokenizer = load_tokenizer(bundle.path, bundle.manifest.tokenizer)
         t2 = time.perf_counter()
         phases["tokenizer"] = t2 - t1
         engine = _make_engine(bundle)
