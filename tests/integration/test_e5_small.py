@@ -147,10 +147,12 @@ def test_decode_matches_tokenizers(w: Worker, folder: Path) -> None:
     assert status == 422 and "250002" in str(err)
 
 
-def test_long_input_is_truncated_like_the_reference(w: Worker, folder: Path) -> None:
+def test_long_input_is_refused_or_truncated_like_the_reference(w: Worker, folder: Path) -> None:
     text = "Привет мир, 東京 e\u0301 " * 200  # about 1,400 tokens
+    # truncate absent means the server's --auto-truncate (on by default since TEI 1.9)
+    status, err = w.request("POST", "/embed", {"inputs": text, "truncate": False})
+    assert status == 422 and "truncate" in str(err)
+    status, got = w.request("POST", "/embed", {"inputs": text, "truncate": True})
+    assert status == 200
     want, _ = _reference_embeddings(folder, (text,))  # tokenizers truncating at 512
-    for body in ({"inputs": text}, {"inputs": text, "truncate": True}):  # --auto-truncate: TEI's
-        status, got = w.request("POST", "/embed", body)
-        assert status == 200
-        assert float(np.abs(np.array(got) - want).max()) <= EMBED_TOLERANCE
+    assert float(np.abs(np.array(got) - want).max()) <= EMBED_TOLERANCE

@@ -83,6 +83,7 @@ def prepare_tokens(pipe: Pipeline, body: Any) -> Job:
                     ignore_labels=ignore,
                     tokens_to_string=tok.convert_tokens_to_string,
                     unk_token=m.tokenizer.unk_token,
+                    word_aware=m.tokenizer.model == "WordPiece",  # the only one with "##"
                 )
             )
         return rows[0] if single else rows

@@ -15,7 +15,8 @@ Layout (little-endian)::
     12  u32       header length H in bytes
     16  H bytes   header: UTF-8 JSON {"meta": {...}, "sections": {name: [offset, length, format]}}
     ... sections, each at an offset that is a multiple of 8; ``format`` is a
-        ``memoryview.cast`` code ("B" bytes, "i" int32, "I" uint32, "d" float64)
+        ``memoryview.cast`` code ("B" bytes, "i" int32, "I" uint32, "d" float64,
+        "Q" uint64)
 
 Runtime module (the reader; ``write`` is used by ``zerostart convert``):
 standard library only.
@@ -38,7 +39,7 @@ MAGIC = b"ZSTOKBIN"
 FORMAT_VERSION = 1
 ALIGN_BYTES = 8  # every section starts on an 8-byte boundary (float64 arrays)
 _HEAD = struct.Struct("<8sII")
-_FORMATS = {"B": 1, "i": 4, "I": 4, "d": 8}
+_FORMATS = {"B": 1, "i": 4, "I": 4, "d": 8, "Q": 8}
 
 Section: TypeAlias = "bytes | array[Any]"  # what ``write`` takes: raw bytes or a typed array
 

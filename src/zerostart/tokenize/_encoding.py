@@ -49,13 +49,13 @@ class Tokens:
     offsets: list[tuple[int, int]]
     word_ids: list[int | None]
 
-    def cut(self, n: int, left: bool = False) -> None:
-        """Keep the first ``n`` tokens (``left``: the last ``n``, tokenizers' direction "left")."""
-        if left:
+    def cut(self, n: int, direction: str = "right") -> None:
+        """Keep ``n`` tokens: the first ones (``right``) or the last ones (``left``)."""
+        if direction == "right":
+            del self.ids[n:], self.tokens[n:], self.offsets[n:], self.word_ids[n:]
+        else:
             drop = len(self.ids) - n
             del self.ids[:drop], self.tokens[:drop], self.offsets[:drop], self.word_ids[:drop]
-        else:
-            del self.ids[n:], self.tokens[n:], self.offsets[n:], self.word_ids[n:]
 
 
 def budget(max_length: int, n_specials: int) -> int:
@@ -83,19 +83,16 @@ def longest_first(n1: int, n2: int, room: int) -> tuple[int, int]:
     return (long_, short) if swap else (short, long_)
 
 
-def truncate(a: Tokens, b: Tokens | None, room: int, left: bool = False) -> bool:
-    """Cut ``a`` (and ``b``) to ``room`` tokens in all, ``longest_first``; True if anything went.
-
-    ``left``: keep the ends of the texts (tokenizers' direction "left").
-    """
+def truncate(a: Tokens, b: Tokens | None, room: int, direction: str = "right") -> bool:
+    """Cut ``a`` (and ``b``) to ``room`` tokens in all, ``longest_first``; True if anything went."""
     n1 = len(a.ids)
     n2 = len(b.ids) if b is not None else 0
     if n1 + n2 <= room:
         return False
     if b is None:
-        a.cut(room, left)
+        a.cut(room, direction)
         return True
     k1, k2 = longest_first(n1, n2, room)
-    a.cut(k1, left)
-    b.cut(k2, left)
+    a.cut(k1, direction)
+    b.cut(k2, direction)
     return True

@@ -18,6 +18,8 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -25,6 +27,8 @@ from typing import Any
 
 from zerostart.errors import TokenizerError
 from zerostart.tokenize._base import Decoder, Model, PreTokenizer
+from zerostart.tokenize._bpe import BPE
+from zerostart.tokenize._bytelevel import ByteLevelDecoder, byte_level
 from zerostart.tokenize._compiled import CompiledFile
 from zerostart.tokenize._encoding import TRUNCATION_DIRECTIONS, Encoding, Tokens, budget, truncate
 from zerostart.tokenize._normalize import _SPACE
@@ -37,13 +41,16 @@ TABLES_NAME = "tokenizer.bin"
 
 MODELS: dict[str, Callable[[dict[str, Any], CompiledFile], Model]] = {
     "Unigram": lambda meta, tables: Unigram(tables, meta),
+    "BPE": lambda meta, tables: BPE(tables, meta),
 }
 PRE_TOKENIZERS: dict[str, Callable[[dict[str, Any]], PreTokenizer]] = {
     "Metaspace": metaspace,
     "WhitespaceSplit": lambda _spec: WhitespaceSplit(),
+    "ByteLevel": byte_level,
 }
 DECODERS: dict[str, Callable[[dict[str, Any]], Decoder]] = {
     "Metaspace": metaspace_decoder,
+    "ByteLevel": lambda _spec: ByteLevelDecoder(),
 }
 
 
@@ -52,7 +59,12 @@ class AddedTokens:
 
     Leftmost-longest matching (aho-corasick ``LeftmostLongest``); ``lstrip`` /
     ``rstrip`` widen a match over the whitespace before / after it (the token's
-    text and offsets then include that whitespace).
+    text and offsets then include that whitespace). Two passes, as tokenizers'
+    ``extract_and_normalize``: tokens with ``normalized: false`` (the specials)
+    first over the whole text, then those with ``normalized: true`` within the
+    gaps (convert refuses the latter when a normaliser would change the gaps).
+    So ``"[MASK]  [MASK]"`` with ``[MASK]`` lstrip and ``"  "`` an added token
+    gives two ``[MASK]``, the second one over the spaces.
     """
 
     def __init__(self, entries: Sequence[dict[str, Any]]) -> None:
@@ -61,17 +73,44 @@ class AddedTokens:
             self.by_content[str(e["content"])] = e
         self.by_id = {int(e["id"]): str(e["content"]) for e in entries}
         self.special_ids = frozenset(int(e["id"]) for e in entries if e.get("special"))
-        ordered = sorted(self.by_content, key=len, reverse=True)
-        self._re = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-        self._firsts = tuple(sorted({c[0] for c in ordered}))
+        # tokenizers' default: special tokens are matched raw, others after normalisation.
+        passes = (
+            [
+                c
+                for c, e in self.by_content.items()
+                if not e.get("normalized", not e.get("special"))
+            ],
+            [c for c, e in self.by_content.items() if e.get("normalized", not e.get("special"))],
+        )
+        self._passes = [
+            (
+                re.compile("|".join(map(re.escape, sorted(p, key=len, reverse=True)))),
+                tuple({c[0] for c in p}),
+            )
+            for p in passes
+            if p
+        ]
 
     def split(self, text: str) -> list[tuple[int, int, int | None]]:
         """(start, end, id) pieces covering ``text``; id None for ordinary text."""
-        if self._re is None or not any(c in text for c in self._firsts):
-            return [(0, len(text), None)] if text else []
+        out: list[tuple[int, int, int | None]] = [(0, len(text), None)] if text else []
+        for pattern, firsts in self._passes:
+            done: list[tuple[int, int, int | None]] = []
+            for start, end, added in out:
+                if added is not None or not any(c in text[start:end] for c in firsts):
+                    done.append((start, end, added))
+                else:
+                    done += [
+                        (a + start, b + start, i)
+                        for a, b, i in self._find(pattern, text[start:end])
+                    ]
+            out = done
+        return out
+
+    def _find(self, pattern: re.Pattern[str], text: str) -> list[tuple[int, int, int | None]]:
         out: list[tuple[int, int, int | None]] = []
         pos = 0
-        for m in self._re.finditer(text):
+        for m in pattern.finditer(text):
             start, end = m.span()
             entry = self.by_content[m.group()]
             if entry.get("lstrip"):
@@ -160,21 +199,32 @@ class Tokenizer:
         pair: str | None = None,
         *,
         max_length: int | None = None,
-        left: bool | None = None,
+        left: bool = False,
     ) -> Encoding:
         """Encode one text or a pair with the post-processor's specials; truncate to max_length.
 
-        ``left``: keep the end of the text (tokenizers' direction "left"); None
-        takes tokenizer.json's ``truncation.direction`` (``self.direction``).
+        ``left``: truncate from the start (a request's TEI ``truncation_direction``
+        "left"); otherwise the direction tokenizer.json's ``truncation`` names
+        (right when it names none).
+
+        Raises TokenizerError for text that is not valid Unicode (a lone
+        surrogate, which JSON's ``\\ud800`` escape can carry): its UTF-8 bytes,
+        which byte-level BPE and Unigram read, do not exist.
         """
-        a = self._sequence(text)
-        b = self._sequence(pair) if pair is not None else None
+        try:
+            a = self._sequence(text)
+            b = self._sequence(pair) if pair is not None else None
+        except UnicodeEncodeError as exc:
+            raise TokenizerError(
+                f"the text holds {exc.object[exc.start : exc.end]!a} at character {exc.start}, "
+                f"which is not valid Unicode ({exc.reason})"
+            ) from exc
         specials = self._post.added(b is not None)
         untruncated = len(a.ids) + (len(b.ids) if b is not None else 0) + specials
         cut = False
         if max_length is not None:
-            keep_end = self.direction == "left" if left is None else left
-            cut = truncate(a, b, budget(max_length, specials), keep_end)
+            direction = "left" if left else self.direction
+            cut = truncate(a, b, budget(max_length, specials), direction)
         return self._post.apply(a, b, truncated=cut, untruncated=untruncated)
 
     def encode_batch(
@@ -210,22 +260,29 @@ class Tokenizer:
         text, align, spans = self._pre.split(text, align, at_start=base == 0)
         if not spans:
             return word
-        # Whole-list comprehensions, not a per-token loop: this is the worker's hot path.
-        pieces = self.model.pieces
-        found = [pieces(text[a:b]) for a, b in spans]
-        seq.ids += [i for p in found for i in p[0]]
-        seq.tokens += [t for p in found for t in p[1]]
+        # Whole-segment C-level passes (map / chain) rather than a loop per word:
+        # this is the worker's hot path, and a per-word loop costs twice as much.
+        words = list(map(self.model.pieces, map(text.__getitem__, itertools.starmap(slice, spans))))
+        ids = list(map(_first, words))
+        seq.ids += itertools.chain.from_iterable(ids)
+        seq.tokens += itertools.chain.from_iterable(map(_second, words))
         if align is None:
             seq.offsets += [
                 (a + s + base, a + e + base)
-                for (a, _), p in zip(spans, found, strict=True)
-                for s, e in p[2]
+                for (a, _), w in zip(spans, words, strict=True)
+                for s, e in w[2]
             ]
         else:
             seq.offsets += [
                 (align[a + s] + base, align[a + e - 1] + 1 + base)
-                for (a, _), p in zip(spans, found, strict=True)
-                for s, e in p[2]
+                for (a, _), w in zip(spans, words, strict=True)
+                for s, e in w[2]
             ]
-        seq.word_ids += [k for k, p in enumerate(found, word) for _ in p[0]]
+        seq.word_ids += itertools.chain.from_iterable(
+            map(itertools.repeat, range(word, word + len(words)), map(len, ids))
+        )
         return word + len(spans)
+
+
+_first = operator.itemgetter(0)
+_second = operator.itemgetter(1)

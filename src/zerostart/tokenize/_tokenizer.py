@@ -178,7 +178,7 @@ class WordPieceTokenizer:
         if max_length is not None:
             budget = _budget(max_length, SPECIALS_SINGLE)
             if n > budget:
-                seq.cut(budget, left)
+                seq.cut(budget, "left" if left else "right")
                 n = budget
                 truncated = True
         return Encoding(
@@ -201,8 +201,8 @@ class WordPieceTokenizer:
             budget = _budget(max_length, SPECIALS_PAIR)
             if n1 + n2 > budget:
                 n1, n2 = longest_first(n1, n2, budget)
-                a.cut(n1, left)
-                b.cut(n2, left)
+                a.cut(n1, "left" if left else "right")
+                b.cut(n2, "left" if left else "right")
                 n1, n2 = len(a.ids), len(b.ids)
                 truncated = True
         cls_tok, sep_tok = self.settings.cls_token, self.settings.sep_token

@@ -26,6 +26,7 @@ from typing import Any
 
 from zerostart.errors import TokenizerError
 from zerostart.model.manifest import TokenizerSettings
+from zerostart.tokenize._bpe import compile_bpe
 from zerostart.tokenize._compiled import CompiledFile, Section, write
 from zerostart.tokenize._pipeline import DECODERS, MODELS, PRE_TOKENIZERS, TABLES_NAME, Tokenizer
 from zerostart.tokenize._unigram import compile_unigram
@@ -50,7 +51,40 @@ def _unigram(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Section]]
     return {"type": "Unigram", **meta}, sections
 
 
-MODEL_COMPILERS: dict[str, ModelCompiler] = {"Unigram": _unigram}
+# BPE options that change tokenisation and that the worker does not implement
+# (tokenizer.json's defaults: what they must be).
+_BPE_UNSUPPORTED = {
+    "dropout": (None, 0, 0.0),
+    "continuing_subword_prefix": (None, ""),
+    "end_of_word_suffix": (None, ""),
+    "byte_fallback": (None, False),
+}
+
+
+def _bpe(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Section]]:
+    """A byte-level BPE model entry; the ByteLevel pre-tokenizer is checked by the caller."""
+    for option, allowed in _BPE_UNSUPPORTED.items():
+        if model.get(option) not in allowed:
+            raise TokenizerError(f"BPE option {option}={model.get(option)!r}")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict) or not all(isinstance(k, str) for k in vocab):
+        raise TokenizerError("a BPE model whose vocab is not an object of token: id")
+    merges: list[tuple[str, str]] = []
+    for m in model.get("merges") or []:
+        # tokenizers writes ["a", "b"] since 0.20 and "a b" before
+        pair = m.split(" ") if isinstance(m, str) else m
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+        ):
+            raise TokenizerError(f"a BPE merge {m!r} that is not two tokens")
+        merges.append((pair[0], pair[1]))
+    meta, sections = compile_bpe(vocab, merges, ignore_merges=bool(model.get("ignore_merges")))
+    return {"type": "BPE", **meta}, sections
+
+
+MODEL_COMPILERS: dict[str, ModelCompiler] = {"Unigram": _unigram, "BPE": _bpe}
+# The pre-tokenizer each model kind needs: BPE runs over ByteLevel's byte characters.
+_MODEL_PRE_TOKENIZERS = {"BPE": ("ByteLevel",), "Unigram": (None, "Metaspace", "WhitespaceSplit")}
 
 
 def model_type(path: str | os.PathLike[str]) -> str | None:
@@ -83,9 +117,10 @@ def compile_tokenizer_json(
     def refuse(what: str) -> TokenizerError:
         return TokenizerError(
             f"{where}: {what} is not supported",
-            hint="zerostart serves WordPiece, and Unigram with Precompiled/Replace/Lowercase/"
-            "Strip normalizers, Metaspace/WhitespaceSplit pre-tokenizers and "
-            "TemplateProcessing/RobertaProcessing (see docs/tokenizer.md)",
+            hint="zerostart serves WordPiece; Unigram with Precompiled/Replace/Lowercase/"
+            "Strip normalizers and Metaspace/WhitespaceSplit pre-tokenizers; byte-level BPE "
+            "(the ByteLevel pre-tokenizer and decoder); with TemplateProcessing/"
+            "RobertaProcessing (see docs/tokenizer.md)",
         )
 
     model = data.get("model")
@@ -97,6 +132,9 @@ def compile_tokenizer_json(
     pre = data.get("pre_tokenizer")
     if pre is not None and (not isinstance(pre, dict) or pre.get("type") not in PRE_TOKENIZERS):
         raise refuse(f"pre_tokenizer {pre.get('type') if isinstance(pre, dict) else pre!r}")
+    pre_kind = pre.get("type") if isinstance(pre, dict) else None
+    if pre_kind not in _MODEL_PRE_TOKENIZERS[kind]:
+        raise refuse(f"a {kind} model with the pre_tokenizer {pre_kind!r}")
     dec = data.get("decoder")
     if dec is not None and (not isinstance(dec, dict) or dec.get("type") not in DECODERS):
         raise refuse(f"decoder {dec.get('type') if isinstance(dec, dict) else dec!r}")
@@ -112,9 +150,12 @@ def compile_tokenizer_json(
         content = token.get("content")
         if token.get("single_word"):
             raise refuse(f"added token {content!r} with single_word=true")
-        if token.get("normalized") and normalizer is not None:
+        # tokenizers' default: special tokens match the raw text, others the normalised one
+        normalized = bool(token.get("normalized", not token.get("special")))
+        if normalized and normalizer is not None:
             raise refuse(f"added token {content!r} matched after normalisation (normalized=true)")
-        added.append({k: token.get(k) for k in ("id", "content", "lstrip", "rstrip", "special")})
+        entry = {k: token.get(k) for k in ("id", "content", "lstrip", "rstrip", "special")}
+        added.append({**entry, "normalized": normalized})
     truncation = data.get("truncation") or {}
     try:
         meta, model_sections = MODEL_COMPILERS[kind](model)
