@@ -162,8 +162,15 @@ def test_bert_bundle_manifest_files_and_layout(bert_cls: Path, tmp_path: Path) -
         "vocab.txt",
         "weights.safetensors",
     ]
+    from zerostart.engine.cpu_tuning import BUNDLE_TABLE
+
     assert sorted(m.files) == sorted(
-        ["vocab.txt", "weights.safetensors", *(b.file for b in m.cpu_kernels.values())]
+        [
+            "vocab.txt",
+            "weights.safetensors",
+            BUNDLE_TABLE,  # the CPU GEMM tuning table the worker picks its row from
+            *(b.file for b in m.cpu_kernels.values()),
+        ]
     )
     import hashlib
 
