@@ -11,36 +11,85 @@ answer with :meth:`Job.finish`.
 
 The JSON of each route (TEI's, OpenAI's, ours) lives in ``zerostart.api``.
 
-Runtime module: standard library and numpy only.
+No numpy on this path (docs/cpu.md): token ids go to the engine as ``array``
+buffers and each encoding's output comes back as a float32 ``memoryview``
+into the batch's output buffer (shape ``[labels]``, ``[tokens, labels]`` or
+``[tokens, hidden]``; ``numpy.asarray`` reads it without a copy). CPU bundles
+with native kernels run ``NativeCpuEngine``; the numpy reference engine (CPU
+bundles converted with ``--cpu-arch none``) and the GPU engine run behind
+:class:`NumpyEngine`, which imports numpy.
+
+Runtime module: standard library only.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from array import array
 from collections.abc import Sequence
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zerostart import api
 from zerostart.api import Job
 from zerostart.errors import EngineError
 from zerostart.model.bundle import Bundle
 from zerostart.model.manifest import Manifest
+from zerostart.tasks.heads import Heads
 from zerostart.tokenize import Encoding, WordPieceTokenizer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 32  # inputs per request, TEI's --max-client-batch-size default
 DEFAULT_MAX_BATCH_SEQUENCES = 32  # sequences per engine call; bigger batches gain little on CPU
 
 
 class Engine(Protocol):
+    """What ``execute`` runs: ``NativeCpuEngine.run``'s contract."""
+
+    def run(
+        self, ids: Sequence[int], types: Sequence[int] | None, lengths: Sequence[int], width: int
+    ) -> array[float]: ...
+
+
+class ArrayEngine(Protocol):
+    """The numpy engines' contract (``CpuEngine``, ``CudaEngine``)."""
+
     def forward(
         self,
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         token_type_ids: np.ndarray | None = None,
     ) -> np.ndarray: ...
+
+
+class NumpyEngine:
+    """An engine that takes and returns numpy arrays, behind ``Engine.run``.
+
+    For the numpy reference engine and the GPU engine; imports numpy.
+    """
+
+    def __init__(self, engine: ArrayEngine) -> None:
+        self.engine = engine
+        self.kernels = getattr(engine, "kernels", None)
+
+    def run(
+        self, ids: Sequence[int], types: Sequence[int] | None, lengths: Sequence[int], width: int
+    ) -> array[float]:
+        import numpy as np
+
+        b = len(lengths)
+        ids_np = np.asarray(ids, dtype=np.int64).reshape(b, width)
+        types_np = None if types is None else np.asarray(types, dtype=np.int64).reshape(b, width)
+        mask = (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
+        result = self.engine.forward(ids_np, mask, types_np)
+        out = array("f")
+        out.frombytes(np.ascontiguousarray(result, dtype=np.float32).tobytes())
+        return out
+
+    def __getattr__(self, name: str) -> Any:  # close(), warm_graphs(), startup_phases ...
+        return getattr(self.engine, name)
 
 
 class Pipeline:
@@ -64,6 +113,8 @@ class Pipeline:
         self.max_client_batch_size = max_client_batch_size
         self.max_batch_sequences = max_batch_sequences
         self.routes = api.routes_for(self.manifest)
+        # Pooling, normalisation, scores: on the bundle's native kernels when it has them.
+        self.heads = Heads(getattr(engine, "kernels", None))
 
     # -- loading -------------------------------------------------------------
     @classmethod
@@ -159,47 +210,54 @@ class Pipeline:
         """
         return api.prepare(self, route, body)
 
-    def execute(self, encodings: Sequence[Encoding]) -> list[np.ndarray]:
+    def execute(self, encodings: Sequence[Encoding]) -> list[memoryview[float]]:
         """Run the engine over any encodings, shortest first, each group padded to its own longest.
 
-        Returns one array per encoding in the order given: logits [labels] for
-        sequence classification, logits [tokens, labels] for token
+        Returns one float32 memoryview per encoding in the order given: logits
+        [labels] for sequence classification, logits [tokens, labels] for token
         classification, the final hidden states [tokens, hidden] for embeddings
         (each route pools them as it needs: ``/embed`` a vector, ``/embed_all``
-        every token). Rows are views into the batch's output array.
+        every token). Views into the group's output buffer, which nothing reuses.
         """
-        out: list[np.ndarray | None] = [None] * len(encodings)
+        out: list[memoryview[float] | None] = [None] * len(encodings)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         step = self.max_batch_sequences
-        task = self.manifest.task
+        per_token = self.manifest.task != "sequence-classification"
+        cols = self.manifest.config.hidden_size
+        if self.manifest.task != "embeddings":
+            cols = len(self.manifest.labels)
         pad_id = self.tokenizer.pad_id
         for start in range(0, len(order), step):
             group = order[start : start + step]
-            width = max(len(encodings[i].ids) for i in group)
-            ids = np.full((len(group), width), pad_id, dtype=np.int64)
-            types = np.zeros((len(group), width), dtype=np.int64)
-            mask = np.zeros((len(group), width), dtype=np.int64)
-            for row, i in enumerate(group):
+            lengths = [len(encodings[i].ids) for i in group]
+            width = max(lengths)
+            ids = array("q")
+            types = array("q")
+            for i, n in zip(group, lengths, strict=True):
                 enc = encodings[i]
-                n = len(enc.ids)
-                ids[row, :n] = enc.ids
-                types[row, :n] = enc.type_ids
-                mask[row, :n] = 1
-            result = self.engine.forward(ids, mask, types)
-            for row, i in enumerate(group):
-                if task != "sequence-classification":
-                    out[i] = result[row, : len(encodings[i].ids)]
-                else:
-                    out[i] = result[row]
+                ids.extend(enc.ids)
+                types.extend(enc.type_ids)
+                if n < width:
+                    ids.extend([pad_id] * (width - n))
+                    types.extend([0] * (width - n))
+            flat = memoryview(self.engine.run(ids, types, lengths, width)).cast("B")
+            row_bytes = 4 * cols * (width if per_token else 1)
+            for row, (i, n) in enumerate(zip(group, lengths, strict=True)):
+                part = flat[row * row_bytes : row * row_bytes + 4 * cols * (n if per_token else 1)]
+                out[i] = part.cast("f", (n, cols)) if per_token else part.cast("f")
         return [o for o in out if o is not None]
 
 
 def _make_engine(bundle: Bundle) -> Engine:
     device = bundle.manifest.device
     if device == "cpu":
-        from zerostart.engine.cpu import CpuEngine
+        if bundle.manifest.cpu_kernels:
+            from zerostart.engine.cpu_native import NativeCpuEngine
 
-        return CpuEngine.from_bundle(bundle)
+            return NativeCpuEngine.from_bundle(bundle)
+        from zerostart.engine.cpu import CpuEngine  # --cpu-arch none: the numpy engine
+
+        return NumpyEngine(CpuEngine.from_bundle(bundle))
     if device == "cuda":
         # Driver-only GPU engine: ctypes to libcuda and kernels compiled at convert time.
         from zerostart.engine.cuda import CudaEngine
@@ -209,5 +267,5 @@ def _make_engine(bundle: Bundle) -> Engine:
                 f"{bundle.path}: this GPU bundle holds no compiled kernels",
                 hint="convert again with `zerostart convert --device cuda --arch sm_90 ...`",
             )
-        return CudaEngine.from_bundle(bundle)
+        return NumpyEngine(CudaEngine.from_bundle(bundle))
     raise EngineError(f"{bundle.path}: unknown device {device!r} in the manifest")
