@@ -78,7 +78,7 @@ def test_sentence_vector_refuses_nan_and_bad_dims(engine: NativeCpuEngine, nativ
     heads = Heads(engine.kernels if native else None)
     states = _states(2)
     states[5, 7] = np.nan
-    with pytest.raises(EngineError, match="non-finite hidden state .* input 3"):
+    with pytest.raises(EngineError, match=r"non-finite hidden state .* input 3"):
         heads.sentence_vector(_view(states), "mean", normalize=True, index=3)
     states[5, 7] = np.inf
     with pytest.raises(EngineError, match="non-finite"):
