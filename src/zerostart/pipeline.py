@@ -15,9 +15,9 @@ No numpy on this path (docs/cpu.md): token ids go to the engine as ``array``
 buffers and each encoding's output comes back as a float32 ``memoryview``
 into the batch's output buffer (shape ``[labels]``, ``[tokens, labels]`` or
 ``[tokens, hidden]``; ``numpy.asarray`` reads it without a copy). CPU bundles
-with native kernels run ``NativeCpuEngine``; the numpy reference engine (CPU
-bundles converted with ``--cpu-arch none``) and the GPU engine run behind
-:class:`NumpyEngine`, which imports numpy.
+with native kernels run ``NativeCpuEngine``, GPU bundles ``CudaEngine.run``
+(both numpy-free); the numpy reference engine (CPU bundles converted with
+``--cpu-arch none``) runs behind :class:`NumpyEngine`, which imports numpy.
 
 Runtime module: standard library only.
 """
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from zerostart import api
 from zerostart.api import Job
+from zerostart.engine.native import NativeKernels
 from zerostart.errors import EngineError
 from zerostart.model.bundle import Bundle
 from zerostart.model.manifest import Manifest
@@ -113,8 +114,10 @@ class Pipeline:
         self.max_client_batch_size = max_client_batch_size
         self.max_batch_sequences = max_batch_sequences
         self.routes = api.routes_for(self.manifest)
-        # Pooling, normalisation, scores: on the bundle's native kernels when it has them.
-        self.heads = Heads(getattr(engine, "kernels", None))
+        # Pooling, normalisation, scores: on the bundle's native CPU kernels when it has
+        # them; plain Python otherwise (the numpy reference engine, a GPU worker).
+        kernels = getattr(engine, "kernels", None)
+        self.heads = Heads(kernels if isinstance(kernels, NativeKernels) else None)
 
     # -- loading -------------------------------------------------------------
     @classmethod
@@ -198,7 +201,7 @@ class Pipeline:
             "hidden_size": m.config.hidden_size,
             "num_layers": m.config.num_layers,
             # CPU: the native kernel build this CPU runs (docs/cpu.md); None: numpy kernels / GPU.
-            "cpu_kernel_build": getattr(getattr(self.engine, "kernels", None), "arch", None),
+            "cpu_kernel_build": self.heads.kernels.arch if self.heads.kernels else None,
         }
 
     # -- requests ------------------------------------------------------------
@@ -267,5 +270,5 @@ def _make_engine(bundle: Bundle) -> Engine:
                 f"{bundle.path}: this GPU bundle holds no compiled kernels",
                 hint="convert again with `zerostart convert --device cuda --arch sm_90 ...`",
             )
-        return NumpyEngine(CudaEngine.from_bundle(bundle))
+        return CudaEngine.from_bundle(bundle)
     raise EngineError(f"{bundle.path}: unknown device {device!r} in the manifest")
