@@ -167,3 +167,26 @@ def test_a_build_without_products_needs_a_blas(
         pytest.skip(f"the {kernels.arch} build has its own fp32 product")
     with pytest.raises(EngineError, match="no fp32 matrix product"):
         NativeCpuEngine(embed_pipe.manifest, embed_pipe.weights, kernels, sgemm=None)
+
+
+def _mapped_rss_kib(path: Path) -> int:
+    """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split()[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_prefault_maps_the_layers_without_a_forward(embed_bundle: Path) -> None:
+    """Warm-up by mapping: the layer and head pages are resident after ``prefault``."""
+    bundle = Bundle.open(embed_bundle)  # a fresh map: nothing resident yet
+    engine = NativeCpuEngine.from_bundle(bundle)
+    path = bundle.weights.path.resolve()
+    before = _mapped_rss_kib(path)
+    mapped = engine.prefault()
+    first = bundle.weights.info["layer.0.attn.qkv.weight"].offset
+    assert mapped >= len(bundle.weights.buffer or b"") - first  # layers + head, to the end
+    assert _mapped_rss_kib(path) - before >= 0.9 * mapped / 1024

@@ -245,6 +245,13 @@ class NativeCpuEngine:
         sgemm = None if "float32" in kernels.precisions else load_sgemm()
         return cls(m, bundle.weights, kernels, threads=threads, sgemm=sgemm)
 
+    def prefault(self) -> int:
+        """Map every weight page a forward pass reads, without computing (``Weights.populate``):
+        the layers and the head, which follow the embedding tables in the file (layout
+        order). The embedding tables are left to the requests: each touches only its
+        tokens' rows. Returns the bytes mapped."""
+        return self.weights.populate(layer_prefix(0) + "attn.qkv.weight")
+
     @property
     def output_columns(self) -> int:
         """Columns of ``run``'s output: labels (classification) or hidden size (embeddings)."""
