@@ -173,7 +173,7 @@ def _mapped_rss_kib(path: Path) -> int:
     """Resident KiB of this process's mappings of ``path`` (/proc/self/smaps)."""
     total, inside = 0, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
-        if line[:1].isdigit() or line[:1] in "abcdef" and "-" in line.split()[0]:
+        if line[:1].isdigit() or (line[:1] in "abcdef" and "-" in line.split()[0]):
             inside = line.rstrip().endswith(str(path))
         elif inside and line.startswith("Rss:"):
             total += int(line.split()[1])
