@@ -7,11 +7,13 @@ routine. This module calls that same routine, ``cblas_sgemm``, through ctypes:
 same library, same threads, same results, and numpy is never imported. It
 goes away when every kernel build computes its own products (docs/cpu.md).
 
-The library is found next to numpy's package without importing it
-(``importlib.util.find_spec`` only locates): numpy 2 wheels keep it in
-``numpy.libs/libscipy_openblas64_-<hash>.so`` with ILP64 symbols named
+The library is found where numpy's wheel puts it, without importing numpy: a
+``numpy.libs`` folder on ``sys.path`` (site-packages). numpy 2 wheels keep it
+there as ``libscipy_openblas64_-<hash>.so`` with ILP64 symbols named
 ``scipy_cblas_sgemm64_``; older wheels ``libopenblas64_p-*.so``
-(``cblas_sgemm64_``), a system OpenBLAS ``cblas_sgemm`` (LP64).
+(``cblas_sgemm64_``). Only the library's own path is looked at (no
+``importlib`` lookup of numpy's package), so an image whose builder traced the
+``dlopen`` (zerostart.image.trace) carries everything this needs.
 
 Runtime module: standard library only.
 """
@@ -19,8 +21,8 @@ Runtime module: standard library only.
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import os
+import sys
 from collections.abc import Callable
 
 ROW_MAJOR, NO_TRANS = 101, 111  # CBLAS enum values (cblas.h)
@@ -31,16 +33,15 @@ Sgemm = Callable[[int, int, int, int, int, int], None]
 
 
 def _library_paths() -> list[str]:
-    spec = importlib.util.find_spec("numpy")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    site = os.path.dirname(next(iter(spec.submodule_search_locations)))
-    libs = os.path.join(site, "numpy.libs")
-    try:
-        names = sorted(os.listdir(libs))
-    except OSError:
-        return []
-    return [os.path.join(libs, n) for n in names if "openblas" in n and ".so" in n]
+    found = []
+    for entry in sys.path:
+        libs = os.path.join(entry or ".", "numpy.libs")
+        try:
+            names = sorted(os.listdir(libs))
+        except OSError:
+            continue
+        found += [os.path.join(libs, n) for n in names if "openblas" in n and ".so" in n]
+    return found
 
 
 def load_sgemm() -> Sgemm | None:
