@@ -48,6 +48,7 @@ from zerostart.container.runtime import Container  # noqa: E402
 from zerostart.registry.client import pull, push  # noqa: E402
 
 TEXT = "a wonderful, heartfelt film"
+ROUTE = "/predict"  # bench/lazy_shared.py asks "/" (each model's own route)
 READY_TIMEOUT_S = 900.0
 ANSWER_TIMEOUT_S = 300.0
 WORK = ROOT / ".cache" / "bench-lazy"
@@ -66,14 +67,14 @@ def _first_answer(port: int) -> Any:
     deadline = time.monotonic() + ANSWER_TIMEOUT_S
     while True:
         try:
-            status, answer = post_json(port, "/predict", {"inputs": TEXT}, timeout=ANSWER_TIMEOUT_S)
+            status, answer = post_json(port, ROUTE, {"inputs": TEXT}, timeout=ANSWER_TIMEOUT_S)
         except OSError:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.02)
             continue
         if status != 200:
-            raise RuntimeError(f"/predict answered {status}: {answer}")
+            raise RuntimeError(f"{ROUTE} answered {status}: {answer}")
         return answer
 
 

@@ -21,10 +21,11 @@
 #   gcc              compiles the native CPU kernels at `zerostart convert` (build time
 #                    only, never in an image; docs/cpu.md) and in the kernel tests
 #   hey              HTTP load generator: the gateway's 10,000-request test (platform)
+#   chromium, chromium-driver  a real headless browser for the gateway's status page test
 set -euo pipefail
 
 REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 libfuse3-dev pkg-config
-    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter hey gcc)
+    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter hey gcc chromium chromium-driver)
 OPTIONAL=(podman)
 
 missing() {

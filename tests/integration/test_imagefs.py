@@ -160,6 +160,31 @@ def test_warm_cache_serves_with_the_registry_down(
     assert stats["cache"]["disk_hits"] >= 10 and stats["reads"]["registry_fetches"] == 0
 
 
+def test_a_second_mount_reads_the_kept_index_instead_of_the_tocs(
+    registry: RegistryServer, image: tuple[str, Expected], tmp_path: Path
+) -> None:
+    name, exp = image
+    ref = f"{registry.address}/{name}"
+    with _mount(tmp_path, ref, prefetch=False) as m:
+        first = m.info
+        first_bytes = _stats(m)["bytes_fetched_at_mount"]
+    assert first["index"] == "built"
+    assert list((tmp_path / "cache/index").glob("sha256-*.idx"))
+    with _mount(tmp_path, ref, prefetch=False) as m:
+        second = m.info
+        stats = _stats(m)
+        for path, data in exp.files.items():  # chunks located through the kept index
+            assert (tmp_path / "mnt" / path).read_bytes() == data, path
+        for path, target in exp.symlinks.items():
+            assert os.readlink(tmp_path / "mnt" / path) == target
+        for path in exp.absent:
+            assert not os.path.lexists(tmp_path / "mnt" / path), path
+    assert second["index"] == "cached" and stats["index"] == "cached"
+    assert second["layers"] == first["layers"]
+    # manifest + config only: no TOC tail was fetched again
+    assert stats["bytes_fetched_at_mount"] < first_bytes
+
+
 def test_prefetch_fetches_the_landmark_region(
     registry: RegistryServer, image: tuple[str, Expected], tmp_path: Path
 ) -> None:

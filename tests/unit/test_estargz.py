@@ -365,3 +365,24 @@ def test_reading_a_toc_does_not_import_the_writer_or_tarfile() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == b"[]"
+
+
+def test_a_contiguous_file_entry_is_a_regular_file_to_writer_and_reader() -> None:
+    """tar type "7" (CONTTYPE): the writer and the lazy filesystem share one table that says reg."""
+    from zerostart.imagefs._layers import TAR_KINDS as imagefs_kinds
+
+    assert imagefs_kinds is E.TAR_KINDS and E.TAR_KINDS[tarfile.CONTTYPE] == "reg"
+    out = io.BytesIO()
+    w = E.Writer(out, chunk_size=4)
+    w.add(_info("data.bin", tarfile.CONTTYPE, size=10), b"0123456789")
+    blob = out.getvalue() if w.close() else b""
+    toc = _toc(blob)
+    assert toc.files["data.bin"].type == "reg" and toc.files["data.bin"].size == 10
+    got = b"".join(E.read_chunk(c, blob[c.offset : c.next_offset]) for c in toc.chunks["data.bin"])
+    assert got == b"0123456789"
+
+
+def test_the_tar_type_table_spells_tarfiles_constants() -> None:
+    names = ("REGTYPE", "AREGTYPE", "CONTTYPE", "DIRTYPE", "SYMTYPE", "LNKTYPE", "CHRTYPE",
+             "BLKTYPE", "FIFOTYPE")  # fmt: skip
+    assert set(E.TAR_KINDS) == {getattr(tarfile, n) for n in names}

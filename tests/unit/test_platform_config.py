@@ -112,3 +112,23 @@ def test_bad_files_name_the_key_and_the_fix(text: str, key: str, fix: str) -> No
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("accept", "html"),
+    [
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),  # Chromium
+        ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),
+        ("", False),  # curl, urllib, requests: no preference
+        ("*/*", False),
+        ("application/json", False),
+        ("application/json, text/html;q=0.5", False),
+        ("text/html;q=0", False),
+        ("text/html;q=bogus", False),
+        ("TEXT/HTML", True),
+    ],
+)
+def test_status_page_goes_to_browsers_only(accept: str, html: bool) -> None:
+    from zerostart.platform.status_page import wants_html
+
+    assert wants_html(accept) is html

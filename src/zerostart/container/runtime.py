@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerostart.cachedir import cache_base
 from zerostart.container.gpu import host_gpu_mounts, oci_additions
 from zerostart.image.errors import ImageError, RuntimeToolError
 from zerostart.image.oci import ImageRef, open_layer_tar, read_oci_layout
@@ -72,7 +73,7 @@ OPAQUE = ".wh..wh..opq"
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ZEROSTART_CACHE", Path.home() / ".cache" / "zerostart"))
+    return cache_base()
 
 
 # --------------------------------------------------------------------------- unpack

@@ -9,7 +9,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 from zerostart.errors import ZerostartError
 
@@ -95,6 +95,59 @@ _INT_FIELDS = frozenset(
     )
 )
 _KEY_TO_ATTR = {key: attr for attr, key in _FIELDS}
+
+
+# tar header type -> TOC ``type`` (the spec's names). CONTTYPE ("7", a contiguous file) is a
+# regular file to every reader (POSIX ustar: "treat as a regular file"); GNU tar writes none.
+# (the header's type byte, as tarfile's REGTYPE... constants; spelt out so that reading a
+# TOC imports no tarfile)
+TAR_KINDS = {
+    b"0": "reg",  # REGTYPE
+    b"\0": "reg",  # AREGTYPE
+    b"7": "reg",  # CONTTYPE
+    b"5": "dir",  # DIRTYPE
+    b"2": "symlink",  # SYMTYPE
+    b"1": "hardlink",  # LNKTYPE
+    b"3": "char",  # CHRTYPE
+    b"4": "block",  # BLKTYPE
+    b"6": "fifo",  # FIFOTYPE
+}
+
+
+class Chunk(Protocol):
+    """What reading one payload needs of its TOC entry (a :class:`TOCEntry` or a :class:`ChunkRef`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def inner_offset(self) -> int: ...
+    @property
+    def chunk_offset(self) -> int: ...
+    @property
+    def chunk_size(self) -> int: ...
+    @property
+    def chunk_digest(self) -> str: ...
+    @property
+    def next_offset(self) -> int: ...
+
+
+class ChunkRef(NamedTuple):
+    """The fields of a TOC entry that locate and verify one payload, as a cheap tuple.
+
+    The lazy filesystem's cached index (imagefs/_indexcache.py) holds ~10^5 of
+    them; building as many :class:`TOCEntry` dataclasses would cost most of a
+    mount. Field meanings are :class:`TOCEntry`'s.
+    """
+
+    name: str
+    offset: int
+    inner_offset: int
+    chunk_offset: int
+    chunk_size: int
+    chunk_digest: str
+    next_offset: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from zerostart.estargz._format import (
     TAR_BLOCK,
     TOC_TAR_NAME,
     TOC_VERSION,
+    Chunk,
     EStargzError,
     TOCEntry,
     _sha256,
@@ -404,7 +405,7 @@ def resolve_in_root(link_name: str, target: str) -> str | None:
     return "/".join(parts)
 
 
-def read_chunk(entry: TOCEntry, compressed: bytes) -> bytes:
+def read_chunk(entry: Chunk, compressed: bytes) -> bytes:
     """Decompress and verify one payload: ``compressed`` is ``blob[entry.offset:entry.next_offset]``.
 
     Returns the chunk's ``entry.chunk_size`` bytes. Raises :class:`EStargzError`
@@ -426,7 +427,7 @@ def read_chunk(entry: TOCEntry, compressed: bytes) -> bytes:
     return data
 
 
-def verify_chunk(entry: TOCEntry, data: bytes) -> None:
+def verify_chunk(entry: Chunk, data: bytes) -> None:
     """Raise :class:`EStargzError` unless ``data`` matches ``entry.chunk_digest``."""
     algo, _, want = entry.chunk_digest.partition(":")
     got = hashlib.new(algo, data).hexdigest() if algo else ""

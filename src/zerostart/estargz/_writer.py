@@ -20,6 +20,7 @@ from zerostart.estargz._format import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
     TAR_BLOCK,
+    TAR_KINDS,
     TOC_DIGEST_ANNOTATION,
     TOC_TAR_NAME,
     TOC_VERSION,
@@ -30,18 +31,6 @@ from zerostart.estargz._format import (
     clean_name,
     footer_bytes,
 )
-
-_TAR_TYPES = {
-    tarfile.REGTYPE: "reg",
-    tarfile.AREGTYPE: "reg",
-    tarfile.DIRTYPE: "dir",
-    tarfile.SYMTYPE: "symlink",
-    tarfile.LNKTYPE: "hardlink",
-    tarfile.CHRTYPE: "char",
-    tarfile.BLKTYPE: "block",
-    tarfile.FIFOTYPE: "fifo",
-}
-
 
 # --------------------------------------------------------------------------- writer
 
@@ -134,7 +123,7 @@ class Writer:
         """
         if self._closed:
             raise EStargzError(info.name, "the writer is closed")
-        kind = _TAR_TYPES.get(info.type)
+        kind = TAR_KINDS.get(info.type)
         if kind is None:
             raise EStargzError(info.name, f"unsupported tar entry type {info.type!r}")
         clean = clean_name(info.name)

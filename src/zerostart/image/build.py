@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import zerostart
+from zerostart.cachedir import cache_base
 from zerostart.image.blas import BlasDecision
 from zerostart.image.blas import apply as apply_blas
 from zerostart.image.closure import APPLICATION, MODEL, MODEL_DIR, RUNTIME, Closure, build_closure
@@ -62,7 +63,7 @@ class BuildOptions:
     keep_sources: bool = False  # runtime layer: .py beside each .pyc (tracebacks with lines)
     python: str = sys.executable  # the build environment whose files the image takes
     worker_module: str = "zerostart.serve"  # the server the image runs (python -m MODULE /model)
-    cache_dir: str = field(default_factory=lambda: str(Path.home() / ".cache" / "zerostart"))
+    cache_dir: str = field(default_factory=lambda: str(cache_base()))  # zerostart/cachedir.py
 
 
 @dataclass(frozen=True)

@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         from zerostart.imagefs._cache import ChunkCache
         from zerostart.imagefs._fetch import ChunkReader, RetryPolicy
         from zerostart.imagefs._fuse import ImageOperations
-        from zerostart.imagefs._index import merge
-        from zerostart.imagefs._layers import open_layers
+        from zerostart.imagefs._indexcache import index_image
         from zerostart.registry.ranges import BlobReader, RemoteImage
 
         t_import = time.perf_counter()
@@ -88,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         t_manifest = time.perf_counter()
         with ThreadPoolExecutor(1) as pool:  # the config arrives while the TOCs do
             config = pool.submit(reader.config, manifest)
-            layers, entries = open_layers(reader, manifest.get("layers", []), cache_dir)
-            tree = merge(entries)
+            layers, tree, cached = index_image(reader, manifest_digest, manifest, cache_dir)
             image = RemoteImage(opts.reference, manifest_digest, manifest, config.result())
         t_index = time.perf_counter()
         cache = ChunkCache(
@@ -130,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             "started_at": started,
             "timings": timings,
             "inodes": len(tree.inodes),
+            "index": "cached" if cached else "built",
             "layers": layer_notes,
             "bytes_fetched": reader.bytes_fetched,
             "bytes_fetched_at_mount": bytes_at_mount,
@@ -140,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _write_json(state_path, stats())
     ready = {"ready": True, **timings, "manifest_digest": image.manifest_digest}
+    ready["index"] = "cached" if cached else "built"
     ready |= {"config": image.config, "layers": layer_notes}
     print(json.dumps(ready), flush=True)
     log.info(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from zerostart.errors import ZerostartError
-from zerostart.estargz import TOCEntry
+from zerostart.estargz import Chunk
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -66,7 +66,7 @@ class Extent(NamedTuple):
     size: int
     start: int
     end: int
-    entry: TOCEntry | None = None
+    entry: Chunk | None = None
 
     @property
     def digest(self) -> str | None:
@@ -143,6 +143,13 @@ class Tree:
         self.root = Node(LayerEntry("", "dir", mode=0o755))
         self.inodes: dict[int, Node] = {}
         self._dirs: dict[str, Node] = {}  # parent path -> directory, within one layer's apply
+
+    @classmethod
+    def from_inodes(cls, inodes: dict[int, Node]) -> Tree:
+        """A tree already merged and numbered (the cached index, imagefs/_indexcache.py)."""
+        tree = cls.__new__(cls)
+        tree.root, tree.inodes, tree._dirs = inodes[ROOT_INODE], inodes, {}
+        return tree
 
     def _find(self, path: str) -> Node | None:
         node = self.root

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.estargz import (
+    TAR_KINDS,
     TOC_DIGEST_ANNOTATION,
     EStargzError,
     TOCEntry,
@@ -57,17 +58,6 @@ TAR_TYPES = frozenset(
 )
 ZSTD_TYPES = frozenset({"application/vnd.oci.image.layer.v1.tar+zstd"})
 OPEN_WORKERS = 8
-_TAR_KINDS = {
-    tarfile.REGTYPE: "reg",
-    tarfile.AREGTYPE: "reg",
-    tarfile.CONTTYPE: "reg",
-    tarfile.DIRTYPE: "dir",
-    tarfile.SYMTYPE: "symlink",
-    tarfile.LNKTYPE: "hardlink",
-    tarfile.CHRTYPE: "char",
-    tarfile.BLKTYPE: "block",
-    tarfile.FIFOTYPE: "fifo",
-}
 
 
 def _mtime_ns(modtime: str, seen: dict[str, int] | None = None) -> int:
@@ -231,7 +221,7 @@ def _fetch_whole(
     try:
         with tarfile.open(path, "r:") as tar:
             for m in tar:
-                kind = _TAR_KINDS.get(m.type)
+                kind = TAR_KINDS.get(m.type)
                 if kind is None:
                     continue
                 name = normalize(m.name)

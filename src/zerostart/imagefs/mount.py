@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerostart.cachedir import cache_base
 from zerostart.errors import ZerostartError
 from zerostart.imagefs._cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES
 
@@ -47,9 +48,8 @@ def state_dir() -> Path:
 
 
 def default_cache_dir() -> Path:
-    """Chunk cache and whole-fetched layers: ``$ZEROSTART_CACHE/imagefs`` (default ~/.cache/zerostart)."""
-    base = os.environ.get("ZEROSTART_CACHE") or str(Path.home() / ".cache" / "zerostart")
-    return Path(base) / "imagefs"
+    """Chunks, whole-fetched layers and kept indexes: ``imagefs/`` in the cache (zerostart/cachedir.py)."""
+    return cache_base() / "imagefs"
 
 
 def is_mounted(path: str | os.PathLike[str]) -> bool:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zerostart.kernels.cpu_build import cache_base
+from zerostart.cachedir import cache_base
 
 SOURCE = Path(__file__).resolve().parent / "cpu" / "zs_blas.c"
 CC = os.environ.get("CC", "gcc")

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from zerostart.cachedir import cache_base
 from zerostart.errors import ConvertError
 from zerostart.model.manifest import CPU_KERNELS_DIR, CpuKernelBuild
 
@@ -163,14 +164,6 @@ def arch_features(arch: str) -> tuple[str, ...]:
 
 def _compiler_id() -> str:
     return _run([CC, "--version"], PROBE_TIMEOUT_S, CC).stdout.splitlines()[0]
-
-
-def cache_base() -> Path:
-    """zerostart's build cache: $ZEROSTART_CACHE, else $XDG_CACHE_HOME/zerostart, else ~/.cache/zerostart."""
-    base = os.environ.get("ZEROSTART_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zerostart"
-    )
-    return Path(base)
 
 
 def cache_root() -> Path:

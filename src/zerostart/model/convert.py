@@ -174,7 +174,7 @@ def convert(
         source={
             "name": name or Path(dst).resolve().name,
             "folder": src.resolve().name,
-            "model_type": architecture,
+            "model_type": str(config.get("model_type")),
             "architectures": list(config.get("architectures") or []),
             "weights_files": [p.name for p in weights_files],
             "weights_sha256": _sha256_files(weights_files),
@@ -243,7 +243,9 @@ def _engine_tensors(
 ) -> dict[str, np.ndarray]:
     """Map Hugging Face tensor names to the engine layout, checking every shape."""
     bert = manifest.architecture == "bert"
-    prefix = "bert." if bert else "distilbert."
+    model_type = str(manifest.source.get("model_type", manifest.architecture))
+    roberta = model_type in hf.ROBERTA_TYPES
+    prefix = "roberta." if roberta else "bert." if bert else "distilbert."
     c = manifest.config
     h = c.hidden_size
 
@@ -310,13 +312,23 @@ def _engine_tensors(
         out[p + "ffn.norm.bias"] = get(n2 + ".bias", (h,))
     n_labels = len(manifest.labels)
     if manifest.task == "sequence-classification":
-        if bert:
+        if roberta:
+            # RobertaClassificationHead: dense + tanh on <s>, then out_proj: BERT's pooler +
+            # classifier, under other names.
+            dense = linear("classifier.dense", h, h, prefixed=False)
+            out["head.pooler.weight"], out["head.pooler.bias"] = dense
+        elif bert:
             out["head.pooler.weight"], out["head.pooler.bias"] = linear("pooler.dense", h, h)
         else:
             pre = linear("pre_classifier", h, h, prefixed=False)
             out["head.pre_classifier.weight"], out["head.pre_classifier.bias"] = pre
     if manifest.task != "embeddings":
-        cls = linear("classifier", h, n_labels, prefixed=False)
+        head = (
+            "classifier.out_proj"
+            if roberta and manifest.task == "sequence-classification"
+            else "classifier"
+        )
+        cls = linear(head, h, n_labels, prefixed=False)
         out["head.classifier.weight"], out["head.classifier.bias"] = cls
     # File order = the engine's access order (see layout.tensor_shapes).
     if manifest.dtype in GEMM_GROUP:
@@ -424,7 +436,10 @@ def _positions(
         table[:, 0::2] = np.sin(angle[:, 0::2])
         table[:, 1::2] = np.cos(angle[:, 1::2])
         return table
-    return get(name, (c.max_position_embeddings, c.hidden_size))
+    model_type = str(manifest.source.get("model_type", manifest.architecture))
+    offset = hf.position_offset(model_type, {"pad_token_id": c.pad_token_id})
+    table = get(name, (c.max_position_embeddings + offset, c.hidden_size))
+    return table[offset:]
 
 
 # -- writing the bundle --------------------------------------------------------------

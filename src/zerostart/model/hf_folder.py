@@ -29,7 +29,27 @@ _ARCH_TASKS = {
     "ForSequenceClassification": "sequence-classification",
     "ForTokenClassification": "token-classification",
 }
-_EMBEDDING_ARCHS = ("BertModel", "DistilBertModel")
+_EMBEDDING_ARCHS = (
+    "BertModel",
+    "DistilBertModel",
+    "RobertaModel",
+    "XLMRobertaModel",
+    "CamembertModel",
+)
+# Post-LN BERTs with RoBERTa's embeddings: the engine runs them as "bert" (see position_offset).
+ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
+# Families TEI serves that convert does not yet, and the nearest one that converts.
+_NOT_YET = {
+    "deberta-v2": "bert",
+    "deberta": "bert",
+    "modernbert": "bert",
+    "mpnet": "bert",
+    "nomic_bert": "bert",
+    "new": "bert",  # gte-base-en-v1.5 / Alibaba-NLP "NewModel"
+    "qwen2": "bert",
+    "mistral": "bert",
+    "gemma3_text": "bert",
+}
 
 
 def read_json(path: Path, *, required: bool = False) -> dict[str, Any]:
@@ -123,9 +143,20 @@ def model_config(config: dict[str, Any], path: Path) -> tuple[str, ModelConfig]:
                 hidden_act=str(config.get("activation", "gelu")),
                 pad_token_id=int(config.get("pad_token_id") or 0),
             )
+        elif model_type in ROBERTA_TYPES:
+            mc = _roberta_config(config, path)
         else:
+            supported = ", ".join(("bert", "distilbert", *ROBERTA_TYPES))
+            nearest = _NOT_YET.get(str(model_type))
             raise ConvertError(
-                path, f"model_type {model_type!r} is not supported (bert, distilbert)"
+                path,
+                f"model_type {model_type!r} is not supported yet ({supported})",
+                hint=(
+                    f"{model_type} is planned (docs/models.md); today the nearest family that "
+                    f"converts is {nearest}"
+                    if nearest
+                    else None
+                ),
             )
     except KeyError as exc:
         raise ConvertError(path, f"config has no {exc.args[0]!r}") from exc
@@ -139,7 +170,46 @@ def model_config(config: dict[str, Any], path: Path) -> tuple[str, ModelConfig]:
         raise ConvertError(
             path, f"hidden size {mc.hidden_size} is not a multiple of {mc.num_heads} heads"
         )
-    return str(model_type), mc
+    engine_arch = "bert" if model_type in ROBERTA_TYPES else str(model_type)
+    return engine_arch, mc
+
+
+def position_offset(model_type: str, config: dict[str, Any]) -> int:
+    """Rows of the source position table that precede position 0 of a sequence.
+
+    RoBERTa numbers positions from ``padding_idx + 1`` (transformers'
+    ``create_position_ids_from_input_ids``: ``cumsum(mask) * mask + padding_idx``),
+    so a 514-row table serves 512 tokens; convert drops those first rows and the
+    engine counts from 0 as for BERT. Like TEI, a literal pad token inside the
+    text does not shift the positions after it (transformers would).
+    """
+    if model_type not in ROBERTA_TYPES:
+        return 0
+    pad = config.get("pad_token_id")
+    return (1 if pad is None else int(pad)) + 1
+
+
+def _roberta_config(config: dict[str, Any], path: Path) -> ModelConfig:
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        raise ConvertError(path, "only absolute position embeddings are supported")
+    offset = position_offset(str(config.get("model_type")), config)
+    table = int(config["max_position_embeddings"])
+    if table <= offset + 2:
+        raise ConvertError(
+            path, f"max_position_embeddings {table} leaves no positions after padding_idx + 1"
+        )
+    return ModelConfig(
+        hidden_size=int(config["hidden_size"]),
+        num_layers=int(config["num_hidden_layers"]),
+        num_heads=int(config["num_attention_heads"]),
+        intermediate_size=int(config["intermediate_size"]),
+        vocab_size=int(config["vocab_size"]),
+        max_position_embeddings=table - offset,
+        type_vocab_size=int(config.get("type_vocab_size", 1)),
+        layer_norm_eps=float(config.get("layer_norm_eps", 1e-5)),
+        hidden_act=str(config.get("hidden_act", "gelu")),
+        pad_token_id=offset - 1,
+    )
 
 
 def infer_task(config: dict[str, Any], path: Path, *, is_sentence_transformer: bool) -> str:

@@ -22,6 +22,9 @@ BACKOFF_FIRST_S = 1.0  # after a failed start; doubles per failure
 BACKOFF_MAX_S = 60.0
 
 
+RECENT_STARTS = 8  # starts per model that /status keeps (the status page's waterfall)
+
+
 @dataclass
 class StartRecord:
     """One replica start, as /status and the cold-start header show it."""
@@ -92,6 +95,7 @@ class ModelRuntime:
         self.desired = config.min_replicas
         self.panicking = False
         self.last_start: StartRecord | None = None
+        self.recent_starts: collections.deque[StartRecord] = collections.deque(maxlen=RECENT_STARTS)
         self.failure: StartError | None = None
         self.failure_until = 0.0
         self.backoff_s = BACKOFF_FIRST_S
@@ -154,6 +158,7 @@ class ModelRuntime:
             "idle_s": None if idle is None else round(idle, 3),
             "cold_starts": cold_starts,
             "last_start": None if self.last_start is None else self.last_start.as_dict(),
+            "recent_starts": [s.as_dict() for s in self.recent_starts],  # oldest first
             "replica_seconds": {"up": round(up, 3), "idle": round(idle_replica_s, 3)},
             "last_error": None if self.failure is None else str(self.failure),
             "limits": {

@@ -94,6 +94,10 @@ from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.platform.metrics import GatewayMetrics, register_gauges
 from zerostart.platform.sizing import PoolSizer, Recent
 from zerostart.platform.sizing import register_gauges as register_sizing_gauges
+from zerostart.platform.status_page import CONTENT_TYPE as PAGE_TYPE
+from zerostart.platform.status_page import HEADERS as PAGE_HEADERS
+from zerostart.platform.status_page import PAGE as STATUS_PAGE
+from zerostart.platform.status_page import wants_html
 from zerostart.platform.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge
 from zerostart.serve.config import ServerConfig
 from zerostart.serve.http import ListeningHost, Request, Response, error_response
@@ -230,6 +234,12 @@ class Gateway(ListeningHost):
             if path == "/status":
                 return json_response(self.status())
             return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+        if (
+            path == "/"
+            and request.method == "GET"
+            and wants_html(request.headers.get("accept", ""))
+        ):
+            return Response(200, STATUS_PAGE, content_type=PAGE_TYPE, headers=list(PAGE_HEADERS))
         models = ", ".join(sorted(self.models))
         return error_response(
             404,
@@ -445,6 +455,7 @@ class Gateway(ListeningHost):
         for phase, ms in replica.phases_ms.items():
             self.metrics.phases.observe(ms / 1e3, name, phase)
         rt.last_start = record
+        rt.recent_starts.append(record)
         self.recent.started(name, replica.start_path, replica.total_ms / 1e3, time.monotonic())
         rt.failure, rt.backoff_s = None, BACKOFF_FIRST_S
         seat = Seat(replica, record, time.monotonic())
@@ -580,6 +591,7 @@ class Gateway(ListeningHost):
         if (pool := self.pool_status()) is not None:
             out["starter"] = pool
         out["demand"] = self.recent.status(now, list(self.models))
+        out["requests"] = self.metrics.requests.by_first_label()  # {model: {status: count}}
         out["pool_sizing"] = (
             self.sizer.status()
             if self.sizer is not None

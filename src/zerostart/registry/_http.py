@@ -28,6 +28,7 @@ from typing import BinaryIO
 from zerostart import __version__
 from zerostart.registry import _distribution as d
 from zerostart.registry.errors import (
+    DigestMismatchError,
     ImageLayoutError,
     RegistryAuthError,
     RegistryError,
@@ -273,6 +274,34 @@ class Session:
                 yield resp
                 return
         raise RegistryError(self.netloc, f"GET {url}: too many redirects or auth retries")
+
+    def read_blob(self, digest: str, size: int, sink: Callable[[bytes], object]) -> None:
+        """Stream the whole blob ``digest`` into ``sink``, checking its size and sha256 as it arrives.
+
+        ``sink`` sees every block before the digest is known to be right: it
+        must write somewhere the caller discards on error (a ``.partial``
+        file, a buffer). Raises DigestMismatchError for a wrong announced
+        length, a short or long body, or another digest; RegistryError for
+        what the registry refuses.
+        """
+        verifier = d.Verifier(digest, size)
+        try:
+            with self.stream(d.blob_path(self.ref, digest), {}) as resp:
+                announced = resp.getheader("Content-Length")
+                if announced is not None and int(announced) != size:
+                    raise d.ProtocolError(
+                        f"blob {digest}: registry sends {announced} bytes, expected {size}"
+                    )
+                while block := resp.read(IO_BLOCK_BYTES):
+                    verifier.update(block)
+                    sink(block)
+            verifier.check()
+        except d.ProtocolError as exc:
+            raise DigestMismatchError(
+                self.netloc,
+                f"refused blob {digest}: {exc}",
+                hint="the registry's copy is corrupt or was tampered with",
+            ) from exc
 
     @property
     def base(self) -> str:

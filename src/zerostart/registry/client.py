@@ -34,7 +34,6 @@ from typing import Any
 
 from zerostart.registry import _distribution as d
 from zerostart.registry._http import (
-    IO_BLOCK_BYTES,
     NETWORK_TIMEOUT_S,
     Auth,
     Body,
@@ -453,31 +452,17 @@ class _Puller:
         self.meter.start(f"fetch   {_short(digest)} {_mb(size)}")
         dest = self.layout.blob(digest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        verifier = d.Verifier(digest, size)
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
         try:
-            with (
-                os.fdopen(fd, "wb") as out,
-                self.s.stream(d.blob_path(self.s.ref, digest), {}) as resp,
-            ):
-                announced = resp.getheader("Content-Length")
-                if announced is not None and int(announced) != size:
-                    raise d.ProtocolError(
-                        f"blob {digest}: registry sends {announced} bytes, expected {size}"
-                    )
-                while chunk := resp.read(IO_BLOCK_BYTES):
-                    verifier.update(chunk)
-                    out.write(chunk)
-                    self.bytes_downloaded += len(chunk)
-                    self.meter.add(len(chunk))
-                verifier.check()
+            with os.fdopen(fd, "wb") as out:
+
+                def write(block: bytes) -> None:
+                    out.write(block)
+                    self.bytes_downloaded += len(block)
+                    self.meter.add(len(block))
+
+                self.s.read_blob(digest, size, write)
             os.replace(tmp, dest)
-        except d.ProtocolError as exc:
-            raise DigestMismatchError(
-                self.s.netloc,
-                f"refused blob {digest}: {exc}",
-                hint="the registry's copy is corrupt or was tampered with",
-            ) from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

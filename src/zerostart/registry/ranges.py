@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zerostart.registry import _distribution as d
-from zerostart.registry._http import IO_BLOCK_BYTES, NETWORK_TIMEOUT_S, Auth, Session
+from zerostart.registry._http import NETWORK_TIMEOUT_S, Auth, Session
 from zerostart.registry.errors import DigestMismatchError, RegistryError
 
 # Config blobs are JSON of a few KiB; a registry answering more is broken or hostile.
@@ -255,18 +255,9 @@ class BlobReader:
 
     def read_all(self, digest: str, size: int, sink: Callable[[bytes], object]) -> None:
         """Stream a whole blob into ``sink``, checking its size and sha256 as it arrives."""
-        session = self._session()
-        verifier = d.Verifier(digest, size)
-        try:
-            with session.stream(d.blob_path(self.ref, digest), {}) as resp:
-                while block := resp.read(IO_BLOCK_BYTES):
-                    verifier.update(block)
-                    sink(block)
-                    self._count(len(block))
-            verifier.check()
-        except d.ProtocolError as exc:
-            raise DigestMismatchError(
-                self.ref.registry,
-                f"refused blob {digest}: {exc}",
-                hint="the registry's copy is corrupt or was tampered with",
-            ) from exc
+
+        def counted(block: bytes) -> None:
+            sink(block)
+            self._count(len(block))
+
+        self._session().read_blob(digest, size, counted)
