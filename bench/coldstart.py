@@ -149,6 +149,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--no-cold-cache", action="store_true", help="skip the dropped-page-cache runs")
     ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to run interleaved")
+    ap.add_argument(
+        "--anchors",
+        default="onnxruntime,pytorch",
+        help="anchor stacks to run, comma-separated (default %(default)s)",
+    )
     args = ap.parse_args()
     machine = machine_description()
     flags = cpu_flags()
@@ -167,17 +172,18 @@ def main() -> None:
         path, body, _ = sample_request(task)
         check = reference_check(bundle, path, body)
         onnx = onnx_file(name, src)
-        stacks = {
-            "zerostart": (lambda p: worker_command(bundle, p), True),
-            "onnxruntime_tokenizers": (
+        anchors = set(args.anchors.split(","))
+        stacks = {"zerostart": (lambda p: worker_command(bundle, p), True)}
+        if "onnxruntime" in anchors:
+            stacks["onnxruntime_tokenizers"] = (
                 lambda p: [sys.executable, str(ONNX_SERVER), str(src), str(onnx), "--port", str(p)],
                 False,
-            ),
-            "pytorch_transformers": (
+            )
+        if "pytorch" in anchors:
+            stacks["pytorch_transformers"] = (
                 lambda p: [sys.executable, str(TORCH_SERVER), str(src), "--port", str(p)],
                 False,
-            ),
-        }
+            )
         if args.baseline_src:
             result["baseline_src"] = "main before this change (--baseline-src)"
             base = baseline_bundle(args.baseline_src, name, src)
@@ -190,29 +196,26 @@ def main() -> None:
             if got is None:
                 print(f"{name}: cannot drop the page cache (not root?): cold-cache runs skipped")
                 continue
-            zs, ox, pt = (
-                got["zerostart"],
-                got["onnxruntime_tokenizers"],
-                got["pytorch_transformers"],
-            )
-            row[f"page_cache_{cache}"] = {
-                **got,
-                "speedup_vs_pytorch": pt["median_s"] / zs["median_s"],
-                "speedup_vs_onnxruntime": ox["median_s"] / zs["median_s"],
-            }
-            print(
+            zs = got["zerostart"]
+            summary = {}
+            line = (
                 f"{name:<14} page cache {cache}: zerostart {zs['median_s'] * 1e3:6.0f} ms "
-                f"(RSS {zs['peak_rss_mib']:.0f} MiB) | ONNX Runtime {ox['median_s'] * 1e3:6.0f} ms "
-                f"(RSS {ox['peak_rss_mib']:.0f} MiB, {ox['median_s'] / zs['median_s']:.1f}x) | "
-                f"PyTorch {pt['median_s'] * 1e3:6.0f} ms "
-                f"(RSS {pt['peak_rss_mib']:.0f} MiB, {pt['median_s'] / zs['median_s']:.1f}x)"
+                f"(RSS {zs['peak_rss_mib']:.0f} MiB)"
             )
-            if "zerostart_baseline" in got:
-                bl = got["zerostart_baseline"]
-                print(
-                    f"    baseline zerostart {bl['median_s'] * 1e3:6.0f} ms "
-                    f"(RSS {bl['peak_rss_mib']:.0f} MiB)"
-                )
+            for key, label in (
+                ("onnxruntime_tokenizers", "onnxruntime"),
+                ("pytorch_transformers", "pytorch"),
+                ("zerostart_baseline", "baseline"),
+            ):
+                if key in got:
+                    other = got[key]
+                    summary[f"speedup_vs_{label}"] = other["median_s"] / zs["median_s"]
+                    line += (
+                        f" | {label} {other['median_s'] * 1e3:6.0f} ms (RSS "
+                        f"{other['peak_rss_mib']:.0f} MiB, {other['median_s'] / zs['median_s']:.2f}x)"
+                    )
+            row[f"page_cache_{cache}"] = {**got, **summary}
+            print(line)
             for k, v in zs.get("phases_s", {}).items():
                 was = got.get("zerostart_baseline", {}).get("phases_s", {}).get(k)
                 before = f"  (baseline {was * 1e3:6.1f} ms)" if was is not None else ""
