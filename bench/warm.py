@@ -183,7 +183,9 @@ def _onnx(name: str, model: Any) -> tuple[Path, Path]:
     return fp32, int8
 
 
-def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, object]:
+def bench_model(
+    name: str, src: Path, iters: int, threads: int, shapes: tuple[tuple[str, int], ...] = SHAPES
+) -> dict[str, object]:
     import onnxruntime as ort
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -213,7 +215,7 @@ def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, obj
         "not_run": {k: e for k, e in ours.items() if isinstance(e, str)},
     }
     rng = np.random.default_rng(0)
-    for label, batch in SHAPES:
+    for label, batch in shapes:
         ids = rng.integers(1000, 20000, size=(batch, SEQ_LEN), dtype=np.int64)
         ids[:, 0], ids[:, -1] = 101, 102
         mask = np.ones_like(ids)
@@ -266,7 +268,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default="warm_cpu", help="result name under bench/results/")
+    ap.add_argument(
+        "--shapes",
+        default=",".join(label for label, _ in SHAPES),
+        help="which of the shapes to time (default %(default)s)",
+    )
     args = ap.parse_args()
+    shapes = tuple(s for s in SHAPES if s[0] in args.shapes.split(","))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     machine = machine_description()
     machine["cpu_flags"] = sorted(cpu_flags())
@@ -279,7 +287,7 @@ def main() -> None:
     }
     for name in args.models.split(","):
         src = bert_base_random() if name == "bert-base-random" else model_dir(name)
-        result["models"][name] = bench_model(name, src, args.iters, args.threads)  # type: ignore[index]
+        result["models"][name] = bench_model(name, src, args.iters, args.threads, shapes)  # type: ignore[index]
         result["load_average_after"] = list(os.getloadavg())
         write_result(args.out, result)  # after every model: a long run stopped early keeps its data
 
