@@ -6,7 +6,8 @@ For (a) the zerostart worker and (b) the PyTorch + transformers anchor server
 on the same model: boot N times (median), snapshot once after a warm-up
 request, restore N times (median; the clock starts before the restore call,
 which includes the manifest/digest/host checks, and stops when the first
-/embed answer has been read and checked against the booted answer). Also the
+/embed answer has been read and checked against the booted answer), and as
+many restores with CRIU lazy-pages (memory on first touch), interleaved. Also the
 snapshot's size and time to take it, the cost of the fast and the full digest
 check, and what compressing the page images would save and cost.
 Needs root and CRIU (scripts/install_criu.sh).
@@ -108,20 +109,22 @@ def _bench_one(
         f"(dump {taken.timings_s['criu_dump']:.2f} s)",
         flush=True,
     )
-    restores, phases = [], []
-    for i in range(runs):
-        t0 = time.perf_counter()
-        result = restore(label, store=store, fallback=False)
-        status, got = http_request(f"http://127.0.0.1:{port}{route}", "POST", body)
-        elapsed = time.perf_counter() - t0
-        result.stop()
-        if status != 200 or not _same_answer(json.loads(got), reference):
-            raise SystemExit(
-                f"{label}: restored answer differs from the booted one (HTTP {status})"
-            )
-        restores.append(elapsed)
-        phases.append(result.timings_s)
-        print(f"  restore {i + 1}/{runs}: {elapsed * 1e3:.0f} ms {result.timings_s}", flush=True)
+    restores, phases, lazy_restores, lazy_phases = [], [], [], []
+    for i in range(runs):  # eager and lazy-pages restores interleaved
+        for lazy in (False, True):
+            t0 = time.perf_counter()
+            result = restore(label, store=store, fallback=False, lazy_pages=lazy)
+            status, got = http_request(f"http://127.0.0.1:{port}{route}", "POST", body)
+            elapsed = time.perf_counter() - t0
+            result.stop()
+            if status != 200 or not _same_answer(json.loads(got), reference):
+                raise SystemExit(
+                    f"{label}: restored answer differs from the booted one (HTTP {status}, lazy {lazy})"
+                )
+            (lazy_restores if lazy else restores).append(elapsed)
+            (lazy_phases if lazy else phases).append(result.timings_s)
+            kind = "lazy restore" if lazy else "restore"
+            print(f"  {kind} {i + 1}/{runs}: {elapsed * 1e3:.0f} ms {result.timings_s}", flush=True)
     fast, full = [], []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -130,12 +133,15 @@ def _bench_one(
         t0 = time.perf_counter()
         check(label, store=store, full=True)
         full.append(time.perf_counter() - t0)
-    boot_s, restore_s = summarize(boots), summarize(restores)
+    boot_s, restore_s, lazy_s = summarize(boots), summarize(restores), summarize(lazy_restores)
     return {
         "boot_s": boot_s,
         "restore_s": restore_s,
         "speedup": boot_s["median"] / restore_s["median"],
         "restore_phases_s": phases[len(phases) // 2],
+        "lazy_pages_restore_s": lazy_s,
+        "lazy_pages_speedup_over_restore": restore_s["median"] / lazy_s["median"],
+        "lazy_pages_restore_phases_s": lazy_phases[len(lazy_phases) // 2],
         "snapshot_bytes": taken.size_bytes,
         "snapshot_take_s": taken.timings_s,
         "mapped_files": len(taken.manifest.mapped_files),
@@ -326,7 +332,8 @@ def main() -> None:
             r = results[key]
             print(
                 f"{key}: boot {r['boot_s']['median'] * 1e3:.0f} ms, restore {r['restore_s']['median'] * 1e3:.0f} ms "
-                f"(x{r['speedup']:.1f}), snapshot {r['snapshot_bytes'] / 1e6:.0f} MB"
+                f"(x{r['speedup']:.1f}), lazy-pages restore "
+                f"{r['lazy_pages_restore_s']['median'] * 1e3:.0f} ms, snapshot {r['snapshot_bytes'] / 1e6:.0f} MB"
             )
     print(f"wrote {args.out}")
 

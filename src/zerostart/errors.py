@@ -61,3 +61,17 @@ class InputError(ZerostartError):
 
 class ServeError(ZerostartError):
     """The server cannot start (port in use, bad bundle, ...)."""
+
+
+class PathEscapeError(ZerostartError):
+    """A name from a document (layer, manifest, table of contents) would leave its folder.
+
+    ``name`` is the name as the document gave it; ``problem`` says why it is
+    refused. Raised by :mod:`zerostart.paths`; callers re-raise it as their own
+    error type, chained with ``from``.
+    """
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        self.problem = problem
+        super().__init__(f"{name!r} {problem}")

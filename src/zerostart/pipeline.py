@@ -34,6 +34,7 @@ from zerostart import api
 from zerostart.api import Job
 from zerostart.engine.native import NativeKernels
 from zerostart.errors import EngineError
+from zerostart.limits import Limits
 from zerostart.model.bundle import Bundle
 from zerostart.model.manifest import Manifest
 from zerostart.tasks.heads import Heads
@@ -42,8 +43,8 @@ from zerostart.tokenize import Encoding, WordPieceTokenizer
 if TYPE_CHECKING:
     import numpy as np
 
-DEFAULT_MAX_CLIENT_BATCH_SIZE = 32  # inputs per request, TEI's --max-client-batch-size default
-DEFAULT_MAX_BATCH_SEQUENCES = 32  # sequences per engine call; bigger batches gain little on CPU
+DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits.max_client_batch_size  # zerostart.limits: TEI's default
+DEFAULT_MAX_BATCH_SEQUENCES = Limits.max_batch_sequences
 
 
 class Engine(Protocol):
@@ -103,16 +104,17 @@ class Pipeline:
         engine: Engine,
         *,
         phases: dict[str, float] | None = None,
-        max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
-        max_batch_sequences: int = DEFAULT_MAX_BATCH_SEQUENCES,
+        limits: Limits | None = None,
     ) -> None:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
         self.tokenizer = tokenizer
         self.engine = engine
         self.phases: dict[str, float] = dict(phases or {})
-        self.max_client_batch_size = max_client_batch_size
-        self.max_batch_sequences = max_batch_sequences
+        self.limits = limits or Limits()  # the server's (ServerConfig.limits)
+        self.max_client_batch_size = self.limits.max_client_batch_size  # read by zerostart.api
+        self.max_batch_sequences = self.limits.max_batch_sequences
+        self.engine_calls = 0  # engine.forward calls so far (the worker's /metrics)
         self.routes = api.routes_for(self.manifest)
         # Pooling, normalisation, scores: on the bundle's native CPU kernels when it has
         # them; plain Python otherwise (the numpy reference engine, a GPU worker).
@@ -126,9 +128,17 @@ class Pipeline:
         bundle_dir: str | os.PathLike[str],
         *,
         verify: str = "fast",
-        max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE,
+        max_client_batch_size: int | None = None,
+        limits: Limits | None = None,
     ) -> Pipeline:
-        """Map the bundle, build the tokenizer and engine; each step is timed in ``phases``."""
+        """Map the bundle, build the tokenizer and engine; each step is timed in ``phases``.
+
+        ``limits``: the server's (``ServerConfig.limits``); ``max_client_batch_size``
+        alone changes just that field of the defaults.
+        """
+        limits = limits or Limits()
+        if max_client_batch_size is not None:
+            limits = limits.new(max_client_batch_size=max_client_batch_size)
         phases: dict[str, float] = {}
         t0 = time.perf_counter()
         bundle = Bundle.open(os.fspath(bundle_dir), verify=verify)
@@ -144,7 +154,7 @@ class Pipeline:
             tokenizer,
             engine,
             phases=phases,
-            max_client_batch_size=max_client_batch_size,
+            limits=limits,
         )
 
     def warmup(self) -> None:
@@ -254,6 +264,7 @@ class Pipeline:
                     ids.extend([pad_id] * (width - n))
                     types.extend([0] * (width - n))
             flat = memoryview(self.engine.run(ids, types, lengths, width)).cast("B")
+            self.engine_calls += 1
             row_bytes = 4 * cols * (width if per_token else 1)
             for row, (i, n) in enumerate(zip(group, lengths, strict=True)):
                 part = flat[row * row_bytes : row * row_bytes + 4 * cols * (n if per_token else 1)]

@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -190,15 +192,17 @@ def test_corrupt_bundle_gets_a_clear_5xx_and_other_models_keep_serving(
 ) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(sst2_bundle, broken)
+    toml = GATEWAY + model_toml("broken", broken) + model_toml("embed", embed_bundle)
+    gw = Gateway(tmp_path, toml)  # `up` checks every bundle: damage it once it serves
+    gateways.append(gw)
     weights = broken / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    toml = GATEWAY + model_toml("broken", broken) + model_toml("embed", embed_bundle)
-    gw = Gateway(tmp_path, toml)
-    gateways.append(gw)
     code, _, body = gw.request("POST", "/models/broken/predict", {"inputs": "hi"})
     assert code == 502, body
     assert "broken" in body["error"] and "weights.safetensors" in body["error"], body
     assert body["error_type"] == "StartFailed"
+    # the server's paths stay in its log, out of the answer
+    assert str(tmp_path) not in body["error"] and str(weights) in gw.stderr(), body
     # within the back-off a second request fails at once, without a new start
     t0 = time.perf_counter()
     code2, headers2, body2 = gw.request("POST", "/models/broken/predict", {"inputs": "hi"})
@@ -208,6 +212,7 @@ def test_corrupt_bundle_gets_a_clear_5xx_and_other_models_keep_serving(
     assert code == 200 and len(vectors[0]) == 384
     status = gw.status()["models"]
     assert status["broken"]["state"] == "failed" and "weights" in status["broken"]["last_error"]
+    assert str(tmp_path) not in status["broken"]["last_error"]
     assert status["embed"]["state"] == "ready"
     # one start per request that found no back-off, never one per tick
     assert metric(gw.metrics(), "zerostart_gateway_start_failures_total", model="broken") == 1
@@ -348,6 +353,52 @@ def test_a_bad_config_is_refused_naming_the_key(tmp_path: Path, sst2_bundle: Pat
     )
     assert proc.returncode == 1
     assert "models.sst2.max_replicas" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _up(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "zerostart.cli", "up", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+
+
+def test_up_checks_every_model_source_at_check_and_at_start(
+    tmp_path: Path, sst2_bundle: Path
+) -> None:
+    """Before: `--check` said ok for a bundle that does not exist (the first request got a
+    502), and a symlink loop crashed both with `RuntimeError: Symlink loop`."""
+    damaged = tmp_path / "damaged"
+    shutil.copytree(sst2_bundle, damaged)
+    (damaged / "vocab.txt").write_text("changed\n")
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    (tmp_path / "not-a-bundle").mkdir()
+    cases = {
+        "good": (sst2_bundle, "ok: bundle bert sequence-classification"),
+        "missing": (tmp_path / "no-such-folder", "does not exist"),
+        "loop": (tmp_path / "loop-a", "symlink loop"),
+        "damaged": (damaged, "vocab.txt: size is"),
+        "empty": (tmp_path / "not-a-bundle", "not a zerostart bundle"),
+    }
+    good = tmp_path / "good.toml"
+    good.write_text(GATEWAY + model_toml("good", sst2_bundle))
+    ok = _up(str(good), "--check")
+    assert ok.returncode == 0 and "models.good.bundle: ok" in ok.stdout, ok.stderr
+    for name, (bundle, says) in cases.items():
+        if name == "good":
+            continue
+        config = tmp_path / f"{name}.toml"
+        config.write_text(GATEWAY + model_toml("good", sst2_bundle) + model_toml(name, bundle))
+        check = _up(str(config), "--check")
+        assert check.returncode == 1, (name, check.stdout, check.stderr)
+        assert f"models.{name}.bundle: error:" in check.stderr and says in check.stderr, name
+        assert "models.good.bundle: ok" in check.stdout and "Traceback" not in check.stderr
+        start = _up(str(config), "--port", "0")  # refused before it listens
+        assert start.returncode == 1 and says in start.stderr, (name, start.stderr)
+        assert f"models.{name}.bundle" in start.stderr and "Traceback" not in start.stderr
 
 
 def test_worker_accepts_teis_api_key_and_the_gateway_sends_its_own(

@@ -63,6 +63,8 @@ def test_ten_thousand_requests_over_three_models_without_an_error(
         assert total == 10_000
         m = gw.metrics()
         assert metric(m, "zerostart_gateway_requests_total", status="200") == 10_000
+        # busy replicas are not mistaken for hung ones (liveness.py): none was replaced
+        assert metric(m, "zerostart_gateway_replicas_replaced_total") == 0
         status = gw.status()["models"]
         for model, *_ in PLAN:
             assert 1 <= sum(status[model]["cold_starts"].values()) <= 2  # max_replicas

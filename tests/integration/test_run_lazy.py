@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from registry_server import RegistryServer, registry_binary, running_registry
 
 from zerostart.benchmark import free_port
 from zerostart.container.lazy import LazyContainer
-from zerostart.container.runtime import choose_runtime
+from zerostart.container.runtime import STATE_ROOT, choose_runtime
 from zerostart.image.build import build_image
 from zerostart.image.errors import RuntimeToolError
 from zerostart.image.trace import WarmupRequest, send
@@ -95,18 +96,58 @@ def test_lazy_container_answers_like_the_pipeline(
     assert not is_mounted(lower) and not lower.exists()  # unmounted, work folder removed
 
 
+def _clean_up_a_killed_run(pid: int, port: int, tmpdir: Path) -> list[str]:
+    """What a `zerostart run --lazy` killed with SIGKILL leaves, removed; returns what it found.
+
+    Its container (runc state under STATE_ROOT, id ``zerostart-<digest>-<pid>-<port>``),
+    the overlay and FUSE mounts and the ``zerostart-run-*`` work folder (under ``tmpdir``,
+    the child's ``TMPDIR``). The imagefs daemon unmounts and exits when its parent dies.
+    """
+    left: list[str] = []
+    runc = shutil.which("runc")
+    if runc is not None:
+        listed = subprocess.run(
+            [runc, "--root", STATE_ROOT, "list", "-q"], capture_output=True, text=True, timeout=30
+        )
+        for cid in listed.stdout.split():
+            if cid.endswith(f"-{pid}-{port}"):
+                left.append(f"container {cid}")
+                subprocess.run(
+                    [runc, "--root", STATE_ROOT, "delete", "--force", cid],
+                    capture_output=True,
+                    timeout=30,
+                )
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    for point in sorted((p for p in points if p.startswith(str(tmpdir) + "/")), reverse=True):
+        left.append(f"mount {point}")
+        subprocess.run(["umount", "-l", point], capture_output=True, timeout=30)
+    for work in tmpdir.glob("zerostart-run-*"):
+        left.append(f"folder {work}")
+        shutil.rmtree(work, ignore_errors=True)
+    return left
+
+
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["default", "ignored"])
 def test_run_lazy_command_stops_cleanly_on_ctrl_c(
-    pushed: tuple[RegistryServer, str], tmp_path: Path
+    pushed: tuple[RegistryServer, str], tmp_path: Path, sigint: signal.Handlers
 ) -> None:
+    """``sigint=SIG_IGN``: the command inherits SIGINT ignored, as a background job of a
+    non-interactive shell does (``.ci/run &``); before the CLI restored it, SIGINT did
+    nothing, and the SIGKILL fallback left a running container, mounts and a folder."""
     _, ref = pushed
     port = free_port()
-    env = {**os.environ, "ZEROSTART_CACHE": str(tmp_path / "cache")}
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {**os.environ, "ZEROSTART_CACHE": str(tmp_path / "cache"), "TMPDIR": str(tmpdir)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "zerostart.cli", "run", ref, "--lazy", "--port", str(port)],
         env=env,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
+    left: list[str] = []
     try:
         deadline = time.monotonic() + CLI_TIMEOUT_S
         status = 0
@@ -133,7 +174,9 @@ def test_run_lazy_command_stops_cleanly_on_ctrl_c(
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
+        left = _clean_up_a_killed_run(proc.pid, port, tmpdir)
     assert proc.returncode == 0, err
+    assert not left, left  # a clean stop leaves nothing for the clean-up to find
     assert "unmounted and cleaned up" in err and "fetched" in err
     with open("/proc/self/mountinfo") as f:
         assert not any(mounts[0]["mountpoint"] in line for line in f)

@@ -116,6 +116,41 @@ def test_restore_twice_answers_from_warmed_state(server: tuple[list[str], int, P
     assert pids[0] == pids[1]  # CRIU gives the process its original PID back
 
 
+def test_lazy_restore_serves_pages_on_touch_and_answers_the_same(
+    server: tuple[list[str], int, Path],
+) -> None:
+    _take(server)
+    _, port, store = server
+    result = restore("srv", store=store, fallback=False, lazy_pages=True)
+    try:
+        assert result.mode == "restored" and result.reason is None
+        answer = _ask(port)
+        assert answer["warm"] == 1 and answer["echo"] == {"q": 1} and answer["pid"] == result.pid
+    finally:
+        result.stop()
+    logs = list((store / "restores").glob("srv-*/lazy-pages.log"))
+    assert len(logs) == 1
+    served = [line for line in logs[0].read_text().splitlines() if " pages" in line]
+    assert served, "the lazy-pages daemon served no page: the restore was not lazy"
+
+
+def test_lazy_restore_without_its_daemon_restores_eagerly(
+    server: tuple[list[str], int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lazy-pages daemon that cannot start (no userfaultfd, say) costs laziness, not the restore."""
+    from zerostart.snapshot import _criu
+
+    _take(server)
+    _, port, store = server
+    monkeypatch.setattr(_criu, "LAZY_PAGES_SOCKET", "never-appears.socket")
+    monkeypatch.setattr(_criu, "LAZY_PAGES_READY_TIMEOUT_S", 0.5)
+    result = restore("srv", store=store, fallback=False, lazy_pages=True)
+    try:
+        assert result.mode == "restored" and _ask(port)["warm"] == 1
+    finally:
+        result.stop()
+
+
 def test_second_concurrent_restore_is_refused_with_port_in_use(
     server: tuple[list[str], int, Path],
 ) -> None:

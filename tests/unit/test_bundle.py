@@ -123,3 +123,51 @@ def test_manifest_without_a_header_digest_is_refused_by_fast(bundle_dir: Path) -
 def test_unknown_verify_mode(bundle_dir: Path) -> None:
     with pytest.raises(ValueError, match="verify must be one of"):
         Bundle.open(bundle_dir, verify="sometimes")
+
+
+def test_a_folder_that_does_not_exist_is_named_as_such(tmp_path: Path) -> None:
+    """Not "no manifest: not a bundle", which sends the user looking inside a folder."""
+    with pytest.raises(BundleError, match="does not exist") as info:
+        Bundle.open(tmp_path / "no-such-bundle")
+    assert info.value.path == str(tmp_path / "no-such-bundle")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BundleError, match="is not a folder"):
+        Bundle.open(tmp_path / "file")
+
+
+def test_a_symlink_loop_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(BundleError, match="symbolic links"):
+        Bundle.open(tmp_path / "a")
+
+
+@pytest.mark.parametrize(
+    "name", ["../../etc/passwd", "/etc/passwd", "kernels/../../x", "a\0b", ".", ""]
+)
+def test_manifest_file_names_that_leave_the_bundle_are_refused(
+    bundle_dir: Path, tmp_path: Path, name: str
+) -> None:
+    """Before this check, ``../../etc/passwd`` was stat'ed and hashed, and with a wrong size
+    the error (and a gateway's 502) read ``…/etc/passwd: size is N bytes``."""
+    outside = tmp_path / "secret"
+    outside.write_text("root:x:0:0\n")
+    path = bundle_dir / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["files"][name] = {"sha256": "0" * 64, "size": 1}
+    path.write_text(json.dumps(data))
+    for verify in ("fast", "full", "none"):
+        with pytest.raises(BundleError, match=r"leaves the bundle|bundle folder itself") as info:
+            Bundle.open(bundle_dir, verify=verify)
+        assert "size is" not in str(info.value) and info.value.path == str(path)
+
+
+def test_a_name_inside_the_bundle_is_still_checked(bundle_dir: Path) -> None:
+    """Control for the refusal above: a clean extra name is accepted and verified."""
+    (bundle_dir / "extra.txt").write_text("x")
+    path = bundle_dir / MANIFEST_NAME
+    data = json.loads(path.read_text())
+    data["files"]["./extra.txt"] = {"sha256": "0" * 64, "size": 2}
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="size is 1 bytes, the manifest says 2"):
+        Bundle.open(bundle_dir)

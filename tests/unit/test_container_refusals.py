@@ -11,6 +11,7 @@ image writer, damaged one way at a time.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -79,6 +80,8 @@ def test_control_whiteouts_inside_the_rootfs_apply(tmp_path: Path, host: Path) -
         "app/../../host/.wh.keep",
         "app/.wh...",  # whiteout of "..": the rootfs itself
         "../host/keep",  # a plain file climbing out (tarfile's filter refuses it too)
+        "../rootfs-host/.wh.keep",  # a sibling whose name starts with the rootfs's
+        "/../rootfs-host/.wh.keep",
     ],
 )
 def test_members_outside_the_rootfs_are_refused_and_touch_nothing(
@@ -118,6 +121,55 @@ def _link_layer(path: Path, links: list[tuple[str, str]]) -> LayerRef:
     return LayerRef(TAR, "sha256:" + "0" * 64, path.stat().st_size, str(path), "")
 
 
+@pytest.fixture
+def sibling(tmp_path: Path) -> Path:
+    """A victim beside the rootfs whose name starts with the rootfs folder's name.
+
+    ``.../rootfs-host`` passes a bare ``startswith(".../rootfs")``; only the
+    separator in :func:`zerostart.paths.is_within` keeps it out.
+    """
+    victim = tmp_path / "rootfs-host"
+    victim.mkdir()
+    (victim / "keep").write_text("keep\n")
+    return victim
+
+
+@pytest.mark.parametrize(
+    "link",
+    ["../rootfs-host", "app/../../rootfs-host"],
+)
+def test_a_whiteout_through_a_link_to_a_sibling_prefix_folder_is_refused(
+    tmp_path: Path, sibling: Path, link: str
+) -> None:
+    """``x -> ../rootfs-host`` then ``x/.wh.keep``: the whiteout's folder resolves to the
+    sibling, whose path starts with the rootfs's (the separator must make the difference)."""
+    refs = (
+        _layer(tmp_path / "l0.tar", [("app", None)]),
+        _link_layer(tmp_path / "l1.tar", [("x", link)]),
+        _layer(tmp_path / "l2.tar", [("x/.wh.keep", b"")]),
+    )
+    with pytest.raises(ImageError, match="outside"):
+        unpack_layers(
+            ImageRef(str(tmp_path), "sha256:" + "1" * 64, {}, {}, refs), tmp_path / "rootfs"
+        )
+    assert (sibling / "keep").read_text() == "keep\n"
+
+
+def test_a_file_through_a_link_to_a_sibling_prefix_folder_is_refused(
+    tmp_path: Path, sibling: Path
+) -> None:
+    """A plain file written through the link would replace the sibling's file."""
+    refs = (
+        _link_layer(tmp_path / "l0.tar", [("x", "../rootfs-host")]),
+        _layer(tmp_path / "l1.tar", [("x/keep", b"evil\n")]),
+    )
+    with pytest.raises(ImageError, match="outside"):
+        unpack_layers(
+            ImageRef(str(tmp_path), "sha256:" + "1" * 64, {}, {}, refs), tmp_path / "rootfs"
+        )
+    assert (sibling / "keep").read_text() == "keep\n"
+
+
 def test_an_absolute_member_lands_in_the_rootfs_not_on_the_host(tmp_path: Path, host: Path) -> None:
     """tar strips a leading '/' when extracting; replacing the old entry must do the same."""
     root = _unpack(tmp_path, [(str(host / "keep"), b"image's own\n")])
@@ -150,3 +202,24 @@ def test_an_image_without_entrypoint_is_refused_before_anything_runs(tmp_path: P
     with pytest.raises(ImageError, match="has no Entrypoint"):
         Container(str(path), port=1, cache_dir=cache).start()
     assert not cache.exists()  # no runtime probed, nothing unpacked
+
+
+def test_mapped_files_of_a_container_are_hashed_inside_its_rootfs_only(
+    tmp_path: Path, sibling: Path
+) -> None:
+    """`run --snapshot` digests the files the worker maps (paths as the container sees them),
+    joined to the rootfs: a link in the image pointing at a sibling folder must not make it
+    read a host file."""
+    from zerostart.container.snapshot_run import _host_paths
+    from zerostart.snapshot import SnapshotError
+
+    root = tmp_path / "rootfs"
+    (root / "usr" / "lib").mkdir(parents=True)
+    (root / "usr" / "lib" / "libx.so").write_bytes(b"\x7fELF")
+    (root / "usr" / "lib" / "gone.so").symlink_to("missing")
+    assert _host_paths(str(root), ["/usr/lib/libx.so", "/usr/lib/gone.so"]) == [
+        os.path.join(os.path.realpath(root), "usr", "lib", "libx.so")
+    ]
+    (root / "evil").symlink_to("../rootfs-host")
+    with pytest.raises(SnapshotError, match="outside"):
+        _host_paths(str(root), ["/usr/lib/libx.so", "/evil/keep"])

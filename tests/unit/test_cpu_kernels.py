@@ -203,24 +203,3 @@ def test_abi_mismatch_is_refused(tmp_path: Path) -> None:
     bogus.write_bytes(b"not an ELF file")
     with pytest.raises(EngineError, match="cannot load CPU kernels"):
         NativeKernels(bogus, "bogus")
-
-
-@pytest.mark.parametrize(
-    ("m", "k", "n"),
-    # k > 768: the product runs in k blocks that add to C (even blocks of 534, 534, 532 for 1600)
-    [(1, 384, 1152), (3, 37, 5), (127, 1536, 384), (33, 64, 70), (9, 3072, 768), (17, 1600, 100)],
-)
-def test_gemm_f32(kernels: NativeKernels, m: int, k: int, n: int) -> None:
-    """Our fp32 product (AVX-512 builds; the others leave fp32 products to numpy's BLAS)."""
-    if "float32" not in kernels.precisions:
-        assert kernels.arch != "x86-64-v4"  # every AVX-512 build has it
-        pytest.skip(f"the {kernels.arch} build leaves fp32 products to BLAS")
-    rng = np.random.default_rng(m + k + n)
-    x = rng.standard_normal((m, k)).astype(np.float32)
-    w = rng.standard_normal((k, n)).astype(np.float32)
-    out = np.full((m, n), np.nan, np.float32)
-    half = m // 2
-    for i, j in ((0, half), (half, m)):  # two row ranges, as two threads
-        kernels.gemm_f32(addr(x), addr(w), addr(out), i, j, k, n)
-    want = x.astype(np.float64) @ w
-    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5 * np.sqrt(k) * 4)

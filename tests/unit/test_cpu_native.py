@@ -3,8 +3,7 @@
 ``Heads`` (native ``zs_pool_vector`` / ``zs_softmax_rows``, and the plain-Python
 fallback a GPU worker uses) against ``zerostart.tasks.pool`` / ``normalize``
 (themselves checked against sentence-transformers in test_tasks_parity.py);
-``NativeCpuEngine``'s refusals; mapped weights' addresses; the interim OpenBLAS
-product against numpy's. The engine's numbers against transformers are in
+``NativeCpuEngine``'s refusals; mapped weights' addresses; warm-up by mapping. The engine's numbers against transformers are in
 test_engine_parity.py.
 """
 
@@ -19,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zerostart.engine._openblas import load_sgemm
 from zerostart.engine.cpu_native import NativeCpuEngine
 from zerostart.errors import EngineError, InputError
 from zerostart.model.bundle import Bundle
@@ -141,32 +139,6 @@ def test_weights_addresses_are_the_mapped_tensors(embed_pipe: Bundle) -> None:
         assert not view.flags.writeable  # a copy-on-write map: nobody writes the weights
         first = ctypes.c_float.from_address(w.address(name)).value
         assert first == float(view.reshape(-1)[0])
-
-
-def test_openblas_product_matches_numpy() -> None:
-    sgemm = load_sgemm()
-    if sgemm is None:
-        pytest.skip("no OpenBLAS next to numpy")
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((37, 64)).astype(np.float32)
-    w = rng.standard_normal((64, 29)).astype(np.float32)
-    c = np.empty((37, 29), np.float32)
-
-    def p(x: np.ndarray) -> int:
-        return int(x.__array_interface__["data"][0])
-
-    sgemm(p(a), p(w), p(c), 37, 64, 29)
-    np.testing.assert_allclose(c, a @ w, rtol=1e-5, atol=1e-5)
-
-
-def test_a_build_without_products_needs_a_blas(
-    embed_pipe: Bundle, engine: NativeCpuEngine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    kernels = engine.kernels
-    if "float32" in kernels.precisions:
-        pytest.skip(f"the {kernels.arch} build has its own fp32 product")
-    with pytest.raises(EngineError, match="no fp32 matrix product"):
-        NativeCpuEngine(embed_pipe.manifest, embed_pipe.weights, kernels, sgemm=None)
 
 
 def _mapped_rss_kib(path: Path) -> int:

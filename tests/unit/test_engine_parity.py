@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from engine_reference import auto_class, encode_padded, transformers_reference
-from zerostart.engine._openblas import load_sgemm
 from zerostart.engine.cpu import CpuEngine
 from zerostart.engine.cpu_native import NativeCpuEngine
 from zerostart.engine.native import NativeKernels, cpu_flags
@@ -82,8 +81,7 @@ def _native(
     types: np.ndarray | None,
 ) -> np.ndarray:
     """NativeCpuEngine.run on the same batch, reshaped like CpuEngine.forward's output."""
-    sgemm = None if "float32" in kernels.precisions else load_sgemm()
-    engine = NativeCpuEngine(bundle.manifest, bundle.weights, kernels, sgemm=sgemm)
+    engine = NativeCpuEngine(bundle.manifest, bundle.weights, kernels)
     lengths = [int(n) for n in mask.sum(axis=1)]
     flat_types = None if types is None else types.reshape(-1).tolist()
     out = np.frombuffer(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,10 +105,38 @@ def test_warmup_covers_the_task_route_and_errors() -> None:
         assert {"/health", "/info"} <= {r.path for r in reqs if r.must_succeed}
 
 
-def test_hashlib_fallback_module_follows_the_python_version() -> None:
-    """Without OpenSSL, hashlib.sha256 comes from _sha256 (3.11) or _sha2 (3.12+, gh-99108)."""
+def test_hashlib_fallback_modules_follow_the_python_version() -> None:
+    """Without OpenSSL, SHA-2 comes from _sha256/_sha512 (3.11) or _sha2 (3.12+, gh-99108)."""
     from zerostart.image.closure import openssl_replacement_includes
 
-    assert openssl_replacement_includes("3.11") == ("_sha256",)
-    assert openssl_replacement_includes("3.12") == ("_sha2",)
-    assert openssl_replacement_includes("3.13") == ("_sha2",)
+    assert openssl_replacement_includes("3.11") == (
+        "_md5", "_sha1", "_sha256", "_sha512", "_sha3", "_blake2"
+    )  # fmt: skip
+    assert openssl_replacement_includes("3.12") == ("_md5", "_sha1", "_sha2", "_sha3", "_blake2")
+    assert openssl_replacement_includes("3.13") == openssl_replacement_includes("3.12")
+
+
+def test_hashlib_imports_cleanly_with_only_the_included_fallbacks() -> None:
+    """This interpreter's own hashlib, with _hashlib and every built-in hash module the image
+    would not carry made unimportable: ``import hashlib`` logs nothing and every guaranteed
+    algorithm works. Before: only _sha256 was kept, and each container's log began with
+    ``code for hash md5 was not found`` tracebacks (md5, sha1, sha512, blake2, sha3, shake)."""
+    from zerostart.image.closure import openssl_replacement_includes
+
+    kept = set(openssl_replacement_includes(f"{sys.version_info[0]}.{sys.version_info[1]}"))
+    every = {"_md5", "_sha1", "_sha256", "_sha512", "_sha2", "_sha3", "_blake2", "_hashlib"}
+    script = (
+        "import sys\n"
+        f"for name in {sorted(every - kept)!r}:\n"
+        "    sys.modules[name] = None  # ImportError on import, as a missing file\n"
+        "import hashlib\n"
+        "for name in sorted(hashlib.algorithms_guaranteed):\n"
+        "    h = hashlib.new(name, b'x')\n"
+        "    h.hexdigest(16) if name.startswith('shake') else h.hexdigest()\n"
+        "print(hashlib.sha256(b'x').hexdigest())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.strip() == hashlib.sha256(b"x").hexdigest()

@@ -115,6 +115,61 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "key", "nearest", "every"),
+    [
+        ('[models.a]\nbundle = "/b"\nmax_replica = 2', "models.a.max_replica", "'max_replicas'",
+         ("api_key_env", "bundle", "concurrency", "gpu_archs", "idle_timeout", "max_queue")),
+        ("[gateway]\nprot = 1\n[models.a]\nbundle = \"/b\"", "gateway.prot", "'port'",
+         ("api_key", "api_key_env", "drain_timeout", "host", "max_body_bytes")),
+        ("[pool]\nsizeing = 1\n[models.a]\nbundle = \"/b\"", "pool.sizeing", "'sizing'",
+         ("cpu", "cuda", "demand_window", "resolve_interval", "wait_penalty")),
+        ('[modles.a]\nbundle = "/b"', "modles", "[models.NAME]",
+         ("[gateway]", "[autoscaler]", "[pool]", "[deploy]")),
+    ],
+)  # fmt: skip
+def test_an_unknown_key_lists_every_valid_key_and_suggests_the_nearest(
+    text: str, key: str, nearest: str, every: tuple[str, ...]
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text, env={})
+    assert info.value.key == key
+    hint = info.value.hint or ""
+    assert hint.startswith(f"did you mean {nearest}?"), hint
+    assert all(k in hint for k in every), hint
+
+
+def test_an_unknown_key_far_from_any_gets_no_guess() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse('[models.a]\nbundle = "/b"\nzzzz = 1', env={})
+    assert "did you mean" not in (info.value.hint or "")
+    assert "max_replicas" in (info.value.hint or "")
+
+
+def test_source_checks_name_a_missing_folder_a_loop_and_a_file(tmp_path: Path) -> None:
+    """platform/sources.py on real folders (a real bundle's check is in
+    tests/integration/test_platform.py): the path resolves at parse without a traceback
+    (Path.resolve() raised RuntimeError on a loop), and the check says what is wrong."""
+    from zerostart.platform.sources import check_sources
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "layout").mkdir()
+    text = (
+        '[models.loop]\nbundle = "a"\n[models.gone]\nbundle = "nope"\n'
+        '[models.file]\nbundle = "file"\n[models.img]\nimage = "layout"\n'
+        '[models.reg]\nreference = "127.0.0.1:5000/x:1"\n'
+    )
+    checks = {c.model: c for c in check_sources(parse(text, base=tmp_path, env={}))}
+    assert "symlink loop" in checks["loop"].detail and checks["loop"].key == "models.loop.bundle"
+    assert checks["gone"].detail == f"{tmp_path / 'nope'} does not exist"
+    assert "is not a folder" in checks["file"].detail
+    assert not checks["img"].ok and "not an OCI image layout" in checks["img"].detail
+    assert checks["reg"].ok and "pulled at start" in checks["reg"].detail
+    assert [c.ok for c in checks.values()].count(False) == 4
+
+
+@pytest.mark.parametrize(
     ("accept", "html"),
     [
         ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),  # Chromium

@@ -6,7 +6,6 @@ through it and adds only its own keys (cpu, memory, gpu_archs, pool, [deploy]).
 
 from __future__ import annotations
 
-import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import pytest
 
 from zerostart.cli import main
 from zerostart.fleet.config import load_platform
+from zerostart.image.layers import Entry, write_layer
+from zerostart.image.oci import ImageConfig, write_oci_layout
 from zerostart.platform.config import ModelConfig, load
 
 pytest.importorskip("ortools", reason="pool.sizing = 'lp' needs the fleet extra (OR-Tools)")
@@ -84,10 +85,11 @@ kubernetes_version = "1.33"
 
 @pytest.fixture
 def platform(tmp_path: Path) -> Path:
-    layout = tmp_path / "images" / "ner"
-    layout.mkdir(parents=True)
-    (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": DIGEST, "size": 1}]}))  # fmt: skip
+    # a real (tiny) OCI layout: `up --check` reads and verifies every model's image
+    layer = write_layer("app", [Entry("/bin/app", "file", data=b"#!/bin/sh\n")], tmp_path)
+    write_oci_layout(
+        tmp_path / "images" / "ner", ImageConfig(entrypoint=("/bin/app",)), [layer], {}
+    )
     path = tmp_path / "platform.toml"
     path.write_text(EVERY_KEY)
     return path

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 from engine_reference import auto_class, transformers_reference
-from zerostart.engine._openblas import load_sgemm
 from zerostart.engine.cpu import CpuEngine
 from zerostart.engine.cpu_native import NativeCpuEngine
 from zerostart.engine.native import NativeKernels, cpu_flags
@@ -72,9 +71,8 @@ class _Serving:
     """``NativeCpuEngine.run`` behind ``forward``, shaped like ``CpuEngine.forward``."""
 
     def __init__(self, m: Any, bundle: Bundle, kernels: NativeKernels) -> None:
-        sgemm = None if "float32" in kernels.precisions else load_sgemm()
         self.task = m.task
-        self.engine = NativeCpuEngine(m, bundle.weights, kernels, sgemm=sgemm)
+        self.engine = NativeCpuEngine(m, bundle.weights, kernels)
 
     def forward(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
         b, t = ids.shape

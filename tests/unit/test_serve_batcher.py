@@ -11,6 +11,7 @@ import pytest
 from serve_fakes import FakeEncoding
 
 from zerostart.errors import ServeError
+from zerostart.limits import Limits
 from zerostart.serve.batcher import Batcher, BatchFailed, Overloaded, Stopped
 from zerostart.serve.config import ServerConfig
 from zerostart.serve.metrics import Metrics
@@ -47,8 +48,10 @@ def run_batcher(engine: Engine, jobs: list[list[int]], **limits: int) -> list[An
     async def main() -> list[Any]:
         b = Batcher(
             engine,
-            max_batch_size=limits.get("max_batch_size", 32),
-            max_batch_tokens=limits.get("max_batch_tokens", 10_000),
+            Limits(
+                max_batch_sequences=limits.get("max_batch_size", 32),
+                max_batch_tokens=limits.get("max_batch_tokens", 10_000),
+            ),
             max_queue=limits.get("max_queue", 100),
         )
         b.start(asyncio.get_running_loop())
@@ -87,7 +90,7 @@ def test_token_budget_limits_a_batch_and_a_long_sequence_runs_alone() -> None:
 def test_full_queue_refuses_and_stopped_batcher_refuses() -> None:
     async def main() -> None:
         engine = Engine(hold_first=True)
-        b = Batcher(engine, max_batch_size=4, max_batch_tokens=100, max_queue=2)
+        b = Batcher(engine, Limits(max_batch_sequences=4, max_batch_tokens=100), max_queue=2)
         b.start(asyncio.get_running_loop())
         first = b.submit([enc(1)])
         await asyncio.to_thread(engine.started.wait, 5)
@@ -107,7 +110,7 @@ def test_full_queue_refuses_and_stopped_batcher_refuses() -> None:
 def test_cancelled_job_is_skipped_and_failure_hits_only_its_batch() -> None:
     async def main() -> None:
         engine = Engine(hold_first=True)
-        b = Batcher(engine, max_batch_size=1, max_batch_tokens=100, max_queue=10)
+        b = Batcher(engine, Limits(max_batch_sequences=1, max_batch_tokens=100), max_queue=10)
         b.start(asyncio.get_running_loop())
         first = b.submit([enc(1)])
         await asyncio.to_thread(engine.started.wait, 5)
@@ -129,7 +132,7 @@ def test_cancelled_job_is_skipped_and_failure_hits_only_its_batch() -> None:
 def test_stop_drains_queued_jobs() -> None:
     async def main() -> None:
         engine = Engine(hold_first=True)
-        b = Batcher(engine, max_batch_size=1, max_batch_tokens=100, max_queue=10)
+        b = Batcher(engine, Limits(max_batch_sequences=1, max_batch_tokens=100), max_queue=10)
         b.start(asyncio.get_running_loop())
         futures = [b.submit([enc(n)]) for n in (1, 2, 3)]
         await asyncio.to_thread(engine.started.wait, 5)

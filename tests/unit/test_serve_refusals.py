@@ -12,6 +12,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from serve_fakes import FakePipeline, Reader, connect, exchange, get, post, running
 
 from zerostart.serve.config import ServerConfig
@@ -71,6 +72,26 @@ def test_a_bug_answers_500_and_the_worker_keeps_serving() -> None:
             'zerostart_requests_total{route="predict",status="500"} 1'
             in exchange(srv.port, get("/metrics"))[2].decode()
         )
+
+
+class _LeakyPipeline(FakePipeline):
+    """A bug whose exception names a server path (the file it failed on)."""
+
+    def prepare(self, route: str, body: Any) -> Any:
+        if body == {"inputs": "leak"}:
+            raise RuntimeError("cannot read /srv/models/sst2/vocab.txt: bad line")
+        return super().prepare(route, body)
+
+
+def test_a_5xx_body_shows_no_server_path_and_the_log_keeps_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("ERROR"), running(_LeakyPipeline()) as srv:
+        status, _, body = exchange(srv.port, post("/predict", b'{"inputs": "leak"}'))
+    data = json.loads(body)
+    assert status == 500 and "/srv/models" not in data["error"], data
+    assert "…/vocab.txt" in data["error"]
+    assert "/srv/models/sst2/vocab.txt" in caplog.text
 
 
 def test_an_answer_holding_nan_is_424_never_invalid_json() -> None:

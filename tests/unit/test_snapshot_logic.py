@@ -221,6 +221,19 @@ def test_verify_images_catches_flipped_byte_missing_and_extra(tmp_path: Path) ->
         verify_images(folder, m.images)
 
 
+@pytest.mark.parametrize("name", ["../../../lib.so", "/etc/passwd", "sub/pages-1.img", ".."])
+def test_an_image_name_that_is_not_a_file_of_images_is_refused_by_name(
+    tmp_path: Path, name: str
+) -> None:
+    """A sealed manifest is not signed: its ``images`` keys go through the containment
+    helper before anything is joined (they used to surface only as "missing")."""
+    folder, m = _manifest(tmp_path)
+    images = {**m.images, name: m.images["core-1.img"]}
+    with pytest.raises(CorruptSnapshotError, match="image file name") as info:
+        verify_images(folder, images)
+    assert name in str(info.value)
+
+
 def test_identical_images_are_stored_once_and_freed_with_last_user(tmp_path: Path) -> None:
     _, m = _manifest(tmp_path)
     other = tmp_path / "snapshots" / "t" / IMAGES_DIR

@@ -283,8 +283,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         choices=["auto", "minimal", "openblas"],
         default="auto",
         help="numpy's BLAS in the image: auto (default) takes zerostart's minimal BLAS (60 KB) "
-        "instead of numpy's OpenBLAS (28 MB) for GPU bundles and CPU bundles whose kernels all "
-        "carry their own products (convert --cpu-arch x86-64-v4); see docs/image.md",
+        "instead of numpy's OpenBLAS (28 MB) for GPU bundles and every CPU bundle with native "
+        "kernels (they carry their own products; only --cpu-arch none keeps OpenBLAS); see docs/image.md",
     )
     b.add_argument("--python", help="interpreter of the build environment (default: this one)")
     b.add_argument(

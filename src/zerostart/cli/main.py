@@ -26,6 +26,29 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
+def restore_signal_dispositions() -> None:
+    """Take back SIGINT and SIGTERM when this process inherited them as ignored.
+
+    A shell without job control starts a background job (``cmd &`` in a script,
+    a CI step) with SIGINT and SIGQUIT ignored (POSIX, Shell Command Language
+    2.11), an ignored signal stays ignored across ``exec``, and Python installs
+    its ``KeyboardInterrupt`` handler only when SIGINT was at its default. Then
+    ``kill -INT`` did nothing to `zerostart run --lazy`: its cleanup (container,
+    overlay, FUSE mount, work folder) never ran, and the children it starts
+    (runc, the imagefs daemon) inherited the ignored signal too. Every command
+    of this CLI relies on Ctrl-C unwinding through ``finally``; so SIGINT gets
+    Python's handler back, and an ignored SIGTERM its default (commands that
+    need cleanup on SIGTERM install :func:`sigterm_as_interrupt`). SIGPIPE is
+    left as Python sets it (ignored here, so a closed pipe is an ``OSError``;
+    ``subprocess`` restores it for children). SIGHUP is left alone: ``nohup``
+    ignores it on purpose.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -233,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    restore_signal_dispositions()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = argv[:1] == ["--debug"]
     if argv[debug : debug + 1] == ["serve"]:

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import secrets
+import sys
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
@@ -20,10 +21,22 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from zerostart.platform.config import load
     from zerostart.platform.gateway import serve
     from zerostart.platform.replica import default_starter
+    from zerostart.platform.sources import check_sources, require_sources
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     config = load(args.config)
     if args.check:
+        checks = check_sources(config)
+        for check in checks:
+            print(check.line(), file=sys.stdout if check.ok else sys.stderr)
+        bad = [c.model for c in checks if not c.ok]
+        if bad:
+            print(
+                f"zerostart up: error: {args.config}: {len(bad)} of {len(checks)} model(s) "
+                f"cannot start ({', '.join(bad)})",
+                file=sys.stderr,
+            )
+            return 1
         pool = config.pool
         print(
             f"{args.config}: ok: {len(config.models)} model(s) "
@@ -36,6 +49,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             )
         )
         return 0
+    require_sources(config)  # a missing or damaged source fails here, not at its first request
     gateway = config.gateway
     changes = {}
     if args.host is not None:
@@ -122,7 +136,10 @@ def add_subcommands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="require Authorization: Bearer KEY on every model (env API_KEY, as in TEI)",
     )
     u.add_argument(
-        "--check", action="store_true", help="check platform.toml, print a summary and exit"
+        "--check",
+        action="store_true",
+        help="check platform.toml and every model's bundle or image, print a summary and exit"
+        " (1 when a model cannot start)",
     )
     u.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     u.set_defaults(func=_cmd_up)

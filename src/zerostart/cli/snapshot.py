@@ -60,7 +60,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         print(f"snapshot {args.name} can be restored on this host")
         return 0
     result = restore(
-        args.name, store=args.store, fallback=not args.no_fallback, full_verify=args.full_verify
+        args.name,
+        store=args.store,
+        fallback=not args.no_fallback,
+        full_verify=args.full_verify,
+        lazy_pages=True if args.lazy_pages else None,
     )
     phases = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in result.timings_s.items())
     print(f"{result.mode} {result.name}: pid {result.pid}, {result.url} ({phases})")
@@ -104,5 +108,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     r.add_argument("--full-verify", action="store_true", help="hash every image and mapped file")
     r.add_argument(
         "--check", action="store_true", help="only check the snapshot can be restored here"
+    )
+    r.add_argument(
+        "--lazy-pages",
+        action="store_true",
+        help="memory on first touch, the rest streamed behind (CRIU lazy-pages; default: "
+        "$ZEROSTART_LAZY_PAGES=1 or off)",
     )
     r.set_defaults(func=_cmd_restore)

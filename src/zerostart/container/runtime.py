@@ -44,6 +44,7 @@ from zerostart.container.gpu import host_gpu_mounts, oci_additions
 from zerostart.image.errors import ImageError, RuntimeToolError
 from zerostart.image.oci import ImageRef, open_layer_tar, read_oci_layout
 from zerostart.image.trace import wait_healthy
+from zerostart.paths import PathEscapeError, inside
 
 RUNTIMES = ("runc", "crun")
 PROBE_TIMEOUT_S = 30.0
@@ -93,12 +94,15 @@ def _member_parent(root: str, name: str) -> tuple[str, str]:
     Whiteouts and replaced entries are removed before tarfile's filter sees the
     member, so this check must come first: without it ``../x/.wh.f`` or
     ``/etc/passwd`` (tar strips the leading ``/`` only when extracting) would
-    delete host files. The folder is resolved through symlinks already unpacked.
+    delete host files. The folder is resolved through symlinks already unpacked
+    (:func:`zerostart.paths.inside`: no ``..``, nothing outside ``root``).
     """
     rel = name.lstrip("/")
-    parent = os.path.realpath(os.path.join(root, os.path.dirname(rel)))
-    if parent != root and not parent.startswith(root + os.sep):
-        raise tarfile.OutsideDestinationError(tarfile.TarInfo(name), parent)
+    try:
+        parent = inside(root, os.path.dirname(rel))
+    except PathEscapeError as exc:
+        error = tarfile.OutsideDestinationError(tarfile.TarInfo(name), os.path.join(root, rel))
+        raise error from exc
     return parent, os.path.basename(rel)
 
 

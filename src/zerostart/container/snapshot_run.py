@@ -63,6 +63,7 @@ from zerostart.image.errors import ImageError, RuntimeToolError
 from zerostart.image.inspect import TRACE_NAME
 from zerostart.image.oci import ImageRef, read_oci_layout
 from zerostart.image.trace import WarmupRequest, answers_match, send
+from zerostart.paths import PathEscapeError, inside
 from zerostart.snapshot import _criu
 from zerostart.snapshot._api import check
 from zerostart.snapshot._errors import (
@@ -384,6 +385,23 @@ def _boot(
     return run
 
 
+def _host_paths(rootfs: str, paths: list[str]) -> list[str]:
+    """The host files of the container's mapped ``paths`` (regular files only).
+
+    Resolved under the rootfs (:func:`zerostart.paths.inside`): a symlink in the
+    image that points out of it must not make us hash a host file.
+    """
+    out = []
+    for p in paths:
+        try:
+            host = inside(rootfs, p, absolute="strip")
+        except PathEscapeError as exc:
+            raise SnapshotError(f"mapped file {p} of the container: {exc}") from exc
+        if os.path.isfile(host):
+            out.append(host)
+    return out
+
+
 def _take(
     container: SnapshotContainer,
     image: ImageRef,
@@ -409,8 +427,7 @@ def _take(
     wait_connections_closed(pid)
     t0 = time.perf_counter()
     maps = Path(f"/proc/{pid}/maps").read_text()
-    in_rootfs = (container.rootfs + p for p in mapped_paths(maps))
-    mapped = tuple(digest_file(p) for p in in_rootfs if os.path.isfile(p))
+    mapped = tuple(digest_file(p) for p in _host_paths(container.rootfs, mapped_paths(maps)))
     timings["hash_mapped_files"] = time.perf_counter() - t0
     images = folder / IMAGES_DIR
     work = folder / CHECKPOINT_WORK_DIR

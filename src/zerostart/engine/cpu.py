@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from zerostart.engine import ops
-from zerostart.engine.cpu_gemm import PackedMatrix
+from zerostart.engine.cpu_gemm import PackedMatrix, matmul_f32
 from zerostart.engine.cpu_native import check_precision
 from zerostart.engine.inputs import check_inputs
 from zerostart.engine.layout import (
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 SCORES_BLOCK_ELEMS = 32 * 1024
 # Rows per part below which splitting elementwise work over threads costs more than it saves.
 ROWS_PER_PART = 64
-GEMM_ROWS_PER_PART = 24  # rows per thread of our own products: 3 micro-tiles of 8 rows
 
 # Hugging Face adds finfo(dtype).min to the scores of padding keys; so do we, so
 # that a fully padded row (impossible with [CLS], but still) behaves the same.
@@ -152,9 +151,9 @@ class CpuEngine:
         self.manifest = manifest
         self.kernels = kernels
         self._native_act = _NATIVE_ACTS.get(c.hidden_act, -1)
-        # Products that are ours (int8/bf16; fp32 on AVX-512 builds) are split over rows by
-        # our threads: they need the cores BLAS would otherwise use. When BLAS does the
-        # products, one thread for the rest (BLAS's own threads spin between calls).
+        # Products that are ours (every build with native kernels: fp32, int8, bf16) are split
+        # over our threads: they need the cores BLAS would otherwise use. When BLAS does the
+        # products (the numpy engine), one thread for the rest (BLAS's threads spin between calls).
         self._own_f32 = kernels is not None and "float32" in kernels.precisions
         own = self._own_f32 or manifest.dtype in GEMM_GROUP
         self._workers = Workers(threads or (default_threads() if own else 1))
@@ -198,10 +197,7 @@ class CpuEngine:
             assert self.kernels is not None
             m, (k, n) = x.shape[0], w.shape
             res = np.empty((m, n), np.float32)
-            gemm, xa, wa, ra = self.kernels.gemm_f32, addr(x), addr(w), addr(res)
-            self._workers.run(
-                lambda i, j: gemm(xa, wa, ra, i, j, k, n), m, min_part=GEMM_ROWS_PER_PART
-            )
+            matmul_f32(self.kernels, self._workers, addr(x), addr(w), addr(res), m, k, n)
             return res
         out: np.ndarray = x @ w
         return out

@@ -1,4 +1,11 @@
-"""Matrix products of reduced-precision CPU bundles: x @ W with W packed int8 or bf16.
+"""The CPU engine's matrix products: fp32 (every build) and int8 / bf16 (opt-in bundles).
+
+fp32: ``matmul_f32`` (``engine.gemm_f32``, numpy-free, re-exported here) runs zs_gemm_f32 (kernels/cpu/zs_gemm_f32.c) on the
+weights as stored, with the build's GEMM plan (``zerostart.engine.cpu_tuning``):
+its tile and blocking, and how threads share the product (column ranges below
+``plan.col_split_rows`` rows, row ranges from there on).
+
+int8 / bf16: x @ W with W packed.
 
 The packed weights come from ``zerostart convert --precision int8|bfloat16``
 (``zerostart.model.quantize``, layout in ``zerostart.engine.layout``); the
@@ -17,6 +24,10 @@ from typing import NamedTuple
 
 import numpy as np
 
+from zerostart.engine.gemm_f32 import F32_TILES_PER_PART as F32_TILES_PER_PART
+from zerostart.engine.gemm_f32 import ZS_GEMM_BADTILE as ZS_GEMM_BADTILE
+from zerostart.engine.gemm_f32 import ZS_GEMM_NOMEM as ZS_GEMM_NOMEM
+from zerostart.engine.gemm_f32 import matmul_f32 as matmul_f32  # fp32 lives there, numpy-free
 from zerostart.engine.layout import COLSUM_SUFFIX, SCALE_SUFFIX, padded
 from zerostart.engine.native import NativeKernels, addr
 from zerostart.engine.parallel import Workers

@@ -11,11 +11,9 @@ output. Per layer, as in the numpy engine's native path (``engine.cpu``):
     x -> qkv = x Wqkv -> ctx = attention(qkv + b) -> a = LN(ctx Wo + bo + x)
       -> f = act(a Wup + bup) -> x = LN(f Wdown + bdown + a)
 
-Products are the kernel build's own (fp32 on builds that have ``zs_gemm_f32``,
-int8/bf16 packed matrices) split over rows by our threads; a build without its
-own fp32 product calls OpenBLAS's ``cblas_sgemm`` through ctypes
-(``engine._openblas``, interim until every build has one), threaded by
-OpenBLAS. The task head runs here too: the [CLS] rows, pooler/pre-classifier
+Products are the kernel build's own (fp32 ``zs_gemm_f32`` in every build, with
+the build's tuned plan: ``engine.gemm_f32``; int8/bf16 packed matrices), split
+over our threads; no BLAS is involved. The task head runs here too: the [CLS] rows, pooler/pre-classifier
 and classifier for sequence classification, the classifier for token
 classification; embeddings return the final states (pooling is a route's
 choice, ``tasks.heads``).
@@ -32,7 +30,7 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from zerostart.engine._openblas import Sgemm, load_sgemm
+from zerostart.engine.gemm_f32 import matmul_f32
 from zerostart.engine.layout import (
     COLSUM_SUFFIX,
     GELU_ERF_ACTS,
@@ -64,7 +62,6 @@ if TYPE_CHECKING:
 # Hugging Face adds finfo(float32).min to the scores of padding keys; so do we.
 MASK_VALUE = -3.4028234663852886e38
 ROWS_PER_PART = 64  # rows per thread below which splitting elementwise work costs more
-GEMM_ROWS_PER_PART = 24  # our fp32 product: 3 micro-tiles of 8 rows per thread
 PACKED_ROWS_PER_PART = 16  # int8/bf16 products: the micro-kernel takes 4-6 rows at a time
 F32 = 4  # bytes per float32
 
@@ -155,10 +152,10 @@ class NativeCpuEngine:
         kernels: NativeKernels,
         *,
         threads: int | None = None,
-        sgemm: Sgemm | None = None,
     ) -> None:
-        """``sgemm``: the fp32 product for a build without its own (``_openblas.load_sgemm``);
-        raises EngineError when the build has none and none is given."""
+        """``threads``: for the kernels and products (default: the CPUs this process may
+        use). Raises EngineError for tensors that are not the engine layout, or a build
+        without the products the bundle needs."""
         check_precision(manifest, kernels)
         dtypes = tensor_dtypes(manifest)
         for name, shape in tensor_shapes(manifest).items():
@@ -173,20 +170,16 @@ class NativeCpuEngine:
                     f"tensor {name!r} is {info.dtype}{list(info.shape)}, expected {want}{list(shape)}",
                     hint="re-run zerostart convert",
                 )
-        self._own_f32 = "float32" in kernels.precisions
-        if not self._own_f32 and sgemm is None:
+        if "float32" not in kernels.precisions:
             raise EngineError(
-                f"the {kernels.arch} kernel build has no fp32 matrix product and no BLAS was given"
+                f"the {kernels.arch} kernel build has no fp32 matrix product",
+                hint="re-run zerostart convert (every build has one since kernel ABI 4)",
             )
         c = manifest.config
         self.manifest = manifest
         self.kernels = kernels
         self.weights = weights  # keeps the map (and every address) alive
-        self._sgemm = sgemm
-        own = self._own_f32 or manifest.dtype in GEMM_GROUP
-        # Our products use every core; OpenBLAS's threads do the products otherwise and
-        # one thread does the rest (measured: docs/cpu.md).
-        self._workers = Workers(threads or (default_threads() if own else 1))
+        self._workers = Workers(threads or default_threads())
         self._task = manifest.task
         self._hidden, self._heads, self._eps = c.hidden_size, c.num_heads, c.layer_norm_eps
         self._inter = c.intermediate_size
@@ -242,8 +235,7 @@ class NativeCpuEngine:
                 hint="convert again without --cpu-arch none",
             )
         kernels = load_bundle_kernels(bundle.path, m.cpu_kernels)
-        sgemm = None if "float32" in kernels.precisions else load_sgemm()
-        return cls(m, bundle.weights, kernels, threads=threads, sgemm=sgemm)
+        return cls(m, bundle.weights, kernels, threads=threads)
 
     def prefault(self) -> int:
         """Map every weight page a forward pass reads, without computing (``Weights.populate``):
@@ -377,12 +369,7 @@ class NativeCpuEngine:
         """out[m, n] = x[m, k] @ W (no bias)."""
         k, run = self.kernels, self._workers.run
         if w.precision == "float32":
-            if self._own_f32:
-                gemm, kk, nn = k.gemm_f32, w.k, w.n
-                run(lambda i, j: gemm(x, w.w, out, i, j, kk, nn), m, min_part=GEMM_ROWS_PER_PART)
-            else:
-                assert self._sgemm is not None  # __init__ made sure
-                self._sgemm(x, w.w, out, m, w.k, w.n)
+            matmul_f32(k, self._workers, x, w.w, out, m, w.k, w.n)
             return
         kp, n_pad = padded(w.k, w.n, w.precision)
         s = self._scratch

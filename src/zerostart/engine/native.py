@@ -27,13 +27,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zerostart.engine.cpu_tuning import (
+    BUNDLE_TABLE,
+    CpuIdentity,
+    GemmPlan,
+    TuningRow,
+    choose_plan,
+    cpu_identity,
+    load_table,
+)
 from zerostart.errors import EngineError
 from zerostart.model.manifest import CpuKernelBuild
 
 if TYPE_CHECKING:
     import numpy as np
 
-ABI_VERSION = 4  # must match ZS_ABI_VERSION in kernels/cpu/zs_cpu.c
+ABI_VERSION = 5  # must match ZS_ABI_VERSION in kernels/cpu/zs_cpu.c
 CPUINFO = "/proc/cpuinfo"
 CPUINFO_READ_BYTES = 64 * 1024  # the first CPU's block; the flags line is in it
 ARCH_ENV = "ZEROSTART_CPU_ARCH"
@@ -43,7 +52,7 @@ ACT_NONE, ACT_GELU_ERF, ACT_GELU_TANH, ACT_RELU, ACT_TANH = 0, 1, 2, 3, 4
 # Pooling modes of zs_pool_vector.
 POOL_CLS, POOL_MEAN = 0, 1
 # Bits of zs_precisions() (kernels/cpu/zs_cpu_gemm.c): the matrix products compiled in
-# (float32: our own fp32 GEMM, AVX-512 builds; otherwise fp32 products go to numpy's BLAS).
+# (float32: our own fp32 GEMM, kernels/cpu/zs_gemm_f32.c, in every build since ABI 4).
 PRECISION_BITS = {"int8": 1, "bfloat16": 2, "float32": 4}
 
 _P = ctypes.c_void_p
@@ -112,7 +121,16 @@ class NativeKernels:
     engine can split one operation over threads: ctypes releases the GIL.
     """
 
-    def __init__(self, path: Path, arch: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        arch: str,
+        *,
+        tuning: list[TuningRow] | None = None,
+        cpu: CpuIdentity | None = None,
+    ) -> None:
+        """``tuning``: the CPU GEMM tuning table's rows (none: the default rule for every CPU);
+        ``cpu``: the CPU to choose for (default: this one)."""
         try:
             lib = ctypes.CDLL(str(path))
         except OSError as exc:
@@ -139,10 +157,20 @@ class NativeKernels:
         self.precisions = frozenset(
             p for p, bit in PRECISION_BITS.items() if lib.zs_precisions() & bit
         )
-        if "float32" in self.precisions:
-            lib.zs_gemm_f32.restype = None
-            lib.zs_gemm_f32.argtypes = [_P, _P, _P, _I, _I, _I, _I]
-            self.gemm_f32 = lib.zs_gemm_f32
+        lib.zs_gemm_f32.restype = ctypes.c_int
+        lib.zs_gemm_f32.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I]
+        self.gemm_f32 = lib.zs_gemm_f32
+        lib.zs_gemm_f32_tile_name.restype = ctypes.c_char_p
+        lib.zs_gemm_f32_tile_name.argtypes = [_I]
+        names: list[str] = []
+        while (name := lib.zs_gemm_f32_tile_name(len(names))) is not None:
+            names.append(name.decode("ascii"))
+        # The fp32 register tiles this build has, in zs_gemm_f32's index order; the first
+        # is the build's default ("avx2_6x16": ISA, rows x columns).
+        self.gemm_f32_tiles = tuple(names)
+        self.gemm_plan: GemmPlan = choose_plan(
+            tuning or [], self.gemm_f32_tiles, cpu_identity() if cpu is None else cpu
+        )
         if "int8" in self.precisions:
             lib.zs_quantize_u8.restype = None
             lib.zs_quantize_u8.argtypes = [_P, _P, _P, _P, _I, _I, _I, _I]
@@ -170,8 +198,10 @@ class NativeKernels:
 def load_bundle_kernels(
     bundle_dir: Path, builds: Mapping[str, CpuKernelBuild], *, flags: frozenset[str] | None = None
 ) -> NativeKernels:
-    """Choose and load the bundle's best runnable build (see the module docstring)."""
+    """Choose and load the bundle's best runnable build (see the module docstring), with its
+    fp32 GEMM plan from the bundle's tuning table (``zerostart.engine.cpu_tuning``)."""
     arch = choose_build(
         builds, cpu_flags() if flags is None else flags, want=os.environ.get(ARCH_ENV) or None
     )
-    return NativeKernels(bundle_dir / builds[arch].file, arch)
+    tuning = load_table(bundle_dir / BUNDLE_TABLE)
+    return NativeKernels(bundle_dir / builds[arch].file, arch, tuning=tuning)

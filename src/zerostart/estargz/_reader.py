@@ -33,6 +33,7 @@ from zerostart.estargz._format import (
     clean_name,
     parse_footer,
 )
+from zerostart.paths import PathEscapeError, relative_name
 
 # --------------------------------------------------------------------------- reader
 
@@ -345,10 +346,14 @@ def _index(out: list[dict[str, Any]], toc_offset: int, digest: str, rooted: list
 
 
 def _checked_name(name: str) -> str:
-    if "\0" in name:
-        raise EStargzError(name, "name contains NUL")
-    if ".." in name.split("/"):
-        raise EStargzError(name, "name contains '..' (would escape the layer root)")
+    """``name`` unchanged, unless it leaves the layer root (``..``) or holds NUL.
+
+    A leading ``/`` is the root's, as in tar (:func:`zerostart.paths.relative_name`).
+    """
+    try:
+        relative_name(name, absolute="strip")
+    except PathEscapeError as exc:
+        raise EStargzError(name, f"name {exc.problem} (would escape the layer root)") from exc
     return name
 
 

@@ -7,10 +7,11 @@ libquadmath only it needs, when numpy never does heavy linear algebra in the
 worker:
 
 * a GPU bundle (every product runs on the GPU);
-* a CPU bundle whose every native kernel build carries its own matrix
-  products (the AVX-512 builds: ``zerostart convert --cpu-arch x86-64-v4``);
-  a bundle with a portable or AVX2 build, or none (the numpy engine), hands
-  its fp32 products to numpy's BLAS and keeps OpenBLAS.
+* a CPU bundle with native kernel builds: every build carries its own fp32
+  products (kernels/cpu/zs_gemm_f32.c, portable, AVX2 and AVX-512 alike, since
+  kernel ABI 4), so numpy is left only the task head's few small products;
+  a bundle without them (``--cpu-arch none``: the numpy engine) multiplies in
+  numpy's BLAS and keeps OpenBLAS.
 
 ``auto`` falls back to OpenBLAS, with the reason in the build result, when the
 replacement cannot be built here (no gcc / nm, a numpy it does not know);
@@ -35,7 +36,6 @@ from zerostart.kernels.blas_build import (
 from zerostart.model.manifest import Manifest
 
 BLAS_CHOICES = ("auto", "minimal", "openblas")
-OWN_GEMM_FEATURE = "avx512f"  # CPU kernel builds with it carry their own fp32 GEMM
 
 
 @dataclass(frozen=True)
@@ -57,12 +57,9 @@ def wanted(option: str, manifest: Manifest, device: str) -> tuple[bool, str]:
         return True, "--blas minimal"
     if device == "cuda":
         return True, "a GPU worker multiplies no matrices in numpy"
-    builds = list(manifest.cpu_kernels.values())
-    if builds and all(OWN_GEMM_FEATURE in b.features for b in builds):
-        return True, "every CPU kernel build carries its own matrix products (AVX-512)"
-    if not builds:
-        return False, "the numpy engine multiplies with numpy's BLAS"
-    return False, "a portable or AVX2 kernel build hands fp32 products to numpy's BLAS"
+    if manifest.cpu_kernels:
+        return True, "every CPU kernel build carries its own matrix products"
+    return False, "the numpy engine multiplies with numpy's BLAS"
 
 
 def apply(closure: Closure, option: str, manifest: Manifest, device: str) -> BlasDecision:
@@ -109,7 +106,8 @@ def apply(closure: Closure, option: str, manifest: Manifest, device: str) -> Bla
     if not auto_wants:  # forced on a bundle that multiplies in numpy
         warning = (
             f"{auto_why}: those products run on the minimal BLAS's plain loops, several "
-            "times slower than OpenBLAS (convert with --cpu-arch x86-64-v4, or --blas auto)"
+            "times slower than OpenBLAS (convert with native kernels, the default --cpu-arch, "
+            "or build with --blas auto)"
         )
     return BlasDecision("minimal", why, (target.dest, *(d for d, _ in dropped)), saved, warning)
 

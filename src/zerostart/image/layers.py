@@ -37,7 +37,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from zerostart import estargz
 from zerostart.image.closure import ImageFile
@@ -290,7 +290,7 @@ def _compressor(kind: str, sink: _HashingWriter) -> tuple[Any, Callable[[], None
         cctx = zstandard.ZstdCompressor(
             level=ZSTD_LEVEL, write_checksum=True, write_content_size=False
         )
-        zw = cctx.stream_writer(sink, closefd=False)
+        zw = cctx.stream_writer(cast(IO[bytes], sink), closefd=False)  # a file-like sink
         return zw, zw.close
     return sink, lambda: None
 

@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 from zerostart.errors import ZerostartError
 from zerostart.estargz import Chunk
+from zerostart.paths import PathEscapeError, relative_name
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -127,13 +128,14 @@ class Node:
 
 
 def normalize(path: str) -> str:
-    """``./a//b/`` -> ``a/b``; the root is ``""``. Refuses ``..`` and NUL (checked again here)."""
-    if "\0" in path:
-        raise ImageIndexError(f"entry {path!r} has a NUL byte in its name")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise ImageIndexError(f"entry {path!r} climbs out of the image with '..'")
-    return "/".join(parts)
+    """``./a//b/`` -> ``a/b``; the root is ``""``. Refuses ``..`` and NUL (checked again here).
+
+    A leading ``/`` names the image's root, as in tar (:func:`zerostart.paths.relative_name`).
+    """
+    try:
+        return relative_name(path, absolute="strip")
+    except PathEscapeError as exc:
+        raise ImageIndexError(f"entry {exc}; refused") from exc
 
 
 class Tree:

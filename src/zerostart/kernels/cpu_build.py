@@ -10,6 +10,11 @@ the CPU features it needs, which are read from the compiler itself
 Linux spells them in ``/proc/cpuinfo``, so the worker can compare without a
 table of its own (``zerostart.engine.native``).
 
+The measured fp32 GEMM plans per CPU (``zerostart/kernels/tuning/cpu_gemm.json``,
+written by ``tools/cpu_tune.py``) go into the bundle beside the builds
+(``kernels/cpu/gemm_tuning.json``); the worker picks this CPU's row at load
+(``zerostart.engine.cpu_tuning``).
+
 Builds are cached under ``$ZEROSTART_CACHE`` (default ``~/.cache/zerostart``)
 by the hash of the sources, the compiler's version, the flags and the arch, so
 converting many bundles compiles each target once.
@@ -28,14 +33,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from zerostart.cachedir import cache_base
-from zerostart.errors import ConvertError
+from zerostart.engine.cpu_tuning import BUNDLE_TABLE, load_table
+from zerostart.errors import ConvertError, EngineError
 from zerostart.model.manifest import CPU_KERNELS_DIR, CpuKernelBuild
 
 Progress = Callable[[str, float], None]
 
 SOURCES_DIR = Path(__file__).resolve().parent / "cpu"
-SOURCES = ("zs_cpu.c", "zs_cpu_gemm.c")
+SOURCES = ("zs_cpu.c", "zs_cpu_gemm.c", "zs_gemm_f32.c")
 LIB_PREFIX = "libzs_cpu"
+TUNING_TABLE = Path(__file__).resolve().parent / "tuning" / "cpu_gemm.json"
 # Portable baseline plus AVX2 and AVX-512 (gcc's x86-64 micro-architecture levels).
 DEFAULT_ARCHS = ("x86-64", "x86-64-v3", "x86-64-v4")
 CC = os.environ.get("CC", "gcc")
@@ -196,7 +203,8 @@ def build_library(arch: str, *, cache: Path | None = None) -> Path:
 def build_for_bundle(
     bundle_dir: Path, archs: Sequence[str], precision: str, report: Progress
 ) -> dict[str, CpuKernelBuild]:
-    """Write one library per arch into ``bundle_dir/kernels/cpu``; return the manifest entries.
+    """Write one library per arch into ``bundle_dir/kernels/cpu``, and the GEMM tuning table
+    (``TUNING_TABLE``, checked first); return the manifest entries.
 
     Raises ConvertError when an arch is unknown to the compiler, or when ``precision`` needs
     an instruction (VNNI for int8, AVX-512 BF16 for bfloat16) that one of the archs lacks.
@@ -204,6 +212,11 @@ def build_for_bundle(
     builds: dict[str, CpuKernelBuild] = {}
     out_dir = bundle_dir / CPU_KERNELS_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        load_table(TUNING_TABLE)
+    except EngineError as exc:
+        raise ConvertError(TUNING_TABLE, str(exc)) from exc
+    shutil.copyfile(TUNING_TABLE, bundle_dir / BUNDLE_TABLE)
     for n, arch in enumerate(dict.fromkeys(archs)):
         report(f"cpu kernels {arch}", 0.6 + 0.2 * n / max(1, len(archs)))
         features = arch_features(arch)

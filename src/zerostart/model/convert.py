@@ -497,11 +497,12 @@ def _write_bundle(
         if archs or kernels_from is not None:
             names += sorted(p.relative_to(tmp).as_posix() for p in (tmp / KERNELS_DIR).iterdir())
         if cpu_archs:  # CPU kernels, one shared library per target (gcc, build time only)
+            from zerostart.engine.cpu_tuning import BUNDLE_TABLE
             from zerostart.kernels.cpu_build import build_for_bundle
 
             builds = build_for_bundle(tmp, cpu_archs, manifest.dtype, report)
             manifest = replace(manifest, cpu_kernels=builds)
-            names += [b.file for b in builds.values()]
+            names += [b.file for b in builds.values()] + [BUNDLE_TABLE]
         report("hash", 0.8)
         files = {name: _file_entry(tmp / name) for name in names}
         (tmp / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")

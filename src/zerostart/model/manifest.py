@@ -17,13 +17,16 @@ Runtime module: imports only the standard library.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from zerostart.errors import BundleError
+from zerostart.errors import BundleError, PathEscapeError
+from zerostart.paths import relative_name
 
 FORMAT_VERSION = 1
+_CONVERT_HINT = "create one with `zerostart convert <hf-model-folder> <bundle-dir>`"
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 VOCAB_NAME = "vocab.txt"
@@ -170,12 +173,16 @@ class Manifest:
         path = Path(bundle_dir) / MANIFEST_NAME
         try:
             raw = path.read_bytes()
-        except FileNotFoundError as exc:
-            raise BundleError(
-                path,
-                "no manifest: this folder is not a zerostart bundle",
-                hint="create one with `zerostart convert <hf-model-folder> <bundle-dir>`",
-            ) from exc
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            folder = Path(bundle_dir)
+            problem, hint = "no manifest: this folder is not a zerostart bundle", _CONVERT_HINT
+            if not os.path.lexists(folder):
+                path, problem, hint = folder, "does not exist", f"check the path, or {hint}"
+            elif not folder.is_dir():
+                path, problem = folder, "is not a folder (a bundle is a folder)"
+            raise BundleError(path, problem, hint=hint) from exc
+        except OSError as exc:  # ELOOP: a symlink loop; EACCES; EISDIR; EIO
+            raise BundleError(path, f"cannot read the manifest: {exc.strerror or exc}") from exc
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -196,11 +203,12 @@ class Manifest:
             raise bad(f"dtype {self.dtype!r} is not one of {DTYPES}")
         if self.device not in DEVICES:
             raise bad(f"device {self.device!r} is not one of {DEVICES}")
+        for name in self.files:
+            _check_name(name, f"files entry {name!r}", path)
         for arch, build in self.cpu_kernels.items():
-            if not build.file.startswith(CPU_KERNELS_DIR + "/") or ".." in build.file:
-                raise bad(
-                    f"cpu_kernels[{arch!r}].file {build.file!r} is not under {CPU_KERNELS_DIR}/"
-                )
+            what = f"cpu_kernels[{arch!r}].file {build.file!r}"
+            if not _check_name(build.file, what, path).startswith(CPU_KERNELS_DIR + "/"):
+                raise bad(f"{what} is not under {CPU_KERNELS_DIR}/")
         if self.pooling.mode not in POOLING_MODES:
             raise bad(f"pooling mode {self.pooling.mode!r} is not one of {POOLING_MODES}")
         if self.problem_type not in PROBLEM_TYPES:
@@ -213,3 +221,19 @@ class Manifest:
             raise bad(
                 f"max_length {self.max_length} must be in 3..{self.config.max_position_embeddings}"
             )
+
+
+def _check_name(name: str, what: str, path: object) -> str:
+    """A file name of the manifest, refused unless it stays in the bundle folder.
+
+    The manifest is data: ``../../etc/passwd`` or ``/etc/passwd`` would make the
+    worker stat and hash a file outside the bundle (and report its size). The
+    bundle folder's own symlinks are the operator's and are followed.
+    """
+    try:
+        clean = relative_name(name)
+    except PathEscapeError as exc:
+        raise BundleError(path, f"{what} leaves the bundle: {exc.problem}") from exc
+    if not clean:
+        raise BundleError(path, f"{what} names the bundle folder itself, not a file")
+    return clean

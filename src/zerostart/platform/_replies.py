@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from zerostart.paths import redact_paths
 from zerostart.platform._state import StartRecord
 from zerostart.platform.errors import StartError
 from zerostart.platform.upstream import BodyStream
@@ -52,9 +53,13 @@ def unavailable(message: str) -> Response:
 
 
 def start_failed(exc: StartError, *, retry_after_s: float) -> Response:
+    """502 naming the model and the worker's complaint, without server paths.
+
+    The full text (paths included) is in the gateway's log (``event=start_failed``).
+    """
     return error_response(
         502,
-        f"{exc} (could not start a replica)",
+        f"{redact_paths(str(exc))} (could not start a replica)",
         "StartFailed",
         headers=[("retry-after", str(max(1, round(retry_after_s))))],
     )

@@ -12,10 +12,12 @@ import collections
 from dataclasses import dataclass
 from typing import Any
 
+from zerostart.paths import redact_paths
 from zerostart.platform._types import Replica
 from zerostart.platform.autoscaler import Scaler
 from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
+from zerostart.platform.liveness import Health
 from zerostart.platform.upstream import UpstreamPool
 
 BACKOFF_FIRST_S = 1.0  # after a failed start; doubles per failure
@@ -50,6 +52,7 @@ class Seat:
 
     __slots__ = (
         "draining",
+        "health",
         "idle_s",
         "idle_since",
         "in_flight",
@@ -68,6 +71,7 @@ class Seat:
         self.start = start
         self.idle_s = 0.0  # seconds ready with nothing in flight, up to idle_since
         self.idle_since: float | None = now
+        self.health = Health(since=now)  # liveness.py: process state and probes
 
     def busy(self, now: float) -> None:
         if self.idle_since is not None:
@@ -101,6 +105,8 @@ class ModelRuntime:
         self.backoff_s = BACKOFF_FIRST_S
         self.retired_up_s = 0.0  # replica-seconds of replicas no longer serving
         self.retired_idle_s = 0.0
+        # replicas taken out unasked, by why: exited, stopped, unresponsive, connection
+        self.replaced: collections.Counter[str] = collections.Counter()
 
     @property
     def ready(self) -> int:
@@ -160,7 +166,8 @@ class ModelRuntime:
             "last_start": None if self.last_start is None else self.last_start.as_dict(),
             "recent_starts": [s.as_dict() for s in self.recent_starts],  # oldest first
             "replica_seconds": {"up": round(up, 3), "idle": round(idle_replica_s, 3)},
-            "last_error": None if self.failure is None else str(self.failure),
+            "last_error": None if self.failure is None else redact_paths(str(self.failure)),
+            "replaced": dict(self.replaced),
             "limits": {
                 "min_replicas": c.min_replicas,
                 "max_replicas": c.max_replicas,

@@ -58,6 +58,7 @@ raises :class:`ConfigError` naming the dotted key and the fix. Secrets
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import os
 import re
@@ -292,15 +293,8 @@ def _build(cls: type[Any], where: str, table: Any, **extra: Any) -> Any:
     kwargs: dict[str, Any] = dict(extra)
     for key, value in table.items():
         f = known.get(key)
-        if f is None or f.name in ("name", "source", "source_kind", "models", "path"):
-            options = sorted(
-                _file_key(f.name)
-                for f in fields(cls)
-                if f.name not in ("name", "source", "source_kind", "models", "path")
-            )
-            raise ConfigError(
-                f"{where}.{key}", "unknown key", hint=f"known keys: {', '.join(options)}"
-            )
+        if f is None or f.name in _NOT_KEYS:
+            raise _unknown(f"{where}.{key}", "key", key, valid_keys(cls))
         want = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
         number = isinstance(value, int | float) and not isinstance(value, bool)
         if want == "float" and f.name.endswith("_s") and isinstance(value, str):
@@ -318,6 +312,34 @@ def _build(cls: type[Any], where: str, table: Any, **extra: Any) -> Any:
         return cls(**kwargs)
     except TypeError as exc:  # a wrong type that __post_init__ did not name
         raise ConfigError(where, str(exc)) from exc
+
+
+_NOT_KEYS = ("name", "source", "source_kind", "models", "path")  # set by the parser itself
+
+
+def valid_keys(cls: type[Any]) -> tuple[str, ...]:
+    """Every key a table of ``cls`` accepts in platform.toml, sorted (for messages and docs)."""
+    keys = {_file_key(f.name) for f in fields(cls) if f.name not in _NOT_KEYS}
+    if "api_key" in keys:
+        keys.add("api_key_env")
+    if cls is ModelConfig:
+        keys.update(SOURCES)
+        keys.update(DEPLOY_MODEL_KEYS)
+    return tuple(sorted(keys))
+
+
+def _unknown(where: str, what: str, given: str, valid: tuple[str, ...]) -> ConfigError:
+    """``unknown key``: every valid one, and the nearest by difflib's ratio when one is close."""
+
+    def show(v: str) -> str:
+        if what != "table":
+            return repr(v)
+        return f"[{v}.NAME]" if v == "models" else f"[{v}]"
+
+    near = difflib.get_close_matches(given, valid, n=1, cutoff=0.6)
+    guess = f"did you mean {show(near[0])}? " if near else ""
+    listed = ", ".join(show(v) for v in valid)
+    return ConfigError(where, f"unknown {what}", hint=f"{guess}valid {what}s: {listed}")
 
 
 def _seconds(key: str, value: str) -> float:
@@ -351,11 +373,7 @@ def parse(
         raise ConfigError("", f"not valid TOML: {exc}", hint="see https://toml.io") from exc
     unknown = sorted(set(data) - set(TABLES))
     if unknown:
-        raise ConfigError(
-            unknown[0],
-            "unknown table",
-            hint="tables are [gateway], [autoscaler], [pool], [models.NAME], [deploy]",
-        )
+        raise _unknown(unknown[0], "table", unknown[0], TABLES)
     gw = dict(data.get("gateway", {}))
     gateway = _build(GatewayConfig, "gateway", gw, api_key=_secret(gw, "gateway", env))
     autoscaler = _build(AutoscalerConfig, "autoscaler", data.get("autoscaler", {}))
@@ -394,7 +412,9 @@ def parse(
         if kind in ("bundle", "image") and base is not None:
             path_part, sep, tag = source.partition(":") if kind == "image" else (source, "", "")
             if not os.path.isabs(path_part):
-                source = str((base / path_part).resolve()) + sep + tag
+                # realpath, not Path.resolve(): on Python 3.11 resolve() raises RuntimeError
+                # on a symlink loop; the loop is reported by check_sources (sources.py).
+                source = os.path.realpath(base / path_part) + sep + tag
         for deploy_only in DEPLOY_MODEL_KEYS:  # checked by `zerostart deploy`, unused here
             table.pop(deploy_only, None)
         key = _secret(table, where, env)

@@ -19,9 +19,13 @@ over asyncio, its limits and timeouts); :meth:`Gateway.handle` routes them:
   concurrency and says how many replicas it wants; the gateway starts the
   difference or drains the surplus (a draining replica takes no new requests
   and is stopped when its last one is answered).
-* A replica whose connection fails (refused, reset, closed before an answer)
-  is taken out, killed if it still runs, counted as a death, and replaced if
-  the model still wants it. Its requests are **re-sent once** (to another
+* A replica whose connection fails (refused, reset, closed before an answer),
+  whose process exited or stays stopped (``/proc/PID/stat`` state ``Z``/``T``),
+  or that misses its health probes (``GET /health`` with a deadline, sent
+  only to a replica that answered nothing for a while) is taken out, killed if
+  it still runs, counted (``replicas_replaced_total`` by reason, ``/status``
+  ``replaced``), and replaced if the model still wants it; the decisions are
+  ``liveness.py``'s, pure and driven by each tick. Its requests are **re-sent once** (to another
   replica, or to the replacement once it is ready): inference is an idempotent
   read of a model, so a duplicate has no effect beyond its cost. A second
   failure answers 502. A replica that answers too slowly (``upstream_timeout``)
@@ -67,6 +71,7 @@ import logging
 import time
 from typing import Any
 
+from zerostart.paths import redact_paths
 from zerostart.platform._replies import (
     FORWARDED_REQUEST_HEADERS,
     FORWARDED_RESPONSE_HEADERS,
@@ -90,6 +95,15 @@ from zerostart.platform._types import Replica, Starter
 from zerostart.platform.autoscaler import Scaler
 from zerostart.platform.config import PlatformConfig
 from zerostart.platform.errors import PlatformError, StartError
+from zerostart.platform.liveness import (
+    LivenessPolicy,
+    answered,
+    observe_state,
+    probe_due,
+    probe_result,
+    probe_sent,
+    proc_state,
+)
 from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.platform.metrics import GatewayMetrics, register_gauges
 from zerostart.platform.sizing import PoolSizer, Recent
@@ -98,7 +112,12 @@ from zerostart.platform.status_page import CONTENT_TYPE as PAGE_TYPE
 from zerostart.platform.status_page import HEADERS as PAGE_HEADERS
 from zerostart.platform.status_page import PAGE as STATUS_PAGE
 from zerostart.platform.status_page import wants_html
-from zerostart.platform.upstream import UpstreamError, UpstreamTimeout, UpstreamTooLarge
+from zerostart.platform.upstream import (
+    UpstreamError,
+    UpstreamPool,
+    UpstreamTimeout,
+    UpstreamTooLarge,
+)
 from zerostart.serve.config import ServerConfig
 from zerostart.serve.http import ListeningHost, Request, Response, error_response
 
@@ -111,10 +130,16 @@ class Gateway(ListeningHost):
     """Serve ``config.models`` through replicas from ``starter``; see the module docstring."""
 
     def __init__(
-        self, config: PlatformConfig, starter: Starter, *, worker_key: str | None = None
+        self,
+        config: PlatformConfig,
+        starter: Starter,
+        *,
+        worker_key: str | None = None,
+        liveness: LivenessPolicy | None = None,
     ) -> None:
         super().__init__()
         self.platform = config
+        self.liveness = liveness or LivenessPolicy()
         # sent to replicas, which were started with it as their API_KEY (never the client's)
         self._worker_auth = [("authorization", f"Bearer {worker_key}")] if worker_key else []
         g = config.gateway
@@ -300,17 +325,20 @@ class Gateway(ListeningHost):
                 return error_response(504, f"model {name!r}: {exc}", "Timeout")
             except UpstreamError as exc:
                 self._release(rt, seat)
-                self._seat_failed(rt, seat, str(exc))
+                self._seat_failed(rt, seat, str(exc), "connection")
                 if attempt == 0:
                     self.metrics.retries.inc(name)
                     continue
                 return error_response(
-                    502, f"model {name!r}: replica failed twice, last: {exc}", "Backend"
+                    502,
+                    f"model {name!r}: replica failed twice, last: {redact_paths(str(exc))}",
+                    "Backend",
                 )
             except BaseException:
                 self._release(rt, seat)
                 raise
             break
+        seat.health = answered(seat.health, time.monotonic())
         content_type = "application/json"
         out: list[tuple[str, str]] = []
         for k, v in up.headers:
@@ -486,19 +514,24 @@ class Gateway(ListeningHost):
                 fut.set_exception(Refused(response))
         rt.scaler.concurrency(time.monotonic(), rt.concurrency)
 
-    def _seat_failed(self, rt: ModelRuntime, seat: Seat, why: str) -> None:
-        """A connection to ``seat`` failed: take it out, kill it, replace it if wanted."""
+    def _seat_failed(self, rt: ModelRuntime, seat: Seat, why: str, reason: str) -> None:
+        """``seat`` failed (``reason``: connection, exited, stopped, unresponsive): take it
+        out, kill it, replace it if wanted. Its requests in flight fail when it dies and are
+        re-sent once (``_forward``)."""
         if seat not in rt.seats:
             return  # already handled for another request
         rt.seats.remove(seat)
         rt.retire(seat, time.monotonic())
         self.metrics.deaths.inc(rt.config.name)
+        self.metrics.replaced.inc(rt.config.name, reason)
+        rt.replaced[reason] += 1
         code = getattr(seat.replica, "returncode", None)
         log.warning(
-            "model=%s event=replica_failed pid=%d exit=%s reason=%s",
+            "model=%s event=replica_failed pid=%d exit=%s reason=%s: %s",
             rt.config.name,
             seat.replica.pid,
             code,
+            reason,
             why,
         )
         seat.replica.kill()
@@ -518,6 +551,57 @@ class Gateway(ListeningHost):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # -- liveness --------------------------------------------------------------------
+    def _check_liveness(self, rt: ModelRuntime, now: float) -> None:
+        """Take out replicas that died or stay stopped; probe those heard from least."""
+        policy = self.liveness
+        for seat in list(rt.seats):
+            replica = seat.replica
+            state = proc_state(replica.pid) if replica.is_alive() else None
+            seat.health, verdict = observe_state(seat.health, state, now, policy)
+            if verdict == "dead":
+                self._seat_failed(rt, seat, f"process exited (state {state})", "exited")
+            elif verdict == "hung":
+                self._seat_failed(
+                    rt,
+                    seat,
+                    f"process stopped (state {state}) for {policy.stopped_s:g} s",
+                    "stopped",
+                )
+            elif not seat.draining and probe_due(seat.health, now, policy):
+                seat.health = probe_sent(seat.health)
+                task = asyncio.get_running_loop().create_task(self._probe(rt, seat))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _probe(self, rt: ModelRuntime, seat: Seat) -> None:
+        """``GET /health`` on a fresh connection, with the policy's deadline."""
+        policy = self.liveness
+        pool = UpstreamPool(seat.replica.host, seat.replica.port, max_idle=0)
+        try:
+            up = await pool.request(
+                "GET",
+                "/health",
+                self._worker_auth,
+                timeout_s=policy.probe_timeout_s,
+                max_body_bytes=1 << 16,
+            )
+            ok, why = up.status == 200, f"answered {up.status}"
+        except UpstreamError as exc:
+            ok, why = False, str(exc)
+        finally:
+            pool.close()
+        if seat not in rt.seats:
+            return
+        seat.health, verdict = probe_result(seat.health, ok, time.monotonic(), policy)
+        if verdict == "hung":
+            self._seat_failed(
+                rt,
+                seat,
+                f"{seat.health.failures} health probes in a row failed, last: {why}",
+                "unresponsive",
+            )
+
     # -- autoscaling -----------------------------------------------------------------
     async def _autoscale(self) -> None:
         tick = self.platform.autoscaler.tick_s
@@ -531,10 +615,8 @@ class Gateway(ListeningHost):
                     log.error("model=%s event=autoscaler_bug", rt.config.name, exc_info=exc)
 
     def reconcile(self, rt: ModelRuntime, now: float) -> None:
-        """One autoscaler tick for ``rt``: reap the dead, then match the desired count."""
-        for seat in list(rt.seats):
-            if not seat.replica.is_alive():
-                self._seat_failed(rt, seat, "process exited")
+        """One autoscaler tick for ``rt``: reap the dead and hung, then match the desired count."""
+        self._check_liveness(rt, now)
         rt.scaler.tick(now)
         ready = rt.ready
         decision = rt.scaler.decide(now, ready)

@@ -13,6 +13,7 @@ start_failures_total            counter   model, path
 start_fallbacks_total           counter   model, path (the path that was skipped)
 start_phase_seconds             histogram model, phase
 replica_deaths_total            counter   model
+replicas_replaced_total         counter   model, reason (exited/stopped/unresponsive/connection)
 retries_total                   counter   model
 scale_events_total              counter   model, direction (up/down), reason
 replicas                        gauge     model, state (starting/ready/draining)
@@ -172,6 +173,12 @@ class GatewayMetrics:
             ("model", "phase"),
         )
         self.deaths = Counter("replica_deaths_total", "Replicas that exited unasked.", m)
+        self.replaced = Counter(
+            "replicas_replaced_total",
+            "Replicas taken out unasked (dead, stopped, not answering its health probe, or "
+            "its connection failed), by reason.",
+            ("model", "reason"),
+        )
         self.retries = Counter(
             "retries_total", "Requests re-sent once after their replica failed.", m
         )
@@ -202,6 +209,7 @@ class GatewayMetrics:
             self.fallbacks,
             self.phases,
             self.deaths,
+            self.replaced,
             self.retries,
             self.scale_events,
             *self._gauges,

@@ -166,8 +166,12 @@ class ProcessReplica:
         return f"<ProcessReplica {self.model} pid={self.pid} port={self.port} {self.start_path}>"
 
 
-def worker_command(bundle: str, *, python: str | None = None) -> list[str]:
-    return [
+def worker_command(
+    bundle: str, *, python: str | None = None, max_body_bytes: int | None = None
+) -> list[str]:
+    """The cold boot's command line; ``max_body_bytes``: the gateway's, so that a worker
+    never accepts a body its gateway would have refused (and vice versa)."""
+    command = [
         python or sys.executable,
         "-m",
         "zerostart.serve",
@@ -177,6 +181,9 @@ def worker_command(bundle: str, *, python: str | None = None) -> list[str]:
         "--port",
         "0",
     ]
+    if max_body_bytes is not None:
+        command += ["--max-body-bytes", str(max_body_bytes)]
+    return command
 
 
 class ColdBootStarter:
@@ -188,8 +195,10 @@ class ColdBootStarter:
         env: dict[str, str] | None = None,
         python: str | None = None,
         worker_key: str | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self._env = dict(os.environ if env is None else env)
+        self._max_body_bytes = max_body_bytes  # the gateway's [gateway] max_body_bytes
         if worker_key is not None:
             # TEI's convention: the worker then wants "Authorization: Bearer KEY" on every
             # route but /health, so another local user cannot bypass the gateway's auth
@@ -222,7 +231,9 @@ class ColdBootStarter:
             )
         try:
             proc = await asyncio.create_subprocess_exec(
-                *worker_command(model.source, python=self._python),
+                *worker_command(
+                    model.source, python=self._python, max_body_bytes=self._max_body_bytes
+                ),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,

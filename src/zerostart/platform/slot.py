@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerostart.errors import ServeError
 from zerostart.platform._types import Fallback, StartPath
 from zerostart.platform.errors import PlatformError
+from zerostart.platform.liveness import Health
 from zerostart.serve.slot import MAX_MESSAGE_BYTES, decode, encode
 
 log = logging.getLogger("zerostart.platform.slot")
@@ -93,6 +95,11 @@ class Slot:
     boot_phases_s: dict[str, float] = field(default_factory=dict)
     boot_s: float = 0.0  # spawn -> ready message, by our clock
     state: str = "booting"
+    # liveness.py's record while the slot waits in the pool (process state, pings)
+    health: Health = field(default_factory=lambda: Health(since=time.monotonic()))
+    pings: bool = False  # the slot said it answers {"type": "ping"} (older slot images do not)
+    # one request/reply exchange at a time on the control connection (ping, assign)
+    exchange: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def pid(self) -> int:
@@ -170,7 +177,28 @@ class Slot:
         if message["type"] != "ready":
             raise SlotError(f"slot {self.name} sent {message['type']!r} instead of 'ready'")
         self.boot_phases_s = {k: float(v) for k, v in message.get("phases", {}).items()}
+        self.pings = "ping" in (message.get("control") or ())
         self.state = "ready"
+
+    async def ping(self, timeout_s: float) -> bool:
+        """The slot's health probe: True if it answers a ping within ``timeout_s``.
+
+        A waiting slot is one blocking loop reading its control socket: an answer
+        means it still runs and reads. True without asking for a slot that does not
+        answer pings (an older slot image) or is no longer waiting.
+        """
+        if not self.pings or self.state != "ready":
+            return True
+        async with self.exchange:
+            if self.state != "ready" or self.writer is None:
+                return True
+            try:
+                self.writer.write(encode({"type": "ping"}))
+                await self.writer.drain()
+                reply = await asyncio.wait_for(self._read(), timeout_s)
+            except (TimeoutError, OSError, SlotError, ServeError):
+                return False
+            return bool(reply["type"] == "pong")
 
     async def _read(self) -> dict[str, Any]:
         assert self.reader is not None
@@ -187,6 +215,12 @@ class Slot:
             )
         return decode(line)
 
+    async def _reply(self) -> dict[str, Any]:
+        """The next message that is not a late pong (from a ping that timed out)."""
+        while (message := await self._read())["type"] == "pong":
+            pass
+        return message
+
     async def _exit_code(self, timeout_s: float) -> int | None:
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(self.process.wait(), timeout_s)
@@ -201,6 +235,16 @@ class Slot:
         timeout_s: float = ASSIGN_TIMEOUT_S,
     ) -> Assignment:
         """Give the slot a model; returns once it listens. SlotError names the slot's complaint."""
+        async with self.exchange:  # after a ping in flight, if any
+            return await self._assign(bundle, verify, server, timeout_s)
+
+    async def _assign(
+        self,
+        bundle: str | os.PathLike[str],
+        verify: str,
+        server: dict[str, Any] | None,
+        timeout_s: float,
+    ) -> Assignment:
         if self.state != "ready" or self.writer is None:
             raise SlotError(f"slot {self.name} is {self.state}, not ready")
         self.state = "assigning"
@@ -214,7 +258,7 @@ class Slot:
         try:
             self.writer.write(encode(message))
             await self.writer.drain()
-            reply = await asyncio.wait_for(self._read(), timeout_s)
+            reply = await asyncio.wait_for(self._reply(), timeout_s)
         except TimeoutError:
             raise SlotError(
                 f"slot {self.name} did not take the model within {timeout_s:.0f} s",

@@ -120,9 +120,12 @@ class PathStarter:
         snapshot_store: str | os.PathLike[str] | None = None,
         verify: str = "fast",
         worker_key: str | None = None,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.pool = pool
-        self.cold = cold or ColdBootStarter(worker_key=worker_key)
+        self.cold = cold or ColdBootStarter(worker_key=worker_key, max_body_bytes=max_body_bytes)
+        # The gateway's body limit, given to every worker it starts (slots at assignment).
+        self.max_body_bytes = max_body_bytes
         self.snapshots = snapshots
         self.snapshot_store = Path(snapshot_store) if snapshot_store is not None else None
         self.verify = verify
@@ -147,7 +150,7 @@ class PathStarter:
             "container": config.pool.cpu if "image" in kinds else 0,
         }
         pool = WarmPool(sizes, slot_image=slot_image) if any(sizes.values()) else None
-        return cls(pool, worker_key=worker_key)
+        return cls(pool, worker_key=worker_key, max_body_bytes=config.gateway.max_body_bytes)
 
     async def open(self) -> None:
         """Start filling the warm pool (the gateway calls this once it listens)."""
@@ -349,7 +352,9 @@ class PathStarter:
             self._fall(fallbacks, model, "warm_slot", self.pool.why_empty(kind or model.device))
             return None
         try:
-            server = {"api_key": self.worker_key} if self.worker_key else {}
+            server: dict[str, Any] = {"api_key": self.worker_key} if self.worker_key else {}
+            if self.max_body_bytes is not None:
+                server["max_body_bytes"] = self.max_body_bytes
             if isinstance(slot, ContainerSlot):
                 assigned = await slot.assign_image(
                     image_path(model),

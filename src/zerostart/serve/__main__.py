@@ -78,7 +78,8 @@ def parse_args(
         "--max-client-batch-size",
         type=int,
         default=d.max_client_batch_size,
-        help="inputs allowed in one request before 413 (default %(default)s)",
+        help="inputs allowed in one request; more is 422 Validation, as in TEI"
+        " (default %(default)s)",
     )
     p.add_argument(
         "--max-queue",

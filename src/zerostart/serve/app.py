@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 import zerostart
 from zerostart.errors import EngineError, InputError, TokenizerError, ZerostartError
+from zerostart.paths import redact_paths
 from zerostart.serve.batcher import Batcher, BatchFailed, Overloaded, Stopped
 from zerostart.serve.config import ServerConfig
 from zerostart.serve.http import Request, Response, error_response
@@ -126,7 +127,7 @@ class App:
             raise
         except Exception as exc:  # a bug: answer 500 and log it; the server keeps serving
             log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
-            response = error_response(500, f"internal error: {exc!r}", "Backend")
+            response = error_response(500, redact_paths(f"internal error: {exc!r}"), "Backend")
         if route in OPENAI_ROUTES and response.status >= 400:
             response = openai_error(response)
         self.metrics.record_request(
@@ -226,8 +227,8 @@ class App:
         except (BatchFailed, EngineError) as exc:
             return error_response(424, str(exc), "Backend")
         except ZerostartError as exc:
-            log.error("request failed on /%s: %s", route, exc)
-            return error_response(500, str(exc), "Backend")
+            log.error("request failed on /%s: %s", route, exc)  # paths in the log only
+            return error_response(500, redact_paths(str(exc)), "Backend")
         finally:
             self.in_flight -= 1
 

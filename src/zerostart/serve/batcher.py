@@ -9,7 +9,7 @@ Batch formation, in the worker thread:
 * Jobs wait in a bounded FIFO (``max_queue`` jobs); a full queue is refused at
   once (:class:`Overloaded`, HTTP 429) rather than growing latency without bound.
 * The worker takes encodings from the head of the queue, in order, until the
-  batch holds ``max_batch_size`` sequences or the next sequence would push the
+  batch holds ``max_batch_sequences`` sequences or the next sequence would push the
   sum of lengths over ``max_batch_tokens``. A job larger than one batch is split
   across engine calls; a sequence longer than ``max_batch_tokens`` still runs,
   alone, so no request is starved.
@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from zerostart.errors import ZerostartError
+from zerostart.limits import Limits
 
 log = logging.getLogger("zerostart.serve")
 
@@ -67,20 +68,23 @@ class _Job:
 
 
 class Batcher:
-    """Owns the worker thread; ``submit`` from the event loop, ``stop`` to drain."""
+    """Owns the worker thread; ``submit`` from the event loop, ``stop`` to drain.
+
+    ``limits``: the server's (``ServerConfig.limits``), the same object the pipeline
+    runs with, so a batch formed here is one engine call there.
+    """
 
     def __init__(
         self,
         execute: Execute,
+        limits: Limits,
         *,
-        max_batch_size: int,
-        max_batch_tokens: int,
         max_queue: int,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
         self._execute = execute
-        self._max_batch_size = max_batch_size
-        self._max_batch_tokens = max_batch_tokens
+        self._max_batch_size = limits.max_batch_sequences
+        self._max_batch_tokens = limits.max_batch_tokens
         self._max_queue = max_queue
         self._on_batch = on_batch  # (sequences, tokens, seconds) after each engine call
         self._queue: collections.deque[_Job] = collections.deque()

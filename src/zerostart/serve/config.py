@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zerostart.errors import ServeError
+from zerostart.limits import Limits
 
 # TEI's default payload limit is 2 MB; 1 MiB is plenty for 32 texts of 512 tokens
 # (about 4 KiB each) and bounds what one request can make us buffer.
@@ -30,9 +31,9 @@ class ServerConfig:
     port: int = 8080  # 0 picks a free port (tests); the ready line prints the real one
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-    max_batch_size: int = 32  # sequences per engine call
+    max_batch_size: int = 32  # sequences per engine call (Limits.max_batch_sequences)
     max_batch_tokens: int = 16384  # sum of sequence lengths per engine call (TEI's default)
-    max_client_batch_size: int = 32  # inputs in one request before 413 (TEI's default)
+    max_client_batch_size: int = 32  # inputs in one request; more is 422 (TEI: default and status)
     max_queue: int = 256  # queued jobs (requests) waiting for the engine before 429
     max_connections: int = 512  # open connections; more are closed right after accept
     header_timeout_s: float = 10.0  # whole request head must arrive within this (slowloris)
@@ -66,6 +67,16 @@ class ServerConfig:
             raise ServeError("api_key must not be empty", hint="unset API_KEY or give a key")
         if not 0 <= self.port <= 65535:
             raise ServeError(f"port must be in 0..65535, got {self.port}")
+
+    @property
+    def limits(self) -> Limits:
+        """Per-request and per-engine-call limits, for request parsing, the batcher and the
+        engine alike (``zerostart.limits``): one object, so no part keeps its own default."""
+        return Limits(
+            max_client_batch_size=self.max_client_batch_size,
+            max_batch_sequences=self.max_batch_size,
+            max_batch_tokens=self.max_batch_tokens,
+        )
 
     def new(self, **changes: Any) -> ServerConfig:
         """A copy with ``changes`` applied (and validated again)."""

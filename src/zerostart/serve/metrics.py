@@ -126,7 +126,7 @@ class Metrics:
         self.batch_seconds = Histogram(
             f"{PREFIX}_batch_duration_seconds", "Engine time per batch.", LATENCY_BUCKETS_S
         )
-        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self._gauges: dict[str, tuple[str, Callable[[], float], str]] = {}
         self._phases: dict[str, float] = {}
 
     def record_request(self, route: str, status: int, seconds: float) -> None:
@@ -144,8 +144,11 @@ class Metrics:
         self.batch_tokens.observe(tokens)
         self.batch_seconds.observe(seconds)
 
-    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self._gauges[f"{PREFIX}_{name}"] = (help_text, read)
+    def gauge(
+        self, name: str, help_text: str, read: Callable[[], float], *, kind: str = "gauge"
+    ) -> None:
+        """A value read at scrape time; ``kind="counter"`` for one that only grows."""
+        self._gauges[f"{PREFIX}_{name}"] = (help_text, read, kind)
 
     def set_phases(self, phases: dict[str, float]) -> None:
         self._phases = dict(phases)
@@ -161,10 +164,10 @@ class Metrics:
         out += [f"{name}{label_set([('route', r), ('status', s)])} {n}" for (r, s), n in counts]
         for hist in (self.latency, self.batch_size, self.batch_tokens, self.batch_seconds):
             out += hist.render()
-        for gname, (help_text, read) in sorted(self._gauges.items()):
+        for gname, (help_text, read, kind) in sorted(self._gauges.items()):
             out += [
                 f"# HELP {gname} {help_text}",
-                f"# TYPE {gname} gauge",
+                f"# TYPE {gname} {kind}",
                 f"{gname} {number(read())}",
             ]
         name = f"{PREFIX}_startup_phase_seconds"

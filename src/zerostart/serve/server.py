@@ -47,8 +47,7 @@ class Server(ListeningHost):
         self.metrics = Metrics()
         self.batcher = Batcher(
             pipeline.execute,
-            max_batch_size=self.config.max_batch_size,
-            max_batch_tokens=self.config.max_batch_tokens,
+            self.config.limits,
             max_queue=self.config.max_queue,
             on_batch=self.metrics.record_batch,
         )
@@ -62,6 +61,12 @@ class Server(ListeningHost):
         )
         self.metrics.gauge(
             "open_connections", "Open client connections.", lambda: len(self.connections)
+        )
+        self.metrics.gauge(
+            "engine_calls_total",
+            "Engine forward calls (one per batch unless a batch exceeds the engine's limit).",
+            lambda: getattr(pipeline, "engine_calls", 0),
+            kind="counter",
         )
 
     def handle(self, request: Request) -> Any:
@@ -145,9 +150,7 @@ def run(
 
     startup.mark("imports")
     config = config or ServerConfig()
-    pipeline = Pipeline.load(
-        bundle_dir, verify=verify, max_client_batch_size=config.max_client_batch_size
-    )
+    pipeline = Pipeline.load(bundle_dir, verify=verify, limits=config.limits)
     startup.add(pipeline.phases)
     pipeline.warmup()
     startup.mark("warmup")

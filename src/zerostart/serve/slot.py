@@ -9,7 +9,8 @@ Theory of operation (the slot's side; the pool's is ``zerostart.platform.slot``)
     [cuda] driver, context, GPU checks (engine/cuda/health)      "gpu_health"
     load the canary bundle, run it, compare with its known answer "health"
     accept ONE connection, from our own uid (SO_PEERCRED)
-      -> {"type": "ready", ...}            or {"type": "unhealthy", "reason"} and exit 3
+      -> {"type": "ready", "control": ["ping"], ...}  or {"type": "unhealthy", "reason"}, exit 3
+    <- {"type": "ping"}  -> {"type": "pong"}       (any number of times while waiting)
     <- {"type": "assign", "bundle": ..., "port": 0, ...}   (EOF instead: exit 0)
     map the bundle, tokenizer, engine, listen (no warm-up batch: see _load)
       -> {"type": "serving", "port": ..., "phases": ...}  or {"type": "error", ...} and exit 1
@@ -233,11 +234,15 @@ def run_slot(
                     "device": device,
                     "phases": boot,
                     "checks": checks,
+                    "control": ["ping"],  # what a pool may send besides assign/stop
                 }
             )
         )
         reader = LineReader(conn)
         message = reader.read()
+        while message is not None and message["type"] == "ping":  # the pool's health probe
+            conn.sendall(encode({"type": "pong"}))
+            message = reader.read()
         if message is None or message["type"] == "stop":
             return 0  # discarded by the pool before it was used
         if message["type"] != "assign":
@@ -246,7 +251,7 @@ def run_slot(
         return _assigned(conn, reader, message, boot)
 
 
-def _load(bundle_dir: str, verify: str, max_client_batch_size: int) -> Any:
+def _load(bundle_dir: str, verify: str, limits: Any) -> Any:
     """``Pipeline.load``, without the cold boot's warm-up batch.
 
     The canary has already run the engine's code in this process, so a warm-up
@@ -259,7 +264,7 @@ def _load(bundle_dir: str, verify: str, max_client_batch_size: int) -> Any:
     """
     from zerostart.pipeline import Pipeline
 
-    return Pipeline.load(bundle_dir, verify=verify, max_client_batch_size=max_client_batch_size)
+    return Pipeline.load(bundle_dir, verify=verify, limits=limits)
 
 
 def _assigned(
@@ -276,7 +281,7 @@ def _assigned(
         pipeline = _load(
             str(message["bundle"]),
             str(message.get("verify", "fast")),
-            config.max_client_batch_size,
+            config.limits,
         )
         startup.add(pipeline.phases)
     except (ZerostartError, KeyError, TypeError, ValueError) as exc:

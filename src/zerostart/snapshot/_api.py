@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import socket
 import time
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 from zerostart.errors import ZerostartError
 from zerostart.snapshot import _compat, _criu, _process
-from zerostart.snapshot._errors import ReadinessError, SnapshotError
+from zerostart.snapshot._errors import CriuError, ReadinessError, SnapshotError
 from zerostart.snapshot._host import digest_file, host_fingerprint, mapped_paths, uses_cuda
 from zerostart.snapshot._manifest import (
     BOOT_LOG_NAME,
@@ -59,6 +60,8 @@ ENV_PREFIXES = (
     "LC_",
 )
 ENV_NAMES = ("PATH", "HOME", "LANG", "VIRTUAL_ENV", "LD_LIBRARY_PATH", "TZ")
+
+log = logging.getLogger("zerostart.snapshot")
 
 
 @dataclass(frozen=True)
@@ -255,12 +258,19 @@ def restore(
     fallback: bool = True,
     full_verify: bool = False,
     ready_timeout_s: float = RESTORE_READY_TIMEOUT_S,
+    lazy_pages: bool | None = None,
 ) -> RestoreResult:
     """Bring snapshot ``name`` back and wait for its health URL; boot the command if that fails.
 
     Raises (never falls back) when the port is taken: a booted command could
     not listen either. With ``fallback=False`` every failure raises.
+    ``lazy_pages``: memory pages arrive on first touch (CRIU ``lazy-pages`` over
+    userfaultfd) while the rest streams behind; None takes ``$ZEROSTART_LAZY_PAGES``
+    (``1`` on), default off (docs/snapshot.md has the measurements). A lazy
+    restore that cannot start its page daemon restores eagerly.
     """
+    if lazy_pages is None:
+        lazy_pages = os.environ.get("ZEROSTART_LAZY_PAGES", "") == "1"
     t_all = time.perf_counter()
     root = _store(store)
     folder = snapshot_dir(root, name)
@@ -284,7 +294,7 @@ def restore(
             raise SnapshotError(f"PID {manifest.pid} (the snapshot's) is taken by another process")
         work = root / "restores" / f"{name}-{os.getpid()}-{time.monotonic_ns()}"
         t0 = time.perf_counter()
-        pid = _criu.restore(folder / IMAGES_DIR, work)
+        pid = _criu_restore(folder / IMAGES_DIR, work, lazy_pages=lazy_pages)
         timings["criu_restore"] = time.perf_counter() - t0
         if manifest.cuda:
             timings.update(_cuda_checkpointer().restore(pid))
@@ -302,6 +312,17 @@ def restore(
             raise
         reason = f"{type(exc).__name__}: {exc}"
     return _boot(manifest, folder, reason, t_all)
+
+
+def _criu_restore(images: Path, work: Path, *, lazy_pages: bool) -> int:
+    if lazy_pages:
+        try:
+            return _criu.restore(images, work, lazy_pages=True)
+        except CriuError as exc:
+            if "lazy-pages did not start" not in str(exc):
+                raise
+            log.warning("lazy restore unavailable (%s): restoring eagerly", exc)
+    return _criu.restore(images, work)
 
 
 def _write_restore_info(folder: Path, pid: int, timings: dict[str, float]) -> None:

@@ -17,6 +17,14 @@ restore
     ``--restore-detached``: CRIU exits once the tree runs; ``--pidfile`` tells us
     its root PID. ``--tcp-close`` as above. Listening sockets are restored by
     CRIU itself, on the same address and port.
+restore with lazy pages (``lazy_pages=True``)
+    ``criu lazy-pages`` runs beside the restore: the restored tree's anonymous
+    memory is registered with userfaultfd, a page the process touches is sent
+    on that fault, and the daemon streams every other page behind it, then
+    exits. The tree runs as soon as its mappings exist instead of after every
+    page is copied back (REAP, ASPLOS '21, on the same idea: the working set
+    first). The daemon's socket lives in the restore's work folder (``-W``), so
+    restores of one snapshot never share it.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import logging
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +46,9 @@ CHECK_TIMEOUT_S = 60.0
 VERSION_TIMEOUT_S = 10.0
 DUMP_TIMEOUT_S = 300.0  # a multi-GB process at ~1 GB/s to disk, with margin
 RESTORE_TIMEOUT_S = 120.0
+LAZY_PAGES_READY_TIMEOUT_S = 10.0  # its socket appears within milliseconds
+LAZY_PAGES_TIMEOUT_S = 300.0  # every page delivered: GBs at disk speed, with margin
+LAZY_PAGES_SOCKET = "lazy-pages.socket"
 LOG_TAIL_CHARS = 4000
 INSTALL_HINT = "install CRIU 4.x with `sudo scripts/install_criu.sh` (needs root)"
 
@@ -153,18 +165,90 @@ def dump(
     return time.perf_counter() - t0
 
 
+class LazyPages:
+    """``criu lazy-pages`` for one restore: started before it, reaped in the background after.
+
+    Raises CriuError when the daemon cannot start or its socket does not
+    appear. After the restore, :meth:`release` hands the daemon to a thread that
+    waits for it to exit (it does once every page is in the tree) and kills it
+    after ``LAZY_PAGES_TIMEOUT_S``.
+    """
+
+    def __init__(self, images: Path, work: Path) -> None:
+        self.log_file = work / "lazy-pages.log"
+        socket = work / LAZY_PAGES_SOCKET
+        socket.unlink(missing_ok=True)
+        cmd = [criu_binary(), "lazy-pages", "-D", str(images), "-W", str(work)]
+        cmd += ["-o", str(self.log_file), "-v3"]  # -v3: one line per page run it served
+        try:
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C for the caller must not cut a page stream
+            )
+        except OSError as exc:
+            raise CriuError(
+                f"criu lazy-pages: cannot run {cmd[0]}: {exc.strerror}", command=cmd
+            ) from exc
+        self.cmd = cmd
+        deadline = time.monotonic() + LAZY_PAGES_READY_TIMEOUT_S
+        while not socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise CriuError(
+                    "criu lazy-pages did not start",
+                    command=cmd,
+                    output=_last_errors(_tail(self.log_file)),
+                    hint="lazy restore needs userfaultfd (Linux >= 4.11, root); restore eagerly",
+                )
+            time.sleep(0.001)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def release(self) -> None:
+        def reap() -> None:
+            try:
+                self.proc.wait(LAZY_PAGES_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "criu lazy-pages still running after %.0f s: killed", LAZY_PAGES_TIMEOUT_S
+                )
+                self.kill()
+                return
+            if self.proc.returncode != 0:
+                log.warning(
+                    "criu lazy-pages exited %d: %s",
+                    self.proc.returncode,
+                    _last_errors(_tail(self.log_file)),
+                )
+
+        threading.Thread(target=reap, name="criu-lazy-pages", daemon=True).start()
+
+
 def restore(
-    images: Path, work: Path, *, timeout_s: float = RESTORE_TIMEOUT_S, extra: Sequence[str] = ()
+    images: Path,
+    work: Path,
+    *,
+    timeout_s: float = RESTORE_TIMEOUT_S,
+    extra: Sequence[str] = (),
+    lazy_pages: bool = False,
 ) -> int:
     """Bring the tree in ``images`` back, detached; returns the root PID.
 
     ``work`` receives CRIU's log and pidfile, so the images folder (shared by
-    every restore of this snapshot) is only read.
+    every restore of this snapshot) is only read. ``lazy_pages``: memory
+    arrives on first touch while the rest streams behind (:class:`LazyPages`).
     """
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / "restore.log"
     pidfile = work / "restore.pid"
     pidfile.unlink(missing_ok=True)
+    daemon = LazyPages(images, work) if lazy_pages else None
     args = [
         "restore",
         "-D",
@@ -177,9 +261,19 @@ def restore(
         str(pidfile),
         *RESTORE_FLAGS,
         *extra,
+        *(["--lazy-pages"] if daemon is not None else []),
     ]
-    _run(args, timeout_s, f"criu restore from {images}", log_file)
     try:
-        return int(pidfile.read_text().strip())
+        _run(args, timeout_s, f"criu restore from {images}", log_file)
+        pid = int(pidfile.read_text().strip())
     except (OSError, ValueError) as exc:
+        if daemon is not None:
+            daemon.kill()
         raise CriuError("criu restore wrote no pidfile", output=_tail(log_file)) from exc
+    except BaseException:
+        if daemon is not None:
+            daemon.kill()
+        raise
+    if daemon is not None:
+        daemon.release()
+    return pid

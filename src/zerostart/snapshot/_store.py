@@ -26,6 +26,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from zerostart.paths import PathEscapeError, relative_name
 from zerostart.snapshot._errors import CorruptSnapshotError, SnapshotError
 from zerostart.snapshot._host import SMALL_FILE_BYTES, sha256_file
 from zerostart.snapshot._manifest import IMAGES_DIR, ImageFile
@@ -99,6 +100,8 @@ def verify_images(folder: Path, images: dict[str, ImageFile], *, full: bool = Fa
     for any file whose mtime moved; ``full`` hashes everything.
     """
     image_dir = folder / IMAGES_DIR
+    for name in images:
+        _check_image_name(image_dir, name)
     try:
         present = {p.name for p in image_dir.iterdir()}
     except OSError as exc:
@@ -118,6 +121,16 @@ def verify_images(folder: Path, images: dict[str, ImageFile], *, full: bool = Fa
             continue
         if sha256_file(path) != rec.sha256:
             raise CorruptSnapshotError(path, "content does not match its sha256 in the manifest")
+
+
+def _check_image_name(image_dir: Path, name: str) -> None:
+    """An ``images`` key of the manifest names one file of ``images/``, nothing else."""
+    try:
+        clean = relative_name(name)
+    except PathEscapeError as exc:
+        raise CorruptSnapshotError(image_dir, f"image file name {exc}") from exc
+    if clean != name or "/" in clean:
+        raise CorruptSnapshotError(image_dir, f"image file name {name!r} is not a file of images/")
 
 
 def remove_snapshot(store: Path, name: str) -> int:

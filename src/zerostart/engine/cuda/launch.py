@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zerostart.errors import BundleError, EngineError
+from zerostart.errors import BundleError, EngineError, PathEscapeError
+from zerostart.paths import relative_name
 
 KERNELS_DIR = "kernels"
 KERNELS_MANIFEST_NAME = "manifest.json"
@@ -230,10 +231,12 @@ class KernelManifest:
                     )
                 if image.shared_bytes < 0 or image.global_scratch_bytes < 0:
                     raise BundleError(path, f"kernel {v.key!r} [{arch}]: negative memory size")
-                if Path(image.file).is_absolute() or ".." in Path(image.file).parts:
+                try:
+                    relative_name(image.file)
+                except PathEscapeError as exc:
                     raise BundleError(
                         path, f"kernel {v.key!r} [{arch}]: file {image.file!r} leaves kernels/"
-                    )
+                    ) from exc
         for c in self.gemm_table:
             if not all(1 <= x <= I32_MAX for x in (c.n, c.k, c.m)) or not c.config.isalnum():
                 raise BundleError(path, f"gemm_table entry {c} is malformed")

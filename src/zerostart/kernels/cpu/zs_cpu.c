@@ -33,7 +33,7 @@
 #include <string.h>
 #include <math.h>
 
-#define ZS_ABI_VERSION 4
+#define ZS_ABI_VERSION 5
 
 #define ACT_NONE 0
 #define ACT_GELU_ERF 1

@@ -30,10 +30,7 @@
 #define PRECISION_F32 4
 
 int zs_precisions(void) {
-    int p = 0;
-#if defined(__AVX512F__)
-    p |= PRECISION_F32;
-#endif
+    int p = PRECISION_F32; /* every build: zs_gemm_f32.c */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
     p |= PRECISION_INT8;
 #endif
@@ -58,74 +55,6 @@ static inline int64_t zs_row_block(int64_t row_bytes) {
 
 static inline __mmask16 zs_tail_mask(int64_t n) {
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
-}
-#endif
-
-#if defined(__AVX512F__)
-/* fp32, AVX-512 builds: C[m0:m1] = A[m0:m1] W with W [k, n] as stored (row-major, no
- * packing: each k step reads 192 contiguous bytes of one row of W, which the hardware
- * prefetcher streams), FMAs on a register tile of 8 rows x 48 columns. 8 x 48 divides
- * every product of the encoders we serve (rows 128 per sequence; columns 384, 768,
- * 1152, 1536, 2304, 3072), where the 6 x 64 tile of the products below wasted a
- * quarter of its last tile and ran 3-6 % slower (docs/cpu.md). k is cut into
- * blocks of at most F32_KC (later blocks add to C) so that a block of rows stays large:
- * unblocked, bert-base's FFN down product (k = 3072) had 42-row blocks and streamed its
- * 9 MiB of W from memory three times at batch 1 (75 GFLOP/s against ~100 for the other
- * products, docs/cpu.md). Packing panels of W was measured too, and lost 3-5 %. */
-#define F32_KC 768
-#define F32_MR 8 /* rows per tile: 8 x 3 accumulators + 3 of W + 1 of A = 28 of 32 zmm */
-#define F32_NJ 3 /* vectors of 16 columns per tile */
-#define F32_NR (16 * F32_NJ)
-
-void zs_gemm_f32(const float *a, const float *w, float *c, int64_t m0, int64_t m1, int64_t k, int64_t n) {
-    const int64_t nkb = (k + F32_KC - 1) / F32_KC, kc_max = (k + nkb - 1) / nkb; /* even blocks */
-    int64_t block = A_BLOCK_BYTES / (4 * kc_max);
-    block = block < F32_MR ? F32_MR : block / F32_MR * F32_MR;
-    for (int64_t kb = 0; kb < k; kb += kc_max) {
-        const int64_t kc = k - kb < kc_max ? k - kb : kc_max;
-        for (int64_t mb = m0; mb < m1; mb += block) {
-            const int64_t me = mb + block < m1 ? mb + block : m1;
-            for (int64_t n0 = 0; n0 < n; n0 += F32_NR) {
-                __mmask16 km[F32_NJ];
-                for (int j = 0; j < F32_NJ; j++) km[j] = zs_tail_mask(n - n0 - 16 * j);
-                for (int64_t m = mb; m < me; m += F32_MR) {
-                    const int64_t rows = me - m < F32_MR ? me - m : F32_MR;
-                    const float *ar[F32_MR];
-                    for (int r = 0; r < F32_MR; r++) ar[r] = a + (m + (r < rows ? r : 0)) * k + kb;
-                    __m512 acc[F32_MR][F32_NJ];
-#pragma GCC unroll 16
-                    for (int r = 0; r < F32_MR; r++)
-#pragma GCC unroll 8
-                        for (int j = 0; j < F32_NJ; j++) acc[r][j] = _mm512_setzero_ps();
-                    for (int64_t kk = 0; kk < kc; kk++) {
-                        const float *b = w + (kb + kk) * n + n0;
-                        __m512 bv[F32_NJ];
-#pragma GCC unroll 8
-                        for (int j = 0; j < F32_NJ; j++) bv[j] = _mm512_maskz_loadu_ps(km[j], b + 16 * j);
-#pragma GCC unroll 16
-                        for (int r = 0; r < F32_MR; r++) {
-                            const __m512 av = _mm512_set1_ps(ar[r][kk]);
-#pragma GCC unroll 8
-                            for (int j = 0; j < F32_NJ; j++) acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
-                        }
-                    }
-                    float done[F32_MR * F32_NR]; /* constant indices only: see zs_gemm_u8s8 */
-#pragma GCC unroll 16
-                    for (int r = 0; r < F32_MR; r++)
-#pragma GCC unroll 8
-                        for (int j = 0; j < F32_NJ; j++) _mm512_storeu_ps(done + r * F32_NR + j * 16, acc[r][j]);
-                    for (int64_t r = 0; r < rows; r++) {
-                        float *cr = c + (m + r) * n + n0;
-                        for (int j = 0; j < F32_NJ; j++) {
-                            __m512 v = _mm512_loadu_ps(done + r * F32_NR + 16 * j);
-                            if (kb > 0) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(km[j], cr + 16 * j));
-                            _mm512_mask_storeu_ps(cr + 16 * j, km[j], v);
-                        }
-                    }
-                }
-            }
-        }
-    }
 }
 #endif
 
