@@ -10,13 +10,21 @@ What is measured, per candidate, on this machine:
 * ``requests_per_s``: a trivial keep-alive route (``GET /`` → 11-byte JSON) served
   by a one-process asyncio ``Protocol`` server built on the candidate, loaded by
   ``wrk`` (another process) when installed, else by the asyncio client below.
+* ``server_cpu_us_per_request``: the server process's CPU time (user + system,
+  /proc) during the load, per request served: the layer's own cost, much less
+  sensitive than requests/s to other jobs on a shared machine.
 * ``robustness``: a fixed list of hostile or unusual requests (oversized head,
   chunked bodies, smuggling-shaped framing, pipelining) and whether the server
   built on the candidate answers each the way RFC 9112 says.
 
-Usage: ``python bench/http_layer_bench.py [--seconds 5] [--connections 16]``;
-writes ``bench/results/http_layer.json``. The servers here are minimal on
-purpose: they isolate the parser, not our application code.
+The ``zerostart`` candidate is our own layer (``zerostart.serve.http``, the
+worker's and the gateway's) answering the same bytes from a trivial handler,
+imported from whatever source tree is on ``PYTHONPATH``: run it with the old
+tree and the new one, interleaved, to measure a change to the layer.
+
+Usage: ``python bench/http_layer_bench.py [--seconds 5] [--connections 16]
+[--candidates zerostart]``; writes ``bench/results/http_layer.json``. The other
+servers here are minimal on purpose: they isolate the parser, not our code.
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-CANDIDATES = ("h11", "httptools", "handwritten")
+CANDIDATES = ("h11", "httptools", "handwritten", "zerostart")
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1 << 20
 OK_BODY = b'{"ok":true}'
@@ -192,7 +200,35 @@ class HandwrittenServer(asyncio.Protocol):
 SERVERS = {"h11": H11Server, "httptools": HttptoolsServer, "handwritten": HandwrittenServer}
 
 
+async def serve_zerostart(port: int) -> None:
+    """The same answers from our own layer (``zerostart.serve.http``: the worker's and the
+    gateway's), whichever source tree is on PYTHONPATH: compare a change before and after."""
+    from zerostart.serve.config import ServerConfig
+    from zerostart.serve.http import ListeningHost, Request, Response
+
+    class Trivial(ListeningHost):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = ServerConfig(
+                port=port, max_body_bytes=MAX_BODY_BYTES, max_header_bytes=MAX_HEADER_BYTES
+            )
+
+        async def handle(self, request: Request) -> Response:  # type: ignore[override]
+            if request.method == "POST":
+                return Response(200, b'{"n":%d}' % len(request.body))
+            return Response(200, OK_BODY)
+
+    server = Trivial()
+    await server._listen()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
 def serve(kind: str, port: int) -> None:
+    if kind == "zerostart":
+        asyncio.run(serve_zerostart(port))
+        return
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(SERVERS[kind], "127.0.0.1", port, backlog=1024)
@@ -207,8 +243,9 @@ def serve(kind: str, port: int) -> None:
 def import_ms(kind: str) -> float | None:
     if kind == "handwritten":
         return 0.0
+    module = "zerostart.serve.http" if kind == "zerostart" else kind
     code = (
-        f"import asyncio, json, time; t=time.perf_counter(); import {kind}; "
+        f"import asyncio, json, time; t=time.perf_counter(); import {module}; "
         "print((time.perf_counter()-t)*1e3)"
     )
     runs = [
@@ -223,10 +260,18 @@ def import_ms(kind: str) -> float | None:
 
 
 def closure_bytes(kind: str) -> int:
-    if kind == "handwritten":
-        return 0
+    if kind in ("handwritten", "zerostart"):
+        return 0  # zerostart: httptools' own bytes are the httptools row
     dist = importlib.metadata.distribution(kind)
     return sum(os.path.getsize(p) for f in dist.files or () if os.path.isfile(p := str(f.locate())))
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (/proc/PID/stat): less noisy than requests/s
+    when other jobs share the cores."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load_wrk(port: int, seconds: float, connections: int) -> float:
@@ -353,12 +398,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--candidates", default=",".join(CANDIDATES), help="comma-separated subset to run"
+    )
     args = ap.parse_args()
     if args.serve:
         serve(args.serve, args.port)
         return
     results: dict[str, Any] = {"machine": machine(), "candidates": {}}
-    for kind in CANDIDATES:
+    for kind in args.candidates.split(","):
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, __file__, "--serve", kind, "--port", str(port)],
@@ -367,11 +415,15 @@ def main() -> None:
         )
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            cpu0, t0 = cpu_s(proc.pid), time.perf_counter()
             rps, loader = requests_per_s(port, args.seconds, args.connections)
+            served = rps * (time.perf_counter() - t0)
+            cpu_us = (cpu_s(proc.pid) - cpu0) / served * 1e6
             row = {
                 "import_ms": import_ms(kind),
                 "closure_bytes": closure_bytes(kind),
                 "requests_per_s": round(rps),
+                "server_cpu_us_per_request": round(cpu_us, 1),
                 "load_generator": f"{loader}, {args.connections} keep-alive connections, {args.seconds:g} s",
                 "robustness": robustness(port),
             }

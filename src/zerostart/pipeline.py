@@ -38,10 +38,14 @@ from zerostart.limits import Limits
 from zerostart.model.bundle import Bundle
 from zerostart.model.manifest import Manifest
 from zerostart.tasks.heads import Heads
-from zerostart.tokenize import Encoding, WordPieceTokenizer
+from zerostart.tokenize import Encoding, WordPieceTokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from zerostart.tokenize import (
+        Tokenizer,  # loaded by load_tokenizer only for bundles that use it
+    )
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits.max_client_batch_size  # zerostart.limits: TEI's default
 DEFAULT_MAX_BATCH_SEQUENCES = Limits.max_batch_sequences
@@ -100,11 +104,12 @@ class Pipeline:
     def __init__(
         self,
         bundle: Bundle,
-        tokenizer: WordPieceTokenizer,
+        tokenizer: WordPieceTokenizer | Tokenizer,
         engine: Engine,
         *,
         phases: dict[str, float] | None = None,
         limits: Limits | None = None,
+        auto_truncate: bool = True,
     ) -> None:
         self.bundle = bundle
         self.manifest: Manifest = bundle.manifest
@@ -115,6 +120,8 @@ class Pipeline:
         self.max_client_batch_size = self.limits.max_client_batch_size  # read by zerostart.api
         self.max_batch_sequences = self.limits.max_batch_sequences
         self.engine_calls = 0  # engine.forward calls so far (the worker's /metrics)
+        # truncate over-long inputs when a request does not say (TEI's --auto-truncate)
+        self.auto_truncate = auto_truncate
         self.routes = api.routes_for(self.manifest)
         # Pooling, normalisation, scores: on the bundle's native CPU kernels when it has
         # them; plain Python otherwise (the numpy reference engine, a GPU worker).
@@ -130,6 +137,7 @@ class Pipeline:
         verify: str = "fast",
         max_client_batch_size: int | None = None,
         limits: Limits | None = None,
+        auto_truncate: bool = True,
     ) -> Pipeline:
         """Map the bundle, build the tokenizer and engine; each step is timed in ``phases``.
 
@@ -144,7 +152,7 @@ class Pipeline:
         bundle = Bundle.open(os.fspath(bundle_dir), verify=verify)
         t1 = time.perf_counter()
         phases["bundle_map"] = t1 - t0
-        tokenizer = WordPieceTokenizer.from_files(bundle.vocab_path, bundle.manifest.tokenizer)
+        tokenizer = load_tokenizer(bundle.path, bundle.manifest.tokenizer)
         t2 = time.perf_counter()
         phases["tokenizer"] = t2 - t1
         engine = _make_engine(bundle)
@@ -155,6 +163,7 @@ class Pipeline:
             engine,
             phases=phases,
             limits=limits,
+            auto_truncate=auto_truncate,
         )
 
     def warmup(self) -> None:

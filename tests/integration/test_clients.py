@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from test_server_robustness import Worker
 
+from cross_encoder import one_label_folder
+
 pytestmark = pytest.mark.integration
 
 hub = pytest.importorskip("huggingface_hub", reason="the dev extra installs huggingface_hub")
@@ -109,8 +111,9 @@ def test_inference_client_errors_carry_tei_status(embed_worker: Worker) -> None:
     assert info.value.response.status_code == 400
     assert info.value.response.json()["error_type"] == "Empty"
     with pytest.raises(hub.errors.HfHubHTTPError) as info:
-        client.feature_extraction("hello", dimensions=100)
-    assert info.value.response.status_code == 422 and "Matryoshka" in info.value.response.text
+        client.feature_extraction("hello", dimensions=1000)
+    assert info.value.response.status_code == 422
+    assert "smaller than the maximum embedding dimension" in info.value.response.text
 
 
 # -- embeddings: openai ------------------------------------------------------------------
@@ -156,9 +159,14 @@ def test_openai_embeddings_of_token_ids(embed_worker: Worker, minilm_embed_dir: 
     [
         ({"input": ""}, "BadRequestError", 400, "Empty"),
         ({"input": []}, "BadRequestError", 400, "Empty"),
-        ({"input": "hi", "dimensions": 64}, "UnprocessableEntityError", 422, "Validation"),
+        ({"input": "hi", "dimensions": 385}, "UnprocessableEntityError", 422, "Validation"),
         ({"input": [[10**9]]}, "UnprocessableEntityError", 422, "Tokenizer"),
-        ({"input": "word " * 600}, "UnprocessableEntityError", 422, "Validation"),
+        (
+            {"input": "word " * 600, "extra_body": {"truncate": False}},
+            "UnprocessableEntityError",
+            422,
+            "Validation",
+        ),
     ],
 )
 def test_openai_errors(
@@ -225,35 +233,10 @@ def test_inference_client_token_classification(
 # -- a cross-encoder (one label, no problem_type) and a broken model ----------------------------
 
 
-def _one_label_folder(src: Path, dst: Path, *, nan_bias: bool = False) -> Path:
-    """minilm-sst2's encoder with a seeded one-label head, saved with no problem_type."""
-    torch.manual_seed(1)
-    config = transformers.AutoConfig.from_pretrained(src)
-    config.id2label, config.label2id = {0: "LABEL_0"}, {"LABEL_0": 0}
-    config.num_labels = 1
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(
-        src, config=config, ignore_mismatched_sizes=True
-    )
-    with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 0.2)
-        model.classifier.bias.fill_(float("nan") if nan_bias else 0.1)
-    model.config.problem_type = None
-    model.save_pretrained(dst)
-    transformers.AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    config = (dst / "config.json").read_text()
-    assert '"problem_type": "' not in config  # null or absent: transformers applies a sigmoid
-    return dst
-
-
 @pytest.fixture(scope="module")
-def reranker(minilm_sst2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from zerostart.model.convert import convert
-
-    folder = _one_label_folder(minilm_sst2_dir, tmp_path_factory.mktemp("ce") / "hf")
-    bundle = folder.parent / "bundle"
-    convert(folder, bundle)
-    with Worker(bundle) as w:
-        yield w, folder
+def reranker(rerank_dir: Path, rerank_bundle: Path) -> Iterator[Any]:
+    with Worker(rerank_bundle) as w:
+        yield w, rerank_dir
         w.terminate()
         assert w.wait() == 0
 
@@ -300,7 +283,7 @@ def test_a_model_that_produces_nan_gets_424_and_the_worker_keeps_serving(
     from zerostart.errors import ConvertError
     from zerostart.model.convert import convert
 
-    folder = _one_label_folder(minilm_sst2_dir, tmp_path / "hf", nan_bias=True)
+    folder = one_label_folder(minilm_sst2_dir, tmp_path / "hf", nan_bias=True)
     with pytest.raises(ConvertError, match=r"'classifier\.bias' holds 1 NaN"):
         convert(folder, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()

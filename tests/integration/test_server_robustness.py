@@ -179,7 +179,7 @@ def test_ready_line_health_info_metrics(worker: Worker) -> None:
         (b'{"inputs": "x", "truncate": "yes"}', 422, "`truncate` must be true or false"),
         (b'{"inputs": ""}', 400, "cannot be empty"),  # TEI: 400 "Empty"
         (b"[1, 2]", 422, "JSON object"),
-        (json.dumps({"inputs": "word " * 2000}).encode(), 422, "tokens"),
+        (json.dumps({"inputs": "word " * 2000, "truncate": False}).encode(), 422, "tokens"),
         (json.dumps({"inputs": [["a"]] * 33}).encode(), 422, "batch size 33"),
     ],
 )

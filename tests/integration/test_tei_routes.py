@@ -125,7 +125,7 @@ def test_root_health_ping_models_and_info(w: Worker) -> None:
         ("/embed", {"inputs": []}, 400, "Empty"),
         ("/embed", {"inputs": ["a", ""]}, 400, "Empty"),
         ("/embed", {"inputs": ["x"] * 33}, 422, "Validation"),
-        ("/embed", {"inputs": "word " * 600}, 422, "Validation"),
+        ("/embed", {"inputs": "word " * 600, "truncate": False}, 422, "Validation"),
         ("/embed", {"inputs": "x", "prompt_name": "query"}, 422, "Validation"),
         ("/embed", {"inputs": "x", "dimensions": 0}, 422, "Validation"),
         ("/embed", {"inputs": [[10**9]]}, 422, "Tokenizer"),

@@ -75,7 +75,7 @@ def test_raw_scores_are_logits(sst2: Pipeline) -> None:
         ({"inputs": [["a", "b", "c"]]}, 422, "Validation", "[text, text_pair]"),
         ({"inputs": [["a"]] * 5}, 422, "Validation", "maximum allowed batch size 4"),
         ({"inputs": "a", "truncate": "yes"}, 422, "Validation", "`truncate` must be true"),
-        ({"inputs": "word " * 600}, 422, "Validation", '"truncate": true'),
+        ({"inputs": "word " * 600, "truncate": False}, 422, "Validation", '"truncate": true'),
     ],
 )
 def test_bad_input_gets_a_clear_error(

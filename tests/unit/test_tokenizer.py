@@ -17,8 +17,8 @@ import pytest
 from zerostart.errors import TokenizerError
 from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize import Encoding, WordPieceTokenizer
+from zerostart.tokenize._encoding import longest_first as _longest_first
 from zerostart.tokenize._normalize import CHAR_CACHE_SIZE_CHARS, Normalizer
-from zerostart.tokenize._tokenizer import _longest_first
 from zerostart.tokenize.hf import settings_from_tokenizer_json, vocab_from_tokenizer_json
 
 VOCAB = [

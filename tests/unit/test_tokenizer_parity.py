@@ -256,3 +256,23 @@ def test_convert_tokens_to_string_matches_transformers(pair: Pair, tmp_path: Pat
     ]:
         tokens = pair.ours.encode(text).tokens[1:-1]
         assert pair.ours.convert_tokens_to_string(tokens) == hf.convert_tokens_to_string(tokens)
+
+
+@pytest.mark.parametrize("max_length", [3, 7, 16, 128])
+def test_left_truncation_matches(pair: Pair, max_length: int) -> None:
+    """tokenizers' ``direction="left"`` (TEI's ``truncation_direction: "Left"``): the ends stay."""
+    texts = [t for t in corpus() if len(t) < 2000][:60]
+    cases: list[tuple[str, str | None]] = [(t, None) for t in texts]
+    cases += [(a, b) for a, b in pairs() if len(a) + len(b) < 2000][:60]
+    cases += [("start " + "alpha beta " * 100 + " end", None), ("q " * 90, "start " + "p " * 150)]
+    pair.ref.enable_truncation(max_length=max_length, strategy="longest_first", direction="left")
+    bad = []
+    for text, pair_text in cases:
+        ours = pair.ours.encode(text, pair_text, max_length=max_length, left=True)
+        ref = pair.ref.encode(text, pair_text)
+        for field in FIELDS:
+            if getattr(ours, field) != list(getattr(ref, field)):
+                bad.append(f"{field} for {text[:40]!r} / {str(pair_text)[:40]!r}")
+                break
+    assert not bad, f"{len(bad)} of {len(cases)} mismatch; first: {bad[:3]}"
+    assert any(len(pair.ref.encode(t, p).ids) == max_length for t, p in cases)  # some were cut

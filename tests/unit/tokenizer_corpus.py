@@ -165,6 +165,13 @@ SPECIAL_IN_TEXT = [
     "x[SEP]y",
     "中[SEP]文",
     "[SEP]",
+    # SentencePiece (XLM-R) specials; <mask> strips the spaces before it (lstrip)
+    "<s> text </s></s> more </s>",
+    "Paris is the <mask> of France.",
+    "two spaces  <mask>  around, tab\t<mask>, start <mask>",
+    "<mask><mask> <unk><pad></s><s>",
+    "<s>",
+    "x<mask>y <S> </ s>",
 ]
 
 

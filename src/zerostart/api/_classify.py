@@ -107,7 +107,7 @@ def prepare_predict(pipe: Pipeline, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     items, single = predict_inputs(required(body, "inputs"), pipe.max_client_batch_size)
-    truncate = Truncation.read(opts)
+    truncate = Truncation.read(opts, pipe.auto_truncate)
     raw = flag(opts, "raw_scores", False)
     labels = pipe.manifest.labels
     function = "none" if raw else _function(opts)
@@ -142,7 +142,7 @@ def prepare_rerank(pipe: Pipeline, body: Any) -> Job:
     for i, passage in enumerate(passages):
         if not query and not passage:
             raise empty(f"`query` and `texts[{i}]` cannot both be empty")
-    truncate = Truncation.read(body)
+    truncate = Truncation.read(body, pipe.auto_truncate)
     raw = flag(body, "raw_scores", False)
     return_text = flag(body, "return_text", False)
     encodings = encode(pipe, [(query, p) for p in passages], truncate)

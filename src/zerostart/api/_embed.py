@@ -14,10 +14,16 @@ Shapes (TEI ``router/src/http/types.rs``; OpenAI's embeddings API):
   ``{"object": "list", "data": [{"object": "embedding", "embedding", "index"}],
   "model", "usage": {"prompt_tokens", "total_tokens"}}``; vectors normalised.
 
-``dimensions`` is accepted only as the model's own width: TEI would cut the
-vector (Matryoshka), which is only meaningful for models trained for it, and no
-bundle says it was, so any other value is refused (422) rather than answered
-with a quietly worse vector.
+``dimensions`` (``/embed`` and ``/v1/embeddings``) cuts each sentence vector to
+its first ``dimensions`` values and then, when the route normalises, L2-normalises
+what is left, as TEI does (``core/src/infer.rs`` ``embed_pooled``: truncate,
+then scale by ``1 / sqrt(sum(v * v))`` summed in float64). A value over the
+model's width is a 422, as in TEI. Cutting is meaningful only for models trained
+for it (Matryoshka); the server cannot tell, as TEI cannot.
+
+``truncate`` absent or null means the server's ``--auto-truncate``; on
+``/v1/embeddings`` (where TEI always uses ``--auto-truncate``) a ``truncate``
+and ``truncation_direction`` in the body are honoured too.
 
 Vectors are pooled and normalised by the pipeline's ``Heads`` (native kernels,
 no numpy) and answered from their float32 buffers: ``tolist`` for JSON, the
@@ -28,10 +34,11 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
+import array
 import base64
 import math
 import sys
-from array import array
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from zerostart.api._classify import finite
@@ -70,20 +77,44 @@ def pooled(
     )
 
 
-def _dimensions(opts: dict[str, Any], hidden: int) -> None:
+def _dimensions(opts: dict[str, Any], hidden: int) -> int | None:
+    """``dimensions`` when it shortens the vectors; None when absent, null or the width."""
     value = opts.get("dimensions")
     if value is None:
-        return
+        return None
     if not isinstance(value, int) or isinstance(value, bool):
         raise invalid("`dimensions` must be an integer")
     if value <= 0:
         raise invalid("`dimensions` should be positive")
-    if value != hidden:
+    if value > hidden:
         raise invalid(
-            f"`dimensions` {value} is not supported: this model's embeddings have {hidden} "
-            "dimensions and it was not trained to be cut shorter (Matryoshka); "
-            f"leave `dimensions` out or send {hidden}"
+            f"`dimensions` {value} should be smaller than the maximum embedding dimension: "
+            f"this model's embeddings have {hidden}"
         )
+    return value if value < hidden else None
+
+
+def shorten(vector: Sequence[float], dimensions: int, normalize: bool) -> list[float]:
+    """The first ``dimensions`` values of ``vector``, L2-normalised if ``normalize``.
+
+    TEI's order (truncate, then normalise; the sum of squares in float64) with
+    torch's ``F.normalize`` eps (1e-12), so an all-zero cut stays zero instead of
+    becoming NaN. The result is rounded to float32, the precision of every
+    answer. Plain Python: a few hundred values per vector.
+    """
+    cut = [float(x) for x in vector[:dimensions]]
+    if normalize:
+        scale = 1.0 / max(math.sqrt(math.fsum(x * x for x in cut)), 1e-12)
+        cut = [x * scale for x in cut]
+    return array.array("f", cut).tolist()
+
+
+def _float32_bytes(vector: list[float]) -> bytes:
+    """Little-endian float32 bytes (OpenAI's base64 format) of a vector."""
+    values = array.array("f", vector)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tobytes()
 
 
 def _float32_rows(vectors: list[memoryview]) -> list[list[float]]:
@@ -94,7 +125,7 @@ def _little_endian(vector: memoryview) -> bytes:
     """float32 values as little-endian bytes (OpenAI's base64 format)."""
     if sys.byteorder == "little":
         return vector.tobytes()
-    swapped = array("f", vector.tobytes())
+    swapped = array.array("f", vector.tobytes())
     swapped.byteswap()
     return swapped.tobytes()
 
@@ -103,15 +134,17 @@ def prepare_embed(pipe: Pipeline, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     inputs, _ = embedding_inputs(required(body, "inputs"), "inputs", pipe.max_client_batch_size)
-    truncate = Truncation.read(opts)
+    truncate = Truncation.read(opts, pipe.auto_truncate)
     no_prompt(opts)
     norm = flag(opts, "normalize", True)
-    _dimensions(opts, pipe.manifest.config.hidden_size)
+    dims = _dimensions(opts, pipe.manifest.config.hidden_size)
     if opts.get("encoding_format") not in (None, "float"):
         raise invalid("/embed answers floats only; use /v1/embeddings for base64")
     encodings = encode(pipe, inputs, truncate)
 
     def finish(outputs: list[memoryview]) -> Any:
+        if dims is not None:  # TEI's order: cut, then normalise (``shorten``)
+            return [shorten(pooled(pipe, s, i).tolist(), dims, norm) for i, s in enumerate(outputs)]
         return _float32_rows([pooled(pipe, s, i, normalize=norm) for i, s in enumerate(outputs)])
 
     return Job(encodings, finish)
@@ -121,7 +154,7 @@ def prepare_embed_all(pipe: Pipeline, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     inputs, _ = embedding_inputs(required(body, "inputs"), "inputs", pipe.max_client_batch_size)
-    truncate = Truncation.read(opts)
+    truncate = Truncation.read(opts, pipe.auto_truncate)
     no_prompt(opts)
     encodings = encode(pipe, inputs, truncate)
 
@@ -153,7 +186,7 @@ def prepare_similarity(pipe: Pipeline, body: Any) -> Job:
     params = body.get("parameters") or {}
     if not isinstance(params, dict):
         raise invalid("`parameters` must be a JSON object")
-    truncate = Truncation.read(params)
+    truncate = Truncation.read(params, pipe.auto_truncate)
     no_prompt(params)
     encodings = encode(pipe, texts, truncate)
 
@@ -161,7 +194,7 @@ def prepare_similarity(pipe: Pipeline, body: Any) -> Job:
         vectors = [pooled(pipe, s, i, normalize=True) for i, s in enumerate(outputs)]
         source = vectors[0].tolist()
         dots = [sum(a * b for a, b in zip(v.tolist(), source, strict=True)) for v in vectors[1:]]
-        scores = array("f", dots)  # float32, as TEI answers
+        scores = array.array("f", dots)  # float32, as TEI answers
         if not all(map(math.isfinite, scores)):
             raise non_finite("similarity", 0)
         return scores.tolist()
@@ -172,30 +205,35 @@ def prepare_similarity(pipe: Pipeline, body: Any) -> Job:
 def prepare_openai(pipe: Pipeline, body: Any) -> Job:
     body = body_object(body, '{"input": "some text", "model": "..."}')
     inputs, _ = embedding_inputs(required(body, "input"), "input", pipe.max_client_batch_size)
-    fmt = body.get("encoding_format") or "float"
-    if fmt not in ENCODING_FORMATS:
+    fmt = body.get("encoding_format", "float")
+    if fmt not in ENCODING_FORMATS:  # null too: TEI's field is not an Option
         raise invalid(f"`encoding_format` must be one of {', '.join(ENCODING_FORMATS)}")
-    _dimensions(body, pipe.manifest.config.hidden_size)
+    dims = _dimensions(body, pipe.manifest.config.hidden_size)
     for name in ("model", "user"):
         if body.get(name) is not None and not isinstance(body[name], str):
             raise invalid(f"`{name}` must be a string")
-    encodings = encode(pipe, inputs, Truncation(False))
+    encodings = encode(pipe, inputs, Truncation.read(body, pipe.auto_truncate))
     tokens = sum(len(e.ids) for e in encodings)
     model = pipe.model_id
 
     def finish(outputs: list[memoryview]) -> Any:
-        vectors = [pooled(pipe, s, i, normalize=True) for i, s in enumerate(outputs)]
+        encoded: list[Any]
+        if dims is not None:  # TEI's order: cut, then normalise (``shorten``)
+            cut = [shorten(pooled(pipe, s, i).tolist(), dims, True) for i, s in enumerate(outputs)]
+            encoded = [_float32_bytes(v) for v in cut] if fmt == "base64" else cut
+        else:
+            vectors = [pooled(pipe, s, i, normalize=True) for i, s in enumerate(outputs)]
+            if fmt == "base64":
+                encoded = [_little_endian(v) for v in vectors]
+            else:
+                encoded = [v.tolist() for v in vectors]
         data = [
             {
                 "object": "embedding",
-                "embedding": (
-                    base64.b64encode(_little_endian(v)).decode("ascii")
-                    if fmt == "base64"
-                    else v.tolist()
-                ),
+                "embedding": base64.b64encode(e).decode("ascii") if fmt == "base64" else e,
                 "index": i,
             }
-            for i, v in enumerate(vectors)
+            for i, e in enumerate(encoded)
         ]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {"object": "list", "data": data, "model": model, "usage": usage}

@@ -30,10 +30,11 @@ def encode(pipe: Pipeline, items: Sequence[Item], truncate: Truncation) -> list[
     """
     limit = pipe.manifest.max_length
     max_chars = limit * MAX_INPUT_CHARS_PER_TOKEN
+    left = truncate.left
     out: list[Encoding] = []
     for i, item in enumerate(items):
         if isinstance(item, list):
-            out.append(ids_encoding(pipe, item, limit if truncate.enabled else None))
+            out.append(ids_encoding(pipe, item, limit if truncate.enabled else None, left=left))
             continue
         chars = len(item) if isinstance(item, str) else len(item[0]) + len(item[1])
         if chars > max_chars:
@@ -42,29 +43,38 @@ def encode(pipe: Pipeline, items: Sequence[Item], truncate: Truncation) -> list[
                     f"input {i} has {chars} characters, over this model's limit of "
                     f'{max_chars}; shorten it or send "truncate": true'
                 )
+            # TEI keeps the first characters whatever the direction; keeping the last
+            # ones for "left" is what that direction asks for.
             item = (
-                item[:max_chars]
+                _cut(item, max_chars, left)
                 if isinstance(item, str)
-                else (item[0][: max_chars // 2], item[1][: max_chars // 2])
+                else (_cut(item[0], max_chars // 2, left), _cut(item[1], max_chars // 2, left))
             )
-        if isinstance(item, str):
-            out.append(pipe.tokenizer.encode(item, max_length=limit))
-        else:
-            out.append(pipe.tokenizer.encode(item[0], item[1], max_length=limit))
+        pair = None if isinstance(item, str) else item[1]
+        first = item if isinstance(item, str) else item[0]
+        out.append(pipe.tokenizer.encode(first, pair, max_length=limit, left=left))
     check_length(out, limit, truncate)
     return out
 
 
-def ids_encoding(pipe: Pipeline, ids: list[int], max_length: int | None) -> Encoding:
+def _cut(text: str, chars: int, left: bool) -> str:
+    return text[max(0, len(text) - chars) :] if left else text[:chars]
+
+
+def ids_encoding(
+    pipe: Pipeline, ids: list[int], max_length: int | None, *, left: bool = False
+) -> Encoding:
     """Token ids as the sequence itself: no [CLS]/[SEP] added (TEI and OpenAI's reading).
 
-    Raises TokenizerError for an id outside the vocabulary.
+    With ``max_length``, longer sequences keep their first (``left``: last)
+    ``max_length`` ids. Raises TokenizerError for an id outside the vocabulary.
     """
     tok = pipe.tokenizer
     tokens = [tok.id_to_token(i) for i in ids]  # raises for an unknown id
     full = len(ids)
     if max_length is not None and full > max_length:
-        ids, tokens = ids[:max_length], tokens[:max_length]
+        keep = slice(full - max_length, None) if left else slice(max_length)
+        ids, tokens = ids[keep], tokens[keep]
     n = len(ids)
     return Encoding(
         ids=list(ids),

@@ -49,13 +49,21 @@ def required(body: dict[str, Any], name: str) -> Any:
     return body[name]
 
 
-def flag(body: dict[str, Any], name: str, default: bool) -> bool:
-    """A boolean field; JSON null means the default (TEI's ``Option<bool>``)."""
-    value = body.get(name)
-    if value is None:
+def flag(body: dict[str, Any], name: str, default: bool, *, nullable: bool = False) -> bool:
+    """A boolean field; absent means ``default``.
+
+    JSON null means the default only for ``nullable`` fields (TEI's
+    ``Option<bool>``, such as ``truncate``); TEI's plain ``bool`` fields
+    (``normalize``, ``raw_scores``, ...) refuse null with a 422, and so do we.
+    """
+    if name not in body:
+        return default
+    value = body[name]
+    if value is None and nullable:
         return default
     if not isinstance(value, bool):
-        raise invalid(f"`{name}` must be true or false, got {type(value).__name__}")
+        got = "null" if value is None else type(value).__name__
+        raise invalid(f"`{name}` must be true or false, got {got}")
     return value
 
 
@@ -76,23 +84,26 @@ def options(body: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Truncation:
-    """``truncate`` and ``truncation_direction`` as TEI reads them."""
+    """``truncate`` and ``truncation_direction`` as TEI reads them.
+
+    ``truncate`` absent or null means the server's ``--auto-truncate`` (TEI's
+    ``req.truncate.unwrap_or(info.auto_truncate)``); ``truncation_direction``
+    is ``right`` (keep the start, the default) or ``left`` (keep the end), any
+    case TEI accepts, and never null (TEI's field is not an ``Option``).
+    """
 
     enabled: bool
+    left: bool = False
 
     @classmethod
-    def read(cls, body: dict[str, Any]) -> Truncation:
-        enabled = flag(body, "truncate", False)
-        direction = body.get("truncation_direction")
-        if direction is not None:
-            if direction not in TRUNCATION_DIRECTIONS:
-                raise invalid("`truncation_direction` must be 'right' or 'left'")
-            if enabled and TRUNCATION_DIRECTIONS[direction] == "left":
-                raise invalid(
-                    "`truncation_direction` 'left' is not supported by this server; "
-                    "truncation keeps the start of the text (send 'right' or leave it out)"
-                )
-        return cls(enabled)
+    def read(cls, body: dict[str, Any], auto_truncate: bool) -> Truncation:
+        enabled = flag(body, "truncate", auto_truncate, nullable=True)
+        if "truncation_direction" not in body:
+            return cls(enabled)
+        direction = body["truncation_direction"]
+        if not isinstance(direction, str) or direction not in TRUNCATION_DIRECTIONS:
+            raise invalid("`truncation_direction` must be 'right' or 'left'")
+        return cls(enabled, left=TRUNCATION_DIRECTIONS[direction] == "left")
 
 
 def no_prompt(body: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ def prepare_tokens(pipe: Pipeline, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     texts, single = string_inputs(required(body, "inputs"), "inputs", pipe.max_client_batch_size)
-    truncate = Truncation.read(opts)
+    truncate = Truncation.read(opts, pipe.auto_truncate)
     strategy = opts.get("aggregation_strategy") or "simple"
     if strategy not in STRATEGIES:
         raise invalid(f"`aggregation_strategy` must be one of {', '.join(STRATEGIES)}")
@@ -81,6 +81,7 @@ def prepare_tokens(pipe: Pipeline, body: Any) -> Job:
                     ignore_labels=ignore,
                     tokens_to_string=tok.convert_tokens_to_string,
                     unk_token=m.tokenizer.unk_token,
+                    word_aware=m.tokenizer.model == "WordPiece",  # the only one with "##"
                     scores=pipe.heads.token_scores(logits),
                 )
             )

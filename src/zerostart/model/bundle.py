@@ -47,6 +47,11 @@ class Bundle:
     def vocab_path(self) -> Path:
         return self.path / VOCAB_NAME
 
+    @property
+    def tokenizer_path(self) -> Path:
+        """The tokenizer's tables: vocab.txt (WordPiece) or tokenizer.bin (other kinds)."""
+        return self.path / self.manifest.tokenizer.tables_name
+
     @classmethod
     def open(cls, path: str | Path, *, verify: str = "fast") -> Bundle:
         """Open the bundle folder ``path``; raise BundleError naming the bad file.
@@ -57,7 +62,7 @@ class Bundle:
             raise ValueError(f"verify must be one of {VERIFY_MODES}, got {verify!r}")
         root = Path(path)
         manifest = Manifest.load(root)
-        for required in (WEIGHTS_NAME, VOCAB_NAME):
+        for required in (WEIGHTS_NAME, manifest.tokenizer.tables_name):
             if required not in manifest.files:
                 raise BundleError(root / required, "not listed in the manifest", hint=_REBUILD_HINT)
         if verify != "none":

@@ -150,57 +150,68 @@ def convert(
         config, cfg_path, is_sentence_transformer=st_max_length is not None
     )
     labels, problem_type = hf.read_labels(config, cfg_path, the_task)
-    settings, vocab, vocab_source = hf.read_tokenizer(model_dir)
-    if len(vocab) != model_config.vocab_size:
-        raise ConvertError(
-            vocab_source,
-            f"vocabulary has {len(vocab)} tokens but config.json says vocab_size={model_config.vocab_size}",
-        )
-    length = hf.choose_max_length(model_dir, model_config, max_length, st_max_length)
+    with tempfile.TemporaryDirectory(prefix=".zerostart-tokenizer.") as tables:
+        settings, vocab, vocab_source, n_tokens = hf.read_tokenizer(model_dir, Path(tables))
+        if n_tokens > model_config.vocab_size:  # more rows than tokens is fine (e5: 250,037)
+            raise ConvertError(
+                vocab_source,
+                f"vocabulary has {n_tokens} tokens but config.json says vocab_size={model_config.vocab_size}",
+                hint="token ids past the embedding table cannot be served",
+            )
+        length = hf.choose_max_length(model_dir, model_config, max_length, st_max_length)
 
-    report("read weights", 0.1)
-    source, weights_files = hf.read_source_weights(model_dir)
-    manifest = Manifest(
-        architecture=architecture,
-        task=the_task,
-        config=model_config,
-        tokenizer=settings,
-        max_length=length,
-        dtype=_DEVICE_DTYPES[device] if precision == "float32" else precision,
-        device=device,
-        labels=labels,
-        problem_type=problem_type,
-        pooling=pooling,
-        source={
-            "name": name or Path(dst).resolve().name,
-            "folder": src.resolve().name,
-            "model_type": str(config.get("model_type")),
-            "architectures": list(config.get("architectures") or []),
-            "weights_files": [p.name for p in weights_files],
-            "weights_sha256": _sha256_files(weights_files),
-        },
-    )
-    try:
-        manifest.validate(cfg_path)
-    except BundleError as exc:
-        raise ConvertError(exc.path, exc.problem) from exc
-    report("layout", 0.4)
-    dtype = np.float16 if device == "cuda" else np.float32
-    used = _Recording(source)
-    tensors = _engine_tensors(used, manifest, weights_files[0], dtype)
-    _check_finite(used.read, tensors, weights_files[0], allow_nonfinite)
-    report("write", 0.6)
-    if (archs or kernels_from) and device != "cuda":
-        raise ConvertError(dst, "GPU kernels (--arch) need --device cuda")
-    if archs and kernels_from:
-        raise ConvertError(dst, "give either archs to compile kernels for, or kernels to copy")
-    if kernels_from is not None:
-        check_prebuilt_kernels(manifest, Path(kernels_from))
-    _write_bundle(
-        dst, manifest, tensors, vocab, report, archs, kernels_from, cpu_archs or (), gemm_tuning
-    )
-    report("done", 1.0)
-    return Manifest.load(dst)
+        report("read weights", 0.1)
+        source, weights_files = hf.read_source_weights(model_dir)
+        manifest = Manifest(
+            architecture=architecture,
+            task=the_task,
+            config=model_config,
+            tokenizer=settings,
+            max_length=length,
+            dtype=_DEVICE_DTYPES[device] if precision == "float32" else precision,
+            device=device,
+            labels=labels,
+            problem_type=problem_type,
+            pooling=pooling,
+            source={
+                "name": name or Path(dst).resolve().name,
+                "folder": src.resolve().name,
+                "model_type": str(config.get("model_type")),
+                "architectures": list(config.get("architectures") or []),
+                "weights_files": [p.name for p in weights_files],
+                "weights_sha256": _sha256_files(weights_files),
+            },
+        )
+        try:
+            manifest.validate(cfg_path)
+        except BundleError as exc:
+            raise ConvertError(exc.path, exc.problem) from exc
+        report("layout", 0.4)
+        dtype = np.float16 if device == "cuda" else np.float32
+        used = _Recording(source)
+        tensors = _engine_tensors(used, manifest, weights_files[0], dtype)
+        _check_finite(used.read, tensors, weights_files[0], allow_nonfinite)
+        report("write", 0.6)
+        if (archs or kernels_from) and device != "cuda":
+            raise ConvertError(dst, "GPU kernels (--arch) need --device cuda")
+        if archs and kernels_from:
+            raise ConvertError(dst, "give either archs to compile kernels for, or kernels to copy")
+        if kernels_from is not None:
+            check_prebuilt_kernels(manifest, Path(kernels_from))
+        _write_bundle(
+            dst,
+            manifest,
+            tensors,
+            vocab,
+            report,
+            archs,
+            kernels_from,
+            cpu_archs or (),
+            gemm_tuning,
+            tables_dir=Path(tables) if settings.model != "WordPiece" else None,
+        )
+        report("done", 1.0)
+        return Manifest.load(dst)
 
 
 def _site_key(key: str) -> str:
@@ -466,8 +477,14 @@ def _write_bundle(
     kernels_from: str | Path | None = None,
     cpu_archs: Sequence[str] = (),
     gemm_tuning: str | Path | None = None,
+    *,
+    tables_dir: Path | None = None,
 ) -> None:
-    """Write into a temporary sibling folder, then rename it into place."""
+    """Write into a temporary sibling folder, then rename it into place.
+
+    The tokenizer goes in as vocab.txt (WordPiece: ``vocab``) or as the
+    tokenizer.bin compiled into ``tables_dir`` (every other kind).
+    """
     if any("\n" in t or "\r" in t for t in vocab):
         raise ConvertError(
             dst, "a vocabulary token contains a line break; vocab.txt cannot hold it"
@@ -478,8 +495,12 @@ def _write_bundle(
     try:
         weights_path = tmp / WEIGHTS_NAME
         write_weights(weights_path, tensors, {"format": "np", "zerostart.layout": LAYOUT_VERSION})
-        (tmp / VOCAB_NAME).write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
-        names = [WEIGHTS_NAME, VOCAB_NAME]
+        tokenizer_name = manifest.tokenizer.tables_name
+        if tables_dir is None:
+            (tmp / VOCAB_NAME).write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+        else:
+            shutil.copyfile(tables_dir / tokenizer_name, tmp / tokenizer_name)
+        names = [WEIGHTS_NAME, tokenizer_name]
         if archs or kernels_from is not None:
             from zerostart.engine.cuda.launch import KernelManifest
             from zerostart.kernels.variants import apply_tuning, load_tuning, packaged_tuning
@@ -506,7 +527,7 @@ def _write_bundle(
         report("hash", 0.8)
         files = {name: _file_entry(tmp / name) for name in names}
         (tmp / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")
-        for name in (WEIGHTS_NAME, VOCAB_NAME, MANIFEST_NAME):
+        for name in (WEIGHTS_NAME, tokenizer_name, MANIFEST_NAME):
             _fsync(tmp / name)
         if dst.exists():
             _check_destination(dst)  # re-check: it may have changed while we wrote

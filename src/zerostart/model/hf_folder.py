@@ -257,18 +257,35 @@ def read_labels(config: dict[str, Any], path: Path, task: str) -> tuple[tuple[st
     return labels, str(problem_type)
 
 
-def read_tokenizer(model_dir: Path) -> tuple[TokenizerSettings, list[str], Path]:
-    """Settings and vocabulary: tokenizer.json wins when present, else vocab.txt + tokenizer_config."""
+def read_tokenizer(
+    model_dir: Path, tables_dir: Path
+) -> tuple[TokenizerSettings, list[str], Path, int]:
+    """(settings, vocab.txt lines, source file, vocabulary size) of a model folder.
+
+    tokenizer.json wins when present, else vocab.txt + tokenizer_config.json.
+    A WordPiece tokenizer gives its vocabulary as vocab.txt lines; any other kind
+    (Unigram) is compiled into ``tables_dir/tokenizer.bin`` and gives no lines.
+    """
     tj = model_dir / "tokenizer.json"
     vt = model_dir / VOCAB_NAME
     if tj.is_file():
+        from zerostart.tokenize.compile import compile_tokenizer_json, model_type
         from zerostart.tokenize.hf import settings_from_tokenizer_json, vocab_from_tokenizer_json
 
         try:
-            return settings_from_tokenizer_json(tj), vocab_from_tokenizer_json(tj), tj
+            if model_type(tj) in (None, "WordPiece"):
+                vocab = vocab_from_tokenizer_json(tj)
+                return settings_from_tokenizer_json(tj), vocab, tj, len(vocab)
+            settings = compile_tokenizer_json(
+                tj, tables_dir, special_tokens=_special_tokens(model_dir)
+            )
         except TokenizerError as exc:
             message = str(exc.args[0]).removeprefix(f"{tj}: ")  # ConvertError adds the path
             raise ConvertError(tj, message, hint=exc.hint) from exc
+        from zerostart.tokenize import Tokenizer
+
+        size = Tokenizer.from_bundle(tables_dir, settings.spec).vocab_size
+        return settings, [], tj, size
     if not vt.is_file():
         raise ConvertError(model_dir, "no tokenizer: expected tokenizer.json or vocab.txt")
     try:
@@ -291,7 +308,21 @@ def read_tokenizer(model_dir: Path) -> tuple[TokenizerSettings, list[str], Path]
         pad_token=token("pad_token", "[PAD]"),
         mask_token=token("mask_token", "[MASK]"),
     )
-    return settings, vocab, vt
+    return settings, vocab, vt, len(vocab)
+
+
+def _special_tokens(model_dir: Path) -> dict[str, str]:
+    """Role -> token from special_tokens_map.json and tokenizer_config.json (the latter wins)."""
+    out: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        data = read_json(model_dir / name)
+        for role in ("unk_token", "pad_token", "cls_token", "sep_token", "mask_token"):
+            value = data.get(role)
+            if isinstance(value, dict):
+                value = value.get("content")
+            if isinstance(value, str):
+                out[role] = value
+    return out
 
 
 def choose_max_length(

@@ -4,7 +4,9 @@ A bundle is a folder::
 
     manifest.json          this file's schema (format_version 1)
     weights.safetensors    every tensor in engine layout, 64-byte aligned, one file
-    vocab.txt              WordPiece vocabulary, one token per line
+    vocab.txt              WordPiece bundles: the vocabulary, one token per line
+    tokenizer.bin          other tokenizers (Unigram, BPE): their tables, mapped by the
+                           worker (``zerostart.tokenize._compiled``)
     kernels/cpu/*.so       CPU bundles: the native kernels, one build per target CPU
                            (``cpu_kernels`` below); none means the numpy engine
 
@@ -30,6 +32,8 @@ _CONVERT_HINT = "create one with `zerostart convert <hf-model-folder> <bundle-di
 MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 VOCAB_NAME = "vocab.txt"
+TOKENIZER_TABLES_NAME = "tokenizer.bin"
+TOKENIZER_MODELS = ("WordPiece", "Unigram", "BPE")
 
 ARCHITECTURES = ("bert", "distilbert")
 TASKS = ("sequence-classification", "token-classification", "embeddings")
@@ -60,7 +64,14 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TokenizerSettings:
-    """What BERT's basic + WordPiece tokenisation needs; mirrors tokenizer.json."""
+    """The tokenizer: BERT WordPiece's options, or another kind's spec; mirrors tokenizer.json.
+
+    ``model`` "WordPiece" (the fields below; vocabulary in vocab.txt) or a kind
+    that ``zerostart.tokenize`` assembles from parts ("Unigram", "BPE"): then
+    ``spec`` holds tokenizer.json's normaliser, pre-tokeniser, post-processor,
+    decoder and added tokens, and the tables are in tokenizer.bin. The token
+    fields name the special tokens in both cases (NER and padding use them).
+    """
 
     lowercase: bool = True
     strip_accents: bool | None = None  # None: follow ``lowercase`` (Hugging Face's rule)
@@ -73,6 +84,13 @@ class TokenizerSettings:
     mask_token: str = "[MASK]"
     continuing_subword_prefix: str = "##"
     max_input_chars_per_word: int = 100
+    model: str = "WordPiece"
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tables_name(self) -> str:
+        """The bundle file holding the vocabulary: vocab.txt or tokenizer.bin."""
+        return VOCAB_NAME if self.model == "WordPiece" else TOKENIZER_TABLES_NAME
 
 
 @dataclass(frozen=True)
@@ -197,6 +215,8 @@ class Manifest:
 
         if self.architecture not in ARCHITECTURES:
             raise bad(f"architecture {self.architecture!r} is not one of {ARCHITECTURES}")
+        if self.tokenizer.model not in TOKENIZER_MODELS:
+            raise bad(f"tokenizer model {self.tokenizer.model!r} is not one of {TOKENIZER_MODELS}")
         if self.task not in TASKS:
             raise bad(f"task {self.task!r} is not one of {TASKS}")
         if self.dtype not in DTYPES:

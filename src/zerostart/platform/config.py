@@ -7,6 +7,9 @@ Example (every key but a model's source is optional; defaults shown)::
     port = 8080
     api_key_env = "ZEROSTART_API_KEY"   # or api_key = "..." (prefer the env var)
     max_body_bytes = 1048576            # request and response bodies, each
+    max_connections = 4096              # open client connections (503 above)
+    max_connections_per_client = 256    # from one client address (503 above)
+    body_deadline = 30                  # seconds for a whole request body (408)
     drain_timeout = 30                  # seconds, on SIGTERM
 
     [autoscaler]                        # Knative KPA's model; see autoscaler.py
@@ -149,8 +152,14 @@ class GatewayConfig:
     max_body_bytes: int = 1 << 20  # request and response bodies, each (the worker's own limit)
     max_header_bytes: int = 16 * 1024
     max_connections: int = 4096
+    # one client address may hold this many (503 above): 4,100 slow connections from one
+    # client no longer starve everyone else. Behind a proxy every client shares its address:
+    # raise it to max_connections there.
+    max_connections_per_client: int = 256
+    max_trailer_bytes: int = 4 * 1024  # a chunked body's trailer section (dropped; 431 above)
     header_timeout_s: float = 10.0
-    body_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0  # longest pause inside a request body (408)
+    body_deadline_s: float = 30.0  # the whole body, from the end of its head (408)
     keepalive_timeout_s: float = 75.0  # > the 60 s idle timeouts of common load balancers
     upstream_timeout_s: float = 60.0  # a replica's answer, once the request was sent
     drain_timeout_s: float = 30.0

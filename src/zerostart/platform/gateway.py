@@ -51,7 +51,11 @@ start, its phases.
 Auth: with a key set (the model's own, else the gateway's), a request needs
 ``Authorization: Bearer KEY`` (compared with :func:`hmac.compare_digest`), else
 401. ``/status`` and ``/metrics`` need the gateway's key when it has one;
-``/health`` never does. Keys never reach a log line or ``/status``.
+``/health`` never does. Keys never reach a log line or ``/status``. The key,
+``Host`` and path are the request head's as the HTTP layer read them
+(``serve/_h1core.py``): trailers dropped, two keys or hosts refused with 400,
+the path canonical (``/models/a/../b/x`` is b's), so what is authorised is what
+is routed and forwarded. Host names are case-insensitive.
 
 Pool sizing: every model request counts as an arrival and every replica start
 as a start (``sizing.Recent``, a sliding window); with ``[pool] sizing = "lp"``
@@ -149,8 +153,11 @@ class Gateway(ListeningHost):
             max_body_bytes=g.max_body_bytes,
             max_header_bytes=g.max_header_bytes,
             max_connections=g.max_connections,
+            max_connections_per_client=g.max_connections_per_client,
+            max_trailer_bytes=g.max_trailer_bytes,
             header_timeout_s=g.header_timeout_s,
             body_timeout_s=g.body_timeout_s,
+            body_deadline_s=g.body_deadline_s,
             keepalive_timeout_s=g.keepalive_timeout_s,
             drain_timeout_s=g.drain_timeout_s,
         )
@@ -243,8 +250,8 @@ class Gateway(ListeningHost):
             name, _, rest = path[8:].partition("/")
             query = request.target[len(path) :]
             return await self._model_request(request, name, "/" + rest + query)
-        host = request.headers.get("host", "")
-        label = host.partition(":")[0].partition(".")
+        # Host names are case-insensitive (RFC 9110 section 4.2.3): A.x is model a.
+        label = request.headers.get("host", "").partition(":")[0].lower().partition(".")
         if label[1] and label[0] in self.models:
             return await self._model_request(request, label[0], request.target)
         if path == "/health":

@@ -39,6 +39,14 @@ class _Formatter(argparse.HelpFormatter):
         super().__init__(prog, width=HELP_WIDTH_CHARS)
 
 
+def _bool(value: str) -> bool:
+    """``true``/``false`` (any case), as TEI's clap flags read them."""
+    lowered = value.strip().lower()
+    if lowered not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return lowered == "true"
+
+
 def parse_args(
     argv: list[str] | None = None, prog: str = "python -m zerostart.serve"
 ) -> argparse.Namespace:
@@ -81,6 +89,25 @@ def parse_args(
         help="inputs allowed in one request; more is 422 Validation, as in TEI"
         " (default %(default)s)",
     )
+    auto_truncate = d.auto_truncate
+    if os.environ.get("AUTO_TRUNCATE"):
+        try:
+            auto_truncate = _bool(os.environ["AUTO_TRUNCATE"])
+        except argparse.ArgumentTypeError as exc:
+            p.error(f"environment variable AUTO_TRUNCATE: {exc}")
+    p.add_argument(
+        "--auto-truncate",
+        nargs="?",
+        type=_bool,
+        const=True,
+        default=auto_truncate,
+        metavar="true|false",
+        help=(
+            "cut inputs over the model's length when a request does not send `truncate` "
+            "(`--auto-truncate false`: refuse them with 422); env AUTO_TRUNCATE, as TEI "
+            "(default %(default)s, TEI's since 1.9)"
+        ),
+    )
     p.add_argument(
         "--max-queue",
         type=int,
@@ -106,6 +133,24 @@ def parse_args(
         help="open connections (default %(default)s)",
     )
     p.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=d.max_connections_per_client,
+        help="open connections from one client address; 503 above (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-trailer-bytes",
+        type=int,
+        default=d.max_trailer_bytes,
+        help="chunked trailer section, dropped; 431 above (default %(default)s)",
+    )
+    p.add_argument(
+        "--body-deadline",
+        type=float,
+        default=d.body_deadline_s,
+        help="seconds to receive a whole request body (default %(default)s)",
+    )
+    p.add_argument(
         "--header-timeout",
         type=float,
         default=d.header_timeout_s,
@@ -115,7 +160,7 @@ def parse_args(
         "--body-timeout",
         type=float,
         default=d.body_timeout_s,
-        help="seconds between body chunks (default %(default)s)",
+        help="longest pause inside a request body, seconds (default %(default)s)",
     )
     p.add_argument(
         "--keepalive-timeout",
@@ -145,12 +190,16 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
         max_client_batch_size=args.max_client_batch_size,
+        auto_truncate=args.auto_truncate,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
         max_header_bytes=args.max_header_bytes,
         max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
+        max_trailer_bytes=args.max_trailer_bytes,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
+        body_deadline_s=args.body_deadline,
         keepalive_timeout_s=args.keepalive_timeout,
         drain_timeout_s=args.drain_timeout,
         api_key=args.api_key,

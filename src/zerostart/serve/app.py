@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 import time
 from _operator import _compare_digest  # hmac.compare_digest itself, without hmac's hashlib
 from typing import Any, Protocol
@@ -35,7 +36,9 @@ from zerostart.snapshot.marker import restore_info, start_ticks
 log = logging.getLogger("zerostart.serve")
 
 # Every POST route zerostart.api knows ("" is POST /, "invocations" SageMaker's);
-# which of them a model serves is the pipeline's ``routes``.
+# which of them a model serves is the pipeline's ``routes``. TEI's /embed_sparse
+# (SPLADE models) is listed so that it gets TEI's 424 Backend, not 404: no
+# bundle has SPLADE pooling, so no pipeline serves it.
 INFERENCE_ROUTES = (
     "predict",
     "rerank",
@@ -44,6 +47,7 @@ INFERENCE_ROUTES = (
     "similarity",
     "v1/embeddings",
     "embeddings",
+    "embed_sparse",
     "tokens",
     "tokenize",
     "decode",
@@ -204,6 +208,11 @@ class App:
             return error_response(400, f"request body is not valid JSON: {exc}", "Validation")
         except RecursionError:
             return error_response(400, "request body is nested too deeply", "Validation")
+        except ValueError:  # an integer longer than Python's int_max_str_digits (4300)
+            digits = sys.get_int_max_str_digits()
+            return error_response(
+                400, f"request body holds an integer of more than {digits} digits", "Validation"
+            )
         self.in_flight += 1
         try:
             job = self.pipeline.prepare(route, body)
@@ -237,7 +246,7 @@ class App:
         cfg = self.config
         facts = {
             # TEI's router fields
-            "auto_truncate": False,
+            "auto_truncate": cfg.auto_truncate,
             "tokenization_workers": 1,  # the event loop tokenises
             "sha": None,
             "docker_label": None,

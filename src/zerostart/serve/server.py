@@ -150,7 +150,9 @@ def run(
 
     startup.mark("imports")
     config = config or ServerConfig()
-    pipeline = Pipeline.load(bundle_dir, verify=verify, limits=config.limits)
+    pipeline = Pipeline.load(
+        bundle_dir, verify=verify, limits=config.limits, auto_truncate=config.auto_truncate
+    )
     startup.add(pipeline.phases)
     pipeline.warmup()
     startup.mark("warmup")

@@ -251,7 +251,7 @@ def run_slot(
         return _assigned(conn, reader, message, boot)
 
 
-def _load(bundle_dir: str, verify: str, limits: Any) -> Any:
+def _load(bundle_dir: str, verify: str, limits: Any, auto_truncate: bool) -> Any:
     """``Pipeline.load``, without the cold boot's warm-up batch.
 
     The canary has already run the engine's code in this process, so a warm-up
@@ -264,7 +264,7 @@ def _load(bundle_dir: str, verify: str, limits: Any) -> Any:
     """
     from zerostart.pipeline import Pipeline
 
-    return Pipeline.load(bundle_dir, verify=verify, limits=limits)
+    return Pipeline.load(bundle_dir, verify=verify, limits=limits, auto_truncate=auto_truncate)
 
 
 def _assigned(
@@ -282,6 +282,7 @@ def _assigned(
             str(message["bundle"]),
             str(message.get("verify", "fast")),
             config.limits,
+            config.auto_truncate,
         )
         startup.add(pipeline.phases)
     except (ZerostartError, KeyError, TypeError, ValueError) as exc:

@@ -10,7 +10,10 @@ keeps numpy float32: scores agree to ~1e-7):
 2. pre-entities (``gather_pre_entities``): special tokens dropped; each token
    keeps its vocabulary string, its character span, and ``is_subword``, which
    for a WordPiece tokenizer (it has a continuing-subword prefix) is
-   "the token string is not as long as the text it covers" (``##ing`` vs ``ing``);
+   "the token string is not as long as the text it covers" (``##ing`` vs ``ing``),
+   and for any other (byte-level BPE, SentencePiece: ``word_aware=False``)
+   transformers' fallback "the token starts after position 0 and neither it nor
+   the character before it is a space";
    an [UNK] token takes the text it covers as its word and starts a word;
 3. "none"/"simple": each token gets its argmax label; "first"/"average"/"max"
    first merge subword tokens into words and pick one label per word;
@@ -48,6 +51,7 @@ def aggregate_entities(
     ignore_labels: Sequence[str] = ("O",),
     tokens_to_string: TokensToString,
     unk_token: str = "[UNK]",
+    word_aware: bool = True,
     scores: Sequence[Sequence[float]] | None = None,
 ) -> list[dict[str, Any]]:
     """One text's token logits ``[T, num_labels]`` -> the entities transformers would return.
@@ -57,6 +61,8 @@ def aggregate_entities(
     ``text``). ``tokens_to_string`` is the tokenizer's ``convert_tokens_to_string``
     (it builds ``word``). ``ids`` are only checked for length: the [UNK] test uses
     ``unk_token``, which names the same vocabulary entry as transformers' id test.
+    ``word_aware``: the tokenizer has a continuing-subword prefix (WordPiece's
+    ``##``), which is how transformers tells subwords apart (see step 2 above).
     ``logits``: [T, num_labels] as anything with ``tolist`` (a float32 memoryview, a
     numpy array) or nested sequences; ``scores``, when given, are their softmax
     already (``Heads.token_scores``, on the native kernels) and ``logits`` is unused.
@@ -76,7 +82,9 @@ def aggregate_entities(
             f"offsets, {len(special_tokens_mask)} mask entries, logits {shape} "
             f"for {len(labels)} labels"
         )
-    pre = _gather_pre_entities(text, tokens, offsets, special_tokens_mask, scores, unk_token)
+    pre = _gather_pre_entities(
+        text, tokens, offsets, special_tokens_mask, scores, unk_token, word_aware
+    )
     if strategy in ("none", "simple"):
         entities = [_token_entity(p, labels) for p in pre]
     else:
@@ -106,6 +114,7 @@ def _gather_pre_entities(
     special_tokens_mask: Sequence[int],
     scores: Sequence[Sequence[float]],
     unk_token: str,
+    word_aware: bool,
 ) -> list[dict[str, Any]]:
     pre = []
     for idx, token_scores in enumerate(scores):
@@ -114,7 +123,10 @@ def _gather_pre_entities(
         word = tokens[idx]
         start, end = (int(o) for o in offsets[idx])
         word_ref = text[start:end]
-        is_subword = len(word) != len(word_ref)
+        if word_aware:
+            is_subword = len(word) != len(word_ref)
+        else:  # transformers' fallback heuristic for tokenizers without word boundaries
+            is_subword = start > 0 and " " not in text[start - 1 : start + 1]
         if word == unk_token:
             word = word_ref
             is_subword = False

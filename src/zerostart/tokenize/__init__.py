@@ -1,10 +1,52 @@
-"""The worker's tokenizer: BERT WordPiece with exact Hugging Face `tokenizers` parity.
+"""The worker's tokenizers, with exact Hugging Face `tokenizers` parity.
+
+* ``WordPieceTokenizer``: BERT / DistilBERT (vocab.txt), a hand-tuned path;
+* ``Tokenizer``: any other kind assembled from `tokenizers`' parts (SentencePiece
+  Unigram for the XLM-R family; the stages and how a model plugs in are in
+  ``_base.py``), over the tables ``zerostart convert`` compiled into
+  ``tokenizer.bin`` and the worker maps;
+* ``load_tokenizer``: the right one for a bundle.
 
 Pure Python (standard library only), so the worker image carries no tokenizer
 wheel. Build-time helpers that read a `tokenizer.json` live in
-`zerostart.tokenize.hf` and are not imported here.
+``zerostart.tokenize.hf`` (WordPiece) and ``zerostart.tokenize.compile`` (the
+rest) and are not imported here.
 """
 
-from zerostart.tokenize._tokenizer import Encoding, WordPieceTokenizer
+from __future__ import annotations
 
-__all__ = ["Encoding", "WordPieceTokenizer"]
+import os
+from typing import TYPE_CHECKING, Any
+
+from zerostart.tokenize._encoding import Encoding
+from zerostart.tokenize._tokenizer import WordPieceTokenizer
+
+if TYPE_CHECKING:
+    from zerostart.model.manifest import TokenizerSettings
+    from zerostart.tokenize._pipeline import Tokenizer
+
+__all__ = ["Encoding", "Tokenizer", "WordPieceTokenizer", "load_tokenizer"]
+
+
+def __getattr__(name: str) -> Any:
+    # The assembled tokenizer's modules load on first use: a WordPiece worker's
+    # cold start does not import them.
+    if name == "Tokenizer":
+        from zerostart.tokenize._pipeline import Tokenizer
+
+        return Tokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_tokenizer(
+    bundle_dir: str | os.PathLike[str], settings: TokenizerSettings
+) -> WordPieceTokenizer | Tokenizer:
+    """The tokenizer of a bundle folder: vocab.txt for WordPiece, else tokenizer.bin.
+
+    Raises TokenizerError naming the file if it is missing or unusable.
+    """
+    if settings.model == "WordPiece":
+        return WordPieceTokenizer.from_files(os.path.join(bundle_dir, "vocab.txt"), settings)
+    from zerostart.tokenize._pipeline import Tokenizer
+
+    return Tokenizer.from_bundle(bundle_dir, settings.spec)

@@ -22,49 +22,22 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from zerostart.errors import TokenizerError
+from zerostart.tokenize._encoding import (
+    SPECIALS_PAIR,
+    SPECIALS_SINGLE,
+    Encoding,
+    Tokens,
+    longest_first,
+)
+from zerostart.tokenize._encoding import budget as _budget
 from zerostart.tokenize._normalize import Normalizer, find_words
 from zerostart.tokenize._wordpiece import WordPiece, decode_wordpiece, read_vocab
 
 if TYPE_CHECKING:  # the worker imports the manifest itself; we only need the type
     from zerostart.model.manifest import TokenizerSettings
-
-SPECIALS_SINGLE = 2  # [CLS] a [SEP]
-SPECIALS_PAIR = 3  # [CLS] a [SEP] b [SEP]
-
-
-@dataclass(slots=True)
-class Encoding:
-    """One encoded input (or pair), unpadded; field meanings follow `tokenizers.Encoding`."""
-
-    ids: list[int]
-    type_ids: list[int]
-    offsets: list[tuple[int, int]]  # char offsets into the original text (or the pair text)
-    tokens: list[str]
-    special_tokens_mask: list[int]  # 1 for the [CLS]/[SEP] the template adds
-    word_ids: list[int | None]  # index of the pre-tokenized word (None for specials)
-    sequence_ids: list[int | None]  # 0 / 1 / None like tokenizers
-    truncated: bool  # True if truncation dropped tokens
-    untruncated_length: int  # length with specials had there been no truncation
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass(slots=True)
-class _Sequence:
-    """One sequence's tokens before the template: parallel lists."""
-
-    ids: list[int]
-    tokens: list[str]
-    offsets: list[tuple[int, int]]
-    word_ids: list[int | None]
-
-    def cut(self, n: int) -> None:
-        del self.ids[n:], self.tokens[n:], self.offsets[n:], self.word_ids[n:]
 
 
 class WordPieceTokenizer:
@@ -168,13 +141,22 @@ class WordPieceTokenizer:
 
     # -- encoding --------------------------------------------------------------
     def encode(
-        self, text: str, pair: str | None = None, *, max_length: int | None = None
+        self,
+        text: str,
+        pair: str | None = None,
+        *,
+        max_length: int | None = None,
+        left: bool = False,
     ) -> Encoding:
-        """Encode one text or a pair with [CLS]/[SEP]; truncate to max_length tokens if given."""
+        """Encode one text or a pair with [CLS]/[SEP]; truncate to max_length tokens if given.
+
+        Truncation drops tokens from the end of each sequence, or from its start
+        with ``left`` (tokenizers' ``direction="left"``: the end of the text is kept).
+        """
         first = self._encode_sequence(text)
         if pair is None:
-            return self._single(first, max_length)
-        return self._pair(first, self._encode_sequence(pair), max_length)
+            return self._single(first, max_length, left)
+        return self._pair(first, self._encode_sequence(pair), max_length, left)
 
     def encode_batch(
         self, items: Sequence[str | tuple[str, str]], *, max_length: int | None = None
@@ -189,14 +171,14 @@ class WordPieceTokenizer:
                 out.append(self.encode(text, pair, max_length=max_length))
         return out
 
-    def _single(self, seq: _Sequence, max_length: int | None) -> Encoding:
+    def _single(self, seq: Tokens, max_length: int | None, left: bool = False) -> Encoding:
         n = len(seq.ids)
         untruncated = n + SPECIALS_SINGLE
         truncated = False
         if max_length is not None:
             budget = _budget(max_length, SPECIALS_SINGLE)
             if n > budget:
-                seq.cut(budget)
+                seq.cut(budget, "left" if left else "right")
                 n = budget
                 truncated = True
         return Encoding(
@@ -211,16 +193,16 @@ class WordPieceTokenizer:
             untruncated_length=untruncated,
         )
 
-    def _pair(self, a: _Sequence, b: _Sequence, max_length: int | None) -> Encoding:
+    def _pair(self, a: Tokens, b: Tokens, max_length: int | None, left: bool = False) -> Encoding:
         n1, n2 = len(a.ids), len(b.ids)
         untruncated = n1 + n2 + SPECIALS_PAIR
         truncated = False
         if max_length is not None:
             budget = _budget(max_length, SPECIALS_PAIR)
             if n1 + n2 > budget:
-                n1, n2 = _longest_first(n1, n2, budget)
-                a.cut(n1)
-                b.cut(n2)
+                n1, n2 = longest_first(n1, n2, budget)
+                a.cut(n1, "left" if left else "right")
+                b.cut(n2, "left" if left else "right")
                 n1, n2 = len(a.ids), len(b.ids)
                 truncated = True
         cls_tok, sep_tok = self.settings.cls_token, self.settings.sep_token
@@ -236,8 +218,8 @@ class WordPieceTokenizer:
             untruncated_length=untruncated,
         )
 
-    def _encode_sequence(self, text: str) -> _Sequence:
-        seq = _Sequence([], [], [], [])
+    def _encode_sequence(self, text: str) -> Tokens:
+        seq = Tokens([], [], [], [])
         if self._special_firsts and any(c in text for c in self._special_firsts):
             word = 0
             pos = 0
@@ -256,7 +238,7 @@ class WordPieceTokenizer:
             self._encode_segment(text, 0, 0, seq)
         return seq
 
-    def _encode_segment(self, text: str, base: int, word: int, seq: _Sequence) -> int:
+    def _encode_segment(self, text: str, base: int, word: int, seq: Tokens) -> int:
         """Append the tokens of a text without special tokens; returns the next word index.
 
         Written as comprehensions over whole words on purpose: a per-token Python
@@ -295,27 +277,3 @@ class WordPieceTokenizer:
             ]
         seq.word_ids += [k for k, p in enumerate(found, word) for _ in p[0]]
         return word + n
-
-
-def _budget(max_length: int, n_specials: int) -> int:
-    if max_length < n_specials:
-        raise TokenizerError(
-            f"max_length {max_length} leaves no room for the {n_specials} special tokens"
-        )
-    return max_length - n_specials
-
-
-def _longest_first(n1: int, n2: int, budget: int) -> tuple[int, int]:
-    """Lengths after tokenizers' `longest_first` truncation (its exact arithmetic).
-
-    The shorter sequence keeps everything if the longer one can absorb the cut;
-    otherwise both get half the budget and the odd token goes to the longer one
-    (to the second one when they are equally long).
-    """
-    swap = n1 > n2
-    short, long_ = (n2, n1) if swap else (n1, n2)
-    long_ = short if short > budget else max(short, budget - short)
-    if short + long_ > budget:
-        short = budget // 2
-        long_ = short + budget % 2
-    return (long_, short) if swap else (short, long_)

@@ -1,0 +1,133 @@
+"""``tokenizer.bin``: a tokenizer's tables in one file the worker maps and uses as is.
+
+Reading a 250,000-piece vocabulary from JSON costs the better part of a second
+in Python, and even building a dict of it from a list costs tens of
+milliseconds. So ``zerostart convert`` writes the tables as flat arrays
+(the piece strings, their scores, a trie over their UTF-8 bytes, the
+normaliser's charsmap, ...) into one file, and the worker ``mmap``s it and reads
+the arrays through ``memoryview``s: loading is a header parse, and nothing is
+built before or during the first encode (see docs/tokenizer.md for the numbers).
+
+Layout (little-endian)::
+
+    0   8 bytes   magic b"ZSTOKBIN"
+    8   u32       format version (1)
+    12  u32       header length H in bytes
+    16  H bytes   header: UTF-8 JSON {"meta": {...}, "sections": {name: [offset, length, format]}}
+    ... sections, each at an offset that is a multiple of 8; ``format`` is a
+        ``memoryview.cast`` code ("B" bytes, "i" int32, "I" uint32, "d" float64,
+        "Q" uint64)
+
+Runtime module (the reader; ``write`` is used by ``zerostart convert``):
+standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import sys
+from array import array
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+from zerostart.errors import TokenizerError
+
+MAGIC = b"ZSTOKBIN"
+FORMAT_VERSION = 1
+ALIGN_BYTES = 8  # every section starts on an 8-byte boundary (float64 arrays)
+_HEAD = struct.Struct("<8sII")
+_FORMATS = {"B": 1, "i": 4, "I": 4, "d": 8, "Q": 8}
+
+Section: TypeAlias = "bytes | array[Any]"  # what ``write`` takes: raw bytes or a typed array
+
+
+def write(
+    path: str | os.PathLike[str], meta: Mapping[str, Any], sections: Mapping[str, Section]
+) -> None:
+    """Write ``sections`` (name -> bytes or array) and ``meta`` (JSON-able) to ``path``."""
+    if sys.byteorder != "little":  # the arrays are written in host order
+        raise TokenizerError("tokenizer.bin is written on little-endian machines only")
+    layout: dict[str, list[Any]] = {}
+    blobs: list[tuple[int, bytes]] = []
+    # Two passes: the header's length decides where the first section starts.
+    for _ in range(2):
+        header = json.dumps({"meta": dict(meta), "sections": layout}, sort_keys=True).encode()
+        offset = _align(_HEAD.size + len(header) + ALIGN_BYTES)  # slack for the 2nd pass
+        layout = {}
+        blobs = []
+        for name, data in sections.items():
+            fmt = data.typecode if isinstance(data, array) else "B"
+            if fmt not in _FORMATS or (isinstance(data, array) and data.itemsize != _FORMATS[fmt]):
+                raise TokenizerError(f"section {name!r}: unsupported array type {fmt!r}")
+            raw = data.tobytes() if isinstance(data, array) else bytes(data)
+            layout[name] = [offset, len(raw), fmt]
+            blobs.append((offset, raw))
+            offset = _align(offset + len(raw))
+    header = json.dumps({"meta": dict(meta), "sections": layout}, sort_keys=True).encode()
+    start = blobs[0][0] if blobs else _align(_HEAD.size + len(header))
+    if _HEAD.size + len(header) > start:
+        raise TokenizerError("tokenizer.bin header outgrew its slot")  # cannot happen: slack
+    with open(path, "wb") as f:
+        f.write(_HEAD.pack(MAGIC, FORMAT_VERSION, len(header)))
+        f.write(header)
+        for offset, raw in blobs:
+            f.write(b"\0" * (offset - f.tell()))
+            f.write(raw)
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN_BYTES) * ALIGN_BYTES
+
+
+class CompiledFile:
+    """A mapped ``tokenizer.bin``: ``meta`` and typed views of its sections.
+
+    Raises TokenizerError naming the file if it is missing, truncated or not
+    this format. The mapping lives as long as this object (or any view of it).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        if sys.byteorder != "little":
+            raise TokenizerError(
+                f"{self.path}: tokenizer.bin is read on little-endian machines only"
+            )
+        try:
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+            raise TokenizerError(f"{self.path}: cannot map the tokenizer tables: {exc}") from exc
+        view = memoryview(self._map)
+        try:
+            magic, version, size = _HEAD.unpack_from(view)
+            if magic != MAGIC:
+                raise ValueError("not a zerostart tokenizer.bin")
+            if version != FORMAT_VERSION:
+                raise ValueError(f"format version {version}, this zerostart reads {FORMAT_VERSION}")
+            header = json.loads(bytes(view[_HEAD.size : _HEAD.size + size]))
+            self.meta: dict[str, Any] = header["meta"]
+            self._sections: dict[str, list[Any]] = header["sections"]
+            for name, (offset, length, fmt) in self._sections.items():
+                if offset % ALIGN_BYTES or offset + length > len(view) or fmt not in _FORMATS:
+                    raise ValueError(f"section {name!r} lies outside the file or is misaligned")
+        except (struct.error, ValueError, KeyError, TypeError) as exc:
+            raise TokenizerError(
+                f"{self.path}: corrupt tokenizer tables: {exc}", hint="re-run zerostart convert"
+            ) from exc
+        self._view = view
+
+    def section(self, name: str) -> memoryview:
+        """The section as a typed memoryview (``format`` of its entry)."""
+        try:
+            offset, length, fmt = self._sections[name]
+        except KeyError:
+            raise TokenizerError(
+                f"{self.path}: no section {name!r}", hint="re-run zerostart convert"
+            ) from None
+        return self._view[offset : offset + length].cast(fmt)
+
+    def has(self, name: str) -> bool:
+        return name in self._sections

@@ -1,0 +1,235 @@
+"""The Unigram tokenizer on hand-made tokenizer.json files: results worked out by hand, and refusals.
+
+No reference library needed (test_tokenizer_unigram_parity.py compares with
+`tokenizers`); these pin the rules themselves: Viterbi's choice and its ties,
+unknown characters fused into one token, byte fallback, the compiled file's
+checks, and convert's refusals naming the part it cannot serve.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zerostart.errors import TokenizerError
+from zerostart.tokenize import Tokenizer
+from zerostart.tokenize._compiled import CompiledFile
+from zerostart.tokenize._unigram import UNK_PENALTY
+from zerostart.tokenize.compile import compile_tokenizer_json
+
+SPECIALS = {"unk_token": "<unk>", "pad_token": "<pad>"}
+VOCAB = [
+    ["<unk>", 0.0],
+    ["<pad>", 0.0],
+    ["<s>", 0.0],
+    ["</s>", 0.0],
+    ["▁", -2.0],
+    ["▁a", -1.0],
+    ["b", -2.0],
+    ["ab", -2.5],  # "▁ab": ▁a + b = -3.0, ▁ + ab = -4.5 -> ▁a b
+    ["▁ab", -3.5],  # but the whole piece (-3.5) loses to ▁a + b (-3.0)
+    ["c", -1.5],
+    ["cc", -3.0],  # ties with c + c: a later candidate must be strictly better -> "cc"
+    ["é", -1.0],
+    ["<0xF0>", -9.0],
+    ["<0x9F>", -9.0],
+    ["<0x98>", -9.0],
+    ["<0x80>", -9.0],
+]
+
+
+def added(i: int, content: str, **flags: bool) -> dict[str, Any]:
+    """An added_tokens entry as `tokenizers` writes it."""
+    base = {"single_word": False, "lstrip": False, "rstrip": False, "normalized": False}
+    return {"id": i, "content": content, **base, "special": True, **flags}
+
+
+def tokenizer_json(**overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "version": "1.0",
+        "added_tokens": [added(0, "<unk>"), added(2, "<s>"), added(3, "</s>")],
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"},
+        "post_processor": {
+            "type": "TemplateProcessing",
+            "single": [
+                {"SpecialToken": {"id": "<s>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "</s>", "type_id": 0}},
+            ],
+            "pair": [
+                {"SpecialToken": {"id": "<s>", "type_id": 0}},
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": "</s>", "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+                {"SpecialToken": {"id": "</s>", "type_id": 1}},
+            ],
+            "special_tokens": {
+                "<s>": {"id": "<s>", "ids": [2], "tokens": ["<s>"]},
+                "</s>": {"id": "</s>", "ids": [3], "tokens": ["</s>"]},
+            },
+        },
+        "decoder": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always"},
+        "model": {"type": "Unigram", "unk_id": 0, "vocab": VOCAB, "byte_fallback": False},
+    }
+    data.update(overrides)
+    return data
+
+
+def build(tmp_path: Path, **overrides: Any) -> Tokenizer:
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(tokenizer_json(**overrides)), encoding="utf-8")
+    settings = compile_tokenizer_json(path, tmp_path, special_tokens=SPECIALS)
+    assert settings.model == "Unigram" and settings.pad_token == "<pad>"
+    return Tokenizer.from_bundle(tmp_path, settings.spec)
+
+
+def test_viterbi_picks_the_best_total_score_and_breaks_ties_like_tokenizers(
+    tmp_path: Path,
+) -> None:
+    tok = build(tmp_path)
+    enc = tok.encode("ab cc")
+    assert enc.tokens == ["<s>", "▁a", "b", "▁", "cc", "</s>"]
+    assert enc.ids == [2, 5, 6, 4, 10, 3]
+    # the prepended ▁ shares the first character's span; offsets index the original text
+    assert enc.offsets == [(0, 0), (0, 1), (1, 2), (2, 3), (3, 5), (0, 0)]
+    assert enc.word_ids == [None, 0, 0, 1, 1, None]
+    assert enc.special_tokens_mask == [1, 0, 0, 0, 0, 1]
+
+
+def test_unknown_characters_fuse_into_one_token_with_their_text(tmp_path: Path) -> None:
+    tok = build(tmp_path)
+    enc = tok.encode("aXYb")
+    assert enc.tokens[1:-1] == ["▁a", "XY", "b"]
+    assert enc.ids[1:-1] == [5, 0, 6]
+    assert enc.offsets[1:-1] == [(0, 1), (1, 3), (3, 4)]
+    assert tok.decode(enc.ids) == "ab"  # <unk> is a special added token: skipped
+    # tokenizers: only the first token (here <s>) loses its ▁, so "▁a" keeps a space
+    assert tok.decode(enc.ids, skip_special_tokens=False) == "<s> a<unk>b</s>"
+
+
+def test_byte_fallback_spells_an_unknown_character_in_byte_pieces(tmp_path: Path) -> None:
+    model = {"type": "Unigram", "unk_id": 0, "vocab": VOCAB, "byte_fallback": True}
+    tok = build(tmp_path, model=model)
+    enc = tok.encode("é😀")  # 😀 = F0 9F 98 80, all four pieces exist
+    assert enc.tokens[1:-1] == ["▁", "é", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]
+    assert enc.offsets[1:-1] == [(0, 1), (0, 1), (1, 2), (1, 2), (1, 2), (1, 2)]
+    enc = tok.encode("😁")  # 81 is missing: the whole token falls back to <unk>
+    assert enc.tokens[1:-1] == ["▁", "😁"] and enc.ids[1:-1] == [4, 0]
+
+
+def test_unknown_score_is_the_lowest_piece_minus_the_penalty(tmp_path: Path) -> None:
+    tok = build(tmp_path)
+    meta = CompiledFile(tmp_path / "tokenizer.bin").meta["model"]
+    assert meta["min_score"] == -9.0
+    assert tok.model._unk_score == -9.0 - UNK_PENALTY  # type: ignore[attr-defined]
+
+
+def test_pair_template_type_ids_and_truncation_direction(tmp_path: Path) -> None:
+    tok = build(tmp_path)
+    enc = tok.encode("a a a", "c c", max_length=8)
+    assert enc.type_ids == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert enc.tokens == ["<s>", "▁a", "▁a", "</s>", "▁", "c", "▁", "</s>"]
+    assert enc.truncated and enc.untruncated_length == 10
+    tok.direction = "left"
+    enc = tok.encode("a a a", "c c", max_length=8)
+    assert enc.tokens == ["<s>", "▁a", "▁a", "</s>", "c", "▁", "c", "</s>"]
+
+
+def test_added_token_with_lstrip_takes_the_spaces_before_it(tmp_path: Path) -> None:
+    tokens = [
+        *tokenizer_json()["added_tokens"],
+        added(1, "<pad>", lstrip=True),
+    ]
+    tok = build(tmp_path, added_tokens=tokens)
+    enc = tok.encode("a  <pad>b")
+    # the text after an added token is its own segment: Metaspace prepends ▁ again
+    assert enc.tokens[1:-1] == ["▁a", "  <pad>", "▁", "b"]
+    assert enc.offsets[1:-1] == [(0, 1), (1, 8), (8, 9), (8, 9)]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"model": {"type": "WordLevel", "vocab": {}}}, "model type 'WordLevel'"),
+        ({"normalizer": {"type": "NFD"}}, "normalizer 'NFD'"),
+        (
+            {"normalizer": {"type": "Replace", "pattern": {"Regex": r"\p{L}+"}, "content": ""}},
+            "regex",
+        ),
+        ({"pre_tokenizer": {"type": "Digits"}}, "pre_tokenizer 'Digits'"),
+        ({"post_processor": {"type": "Sequence", "processors": []}}, "post_processor 'Sequence'"),
+        ({"decoder": {"type": "CTC"}}, "decoder 'CTC'"),
+        (
+            {"added_tokens": [added(9, "c", single_word=True)]},
+            "single_word",
+        ),
+        (
+            {
+                "normalizer": {"type": "Lowercase"},
+                "added_tokens": [added(9, "c", normalized=True)],
+            },
+            "normalized=true",
+        ),
+        (
+            {"model": {"type": "Unigram", "unk_id": 99, "vocab": VOCAB}},
+            "unk_id 99",
+        ),
+    ],
+)
+def test_convert_refuses_what_it_cannot_serve_naming_it(
+    tmp_path: Path, overrides: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(TokenizerError, match=named) as err:
+        build(tmp_path, **overrides)
+    assert str(tmp_path / "tokenizer.json") in str(err.value)
+    assert not (tmp_path / "tokenizer.bin").exists()
+
+
+def test_a_damaged_tokenizer_bin_is_refused_naming_it(tmp_path: Path) -> None:
+    tok = build(tmp_path)
+    spec = tok.spec
+    path = tmp_path / "tokenizer.bin"
+    data = bytearray(path.read_bytes())
+    data[:8] = b"NOTATOKN"
+    path.write_bytes(bytes(data))
+    with pytest.raises(TokenizerError, match=r"not a zerostart tokenizer\.bin"):
+        Tokenizer.from_bundle(tmp_path, spec)
+    path.write_bytes(b"")
+    with pytest.raises(TokenizerError, match="cannot map"):
+        Tokenizer.from_bundle(tmp_path, spec)
+    path.unlink()
+    with pytest.raises(TokenizerError, match=r"tokenizer\.bin"):
+        Tokenizer.from_bundle(tmp_path, spec)
+
+
+def test_loading_maps_the_tables_and_imports_nothing_outside_the_standard_library(
+    tmp_path: Path,
+) -> None:
+    tok = build(tmp_path)
+    code = (
+        "import json, sys; from zerostart.tokenize import Tokenizer; "
+        f"t = Tokenizer.from_bundle({str(tmp_path)!r}, json.loads({json.dumps(json.dumps(tok.spec))})); "
+        "t.encode('ab cc'); "
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    src = Path(__file__).resolve().parents[2] / "src"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={"PYTHONPATH": str(src)},
+    )
+    modules = set(json.loads(out.stdout.splitlines()[-1]))
+    # site's own start-up modules (__main__, setuptools' _distutils_hack .pth) are not ours
+    third_party = (
+        modules - set(sys.stdlib_module_names) - {"zerostart", "__main__", "_distutils_hack"}
+    )
+    assert not third_party, third_party
