@@ -9,7 +9,9 @@ batch 32 x 128 tokens.
 
 Engines:
 * zerostart fp32 on its native kernels (the default bundle), and on the numpy
-  kernels (``--cpu-arch none``), to show what the kernels bring;
+  kernels (``--cpu-arch none``), to show what the kernels bring; ``*_serving``
+  is the worker's own numpy-free engine (``NativeCpuEngine``) on the same
+  bundle, beside ``CpuEngine``'s native path (what the worker served before);
 * zerostart int8 / bf16 (``--precision``), where this CPU has VNNI / AVX-512 BF16;
 * PyTorch eager fp32, and bf16 under ``torch.autocast("cpu")`` (oneDNN: AMX
   where the CPU has it, AVX-512 BF16 otherwise);
@@ -104,9 +106,34 @@ def _bundle(name: str, src: Path, tag: str, **kwargs: Any) -> Path:
     return out
 
 
+class _Serving:
+    """``NativeCpuEngine`` (the worker's engine) behind ``forward(ids, mask, types)``.
+
+    The flat ``array`` inputs are built once per batch shape, outside the timing, as
+    the numpy arrays of the other engines are.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine, self.kernels = engine, engine.kernels
+        self._inputs: dict[tuple[int, int], Any] = {}
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        from array import array
+
+        b, t = ids.shape
+        if (b, t) not in self._inputs:
+            lengths = [int(n) for n in mask.sum(axis=1)]
+            flat = array("q", ids.reshape(-1).tolist()), array("q", types.reshape(-1).tolist())
+            self._inputs[(b, t)] = (*flat, lengths)
+        a_ids, a_types, lengths = self._inputs[(b, t)]
+        out = self.engine.run(a_ids, a_types, lengths, t)
+        return np.frombuffer(out, np.float32).reshape(b, -1)
+
+
 def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
     """Our engines this CPU can run, by label; a precision it lacks is reported, not run."""
     from zerostart.engine.cpu import CpuEngine
+    from zerostart.engine.cpu_native import NativeCpuEngine
     from zerostart.errors import ConvertError, EngineError
     from zerostart.model.bundle import Bundle
 
@@ -124,6 +151,9 @@ def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
             # one, as the worker runs it; native bundles: the products are ours, so are the threads.
             ours = 1 if tag == "numpy" else threads
             engines[label] = CpuEngine.from_bundle(bundle, threads=ours)
+            if tag != "numpy":
+                serving = NativeCpuEngine.from_bundle(bundle, threads=threads)
+                engines[label + "_serving"] = _Serving(serving)
         except (EngineError, ConvertError) as exc:
             engines[label] = f"not run: {exc}"
     return engines
@@ -153,7 +183,9 @@ def _onnx(name: str, model: Any) -> tuple[Path, Path]:
     return fp32, int8
 
 
-def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, object]:
+def bench_model(
+    name: str, src: Path, iters: int, threads: int, shapes: tuple[tuple[str, int], ...] = SHAPES
+) -> dict[str, object]:
     import onnxruntime as ort
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -183,7 +215,7 @@ def bench_model(name: str, src: Path, iters: int, threads: int) -> dict[str, obj
         "not_run": {k: e for k, e in ours.items() if isinstance(e, str)},
     }
     rng = np.random.default_rng(0)
-    for label, batch in SHAPES:
+    for label, batch in shapes:
         ids = rng.integers(1000, 20000, size=(batch, SEQ_LEN), dtype=np.int64)
         ids[:, 0], ids[:, -1] = 101, 102
         mask = np.ones_like(ids)
@@ -236,7 +268,13 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", default="warm_cpu", help="result name under bench/results/")
+    ap.add_argument(
+        "--shapes",
+        default=",".join(label for label, _ in SHAPES),
+        help="which of the shapes to time (default %(default)s)",
+    )
     args = ap.parse_args()
+    shapes = tuple(s for s in SHAPES if s[0] in args.shapes.split(","))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     machine = machine_description()
     machine["cpu_flags"] = sorted(cpu_flags())
@@ -249,7 +287,7 @@ def main() -> None:
     }
     for name in args.models.split(","):
         src = bert_base_random() if name == "bert-base-random" else model_dir(name)
-        result["models"][name] = bench_model(name, src, args.iters, args.threads)  # type: ignore[index]
+        result["models"][name] = bench_model(name, src, args.iters, args.threads, shapes)  # type: ignore[index]
         result["load_average_after"] = list(os.getloadavg())
         write_result(args.out, result)  # after every model: a long run stopped early keeps its data
 

@@ -11,40 +11,91 @@ answer with :meth:`Job.finish`.
 
 The JSON of each route (TEI's, OpenAI's, ours) lives in ``zerostart.api``.
 
-Runtime module: standard library and numpy only.
+No numpy on this path (docs/cpu.md): token ids go to the engine as ``array``
+buffers and each encoding's output comes back as a float32 ``memoryview``
+into the batch's output buffer (shape ``[labels]``, ``[tokens, labels]`` or
+``[tokens, hidden]``; ``numpy.asarray`` reads it without a copy). CPU bundles
+with native kernels run ``NativeCpuEngine``, GPU bundles ``CudaEngine.run``
+(both numpy-free); the numpy reference engine (CPU bundles converted with
+``--cpu-arch none``) runs behind :class:`NumpyEngine`, which imports numpy.
+
+Runtime module: standard library only.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-
 from zerostart import api
 from zerostart.api import Job
+from zerostart.engine.native import NativeKernels
 from zerostart.errors import EngineError
 from zerostart.limits import Limits
 from zerostart.model.bundle import Bundle
 from zerostart.model.manifest import Manifest
+from zerostart.tasks.heads import Heads
 from zerostart.tokenize import Encoding, WordPieceTokenizer, load_tokenizer
 
-if TYPE_CHECKING:  # loaded by load_tokenizer only for bundles that use it
-    from zerostart.tokenize import Tokenizer
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zerostart.tokenize import (
+        Tokenizer,  # loaded by load_tokenizer only for bundles that use it
+    )
 
 DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits.max_client_batch_size  # zerostart.limits: TEI's default
 DEFAULT_MAX_BATCH_SEQUENCES = Limits.max_batch_sequences
 
 
 class Engine(Protocol):
+    """What ``execute`` runs: ``NativeCpuEngine.run``'s contract."""
+
+    def run(
+        self, ids: Sequence[int], types: Sequence[int] | None, lengths: Sequence[int], width: int
+    ) -> array[float]: ...
+
+
+class ArrayEngine(Protocol):
+    """The numpy engines' contract (``CpuEngine``, ``CudaEngine``)."""
+
     def forward(
         self,
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         token_type_ids: np.ndarray | None = None,
     ) -> np.ndarray: ...
+
+
+class NumpyEngine:
+    """An engine that takes and returns numpy arrays, behind ``Engine.run``.
+
+    For the numpy reference engine and the GPU engine; imports numpy.
+    """
+
+    def __init__(self, engine: ArrayEngine) -> None:
+        self.engine = engine
+        self.kernels = getattr(engine, "kernels", None)
+
+    def run(
+        self, ids: Sequence[int], types: Sequence[int] | None, lengths: Sequence[int], width: int
+    ) -> array[float]:
+        import numpy as np
+
+        b = len(lengths)
+        ids_np = np.asarray(ids, dtype=np.int64).reshape(b, width)
+        types_np = None if types is None else np.asarray(types, dtype=np.int64).reshape(b, width)
+        mask = (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(np.int64)
+        result = self.engine.forward(ids_np, mask, types_np)
+        out = array("f")
+        out.frombytes(np.ascontiguousarray(result, dtype=np.float32).tobytes())
+        return out
+
+    def __getattr__(self, name: str) -> Any:  # close(), warm_graphs(), startup_phases ...
+        return getattr(self.engine, name)
 
 
 class Pipeline:
@@ -72,6 +123,10 @@ class Pipeline:
         # truncate over-long inputs when a request does not say (TEI's --auto-truncate)
         self.auto_truncate = auto_truncate
         self.routes = api.routes_for(self.manifest)
+        # Pooling, normalisation, scores: on the bundle's native CPU kernels when it has
+        # them; plain Python otherwise (the numpy reference engine, a GPU worker).
+        kernels = getattr(engine, "kernels", None)
+        self.heads = Heads(kernels if isinstance(kernels, NativeKernels) else None)
 
     # -- loading -------------------------------------------------------------
     @classmethod
@@ -112,11 +167,21 @@ class Pipeline:
         )
 
     def warmup(self) -> None:
-        """Run one tiny batch so the first real request pays no first-call costs.
+        """Pay the first request's one-time costs now; timed by the caller (``/info``'s phases).
 
-        Timed by the caller (the server's start-up record), not here.
+        The tokenizer encodes once. An engine that can map its weights without computing
+        (``NativeCpuEngine.prefault``: ``madvise(MADV_POPULATE_READ)`` over the layers)
+        does that instead of a forward pass: measured on MiniLM SST-2 (2-core AMD EPYC,
+        one BLAS thread, CPU time of 4 interleaved starts) ~3.3 ms against ~12 ms for a
+        warm-up forward, with the first request as fast after either (docs/cpu.md). The
+        GPU engine runs one tiny batch (its first bucket's graph is captured there).
         """
-        self.execute([self.tokenizer.encode("warm up", max_length=self.manifest.max_length)])
+        warm = self.tokenizer.encode("warm up", max_length=self.manifest.max_length)
+        prefault = getattr(self.engine, "prefault", None)
+        if prefault is not None:
+            prefault()
+            return
+        self.execute([warm])
 
     @property
     def model_id(self) -> str:
@@ -165,7 +230,7 @@ class Pipeline:
             "hidden_size": m.config.hidden_size,
             "num_layers": m.config.num_layers,
             # CPU: the native kernel build this CPU runs (docs/cpu.md); None: numpy kernels / GPU.
-            "cpu_kernel_build": getattr(getattr(self.engine, "kernels", None), "arch", None),
+            "cpu_kernel_build": self.heads.kernels.arch if self.heads.kernels else None,
         }
 
     # -- requests ------------------------------------------------------------
@@ -177,48 +242,55 @@ class Pipeline:
         """
         return api.prepare(self, route, body)
 
-    def execute(self, encodings: Sequence[Encoding]) -> list[np.ndarray]:
+    def execute(self, encodings: Sequence[Encoding]) -> list[memoryview[float]]:
         """Run the engine over any encodings, shortest first, each group padded to its own longest.
 
-        Returns one array per encoding in the order given: logits [labels] for
-        sequence classification, logits [tokens, labels] for token
+        Returns one float32 memoryview per encoding in the order given: logits
+        [labels] for sequence classification, logits [tokens, labels] for token
         classification, the final hidden states [tokens, hidden] for embeddings
         (each route pools them as it needs: ``/embed`` a vector, ``/embed_all``
-        every token). Rows are views into the batch's output array.
+        every token). Views into the group's output buffer, which nothing reuses.
         """
-        out: list[np.ndarray | None] = [None] * len(encodings)
+        out: list[memoryview[float] | None] = [None] * len(encodings)
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         step = self.max_batch_sequences
-        task = self.manifest.task
+        per_token = self.manifest.task != "sequence-classification"
+        cols = self.manifest.config.hidden_size
+        if self.manifest.task != "embeddings":
+            cols = len(self.manifest.labels)
         pad_id = self.tokenizer.pad_id
         for start in range(0, len(order), step):
             group = order[start : start + step]
-            width = max(len(encodings[i].ids) for i in group)
-            ids = np.full((len(group), width), pad_id, dtype=np.int64)
-            types = np.zeros((len(group), width), dtype=np.int64)
-            mask = np.zeros((len(group), width), dtype=np.int64)
-            for row, i in enumerate(group):
+            lengths = [len(encodings[i].ids) for i in group]
+            width = max(lengths)
+            ids = array("q")
+            types = array("q")
+            for i, n in zip(group, lengths, strict=True):
                 enc = encodings[i]
-                n = len(enc.ids)
-                ids[row, :n] = enc.ids
-                types[row, :n] = enc.type_ids
-                mask[row, :n] = 1
-            result = self.engine.forward(ids, mask, types)
+                ids.extend(enc.ids)
+                types.extend(enc.type_ids)
+                if n < width:
+                    ids.extend([pad_id] * (width - n))
+                    types.extend([0] * (width - n))
+            flat = memoryview(self.engine.run(ids, types, lengths, width)).cast("B")
             self.engine_calls += 1
-            for row, i in enumerate(group):
-                if task != "sequence-classification":
-                    out[i] = result[row, : len(encodings[i].ids)]
-                else:
-                    out[i] = result[row]
+            row_bytes = 4 * cols * (width if per_token else 1)
+            for row, (i, n) in enumerate(zip(group, lengths, strict=True)):
+                part = flat[row * row_bytes : row * row_bytes + 4 * cols * (n if per_token else 1)]
+                out[i] = part.cast("f", (n, cols)) if per_token else part.cast("f")
         return [o for o in out if o is not None]
 
 
 def _make_engine(bundle: Bundle) -> Engine:
     device = bundle.manifest.device
     if device == "cpu":
-        from zerostart.engine.cpu import CpuEngine
+        if bundle.manifest.cpu_kernels:
+            from zerostart.engine.cpu_native import NativeCpuEngine
 
-        return CpuEngine.from_bundle(bundle)
+            return NativeCpuEngine.from_bundle(bundle)
+        from zerostart.engine.cpu import CpuEngine  # --cpu-arch none: the numpy engine
+
+        return NumpyEngine(CpuEngine.from_bundle(bundle))
     if device == "cuda":
         # Driver-only GPU engine: ctypes to libcuda and kernels compiled at convert time.
         from zerostart.engine.cuda import CudaEngine

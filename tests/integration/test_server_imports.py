@@ -1,4 +1,8 @@
-"""The real worker, on a real bundle, imports only the pinned modules (request path included)."""
+"""The real worker, on a real bundle, imports only the pinned modules (request path included).
+
+numpy is not among them: the worker serves a bundle with native kernels through
+``NativeCpuEngine`` and the numpy-free heads (docs/cpu.md).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,17 +31,104 @@ runpy.run_module("zerostart.serve", run_name="__main__", alter_sys=True)
 """
 
 
-def test_worker_imports_only_pinned_modules(request: pytest.FixtureRequest) -> None:
-    bundle = bundle_for(request, "sst2_bundle")
+# Every task's request path: classification scores, pooled vectors (JSON and base64),
+# token states, NER aggregation.
+REQUESTS = {
+    "sst2_bundle": [("/predict", {"inputs": "a good movie"})],
+    "embed_bundle": [
+        ("/embed", {"inputs": ["a good movie", "a train"]}),
+        ("/v1/embeddings", {"input": "a good movie", "encoding_format": "base64"}),
+        ("/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b", "c"]}}),
+        ("/embed_all", {"inputs": "a good movie"}),
+    ],
+    "ner_bundle": [
+        ("/tokens", {"inputs": "My name is Sarah Johnson", "aggregation_strategy": s})
+        for s in ("none", "simple", "first", "average", "max")
+    ],
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(REQUESTS))
+def test_worker_imports_only_pinned_modules(request: pytest.FixtureRequest, fixture: str) -> None:
+    bundle = bundle_for(request, fixture)
     with Worker(bundle, entry=["-c", WRAPPER]) as w:
-        status, _ = w.request("POST", "/predict", {"inputs": "a good movie"})
-        assert status == 200
+        for route, body in REQUESTS[fixture]:
+            status, answer = w.request("POST", route, body)
+            assert status == 200, (route, answer)
         w.terminate()
         assert w.wait() == 0
     found = re.search(r"^MODULES (.*)$", w.stderr_text(), re.M)
     assert found, w.stderr_text()
     top = {name.split(".")[0] for name in json.loads(found.group(1))}
-    assert {"zerostart", "numpy", "httptools"} <= top
+    assert {"zerostart", "httptools", "ctypes"} <= top
+    assert "numpy" not in top, "numpy is on the worker's path again"
     assert not top & FORBIDDEN
     unexpected = top - WORKER_ALLOWED - {"runpy"}  # runpy: -m uses it too
     assert not unexpected, f"new imports on the worker path: {sorted(unexpected)}"
+
+
+# The GPU worker on tests/fake_libcuda.py (the dry run's stand-in for libcuda: real driver
+# wrappers, kernels that compute nothing): everything but the arithmetic runs, so the
+# imports of a GPU worker's whole path (engine, graphs, pinned buffers, heads) are real.
+GPU_WRAPPER = """
+import atexit, json, runpy, sys
+sys.path.insert(0, {dryrun!r})
+import sitecustomize  # Driver.load() -> the fake libcuda
+atexit.register(lambda: print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr))
+sys.argv[0] = "zerostart.serve"
+runpy.run_module("zerostart.serve", run_name="__main__", alter_sys=True)
+"""
+GPU_VOCAB = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "movie", "train")
+
+
+def _gpu_bundle(root: Path, task: str) -> Path:
+    import numpy as np
+
+    from fake_libcuda import write_fake_kernels
+    from tiny_models import tiny_manifest
+    from zerostart.engine.canary import _file_entry
+    from zerostart.engine.layout import LAYOUT_VERSION, tensor_shapes
+    from zerostart.model.manifest import MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
+    from zerostart.model.weights import write_weights
+
+    m = tiny_manifest(
+        "bert", task, hidden=64, layers=2, heads=2, ffn=128, max_positions=64, device="cuda"
+    )
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    tensors = {k: rng.standard_normal(s).astype(np.float16) for k, s in tensor_shapes(m).items()}
+    write_weights(root / WEIGHTS_NAME, tensors, {"zerostart.layout": LAYOUT_VERSION})
+    vocab = [*GPU_VOCAB, *(f"w{i}" for i in range(m.config.vocab_size - len(GPU_VOCAB)))]
+    (root / VOCAB_NAME).write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+    write_fake_kernels(m, root)
+    files = {n: _file_entry(root / n) for n in (WEIGHTS_NAME, VOCAB_NAME)}
+    (root / MANIFEST_NAME).write_text(m.with_files(files).to_json(), encoding="utf-8")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("task", "route", "body"),
+    [
+        ("sequence-classification", "/predict", {"inputs": "a good movie"}),
+        ("embeddings", "/embed", {"inputs": ["a good movie", "a train"]}),
+        ("token-classification", "/tokens", {"inputs": "a good movie"}),
+    ],
+)
+def test_gpu_worker_imports_no_numpy(tmp_path: Path, task: str, route: str, body: Any) -> None:
+    bundle = _gpu_bundle(tmp_path / "bundle", task)
+    dryrun = str(Path(__file__).resolve().parents[1] / "dryrun")
+    with Worker(bundle, entry=["-c", GPU_WRAPPER.format(dryrun=dryrun)]) as w:
+        status, answer = w.request("POST", route, body)
+        assert status == 200, answer
+        status, info = w.request("GET", "/info")
+        assert info["device"] == "cuda"
+        w.terminate()
+        assert w.wait() == 0
+    found = re.search(r"^MODULES (.*)$", w.stderr_text(), re.M)
+    assert found, w.stderr_text()
+    top = {name.split(".")[0] for name in json.loads(found.group(1))}
+    assert "numpy" not in top, "numpy is on the GPU worker's path again"
+    assert not top & FORBIDDEN
+    # sitecustomize and fake_libcuda are the test's stand-in for the driver
+    unexpected = top - WORKER_ALLOWED - {"runpy", "sitecustomize", "fake_libcuda"}
+    assert not unexpected, f"new imports on the GPU worker path: {sorted(unexpected)}"

@@ -247,3 +247,27 @@ def test_split_k_for_few_rows_only_and_on_request(tmp_path: Path) -> None:
     assert "gemm_partial" in ops(2, 8, 64)  # forced: up to the workspace's rows
     assert "gemm_partial" not in ops(1, 1, 16)  # never
     assert "gemm_partial" not in ops(4, 1, 16)  # no x4 build: K = 128 < 4 x 64
+
+
+def test_run_widens_the_bucket_output_to_each_sequences_rows(engine: Any) -> None:
+    """The numpy-free path: float16 output of bucket (2, 16) -> float32 rows of the real
+    batch (2 sequences of 5), with no numpy in ``run``. The recording driver copies
+    nothing back, so the pinned output buffer holds the pattern written here."""
+    task = engine.manifest.task
+    width = 64 if task == "embeddings" else 3
+    pattern = (np.arange(engine._out.count) % 2048).astype(np.float16) * np.float16(0.5)
+    engine._out.array[:] = pattern
+    out = engine.run([2, 5, 7, 3, 0, 2, 9, 3, 0, 0], None, [4, 3], 5)
+    got = np.frombuffer(out, np.float32)
+    grid = pattern[: 2 * 16 * width].astype(np.float32)
+    if task == "sequence-classification":
+        want = grid[: 2 * width]
+    else:
+        want = grid.reshape(2, 16, width)[:, :5].reshape(-1)
+    np.testing.assert_array_equal(got, want)
+    staged = engine._in.view  # ids [2, 16] at 0, types at 32, lengths at 64
+    assert list(staged[64:66]) == [4, 3] and list(staged[16:21]) == [2, 9, 3, 0, 0]
+    with pytest.raises(EngineError, match="token ids for"):
+        engine.run([2, 5, 3], None, [3, 1], 3)
+    with pytest.raises(EngineError, match="input_ids must be in"):
+        engine.run([2, 500, 3], None, [3], 3)

@@ -1,11 +1,12 @@
-"""CpuEngine against Hugging Face transformers (torch fp32, eager attention).
+"""CpuEngine and NativeCpuEngine against Hugging Face transformers (torch fp32, eager attention).
 
 Every model is converted with ``zerostart convert`` and run on the same padded
 batch (different lengths; sentence pairs with token types for BERT). Logits or
 hidden states must agree within 1e-4 at every non-padding position, and the
 predicted class must be identical, for the numpy kernels and for every native
 kernel build in the bundle that this CPU can run (the portable x86-64 one
-always; AVX2 and AVX-512 where present). Real folders come from
+always; AVX2 and AVX-512 where present), through the numpy engine's native
+path and through the serving path's numpy-free NativeCpuEngine. Real folders come from
 tests/conftest.py; tiny random models cover every architecture x task x
 activation cheaply.
 """
@@ -20,6 +21,7 @@ import pytest
 
 from engine_reference import auto_class, encode_padded, transformers_reference
 from zerostart.engine.cpu import CpuEngine
+from zerostart.engine.cpu_native import NativeCpuEngine
 from zerostart.engine.native import NativeKernels, cpu_flags
 from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
@@ -67,6 +69,28 @@ def _check(
         kernels = NativeKernels(dst / m.cpu_kernels[arch].file, arch)
         got = CpuEngine(m, bundle.weights, kernels=kernels).forward(ids, mask, types)
         _assert_parity(got, want, mask, m.task)
+        _assert_parity(_native(m, bundle, kernels, ids, mask, types), want, mask, m.task)
+
+
+def _native(
+    m: object,
+    bundle: Bundle,
+    kernels: NativeKernels,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    types: np.ndarray | None,
+) -> np.ndarray:
+    """NativeCpuEngine.run on the same batch, reshaped like CpuEngine.forward's output."""
+    engine = NativeCpuEngine(bundle.manifest, bundle.weights, kernels)
+    lengths = [int(n) for n in mask.sum(axis=1)]
+    flat_types = None if types is None else types.reshape(-1).tolist()
+    out = np.frombuffer(
+        engine.run(ids.reshape(-1).tolist(), flat_types, lengths, ids.shape[1]), np.float32
+    )
+    b, t = ids.shape
+    if bundle.manifest.task == "sequence-classification":
+        return out.reshape(b, -1)
+    return out.reshape(b, t, -1)
 
 
 @pytest.mark.parametrize(

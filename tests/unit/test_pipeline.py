@@ -112,7 +112,7 @@ def test_dynamic_batching_gives_each_input_its_own_answer(embed: Pipeline) -> No
         [e for t in texts for e in embed.prepare("embed", {"inputs": t}).encodings]
     )
     for a, b in zip(alone, together, strict=True):
-        assert float(np.abs(a - b).max()) < 1e-5
+        assert float(np.abs(np.asarray(a) - np.asarray(b)).max()) < 1e-5
 
 
 def test_embed_normalises_by_default(embed: Pipeline) -> None:

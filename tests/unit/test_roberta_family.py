@@ -11,12 +11,14 @@ transformers fp32 eager on the same ids (tokenizers are tested on their own).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from engine_reference import auto_class, transformers_reference
 from zerostart.engine.cpu import CpuEngine
+from zerostart.engine.cpu_native import NativeCpuEngine
 from zerostart.engine.native import NativeKernels, cpu_flags
 from zerostart.errors import ConvertError
 from zerostart.model.bundle import Bundle
@@ -65,6 +67,25 @@ def _batch(seq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
+class _Serving:
+    """``NativeCpuEngine.run`` behind ``forward``, shaped like ``CpuEngine.forward``."""
+
+    def __init__(self, m: Any, bundle: Bundle, kernels: NativeKernels) -> None:
+        self.task = m.task
+        self.engine = NativeCpuEngine(m, bundle.weights, kernels)
+
+    def forward(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        b, t = ids.shape
+        lengths = [int(n) for n in mask.sum(axis=1)]
+        out = self.engine.run(ids.reshape(-1).tolist(), types.reshape(-1).tolist(), lengths, t)
+        flat = np.frombuffer(out, np.float32)
+        return (
+            flat.reshape(b, -1)
+            if self.task == "sequence-classification"
+            else flat.reshape(b, t, -1)
+        )
+
+
 def _check(src: Path, dst: Path, ids: np.ndarray, mask: np.ndarray) -> None:
     convert(src, dst)
     bundle = Bundle.open(dst, verify="full")
@@ -76,6 +97,7 @@ def _check(src: Path, dst: Path, ids: np.ndarray, mask: np.ndarray) -> None:
         if set(build.features) <= flags:
             kernels = NativeKernels(dst / build.file, arch)
             engines.append(CpuEngine(m, bundle.weights, kernels=kernels))
+            engines.append(_Serving(m, bundle, kernels))  # the worker's numpy-free engine
     keep = mask.astype(bool)
     for engine in engines:
         got = engine.forward(ids, mask, np.zeros_like(ids))

@@ -273,8 +273,9 @@ def test_inconsistent_lengths_are_refused() -> None:
         _run("simple", offsets=OFFSETS[:-1])
 
 
-def test_tasks_import_only_numpy_and_the_standard_library() -> None:
-    """The worker imports zerostart.tasks on its cold-start path."""
+def test_tasks_import_only_the_standard_library() -> None:
+    """The worker imports zerostart.tasks on its cold-start path: no numpy (pool/normalize,
+    the numpy reference, load it on first use)."""
     import ast
     import subprocess
     import sys
@@ -293,5 +294,4 @@ def test_tasks_import_only_numpy_and_the_standard_library() -> None:
         timeout=60,
     ).stdout
     heavy = {"torch", "transformers", "tokenizers", "safetensors", "onnx", "onnxruntime", "h11"}
-    assert "numpy" in out
-    assert not heavy & set(ast.literal_eval(out)), out
+    assert not (heavy | {"numpy"}) & set(ast.literal_eval(out)), out

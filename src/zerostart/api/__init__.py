@@ -11,7 +11,7 @@ model serves ``/tokenize`` and ``/decode``. ``POST /`` (and SageMaker's
 ``/rerank`` for a body with a ``query`` and ``/similarity`` for one whose
 ``inputs`` holds a ``source_sentence``.
 
-Runtime package: standard library and numpy.
+Runtime package: standard library only.
 """
 
 from __future__ import annotations

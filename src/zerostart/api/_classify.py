@@ -10,14 +10,12 @@ label). huggingface_hub's ``InferenceClient.text_classification`` sends
 Inference API's answer, a list holding one list of labels; a body with
 ``parameters`` gets that shape and those options, with transformers' meaning.
 
-Runtime module: standard library and numpy.
+Runtime module: standard library only.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from zerostart.api._encode import Item, encode
 from zerostart.api._job import Job
@@ -32,8 +30,8 @@ from zerostart.api._parse import (
     required,
     text,
 )
-from zerostart.errors import EngineError
 from zerostart.tasks import classify
+from zerostart.tasks.heads import all_finite, non_finite
 
 if TYPE_CHECKING:
     from zerostart.pipeline import Pipeline
@@ -41,13 +39,13 @@ if TYPE_CHECKING:
 FUNCTIONS = ("softmax", "sigmoid", "none")  # transformers' ClassificationFunction names
 
 
-def finite(values: np.ndarray, what: str, index: int) -> None:
-    """Refuse to answer with NaN or infinity: raise EngineError (HTTP 424, TEI's Backend)."""
-    if not np.isfinite(values).all():
-        raise EngineError(
-            f"the model produced a non-finite {what} (NaN or infinity) for input {index}; "
-            "its weights are probably broken (`zerostart convert` reports non-finite tensors)"
-        )
+def finite(values: memoryview, what: str, index: int) -> None:
+    """Refuse to answer with NaN or infinity: raise EngineError (HTTP 424, TEI's Backend).
+
+    ``values``: float32 engine output of any shape.
+    """
+    if not all_finite(values):
+        raise non_finite(what, index)
 
 
 def predict_inputs(value: Any, max_batch: int) -> tuple[list[Item], bool]:
@@ -118,7 +116,7 @@ def prepare_predict(pipe: Pipeline, body: Any) -> Job:
     encodings = encode(pipe, items, truncate)
     problem_type = pipe.manifest.problem_type
 
-    def finish(outputs: list[np.ndarray]) -> Any:
+    def finish(outputs: list[memoryview]) -> Any:
         rows = []
         for i, logits in enumerate(outputs):
             finite(logits, "score", i)
@@ -150,7 +148,7 @@ def prepare_rerank(pipe: Pipeline, body: Any) -> Job:
     encodings = encode(pipe, [(query, p) for p in passages], truncate)
     m = pipe.manifest
 
-    def finish(outputs: list[np.ndarray]) -> Any:
+    def finish(outputs: list[memoryview]) -> Any:
         ranks = []
         for i, logits in enumerate(outputs):
             finite(logits, "score", i)

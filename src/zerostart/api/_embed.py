@@ -25,7 +25,11 @@ for it (Matryoshka); the server cannot tell, as TEI cannot.
 ``/v1/embeddings`` (where TEI always uses ``--auto-truncate``) a ``truncate``
 and ``truncation_direction`` in the body are honoured too.
 
-Runtime module: standard library and numpy.
+Vectors are pooled and normalised by the pipeline's ``Heads`` (native kernels,
+no numpy) and answered from their float32 buffers: ``tolist`` for JSON, the
+raw bytes for base64.
+
+Runtime module: standard library only.
 """
 
 from __future__ import annotations
@@ -36,8 +40,6 @@ import math
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from zerostart.api._classify import finite
 from zerostart.api._encode import encode
@@ -55,7 +57,7 @@ from zerostart.api._parse import (
     options,
     required,
 )
-from zerostart.tasks import normalize, pool
+from zerostart.tasks.heads import non_finite
 
 if TYPE_CHECKING:
     from zerostart.pipeline import Pipeline
@@ -63,12 +65,16 @@ if TYPE_CHECKING:
 ENCODING_FORMATS = ("float", "base64")
 
 
-def pooled(pipe: Pipeline, states: np.ndarray, index: int) -> np.ndarray:
-    """One sequence's token states [tokens, hidden] -> its sentence vector [hidden]."""
-    finite(states, "hidden state", index)
-    mask = np.ones((1, states.shape[0]), dtype=np.int64)
-    vector: np.ndarray = pool(states[None], mask, pipe.manifest.pooling.mode)[0]
-    return vector
+def pooled(
+    pipe: Pipeline, states: memoryview, index: int, *, normalize: bool = False
+) -> memoryview:
+    """One sequence's token states [tokens, hidden] -> its float32 sentence vector [hidden].
+
+    Raises EngineError (424) when the vector holds NaN or infinity.
+    """
+    return pipe.heads.sentence_vector(
+        states, pipe.manifest.pooling.mode, normalize=normalize, index=index
+    )
 
 
 def _dimensions(opts: dict[str, Any], hidden: int) -> int | None:
@@ -111,9 +117,17 @@ def _float32_bytes(vector: list[float]) -> bytes:
     return values.tobytes()
 
 
-def _float32_rows(vectors: list[np.ndarray]) -> list[list[float]]:
-    rows: list[list[float]] = np.stack(vectors).astype(np.float32).tolist()
-    return rows
+def _float32_rows(vectors: list[memoryview]) -> list[list[float]]:
+    return [v.tolist() for v in vectors]  # type: ignore[misc]  # format "f": floats
+
+
+def _little_endian(vector: memoryview) -> bytes:
+    """float32 values as little-endian bytes (OpenAI's base64 format)."""
+    if sys.byteorder == "little":
+        return vector.tobytes()
+    swapped = array.array("f", vector.tobytes())
+    swapped.byteswap()
+    return swapped.tobytes()
 
 
 def prepare_embed(pipe: Pipeline, body: Any) -> Job:
@@ -128,11 +142,10 @@ def prepare_embed(pipe: Pipeline, body: Any) -> Job:
         raise invalid("/embed answers floats only; use /v1/embeddings for base64")
     encodings = encode(pipe, inputs, truncate)
 
-    def finish(outputs: list[np.ndarray]) -> Any:
-        vectors = np.stack([pooled(pipe, s, i) for i, s in enumerate(outputs)])
-        if dims is not None:
-            return [shorten(v.tolist(), dims, norm) for v in vectors]
-        return _float32_rows(list(normalize(vectors) if norm else vectors))
+    def finish(outputs: list[memoryview]) -> Any:
+        if dims is not None:  # TEI's order: cut, then normalise (``shorten``)
+            return [shorten(pooled(pipe, s, i).tolist(), dims, norm) for i, s in enumerate(outputs)]
+        return _float32_rows([pooled(pipe, s, i, normalize=norm) for i, s in enumerate(outputs)])
 
     return Job(encodings, finish)
 
@@ -145,10 +158,10 @@ def prepare_embed_all(pipe: Pipeline, body: Any) -> Job:
     no_prompt(opts)
     encodings = encode(pipe, inputs, truncate)
 
-    def finish(outputs: list[np.ndarray]) -> Any:
+    def finish(outputs: list[memoryview]) -> Any:
         for i, states in enumerate(outputs):
             finite(states, "hidden state", i)
-        return [states.astype(np.float32).tolist() for states in outputs]
+        return [states.tolist() for states in outputs]
 
     return Job(encodings, finish)
 
@@ -177,10 +190,13 @@ def prepare_similarity(pipe: Pipeline, body: Any) -> Job:
     no_prompt(params)
     encodings = encode(pipe, texts, truncate)
 
-    def finish(outputs: list[np.ndarray]) -> Any:
-        vectors = normalize(np.stack([pooled(pipe, s, i) for i, s in enumerate(outputs)]))
-        scores = (vectors[1:] @ vectors[0]).astype(np.float32)
-        finite(scores, "similarity", 0)
+    def finish(outputs: list[memoryview]) -> Any:
+        vectors = [pooled(pipe, s, i, normalize=True) for i, s in enumerate(outputs)]
+        source = vectors[0].tolist()
+        dots = [sum(a * b for a, b in zip(v.tolist(), source, strict=True)) for v in vectors[1:]]
+        scores = array.array("f", dots)  # float32, as TEI answers
+        if not all(map(math.isfinite, scores)):
+            raise non_finite("similarity", 0)
         return scores.tolist()
 
     return Job(encodings, finish)
@@ -200,21 +216,24 @@ def prepare_openai(pipe: Pipeline, body: Any) -> Job:
     tokens = sum(len(e.ids) for e in encodings)
     model = pipe.model_id
 
-    def finish(outputs: list[np.ndarray]) -> Any:
-        raw = np.stack([pooled(pipe, s, i) for i, s in enumerate(outputs)])
-        if dims is not None:
-            rows = [shorten(v.tolist(), dims, True) for v in raw]
+    def finish(outputs: list[memoryview]) -> Any:
+        encoded: list[Any]
+        if dims is not None:  # TEI's order: cut, then normalise (``shorten``)
+            cut = [shorten(pooled(pipe, s, i).tolist(), dims, True) for i, s in enumerate(outputs)]
+            encoded = [_float32_bytes(v) for v in cut] if fmt == "base64" else cut
         else:
-            rows = normalize(raw).astype(np.float32).tolist()
+            vectors = [pooled(pipe, s, i, normalize=True) for i, s in enumerate(outputs)]
+            if fmt == "base64":
+                encoded = [_little_endian(v) for v in vectors]
+            else:
+                encoded = [v.tolist() for v in vectors]
         data = [
             {
                 "object": "embedding",
-                "embedding": (
-                    base64.b64encode(_float32_bytes(v)).decode("ascii") if fmt == "base64" else v
-                ),
+                "embedding": base64.b64encode(e).decode("ascii") if fmt == "base64" else e,
                 "index": i,
             }
-            for i, v in enumerate(rows)
+            for i, e in enumerate(encoded)
         ]
         usage = {"prompt_tokens": tokens, "total_tokens": tokens}
         return {"object": "list", "data": data, "model": model, "usage": usage}

@@ -13,14 +13,12 @@
 * ``/decode``: ``ids`` (a list, or a list of lists), ``skip_special_tokens``
   (default true) -> ``["text", ...]``.
 
-Runtime module: standard library and numpy.
+Runtime module: standard library only.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from zerostart.api._classify import finite
 from zerostart.api._encode import MAX_INPUT_CHARS_PER_TOKEN, byte_offsets, encode
@@ -66,7 +64,7 @@ def prepare_tokens(pipe: Pipeline, body: Any) -> Job:
     m = pipe.manifest
     tok = pipe.tokenizer
 
-    def finish(outputs: list[np.ndarray]) -> Any:
+    def finish(outputs: list[memoryview]) -> Any:
         rows = []
         for i, (text, enc, logits) in enumerate(zip(texts, encodings, outputs, strict=True)):
             finite(logits, "score", i)
@@ -84,6 +82,7 @@ def prepare_tokens(pipe: Pipeline, body: Any) -> Job:
                     tokens_to_string=tok.convert_tokens_to_string,
                     unk_token=m.tokenizer.unk_token,
                     word_aware=m.tokenizer.model == "WordPiece",  # the only one with "##"
+                    scores=pipe.heads.token_scores(logits),
                 )
             )
         return rows[0] if single else rows

@@ -26,6 +26,7 @@ import numpy as np
 
 from zerostart.engine import ops
 from zerostart.engine.cpu_gemm import PackedMatrix, matmul_f32
+from zerostart.engine.cpu_native import check_precision
 from zerostart.engine.inputs import check_inputs
 from zerostart.engine.layout import (
     GELU_ERF_ACTS,
@@ -110,24 +111,6 @@ def _activation(name: str) -> Callable[[np.ndarray], None]:
     raise EngineError(f"hidden_act {name!r} is not supported by the CPU engine")
 
 
-def _check_precision(manifest: Manifest, kernels: NativeKernels | None) -> None:
-    if manifest.dtype == "float32":
-        return
-    if manifest.dtype not in GEMM_GROUP or manifest.device != "cpu":
-        raise EngineError(
-            f"the CPU engine computes in float32 (or int8/bf16 with native kernels), "
-            f"but this bundle holds {manifest.dtype} weights",
-            hint="convert the model again with `zerostart convert --device cpu`",
-        )
-    if kernels is None or manifest.dtype not in kernels.precisions:
-        which = "no native kernels" if kernels is None else f"the {kernels.arch} build"
-        raise EngineError(
-            f"this bundle's {manifest.dtype} matrices need native kernels with "
-            f"{'AVX-512 VNNI' if manifest.dtype == 'int8' else 'AVX-512 BF16'}, and {which} has none",
-            hint="convert again with --precision float32, or with a --cpu-arch that has them",
-        )
-
-
 class CpuEngine:
     """Runs one bundle's encoder and task head on the CPU.
 
@@ -149,7 +132,7 @@ class CpuEngine:
         ``parallel.default_threads()`` gives the CPUs this process may use.
         ``kernels``: the bundle's native kernels (``from_bundle`` loads them); None runs
         the numpy kernels of ``ops``."""
-        _check_precision(manifest, kernels)
+        check_precision(manifest, kernels)
         w: dict[str, np.ndarray] = {}
         dtypes = tensor_dtypes(manifest)
         for name, shape in tensor_shapes(manifest).items():

@@ -1,6 +1,6 @@
 """The CPU engine's matrix products: fp32 (every build) and int8 / bf16 (opt-in bundles).
 
-fp32: ``matmul_f32`` runs zs_gemm_f32 (kernels/cpu/zs_gemm_f32.c) on the
+fp32: ``matmul_f32`` (``engine.gemm_f32``, numpy-free, re-exported here) runs zs_gemm_f32 (kernels/cpu/zs_gemm_f32.c) on the
 weights as stored, with the build's GEMM plan (``zerostart.engine.cpu_tuning``):
 its tile and blocking, and how threads share the product (column ranges below
 ``plan.col_split_rows`` rows, row ranges from there on).
@@ -24,40 +24,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from zerostart.engine.gemm_f32 import F32_TILES_PER_PART as F32_TILES_PER_PART
+from zerostart.engine.gemm_f32 import ZS_GEMM_BADTILE as ZS_GEMM_BADTILE
+from zerostart.engine.gemm_f32 import ZS_GEMM_NOMEM as ZS_GEMM_NOMEM
+from zerostart.engine.gemm_f32 import matmul_f32 as matmul_f32  # fp32 lives there, numpy-free
 from zerostart.engine.layout import COLSUM_SUFFIX, SCALE_SUFFIX, padded
 from zerostart.engine.native import NativeKernels, addr
 from zerostart.engine.parallel import Workers
-from zerostart.errors import EngineError
 
 ROWS_PER_PART = 16  # a thread's share of rows: the micro-kernel takes 4 at a time
-F32_TILES_PER_PART = 2  # rows split: at least two register tiles of rows per thread
-ZS_GEMM_NOMEM, ZS_GEMM_BADTILE = 1, 2  # zs_gemm_f32's error returns
-
-
-def matmul_f32(
-    kernels: NativeKernels, workers: Workers, a: int, w: int, c: int, m: int, k: int, n: int
-) -> None:
-    """C = A W in float32 on our kernels: A [m, k], W [k, n], C [m, n] row-major, by address.
-
-    The arrays must stay alive during the call. Raises MemoryError when the kernel cannot
-    allocate its packing buffers (a few hundred KiB per thread).
-    """
-    plan = kernels.gemm_plan
-    tile = kernels.gemm_f32_tiles.index(plan.tile)
-    gemm, kc, mc, nc, pack = kernels.gemm_f32, plan.kc, plan.mc, plan.nc, int(plan.pack)
-
-    def call(m0: int, m1: int, n0: int, n1: int) -> None:
-        err = gemm(a, w, c, m0, m1, n0, n1, k, n, tile, kc, mc, nc, pack)
-        if err == ZS_GEMM_NOMEM:
-            raise MemoryError("zs_gemm_f32: out of memory for its packing buffers")
-        if err:
-            raise EngineError(f"zs_gemm_f32 refused tile {plan.tile} (code {err})")
-
-    if workers.threads > 1 and m < plan.col_split_rows:
-        nr = plan.nr
-        workers.run(lambda i, j: call(0, m, i * nr, min(n, j * nr)), -(-n // nr))
-    else:
-        workers.run(lambda i, j: call(i, j, 0, n), m, min_part=F32_TILES_PER_PART * plan.mr)
 
 
 class PackedMatrix(NamedTuple):

@@ -15,18 +15,17 @@ code may actually execute. ``ZEROSTART_CPU_ARCH`` picks a build by name
 instead (e.g. the portable one, to compare); it is refused like any other
 when this CPU cannot run it.
 
-Runtime module: standard library + numpy (ctypes comes with numpy already).
+Runtime module: standard library only (ctypes); ``addr`` reads a numpy array's
+address for the numpy engine without importing numpy.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import platform
 from collections.abc import Mapping
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from zerostart.engine.cpu_tuning import (
     BUNDLE_TABLE,
@@ -40,13 +39,18 @@ from zerostart.engine.cpu_tuning import (
 from zerostart.errors import EngineError
 from zerostart.model.manifest import CpuKernelBuild
 
-ABI_VERSION = 4  # must match ZS_ABI_VERSION in kernels/cpu/zs_cpu.c
+if TYPE_CHECKING:
+    import numpy as np
+
+ABI_VERSION = 5  # must match ZS_ABI_VERSION in kernels/cpu/zs_cpu.c
 CPUINFO = "/proc/cpuinfo"
 CPUINFO_READ_BYTES = 64 * 1024  # the first CPU's block; the flags line is in it
 ARCH_ENV = "ZEROSTART_CPU_ARCH"
 
 # Activation codes of zs_bias_act (kernels/cpu/zs_cpu.c).
-ACT_NONE, ACT_GELU_ERF, ACT_GELU_TANH, ACT_RELU = 0, 1, 2, 3
+ACT_NONE, ACT_GELU_ERF, ACT_GELU_TANH, ACT_RELU, ACT_TANH = 0, 1, 2, 3, 4
+# Pooling modes of zs_pool_vector.
+POOL_CLS, POOL_MEAN = 0, 1
 # Bits of zs_precisions() (kernels/cpu/zs_cpu_gemm.c): the matrix products compiled in
 # (float32: our own fp32 GEMM, kernels/cpu/zs_gemm_f32.c, in every build since ABI 4).
 PRECISION_BITS = {"int8": 1, "bfloat16": 2, "float32": 4}
@@ -95,6 +99,8 @@ def choose_build(
         return want
     runnable = [arch for arch in builds if not missing[arch]]
     if not runnable:
+        import platform  # only to name the machine in the error
+
         lacks = "; ".join(f"{arch} needs {', '.join(m)}" for arch, m in missing.items())
         raise EngineError(
             f"this CPU ({platform.machine()}) cannot run any kernel build in the bundle: {lacks}",
@@ -141,6 +147,9 @@ class NativeKernels:
             "zs_embed_layernorm": (None, [_P, _P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _F]),
             "zs_attention": (ctypes.c_int, [_P, _P, _P, _P, _I, _I, _I, _I, _I]),
             "zs_mean_pool": (None, [_P, _P, _P, _I, _I, _I, _I]),
+            "zs_pool_vector": (ctypes.c_int, [_P, _I, _I, ctypes.c_int, ctypes.c_int, _I, _P]),
+            "zs_softmax_rows": (None, [_P, _P, _I, _I]),
+            "zs_copy_rows": (None, [_P, _P, _I, _I, _I]),
         }
         for name, (res, args) in sig.items():
             fn = getattr(lib, name)
@@ -181,6 +190,9 @@ class NativeKernels:
         self.embed_layernorm = lib.zs_embed_layernorm
         self.attention = lib.zs_attention
         self.mean_pool = lib.zs_mean_pool
+        self.pool_vector = lib.zs_pool_vector
+        self.softmax_rows = lib.zs_softmax_rows
+        self.copy_rows = lib.zs_copy_rows
 
 
 def load_bundle_kernels(

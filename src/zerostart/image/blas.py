@@ -40,7 +40,7 @@ BLAS_CHOICES = ("auto", "minimal", "openblas")
 
 @dataclass(frozen=True)
 class BlasDecision:
-    blas: str  # "minimal" | "openblas"
+    blas: str  # "minimal" | "openblas" | "none" (the worker never loaded numpy: no BLAS at all)
     reason: str
     replaced: tuple[str, ...] = ()  # image paths taken out or replaced
     saved_bytes: int = 0
@@ -72,6 +72,10 @@ def apply(closure: Closure, option: str, manifest: Manifest, device: str) -> Bla
         for f in closure.files.values()
         if f.source and "numpy.libs" in f.dest and fnmatch.fnmatch(Path(f.dest).name, OPENBLAS_GLOB)
     ]
+    if not openblas and not any("/numpy/" in f.dest for f in closure.files.values()):
+        # The worker's trace never touched numpy (its engine computes every product
+        # itself, docs/cpu.md): there is no BLAS to replace, and none goes in.
+        return BlasDecision("none", f"{why}; the worker imports no numpy, so no BLAS is needed")
     if len(openblas) != 1:
         return _fallback(option, f"{len(openblas)} OpenBLAS libraries in numpy.libs, expected 1")
     target = openblas[0]

@@ -154,7 +154,8 @@ def _preload(device: str) -> None:
     import numpy  # noqa: F401
 
     import zerostart.engine.canary
-    import zerostart.engine.cpu
+    import zerostart.engine.cpu  # the canary's engine (a bundle without native kernels)
+    import zerostart.engine.cpu_native  # a real bundle's
     import zerostart.model.bundle
     import zerostart.pipeline
     import zerostart.serve.server

@@ -3,8 +3,8 @@
 Theory of operation. Users compare our ``/tokens`` answers with
 ``pipeline("token-classification", aggregation_strategy=...)``, so this module
 reproduces its post-processing step for step (transformers 5.x,
-``pipelines/token_classification.py``), numpy types included, and only turns
-scores into Python floats at the very end:
+``pipelines/token_classification.py``), in plain Python floats (transformers
+keeps numpy float32: scores agree to ~1e-7):
 
 1. scores: softmax of each token's logits, shifted by the row maximum;
 2. pre-entities (``gather_pre_entities``): special tokens dropped; each token
@@ -21,15 +21,13 @@ scores into Python floats at the very end:
    tag, where a ``B-`` label always opens a new group (``group_entities``);
 5. entities whose label (or group) is in ``ignore_labels`` are dropped last.
 
-Runtime module: standard library and numpy only.
+Runtime module: standard library only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
-
-import numpy as np
 
 from zerostart.errors import InputError
 from zerostart.tasks._heads import softmax
@@ -47,13 +45,14 @@ def aggregate_entities(
     ids: Sequence[int],
     offsets: Sequence[tuple[int, int]],
     special_tokens_mask: Sequence[int],
-    logits: np.ndarray,
+    logits: Any,
     labels: Sequence[str],
     strategy: str = "simple",
     ignore_labels: Sequence[str] = ("O",),
     tokens_to_string: TokensToString,
     unk_token: str = "[UNK]",
     word_aware: bool = True,
+    scores: Sequence[Sequence[float]] | None = None,
 ) -> list[dict[str, Any]]:
     """One text's token logits ``[T, num_labels]`` -> the entities transformers would return.
 
@@ -64,19 +63,23 @@ def aggregate_entities(
     ``unk_token``, which names the same vocabulary entry as transformers' id test.
     ``word_aware``: the tokenizer has a continuing-subword prefix (WordPiece's
     ``##``), which is how transformers tells subwords apart (see step 2 above).
+    ``logits``: [T, num_labels] as anything with ``tolist`` (a float32 memoryview, a
+    numpy array) or nested sequences; ``scores``, when given, are their softmax
+    already (``Heads.token_scores``, on the native kernels) and ``logits`` is unused.
     """
     if strategy not in STRATEGIES:
         raise InputError(
             f"unknown aggregation_strategy {strategy!r}; expected one of: {', '.join(STRATEGIES)}"
         )
-    scores = _softmax(np.asarray(logits))
+    if scores is None:
+        rows = logits.tolist() if hasattr(logits, "tolist") else [list(r) for r in logits]
+        scores = [softmax(row) for row in rows]
     n = len(tokens)
-    if scores.shape != (n, len(labels)) or not (
-        len(ids) == len(offsets) == len(special_tokens_mask) == n
-    ):
+    shape = (len(scores), len(scores[0]) if len(scores) else len(labels))
+    if shape != (n, len(labels)) or not (len(ids) == len(offsets) == len(special_tokens_mask) == n):
         raise InputError(
             f"token classification inputs disagree: {n} tokens, {len(ids)} ids, {len(offsets)} "
-            f"offsets, {len(special_tokens_mask)} mask entries, logits {scores.shape} "
+            f"offsets, {len(special_tokens_mask)} mask entries, logits {shape} "
             f"for {len(labels)} labels"
         )
     pre = _gather_pre_entities(
@@ -99,10 +102,9 @@ def aggregate_entities(
     return kept
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    if logits.dtype not in (np.float32, np.float64):
-        logits = logits.astype(np.float32)  # transformers upcasts fp16/bf16 logits
-    return softmax(logits)
+def _argmax(row: Sequence[float]) -> int:
+    """Index of the first maximum (numpy's argmax)."""
+    return max(range(len(row)), key=row.__getitem__)
 
 
 def _gather_pre_entities(
@@ -110,7 +112,7 @@ def _gather_pre_entities(
     tokens: Sequence[str],
     offsets: Sequence[tuple[int, int]],
     special_tokens_mask: Sequence[int],
-    scores: np.ndarray,
+    scores: Sequence[Sequence[float]],
     unk_token: str,
     word_aware: bool,
 ) -> list[dict[str, Any]]:
@@ -142,7 +144,7 @@ def _gather_pre_entities(
 
 
 def _token_entity(pre: dict[str, Any], labels: Sequence[str]) -> dict[str, Any]:
-    idx = int(pre["scores"].argmax())
+    idx = _argmax(pre["scores"])
     return {
         "entity": labels[idx],
         "score": pre["scores"][idx],
@@ -178,10 +180,10 @@ def _aggregate_word(
     if strategy == "first":
         scores = parts[0]["scores"]
     elif strategy == "max":
-        scores = max(parts, key=lambda p: p["scores"].max())["scores"]  # first maximum wins ties
-    else:  # average
-        scores = np.nanmean(np.stack([p["scores"] for p in parts]), axis=0)
-    idx = int(scores.argmax())
+        scores = max(parts, key=lambda p: max(p["scores"]))["scores"]  # first maximum wins ties
+    else:  # average (transformers' nanmean: the scores hold no NaN, the route checked)
+        scores = [sum(col) / len(parts) for col in zip(*(p["scores"] for p in parts), strict=True)]
+    idx = _argmax(scores)
     return {
         "entity": labels[idx],
         "score": scores[idx],
@@ -221,7 +223,7 @@ def _group_entities(
 def _group(parts: list[dict[str, Any]], tokens_to_string: TokensToString) -> dict[str, Any]:
     return {
         "entity_group": parts[0]["entity"].split("-", 1)[-1],
-        "score": np.mean(np.nanmean([p["score"] for p in parts])),
+        "score": sum(p["score"] for p in parts) / len(parts),
         "word": tokens_to_string([p["word"] for p in parts]),
         "start": parts[0]["start"],
         "end": parts[-1]["end"],

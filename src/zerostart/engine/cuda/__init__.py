@@ -2,7 +2,7 @@
 
 No CUDA library but the driver (``libcuda.so.1``) is opened, and only when an
 engine is created: importing this package loads nothing but the standard
-library and numpy (a unit test pins that). See docs/gpu.md.
+library, not even numpy (a unit test pins that). See docs/gpu.md.
 """
 
 from zerostart.engine.cuda.driver import CudaError, Driver, DriverNotFound

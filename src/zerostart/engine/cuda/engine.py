@@ -30,19 +30,24 @@ Outputs match ``CpuEngine.forward``: sequence-classification logits
 ``[B, T, H]``. Positions past a sequence's length hold zeros (attention) or
 values derived from them; only the real positions are meaningful, as on CPU.
 
-Runtime module: standard library + numpy + this package. No CUDA library but
-libcuda is opened.
+The serving path calls :meth:`CudaEngine.run` (``array`` buffers in, float32
+``array`` out, no numpy, weights copied to the device from the bundle's map by
+address); :meth:`CudaEngine.forward` is the numpy contract of the tests and
+benchmarks, on top of it.
+
+Runtime module: standard library + this package (``forward`` imports numpy). No
+CUDA library but libcuda is opened.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from array import array
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from zerostart.engine.cuda.driver import (
     CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
@@ -63,10 +68,12 @@ from zerostart.engine.cuda.launch import (
 )
 from zerostart.engine.cuda.memory import CachingAllocator, PinnedBuffer
 from zerostart.engine.cuda.module import KernelLibrary
-from zerostart.engine.inputs import check_inputs
 from zerostart.engine.layout import layer_prefix, tensor_shapes
 from zerostart.errors import EngineError
 from zerostart.model.manifest import Manifest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 FP16_BYTES = 2
 FP32_BYTES = 4
@@ -95,7 +102,7 @@ class CudaEngine:
     def __init__(
         self,
         manifest: Manifest,
-        weights: Mapping[str, np.ndarray],
+        weights: Mapping[str, Any],
         *,
         kernels_dir: str | Path,
         device: int = 0,
@@ -138,9 +145,7 @@ class CudaEngine:
     def _mark(self, phase: str, since: float) -> None:
         self.startup_phases[phase] = time.perf_counter() - since
 
-    def _start(
-        self, weights: Mapping[str, np.ndarray], kernels_dir: Path, capture_graphs: bool
-    ) -> None:
+    def _start(self, weights: Mapping[str, Any], kernels_dir: Path, capture_graphs: bool) -> None:
         """Everything after the context is retained; runs with it current.
 
         Launch plans, their kernels' modules and graphs are made lazily, per
@@ -192,22 +197,35 @@ class CudaEngine:
         return cls(bundle.manifest, bundle.weights, kernels_dir=path / KERNELS_DIR, **kwargs)  # type: ignore[attr-defined,arg-type]
 
     # -- start-up ----------------------------------------------------------------
-    def _upload(self, weights: Mapping[str, np.ndarray]) -> dict[str, int]:
+    def _upload(self, weights: Mapping[str, Any]) -> dict[str, int]:
+        """Copy every tensor to the device: from the bundle's map by address (``Weights``),
+        or from numpy arrays (a mapping of them: tests, the canary)."""
         out: dict[str, int] = {}
+        mapped = getattr(weights, "info", None)
         for name, shape in tensor_shapes(self.manifest).items():
-            arr = weights.get(name)
-            if arr is None:
+            if name not in weights:
                 raise EngineError(
                     f"weights have no tensor {name!r}", hint="re-run zerostart convert"
                 )
-            if arr.shape != shape or arr.dtype != np.float16:
+            if mapped is not None:
+                info = mapped[name]
+                dtype, got_shape, src, nbytes = (
+                    info.dtype, info.shape, weights.address(name), info.nbytes,  # type: ignore[attr-defined]
+                )  # fmt: skip
+                ok = dtype == "F16"
+            else:
+                import numpy as np
+
+                arr = np.ascontiguousarray(weights[name])
+                dtype, got_shape, src, nbytes = arr.dtype, arr.shape, arr.ctypes.data, arr.nbytes
+                ok = arr.dtype == np.float16
+            if got_shape != shape or not ok:
                 raise EngineError(
-                    f"tensor {name!r} is {arr.dtype}{list(arr.shape)}, expected float16{list(shape)}",
+                    f"tensor {name!r} is {dtype}{list(got_shape)}, expected float16{list(shape)}",
                     hint="re-run zerostart convert --device cuda",
                 )
-            src = np.ascontiguousarray(arr)
-            ptr = self._alloc.alloc(src.nbytes)
-            self.driver.memcpy_htod(ptr, src.ctypes.data, src.nbytes, self._stream)
+            ptr = self._alloc.alloc(nbytes)
+            self.driver.memcpy_htod(ptr, src, nbytes, self._stream)
             self.driver.stream_synchronize(self._stream)  # src may be a temporary copy
             out[name] = ptr
         return out
@@ -223,8 +241,8 @@ class CudaEngine:
         self._f = a(n * self._inter * FP16_BYTES)
         self._pooled = a(self._max_b * h * FP16_BYTES)
         self._logits = a(n * max(1, self._labels) * FP16_BYTES)
-        self._in = PinnedBuffer(self.driver, np.int32, 2 * n + self._max_b)
-        self._out = PinnedBuffer(self.driver, np.float16, n * max(h, self._labels))
+        self._in = PinnedBuffer(self.driver, "i", 2 * n + self._max_b)  # int32
+        self._out = PinnedBuffer(self.driver, "e", n * max(h, self._labels))  # float16
         splits = [v.params["SPLIT_K"] for v in self.kernels.variants if v.op == "gemm_partial"]
         rows = min(n, SPLITK_MAX_ROWS)
         self._ws = a(max(splits) * rows * h * FP32_BYTES) if splits else 0
@@ -426,50 +444,98 @@ class CudaEngine:
                 self._graph(b, t)
 
     # -- inference ---------------------------------------------------------------
+    def run(
+        self, ids: Sequence[int], types: Sequence[int] | None, lengths: Sequence[int], width: int
+    ) -> array[float]:
+        """``NativeCpuEngine.run``'s contract: a right-padded batch of ``len(lengths)``
+        sequences of ``width`` (flat ids/types) -> float32 logits [B, labels] or per-token
+        outputs [B*width, cols]. No numpy. Callable from any thread; calls are serialised.
+
+        Raises EngineError for ids or types out of range, a width over the compiled
+        maximum, or sizes that disagree.
+        """
+        b, c = len(lengths), self.manifest.config
+        if b < 1 or width < 1 or len(ids) != b * width:
+            raise EngineError(f"{len(ids)} token ids for {b} sequences of {width}")
+        if width > self._max_t:
+            raise EngineError(
+                f"sequence length {width} exceeds the compiled maximum ({self._max_t})"
+            )
+        if any(not 0 < n <= width for n in lengths):
+            raise EngineError(f"sequence lengths must be in [1, {width}], got {list(lengths)}")
+        if min(ids) < 0 or max(ids) >= c.vocab_size:
+            raise EngineError(f"input_ids must be in [0, {c.vocab_size})")
+        if types is not None:
+            if len(types) != len(ids):
+                raise EngineError(f"token_type_ids must have {len(ids)} entries")
+            if c.type_vocab_size == 0:
+                if any(types):
+                    raise EngineError(f"{self.manifest.architecture} has no token type embeddings")
+                types = None
+            elif min(types) < 0 or max(types) >= c.type_vocab_size:
+                raise EngineError(f"token_type_ids must be in [0, {c.type_vocab_size})")
+        ids_i = array("i", ids)
+        types_i = None if types is None else array("i", types)
+        out = array("f")
+        with self._lock:
+            if self._closed:
+                raise EngineError("the GPU engine is closed")
+            with self.driver.current(self._context):
+                for i in range(0, b, self._max_b):
+                    j = min(b, i + self._max_b)
+                    rows = slice(i * width, j * width)
+                    part = None if types_i is None else types_i[rows]
+                    out.extend(self._forward_chunk(ids_i[rows], lengths[i:j], part, width))
+        return out
+
     def forward(
         self,
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         token_type_ids: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Same contract as ``CpuEngine.forward``; inputs must be right-padded.
+        """Same contract as ``CpuEngine.forward`` (numpy); inputs must be right-padded."""
+        import numpy as np
 
-        Callable from any thread (see the module docstring); calls are serialised.
-        """
-        ids, lens, types = self._check_inputs(input_ids, attention_mask, token_type_ids)
-        with self._lock:
-            if self._closed:
-                raise EngineError("the GPU engine is closed")
-            with self.driver.current(self._context):
-                parts = [
-                    self._forward_chunk(
-                        ids[i : i + self._max_b],
-                        lens[i : i + self._max_b],
-                        None if types is None else types[i : i + self._max_b],
-                    )
-                    for i in range(0, ids.shape[0], self._max_b)
-                ]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        from zerostart.engine.inputs import check_inputs
+
+        ids, mask, types = check_inputs(
+            self.manifest,
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            max_len=self._max_t,
+            what_limits="the compiled maximum",
+        )
+        lens = (mask != 0).sum(axis=1)
+        if not np.array_equal(mask != 0, np.arange(ids.shape[1])[None, :] < lens[:, None]):
+            raise EngineError("the GPU engine needs right-padded inputs (mask 1...1 0...0 per row)")
+        b, t = ids.shape
+        flat_types = None if types is None else types.reshape(-1).tolist()
+        out = np.frombuffer(
+            self.run(ids.reshape(-1).tolist(), flat_types, lens.tolist(), t), np.float32
+        )
+        if self.manifest.task == "sequence-classification":
+            return out.reshape(b, -1).copy()
+        return out.reshape(b, t, -1).copy()
 
     def _forward_chunk(
-        self, ids: np.ndarray, lens: np.ndarray, types: np.ndarray | None
-    ) -> np.ndarray:
-        b, t = ids.shape
+        self, ids: array[int], lens: Sequence[int], types: array[int] | None, t: int
+    ) -> array[float]:
+        b = len(lens)
         bb, tb = bucket(b, self.kernels.batch_buckets), bucket(t, self.kernels.seq_buckets)
         n = bb * tb
         d, s = self.driver, self._stream
         graph = self._graph(bb, tb)  # captured before this call's copies are queued
-        staged = self._in.array
+        staged = self._in.view
         at_ids, at_types, at_lens = _input_offsets(bb, tb)
-        grid_ids = staged[at_ids : at_ids + n].reshape(bb, tb)
-        grid_ids[:] = self.manifest.config.pad_token_id
-        grid_ids[:b, :t] = ids
-        grid_types = staged[at_types : at_types + n].reshape(bb, tb)
-        grid_types[:] = 0
-        if types is not None:
-            grid_types[:b, :t] = types
-        staged[at_lens + b : at_lens + bb] = 0
-        staged[at_lens : at_lens + b] = lens
+        staged[at_ids : at_ids + n] = array("i", [self.manifest.config.pad_token_id]) * n
+        staged[at_types : at_types + n] = array("i", bytes(4 * n))
+        for r in range(b):
+            staged[at_ids + r * tb : at_ids + r * tb + t] = ids[r * t : (r + 1) * t]
+            if types is not None:
+                staged[at_types + r * tb : at_types + r * tb + t] = types[r * t : (r + 1) * t]
+        staged[at_lens : at_lens + bb] = array("i", [*lens, *([0] * (bb - b))])
         d.memcpy_htod(self._inputs, self._in.ptr, (at_lens + bb) * 4, s)
         if graph:
             d.graph_launch(graph, s)
@@ -484,26 +550,13 @@ class CudaEngine:
             src, width, rows = self._logits, self._labels, bb
         d.memcpy_dtoh(self._out.ptr, src, rows * width * FP16_BYTES, s)
         d.stream_synchronize(s)
-        out = self._out.array[: rows * width].astype(np.float32)
+        half = self._out  # float16, widened to float32 (struct.unpack: in C)
         if task == "sequence-classification":
-            return out.reshape(bb, width)[:b]
-        return np.ascontiguousarray(out.reshape(bb, tb, width)[:b, :t])
-
-    def _check_inputs(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        ids, mask, types = check_inputs(
-            self.manifest,
-            input_ids,
-            attention_mask,
-            token_type_ids,
-            max_len=self._max_t,
-            what_limits="the compiled maximum",
-        )
-        lens = (mask != 0).sum(axis=1).astype(np.int32)
-        if not np.array_equal(mask != 0, np.arange(ids.shape[1])[None, :] < lens[:, None]):
-            raise EngineError("the GPU engine needs right-padded inputs (mask 1...1 0...0 per row)")
-        return ids.astype(np.int32), lens, None if types is None else types.astype(np.int32)
+            return array("f", half.unpack(0, b * width))
+        out = array("f")
+        for r in range(b):
+            out.extend(half.unpack(r * tb * width, t * width))
+        return out
 
     def close(self) -> None:
         """Free device memory and pinned buffers, then release the primary context. Idempotent."""

@@ -11,17 +11,20 @@ Pinned host buffers (``cuMemAllocHost``) make host<->device copies true DMA,
 which is what lets a captured CUDA graph's inputs and outputs be staged
 asynchronously.
 
-Runtime module: standard library + numpy.
+Runtime module: standard library only (``PinnedBuffer.array`` imports numpy for tests).
 """
 
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections import defaultdict
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from zerostart.engine.cuda.driver import Driver
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ALIGN_BYTES = 256
 LARGE_BYTES = 1 << 20  # above this, round to whole MiB: fewer distinct bins
@@ -69,17 +72,36 @@ class CachingAllocator:
 
 
 class PinnedBuffer:
-    """A page-locked host buffer viewed as a numpy array of ``dtype`` and ``count`` elements."""
+    """A page-locked host buffer of ``count`` elements of struct format ``fmt``.
 
-    def __init__(self, driver: Driver, dtype: np.dtype[np.generic] | type, count: int) -> None:
+    ``view`` is a memoryview of those elements ("i": int32), or of bytes for a
+    format memoryview cannot hold ("e": float16, read with ``unpack``);
+    ``array`` the same memory as a numpy array (numpy imported on first use).
+    """
+
+    def __init__(self, driver: Driver, fmt: str, count: int) -> None:
         self._driver = driver
-        self.dtype = np.dtype(dtype)
-        self.nbytes = max(1, count) * self.dtype.itemsize
+        self.format = fmt
+        self.count = max(1, count)
+        self.nbytes = self.count * struct.calcsize(fmt)
         self.ptr = driver.mem_alloc_host(self.nbytes)
         raw = (ctypes.c_char * self.nbytes).from_address(self.ptr)
-        self.array: np.ndarray = np.frombuffer(
-            memoryview(raw).cast("B"), dtype=self.dtype, count=max(1, count)
-        )
+        raw_view = memoryview(raw).cast("B")
+        self.view: memoryview[Any] = raw_view if fmt == "e" else raw_view.cast(fmt)  # type: ignore[call-overload]
+        self._array: np.ndarray | None = None
+
+    def unpack(self, start: int, count: int) -> tuple[Any, ...]:
+        """Elements [start, start + count) as Python values (float16 widened to float)."""
+        size = struct.calcsize(self.format)
+        return struct.unpack_from(f"<{count}{self.format}", self.view, start * size)
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            import numpy as np
+
+            self._array = np.frombuffer(self.view, dtype=np.dtype(self.format), count=self.count)
+        return self._array
 
     def close(self) -> None:
         if self.ptr:

@@ -23,18 +23,23 @@
  *  - LayerNorm: biased variance, two passes, like torch.nn.LayerNorm.
  *  - Masked softmax: the additive mask of Hugging Face (finfo(float32).min on
  *    padding keys), max-subtracted.
+ *  - tanh(x) = 1 - 2 / (1 + exp(2x)) on zs_expf (the BERT pooler's activation).
+ *  - Sentence vectors: sentence-transformers' Pooling (CLS token, or the mean of
+ *    the tokens), an optional Matryoshka cut to the first `dims` values, then
+ *    torch.nn.functional.normalize: x / max(||x||_2, 1e-12).
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
 
-#define ZS_ABI_VERSION 4
+#define ZS_ABI_VERSION 5
 
 #define ACT_NONE 0
 #define ACT_GELU_ERF 1
 #define ACT_GELU_TANH 2
 #define ACT_RELU 3
+#define ACT_TANH 4 /* the BERT pooler's */
 
 int zs_abi_version(void) { return ZS_ABI_VERSION; }
 
@@ -81,11 +86,12 @@ static inline float zs_erff(float x) {
 
 static inline float zs_gelu_erf(float x) { return 0.5f * x * (1.0f + zs_erff(x * 0.70710678118654752f)); }
 
+/* tanh(u) = 1 - 2 / (1 + exp(2u)); exp saturates, so |u| large gives +-1. */
+static inline float zs_tanhf(float u) { return 1.0f - 2.0f / (1.0f + zs_expf(2.0f * u)); }
+
 static inline float zs_gelu_tanh(float x) {
     float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    /* tanh(u) = 1 - 2 / (1 + exp(2u)); exp saturates, so |u| large gives +-1. */
-    float t = 1.0f - 2.0f / (1.0f + zs_expf(2.0f * u));
-    return 0.5f * x * (1.0f + t);
+    return 0.5f * x * (1.0f + zs_tanhf(u));
 }
 
 /* x[r, :] = act(x[r, :] + bias) for r in [0, rows). */
@@ -107,6 +113,10 @@ void zs_bias_act(float *x, const float *bias, int64_t rows, int64_t cols, int ac
                 float v = row[c] + bias[c];
                 row[c] = v > 0.0f ? v : 0.0f;
             }
+            break;
+        case ACT_TANH:
+#pragma omp simd
+            for (int64_t c = 0; c < cols; c++) row[c] = zs_tanhf(row[c] + bias[c]);
             break;
         default:
 #pragma omp simd
@@ -417,4 +427,79 @@ void zs_mean_pool(const float *hidden, const int64_t *mask, float *out, int64_t 
 #pragma omp simd
         for (int64_t c = 0; c < hidden_size; c++) o[c] *= inv;
     }
+}
+
+/* -- task heads: the serving path's work after the encoder (no numpy on it) ---------- */
+
+#define POOL_CLS 0
+#define POOL_MEAN 1
+#define NORMALIZE_EPS 1e-12f /* torch.nn.functional.normalize's default */
+
+/* One sequence's final states [tokens, hidden] -> its sentence vector out[dims]:
+ * the CLS token or the mean of all tokens (a sequence's own rows: no padding), cut to
+ * the first `dims` values (Matryoshka; dims == hidden keeps all), then L2-normalised
+ * when `normalize`. Returns 0, or -1 when the vector is not finite (NaN or infinity:
+ * broken weights), -2 for bad sizes. */
+int zs_pool_vector(const float *states, int64_t tokens, int64_t hidden, int mode, int normalize, int64_t dims,
+                   float *out) {
+    if (tokens < 1 || dims < 1 || dims > hidden) return -2;
+    if (mode == POOL_CLS) {
+        memcpy(out, states, (size_t)dims * sizeof(float));
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < dims; c++) out[c] = 0.0f;
+        for (int64_t t = 0; t < tokens; t++) {
+            const float *row = states + t * hidden;
+#pragma omp simd
+            for (int64_t c = 0; c < dims; c++) out[c] += row[c];
+        }
+        const float inv = 1.0f / (float)tokens;
+#pragma omp simd
+        for (int64_t c = 0; c < dims; c++) out[c] *= inv;
+    }
+    float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+    for (int64_t c = 0; c < dims; c++) sq += out[c] * out[c];
+    if (!isfinite(sq)) {
+        float any = 0.0f; /* a huge but finite vector overflows sq: look at the values */
+        for (int64_t c = 0; c < dims; c++) any += out[c] * 0.0f;
+        if (any != 0.0f) return -1; /* NaN or infinity somewhere (x * 0 is NaN for those) */
+    }
+    if (normalize) {
+        float norm = sqrtf(sq);
+        if (!isfinite(norm)) { /* finite values whose squares overflow: scale first */
+            float m = 0.0f;
+            for (int64_t c = 0; c < dims; c++) m = fabsf(out[c]) > m ? fabsf(out[c]) : m;
+            float s2 = 0.0f;
+            for (int64_t c = 0; c < dims; c++) s2 += (out[c] / m) * (out[c] / m);
+            norm = m * sqrtf(s2);
+        }
+        const float inv = 1.0f / (norm > NORMALIZE_EPS ? norm : NORMALIZE_EPS);
+#pragma omp simd
+        for (int64_t c = 0; c < dims; c++) out[c] *= inv;
+    }
+    return 0;
+}
+
+/* out[r] = softmax(x[r]) over `cols`, max-subtracted, for r in [0, rows) (token
+ * classification scores, as transformers' pipeline computes them in float32). */
+void zs_softmax_rows(const float *x, float *out, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *o = out + r * cols;
+        float m = xr[0];
+        for (int64_t c = 1; c < cols; c++) m = xr[c] > m ? xr[c] : m;
+        float sum = 0.0f;
+        for (int64_t c = 0; c < cols; c++) {
+            o[c] = expf(xr[c] - m);
+            sum += o[c];
+        }
+        for (int64_t c = 0; c < cols; c++) o[c] /= sum;
+    }
+}
+
+/* out[r] = x[r * stride] for r in [0, rows): rows of `cols` floats, `stride` rows apart
+ * (the [CLS] row of every sequence of a batch, for the classification head). */
+void zs_copy_rows(const float *x, float *out, int64_t rows, int64_t stride, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) memcpy(out + r * cols, x + r * stride * cols, (size_t)cols * sizeof(float));
 }
