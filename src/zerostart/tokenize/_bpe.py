@@ -42,7 +42,7 @@ from typing import Any
 from zerostart.errors import TokenizerError
 from zerostart.tokenize._base import Pieces
 from zerostart.tokenize._bytelevel import BYTE_TO_CHAR
-from zerostart.tokenize._compiled import CompiledFile, Section
+from zerostart.tokenize._compiled import CompiledFile, MappedVocab, Section
 from zerostart.tokenize._unigram import build_trie
 
 # Ids fit in 32 bits (the compiled file stores them as uint32).
@@ -186,16 +186,11 @@ def compile_bpe(
     return meta, sections
 
 
-class BPE:
+class BPE(MappedVocab):
     """Byte-level BPE over a mapped ``tokenizer.bin`` (``_base.Model``); words are byte characters."""
 
     def __init__(self, tables: CompiledFile, meta: dict[str, Any]) -> None:
-        self.vocab_size = int(meta["vocab_size"])
-        self._blob = tables.section("pieces")
-        self._offsets = tables.section("piece_offsets")
-        self._first = tables.section("trie_first")
-        self._labels = bytes(tables.section("trie_labels"))  # bytes.find needs a bytes object
-        self._value = tables.section("trie_value")
+        super().__init__(tables, int(meta["vocab_size"]))
         starts = tables.section("merge_starts")
         rights, values = tables.section("merge_rights"), tables.section("merge_values")
         byte_ids = tables.section("byte_ids")
@@ -217,22 +212,6 @@ class BPE:
 
     def clear_cache(self) -> None:
         self._cache.clear()
-
-    # -- vocabulary -----------------------------------------------------------
-    def id_to_token(self, i: int) -> str | None:
-        if not 0 <= i < self.vocab_size:
-            return None
-        return bytes(self._blob[self._offsets[i] : self._offsets[i + 1]]).decode("utf-8")
-
-    def token_to_id(self, token: str) -> int | None:
-        node = 0
-        first, find = self._first, self._labels.find
-        for byte in token.encode("utf-8"):
-            node = find(byte, first[node], first[node + 1])
-            if node < 0:
-                return None
-        v = self._value[node] if node else -1
-        return v if v >= 0 else None
 
     # -- segmentation ---------------------------------------------------------
     def _merge_word(self, word: str) -> Pieces:

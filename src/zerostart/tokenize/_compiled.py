@@ -131,3 +131,36 @@ class CompiledFile:
 
     def has(self, name: str) -> bool:
         return name in self._sections
+
+
+class MappedVocab:
+    """The piece table every compiled model shares: id -> piece and piece -> id, mapped.
+
+    Sections ``pieces`` + ``piece_offsets`` (the pieces' UTF-8 bytes, end to
+    end) and ``trie_first`` / ``trie_labels`` / ``trie_value`` (a byte trie:
+    node ``n``'s children are ``first[n]..first[n+1]``, sorted by label; value
+    -1 where no piece ends), as ``_unigram.build_trie`` writes them.
+    """
+
+    def __init__(self, tables: CompiledFile, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self._blob = tables.section("pieces")
+        self._offsets = tables.section("piece_offsets")
+        self._first = tables.section("trie_first")
+        self._labels = bytes(tables.section("trie_labels"))  # bytes.find needs a bytes object
+        self._value = tables.section("trie_value")
+
+    def id_to_token(self, i: int) -> str | None:
+        if not 0 <= i < self.vocab_size:
+            return None
+        return bytes(self._blob[self._offsets[i] : self._offsets[i + 1]]).decode("utf-8")
+
+    def token_to_id(self, token: str) -> int | None:
+        node = 0
+        first, find = self._first, self._labels.find
+        for byte in token.encode("utf-8"):
+            node = find(byte, first[node], first[node + 1])
+            if node < 0:
+                return None
+        v = self._value[node] if node else -1
+        return v if v >= 0 else None

@@ -34,7 +34,7 @@ from typing import Any
 
 from zerostart.errors import TokenizerError
 from zerostart.tokenize._base import Pieces
-from zerostart.tokenize._compiled import CompiledFile, Section
+from zerostart.tokenize._compiled import CompiledFile, MappedVocab, Section
 
 # tokenizers' K_UNK_PENALTY (models/unigram/model.rs): an unknown character costs
 # this much less than the rarest piece.
@@ -109,42 +109,21 @@ def build_trie(keys: dict[bytes, int]) -> tuple[array[int], bytearray, array[int
     return first, labels, value
 
 
-class Unigram:
+class Unigram(MappedVocab):
     """The Unigram model over a mapped ``tokenizer.bin``; see the module docstring."""
 
     def __init__(self, tables: CompiledFile, meta: dict[str, Any]) -> None:
-        self.vocab_size = int(meta["vocab_size"])
+        super().__init__(tables, int(meta["vocab_size"]))
         unk = meta.get("unk_id")
         self.unk_id: int | None = None if unk is None else int(unk)
         self.byte_fallback = bool(meta.get("byte_fallback"))
         self._unk_score = float(meta["min_score"]) - UNK_PENALTY
-        self._blob = tables.section("pieces")
-        self._offsets = tables.section("piece_offsets")
         self._scores = tables.section("scores")
-        self._first = tables.section("trie_first")
-        self._labels = bytes(tables.section("trie_labels"))  # bytes.find needs a bytes object
-        self._value = tables.section("trie_value")
         if len(self._offsets) != self.vocab_size + 1 or len(self._scores) != self.vocab_size:
             raise TokenizerError(f"{tables.path}: Unigram tables do not match vocab_size")
         self.pieces: Callable[[str], Pieces] = functools.lru_cache(WORD_CACHE_SIZE_WORDS)(
             self._pieces
         )
-
-    # -- vocabulary -----------------------------------------------------------
-    def id_to_token(self, i: int) -> str | None:
-        if not 0 <= i < self.vocab_size:
-            return None
-        return bytes(self._blob[self._offsets[i] : self._offsets[i + 1]]).decode("utf-8")
-
-    def token_to_id(self, token: str) -> int | None:
-        node = 0
-        first, find = self._first, self._labels.find
-        for byte in token.encode("utf-8"):
-            node = find(byte, first[node], first[node + 1])
-            if node < 0:
-                return None
-        v = self._value[node] if node else -1
-        return v if v >= 0 else None
 
     # -- segmentation ---------------------------------------------------------
     def _pieces(self, word: str) -> Pieces:
