@@ -15,7 +15,8 @@ back can be changed while the proxy runs:
   token bucket, like a network link of that bandwidth shared by every
   connection (set at construction).
 
-Counters (``requests``, ``bytes_sent``) let a test see what crossed the "link".
+Counters (``requests``, ``bytes_sent``) and ``ranges`` (each range GET's blob and
+``Range`` header, in arrival order) let a test see what crossed the "link".
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class FaultProxy:
         self.corrupt = 0
         self.requests = 0
         self.bytes_sent = 0
+        self.ranges: list[tuple[str, str]] = []  # (blob digest, Range header) of each range GET
         self._lock = threading.Lock()
         self._pacer = _Pacer(rate_bytes_per_s)
         proxy = self
@@ -75,6 +77,9 @@ class FaultProxy:
             def _forward(self) -> None:
                 with proxy._lock:
                     proxy.requests += 1
+                    if "/blobs/" in self.path and self.headers.get("Range"):
+                        digest = self.path.rsplit("/", 1)[1]
+                        proxy.ranges.append((digest, self.headers["Range"]))
                 if proxy.down:
                     self.close_connection = True
                     self.connection.shutdown(2)

@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff", type=float, required=True)
     p.add_argument("--insecure", action="store_true")
     p.add_argument("--no-prefetch", action="store_true")
+    p.add_argument("--prefetch-streams", type=int, default=4, help="for a chunk profile")
+    p.add_argument(
+        "--record", help="write a chunk profile of the reads to this file at unmount (JSON)"
+    )
     return p
 
 
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         from zerostart.imagefs._fetch import ChunkReader, RetryPolicy
         from zerostart.imagefs._fuse import ImageOperations
         from zerostart.imagefs._indexcache import index_image
+        from zerostart.imagefs._profile import Recorder
         from zerostart.registry.ranges import BlobReader, RemoteImage
 
         t_import = time.perf_counter()
@@ -102,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             "ro",
             "allow_other",
         }
-        pyfuse3.init(ImageOperations(tree, chunks), opts.mountpoint, fuse_options)
+        recorder = Recorder() if opts.record else None
+        pyfuse3.init(ImageOperations(tree, chunks, recorder), opts.mountpoint, fuse_options)
     except (ZerostartError, OSError, RuntimeError) as exc:
         print(
             json.dumps({"ready": False, "error": str(exc), "type": type(exc).__name__}), flush=True
@@ -152,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         "; ".join(la.note for la in layers),
     )
     if not opts.no_prefetch:
-        extents = [x for node in tree.inodes.values() for x in node.extents]
-        threading.Thread(target=chunks.prefetch, args=(extents,), daemon=True).start()
+        threading.Thread(
+            target=_prefetch, args=(tree, chunks, layers, opts.prefetch_streams), daemon=True
+        ).start()
 
     async def watch() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -187,7 +194,46 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     finally:
         chunks.stop()
+        if recorder is not None:
+            _write_profile(recorder, tree, Path(opts.record))
         pyfuse3.close(unmount=True)
         reader.close()
         state_path.unlink(missing_ok=True)
     return status
+
+
+def _prefetch(tree: Any, chunks: Any, layers: list[Any], streams: int) -> None:
+    """The image's chunk profile in its order when it carries one, else each layer's landmark region.
+
+    Runs in its own thread after the mount is ready; a profile that is
+    refused (zerostart/chunkprofile.py) or cannot be fetched is logged and the
+    landmark region prefetched as for an image without one.
+    """
+    from zerostart.imagefs._fetch import ChunkReadError
+    from zerostart.imagefs._profile import load, plan
+
+    try:
+        profile = load(tree, lambda node: chunks.read(node, 0, node.size))
+    except ChunkReadError as exc:
+        log.warning("chunk profile could not be fetched (%s): prefetching by landmark", exc)
+        profile = None
+    if profile is not None:
+        local = frozenset(la.index for la in layers if la.local_path is not None)
+        todo = plan(tree, profile, local_layers=local)
+        summary = todo.summary()
+        chunks.prefetch_state["profile"] = summary
+        log.info("chunk profile: %s", summary)
+        if todo.extents:
+            chunks.prefetch_chunks(todo.extents, streams)
+            return
+        log.warning("chunk profile names no chunk of this image: prefetching by landmark")
+    extents = [x for node in tree.inodes.values() for x in node.extents]
+    chunks.prefetch(extents)
+
+
+def _write_profile(recorder: Any, tree: Any, path: Path) -> None:
+    try:
+        n = recorder.write(tree, path)
+        log.info("chunk profile: %d chunks recorded in %s", n, path)
+    except OSError as exc:
+        log.error("chunk profile: cannot write %s: %s", path, exc)

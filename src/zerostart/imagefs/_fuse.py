@@ -26,6 +26,7 @@ import trio
 
 from zerostart.imagefs._fetch import ChunkReader, ChunkReadError
 from zerostart.imagefs._index import Node, Tree
+from zerostart.imagefs._profile import Recorder
 
 # The image never changes under a mount: let the kernel cache names and attributes for an hour.
 CACHE_TIMEOUT_S = 3600.0
@@ -37,9 +38,9 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 class ImageOperations(pyfuse3.Operations):  # type: ignore[misc]
     """pyfuse3 callbacks; ``tree`` is read-only after mount, ``reader`` is thread-safe."""
 
-    def __init__(self, tree: Tree, reader: ChunkReader) -> None:
+    def __init__(self, tree: Tree, reader: ChunkReader, recorder: Recorder | None = None) -> None:
         super().__init__()
-        self.tree, self.reader = tree, reader
+        self.tree, self.reader, self.recorder = tree, reader, recorder
 
     def _node(self, inode: int) -> Node:
         node = self.tree.inodes.get(inode)
@@ -114,6 +115,8 @@ class ImageOperations(pyfuse3.Operations):  # type: ignore[misc]
         node = self._node(fh)
         if not node.extents:
             return b""
+        if self.recorder is not None:  # in the event loop: one thread, in arrival order
+            self.recorder.touch(node, off, size)
         cached = self.reader.read_cached(node, off, size)  # memory or trusted disk: no thread hop
         if cached is not None:
             return cached

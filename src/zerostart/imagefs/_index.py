@@ -22,6 +22,7 @@ which chunk, and where that chunk sits in the file.
 
 from __future__ import annotations
 
+import bisect
 import posixpath
 import stat
 from collections.abc import Iterable, Sequence
@@ -264,4 +265,18 @@ def merge(layers: Iterable[Sequence[LayerEntry]]) -> Tree:
 def extents_for(node: Node, offset: int, length: int) -> list[Extent]:
     """The extents of ``node`` that overlap ``[offset, offset + length)``, in file order."""
     end = min(offset + length, node.size)
-    return [x for x in node.extents if x.file_offset < end and x.file_offset + x.size > offset]
+    xs = node.extents
+    # Extents are in file order: start at the last one beginning at or before ``offset``
+    # (a 434 MB library has 1,700 extents at 256 KiB chunks; a scan per 128 KiB read adds up).
+    i = max(0, bisect.bisect_right(xs, offset, key=_file_offset) - 1)
+    out = []
+    for x in xs[i:]:
+        if x.file_offset >= end:
+            break
+        if x.file_offset + x.size > offset:
+            out.append(x)
+    return out
+
+
+def _file_offset(x: Extent) -> int:
+    return x.file_offset

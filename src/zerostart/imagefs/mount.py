@@ -109,6 +109,10 @@ class LazyMount:
     attempts: int = 4
     backoff_s: float = 0.2
     prefetch: bool = True
+    # Write a chunk profile of what was read to this file when the mount stops
+    # (zerostart/chunkprofile.py); record with prefetch=False so the order is the reads' own.
+    record: Path | None = None
+    prefetch_streams: int = 4  # range requests at once for a chunk profile (imagefs/_fetch.py)
     insecure: bool = False
     log_path: Path | None = None
     ready_timeout_s: float = READY_TIMEOUT_S
@@ -150,6 +154,8 @@ class LazyMount:
             f"--backoff={self.backoff_s}",
             *(["--insecure"] if self.insecure else []),
             *([] if self.prefetch else ["--no-prefetch"]),
+            *([f"--record={self.record}"] if self.record else []),
+            f"--prefetch-streams={self.prefetch_streams}",
         ]
         log_path = self.log_path or self.mountpoint.with_name(self.mountpoint.name + ".imagefs.log")
         self.log_path = log_path
