@@ -114,7 +114,7 @@ def run_lazy(ref: str, cache: Path, proxy: Any, *, warm: bool) -> dict[str, Any]
     if not warm:
         shutil.rmtree(cache, ignore_errors=True)
     dropped = drop_page_cache()
-    sent0 = proxy.bytes_sent
+    sent0, requests0 = proxy.bytes_sent, proxy.requests
     t0 = time.perf_counter()
     c = LazyContainer(
         ref, port=free_port(), ready_timeout_s=READY_TIMEOUT_S, mount_options={"cache_dir": cache}
@@ -125,6 +125,7 @@ def run_lazy(ref: str, cache: Path, proxy: Any, *, warm: bool) -> dict[str, Any]
         answer = _first_answer(c.port)
         seconds = time.perf_counter() - t0
         sent = proxy.bytes_sent - sent0
+        requests = proxy.requests - requests0
         time.sleep(0.6)  # the daemon's stats are rewritten twice a second
         stats = c.stats()
         info = c.mount_info
@@ -138,6 +139,8 @@ def run_lazy(ref: str, cache: Path, proxy: Any, *, warm: bool) -> dict[str, Any]
         "daemon_import_ms": info["import_ms"],
         "bytes_at_first_answer": sent,
         "bytes_total": proxy.bytes_sent - sent0,
+        "requests_at_first_answer": requests,  # every HTTP request through the link
+        "requests_total": proxy.requests - requests0,
         "cache": {k: stats["cache"][k] for k in ("memory_hits", "disk_hits", "misses")},
         "registry_fetches": stats["reads"]["registry_fetches"],
         "prefetch_at_answer": stats["reads"]["prefetch"],

@@ -37,6 +37,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from zerostart import estargz
 from zerostart.benchmark import free_port
 from zerostart.image.layers import Entry, pyc_path, write_layer
 from zerostart.image.oci import ImageConfig, write_oci_layout
@@ -124,8 +125,8 @@ def _stdlib_files() -> list[tuple[str, str]]:
         for name in filenames:
             p = os.path.join(dirpath, name)
             pairs.append((p, p))
-    for p in [PREFIX / "bin" / PYVER, *sorted((PREFIX / "lib").glob("libpython*.so*"))]:
-        pairs.append((str(p), str(p)))
+    for q in [PREFIX / "bin" / PYVER, *sorted((PREFIX / "lib").glob("libpython*.so*"))]:
+        pairs.append((str(q), str(q)))
     return pairs
 
 
@@ -145,8 +146,9 @@ def _hash_pycs(python: str, pairs: list[tuple[str, str]], work: Path) -> list[tu
             target = pyc_path(image, tag, sourceless=False)
             out = str(work / target.lstrip("/"))
             os.makedirs(os.path.dirname(out), exist_ok=True)
-            jobs.append((host, out, image))
             pycs[target] = out
+            if not os.path.exists(out):  # kept from an earlier build (another chunk size)
+                jobs.append((host, out, image))
     subprocess.run(
         [python, "-I", "-c", _PYC_SCRIPT],
         input=json.dumps(jobs),
@@ -236,8 +238,15 @@ def _profile(venv_python: str, model: Path, mapping: dict[str, str]) -> list[str
     return order
 
 
-def build_torch_image(out: Path, venv_python: str, model: Path) -> dict[str, object]:
-    """Write the OCI layout at ``out``; returns sizes and how many files were prioritized."""
+def build_torch_image(
+    out: Path, venv_python: str, model: Path, *, chunk_size: int = estargz.DEFAULT_CHUNK_SIZE
+) -> dict[str, object]:
+    """Write the OCI layout at ``out``; returns sizes and how many files were prioritized.
+
+    ``chunk_size``: the eStargz chunk size of every layer (bench/lazy_chunks.py
+    builds the image at several). The strace profile and the compiled pycs are
+    kept beside ``out`` and reused by the next build.
+    """
     t0 = time.perf_counter()
     dists, packages = _package_files(venv_python)
     stdlib = _stdlib_files()
@@ -247,9 +256,14 @@ def build_torch_image(out: Path, venv_python: str, model: Path) -> dict[str, obj
     app = [(str(ROOT / "bench/anchors/torch_server.py"), SERVER_IN_IMAGE)]
     app += [(str(p), f"{MODEL_IN_IMAGE}/{p.name}") for p in sorted(model.iterdir()) if p.is_file()]
     mapping = {h: i for h, i in [*packages, *stdlib, *system, *app]}
-    profile = _profile(venv_python, model, mapping)
-    packages = _hash_pycs(venv_python, packages, out.parent / f".{out.name}-pycs")
-    stdlib = _hash_pycs(venv_python, stdlib, out.parent / f".{out.name}-pycs")
+    kept = out.parent / ".torch-image-strace-profile.json"
+    if kept.exists():
+        profile = json.loads(kept.read_text())
+    else:
+        profile = _profile(venv_python, model, mapping)
+        kept.write_text(json.dumps(profile))
+    packages = _hash_pycs(venv_python, packages, out.parent / ".torch-image-pycs")
+    stdlib = _hash_pycs(venv_python, stdlib, out.parent / ".torch-image-pycs")
     groups = {"base": [*system, *stdlib], "packages": packages, "app": app}
     blobs = out.parent / f".{out.name}-blobs"
     layers = []
@@ -257,7 +271,13 @@ def build_torch_image(out: Path, venv_python: str, model: Path) -> dict[str, obj
         entries = _entries_for_files(pairs)
         paths = {e.path for e in entries}
         layers.append(
-            write_layer(name, entries, blobs, prioritized=[p for p in profile if p in paths])
+            write_layer(
+                name,
+                entries,
+                blobs,
+                prioritized=[p for p in profile if p in paths],
+                chunk_size=chunk_size,
+            )
         )
     env = (
         "HOME=/tmp",
@@ -285,5 +305,6 @@ def build_torch_image(out: Path, venv_python: str, model: Path) -> dict[str, obj
         "compressed_bytes": sum(la.size for la in layers),
         "unpacked_bytes": sum(la.uncompressed_size for la in layers),
         "prioritized_files": len(profile),
+        "chunk_size": chunk_size,
         "build_seconds": time.perf_counter() - t0,
     }

@@ -156,14 +156,16 @@ def _wait_for_exit(container: Container) -> int:
 
 
 def _run_lazy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from zerostart.cli.imagefs import format_stats
     from zerostart.container.lazy import LazyContainer
 
-    options = {"prefetch": not args.no_prefetch, "insecure": args.insecure}
+    options: dict[str, Any] = {"prefetch": not args.no_prefetch, "insecure": args.insecure}
     if args.imagefs_cache:
-        from pathlib import Path
-
         options["cache_dir"] = Path(args.imagefs_cache)
+    if args.record_profile:  # the reads' own order: nothing prefetched while recording
+        options |= {"record": Path(args.record_profile).resolve(), "prefetch": False}
     t0 = time.perf_counter()
     container = LazyContainer(
         args.image, port=args.port, host=args.host, runtime=args.runtime, mount_options=options
@@ -190,6 +192,12 @@ def _run_lazy(args: argparse.Namespace) -> int:
         if stats:
             print(format_stats(stats), file=sys.stderr)
         print(f"stopped (exit status {final}); unmounted and cleaned up", file=sys.stderr)
+        if args.record_profile:
+            print(
+                f"chunk profile written to {args.record_profile}: add it to the image with "
+                f"`zerostart imagefs add-profile LAYOUT {args.record_profile}` and push again",
+                file=sys.stderr,
+            )
 
 
 def _check_warmup(image: str, port: int) -> list[str]:
@@ -335,6 +343,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--no-prefetch",
         action="store_true",
         help="with --lazy: do not prefetch the files the build trace saw the worker read",
+    )
+    r.add_argument(
+        "--record-profile",
+        metavar="FILE",
+        help="with --lazy: record which chunks the container reads, in order, into FILE when "
+        "it stops (prefetch is off while recording; see docs/imagefs.md, chunk profiles)",
     )
     r.add_argument(
         "--insecure", action="store_true", help="with --lazy: plain HTTP to a non-loopback registry"

@@ -1,4 +1,4 @@
-"""``zerostart imagefs stats · mount``: the lazy image filesystem from the command line."""
+"""``zerostart imagefs stats · mount · add-profile``: the lazy image filesystem from the command line."""
 
 from __future__ import annotations
 
@@ -32,8 +32,15 @@ def format_stats(s: dict[str, Any]) -> str:
         f"registry {reads.get('registry_fetches', 0)} fetches; cache holds "
         f"{_mb(cache.get('memory_bytes', 0))} in memory, {_mb(cache.get('disk_bytes', 0))} on disk "
         f"({cache.get('disk_evictions', 0)} evicted)",
-        f"  prefetch {pre.get('state', 'none')}: {_mb(done)} of {_mb(total)}",
+        f"  prefetch {pre.get('state', 'none')}: {_mb(done)} of {_mb(total)}"
+        + (f" ({pre['source']})" if pre.get("source") else ""),
     ]
+    if pre.get("profile"):
+        p = pre["profile"]
+        lines.append(
+            f"  chunk profile: {p['chunks']} chunks ({_mb(p['bytes'])}) of {p['entries']} entries; "
+            f"skipped {p['skipped_missing']} missing, {p['skipped_offset']} past the end"
+        )
     for layer in s.get("layers", []):
         lines.append(f"  layer {layer['digest'][:19]}: {layer['note']}")
     problems = {
@@ -64,8 +71,9 @@ def _cmd_mount(args: argparse.Namespace) -> int:
     mount = LazyMount(
         args.reference,
         Path(args.mountpoint).resolve(),
-        prefetch=not args.no_prefetch,
+        prefetch=not (args.no_prefetch or args.record),
         insecure=args.insecure,
+        record=Path(args.record).resolve() if args.record else None,
     )
     if args.cache_dir:
         mount.cache_dir = Path(args.cache_dir)
@@ -91,8 +99,18 @@ def _cmd_mount(args: argparse.Namespace) -> int:
             print(format_stats(stats), file=sys.stderr)
 
 
+def _cmd_add_profile(args: argparse.Namespace) -> int:
+    from zerostart.chunkprofile import decode
+    from zerostart.image.profile import add_profile_layer
+
+    profile = decode(Path(args.profile).read_bytes())
+    digest = add_profile_layer(args.layout, profile)
+    print(f"{args.layout}: chunk profile of {len(profile.reads)} chunks added; manifest {digest}")
+    return 0
+
+
 def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``imagefs`` (``stats``, ``mount``) on the main parser's sub-parsers."""
+    """Register ``imagefs`` (``stats``, ``mount``, ``add-profile``) on the main parser's sub-parsers."""
     p = sub.add_parser(
         "imagefs",
         help="lazy image filesystem: stats of live mounts, or mount an image by hand",
@@ -109,5 +127,19 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     m.add_argument("mountpoint")
     m.add_argument("--cache-dir", help="chunk cache folder (default $ZEROSTART_CACHE/imagefs)")
     m.add_argument("--no-prefetch", action="store_true")
+    m.add_argument(
+        "--record",
+        metavar="FILE",
+        help="write a chunk profile of the reads to FILE at unmount (prefetch is off)",
+    )
     m.add_argument("--insecure", action="store_true", help="plain HTTP to a non-loopback registry")
     m.set_defaults(func=_cmd_mount)
+    a = verbs.add_parser(
+        "add-profile",
+        help="put a recorded chunk profile on top of an image (OCI layout) as a layer of its own",
+    )
+    a.add_argument("layout", help="OCI layout folder (as `zerostart build` writes it)")
+    a.add_argument(
+        "profile", help="the profile: `imagefs mount --record` or `run --record-profile`"
+    )
+    a.set_defaults(func=_cmd_add_profile)

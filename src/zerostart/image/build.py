@@ -24,6 +24,7 @@ from typing import Any
 
 import zerostart
 from zerostart.cachedir import cache_base
+from zerostart.estargz import DEFAULT_CHUNK_SIZE
 from zerostart.image.blas import BlasDecision
 from zerostart.image.blas import apply as apply_blas
 from zerostart.image.closure import APPLICATION, MODEL, MODEL_DIR, RUNTIME, Closure, build_closure
@@ -64,6 +65,8 @@ class BuildOptions:
     python: str = sys.executable  # the build environment whose files the image takes
     worker_module: str = "zerostart.serve"  # the server the image runs (python -m MODULE /model)
     cache_dir: str = field(default_factory=lambda: str(cache_base()))  # zerostart/cachedir.py
+    # eStargz chunk size of the layers (bench/results/lazy_chunks.json measures the choice)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,14 @@ def _write_layers(
     for i, (name, entries) in enumerate(layer_contents(bundle, closure, work, options)):
         step(f"writing the {name} layer", 0.4 + 0.18 * i)
         blobs.append(
-            write_layer(name, entries, blob_dir, compression=options.compression, prioritized=order)
+            write_layer(
+                name,
+                entries,
+                blob_dir,
+                compression=options.compression,
+                prioritized=order,
+                chunk_size=options.chunk_size,
+            )
         )
     return tuple(blobs)
 
