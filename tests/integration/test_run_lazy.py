@@ -23,14 +23,16 @@ import numpy as np
 import pytest
 from registry_server import RegistryServer, registry_binary, running_registry
 
+from zerostart import chunkprofile
 from zerostart.benchmark import free_port
 from zerostart.container.lazy import LazyContainer
 from zerostart.container.runtime import STATE_ROOT, choose_runtime
 from zerostart.image.build import build_image
 from zerostart.image.errors import RuntimeToolError
+from zerostart.image.profile import add_profile_layer
 from zerostart.image.trace import WarmupRequest, send
 from zerostart.imagefs.mount import ImagefsError, is_mounted
-from zerostart.registry.client import push
+from zerostart.registry.client import pull, push
 
 pytestmark = [
     pytest.mark.integration,
@@ -195,3 +197,46 @@ def test_dead_imagefs_daemon_is_reported_not_hung(
         with pytest.raises(ImagefsError, match="imagefs daemon exited"):
             c.wait()
         assert time.monotonic() - t0 < 5
+
+
+def test_chunk_profile_recorded_by_a_container_start_is_applied_by_the_next(
+    pushed: tuple[RegistryServer, str], tmp_path: Path
+) -> None:
+    """Record a real start (runc, overlay over imagefs) to its first answer; carry the profile
+    in the image; the next start prefetches exactly those chunks, in that order."""
+    reg, ref = pushed
+    record = tmp_path / "profile.json"
+    port = free_port()
+    options = {"cache_dir": tmp_path / "c1", "prefetch": False, "record": record}
+    with LazyContainer(ref, port=port, mount_options=options):
+        status, first = send(port, WarmupRequest("POST", "/predict", {"inputs": TEXT}))
+        assert status == 200, first
+    profile = chunkprofile.decode(record.read_bytes())
+    files = list(dict.fromkeys(p for p, _ in profile.reads))
+    # runc reads the user database, the kernel execs the interpreter, ld.so maps libpython
+    # (page faults), and the worker maps its weights, in that order
+    interpreter = next(i for i, f in enumerate(files) if f.rsplit("/", 1)[-1].startswith("python"))
+    libpython = next(i for i, f in enumerate(files) if "libpython" in f)
+    weights = next(i for i, f in enumerate(files) if f.startswith("model/"))
+    assert interpreter < libpython < weights, files[:10]
+
+    layout = tmp_path / "layout"
+    pull(ref, layout)
+    add_profile_layer(layout, profile)
+    profiled = f"{reg.address}/zerostart/minilm-sst2:profiled"
+    push(layout, profiled)
+    port = free_port()
+    c = LazyContainer(profiled, port=port, mount_options={"cache_dir": tmp_path / "c2"})
+    with c:
+        status, answer = send(port, WarmupRequest("POST", "/predict", {"inputs": TEXT}))
+        assert status == 200 and answer == first
+        deadline = time.monotonic() + 60
+        while c.stats()["reads"]["prefetch"]["state"] == "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        time.sleep(0.6)
+        pre = c.stats()["reads"]["prefetch"]
+    assert pre["source"] == "profile" and pre["state"] == "done", pre
+    got = pre["profile"]
+    assert got["entries"] == len(profile.reads) and got["skipped_missing"] == 0
+    assert got["skipped_offset"] == 0 and got["chunks"] > 0

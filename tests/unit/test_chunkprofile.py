@@ -166,3 +166,16 @@ def test_add_profile_cli_adds_one_layer_replaces_it_and_refuses_a_bad_profile(
     assert main(["imagefs", "add-profile", str(layout), str(bad)]) != 0
     assert "climbs out of its folder" in capsys.readouterr().err
     assert len(read_oci_layout(layout).layers) == 2
+
+
+def test_the_format_module_is_a_leaf() -> None:
+    """Build side and node side both import it: it imports neither (nor anything but stdlib)."""
+    import ast
+
+    src = Path(chunkprofile.__file__).read_text()
+    ours = {
+        n.module
+        for n in ast.walk(ast.parse(src))
+        if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("zerostart")
+    }
+    assert ours == {"zerostart.errors", "zerostart.paths"}

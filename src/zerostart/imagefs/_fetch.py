@@ -118,6 +118,7 @@ class ChunkReader:
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._demand = 0  # on-demand fetches in flight
+        self._streams = 1  # prefetch streams running (a profile's are several)
         self._idle = threading.Condition(self._lock)
         self._fds: dict[int, int] = {}
         self.errors: deque[str] = deque(maxlen=ERRORS_KEPT)
@@ -316,7 +317,8 @@ class ChunkReader:
         busy across the round trip of each request while the order the start
         read its chunks in is kept (run *k* starts before run *k + streams*).
         On-demand reads come first as with the landmark region: while one is
-        in flight every stream reads slowly (:data:`PREFETCH_YIELD_S` per block).
+        in flight the streams together read as slowly as the landmark's one
+        stream does (each pauses ``streams`` × :data:`PREFETCH_YIELD_S` per block).
         """
         runs = self._runs(extents)
         total = sum(xs[-1].end - xs[0].start for _, xs in runs)
@@ -341,7 +343,8 @@ class ChunkReader:
                 except ChunkReadError as exc:  # left to on-demand reads; say so once
                     failures.append(str(exc))
 
-        threads = [threading.Thread(target=work, daemon=True) for _ in range(max(1, streams))]
+        self._streams = max(1, streams)
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(self._streams)]
         for t in threads:
             t.start()
         for t in threads:
@@ -425,8 +428,8 @@ class ChunkReader:
                         raise RegistryError(layer.digest, f"range {start}-{end - 1} cut short")
                     buf += block
                     self.prefetch_state["done_bytes"] += len(block)
-                    if self._demand:
-                        time.sleep(PREFETCH_YIELD_S)
+                    if self._demand:  # n streams pause n times as long: together, as one
+                        time.sleep(PREFETCH_YIELD_S * self._streams)
                 self._settle(layer, x, bytes(buf[x.start - base : x.end - base]), mine)
                 nxt = todo[i + 1].start if i + 1 < len(todo) else x.end
                 cut = max(0, min(nxt, x.end) - base)
