@@ -89,6 +89,37 @@ def _record(ref: str, work: Path) -> chunkprofile.Profile:
     return chunkprofile.decode(path.read_bytes())
 
 
+def plan_cost(layout: Path, profile: chunkprofile.Profile) -> dict[str, Any]:
+    """What the mount's profile prefetch fetches for ``profile`` on ``layout``, computed offline.
+
+    The same code the daemon runs (the TOCs merged into the index, the profile
+    planned on it, the chunks grouped into range requests by
+    ``ChunkReader._runs``), without a registry: bytes and requests of the
+    prefetch, deterministic, for the curve over chunk size.
+    """
+    from zerostart.estargz import read_toc
+    from zerostart.image.oci import read_oci_layout
+    from zerostart.imagefs._cache import ChunkCache
+    from zerostart.imagefs._fetch import ChunkReader, Layer
+    from zerostart.imagefs._index import merge
+    from zerostart.imagefs._layers import entries_from_toc
+    from zerostart.imagefs._profile import plan
+
+    image = read_oci_layout(layout)
+    layers, entries = [], []
+    for i, la in enumerate(image.layers):
+        toc = read_toc(la.path)
+        layers.append(Layer(i, la.digest, la.size))
+        entries.append(entries_from_toc(i, dict(toc.files), toc.chunks))
+    todo = plan(merge(entries), profile)
+    runs = ChunkReader(None, layers, ChunkCache())._runs(todo.extents)  # type: ignore[arg-type]
+    return {
+        **todo.summary(),
+        "requests": len(runs),
+        "fetched_bytes": sum(xs[-1].end - xs[0].start for _, xs in runs),
+    }
+
+
 def _compressed(layout: Path) -> int:
     index = json.loads((layout / "index.json").read_text())
     digest = index["manifests"][0]["digest"].split(":")[1]
@@ -103,7 +134,16 @@ def main() -> None:
     ap.add_argument("--image", default="torch", choices=("torch", "minilm"))
     ap.add_argument("--no-full-pull", action="store_true")
     ap.add_argument("--out", default="lazy_chunks")
+    ap.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="recompute each size's offline prefetch plan (bytes, requests) from the kept "
+        "profiles into an existing result, without a registry",
+    )
     opts = ap.parse_args()
+    if opts.plan_only:
+        _replan(opts)
+        return
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     sizes = [int(s) for s in opts.sizes.split(",")]
     before = machine_description()
@@ -120,6 +160,7 @@ def main() -> None:
             t0 = time.perf_counter()
             profile = _record(f"{reg.address}/{repo}:{kib}k", work)
             record_s = time.perf_counter() - t0
+            (WORK / f"profile-{kib}k.json").write_bytes(profile.encode())  # for --plan-only
             profiled = work / f"profiled-{kib}k"
             shutil.rmtree(profiled, ignore_errors=True)
             shutil.copytree(layout, profiled)
@@ -133,6 +174,7 @@ def main() -> None:
                 "profile_chunks": len(profile.reads),
                 "profile_json_bytes": len(profile.encode()),
                 "record_seconds": record_s,
+                "plan": plan_cost(layout, profile),
             }
             print(f"{kib:5d} KiB: profile of {len(profile.reads)} chunks", flush=True)
         with fault_proxy(reg.address, rate_bytes_per_s=opts.rate * 1e6 / 8) as proxy:
@@ -174,6 +216,18 @@ def main() -> None:
             "sizes": rows,
         },
     )
+
+
+def _replan(opts: argparse.Namespace) -> None:
+    path = ROOT / "bench" / "results" / f"{opts.out}.json"
+    result = json.loads(path.read_text())
+    for kib in (int(s) for s in opts.sizes.split(",")):
+        layout, _ = _build(opts.image, kib)
+        profile = chunkprofile.decode((WORK / f"profile-{kib}k.json").read_bytes())
+        result["sizes"][f"{kib}KiB"]["plan"] = cost = plan_cost(layout, profile)
+        print(f"{kib:5d} KiB: {cost}", flush=True)
+    result["plan_machine"] = machine_description()
+    write_result(opts.out, result)
 
 
 if __name__ == "__main__":

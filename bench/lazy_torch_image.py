@@ -37,8 +37,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from zerostart import estargz
 from zerostart.benchmark import free_port
+from zerostart.image.build import CHUNK_SIZE_BYTES
 from zerostart.image.layers import Entry, pyc_path, write_layer
 from zerostart.image.oci import ImageConfig, write_oci_layout
 
@@ -239,7 +239,7 @@ def _profile(venv_python: str, model: Path, mapping: dict[str, str]) -> list[str
 
 
 def build_torch_image(
-    out: Path, venv_python: str, model: Path, *, chunk_size: int = estargz.DEFAULT_CHUNK_SIZE
+    out: Path, venv_python: str, model: Path, *, chunk_size: int = CHUNK_SIZE_BYTES
 ) -> dict[str, object]:
     """Write the OCI layout at ``out``; returns sizes and how many files were prioritized.
 

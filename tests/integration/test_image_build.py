@@ -314,7 +314,7 @@ def test_reference_estargz_verifies_every_layer(
     weights = (embed_bundle / "weights.safetensors").read_bytes()
     got = served["model/weights.safetensors"]
     assert got["sha256"] == hashlib.sha256(weights).hexdigest()
-    assert got["chunks"] == -(-len(weights) // estargz.DEFAULT_CHUNK_SIZE)
+    assert got["chunks"] == -(-len(weights) // BuildOptions().chunk_size)
     assert served[embed_image.closure.interpreter.lstrip("/")]["type"] == "reg"
 
 

@@ -359,17 +359,25 @@ class ChunkReader:
         )
 
     def _runs(self, extents: Sequence[Extent]) -> list[tuple[Layer, list[Extent]]]:
+        """The profile's chunks as range requests, in its order.
+
+        A chunk that continues its layer's latest run (at or just past its end)
+        joins it, even when chunks of other layers came between: a start reads
+        the interpreter's stdlib (one layer) and site-packages (another) in
+        turns, and the build laid each layer's files out in read order.
+        """
         runs: list[tuple[Layer, list[Extent]]] = []
+        latest: dict[int, list[Extent]] = {}  # layer index -> its latest run
         for x in extents:
             layer = self.layers[x.layer]
             if layer.local_path is not None or not x.digest:
                 continue
-            if runs:
-                last_layer, xs = runs[-1]
-                if last_layer is layer and 0 <= x.start - xs[-1].end <= PROFILE_GAP_BYTES:
-                    xs.append(x)
-                    continue
-            runs.append((layer, [x]))
+            xs = latest.get(x.layer)
+            if xs is not None and 0 <= x.start - xs[-1].end <= PROFILE_GAP_BYTES:
+                xs.append(x)
+                continue
+            latest[x.layer] = xs = [x]
+            runs.append((layer, xs))
         return runs
 
     def _plan(self, extents: Sequence[Extent]) -> list[tuple[Layer, list[Extent]]]:
