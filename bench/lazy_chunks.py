@@ -135,6 +135,11 @@ def main() -> None:
     ap.add_argument("--no-full-pull", action="store_true")
     ap.add_argument("--out", default="lazy_chunks")
     ap.add_argument(
+        "--reuse-profiles",
+        action="store_true",
+        help="use the profiles an earlier run recorded (same images) instead of recording",
+    )
+    ap.add_argument(
         "--plan-only",
         action="store_true",
         help="recompute each size's offline prefetch plan (bytes, requests) from the kept "
@@ -158,9 +163,13 @@ def main() -> None:
         for kib, (layout, about) in built.items():
             push(layout, f"{reg.address}/{repo}:{kib}k")
             t0 = time.perf_counter()
-            profile = _record(f"{reg.address}/{repo}:{kib}k", work)
+            kept = WORK / f"profile-{kib}k.json"  # for --plan-only and --reuse-profiles
+            if opts.reuse_profiles and kept.exists():
+                profile = chunkprofile.decode(kept.read_bytes())
+            else:
+                profile = _record(f"{reg.address}/{repo}:{kib}k", work)
+                kept.write_bytes(profile.encode())
             record_s = time.perf_counter() - t0
-            (WORK / f"profile-{kib}k.json").write_bytes(profile.encode())  # for --plan-only
             profiled = work / f"profiled-{kib}k"
             shutil.rmtree(profiled, ignore_errors=True)
             shutil.copytree(layout, profiled)
