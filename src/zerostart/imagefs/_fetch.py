@@ -435,7 +435,8 @@ class ChunkReader:
                     if not block:
                         raise RegistryError(layer.digest, f"range {start}-{end - 1} cut short")
                     buf += block
-                    self.prefetch_state["done_bytes"] += len(block)
+                    with self._lock:  # several profile streams add to it
+                        self.prefetch_state["done_bytes"] += len(block)
                     if self._demand:  # n streams pause n times as long: together, as one
                         time.sleep(PREFETCH_YIELD_S * self._streams)
                 self._settle(layer, x, bytes(buf[x.start - base : x.end - base]), mine)
