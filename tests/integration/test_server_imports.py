@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 # Runs the worker exactly as ``python -m zerostart.serve`` does, and prints sys.modules at
 # exit: after start-up, a request and a SIGTERM drain, so lazy imports count too.
 WRAPPER = """
-import atexit, json, runpy, sys
+import atexit, gc, json, runpy, sys
 atexit.register(lambda: print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr))
+atexit.register(lambda: print(f"GC {gc.isenabled()} {gc.get_freeze_count()}", file=sys.stderr))
 sys.argv[0] = "zerostart.serve"
 runpy.run_module("zerostart.serve", run_name="__main__", alter_sys=True)
 """
@@ -67,6 +68,10 @@ def test_worker_imports_only_pinned_modules(request: pytest.FixtureRequest, fixt
     assert not top & FORBIDDEN
     unexpected = top - WORKER_ALLOWED - {"runpy"}  # runpy: -m uses it too
     assert not unexpected, f"new imports on the worker path: {sorted(unexpected)}"
+    # the collector, paused for start-up (serve/startup.py), runs again while serving, with
+    # what start-up made frozen out of its way
+    enabled, frozen = _line(w.stderr_text(), "GC").split()
+    assert enabled == "True" and int(frozen) > 10_000, (enabled, frozen)
 
 
 # The GPU worker on tests/fake_libcuda.py (the dry run's stand-in for libcuda: real driver
@@ -142,7 +147,7 @@ def test_gpu_worker_imports_no_numpy(tmp_path: Path, task: str, route: str, body
 # from then on: an assignment should find everything already imported (serve/slot.py's
 # _preload), so those are what a request to a warm slot still pays for.
 SLOT_WRAPPER = """
-import atexit, json, runpy, sys
+import atexit, gc, json, runpy, sys
 late = []
 def hook(event, args):
     if event == "import" and getattr(sys, "_zs_ready", False):
@@ -157,6 +162,7 @@ def encode(message):
 slot.encode = encode
 atexit.register(lambda: print("MODULES " + json.dumps(sorted(sys.modules)), file=sys.stderr))
 atexit.register(lambda: print("LATE " + json.dumps(late), file=sys.stderr))
+atexit.register(lambda: print(f"GC {gc.isenabled()} {gc.get_freeze_count()}", file=sys.stderr))
 sys.argv[0] = "zerostart.serve"
 runpy.run_module("zerostart.serve", run_name="__main__", alter_sys=True)
 """
@@ -215,6 +221,8 @@ def test_warm_slot_imports_no_numpy(
     assert not unexpected, f"new imports in the warm slot: {sorted(unexpected)}"
     late = sorted({name for name in json.loads(_line(stderr, "LATE"))})
     assert late == [], f"an assignment imports what the slot should have pre-imported: {late}"
+    enabled, frozen = _line(stderr, "GC").split()
+    assert enabled == "True" and int(frozen) > 10_000, (enabled, frozen)
 
 
 def _line(stderr: str, tag: str) -> str:

@@ -218,6 +218,7 @@ def run_slot(
         _preload(device)
         startup.mark("imports")
         checks, problem = _health(canary, device, startup)
+        startup.resume_gc()  # paused by the entry point for the imports and the canary
         conn = accept_owner(listener, socket_path, ACCEPT_TIMEOUT_S, allow_uid)
     finally:
         listener.close()
