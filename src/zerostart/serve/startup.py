@@ -63,8 +63,8 @@ class Startup:
         Start-up allocates tens of thousands of long-lived objects (modules, classes,
         functions, the vocabulary) and no garbage cycles worth collecting; the
         collector would walk them again and again (generation 0 every 700 new
-        container objects). Measured on the worker's imports: ~6 % less CPU
-        (docs/cpu.md, "Cold start").
+        container objects). Measured on the worker's imports: 3-6 % less CPU
+        (bench/startup_gc.py, docs/cpu.md).
         """
         startup = cls(interpreter_s=process_age_s())
         if pause_gc and gc.isenabled():
