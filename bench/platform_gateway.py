@@ -53,6 +53,7 @@ import numpy as np
 
 from common import ROOT, bundle_dir, model_dir, write_result
 from zerostart.benchmark import free_port, machine_description, request_json
+from zerostart.platform._types import Replica, Starter
 
 BODY = {"inputs": "I love this"}
 ATOL_OURS = 1e-5  # the same engine, any start path
@@ -67,22 +68,21 @@ READY = re.compile(r"gateway on http://127\.0\.0\.1:(\d+)")
 # -- the gateway process (python bench/platform_gateway.py --gateway-process SPEC.json) -------------
 
 
-class AnchorReplica:
-    """bench/anchors/torch_server.py as a replica: a PyTorch + transformers server."""
+class AnchorProcess:
+    """bench/anchors/torch_server.py as a replica's process: a PyTorch + transformers server."""
 
-    start_path = "cold_boot"
-
-    def __init__(self, model: str, proc: subprocess.Popen[bytes], port: int) -> None:
-        self.model, self.host, self.port, self.pid = model, "127.0.0.1", port, proc.pid
-        self.phases_ms: dict[str, float] = {}
-        self.total_ms = 0.0
-        self.fallbacks = ()
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.pid = proc.pid
         self._proc = proc
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll()
 
     def is_alive(self) -> bool:
         return self._proc.poll() is None
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()
             deadline = time.monotonic() + timeout_s
@@ -96,14 +96,14 @@ class AnchorReplica:
             self._proc.wait()
 
 
-class AnchorStarter:
+class AnchorStarter(Starter):
     """Starts the anchor server for a model folder (``ModelConfig.source``) and waits for /health."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.replicas: list[AnchorReplica] = []
+        self.replicas: list[Replica] = []
 
-    async def start(self, model: Any) -> AnchorReplica:
+    async def start(self, model: Any) -> Replica:
         t0 = time.perf_counter()
         port = free_port()
         script = ROOT / "bench" / "anchors" / "torch_server.py"
@@ -113,7 +113,7 @@ class AnchorStarter:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        replica = AnchorReplica(model.name, proc, port)
+        replica = Replica(model.name, AnchorProcess(proc), port, "cold_boot")
         self.replicas.append(replica)
         while True:
             if proc.poll() is not None:
