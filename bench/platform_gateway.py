@@ -169,8 +169,18 @@ def gateway_process(spec_path: str) -> None:
 
 class Gateway:
     def __init__(
-        self, work: Path, name: str, toml: str, starter: str, env: dict[str, str], **spec: Any
+        self,
+        work: Path,
+        name: str,
+        toml: str,
+        starter: str,
+        env: dict[str, str],
+        src: Path = ROOT / "src",
+        **spec: Any,
     ) -> None:
+        """``src``: the zerostart sources the gateway and its workers run (another checkout's
+        to compare with it in the same run)."""
+        env = {**env, "PYTHONPATH": str(src)}
         cfg = work / f"{name}.toml"
         cfg.write_text("[gateway]\nport = 0\n" + toml)
         spec_path = work / f"{name}.json"
@@ -187,7 +197,7 @@ class Gateway:
             [sys.executable, __file__, "--gateway-process", str(spec_path)],
             stderr=self.log,
             stdout=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            env={**os.environ, "PYTHONPATH": str(src)},
         )
         deadline = time.monotonic() + 60
         self.port = 0
@@ -337,11 +347,19 @@ def take_snapshot(bundle: Path, store: Path, env: dict[str, str]) -> str | None:
 
 
 def from_zero(
-    work: Path, bundle: Path, hf_dir: Path, env: dict[str, str], runs: int
+    work: Path,
+    bundle: Path,
+    hf_dir: Path,
+    env: dict[str, str],
+    runs: int,
+    only: set[str] | None = None,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
+    """``only``: these paths; ``baseline``: another checkout's ``src``, whose gateways run the
+    same paths interleaved with ours (``PATH@baseline`` in the result)."""
     store = work / "snapshots"
     skipped = {}
-    if reason := take_snapshot(bundle, store, env):
+    if (only is None or "snapshot" in only) and (reason := take_snapshot(bundle, store, env)):
         skipped["snapshot"] = reason
     common = "[autoscaler]\ntick = 0.1\n[pool]\ncpu = 0\n"
     paths: dict[str, Gateway] = {}
@@ -353,15 +371,20 @@ def from_zero(
     }
     record: dict[str, dict[str, list[Any]]] = {}
     reference = None
+    sources = {"": ROOT / "src"} | ({"@baseline": baseline} if baseline is not None else {})
     try:
         for path, (starter, source, spec) in specs.items():
-            if path in skipped:
+            if path in skipped or (only is not None and path not in only):
                 continue
             toml = common + model_block("embed", source, idle_timeout=0.3, max_replicas=1)
-            paths[path] = Gateway(work, f"zero-{path}", toml, starter, env, **spec)
-            record[path] = {"ms": [], "wait_ms": [], "header": [], "phases": []}
+            for tag, src in sources.items():
+                name = path + tag
+                gw = Gateway(work, f"zero-{path}{tag[1:]}", toml, starter, env, src, **spec)
+                paths[name] = gw
+                record[name] = {"ms": [], "wait_ms": [], "header": [], "phases": []}
         for i in range(runs):
-            for path, gw in paths.items():
+            for name, gw in paths.items():
+                path = name.partition("@")[0]
                 gw.wait_zero("embed", pool=path == "warm_slot")
                 t0 = time.perf_counter()
                 code, headers, answer = gw.call("POST", "/models/embed/embed", BODY)
@@ -382,12 +405,12 @@ def from_zero(
                     raise SystemExit(
                         f"{path}: wanted a {want} start, header says {cold!r}: {gw.status()}"
                     )
-                r = record[path]
+                r = record[name]
                 r["ms"].append(ms)
                 r["wait_ms"].append(float(cold.split("wait_ms=")[1].split(";")[0]))
                 r["header"].append(cold)
                 r["phases"].append(gw.status()["models"]["embed"]["last_start"]["phases_ms"])
-                print(f"  {i + 1}/{runs} {path}: {ms:.1f} ms ({cold})", flush=True)
+                print(f"  {i + 1}/{runs} {name}: {ms:.1f} ms ({cold})", flush=True)
     finally:
         for gw in paths.values():
             gw.stop()
@@ -409,11 +432,12 @@ def from_zero(
     for path, reason in skipped.items():
         out["paths"][path] = {"skipped": reason}
     anchor = out["paths"].get("anchor_torch", {}).get("first_answer_ms", {}).get("median")
-    cold = out["paths"]["cold_boot"]["first_answer_ms"]["median"]
+    cold = out["paths"].get("cold_boot", {}).get("first_answer_ms", {}).get("median")
     for row in out["paths"].values():
         if "first_answer_ms" in row:
             m = row["first_answer_ms"]["median"]
-            row["speedup_over_cold_boot"] = round(cold / m, 2)
+            if cold:
+                row["speedup_over_cold_boot"] = round(cold / m, 2)
             if anchor:
                 row["speedup_over_anchor"] = round(anchor / m, 2)
     return out
@@ -530,6 +554,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--blas-threads", type=int, default=1, help="0: inherit the environment")
     ap.add_argument("--only", default="latency,zero,trace")
+    ap.add_argument("--paths", default="", help="zero: these start paths only (comma-separated)")
+    ap.add_argument(
+        "--baseline-src",
+        default="",
+        help="zero: also run each path from this checkout's src/, interleaved (PATH@baseline)",
+    )
     ap.add_argument("--out", default="platform", help="result name in bench/results/")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
@@ -550,7 +580,13 @@ def main() -> None:
         if "zero" in only:
             print("request -> first answer at zero replicas:", flush=True)
             result["first_answer_from_zero"] = from_zero(
-                work, embed, model_dir("minilm-embed"), env, args.runs
+                work,
+                embed,
+                model_dir("minilm-embed"),
+                env,
+                args.runs,
+                set(args.paths.split(",")) if args.paths else None,
+                Path(args.baseline_src).resolve() if args.baseline_src else None,
             )
         if "trace" in only:
             print("bursty trace replay:", flush=True)
@@ -564,7 +600,8 @@ def main() -> None:
     for path, row in result.get("first_answer_from_zero", {}).get("paths", {}).items():
         if "first_answer_ms" in row:
             print(
-                f"{path:13s} median {row['first_answer_ms']['median']:8.1f} ms  ({row['speedup_over_cold_boot']}x cold boot)"
+                f"{path:22s} median {row['first_answer_ms']['median']:8.1f} ms  "
+                f"({row.get('speedup_over_cold_boot')}x cold boot)"
             )
         else:
             print(f"{path:13s} skipped: {row['skipped']}")
