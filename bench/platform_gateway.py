@@ -261,11 +261,13 @@ def model_block(name: str, source: str, **keys: Any) -> str:
 # -- 1. added latency ----------------------------------------------------------------------------
 
 
-def added_latency(work: Path, bundle: Path, env: dict[str, str], n: int) -> dict[str, Any]:
+def added_latency(
+    work: Path, bundle: Path, env: dict[str, str], n: int, src: Path = ROOT / "src"
+) -> dict[str, Any]:
     toml = "[pool]\ncpu = 0\n" + model_block(
         "embed", str(bundle), min_replicas=1, idle_timeout=3600
     )
-    gw = Gateway(work, "latency", toml, "cold_boot", env)
+    gw = Gateway(work, "latency", toml, "cold_boot", env, src)
     try:
         deadline = time.monotonic() + 60
         while gw.status()["models"]["embed"]["state"] != "ready":
@@ -354,9 +356,11 @@ def from_zero(
     runs: int,
     only: set[str] | None = None,
     baseline: Path | None = None,
+    src: Path = ROOT / "src",
 ) -> dict[str, Any]:
     """``only``: these paths; ``baseline``: another checkout's ``src``, whose gateways run the
-    same paths interleaved with ours (``PATH@baseline`` in the result)."""
+    same paths interleaved with ours (``PATH@baseline`` in the result); ``src``: ours (a copy
+    on the same file system as the baseline's, so that imports cost alike)."""
     store = work / "snapshots"
     skipped = {}
     if (only is None or "snapshot" in only) and (reason := take_snapshot(bundle, store, env)):
@@ -371,7 +375,7 @@ def from_zero(
     }
     record: dict[str, dict[str, list[Any]]] = {}
     reference = None
-    sources = {"": ROOT / "src"} | ({"@baseline": baseline} if baseline is not None else {})
+    sources = {"": src} | ({"@baseline": baseline} if baseline is not None else {})
     try:
         for path, (starter, source, spec) in specs.items():
             if path in skipped or (only is not None and path not in only):
@@ -383,8 +387,12 @@ def from_zero(
                 paths[name] = gw
                 record[name] = {"ms": [], "wait_ms": [], "header": [], "phases": []}
         for i in range(runs):
-            for name, gw in paths.items():
+            order = list(paths.items())
+            for name, gw in order if i % 2 == 0 else order[::-1]:  # ABBA: no path always first
                 path = name.partition("@")[0]
+                for other, other_gw in paths.items():  # a pool still refilling loads the machine
+                    if other != name and other.startswith("warm_slot"):
+                        other_gw.wait_zero("embed", pool=True)
                 gw.wait_zero("embed", pool=path == "warm_slot")
                 t0 = time.perf_counter()
                 code, headers, answer = gw.call("POST", "/models/embed/embed", BODY)
@@ -560,6 +568,7 @@ def main() -> None:
         default="",
         help="zero: also run each path from this checkout's src/, interleaved (PATH@baseline)",
     )
+    ap.add_argument("--src", default=str(ROOT / "src"), help="the src/ our gateways run")
     ap.add_argument("--out", default="platform", help="result name in bench/results/")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
@@ -576,7 +585,9 @@ def main() -> None:
         work = Path(tmp)
         if "latency" in only:
             print("gateway added latency (warm replica):", flush=True)
-            result["added_latency"] = added_latency(work, embed, env, args.latency_requests)
+            result["added_latency"] = added_latency(
+                work, embed, env, args.latency_requests, Path(args.src).resolve()
+            )
         if "zero" in only:
             print("request -> first answer at zero replicas:", flush=True)
             result["first_answer_from_zero"] = from_zero(
@@ -587,6 +598,7 @@ def main() -> None:
                 args.runs,
                 set(args.paths.split(",")) if args.paths else None,
                 Path(args.baseline_src).resolve() if args.baseline_src else None,
+                Path(args.src).resolve(),
             )
         if "trace" in only:
             print("bursty trace replay:", flush=True)
