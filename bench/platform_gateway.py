@@ -249,6 +249,12 @@ def call(
     return request_json(port, method, path, body, headers, timeout=120)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(samples: list[float], q: float) -> float:
     return float(np.percentile(np.array(samples), q))
 
@@ -285,6 +291,7 @@ def added_latency(
             ("embed", "POST", "/embed", body),
         ):
             times: dict[str, list[float]] = {"direct": [], "gateway": []}
+            cpu0 = cpu_seconds(gw.proc.pid)
             for i in range(n + 50):  # the first 50 of each warm connections and caches
                 order = (("direct", direct, path), ("gateway", via, "/models/embed" + path))
                 for which, conn, p in order if i % 2 else order[::-1]:
@@ -297,7 +304,7 @@ def added_latency(
                         raise SystemExit(f"{which} {p}: HTTP {resp.status}")
                     if i >= 50:
                         times[which].append(dt * 1e3)
-            row = {
+            row: dict[str, Any] = {
                 w: {
                     "p50_ms": round(pct(t, 50), 4),
                     "p99_ms": round(pct(t, 99), 4),
@@ -305,11 +312,16 @@ def added_latency(
                 }
                 for w, t in times.items()
             }
+            # the gateway process's own CPU per forwarded request: what the neighbours of a
+            # loaded machine change least (clock ticks of 10 ms over n + 50 requests)
+            row["gateway_cpu_ms_per_request"] = round(
+                (cpu_seconds(gw.proc.pid) - cpu0) * 1e3 / (n + 50), 4
+            )
             row["added_p50_ms"] = round(row["gateway"]["p50_ms"] - row["direct"]["p50_ms"], 4)
             row["added_p99_ms"] = round(row["gateway"]["p99_ms"] - row["direct"]["p99_ms"], 4)
             out[label] = row
             print(
-                f"  {label}: direct p50 {row['direct']['p50_ms']:.3f} ms, via gateway {row['gateway']['p50_ms']:.3f} ms -> added p50 {row['added_p50_ms']:.3f} ms, p99 {row['added_p99_ms']:.3f} ms",
+                f"  {label}: direct p50 {row['direct']['p50_ms']:.3f} ms, via gateway {row['gateway']['p50_ms']:.3f} ms -> added p50 {row['added_p50_ms']:.3f} ms, p99 {row['added_p99_ms']:.3f} ms; gateway CPU {row['gateway_cpu_ms_per_request']:.3f} ms/request",
                 flush=True,
             )
         out["target_added_p50_ms"], out["target_added_p99_ms"] = (
