@@ -93,8 +93,8 @@ def _gpu_bundle(root: Path, task: str) -> Path:
 
     from fake_libcuda import write_fake_kernels
     from tiny_models import tiny_manifest
-    from zerostart.engine.canary import _file_entry
     from zerostart.engine.layout import LAYOUT_VERSION, tensor_shapes
+    from zerostart.model.canary import _file_entry
     from zerostart.model.manifest import MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
     from zerostart.model.weights import write_weights
 
@@ -176,7 +176,7 @@ def test_warm_slot_imports_no_numpy(
     import subprocess
     import urllib.request
 
-    from zerostart.engine.canary import write_canary
+    from zerostart.model.canary import write_canary
     from zerostart.serve.slot import encode
 
     bundle = bundle_for(request, fixture)

@@ -20,11 +20,10 @@ from zerostart.engine.canary import (
     KNOWN_ANSWER_ATOL,
     KNOWN_LOGITS,
     canary_manifest,
-    canary_tensors,
     check_logits,
-    write_canary,
 )
 from zerostart.errors import ConvertError, EngineError
+from zerostart.model.canary import canary_tensors, write_canary
 from zerostart.model.manifest import Manifest
 from zerostart.model.weights import map_weights
 from zerostart.pipeline import Pipeline

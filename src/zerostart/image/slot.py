@@ -1,6 +1,6 @@
 """The slot image: what a container slot of the warm pool runs (``zerostart.platform``).
 
-An ordinary image of the canary bundle (``zerostart.engine.canary``) with the
+An ordinary image of the canary bundle (``zerostart.model.canary``) with the
 slot and canary modules included, so ``python -m zerostart.serve --slot`` runs
 in it and its own ``/model`` is the canary its health check loads. Built once
 per zerostart version and Python into a cache folder (a few seconds: the trace
@@ -99,7 +99,7 @@ def build_slot_image(cache: Path) -> Path:
     out = slot_image_dir(cache)
     if (out / "index.json").is_file():
         return out
-    from zerostart.engine.canary import write_canary
+    from zerostart.model.canary import write_canary
 
     cache.mkdir(parents=True, exist_ok=True)
     work = cache / f".canary-{os.getpid()}"

@@ -144,7 +144,7 @@ class WarmPool:
         os.chmod(self.run_dir, stat.S_IRWXU)  # mkdtemp makes it 0700 already; say so
         if self._canary is None:
             # numpy and the C compiler (cached): only when a pool starts, never in a slot
-            from zerostart.engine.canary import write_canary
+            from zerostart.model.canary import write_canary
 
             self._canary = await asyncio.to_thread(write_canary, self.run_dir / "canary")
         self._changed = asyncio.Condition()
