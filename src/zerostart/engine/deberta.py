@@ -54,7 +54,8 @@ def rel_rows(index: np.ndarray, t: int) -> np.ndarray:
     """int [T, T]: r(i, j), the relative-table row of query i and key j (``rel.index``)."""
     p = (index.shape[0] + 1) // 2
     delta = np.arange(t)[:, None] - np.arange(t)[None, :]
-    return index[delta + p - 1].astype(np.int64)
+    rows: np.ndarray = index[delta + p - 1].astype(np.int64)
+    return rows
 
 
 def disentangled_attention(
@@ -159,7 +160,8 @@ class DebertaEngine:
             x = f @ w[p + "ffn.down.weight"] + w[p + "ffn.down.bias"] + a
             ops.layer_norm_(x, w[p + "ffn.norm.weight"], w[p + "ffn.norm.bias"], c.layer_norm_eps)
         if m.task == "embeddings":
-            return x.reshape(b, t, h)
+            states: np.ndarray = x.reshape(b, t, h)
+            return states
         cls_w, cls_b = w["head.classifier.weight"], w["head.classifier.bias"]
         if m.task == "token-classification":
             out: np.ndarray = (x @ cls_w + cls_b).reshape(b, t, -1)

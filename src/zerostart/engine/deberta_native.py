@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from zerostart.engine.cpu_native import (
+    F32,
     MASK_VALUE,
     ROWS_PER_PART,
-    F32,
     NativeCpuEngine,
     _addr,
     _Layer,
@@ -81,7 +81,10 @@ class NativeDebertaEngine(NativeCpuEngine):
         self._pos = [tuple(a(n) for n in pos_names(i)) for i in range(c.num_layers)]
         if "head.pooler.weight" in weights.info:
             h = c.hidden_size
-            self._pre = (_Matrix("float32", a("head.pooler.weight"), 0, 0, h, h), a("head.pooler.bias"))
+            self._pre = (
+                _Matrix("float32", a("head.pooler.weight"), 0, 0, h, h),
+                a("head.pooler.bias"),
+            )
             if c.pooler_act not in _ACTS:
                 raise EngineError(f"pooler activation {c.pooler_act!r} is not supported")
             self._pre_act = _ACTS[c.pooler_act]

@@ -43,8 +43,7 @@ import numpy as np
 
 from zerostart.engine import deberta_layout
 from zerostart.engine.deberta_layout import ARCHITECTURE, REL_INDEX, pos_names
-from zerostart.engine.layout import SUPPORTED_ACTS
-from zerostart.engine.layout import layer_prefix
+from zerostart.engine.layout import SUPPORTED_ACTS, layer_prefix
 from zerostart.errors import ConvertError
 from zerostart.model.manifest import Manifest, ModelConfig
 
@@ -82,7 +81,9 @@ def model_config(config: Mapping[str, Any], path: Path) -> ModelConfig:
     if config.get("position_biased_input", True):
         raise _refuse(path, "position_biased_input=true (absolute positions added to the input)")
     if int(config.get("conv_kernel_size", 0) or 0) > 0:
-        raise _refuse(path, f"the convolution layer (conv_kernel_size={config['conv_kernel_size']})")
+        raise _refuse(
+            path, f"the convolution layer (conv_kernel_size={config['conv_kernel_size']})"
+        )
     att = config.get("pos_att_type") or []
     if isinstance(att, str):  # older configs: "p2c|c2p"
         att = [a.strip() for a in att.lower().split("|") if a.strip()]
@@ -249,4 +250,11 @@ def _getter(source: Mapping[str, np.ndarray], path: Path) -> Callable[..., np.nd
     return get
 
 
-__all__ = ["ARCHITECTURE", "ARCH_TASKS", "MODEL_TYPE", "check_target", "engine_tensors", "model_config"]
+__all__ = [
+    "ARCHITECTURE",
+    "ARCH_TASKS",
+    "MODEL_TYPE",
+    "check_target",
+    "engine_tensors",
+    "model_config",
+]
