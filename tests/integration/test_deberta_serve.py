@@ -12,15 +12,21 @@ tokenizer.json and transformers fp32 eager on its ids.
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from test_server_imports import WRAPPER
 from test_server_robustness import Worker
 
 from deberta_models import deberta_tokenizer, tiny_deberta
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_serve_imports import FORBIDDEN, WORKER_ALLOWED
 
 pytestmark = [pytest.mark.integration, pytest.mark.parity]
 
@@ -72,16 +78,17 @@ def served(
     tmp_path_factory: pytest.TempPathFactory,
     tokenizer_dir: tuple[Path, int],
 ) -> Iterator[tuple[Worker, Path, Any]]:
+    """A worker that prints its sys.modules at exit (tests/integration/test_server_imports.py)."""
     from zerostart.model.convert import convert
 
     base = tmp_path_factory.mktemp("deberta")
     src, model = _folder(base, request.param, tokenizer_dir)
     manifest = convert(src, base / "bundle")
     assert manifest.architecture == "deberta-v2" and manifest.cpu_kernels
-    with Worker(base / "bundle") as worker:
+    with Worker(base / "bundle", entry=["-c", WRAPPER]) as worker:
         yield worker, src, model
         worker.terminate()
-        assert worker.wait() == 0
+        worker.wait()
 
 
 def _reference(src: Path, model: Any, items: list[Any]) -> tuple[Any, Any]:
@@ -97,8 +104,24 @@ def _reference(src: Path, model: Any, items: list[Any]) -> tuple[Any, Any]:
     return out, mask
 
 
-def test_predict_and_embed_answer_as_transformers(served: tuple[Worker, Path, Any]) -> None:
+def test_answers_as_transformers_with_only_pinned_imports(
+    served: tuple[Worker, Path, Any],
+) -> None:
+    """/predict (texts, pairs) or /embed as transformers; then, at exit, no numpy (nor
+    anything unpinned) on the DeBERTa worker's path."""
     worker, src, model = served
+    _check_answers(worker, src, model)
+    worker.terminate()
+    assert worker.wait() == 0
+    found = re.search(r"^MODULES (.*)$", worker.stderr_text(), re.M)
+    assert found, worker.stderr_text()
+    top = {name.split(".")[0] for name in json.loads(found.group(1))}
+    assert "numpy" not in top, "numpy is on the DeBERTa worker's path"
+    assert not top & FORBIDDEN
+    assert not top - WORKER_ALLOWED - {"runpy"}, sorted(top - WORKER_ALLOWED)
+
+
+def _check_answers(worker: Worker, src: Path, model: Any) -> None:
     status, info = worker.request("GET", "/info")
     assert status == 200 and info["architecture"] == "deberta-v2"
     assert info["cpu_kernel_build"], "the worker must serve from the native kernels"
