@@ -70,7 +70,7 @@ def tiny_deberta(
         **overrides,
     }
     if task != "embeddings":
-        shape["id2label"] = {i: f"L{i}" for i in range(labels)}
+        shape.setdefault("id2label", {i: f"L{i}" for i in range(labels)})
     config = transformers.DebertaV2Config(**shape)
     model = getattr(transformers, TASK_CLASSES[task])(config).eval()
     with torch.no_grad():

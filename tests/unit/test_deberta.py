@@ -279,3 +279,50 @@ def test_pairs_from_text_match_transformers(v3_tokenizer: tuple[Path, int], tmp_
                 ).logits.numpy()[:, 0]
             for r in ranked:
                 assert abs(r["score"] - scores[r["index"]]) <= TOLERANCE
+
+
+NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+NER_TEXTS = [
+    "Angela Merkel visited Paris and Zürich last week.",
+    "unaffable preprocessing by Dr. Smith-Jones in São Paulo",
+    "東京 and Köln, naïve café: e-mail first.last@example.com",
+    "x",
+]
+
+
+@pytest.mark.parametrize("strategy", ["none", "simple", "first", "average", "max"])
+def test_token_classification_matches_the_pipeline(
+    v3_tokenizer: tuple[Path, int], tmp_path: Path, strategy: str
+) -> None:
+    """/tokens through our Pipeline (Unigram tokens, native engine, NER head) against
+    transformers' token-classification pipeline with the same folder: labels, words and
+    spans identical, scores within 1e-4."""
+    transformers = pytest.importorskip("transformers")
+    from zerostart.pipeline import Pipeline
+
+    folder, vocab = v3_tokenizer
+    src = tmp_path / "src"
+    tiny_deberta(
+        src, "token-classification", vocab_size=vocab, labels=len(NER_LABELS),
+        id2label=dict(enumerate(NER_LABELS)), label2id={v: k for k, v in enumerate(NER_LABELS)},
+    )  # fmt: skip
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (src / name).write_bytes((folder / name).read_bytes())
+    convert(src, tmp_path / "bundle", cpu_archs=("x86-64",))
+    ours = Pipeline.load(tmp_path / "bundle", verify="full")
+    ref = transformers.pipeline(
+        "token-classification", model=str(src), aggregation_strategy=strategy, device="cpu"
+    )
+    job = ours.prepare("tokens", {"inputs": NER_TEXTS, "aggregation_strategy": strategy})
+    got: Any = job.finish(ours.execute(job.encodings))
+    found = 0
+    for text, g, w in zip(NER_TEXTS, got, ref(NER_TEXTS), strict=True):
+        assert len(g) == len(w), (text, g, w)
+        for a, b in zip(g, w, strict=True):
+            key = "entity_group" if "entity_group" in b else "entity"
+            assert (a[key], a["word"], a["start"], a["end"]) == (
+                b[key], b["word"], b["start"], b["end"],
+            ), (text, a, b)  # fmt: skip
+            assert abs(a["score"] - float(b["score"])) <= TOLERANCE, (text, a, b)
+            found += 1
+    assert found >= 5, "the random model should tag something"
