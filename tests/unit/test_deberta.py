@@ -11,6 +11,7 @@ a 16-bucket config start at distance 8, so 127 and 512 cross them).
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -331,3 +332,57 @@ def test_token_classification_matches_the_pipeline(ner: Any, strategy: str) -> N
             assert abs(a["score"] - float(b["score"])) <= TOLERANCE, (text, a, b)
             found += 1
     assert found >= 5, "the random model should tag something"
+
+
+def test_unigram_scores_are_read_as_tokenizers_reads_them() -> None:
+    """serde_json's default float parse (tokenizers) is not correctly rounded; ours follows it.
+
+    Property: for random score spellings (15-21 significant digits, exponents), the value
+    `tokenizers` holds (written back by its own serializer, shortest round-trip) equals
+    ``serde_float``'s. Then the tie it decides: with ``-1.8162320129329022`` read one ulp
+    apart, Viterbi segments "▁!!!???" differently (found by the DeBERTa-v3 tokenizer test).
+    """
+    tokenizers = pytest.importorskip("tokenizers")
+    import random
+
+    from zerostart.tokenize import Tokenizer
+    from zerostart.tokenize.compile import compile_tokenizer_json
+
+    rng = random.Random(5)
+    spellings = []
+    for _ in range(3000):
+        n = rng.randint(15, 21)
+        digits = str(rng.randrange(10 ** (n - 1), 10**n))
+        point = rng.randint(1, 3)
+        text = f"-{digits[:point]}.{digits[point:]}"
+        if rng.random() < 0.2:
+            text += f"e-{rng.randint(1, 30)}"
+        spellings.append(text)
+    pieces = [f"p{i}" for i in range(len(spellings))]
+    body = ",".join(f'["{p}", {s}]' for p, s in zip(pieces, spellings, strict=True))
+    raw = (
+        '{"version": "1.0", "added_tokens": [], "normalizer": null, "pre_tokenizer": null,'
+        ' "post_processor": null, "decoder": null, "model": {"type": "Unigram", "unk_id": 0,'
+        f' "vocab": [["<unk>", 0.0], {body}], "byte_fallback": false}}}}'
+    )
+    held = json.loads(tokenizers.Tokenizer.from_str(raw).to_str())["model"]["vocab"][1:]
+    from zerostart.tokenize._serde_float import serde_float
+
+    differs = 0
+    for text, (_, value) in zip(spellings, held, strict=True):
+        assert serde_float(text) == value, text
+        differs += float(text) != value
+    assert differs > 0, "the sample should hold spellings Python's json reads differently"
+
+    vocab = '["[UNK]", 0.0], ["▁", -1.8162320129329022], ["!", -6.431940394476896], ' \
+        '["!!", -7.3434468631380705], ["?", -6.606273340301536], ["??", -7.342805788086873]'  # fmt: skip
+    tie = raw.replace(f'["<unk>", 0.0], {body}', vocab).replace(
+        '"pre_tokenizer": null',
+        '"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true}',
+    )
+    folder = Path(tempfile.mkdtemp())
+    (folder / "tokenizer.json").write_text(tie, encoding="utf-8")
+    settings = compile_tokenizer_json(folder / "tokenizer.json", folder, special_tokens={})
+    ours = Tokenizer.from_bundle(folder, settings.spec).encode_batch(["!!!???"])[0]
+    want = tokenizers.Tokenizer.from_str(tie).encode("!!!???")
+    assert ours.tokens == want.tokens == ["▁", "!", "!!", "??", "?"]

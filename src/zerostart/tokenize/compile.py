@@ -29,6 +29,7 @@ from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize._bpe import compile_bpe
 from zerostart.tokenize._compiled import CompiledFile, Section, write
 from zerostart.tokenize._pipeline import DECODERS, MODELS, PRE_TOKENIZERS, TABLES_NAME, Tokenizer
+from zerostart.tokenize._serde_float import serde_float
 from zerostart.tokenize._unigram import compile_unigram
 
 ModelCompiler = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Section]]]
@@ -121,8 +122,8 @@ def compile_tokenizer_json(
     """
     where = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, encoding="utf-8") as f:  # floats (Unigram scores) as tokenizers reads them
+            data = json.load(f, parse_float=serde_float)
     except (OSError, ValueError) as exc:
         raise TokenizerError(f"{where}: cannot read tokenizer.json: {exc}") from exc
 
