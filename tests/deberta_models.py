@@ -84,7 +84,9 @@ def tiny_deberta(
         torch.save(model.state_dict(), folder / "pytorch_model.bin")
     # a placeholder WordPiece vocabulary (the engine tests feed ids); deberta_tokenizer's
     # files replace it where text goes in
-    (folder / "vocab.txt").write_text("".join(f"t{i}\n" for i in range(vocab_size)))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = specials + [f"t{i}" for i in range(len(specials), vocab_size)]
+    (folder / "vocab.txt").write_text("".join(w + "\n" for w in words))
     return model
 
 

@@ -151,6 +151,14 @@ def test_manifest_and_layout(tmp_path: Path) -> None:
     got = DebertaEngine(m, w).forward(ids, mask)
     want = transformers_reference(src, m.task, ids, mask, None)
     assert float(np.abs(got - want).max()) <= TOLERANCE  # the tanh pooler
+    from zerostart.pipeline import Pipeline  # --cpu-arch none: the worker runs the reference
+
+    pipe = Pipeline.load(tmp_path / "bundle")
+    assert isinstance(getattr(pipe.engine, "engine", None), DebertaEngine)
+    lengths = [int(n) for n in mask.sum(axis=1)]
+    ones = [1] * ids.size  # a pair's type ids: ignored, the model has no token types
+    served = np.frombuffer(pipe.engine.run(ids.reshape(-1).tolist(), ones, lengths, 40), np.float32)
+    assert float(np.abs(served.reshape(want.shape) - want).max()) <= TOLERANCE
 
 
 @pytest.mark.parametrize(
