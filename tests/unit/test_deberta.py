@@ -171,6 +171,10 @@ def test_manifest_and_layout(tmp_path: Path) -> None:
         ({"relative_attention": False}, "without relative_attention"),
         ({"embedding_size": 16}, "embedding_size"),
         ({"pooler_hidden_act": "swish"}, "pooler_hidden_act"),
+        ({"pooler_hidden_size": 16}, "pooler_hidden_size"),
+        ({"attention_head_size": 4}, "attention_head_size"),
+        ({"norm_rel_ebd": "layer_norm|scale"}, "norm_rel_ebd"),
+        ({"position_buckets": 256, "max_relative_positions": 100}, "max_relative_positions"),
     ],
 )
 def test_variants_we_cannot_serve_are_refused_naming_what_works(
@@ -394,3 +398,22 @@ def test_unigram_scores_are_read_as_tokenizers_reads_them() -> None:
     ours = Tokenizer.from_bundle(folder, settings.spec).encode_batch(["!!!???"])[0]
     want = tokenizers.Tokenizer.from_str(tie).encode("!!!???")
     assert ours.tokens == want.tokens == ["▁", "!", "!!", "??", "?"]
+
+
+def test_a_bundle_without_relative_tables_or_kernels_is_refused(tmp_path: Path) -> None:
+    """The manifest needs a relative span; the serving engine needs the DeBERTa kernels."""
+    from zerostart.errors import BundleError, EngineError
+    from zerostart.model.manifest import MANIFEST_NAME, Manifest
+
+    src = tmp_path / "src"
+    tiny_deberta(src, "embeddings", vocab_size=VOCAB)
+    m = convert(src, tmp_path / "bundle", cpu_archs=("x86-64",))
+    data = json.loads((tmp_path / "bundle" / MANIFEST_NAME).read_text())
+    data["config"]["relative_span"] = 0
+    with pytest.raises(BundleError, match="relative_span"):
+        Manifest.from_dict(data)
+    bundle = Bundle.open(tmp_path / "bundle")
+    kernels = NativeKernels(tmp_path / "bundle" / m.cpu_kernels["x86-64"].file, "x86-64")
+    kernels.disentangled_attention = None  # a build from before zs_deberta.c
+    with pytest.raises(EngineError, match="no DeBERTa kernels"):
+        NativeDebertaEngine(m, bundle.weights, kernels)
