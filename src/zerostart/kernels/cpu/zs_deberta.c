@@ -29,8 +29,12 @@
 #include <string.h>
 #include <math.h>
 
-#define DQR 4  /* query (or key) rows per tile */
+#ifndef DQR
+#define DQR 4 /* query (or key) rows per tile */
+#endif
+#ifndef DVB
 #define DVB 16 /* columns per tile: one AVX-512 vector, two AVX2, four SSE */
+#endif
 
 static inline float zsd_bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
 
