@@ -36,6 +36,14 @@
 #define DVB 16 /* columns per tile: one AVX-512 vector, two AVX2, four SSE */
 #endif
 
+/* -std=c11 keeps GCC from contracting a*b+c into an FMA (-ffp-contract=off): ask for it where
+ * the build has the instruction (AVX2 and AVX-512 builds); elsewhere fmaf would be a libm call. */
+#if defined(__FMA__)
+#define ZSD_FMA(a, b, c) fmaf((a), (b), (c))
+#else
+#define ZSD_FMA(a, b, c) ((a) * (b) + (c))
+#endif
+
 static inline float zsd_bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
 
 /* Cephes expf (zs_cpu.c's zs_expf). */
@@ -66,7 +74,7 @@ static void zsd_tile(const float *a, int64_t lda, int64_t kdim, const float *bt,
             for (int r = 0; r < DQR; r++) {
                 const float ak = a[r * lda + k];
 #pragma omp simd
-                for (int c = 0; c < DVB; c++) acc[r][c] += ak * br[c];
+                for (int c = 0; c < DVB; c++) acc[r][c] = ZSD_FMA(ak, br[c], acc[r][c]);
             }
         }
         for (int r = 0; r < DQR; r++)
