@@ -147,6 +147,8 @@ def convert(
     cfg_path = model_dir / "config.json"
     config = hf.read_json(cfg_path, required=True)
     architecture, model_config = hf.model_config(config, cfg_path)
+    if architecture == deberta.ARCHITECTURE:  # before the weights are read
+        deberta.check_target(device, precision, cfg_path)
     the_task = task or hf.infer_task(
         config, cfg_path, is_sentence_transformer=st_max_length is not None
     )
@@ -191,7 +193,6 @@ def convert(
         dtype = np.float16 if device == "cuda" else np.float32
         used = _Recording(source)
         if architecture == deberta.ARCHITECTURE:
-            deberta.check_target(device, precision, cfg_path)
             tensors = deberta.engine_tensors(used, manifest, config, weights_files[0])
         else:
             tensors = _engine_tensors(used, manifest, weights_files[0], dtype)
