@@ -42,6 +42,15 @@ FORBIDDEN = {
     "model": ("zerostart.cli", "zerostart.serve"),
     "engine": ("zerostart.cli", "zerostart.serve"),
     "imagefs": ("zerostart.cli", "zerostart.image", "zerostart.container", "zerostart.serve"),
+    # the zTOC format (zerostart index) is shared the same way: a leaf
+    "ztoc": (
+        "zerostart.image",
+        "zerostart.imagefs",
+        "zerostart.registry",
+        "zerostart.container",
+        "zerostart.cli",
+        "zerostart.serve",
+    ),
     # the layer format is shared by the builder and the lazy filesystem: it uses neither
     "estargz": (
         "zerostart.image",
