@@ -24,7 +24,7 @@ TOOL_TIMEOUT_S = 120.0
 
 # The container's program: /health for the runner, /answer with digests of what it read.
 SERVER = """
-import hashlib, json, os, sys
+import hashlib, json, os, signal, sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 def answer():
@@ -57,12 +57,13 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1 has no default SIGTERM action
 args = sys.argv[1:]
 host = args[args.index("--host") + 1]
 port = int(args[args.index("--port") + 1])
 HTTPServer((host, port), Handler).serve_forever()
 """
-PROBE = "import hashlib, json, os, sys, http.server, encodings.idna, encodings.utf_8"
+PROBE = "import hashlib, json, os, signal, sys, http.server, encodings.idna, encodings.utf_8"
 
 
 def tools_missing() -> str | None:
@@ -155,7 +156,7 @@ def expected_answer(data: dict[str, bytes], read_at: int = 3_000_000) -> dict[st
         "big_slice": hashlib.sha256(big[read_at : read_at + 65536]).hexdigest(),
         "link": "releases/v1",
         "notes": hashlib.sha256(data["app/data/notes.txt"]).hexdigest(),
-        "python": "3.11",
+        "python": _run([PYTHON, "-c", "import sys; print(sys.version.split()[0])"]).strip(),
         "version": data["app/releases/v1/version"].decode(),
     }
 

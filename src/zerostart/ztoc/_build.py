@@ -253,9 +253,11 @@ def _entry(m: tarfile.TarInfo) -> Entry | None:
 
 def _ends_unpadded(stream: _Stream, entries: list[Entry], out_size: int) -> bool:
     """A tar that stops right after its last file's data, unpadded and without the two
-    end-of-archive blocks (umoci's layers): whole, as Go's archive/tar and GNU tar read it."""
+    end-of-archive blocks (umoci's layers): whole, as Go's archive/tar reads it (a
+    partial padding is still an error there, and here)."""
     stream.drain()
-    return not stream.read(1) and all(e.offset + e.size <= out_size for e in entries[-1:])
+    last = entries[-1] if entries else None
+    return last is not None and last.kind == "reg" and last.offset + last.size == out_size
 
 
 def build(f: IO[bytes], span_bytes: int = DEFAULT_SPAN_BYTES) -> Ztoc:

@@ -247,6 +247,8 @@ def _parse(body: bytes, blob_size: int | None) -> Ztoc:
             value = body[pos + klen : pos + klen + vlen]
             pos += klen + vlen
             xattrs.append((key, value))
+        if pos > len(body):
+            raise ZtocError(f"zTOC is cut short in entry {i}")
         kind = KINDS[kind_i]
         entry = Entry(
             name, kind, mode & 0o7777, uid, gid, mtime, esize, offset, link, major, minor,
