@@ -106,7 +106,7 @@ def test_encoding_is_deterministic_and_small(layer: tuple[bytes, bytes, dict[str
     blob, _, _ = layer
     a, b = encode(build(io.BytesIO(blob), SPAN)), encode(build(io.BytesIO(blob), SPAN))
     assert a == b
-    assert len(encode(build(io.BytesIO(blob)))) < len(blob) // 20  # default 4 MiB span
+    assert len(encode(build(io.BytesIO(blob)))) < len(blob) // 20  # default 1 MiB span
 
 
 def test_a_tar_without_its_end_blocks_is_whole() -> None:
@@ -226,4 +226,4 @@ def test_counts_sizes_and_framing_are_checked(monkeypatch: pytest.MonkeyPatch) -
 
 def test_public_names() -> None:
     assert ztoc.ARTIFACT_TYPE.startswith("application/vnd.zerostart.")
-    assert ztoc.DEFAULT_SPAN_BYTES == 4 * 1024 * 1024
+    assert ztoc.DEFAULT_SPAN_BYTES == 1024 * 1024

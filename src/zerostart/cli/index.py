@@ -60,7 +60,7 @@ def add_subcommands(sub: Any) -> None:
         "--span-bytes",
         type=int,
         default=DEFAULT_SPAN_BYTES,
-        help=f"compressed bytes between checkpoints (default {DEFAULT_SPAN_BYTES}, as SOCI)",
+        help=f"compressed bytes between checkpoints (default {DEFAULT_SPAN_BYTES}; SOCI: 4 MiB)",
     )
     span.add_argument("--span-mib", type=int, help="the same in MiB")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# A zTOC is ~1-3 % of its layer (windows of 32 KiB per 4 MiB span, ~60 bytes per entry);
+# A zTOC is ~0.2-4 % of its layer (1.2 % at the default 1 MiB span: bench/results/zran_index.json);
 # one above this is refused before it is fetched.
 MAX_ZTOC_BYTES = 64 * 1024 * 1024
 GZIP_TYPES = frozenset(
