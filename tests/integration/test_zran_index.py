@@ -10,6 +10,7 @@ the files themselves and a full pull, and what crossed the network.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_proxy import fault_proxy
 from foreign_images import (
     expected_answer,
     python_rootfs,
@@ -208,3 +210,28 @@ def test_an_index_for_another_image_is_refused(
     with pytest.raises(ImagefsError, match="names subject"):
         mount.start()
     assert not is_mounted(tmp_path / "mnt")
+
+
+def test_a_corrupt_span_is_fetched_again_then_refused(
+    foreign: Foreign, indexed: dict[str, Any], tmp_path: Path
+) -> None:
+    """A span whose bytes fail the zTOC's sha256 is never served: one more fetch, then EIO."""
+    big = foreign.data["app/data/big.bin"]
+    with fault_proxy(foreign.reg.address) as proxy:
+        ref = foreign.ref.replace(foreign.reg.address, proxy.address)
+        mount = LazyMount(
+            ref, tmp_path / "mnt", cache_dir=tmp_path / "cache", timeout_s=5.0, backoff_s=0.05
+        )
+        with mount:
+            path = tmp_path / "mnt" / "app/data/big.bin"
+            proxy.corrupt = 1  # the first fetch is bad, the second good
+            with open(path, "rb") as f:
+                assert f.read(4096) == big[:4096]
+            assert _stats(mount)["reads"]["digest_mismatches"] == 1
+            proxy.corrupt = 1000  # bad every time: the read fails, nothing wrong is served
+            with open(path, "rb") as f, pytest.raises(OSError) as err:
+                f.seek(len(big) - 4096)
+                f.read(4096)
+            assert err.value.errno == errno.EIO
+            proxy.corrupt = 0
+            assert _stats(mount)["reads"]["failed_reads"] >= 1
