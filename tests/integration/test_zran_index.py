@@ -104,6 +104,16 @@ def indexed(foreign: Foreign) -> dict[str, Any]:
     return _index(foreign.ref)
 
 
+def test_without_an_index_the_layer_is_fetched_whole(foreign: Foreign, tmp_path: Path) -> None:
+    """No referrer in this repository: the umoci layer (no end-of-archive blocks) comes whole."""
+    ref = f"{foreign.reg.address}/foreign/plain:1"
+    skopeo_push(foreign.layout, "1", ref)
+    with LazyMount(ref, tmp_path / "mnt", cache_dir=tmp_path / "cache") as mount:
+        assert "fetched whole" in mount.info["layers"][0]["note"]
+        version = tmp_path / "mnt/app/current/version"
+        assert version.read_bytes() == foreign.data["app/releases/v1/version"]
+
+
 def test_index_leaves_the_image_as_it_was(foreign: Foreign, indexed: dict[str, Any]) -> None:
     reader = BlobReader(foreign.ref)
     digest, manifest = reader.manifest()

@@ -26,7 +26,7 @@ import os
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,23 @@ def _inflater(media_type: str) -> Callable[[bytes], bytes]:
     return gunzip
 
 
+def _members(tar: tarfile.TarFile, size: int) -> Iterator[tarfile.TarInfo]:
+    """The tar's members; it may end right after its last file's data, unpadded and
+    without end-of-archive blocks (umoci writes that, Go's archive/tar reads it)."""
+    last = None
+    while True:
+        try:
+            m = tar.next()
+        except tarfile.ReadError:
+            if last is not None and last.isfile() and last.offset_data + last.size == size:
+                return
+            raise
+        if m is None:
+            return
+        last = m
+        yield m
+
+
 def _fetch_whole(
     reader: BlobReader, index: int, desc: dict[str, Any], cache_dir: Path, why: str
 ) -> tuple[Layer, list[LayerEntry]]:
@@ -224,7 +241,7 @@ def _fetch_whole(
     entries = []
     try:
         with tarfile.open(path, "r:") as tar:
-            for m in tar:
+            for m in _members(tar, path.stat().st_size):
                 kind = TAR_KINDS.get(m.type)
                 if kind is None:
                     continue
