@@ -6,7 +6,8 @@ extension modules link (``ldd``), the standard library modules a small HTTP
 server imports (or the whole standard library, ``full_stdlib=True``), the
 server (:data:`SERVER`) and data files. :func:`umoci_image` turns a root into
 a one-layer OCI image with ``umoci`` (its layers are plain ``tar+gzip``
-written by pgzip); :func:`skopeo_push` copies it to a registry unchanged.
+written by pgzip), :func:`add_layer` puts a second layer over it;
+:func:`skopeo_push` copies it to a registry unchanged.
 """
 
 from __future__ import annotations
@@ -181,6 +182,15 @@ def umoci_image(root: Path, layout: Path, tag: str = "1") -> None:
         ]
     )
     _run(["umoci", "gc", "--layout", str(layout)])
+
+
+def add_layer(layout: Path, tag: str, files: dict[str, bytes], work: Path) -> None:
+    """A second layer over the first (``umoci insert``): ``files`` replace or add paths."""
+    top = work / "top-layer"
+    for name, body in files.items():
+        (top / name).parent.mkdir(parents=True, exist_ok=True)
+        (top / name).write_bytes(body)
+    _run(["umoci", "insert", "--image", f"{layout}:{tag}", str(top), "/"])
 
 
 def skopeo_push(layout: Path, tag: str, reference: str) -> None:
