@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import Extent, ImageIndexError, LayerEntry
 from zerostart.registry import _distribution as d
+from zerostart.registry.errors import RegistryError
 from zerostart.registry.referrers import list_referrers
 from zerostart.ztoc import ARTIFACT_TYPE, LAYER_ANNOTATION, Ztoc, ZtocError, decode, inflate_span
 
@@ -58,7 +59,8 @@ def find_ztocs(
 ) -> dict[str, Ztoc]:
     """The zTOC of each plain gzip layer the image's newest index artifact covers, by layer digest.
 
-    Returns {} when no layer needs one or the registry lists none. Raises
+    Returns {} when no layer needs one, or the registry lists none or refuses
+    to list them (logged; the layers are then fetched whole). Raises
     ImageIndexError for an artifact or zTOC that is refused (wrong subject,
     bad digest, hostile entries): a mount never uses a half-trusted index.
     """
@@ -69,7 +71,11 @@ def find_ztocs(
     }
     if not layers:
         return {}
-    listed = list_referrers(reader, manifest_digest, ARTIFACT_TYPE)
+    try:
+        listed = list_referrers(reader, manifest_digest, ARTIFACT_TYPE)
+    except RegistryError as exc:  # the index is an optimisation: without it, layers come whole
+        log.warning("imagefs: cannot list the referrers of %s: %s", manifest_digest, exc)
+        return {}
     if not listed:
         return {}
     try:

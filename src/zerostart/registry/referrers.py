@@ -18,7 +18,7 @@ from typing import Any
 
 from zerostart.registry import _distribution as d
 from zerostart.registry._http import Auth, Session
-from zerostart.registry.errors import RegistryError
+from zerostart.registry.errors import RegistryAuthError, RegistryError
 from zerostart.registry.ranges import BlobReader
 
 MAX_REFERRERS = 1000  # an index listing more is refused (an attacker's, or a broken one)
@@ -50,8 +50,11 @@ def list_referrers(
     session = reader._session()
     ref = reader.ref
     path = f"/v2/{ref.repository}/referrers/{d.check_digest(subject)}"
-    ans = session.request("GET", path, {"Accept": d.OCI_INDEX})
-    if ans.status == 200 and (ans.header("Content-Type") or "").startswith(d.OCI_INDEX):
+    try:
+        ans = session.request("GET", path, {"Accept": d.OCI_INDEX})
+    except RegistryAuthError:  # some registries guard routes they do not serve: no API
+        ans = None
+    if ans and ans.status == 200 and (ans.header("Content-Type") or "").startswith(d.OCI_INDEX):
         try:
             return _listed(json.loads(ans.body), ref.registry, artifact_type)
         except ValueError as exc:
