@@ -217,6 +217,9 @@ def test_counts_sizes_and_framing_are_checked(monkeypatch: pytest.MonkeyPatch) -
         decode(fmt.MAGIC + zlib.compress(body + b"x"))
     with pytest.raises(ZtocError, match="cut short"):
         decode(fmt.MAGIC + zlib.compress(body[:-3]))
+    for framing in (good[:-5], good + b"x"):  # the zlib stream cut, or bytes after it
+        with pytest.raises(ZtocError, match="cut short or has trailing bytes"):
+            decode(framing)
     with pytest.raises(ZtocError, match="magic"):
         decode(b"ZSZTOC9\n" + good[8:])
     monkeypatch.setattr(fmt, "MAX_BODY_BYTES", 1 << 20)
