@@ -133,7 +133,7 @@ def test_index_leaves_the_image_as_it_was(foreign: Foreign, indexed: dict[str, A
     assert foreign.reg.requests("PUT", f"/manifests/{fallback_tag(digest)}", 201) == 1
     (listed,) = list_referrers(reader, digest, ARTIFACT_TYPE)
     assert listed["digest"] == indexed["artifact_digest"]
-    artifact, _, _ = reader._manifest(listed["digest"], listed["digest"])
+    artifact, _, _ = reader.manifest_document(listed["digest"])
     assert artifact["subject"]["digest"] == digest
     assert artifact["artifactType"] == ARTIFACT_TYPE
 

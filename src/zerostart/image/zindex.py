@@ -30,7 +30,6 @@ from zerostart.image.errors import ImageError
 from zerostart.registry import _distribution as d
 from zerostart.registry._http import Auth
 from zerostart.registry.client import push
-from zerostart.registry.errors import DigestMismatchError
 from zerostart.registry.ranges import BlobReader
 from zerostart.registry.referrers import add_referrer
 from zerostart.ztoc import (
@@ -64,19 +63,6 @@ class IndexResult:
     fallback_tag: bool = False
     layers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def _manifest_bytes(reader: BlobReader, digest: str) -> tuple[bytes, str]:
-    session = reader._session()
-    req = d.get_manifest(reader.ref, digest)
-    ans = session.request(req.method, req.path, dict(req.headers))
-    if ans.status != 200:
-        raise session.error(ans, f"manifest {digest}")
-    if d.sha256_digest(ans.body) != digest:
-        raise DigestMismatchError(reader.ref.registry, f"manifest {digest} does not match")
-    doc = json.loads(ans.body)
-    header = (ans.header("Content-Type") or "").split(";")[0].strip()
-    return ans.body, doc.get("mediaType") or header or d.OCI_MANIFEST
 
 
 def _blob(folder: Path, data: bytes) -> dict[str, Any]:
@@ -135,7 +121,7 @@ def index_image(
     reader = BlobReader(reference, insecure=insecure, auth=auth)
     try:
         digest, manifest = reader.manifest()
-        subject_bytes, subject_type = _manifest_bytes(reader, digest)
+        _, subject_bytes, subject_type = reader.manifest_document(digest)
         result = IndexResult(str(reader.ref), digest)
         with tempfile.TemporaryDirectory(prefix="zerostart-index-") as tmp:
             work = Path(tmp)

@@ -82,7 +82,7 @@ def find_ztocs(
         artifact_digest = d.check_digest(str(listed[-1].get("digest")))
     except d.ProtocolError as exc:
         raise ImageIndexError(f"referrer of {manifest_digest}: {exc}") from exc
-    artifact, _, _ = reader._manifest(artifact_digest, artifact_digest)  # verified by digest
+    artifact, _, _ = reader.manifest_document(artifact_digest)  # verified by its digest
     subject = artifact.get("subject") or {}
     if subject.get("digest") != manifest_digest:
         raise ImageIndexError(
