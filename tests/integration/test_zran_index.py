@@ -252,3 +252,23 @@ def test_a_corrupt_span_is_fetched_again_then_refused(
             assert err.value.errno == errno.EIO
             proxy.corrupt = 0
             assert _stats(mount)["reads"]["failed_reads"] >= 1
+
+
+def test_index_of_an_estargz_image_says_it_needs_none(foreign: Foreign, tmp_path: Path) -> None:
+    from imagefs_images import make_image
+
+    from zerostart.registry.client import push
+
+    make_image(tmp_path / "layout", plain_layer=False)
+    ref = f"{foreign.reg.address}/ours/estargz:1"
+    push(tmp_path / "layout", ref)
+    done = subprocess.run(
+        [sys.executable, "-m", "zerostart.cli", "index", ref],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "no plain gzip layer to index" in done.stderr and "eStargz" in done.stderr
+    assert "Traceback" not in done.stderr
