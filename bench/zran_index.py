@@ -53,7 +53,7 @@ from zerostart.benchmark import drop_page_cache, free_port, machine_description 
 from zerostart.container.lazy import LazyContainer  # noqa: E402
 from zerostart.container.runtime import Container  # noqa: E402
 from zerostart.image.trace import WarmupRequest, send  # noqa: E402
-from zerostart.image.zindex import index_image  # noqa: E402
+from zerostart.imagefs.zindex import index_image  # noqa: E402
 from zerostart.registry.client import pull  # noqa: E402
 from zerostart.ztoc import Ztoc, inflate_span  # noqa: E402
 from zerostart.ztoc._build import Z_OK, _ZStream, build, libz  # noqa: E402

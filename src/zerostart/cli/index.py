@@ -1,6 +1,6 @@
 """``zerostart index REF``: index an existing image's gzip layers for lazy starts (zTOC artifact).
 
-The work is in :mod:`zerostart.image.zindex`; this module is argparse wiring
+The work is in :mod:`zerostart.imagefs.zindex`; this module is argparse wiring
 and the one-line report. Imported by the CLI only.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from zerostart.cli.registry import _auth
-    from zerostart.image.zindex import index_image
+    from zerostart.imagefs.zindex import index_image
 
     r = index_image(
         args.reference,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zerostart.image.errors import ImageError
+from zerostart.errors import ZerostartError
 from zerostart.registry import _distribution as d
 from zerostart.registry._http import Auth
 from zerostart.registry.client import push
@@ -51,6 +51,10 @@ GZIP_LAYER_TYPES = frozenset(
 ESTARGZ_TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
+
+
+class IndexBuildError(ZerostartError):
+    """An image cannot be indexed: no gzip layer, or a layer that is not a gzip tar."""
 
 
 @dataclass
@@ -87,9 +91,11 @@ def _index_layer(
         try:
             z = build(f, span_bytes)  # type: ignore[arg-type]
         except ZtocError as exc:
-            raise ImageError(f"layer {digest}: {exc}") from exc
+            raise IndexBuildError(f"layer {digest}: {exc}") from exc
     if z.blob_size != size:
-        raise ImageError(f"layer {digest}: {z.blob_size} bytes of gzip, descriptor says {size}")
+        raise IndexBuildError(
+            f"layer {digest}: {z.blob_size} bytes of gzip, descriptor says {size}"
+        )
     data = encode(z)
     windows = sum(len(c.window) for c in z.checkpoints)
     return data, {
@@ -114,7 +120,7 @@ def index_image(
 ) -> IndexResult:
     """Build the zTOCs of ``reference``'s gzip layers and push them as a referrer artifact.
 
-    Raises ImageError when no layer can be indexed (all eStargz, or another
+    Raises IndexBuildError when no layer can be indexed (all eStargz, or another
     compression) or a layer is not a gzip tar; RegistryError for the registry.
     """
     t0 = time.perf_counter()
@@ -141,7 +147,7 @@ def index_image(
                 ztocs.append({"mediaType": ZTOC_MEDIA_TYPE, **blob, "annotations": annotations})
                 result.layers.append(info)
             if not ztocs:
-                raise ImageError(
+                raise IndexBuildError(
                     f"{reference}: no plain gzip layer to index",
                     hint="eStargz images (zerostart build) mount lazily without an index",
                 )
