@@ -5,7 +5,7 @@
 Theory of operation (the slot's side; the pool's is ``zerostart.platform.slot``)::
 
     bind SOCKET (0600, in a 0700 folder we own)       stdlib only, first thing
-    import numpy, the pipeline, engine, tokenizer, server        "imports"
+    import the pipeline, native engine, tokenizers, server       "imports"
     [cuda] driver, context, GPU checks (engine/cuda/health)      "gpu_health"
     load the canary bundle, run it, compare with its known answer "health"
     accept ONE connection, from our own uid (SO_PEERCRED)
@@ -13,7 +13,8 @@ Theory of operation (the slot's side; the pool's is ``zerostart.platform.slot``)
     <- {"type": "ping"}  -> {"type": "pong"}       (any number of times while waiting)
     <- {"type": "assign", "bundle": ..., "port": 0, ...}   (EOF instead: exit 0)
     map the bundle, tokenizer, engine, listen (no warm-up batch: see _load)
-      -> {"type": "serving", "port": ..., "phases": ...}  or {"type": "error", ...} and exit 1
+      -> {"type": "serving", "port": ..., "phases": ...}  or {"type": "error", "error": ...,
+         "fault": "model" | "node" | "slot"} (zerostart.faults) and exit 1
     serve until {"type": "stop"}, SIGTERM/SIGINT, or EOF on the control socket (the pool
     is gone: a slot never outlives its pool), then drain like any worker
 
@@ -148,18 +149,23 @@ def accept_owner(
 
 # -- the slot's life -------------------------------------------------------------------
 def _preload(device: str) -> None:
-    """Import everything serving a model needs, so an assignment imports nothing."""
+    """Import everything serving a model needs, so an assignment imports nothing.
+
+    No numpy: the canary and every CPU bundle with native kernels run on
+    ``NativeCpuEngine`` (a canary written without a compiler falls back to the numpy
+    engine, which then imports numpy in the health check). The tokenizers of every
+    kind are imported too: the canary exercises WordPiece only, and an assigned
+    model may bring a compiled Unigram or BPE tokenizer.
+    """
     import asyncio  # noqa: F401
 
-    import numpy  # noqa: F401
-
     import zerostart.engine.canary
-    import zerostart.engine.cpu  # the canary's engine (a bundle without native kernels)
-    import zerostart.engine.cpu_native  # a real bundle's
+    import zerostart.engine.cpu_native  # the canary's engine and a real bundle's
     import zerostart.model.bundle
     import zerostart.pipeline
     import zerostart.serve.server
     import zerostart.tokenize
+    import zerostart.tokenize._pipeline  # Unigram / BPE bundles (tokenizer.bin)
 
     if device == "cuda":
         import zerostart.engine.cuda  # noqa: F401
@@ -167,15 +173,13 @@ def _preload(device: str) -> None:
 
 def _cpu_health(canary: str) -> dict[str, Any]:
     """Known-answer forward pass of the canary through the same path a real model takes."""
-    import numpy as np
-
     from zerostart.engine.canary import CANARY_INPUTS, check_logits
     from zerostart.pipeline import Pipeline
 
     pipe = Pipeline.load(canary, verify="full")
     enc = pipe.tokenizer.encode_batch(list(CANARY_INPUTS), max_length=pipe.manifest.max_length)
-    check_logits(np.stack(pipe.execute(enc)))
-    return {"canary": "ok"}
+    check_logits(pipe.execute(enc))
+    return {"canary": "ok", "engine": type(pipe.engine).__name__}
 
 
 def _gpu_health() -> dict[str, Any]:
@@ -215,6 +219,7 @@ def run_slot(
         _preload(device)
         startup.mark("imports")
         checks, problem = _health(canary, device, startup)
+        startup.resume_gc()  # paused by the entry point for the imports and the canary
         conn = accept_owner(listener, socket_path, ACCEPT_TIMEOUT_S, allow_uid)
     finally:
         listener.close()
@@ -267,6 +272,19 @@ def _load(bundle_dir: str, verify: str, limits: Any, auto_truncate: bool) -> Any
     return Pipeline.load(bundle_dir, verify=verify, limits=limits, auto_truncate=auto_truncate)
 
 
+def _error_message(exc: BaseException) -> dict[str, Any]:
+    """An assignment failure for the pool, classified here, where the exception is:
+    ``fault`` is ``zerostart.faults.fault_of``'s kind (model, node or slot)."""
+    from zerostart.faults import fault_of
+
+    return {
+        "type": "error",
+        "error": str(exc),
+        "error_type": type(exc).__name__,
+        "fault": fault_of(exc),
+    }
+
+
 def _assigned(
     conn: socket.socket, reader: LineReader, message: dict[str, Any], boot: dict[str, float]
 ) -> int:
@@ -287,7 +305,7 @@ def _assigned(
         startup.add(pipeline.phases)
     except (ZerostartError, KeyError, TypeError, ValueError) as exc:
         log.error("assignment failed: %s", exc)
-        conn.sendall(encode({"type": "error", "error": str(exc), "error_type": type(exc).__name__}))
+        conn.sendall(encode(_error_message(exc)))
         return EXIT_ASSIGN_FAILED
     asyncio.run(_serve(conn, reader, pipeline, config, startup, boot))
     return 0
@@ -311,7 +329,7 @@ async def _serve(
     try:
         await server.start()
     except ZerostartError as exc:
-        conn.sendall(encode({"type": "error", "error": str(exc), "error_type": type(exc).__name__}))
+        conn.sendall(encode(_error_message(exc)))
         raise
     phases = {k: round(v, 6) for k, v in startup.phases.items()}
     conn.sendall(
