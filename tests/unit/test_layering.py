@@ -201,6 +201,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "registry": ("errors",),
         "estargz": ("errors", "paths"),
         "ztoc": ("errors", "estargz", "paths"),  # the zTOC format (zerostart index), a leaf
+        "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
         "snapshot": ("errors", "paths"),
         # the bundle format lives in these four today: issue 22 (leaf format packages)
         "tokenize": ("errors", "model"),
@@ -215,9 +216,9 @@ ALLOWED: dict[str, frozenset[str]] = {
             *("engine", "errors", "faults", "limits", "model", "paths", "pipeline"),
             *("snapshot", "tokenize"),
         ),
-        "imagefs": ("cachedir", "errors", "estargz", "paths", "registry", "ztoc"),
+        "imagefs": ("cachedir", "chunkprofile", "errors", "estargz", "paths", "registry", "ztoc"),
         # benchmark: the builder's trace (issue 22)
-        "image": ("benchmark", "cachedir", "errors", "estargz", "kernels", "model"),
+        "image": ("benchmark", "cachedir", "chunkprofile", "errors", "estargz", "kernels", "model"),
         "container": ("cachedir", "image", "imagefs", "paths", "snapshot"),
         "platform": (
             *("container", "errors", "faults", "model", "paths", "serve"),
@@ -225,7 +226,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         ),
         "fleet": ("errors", "platform", "units"),  # platform: platform.toml's schema, issue 22
         "cli": (
-            *("benchmark", "container", "errors", "fleet", "image", "imagefs", "model"),
+            *("benchmark", "chunkprofile", "container", "errors", "fleet", "image", "imagefs"),
+            "model",
             *("platform", "progress", "registry", "serve", "snapshot", "units", "ztoc"),
         ),
     }.items()

@@ -99,7 +99,7 @@ class Plan:
     entries: int = 0
     skipped_missing: int = 0  # a name the image does not have, or not a regular file
     skipped_offset: int = 0  # past the file's end
-    skipped_local: int = 0  # in a layer fetched whole: nothing to prefetch by range
+    skipped_local: int = 0  # in a layer fetched whole or read through a zTOC: not by chunk
 
     def summary(self) -> dict[str, int]:
         return {
