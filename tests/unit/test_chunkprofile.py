@@ -45,6 +45,7 @@ def _many(reads: int) -> bytes:
     [
         (b"\xff{", "not JSON"),
         (b"[]", "not a zerostart.chunk-profile"),
+        (_doc([], [], format="soci.ztoc"), "not a zerostart.chunk-profile"),
         (_doc([], [], version=2), "version 2"),
         (_doc("a", []), "'files' list"),
         (_doc(["../etc/passwd"], [[0, 0]]), "climbs out"),
@@ -57,7 +58,7 @@ def _many(reads: int) -> bytes:
         (_doc(["a"], [[0, True]]), "within bounds"),
         (_doc(["a"], [[0]]), "within bounds"),
         (_many(chunkprofile.MAX_READS + 1), "limits"),
-        (_many(chunkprofile.MAX_READS + chunkprofile.MAX_FILES + 3), "limits"),
+        (_many(chunkprofile.MAX_READS + chunkprofile.MAX_FILES + 3), "has over"),  # unparsed
         (b" " * (chunkprofile.MAX_PROFILE_BYTES + 1), "over the"),
     ],
 )
@@ -179,3 +180,31 @@ def test_the_format_module_is_a_leaf() -> None:
         if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("zerostart")
     }
     assert ours == {"zerostart.errors", "zerostart.paths"}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        LayerEntry(chunkprofile.PROFILE_PATH, "dir"),
+        LayerEntry(chunkprofile.PROFILE_PATH, "reg", size=chunkprofile.MAX_PROFILE_BYTES + 1),
+    ],
+    ids=["a-directory", "oversized"],
+)
+def test_a_profile_entry_that_is_no_profile_is_ignored_unread(
+    entry: LayerEntry, caplog: pytest.LogCaptureFixture
+) -> None:
+    from zerostart.imagefs._profile import load
+
+    def read(node: object) -> bytes:
+        raise AssertionError("must not be fetched")
+
+    assert load(merge([[entry]]), read) is None
+    assert "chunk profile refused" in caplog.text
+
+
+def test_the_carried_profile_is_read_and_decoded() -> None:
+    from zerostart.imagefs._profile import load
+
+    data = profile_of([("etc/conf", 0)]).encode()
+    tree = merge([[LayerEntry(chunkprofile.PROFILE_PATH, "reg", size=len(data))]])
+    assert load(tree, lambda node: data) == profile_of([("etc/conf", 0)])
