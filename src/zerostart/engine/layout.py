@@ -79,6 +79,10 @@ def tensor_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
     The order is the order the forward pass touches the weights, so a lazily
     fetched image reads the file front to back.
     """
+    if manifest.architecture == "modernbert":  # its own layout (rotary, GeGLU, no biases)
+        from zerostart.engine.modernbert_layout import modernbert_shapes
+
+        return modernbert_shapes(manifest)
     c = manifest.config
     h, inter = c.hidden_size, c.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {

@@ -35,6 +35,7 @@ _EMBEDDING_ARCHS = (
     "RobertaModel",
     "XLMRobertaModel",
     "CamembertModel",
+    "ModernBertModel",
 )
 # Post-LN BERTs with RoBERTa's embeddings: the engine runs them as "bert" (see position_offset).
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
@@ -42,7 +43,6 @@ ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 _NOT_YET = {
     "deberta-v2": "bert",
     "deberta": "bert",
-    "modernbert": "bert",
     "mpnet": "bert",
     "nomic_bert": "bert",
     "new": "bert",  # gte-base-en-v1.5 / Alibaba-NLP "NewModel"
@@ -145,8 +145,12 @@ def model_config(config: dict[str, Any], path: Path) -> tuple[str, ModelConfig]:
             )
         elif model_type in ROBERTA_TYPES:
             mc = _roberta_config(config, path)
+        elif model_type == "modernbert":
+            from zerostart.model.modernbert import modernbert_config
+
+            mc = modernbert_config(config, path)
         else:
-            supported = ", ".join(("bert", "distilbert", *ROBERTA_TYPES))
+            supported = ", ".join(("bert", "distilbert", *ROBERTA_TYPES, "modernbert"))
             nearest = _NOT_YET.get(str(model_type))
             raise ConvertError(
                 path,
