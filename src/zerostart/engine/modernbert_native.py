@@ -153,10 +153,14 @@ class ModernBertNativeEngine:
         self._final_g = a("final.norm.weight")
         self._head: tuple[int, ...] | None = None
         if manifest.task != "embeddings":
-            self._head = tuple(
-                a("head." + n)
-                for n in ("dense.weight", "dense.bias", "norm.weight", "classifier.weight")
-            ) + (a("head.classifier.bias"),)
+            names = (
+                "dense.weight",
+                "dense.bias",
+                "norm.weight",
+                "classifier.weight",
+                "classifier.bias",
+            )
+            self._head = tuple(a("head." + n) for n in names)
             self._head_act = _NATIVE_ACTS[c.classifier_act]
         self._pool_mode = POOL_MODES[c.classifier_pooling]
         self._rope: dict[float, array[float]] = {}
@@ -204,9 +208,7 @@ class ModernBertNativeEngine:
         k, mb, run, s = self.kernels, self.mb, self._workers.run, self._scratch
         x, hbuf = s.get("x", n * h), s.get("h", n * h)
         ids_p, word, g0, eps = _addr(ids_a), self._word, self._embed_g, self._eps
-        run(
-            lambda i, j: mb.embed_norm(x, ids_p, word, g0, i, j, h, eps), n, min_part=ROWS_PER_PART
-        )
+        run(lambda i, j: mb.embed_norm(x, ids_p, word, g0, i, j, h, eps), n, min_part=ROWS_PER_PART)
         for i, layer in enumerate(self._layers):
             nxt = self._layers[i + 1].attn_g if i + 1 < len(self._layers) else self._final_g
             self._layer(layer, x if i == 0 else hbuf, x, hbuf, nxt, lengths_a, b, t)
@@ -247,7 +249,15 @@ class ModernBertNativeEngine:
         return _addr(table)
 
     def _layer(
-        self, p: _Layer, src: int, x: int, hbuf: int, next_g: int, lengths: array[int], b: int, t: int
+        self,
+        p: _Layer,
+        src: int,
+        x: int,
+        hbuf: int,
+        next_g: int,
+        lengths: array[int],
+        b: int,
+        t: int,
     ) -> None:
         mb, s, run = self.mb, self._scratch, self._workers.run
         n, h, nh, eps, inter = b * t, self._hidden, self._heads, self._eps, self._inter
@@ -311,7 +321,9 @@ class ModernBertNativeEngine:
 
             self._workers.run(rows, m, min_part=2 * plan.mr)
 
-    def _output(self, k: NativeKernels, hbuf: int, lengths: array[int], b: int, t: int) -> array[float]:
+    def _output(
+        self, k: NativeKernels, hbuf: int, lengths: array[int], b: int, t: int
+    ) -> array[float]:
         h, mb, s = self._hidden, self.mb, self._scratch
         if self._head is None:
             out = array("f")

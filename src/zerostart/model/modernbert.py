@@ -50,7 +50,9 @@ def modernbert_config(config: Mapping[str, Any], path: Path) -> ModelConfig:
     for key in _BIASES:
         if config.get(key):
             raise ConvertError(
-                path, f"{key}=true is not supported", hint=f"what converts: {WORKS} (docs/models.md)"
+                path,
+                f"{key}=true is not supported",
+                hint=f"what converts: {WORKS} (docs/models.md)",
             )
     layers = int(config["num_hidden_layers"])
     heads = int(config["num_attention_heads"])
