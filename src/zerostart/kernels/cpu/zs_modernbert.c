@@ -200,13 +200,16 @@ static inline void mb_rotate(const float *x, const float *cs, float *out, int64_
     }
 }
 
-#if defined(__AVX512F__)
-#define QR 8  /* query rows per tile */
-#define VB 32 /* keys (scores) or columns (context) per tile */
-#else
-#define QR 4
-#define VB 16
+/* Tile sizes (-DMB_QR=.. -DMB_VB=.. override them, to test one build's tiles on another). */
+#if !defined(MB_QR) && defined(__AVX512F__)
+#define MB_QR 8  /* query rows per tile */
+#define MB_VB 32 /* keys (scores) or columns (context) per tile */
+#elif !defined(MB_QR)
+#define MB_QR 4
+#define MB_VB 16
 #endif
+#define QR MB_QR
+#define VB MB_VB
 
 /* Attention for items [item0, item1) of the B x heads (sequence, head) pairs.
  *
