@@ -197,8 +197,9 @@ class ModernBertNativeEngine:
 
         Returns sequence classification: logits [B, labels]; token classification:
         logits [B*width, labels]; embeddings: final states [B*width, hidden] (padded rows
-        are not defined). Raises EngineError for ids out of range, a non-zero token type
-        (ModernBERT has none), a width over the model's positions, or sizes that disagree.
+        are not defined). ``types`` are ignored: ModernBERT has no token types (transformers'
+        forward takes none), whatever a tokenizer's template writes. Raises EngineError for
+        ids out of range, a width over the model's positions, or sizes that disagree.
         """
         b, t, h = len(lengths), width, self._hidden
         n = b * t
@@ -228,11 +229,8 @@ class ModernBertNativeEngine:
             raise EngineError(f"sequence lengths must be in [1, {t}], got {list(lengths)}")
         if min(ids) < 0 or max(ids) >= self._vocab:
             raise EngineError(f"input_ids must be in [0, {self._vocab})")
-        if types is not None:
-            if len(types) != len(ids):
-                raise EngineError(f"token_type_ids must have {len(ids)} entries, got {len(types)}")
-            if any(types):
-                raise EngineError("modernbert has no token type embeddings")
+        if types is not None and len(types) != len(ids):
+            raise EngineError(f"token_type_ids must have {len(ids)} entries, got {len(types)}")
 
     def _rope_table(self, theta: float, t: int) -> int:
         """The address of the rotary table for ``theta`` with at least ``t`` positions."""

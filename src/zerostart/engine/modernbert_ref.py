@@ -84,7 +84,7 @@ class ModernBertReference:
         self.manifest = manifest
         self.w: dict[str, np.ndarray] = {}
         for name, shape in modernbert_shapes(manifest).items():
-            arr = weights.get(name) if hasattr(weights, "get") else weights[name]
+            arr = weights.get(name)
             if arr is None or arr.shape != shape or arr.dtype != np.float32:
                 got = "missing" if arr is None else f"{arr.dtype}{list(arr.shape)}"
                 raise EngineError(
@@ -106,7 +106,7 @@ class ModernBertReference:
         attention_mask: np.ndarray,
         token_type_ids: np.ndarray | None = None,
     ) -> np.ndarray:
-        """input_ids/attention_mask: int [B, T]; token_type_ids: zeros or None.
+        """input_ids/attention_mask: int [B, T]; token_type_ids: ignored (ModernBERT has none).
 
         Returns float32: sequence classification -> logits [B, labels]; token
         classification -> logits [B, T, labels]; embeddings -> final states [B, T, H].
@@ -114,7 +114,7 @@ class ModernBertReference:
         m, w = self.manifest, self.w
         c = m.config
         ids, mask, _ = check_inputs(
-            m, input_ids, attention_mask, token_type_ids, max_len=c.max_position_embeddings
+            m, input_ids, attention_mask, None, max_len=c.max_position_embeddings
         )
         b, t = ids.shape
         h, nh, eps = c.hidden_size, c.num_heads, c.layer_norm_eps
