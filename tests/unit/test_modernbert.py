@@ -238,3 +238,14 @@ def test_banded_attention_costs_a_fraction_of_global() -> None:
 
     banded, full = cpu_seconds(64), cpu_seconds(-1)
     assert banded < 0.4 * full, f"banded {banded * 1e3:.1f} ms vs global {full * 1e3:.1f} ms"
+
+
+def test_base_width_matches_transformers(tmp_path: Path) -> None:
+    """ModernBERT-base's width (768, 12 heads of 64, GeGLU 1,152, the 128-token window) on
+    three layers (global, local, local) and 260 tokens: the sizes the kernels tile for."""
+    src = build(
+        tmp_path / "src", "sequence-classification", hidden_size=768, num_attention_heads=12,
+        intermediate_size=1152, num_hidden_layers=3, local_attention=128, labels=2,
+        classifier_pooling="mean",
+    )  # fmt: skip
+    _check(src, tmp_path / "bundle", [260, 70], archs=("x86-64-v3",))
