@@ -211,3 +211,39 @@ def test_predict_and_rerank_match_transformers_without_numpy(
             assert abs(r["score"] - float(scores[r["index"]])) <= TOLERANCE
         w.terminate()
         assert w.wait() == 0
+
+
+def test_served_ner_matches_the_transformers_pipeline(tmp_path: Path, tokenizer_json: Path) -> None:
+    """/tokens of a ModernBERT tagger against transformers' token-classification pipeline."""
+    import transformers
+
+    from zerostart.model.convert import convert
+
+    labels = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    src = _folder(tmp_path / "ner", "token-classification", tokenizer_json, labels=5, seed=3)
+    edit = json.loads((src / "config.json").read_text())
+    edit["id2label"] = dict(enumerate(labels))
+    edit["label2id"] = {v: k for k, v in enumerate(labels)}
+    (src / "config.json").write_text(json.dumps(edit))
+    convert(src, tmp_path / "ner-bundle")
+    model = _model(src, "ModernBertForTokenClassification")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), **SPECIALS)
+    text = "Angela Merkel visited Paris and Zürich; unaffable Smith-Jones in São Paulo"
+    with Worker(tmp_path / "ner-bundle") as w:
+        for strategy in ("none", "simple", "first", "average", "max"):
+            nlp = transformers.pipeline(
+                "token-classification", model=model, tokenizer=fast, aggregation_strategy=strategy
+            )
+            want = nlp(text)
+            status, got = w.request(
+                "POST", "/tokens", {"inputs": text, "aggregation_strategy": strategy}
+            )
+            assert status == 200 and len(got) == len(want), (strategy, got, want)
+            key = "entity" if strategy == "none" else "entity_group"
+            for a, b in zip(got, want, strict=True):
+                assert (a[key], a["word"], a["start"], a["end"]) == (
+                    b[key], b["word"], b["start"], b["end"],
+                ), strategy  # fmt: skip
+                assert abs(a["score"] - float(b["score"])) <= TOLERANCE
+        w.terminate()
+        assert w.wait() == 0
