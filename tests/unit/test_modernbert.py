@@ -249,3 +249,25 @@ def test_base_width_matches_transformers(tmp_path: Path) -> None:
         classifier_pooling="mean",
     )  # fmt: skip
     _check(src, tmp_path / "bundle", [260, 70], archs=("x86-64-v3",))
+
+
+def test_pipeline_serves_both_engines(tmp_path: Path) -> None:
+    """The worker's engine choice: native kernels when the bundle has them, else the reference."""
+    from zerostart.pipeline import NumpyEngine, _make_engine
+
+    src = build(tmp_path / "src", "token-classification", labels=3)
+    convert(src, tmp_path / "native", cpu_archs=("x86-64",))
+    convert(src, tmp_path / "numpy", cpu_archs=("none",))
+    native = _make_engine(Bundle.open(tmp_path / "native"))
+    reference = _make_engine(Bundle.open(tmp_path / "numpy"))
+    assert isinstance(native, ModernBertNativeEngine)
+    assert isinstance(reference, NumpyEngine)
+    assert isinstance(reference.engine, ModernBertReference)
+    ids, mask = _batch([20, 9])
+    lengths = [20, 9]
+    flat = ids.reshape(-1).tolist()
+    types = [1] * len(flat)  # a template's segment ids: ModernBERT has no token types
+    got = np.frombuffer(native.run(flat, types, lengths, 20), np.float32).reshape(2, 20, -1)
+    ref = np.frombuffer(reference.run(flat, types, lengths, 20), np.float32).reshape(2, 20, -1)
+    keep = mask.astype(bool)
+    assert float(np.abs(got[keep] - ref[keep]).max()) <= 1e-5
