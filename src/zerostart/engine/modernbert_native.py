@@ -14,10 +14,10 @@ kernels/cpu/zs_modernbert.c; per layer (``engine.modernbert_layout``)::
 ``x`` is the residual stream and ``h`` its normed copy, so a layer reads ``h`` and
 adds into ``x``. The rotary tables (one per theta) are computed on first use for
 as many positions as the longest batch so far and kept. GeGLU "fused into the
-first product": each thread's part of ``h Wi`` (its rows, or below
-``plan.col_split_rows`` rows its columns of the input half and the same columns
-of the gate half) is followed at once by that part's GeGLU, while it is in cache,
-so ``f`` is never read back by another pass over the whole batch.
+first product": each thread's part of ``h Wi`` (blocks of its rows, one GEMM
+A-block each, or below ``plan.col_split_rows`` rows its columns of the input half
+and the same columns of the gate half) is followed at once by that block's GeGLU,
+while it is in cache, so ``f`` is never read back by a pass over the whole batch.
 
 Matches the numpy reference (``engine.modernbert_ref``) and transformers to
 ~1e-5 (tests/unit/test_modernbert.py).
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from zerostart.model.bundle import Bundle
 
 POOL_MODES = {"cls": 0, "mean": 1}  # zs_mb_pool's
+GEGLU_ROWS = 96  # rows per product + GeGLU block when the GEMM plan leaves mc to the kernel
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -312,10 +313,15 @@ class ModernBertNativeEngine:
 
             self._workers.run(columns, -(-inter // nr))
         else:
+            # Row blocks of the plan's A block (the GEMM packs W per such block anyway), so
+            # the GeGLU reads a block of f that is still in cache, not a whole part of it.
+            block = max(plan.mr, (plan.mc or GEGLU_ROWS) // plan.mr * plan.mr)
 
             def rows(i: int, j: int) -> None:
-                product(i, j, 0, 2 * inter)
-                mb.geglu(f, g, i, j, inter, 0, inter, act)
+                for r0 in range(i, j, block):
+                    r1 = min(j, r0 + block)
+                    product(r0, r1, 0, 2 * inter)
+                    mb.geglu(f, g, r0, r1, inter, 0, inter, act)
 
             self._workers.run(rows, m, min_part=2 * plan.mr)
 
