@@ -38,6 +38,7 @@ def build(
     hub_spelling: bool = False,
     save_bin: bool = False,
     masked_lm: bool = False,
+    noise: float = 0.05,
     **config: Any,
 ) -> Path:
     """Write a ModernBERT folder for ``task`` into ``out`` and return it.
@@ -46,7 +47,8 @@ def build(
     local, global; FFN 37; an 8-token window so short texts already cross it).
     ``hub_spelling`` rewrites config.json with the released checkpoints' keys;
     ``save_bin`` writes pytorch_model.bin instead of safetensors; ``masked_lm`` saves a
-    ModernBertForMaskedLM (the released checkpoints' architecture) whatever the task.
+    ModernBertForMaskedLM (the released checkpoints' architecture) whatever the task;
+    ``noise``: the standard deviation added to every parameter.
     """
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -71,7 +73,7 @@ def build(
     model = cls.from_config(cfg).eval() if not masked_lm else cls(cfg).eval()
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+            p.add_(torch.randn_like(p) * noise)
     model.save_pretrained(out)
     if save_bin:
         (out / "model.safetensors").unlink()

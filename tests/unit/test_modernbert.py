@@ -106,6 +106,16 @@ def test_modernbert_matches_transformers(tmp_path: Path, task: str, pooling: str
     _check(src, tmp_path / "bundle", [40, 13, 1, 35])
 
 
+def test_other_activations(tmp_path: Path) -> None:
+    """GeGLU on the tanh GELU, and a ReLU head: the activations convert accepts. Weights
+    large enough (noise 0.2) that the GELU's input reaches where its two forms differ."""
+    src = build(
+        tmp_path / "src", "token-classification", hidden_activation="gelu_pytorch_tanh",
+        classifier_activation="relu", noise=0.2,
+    )  # fmt: skip
+    _check(src, tmp_path / "bundle", [30, 11], archs=("x86-64", "x86-64-v3"))
+
+
 @pytest.mark.parametrize("seq", [1, 127, 512, 1024])
 def test_lengths_across_the_released_window(tmp_path: Path, seq: int) -> None:
     """The released models' window (128 tokens: 64 each side) at 1 .. 1,024 tokens."""
