@@ -115,7 +115,7 @@ def _onnx(model: Any, batch: int, tokens: int) -> Path:
     return path
 
 
-def bench(iters_scale: float, threads: int) -> dict[str, Any]:
+def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
     from transformers import ModernBertForSequenceClassification
@@ -151,6 +151,8 @@ def bench(iters_scale: float, threads: int) -> dict[str, Any]:
     }
     rng = np.random.default_rng(0)
     for label, batch, tokens, rounds, with_torch in SHAPES:
+        if only and label not in only:
+            continue
         ids = rng.integers(1000, 50000, size=(batch, tokens), dtype=np.int64)
         ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
         mask = np.ones_like(ids)
@@ -210,6 +212,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--iters-scale", type=float, default=1.0, help="x the rounds per shape")
     ap.add_argument("--out", default="warm_cpu_modernbert", help="result name under bench/results/")
+    ap.add_argument("--shapes", default="", help="comma-separated labels (default: all)")
     args = ap.parse_args()
     machine = machine_description()
     machine["cpu_flags"] = sorted(cpu_flags())
@@ -219,7 +222,9 @@ def main() -> None:
         "note": "shared 2-core machine, loaded by other work: see the load averages per shape",
         "method": "engines interleaved call by call; median of the rounds",
         "load_average_before": list(os.getloadavg()),
-        "models": {NAME: bench(args.iters_scale, args.threads)},
+        "models": {
+            NAME: bench(args.iters_scale, args.threads, tuple(filter(None, args.shapes.split(","))))
+        },
         "load_average_after": list(os.getloadavg()),
     }
     write_result(args.out, result)
