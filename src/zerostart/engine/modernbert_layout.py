@@ -22,12 +22,11 @@ Linear weights are stored ``[in, out]`` (the engine computes ``x @ W``);
 without a dense bias (transformers' default ``classifier_bias=False``) stores
 zeros. Everything is float32.
 
-Runtime module: standard library only.
+Runtime module: standard library only; a leaf that ``engine.layout`` imports.
 """
 
 from __future__ import annotations
 
-from zerostart.engine.layout import layer_prefix
 from zerostart.model.manifest import Manifest
 
 ARCHITECTURE = "modernbert"
@@ -48,7 +47,7 @@ def modernbert_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
         "embed.norm.weight": (h,),
     }
     for i in range(c.num_layers):
-        p = layer_prefix(i)
+        p = f"layer.{i}."  # layout.layer_prefix's names (this module is a leaf of layout's)
         if i > 0:
             shapes[p + "attn.norm.weight"] = (h,)
         shapes[p + "attn.qkv.weight"] = (h, 3 * h)
