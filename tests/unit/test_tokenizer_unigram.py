@@ -173,7 +173,7 @@ def test_added_token_with_lstrip_takes_the_spaces_before_it(tmp_path: Path) -> N
     ("overrides", "named"),
     [
         ({"model": {"type": "WordLevel", "vocab": {}}}, "model type 'WordLevel'"),
-        ({"normalizer": {"type": "NFD"}}, "normalizer 'NFD'"),
+        ({"normalizer": {"type": "BertNormalizer"}}, "normalizer 'BertNormalizer'"),
         (
             {"normalizer": {"type": "Replace", "pattern": {"Regex": r"\p{L}+"}, "content": ""}},
             "regex",

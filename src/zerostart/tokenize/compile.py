@@ -34,7 +34,10 @@ from zerostart.tokenize._pipeline import DECODERS, MODELS, PRE_TOKENIZERS, TABLE
 from zerostart.tokenize._unigram import compile_unigram
 
 ModelCompiler = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Section]]]
-NORMALIZERS = ("Sequence", "Precompiled", "Replace", "Lowercase", "Strip")
+NORMALIZERS = (
+    *("Sequence", "Precompiled", "Replace", "Lowercase", "Strip"),
+    *("NFC", "NFD", "NFKC", "NFKD"),
+)
 POST_PROCESSORS = ("TemplateProcessing", "RobertaProcessing", "BertProcessing")
 
 
@@ -129,7 +132,7 @@ def compile_tokenizer_json(
         return TokenizerError(
             f"{where}: {what} is not supported",
             hint="zerostart serves WordPiece; Unigram with Precompiled/Replace/Lowercase/"
-            "Strip normalizers and Metaspace/WhitespaceSplit pre-tokenizers; byte-level BPE "
+            "Strip/NFC/NFD/NFKC/NFKD normalizers and Metaspace/WhitespaceSplit pre-tokenizers; byte-level BPE "
             "(the ByteLevel pre-tokenizer and decoder); with TemplateProcessing/"
             "RobertaProcessing (see docs/tokenizer.md)",
         )
