@@ -161,3 +161,11 @@ def rerank_bundle(rerank_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     out = tmp_path_factory.mktemp("bundles") / "cross-encoder"
     convert(rerank_dir, out, device="cpu")
     return out
+
+
+@pytest.fixture(scope="session")
+def estargz_reference_tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The eStargz reference tool (tests/interop/estargz_ref), compiled once per run."""
+    from estargz_reference import build_reference_tool
+
+    return build_reference_tool(tmp_path_factory.mktemp("estargz_ref"))

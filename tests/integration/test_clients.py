@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_server_robustness import Worker
+from test_server_robustness import Worker, serving
 
 from cross_encoder import one_label_folder
 
@@ -40,26 +40,19 @@ def _loopback_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
 
 
-def started(bundle: Path) -> Iterator[Worker]:
-    with Worker(bundle) as w:
-        yield w
-        w.terminate()
-        assert w.wait() == 0, w.stderr_text()
-
-
 @pytest.fixture(scope="module")
 def embed_worker(embed_bundle: Path) -> Iterator[Worker]:
-    yield from started(embed_bundle)
+    yield from serving(embed_bundle)
 
 
 @pytest.fixture(scope="module")
 def sst2_worker(sst2_bundle: Path) -> Iterator[Worker]:
-    yield from started(sst2_bundle)
+    yield from serving(sst2_bundle)
 
 
 @pytest.fixture(scope="module")
 def ner_worker(ner_bundle: Path) -> Iterator[Worker]:
-    yield from started(ner_bundle)
+    yield from serving(ner_bundle)
 
 
 def url(w: Worker) -> str:

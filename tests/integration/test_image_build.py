@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from estargz_reference import build_reference_tool, run_reference
+from estargz_reference import run_reference
 from zerostart import estargz
 from zerostart.benchmark import free_port
 from zerostart.container.runtime import Container, choose_runtime
@@ -302,9 +302,9 @@ def test_layers_are_estargz_with_the_read_order_first(embed_image: BuildResult) 
 
 
 def test_reference_estargz_verifies_every_layer(
-    embed_image: BuildResult, embed_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+    embed_image: BuildResult, embed_bundle: Path, estargz_reference_tool: Path
 ) -> None:
-    tool = build_reference_tool(tmp_path_factory.mktemp("estargz_ref"))
+    tool = estargz_reference_tool
     image = read_oci_layout(embed_image.image.path)
     served: dict[str, dict[str, object]] = {}
     for layer, desc in zip(image.layers, image.manifest["layers"], strict=True):

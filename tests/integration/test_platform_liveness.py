@@ -182,6 +182,10 @@ def test_a_sigkilled_gateway_leaves_its_pool_folder_to_the_next_one(
     live = Gateway(_mkdir(tmp_path / "b"), toml, env={"TMPDIR": str(temp)})
     gateways.append(live)
     (live_dir,) = folders() - {dead_dir}
+    # the live pool's slot is up before the next gateway looks at the folders (on a
+    # loaded machine it may take seconds: checking right after the new one started
+    # failed in CI with the slot still starting, not removed)
+    assert wait_until(lambda: pool(live)["ready"] == 1, 60.0)
     dead.proc.kill()  # SIGKILL: no cleanup code runs
     dead.proc.wait()
     assert dead_dir.is_dir()  # what a killed gateway leaves

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,14 @@ class Worker:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def serving(bundle: Path, *args: str) -> Iterator[Worker]:
+    """A worker for a module-scoped fixture: yielded, then SIGTERMed; it must exit 0."""
+    with Worker(bundle, *args) as w:
+        yield w
+        w.terminate()
+        assert w.wait() == 0, w.stderr_text()
 
 
 def read_response(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_server_robustness import Worker
+from test_server_robustness import Worker, serving
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +30,9 @@ LIMIT = 256  # all-MiniLM-L6-v2's max_seq_length (the bundle's max_input_length)
 TOL = 1e-4  # the pipeline parity bound
 
 
-def started(bundle: Path, *args: str) -> Iterator[Worker]:
-    with Worker(bundle, *args) as w:
-        yield w
-        w.terminate()
-        assert w.wait() == 0, w.stderr_text()
-
-
 @pytest.fixture(scope="module")
 def w(embed_bundle: Path) -> Iterator[Worker]:
-    yield from started(embed_bundle)
+    yield from serving(embed_bundle)
 
 
 def url(worker: Worker) -> str:
@@ -88,7 +81,7 @@ def test_auto_truncate_off_refuses_long_inputs(
 ) -> None:
     if env is not None:
         monkeypatch.setenv("AUTO_TRUNCATE", env)
-    for worker in started(embed_bundle, *args):
+    for worker in serving(embed_bundle, *args):
         assert worker.request("GET", "/info")[1]["auto_truncate"] is False
         status, err = worker.request("POST", "/embed", {"inputs": CHUNK})
         assert (status, err["error_type"]) == (422, "Validation")
@@ -100,7 +93,7 @@ def test_auto_truncate_off_refuses_long_inputs(
 
 
 def test_auto_truncate_flag_without_a_value_and_a_bad_value(embed_bundle: Path) -> None:
-    for worker in started(embed_bundle, "--auto-truncate"):
+    for worker in serving(embed_bundle, "--auto-truncate"):
         assert worker.request("GET", "/info")[1]["auto_truncate"] is True
     import subprocess
     import sys

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_server_robustness import Worker
+from test_server_robustness import Worker, serving
 
 pytestmark = pytest.mark.integration
 
@@ -72,26 +72,19 @@ schema = schemathesis.openapi.from_dict(tei_document())
 schema.config.generation.update(max_examples=EXAMPLES, deterministic=True, database="none")
 
 
-def started(bundle: Path) -> Iterator[Worker]:
-    with Worker(bundle) as w:
-        yield w
-        w.terminate()
-        assert w.wait() == 0, w.stderr_text()
-
-
 @pytest.fixture(scope="module")
 def embedder(embed_bundle: Path) -> Iterator[Worker]:
-    yield from started(embed_bundle)
+    yield from serving(embed_bundle)
 
 
 @pytest.fixture(scope="module")
 def classifier(sst2_bundle: Path) -> Iterator[Worker]:
-    yield from started(sst2_bundle)
+    yield from serving(sst2_bundle)
 
 
 @pytest.fixture(scope="module")
 def reranker(rerank_bundle: Path) -> Iterator[Worker]:
-    yield from started(rerank_bundle)
+    yield from serving(rerank_bundle)
 
 
 def call(case: Any, worker: Worker) -> None:

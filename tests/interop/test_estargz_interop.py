@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from estargz_reference import build_reference_tool, run_reference
+from estargz_reference import run_reference
 from zerostart import estargz as E
 from zerostart.image.layers import Entry, write_layer
 
@@ -34,8 +34,8 @@ CHUNK = 64 << 10  # small chunks, so that a 200 KB file spans several
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_reference_tool(tmp_path_factory.mktemp("estargz_ref"))
+def reference(estargz_reference_tool: Path) -> Path:
+    return estargz_reference_tool
 
 
 def _sha(data: bytes) -> str:

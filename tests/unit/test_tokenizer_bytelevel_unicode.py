@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from code_points import sweep_code_points
 from zerostart.tokenize import _bytelevel
 from zerostart.tokenize import _bytelevel_tables as tables
 
@@ -104,7 +105,7 @@ def test_every_code_point_splits_like_tokenizers() -> None:
     tokenizers = pytest.importorskip("tokenizers")
     ref = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bad = []
-    for cp in _code_points():
+    for cp in sweep_code_points():  # in CI: planes 0-3, 14 and a sample of the rest
         c = chr(cp)
         text = f"x{c}{c}'s 1{c} {c}!{c}  {c}\n{c}9"
         want = [p for p, _ in ref.pre_tokenize_str(text)]

@@ -31,10 +31,10 @@ from zerostart.api._parse import backend
 from zerostart.api._text import prepare_decode, prepare_tokenize, prepare_tokens
 
 if TYPE_CHECKING:
+    from zerostart.api._model import Model
     from zerostart.model.manifest import Manifest
-    from zerostart.pipeline import Pipeline
 
-Prepare = Callable[["Pipeline", Any], Job]
+Prepare = Callable[["Model", Any], Job]
 
 PREPARE: dict[str, Prepare] = {
     "predict": prepare_predict,
@@ -73,7 +73,7 @@ def default_route(manifest: Manifest, body: Any) -> str:
     return "tokens"
 
 
-def prepare(pipe: Pipeline, route: str, body: Any) -> Job:
+def prepare(pipe: Model, route: str, body: Any) -> Job:
     """Validate ``body`` for ``route`` and tokenise it; raises InputError with TEI's status."""
     if route in DISPATCH_ROUTES:
         route = default_route(pipe.manifest, body)

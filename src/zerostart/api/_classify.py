@@ -34,7 +34,7 @@ from zerostart.tasks import classify
 from zerostart.tasks.heads import all_finite, non_finite
 
 if TYPE_CHECKING:
-    from zerostart.pipeline import Pipeline
+    from zerostart.api._model import Model
 
 FUNCTIONS = ("softmax", "sigmoid", "none")  # transformers' ClassificationFunction names
 
@@ -103,7 +103,7 @@ def _top_k(opts: dict[str, Any], n_labels: int) -> int:
     return min(value, n_labels)
 
 
-def prepare_predict(pipe: Pipeline, body: Any) -> Job:
+def prepare_predict(pipe: Model, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     items, single = predict_inputs(required(body, "inputs"), pipe.max_client_batch_size)
@@ -129,7 +129,7 @@ def prepare_predict(pipe: Pipeline, body: Any) -> Job:
     return Job(encodings, finish)
 
 
-def prepare_rerank(pipe: Pipeline, body: Any) -> Job:
+def prepare_rerank(pipe: Model, body: Any) -> Job:
     body = body_object(body, '{"query": "a question", "texts": ["a passage", "another"]}')
     query = text(required(body, "query"), "`query`")
     texts = required(body, "texts")

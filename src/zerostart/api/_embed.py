@@ -60,14 +60,12 @@ from zerostart.api._parse import (
 from zerostart.tasks.heads import non_finite
 
 if TYPE_CHECKING:
-    from zerostart.pipeline import Pipeline
+    from zerostart.api._model import Model
 
 ENCODING_FORMATS = ("float", "base64")
 
 
-def pooled(
-    pipe: Pipeline, states: memoryview, index: int, *, normalize: bool = False
-) -> memoryview:
+def pooled(pipe: Model, states: memoryview, index: int, *, normalize: bool = False) -> memoryview:
     """One sequence's token states [tokens, hidden] -> its float32 sentence vector [hidden].
 
     Raises EngineError (424) when the vector holds NaN or infinity.
@@ -130,7 +128,7 @@ def _little_endian(vector: memoryview) -> bytes:
     return swapped.tobytes()
 
 
-def prepare_embed(pipe: Pipeline, body: Any) -> Job:
+def prepare_embed(pipe: Model, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     inputs, _ = embedding_inputs(required(body, "inputs"), "inputs", pipe.max_client_batch_size)
@@ -150,7 +148,7 @@ def prepare_embed(pipe: Pipeline, body: Any) -> Job:
     return Job(encodings, finish)
 
 
-def prepare_embed_all(pipe: Pipeline, body: Any) -> Job:
+def prepare_embed_all(pipe: Model, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     inputs, _ = embedding_inputs(required(body, "inputs"), "inputs", pipe.max_client_batch_size)
@@ -166,7 +164,7 @@ def prepare_embed_all(pipe: Pipeline, body: Any) -> Job:
     return Job(encodings, finish)
 
 
-def prepare_similarity(pipe: Pipeline, body: Any) -> Job:
+def prepare_similarity(pipe: Model, body: Any) -> Job:
     example = '{"inputs": {"source_sentence": "a text", "sentences": ["another", "a third"]}}'
     body = body_object(body, example)
     inputs = required(body, "inputs")
@@ -202,7 +200,7 @@ def prepare_similarity(pipe: Pipeline, body: Any) -> Job:
     return Job(encodings, finish)
 
 
-def prepare_openai(pipe: Pipeline, body: Any) -> Job:
+def prepare_openai(pipe: Model, body: Any) -> Job:
     body = body_object(body, '{"input": "some text", "model": "..."}')
     inputs, _ = embedding_inputs(required(body, "input"), "input", pipe.max_client_batch_size)
     fmt = body.get("encoding_format", "float")

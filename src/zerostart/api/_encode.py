@@ -12,7 +12,7 @@ from zerostart.api._parse import Truncation, check_length, invalid
 from zerostart.tokenize import Encoding
 
 if TYPE_CHECKING:
-    from zerostart.pipeline import Pipeline
+    from zerostart.api._model import Model
 
 # Refuse (or, with ``truncate``, cut) absurdly long texts before the pure-Python
 # tokenizer spends time on them. TEI does the same with 250 characters per token;
@@ -22,7 +22,7 @@ MAX_INPUT_CHARS_PER_TOKEN = 64
 Item = str | tuple[str, str] | list[int]
 
 
-def encode(pipe: Pipeline, items: Sequence[Item], truncate: Truncation) -> list[Encoding]:
+def encode(pipe: Model, items: Sequence[Item], truncate: Truncation) -> list[Encoding]:
     """One encoding per item: a text, a (text, pair) tuple, or token ids used as given.
 
     Raises InputError (422) for a text over the character or token limit without
@@ -62,7 +62,7 @@ def _cut(text: str, chars: int, left: bool) -> str:
 
 
 def ids_encoding(
-    pipe: Pipeline, ids: list[int], max_length: int | None, *, left: bool = False
+    pipe: Model, ids: list[int], max_length: int | None, *, left: bool = False
 ) -> Encoding:
     """Token ids as the sequence itself: no [CLS]/[SEP] added (TEI and OpenAI's reading).
 

@@ -39,10 +39,10 @@ from zerostart.tasks import STRATEGIES, aggregate_entities
 from zerostart.tokenize import Encoding
 
 if TYPE_CHECKING:
-    from zerostart.pipeline import Pipeline
+    from zerostart.api._model import Model
 
 
-def prepare_tokens(pipe: Pipeline, body: Any) -> Job:
+def prepare_tokens(pipe: Model, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     opts = options(body)
     texts, single = string_inputs(required(body, "inputs"), "inputs", pipe.max_client_batch_size)
@@ -109,7 +109,7 @@ def _simple_tokens(text: str, enc: Encoding, add_special_tokens: bool) -> list[d
     return out
 
 
-def prepare_tokenize(pipe: Pipeline, body: Any) -> Job:
+def prepare_tokenize(pipe: Model, body: Any) -> Job:
     body = body_object(body, '{"inputs": "some text"}')
     texts, _ = string_inputs(required(body, "inputs"), "inputs", pipe.max_client_batch_size)
     add_special = flag(body, "add_special_tokens", True)
@@ -134,7 +134,7 @@ def _ids(value: Any, where: str) -> list[int]:
     return value
 
 
-def prepare_decode(pipe: Pipeline, body: Any) -> Job:
+def prepare_decode(pipe: Model, body: Any) -> Job:
     body = body_object(body, '{"ids": [101, 7592, 102]}')
     ids = required(body, "ids")
     skip = flag(body, "skip_special_tokens", True)
