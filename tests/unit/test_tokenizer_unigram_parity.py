@@ -16,6 +16,7 @@ seeded random strings, every code point alone, batches and the decoder.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import random
@@ -333,3 +334,53 @@ def test_decode_matches_reference(pair: Pair) -> None:
             assert pair.ours.decode(ids, skip_special_tokens=skip) == pair.ref.decode(
                 ids, skip_special_tokens=skip
             ), (text, skip)
+
+
+def _charsmap_of_rules(rules: dict[str, str]) -> bytes:
+    """A Precompiled charsmap made by SentencePiece's own builder from ``rules`` (source -> target)."""
+    spm = pytest.importorskip("sentencepiece")
+    model_pb2 = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    folder = Path(os.environ.get("TMPDIR", "/tmp"))
+    tsv = folder / f"zs-rules-{os.getpid()}.tsv"
+    hexes = [" ".join(f"{ord(c):X}" for c in s) for s in (*rules, *rules.values())]
+    n = len(rules)
+    tsv.write_text("".join(f"{a}\t{b}\n" for a, b in zip(hexes[:n], hexes[n:], strict=True)))
+    out = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(["hello world x y z"] * 50),
+            model_writer=out,
+            vocab_size=20,
+            hard_vocab_limit=False,
+            normalization_rule_tsv=str(tsv),
+            minloglevel=2,
+        )
+    finally:
+        tsv.unlink()
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(out.getvalue())
+    return bytes(proto.normalizer_spec.precompiled_charsmap)
+
+
+def test_precompiled_keys_that_reach_over_a_space_are_taken_whole() -> None:
+    """Keys a space joins: a space + a mark that does not compose with "a", a Prepend + a
+    space. The per-word path must leave such texts to the whole-text path."""
+    tk = pytest.importorskip("tokenizers")
+    from zerostart.tokenize._precompiled import Precompiled
+
+    texts = [" y z", "x \u0334y z", "\u0600 x y", "x \u0600 y", "a\u0301 b a\u0301", "q \u0301 r"]
+    for rules in (
+        {" \u0334": "Z", "\u0600 ": "P", "a\u0301": "\u00e1"},
+        {"a": "aa", "x": "xyz"},  # the stand-in "a" does not map to itself
+        {" ": "_", "q": ""},  # nor does the space
+    ):
+        charsmap = _charsmap_of_rules(rules)
+        ours = Precompiled(charsmap)
+        probe = tk.Tokenizer(tk.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+        probe.normalizer = tk.normalizers.Precompiled(charsmap)
+        probe.pre_tokenizer = tk.pre_tokenizers.Split(tk.Regex("."), "isolated")
+        for text in [*texts, *texts]:  # the second time with every word in the cache
+            got, align = ours.normalize(text, None)
+            spans = [(a, a + 1) for a in (range(len(got)) if align is None else align)]
+            assert got == probe.normalizer.normalize_str(text), (rules, text)
+            assert spans == list(probe.encode(text).offsets), (rules, text)
