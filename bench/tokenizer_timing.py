@@ -12,6 +12,10 @@ one's best pass, in µs per text:
 * ``ours_batch32_us`` / ``tokenizers_batch32_us``: ``encode_batch`` of 32;
 * any ``extra`` variants (e.g. our pure-Python fallback), timed the same way.
 
+Each row also has ``cpu``: the same keys in process CPU time (best pass), the
+steadier figure on a shared, loaded machine (time spent waiting for a core is
+not counted; the reference's thread pool in batches is, as its CPU time).
+
 Both sides must give the same ids, or the timing means nothing: checked first.
 """
 
@@ -80,17 +84,21 @@ def time_cases(
         for key, other in (extra or {}).items():
             fns[key] = functools.partial(_encode_all, other, pool, ml)
         best = dict.fromkeys(fns, float("inf"))
+        best_cpu = dict.fromkeys(fns, float("inf"))
         for _ in range(repeats):
             for key, fn in fns.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
                 best[key] = min(best[key], time.perf_counter() - t0)
+                best_cpu[key] = min(best_cpu[key], time.process_time() - c0)
         tokens = statistics.mean(len(ours.encode(t, max_length=ml)) for t in pool)
+        n = len(pool)
         rows.append(
             {
                 "case": name,
                 "tokens_mean": tokens,
-                **{k: v / len(pool) * 1e6 for k, v in best.items()},
+                **{k: v / n * 1e6 for k, v in best.items()},
+                "cpu": {k: v / n * 1e6 for k, v in best_cpu.items()},
             }
         )
     return rows
@@ -106,15 +114,17 @@ COLUMNS = [
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
-    """The rows as a table (extra columns after the standard ones)."""
+    """The rows as two tables, wall and CPU time (extra columns after the standard ones)."""
     cols = COLUMNS + [
         (k, k.removeprefix("ours_").removesuffix("_single_us").split("_")[0])
         for k in rows[0]
         if k.endswith("_us") and k not in dict(COLUMNS)
     ]
-    print(f"{'µs per text':<34}{'tokens':>7}" + "".join(f"{h:>12}" for _, h in cols))
-    for row in rows:
-        print(
-            f"{row['case']:<34}{row['tokens_mean']:7.0f}"
-            + "".join(f"{row[k]:12.1f}" for k, _ in cols)
-        )
+    for title, cpu in (("wall", False), ("CPU", True)):
+        print(f"{'µs per text, ' + title:<34}{'tokens':>7}" + "".join(f"{h:>12}" for _, h in cols))
+        for row in rows:
+            values = row["cpu"] if cpu else row
+            print(
+                f"{row['case']:<34}{row['tokens_mean']:7.0f}"
+                + "".join(f"{values[k]:12.1f}" for k, _ in cols)
+            )

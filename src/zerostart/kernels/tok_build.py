@@ -36,7 +36,6 @@ CFLAGS = (
     "-fno-plt",
     "-s",
     "-Wall",
-    "-Werror",
     "-Wl,-z,noexecstack",
     "-Wl,--as-needed",
 )
