@@ -20,7 +20,7 @@ import os
 
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME
 
-ABI_VERSION = 1  # must match ZS_TOK_ABI_VERSION in kernels/cpu/zs_tok.c
+ABI_VERSION = 2  # must match ZS_TOK_ABI_VERSION in kernels/cpu/zs_tok.c
 ENV = "ZEROSTART_TOKENIZER_NATIVE"  # "0": use the pure-Python code even if the library is there
 
 # Return codes of zs_unigram_segment (zs_tok.c).
@@ -72,7 +72,8 @@ class NativeLib:
             _I,  # offset base
             _P,  # out: six int32 arrays of cap entries
             _I,  # cap
-            _P,  # out: int64 word count
+            _P,  # out: int64 x 2, word count and joined length
+            _P,  # out: the tokens' UTF-8 joined by NUL bytes (n + cap bytes), or None
         ]
         self.unigram_segment.restype = _I
 

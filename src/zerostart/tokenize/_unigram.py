@@ -55,7 +55,8 @@ UNK_PENALTY = 10.0
 # Distinct words kept with their pieces (each ~0.5 KB: a few MB at most).
 WORD_CACHE_SIZE_WORDS = 16384
 _ZEROS = array("i", [0])  # repeated into the native calls' output arrays
-_ZERO64 = array("q", [0])
+_ZERO64 = array("q", [0, 0])
+_ZERO_BYTES = array("B", [0])
 
 
 def compile_unigram(
@@ -177,7 +178,7 @@ class Unigram(MappedVocab):
         out = _ZEROS * (6 * n)
         words = array("q", _ZERO64)
         found = self._segment(data, n, b"", 0, None, 0, 0, out.buffer_info()[0], n,
-                              words.buffer_info()[0])  # fmt: skip
+                              words.buffer_info()[0], None)  # fmt: skip
         if found < 0:
             return self._pieces(word)  # byte fallback, or the error: the Python code's
         cs, ce = out[n : n + found], out[2 * n : 2 * n + found]
@@ -207,6 +208,9 @@ class Unigram(MappedVocab):
         out = _ZEROS * (6 * n)
         words = array("q", _ZERO64)
         aligned = None if align is None else array("i", align)
+        # The token strings come back joined by NUL bytes (one decode, one split) unless
+        # the text holds a NUL itself.
+        joined = _ZERO_BYTES * (2 * n) if "\0" not in text else None
         found = self._segment(
             data,
             n,
@@ -218,13 +222,17 @@ class Unigram(MappedVocab):
             out.buffer_info()[0],
             n,
             words.buffer_info()[0],
+            None if joined is None else joined.buffer_info()[0],
         )
         if found < 0:
             return None
         seq.ids += out[:found]
-        seq.tokens += map(
-            text.__getitem__, map(slice, out[n : n + found], out[2 * n : 2 * n + found])
-        )
+        if joined is not None:
+            seq.tokens += str(memoryview(joined)[: words[1]], "utf-8").split("\0")
+        else:
+            seq.tokens += map(
+                text.__getitem__, map(slice, out[n : n + found], out[2 * n : 2 * n + found])
+            )
         seq.offsets += zip(out[3 * n : 3 * n + found], out[4 * n : 4 * n + found], strict=True)
         w = out[5 * n : 5 * n + found]
         seq.word_ids += map(word.__add__, w) if word else w

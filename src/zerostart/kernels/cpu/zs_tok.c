@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ZS_TOK_ABI_VERSION 1
+#define ZS_TOK_ABI_VERSION 2
 
 /* Return codes of zs_unigram_segment (>= 0: number of tokens). */
 #define ZS_TOK_NO_UNK (-1)       /* a character without a piece and no unknown piece */
@@ -179,14 +179,18 @@ static int64_t viterbi(const zs_unigram *m, const uint8_t *w, int64_t n, scratch
  * token over characters [cs, ce) spans (orig(cs), orig(ce - 1) + 1).
  * out: six int32 arrays of cap entries each, end to end: id, cs, ce, start,
  * end, word (index of the word in this text). words_out[0]: number of words.
+ * joined (NULL: not wanted; else n + cap bytes): the text with a NUL byte
+ * between tokens, so that the caller gets the token strings with one decode
+ * and one split; words_out[1]: its length.
  * Returns the number of tokens or a ZS_TOK_ code (< 0). */
 int64_t zs_unigram_segment(const zs_unigram *m, const uint8_t *text, int64_t n,
                            const uint8_t *sep, int64_t sep_len, const int32_t *align,
                            int64_t prepended, int64_t base, int32_t *out, int64_t cap,
-                           int64_t *words_out) {
+                           int64_t *words_out, uint8_t *joined) {
     int32_t *o_id = out, *o_cs = out + cap, *o_ce = out + 2 * cap, *o_s = out + 3 * cap,
             *o_e = out + 4 * cap, *o_w = out + 5 * cap;
     words_out[0] = 0;
+    words_out[1] = 0;
     if (n <= 0) return 0;
     /* one allocation: char index per byte, Viterbi arrays, reversed spans */
     size_t bytes = (size_t)(n + 1) * (sizeof(int32_t) + sizeof(double) + 2 * sizeof(int32_t)) +
@@ -203,7 +207,7 @@ int64_t zs_unigram_segment(const zs_unigram *m, const uint8_t *text, int64_t n,
         c += (text[b] & 0xC0) != 0x80;
     }
     cidx[n] = c;
-    int64_t count = 0, words = 0, rc = 0;
+    int64_t count = 0, words = 0, rc = 0, joined_len = 0;
     for (int64_t ws = 0; ws < n;) {
         int64_t we = n;
         if (sep_len > 0) { /* the next separator after this word's first byte */
@@ -228,11 +232,18 @@ int64_t zs_unigram_segment(const zs_unigram *m, const uint8_t *text, int64_t n,
             o_s[count] = (int32_t)((align ? align[a] : a) + base);
             o_e[count] = (int32_t)((align ? align[z] : z) + 1 + base);
             o_w[count] = (int32_t)words;
+            if (joined) {
+                int64_t bs = ws + spans[3 * t], be = ws + spans[3 * t + 1];
+                if (count) joined[joined_len++] = 0;
+                memcpy(joined + joined_len, text + bs, (size_t)(be - bs));
+                joined_len += be - bs;
+            }
         }
         words++;
         ws = we;
     }
     words_out[0] = words;
+    words_out[1] = joined_len;
     rc = count;
 done:
     free(mem);
