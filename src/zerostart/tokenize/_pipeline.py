@@ -168,6 +168,7 @@ class Tokenizer:
             and isinstance(self._pre, Metaspace)
             else None
         )
+        self._sep = self._pre.separator.encode("utf-8") if isinstance(self._pre, Metaspace) else b""
         self._added = AddedTokens(spec.get("added_tokens", []))
         self.direction = str(spec.get("truncation_direction", "right"))
         if self.direction not in TRUNCATION_DIRECTIONS:
@@ -289,9 +290,7 @@ class Tokenizer:
         if self._words_native is not None:
             assert isinstance(self._pre, Metaspace)
             rewritten, prepended = self._pre.rewrite(text, at_start=base == 0)
-            done = self._words_native(
-                rewritten, align, prepended, self._pre.separator, base, word, seq
-            )
+            done = self._words_native(rewritten, align, prepended, self._sep, base, word, seq)
             if done is not None:
                 return done
         text, align, spans = self._pre.split(text, align, at_start=base == 0)

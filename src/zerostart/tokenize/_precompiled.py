@@ -157,7 +157,7 @@ class Precompiled:
             # The first word's changes would be charged as at the text's start (a shrink
             # there is charged nowhere and shifts all that follows): then the text whole.
             if False not in outs and not isinstance(outs[0], tuple):
-                if not any(map(_is_tuple, outs)):
+                if tuple not in map(type, outs):
                     return " ".join(outs), align  # type: ignore[arg-type]
                 return _pieced(words, outs, align)  # type: ignore[arg-type]
         return self._normalize_text(text, align)
@@ -235,10 +235,6 @@ class Precompiled:
             edits.charge(1, len(table[ord(text[k])]))
             pos = k + 1
         edits.keep(b - pos)
-
-
-def _is_tuple(x: object) -> bool:
-    return isinstance(x, tuple)
 
 
 def _pieced(

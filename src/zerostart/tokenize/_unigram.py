@@ -189,12 +189,19 @@ class Unigram(MappedVocab):
         )
 
     def encode_words(
-        self, text: str, align: Align, prepended: bool, sep: str, base: int, word: int, seq: Tokens
+        self,
+        text: str,
+        align: Align,
+        prepended: bool,
+        sep: bytes,
+        base: int,
+        word: int,
+        seq: Tokens,
     ) -> int | None:
         """Append the tokens of a pre-tokenised segment to ``seq`` in one native call.
 
         ``text``: the segment as the model reads it, a new word starting at each
-        ``sep`` ("": one word); ``align``: each character's original index
+        ``sep`` (UTF-8; b"": one word); ``align``: each character's original index
         (None: the identity) before ``prepended`` characters were put in front
         (they align to the first one); ``base``: the segment's offset in the
         input; ``word``: the index of its first word. Returns the next word
@@ -214,8 +221,8 @@ class Unigram(MappedVocab):
         found = self._segment(
             data,
             n,
-            sep.encode("utf-8"),
-            len(sep.encode("utf-8")),
+            sep,
+            len(sep),
             None if aligned is None else aligned.buffer_info()[0],
             int(prepended),
             base,
