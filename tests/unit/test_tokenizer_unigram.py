@@ -328,3 +328,10 @@ def test_a_damaged_trie_is_refused_before_the_native_loops_walk_it(
     with pytest.raises(TokenizerError, match="corrupt Unigram trie"):
         Tokenizer.from_bundle(tmp_path, tok.spec)
     assert Tokenizer.from_bundle(tmp_path, tok.spec, native=False)  # Python's checks are lazier
+
+
+def test_a_segment_the_normaliser_empties_gives_no_token(tmp_path: Path) -> None:
+    spec_normalizer = {"type": "Replace", "pattern": {"String": "X"}, "content": ""}
+    tok = build(tmp_path, normalizer=spec_normalizer)
+    enc = tok.encode("X<s>Xab")
+    assert enc.tokens[1:-1] == ["<s>", "▁a", "b"] and enc.ids[1:-1] == [2, 5, 6]

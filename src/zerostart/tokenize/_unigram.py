@@ -235,7 +235,8 @@ class Unigram(MappedVocab):
             return None
         seq.ids += out[:found]
         if joined is not None:
-            seq.tokens += str(memoryview(joined)[: words[1]], "utf-8").split("\0")
+            if found:  # "".split gives one empty string, not none
+                seq.tokens += str(memoryview(joined)[: words[1]], "utf-8").split("\0")
         else:
             seq.tokens += map(
                 text.__getitem__, map(slice, out[n : n + found], out[2 * n : 2 * n + found])
