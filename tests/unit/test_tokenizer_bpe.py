@@ -58,6 +58,7 @@ def _compile(tmp_path: Path, data: dict[str, Any]) -> Tokenizer:
     path.write_text(json.dumps(data), encoding="utf-8")
     settings = compile_tokenizer_json(path, tmp_path, special_tokens={"pad_token": "<pad>"})
     assert settings.model == "BPE"
+    assert not (tmp_path / "tokenizer.so").exists()  # BPE has no C loops: no library to ship
     return Tokenizer.from_bundle(tmp_path, settings.spec)
 
 

@@ -2,8 +2,8 @@
 
 Build time only (runs the C compiler). ``zerostart convert`` (through
 ``zerostart.tokenize.compile``) writes the library beside ``tokenizer.bin`` as
-``tokenizer.so`` whenever the tokenizer is one that ``tokenizer.bin`` serves
-(Unigram, byte-level BPE), whatever ``--cpu-arch`` says: the bundle, and so the
+``tokenizer.so`` whenever the tokenizer is a Unigram one (the loops it has),
+whatever ``--cpu-arch`` says: the bundle, and so the
 image's model layer, carries it, and the worker maps it with ctypes
 (``zerostart.tokenize._native``). Unlike the CPU kernels it is one portable
 build (scalar code: ``-march=x86-64`` on x86-64, the compiler's default

@@ -51,6 +51,8 @@ MODELS: dict[str, Callable[[dict[str, Any], CompiledFile, NativeLib | None], Mod
     "Unigram": lambda meta, tables, native: Unigram(tables, meta, native),
     "BPE": lambda meta, tables, native: BPE(tables, meta),
 }
+# The model kinds whose inner loops tokenizer.so carries (compile.py builds it for them).
+NATIVE_MODELS = ("Unigram",)
 PRE_TOKENIZERS: dict[str, Callable[[dict[str, Any]], PreTokenizer]] = {
     "Metaspace": metaspace,
     "WhitespaceSplit": lambda _spec: WhitespaceSplit(),
@@ -189,12 +191,17 @@ class Tokenizer:
         ``native``: use ``folder/tokenizer.so`` when it is there and loads
         (``_native.load``); False: the pure-Python code (the same answers).
         """
+        tables = CompiledFile(os.path.join(folder, TABLES_NAME))
         lib = None
-        if native and os.path.isfile(os.path.join(folder, NATIVE_LIB_NAME)):
+        if (
+            native
+            and tables.meta.get("model", {}).get("type") in NATIVE_MODELS
+            and os.path.isfile(os.path.join(folder, NATIVE_LIB_NAME))
+        ):
             from zerostart.tokenize._native import load  # ctypes: only with the library
 
             lib = load(folder)
-        return cls(spec, CompiledFile(os.path.join(folder, TABLES_NAME)), lib)
+        return cls(spec, tables, lib)
 
     # -- vocabulary ------------------------------------------------------------
     def id_to_token(self, i: int) -> str:

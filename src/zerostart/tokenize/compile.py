@@ -30,7 +30,14 @@ from zerostart.errors import TokenizerError
 from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize._bpe import compile_bpe
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME, Section, write
-from zerostart.tokenize._pipeline import DECODERS, MODELS, PRE_TOKENIZERS, TABLES_NAME, Tokenizer
+from zerostart.tokenize._pipeline import (
+    DECODERS,
+    MODELS,
+    NATIVE_MODELS,
+    PRE_TOKENIZERS,
+    TABLES_NAME,
+    Tokenizer,
+)
 from zerostart.tokenize._unigram import compile_unigram
 
 ModelCompiler = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Section]]]
@@ -116,7 +123,7 @@ def compile_tokenizer_json(
     ``special_tokens``: role -> token from tokenizer_config.json / special_tokens_map.json
     (``unk_token``, ``pad_token``, ``cls_token``, ``sep_token``, ``mask_token``),
     recorded for the worker (padding id, NER's unknown token). ``native``: also
-    write ``out_dir/tokenizer.so``, the inner loops in C
+    write ``out_dir/tokenizer.so`` (Unigram models), the inner loops in C
     (``zerostart.kernels.tok_build``); without a C compiler a warning is logged
     and the worker runs them in Python. Raises TokenizerError naming the file
     and the part it cannot serve.
@@ -195,7 +202,7 @@ def compile_tokenizer_json(
     write(out, {"model": meta}, sections)
     lib = Path(out_dir) / NATIVE_LIB_NAME
     lib.unlink(missing_ok=True)
-    if native:
+    if native and kind in NATIVE_MODELS:
         _write_native(lib)
     try:
         Tokenizer.from_bundle(out_dir, spec)  # the worker's own loading, library included
