@@ -53,6 +53,7 @@ import numpy as np
 
 from common import ROOT, bundle_dir, model_dir, write_result
 from zerostart.benchmark import free_port, machine_description, request_json
+from zerostart.platform._types import Replica, Starter
 
 BODY = {"inputs": "I love this"}
 ATOL_OURS = 1e-5  # the same engine, any start path
@@ -67,22 +68,21 @@ READY = re.compile(r"gateway on http://127\.0\.0\.1:(\d+)")
 # -- the gateway process (python bench/platform_gateway.py --gateway-process SPEC.json) -------------
 
 
-class AnchorReplica:
-    """bench/anchors/torch_server.py as a replica: a PyTorch + transformers server."""
+class AnchorProcess:
+    """bench/anchors/torch_server.py as a replica's process: a PyTorch + transformers server."""
 
-    start_path = "cold_boot"
-
-    def __init__(self, model: str, proc: subprocess.Popen[bytes], port: int) -> None:
-        self.model, self.host, self.port, self.pid = model, "127.0.0.1", port, proc.pid
-        self.phases_ms: dict[str, float] = {}
-        self.total_ms = 0.0
-        self.fallbacks = ()
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.pid = proc.pid
         self._proc = proc
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.poll()
 
     def is_alive(self) -> bool:
         return self._proc.poll() is None
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()
             deadline = time.monotonic() + timeout_s
@@ -96,14 +96,14 @@ class AnchorReplica:
             self._proc.wait()
 
 
-class AnchorStarter:
+class AnchorStarter(Starter):
     """Starts the anchor server for a model folder (``ModelConfig.source``) and waits for /health."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
-        self.replicas: list[AnchorReplica] = []
+        self.replicas: list[Replica] = []
 
-    async def start(self, model: Any) -> AnchorReplica:
+    async def start(self, model: Any) -> Replica:
         t0 = time.perf_counter()
         port = free_port()
         script = ROOT / "bench" / "anchors" / "torch_server.py"
@@ -113,7 +113,7 @@ class AnchorStarter:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        replica = AnchorReplica(model.name, proc, port)
+        replica = Replica(model.name, AnchorProcess(proc), port, "cold_boot")
         self.replicas.append(replica)
         while True:
             if proc.poll() is not None:
@@ -169,8 +169,18 @@ def gateway_process(spec_path: str) -> None:
 
 class Gateway:
     def __init__(
-        self, work: Path, name: str, toml: str, starter: str, env: dict[str, str], **spec: Any
+        self,
+        work: Path,
+        name: str,
+        toml: str,
+        starter: str,
+        env: dict[str, str],
+        src: Path = ROOT / "src",
+        **spec: Any,
     ) -> None:
+        """``src``: the zerostart sources the gateway and its workers run (another checkout's
+        to compare with it in the same run)."""
+        env = {**env, "PYTHONPATH": str(src)}
         cfg = work / f"{name}.toml"
         cfg.write_text("[gateway]\nport = 0\n" + toml)
         spec_path = work / f"{name}.json"
@@ -187,7 +197,7 @@ class Gateway:
             [sys.executable, __file__, "--gateway-process", str(spec_path)],
             stderr=self.log,
             stdout=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+            env={**os.environ, "PYTHONPATH": str(src)},
         )
         deadline = time.monotonic() + 60
         self.port = 0
@@ -239,6 +249,12 @@ def call(
     return request_json(port, method, path, body, headers, timeout=120)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (``/proc/PID/stat`` fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(samples: list[float], q: float) -> float:
     return float(np.percentile(np.array(samples), q))
 
@@ -251,11 +267,13 @@ def model_block(name: str, source: str, **keys: Any) -> str:
 # -- 1. added latency ----------------------------------------------------------------------------
 
 
-def added_latency(work: Path, bundle: Path, env: dict[str, str], n: int) -> dict[str, Any]:
+def added_latency(
+    work: Path, bundle: Path, env: dict[str, str], n: int, src: Path = ROOT / "src"
+) -> dict[str, Any]:
     toml = "[pool]\ncpu = 0\n" + model_block(
         "embed", str(bundle), min_replicas=1, idle_timeout=3600
     )
-    gw = Gateway(work, "latency", toml, "cold_boot", env)
+    gw = Gateway(work, "latency", toml, "cold_boot", env, src)
     try:
         deadline = time.monotonic() + 60
         while gw.status()["models"]["embed"]["state"] != "ready":
@@ -273,6 +291,7 @@ def added_latency(work: Path, bundle: Path, env: dict[str, str], n: int) -> dict
             ("embed", "POST", "/embed", body),
         ):
             times: dict[str, list[float]] = {"direct": [], "gateway": []}
+            cpu0 = cpu_seconds(gw.proc.pid)
             for i in range(n + 50):  # the first 50 of each warm connections and caches
                 order = (("direct", direct, path), ("gateway", via, "/models/embed" + path))
                 for which, conn, p in order if i % 2 else order[::-1]:
@@ -285,7 +304,7 @@ def added_latency(work: Path, bundle: Path, env: dict[str, str], n: int) -> dict
                         raise SystemExit(f"{which} {p}: HTTP {resp.status}")
                     if i >= 50:
                         times[which].append(dt * 1e3)
-            row = {
+            row: dict[str, Any] = {
                 w: {
                     "p50_ms": round(pct(t, 50), 4),
                     "p99_ms": round(pct(t, 99), 4),
@@ -293,11 +312,16 @@ def added_latency(work: Path, bundle: Path, env: dict[str, str], n: int) -> dict
                 }
                 for w, t in times.items()
             }
+            # the gateway process's own CPU per forwarded request: what the neighbours of a
+            # loaded machine change least (clock ticks of 10 ms over n + 50 requests)
+            row["gateway_cpu_ms_per_request"] = round(
+                (cpu_seconds(gw.proc.pid) - cpu0) * 1e3 / (n + 50), 4
+            )
             row["added_p50_ms"] = round(row["gateway"]["p50_ms"] - row["direct"]["p50_ms"], 4)
             row["added_p99_ms"] = round(row["gateway"]["p99_ms"] - row["direct"]["p99_ms"], 4)
             out[label] = row
             print(
-                f"  {label}: direct p50 {row['direct']['p50_ms']:.3f} ms, via gateway {row['gateway']['p50_ms']:.3f} ms -> added p50 {row['added_p50_ms']:.3f} ms, p99 {row['added_p99_ms']:.3f} ms",
+                f"  {label}: direct p50 {row['direct']['p50_ms']:.3f} ms, via gateway {row['gateway']['p50_ms']:.3f} ms -> added p50 {row['added_p50_ms']:.3f} ms, p99 {row['added_p99_ms']:.3f} ms; gateway CPU {row['gateway_cpu_ms_per_request']:.3f} ms/request",
                 flush=True,
             )
         out["target_added_p50_ms"], out["target_added_p99_ms"] = (
@@ -337,11 +361,21 @@ def take_snapshot(bundle: Path, store: Path, env: dict[str, str]) -> str | None:
 
 
 def from_zero(
-    work: Path, bundle: Path, hf_dir: Path, env: dict[str, str], runs: int
+    work: Path,
+    bundle: Path,
+    hf_dir: Path,
+    env: dict[str, str],
+    runs: int,
+    only: set[str] | None = None,
+    baseline: Path | None = None,
+    src: Path = ROOT / "src",
 ) -> dict[str, Any]:
+    """``only``: these paths; ``baseline``: another checkout's ``src``, whose gateways run the
+    same paths interleaved with ours (``PATH@baseline`` in the result); ``src``: ours (a copy
+    on the same file system as the baseline's, so that imports cost alike)."""
     store = work / "snapshots"
     skipped = {}
-    if reason := take_snapshot(bundle, store, env):
+    if (only is None or "snapshot" in only) and (reason := take_snapshot(bundle, store, env)):
         skipped["snapshot"] = reason
     common = "[autoscaler]\ntick = 0.1\n[pool]\ncpu = 0\n"
     paths: dict[str, Gateway] = {}
@@ -353,15 +387,24 @@ def from_zero(
     }
     record: dict[str, dict[str, list[Any]]] = {}
     reference = None
+    sources = {"": src} | ({"@baseline": baseline} if baseline is not None else {})
     try:
         for path, (starter, source, spec) in specs.items():
-            if path in skipped:
+            if path in skipped or (only is not None and path not in only):
                 continue
             toml = common + model_block("embed", source, idle_timeout=0.3, max_replicas=1)
-            paths[path] = Gateway(work, f"zero-{path}", toml, starter, env, **spec)
-            record[path] = {"ms": [], "wait_ms": [], "header": [], "phases": []}
+            for tag, src in sources.items():
+                name = path + tag
+                gw = Gateway(work, f"zero-{path}{tag[1:]}", toml, starter, env, src, **spec)
+                paths[name] = gw
+                record[name] = {"ms": [], "wait_ms": [], "header": [], "phases": []}
         for i in range(runs):
-            for path, gw in paths.items():
+            order = list(paths.items())
+            for name, gw in order if i % 2 == 0 else order[::-1]:  # ABBA: no path always first
+                path = name.partition("@")[0]
+                for other, other_gw in paths.items():  # a pool still refilling loads the machine
+                    if other != name and other.startswith("warm_slot"):
+                        other_gw.wait_zero("embed", pool=True)
                 gw.wait_zero("embed", pool=path == "warm_slot")
                 t0 = time.perf_counter()
                 code, headers, answer = gw.call("POST", "/models/embed/embed", BODY)
@@ -382,12 +425,12 @@ def from_zero(
                     raise SystemExit(
                         f"{path}: wanted a {want} start, header says {cold!r}: {gw.status()}"
                     )
-                r = record[path]
+                r = record[name]
                 r["ms"].append(ms)
                 r["wait_ms"].append(float(cold.split("wait_ms=")[1].split(";")[0]))
                 r["header"].append(cold)
                 r["phases"].append(gw.status()["models"]["embed"]["last_start"]["phases_ms"])
-                print(f"  {i + 1}/{runs} {path}: {ms:.1f} ms ({cold})", flush=True)
+                print(f"  {i + 1}/{runs} {name}: {ms:.1f} ms ({cold})", flush=True)
     finally:
         for gw in paths.values():
             gw.stop()
@@ -409,11 +452,12 @@ def from_zero(
     for path, reason in skipped.items():
         out["paths"][path] = {"skipped": reason}
     anchor = out["paths"].get("anchor_torch", {}).get("first_answer_ms", {}).get("median")
-    cold = out["paths"]["cold_boot"]["first_answer_ms"]["median"]
+    cold = out["paths"].get("cold_boot", {}).get("first_answer_ms", {}).get("median")
     for row in out["paths"].values():
         if "first_answer_ms" in row:
             m = row["first_answer_ms"]["median"]
-            row["speedup_over_cold_boot"] = round(cold / m, 2)
+            if cold:
+                row["speedup_over_cold_boot"] = round(cold / m, 2)
             if anchor:
                 row["speedup_over_anchor"] = round(anchor / m, 2)
     return out
@@ -530,6 +574,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=10)
     ap.add_argument("--blas-threads", type=int, default=1, help="0: inherit the environment")
     ap.add_argument("--only", default="latency,zero,trace")
+    ap.add_argument("--paths", default="", help="zero: these start paths only (comma-separated)")
+    ap.add_argument(
+        "--baseline-src",
+        default="",
+        help="zero: also run each path from this checkout's src/, interleaved (PATH@baseline)",
+    )
+    ap.add_argument("--src", default=str(ROOT / "src"), help="the src/ our gateways run")
     ap.add_argument("--out", default="platform", help="result name in bench/results/")
     args = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
@@ -546,11 +597,20 @@ def main() -> None:
         work = Path(tmp)
         if "latency" in only:
             print("gateway added latency (warm replica):", flush=True)
-            result["added_latency"] = added_latency(work, embed, env, args.latency_requests)
+            result["added_latency"] = added_latency(
+                work, embed, env, args.latency_requests, Path(args.src).resolve()
+            )
         if "zero" in only:
             print("request -> first answer at zero replicas:", flush=True)
             result["first_answer_from_zero"] = from_zero(
-                work, embed, model_dir("minilm-embed"), env, args.runs
+                work,
+                embed,
+                model_dir("minilm-embed"),
+                env,
+                args.runs,
+                set(args.paths.split(",")) if args.paths else None,
+                Path(args.baseline_src).resolve() if args.baseline_src else None,
+                Path(args.src).resolve(),
             )
         if "trace" in only:
             print("bursty trace replay:", flush=True)
@@ -564,7 +624,8 @@ def main() -> None:
     for path, row in result.get("first_answer_from_zero", {}).get("paths", {}).items():
         if "first_answer_ms" in row:
             print(
-                f"{path:13s} median {row['first_answer_ms']['median']:8.1f} ms  ({row['speedup_over_cold_boot']}x cold boot)"
+                f"{path:22s} median {row['first_answer_ms']['median']:8.1f} ms  "
+                f"({row.get('speedup_over_cold_boot')}x cold boot)"
             )
         else:
             print(f"{path:13s} skipped: {row['skipped']}")

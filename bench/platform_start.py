@@ -14,6 +14,11 @@ checked against the first cold boot's answer):
 * ``snapshot``: a CRIU snapshot of the warmed worker named after the model,
   restored (root and CRIU needed, else recorded as skipped with the reason).
 
+The first request goes, alternately, on the readiness check's connection
+(``Replica.connections``, as the gateway sends it) and on a new one (as it did
+before: two TCP connects per start); ``first_request_ms_median`` compares the
+two in the same run.
+
 Every process (slots, cold-booted workers, the snapshotted worker) gets the
 same environment, with ``--blas-threads`` (default 1) as OPENBLAS_NUM_THREADS /
 OMP_NUM_THREADS / MKL_NUM_THREADS: on this 2-core machine shared by other work
@@ -61,11 +66,18 @@ BLAS_THREAD_VARS = (
 )  # issue 10's target on this machine
 
 
-async def first_answer(starter: PathStarter, model: ModelConfig) -> tuple[float, Any, Any]:
-    """Seconds from start() to the first /embed answer, the answer, and the replica."""
+async def first_answer(
+    starter: PathStarter, model: ModelConfig, handed_on: bool
+) -> tuple[float, float, Any, Any]:
+    """Seconds from start() to the first /embed answer, seconds of that request alone, the
+    answer, and the replica. ``handed_on``: send it on the readiness check's connection
+    (``Replica.connections``, as the gateway does), else on a new one (as before issue 22)."""
     t0 = time.perf_counter()
     replica = await starter.start(model)
-    pool = UpstreamPool(replica.host, replica.port, max_idle=1)
+    t1 = time.perf_counter()
+    pool = replica.connections if handed_on else None
+    if pool is None:
+        pool = UpstreamPool(replica.host, replica.port, max_idle=1)
     try:
         response = await pool.request(
             "POST",
@@ -77,10 +89,10 @@ async def first_answer(starter: PathStarter, model: ModelConfig) -> tuple[float,
         )
     finally:
         pool.close()
-    elapsed = time.perf_counter() - t0
+    t2 = time.perf_counter()
     if response.status != 200:
         raise SystemExit(f"{replica.start_path}: HTTP {response.status}: {response.body[:200]!r}")
-    return elapsed, np.array(json.loads(response.body)), replica
+    return t2 - t0, t2 - t1, np.array(json.loads(response.body)), replica
 
 
 def take_snapshot(model: ModelConfig, store: Path, env: dict[str, str]) -> str | None:
@@ -119,6 +131,8 @@ async def bench(bundle: Path, runs: int, work: Path, env: dict[str, str]) -> dic
     paths = ["warm_slot", "cold_boot"] + ([] if snapshot_skip else ["snapshot"])
     starters = {"warm_slot": slot_starter, "cold_boot": cold_starter, "snapshot": snap_starter}
     times: dict[str, list[float]] = {p: [] for p in paths}
+    # the first request alone, on the readiness check's connection or a new one (alternating)
+    request_s: dict[str, dict[str, list[float]]] = {p: {"handed_on": [], "new": []} for p in paths}
     phases: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
     reference = None
     load_before = os.getloadavg()
@@ -126,7 +140,11 @@ async def bench(bundle: Path, runs: int, work: Path, env: dict[str, str]) -> dic
         for i in range(runs):
             for path in paths:
                 await pool.wait_ready("cpu", timeout_s=120)
-                seconds, answer, replica = await first_answer(starters[path], model)
+                handed_on = i % 2 == 0
+                seconds, request, answer, replica = await first_answer(
+                    starters[path], model, handed_on
+                )
+                request_s[path]["handed_on" if handed_on else "new"].append(request)
                 await replica.stop()
                 if replica.start_path != path:
                     raise SystemExit(
@@ -153,6 +171,9 @@ async def bench(bundle: Path, runs: int, work: Path, env: dict[str, str]) -> dic
                 "first_answer_ms": {k: round(v * 1e3, 2) for k, v in summarize(times[p]).items()}
                 | {"n": len(times[p])},
                 "phases_ms_median": phase_medians(phases[p]),
+                "first_request_ms_median": {
+                    k: round(statistics.median(v) * 1e3, 3) for k, v in request_s[p].items() if v
+                },
             }
             for p in paths
         },

@@ -403,7 +403,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "gateway.502-redact",
-        M + "platform/_replies.py",
+        M + "platform/_core.py",
         '        f"{redact_paths(str(exc))} (could not start a replica)",\n',
         '        f"{exc} (could not start a replica)",\n',
         "a 502 body that would show the server's absolute paths (kept in the log)",
@@ -747,6 +747,36 @@ MUTANTS: tuple[Mutant, ...] = (
         '        return health, "ok"\n',
         "a replica or slot stopped (SIGSTOP) for stopped_s is hung",
         "tests/unit/test_liveness_core.py::test_a_stopped_process_is_hung_only_after_stopped_s",
+    ),
+    _m(
+        "slot.fault-kind",
+        M + "faults.py",
+        '            return "model" if exc.status in _CUDA_MODEL_STATUSES else "slot"\n',
+        '            return "model"\n',
+        "a CUDA out-of-memory in one slot is that slot's fault (the start falls through), not the model's",
+        "tests/unit/test_faults.py",
+    ),
+    _m(
+        "slot.fault-sent",
+        M + "serve/slot.py",
+        '        "fault": fault_of(exc),\n',
+        "",
+        "a slot sends whose fault a failed assignment is; a bad bundle fails the start at once",
+        "tests/integration/test_platform_pool.py::"
+        "test_a_bad_bundle_through_a_slot_names_the_problem",
+    ),
+    _m(
+        "gateway.failed-seat-out-first",
+        M + "platform/_core.py",
+        "        if failure in policy.takes_out:\n"
+        "            actions += self.seat_failed(rt, seat, why, failure, now)\n"
+        "        actions += self.release(rt, seat, now)\n",
+        "        actions += self.release(rt, seat, now)\n"
+        "        if failure in policy.takes_out:\n"
+        "            actions += self.seat_failed(rt, seat, why, failure, now)\n",
+        "a seat whose connection just failed is never handed to a queued request",
+        "tests/unit/test_gateway_core.py::"
+        "test_a_replica_that_dies_mid_request_is_replaced_and_the_request_re_sent_once",
     ),
 )
 

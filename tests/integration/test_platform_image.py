@@ -184,7 +184,7 @@ def test_a_container_slot_serves_an_image_model(
             with pytest.raises(urllib.error.HTTPError) as info:
                 await asyncio.to_thread(_embed, replica.port, None)
             assert info.value.code == 401
-            slot = replica.slot  # type: ignore[attr-defined]
+            slot = replica.process.slot  # type: ignore[attr-defined]
             state = subprocess.run(
                 ["runc", "--root", STATE_ROOT, "state", slot.container_id],
                 capture_output=True,

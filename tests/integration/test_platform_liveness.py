@@ -21,6 +21,7 @@ from platform_helpers import Gateway, alive, metric, wait_until
 
 from zerostart.benchmark import request_json
 from zerostart.platform import gateway as gateway_module
+from zerostart.platform._types import Replica, Starter
 from zerostart.platform.config import ModelConfig, parse
 from zerostart.platform.liveness import LivenessPolicy
 from zerostart.platform.replica import ColdBootStarter
@@ -253,21 +254,21 @@ while True:
 """
 
 
-class MuteReplica:
-    """The Replica contract around the mute process (the first 'replica' of the test)."""
+class MuteProcess:
+    """The Process contract around the mute process (the first replica of the test)."""
 
-    def __init__(self, model: str, proc: subprocess.Popen[str], port: int) -> None:
-        self.model, self.host, self.port, self.pid = model, "127.0.0.1", port, proc.pid
-        self.start_path = "cold_boot"
-        self.phases_ms: dict[str, float] = {}
-        self.total_ms = 0.0
-        self.fallbacks = ()
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
+        self.pid = proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll()
 
     def is_alive(self) -> bool:
         return self.proc.poll() is None
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float) -> None:
         self.kill()
 
     def kill(self) -> None:
@@ -276,20 +277,20 @@ class MuteReplica:
             self.proc.wait()
 
 
-class MuteThenCold:
+class MuteThenCold(Starter):
     """A starter whose first replica is mute and whose later ones are real cold boots."""
 
     def __init__(self) -> None:
         self.cold = ColdBootStarter()
-        self.mute: MuteReplica | None = None
+        self.mute: Replica | None = None
 
-    async def start(self, model: ModelConfig) -> Any:
+    async def start(self, model: ModelConfig) -> Replica:
         if self.mute is not None:
             return await self.cold.start(model)
         proc = subprocess.Popen([sys.executable, "-c", MUTE], stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         port = int(await asyncio.to_thread(proc.stdout.readline))
-        self.mute = MuteReplica(model.name, proc, port)
+        self.mute = Replica(model.name, MuteProcess(proc), port, "cold_boot")
         return self.mute
 
     async def close(self) -> None:

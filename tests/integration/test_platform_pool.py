@@ -321,9 +321,38 @@ def test_a_bad_bundle_through_a_slot_names_the_problem(tmp_path: Path, embed_bun
             await pool.wait_ready("cpu", timeout_s=60)
             with pytest.raises(StartError) as info:
                 await starter.start(model)
+            # the slot said "model": no cold boot after it (it would read the same bad file)
             assert info.value.path == "warm_slot" and "vocab.txt" in str(info.value)
+            assert "model fault" in str(info.value)
+            assert starter.counts["fallback.warm_slot"] == 0 and not starter.cold._replicas
         finally:
             await starter.close()
+
+    asyncio.run(main())
+
+
+def test_a_slot_says_whose_fault_a_failed_assignment_is(embed_bundle: Path) -> None:
+    """Classified in the slot (``zerostart.faults``), sent as a word, read back typed."""
+
+    from zerostart.platform.slot import SlotError
+
+    async def main() -> None:
+        pool = WarmPool({"cpu": 1})
+        try:
+            await pool.start()
+            await pool.wait_ready("cpu", timeout_s=60)
+            slot = pool.take("cpu", refill_now=False)
+            assert slot is not None
+            with socket.socket() as taken:  # the slot's server cannot listen: that slot's fault
+                taken.bind(("127.0.0.1", 0))
+                taken.listen()
+                port = taken.getsockname()[1]
+                with pytest.raises(SlotError) as info:
+                    await slot.assign(embed_bundle, server={"port": port})
+            assert (info.value.fault, info.value.error_type) == ("slot", "ServeError")
+            await slot.kill()
+        finally:
+            await pool.close()
 
     asyncio.run(main())
 
@@ -464,3 +493,38 @@ def _children() -> list[int]:
             if int(fields[1]) == me and fields[0] != "Z":
                 kids.append(int(entry))
     return kids
+
+
+def test_the_readiness_checks_connection_serves_the_first_request(embed_bundle: Path) -> None:
+    """One TCP connect per start, not two: ``GET /health``'s connection is handed on in
+    ``Replica.connections`` (the gateway's seat sends its first request on it)."""
+    model = ModelConfig(name="embed", source=str(embed_bundle))
+    body = json.dumps({"inputs": "I love this"}).encode()
+
+    async def main() -> None:
+        pool = WarmPool({"cpu": 1})
+        starter = PathStarter(pool, snapshots=False)
+        try:
+            await pool.start()
+            await pool.wait_ready("cpu", timeout_s=60)
+            slot = await starter.start(model)
+            cold = await starter.cold.start(model)
+            assert (slot.start_path, cold.start_path) == ("warm_slot", "cold_boot")
+            for replica in (slot, cold):
+                conns = replica.connections
+                assert conns is not None and "health" in replica.phases_ms
+                (probed,) = conns._idle  # the readiness check's connection, still open
+                up = await conns.request(
+                    "POST",
+                    "/embed",
+                    [("content-type", "application/json")],
+                    body,
+                    timeout_s=30,
+                    max_body_bytes=1 << 20,
+                )
+                assert up.status == 200 and len(json.loads(up.body)[0]) == 384
+                assert list(conns._idle) == [probed]  # it carried the request: no new connect
+        finally:
+            await starter.close()
+
+    asyncio.run(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import functools
 from pathlib import Path
 
 import pytest
@@ -61,7 +62,8 @@ FORBIDDEN = {
 KNOWN_CIRCLES = {
     # format facts (bundle manifest, weight layout, kernel manifest) inside runtime packages
     frozenset({"engine", "kernels", "model", "tokenize"}),
-    # platform.toml: fleet/config.py and platform/config.py import each other
+    # the platform's LP sizing (platform/sizing.py) imports the fleet, whose config reads
+    # platform.toml's schema (platform/config.py); durations moved to zerostart/units.py
     frozenset({"fleet", "platform"}),
 }
 
@@ -170,3 +172,101 @@ def test_no_new_package_circles() -> None:
     assert not new, f"new import circles between packages (ARCHITECTURE.md: none): {new}"
     broken = found ^ KNOWN_CIRCLES
     assert not broken, f"circles broken: take them off KNOWN_CIRCLES: {sorted(map(sorted, broken))}"
+
+
+# -- who may import whom, and no circles ------------------------------------------------------
+# Each part of src/zerostart (a package, or a top-level module) and the parts it may import,
+# at any depth of a function body. A new import across parts must be added here, and only in
+# ARCHITECTURE.md's dependency order (cli/ and bench/ use everything; nothing below imports
+# anything above). Edges marked "issue 22" make today's known circles (KNOWN_CIRCLES).
+ALLOWED: dict[str, frozenset[str]] = {
+    name: frozenset(deps)
+    for name, deps in {
+        "errors": (),
+        "paths": ("errors",),
+        "units": (),
+        "cachedir": (),
+        "limits": ("errors",),
+        "progress": (),
+        "faults": ("errors",),
+        "registry": ("errors",),
+        "estargz": ("errors", "paths"),
+        "snapshot": ("errors", "paths"),
+        # the bundle format lives in these four today: issue 22 (leaf format packages)
+        "tokenize": ("errors", "model"),
+        "model": ("engine", "errors", "kernels", "paths", "tokenize"),
+        "engine": ("errors", "model", "paths"),
+        "kernels": ("cachedir", "engine", "errors", "model"),
+        "tasks": ("engine", "errors"),
+        "api": ("errors", "model", "tasks", "tokenize"),
+        "pipeline": ("api", "engine", "errors", "limits", "model", "tasks", "tokenize"),
+        "benchmark": ("errors", "pipeline"),
+        "serve": (
+            *("engine", "errors", "faults", "limits", "model", "paths", "pipeline"),
+            *("snapshot", "tokenize"),
+        ),
+        "imagefs": ("cachedir", "errors", "estargz", "paths", "registry"),
+        # benchmark: the builder's trace (issue 22)
+        "image": ("benchmark", "cachedir", "engine", "errors", "estargz", "kernels", "model"),
+        "container": ("cachedir", "image", "imagefs", "paths", "snapshot"),
+        "platform": (
+            *("container", "engine", "errors", "faults", "model", "paths", "serve"),
+            *("snapshot", "units", "fleet"),  # fleet: sizing.py's LP, issue 22
+        ),
+        "fleet": ("errors", "platform", "units"),  # platform: platform.toml's schema, issue 22
+        "cli": (
+            *("benchmark", "container", "errors", "fleet", "image", "imagefs", "model"),
+            *("platform", "progress", "registry", "serve", "snapshot", "units"),
+        ),
+    }.items()
+}
+# Circles between modules (any import, any depth), held like KNOWN_CIRCLES: issue 22.
+# platform/replica.py <-> platform/starter.py (default_starter) is gone.
+KNOWN_MODULE_CIRCLES = {
+    frozenset({"zerostart.cli.image", "zerostart.cli.main", "zerostart.cli.platform"}),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+@functools.cache
+def _parsed_module_graph() -> dict[str, frozenset[str]]:
+    modules = {_module_name(p): p for p in SRC.rglob("*.py")}
+    return {
+        m: frozenset(
+            name
+            for name in imported_modules(path)
+            if name in modules and name != m and not m.startswith(name + ".")
+        )
+        for m, path in modules.items()
+    }
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the modules of src/zerostart it imports (its own ancestors' __init__ left out)."""
+    return {m: set(deps) for m, deps in _parsed_module_graph().items()}
+
+
+def test_every_import_across_packages_is_allowed() -> None:
+    full = package_graph()
+    parts = set(full) - {"__init__"}  # ``from zerostart import __version__`` is no part
+    graph = {p: deps & parts for p, deps in full.items() if p in parts}
+    assert set(graph) == set(ALLOWED), "a package was added or removed: give it an ALLOWED row"
+    extra = {f"{p} -> {d}" for p, deps in graph.items() for d in deps - ALLOWED[p]}
+    assert not extra, f"imports ALLOWED does not list (ARCHITECTURE.md's order?): {sorted(extra)}"
+    stale = {f"{p} -> {d}" for p, deps in ALLOWED.items() for d in deps - graph[p]}
+    assert not stale, f"ALLOWED lists imports no module makes any more: {sorted(stale)}"
+
+
+def test_no_new_module_circles() -> None:
+    assert circles(module_graph()) == KNOWN_MODULE_CIRCLES
+
+
+def test_the_module_check_finds_the_old_replica_starter_circle() -> None:
+    graph = module_graph()
+    graph["zerostart.platform.replica"].add("zerostart.platform.starter")  # default_starter
+    new = circles(graph) - KNOWN_MODULE_CIRCLES
+    assert any({"zerostart.platform.replica", "zerostart.platform.starter"} <= c for c in new)

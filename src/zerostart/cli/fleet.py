@@ -72,7 +72,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from zerostart.fleet.simulate import compare
     from zerostart.fleet.starttimes import load_start_times
     from zerostart.fleet.trace import read_trace
-    from zerostart.fleet.units import parse_duration
+    from zerostart.units import parse_duration
 
     cfg = load_fleet(args.config)
     start = load_start_times(args.results)

@@ -20,8 +20,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     from zerostart.platform.config import load
     from zerostart.platform.gateway import serve
-    from zerostart.platform.replica import default_starter
     from zerostart.platform.sources import check_sources, require_sources
+    from zerostart.platform.starter import default_starter
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     config = load(args.config)

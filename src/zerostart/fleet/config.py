@@ -48,10 +48,10 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.fleet.errors import FleetConfigError
-from zerostart.fleet.units import parse_duration
 from zerostart.platform.config import ModelConfig, PlatformConfig
 from zerostart.platform.config import load as load_platform_config
 from zerostart.platform.errors import ConfigError
+from zerostart.units import parse_duration
 
 DEVICES = ("cpu", "cuda")
 START_PATHS = ("warm_slot", "snapshot", "cold_boot")

@@ -225,7 +225,7 @@ def slot_requests(
 
 def parse_keepalive(spec: str) -> KeepAlive:
     """``keepalive:10m`` -> fixed 600 s; ``hybrid`` -> the paper's policy."""
-    from zerostart.fleet.units import parse_duration
+    from zerostart.units import parse_duration
 
     if spec == "hybrid":
         return KeepAlive(kind="hybrid")

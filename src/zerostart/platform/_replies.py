@@ -11,9 +11,8 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from zerostart.paths import redact_paths
+from zerostart.platform._core import Reply
 from zerostart.platform._state import StartRecord
-from zerostart.platform.errors import StartError
 from zerostart.platform.upstream import BodyStream
 from zerostart.serve.http import Request, Response, error_response
 
@@ -48,21 +47,12 @@ def unauthorized(what: str) -> Response:
     )
 
 
-def unavailable(message: str) -> Response:
-    return error_response(503, message, "Unavailable", headers=[("retry-after", "1")])
-
-
-def start_failed(exc: StartError, *, retry_after_s: float) -> Response:
-    """502 naming the model and the worker's complaint, without server paths.
-
-    The full text (paths included) is in the gateway's log (``event=start_failed``).
-    """
-    return error_response(
-        502,
-        f"{redact_paths(str(exc))} (could not start a replica)",
-        "StartFailed",
-        headers=[("retry-after", str(max(1, round(retry_after_s))))],
-    )
+def reply_response(reply: Reply) -> Response:
+    """The core's :class:`~zerostart.platform._core.Reply` as an HTTP answer."""
+    headers = []
+    if reply.retry_after_s is not None:
+        headers.append(("retry-after", str(max(1, round(reply.retry_after_s)))))
+    return error_response(reply.status, reply.message, reply.error_type, headers=headers)
 
 
 def timing_headers(waited_s: float, cold: StartRecord | None) -> list[tuple[str, str]]:

@@ -1,16 +1,17 @@
 """What the gateway knows about each model: its replicas (seats), starts, queue and history.
 
-Plain state with small helpers; the gateway (``gateway.py``) changes it and
-``/status`` and ``/metrics`` read it. Times are ``time.monotonic()`` seconds
+Plain state with small helpers, no I/O; the gateway's core (``_core.py``)
+changes it and ``/status`` and ``/metrics`` read it. Queued requests and
+starts in progress are ids here; the driver (``gateway.py``) maps them to its
+futures and tasks. Times are ``time.monotonic()`` seconds
 unless a name says otherwise.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zerostart.paths import redact_paths
 from zerostart.platform._types import Replica
@@ -18,7 +19,9 @@ from zerostart.platform.autoscaler import Scaler
 from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
 from zerostart.platform.liveness import Health
-from zerostart.platform.upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from zerostart.platform.upstream import UpstreamPool
 
 BACKOFF_FIRST_S = 1.0  # after a failed start; doubles per failure
 BACKOFF_MAX_S = 60.0
@@ -48,7 +51,12 @@ class StartRecord:
 
 
 class Seat:
-    """A replica as the gateway sees it: the process, its connections, its load."""
+    """A replica as the gateway sees it: the process, its load, its health.
+
+    ``pool``: its connections, set by the driver when the seat is made (the
+    start's readiness-check connection when there is one); the core never
+    touches it.
+    """
 
     __slots__ = (
         "draining",
@@ -64,7 +72,7 @@ class Seat:
 
     def __init__(self, replica: Replica, start: StartRecord, now: float) -> None:
         self.replica = replica
-        self.pool = UpstreamPool(replica.host, replica.port)
+        self.pool: UpstreamPool | None = None
         self.in_flight = 0
         self.draining = False
         self.ready_at = now
@@ -93,8 +101,8 @@ class ModelRuntime:
         self.config = config
         self.scaler = scaler
         self.seats: list[Seat] = []
-        self.starts: set[asyncio.Task[None]] = set()
-        self.waiters: collections.deque[asyncio.Future[Seat]] = collections.deque()
+        self.starts: set[int] = set()  # ids of starts in progress
+        self.waiters: collections.deque[int] = collections.deque()  # ids of queued requests
         self.in_flight = 0
         self.desired = config.min_replicas
         self.panicking = False
@@ -125,8 +133,7 @@ class ModelRuntime:
         return "failed" if self.failure is not None else "zero"
 
     def retire(self, seat: Seat, now: float) -> None:
-        """``seat`` takes no more work: close its connections, bank its replica-seconds."""
-        seat.pool.close()
+        """``seat`` takes no more work: bank its replica-seconds."""
         self.retired_up_s += now - seat.ready_at
         self.retired_idle_s += seat.idle_total(now)
 

@@ -2,7 +2,13 @@
 
 The gateway asks a :class:`Starter` for a replica of a model and gets back a
 :class:`Replica`: a worker answering HTTP on ``host:port`` that has *already
-passed* its readiness check (``GET /health`` answered 200). The starter picks
+passed* its readiness check (``GET /health`` answered 200, ``_probe.py``).
+Every start path returns this one type; what differs between them (our own
+child process, a CRIU-restored process, a warm slot, a runc container) is the
+:class:`Process` it holds, which knows how to tell whether it runs and how to
+stop it. The readiness check's connection stays open in
+:attr:`Replica.connections` and the gateway sends its first request on it:
+one TCP connect per start, not two. The starter picks
 the fastest path that works, fastest first (``snapshot`` restore, a
 ``warm_slot`` from the pool, a ``cold_boot``), and records each fallback with
 its reason; the gateway logs and counts them.
@@ -41,10 +47,14 @@ gateway adds ``queue`` (the request's own wait) in its answers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from zerostart.platform.config import ModelConfig
+
+if TYPE_CHECKING:
+    from zerostart.platform.pool import WarmPool
+    from zerostart.platform.upstream import UpstreamPool
 
 StartPath = Literal["snapshot", "warm_slot", "cold_boot"]
 START_PATHS: tuple[StartPath, ...] = ("snapshot", "warm_slot", "cold_boot")  # fastest first
@@ -58,43 +68,81 @@ class Fallback:
     reason: str  # one line, e.g. "no snapshot for this model", "pool empty"
 
 
-@runtime_checkable
-class Replica(Protocol):
-    """A running worker serving one model, ready for requests."""
+class Process(Protocol):
+    """How a start path owns a replica's process: is it running, stop it, kill it."""
 
     @property
-    def model(self) -> str: ...  # ModelConfig.name
+    def pid(self) -> int: ...  # the worker's pid (runc's for a container); 0 if unknown
+
     @property
-    def host(self) -> str: ...  # "127.0.0.1" for everything started on this node
-    @property
-    def port(self) -> int: ...
-    @property
-    def pid(self) -> int: ...  # the worker's pid (the container's init for a runc slot)
-    @property
-    def start_path(self) -> StartPath: ...
-    @property
-    def phases_ms(self) -> dict[str, float]: ...  # see the module docstring
-    @property
-    def total_ms(self) -> float: ...  # Starter.start called -> returned, wall clock
-    @property
-    def fallbacks(self) -> tuple[Fallback, ...]: ...  # paths tried first, in order
+    def returncode(self) -> int | None: ...  # exit status once known (our children only)
 
     def is_alive(self) -> bool:
         """Whether the process still runs (cheap: a waitpid/poll, no I/O to the worker)."""
         ...
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM, wait up to ``timeout_s`` for the worker to drain and exit, then SIGKILL."""
+    async def stop(self, timeout_s: float) -> None:
+        """SIGTERM (or the slot's stop message), wait up to ``timeout_s``, then SIGKILL."""
         ...
 
     def kill(self) -> None:
-        """SIGKILL now and reap; for shutdown paths that cannot wait."""
+        """SIGKILL now, without waiting; idempotent."""
         ...
 
 
-@runtime_checkable
+@dataclass(eq=False)  # identity: replicas are kept in sets
+class Replica:
+    """A running worker serving one model, ready for requests (every start path's result).
+
+    ``phases_ms``: see the module docstring; ``total_ms``: ``Starter.start``
+    called -> returned, wall clock; ``fallbacks``: paths tried first, in order;
+    ``connections``: the readiness check's pool, its connection still open (None
+    for a replica whose starter made none; the gateway then opens its own).
+    """
+
+    model: str  # ModelConfig.name
+    process: Process
+    port: int
+    start_path: StartPath
+    phases_ms: dict[str, float] = field(default_factory=dict)
+    total_ms: float = 0.0
+    fallbacks: tuple[Fallback, ...] = ()
+    host: str = "127.0.0.1"  # everything started on this node listens on loopback
+    connections: UpstreamPool | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.returncode
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Graceful: SIGTERM, drain, SIGKILL after ``timeout_s``; idempotent, never raises."""
+        self.close_connections()
+        await self.process.stop(timeout_s)
+
+    def kill(self) -> None:
+        """SIGKILL now; idempotent, never raises for a process that is already gone."""
+        self.close_connections()
+        self.process.kill()
+
+    def close_connections(self) -> None:
+        if self.connections is not None:
+            self.connections.close()
+
+
 class Starter(Protocol):
-    """Turns a model's config into a ready :class:`Replica` by the fastest path that works."""
+    """Turns a model's config into a ready :class:`Replica` by the fastest path that works.
+
+    ``open``, ``status`` and ``pool`` have defaults for a starter without a warm
+    pool: subclass this protocol to inherit them (the gateway calls them on
+    every starter; nothing is looked up with ``getattr``).
+    """
 
     async def start(self, model: ModelConfig) -> Replica:
         """A replica of ``model`` that answers ``GET /health`` with 200.
@@ -107,8 +155,16 @@ class Starter(Protocol):
         """Stop everything this starter still owns (see the module docstring)."""
         ...
 
-    # Optional, not part of the protocol check: ``async def open(self) -> None``, called
-    # once by Gateway.start after it listens (PathStarter starts filling its warm pool).
+    async def open(self) -> None:
+        """Called once by the gateway after it listens (a warm pool starts filling)."""
+        return None
+
+    def status(self) -> dict[str, Any] | None:
+        """The starter's part of ``GET /status`` (starts by path, the pool's slots), or None."""
+        return None
+
+    # The warm pool whose size ``[pool] sizing = "lp"`` re-plans, or None.
+    pool: WarmPool | None = None
 
 
-__all__ = ["START_PATHS", "Fallback", "ModelConfig", "Replica", "StartPath", "Starter"]
+__all__ = ["START_PATHS", "Fallback", "ModelConfig", "Process", "Replica", "StartPath", "Starter"]

@@ -70,8 +70,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from zerostart.fleet.units import parse_duration
 from zerostart.platform.errors import ConfigError
+from zerostart.units import parse_duration
 
 MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: Host: NAME.*
 DEVICES = ("cpu", "cuda")

@@ -2,8 +2,12 @@
 
 Theory of operation
 -------------------
-Requests arrive on the worker's own HTTP layer (``serve/http.py``: httptools
-over asyncio, its limits and timeouts); :meth:`Gateway.handle` routes them:
+This module is the asyncio *driver*: it routes, forwards, runs starts, probes
+and timers, and asks the I/O-free core (``_core.py``: admission, retries,
+replica lifecycle, reconciliation, with a fake clock in its unit tests) what to
+do with each event. Requests arrive on the worker's own HTTP layer
+(``serve/http.py``: httptools over asyncio, its limits and timeouts);
+:meth:`Gateway.handle` routes them:
 
 * ``/models/NAME/PATH`` (or any path with ``Host: NAME.<anything>``) goes to
   a replica of model NAME as ``PATH``; ``/health``, ``/status`` and
@@ -75,7 +79,18 @@ import logging
 import time
 from typing import Any
 
-from zerostart.paths import redact_paths
+from zerostart.platform._core import (
+    Action,
+    Failure,
+    GatewayCore,
+    Grant,
+    KillReplica,
+    Probe,
+    Reject,
+    StartReplica,
+    StopReplica,
+)
+from zerostart.platform._probe import probe
 from zerostart.platform._replies import (
     FORWARDED_REQUEST_HEADERS,
     FORWARDED_RESPONSE_HEADERS,
@@ -83,31 +98,15 @@ from zerostart.platform._replies import (
     Relay,
     authorized,
     json_response,
-    start_failed,
+    reply_response,
     timing_headers,
     unauthorized,
-    unavailable,
 )
-from zerostart.platform._state import (
-    BACKOFF_FIRST_S,
-    BACKOFF_MAX_S,
-    ModelRuntime,
-    Seat,
-    StartRecord,
-)
+from zerostart.platform._state import ModelRuntime, Seat, StartRecord
 from zerostart.platform._types import Replica, Starter
-from zerostart.platform.autoscaler import Scaler
 from zerostart.platform.config import PlatformConfig
 from zerostart.platform.errors import PlatformError, StartError
-from zerostart.platform.liveness import (
-    LivenessPolicy,
-    answered,
-    observe_state,
-    probe_due,
-    probe_result,
-    probe_sent,
-    proc_state,
-)
+from zerostart.platform.liveness import LivenessPolicy, proc_state
 from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.platform.metrics import GatewayMetrics, register_gauges
 from zerostart.platform.sizing import PoolSizer, Recent
@@ -127,8 +126,6 @@ from zerostart.serve.http import ListeningHost, Request, Response, error_respons
 
 log = logging.getLogger("zerostart.platform")
 
-STOP_TIMEOUT_S = 10.0  # a replica's own drain on scale-down before SIGKILL
-
 
 class Gateway(ListeningHost):
     """Serve ``config.models`` through replicas from ``starter``; see the module docstring."""
@@ -141,9 +138,13 @@ class Gateway(ListeningHost):
         worker_key: str | None = None,
         liveness: LivenessPolicy | None = None,
     ) -> None:
+        self.metrics = GatewayMetrics()
+        now = time.monotonic()
+        # before ListeningHost.__init__, which sets ``draining`` (the core's)
+        self.core = GatewayCore(config, now, metrics=self.metrics, liveness=liveness)
         super().__init__()
         self.platform = config
-        self.liveness = liveness or LivenessPolicy()
+        self.liveness = self.core.liveness
         # sent to replicas, which were started with it as their API_KEY (never the client's)
         self._worker_auth = [("authorization", f"Bearer {worker_key}")] if worker_key else []
         g = config.gateway
@@ -162,12 +163,7 @@ class Gateway(ListeningHost):
             drain_timeout_s=g.drain_timeout_s,
         )
         self.starter = starter
-        self.metrics = GatewayMetrics()
-        now = time.monotonic()
-        self.models = {
-            name: ModelRuntime(m, Scaler(m, config.autoscaler, now))
-            for name, m in config.models.items()
-        }
+        self.models = self.core.models
         register_gauges(self.metrics, self.models, self.pool_status)
         self.recent = Recent(config.pool.demand_window_s, now)
         self.sizer: PoolSizer | None = None
@@ -177,6 +173,16 @@ class Gateway(ListeningHost):
         )
         self._ticker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._waiters: dict[int, asyncio.Future[Seat]] = {}  # the core's queued ids
+        self._starts: dict[int, asyncio.Task[None]] = {}  # the core's start ids
+
+    @property  # type: ignore[override]
+    def draining(self) -> bool:
+        return self.core.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.core.draining = value
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -190,16 +196,12 @@ class Gateway(ListeningHost):
                 f"{exc.strerror or exc}",
                 hint="set [gateway] port (or --port) to a free port",
             ) from exc
-        opener = getattr(self.starter, "open", None)  # optional: a warm pool starts filling
-        if opener is not None:
-            await opener()
-        pool = getattr(self.starter, "pool", None)
+        await self.starter.open()  # a warm pool starts filling
+        pool = self.starter.pool
         if self.platform.pool.sizing == "lp" and pool is not None:
             self.sizer = PoolSizer(self.platform, pool, self.recent)
             self._sizer_task = loop.create_task(self.sizer.run(), name="pool-sizer")
-        for rt in self.models.values():
-            for _ in range(rt.config.min_replicas):
-                self._start_replica(rt, "min")
+        self._apply(self.core.open())
         self._ticker = loop.create_task(self._autoscale())
 
     def _shutdown_started(self) -> None:
@@ -226,22 +228,80 @@ class Gateway(ListeningHost):
             self._sizer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sizer_task
-        starts = [t for rt in self.models.values() for t in rt.starts]
+        starts = list(self._starts.values())
         for task in starts:
             task.cancel()
         await asyncio.gather(*starts, return_exceptions=True)
         stops = []
-        for rt in self.models.values():
-            for seat in rt.seats:
-                rt.retire(seat, time.monotonic())
-                stops.append(seat.replica.stop(STOP_TIMEOUT_S))
-            rt.seats.clear()
-            while rt.waiters:
-                fut = rt.waiters.popleft()
-                if not fut.done():
-                    fut.set_exception(Refused(unavailable("the gateway is shutting down")))
+        for action in self.core.shutdown(time.monotonic()):
+            if isinstance(action, StopReplica):
+                self._close_seat(action.seat)
+                stops.append(action.seat.replica.stop(action.timeout_s))
+            else:
+                self._apply([action])
         await asyncio.gather(*stops, *self._background, return_exceptions=True)
         await self.starter.close()
+
+    # -- actions -------------------------------------------------------------------
+    def _apply(self, actions: list[Action] | tuple[Action, ...]) -> None:
+        """Carry out the core's actions, in order."""
+        for action in actions:
+            if isinstance(action, Grant):
+                fut = self._waiters.pop(action.waiter, None)
+                if fut is None or fut.done():  # its client left as the seat came: give it back
+                    rt = self.models[action.model]
+                    self._apply(self.core.release(rt, action.seat, time.monotonic()))
+                else:
+                    fut.set_result(action.seat)
+            elif isinstance(action, Reject):
+                fut = self._waiters.pop(action.waiter, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(Refused(reply_response(action.reply)))
+            elif isinstance(action, StartReplica):
+                rt = self.models[action.model]
+                task = asyncio.get_running_loop().create_task(
+                    self._run_start(rt, action.start, action.reason)
+                )
+                self._starts[action.start] = task
+                task.add_done_callback(self._start_done(action.start))
+            elif isinstance(action, StopReplica):
+                seat = action.seat
+                log.info(
+                    "model=%s event=stop pid=%d reason=%s",
+                    action.model,
+                    seat.replica.pid,
+                    action.reason,
+                )
+                self._close_seat(seat)
+                self._background_task(seat.replica.stop(action.timeout_s))
+            elif isinstance(action, KillReplica):
+                seat = action.seat
+                log.warning(
+                    "model=%s event=replica_failed pid=%d exit=%s reason=%s: %s",
+                    action.model,
+                    seat.replica.pid,
+                    seat.replica.returncode,
+                    action.reason,
+                    action.why,
+                )
+                self._close_seat(seat)
+                seat.replica.kill()
+                self._background_task(seat.replica.stop(1.0))  # reaps it
+            elif isinstance(action, Probe):
+                self._background_task(self._probe(self.models[action.model], action.seat))
+
+    def _start_done(self, start: int) -> Any:
+        return lambda _task: self._starts.pop(start, None)
+
+    @staticmethod
+    def _close_seat(seat: Seat) -> None:
+        if seat.pool is not None:
+            seat.pool.close()
+
+    def _background_task(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- routing -------------------------------------------------------------------
     async def handle(self, request: Request) -> Response:
@@ -301,7 +361,7 @@ class Gateway(ListeningHost):
     async def _forward(self, rt: ModelRuntime, request: Request, target: str) -> Response:
         name = rt.config.name
         now = time.monotonic()
-        rt.scaler.request(now)
+        self.core.arrive(rt, now)
         self.recent.arrival(name, now)
         headers = [
             (k, request.headers[k]) for k in FORWARDED_REQUEST_HEADERS if k in request.headers
@@ -311,10 +371,13 @@ class Gateway(ListeningHost):
         waited_s = 0.0
         cold: StartRecord | None = None
         gw = self.platform.gateway
-        for attempt in (0, 1):
+        sends = 0
+        while True:
             seat, wait_s, seat_cold = await self._acquire(rt, deadline)
             waited_s += wait_s
             cold = cold or seat_cold
+            sends += 1
+            assert seat.pool is not None  # set when the seat was made
             try:
                 up = await seat.pool.request(
                     request.method,
@@ -324,28 +387,20 @@ class Gateway(ListeningHost):
                     timeout_s=gw.upstream_timeout_s,
                     max_body_bytes=gw.max_body_bytes,
                 )
-            except UpstreamTooLarge as exc:
-                self._release(rt, seat)
-                return error_response(502, f"model {name!r}: {exc}", "Backend")
-            except UpstreamTimeout as exc:
-                self._release(rt, seat)
-                return error_response(504, f"model {name!r}: {exc}", "Timeout")
             except UpstreamError as exc:
-                self._release(rt, seat)
-                self._seat_failed(rt, seat, str(exc), "connection")
-                if attempt == 0:
-                    self.metrics.retries.inc(name)
-                    continue
-                return error_response(
-                    502,
-                    f"model {name!r}: replica failed twice, last: {redact_paths(str(exc))}",
-                    "Backend",
+                outcome = self.core.upstream_failed(
+                    rt, seat, _failure(exc), sends, str(exc), time.monotonic()
                 )
+                self._apply(outcome.actions)
+                if outcome.resend:
+                    continue
+                assert outcome.reply is not None
+                return reply_response(outcome.reply)
             except BaseException:
                 self._release(rt, seat)
                 raise
             break
-        seat.health = answered(seat.health, time.monotonic())
+        self.core.answered(seat, time.monotonic())
         content_type = "application/json"
         out: list[tuple[str, str]] = []
         for k, v in up.headers:
@@ -361,122 +416,61 @@ class Gateway(ListeningHost):
         relay = Relay(up.stream, lambda: self._release(rt, seat))
         return Response(up.status, up.body, content_type=content_type, headers=out, stream=relay)
 
-    def _pick(self, rt: ModelRuntime) -> Seat | None:
-        best = None
-        limit = rt.config.concurrency
-        for seat in rt.seats:
-            if (
-                not seat.draining
-                and seat.in_flight < limit
-                and (best is None or seat.in_flight < best.in_flight)
-            ):
-                best = seat
-        return best
-
-    def _take(self, rt: ModelRuntime, seat: Seat) -> None:
-        if seat.in_flight == 0:
-            seat.busy(time.monotonic())
-        seat.in_flight += 1
-        rt.in_flight += 1
-
     async def _acquire(
         self, rt: ModelRuntime, deadline: float
     ) -> tuple[Seat, float, StartRecord | None]:
-        seat = self._pick(rt)
-        if seat is not None and not rt.waiters:
-            self._take(rt, seat)
-            rt.scaler.concurrency(time.monotonic(), rt.concurrency)
-            return seat, 0.0, None
-        name = rt.config.name
         now = time.monotonic()
-        if self.draining and not rt.seats and not rt.starts:
-            raise Refused(unavailable("the gateway is shutting down"))
-        if rt.failure is not None and not rt.seats and now < rt.failure_until:
-            raise Refused(start_failed(rt.failure, retry_after_s=rt.failure_until - now))
-        if len(rt.waiters) >= rt.config.max_queue:
-            raise Refused(
-                error_response(
-                    429,
-                    f"model {name!r}: {len(rt.waiters)} requests already queued (max_queue)",
-                    "Overloaded",
-                    headers=[("retry-after", "1")],
-                )
-            )
-        if rt.scaler.activate(now, len(rt.seats), len(rt.starts)):
-            self._start_replica(rt, "activate")
+        admission = self.core.admit(rt, now)
+        if admission.seat is not None:
+            return admission.seat, 0.0, None
+        if admission.reply is not None:
+            raise Refused(reply_response(admission.reply))
+        waiter = admission.waiter
+        assert waiter is not None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Seat] = loop.create_future()
-        rt.waiters.append(fut)
-        rt.scaler.concurrency(now, rt.concurrency)
+        self._waiters[waiter] = fut
+        self._apply(admission.actions)
         t0 = time.perf_counter()
-        timer = loop.call_later(max(0.0, deadline - t0), _expire, fut)
+        timer = loop.call_later(max(0.0, deadline - t0), self._expire, rt, waiter)
         try:
             seat = await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
                 self._release(rt, fut.result())  # a seat came as the client left
             raise
-        except _QueueTimeout:
-            raise Refused(
-                unavailable(
-                    f"model {name!r}: no replica free within queue_timeout "
-                    f"({rt.config.queue_timeout_s:g} s)"
-                )
-            ) from None
         finally:
             timer.cancel()
-            if not fut.done() or fut.cancelled() or fut.exception() is not None:
-                with contextlib.suppress(ValueError):
-                    rt.waiters.remove(fut)
-                rt.scaler.concurrency(time.monotonic(), rt.concurrency)
+            if self._waiters.pop(waiter, None) is not None:  # still queued: its client left
+                self.core.withdraw(rt, waiter, time.monotonic())
         cold = seat.start if seat.ready_at >= now else None
         wait = time.perf_counter() - t0
-        self.metrics.queue_wait.observe(wait, name)
+        self.metrics.queue_wait.observe(wait, rt.config.name)
         return seat, wait, cold
 
+    def _expire(self, rt: ModelRuntime, waiter: int) -> None:
+        fut = self._waiters.pop(waiter, None)
+        if fut is not None and not fut.done():
+            reply = self.core.give_up(rt, waiter, time.monotonic())
+            fut.set_exception(Refused(reply_response(reply)))
+
     def _release(self, rt: ModelRuntime, seat: Seat) -> None:
-        now = time.monotonic()
-        seat.in_flight -= 1
-        rt.in_flight -= 1
-        if seat.in_flight == 0:
-            seat.idle(now)
-        rt.scaler.request(now)  # idle time counts from the last answer
-        if seat.draining and seat.in_flight == 0:
-            self._stop_seat(rt, seat, "drained")
-        self._dispatch(rt)
-        rt.scaler.concurrency(time.monotonic(), rt.concurrency)
+        self._apply(self.core.release(rt, seat, time.monotonic()))
 
-    def _dispatch(self, rt: ModelRuntime) -> None:
-        """Hand free seats to queued requests, oldest first."""
-        while rt.waiters:
-            seat = self._pick(rt)
-            if seat is None:
-                return
-            fut = rt.waiters.popleft()
-            if fut.done():
-                continue
-            self._take(rt, seat)
-            fut.set_result(seat)
-
-    # -- replicas --------------------------------------------------------------------
-    def _start_replica(self, rt: ModelRuntime, reason: str) -> None:
-        if reason in ("activate", "replace", "min"):  # not a tick's decision (counted there)
-            self.metrics.scale_events.inc(rt.config.name, "up", reason)
-        task = asyncio.get_running_loop().create_task(self._run_start(rt, reason))
-        rt.starts.add(task)
-        task.add_done_callback(rt.starts.discard)
-
-    async def _run_start(self, rt: ModelRuntime, reason: str) -> None:
+    # -- starts ----------------------------------------------------------------------
+    async def _run_start(self, rt: ModelRuntime, start: int, reason: str) -> None:
         name = rt.config.name
-        log.info("model=%s event=start reason=%s", name, reason)
         try:
             replica = await self.starter.start(rt.config)
         except StartError as exc:
-            self._start_failed(rt, exc)
+            self._start_failed(rt, start, exc)
             return
         except Exception as exc:  # a bug in a starter: same handling, with the traceback
             log.error("model=%s event=start_bug", name, exc_info=exc)
-            self._start_failed(rt, StartError(name, f"internal error: {exc!r}"))
+            self._start_failed(rt, start, StartError(name, f"internal error: {exc!r}"))
+            return
+        if start not in rt.starts:  # shut down meanwhile (the core forgot the start)
+            self._background_task(replica.stop(1.0))
             return
         fallbacks = [{"path": f.path, "reason": f.reason} for f in replica.fallbacks]
         record = StartRecord(
@@ -489,12 +483,11 @@ class Gateway(ListeningHost):
         self.metrics.phases.observe(replica.total_ms / 1e3, name, "total")
         for phase, ms in replica.phases_ms.items():
             self.metrics.phases.observe(ms / 1e3, name, phase)
-        rt.last_start = record
-        rt.recent_starts.append(record)
-        self.recent.started(name, replica.start_path, replica.total_ms / 1e3, time.monotonic())
-        rt.failure, rt.backoff_s = None, BACKOFF_FIRST_S
-        seat = Seat(replica, record, time.monotonic())
-        rt.seats.append(seat)
+        now = time.monotonic()
+        self.recent.started(name, replica.start_path, replica.total_ms / 1e3, now)
+        seat, actions = self.core.started(rt, start, replica, record, now)
+        # the readiness check's connection carries the first request (one connect, not two)
+        seat.pool = replica.connections or UpstreamPool(replica.host, replica.port)
         log.info(
             "model=%s event=ready path=%s pid=%d port=%d start_ms=%.1f",
             name,
@@ -503,113 +496,25 @@ class Gateway(ListeningHost):
             replica.port,
             replica.total_ms,
         )
-        self._dispatch(rt)
+        self._apply(actions)
 
-    def _start_failed(self, rt: ModelRuntime, exc: StartError) -> None:
-        name = rt.config.name
-        self.metrics.start_failures.inc(name, exc.path or "unknown")
-        log.error("model=%s event=start_failed path=%s reason=%s", name, exc.path, exc.problem)
-        rt.failure = exc
-        rt.failure_until = time.monotonic() + rt.backoff_s
-        rt.backoff_s = min(rt.backoff_s * 2, BACKOFF_MAX_S)
-        if rt.seats or len(rt.starts) > 1:
-            return  # others will serve the queue
-        response = start_failed(exc, retry_after_s=rt.failure_until - time.monotonic())
-        while rt.waiters:
-            fut = rt.waiters.popleft()
-            if not fut.done():
-                fut.set_exception(Refused(response))
-        rt.scaler.concurrency(time.monotonic(), rt.concurrency)
-
-    def _seat_failed(self, rt: ModelRuntime, seat: Seat, why: str, reason: str) -> None:
-        """``seat`` failed (``reason``: connection, exited, stopped, unresponsive): take it
-        out, kill it, replace it if wanted. Its requests in flight fail when it dies and are
-        re-sent once (``_forward``)."""
-        if seat not in rt.seats:
-            return  # already handled for another request
-        rt.seats.remove(seat)
-        rt.retire(seat, time.monotonic())
-        self.metrics.deaths.inc(rt.config.name)
-        self.metrics.replaced.inc(rt.config.name, reason)
-        rt.replaced[reason] += 1
-        code = getattr(seat.replica, "returncode", None)
-        log.warning(
-            "model=%s event=replica_failed pid=%d exit=%s reason=%s: %s",
-            rt.config.name,
-            seat.replica.pid,
-            code,
-            reason,
-            why,
+    def _start_failed(self, rt: ModelRuntime, start: int, exc: StartError) -> None:
+        log.error(
+            "model=%s event=start_failed path=%s reason=%s", rt.config.name, exc.path, exc.problem
         )
-        seat.replica.kill()
-        self._reap(seat.replica)
-        if (rt.waiters or rt.in_flight) and not rt.starts and not rt.ready:
-            self._start_replica(rt, "replace")
+        self._apply(self.core.start_failed(rt, start, exc, time.monotonic()))
 
-    def _stop_seat(self, rt: ModelRuntime, seat: Seat, reason: str) -> None:
-        if seat in rt.seats:
-            rt.seats.remove(seat)
-        rt.retire(seat, time.monotonic())
-        log.info("model=%s event=stop pid=%d reason=%s", rt.config.name, seat.replica.pid, reason)
-        self._reap(seat.replica, STOP_TIMEOUT_S)
-
-    def _reap(self, replica: Replica, timeout_s: float = 1.0) -> None:
-        task = asyncio.get_running_loop().create_task(replica.stop(timeout_s))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    # -- liveness --------------------------------------------------------------------
-    def _check_liveness(self, rt: ModelRuntime, now: float) -> None:
-        """Take out replicas that died or stay stopped; probe those heard from least."""
-        policy = self.liveness
-        for seat in list(rt.seats):
-            replica = seat.replica
-            state = proc_state(replica.pid) if replica.is_alive() else None
-            seat.health, verdict = observe_state(seat.health, state, now, policy)
-            if verdict == "dead":
-                self._seat_failed(rt, seat, f"process exited (state {state})", "exited")
-            elif verdict == "hung":
-                self._seat_failed(
-                    rt,
-                    seat,
-                    f"process stopped (state {state}) for {policy.stopped_s:g} s",
-                    "stopped",
-                )
-            elif not seat.draining and probe_due(seat.health, now, policy):
-                seat.health = probe_sent(seat.health)
-                task = asyncio.get_running_loop().create_task(self._probe(rt, seat))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-
+    # -- liveness and autoscaling -------------------------------------------------------
     async def _probe(self, rt: ModelRuntime, seat: Seat) -> None:
         """``GET /health`` on a fresh connection, with the policy's deadline."""
-        policy = self.liveness
-        pool = UpstreamPool(seat.replica.host, seat.replica.port, max_idle=0)
+        replica = seat.replica
+        pool = UpstreamPool(replica.host, replica.port, max_idle=0)
         try:
-            up = await pool.request(
-                "GET",
-                "/health",
-                self._worker_auth,
-                timeout_s=policy.probe_timeout_s,
-                max_body_bytes=1 << 16,
-            )
-            ok, why = up.status == 200, f"answered {up.status}"
-        except UpstreamError as exc:
-            ok, why = False, str(exc)
+            why = await probe(pool, self.liveness.probe_timeout_s)
         finally:
             pool.close()
-        if seat not in rt.seats:
-            return
-        seat.health, verdict = probe_result(seat.health, ok, time.monotonic(), policy)
-        if verdict == "hung":
-            self._seat_failed(
-                rt,
-                seat,
-                f"{seat.health.failures} health probes in a row failed, last: {why}",
-                "unresponsive",
-            )
+        self._apply(self.core.probe_done(rt, seat, why, time.monotonic()))
 
-    # -- autoscaling -----------------------------------------------------------------
     async def _autoscale(self) -> None:
         tick = self.platform.autoscaler.tick_s
         while True:
@@ -622,47 +527,10 @@ class Gateway(ListeningHost):
                     log.error("model=%s event=autoscaler_bug", rt.config.name, exc_info=exc)
 
     def reconcile(self, rt: ModelRuntime, now: float) -> None:
-        """One autoscaler tick for ``rt``: reap the dead and hung, then match the desired count."""
-        self._check_liveness(rt, now)
-        rt.scaler.tick(now)
-        ready = rt.ready
-        decision = rt.scaler.decide(now, ready)
-        rt.desired, rt.panicking = decision.desired, decision.panicking
-        have = ready + len(rt.starts)
-        name = rt.config.name
-        if self.draining:
-            return
-        if decision.desired > have:
-            retry = rt.waiters or have < rt.config.min_replicas
-            if rt.failure is not None and (now < rt.failure_until or not retry):
-                return  # a broken model is retried, backing off, for its requests or min_replicas
-            self.metrics.scale_events.inc(name, "up", decision.reason)
-            log.info(
-                "model=%s event=scale_up from=%d to=%d reason=%s panic=%s concurrency=%.1f",
-                name,
-                have,
-                decision.desired,
-                decision.reason,
-                "yes" if decision.panicking else "no",
-                decision.panic_concurrency,
-            )
-            for _ in range(decision.desired - have):
-                self._start_replica(rt, decision.reason)
-        elif decision.desired < ready:
-            surplus = sorted((s for s in rt.seats if not s.draining), key=lambda s: s.in_flight)
-            surplus = surplus[: ready - decision.desired]
-            self.metrics.scale_events.inc(name, "down", decision.reason)
-            log.info(
-                "model=%s event=scale_down from=%d to=%d reason=%s",
-                name,
-                ready,
-                decision.desired,
-                decision.reason,
-            )
-            for seat in surplus:
-                seat.draining = True
-                if seat.in_flight == 0:
-                    self._stop_seat(rt, seat, decision.reason)
+        """One autoscaler tick for ``rt``: read its replicas' process states, apply the core's
+        decisions (``GatewayCore.tick``)."""
+        states = {s: _state_of(s.replica) for s in rt.seats}
+        self._apply(self.core.tick(rt, now, states))
 
     # -- observability -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -689,21 +557,23 @@ class Gateway(ListeningHost):
         return out
 
     def _pool_sizes(self) -> dict[str, int]:
-        pool = getattr(self.starter, "pool", None)
+        pool = self.starter.pool
         return dict(pool.sizes) if pool is not None else {}
 
     def pool_status(self) -> dict[str, Any] | None:
-        starter_status = getattr(self.starter, "status", None)  # optional: the warm pool's slots
-        return starter_status() if starter_status is not None else None
+        return self.starter.status()  # the warm pool's slots, if the starter has one
 
 
-class _QueueTimeout(Exception):
-    pass
+def _failure(exc: UpstreamError) -> Failure:
+    if isinstance(exc, UpstreamTimeout):
+        return "timeout"
+    if isinstance(exc, UpstreamTooLarge):
+        return "too_large"
+    return "connection"
 
 
-def _expire(fut: asyncio.Future[Seat]) -> None:
-    if not fut.done():
-        fut.set_exception(_QueueTimeout())
+def _state_of(replica: Replica) -> str | None:
+    return proc_state(replica.pid) if replica.is_alive() else None
 
 
 async def serve(config: PlatformConfig, starter: Starter, *, worker_key: str | None = None) -> None:

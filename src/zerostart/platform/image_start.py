@@ -33,7 +33,6 @@ import os
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,29 +53,28 @@ def home_port(model: str) -> int:
     return HOME_PORT_BASE + zlib.crc32(model.encode()) % HOME_PORT_SPAN
 
 
-@dataclass(eq=False)  # identity: replicas are kept in sets
-class ContainerReplica:
-    """A model's container (runc in the foreground is ``pid``); the Replica contract."""
+class ContainerProcess:
+    """A model's container as a replica's :class:`~zerostart.platform._types.Process`
+    (runc in the foreground is ``pid``)."""
 
-    container: Any  # zerostart.container.Container or SnapshotContainer
-    model: str
-    host: str
-    port: int
-    start_path: StartPath
-    phases_ms: dict[str, float] = field(default_factory=dict)
-    total_ms: float = 0.0
-    fallbacks: tuple[Fallback, ...] = ()
+    def __init__(self, container: Any) -> None:
+        self.container = container  # zerostart.container.Container or SnapshotContainer
 
     @property
     def pid(self) -> int:
         proc = self.container._proc
         return int(proc.pid) if proc is not None else 0
 
+    @property
+    def returncode(self) -> int | None:
+        proc = self.container._proc
+        return None if proc is None else proc.poll()
+
     def is_alive(self) -> bool:
         proc = self.container._proc
         return proc is not None and proc.poll() is None
 
-    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    async def stop(self, timeout_s: float) -> None:
         with contextlib.suppress(ZerostartError, OSError):
             await asyncio.to_thread(self.container.stop, timeout_s)
 
@@ -268,10 +266,9 @@ async def start_image(
                 model.name, f"container did not start: {exc}", path="cold_boot"
             ) from exc
         path, phases = "cold_boot", {"boot_to_health": seconds * 1e3}
-    return ContainerReplica(
-        container,
+    return Replica(
         model.name,
-        "127.0.0.1",
+        ContainerProcess(container),
         port,
         path,
         phases,

@@ -6,7 +6,8 @@ pool and snapshot restores (``starter.py``, issue 10b) fall back to it.
 Readiness without polling: the worker prints ``zerostart: ready on URL in N
 ms`` on stderr once it listens and is warm (``serve/server.py``), with
 ``--port 0`` so it picks its own free port and no two starts race for one.
-The starter reads that line from a pipe, then asks ``GET /health`` once. The
+The starter reads that line from a pipe, then asks ``GET /health`` once
+(``_probe.py``; that connection serves the first request). The
 worker's own phase breakdown follows on the next log line and is parsed into
 ``phases_ms``. stderr keeps being drained (last lines kept for error
 messages) so a chatty worker never blocks on a full pipe.
@@ -32,10 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zerostart.platform._types import Fallback, Starter, StartPath
-from zerostart.platform.config import ModelConfig, PlatformConfig
+from zerostart.platform._probe import ready_check
+from zerostart.platform._types import Fallback, Replica, Starter
+from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
-from zerostart.platform.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("zerostart.platform")
 
@@ -43,7 +44,6 @@ READY = re.compile(rb"zerostart: ready on http://([0-9.]+):(\d+) in (\d+) ms")
 PHASES = re.compile(rb"start-up \((\w+)\): (.*)$")
 PHASE = re.compile(r"(\w+)=([0-9.]+)ms")
 STDERR_TAIL_LINES = 40  # kept per replica for error messages
-HEALTH_TIMEOUT_S = 5.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # The worker calls its warm-up batch "warmup"; the platform's phase list says "first_batch".
 PHASE_NAMES = {"warmup": "first_batch"}
@@ -57,25 +57,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-class ProcessReplica:
-    """A worker process we started; implements :class:`~zerostart.platform._types.Replica`."""
+class WorkerProcess:
+    """A worker process we started (our child): the :class:`~zerostart.platform._types.Process`
+    of a cold-booted replica. Reads its stderr for the ready line and its phases."""
 
-    def __init__(
-        self,
-        model: str,
-        proc: asyncio.subprocess.Process,
-        *,
-        start_path: StartPath = "cold_boot",
-        fallbacks: tuple[Fallback, ...] = (),
-    ) -> None:
+    def __init__(self, model: str, proc: asyncio.subprocess.Process) -> None:
         self.model = model
         self.host = "127.0.0.1"
         self.port = 0
         self.pid = proc.pid
-        self.start_path: StartPath = start_path
         self.phases_ms: dict[str, float] = {}
-        self.total_ms = 0.0
-        self.fallbacks = fallbacks
         self._proc = proc
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
         self._ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
@@ -133,7 +124,7 @@ class ProcessReplica:
     def returncode(self) -> int | None:
         return self._proc.returncode
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float) -> None:
         if self.is_alive():
             self._signal(signal.SIGTERM)
             try:
@@ -163,7 +154,7 @@ class ProcessReplica:
             await asyncio.wait_for(self._pump, 1.0)
 
     def __repr__(self) -> str:
-        return f"<ProcessReplica {self.model} pid={self.pid} port={self.port} {self.start_path}>"
+        return f"<WorkerProcess {self.model} pid={self.pid} port={self.port}>"
 
 
 def worker_command(
@@ -186,8 +177,9 @@ def worker_command(
     return command
 
 
-class ColdBootStarter:
-    """Starts every replica by cold boot; implements :class:`~zerostart.platform._types.Starter`."""
+class ColdBootStarter(Starter):
+    """Starts every replica by cold boot: the :class:`~zerostart.platform._types.Starter` of
+    ``[pool]``-less nodes, and PathStarter's last resort."""
 
     def __init__(
         self,
@@ -205,14 +197,12 @@ class ColdBootStarter:
             # by calling a replica's loopback port directly.
             self._env["API_KEY"] = worker_key
         self._python = python
-        self._replicas: set[ProcessReplica] = set()
+        self._replicas: set[Replica] = set()
 
-    async def start(self, model: ModelConfig) -> ProcessReplica:
+    async def start(self, model: ModelConfig) -> Replica:
         return await self.boot(model)
 
-    async def boot(
-        self, model: ModelConfig, fallbacks: tuple[Fallback, ...] = ()
-    ) -> ProcessReplica:
+    async def boot(self, model: ModelConfig, fallbacks: tuple[Fallback, ...] = ()) -> Replica:
         """Cold-boot ``model`` (a bundle); raises :class:`StartError` with the worker's complaint."""
         t0 = time.perf_counter()
         if model.source_kind != "bundle":
@@ -245,40 +235,27 @@ class ColdBootStarter:
             raise StartError(
                 model.name, f"cannot start the worker: {exc}", path="cold_boot"
             ) from exc
-        replica = ProcessReplica(model.name, proc, fallbacks=fallbacks)
+        worker = WorkerProcess(model.name, proc)
+        replica = Replica(model.name, worker, 0, "cold_boot", worker.phases_ms, 0.0, fallbacks)
         self._replicas.add(replica)
         try:
             try:
-                await replica.wait_ready(model.start_timeout_s)
+                await worker.wait_ready(model.start_timeout_s)
             except (TimeoutError, ChildProcessError, EOFError) as exc:
                 raise StartError(
-                    model.name, f"{exc}: {replica.error_summary()}", path="cold_boot"
+                    model.name, f"{exc}: {worker.error_summary()}", path="cold_boot"
                 ) from None
-            t_ready = time.perf_counter()
-            pool = UpstreamPool(replica.host, replica.port, max_idle=1)
-            try:
-                response = await pool.request(
-                    "GET", "/health", timeout_s=HEALTH_TIMEOUT_S, max_body_bytes=1 << 16
-                )
-            except UpstreamError as exc:
-                raise StartError(
-                    model.name, f"health check failed: {exc}", path="cold_boot"
-                ) from None
-            finally:
-                pool.close()
-            if response.status != 200:
-                raise StartError(
-                    model.name,
-                    f"health check answered {response.status}: {response.body[:200]!r}",
-                    path="cold_boot",
-                )
-            replica.phases_ms["health"] = (time.perf_counter() - t_ready) * 1e3
+            replica.host, replica.port = worker.host, worker.port
+            replica.connections, health_ms = await ready_check(
+                model.name, "cold_boot", worker.host, worker.port
+            )
+            replica.phases_ms["health"] = health_ms
             replica.total_ms = (time.perf_counter() - t0) * 1e3
             return replica
         except BaseException:
             replica.kill()
             self._replicas.discard(replica)
-            await replica._finish_pump()
+            await worker._finish_pump()
             raise
 
     async def close(self) -> None:
@@ -287,19 +264,6 @@ class ColdBootStarter:
         await asyncio.gather(*(r.stop(timeout_s=5.0) for r in alive), return_exceptions=True)
         self._replicas.clear()
 
-    def forget(self, replica: ProcessReplica) -> None:
+    def forget(self, replica: Replica) -> None:
         """The caller stopped ``replica``; stop tracking it."""
         self._replicas.discard(replica)
-
-
-def default_starter(
-    config: PlatformConfig, *, worker_key: str | None = None, slot_image: str | None = None
-) -> Starter:
-    """The fastest start paths this build has: snapshot, warm slot, cold boot (``starter.py``).
-
-    ``worker_key``: the bearer token every worker is started with (env ``API_KEY``).
-    ``slot_image``: the container slots' image, for image models (``zerostart.image.slot``).
-    """
-    from zerostart.platform.starter import PathStarter  # imports this module
-
-    return PathStarter.from_config(config, worker_key=worker_key, slot_image=slot_image)

@@ -1,8 +1,8 @@
 """The pool's side of a warm slot: spawn it, hear its health, assign it a model, stop it.
 
 The slot's side, and the control protocol, are in :mod:`zerostart.serve.slot`.
-A :class:`Slot` goes ``booting -> ready -> assigned`` (it is then a
-:class:`SlotReplica` serving one model) or ``-> discarded`` (failed its health
+A :class:`Slot` goes ``booting -> ready -> assigned`` (it is then a replica's
+:class:`SlotProcess`, serving one model) or ``-> discarded`` (failed its health
 check, died, or the pool closed). The process runs in its own session with
 stdin from /dev/null and stdout/stderr appended to a log file in the pool's
 private folder (a pipe nobody drains would block it); it exits by itself when
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.errors import ServeError
-from zerostart.platform._types import Fallback, StartPath
+from zerostart.faults import FAULTS, Fault
 from zerostart.platform.errors import PlatformError
 from zerostart.platform.liveness import Health
 from zerostart.serve.slot import MAX_MESSAGE_BYTES, decode, encode
@@ -45,13 +45,26 @@ LOG_TAIL_CHARS = 800
 
 
 class SlotError(PlatformError):
-    """A slot could not boot, failed its health check, or could not take a model."""
+    """A slot could not boot, failed its health check, or could not take a model.
+
+    ``fault``: whose fault, as the slot classified it (``zerostart.faults``):
+    ``"model"`` or ``"node"`` (a cold boot would fail alike: the start fails
+    at once) or ``"slot"`` (this slot only: the start falls through to a cold
+    boot). Failures seen on this side (timeouts, a slot that died) are ``"slot"``.
+    """
 
     def __init__(
-        self, message: str, *, reason: str = "", error_type: str = "", hint: str | None = None
+        self,
+        message: str,
+        *,
+        reason: str = "",
+        error_type: str = "",
+        fault: Fault = "slot",
+        hint: str | None = None,
     ) -> None:
         self.reason = reason or message
-        self.error_type = error_type  # the slot's own exception class name, when it sent one
+        self.error_type = error_type  # the slot's own exception class name, for messages only
+        self.fault: Fault = fault
         super().__init__(message, hint=hint)
 
 
@@ -270,10 +283,14 @@ class Slot:
             if self.state == "assigning":
                 self.state = "failed"
         if reply["type"] == "error":
+            fault = reply.get("fault")
             raise SlotError(
                 str(reply.get("error", "unknown error")),
                 reason="assignment failed",
                 error_type=str(reply.get("error_type", "")),
+                # a slot that classifies nothing (an older slot image): the slot's fault,
+                # so the start falls through to a cold boot, which reports the model's own
+                fault=fault if fault in FAULTS else "slot",
             )
         if reply["type"] != "serving":
             raise SlotError(f"slot {self.name} answered {reply['type']!r} to an assignment")
@@ -328,27 +345,24 @@ class Slot:
         return text[-chars:].strip() or "(empty log)"
 
 
-@dataclass(eq=False)  # identity: replicas are kept in sets
-class SlotReplica:
-    """A slot that became a model's replica (the :class:`~zerostart.platform._types.Replica` contract)."""
+class SlotProcess:
+    """An assigned slot as a replica's :class:`~zerostart.platform._types.Process`."""
 
-    slot: Slot
-    model: str
-    host: str
-    port: int
-    phases_ms: dict[str, float]
-    total_ms: float
-    fallbacks: tuple[Fallback, ...] = ()
-    start_path: StartPath = "warm_slot"
+    def __init__(self, slot: Slot) -> None:
+        self.slot = slot
 
     @property
     def pid(self) -> int:
         return self.slot.pid
 
+    @property
+    def returncode(self) -> int | None:
+        return self.slot.process.returncode
+
     def is_alive(self) -> bool:
         return self.slot.is_alive()
 
-    async def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
+    async def stop(self, timeout_s: float) -> None:
         await self.slot.stop(timeout_s)
 
     def kill(self) -> None:

@@ -54,44 +54,35 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.errors import ZerostartError
-from zerostart.platform._types import Fallback, Replica, StartPath
+from zerostart.platform._probe import HEALTH_TIMEOUT_S, ready_check
+from zerostart.platform._types import Fallback, Replica, Starter, StartPath
 from zerostart.platform.config import ModelConfig, PlatformConfig
 from zerostart.platform.container_slot import ContainerSlot
 from zerostart.platform.errors import StartError
-from zerostart.platform.image_start import ContainerReplica, image_path, start_image
+from zerostart.platform.image_start import image_path, start_image
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
-from zerostart.platform.slot import Slot, SlotError, SlotReplica
+from zerostart.platform.slot import Slot, SlotError, SlotProcess
 from zerostart.platform.upstream import UpstreamError, UpstreamPool
 
 log = logging.getLogger("zerostart.platform.starter")
 
-HEALTH_TIMEOUT_S = 5.0
-# Errors a slot reports that are about the model, not the slot: a cold boot would fail alike.
-MODEL_ERRORS = ("BundleError", "ConvertError", "TokenizerError", "EngineError", "CudaError")
 
-
-@dataclass(eq=False)  # identity: replicas are kept in sets
-class RestoredReplica:
+@dataclass(eq=False)
+class RestoredProcess:
     """A worker restored from a CRIU snapshot. Not our child (CRIU detaches it to init)."""
 
-    model: str
-    host: str
-    port: int
     pid: int
-    phases_ms: dict[str, float]
-    total_ms: float
-    fallbacks: tuple[Fallback, ...] = ()
-    start_path: StartPath = "snapshot"
-    _start_ticks: int | None = field(default=None, repr=False)
+    start_ticks: int | None = field(default=None, repr=False)
+    returncode = None  # not our child: its exit status is init's
 
     def is_alive(self) -> bool:
         from zerostart.snapshot.marker import start_ticks
 
         # Same PID and same kernel start time: not a new process that reused the PID.
-        return start_ticks(self.pid) == self._start_ticks and self._start_ticks is not None
+        return start_ticks(self.pid) == self.start_ticks and self.start_ticks is not None
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
+    async def stop(self, timeout_s: float) -> None:
         from zerostart.snapshot._process import stop
 
         if self.is_alive():
@@ -103,7 +94,7 @@ class RestoredReplica:
                 os.kill(self.pid, signal.SIGKILL)
 
 
-class PathStarter:
+class PathStarter(Starter):
     """Snapshot, then warm slot, then cold boot; see the module docstring.
 
     ``pool``: the node's warm pool (None: no slot path). ``snapshot_store``:
@@ -131,7 +122,7 @@ class PathStarter:
         self.verify = verify
         self.worker_key = worker_key  # see _types.py "Worker key"; sent to slots at assignment
         self.counts: Counter[str] = Counter()  # "started.PATH", "fallback.PATH", "failed"
-        self._replicas: set[SlotReplica | RestoredReplica | ContainerReplica] = set()
+        self._replicas: set[Replica] = set()
 
     @classmethod
     def from_config(
@@ -157,7 +148,7 @@ class PathStarter:
         if self.pool is not None:
             await self.pool.start()
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         """Starts and fallbacks by path, and the pool's slots by state (for /status)."""
         return {
             "counts": dict(self.counts),
@@ -180,7 +171,7 @@ class PathStarter:
                     key_problem=_key_problem,
                     slot_start=lambda: self._container_slot(model, fallbacks, t0),
                 )
-                if isinstance(image, ContainerReplica):
+                if image.start_path != "warm_slot":  # a container (a slot is the pool's)
                     self._replicas.add(image)
                 self.counts[f"started.{image.start_path}"] += 1
                 self.counts.update(f"fallback.{f.path}" for f in image.fallbacks)
@@ -217,7 +208,7 @@ class PathStarter:
     # -- (a) snapshot -------------------------------------------------------------------
     async def _snapshot(
         self, model: ModelConfig, fallbacks: list[Fallback], t0: float
-    ) -> RestoredReplica | None:
+    ) -> Replica | None:
         if not self.snapshots:
             self._fall(fallbacks, model, "snapshot", "snapshots are off on this node")
             return None
@@ -273,20 +264,19 @@ class PathStarter:
         from zerostart.snapshot.marker import start_ticks
 
         restore_ms = result.timings_s.get("total", 0.0) * 1e3
-        replica = RestoredReplica(
+        replica = Replica(
             model.name,
-            "127.0.0.1",
+            RestoredProcess(result.pid, start_ticks(result.pid)),
             int(manifest.port),
-            result.pid,
+            "snapshot",
             {"restore": restore_ms},
             0.0,
             tuple(fallbacks),
-            _start_ticks=start_ticks(result.pid),
         )
         self._replicas.add(replica)
         try:
-            replica.phases_ms["health"] = await _health(
-                model, "snapshot", replica.host, replica.port
+            replica.connections, replica.phases_ms["health"] = await ready_check(
+                model.name, "snapshot", replica.host, replica.port
             )
             if self.worker_key is not None:
                 problem = await _key_problem(replica.host, replica.port, self.worker_key)
@@ -305,7 +295,7 @@ class PathStarter:
     # -- (b) warm slot --------------------------------------------------------------------
     async def _slot(
         self, model: ModelConfig, fallbacks: list[Fallback], t0: float
-    ) -> SlotReplica | None:
+    ) -> Replica | None:
         if self.pool is None:
             self._fall(fallbacks, model, "warm_slot", "no warm pool on this node")
             return None
@@ -322,7 +312,7 @@ class PathStarter:
 
     async def _container_slot(
         self, model: ModelConfig, fallbacks: list[Fallback], t0: float
-    ) -> SlotReplica | None:
+    ) -> Replica | None:
         """(b) for an image model: a container slot, given the image's bundle read-only."""
         if self.pool is None:
             fallbacks.append(Fallback("warm_slot", "no warm pool on this node"))
@@ -346,7 +336,7 @@ class PathStarter:
         t0: float,
         *,
         kind: str | None = None,
-    ) -> SlotReplica | None:
+    ) -> Replica | None:
         assert self.pool is not None
         if slot is None:
             self._fall(fallbacks, model, "warm_slot", self.pool.why_empty(kind or model.device))
@@ -367,24 +357,26 @@ class PathStarter:
                     model.source, verify=self.verify, server=server, timeout_s=model.start_timeout_s
                 )
             phases = {k: v * 1e3 for k, v in assigned.phases_s.items()}
-            replica = SlotReplica(
-                slot,
+            replica = Replica(
                 model.name,
-                "127.0.0.1",
+                SlotProcess(slot),
                 assigned.port,
+                "warm_slot",
                 {"slot_assign": max(0.0, assigned.round_trip_s * 1e3 - sum(phases.values()))},
                 0.0,
                 tuple(fallbacks),
             )
             replica.phases_ms.update(phases)
             self._replicas.add(replica)
-            replica.phases_ms["health"] = await _health(
-                model, "warm_slot", replica.host, replica.port
+            replica.connections, replica.phases_ms["health"] = await ready_check(
+                model.name, "warm_slot", replica.host, replica.port
             )
         except SlotError as exc:
             await slot.kill()
-            if _is_model_error(exc):
-                raise StartError(model.name, str(exc), path="warm_slot") from None
+            if exc.fault != "slot":  # the model or the node: a cold boot would fail alike
+                raise StartError(
+                    model.name, f"{exc.fault} fault: {exc}", path="warm_slot"
+                ) from None
             self._fall(fallbacks, model, "warm_slot", f"slot {slot.name} failed: {exc.reason}")
             log.warning("model=%s slot=%s failed: %s", model.name, slot.name, exc)
             return None
@@ -415,10 +407,6 @@ def _port_taken(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _is_model_error(exc: SlotError) -> bool:
-    return exc.error_type in MODEL_ERRORS
 
 
 def _stop_restored(work: asyncio.Future[Any]) -> None:
@@ -463,22 +451,12 @@ async def _key_problem(host: str, port: int, key: str) -> str | None:
     return None
 
 
-async def _health(model: ModelConfig, path: str, host: str, port: int) -> float:
-    """GET /health once; its time in ms. StartError unless it answers 200."""
-    t0 = time.perf_counter()
-    pool = UpstreamPool(host, port, max_idle=1)
-    try:
-        response = await pool.request(
-            "GET", "/health", timeout_s=HEALTH_TIMEOUT_S, max_body_bytes=1 << 16
-        )
-    except UpstreamError as exc:
-        raise StartError(model.name, f"health check failed: {exc}", path=path) from None
-    finally:
-        pool.close()
-    if response.status != 200:
-        raise StartError(
-            model.name,
-            f"health check answered {response.status}: {response.body[:200]!r}",
-            path=path,
-        )
-    return (time.perf_counter() - t0) * 1e3
+def default_starter(
+    config: PlatformConfig, *, worker_key: str | None = None, slot_image: str | None = None
+) -> Starter:
+    """The fastest start paths this build has: snapshot, warm slot, cold boot.
+
+    ``worker_key``: the bearer token every worker is started with (env ``API_KEY``).
+    ``slot_image``: the container slots' image, for image models (``zerostart.image.slot``).
+    """
+    return PathStarter.from_config(config, worker_key=worker_key, slot_image=slot_image)

@@ -13,7 +13,8 @@ Theory of operation (the slot's side; the pool's is ``zerostart.platform.slot``)
     <- {"type": "ping"}  -> {"type": "pong"}       (any number of times while waiting)
     <- {"type": "assign", "bundle": ..., "port": 0, ...}   (EOF instead: exit 0)
     map the bundle, tokenizer, engine, listen (no warm-up batch: see _load)
-      -> {"type": "serving", "port": ..., "phases": ...}  or {"type": "error", ...} and exit 1
+      -> {"type": "serving", "port": ..., "phases": ...}  or {"type": "error", "error": ...,
+         "fault": "model" | "node" | "slot"} (zerostart.faults) and exit 1
     serve until {"type": "stop"}, SIGTERM/SIGINT, or EOF on the control socket (the pool
     is gone: a slot never outlives its pool), then drain like any worker
 
@@ -267,6 +268,19 @@ def _load(bundle_dir: str, verify: str, limits: Any, auto_truncate: bool) -> Any
     return Pipeline.load(bundle_dir, verify=verify, limits=limits, auto_truncate=auto_truncate)
 
 
+def _error_message(exc: BaseException) -> dict[str, Any]:
+    """An assignment failure for the pool, classified here, where the exception is:
+    ``fault`` is ``zerostart.faults.fault_of``'s kind (model, node or slot)."""
+    from zerostart.faults import fault_of
+
+    return {
+        "type": "error",
+        "error": str(exc),
+        "error_type": type(exc).__name__,
+        "fault": fault_of(exc),
+    }
+
+
 def _assigned(
     conn: socket.socket, reader: LineReader, message: dict[str, Any], boot: dict[str, float]
 ) -> int:
@@ -287,7 +301,7 @@ def _assigned(
         startup.add(pipeline.phases)
     except (ZerostartError, KeyError, TypeError, ValueError) as exc:
         log.error("assignment failed: %s", exc)
-        conn.sendall(encode({"type": "error", "error": str(exc), "error_type": type(exc).__name__}))
+        conn.sendall(encode(_error_message(exc)))
         return EXIT_ASSIGN_FAILED
     asyncio.run(_serve(conn, reader, pipeline, config, startup, boot))
     return 0
@@ -311,7 +325,7 @@ async def _serve(
     try:
         await server.start()
     except ZerostartError as exc:
-        conn.sendall(encode({"type": "error", "error": str(exc), "error_type": type(exc).__name__}))
+        conn.sendall(encode(_error_message(exc)))
         raise
     phases = {k: round(v, 6) for k, v in startup.phases.items()}
     conn.sendall(

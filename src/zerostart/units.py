@@ -1,4 +1,9 @@
-"""Durations as users write them: ``90``, ``"90s"``, ``"10m"``, ``"4h"``, ``"1d"`` (seconds out)."""
+"""Durations as users write them: ``90``, ``"90s"``, ``"10m"``, ``"4h"``, ``"1d"`` (seconds out).
+
+A leaf (standard library only): ``platform.toml`` (platform/config.py) and the
+fleet's files (fleet/config.py, keepalive.py) read durations alike without one
+package importing the other.
+"""
 
 from __future__ import annotations
 
