@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from test_tokenizer_parity import _random_texts
 from tokenizer_corpus import COMMON_WORDS, SCRIPTS, corpus, pairs
 
 from code_points import sweep_code_points
+from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize import Encoding, Tokenizer
 from zerostart.tokenize._precompiled import grapheme_class
 from zerostart.tokenize._unigram import Unigram
@@ -126,7 +128,14 @@ class Pair:
 
     def __init__(self, tokenizer_json: Path, out: Path, *, native: bool) -> None:
         tokenizers = pytest.importorskip("tokenizers")
-        self.settings = compile_tokenizer_json(tokenizer_json, out, special_tokens=XLMR_SPECIALS)
+        if (out / "tokenizer.bin").is_file():  # compiled for the other path already
+            spec = json.loads((out / "spec.json").read_text(encoding="utf-8"))
+            self.settings = TokenizerSettings(**spec)
+        else:
+            self.settings = compile_tokenizer_json(
+                tokenizer_json, out, special_tokens=XLMR_SPECIALS
+            )
+            (out / "spec.json").write_text(json.dumps(asdict(self.settings)), encoding="utf-8")
         self.ours = Tokenizer.from_bundle(out, self.settings.spec, native=native)
         self.native = native
         model = self.ours.model
@@ -192,7 +201,8 @@ def pair(
     model_dir: Callable[[str], Path],
 ) -> Pair:
     name, _, path = str(request.param).rpartition("-")
-    out = tmp_path_factory.mktemp(request.param)
+    out = tmp_path_factory.getbasetemp() / f"compiled-{name}"  # one compile for both paths
+    out.mkdir(exist_ok=True)
     if name == "e5-small":
         tokenizer_json = model_dir("e5-small") / "tokenizer.json"
     else:
