@@ -284,10 +284,19 @@ class Pipeline:
 def _make_engine(bundle: Bundle) -> Engine:
     device = bundle.manifest.device
     if device == "cpu":
+        deberta = bundle.manifest.architecture == "deberta-v2"
         if bundle.manifest.cpu_kernels:
+            if deberta:
+                from zerostart.engine.deberta_native import NativeDebertaEngine
+
+                return NativeDebertaEngine.from_bundle(bundle)
             from zerostart.engine.cpu_native import NativeCpuEngine
 
             return NativeCpuEngine.from_bundle(bundle)
+        if deberta:  # --cpu-arch none: the numpy reference
+            from zerostart.engine.deberta import DebertaEngine
+
+            return NumpyEngine(DebertaEngine.from_bundle(bundle))
         from zerostart.engine.cpu import CpuEngine  # --cpu-arch none: the numpy engine
 
         return NumpyEngine(CpuEngine.from_bundle(bundle))

@@ -223,3 +223,28 @@ def test_mapped_files_of_a_container_are_hashed_inside_its_rootfs_only(
     (root / "evil").symlink_to("../rootfs-host")
     with pytest.raises(SnapshotError, match="outside"):
         _host_paths(str(root), ["/usr/lib/libx.so", "/evil/keep"])
+
+
+def _cut_after(tmp_path: Path, data: bytes, keep: int) -> LayerRef:
+    """A tar layer with everything after byte ``keep`` of ``data``'s payload cut off."""
+    whole = tmp_path / "whole.tar"
+    _layer(whole, [("app", None), ("app/a.txt", b"a" * 700), ("app/last.txt", data)])
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(raw[: raw.rindex(data) + keep])
+    return LayerRef(TAR, "sha256:" + "0" * 64, cut.stat().st_size, str(cut), "")
+
+
+def test_a_layer_ending_right_after_its_last_file_unpacks(tmp_path: Path) -> None:
+    """umoci writes no padding after the last file and no end-of-archive blocks (Go reads it)."""
+    data = b"last file\n"
+    layer = _cut_after(tmp_path, data, len(data))
+    root = tmp_path / "rootfs"
+    unpack_layers(ImageRef(str(tmp_path), "sha256:" + "1" * 64, {}, {}, (layer,)), root)
+    assert (root / "app" / "last.txt").read_bytes() == data
+    assert (root / "app" / "a.txt").read_bytes() == b"a" * 700
+    short = _cut_after(tmp_path, data, len(data) - 3)  # inside the file: still refused
+    with pytest.raises(ImageError, match="unexpected end of data"):
+        unpack_layers(
+            ImageRef(str(tmp_path), "sha256:" + "1" * 64, {}, {}, (short,)), tmp_path / "r2"
+        )

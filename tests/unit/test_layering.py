@@ -44,6 +44,15 @@ FORBIDDEN = {
     "model": ("zerostart.cli", "zerostart.serve"),
     "engine": ("zerostart.cli", "zerostart.serve"),
     "imagefs": ("zerostart.cli", "zerostart.image", "zerostart.container", "zerostart.serve"),
+    # the zTOC format (zerostart index) is shared the same way: a leaf
+    "ztoc": (
+        "zerostart.image",
+        "zerostart.imagefs",
+        "zerostart.registry",
+        "zerostart.container",
+        "zerostart.cli",
+        "zerostart.serve",
+    ),
     # the layer format is shared by the builder and the lazy filesystem: it uses neither
     "estargz": (
         "zerostart.image",
@@ -191,6 +200,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "faults": ("errors",),
         "registry": ("errors",),
         "estargz": ("errors", "paths"),
+        "ztoc": ("errors", "estargz", "paths"),  # the zTOC format (zerostart index), a leaf
         "snapshot": ("errors", "paths"),
         # the bundle format lives in these four today: issue 22 (leaf format packages)
         # tokenize -> kernels: convert's tokenizer compiler builds tokenizer.so (build time)
@@ -206,7 +216,7 @@ ALLOWED: dict[str, frozenset[str]] = {
             *("engine", "errors", "faults", "limits", "model", "paths", "pipeline"),
             *("snapshot", "tokenize"),
         ),
-        "imagefs": ("cachedir", "errors", "estargz", "paths", "registry"),
+        "imagefs": ("cachedir", "errors", "estargz", "paths", "registry", "ztoc"),
         # benchmark: the builder's trace (issue 22)
         "image": ("benchmark", "cachedir", "engine", "errors", "estargz", "kernels", "model"),
         "container": ("cachedir", "image", "imagefs", "paths", "snapshot"),
@@ -217,7 +227,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         "fleet": ("errors", "platform", "units"),  # platform: platform.toml's schema, issue 22
         "cli": (
             *("benchmark", "container", "errors", "fleet", "image", "imagefs", "model"),
-            *("platform", "progress", "registry", "serve", "snapshot", "units"),
+            *("platform", "progress", "registry", "serve", "snapshot", "units", "ztoc"),
         ),
     }.items()
 }

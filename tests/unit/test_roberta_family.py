@@ -133,9 +133,9 @@ def test_unsupported_families_name_the_plan(tmp_path: Path) -> None:
     cfg = (
         (src / "config.json")
         .read_text()
-        .replace('"model_type": "roberta"', '"model_type": "deberta-v2"')
+        .replace('"model_type": "roberta"', '"model_type": "nomic_bert"')
     )
     (src / "config.json").write_text(cfg)
-    with pytest.raises(ConvertError, match=r"deberta-v2.*not supported yet") as err:
+    with pytest.raises(ConvertError, match=r"nomic_bert.*not supported yet") as err:
         convert(src, tmp_path / "bundle")
     assert "docs/models.md" in str(err.value.hint)

@@ -82,6 +82,7 @@ def prepare_tokens(pipe: Model, body: Any) -> Job:
                     tokens_to_string=tok.convert_tokens_to_string,
                     unk_token=m.tokenizer.unk_token,
                     word_aware=m.tokenizer.model == "WordPiece",  # the only one with "##"
+                    unk_id=getattr(tok, "unk_id", None),  # Unigram/BPE: by id, as transformers
                     scores=pipe.heads.token_scores(logits),
                 )
             )

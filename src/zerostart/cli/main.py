@@ -243,11 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Image, registry and snapshot commands live beside their code.
     from zerostart.cli.image import add_subcommands as add_image
     from zerostart.cli.imagefs import add_subcommands as add_imagefs
+    from zerostart.cli.index import add_subcommands as add_index
     from zerostart.cli.platform import add_subcommands as add_platform
     from zerostart.cli.registry import add_subcommands as add_registry
     from zerostart.cli.snapshot import add_subcommands as add_snapshot
 
-    for add in (add_image, add_registry, add_snapshot, add_imagefs, add_platform):
+    for add in (add_image, add_registry, add_snapshot, add_imagefs, add_platform, add_index):
         add(sub)
     from zerostart.cli.fleet import add_parsers as add_fleet  # fleet plan|simulate|trace, deploy
 

@@ -120,10 +120,11 @@ def unpack_layers(image: ImageRef, rootfs: str | os.PathLike[str]) -> None:
     for layer in image.layers:
         try:
             with (
-                open_layer_tar(layer.path, layer.media_type) as f,
-                tarfile.open(fileobj=f, mode="r|") as tar,
+                open_layer_tar(layer.path, layer.media_type) as raw,
+                tarfile.open(fileobj=(f := _Counted(raw)), mode="r|") as tar,  # type: ignore[call-overload]
             ):
-                for member in tar:
+                member = None
+                while (member := _next_member(tar, f, member)) is not None:
                     parent, base = _member_parent(root, member.name)
                     if base == OPAQUE:
                         for child in os.listdir(parent):
@@ -141,6 +142,37 @@ def unpack_layers(image: ImageRef, rootfs: str | os.PathLike[str]) -> None:
                     )
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise ImageError(f"cannot unpack layer {layer.digest} of {image.path}: {exc}") from exc
+
+
+class _Counted:
+    """A reader that counts the bytes it gave (where a layer's tar stream ended)."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.n = f, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.f.read(size)
+        self.n += len(data)
+        return data
+
+
+def _next_member(
+    tar: tarfile.TarFile, f: _Counted, last: tarfile.TarInfo | None
+) -> tarfile.TarInfo | None:
+    """The next member, or None at the end of the layer.
+
+    A layer may end right after its last file's data, with no padding and no
+    end-of-archive blocks: umoci writes such layers, and Go's archive/tar
+    (which containerd, Docker and umoci unpack with) reads them as whole;
+    Python's tarfile calls it "unexpected end of data". Any other short
+    stream is still an error.
+    """
+    try:
+        return tar.next()
+    except tarfile.ReadError:
+        if last is not None and last.isfile() and f.n == last.offset_data + last.size:
+            return None
+        raise
 
 
 def _remove(path: str) -> None:

@@ -192,7 +192,8 @@ class NativeCpuEngine:
             raise EngineError(f"hidden_act {c.hidden_act!r} is not supported by the CPU engine")
         self._act = _NATIVE_ACTS[c.hidden_act]
         a = weights.address
-        self._word, self._position = a("embed.word"), a("embed.position")
+        self._word = a("embed.word")
+        self._position = a("embed.position") if "embed.position" in weights.info else 0
         self._token_type = a("embed.token_type") if "embed.token_type" in weights.info else None
         self._embed_norm = (a("embed.norm.weight"), a("embed.norm.bias"))
         h, inter = c.hidden_size, c.intermediate_size

@@ -23,6 +23,7 @@ Runtime module: standard library only (the engines add numpy).
 
 from __future__ import annotations
 
+from zerostart.engine import deberta_layout
 from zerostart.model.manifest import Manifest
 
 LAYOUT_VERSION = "1"
@@ -56,6 +57,8 @@ def packed_shape(k: int, n: int, precision: str) -> tuple[int, ...]:
 
 def tensor_dtypes(manifest: Manifest) -> dict[str, str]:
     """numpy dtype name of every tensor of ``tensor_shapes`` (float32 unless packed)."""
+    if manifest.architecture == deberta_layout.ARCHITECTURE:
+        return deberta_layout.tensor_dtypes(manifest)
     base = "float16" if manifest.dtype == "float16" else "float32"
     out = dict.fromkeys(tensor_shapes(manifest), base)
     if manifest.dtype in GEMM_GROUP:
@@ -79,6 +82,8 @@ def tensor_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
     The order is the order the forward pass touches the weights, so a lazily
     fetched image reads the file front to back.
     """
+    if manifest.architecture == deberta_layout.ARCHITECTURE:
+        return deberta_layout.tensor_shapes(manifest)
     c = manifest.config
     h, inter = c.hidden_size, c.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {

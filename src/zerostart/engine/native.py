@@ -185,6 +185,15 @@ class NativeKernels:
             lib.zs_gemm_bf16.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I]
             self.to_bf16 = lib.zs_to_bf16
             self.gemm_bf16 = lib.zs_gemm_bf16
+        # DeBERTa-v2/v3 (kernels/cpu/zs_deberta.c); None in builds made before it existed.
+        self.disentangled_attention = self.embed_layernorm_nopos = None
+        if hasattr(lib, "zs_disentangled_attention"):
+            fn = lib.zs_disentangled_attention
+            fn.restype, fn.argtypes = ctypes.c_int, [_P, _P, _P, _P, _P, _I, _P, _P, *[_I] * 5]
+            self.disentangled_attention = fn
+            fn = lib.zs_embed_layernorm_nopos
+            fn.restype, fn.argtypes = None, [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _F]
+            self.embed_layernorm_nopos = fn
         self.bias_act = lib.zs_bias_act
         self.bias_residual_layernorm = lib.zs_bias_residual_layernorm
         self.embed_layernorm = lib.zs_embed_layernorm

@@ -9,6 +9,8 @@ Layout::
     _fetch.py    chunk reads: cache, range fetch, verification, retries, prefetch
     _cache.py    content-addressed chunk cache: memory LRU over a bounded disk tier
     _fuse.py     the FUSE operations (pyfuse3)
+    _zran.py     plain gzip layers read by spans through their zTOC (SOCI-style index)
+    zindex.py    ``zerostart index``: build the zTOCs of an image, push them as a referrer
 
 Why pyfuse3 (on libfuse3): it is the binding the libfuse project itself
 maintains, it speaks the current kernel protocol through libfuse 3 (fusermount3,

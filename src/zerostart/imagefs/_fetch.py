@@ -81,6 +81,9 @@ class Layer:
     ``local_path``: the uncompressed tar of a layer fetched whole (no TOC);
     None for an eStargz layer read by range. ``prefetch_end``: compressed
     offset of the ``.prefetch.landmark`` entry (0: nothing to prefetch).
+    ``spans``: a plain gzip layer read through its zTOC
+    (:class:`zerostart.imagefs._zran.SpanReader`; extents are offsets in the
+    uncompressed tar stream, as for ``local_path``).
     """
 
     index: int
@@ -89,6 +92,7 @@ class Layer:
     local_path: Path | None = None
     prefetch_end: int = 0
     note: str = ""
+    spans: Any = None
 
 
 class _Pending:
@@ -140,6 +144,9 @@ class ChunkReader:
             layer = self.layers[x.layer]
             if layer.local_path is not None:
                 parts.append(os.pread(self._fd(layer), hi - lo, x.start + lo - x.file_offset))
+                continue
+            if layer.spans is not None:  # plain gzip through its zTOC (imagefs/_zran.py)
+                parts.append(layer.spans.pread(self, layer, hi - lo, x.start + lo - x.file_offset))
                 continue
             assert x.digest is not None
             part = self.cache.read(x.digest, lo - x.file_offset, hi - x.file_offset)

@@ -43,6 +43,7 @@ from zerostart.estargz import ChunkRef
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import Extent, Node, Tree, merge
 from zerostart.imagefs._layers import open_layers
+from zerostart.imagefs._zran import find_ztocs
 
 if TYPE_CHECKING:
     from zerostart.registry.ranges import BlobReader
@@ -66,8 +67,11 @@ def index_image(
     hit = load(kept)
     if hit is not None:
         return hit[0], hit[1], True
-    layers, entries = open_layers(reader, manifest.get("layers", []), cache_dir)
+    ztocs = find_ztocs(reader, manifest_digest, manifest)  # {} unless plain gzip layers
+    layers, entries = open_layers(reader, manifest.get("layers", []), cache_dir, ztocs)
     tree = merge(entries)
+    if any(la.spans is not None for la in layers):
+        return layers, tree, False  # zTOC layers are not kept (yet): their index is rebuilt
     try:
         save(kept, layers, tree)
     except OSError as exc:

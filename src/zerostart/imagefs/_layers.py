@@ -7,8 +7,10 @@ larger TOC costs one more request for the bytes before the tail. The TOC is pars
 by :mod:`zerostart.estargz` and checked against the annotation, so the
 manifest's digest vouches for it; anything it refuses stops the mount.
 
-A layer without a TOC (a plain ``tar+gzip`` or ``tar`` layer, or a layer whose
-TOC the manifest does not vouch for) is fetched whole, verified against its
+A plain ``tar+gzip`` layer that a zTOC indexes (``zerostart index``,
+imagefs/_zran.py) is read by spans through it. A layer without either (a
+plain ``tar+gzip`` or ``tar`` layer, or a layer whose TOC the manifest does
+not vouch for) is fetched whole, verified against its
 descriptor digest, inflated into ``CACHE/layers/<digest>.tar`` and indexed by
 scanning the tar; its files are then read from that local file. The mount
 says so in its notes (``imagefs stats``) and the log.
@@ -24,7 +26,7 @@ import os
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,9 @@ from zerostart.estargz import (
 )
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import Extent, ImageIndexError, LayerEntry, normalize
+from zerostart.imagefs._zran import open_zran
 from zerostart.registry.ranges import BlobReader
+from zerostart.ztoc import Ztoc
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +198,23 @@ def _inflater(media_type: str) -> Callable[[bytes], bytes]:
     return gunzip
 
 
+def _members(tar: tarfile.TarFile, size: int) -> Iterator[tarfile.TarInfo]:
+    """The tar's members; it may end right after its last file's data, unpadded and
+    without end-of-archive blocks (umoci writes that, Go's archive/tar reads it)."""
+    last = None
+    while True:
+        try:
+            m = tar.next()
+        except tarfile.ReadError:
+            if last is not None and last.isfile() and last.offset_data + last.size == size:
+                return
+            raise
+        if m is None:
+            return
+        last = m
+        yield m
+
+
 def _fetch_whole(
     reader: BlobReader, index: int, desc: dict[str, Any], cache_dir: Path, why: str
 ) -> tuple[Layer, list[LayerEntry]]:
@@ -220,7 +241,7 @@ def _fetch_whole(
     entries = []
     try:
         with tarfile.open(path, "r:") as tar:
-            for m in tar:
+            for m in _members(tar, path.stat().st_size):
                 kind = TAR_KINDS.get(m.type)
                 if kind is None:
                     continue
@@ -259,27 +280,43 @@ def _fetch_whole(
 
 
 def open_layer(
-    reader: BlobReader, index: int, desc: dict[str, Any], cache_dir: Path
+    reader: BlobReader,
+    index: int,
+    desc: dict[str, Any],
+    cache_dir: Path,
+    ztoc: Ztoc | None = None,
 ) -> tuple[Layer, list[LayerEntry]]:
-    """One layer's :class:`Layer` and entries: lazily by its TOC, else fetched whole."""
+    """One layer's :class:`Layer` and entries: lazily by its TOC or zTOC, else fetched whole."""
     annotations = desc.get("annotations") or {}
     media = desc.get("mediaType", "")
     if media in GZIP_TYPES and TOC_DIGEST_ANNOTATION in annotations:
         return _open_estargz(reader, index, desc)
+    if ztoc is not None and media in GZIP_TYPES:
+        return open_zran(index, desc, ztoc)
     why = "no eStargz TOC" if media in GZIP_TYPES else f"{media or 'unknown type'}, no TOC"
     return _fetch_whole(reader, index, desc, cache_dir, why)
 
 
 def open_layers(
-    reader: BlobReader, descriptors: list[dict[str, Any]], cache_dir: Path
+    reader: BlobReader,
+    descriptors: list[dict[str, Any]],
+    cache_dir: Path,
+    ztocs: Mapping[str, Ztoc] | None = None,
 ) -> tuple[list[Layer], list[list[LayerEntry]]]:
-    """Open every layer concurrently (one connection each); results in layer order."""
+    """Open every layer concurrently (one connection each); results in layer order.
+
+    ``ztocs``: zTOCs of plain gzip layers by layer digest (imagefs/_zran.py).
+    """
     if not descriptors:
         return [], []
+    ztocs = ztocs or {}
     with ThreadPoolExecutor(min(OPEN_WORKERS, len(descriptors))) as pool:
         done = list(
             pool.map(
-                lambda i_d: open_layer(reader, i_d[0], i_d[1], cache_dir), enumerate(descriptors)
+                lambda i_d: open_layer(
+                    reader, i_d[0], i_d[1], cache_dir, ztocs.get(str(i_d[1].get("digest")))
+                ),
+                enumerate(descriptors),
             )
         )
     return [layer for layer, _ in done], [entries for _, entries in done]

@@ -44,6 +44,7 @@ from zerostart.engine.layout import (
     tensor_shapes,
 )
 from zerostart.errors import BundleError, ConvertError
+from zerostart.model import deberta
 from zerostart.model import hf_folder as hf
 from zerostart.model.manifest import (
     MANIFEST_NAME,
@@ -147,6 +148,8 @@ def convert(
     cfg_path = model_dir / "config.json"
     config = hf.read_json(cfg_path, required=True)
     architecture, model_config = hf.model_config(config, cfg_path)
+    if architecture == deberta.ARCHITECTURE:  # before the weights are read
+        deberta.check_target(device, precision, cfg_path)
     the_task = task or hf.infer_task(
         config, cfg_path, is_sentence_transformer=st_max_length is not None
     )
@@ -190,7 +193,10 @@ def convert(
         report("layout", 0.4)
         dtype = np.float16 if device == "cuda" else np.float32
         used = _Recording(source)
-        tensors = _engine_tensors(used, manifest, weights_files[0], dtype)
+        if architecture == deberta.ARCHITECTURE:
+            tensors = deberta.engine_tensors(used, manifest, config, weights_files[0])
+        else:
+            tensors = _engine_tensors(used, manifest, weights_files[0], dtype)
         _check_finite(used.read, tensors, weights_files[0], allow_nonfinite)
         report("write", 0.6)
         if (archs or kernels_from) and device != "cuda":

@@ -15,6 +15,7 @@ import numpy as np
 
 from zerostart.engine.layout import SUPPORTED_ACTS
 from zerostart.errors import ConvertError, TokenizerError
+from zerostart.model import deberta
 from zerostart.model.manifest import (
     PROBLEM_TYPES,
     VOCAB_NAME,
@@ -35,13 +36,13 @@ _EMBEDDING_ARCHS = (
     "RobertaModel",
     "XLMRobertaModel",
     "CamembertModel",
+    "DebertaV2Model",
 )
 # Post-LN BERTs with RoBERTa's embeddings: the engine runs them as "bert" (see position_offset).
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 # Families TEI serves that convert does not yet, and the nearest one that converts.
 _NOT_YET = {
-    "deberta-v2": "bert",
-    "deberta": "bert",
+    "deberta": "deberta-v2",
     "modernbert": "bert",
     "mpnet": "bert",
     "nomic_bert": "bert",
@@ -145,8 +146,10 @@ def model_config(config: dict[str, Any], path: Path) -> tuple[str, ModelConfig]:
             )
         elif model_type in ROBERTA_TYPES:
             mc = _roberta_config(config, path)
+        elif model_type in (deberta.MODEL_TYPE, "deberta"):
+            mc = deberta.model_config(config, path)
         else:
-            supported = ", ".join(("bert", "distilbert", *ROBERTA_TYPES))
+            supported = ", ".join(("bert", "distilbert", *ROBERTA_TYPES, deberta.MODEL_TYPE))
             nearest = _NOT_YET.get(str(model_type))
             raise ConvertError(
                 path,

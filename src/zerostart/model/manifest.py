@@ -35,7 +35,7 @@ VOCAB_NAME = "vocab.txt"
 TOKENIZER_TABLES_NAME = "tokenizer.bin"
 TOKENIZER_MODELS = ("WordPiece", "Unigram", "BPE")
 
-ARCHITECTURES = ("bert", "distilbert")
+ARCHITECTURES = ("bert", "distilbert", "deberta-v2")
 TASKS = ("sequence-classification", "token-classification", "embeddings")
 # float32/float16: every tensor. int8/bfloat16 (CPU, opt-in): the encoder's matrix weights
 # only (int8 per output channel with float32 scales); embeddings, norms and biases stay float32.
@@ -60,6 +60,10 @@ class ModelConfig:
     layer_norm_eps: float
     hidden_act: str  # "gelu" (erf) or "gelu_new"/"gelu_pytorch_tanh" (tanh approximation)
     pad_token_id: int = 0
+    # DeBERTa-v2/v3 (engine/deberta_layout.py): rows per side of the relative tables
+    # (position_buckets, or max_relative_positions), and the ContextPooler's activation.
+    relative_span: int = 0
+    pooler_act: str = ""
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,8 @@ class Manifest:
             raise bad(f"problem_type {self.problem_type!r} is not one of {PROBLEM_TYPES}")
         if self.task != "embeddings" and not self.labels:
             raise bad(f"task {self.task} needs labels")
+        if self.architecture == "deberta-v2" and self.config.relative_span < 1:
+            raise bad("a deberta-v2 bundle needs relative_span >= 1")
         if self.config.hidden_size % self.config.num_heads:
             raise bad("hidden_size is not a multiple of num_heads")
         if not 2 < self.max_length <= self.config.max_position_embeddings:

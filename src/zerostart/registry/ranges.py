@@ -194,6 +194,31 @@ class BlobReader:
         header_type = (ans.header("Content-Type") or "").split(";")[0].strip()
         return manifest, got, manifest.get("mediaType") or header_type or d.OCI_MANIFEST
 
+    def manifest_document(self, digest: str) -> tuple[dict[str, Any], bytes, str]:
+        """The manifest stored under ``digest``, verified against it: ``(parsed, bytes, media type)``.
+
+        For documents named by digest elsewhere (a referrer, an index's
+        child), whose exact bytes matter (a ``subject`` descriptor's size).
+        """
+        session = self._session()
+        req = d.get_manifest(self.ref, d.check_digest(digest))
+        ans = session.request(req.method, req.path, dict(req.headers))
+        if ans.status != 200:
+            raise session.error(ans, f"manifest {self.ref.repository}@{digest}")
+        self._count(len(ans.body))
+        if d.sha256_digest(ans.body) != digest:
+            raise DigestMismatchError(
+                self.ref.registry,
+                f"manifest {digest} does not match its digest",
+                hint="the registry's storage is corrupt or was tampered with",
+            )
+        try:
+            doc: dict[str, Any] = json.loads(ans.body)
+        except ValueError as exc:
+            raise RegistryError(self.ref.registry, f"manifest {digest} is not JSON") from exc
+        header = (ans.header("Content-Type") or "").split(";")[0].strip()
+        return doc, ans.body, str(doc.get("mediaType") or header or d.OCI_MANIFEST)
+
     # -- blobs ----------------------------------------------------------------------------
 
     def read(self, digest: str, start: int, end: int) -> bytes:

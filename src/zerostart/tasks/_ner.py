@@ -53,6 +53,7 @@ def aggregate_entities(
     unk_token: str = "[UNK]",
     word_aware: bool = True,
     scores: Sequence[Sequence[float]] | None = None,
+    unk_id: int | None = None,
 ) -> list[dict[str, Any]]:
     """One text's token logits ``[T, num_labels]`` -> the entities transformers would return.
 
@@ -82,8 +83,9 @@ def aggregate_entities(
             f"offsets, {len(special_tokens_mask)} mask entries, logits {shape} "
             f"for {len(labels)} labels"
         )
+    unknown = [i == unk_id for i in ids] if unk_id is not None else [t == unk_token for t in tokens]
     pre = _gather_pre_entities(
-        text, tokens, offsets, special_tokens_mask, scores, unk_token, word_aware
+        text, tokens, offsets, special_tokens_mask, scores, unknown, word_aware
     )
     if strategy in ("none", "simple"):
         entities = [_token_entity(p, labels) for p in pre]
@@ -113,7 +115,7 @@ def _gather_pre_entities(
     offsets: Sequence[tuple[int, int]],
     special_tokens_mask: Sequence[int],
     scores: Sequence[Sequence[float]],
-    unk_token: str,
+    unknown: Sequence[bool],
     word_aware: bool,
 ) -> list[dict[str, Any]]:
     pre = []
@@ -127,7 +129,7 @@ def _gather_pre_entities(
             is_subword = len(word) != len(word_ref)
         else:  # transformers' fallback heuristic for tokenizers without word boundaries
             is_subword = start > 0 and " " not in text[start - 1 : start + 1]
-        if word == unk_token:
+        if unknown[idx]:
             word = word_ref
             is_subword = False
         pre.append(

@@ -38,6 +38,7 @@ from zerostart.tokenize._pipeline import (
     TABLES_NAME,
     Tokenizer,
 )
+from zerostart.tokenize._serde_float import serde_float
 from zerostart.tokenize._unigram import compile_unigram
 
 ModelCompiler = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Section]]]
@@ -101,6 +102,18 @@ MODEL_COMPILERS: dict[str, ModelCompiler] = {"Unigram": _unigram, "BPE": _bpe}
 _MODEL_PRE_TOKENIZERS = {"BPE": ("ByteLevel",), "Unigram": (None, "Metaspace", "WhitespaceSplit")}
 
 
+def _single_pre_tokenizer(pre: Any, refuse: Callable[[str], TokenizerError]) -> Any:
+    """A ``Sequence`` of one pre-tokenizer is that pre-tokenizer (transformers writes
+    DeBERTa-v2/v3's Metaspace so); a longer one (``split_by_punct``: Punctuation first) is refused."""
+    if not isinstance(pre, dict) or pre.get("type") != "Sequence":
+        return pre
+    parts = pre.get("pretokenizers")
+    if not isinstance(parts, list) or len(parts) != 1:
+        kinds = [p.get("type") if isinstance(p, dict) else p for p in parts or []]
+        raise refuse(f"a Sequence of pre-tokenizers {kinds}")
+    return parts[0]
+
+
 def model_type(path: str | os.PathLike[str]) -> str | None:
     """The ``model.type`` of a tokenizer.json (None if unreadable: the caller reports it)."""
     try:
@@ -130,8 +143,8 @@ def compile_tokenizer_json(
     """
     where = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, encoding="utf-8") as f:  # floats (Unigram scores) as tokenizers reads them
+            data = json.load(f, parse_float=serde_float)
     except (OSError, ValueError) as exc:
         raise TokenizerError(f"{where}: cannot read tokenizer.json: {exc}") from exc
 
@@ -150,7 +163,7 @@ def compile_tokenizer_json(
         raise refuse(f"model type {kind!r}")
     sections: dict[str, Section] = {}
     normalizer = _normalizer(data.get("normalizer"), sections, refuse)
-    pre = data.get("pre_tokenizer")
+    pre = _single_pre_tokenizer(data.get("pre_tokenizer"), refuse)
     if pre is not None and (not isinstance(pre, dict) or pre.get("type") not in PRE_TOKENIZERS):
         raise refuse(f"pre_tokenizer {pre.get('type') if isinstance(pre, dict) else pre!r}")
     pre_kind = pre.get("type") if isinstance(pre, dict) else None
