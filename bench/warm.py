@@ -22,6 +22,8 @@ Engines:
 Accuracy: max |logit difference| against PyTorch fp32 for each engine.
 
     python bench/warm.py [--models minilm-sst2,bert-base-random] [--iters 20] [--threads N]
+
+``--models modernbert-base-random`` times ModernBERT-base's shape (bench/warm_modernbert.py).
 """
 
 from __future__ import annotations
@@ -348,6 +350,13 @@ def main() -> None:
         "models": {},
     }
     for name in args.models.split(","):
+        if name == "modernbert-base-random":  # its own engines and points: bench/warm_modernbert.py
+            from warm_modernbert import bench as bench_modernbert
+
+            result["models"][name] = bench_modernbert(args.iters / 20, args.threads)  # type: ignore[index]
+            result["load_average_after"] = list(os.getloadavg())
+            write_result(args.out, result)
+            continue
         src = MODEL_FOLDERS[name]() if name in MODEL_FOLDERS else model_dir(name)
         result["models"][name] = bench_model(  # type: ignore[index]
             name, src, args.iters, args.threads, shapes, args.warmup

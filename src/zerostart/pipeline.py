@@ -283,6 +283,14 @@ class Pipeline:
 
 def _make_engine(bundle: Bundle) -> Engine:
     device = bundle.manifest.device
+    if device == "cpu" and bundle.manifest.architecture == "modernbert":
+        if bundle.manifest.cpu_kernels:
+            from zerostart.engine.modernbert_native import ModernBertNativeEngine
+
+            return ModernBertNativeEngine.from_bundle(bundle)
+        from zerostart.engine.modernbert_ref import ModernBertReference  # --cpu-arch none
+
+        return NumpyEngine(ModernBertReference.from_bundle(bundle))
     if device == "cpu":
         deberta = bundle.manifest.architecture == "deberta-v2"
         if bundle.manifest.cpu_kernels:

@@ -32,6 +32,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 TOOL_TIMEOUT_S = 300
 RUNTIME_BUDGET_BYTES = 40_000_000  # CPU runtime + application layers, compressed (issue 3)
+# Issue 19's image without weights (target 12 MB unpacked, 5 MB compressed): measured 14.98 /
+# 5.61 MB on CPython 3.11.7 + Debian 12's glibc (docs/image.md); the budget keeps what was won.
+UNPACKED_BUDGET_BYTES = 16_000_000
+COMPRESSED_BUDGET_BYTES = 6_000_000
 TEXTS = ["My name is Clara Schmidt and I live in Paris.", "The weather is lovely today."]
 
 
@@ -170,7 +174,7 @@ def test_image_contents_and_size_budget(embed_image: BuildResult) -> None:
 def test_every_cpu_bundle_with_kernels_carries_no_numpy_and_fits_the_budget(
     embed_image: BuildResult, minilm_embed_dir: Path, embed_bundle: Path, tmp_path: Path
 ) -> None:
-    """Issue 12's image target (≤ 40 MB unpacked, ≤ 15 MB compressed without weights), for
+    """The image budget without weights (UNPACKED_BUDGET_BYTES, COMPRESSED_BUDGET_BYTES), for
     the default bundle and an AVX-512-only one alike.
 
     Every kernel build carries its own fp32 products and the worker imports no numpy
@@ -193,7 +197,10 @@ def test_every_cpu_bundle_with_kernels_carries_no_numpy_and_fits_the_budget(
         assert not [p for p in sizes if "numpy" in p], [p for p in sizes if "numpy" in p][:5]
         unpacked = sum(la.uncompressed_size for la in result.layers if la.name != "model")
         compressed = sum(la.size for la in result.layers if la.name != "model")
-        assert unpacked <= 40_000_000 and compressed <= 15_000_000, (unpacked, compressed)
+        assert unpacked <= UNPACKED_BUDGET_BYTES and compressed <= COMPRESSED_BUDGET_BYTES, (
+            unpacked,
+            compressed,
+        )
         trace = json.loads(Path(result.trace_path).read_text())
         assert trace["blas"]["blas"] == "none"
     none = tmp_path / "embed-none"

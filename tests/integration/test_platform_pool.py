@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from zerostart.engine.canary import write_canary
+from zerostart.model.canary import write_canary
 from zerostart.platform._types import Fallback
 from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
@@ -131,7 +131,7 @@ def _flip_weight_byte(canary: Path) -> None:
 
 def _rewrite_digests(canary: Path) -> None:
     """As if the canary had been written wrong by a faulty node: digests match the bad bytes."""
-    from zerostart.engine.canary import _file_entry
+    from zerostart.model.canary import _file_entry
     from zerostart.model.manifest import Manifest
 
     m = Manifest.load(canary)

@@ -20,11 +20,11 @@ from zerostart.engine.canary import (
     KNOWN_ANSWER_ATOL,
     KNOWN_LOGITS,
     canary_manifest,
-    canary_tensors,
     check_logits,
-    write_canary,
 )
-from zerostart.errors import EngineError
+from zerostart.errors import ConvertError, EngineError
+from zerostart.model.canary import canary_tensors, write_canary
+from zerostart.model.manifest import Manifest
 from zerostart.model.weights import map_weights
 from zerostart.pipeline import Pipeline
 from zerostart.tokenize import WordPieceTokenizer
@@ -42,6 +42,32 @@ def test_engine_reproduces_the_known_answer(tmp_path: Path) -> None:
     assert np.abs(logits - np.asarray(KNOWN_LOGITS)).max() < 1e-5
     # the two inputs get different answers: the canary's output depends on its input
     assert np.abs(logits[0] - logits[1]).max() > 100 * KNOWN_ANSWER_ATOL
+
+
+def test_canary_runs_on_the_native_kernels_and_the_numpy_engine_alike(tmp_path: Path) -> None:
+    native = write_canary(tmp_path / "native")
+    assert Manifest.load(native).cpu_kernels  # the build this CPU runs best
+    assert type(Pipeline.load(native).engine).__name__ == "NativeCpuEngine"
+    plain = write_canary(tmp_path / "plain", cpu_archs=())
+    assert not Manifest.load(plain).cpu_kernels
+    assert type(Pipeline.load(plain).engine).__name__ == "NumpyEngine"
+    check_logits(_logits(plain))
+    assert np.abs(_logits(native) - _logits(plain)).max() < 1e-5
+
+
+def test_without_a_compiler_the_canary_falls_back_to_the_numpy_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from zerostart.kernels import cpu_build
+
+    monkeypatch.setattr(cpu_build, "CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("ZEROSTART_CACHE", str(tmp_path / "cache"))  # nothing built before
+    bundle = write_canary(tmp_path / "canary")
+    assert not Manifest.load(bundle).cpu_kernels
+    assert "install gcc" in caplog.text
+    check_logits(_logits(bundle))
+    with pytest.raises(ConvertError, match="not found"):  # named targets are not optional
+        write_canary(tmp_path / "named", cpu_archs=["x86-64"])
 
 
 def test_canary_is_deterministic(tmp_path: Path) -> None:
@@ -73,6 +99,9 @@ def test_nan_and_wrong_shape_fail() -> None:
         check_logits(bad)
     with pytest.raises(EngineError, match="shape"):
         check_logits(np.zeros((1, 3)))
+    with pytest.raises(EngineError, match="shape"):
+        check_logits([[1.0, 2.0, 3.0], [1.0, 2.0]])
+    check_logits([list(row) for row in KNOWN_LOGITS])  # plain rows, as the slot passes them
 
 
 @pytest.mark.parity

@@ -218,10 +218,10 @@ ALLOWED: dict[str, frozenset[str]] = {
         ),
         "imagefs": ("cachedir", "errors", "estargz", "paths", "registry", "ztoc"),
         # benchmark: the builder's trace (issue 22)
-        "image": ("benchmark", "cachedir", "engine", "errors", "estargz", "kernels", "model"),
+        "image": ("benchmark", "cachedir", "errors", "estargz", "kernels", "model"),
         "container": ("cachedir", "image", "imagefs", "paths", "snapshot"),
         "platform": (
-            *("container", "engine", "errors", "faults", "model", "paths", "serve"),
+            *("container", "errors", "faults", "model", "paths", "serve"),
             *("snapshot", "units", "fleet"),  # fleet: sizing.py's LP, issue 22
         ),
         "fleet": ("errors", "platform", "units"),  # platform: platform.toml's schema, issue 22

@@ -108,6 +108,7 @@ SERVE_STDLIB = frozenset(
         "errno",
         "fcntl",
         "functools",
+        "gc",  # built in (no file): start-up pauses the collector (serve/startup.py)
         "genericpath",
         "gettext",
         "heapq",
@@ -287,3 +288,26 @@ def test_cuda_prewarm_initialises_and_retains_on_its_own_thread(tmp_path: Path) 
     missing = prewarm_cuda(str(tmp_path / "no-libcuda.so"))  # no driver: silent, no crash
     missing.join(10)
     assert not missing.is_alive()
+
+
+def test_start_up_pauses_the_collector_only_when_asked_and_resumes_it_frozen() -> None:
+    import gc
+
+    from zerostart.serve.startup import Startup
+
+    assert gc.isenabled()
+    Startup.begin().resume_gc()  # not paused: nothing to resume
+    assert gc.isenabled()
+    startup = Startup.begin(pause_gc=True)
+    try:
+        assert not gc.isenabled()
+    finally:
+        startup.resume_gc()
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    gc.unfreeze()
+
+
+def test_importing_the_entry_point_leaves_the_collector_alone() -> None:
+    # `zerostart serve` (the CLI) and tests import it; only `python -m` pauses the collector
+    modules = top_level_modules("import gc, zerostart.serve.__main__; assert gc.isenabled()")
+    assert "zerostart" in modules

@@ -4,13 +4,21 @@ A warm slot must prove, before it takes work, that this process computes what
 the engine is supposed to compute: the bundle is read and mapped, the
 tokenizer encodes, numpy's BLAS multiplies, and the forward pass, pooler and
 classifier give the right numbers. The check (``zerostart.serve.slot``) loads
-the canary bundle written by :func:`write_canary` through the same code path
+the canary bundle written by ``zerostart.model.canary.write_canary`` through the same code path
 as a real model (``Pipeline.load`` then ``Pipeline.execute``) and compares the
 logits of :data:`CANARY_INPUTS` with :data:`KNOWN_LOGITS`. Running it also
 pays the first-call costs of that code path, so a slot's first real request
 does not.
 
-The weights are a closed formula (:func:`canary_tensors`, no random number
+The canary carries native CPU kernels like a converted bundle (the build of
+the default targets that this CPU runs best, compiled once and cached by
+``zerostart.kernels.cpu_build``), so the slot runs ``NativeCpuEngine`` and
+never imports numpy: the process a model is later assigned to is the lean
+worker. Where no C compiler is at hand, ``write_canary`` falls back to a
+canary without kernels (the numpy reference engine, a slot with numpy) and
+says so in the log.
+
+The weights are a closed formula (``zerostart.model.canary.canary_tensors``, no random number
 generator whose stream could change between numpy versions), written in the
 engine layout. :data:`KNOWN_LOGITS` is a checked constant: our CPU engine
 computed it, and ``tests/unit/test_canary.py`` checks it against Hugging Face
@@ -18,34 +26,22 @@ transformers' ``BertForSequenceClassification`` (eager attention, float32)
 loaded with the same weights, un-fused back into its own layout.
 
 What it catches: a corrupted or truncated file on the node's disk or page
-cache (the weights are read through mmap like a real model's), a broken numpy
-or BLAS install, wrong arithmetic. What it cannot catch: a fault that only
-shows up on a bigger model or after minutes of load.
+cache (the weights are read through mmap like a real model's), a broken
+kernel build, wrong arithmetic. What it cannot catch: a fault that only shows
+up on a bigger model or after minutes of load.
 
-Runtime module: standard library and numpy.
+Runtime module: standard library only (the slot imports it). Writing the
+canary is build-time work, beside ``convert``: ``zerostart.model.canary``
+(numpy and the C compiler).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-from pathlib import Path
+from collections.abc import Sequence
 
-import numpy as np
-
-from zerostart.engine.layout import LAYOUT_VERSION, tensor_shapes
 from zerostart.errors import EngineError
-from zerostart.model.manifest import (
-    MANIFEST_NAME,
-    VOCAB_NAME,
-    WEIGHTS_NAME,
-    FileEntry,
-    Manifest,
-    ModelConfig,
-    TokenizerSettings,
-)
-from zerostart.model.weights import write_weights
+from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
 
 CANARY_VOCAB = (
     "[PAD]",
@@ -111,67 +107,26 @@ def canary_manifest() -> Manifest:
     )
 
 
-def canary_tensors(manifest: Manifest | None = None) -> dict[str, np.ndarray]:
-    """Every tensor of the canary in the engine layout, from a closed formula.
-
-    Element ``i`` of tensor number ``k`` (in layout order) is ``u - 0.5`` with ``u`` the
-    fraction ``((i + 7919 k) * 2654435761 mod 2**32) / 2**32`` (Knuth's multiplicative
-    hash, TAOCP vol. 3, 6.4): integer arithmetic, so every numpy gives the same bits,
-    and full-rank matrices (a smooth formula such as a sine of ``i`` gives rank-2
-    matrices, and a model whose answer barely depends on its input). Matrices get
-    scale 1, biases 0.2, layer-norm weights ``1 + 0.2 (u - 0.5)``.
-    """
-    m = manifest or canary_manifest()
-    out: dict[str, np.ndarray] = {}
-    for k, (name, shape) in enumerate(tensor_shapes(m).items()):
-        i = np.arange(math.prod(shape), dtype=np.int64) + 7919 * k
-        u = ((i * 2654435761) % (1 << 32)).astype(np.float64) / (1 << 32) - 0.5
-        if name.endswith("norm.weight"):
-            values = 1.0 + 0.2 * u
-        elif len(shape) == 1:  # biases
-            values = 0.2 * u
-        else:
-            values = u
-        out[name] = values.astype(np.float32).reshape(shape)
-    return out
-
-
-def write_canary(folder: str | os.PathLike[str]) -> Path:
-    """Write the canary bundle into ``folder`` (created; overwritten if there). Returns it."""
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = canary_manifest()
-    write_weights(
-        root / WEIGHTS_NAME,
-        canary_tensors(manifest),
-        {"format": "np", "zerostart.layout": LAYOUT_VERSION},
-    )
-    (root / VOCAB_NAME).write_text("".join(t + "\n" for t in CANARY_VOCAB), encoding="utf-8")
-    files = {name: _file_entry(root / name) for name in (WEIGHTS_NAME, VOCAB_NAME)}
-    (root / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")
-    return root
-
-
-def check_logits(logits: np.ndarray | list[np.ndarray]) -> None:
-    """Raise EngineError unless ``logits`` ([2, 3]) match KNOWN_LOGITS within the tolerance."""
-    got = np.asarray(logits, dtype=np.float64)
-    want = np.asarray(KNOWN_LOGITS, dtype=np.float64)
-    if got.shape != want.shape:
-        raise EngineError(f"canary gave logits of shape {got.shape}, expected {want.shape}")
-    err = np.abs(got - want)
-    if not np.all(err <= KNOWN_ANSWER_ATOL):  # NaN compares False: caught here too
-        worst = float(np.nanmax(err)) if np.isfinite(err).any() else float("nan")
+def check_logits(logits: Sequence[Sequence[float]]) -> None:
+    """Raise EngineError unless ``logits`` ([2, 3]: rows of floats, e.g. the pipeline's
+    float32 memoryviews) match KNOWN_LOGITS within KNOWN_ANSWER_ATOL. Plain Python: the
+    slot that calls it imports no numpy."""
+    rows = [[float(x) for x in row] for row in logits]
+    shape = (len(rows), *sorted({len(r) for r in rows}))
+    want_shape = (len(KNOWN_LOGITS), len(KNOWN_LOGITS[0]))
+    if shape != want_shape:
+        raise EngineError(f"canary gave logits of shape {shape}, expected {want_shape}")
+    errors = [
+        abs(g - w)
+        for got, want in zip(rows, KNOWN_LOGITS, strict=True)
+        for g, w in zip(got, want, strict=True)
+    ]
+    if not all(e <= KNOWN_ANSWER_ATOL for e in errors):  # NaN compares False: caught here too
+        finite = [e for e in errors if math.isfinite(e)]
+        worst = max(finite) if finite else math.nan
+        shown = [[round(g, 6) for g in row] for row in rows]
         raise EngineError(
             f"canary forward pass gave a wrong answer: max abs error {worst:.3g} "
-            f"(allowed {KNOWN_ANSWER_ATOL}), got {np.round(got, 6).tolist()}",
+            f"(allowed {KNOWN_ANSWER_ATOL}), got {shown}",
             hint="this node's CPU, memory or zerostart install is faulty; do not serve from it",
         )
-
-
-def _file_entry(path: Path) -> FileEntry:
-    data = path.read_bytes()
-    header = ""
-    if path.name == WEIGHTS_NAME:
-        n = int.from_bytes(data[:8], "little")
-        header = hashlib.sha256(data[: 8 + n]).hexdigest()
-    return FileEntry(sha256=hashlib.sha256(data).hexdigest(), size=len(data), header_sha256=header)

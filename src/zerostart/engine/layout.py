@@ -23,7 +23,7 @@ Runtime module: standard library only (the engines add numpy).
 
 from __future__ import annotations
 
-from zerostart.engine import deberta_layout
+from zerostart.engine import deberta_layout, modernbert_layout
 from zerostart.model.manifest import Manifest
 
 LAYOUT_VERSION = "1"
@@ -84,6 +84,8 @@ def tensor_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
     """
     if manifest.architecture == deberta_layout.ARCHITECTURE:
         return deberta_layout.tensor_shapes(manifest)
+    if manifest.architecture == modernbert_layout.ARCHITECTURE:  # rotary, GeGLU, no biases
+        return modernbert_layout.modernbert_shapes(manifest)
     c = manifest.config
     h, inter = c.hidden_size, c.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {

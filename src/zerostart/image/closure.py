@@ -50,6 +50,11 @@ DEFAULT_EXCLUDES = (
     "*/distutils-precedence.pth",
     "*/_distutils_hack/*",
     "*.dist-info/RECORD",
+    # glibc's locale data (C.utf8's LC_CTYPE, 354 KB) and iconv's module cache: mapped
+    # because the build host runs in a UTF-8 locale. The image runs Python in UTF-8 mode
+    # (PYTHONUTF8=1, image/build.py) under the C locale instead, which needs neither.
+    "/usr/lib/locale/*",
+    "*/gconv/gconv-modules*",
 )
 # OpenSSL (libcrypto 4.7 MB, libssl 0.7 MB) is on the worker's path only because asyncio
 # imports ssl and hashlib prefers _hashlib when they exist. Without them asyncio has no TLS
@@ -112,6 +117,11 @@ class Closure:
     interpreter: str = ""  # image path of the python executable
     python_version: str = ""  # "3.11"
     cache_tag: str = ""
+
+    @property
+    def site_packages(self) -> str:
+        """Image path every build site-packages folder (and the application) maps to."""
+        return f"{IMAGE_PREFIX}/lib/python{self.python_version}/site-packages"
 
     def add(self, f: ImageFile) -> None:
         old = self.files.get(f.dest)

@@ -1,6 +1,6 @@
 """The slot image: what a container slot of the warm pool runs (``zerostart.platform``).
 
-An ordinary image of the canary bundle (``zerostart.engine.canary``) with the
+An ordinary image of the canary bundle (``zerostart.model.canary``) with the
 slot and canary modules included, so ``python -m zerostart.serve --slot`` runs
 in it and its own ``/model`` is the canary its health check loads. Built once
 per zerostart version and Python into a cache folder (a few seconds: the trace
@@ -35,6 +35,44 @@ SLOT_IMAGE_MODULES = (
 )
 
 
+# Prints every zerostart module a slot's _preload imports (the standard library modules they
+# need are the worker's, which the trace sees, plus SLOT_IMAGE_MODULES).
+PRELOAD_PROBE = r"""
+import json, sys
+sys.modules["ssl"] = None  # as the worker's entry point does
+from zerostart.serve.slot import _preload
+_preload("cpu")
+print(json.dumps(sorted(name for name in list(sys.modules) if name.startswith("zerostart."))))
+"""
+PROBE_TIMEOUT_S = 120.0
+
+
+def preload_modules() -> tuple[str, ...]:
+    """The zerostart modules ``zerostart.serve.slot._preload`` imports, by name.
+
+    The image's trace runs the canary as a plain worker, which imports only what
+    a WordPiece model needs; a slot imports every tokenizer kind up front (an
+    assigned model may bring any), so those modules must be in the image even
+    though the trace never loaded them. Asked of a fresh interpreter, so the
+    list follows the code.
+    """
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", PRELOAD_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0:
+        from zerostart.image.errors import ImageError
+
+        raise ImageError(f"listing the slot's preloaded modules failed: {done.stderr[-2000:]}")
+    return tuple(json.loads(done.stdout.splitlines()[-1]))
+
+
 def slot_image_dir(cache: Path) -> Path:
     """Where the slot image of this zerostart source and Python lives under ``cache``.
 
@@ -61,14 +99,15 @@ def build_slot_image(cache: Path) -> Path:
     out = slot_image_dir(cache)
     if (out / "index.json").is_file():
         return out
-    from zerostart.engine.canary import write_canary
+    from zerostart.model.canary import write_canary
 
     cache.mkdir(parents=True, exist_ok=True)
     work = cache / f".canary-{os.getpid()}"
     tmp = cache / f".{out.name}.{os.getpid()}"
     try:
         canary = write_canary(work)
-        build_image(canary, tmp, BuildOptions(include=SLOT_IMAGE_MODULES))
+        include = tuple(dict.fromkeys((*SLOT_IMAGE_MODULES, *preload_modules())))
+        build_image(canary, tmp, BuildOptions(include=include))
         os.replace(tmp, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -40,7 +40,7 @@ from zerostart.model.manifest import CPU_KERNELS_DIR, CpuKernelBuild
 Progress = Callable[[str, float], None]
 
 SOURCES_DIR = Path(__file__).resolve().parent / "cpu"
-SOURCES = ("zs_cpu.c", "zs_cpu_gemm.c", "zs_gemm_f32.c", "zs_deberta.c")
+SOURCES = ("zs_cpu.c", "zs_cpu_gemm.c", "zs_gemm_f32.c", "zs_deberta.c", "zs_modernbert.c")
 LIB_PREFIX = "libzs_cpu"
 TUNING_TABLE = Path(__file__).resolve().parent / "tuning" / "cpu_gemm.json"
 # Portable baseline plus AVX2 and AVX-512 (gcc's x86-64 micro-architecture levels).

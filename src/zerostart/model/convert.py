@@ -150,6 +150,10 @@ def convert(
     architecture, model_config = hf.model_config(config, cfg_path)
     if architecture == deberta.ARCHITECTURE:  # before the weights are read
         deberta.check_target(device, precision, cfg_path)
+    if architecture == "modernbert":
+        from zerostart.model.modernbert import check_target
+
+        check_target(device, precision, cfg_path)
     the_task = task or hf.infer_task(
         config, cfg_path, is_sentence_transformer=st_max_length is not None
     )
@@ -260,6 +264,10 @@ def _engine_tensors(
     source: Mapping[str, np.ndarray], manifest: Manifest, path: Path, dtype: type[np.floating[Any]]
 ) -> dict[str, np.ndarray]:
     """Map Hugging Face tensor names to the engine layout, checking every shape."""
+    if manifest.architecture == "modernbert":
+        from zerostart.model import modernbert
+
+        return modernbert.engine_tensors(source, manifest, path, dtype)
     bert = manifest.architecture == "bert"
     model_type = str(manifest.source.get("model_type", manifest.architecture))
     roberta = model_type in hf.ROBERTA_TYPES

@@ -37,13 +37,13 @@ _EMBEDDING_ARCHS = (
     "XLMRobertaModel",
     "CamembertModel",
     "DebertaV2Model",
+    "ModernBertModel",
 )
 # Post-LN BERTs with RoBERTa's embeddings: the engine runs them as "bert" (see position_offset).
 ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 # Families TEI serves that convert does not yet, and the nearest one that converts.
 _NOT_YET = {
     "deberta": "deberta-v2",
-    "modernbert": "bert",
     "mpnet": "bert",
     "nomic_bert": "bert",
     "new": "bert",  # gte-base-en-v1.5 / Alibaba-NLP "NewModel"
@@ -148,8 +148,14 @@ def model_config(config: dict[str, Any], path: Path) -> tuple[str, ModelConfig]:
             mc = _roberta_config(config, path)
         elif model_type in (deberta.MODEL_TYPE, "deberta"):
             mc = deberta.model_config(config, path)
+        elif model_type == "modernbert":
+            from zerostart.model.modernbert import modernbert_config
+
+            mc = modernbert_config(config, path)
         else:
-            supported = ", ".join(("bert", "distilbert", *ROBERTA_TYPES, deberta.MODEL_TYPE))
+            supported = ", ".join(
+                ("bert", "distilbert", *ROBERTA_TYPES, deberta.MODEL_TYPE, "modernbert")
+            )
             nearest = _NOT_YET.get(str(model_type))
             raise ConvertError(
                 path,

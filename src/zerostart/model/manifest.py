@@ -35,7 +35,7 @@ VOCAB_NAME = "vocab.txt"
 TOKENIZER_TABLES_NAME = "tokenizer.bin"
 TOKENIZER_MODELS = ("WordPiece", "Unigram", "BPE")
 
-ARCHITECTURES = ("bert", "distilbert", "deberta-v2")
+ARCHITECTURES = ("bert", "distilbert", "deberta-v2", "modernbert")
 TASKS = ("sequence-classification", "token-classification", "embeddings")
 # float32/float16: every tensor. int8/bfloat16 (CPU, opt-in): the encoder's matrix weights
 # only (int8 per output channel with float32 scales); embeddings, norms and biases stay float32.
@@ -64,6 +64,16 @@ class ModelConfig:
     # (position_buckets, or max_relative_positions), and the ContextPooler's activation.
     relative_span: int = 0
     pooler_act: str = ""
+    # ModernBERT only (architecture "modernbert", zerostart.model.modernbert); the defaults
+    # leave every other family unchanged. Rotary theta of global / local layers; a local
+    # layer's query i sees keys j with |i - j| <= local_window; layer i is global when
+    # i % global_every == 0; the classifier head's pooling ("cls"/"mean") and activation.
+    rope_theta: float = 0.0
+    local_rope_theta: float = 0.0
+    local_window: int = 0
+    global_every: int = 0
+    classifier_pooling: str = "cls"
+    classifier_act: str = ""
 
 
 @dataclass(frozen=True)

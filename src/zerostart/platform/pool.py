@@ -143,7 +143,8 @@ class WarmPool:
         self.run_dir, self._owner_fd = make_run_dir(self._parent)
         os.chmod(self.run_dir, stat.S_IRWXU)  # mkdtemp makes it 0700 already; say so
         if self._canary is None:
-            from zerostart.engine.canary import write_canary  # numpy: only when a pool starts
+            # numpy and the C compiler (cached): only when a pool starts, never in a slot
+            from zerostart.model.canary import write_canary
 
             self._canary = await asyncio.to_thread(write_canary, self.run_dir / "canary")
         self._changed = asyncio.Condition()

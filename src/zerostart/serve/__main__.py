@@ -11,7 +11,9 @@ in the standard library and costs a few milliseconds.
 
 from zerostart.serve.startup import Startup
 
-_STARTUP = Startup.begin()
+# The collector pauses for start-up when this runs as the program (not when the CLI or a
+# test imports it), and resumes once the model is loaded (startup.py).
+_STARTUP = Startup.begin(pause_gc=__name__ == "__main__")
 
 import argparse  # noqa: E402  (after the clock starts, on purpose)
 import logging  # noqa: E402

@@ -156,6 +156,7 @@ def run(
     startup.add(pipeline.phases)
     pipeline.warmup()
     startup.mark("warmup")
+    startup.resume_gc()  # the entry point paused it for start-up
     asyncio.run(serve(pipeline, config, startup))
 
 

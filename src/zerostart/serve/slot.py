@@ -5,7 +5,7 @@
 Theory of operation (the slot's side; the pool's is ``zerostart.platform.slot``)::
 
     bind SOCKET (0600, in a 0700 folder we own)       stdlib only, first thing
-    import numpy, the pipeline, engine, tokenizer, server        "imports"
+    import the pipeline, native engine, tokenizers, server       "imports"
     [cuda] driver, context, GPU checks (engine/cuda/health)      "gpu_health"
     load the canary bundle, run it, compare with its known answer "health"
     accept ONE connection, from our own uid (SO_PEERCRED)
@@ -149,18 +149,23 @@ def accept_owner(
 
 # -- the slot's life -------------------------------------------------------------------
 def _preload(device: str) -> None:
-    """Import everything serving a model needs, so an assignment imports nothing."""
+    """Import everything serving a model needs, so an assignment imports nothing.
+
+    No numpy: the canary and every CPU bundle with native kernels run on
+    ``NativeCpuEngine`` (a canary written without a compiler falls back to the numpy
+    engine, which then imports numpy in the health check). The tokenizers of every
+    kind are imported too: the canary exercises WordPiece only, and an assigned
+    model may bring a compiled Unigram or BPE tokenizer.
+    """
     import asyncio  # noqa: F401
 
-    import numpy  # noqa: F401
-
     import zerostart.engine.canary
-    import zerostart.engine.cpu  # the canary's engine (a bundle without native kernels)
-    import zerostart.engine.cpu_native  # a real bundle's
+    import zerostart.engine.cpu_native  # the canary's engine and a real bundle's
     import zerostart.model.bundle
     import zerostart.pipeline
     import zerostart.serve.server
     import zerostart.tokenize
+    import zerostart.tokenize._pipeline  # Unigram / BPE bundles (tokenizer.bin)
 
     if device == "cuda":
         import zerostart.engine.cuda  # noqa: F401
@@ -168,15 +173,13 @@ def _preload(device: str) -> None:
 
 def _cpu_health(canary: str) -> dict[str, Any]:
     """Known-answer forward pass of the canary through the same path a real model takes."""
-    import numpy as np
-
     from zerostart.engine.canary import CANARY_INPUTS, check_logits
     from zerostart.pipeline import Pipeline
 
     pipe = Pipeline.load(canary, verify="full")
     enc = pipe.tokenizer.encode_batch(list(CANARY_INPUTS), max_length=pipe.manifest.max_length)
-    check_logits(np.stack(pipe.execute(enc)))
-    return {"canary": "ok"}
+    check_logits(pipe.execute(enc))
+    return {"canary": "ok", "engine": type(pipe.engine).__name__}
 
 
 def _gpu_health() -> dict[str, Any]:
@@ -216,6 +219,7 @@ def run_slot(
         _preload(device)
         startup.mark("imports")
         checks, problem = _health(canary, device, startup)
+        startup.resume_gc()  # paused by the entry point for the imports and the canary
         conn = accept_owner(listener, socket_path, ACCEPT_TIMEOUT_S, allow_uid)
     finally:
         listener.close()

@@ -1,0 +1,234 @@
+"""Warm speed of a ModernBERT-base shape: zerostart fp32 vs ONNX Runtime fp32 vs PyTorch fp32.
+
+``bench/warm.py --models modernbert-base-random`` runs this (or run it alone).
+The model is ModernBERT-base's shape (22 layers x 768, 12 heads, GeGLU FFN
+1,152, vocabulary 50,368, a 128-token window in two of every three layers)
+with seeded random weights and a two-label sequence-classification head
+(``classifier_pooling: mean``, as the released config): speed only. Same
+token ids, same machine, same run, same thread count, engines interleaved
+call by call (``warm.interleaved``).
+
+Engines:
+* ``zerostart_fp32_serving``: the worker's numpy-free engine
+  (``ModernBertNativeEngine``) on the bundle's best kernel build;
+* ``zerostart_fp32_all_global`` (1,024 tokens only): the same weights with every
+  layer global, to show what the sliding window saves at long sequences;
+* ``pytorch_fp32``: transformers with its default attention (SDPA), fp32 (b1x128 only);
+* ``onnxruntime_fp32``: exported by torch from the same model (eager attention,
+  one static shape per point: the export bakes the mask's shapes), fp32.
+
+Accuracy: max |logit difference| against PyTorch fp32 for each engine.
+
+    python bench/warm_modernbert.py [--threads N] [--iters 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common import BUNDLES, write_result
+from zerostart.benchmark import machine_description
+from zerostart.engine.native import cpu_flags
+
+NAME = "modernbert-base-random"
+# (label, batch, tokens, timed rounds, with PyTorch): the long point is one sequence past the
+# window. PyTorch runs at b1x128 only: on the shared, loaded 2-core machine of this session
+# (load average 10-15) it took 5x ONNX Runtime's time there, so a b32x128 call would have
+# taken over ten minutes (its threads spin-wait against the other work).
+SHAPES = (
+    ("latency_b1x128", 1, 128, 5, True),
+    ("throughput_b32x128", 32, 128, 1, False),
+    ("long_b1x1024", 1, 1024, 2, False),
+)
+WARMUPS = 0  # extra calls before the timed rounds: the accuracy pass already warmed each engine
+CLS_ID, SEP_ID = 50281, 50282  # ModernBERT-base's [CLS] / [SEP]
+ANCHOR = "onnxruntime_fp32"
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, *, warmups: int
+) -> dict[str, dict[str, float]]:
+    """``warm.interleaved`` with fewer warm-up calls (a b32x128 call takes minutes here)."""
+    for fn in fns.values():
+        for _ in range(warmups):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {
+        k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": len(v)}
+        for k, v in times.items()
+    }
+
+
+def source_folder() -> Path:
+    """The random-weight ModernBERT-base folder (built once, kept under .cache/bench-bundles)."""
+    out = BUNDLES / f"{NAME}-src"
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import ModernBertConfig, ModernBertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = ModernBertConfig(num_labels=2, classifier_pooling="mean")  # ModernBERT-base's shape
+    model = ModernBertForSequenceClassification(cfg).eval()
+    BUNDLES.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=BUNDLES))
+    model.save_pretrained(tmp)
+    (tmp / "vocab.txt").write_text("".join(f"t{i}\n" for i in range(cfg.vocab_size)))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def _onnx(model: Any, batch: int, tokens: int) -> Path:
+    import torch
+
+    path = BUNDLES / f"{NAME}.b{batch}x{tokens}.onnx"
+    if not path.exists():
+        ids = torch.full((batch, tokens), 100, dtype=torch.long)
+        tmp = path.with_suffix(".tmp")
+        torch.onnx.export(
+            model,
+            (ids, torch.ones_like(ids)),
+            str(tmp),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+        )
+        tmp.rename(path)
+    return path
+
+
+def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[str, Any]:
+    import onnxruntime as ort
+    import torch
+    from transformers import ModernBertForSequenceClassification
+
+    from zerostart.engine.modernbert_native import ModernBertNativeEngine
+    from zerostart.model.bundle import Bundle
+    from zerostart.model.convert import convert
+
+    torch.set_num_threads(threads)
+    src = source_folder()
+    out = BUNDLES / f"{NAME}-cpu-fp32"
+    if not (out / "manifest.json").exists():
+        convert(src, out)
+    bundle = Bundle.open(out)
+    ours = ModernBertNativeEngine.from_bundle(bundle, threads=threads)
+    m = bundle.manifest
+    all_global = ModernBertNativeEngine(
+        replace(m, config=replace(m.config, global_every=1)),
+        bundle.weights,
+        ours.kernels,
+        threads=threads,
+    )
+    eager = ModernBertForSequenceClassification.from_pretrained(
+        src, attn_implementation="eager"
+    ).eval()
+    default = ModernBertForSequenceClassification.from_pretrained(src).eval()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    row: dict[str, Any] = {
+        "threads": threads,
+        "zerostart_kernel_build": ours.kernels.arch,
+        "pytorch_attention": default.config._attn_implementation,
+    }
+    rng = np.random.default_rng(0)
+    for label, batch, tokens, rounds, with_torch in SHAPES:
+        if only and label not in only:
+            continue
+        ids = rng.integers(1000, 50000, size=(batch, tokens), dtype=np.int64)
+        ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
+        mask = np.ones_like(ids)
+        t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        sess = ort.InferenceSession(
+            str(_onnx(eager, batch, tokens)), so, providers=["CPUExecutionProvider"]
+        )
+        from array import array
+
+        flat, lengths = array("q", ids.reshape(-1).tolist()), [tokens] * batch
+
+        def torch_fp32() -> Any:
+            with torch.inference_mode():
+                return default(input_ids=t_ids, attention_mask=t_mask).logits.numpy()
+
+        fns = {
+            "zerostart_fp32_serving": lambda e=ours: np.frombuffer(
+                e.run(flat, None, lengths, tokens), np.float32
+            ).reshape(batch, -1),
+            "onnxruntime_fp32": lambda: sess.run(None, {"input_ids": ids, "attention_mask": mask})[
+                0
+            ],
+        }
+        if with_torch:
+            fns["pytorch_fp32"] = torch_fp32
+        if tokens > 2 * m.config.local_window + 1:
+            fns["zerostart_fp32_all_global"] = lambda e=all_global: np.frombuffer(
+                e.run(flat, None, lengths, tokens), np.float32
+            ).reshape(batch, -1)
+        with torch.inference_mode():
+            ref = eager(input_ids=t_ids, attention_mask=t_mask).logits.numpy()
+        diffs = {
+            k: float(np.abs(np.asarray(fn(), np.float32) - ref).max()) for k, fn in fns.items()
+        }
+        load_before = list(os.getloadavg())
+        timings = interleaved(fns, max(1, round(rounds * iters_scale)), warmups=WARMUPS)
+        t = {k: v["median_s"] for k, v in timings.items()}
+        row[label] = {
+            "batch": batch,
+            "tokens": tokens,
+            "timings": timings,
+            "max_abs_diff_vs_pytorch_eager_fp32": diffs,
+            "anchor_over_engine": {k: t[ANCHOR] / v for k, v in t.items()},
+            "load_average_before": load_before,
+            "load_average_after": list(os.getloadavg()),
+        }
+        print(f"{NAME} {label} (medians; ratio = ONNX Runtime fp32 time / this engine's time)")
+        for k, v in sorted(t.items(), key=lambda kv: kv[1]):
+            print(f"  {k:<26} {v * 1e3:9.1f} ms  {t[ANCHOR] / v:5.2f}x  max|diff| {diffs[k]:.1e}")
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--iters-scale", type=float, default=1.0, help="x the rounds per shape")
+    ap.add_argument("--out", default="warm_cpu_modernbert", help="result name under bench/results/")
+    ap.add_argument("--shapes", default="", help="comma-separated labels (default: all)")
+    args = ap.parse_args()
+    machine = machine_description()
+    machine["cpu_flags"] = sorted(cpu_flags())
+    result: dict[str, Any] = {
+        "benchmark": "warm_cpu",
+        "machine": machine,
+        "note": "shared 2-core machine, loaded by other work: see the load averages per shape",
+        "method": "engines interleaved call by call; median of the rounds",
+        "load_average_before": list(os.getloadavg()),
+        "models": {
+            NAME: bench(args.iters_scale, args.threads, tuple(filter(None, args.shapes.split(","))))
+        },
+        "load_average_after": list(os.getloadavg()),
+    }
+    write_result(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
