@@ -137,7 +137,7 @@ def test_convert_refuses_bpe_without_the_bytelevel_pre_tokenizer(
 ) -> None:
     data = _tokenizer_json()
     data["pre_tokenizer"] = pre
-    with pytest.raises(TokenizerError, match="pre_tokenizer|pre-tokenizers"):
+    with pytest.raises(TokenizerError, match=r"pre_tokenizer|pre-tokenizers"):
         _compile(tmp_path, data)
 
 
