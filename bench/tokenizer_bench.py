@@ -42,13 +42,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 sys.path.insert(0, str(SRC))
+sys.path.insert(0, str(REPO / "bench"))
 
+from tokenizer_timing import print_rows, time_cases  # noqa: E402
 from zerostart.tokenize import WordPieceTokenizer  # noqa: E402
 from zerostart.tokenize.hf import settings_from_tokenizer_json  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "tokenizer.json"
 IMPORT_RUNS = 5
-BATCH_SIZE = 32
 POOL_TEXTS = 64
 SERVING_WORDS = [
     "serverless",
@@ -217,15 +218,6 @@ def texts(n_words: int, rng: random.Random, words: list[str]) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(n_words)) for _ in range(POOL_TEXTS)]
 
 
-def best_us_per_text(fn: Callable[[], object], n_texts: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best / n_texts * 1e6
-
-
 def speed(repeats: int) -> list[dict[str, Any]]:
     import tokenizers
 
@@ -243,71 +235,18 @@ def speed(repeats: int) -> list[dict[str, Any]]:
         ("long (~800 words, truncate 512)", texts(800, rng, WORDS), 512),
         ("medium multilingual (60 words)", texts(60, rng, WORDS + MULTILINGUAL * 3), None),
     ]
-    rows = []
-    for name, pool, max_length in cases:
-        if max_length is None:
-            ref.no_truncation()
-        else:
-            ref.enable_truncation(max_length=max_length, strategy="longest_first")
-        for t in pool:  # same answer, or the timing means nothing
-            assert ours.encode(t, max_length=max_length).ids == ref.encode(t).ids
-
-        def ours_single(pool: list[str] = pool, ml: int | None = max_length) -> None:
-            for t in pool:
-                ours.encode(t, max_length=ml)
-
-        def ref_single(pool: list[str] = pool) -> None:
-            for t in pool:
-                e = ref.encode(t)
-                e.ids, e.offsets  # noqa: B018
-
-        def ours_batch(pool: list[str] = pool, ml: int | None = max_length) -> None:
-            for k in range(0, len(pool), BATCH_SIZE):
-                ours.encode_batch(pool[k : k + BATCH_SIZE], max_length=ml)
-
-        def ref_batch(pool: list[str] = pool) -> None:
-            for k in range(0, len(pool), BATCH_SIZE):
-                for e in ref.encode_batch(pool[k : k + BATCH_SIZE]):
-                    e.ids, e.offsets  # noqa: B018
-
-        def ours_cold(pool: list[str] = pool, ml: int | None = max_length) -> None:
-            ours._model.pieces.cache_clear()  # type: ignore[attr-defined]
-            for t in pool:
-                ours.encode(t, max_length=ml)
-
-        n = len(pool)
-        rows.append(
-            {
-                "case": name,
-                "tokens_mean": statistics.mean(
-                    len(ours.encode(t, max_length=max_length)) for t in pool
-                ),
-                "ours_single_us": best_us_per_text(ours_single, n, repeats),
-                "ours_single_cold_cache_us": best_us_per_text(ours_cold, n, repeats),
-                "tokenizers_single_us": best_us_per_text(ref_single, n, repeats),
-                "ours_batch32_us": best_us_per_text(ours_batch, n, repeats),
-                "tokenizers_batch32_us": best_us_per_text(ref_batch, n, repeats),
-            }
-        )
-    return rows
+    return time_cases(
+        ours,
+        ref,
+        cases,
+        repeats,
+        clear=ours._model.pieces.cache_clear,  # type: ignore[attr-defined]
+    )
 
 
 BPE_RESULTS = REPO / "bench" / "results" / "tokenizer_bpe.json"
 BPE_VOCAB_SIZE = 50_000
 BPE_KINDS = ("roberta", "modernbert")
-
-
-def _interleaved_best_us(
-    fns: dict[str, Callable[[], object]], n: int, repeats: int
-) -> dict[str, float]:
-    """Best µs per text of each function, the functions taking turns within each repeat."""
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return {k: v / n * 1e6 for k, v in best.items()}
 
 
 def bpe(repeats: int) -> dict[str, Any]:
@@ -345,51 +284,7 @@ def bpe(repeats: int) -> dict[str, Any]:
             loads["ours_from_bundle_ms"].append((t1 - t0) * 1e3)
             loads["tokenizers_from_file_ms"].append((t2 - t1) * 1e3)
         ref.no_padding()
-        rows = []
-        for name, pool, max_length in cases:
-            if max_length is None:
-                ref.no_truncation()
-            else:
-                ref.enable_truncation(max_length=max_length, strategy="longest_first")
-            for t in pool:  # same answer, or the timing means nothing
-                assert ours.encode(t, max_length=max_length).ids == ref.encode(t).ids
-
-            def ours_single(pool: list[str] = pool, ml: int | None = max_length) -> None:
-                for t in pool:
-                    ours.encode(t, max_length=ml)
-
-            def ours_cold(pool: list[str] = pool, ml: int | None = max_length) -> None:
-                ours.model.clear_cache()  # type: ignore[attr-defined]
-                for t in pool:
-                    ours.encode(t, max_length=ml)
-
-            def ref_single(pool: list[str] = pool) -> None:
-                for t in pool:
-                    e = ref.encode(t)
-                    e.ids, e.offsets  # noqa: B018
-
-            def ours_batch(pool: list[str] = pool, ml: int | None = max_length) -> None:
-                for k in range(0, len(pool), BATCH_SIZE):
-                    ours.encode_batch(pool[k : k + BATCH_SIZE], max_length=ml)
-
-            def ref_batch(pool: list[str] = pool) -> None:
-                for k in range(0, len(pool), BATCH_SIZE):
-                    for e in ref.encode_batch(pool[k : k + BATCH_SIZE]):
-                        e.ids, e.offsets  # noqa: B018
-
-            timed = _interleaved_best_us(
-                {
-                    "ours_single_us": ours_single,
-                    "ours_single_cold_cache_us": ours_cold,
-                    "tokenizers_single_us": ref_single,
-                    "ours_batch32_us": ours_batch,
-                    "tokenizers_batch32_us": ref_batch,
-                },
-                len(pool),
-                repeats,
-            )
-            tokens = statistics.mean(len(ours.encode(t, max_length=max_length)) for t in pool)
-            rows.append({"case": name, "tokens_mean": tokens, **timed})
+        rows = time_cases(ours, ref, cases, repeats, clear=ours.model.clear_cache)  # type: ignore[attr-defined]
         out[kind] = {
             "vocab_size": ours.vocab_size,
             "tokenizer_bin_bytes": (bundle / "tokenizer.bin").stat().st_size,
@@ -404,13 +299,6 @@ def bpe(repeats: int) -> dict[str, Any]:
 def print_bpe(r: dict[str, Any]) -> None:
     la, lb = r["load_average_before"], r["load_average_after"]
     print(f"load average {la[0]:.1f} before, {lb[0]:.1f} after (1 min)")
-    cols = [
-        ("ours_single_us", "ours"),
-        ("ours_single_cold_cache_us", "ours cold"),
-        ("tokenizers_single_us", "tokenizers"),
-        ("ours_batch32_us", "ours b32"),
-        ("tokenizers_batch32_us", "tok b32"),
-    ]
     for kind in BPE_KINDS:
         k = r[kind]
         loads = k["load_ms_median"]
@@ -419,12 +307,7 @@ def print_bpe(r: dict[str, Any]) -> None:
             f"(tokenizer.bin {k['tokenizer_bin_bytes'] / 1e6:.1f} MB), tokenizers "
             f"{loads['tokenizers_from_file_ms']:.1f} ms (tokenizer.json {k['tokenizer_json_bytes'] / 1e6:.1f} MB)"
         )
-        print(f"{'µs per text':<34}{'tokens':>7}" + "".join(f"{h:>12}" for _, h in cols))
-        for row in k["speed_us_per_text"]:
-            print(
-                f"{row['case']:<34}{row['tokens_mean']:7.0f}"
-                + "".join(f"{row[c]:12.1f}" for c, _ in cols)
-            )
+        print_rows(k["speed_us_per_text"])
 
 
 def main() -> None:
@@ -515,19 +398,8 @@ def print_table(r: dict[str, Any]) -> None:
         print(f"import {k:<42} {v:8.1f} ms  (-X importtime, cumulative)")
     for k, v in r["load_ms"].items():
         print(f"load   {k:<42} {v:8.1f} ms")
-    cols = [
-        ("ours_single_us", "ours"),
-        ("ours_single_cold_cache_us", "ours cold"),
-        ("tokenizers_single_us", "tokenizers"),
-        ("ours_batch32_us", "ours b32"),
-        ("tokenizers_batch32_us", "tok b32"),
-    ]
-    print(f"\n{'µs per text':<34}{'tokens':>7}" + "".join(f"{h:>12}" for _, h in cols))
-    for row in r["speed_us_per_text"]:
-        print(
-            f"{row['case']:<34}{row['tokens_mean']:7.0f}"
-            + "".join(f"{row[k]:12.1f}" for k, _ in cols)
-        )
+    print()
+    print_rows(r["speed_us_per_text"])
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ process and interleaved so that both sides see the same machine load:
   process CPU time), and the same in a fresh interpreter including imports;
 * the first encode after loading (what a cold worker's first request pays);
 * µs per text for short / medium / long / multilingual texts, single and in
-  batches of 32; "cold" clears our per-word and per-character caches before
-  each pass (the reference keeps its own cache).
+  batches of 32 (``tokenizer_timing.time_cases``); "cold" clears our per-word
+  caches before each pass (the reference keeps its own cache); "python
+  fallback" is ours without the native tokenizer.so.
 
 Writes bench/results/tokenizer_unigram.json.
 """
@@ -32,16 +33,17 @@ REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 sys.path.insert(0, str(SRC))
 sys.path.insert(0, str(REPO / "tests" / "unit"))
+sys.path.insert(0, str(REPO / "bench"))
 
 from tokenizer_corpus import COMMON_WORDS, SCRIPTS  # noqa: E402
 
+from tokenizer_timing import print_rows, time_cases  # noqa: E402
 from zerostart.tokenize import Tokenizer  # noqa: E402
 from zerostart.tokenize.compile import compile_tokenizer_json  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "tokenizer_unigram.json"
 RUNS = 5
 POOL_TEXTS = 64
-BATCH = 32
 SPECIALS = {"unk_token": "<unk>", "pad_token": "<pad>"}
 
 
@@ -105,8 +107,11 @@ def run_unigram(repeats: int) -> None:
             "print((time.perf_counter() - t0) * 1e3)"
         )
         ours = Tokenizer.from_bundle(tmp, spec)
+        if ours.model.native is None:  # type: ignore[attr-defined]
+            raise SystemExit("no tokenizer.so was built (is gcc installed?): nothing to compare")
+        python = Tokenizer.from_bundle(tmp, spec, native=False)
         ref = tokenizers.Tokenizer.from_file(str(tj))
-        rows = _speed(ours, ref, repeats)
+        rows = _speed(ours, python, ref, repeats)
     result = {
         "machine": {
             **machine_description(),
@@ -136,16 +141,14 @@ def _texts(n_words: int, rng: random.Random, words: list[str]) -> list[str]:
     return [" ".join(rng.choice(words) for _ in range(n_words)) for _ in range(POOL_TEXTS)]
 
 
-def _best_us(fn: Callable[[], object], n: int, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best / n * 1e6
+def _clear(tok: Tokenizer) -> None:
+    """Our per-word caches: the model's and the Precompiled normaliser's."""
+    tok.model.pieces.cache_clear()  # type: ignore[attr-defined]
+    for part in getattr(tok._normalizer, "_parts", [tok._normalizer]):
+        getattr(part, "_words", {}).clear()
 
 
-def _speed(ours: Tokenizer, ref: Any, repeats: int) -> list[dict[str, Any]]:
+def _speed(ours: Tokenizer, python: Tokenizer, ref: Any, repeats: int) -> list[dict[str, Any]]:
     rng = random.Random(0)
     words = list(COMMON_WORDS)
     multi = words + " ".join(SCRIPTS).split() * 3
@@ -155,68 +158,14 @@ def _speed(ours: Tokenizer, ref: Any, repeats: int) -> list[dict[str, Any]]:
         ("long (~800 words, truncate 512)", _texts(800, rng, words), 512),
         ("medium multilingual (60 words)", _texts(60, rng, multi), None),
     ]
-    rows = []
-    for name, pool, ml in cases:
-        if ml is None:
-            ref.no_truncation()
-        else:
-            ref.enable_truncation(max_length=ml, strategy="longest_first")
-        for t in pool:  # the same answer, or the timing means nothing
-            assert ours.encode(t, max_length=ml).ids == ref.encode(t).ids
-
-        def o(pool: list[str] = pool, ml: int | None = ml) -> None:
-            for t in pool:
-                ours.encode(t, max_length=ml)
-
-        def o_cold(pool: list[str] = pool, ml: int | None = ml) -> None:
-            ours.model.pieces.cache_clear()  # type: ignore[attr-defined]
-            for t in pool:
-                ours.encode(t, max_length=ml)
-
-        def r(pool: list[str] = pool) -> None:
-            for t in pool:
-                e = ref.encode(t)
-                e.ids, e.offsets  # noqa: B018
-
-        def o_b(pool: list[str] = pool, ml: int | None = ml) -> None:
-            for k in range(0, len(pool), BATCH):
-                ours.encode_batch(pool[k : k + BATCH], max_length=ml)
-
-        def r_b(pool: list[str] = pool) -> None:
-            for k in range(0, len(pool), BATCH):
-                for e in ref.encode_batch(pool[k : k + BATCH]):
-                    e.ids, e.offsets  # noqa: B018
-
-        n = len(pool)
-        # Interleaved: each repeat runs every variant once, so load changes hit all of them.
-        best = {
-            "ours": 1e18,
-            "ours_cold": 1e18,
-            "tokenizers": 1e18,
-            "ours_b32": 1e18,
-            "tok_b32": 1e18,
-        }
-        for _ in range(repeats):
-            for key, fn in (
-                ("ours", o),
-                ("ours_cold", o_cold),
-                ("tokenizers", r),
-                ("ours_b32", o_b),
-                ("tok_b32", r_b),
-            ):
-                best[key] = min(best[key], _best_us(fn, n, 1))
-        rows.append(
-            {
-                "case": name,
-                "tokens_mean": statistics.mean(len(ours.encode(t, max_length=ml)) for t in pool),
-                "ours_single_us": best["ours"],
-                "ours_single_cold_cache_us": best["ours_cold"],
-                "tokenizers_single_us": best["tokenizers"],
-                "ours_batch32_us": best["ours_b32"],
-                "tokenizers_batch32_us": best["tok_b32"],
-            }
-        )
-    return rows
+    return time_cases(
+        ours,
+        ref,
+        cases,
+        repeats,
+        clear=lambda: _clear(ours),
+        extra={"ours_python_fallback_single_us": python},
+    )
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -227,16 +176,5 @@ def _print(r: dict[str, Any]) -> None:
     )
     for k, v in r["load_ms"].items():
         print(f"load {k:<45} {v:9.2f} ms")
-    cols = [
-        ("ours_single_us", "ours"),
-        ("ours_single_cold_cache_us", "ours cold"),
-        ("tokenizers_single_us", "tokenizers"),
-        ("ours_batch32_us", "ours b32"),
-        ("tokenizers_batch32_us", "tok b32"),
-    ]
-    print(f"\n{'µs per text':<34}{'tokens':>7}" + "".join(f"{h:>12}" for _, h in cols))
-    for row in r["speed_us_per_text"]:
-        print(
-            f"{row['case']:<34}{row['tokens_mean']:7.0f}"
-            + "".join(f"{row[k]:12.1f}" for k, _ in cols)
-        )
+    print()
+    print_rows(r["speed_us_per_text"])

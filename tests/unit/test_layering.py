@@ -204,7 +204,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
         "snapshot": ("errors", "paths"),
         # the bundle format lives in these four today: issue 22 (leaf format packages)
-        "tokenize": ("errors", "model"),
+        # tokenize -> kernels: convert's tokenizer compiler builds tokenizer.so (build time)
+        "tokenize": ("errors", "kernels", "model"),
         "model": ("engine", "errors", "kernels", "paths", "tokenize"),
         "engine": ("errors", "model", "paths"),
         "kernels": ("cachedir", "engine", "errors", "model"),

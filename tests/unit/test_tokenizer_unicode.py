@@ -56,10 +56,11 @@ def derive_tables() -> dict[str, Any]:
         clean_text=False, handle_chinese_chars=False, strip_accents=True, lowercase=False
     )
     nfd = normalizers.NFD()
+    nfkd = normalizers.NFKD()
     lower = normalizers.Lowercase()
     pre = pre_tokenizers.BertPreTokenizer()
 
-    other, mark, punct, space, nfd_kept, ccc_unknown = [], [], [], [], [], []
+    other, mark, punct, space, nfd_kept, nfkd_kept, ccc_unknown = [], [], [], [], [], [], []
     decomposed_of: dict[int, str] = {}
     lower_overrides: dict[int, str] = {}
     for cp in _code_points():
@@ -73,6 +74,10 @@ def derive_tables() -> dict[str, Any]:
             decomposed_of[cp] = decomposed
         if decomposed != unicodedata.normalize("NFD", c):
             nfd_kept.append(cp)
+        elif nfkd.normalize_str(c) != unicodedata.normalize("NFKD", c):
+            # the crate lacks this compatibility decomposition (the worker keeps c as is)
+            assert nfkd.normalize_str(c) == c, f"U+{cp:04X}: NFKD differs otherwise"
+            nfkd_kept.append(cp)
         lowered = lower.normalize_str(c)
         if lowered != c.lower():
             lower_overrides[cp] = lowered
@@ -104,6 +109,7 @@ def derive_tables() -> dict[str, Any]:
         "CCC_UNKNOWN_RANGES": _ranges(ccc_unknown),
         "REORDER_RANGES": _ranges(reorder),
         "NFD_KEPT": tuple(nfd_kept),
+        "NFKD_KEPT": tuple(nfkd_kept),
         "LOWER_OVERRIDES": dict(sorted(lower_overrides.items())),
     }
 
@@ -130,7 +136,7 @@ def render_module(tables: dict[str, Any]) -> str:
             lines.append(f"{name}: dict[int, str] = {{")
             lines.extend(f"    {cp:#x}: {s!r}," for cp, s in value.items())
             lines.append("}")
-        elif name == "NFD_KEPT":
+        elif name in ("NFD_KEPT", "NFKD_KEPT"):
             lines.append(f"{name}: tuple[int, ...] = ({', '.join(f'{cp:#x}' for cp in value)},)")
         else:
             lines.append(f"{name}: tuple[tuple[int, int], ...] = (")

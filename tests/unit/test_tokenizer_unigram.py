@@ -9,6 +9,9 @@ checks, and convert's refusals naming the part it cannot serve.
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +21,8 @@ import pytest
 
 from zerostart.errors import TokenizerError
 from zerostart.tokenize import Tokenizer
-from zerostart.tokenize._compiled import CompiledFile
+from zerostart.tokenize._compiled import NATIVE_LIB_NAME, CompiledFile
+from zerostart.tokenize._native import ENV as NATIVE_ENV
 from zerostart.tokenize._unigram import UNK_PENALTY
 from zerostart.tokenize.compile import compile_tokenizer_json
 
@@ -81,12 +85,24 @@ def tokenizer_json(**overrides: Any) -> dict[str, Any]:
     return data
 
 
+@pytest.fixture(autouse=True, params=["native", "python"])
+def inner_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: on the C inner loops (tokenizer.so) and on the pure-Python ones."""
+    if request.param == "native" and shutil.which(os.environ.get("CC", "gcc")) is None:
+        pytest.skip("no C compiler: no tokenizer.so to test")
+    monkeypatch.setenv(NATIVE_ENV, "1" if request.param == "native" else "0")
+    return str(request.param)
+
+
 def build(tmp_path: Path, **overrides: Any) -> Tokenizer:
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(tokenizer_json(**overrides)), encoding="utf-8")
     settings = compile_tokenizer_json(path, tmp_path, special_tokens=SPECIALS)
     assert settings.model == "Unigram" and settings.pad_token == "<pad>"
-    return Tokenizer.from_bundle(tmp_path, settings.spec)
+    tok = Tokenizer.from_bundle(tmp_path, settings.spec)
+    native = os.environ[NATIVE_ENV] == "1"
+    assert (tok.model.native is not None) is native  # type: ignore[attr-defined]
+    return tok
 
 
 def test_viterbi_picks_the_best_total_score_and_breaks_ties_like_tokenizers(
@@ -157,7 +173,7 @@ def test_added_token_with_lstrip_takes_the_spaces_before_it(tmp_path: Path) -> N
     ("overrides", "named"),
     [
         ({"model": {"type": "WordLevel", "vocab": {}}}, "model type 'WordLevel'"),
-        ({"normalizer": {"type": "NFD"}}, "normalizer 'NFD'"),
+        ({"normalizer": {"type": "BertNormalizer"}}, "normalizer 'BertNormalizer'"),
         (
             {"normalizer": {"type": "Replace", "pattern": {"Regex": r"\p{L}+"}, "content": ""}},
             "regex",
@@ -233,3 +249,89 @@ def test_loading_maps_the_tables_and_imports_nothing_outside_the_standard_librar
         modules - set(sys.stdlib_module_names) - {"zerostart", "__main__", "_distutils_hack"}
     )
     assert not third_party, third_party
+
+
+TEXTS = ["ab cc", "aXYb", "cc c ccc", "▁a ▁ab", "é😀 é", "  a   b  ", "XYZ", "", "abé cXc"]
+
+
+def test_the_native_loops_answer_as_the_python_ones(tmp_path: Path, inner_loops: str) -> None:
+    if inner_loops != "native":
+        pytest.skip("compares the two paths once")
+    for fallback in (False, True):
+        model = {"type": "Unigram", "unk_id": 0, "vocab": VOCAB, "byte_fallback": fallback}
+        folder = tmp_path / str(fallback)
+        folder.mkdir()
+        native = build(folder, model=model)
+        python = Tokenizer.from_bundle(folder, native.spec, native=False)
+        assert python.model.native is None  # type: ignore[attr-defined]
+        for text in TEXTS:
+            a, b = native.encode(text, "c " + text), python.encode(text, "c " + text)
+            assert (a.ids, a.tokens, a.offsets, a.word_ids) == (
+                b.ids,
+                b.tokens,
+                b.offsets,
+                b.word_ids,
+            ), text
+            for word in text.split():  # the per-word path (used without Metaspace)
+                assert native.model.pieces(word) == python.model._pieces(word), word  # type: ignore[attr-defined]
+
+
+def test_without_a_usable_library_the_tokenizer_runs_in_python(
+    tmp_path: Path, inner_loops: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if inner_loops != "native":
+        pytest.skip("needs the library")
+    (tmp_path / "built").mkdir()
+    tok = build(tmp_path / "built")
+    expected = tok.encode("ab cc aXYb").ids
+    stub = tmp_path / "stub.c"  # a library of another ABI version
+    stub.write_text("long long zs_tok_abi_version(void) { return 99; }\n", encoding="utf-8")
+    for name in ("foreign", "abi", "absent"):  # a folder each: dlopen keeps a path's library
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copyfile(tmp_path / "built" / "tokenizer.bin", folder / "tokenizer.bin")
+        lib = folder / NATIVE_LIB_NAME
+        if name == "foreign":
+            lib.write_bytes(b"\x7fELF not a library")
+        elif name == "abi":
+            cc = os.environ.get("CC", "gcc")
+            subprocess.run(
+                [cc, "-shared", "-fPIC", "-o", str(lib), str(stub)], check=True, timeout=60
+            )
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="zerostart.tokenize"):
+            again = Tokenizer.from_bundle(folder, tok.spec)
+        assert again.model.native is None, name  # type: ignore[attr-defined]
+        assert again.encode("ab cc aXYb").ids == expected, name
+        if name == "absent":
+            assert not caplog.text
+        else:
+            assert str(folder / NATIVE_LIB_NAME) in caplog.text, name
+            assert "runs in Python" in caplog.text, name
+        if name == "abi":
+            assert "has ABI 99" in caplog.text
+
+
+def test_a_damaged_trie_is_refused_before_the_native_loops_walk_it(
+    tmp_path: Path, inner_loops: str
+) -> None:
+    if inner_loops != "native":
+        pytest.skip("the native check")
+    tok = build(tmp_path)
+    path = tmp_path / "tokenizer.bin"
+    tables = CompiledFile(path)
+    offset = tables._sections["trie_first"][0]
+    del tables
+    data = bytearray(path.read_bytes())
+    data[offset + 4 : offset + 8] = (1 << 30).to_bytes(4, "little")  # a child far outside
+    path.write_bytes(bytes(data))
+    with pytest.raises(TokenizerError, match="corrupt Unigram trie"):
+        Tokenizer.from_bundle(tmp_path, tok.spec)
+    assert Tokenizer.from_bundle(tmp_path, tok.spec, native=False)  # Python's checks are lazier
+
+
+def test_a_segment_the_normaliser_empties_gives_no_token(tmp_path: Path) -> None:
+    spec_normalizer = {"type": "Replace", "pattern": {"String": "X"}, "content": ""}
+    tok = build(tmp_path, normalizer=spec_normalizer)
+    enc = tok.encode("X<s>Xab")
+    assert enc.tokens[1:-1] == ["<s>", "▁a", "b"] and enc.ids[1:-1] == [2, 5, 6]

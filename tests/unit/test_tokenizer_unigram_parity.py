@@ -16,10 +16,13 @@ seeded random strings, every code point alone, batches and the decoder.
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 import os
 import random
+import shutil
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,10 @@ from test_tokenizer_parity import _random_texts
 from tokenizer_corpus import COMMON_WORDS, SCRIPTS, corpus, pairs
 
 from code_points import sweep_code_points
+from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize import Encoding, Tokenizer
 from zerostart.tokenize._precompiled import grapheme_class
+from zerostart.tokenize._unigram import Unigram
 from zerostart.tokenize.compile import compile_tokenizer_json
 
 pytestmark = pytest.mark.parity
@@ -115,12 +120,32 @@ def train_unigram(folder: Path) -> Path:
 
 
 class Pair:
-    """Ours (compiled into tokenizer.bin) and the reference, for one tokenizer.json."""
+    """Ours (compiled into tokenizer.bin) and the reference, for one tokenizer.json.
 
-    def __init__(self, tokenizer_json: Path, out: Path) -> None:
+    ``native``: ours runs the C inner loops (tokenizer.so, which the test checks
+    is really in use), else the pure-Python code the worker falls back to.
+    """
+
+    def __init__(self, tokenizer_json: Path, out: Path, *, native: bool) -> None:
         tokenizers = pytest.importorskip("tokenizers")
-        self.settings = compile_tokenizer_json(tokenizer_json, out, special_tokens=XLMR_SPECIALS)
-        self.ours = Tokenizer.from_bundle(out, self.settings.spec)
+        if (out / "tokenizer.bin").is_file():  # compiled for the other path already
+            spec = json.loads((out / "spec.json").read_text(encoding="utf-8"))
+            self.settings = TokenizerSettings(**spec)
+        else:
+            self.settings = compile_tokenizer_json(
+                tokenizer_json, out, special_tokens=XLMR_SPECIALS
+            )
+            (out / "spec.json").write_text(json.dumps(asdict(self.settings)), encoding="utf-8")
+        self.ours = Tokenizer.from_bundle(out, self.settings.spec, native=native)
+        self.native = native
+        model = self.ours.model
+        assert isinstance(model, Unigram)
+        if native:
+            if shutil.which(os.environ.get("CC", "gcc")) is None:
+                pytest.skip("no C compiler: the bundle has no tokenizer.so")
+            assert model.native is not None and self.ours._words_native is not None
+        else:
+            assert model.native is None and self.ours._words_native is None
         self.ref = tokenizers.Tokenizer.from_file(str(tokenizer_json))
         self.ref.no_padding()
         self.ref.no_truncation()
@@ -161,23 +186,33 @@ class Pair:
         return None
 
 
-@pytest.fixture(scope="module", params=["e5-small", "trained"])
+@pytest.fixture(scope="module")
+def trained_json(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_unigram(tmp_path_factory.mktemp("trained-src"))
+
+
+@pytest.fixture(
+    scope="module",
+    params=["e5-small-native", "e5-small-python", "trained-native", "trained-python"],
+)
 def pair(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     model_dir: Callable[[str], Path],
 ) -> Pair:
-    out = tmp_path_factory.mktemp(request.param)
-    if request.param == "e5-small":
+    name, _, path = str(request.param).rpartition("-")
+    out = tmp_path_factory.getbasetemp() / f"compiled-{name}"  # one compile for both paths
+    out.mkdir(exist_ok=True)
+    if name == "e5-small":
         tokenizer_json = model_dir("e5-small") / "tokenizer.json"
     else:
-        tokenizer_json = train_unigram(tmp_path_factory.mktemp("trained-src"))
-    return Pair(tokenizer_json, out)
+        tokenizer_json = request.getfixturevalue("trained_json")
+    return Pair(tokenizer_json, out, native=path == "native")
 
 
 def test_vocabulary_and_specials(pair: Pair) -> None:
     assert pair.ours.vocab_size == pair.ref.get_vocab_size(with_added_tokens=True)
-    if pair.settings.spec["post_processor"]["type"] == "TemplateProcessing":
+    if pair.settings.spec["post_processor"]["type"] == "TemplateProcessing":  # e5-small
         assert pair.ours.vocab_size == 250002  # the real XLM-R vocabulary
     else:
         assert pair.ours.vocab_size > 5000, "the trained vocabulary is too small to be realistic"
@@ -232,20 +267,52 @@ def test_random_unicode_fuzz(pair: Pair) -> None:
     assert not bad, f"{len(bad)} mismatches; first: {bad[:3]}"
 
 
+# Texts whose normalisation is pieced from words (Precompiled._word) or must not be: a
+# combining mark or a spacing mark after a space (it joins the space), a Prepend before
+# one, words that change length (NFKC) first, in the middle and alone, controls that the
+# charsmap deletes at the start of the text and of a word.
+WORD_CASES = (
+    "x \u0301y z",
+    "x \u0903y z",
+    "x \u200dy z",
+    "\u0600 x y",
+    "x \u0600 y",
+    "a \U0001d15f\U0001d165 b",
+    "\U0001d15f\U0001d165 b c",
+    "\ufb01ne \ufb01ne x \u2460 y",
+    "\x1c\x1d x y",
+    "x \x1c\x1dy z",
+    "x \u1100\u1161 y",
+    "\u0915\u094d\u0937 \u0915\u094d \u0937",
+    "\U0001f1e9 \U0001f1ea\U0001f1e9 x",
+    "a  b   c \u3000 d",
+)
+
+
+def test_texts_pieced_from_words_match(pair: Pair) -> None:
+    for k in range(len(WORD_CASES)):  # each case also after the others: warm word cache
+        for text in (WORD_CASES[k], " ".join(WORD_CASES[: k + 1])):
+            assert not (m := pair.mismatch(text, None, None)), m
+
+
 def test_every_code_point_alone_and_after_a_letter(
     pair: Pair, request: pytest.FixtureRequest
 ) -> None:
     """Each code point on its own; and after "a" (where a combining mark forms a cluster with
     it) every BMP code point plus every astral one that can join a cluster.
 
-    CI sweeps the real e5-small tokenizer; ZEROSTART_FULL_PARITY=1 sweeps the trained one
-    too (about two minutes): run it when the Unigram or normaliser code changes.
+    CI sweeps the real e5-small tokenizer on the native path; ZEROSTART_FULL_PARITY=1 sweeps
+    the trained one and the pure-Python path too (a few minutes): run it when the Unigram,
+    native or normaliser code changes.
     """
     if (
-        request.node.callspec.params["pair"] != "e5-small"
+        request.node.callspec.params["pair"] != "e5-small-native"
         and os.environ.get("ZEROSTART_FULL_PARITY") != "1"
     ):
-        pytest.skip("every-code-point sweep of the trained tokenizer: set ZEROSTART_FULL_PARITY=1")
+        pytest.skip(
+            "every-code-point sweep of the trained tokenizer and of the Python fallback: "
+            "set ZEROSTART_FULL_PARITY=1"
+        )
     cps = sweep_code_points()  # in CI: planes 0-3, 14 and a sample of the rest
     joining = [cp for cp in cps if cp < 0x10000 or grapheme_class(cp) != "."]
     bad: list[str] = []
@@ -277,3 +344,53 @@ def test_decode_matches_reference(pair: Pair) -> None:
             assert pair.ours.decode(ids, skip_special_tokens=skip) == pair.ref.decode(
                 ids, skip_special_tokens=skip
             ), (text, skip)
+
+
+def _charsmap_of_rules(rules: dict[str, str]) -> bytes:
+    """A Precompiled charsmap made by SentencePiece's own builder from ``rules`` (source -> target)."""
+    spm = pytest.importorskip("sentencepiece")
+    model_pb2 = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    folder = Path(os.environ.get("TMPDIR", "/tmp"))
+    tsv = folder / f"zs-rules-{os.getpid()}.tsv"
+    hexes = [" ".join(f"{ord(c):X}" for c in s) for s in (*rules, *rules.values())]
+    n = len(rules)
+    tsv.write_text("".join(f"{a}\t{b}\n" for a, b in zip(hexes[:n], hexes[n:], strict=True)))
+    out = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(["hello world x y z"] * 50),
+            model_writer=out,
+            vocab_size=20,
+            hard_vocab_limit=False,
+            normalization_rule_tsv=str(tsv),
+            minloglevel=2,
+        )
+    finally:
+        tsv.unlink()
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(out.getvalue())
+    return bytes(proto.normalizer_spec.precompiled_charsmap)
+
+
+def test_precompiled_keys_that_reach_over_a_space_are_taken_whole() -> None:
+    """Keys a space joins: a space + a mark that does not compose with "a", a Prepend + a
+    space. The per-word path must leave such texts to the whole-text path."""
+    tk = pytest.importorskip("tokenizers")
+    from zerostart.tokenize._precompiled import Precompiled
+
+    texts = [" y z", "x \u0334y z", "\u0600 x y", "x \u0600 y", "a\u0301 b a\u0301", "q \u0301 r"]
+    for rules in (
+        {" \u0334": "Z", "\u0600 ": "P", "a\u0301": "\u00e1"},
+        {"a": "aa", "x": "xyz"},  # the stand-in "a" does not map to itself
+        {" ": "_", "q": ""},  # nor does the space
+    ):
+        charsmap = _charsmap_of_rules(rules)
+        ours = Precompiled(charsmap)
+        probe = tk.Tokenizer(tk.models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+        probe.normalizer = tk.normalizers.Precompiled(charsmap)
+        probe.pre_tokenizer = tk.pre_tokenizers.Split(tk.Regex("."), "isolated")
+        for text in [*texts, *texts]:  # the second time with every word in the cache
+            got, align = ours.normalize(text, None)
+            spans = [(a, a + 1) for a in (range(len(got)) if align is None else align)]
+            assert got == probe.normalizer.normalize_str(text), (rules, text)
+            assert spans == list(probe.encode(text).offsets), (rules, text)

@@ -11,6 +11,7 @@ counts positions from ``<pad>`` + 1, so a batch mixes lengths.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -55,9 +56,14 @@ def test_xlmr_classifier_from_text_matches_transformers(
     model.save_pretrained(src)
     for name in TOKENIZER_FILES:
         shutil.copy(e5 / name, src / name)
-    convert(src, tmp_path / "bundle", cpu_archs=("none",))
+    manifest = convert(src, tmp_path / "bundle", cpu_archs=("none",))
     pipe = Pipeline.load(tmp_path / "bundle", verify="full")
     assert pipe.tokenizer.pad_id == 1  # XLM-R's <pad>, which the positions count from
+    # No CPU kernels were asked for, yet the tokenizer's C loops are in the bundle (and so in
+    # the image's model layer), listed and hashed like any bundle file, and in use.
+    if shutil.which(os.environ.get("CC", "gcc")) is not None:
+        assert "tokenizer.so" in manifest.files and not manifest.cpu_kernels
+        assert pipe.tokenizer.model.native is not None  # type: ignore[union-attr]
 
     job = pipe.prepare("predict", {"inputs": [[t] for t in TEXTS], "raw_scores": True})
     ours: Any = job.finish(pipe.execute(job.encodings))

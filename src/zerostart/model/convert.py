@@ -55,6 +55,7 @@ from zerostart.model.manifest import (
     Manifest,
 )
 from zerostart.model.weights import write_weights
+from zerostart.tokenize._compiled import NATIVE_LIB_NAME
 
 Progress = Callable[[str, float], None]
 
@@ -515,6 +516,9 @@ def _write_bundle(
         else:
             shutil.copyfile(tables_dir / tokenizer_name, tmp / tokenizer_name)
         names = [WEIGHTS_NAME, tokenizer_name]
+        if tables_dir is not None and (tables_dir / NATIVE_LIB_NAME).is_file():
+            shutil.copyfile(tables_dir / NATIVE_LIB_NAME, tmp / NATIVE_LIB_NAME)  # tokenizer's C
+            names.append(NATIVE_LIB_NAME)
         if archs or kernels_from is not None:
             from zerostart.engine.cuda.launch import KernelManifest
             from zerostart.kernels.variants import apply_tuning, load_tuning, packaged_tuning

@@ -7,8 +7,10 @@
   ``tokenizer.bin`` and the worker maps;
 * ``load_tokenizer``: the right one for a bundle.
 
-Pure Python (standard library only), so the worker image carries no tokenizer
-wheel. Build-time helpers that read a `tokenizer.json` live in
+Standard library only, so the worker image carries no tokenizer wheel; the
+Unigram segmentation also runs in C when the bundle carries ``tokenizer.so``
+(compiled by ``zerostart convert``, loaded with ctypes: ``_native.py``), with
+the same answers either way. Build-time helpers that read a `tokenizer.json` live in
 ``zerostart.tokenize.hf`` (WordPiece) and ``zerostart.tokenize.compile`` (the
 rest) and are not imported here.
 """

@@ -36,6 +36,8 @@ from typing import Any, TypeAlias
 from zerostart.errors import TokenizerError
 
 MAGIC = b"ZSTOKBIN"
+# The native inner loops, beside tokenizer.bin in a bundle (``_native.py``).
+NATIVE_LIB_NAME = "tokenizer.so"
 FORMAT_VERSION = 1
 ALIGN_BYTES = 8  # every section starts on an 8-byte boundary (float64 arrays)
 _HEAD = struct.Struct("<8sII")
@@ -97,10 +99,12 @@ class CompiledFile:
             )
         try:
             with open(self.path, "rb") as f:
-                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                # ACCESS_COPY (a private mapping, shared with the page cache until written,
+                # which nothing does): ctypes can take its address for the native loops.
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
         except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
             raise TokenizerError(f"{self.path}: cannot map the tokenizer tables: {exc}") from exc
-        view = memoryview(self._map)
+        view = memoryview(self._map).toreadonly()
         try:
             magic, version, size = _HEAD.unpack_from(view)
             if magic != MAGIC:
@@ -118,6 +122,7 @@ class CompiledFile:
                 f"{self.path}: corrupt tokenizer tables: {exc}", hint="re-run zerostart convert"
             ) from exc
         self._view = view
+        self._base: int | None = None
 
     def section(self, name: str) -> memoryview:
         """The section as a typed memoryview (``format`` of its entry)."""
@@ -131,6 +136,15 @@ class CompiledFile:
 
     def has(self, name: str) -> bool:
         return name in self._sections
+
+    def address(self, name: str) -> int:
+        """The section's address in this process (for the native loops; valid while self lives)."""
+        if self._base is None:
+            import ctypes  # only with the native library, which needs it anyway
+
+            self._base = ctypes.addressof(ctypes.c_char.from_buffer(self._map))
+        self.section(name)  # a missing section raises here
+        return self._base + int(self._sections[name][0])
 
 
 class MappedVocab:

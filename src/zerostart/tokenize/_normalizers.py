@@ -11,14 +11,20 @@ Runtime module: standard library only.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from zerostart.errors import TokenizerError
+from zerostart.tokenize import _unicode_tables
 from zerostart.tokenize._base import Align, Normalizer
 from zerostart.tokenize._compiled import CompiledFile
-from zerostart.tokenize._normalize import _SPACE, _CharTable, _lower
+from zerostart.tokenize._normalize import _CCC_UNKNOWN, _SPACE, _CharTable, _lower
 from zerostart.tokenize._precompiled import Precompiled
+
+_Form = Literal["NFC", "NFD", "NFKC", "NFKD"]
+_NFD_KEPT = frozenset(_unicode_tables.NFD_KEPT)
+_NFKD_KEPT = frozenset(_unicode_tables.NFD_KEPT + _unicode_tables.NFKD_KEPT)
 
 
 def _at(align: Align, k: int) -> int:
@@ -97,6 +103,120 @@ class Strip:
         return text[start:end], list(range(start, end)) if align is None else align[start:end]
 
 
+class UnicodeForm:
+    """``NFC`` / ``NFD`` / ``NFKC`` / ``NFKD`` as `tokenizers` applies them, with its alignments.
+
+    `tokenizers` normalises with the ``unicode-normalization-alignments`` crate,
+    whose tables are older than Python 3.11's ``unicodedata`` (Unicode 14): it
+    lacks the decompositions of U+11938 (canonical) and of 72 compatibility
+    characters added since Unicode 12 (``_unicode_tables.NFD_KEPT`` /
+    ``NFKD_KEPT``), gives the combining marks added since then class 0
+    (``CCC_UNKNOWN_RANGES``), and so never composes into U+11938. Every code
+    point is checked against `tokenizers` (tests/unit/test_tokenizer_forms.py).
+
+    The crate tags each output character with a change, which
+    ``NormalizedString::transform`` turns into alignments: a decomposition's
+    first character consumes its original (0), the others are inserted (+1);
+    the canonical reordering moves tags with their characters; a composition
+    merges the tags of the two characters it joins (a + b - 1). A character
+    with change <= 0 takes the next original's index and consumes 1 - change
+    originals; an inserted one repeats the last consumed index.
+
+    A text that ``unicodedata.is_normalized`` calls normal is normal for the
+    crate too (its decompositions and compositions are a subset of Python's,
+    and its unknown marks only split runs that are already sorted): returned
+    as is, which is nearly every text.
+    """
+
+    def __init__(self, form: str) -> None:
+        forms: dict[str, _Form] = {"NFC": "NFC", "NFD": "NFD", "NFKC": "NFKC", "NFKD": "NFKD"}
+        if form not in forms:
+            raise TokenizerError(f"normalizer {form!r}")
+        self._form = forms[form]
+        self._compose = form.endswith("C")
+        kept = _NFKD_KEPT if form.startswith("NFK") else _NFD_KEPT
+        decompose: _Form = "NFKD" if form.startswith("NFK") else "NFD"
+        self._table = _CharTable(
+            lambda cp: chr(cp) if cp in kept else unicodedata.normalize(decompose, chr(cp))
+        )
+
+    def normalize(self, text: str, align: Align) -> tuple[str, Align]:
+        if text.isascii() or unicodedata.is_normalized(self._form, text):
+            return text, align
+        table = self._table
+        chars: list[str] = []
+        changes: list[int] = []
+        for ch in text:
+            d = table[ord(ch)]
+            chars += d
+            changes += [0] + [1] * (len(d) - 1)
+        _reorder(chars, changes)
+        if self._compose:
+            chars, changes = _recompose(chars, changes)
+        new: list[int] = []
+        cursor = 0  # next original character
+        for change in changes:
+            if change > 0:
+                new.append(cursor - 1 if cursor else 0)
+            else:
+                new.append(cursor)
+                cursor += 1 - change
+        return "".join(chars), new if align is None else [align[i] for i in new]
+
+
+def _ccc(ch: str) -> int:
+    """The crate's canonical combining class (0 for the marks it predates)."""
+    c = unicodedata.combining(ch)
+    return 0 if c and ord(ch) in _CCC_UNKNOWN else c
+
+
+def _reorder(chars: list[str], changes: list[int]) -> None:
+    """Canonical ordering: each run of non-zero classes sorted by class, stably, tags along."""
+    k, n = 0, len(chars)
+    while k < n:
+        if _ccc(chars[k]) == 0:
+            k += 1
+            continue
+        end = k
+        while end < n and _ccc(chars[end]) != 0:
+            end += 1
+        run = sorted(zip(chars[k:end], changes[k:end], strict=True), key=lambda e: _ccc(e[0]))
+        chars[k:end] = [c for c, _ in run]
+        changes[k:end] = [t for _, t in run]
+        k = end
+
+
+def _compose_pair(a: str, b: str) -> str | None:
+    """The primary composite of a + b, if the crate has it."""
+    out = unicodedata.normalize("NFC", a + b)
+    if len(out) != 1 or ord(out) in _NFD_KEPT:
+        return None
+    return out
+
+
+def _recompose(chars: list[str], changes: list[int]) -> tuple[list[str], list[int]]:
+    """Canonical composition (UAX #15) over decomposed, reordered text, merging tags."""
+    out: list[str] = []
+    tags: list[int] = []
+    starter = -1  # index in out of the last starter, -1 before the first one
+    last = -1  # class of the last character kept after that starter (-1: none)
+    for ch, tag in zip(chars, changes, strict=True):
+        cc = _ccc(ch)
+        if starter >= 0 and (last == -1 or last < cc):
+            done = _compose_pair(out[starter], ch)
+            if done is not None:
+                out[starter] = done
+                tags[starter] += tag - 1
+                continue
+        if cc == 0:
+            starter, last = len(out), -1
+        else:
+            last = cc if starter >= 0 else last
+        out.append(ch)
+        tags.append(tag)
+    return out, tags
+
+
 class Chain:
     """``Sequence``: normalisers applied in order."""
 
@@ -153,6 +273,8 @@ def build_normalizer(spec: dict[str, Any] | None, tables: CompiledFile | None) -
         return Replace(re.compile(regex), str(spec["content"]), None)
     if kind == "Lowercase":
         return Lowercase()
+    if kind in ("NFC", "NFD", "NFKC", "NFKD"):
+        return UnicodeForm(str(kind))
     if kind == "Strip":
         return Strip(bool(spec.get("strip_left", True)), bool(spec.get("strip_right", True)))
     raise TokenizerError(f"normalizer {kind!r}")

@@ -23,26 +23,36 @@ import operator
 import os
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zerostart.errors import TokenizerError
 from zerostart.tokenize._base import Decoder, Model, PreTokenizer
 from zerostart.tokenize._bpe import BPE
 from zerostart.tokenize._bytelevel import ByteLevelDecoder, byte_level
-from zerostart.tokenize._compiled import CompiledFile
+from zerostart.tokenize._compiled import NATIVE_LIB_NAME, CompiledFile
 from zerostart.tokenize._encoding import TRUNCATION_DIRECTIONS, Encoding, Tokens, budget, truncate
 from zerostart.tokenize._normalize import _SPACE
 from zerostart.tokenize._normalizers import build_normalizer
 from zerostart.tokenize._postprocess import build_post_processor
-from zerostart.tokenize._pretokenizers import WhitespaceSplit, metaspace, metaspace_decoder
+from zerostart.tokenize._pretokenizers import (
+    Metaspace,
+    WhitespaceSplit,
+    metaspace,
+    metaspace_decoder,
+)
 from zerostart.tokenize._unigram import Unigram
+
+if TYPE_CHECKING:
+    from zerostart.tokenize._native import NativeLib
 
 TABLES_NAME = "tokenizer.bin"
 
-MODELS: dict[str, Callable[[dict[str, Any], CompiledFile], Model]] = {
-    "Unigram": lambda meta, tables: Unigram(tables, meta),
-    "BPE": lambda meta, tables: BPE(tables, meta),
+MODELS: dict[str, Callable[[dict[str, Any], CompiledFile, NativeLib | None], Model]] = {
+    "Unigram": lambda meta, tables, native: Unigram(tables, meta, native),
+    "BPE": lambda meta, tables, native: BPE(tables, meta),
 }
+# The model kinds whose inner loops tokenizer.so carries (compile.py builds it for them).
+NATIVE_MODELS = ("Unigram",)
 PRE_TOKENIZERS: dict[str, Callable[[dict[str, Any]], PreTokenizer]] = {
     "Metaspace": metaspace,
     "WhitespaceSplit": lambda _spec: WhitespaceSplit(),
@@ -133,12 +143,14 @@ class AddedTokens:
 class Tokenizer:
     """Normaliser + pre-tokeniser + model + post-processor + decoder, `tokenizers`' way."""
 
-    def __init__(self, spec: dict[str, Any], tables: CompiledFile) -> None:
+    def __init__(
+        self, spec: dict[str, Any], tables: CompiledFile, native: NativeLib | None = None
+    ) -> None:
         self.spec = spec
         model_meta = tables.meta.get("model", {})
         kind = model_meta.get("type")
         try:
-            self.model: Model = MODELS[kind](model_meta, tables)
+            self.model: Model = MODELS[kind](model_meta, tables, native)
             self._normalizer = build_normalizer(spec.get("normalizer"), tables)
             pre = spec.get("pre_tokenizer")
             self._pre = PRE_TOKENIZERS[pre["type"]](pre) if pre else WhitespaceSplit()
@@ -150,6 +162,15 @@ class Tokenizer:
                 f"{tables.path}: the tokenizer part {exc.args[0]!r} is not implemented",
                 hint="re-run zerostart convert with this version of zerostart",
             ) from exc
+        # One native call per segment: Metaspace's rewrite, then the words and their tokens.
+        self._words_native = (
+            self.model.encode_words
+            if isinstance(self.model, Unigram)
+            and self.model.native is not None
+            and isinstance(self._pre, Metaspace)
+            else None
+        )
+        self._sep = self._pre.separator.encode("utf-8") if isinstance(self._pre, Metaspace) else b""
         self._added = AddedTokens(spec.get("added_tokens", []))
         self.direction = str(spec.get("truncation_direction", "right"))
         if self.direction not in TRUNCATION_DIRECTIONS:
@@ -162,9 +183,25 @@ class Tokenizer:
         self.unk_id = unk if unk is not None else -1
 
     @classmethod
-    def from_bundle(cls, folder: str | os.PathLike[str], spec: dict[str, Any]) -> Tokenizer:
-        """Map ``folder/tokenizer.bin`` and build the parts ``spec`` names."""
-        return cls(spec, CompiledFile(os.path.join(folder, TABLES_NAME)))
+    def from_bundle(
+        cls, folder: str | os.PathLike[str], spec: dict[str, Any], *, native: bool = True
+    ) -> Tokenizer:
+        """Map ``folder/tokenizer.bin`` and build the parts ``spec`` names.
+
+        ``native``: use ``folder/tokenizer.so`` when it is there and loads
+        (``_native.load``); False: the pure-Python code (the same answers).
+        """
+        tables = CompiledFile(os.path.join(folder, TABLES_NAME))
+        lib = None
+        if (
+            native
+            and tables.meta.get("model", {}).get("type") in NATIVE_MODELS
+            and os.path.isfile(os.path.join(folder, NATIVE_LIB_NAME))
+        ):
+            from zerostart.tokenize._native import load  # ctypes: only with the library
+
+            lib = load(folder)
+        return cls(spec, tables, lib)
 
     # -- vocabulary ------------------------------------------------------------
     def id_to_token(self, i: int) -> str:
@@ -257,6 +294,12 @@ class Tokenizer:
         align = None
         if self._normalizer is not None:
             text, align = self._normalizer.normalize(text, None)
+        if self._words_native is not None:
+            assert isinstance(self._pre, Metaspace)
+            rewritten, prepended = self._pre.rewrite(text, at_start=base == 0)
+            done = self._words_native(rewritten, align, prepended, self._sep, base, word, seq)
+            if done is not None:
+                return done
         text, align, spans = self._pre.split(text, align, at_start=base == 0)
         if not spans:
             return word

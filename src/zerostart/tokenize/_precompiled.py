@@ -20,7 +20,10 @@ marker are ``str.translate`` tables filled on first sight of each character;
 grapheme classes (``_grapheme_tables``) are another, and only a text holding a
 character that can join a cluster (combining marks, ZWJ, Hangul jamo, CR LF,
 regional indicators, prepended marks) is cut into clusters, by a regex over the
-class letters (UAX #29's rules, written as tokens of one letter each).
+class letters (UAX #29's rules, written as tokens of one letter each). A text
+with spaces is pieced together from its words' normalisations, remembered per
+word, when no word changes length and no cluster can reach over a space
+(``_word``): the same result, without touching each character again.
 
 Runtime module: standard library only.
 """
@@ -38,6 +41,12 @@ from zerostart.tokenize._normalize import _CharTable
 # tokenizers looks a cluster up whole only below this many UTF-8 bytes.
 CLUSTER_LOOKUP_MAX_BYTES = 5
 CLUSTER_CACHE_SIZE = 16384  # distinct multi-character clusters remembered
+WORD_CACHE_SIZE = 16384  # distinct space-separated words remembered (cleared when full)
+# Grapheme classes (tools/gen_grapheme_tables.py) of characters that join the one before
+# them into a cluster: Extend (e, x, k) and ZWJ (z) by GB9, SpacingMark (s) by GB9a.
+_ATTACHES_BEFORE = frozenset("exkzs")
+# A word's part of a text's normalisation (``Precompiled._word``).
+_WordPart = str | tuple[str, list[int]] | bool
 
 _STARTS = [a for a, _, _ in GRAPHEME_RANGES]
 _ENDS = [b for _, b, _ in GRAPHEME_RANGES]
@@ -92,6 +101,8 @@ class Precompiled:
         self._marks = _CharTable(self._mark)
         self._clusters: dict[str, str | None] = {}
         self._printable_ascii_kept: bool | None = None  # does the map leave " ".."~" alone?
+        # word -> its normalisation, or False where the text must be taken whole (``_word``).
+        self._words: dict[str, _WordPart] = {}
 
     def transform(self, chunk: str) -> str | None:
         """The replacement of the shortest charsmap key that starts ``chunk`` (None: none)."""
@@ -138,6 +149,52 @@ class Precompiled:
                 self._printable_ascii_kept = all(table[cp] == chr(cp) for cp in range(0x20, 0x7F))
             if self._printable_ascii_kept:
                 return text, align
+        if " " in text and table[32] == " ":
+            words = text.split(" ")
+            outs: list[_WordPart | None] = list(map(self._words.get, words))
+            if None in outs:
+                outs = [self._word(w) if o is None else o for w, o in zip(words, outs, strict=True)]
+            # The first word's changes would be charged as at the text's start (a shrink
+            # there is charged nowhere and shifts all that follows): then the text whole.
+            if False not in outs and not isinstance(outs[0], tuple):
+                if tuple not in map(type, outs):
+                    return " ".join(outs), align  # type: ignore[arg-type]
+                return _pieced(words, outs, align)  # type: ignore[arg-type]
+        return self._normalize_text(text, align)
+
+    def _word(self, word: str) -> _WordPart:
+        """A space-free word's part of the text's normalisation, or False: take the text whole.
+
+        A word normalises the same alone as within the text when no grapheme
+        cluster can reach over a space around it (its first character does not
+        attach to the one before: Extend, ZWJ, SpacingMark, UAX #29 GB9/GB9a;
+        its last one is not a Prepend, GB9b) and the space maps to a space.
+        Its alignment after a space is the one it gets after an "a" (a cluster
+        of its own that maps to itself): a shrink at its start is then charged
+        to the character before, as `tokenizers` does within a text. Returns
+        the text (same length, same alignment) or (text, alignment within the
+        word, as it stands after a space).
+        """
+        if len(self._words) >= WORD_CACHE_SIZE:
+            self._words.clear()
+        out: _WordPart = False
+        if not word:
+            out = word
+        elif (
+            _CLASSES[ord(word[0])] not in _ATTACHES_BEFORE
+            and _CLASSES[ord(word[-1])] != "p"
+            and self._chars[ord("a")] == "a"
+        ):
+            done, moved = self._normalize_text("a" + word, None)
+            if len(done) == len(word) + 1 and (moved is None or moved == list(range(len(done)))):
+                out = done[1:]
+            elif moved is not None and done[:1] == "a" and moved[0] == 0:
+                out = (done[1:], [m - 1 for m in moved[1:]])
+        self._words[word] = out
+        return out
+
+    def _normalize_text(self, text: str, align: Align) -> tuple[str, Align]:
+        table = self._chars
         if (  # ASCII has no cluster of two characters but CR LF
             text.isascii()
             and "\r\n" not in text
@@ -178,6 +235,26 @@ class Precompiled:
             edits.charge(1, len(table[ord(text[k])]))
             pos = k + 1
         edits.keep(b - pos)
+
+
+def _pieced(
+    words: list[str], outs: list[str | tuple[str, list[int]]], align: Align
+) -> tuple[str, Align]:
+    """The text of ``Precompiled._word``'s parts joined by spaces, and its alignment."""
+    texts: list[str] = []
+    moved: list[int] = []
+    pos = 0  # original index of the word's first character
+    for word, out in zip(words, outs, strict=True):
+        if pos:
+            moved.append(pos - 1)  # the space before the word
+        if isinstance(out, tuple):
+            texts.append(out[0])
+            moved += [pos + k for k in out[1]]
+        else:
+            texts.append(out)
+            moved += range(pos, pos + len(out))
+        pos += len(word) + 1
+    return " ".join(texts), moved if align is None else [align[i] for i in moved]
 
 
 def _offset(unit: int) -> int:

@@ -38,16 +38,28 @@ class Metaspace:
         self.prepend_scheme = prepend_scheme
         self._split = split
 
+    @property
+    def separator(self) -> str:
+        """Where a new word starts ("": nowhere, the segment is one word)."""
+        return self.replacement if self._split else ""
+
+    def rewrite(self, text: str, *, at_start: bool) -> tuple[str, bool]:
+        """The text with spaces replaced, and whether ``replacement`` was put in front."""
+        rep = self.replacement
+        text = text.replace(" ", rep)
+        scheme = self.prepend_scheme
+        if text and text[0] != rep and (scheme == "always" or (scheme == "first" and at_start)):
+            return rep + text, True
+        return text, False
+
     def split(
         self, text: str, align: Align, *, at_start: bool
     ) -> tuple[str, Align, list[tuple[int, int]]]:
         rep = self.replacement
-        text = text.replace(" ", rep)
+        text, prepended = self.rewrite(text, at_start=at_start)
         if not text:
             return text, align, []
-        scheme = self.prepend_scheme
-        if text[0] != rep and (scheme == "always" or (scheme == "first" and at_start)):
-            text = rep + text
+        if prepended:
             align = [0, *range(len(text) - 1)] if align is None else [align[0], *align]
         if not self._split:
             return text, align, [(0, len(text))]

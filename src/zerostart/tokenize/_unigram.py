@@ -21,6 +21,15 @@ Tables (``tokenizer.bin`` sections, written by ``compile_unigram``):
   ``trie_value[j]`` is the piece ending there (-1: none). A piece string given
   twice maps to its last id, as in tokenizers' ``token_to_ids``.
 
+Native loops. When the bundle carries ``tokenizer.so`` (``_native.py``), the
+same segmentation runs in C on the same mapped arrays (``kernels/cpu/zs_tok.c``,
+which follows this code rule for rule): per word for ``pieces``, and for a
+whole Metaspace segment at once in ``encode_words`` (words, ids, character and
+original offsets in one call, so the Python side does no per-token work but
+turning arrays into lists). The Python code below stays the reference and the
+fallback, and handles what the C leaves to it (unknown text spelled in
+``byte_fallback`` pieces; the error for a character without a piece).
+
 Runtime module: standard library only (``compile_unigram`` is the build half).
 """
 
@@ -30,17 +39,24 @@ import functools
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zerostart.errors import TokenizerError
-from zerostart.tokenize._base import Pieces
+from zerostart.tokenize._base import Align, Pieces
 from zerostart.tokenize._compiled import CompiledFile, MappedVocab, Section
+from zerostart.tokenize._encoding import Tokens
+
+if TYPE_CHECKING:
+    from zerostart.tokenize._native import NativeLib
 
 # tokenizers' K_UNK_PENALTY (models/unigram/model.rs): an unknown character costs
 # this much less than the rarest piece.
 UNK_PENALTY = 10.0
 # Distinct words kept with their pieces (each ~0.5 KB: a few MB at most).
 WORD_CACHE_SIZE_WORDS = 16384
+_ZEROS = array("i", [0])  # repeated into the native calls' output arrays
+_ZERO64 = array("q", [0, 0])
+_ZERO_BYTES = array("B", [0])
 
 
 def compile_unigram(
@@ -112,7 +128,9 @@ def build_trie(keys: dict[bytes, int]) -> tuple[array[int], bytearray, array[int
 class Unigram(MappedVocab):
     """The Unigram model over a mapped ``tokenizer.bin``; see the module docstring."""
 
-    def __init__(self, tables: CompiledFile, meta: dict[str, Any]) -> None:
+    def __init__(
+        self, tables: CompiledFile, meta: dict[str, Any], native: NativeLib | None = None
+    ) -> None:
         super().__init__(tables, int(meta["vocab_size"]))
         unk = meta.get("unk_id")
         self.unk_id: int | None = None if unk is None else int(unk)
@@ -121,11 +139,114 @@ class Unigram(MappedVocab):
         self._scores = tables.section("scores")
         if len(self._offsets) != self.vocab_size + 1 or len(self._scores) != self.vocab_size:
             raise TokenizerError(f"{tables.path}: Unigram tables do not match vocab_size")
+        self.native = native
+        if native is not None:
+            import ctypes
+
+            from zerostart.tokenize._native import UnigramTables
+
+            self._root = array("i", [-1]) * 256
+            self._native_tables = UnigramTables(
+                tables.address("trie_first"),
+                tables.address("trie_labels"),
+                tables.address("trie_value"),
+                tables.address("scores"),
+                len(self._value),
+                self.vocab_size,
+                -1 if self.unk_id is None else self.unk_id,
+                int(self.byte_fallback),
+                self._unk_score,
+                self._root.buffer_info()[0],
+            )
+            if len(self._first) != len(self._value) + 1 or len(self._labels) != len(self._value):
+                raise TokenizerError(f"{tables.path}: the Unigram trie arrays differ in length")
+            address = ctypes.addressof(self._native_tables)
+            if bad := native.unigram_check(address):
+                raise TokenizerError(
+                    f"{tables.path}: corrupt Unigram trie (entry {bad - 1})",
+                    hint="re-run zerostart convert",
+                )
+            self._segment = functools.partial(native.unigram_segment, address)
         self.pieces: Callable[[str], Pieces] = functools.lru_cache(WORD_CACHE_SIZE_WORDS)(
-            self._pieces
+            self._pieces if native is None else self._pieces_native
         )
 
-    # -- segmentation ---------------------------------------------------------
+    # -- segmentation, native --------------------------------------------------
+    def _pieces_native(self, word: str) -> Pieces:
+        data = word.encode("utf-8")
+        n = len(data)
+        out = _ZEROS * (6 * n)
+        words = array("q", _ZERO64)
+        found = self._segment(data, n, b"", 0, None, 0, 0, out.buffer_info()[0], n,
+                              words.buffer_info()[0], None)  # fmt: skip
+        if found < 0:
+            return self._pieces(word)  # byte fallback, or the error: the Python code's
+        cs, ce = out[n : n + found], out[2 * n : 2 * n + found]
+        return (
+            tuple(out[:found]),
+            tuple(map(word.__getitem__, map(slice, cs, ce))),
+            tuple(zip(cs, ce, strict=True)),
+        )
+
+    def encode_words(
+        self,
+        text: str,
+        align: Align,
+        prepended: bool,
+        sep: bytes,
+        base: int,
+        word: int,
+        seq: Tokens,
+    ) -> int | None:
+        """Append the tokens of a pre-tokenised segment to ``seq`` in one native call.
+
+        ``text``: the segment as the model reads it, a new word starting at each
+        ``sep`` (UTF-8; b"": one word); ``align``: each character's original index
+        (None: the identity) before ``prepended`` characters were put in front
+        (they align to the first one); ``base``: the segment's offset in the
+        input; ``word``: the index of its first word. Returns the next word
+        index, or None when this segment needs the Python path (no library,
+        byte fallback spelling, a character without a piece).
+        """
+        if self.native is None:
+            return None
+        data = text.encode("utf-8")
+        n = len(data)
+        out = _ZEROS * (6 * n)
+        words = array("q", _ZERO64)
+        aligned = None if align is None else array("i", align)
+        # The token strings come back joined by NUL bytes (one decode, one split) unless
+        # the text holds a NUL itself.
+        joined = _ZERO_BYTES * (2 * n) if "\0" not in text else None
+        found = self._segment(
+            data,
+            n,
+            sep,
+            len(sep),
+            None if aligned is None else aligned.buffer_info()[0],
+            int(prepended),
+            base,
+            out.buffer_info()[0],
+            n,
+            words.buffer_info()[0],
+            None if joined is None else joined.buffer_info()[0],
+        )
+        if found < 0:
+            return None
+        seq.ids += out[:found]
+        if joined is not None:
+            if found:  # "".split gives one empty string, not none
+                seq.tokens += str(memoryview(joined)[: words[1]], "utf-8").split("\0")
+        else:
+            seq.tokens += map(
+                text.__getitem__, map(slice, out[n : n + found], out[2 * n : 2 * n + found])
+            )
+        seq.offsets += zip(out[3 * n : 3 * n + found], out[4 * n : 4 * n + found], strict=True)
+        w = out[5 * n : 5 * n + found]
+        seq.word_ids += map(word.__add__, w) if word else w
+        return word + words[0]
+
+    # -- segmentation, Python ----------------------------------------------------
     def _pieces(self, word: str) -> Pieces:
         data = word.encode("utf-8")
         n = len(data)

@@ -19,7 +19,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,23 @@ from typing import Any
 from zerostart.errors import TokenizerError
 from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize._bpe import compile_bpe
-from zerostart.tokenize._compiled import CompiledFile, Section, write
-from zerostart.tokenize._pipeline import DECODERS, MODELS, PRE_TOKENIZERS, TABLES_NAME, Tokenizer
+from zerostart.tokenize._compiled import NATIVE_LIB_NAME, Section, write
+from zerostart.tokenize._pipeline import (
+    DECODERS,
+    MODELS,
+    NATIVE_MODELS,
+    PRE_TOKENIZERS,
+    TABLES_NAME,
+    Tokenizer,
+)
 from zerostart.tokenize._serde_float import serde_float
 from zerostart.tokenize._unigram import compile_unigram
 
 ModelCompiler = Callable[[dict[str, Any]], tuple[dict[str, Any], dict[str, Section]]]
-NORMALIZERS = ("Sequence", "Precompiled", "Replace", "Lowercase", "Strip")
+NORMALIZERS = (
+    *("Sequence", "Precompiled", "Replace", "Lowercase", "Strip"),
+    *("NFC", "NFD", "NFKC", "NFKD"),
+)
 POST_PROCESSORS = ("TemplateProcessing", "RobertaProcessing", "BertProcessing")
 
 
@@ -83,6 +95,8 @@ def _bpe(model: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Section]]:
     return {"type": "BPE", **meta}, sections
 
 
+log = logging.getLogger("zerostart.convert")
+
 MODEL_COMPILERS: dict[str, ModelCompiler] = {"Unigram": _unigram, "BPE": _bpe}
 # The pre-tokenizer each model kind needs: BPE runs over ByteLevel's byte characters.
 _MODEL_PRE_TOKENIZERS = {"BPE": ("ByteLevel",), "Unigram": (None, "Metaspace", "WhitespaceSplit")}
@@ -111,14 +125,21 @@ def model_type(path: str | os.PathLike[str]) -> str | None:
 
 
 def compile_tokenizer_json(
-    path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, special_tokens: dict[str, str]
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    special_tokens: dict[str, str],
+    native: bool = True,
 ) -> TokenizerSettings:
     """Write ``out_dir/tokenizer.bin`` for ``path``; return the settings for the manifest.
 
     ``special_tokens``: role -> token from tokenizer_config.json / special_tokens_map.json
     (``unk_token``, ``pad_token``, ``cls_token``, ``sep_token``, ``mask_token``),
-    recorded for the worker (padding id, NER's unknown token). Raises
-    TokenizerError naming the file and the part it cannot serve.
+    recorded for the worker (padding id, NER's unknown token). ``native``: also
+    write ``out_dir/tokenizer.so`` (Unigram models), the inner loops in C
+    (``zerostart.kernels.tok_build``); without a C compiler a warning is logged
+    and the worker runs them in Python. Raises TokenizerError naming the file
+    and the part it cannot serve.
     """
     where = os.fspath(path)
     try:
@@ -131,7 +152,7 @@ def compile_tokenizer_json(
         return TokenizerError(
             f"{where}: {what} is not supported",
             hint="zerostart serves WordPiece; Unigram with Precompiled/Replace/Lowercase/"
-            "Strip normalizers and Metaspace/WhitespaceSplit pre-tokenizers; byte-level BPE "
+            "Strip/NFC/NFD/NFKC/NFKD normalizers and Metaspace/WhitespaceSplit pre-tokenizers; byte-level BPE "
             "(the ByteLevel pre-tokenizer and decoder); with TemplateProcessing/"
             "RobertaProcessing (see docs/tokenizer.md)",
         )
@@ -192,13 +213,19 @@ def compile_tokenizer_json(
     }
     out = Path(out_dir) / TABLES_NAME
     write(out, {"model": meta}, sections)
+    lib = Path(out_dir) / NATIVE_LIB_NAME
+    lib.unlink(missing_ok=True)
+    if native and kind in NATIVE_MODELS:
+        _write_native(lib)
     try:
-        Tokenizer(spec, CompiledFile(out))
+        Tokenizer.from_bundle(out_dir, spec)  # the worker's own loading, library included
     except TokenizerError as exc:
         out.unlink()
+        lib.unlink(missing_ok=True)
         raise refuse(str(exc.args[0]).removeprefix(f"{out}: ")) from exc
     except (KeyError, TypeError, ValueError) as exc:
         out.unlink()
+        lib.unlink(missing_ok=True)
         raise refuse(f"a malformed part ({exc!r})") from exc
     return TokenizerSettings(
         model=str(kind),
@@ -209,6 +236,17 @@ def compile_tokenizer_json(
         sep_token=special_tokens.get("sep_token", "</s>"),
         mask_token=special_tokens.get("mask_token", "<mask>"),
     )
+
+
+def _write_native(lib: Path) -> None:
+    """Copy the compiled inner loops to ``lib``; a warning instead when they cannot be built."""
+    from zerostart.errors import ConvertError
+    from zerostart.kernels.tok_build import build_tokenizer_library
+
+    try:
+        shutil.copyfile(build_tokenizer_library(), lib)
+    except ConvertError as exc:
+        log.warning("the tokenizer will run in Python, slower: %s", exc)
 
 
 def _normalizer(

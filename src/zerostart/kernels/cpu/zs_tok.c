@@ -1,0 +1,251 @@
+/* zerostart tokenizer inner loops: SentencePiece Unigram segmentation over the
+ * mapped tokenizer.bin, identical to Hugging Face `tokenizers`.
+ *
+ * Theory of operation. The worker maps tokenizer.bin (zerostart/tokenize/
+ * _compiled.py) and hands this library the addresses of its sections; nothing
+ * is copied or built at load. One call segments a whole pre-tokenised segment
+ * (the Metaspace text: words start at each replacement character) and writes,
+ * per token, its id, its character span in that text and its span in the
+ * original text (through the normaliser's alignment), so the Python side only
+ * turns arrays into lists. The rules are those of zerostart/tokenize/
+ * _unigram.py (tokenizers' Unigram::encode_optimized after SentencePiece's
+ * unigram_model.cc), which stays the reference and the fallback:
+ *
+ *  - Viterbi over the word's UTF-8 bytes: from each character start, every
+ *    piece beginning there is found by walking the byte trie; a later
+ *    candidate replaces the best path into an end only if strictly better
+ *    (ties: the earlier start and the shorter piece win). Scores are float64
+ *    and added in the same order as the Python code, so totals are identical.
+ *  - A character with no piece of its own length gets the unknown piece at
+ *    min_score - 10 (tokenizers' K_UNK_PENALTY).
+ *  - Backtracking fuses runs of unknown pieces into one token whose id is the
+ *    piece spelled by that text if there is one, else unk_id. With
+ *    byte_fallback such a token becomes <0xXX> pieces: rare, and left to the
+ *    Python code (return ZS_TOK_NEEDS_PYTHON).
+ *
+ * The tables are checked once (zs_unigram_check) so that a damaged file
+ * cannot send the walk outside them. Build: zerostart/kernels/tok_build.py
+ * (portable -O2, no SIMD; needs only libc). Sizes are int64, ids int32.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ZS_TOK_ABI_VERSION 2
+
+/* Return codes of zs_unigram_segment (>= 0: number of tokens). */
+#define ZS_TOK_NO_UNK (-1)       /* a character without a piece and no unknown piece */
+#define ZS_TOK_NEEDS_PYTHON (-2) /* byte_fallback spelling needed: the caller's path */
+#define ZS_TOK_NO_ROOM (-3)      /* the output arrays are too small */
+#define ZS_TOK_NO_MEMORY (-4)
+
+int64_t zs_tok_abi_version(void) { return ZS_TOK_ABI_VERSION; }
+
+typedef struct {
+    const int32_t *first;  /* node k's children are first[k] .. first[k+1]-1 */
+    const uint8_t *labels; /* child j's byte */
+    const int32_t *value;  /* piece ending at node j, -1 for none */
+    const double *scores;  /* per piece */
+    int64_t nodes;         /* len(labels) == len(value) == len(first) - 1 */
+    int64_t vocab;
+    int64_t unk_id;        /* -1: none */
+    int64_t byte_fallback;
+    double unk_score;
+    int32_t *root;         /* 256 entries: the root's child for each byte, -1 for none;
+                              filled by zs_unigram_check (the root has the most children) */
+} zs_unigram;
+
+/* 0 if the trie arrays cannot lead a walk outside them, else the first bad index + 1. */
+int64_t zs_unigram_check(zs_unigram *m) {
+    if (m->nodes < 1 || m->first[0] < 1) return 1;
+    for (int64_t k = 0; k < m->nodes; k++) {
+        if (m->first[k + 1] < m->first[k] || m->first[k + 1] > m->nodes) return k + 2;
+        if (m->value[k] < -1 || m->value[k] >= m->vocab) return k + 1;
+    }
+    if (m->first[m->nodes] != m->nodes) return m->nodes + 1;
+    if (m->unk_id >= m->vocab) return 1;
+    for (int64_t b = 0; b < 256; b++) m->root[b] = -1;
+    for (int64_t j = m->first[0]; j < m->first[1]; j++) m->root[m->labels[j]] = (int32_t)j;
+    return 0;
+}
+
+static inline int64_t child(const zs_unigram *m, int64_t node, uint8_t byte) {
+    if (node == 0) return m->root[byte];
+    int64_t lo = m->first[node], hi = m->first[node + 1];
+    while (hi - lo > 8) { /* binary search down to a short run, then scan */
+        int64_t mid = (lo + hi) >> 1;
+        if (m->labels[mid] <= byte) lo = mid; else hi = mid;
+    }
+    for (; lo < hi; lo++) {
+        if (m->labels[lo] == byte) return lo;
+        if (m->labels[lo] > byte) return -1;
+    }
+    return -1;
+}
+
+static inline int64_t utf8_len(uint8_t lead) {
+    return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+}
+
+/* The piece spelled by bytes s[0..n), or -1 (MappedVocab.token_to_id). */
+static int64_t lookup(const zs_unigram *m, const uint8_t *s, int64_t n) {
+    int64_t node = 0;
+    for (int64_t i = 0; i < n; i++) {
+        node = child(m, node, s[i]);
+        if (node < 0) return -1;
+    }
+    return node ? m->value[node] : -1;
+}
+
+typedef struct {
+    double *best;
+    int32_t *start;
+    int32_t *id;
+} scratch;
+
+/* Viterbi over w[0..n); appends tokens as (byte start, byte end, id) to spans
+ * (3 per token, in reverse order); returns their count or a ZS_TOK_ code. */
+static int64_t viterbi(const zs_unigram *m, const uint8_t *w, int64_t n, scratch *sc,
+                       int32_t *spans) {
+    double *best = sc->best;
+    int32_t *start = sc->start, *bid = sc->id;
+    for (int64_t i = 0; i <= n; i++) { best[i] = 0.0; start[i] = -1; bid[i] = 0; }
+    for (int64_t pos = 0; pos < n;) {
+        int64_t mblen = utf8_len(w[pos]);
+        double here = best[pos];
+        int single = 0;
+        int64_t node = 0;
+        for (int64_t end = pos; end < n;) {
+            node = child(m, node, w[end]);
+            if (node < 0) break;
+            end++;
+            int32_t v = m->value[node];
+            if (v >= 0) {
+                double cand = here + m->scores[v];
+                if (start[end] < 0 || cand > best[end]) {
+                    best[end] = cand; start[end] = (int32_t)pos; bid[end] = v;
+                }
+                if (end - pos == mblen) single = 1;
+            }
+        }
+        if (!single) {
+            if (m->unk_id < 0) return ZS_TOK_NO_UNK;
+            int64_t end = pos + mblen;
+            if (end > n) end = n; /* not valid UTF-8: cannot come from a Python str */
+            double cand = here + m->unk_score;
+            if (start[end] < 0 || cand > best[end]) {
+                best[end] = cand; start[end] = (int32_t)pos; bid[end] = (int32_t)m->unk_id;
+            }
+        }
+        pos += mblen;
+    }
+    /* Back from the end, fusing runs of unknown pieces. */
+    int64_t count = 0, fused_end = -1;
+    for (int64_t end = n; end > 0;) {
+        int64_t s = start[end];
+        int32_t i = bid[end];
+        if (i == m->unk_id) {
+            if (fused_end < 0) fused_end = end;
+        } else {
+            if (fused_end >= 0) {
+                spans[3 * count] = (int32_t)end; spans[3 * count + 1] = (int32_t)fused_end;
+                spans[3 * count + 2] = -1; count++;
+                fused_end = -1;
+            }
+            spans[3 * count] = (int32_t)s; spans[3 * count + 1] = (int32_t)end;
+            spans[3 * count + 2] = i; count++;
+        }
+        end = s;
+    }
+    if (fused_end >= 0) {
+        spans[3 * count] = 0; spans[3 * count + 1] = (int32_t)fused_end;
+        spans[3 * count + 2] = -1; count++;
+    }
+    for (int64_t k = 0; k < count; k++) { /* fused unknown text: its own piece, or unk */
+        if (spans[3 * k + 2] >= 0) continue;
+        int64_t found = lookup(m, w + spans[3 * k], spans[3 * k + 1] - spans[3 * k]);
+        if (found < 0 && m->byte_fallback) return ZS_TOK_NEEDS_PYTHON;
+        spans[3 * k + 2] = (int32_t)(found >= 0 ? found : m->unk_id);
+    }
+    return count;
+}
+
+/* Segment text[0..n) (UTF-8) into tokens.
+ *
+ * Words: a new word starts at each occurrence of sep[0..sep_len) (Metaspace's
+ * replacement, split before it); sep_len 0: the whole text is one word.
+ * Offsets: character c of the text stands for original character
+ * A(max(c - prepended, 0)) + base, A being align[] (NULL: the identity); a
+ * token over characters [cs, ce) spans (orig(cs), orig(ce - 1) + 1).
+ * out: six int32 arrays of cap entries each, end to end: id, cs, ce, start,
+ * end, word (index of the word in this text). words_out[0]: number of words.
+ * joined (NULL: not wanted; else n + cap bytes): the text with a NUL byte
+ * between tokens, so that the caller gets the token strings with one decode
+ * and one split; words_out[1]: its length.
+ * Returns the number of tokens or a ZS_TOK_ code (< 0). */
+int64_t zs_unigram_segment(const zs_unigram *m, const uint8_t *text, int64_t n,
+                           const uint8_t *sep, int64_t sep_len, const int32_t *align,
+                           int64_t prepended, int64_t base, int32_t *out, int64_t cap,
+                           int64_t *words_out, uint8_t *joined) {
+    int32_t *o_id = out, *o_cs = out + cap, *o_ce = out + 2 * cap, *o_s = out + 3 * cap,
+            *o_e = out + 4 * cap, *o_w = out + 5 * cap;
+    words_out[0] = 0;
+    words_out[1] = 0;
+    if (n <= 0) return 0;
+    /* one allocation: char index per byte, Viterbi arrays, reversed spans */
+    size_t bytes = (size_t)(n + 1) * (sizeof(int32_t) + sizeof(double) + 2 * sizeof(int32_t)) +
+                   (size_t)n * 3 * sizeof(int32_t);
+    char *mem = malloc(bytes);
+    if (!mem) return ZS_TOK_NO_MEMORY;
+    double *best = (double *)mem;
+    int32_t *cidx = (int32_t *)(best + n + 1);
+    scratch sc = {best, cidx + n + 1, cidx + 2 * (n + 1)};
+    int32_t *spans = cidx + 3 * (n + 1);
+    int32_t c = 0;
+    for (int64_t b = 0; b < n; b++) {
+        cidx[b] = c;
+        c += (text[b] & 0xC0) != 0x80;
+    }
+    cidx[n] = c;
+    int64_t count = 0, words = 0, rc = 0, joined_len = 0;
+    for (int64_t ws = 0; ws < n;) {
+        int64_t we = n;
+        if (sep_len > 0) { /* the next separator after this word's first byte */
+            for (int64_t j = ws + 1; j + sep_len <= n; j++) {
+                if (text[j] == sep[0] && memcmp(text + j, sep, (size_t)sep_len) == 0) {
+                    we = j;
+                    break;
+                }
+            }
+        }
+        int64_t k = viterbi(m, text + ws, we - ws, &sc, spans);
+        if (k < 0) { rc = k; goto done; }
+        if (count + k > cap) { rc = ZS_TOK_NO_ROOM; goto done; }
+        for (int64_t t = k - 1; t >= 0; t--, count++) {
+            int64_t cs = cidx[ws + spans[3 * t]], ce = cidx[ws + spans[3 * t + 1]];
+            int64_t a = cs - prepended, z = ce - 1 - prepended;
+            a = a < 0 ? 0 : a;
+            z = z < 0 ? 0 : z;
+            o_id[count] = spans[3 * t + 2];
+            o_cs[count] = (int32_t)cs;
+            o_ce[count] = (int32_t)ce;
+            o_s[count] = (int32_t)((align ? align[a] : a) + base);
+            o_e[count] = (int32_t)((align ? align[z] : z) + 1 + base);
+            o_w[count] = (int32_t)words;
+            if (joined) {
+                int64_t bs = ws + spans[3 * t], be = ws + spans[3 * t + 1];
+                if (count) joined[joined_len++] = 0;
+                memcpy(joined + joined_len, text + bs, (size_t)(be - bs));
+                joined_len += be - bs;
+            }
+        }
+        words++;
+        ws = we;
+    }
+    words_out[0] = words;
+    words_out[1] = joined_len;
+    rc = count;
+done:
+    free(mem);
+    return rc;
+}

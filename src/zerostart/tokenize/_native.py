@@ -1,0 +1,103 @@
+"""The tokenizer's native inner loops (``tokenizer.so`` beside ``tokenizer.bin``), through ctypes.
+
+``zerostart convert`` compiles ``kernels/cpu/zs_tok.c`` into the bundle
+(``zerostart.kernels.tok_build``); the worker loads it here and the models call
+it on the mapped tables (``_unigram.py``). The library is optional: a bundle
+without it (no compiler at convert), a library this zerostart does not speak
+(ABI version), one this machine cannot load (another instruction set), or
+``ZEROSTART_TOKENIZER_NATIVE=0`` all give the pure-Python code, which follows
+the same rules and gives the same answers, slower. Each of those but the
+first is logged once as a warning, naming the file.
+
+Runtime module: standard library only (ctypes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+
+from zerostart.tokenize._compiled import NATIVE_LIB_NAME
+
+ABI_VERSION = 2  # must match ZS_TOK_ABI_VERSION in kernels/cpu/zs_tok.c
+ENV = "ZEROSTART_TOKENIZER_NATIVE"  # "0": use the pure-Python code even if the library is there
+
+# Return codes of zs_unigram_segment (zs_tok.c).
+NO_UNK = -1
+NEEDS_PYTHON = -2
+NO_ROOM = -3
+NO_MEMORY = -4
+
+log = logging.getLogger("zerostart.tokenize")
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int64
+
+
+class UnigramTables(ctypes.Structure):
+    """``zs_unigram`` of zs_tok.c: addresses of the mapped sections and the model's constants."""
+
+    _fields_ = [
+        ("first", _P),
+        ("labels", _P),
+        ("value", _P),
+        ("scores", _P),
+        ("nodes", _I),
+        ("vocab", _I),
+        ("unk_id", _I),
+        ("byte_fallback", _I),
+        ("unk_score", ctypes.c_double),
+        ("root", _P),  # int32 x 256, filled by zs_unigram_check
+    ]
+
+
+class NativeLib:
+    """The functions of a loaded ``tokenizer.so``, with their C signatures."""
+
+    def __init__(self, lib: ctypes.CDLL, path: str) -> None:
+        self.path = path
+        self.unigram_check = lib.zs_unigram_check
+        self.unigram_check.argtypes = [_P]  # a UnigramTables' address
+        self.unigram_check.restype = _I
+        self.unigram_segment = lib.zs_unigram_segment
+        self.unigram_segment.argtypes = [
+            _P,  # tables: a UnigramTables' address
+            ctypes.c_char_p,  # text (UTF-8)
+            _I,  # its length in bytes
+            ctypes.c_char_p,  # word separator (UTF-8)
+            _I,  # its length (0: one word)
+            _P,  # int32 alignment, or None for the identity
+            _I,  # 1 if a character was prepended to the aligned text
+            _I,  # offset base
+            _P,  # out: six int32 arrays of cap entries
+            _I,  # cap
+            _P,  # out: int64 x 2, word count and joined length
+            _P,  # out: the tokens' UTF-8 joined by NUL bytes (n + cap bytes), or None
+        ]
+        self.unigram_segment.restype = _I
+
+
+def load(folder: str | os.PathLike[str]) -> NativeLib | None:
+    """``folder/tokenizer.so`` if it is there, loads and speaks ``ABI_VERSION``; else None."""
+    path = os.path.join(folder, NATIVE_LIB_NAME)
+    if os.environ.get(ENV, "1") == "0" or not os.path.isfile(path):
+        return None
+    try:
+        lib = ctypes.CDLL(os.path.abspath(path))
+        version = lib.zs_tok_abi_version
+        version.restype = _I
+        found = int(version())
+    except (OSError, AttributeError) as exc:
+        log.warning("%s cannot be loaded (%s): the tokenizer runs in Python", path, exc)
+        return None
+    if found != ABI_VERSION:
+        log.warning(
+            "%s has ABI %d, this zerostart needs %d: the tokenizer runs in Python "
+            "(re-run zerostart convert)",
+            path,
+            found,
+            ABI_VERSION,
+        )
+        return None
+    return NativeLib(lib, path)
