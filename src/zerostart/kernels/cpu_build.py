@@ -41,6 +41,7 @@ Progress = Callable[[str, float], None]
 
 SOURCES_DIR = Path(__file__).resolve().parent / "cpu"
 SOURCES = ("zs_cpu.c", "zs_cpu_gemm.c", "zs_gemm_f32.c", "zs_deberta.c", "zs_modernbert.c")
+HEADERS = ("zs_math.h",)  # included by the sources: part of the build cache's key
 LIB_PREFIX = "libzs_cpu"
 TUNING_TABLE = Path(__file__).resolve().parent / "tuning" / "cpu_gemm.json"
 # Portable baseline plus AVX2 and AVX-512 (gcc's x86-64 micro-architecture levels).
@@ -180,7 +181,7 @@ def cache_root() -> Path:
 def build_library(arch: str, *, cache: Path | None = None) -> Path:
     """Compile (or take from the cache) the kernels for ``-march=arch``; returns the .so path."""
     digest = hashlib.sha256()
-    for name in SOURCES:
+    for name in (*SOURCES, *HEADERS):
         digest.update((SOURCES_DIR / name).read_bytes())
     digest.update("\0".join([_compiler_id(), arch, *CFLAGS]).encode())
     out_dir = (cache or cache_root()) / digest.hexdigest()[:24]

@@ -43,56 +43,7 @@
 
 int zs_abi_version(void) { return ZS_ABI_VERSION; }
 
-static inline float zs_bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
-
-/* Cephes expf, vectorisable: clamp, n = round(x log2 e) by the 1.5*2^23 trick,
- * r = x - n ln2 (two-part ln2), polynomial, scale by 2^n built in the exponent bits. */
-static inline float zs_expf(float x) {
-    x = x < -87.33654f ? -87.33654f : x;
-    x = x > 88.37626f ? 88.37626f : x;
-    const float shift = 12582912.0f; /* 1.5 * 2^23 */
-    float n = (x * 1.44269504088896341f + shift) - shift;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    return y * zs_bits_to_float(((int32_t)n + 127) << 23);
-}
-
-/* erf(x) ~= x P(x^2) / Q(x^2) on [-4, 4] (Eigen's generic_fast_erf_float). */
-static inline float zs_erff(float x) {
-    x = x < -4.0f ? -4.0f : x;
-    x = x > 4.0f ? 4.0f : x;
-    float x2 = x * x;
-    float p = -2.72614225801306e-10f;
-    p = p * x2 + 2.77068142495902e-08f;
-    p = p * x2 + -2.10102402082508e-06f;
-    p = p * x2 + -5.69250639462346e-05f;
-    p = p * x2 + -7.34990630326855e-04f;
-    p = p * x2 + -2.95459980854025e-03f;
-    p = p * x2 + -1.60960333262415e-02f;
-    float q = -1.45660718464996e-05f;
-    q = q * x2 + -2.13374055278905e-04f;
-    q = q * x2 + -1.68282697438203e-03f;
-    q = q * x2 + -7.37332916720468e-03f;
-    q = q * x2 + -1.42647390514189e-02f;
-    return x * p / q;
-}
-
-static inline float zs_gelu_erf(float x) { return 0.5f * x * (1.0f + zs_erff(x * 0.70710678118654752f)); }
-
-/* tanh(u) = 1 - 2 / (1 + exp(2u)); exp saturates, so |u| large gives +-1. */
-static inline float zs_tanhf(float u) { return 1.0f - 2.0f / (1.0f + zs_expf(2.0f * u)); }
-
-static inline float zs_gelu_tanh(float x) {
-    float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (1.0f + zs_tanhf(u));
-}
+#include "zs_math.h"
 
 /* x[r, :] = act(x[r, :] + bias) for r in [0, rows). */
 void zs_bias_act(float *x, const float *bias, int64_t rows, int64_t cols, int act) {

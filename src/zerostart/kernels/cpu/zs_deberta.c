@@ -44,25 +44,7 @@
 #define ZSD_FMA(a, b, c) ((a) * (b) + (c))
 #endif
 
-static inline float zsd_bits_to_float(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
-
-/* Cephes expf (zs_cpu.c's zs_expf). */
-static inline float zsd_expf(float x) {
-    x = x < -87.33654f ? -87.33654f : x;
-    x = x > 88.37626f ? 88.37626f : x;
-    const float shift = 12582912.0f;
-    float n = (x * 1.44269504088896341f + shift) - shift;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    return y * zsd_bits_to_float(((int32_t)n + 127) << 23);
-}
+#include "zs_math.h"
 
 /* out[r, 0:np] = sum_k a[r * lda + k] * bt[k * ldb + 0:np] for r < DQR; np a multiple of DVB. */
 static void zsd_tile(const float *a, int64_t lda, int64_t kdim, const float *bt, int64_t ldb, int64_t np,
@@ -164,7 +146,7 @@ int zs_disentangled_attention(const float *qkv, const float *qkv_bias, const flo
                 float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
                 for (int64_t j = 0; j < t_len; j++) {
-                    const float e = zsd_expf(sr[j] - m);
+                    const float e = zs_expf(sr[j] - m);
                     sr[j] = e;
                     sum += e;
                 }

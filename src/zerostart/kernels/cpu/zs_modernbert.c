@@ -44,53 +44,11 @@
 #define MB_FMA(a, b, c) ((a) * (b) + (c))
 #endif
 
-static inline float mb_bits_to_float(int32_t i) {
-    float f;
-    memcpy(&f, &i, 4);
-    return f;
-}
-
-static inline float mb_expf(float x) {
-    x = x < -87.33654f ? -87.33654f : x;
-    x = x > 88.37626f ? 88.37626f : x;
-    const float shift = 12582912.0f; /* 1.5 * 2^23 */
-    float n = (x * 1.44269504088896341f + shift) - shift;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    float y = p * r * r + r + 1.0f;
-    return y * mb_bits_to_float(((int32_t)n + 127) << 23);
-}
-
-static inline float mb_erff(float x) {
-    x = x < -4.0f ? -4.0f : x;
-    x = x > 4.0f ? 4.0f : x;
-    float x2 = x * x;
-    float p = -2.72614225801306e-10f;
-    p = p * x2 + 2.77068142495902e-08f;
-    p = p * x2 + -2.10102402082508e-06f;
-    p = p * x2 + -5.69250639462346e-05f;
-    p = p * x2 + -7.34990630326855e-04f;
-    p = p * x2 + -2.95459980854025e-03f;
-    p = p * x2 + -1.60960333262415e-02f;
-    float q = -1.45660718464996e-05f;
-    q = q * x2 + -2.13374055278905e-04f;
-    q = q * x2 + -1.68282697438203e-03f;
-    q = q * x2 + -7.37332916720468e-03f;
-    q = q * x2 + -1.42647390514189e-02f;
-    return x * p / q;
-}
-
-static inline float mb_gelu_erf(float x) { return 0.5f * x * (1.0f + mb_erff(x * 0.70710678118654752f)); }
+#include "zs_math.h"
 
 static inline float mb_gelu_tanh(float x) {
     const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return 0.5f * x * (2.0f - 2.0f / (1.0f + mb_expf(2.0f * u)));
+    return 0.5f * x * (2.0f - 2.0f / (1.0f + zs_expf(2.0f * u)));
 }
 
 /* LayerNorm without bias of one row into `out` (may be `row`): biased variance, two passes. */
@@ -151,7 +109,7 @@ void zs_mb_geglu(const float *f, float *g, int64_t row0, int64_t row1, int64_t i
             break;
         default:
 #pragma omp simd
-            for (int64_t c = c0; c < c1; c++) o[c] = mb_gelu_erf(u[c]) * gate[c];
+            for (int64_t c = c0; c < c1; c++) o[c] = zs_gelu_erf(u[c]) * gate[c];
         }
     }
 }
@@ -290,7 +248,7 @@ int zs_mb_attention(const float *qkv, const float *rope, const int64_t *lengths,
                 float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
                 for (int64_t j = j_lo; j < j_hi; j++) {
-                    const float e = (j >= rlo && j < rhi) ? mb_expf(sr[j] - m) : 0.0f;
+                    const float e = (j >= rlo && j < rhi) ? zs_expf(sr[j] - m) : 0.0f;
                     sr[j] = e;
                     sum += e;
                 }
