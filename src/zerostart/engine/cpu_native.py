@@ -333,7 +333,7 @@ class NativeCpuEngine:
 
     def _layer(self, p: _Layer, x: int, bias: int | None, b: int, t: int) -> None:
         k, s, run = self.kernels, self._scratch, self._workers.run
-        n, h, nh, eps, inter = b * t, self._hidden, self._heads, self._eps, self._inter
+        n, h, nh, inter = b * t, self._hidden, self._heads, self._inter
         qkv = s.get("qkv", n * 3 * h)
         ctx = s.get("ctx", n * h)
         a = s.get("a", n * h)
@@ -345,6 +345,18 @@ class NativeCpuEngine:
                 raise MemoryError("zs_attention: out of memory for its scratch block")
 
         run(attention, b * nh)
+        self._after_attention(p, x, ctx, a, f, n)
+
+    def _after_attention(self, p: _Layer, x: int, ctx: int, a: int, f: int, n: int) -> None:
+        """The post-LN layer after attention, into ``x``: a = LN(ctx Wo + bo + x),
+        x = LN(act(a Wup + bup) Wdown + bdown + a); ``a``, ``f`` are [n, h], [n, inter] scratch."""
+        k, run, h, eps, inter = (
+            self.kernels,
+            self._workers.run,
+            self._hidden,
+            self._eps,
+            self._inter,
+        )
         self._mm(ctx, p.out, a, n)
 
         def attn_epilogue(i: int, j: int) -> None:

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from zerostart.engine.cpu_native import (
-    F32,
     MASK_VALUE,
     ROWS_PER_PART,
     NativeCpuEngine,
@@ -141,7 +140,7 @@ class NativeDebertaEngine(NativeCpuEngine):
         self, p: _Layer, pos: tuple[int, ...], x: int, bias: int | None, b: int, t: int
     ) -> None:
         k, s, run = self.kernels, self._scratch, self._workers.run
-        n, h, nh, eps, inter = b * t, self._hidden, self._heads, self._eps, self._inter
+        n, h, nh, inter = b * t, self._hidden, self._heads, self._inter
         qkv = s.get("qkv", n * 3 * h)
         ctx = s.get("ctx", n * h)
         a = s.get("a", n * h)
@@ -162,23 +161,4 @@ class NativeDebertaEngine(NativeCpuEngine):
                 raise EngineError(f"zs_disentangled_attention: bad sizes (code {rc})")
 
         run(attention, b * nh)
-        self._mm(ctx, p.out, a, n)
-
-        def attn_epilogue(i: int, j: int) -> None:
-            off = i * h * F32
-            k.bias_residual_layernorm(a + off, x + off, p.out_b, p.attn_g, p.attn_b, j - i, h, eps)
-
-        run(attn_epilogue, n, min_part=ROWS_PER_PART)
-        self._mm(a, p.up, f, n)
-
-        def activation(i: int, j: int) -> None:
-            k.bias_act(f + i * inter * F32, p.up_b, j - i, inter, self._act)
-
-        run(activation, n, min_part=ROWS_PER_PART)
-        self._mm(f, p.down, x, n)
-
-        def ffn_epilogue(i: int, j: int) -> None:
-            off = i * h * F32
-            k.bias_residual_layernorm(x + off, a + off, p.down_b, p.ffn_g, p.ffn_b, j - i, h, eps)
-
-        run(ffn_epilogue, n, min_part=ROWS_PER_PART)
+        self._after_attention(p, x, ctx, a, f, n)
