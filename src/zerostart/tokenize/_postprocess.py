@@ -40,34 +40,57 @@ class Template:
             if len(ids) != len(tokens):
                 raise TokenizerError(f"template special token {name!r}: ids and tokens differ")
         self._single, self._pair, self._specials = single, pair, specials
+        # Each template as runs: the specials between two sequences merged into one block
+        # whose seven lists are built here, once (the worker's hot path: a short text's
+        # encode spent a third of its post-processing building [(0, 0)] * n and the like).
+        self._plans = (self._plan(single), self._plan(pair))
+        self._added = (self._count(single), self._count(pair))
+
+    def _count(self, items: list[Item]) -> int:
+        return sum(len(self._specials[i[1]][0]) for i in items if i[0] == "special")
+
+    def _plan(self, items: list[Item]) -> list[tuple[Any, ...]]:
+        plan: list[tuple[Any, ...]] = []
+        for kind, what, type_id in items:
+            if kind != "special":
+                plan.append(("sequence", what, type_id))
+                continue
+            ids, tokens = self._specials[what]
+            n = len(ids)
+            block = (list(ids), list(tokens), [(0, 0)] * n, [1] * n, [None] * n, [type_id] * n)
+            if plan and plan[-1][0] == "special":
+                block = tuple(x + y for x, y in zip(plan[-1][1:], block, strict=True))
+                plan.pop()
+            plan.append(("special", *block))
+        return plan
 
     def added(self, pair: bool) -> int:
-        items = self._pair if pair else self._single
-        return sum(len(self._specials[i[1]][0]) for i in items if i[0] == "special")
+        return self._added[pair]
 
     def apply(self, a: Tokens, b: Tokens | None, *, truncated: bool, untruncated: int) -> Encoding:
         enc = Encoding([], [], [], [], [], [], [], truncated, untruncated)
-        for kind, what, type_id in self._pair if b is not None else self._single:
-            if kind == "special":
-                ids, tokens = self._specials[what]
-                n = len(ids)
+        for part in self._plans[b is not None]:
+            if part[0] == "special":
+                _, ids, tokens, offsets, mask, nones, types = part
                 enc.ids += ids
                 enc.tokens += tokens
-                enc.offsets += [(0, 0)] * n
-                enc.special_tokens_mask += [1] * n
-                enc.word_ids += [None] * n
-                enc.sequence_ids += [None] * n
-            else:
-                seq = a if what == 0 else b
-                if seq is None:
-                    continue
-                n = len(seq.ids)
-                enc.ids += seq.ids
-                enc.tokens += seq.tokens
-                enc.offsets += seq.offsets
-                enc.special_tokens_mask += [0] * n
-                enc.word_ids += seq.word_ids
-                enc.sequence_ids += [what] * n
+                enc.offsets += offsets
+                enc.special_tokens_mask += mask
+                enc.word_ids += nones
+                enc.sequence_ids += nones
+                enc.type_ids += types
+                continue
+            _, what, type_id = part
+            seq = a if what == 0 else b
+            if seq is None:
+                continue
+            n = len(seq.ids)
+            enc.ids += seq.ids
+            enc.tokens += seq.tokens
+            enc.offsets += seq.offsets
+            enc.special_tokens_mask += [0] * n
+            enc.word_ids += seq.word_ids
+            enc.sequence_ids += [what] * n
             enc.type_ids += [type_id] * n
         return enc
 
