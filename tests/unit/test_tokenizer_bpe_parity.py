@@ -60,7 +60,10 @@ SPECIAL_PIECES = ["<mask>", "<s>", "</s>", "<pad>", "[MASK]", "[CLS]", "  ", "  
 @pytest.fixture(scope="session")
 def bpe_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("tokenizers")
-    return tmp_path_factory.mktemp("bpe-tokenizers")
+    # the folder the integration tests train into too: each layout is trained once per run
+    shared = tmp_path_factory.getbasetemp() / "bpe-tokenizer"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 class Pair:
