@@ -138,6 +138,29 @@ class _Scratch:
         return memoryview(self._bufs[name])
 
 
+def check_batch(
+    ids: Sequence[int],
+    types: Sequence[int] | None,
+    lengths: Sequence[int],
+    t: int,
+    max_len: int,
+    vocab: int,
+) -> None:
+    """Raise EngineError unless ``ids`` is [len(lengths), t] with lengths in [1, t], t within
+    the model's ``max_len`` positions, ids in [0, vocab) and ``types`` (if any) as many as ids."""
+    b = len(lengths)
+    if b < 1 or t < 1 or len(ids) != b * t:
+        raise EngineError(f"{len(ids)} token ids for {b} sequences of {t}")
+    if t > max_len:
+        raise EngineError(f"sequence length {t} exceeds the model's positions ({max_len})")
+    if any(not 0 < length <= t for length in lengths):
+        raise EngineError(f"sequence lengths must be in [1, {t}], got {list(lengths)}")
+    if min(ids) < 0 or max(ids) >= vocab:
+        raise EngineError(f"input_ids must be in [0, {vocab})")
+    if types is not None and len(types) != len(ids):
+        raise EngineError(f"token_type_ids must have {len(ids)} entries, got {len(types)}")
+
+
 class NativeCpuEngine:
     """Runs one bundle's encoder and task head on its native kernels, with no numpy.
 
@@ -310,21 +333,9 @@ class NativeCpuEngine:
     def _check(
         self, ids: array[int], types: array[int] | None, lengths: Sequence[int], t: int
     ) -> None:
-        b = len(lengths)
-        if b < 1 or t < 1 or len(ids) != b * t:
-            raise EngineError(f"{len(ids)} token ids for {b} sequences of {t}")
-        if t > self._max_len:
-            raise EngineError(
-                f"sequence length {t} exceeds the model's positions ({self._max_len})"
-            )
-        if any(not 0 < length <= t for length in lengths):
-            raise EngineError(f"sequence lengths must be in [1, {t}], got {list(lengths)}")
-        if min(ids) < 0 or max(ids) >= self._vocab:
-            raise EngineError(f"input_ids must be in [0, {self._vocab})")
+        check_batch(ids, types, lengths, t, self._max_len, self._vocab)
         if types is None:
             return
-        if len(types) != len(ids):
-            raise EngineError(f"token_type_ids must have {len(ids)} entries, got {len(types)}")
         if self._types == 0:
             if any(types):
                 raise EngineError(f"{self.manifest.architecture} has no token type embeddings")

@@ -32,7 +32,7 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from zerostart.engine.cpu_native import _NATIVE_ACTS, F32, ROWS_PER_PART, _Scratch
+from zerostart.engine.cpu_native import _NATIVE_ACTS, F32, ROWS_PER_PART, _Scratch, check_batch
 from zerostart.engine.gemm_f32 import ZS_GEMM_NOMEM, matmul_f32
 from zerostart.engine.layout import layer_prefix
 from zerostart.engine.modernbert_layout import is_global, modernbert_shapes
@@ -219,19 +219,7 @@ class ModernBertNativeEngine:
     def _check(
         self, ids: array[int], types: Sequence[int] | None, lengths: Sequence[int], t: int
     ) -> None:
-        b = len(lengths)
-        if b < 1 or t < 1 or len(ids) != b * t:
-            raise EngineError(f"{len(ids)} token ids for {b} sequences of {t}")
-        if t > self._max_len:
-            raise EngineError(
-                f"sequence length {t} exceeds the model's positions ({self._max_len})"
-            )
-        if any(not 0 < length <= t for length in lengths):
-            raise EngineError(f"sequence lengths must be in [1, {t}], got {list(lengths)}")
-        if min(ids) < 0 or max(ids) >= self._vocab:
-            raise EngineError(f"input_ids must be in [0, {self._vocab})")
-        if types is not None and len(types) != len(ids):
-            raise EngineError(f"token_type_ids must have {len(ids)} entries, got {len(types)}")
+        check_batch(ids, types, lengths, t, self._max_len, self._vocab)
 
     def _rope_table(self, theta: float, t: int) -> int:
         """The address of the rotary table for ``theta`` with at least ``t`` positions."""
