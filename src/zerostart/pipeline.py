@@ -36,7 +36,7 @@ from zerostart.engine.native import NativeKernels
 from zerostart.errors import EngineError
 from zerostart.limits import Limits
 from zerostart.model.bundle import Bundle
-from zerostart.model.manifest import Manifest
+from zerostart.model.manifest import TOKENIZER_TABLES_NAME, Manifest
 from zerostart.tasks.heads import Heads
 from zerostart.tokenize import Encoding, WordPieceTokenizer, load_tokenizer
 
@@ -152,7 +152,11 @@ class Pipeline:
         bundle = Bundle.open(os.fspath(bundle_dir), verify=verify)
         t1 = time.perf_counter()
         phases["bundle_map"] = t1 - t0
-        tokenizer = load_tokenizer(bundle.path, bundle.manifest.tokenizer)
+        tokenizer = load_tokenizer(
+            bundle.path,
+            bundle.manifest.tokenizer,
+            tables=TOKENIZER_TABLES_NAME in bundle.manifest.files,
+        )
         t2 = time.perf_counter()
         phases["tokenizer"] = t2 - t1
         engine = _make_engine(bundle)

@@ -25,12 +25,14 @@ from zerostart.engine.canary import CANARY_VOCAB, canary_manifest
 from zerostart.errors import ZerostartError
 from zerostart.model.manifest import (
     MANIFEST_NAME,
+    TOKENIZER_TABLES_NAME,
     VOCAB_NAME,
     WEIGHTS_NAME,
     CpuKernelBuild,
     FileEntry,
     Manifest,
 )
+from zerostart.tokenize._wpvocab import write_wordpiece_tables
 
 if TYPE_CHECKING:
     import numpy as np
@@ -90,7 +92,9 @@ def write_canary(folder: str | os.PathLike[str], cpu_archs: Sequence[str] | None
         {"format": "np", "zerostart.layout": LAYOUT_VERSION},
     )
     (root / VOCAB_NAME).write_text("".join(t + "\n" for t in CANARY_VOCAB), encoding="utf-8")
-    names = [WEIGHTS_NAME, VOCAB_NAME]
+    # the mapped vocabulary too, as convert writes it: the slot checks the loader bundles use
+    write_wordpiece_tables(root / TOKENIZER_TABLES_NAME, CANARY_VOCAB)
+    names = [WEIGHTS_NAME, VOCAB_NAME, TOKENIZER_TABLES_NAME]
     builds = _build_kernels(root, cpu_archs)
     if builds:
         from zerostart.engine.cpu_tuning import BUNDLE_TABLE

@@ -49,6 +49,7 @@ from zerostart.model import hf_folder as hf
 from zerostart.model.manifest import (
     MANIFEST_NAME,
     TASKS,
+    TOKENIZER_TABLES_NAME,
     VOCAB_NAME,
     WEIGHTS_NAME,
     FileEntry,
@@ -56,6 +57,7 @@ from zerostart.model.manifest import (
 )
 from zerostart.model.weights import write_weights
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME
+from zerostart.tokenize._wpvocab import write_wordpiece_tables
 
 Progress = Callable[[str, float], None]
 
@@ -497,8 +499,8 @@ def _write_bundle(
 ) -> None:
     """Write into a temporary sibling folder, then rename it into place.
 
-    The tokenizer goes in as vocab.txt (WordPiece: ``vocab``) or as the
-    tokenizer.bin compiled into ``tables_dir`` (every other kind).
+    The tokenizer goes in as vocab.txt plus its mapped tokenizer.bin (WordPiece:
+    ``vocab``) or as the tokenizer.bin compiled into ``tables_dir`` (every other kind).
     """
     if any("\n" in t or "\r" in t for t in vocab):
         raise ConvertError(
@@ -511,11 +513,14 @@ def _write_bundle(
         weights_path = tmp / WEIGHTS_NAME
         write_weights(weights_path, tensors, {"format": "np", "zerostart.layout": LAYOUT_VERSION})
         tokenizer_name = manifest.tokenizer.tables_name
+        names = [WEIGHTS_NAME, tokenizer_name]
         if tables_dir is None:
             (tmp / VOCAB_NAME).write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+            # and the same vocabulary as tables the worker maps instead of parsing vocab.txt
+            write_wordpiece_tables(tmp / TOKENIZER_TABLES_NAME, vocab)
+            names.append(TOKENIZER_TABLES_NAME)
         else:
             shutil.copyfile(tables_dir / tokenizer_name, tmp / tokenizer_name)
-        names = [WEIGHTS_NAME, tokenizer_name]
         if tables_dir is not None and (tables_dir / NATIVE_LIB_NAME).is_file():
             shutil.copyfile(tables_dir / NATIVE_LIB_NAME, tmp / NATIVE_LIB_NAME)  # tokenizer's C
             names.append(NATIVE_LIB_NAME)
@@ -545,7 +550,7 @@ def _write_bundle(
         report("hash", 0.8)
         files = {name: _file_entry(tmp / name) for name in names}
         (tmp / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")
-        for name in (WEIGHTS_NAME, tokenizer_name, MANIFEST_NAME):
+        for name in (*names[:3], MANIFEST_NAME):
             _fsync(tmp / name)
         if dst.exists():
             _check_destination(dst)  # re-check: it may have changed while we wrote

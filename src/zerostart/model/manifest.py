@@ -5,8 +5,10 @@ A bundle is a folder::
     manifest.json          this file's schema (format_version 1)
     weights.safetensors    every tensor in engine layout, 64-byte aligned, one file
     vocab.txt              WordPiece bundles: the vocabulary, one token per line
-    tokenizer.bin          other tokenizers (Unigram, BPE): their tables, mapped by the
-                           worker (``zerostart.tokenize._compiled``)
+    tokenizer.bin          the tokenizer's tables, mapped by the worker
+                           (``zerostart.tokenize._compiled``): Unigram and BPE always;
+                           WordPiece bundles since issue 19 (the vocabulary as a mapped
+                           hash table, ``_wpvocab.py``; without it vocab.txt is parsed)
     kernels/cpu/*.so       CPU bundles: the native kernels, one build per target CPU
                            (``cpu_kernels`` below); none means the numpy engine
 
