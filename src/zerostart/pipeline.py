@@ -47,8 +47,8 @@ if TYPE_CHECKING:
         Tokenizer,  # loaded by load_tokenizer only for bundles that use it
     )
 
-DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits.max_client_batch_size  # zerostart.limits: TEI's default
-DEFAULT_MAX_BATCH_SEQUENCES = Limits.max_batch_sequences
+DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits().max_client_batch_size  # zerostart.limits: TEI's default
+DEFAULT_MAX_BATCH_SEQUENCES = Limits().max_batch_sequences
 
 
 class Engine(Protocol):

@@ -192,10 +192,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     name: frozenset(deps)
     for name, deps in {
         "errors": (),
+        "_records": (),  # plain record classes for the worker's import path (no @dataclass)
         "paths": ("errors",),
         "units": (),
         "cachedir": (),
-        "limits": ("errors",),
+        "limits": ("_records", "errors"),
         "progress": (),
         "faults": ("errors",),
         "registry": ("errors",),
@@ -205,16 +206,16 @@ ALLOWED: dict[str, frozenset[str]] = {
         "snapshot": ("errors", "paths"),
         # the bundle format lives in these four today: issue 22 (leaf format packages)
         # tokenize -> kernels: convert's tokenizer compiler builds tokenizer.so (build time)
-        "tokenize": ("errors", "kernels", "model"),
-        "model": ("engine", "errors", "kernels", "paths", "tokenize"),
-        "engine": ("errors", "model", "paths"),
+        "tokenize": ("_records", "errors", "kernels", "model"),
+        "model": ("_records", "engine", "errors", "kernels", "paths", "tokenize"),
+        "engine": ("_records", "errors", "model", "paths"),
         "kernels": ("cachedir", "engine", "errors", "model"),
         "tasks": ("engine", "errors"),
-        "api": ("errors", "model", "tasks", "tokenize"),
+        "api": ("_records", "errors", "model", "tasks", "tokenize"),
         "pipeline": ("api", "engine", "errors", "limits", "model", "tasks", "tokenize"),
         "benchmark": ("errors", "pipeline"),
         "serve": (
-            *("engine", "errors", "faults", "limits", "model", "paths", "pipeline"),
+            *("_records", "engine", "errors", "faults", "limits", "model", "paths", "pipeline"),
             *("snapshot", "tokenize"),
         ),
         "imagefs": ("cachedir", "chunkprofile", "errors", "estargz", "paths", "registry", "ztoc"),

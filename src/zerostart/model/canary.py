@@ -78,7 +78,6 @@ def write_canary(folder: str | os.PathLike[str], cpu_archs: Sequence[str] | None
     ``()``: no kernels, the numpy reference engine runs the canary. Raises ConvertError
     when a named arch cannot be built.
     """
-    from dataclasses import replace
 
     from zerostart.engine.layout import LAYOUT_VERSION
     from zerostart.model.weights import write_weights
@@ -100,8 +99,8 @@ def write_canary(folder: str | os.PathLike[str], cpu_archs: Sequence[str] | None
         from zerostart.engine.cpu_tuning import BUNDLE_TABLE
 
         # no build time in the manifest: the same canary bytes every time (a slot image's digest)
-        builds = {arch: replace(b, build_s=0.0) for arch, b in builds.items()}
-        manifest = replace(manifest, cpu_kernels=builds)
+        builds = {arch: b._replace(build_s=0.0) for arch, b in builds.items()}
+        manifest = manifest._replace(cpu_kernels=builds)
         names += [b.file for b in builds.values()] + [BUNDLE_TABLE]
     files = {name: _file_entry(root / name) for name in names}
     (root / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")

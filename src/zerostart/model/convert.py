@@ -27,7 +27,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -545,7 +544,7 @@ def _write_bundle(
             from zerostart.kernels.cpu_build import build_for_bundle
 
             builds = build_for_bundle(tmp, cpu_archs, manifest.dtype, report)
-            manifest = replace(manifest, cpu_kernels=builds)
+            manifest = manifest._replace(cpu_kernels=builds)
             names += [b.file for b in builds.values()] + [BUNDLE_TABLE]
         report("hash", 0.8)
         files = {name: _file_entry(tmp / name) for name in names}
