@@ -20,7 +20,7 @@ import os
 
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME
 
-ABI_VERSION = 2  # must match ZS_TOK_ABI_VERSION in kernels/cpu/zs_tok.c
+ABI_VERSION = 3  # must match ZS_TOK_ABI_VERSION in kernels/cpu/zs_tok.c
 ENV = "ZEROSTART_TOKENIZER_NATIVE"  # "0": use the pure-Python code even if the library is there
 
 # Return codes of zs_unigram_segment (zs_tok.c).
@@ -76,6 +76,28 @@ class NativeLib:
             _P,  # out: the tokens' UTF-8 joined by NUL bytes (n + cap bytes), or None
         ]
         self.unigram_segment.restype = _I
+        # The same library through PyDLL (the GIL held during the call, a Python exception
+        # raised after it), for the function that appends to Python lists itself; None where
+        # the interpreter does not export the C API functions it uses (zs_tok_python_api).
+        self.unigram_encode_py = None
+        api = lib.zs_tok_python_api
+        api.restype = _I
+        if api():
+            encode_py = ctypes.PyDLL(path).zs_unigram_encode_py
+            encode_py.argtypes = [
+                _P,  # tables: a UnigramTables' address
+                ctypes.c_char_p,  # text (UTF-8)
+                _I,  # its length in bytes
+                ctypes.c_char_p,  # word separator (UTF-8)
+                _I,  # its length (0: one word)
+                _P,  # int32 alignment, or None for the identity
+                _I,  # 1 if a character was prepended to the aligned text
+                _I,  # offset base
+                _I,  # the first word's index
+                *[ctypes.py_object] * 4,  # lists: ids, tokens, offsets, word ids (appended to)
+            ]
+            encode_py.restype = _I
+            self.unigram_encode_py = encode_py
 
 
 def load(folder: str | os.PathLike[str]) -> NativeLib | None:

@@ -92,10 +92,12 @@ class AddedTokens:
             ],
             [c for c, e in self.by_content.items() if e.get("normalized", not e.get("special"))],
         )
+        # Per pass: the tokens' pattern and one of their first characters (a text holding
+        # none of them is left whole without running the pattern: most texts).
         self._passes = [
             (
                 re.compile("|".join(map(re.escape, sorted(p, key=len, reverse=True)))),
-                tuple({c[0] for c in p}),
+                re.compile("[" + "".join(sorted({re.escape(c[0]) for c in p})) + "]"),
             )
             for p in passes
             if p
@@ -107,7 +109,7 @@ class AddedTokens:
         for pattern, firsts in self._passes:
             done: list[tuple[int, int, int | None]] = []
             for start, end, added in out:
-                if added is not None or not any(c in text[start:end] for c in firsts):
+                if added is not None or firsts.search(text, start, end) is None:
                     done.append((start, end, added))
                 else:
                     done += [

@@ -140,6 +140,7 @@ class Unigram(MappedVocab):
         if len(self._offsets) != self.vocab_size + 1 or len(self._scores) != self.vocab_size:
             raise TokenizerError(f"{tables.path}: Unigram tables do not match vocab_size")
         self.native = native
+        self._encode_py: Callable[..., int] | None = None
         if native is not None:
             import ctypes
 
@@ -167,6 +168,11 @@ class Unigram(MappedVocab):
                     hint="re-run zerostart convert",
                 )
             self._segment = functools.partial(native.unigram_segment, address)
+            self._encode_py = (
+                None
+                if native.unigram_encode_py is None
+                else functools.partial(native.unigram_encode_py, address)
+            )
         self.pieces: Callable[[str], Pieces] = functools.lru_cache(WORD_CACHE_SIZE_WORDS)(
             self._pieces if native is None else self._pieces_native
         )
@@ -212,9 +218,25 @@ class Unigram(MappedVocab):
             return None
         data = text.encode("utf-8")
         n = len(data)
+        aligned = None if align is None else array("i", align)
+        if self._encode_py is not None:  # appends to seq's lists itself
+            found = self._encode_py(
+                data,
+                n,
+                sep,
+                len(sep),
+                None if aligned is None else aligned.buffer_info()[0],
+                prepended,
+                base,
+                word,
+                seq.ids,
+                seq.tokens,
+                seq.offsets,
+                seq.word_ids,
+            )
+            return None if found < 0 else word + found
         out = _ZEROS * (6 * n)
         words = array("q", _ZERO64)
-        aligned = None if align is None else array("i", align)
         # The token strings come back joined by NUL bytes (one decode, one split) unless
         # the text holds a NUL itself.
         joined = _ZERO_BYTES * (2 * n) if "\0" not in text else None

@@ -31,7 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ZS_TOK_ABI_VERSION 2
+#define ZS_TOK_ABI_VERSION 3
 
 /* Return codes of zs_unigram_segment (>= 0: number of tokens). */
 #define ZS_TOK_NO_UNK (-1)       /* a character without a piece and no unknown piece */
@@ -183,10 +183,10 @@ static int64_t viterbi(const zs_unigram *m, const uint8_t *w, int64_t n, scratch
  * between tokens, so that the caller gets the token strings with one decode
  * and one split; words_out[1]: its length.
  * Returns the number of tokens or a ZS_TOK_ code (< 0). */
-int64_t zs_unigram_segment(const zs_unigram *m, const uint8_t *text, int64_t n,
-                           const uint8_t *sep, int64_t sep_len, const int32_t *align,
-                           int64_t prepended, int64_t base, int32_t *out, int64_t cap,
-                           int64_t *words_out, uint8_t *joined) {
+static int64_t segment(const zs_unigram *m, const uint8_t *text, int64_t n, const uint8_t *sep,
+                       int64_t sep_len, const int32_t *align, int64_t prepended, int64_t base,
+                       int32_t *out, int64_t cap, int64_t *words_out, uint8_t *joined,
+                       int32_t *byte_spans) {
     int32_t *o_id = out, *o_cs = out + cap, *o_ce = out + 2 * cap, *o_s = out + 3 * cap,
             *o_e = out + 4 * cap, *o_w = out + 5 * cap;
     words_out[0] = 0;
@@ -232,6 +232,10 @@ int64_t zs_unigram_segment(const zs_unigram *m, const uint8_t *text, int64_t n,
             o_s[count] = (int32_t)((align ? align[a] : a) + base);
             o_e[count] = (int32_t)((align ? align[z] : z) + 1 + base);
             o_w[count] = (int32_t)words;
+            if (byte_spans) {
+                byte_spans[2 * count] = (int32_t)(ws + spans[3 * t]);
+                byte_spans[2 * count + 1] = (int32_t)(ws + spans[3 * t + 1]);
+            }
             if (joined) {
                 int64_t bs = ws + spans[3 * t], be = ws + spans[3 * t + 1];
                 if (count) joined[joined_len++] = 0;
@@ -247,5 +251,92 @@ int64_t zs_unigram_segment(const zs_unigram *m, const uint8_t *text, int64_t n,
     rc = count;
 done:
     free(mem);
+    return rc;
+}
+
+int64_t zs_unigram_segment(const zs_unigram *m, const uint8_t *text, int64_t n,
+                           const uint8_t *sep, int64_t sep_len, const int32_t *align,
+                           int64_t prepended, int64_t base, int32_t *out, int64_t cap,
+                           int64_t *words_out, uint8_t *joined) {
+    return segment(m, text, n, sep, sep_len, align, prepended, base, out, cap, words_out, joined,
+                   NULL);
+}
+
+/* ---- Appending to Python lists directly -------------------------------------------------
+ *
+ * A short text's encode spent more time turning the arrays above into lists (allocating them,
+ * slicing, zipping offsets, splitting the joined tokens) and converting eleven ctypes
+ * arguments than segmenting. zs_unigram_encode_py appends the tokens to the caller's lists
+ * itself. It uses six functions of CPython's stable ABI (PEP 384: same signature on every
+ * CPython 3), declared here rather than taken from Python.h so that building the bundle needs
+ * no Python headers. They are weak: the library still loads in a process without them
+ * (zs_tok_python_api() then says 0 and the caller keeps the array path). The caller must hold
+ * the GIL: load through ctypes.PyDLL, not CDLL. */
+typedef struct _object PyObject;
+typedef intptr_t zs_py_ssize_t; /* Py_ssize_t */
+extern PyObject *PyLong_FromLong(long) __attribute__((weak));
+extern PyObject *PyUnicode_DecodeUTF8(const char *, zs_py_ssize_t, const char *)
+    __attribute__((weak));
+extern PyObject *PyTuple_New(zs_py_ssize_t) __attribute__((weak));
+extern int PyTuple_SetItem(PyObject *, zs_py_ssize_t, PyObject *) __attribute__((weak));
+extern int PyList_Append(PyObject *, PyObject *) __attribute__((weak));
+extern void Py_DecRef(PyObject *) __attribute__((weak));
+
+/* 1 if the interpreter that loaded this library exports the functions above. */
+int64_t zs_tok_python_api(void) {
+    return PyLong_FromLong && PyUnicode_DecodeUTF8 && PyTuple_New && PyTuple_SetItem &&
+           PyList_Append && Py_DecRef;
+}
+
+static int append_new(PyObject *list, PyObject *item) { /* steals item; -1 on error */
+    if (!item) return -1;
+    int rc = PyList_Append(list, item);
+    Py_DecRef(item);
+    return rc;
+}
+
+static PyObject *pair(long a, long b) {
+    PyObject *t = PyTuple_New(2);
+    if (!t) return NULL;
+    PyObject *x = PyLong_FromLong(a);
+    if (!x || PyTuple_SetItem(t, 0, x) < 0) { Py_DecRef(t); return NULL; }
+    PyObject *y = PyLong_FromLong(b);
+    if (!y || PyTuple_SetItem(t, 1, y) < 0) { Py_DecRef(t); return NULL; }
+    return t;
+}
+
+/* Segment as zs_unigram_segment and append each token to four Python lists: its id (int), its
+ * text (str: the token's bytes of text), its (start, end) in the original text and its word
+ * index plus word0. Nothing is appended unless the whole text segments (a ZS_TOK_ code < 0
+ * leaves the lists as they were); ZS_TOK_NO_MEMORY with a Python exception set when an
+ * object cannot be made, after which the lists may hold a part of the tokens (the exception
+ * propagates through ctypes.PyDLL). Returns the number of words. */
+int64_t zs_unigram_encode_py(const zs_unigram *m, const uint8_t *text, int64_t n,
+                             const uint8_t *sep, int64_t sep_len, const int32_t *align,
+                             int64_t prepended, int64_t base, int64_t word0, PyObject *ids,
+                             PyObject *tokens, PyObject *offsets, PyObject *word_ids) {
+    if (n <= 0) return 0;
+    int32_t local[6 * 64 + 2 * 64];
+    int32_t *out = n <= 64 ? local : malloc((size_t)n * 8 * sizeof(int32_t));
+    if (!out) return ZS_TOK_NO_MEMORY;
+    int32_t *bs = out + 6 * n;
+    int64_t words[2];
+    int64_t rc = segment(m, text, n, sep, sep_len, align, prepended, base, out, n, words, NULL,
+                         bs);
+    if (rc >= 0) {
+        int32_t *o_id = out, *o_s = out + 3 * n, *o_e = out + 4 * n, *o_w = out + 5 * n;
+        for (int64_t t = 0; t < rc; t++) {
+            if (append_new(ids, PyLong_FromLong(o_id[t])) < 0 ||
+                append_new(tokens, PyUnicode_DecodeUTF8((const char *)text + bs[2 * t],
+                                                        bs[2 * t + 1] - bs[2 * t], "strict")) < 0 ||
+                append_new(offsets, pair(o_s[t], o_e[t])) < 0 ||
+                append_new(word_ids, PyLong_FromLong((long)(word0 + o_w[t]))) < 0) {
+                rc = ZS_TOK_NO_MEMORY;
+                break;
+            }
+        }
+        if (rc >= 0) rc = words[0];
+    }
+    if (out != local) free(out);
     return rc;
 }
