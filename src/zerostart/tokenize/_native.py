@@ -52,6 +52,26 @@ class UnigramTables(ctypes.Structure):
     ]
 
 
+class BpeTables(ctypes.Structure):
+    """``zs_bpe`` of zs_tok.c: addresses of the mapped BPE sections, the class ranges, sizes."""
+
+    _fields_ = [
+        ("pieces", _P),
+        ("offsets", _P),
+        ("merge_starts", _P),
+        ("merge_rights", _P),
+        ("merge_values", _P),
+        ("byte_ids", _P),
+        ("ranges", _P),
+        ("vocab", _I),
+        ("merges", _I),
+        ("pieces_len", _I),
+        ("n_letter", _I),
+        ("n_number", _I),
+        ("n_space", _I),
+    ]
+
+
 class NativeLib:
     """The functions of a loaded ``tokenizer.so``, with their C signatures."""
 
@@ -98,6 +118,25 @@ class NativeLib:
             ]
             encode_py.restype = _I
             self.unigram_encode_py = encode_py
+        self.bpe_check = lib.zs_bpe_check
+        self.bpe_check.argtypes = [_P]  # a BpeTables' address
+        self.bpe_check.restype = _I
+        self.bpe_encode_py = None
+        if api():
+            bpe = ctypes.PyDLL(path).zs_bpe_encode_py
+            bpe.argtypes = [
+                _P,  # tables: a BpeTables' address
+                ctypes.c_char_p,  # text (UTF-8), after the normaliser
+                _I,  # its length in bytes
+                _P,  # int32 alignment to the original text, or None for the identity
+                _I,  # offset base
+                _I,  # the first word's index
+                _I,  # add_prefix_space
+                _I,  # use_regex
+                *[ctypes.py_object] * 4,  # lists: ids, tokens, offsets, word ids (appended to)
+            ]
+            bpe.restype = _I
+            self.bpe_encode_py = bpe
 
 
 def load(folder: str | os.PathLike[str]) -> NativeLib | None:

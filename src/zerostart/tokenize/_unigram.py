@@ -25,8 +25,9 @@ Native loops. When the bundle carries ``tokenizer.so`` (``_native.py``), the
 same segmentation runs in C on the same mapped arrays (``kernels/cpu/zs_tok.c``,
 which follows this code rule for rule): per word for ``pieces``, and for a
 whole Metaspace segment at once in ``encode_words`` (words, ids, character and
-original offsets in one call, so the Python side does no per-token work but
-turning arrays into lists). The Python code below stays the reference and the
+original offsets in one call; where the interpreter exports the C API functions
+it needs, the C appends to the lists itself, else the Python side turns its
+arrays into lists). The Python code below stays the reference and the
 fallback, and handles what the C leaves to it (unknown text spelled in
 ``byte_fallback`` pieces; the error for a character without a piece).
 
