@@ -138,11 +138,11 @@ class AnchorStarter(Starter):
 
 def gateway_process(spec_path: str) -> None:
     """Run one gateway for the benchmark until SIGTERM (the spec says which starter)."""
-    from zerostart.platform.config import load
     from zerostart.platform.gateway import serve
     from zerostart.platform.pool import WarmPool
     from zerostart.platform.replica import ColdBootStarter
     from zerostart.platform.starter import PathStarter
+    from zerostart.platform_toml import load
 
     spec = json.loads(Path(spec_path).read_text())
     config = load(spec["config"])

@@ -57,11 +57,11 @@ import numpy as np
 
 from common import bundle_dir, write_result
 from zerostart.benchmark import free_port, machine_description, summarize
-from zerostart.platform.config import ModelConfig
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
 from zerostart.platform.starter import PathStarter
 from zerostart.platform.upstream import UpstreamPool
+from zerostart.platform_toml import ModelConfig
 
 BODY = json.dumps({"inputs": "I love this"}).encode()
 ATOL = 1e-5

@@ -30,19 +30,33 @@ FORBIDDEN = {
         "zerostart.platform",
     ),
     "platform": ("zerostart.cli", "zerostart.image"),
-    # the fleet reads platform.toml through platform/config.py, and nothing else of the node
+    # the fleet reads platform.toml through the leaf platform_toml.py, nothing of the node
     "fleet": (
         "zerostart.cli",
         "zerostart.serve",
         "zerostart.container",
         "zerostart.snapshot",
-        "zerostart.platform.gateway",
-        "zerostart.platform.pool",
-        "zerostart.platform.starter",
-        "zerostart.platform.sizing",
+        "zerostart.platform",
     ),
     "model": ("zerostart.cli", "zerostart.serve"),
-    "engine": ("zerostart.cli", "zerostart.serve"),
+    # the worker's engines read the bundle format, never the converter or the kernel compiler
+    "engine": (
+        "zerostart.cli",
+        "zerostart.serve",
+        "zerostart.model",
+        "zerostart.kernels",
+        "zerostart.tokenize",
+    ),
+    # the bundle format is a leaf: it imports nothing of the packages that read or write it
+    "bundle": (
+        "zerostart.model",
+        "zerostart.engine",
+        "zerostart.kernels",
+        "zerostart.tokenize",
+        "zerostart.pipeline",
+        "zerostart.serve",
+        "zerostart.cli",
+    ),
     "imagefs": ("zerostart.cli", "zerostart.image", "zerostart.container", "zerostart.serve"),
     # the zTOC format (zerostart index) is shared the same way: a leaf
     "ztoc": (
@@ -62,18 +76,6 @@ FORBIDDEN = {
         "zerostart.cli",
         "zerostart.serve",
     ),
-}
-
-
-# Package circles that exist today, each to be broken (issue 22). ARCHITECTURE.md says the
-# package graph has none: a new circle, or one that grows to take in another package,
-# fails; a circle that is broken must be taken off this list (the test says so).
-KNOWN_CIRCLES = {
-    # format facts (bundle manifest, weight layout, kernel manifest) inside runtime packages
-    frozenset({"engine", "kernels", "model", "tokenize"}),
-    # the platform's LP sizing (platform/sizing.py) imports the fleet, whose config reads
-    # platform.toml's schema (platform/config.py); durations moved to zerostart/units.py
-    frozenset({"fleet", "platform"}),
 }
 
 
@@ -171,23 +173,26 @@ def test_circles_finds_a_circle_and_nothing_else() -> None:
     assert circles(graph) == {frozenset("abc")}
 
 
-def test_no_new_package_circles() -> None:
-    found = circles(package_graph())
+def test_no_package_circles() -> None:
     graph = package_graph()
-    new = {
-        ", ".join(sorted(c)): {a: sorted(graph[a] & c) for a in sorted(c)}
-        for c in found - KNOWN_CIRCLES
+    found = {
+        ", ".join(sorted(c)): {a: sorted(graph[a] & c) for a in sorted(c)} for c in circles(graph)
     }
-    assert not new, f"new import circles between packages (ARCHITECTURE.md: none): {new}"
-    broken = found ^ KNOWN_CIRCLES
-    assert not broken, f"circles broken: take them off KNOWN_CIRCLES: {sorted(map(sorted, broken))}"
+    assert not found, f"import circles between packages (ARCHITECTURE.md: none): {found}"
+
+
+def test_the_package_check_finds_a_back_edge() -> None:
+    # the circle of issue 22, put back: the engine importing the converter's package
+    graph = package_graph()
+    graph["engine"].add("model")
+    assert any({"engine", "model"} <= c for c in circles(graph))
 
 
 # -- who may import whom, and no circles ------------------------------------------------------
 # Each part of src/zerostart (a package, or a top-level module) and the parts it may import,
 # at any depth of a function body. A new import across parts must be added here, and only in
 # ARCHITECTURE.md's dependency order (cli/ and bench/ use everything; nothing below imports
-# anything above). Edges marked "issue 22" make today's known circles (KNOWN_CIRCLES).
+# anything above). The package graph has no circles (test_no_package_circles).
 ALLOWED: dict[str, frozenset[str]] = {
     name: frozenset(deps)
     for name, deps in {
@@ -203,33 +208,41 @@ ALLOWED: dict[str, frozenset[str]] = {
         "ztoc": ("errors", "estargz", "paths"),  # the zTOC format (zerostart index), a leaf
         "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
         "snapshot": ("errors", "paths"),
-        # the bundle format lives in these four today: issue 22 (leaf format packages)
+        # the bundle format (manifest, weights file, engine layout, kernels manifest), a leaf
+        # that the converter, the kernel compiler, the tokenizer and the engines all import
+        "bundle": ("errors", "paths"),
+        # the platform.toml schema, a leaf: `up` (platform) and `deploy` (fleet) read it
+        "platform_toml": ("errors", "units"),
+        "engine": ("bundle", "errors"),
+        # kernels -> engine: cpu_build checks the CPU tuning table with the engine's reader
+        "kernels": ("bundle", "cachedir", "engine", "errors"),
         # tokenize -> kernels: convert's tokenizer compiler builds tokenizer.so (build time)
-        "tokenize": ("errors", "kernels", "model"),
-        "model": ("engine", "errors", "kernels", "paths", "tokenize"),
-        "engine": ("errors", "model", "paths"),
-        "kernels": ("cachedir", "engine", "errors", "model"),
+        "tokenize": ("bundle", "errors", "kernels"),
+        "model": ("bundle", "engine", "errors", "kernels", "tokenize"),
         "tasks": ("engine", "errors"),
-        "api": ("errors", "model", "tasks", "tokenize"),
-        "pipeline": ("api", "engine", "errors", "limits", "model", "tasks", "tokenize"),
+        "api": ("bundle", "errors", "tasks", "tokenize"),
+        "pipeline": ("api", "bundle", "engine", "errors", "limits", "tasks", "tokenize"),
         "benchmark": ("errors", "pipeline"),
         "serve": (
-            *("engine", "errors", "faults", "limits", "model", "paths", "pipeline"),
+            *("bundle", "engine", "errors", "faults", "limits", "paths", "pipeline"),
             *("snapshot", "tokenize"),
         ),
         "imagefs": ("cachedir", "chunkprofile", "errors", "estargz", "paths", "registry", "ztoc"),
         # benchmark: the builder's trace (issue 22)
-        "image": ("benchmark", "cachedir", "chunkprofile", "errors", "estargz", "kernels", "model"),
+        "image": (
+            *("benchmark", "bundle", "cachedir", "chunkprofile", "errors", "estargz"),
+            *("kernels", "model"),
+        ),
         "container": ("cachedir", "image", "imagefs", "paths", "snapshot"),
         "platform": (
-            *("container", "errors", "faults", "model", "paths", "serve"),
-            *("snapshot", "units", "fleet"),  # fleet: sizing.py's LP, issue 22
+            *("bundle", "container", "errors", "faults", "model", "paths", "platform_toml"),
+            *("serve", "snapshot", "fleet"),  # fleet: sizing.py's LP
         ),
-        "fleet": ("errors", "platform", "units"),  # platform: platform.toml's schema, issue 22
+        "fleet": ("errors", "platform_toml", "units"),
         "cli": (
-            *("benchmark", "chunkprofile", "container", "errors", "fleet", "image", "imagefs"),
-            "model",
-            *("platform", "progress", "registry", "serve", "snapshot", "units", "ztoc"),
+            *("benchmark", "bundle", "chunkprofile", "container", "errors", "fleet", "image"),
+            *("imagefs", "model", "platform", "platform_toml", "progress", "registry", "serve"),
+            *("snapshot", "units", "ztoc"),
         ),
     }.items()
 }

@@ -96,7 +96,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from zerostart.model.bundle import Bundle
+    from zerostart.bundle.folder import Bundle
 
     t0 = time.perf_counter()
     bundle = Bundle.open(args.bundle, verify="full" if args.verify else "fast")

@@ -18,10 +18,10 @@ LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 def _cmd_up(args: argparse.Namespace) -> int:
     import asyncio
 
-    from zerostart.platform.config import load
     from zerostart.platform.gateway import serve
     from zerostart.platform.sources import check_sources, require_sources
     from zerostart.platform.starter import default_starter
+    from zerostart.platform_toml import load
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     config = load(args.config)

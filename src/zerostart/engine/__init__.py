@@ -1,7 +1,7 @@
 """Inference engines: run a bundle's encoder and task head on a batch of token ids.
 
 ``CpuEngine`` (numpy) lives in ``zerostart.engine.cpu``; the tensor names and
-shapes every engine reads are in ``zerostart.engine.layout``. Import the engine
+shapes every engine reads are in ``zerostart.bundle.layout``. Import the engine
 module you use: this package imports nothing so that, e.g., ``layout`` stays
 free of numpy.
 """

@@ -38,8 +38,8 @@ from typing import Any
 
 from zerostart.errors import ZerostartError
 from zerostart.platform._types import Fallback, Replica, StartPath
-from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
+from zerostart.platform_toml import ModelConfig
 
 log = logging.getLogger("zerostart.platform.image_start")
 

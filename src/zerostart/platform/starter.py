@@ -56,7 +56,6 @@ from typing import Any
 from zerostart.errors import ZerostartError
 from zerostart.platform._probe import HEALTH_TIMEOUT_S, ready_check
 from zerostart.platform._types import Fallback, Replica, Starter, StartPath
-from zerostart.platform.config import ModelConfig, PlatformConfig
 from zerostart.platform.container_slot import ContainerSlot
 from zerostart.platform.errors import StartError
 from zerostart.platform.image_start import image_path, start_image
@@ -64,6 +63,7 @@ from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
 from zerostart.platform.slot import Slot, SlotError, SlotProcess
 from zerostart.platform.upstream import UpstreamError, UpstreamPool
+from zerostart.platform_toml import ModelConfig, PlatformConfig
 
 log = logging.getLogger("zerostart.platform.starter")
 

@@ -5,8 +5,8 @@ engine is created: importing this package loads nothing but the standard
 library, not even numpy (a unit test pins that). See docs/gpu.md.
 """
 
+from zerostart.bundle.launch import KernelManifest
 from zerostart.engine.cuda.driver import CudaError, Driver, DriverNotFound
 from zerostart.engine.cuda.engine import CudaEngine
-from zerostart.engine.cuda.launch import KernelManifest
 
 __all__ = ["CudaEngine", "CudaError", "Driver", "DriverNotFound", "KernelManifest"]

@@ -60,7 +60,7 @@ class ModelConfig:
     layer_norm_eps: float
     hidden_act: str  # "gelu" (erf) or "gelu_new"/"gelu_pytorch_tanh" (tanh approximation)
     pad_token_id: int = 0
-    # DeBERTa-v2/v3 (engine/deberta_layout.py): rows per side of the relative tables
+    # DeBERTa-v2/v3 (bundle/deberta_layout.py): rows per side of the relative tables
     # (position_buckets, or max_relative_positions), and the ContextPooler's activation.
     relative_span: int = 0
     pooler_act: str = ""
