@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 
 from common import ROOT, bundle_dir, model_dir, write_result
-from zerostart.benchmark import free_port, machine_description, request_json
+from zerostart.benchmark import machine_description, request_json
 from zerostart.platform._types import Replica, Starter
+from zerostart.procs import free_port
 
 BODY = {"inputs": "I love this"}
 ATOL_OURS = 1e-5  # the same engine, any start path

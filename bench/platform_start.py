@@ -56,12 +56,13 @@ from typing import Any
 import numpy as np
 
 from common import bundle_dir, write_result
-from zerostart.benchmark import free_port, machine_description, summarize
+from zerostart.benchmark import machine_description, summarize
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
 from zerostart.platform.starter import PathStarter
 from zerostart.platform.upstream import UpstreamPool
 from zerostart.platform_toml import ModelConfig
+from zerostart.procs import free_port
 
 BODY = json.dumps({"inputs": "I love this"}).encode()
 ATOL = 1e-5

@@ -46,6 +46,7 @@ from zerostart.bundle.layout import (
 from zerostart.bundle.manifest import (
     MANIFEST_NAME,
     TASKS,
+    TOKENIZER_LIB_NAME,
     VOCAB_NAME,
     WEIGHTS_NAME,
     FileEntry,
@@ -55,7 +56,6 @@ from zerostart.bundle.weights import write_weights
 from zerostart.errors import BundleError, ConvertError
 from zerostart.model import deberta
 from zerostart.model import hf_folder as hf
-from zerostart.tokenize._compiled import NATIVE_LIB_NAME
 
 Progress = Callable[[str, float], None]
 
@@ -516,9 +516,11 @@ def _write_bundle(
         else:
             shutil.copyfile(tables_dir / tokenizer_name, tmp / tokenizer_name)
         names = [WEIGHTS_NAME, tokenizer_name]
-        if tables_dir is not None and (tables_dir / NATIVE_LIB_NAME).is_file():
-            shutil.copyfile(tables_dir / NATIVE_LIB_NAME, tmp / NATIVE_LIB_NAME)  # tokenizer's C
-            names.append(NATIVE_LIB_NAME)
+        if tables_dir is not None and (tables_dir / TOKENIZER_LIB_NAME).is_file():
+            shutil.copyfile(
+                tables_dir / TOKENIZER_LIB_NAME, tmp / TOKENIZER_LIB_NAME
+            )  # tokenizer's C
+            names.append(TOKENIZER_LIB_NAME)
         if archs or kernels_from is not None:
             from zerostart.bundle.launch import KernelManifest
             from zerostart.kernels.variants import apply_tuning, load_tuning, packaged_tuning

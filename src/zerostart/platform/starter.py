@@ -83,10 +83,10 @@ class RestoredProcess:
         return start_ticks(self.pid) == self.start_ticks and self.start_ticks is not None
 
     async def stop(self, timeout_s: float) -> None:
-        from zerostart.snapshot._process import stop
+        from zerostart.snapshot import stop_process
 
         if self.is_alive():
-            await asyncio.to_thread(stop, self.pid, timeout_s)
+            await asyncio.to_thread(stop_process, self.pid, timeout_s)
 
     def kill(self) -> None:
         if self.is_alive():
@@ -212,8 +212,7 @@ class PathStarter(Starter):
         if not self.snapshots:
             self._fall(fallbacks, model, "snapshot", "snapshots are off on this node")
             return None
-        from zerostart.snapshot._manifest import read_manifest
-        from zerostart.snapshot._store import default_store, snapshot_dir
+        from zerostart.snapshot import default_store, read_manifest, snapshot_dir
 
         store = self.snapshot_store or default_store()
         folder = snapshot_dir(store, model.name)
