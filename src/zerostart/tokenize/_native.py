@@ -20,7 +20,7 @@ import os
 
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME
 
-ABI_VERSION = 2  # must match ZS_TOK_ABI_VERSION in kernels/cpu/zs_tok.c
+ABI_VERSION = 3  # must match ZS_TOK_ABI_VERSION in kernels/cpu/zs_tok.c
 ENV = "ZEROSTART_TOKENIZER_NATIVE"  # "0": use the pure-Python code even if the library is there
 
 # Return codes of zs_unigram_segment (zs_tok.c).
@@ -52,6 +52,26 @@ class UnigramTables(ctypes.Structure):
     ]
 
 
+class BpeTables(ctypes.Structure):
+    """``zs_bpe`` of zs_tok.c: addresses of the mapped BPE sections, the class ranges, sizes."""
+
+    _fields_ = [
+        ("pieces", _P),
+        ("offsets", _P),
+        ("merge_starts", _P),
+        ("merge_rights", _P),
+        ("merge_values", _P),
+        ("byte_ids", _P),
+        ("ranges", _P),
+        ("vocab", _I),
+        ("merges", _I),
+        ("pieces_len", _I),
+        ("n_letter", _I),
+        ("n_number", _I),
+        ("n_space", _I),
+    ]
+
+
 class NativeLib:
     """The functions of a loaded ``tokenizer.so``, with their C signatures."""
 
@@ -76,6 +96,47 @@ class NativeLib:
             _P,  # out: the tokens' UTF-8 joined by NUL bytes (n + cap bytes), or None
         ]
         self.unigram_segment.restype = _I
+        # The same library through PyDLL (the GIL held during the call, a Python exception
+        # raised after it), for the function that appends to Python lists itself; None where
+        # the interpreter does not export the C API functions it uses (zs_tok_python_api).
+        self.unigram_encode_py = None
+        api = lib.zs_tok_python_api
+        api.restype = _I
+        if api():
+            encode_py = ctypes.PyDLL(path).zs_unigram_encode_py
+            encode_py.argtypes = [
+                _P,  # tables: a UnigramTables' address
+                ctypes.c_char_p,  # text (UTF-8)
+                _I,  # its length in bytes
+                ctypes.c_char_p,  # word separator (UTF-8)
+                _I,  # its length (0: one word)
+                _P,  # int32 alignment, or None for the identity
+                _I,  # 1 if a character was prepended to the aligned text
+                _I,  # offset base
+                _I,  # the first word's index
+                *[ctypes.py_object] * 4,  # lists: ids, tokens, offsets, word ids (appended to)
+            ]
+            encode_py.restype = _I
+            self.unigram_encode_py = encode_py
+        self.bpe_check = lib.zs_bpe_check
+        self.bpe_check.argtypes = [_P]  # a BpeTables' address
+        self.bpe_check.restype = _I
+        self.bpe_encode_py = None
+        if api():
+            bpe = ctypes.PyDLL(path).zs_bpe_encode_py
+            bpe.argtypes = [
+                _P,  # tables: a BpeTables' address
+                ctypes.c_char_p,  # text (UTF-8), after the normaliser
+                _I,  # its length in bytes
+                _P,  # int32 alignment to the original text, or None for the identity
+                _I,  # offset base
+                _I,  # the first word's index
+                _I,  # add_prefix_space
+                _I,  # use_regex
+                *[ctypes.py_object] * 4,  # lists: ids, tokens, offsets, word ids (appended to)
+            ]
+            bpe.restype = _I
+            self.bpe_encode_py = bpe
 
 
 def load(folder: str | os.PathLike[str]) -> NativeLib | None:
