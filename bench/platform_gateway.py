@@ -348,10 +348,9 @@ def take_snapshot(bundle: Path, store: Path, env: dict[str, str]) -> str | None:
     if os.geteuid() != 0:
         return "needs root (CRIU)"
     try:
-        from zerostart.snapshot import snapshot
-        from zerostart.snapshot._criu import version
+        from zerostart.snapshot import criu_version, snapshot
 
-        version()
+        criu_version()
         cmd = [sys.executable, "-m", "zerostart.serve", str(bundle), "--port", str(free_port())]
         # No extra warm-up request: the worker runs its first batch before it listens, and
         # with the worker key set, an unauthenticated warm-up request would get 401.

@@ -107,11 +107,10 @@ def take_snapshot(model: ModelConfig, store: Path, env: dict[str, str]) -> str |
     """Snapshot the warmed worker as ``model.name``; the reason when it cannot be done."""
     if os.geteuid() != 0:
         return "needs root (CRIU)"
-    from zerostart.snapshot import Warmup, snapshot
-    from zerostart.snapshot._criu import version
+    from zerostart.snapshot import Warmup, criu_version, snapshot
 
     try:
-        version()
+        criu_version()
         cmd = [sys.executable, "-m", "zerostart.serve", model.source, "--port", str(free_port())]
         taken = snapshot(
             model.name, cmd, warmup=Warmup("/embed", json.loads(BODY)), store=store, env=env
