@@ -1,4 +1,4 @@
-"""The package layering of ARCHITECTURE.md, checked on the source (imports parsed, not run).
+"""The package layering of docs/architecture.md, checked on the source (imports parsed, not run).
 
 A violation here is an import circle waiting to happen: the library importing
 the CLI, the registry client importing the image builder, the builder
