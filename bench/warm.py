@@ -202,10 +202,10 @@ class _Serving:
 
 def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
     """Our engines this CPU can run, by label; a precision it lacks is reported, not run."""
+    from zerostart.bundle.folder import Bundle
     from zerostart.engine.cpu import CpuEngine
     from zerostart.engine.cpu_native import NativeCpuEngine
     from zerostart.errors import ConvertError, EngineError
-    from zerostart.model.bundle import Bundle
 
     engines: dict[str, Any] = {}
     if name.startswith("deberta"):  # the serving engine only: fp32, native kernels
