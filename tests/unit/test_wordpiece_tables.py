@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from zerostart.errors import BundleError, TokenizerError
-from zerostart.model.bundle import Bundle
-from zerostart.model.manifest import (
+from zerostart.bundle.folder import Bundle
+from zerostart.bundle.manifest import (
     MANIFEST_NAME,
     TOKENIZER_TABLES_NAME,
     VOCAB_NAME,
     TokenizerSettings,
 )
+from zerostart.errors import BundleError, TokenizerError
 from zerostart.pipeline import Pipeline
 from zerostart.tokenize import WordPieceTokenizer
 from zerostart.tokenize._compiled import write

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zerostart.bundle.manifest import CpuKernelBuild, FileEntry
 from zerostart.engine.cpu_tuning import (
     BUNDLE_TABLE,
     CpuIdentity,
@@ -38,7 +39,6 @@ from zerostart.engine.cpu_tuning import (
     load_table,
 )
 from zerostart.errors import EngineError
-from zerostart.model.manifest import CpuKernelBuild, FileEntry
 
 if TYPE_CHECKING:
     import numpy as np

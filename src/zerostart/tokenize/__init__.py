@@ -9,7 +9,8 @@
 * ``load_tokenizer``: the right one for a bundle.
 
 Standard library only, so the worker image carries no tokenizer wheel; the
-Unigram segmentation also runs in C when the bundle carries ``tokenizer.so``
+Unigram segmentation and the byte-level BPE split and merges also run in C
+when the bundle carries ``tokenizer.so``
 (compiled by ``zerostart convert``, loaded with ctypes: ``_native.py``), with
 the same answers either way. Build-time helpers that read a `tokenizer.json` live in
 ``zerostart.tokenize.hf`` (WordPiece) and ``zerostart.tokenize.compile`` (the
@@ -23,12 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 from zerostart.tokenize._encoding import Encoding
 from zerostart.tokenize._tokenizer import WordPieceTokenizer
+from zerostart.tokenize._wpvocab import write_wordpiece_tables  # convert's, and the canary's
 
 if TYPE_CHECKING:
-    from zerostart.model.manifest import TokenizerSettings
+    from zerostart.bundle.manifest import TokenizerSettings
     from zerostart.tokenize._pipeline import Tokenizer
 
-__all__ = ["Encoding", "Tokenizer", "WordPieceTokenizer", "load_tokenizer"]
+__all__ = [
+    "Encoding",
+    "Tokenizer",
+    "WordPieceTokenizer",
+    "load_tokenizer",
+    "write_wordpiece_tables",
+]
 
 
 def __getattr__(name: str) -> Any:

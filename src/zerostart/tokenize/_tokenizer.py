@@ -38,7 +38,7 @@ from zerostart.tokenize._wordpiece import WordPiece, decode_wordpiece, read_voca
 from zerostart.tokenize._wpvocab import MappedWordPieceVocab
 
 if TYPE_CHECKING:  # the worker imports the manifest itself; we only need the type
-    from zerostart.model.manifest import TokenizerSettings
+    from zerostart.bundle.manifest import TokenizerSettings
 
 
 class WordPieceTokenizer:
