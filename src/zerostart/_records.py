@@ -28,50 +28,42 @@ from typing import Any, ClassVar, TypeVar
 _F = TypeVar("_F", bound="Frozen")
 
 
-def _repr(self: Record | Frozen) -> str:
-    hidden = type(self)._repr_hidden
-    shown = ", ".join(
-        f"{name}={getattr(self, name)!r}" for name in self.__slots__ if name not in hidden
-    )
-    return f"{type(self).__qualname__}({shown})"
+class _Fields:
+    """What both kinds share: the fields are ``__slots__``; equality, repr over them."""
+
+    __slots__: ClassVar[tuple[str, ...]] = ()
+    _repr_hidden: ClassVar[frozenset[str]] = frozenset()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        hidden = self._repr_hidden
+        shown = ", ".join(
+            f"{name}={getattr(self, name)!r}" for name in self.__slots__ if name not in hidden
+        )
+        return f"{type(self).__qualname__}({shown})"
 
 
-class Record:
+class Record(_Fields):
     """A mutable record: value equality and a repr over its ``__slots__``."""
 
     __slots__: ClassVar[tuple[str, ...]] = ()
-    _repr_hidden: ClassVar[frozenset[str]] = frozenset()
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
     __hash__ = None  # type: ignore[assignment]  # mutable: as @dataclass(eq=True)
-    __repr__ = _repr
 
 
-class Frozen:
+class Frozen(_Fields):
     """An immutable record: value equality, hash and repr over its ``__slots__``."""
 
     __slots__: ClassVar[tuple[str, ...]] = ()
-    _repr_hidden: ClassVar[frozenset[str]] = frozenset()
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
 
     def __hash__(self) -> int:
         return hash(self._values())
-
-    __repr__ = _repr
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"cannot assign to field {name!r}: {type(self).__name__} is immutable")

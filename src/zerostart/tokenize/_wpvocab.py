@@ -124,7 +124,7 @@ class MappedWordPieceVocab:
         while (i := slots[h]) >= 0:
             start = offsets[i]
             if offsets[i + 1] - start == n and blob.startswith(b, start):
-                return int(i)
+                return i
             h = (h + 1) & mask
         return None
 
