@@ -100,6 +100,8 @@ class WordPieceTokenizer:
         self._normalizer = Normalizer(settings)
         self._model = WordPiece(
             lookup,
+            # mapped: the words found to be one token take the fast path from then on
+            whole_words=self._whole_word if self._memoise else None,
             longest=longest,
             unk_id=self.unk_id,
             unk_token=settings.unk_token,
@@ -290,10 +292,6 @@ class WordPieceTokenizer:
             return word + n
         pieces = self._model.pieces
         found = [pieces(w) for w in words]
-        if self._memoise:  # the words that are one token take the path above from now on
-            self._whole_word.update(
-                {w: p[0][0] for w, p in zip(words, found, strict=True) if p[1] == (w,)}
-            )
         seq.ids += [i for p in found for i in p[0]]
         seq.tokens += [t for p in found for t in p[1]]
         if align is None:

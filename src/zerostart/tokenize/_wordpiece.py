@@ -48,13 +48,17 @@ class WordPiece:
     """The WordPiece model of `tokenizers` (same greedy rule, same [UNK] rule).
 
     ``lookup``: token -> id or None (a dict's ``get``, or a mapped table's:
-    ``_wpvocab.MappedWordPieceVocab``); ``longest``: the longest token, in characters.
+    ``_wpvocab.MappedWordPieceVocab``); ``longest``: the longest token, in characters;
+    ``whole_words``: if given, each word found to be one whole token is added to it (the
+    tokenizer's fast path over a mapped vocabulary; at most the vocabulary's size), once,
+    when the word is first met (the result is then cached).
     """
 
     def __init__(
         self,
         lookup: Callable[[str], int | None],
         *,
+        whole_words: dict[str, int] | None = None,
         longest: int,
         unk_id: int,
         unk_token: str,
@@ -62,6 +66,7 @@ class WordPiece:
         max_input_chars_per_word: int,
     ) -> None:
         self._lookup = lookup
+        self._whole_words = whole_words
         self._unk_id = unk_id
         self._unk_token = unk_token
         self._prefix = prefix
@@ -101,6 +106,8 @@ class WordPiece:
             else:
                 return (self._unk_id,), (self._unk_token,), ((0, n),)
             start = end
+        if self._whole_words is not None and len(ids) == 1:  # the word is one token (end == n)
+            self._whole_words[word] = ids[0]
         return tuple(ids), tuple(tokens), tuple(spans)
 
     def cache_info(self) -> str:
