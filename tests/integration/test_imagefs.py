@@ -169,7 +169,7 @@ def test_a_second_mount_reads_the_kept_index_instead_of_the_tocs(
         first = m.info
         first_bytes = _stats(m)["bytes_fetched_at_mount"]
     assert first["index"] == "built"
-    assert list((tmp_path / "cache/index").glob("sha256-*.idx"))
+    assert len(list((tmp_path / "cache/index/layers").glob("sha256-*.lix"))) == 3
     with _mount(tmp_path, ref, prefetch=False) as m:
         second = m.info
         stats = _stats(m)
