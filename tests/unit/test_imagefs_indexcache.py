@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from zerostart.estargz import ChunkRef, EStargzError, Writer, read_chunk
-from zerostart.imagefs._index import LayerEntry, Node
+from zerostart.imagefs._index import ImageIndexError, LayerEntry, Node
 from zerostart.imagefs._indexcache import index_image, layer_index_path, load
 from zerostart.imagefs._layerindex import _HEAD, _HEAD_AT, _SUM_AT, LayerIndex, _layout, encode
 from zerostart.imagefs._layers import open_layers
@@ -274,26 +274,23 @@ def test_a_hostile_index_with_a_good_checksum_is_refused_and_built_again(
     _rebuilt(tmp_path, forge, why)
 
 
-def test_folder_offsets_that_do_not_form_a_tree_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("record", "start"), [(2, 1), (1, 1)], ids=["out-of-order", "orphans"])
+def test_folder_offsets_that_do_not_form_a_tree_are_refused(
+    tmp_path: Path, record: int, start: int
+) -> None:
+    """``etc``'s children start at 1 (offsets go down: it would hold ``app`` and itself), or
+    ``app``'s do (in order, but the root then holds nothing: every record is an orphan)."""
     reader, manifest = _image()
     _index(reader, manifest, tmp_path)
     desc = manifest["layers"][0]
     data = layer_index_path(tmp_path, desc["digest"]).read_bytes()
-    li = LayerIndex(data, layer=desc["digest"])
-    off = _layout(
-        dict(
-            zip(
-                ("E", "C", "S", "W", "M", "NB", "LB", "XB", "WB"),
-                _HEAD.unpack_from(data, _HEAD_AT),
-                strict=True,
-            )
-        )
-    )[0]["child"][0]
-    forged = bytearray(data)
-    forged[off + 4 : off + 8] = (0).to_bytes(4, "little")  # record 0's children start at 0: a loop
-    assert li.child[1] != 0
-    with pytest.raises(Exception, match="not a tree"):
-        LayerIndex(_reseal(bytes(forged)), layer=desc["digest"])
+    assert LayerIndex(data, layer=desc["digest"]).child[1] > 1
+    counts = _HEAD.unpack_from(data, _HEAD_AT)
+    off = _layout(dict(zip(("E", "C", "S", "W", "M", "NB", "LB", "XB", "WB"), counts, strict=True)))
+    at = off[0]["child"][0] + 4 * record
+    forged = data[:at] + start.to_bytes(4, "little") + data[at + 4 :]
+    with pytest.raises(ImageIndexError, match="not a tree"):
+        LayerIndex(_reseal(forged), layer=desc["digest"])
 
 
 @pytest.mark.parametrize("digest", ["", "sha256:", "sha256:../../x", "../x:ab", "sha256:ab/cd"])
