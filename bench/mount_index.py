@@ -87,18 +87,16 @@ def deep_file(total: int) -> str:
     return f"{SITE[1:]}/pkg{d % 300}/sub{d}/m{i}.py"
 
 
-def build(layout: Path, total: int) -> int:
-    """Write the OCI layout; returns its number of tar entries."""
+def build(layout: Path, total: int) -> tuple[int, int]:
+    """Write the OCI layout; returns (tar entries written, regular files)."""
     from zerostart.image.layers import write_layer
     from zerostart.image.oci import ImageConfig, write_oci_layout
 
     blobs = layout.parent / ".blobs"
-    layers = [
-        write_layer("os", _os_layer(OS_ENTRIES), blobs),
-        write_layer("site", _site_packages(total - OS_ENTRIES, SITE), blobs),
-    ]
+    entries = [_os_layer(OS_ENTRIES), _site_packages(total - OS_ENTRIES, SITE)]
+    layers = [write_layer(name, e, blobs) for name, e in zip(("os", "site"), entries, strict=True)]
     write_oci_layout(layout, ImageConfig(entrypoint=("/bin/true",)), layers, {})
-    return sum(la.file_count for la in layers)
+    return sum(map(len, entries)), sum(la.file_count for la in layers)
 
 
 def child(ref: str, cache: Path, mnt: Path, deep: str) -> dict[str, Any]:
@@ -190,7 +188,7 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(base_src)], input=tar, check=True, timeout=60)
         paths = {"previous": base_src / "src", "this": ROOT / "src"}
         t0 = time.perf_counter()
-        entries = build(work / "layout", opts.entries)
+        entries, files = build(work / "layout", opts.entries)
         build_s = time.perf_counter() - t0
         rows: dict[str, dict[str, list[dict[str, Any]]]] = {
             k: {"cold": [], "warm": []} for k in paths
@@ -221,6 +219,7 @@ def main() -> None:
             "load_average": load,
             "image": {
                 "entries": entries,
+                "regular_files": files,
                 "layers": 2,
                 "shape": "synthetic PyTorch site-packages + OS layer (bench/mount_index.py)",
                 "build_s": build_s,
