@@ -173,8 +173,11 @@ def test_a_second_mount_reads_the_kept_index_instead_of_the_tocs(
     with _mount(tmp_path, ref, prefetch=False) as m:
         second = m.info
         stats = _stats(m)
+        assert stats["inodes"] == 1 < stats["records"]  # nothing but the root is made at mount
         for path, data in exp.files.items():  # chunks located through the kept index
             assert (tmp_path / "mnt" / path).read_bytes() == data, path
+        made = _stats(m)["inodes"]  # each file and folder on those paths, when looked up
+        assert len(exp.files) < made < stats["records"]
         for path, target in exp.symlinks.items():
             assert os.readlink(tmp_path / "mnt" / path) == target
         for path in exp.absent:

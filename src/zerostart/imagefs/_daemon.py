@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             "manifest_digest": image.manifest_digest,
             "started_at": started,
             "timings": timings,
-            "inodes": tree.entries,
+            "records": tree.entries,  # every layer's files, folders and whiteouts
+            "inodes": len(tree.nodes),  # made so far: only what was looked up
             "index": "cached" if cached else "built",
             "layers": layer_notes,
             "bytes_fetched": reader.bytes_fetched,
