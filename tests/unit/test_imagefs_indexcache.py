@@ -38,6 +38,10 @@ class MemoryReader:
         self.requests += 1
         return self.blobs[digest][start:end]
 
+    def read_all(self, digest: str, size: int, sink: Callable[[bytes], object]) -> None:
+        self.requests += 1
+        sink(self.blobs[digest])
+
 
 def _layer(entries: list[tuple[str, Any]], chunk_size: int = 64) -> tuple[bytes, dict[str, Any]]:
     out = io.BytesIO()
@@ -299,3 +303,176 @@ def test_the_index_file_name_comes_only_from_a_well_formed_digest(
 ) -> None:
     with pytest.raises(ValueError, match="not a digest"):
         layer_index_path(tmp_path, digest)
+
+
+def _ztoc_layer(tmp: Path) -> tuple[dict[str, Any], Any, Path]:
+    """A plain gzip layer of two members, its zTOC, and its kept index (as a first mount keeps it)."""
+    import gzip
+    import random
+
+    from zerostart.imagefs._indexcache import _meta, save
+    from zerostart.imagefs._zran import open_zran
+    from zerostart.ztoc._build import build
+
+    rng = random.Random(5)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for i in range(4):
+            data = rng.randbytes(90_000)
+            info = tarfile.TarInfo(f"app/f{i}.bin")
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    raw = buf.getvalue()
+    blob = gzip.compress(raw[:150_000], mtime=0) + gzip.compress(raw[150_000:], mtime=0)
+    z = build(io.BytesIO(blob), 64 * 1024)
+    desc = {
+        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+        "digest": "sha256:" + hashlib.sha256(blob).hexdigest(),
+        "size": len(blob),
+    }
+    layer, entries = open_zran(0, desc, z)
+    path = layer_index_path(tmp, desc["digest"])
+    save(path, encode(entries, _meta(layer, desc, z), z.checkpoints))
+    return desc, z, path
+
+
+def test_a_ztoc_layer_keeps_its_span_checkpoints(tmp_path: Path) -> None:
+    desc, z, _ = _ztoc_layer(tmp_path)
+    kept = load(tmp_path, 0, desc)
+    assert kept is not None
+    layer, li = kept
+    assert layer.spans is not None and layer.spans.z.checkpoints == z.checkpoints
+    assert (layer.spans.z.out_size, layer.spans.z.blob_size) == (z.out_size, z.blob_size)
+    tree = Tree([li])
+    node = tree.find("app/f2.bin")
+    assert node is not None and node.size == 90_000 and node.extents[0].entry is None
+
+
+def _span_forge(column: str, at: int, value: Callable[[int, int], int]) -> Callable[[bytes], bytes]:
+    """Set ``column[at]`` (``at`` < 0: from the end) to ``value(old, column[at - 1])``, and
+    reseal the file."""
+
+    def forge(data: bytes) -> bytes:
+        counts = _HEAD.unpack_from(data, _HEAD_AT)
+        n = dict(zip(("E", "C", "S", "W", "M", "NB", "LB", "XB", "WB"), counts, strict=True))
+        off = _layout(n)[0][column][0] + 8 * (at if at >= 0 else n["S"] + at)
+        old, prev = (int.from_bytes(data[o : o + 8], "little") for o in (off, off - 8))
+        return _reseal(data[:off] + value(old, prev).to_bytes(8, "little") + data[off + 8 :])
+
+    return forge
+
+
+@pytest.mark.parametrize(
+    ("column", "at", "value"),
+    [
+        ("s_win", 2, lambda old, prev: prev),  # window 1's bytes become window 2's too
+        ("s_bits", 2, lambda old, prev: 0),
+        ("s_bits", 1, lambda old, prev: old + 4),
+        ("s_bits", 0, lambda old, prev: 8),
+        ("s_bits", -1, lambda old, prev: old + (1 << 40)),
+        ("s_out", 1, lambda old, prev: 1 << 40),
+        ("s_out", -1, lambda old, prev: old + (1 << 40)),
+    ],
+    ids=[
+        "window-over-32k",
+        "bits-out-of-order",
+        "bits-unaligned",
+        "first-not-at-0",
+        "bits-past-blob",
+        "offsets-out-of-order",
+        "offset-past-stream",
+    ],
+)
+def test_hostile_span_checkpoints_are_refused(
+    tmp_path: Path, column: str, at: int, value: Callable[[int, int], int]
+) -> None:
+    desc, z, path = _ztoc_layer(tmp_path)
+    assert [len(c.window) for c in z.checkpoints[:3]] == [0, 32768, 32768]
+    path.write_bytes(_span_forge(column, at, value)(path.read_bytes()))
+    with pytest.raises(ImageIndexError, match="span"):
+        LayerIndex(path.read_bytes(), layer=desc["digest"])
+    assert load(tmp_path, 0, desc) is None and not path.exists()
+
+
+def _column_edit(column: str, at: int, value: int, width: int) -> Any:
+    """Set one item of a column of the base layer's index, and reseal the file."""
+
+    def forge(data: bytes, reader: MemoryReader, desc: dict[str, Any]) -> bytes:
+        counts = _HEAD.unpack_from(data, _HEAD_AT)
+        n = dict(zip(("E", "C", "S", "W", "M", "NB", "LB", "XB", "WB"), counts, strict=True))
+        off = _layout(n)[0][column][0] + width * at
+        return _reseal(data[:off] + value.to_bytes(width, "little") + data[off + width :])
+
+    return forge
+
+
+@pytest.mark.parametrize(
+    ("forge", "why"),
+    [
+        (_name_edit(b'"v": 1', b'"v": 2'), "another version"),
+        (_name_edit(b'"little"', b'"big"   '), "byte order"),
+        (_name_edit(b'"sha256"', b'"sha512"'), "digest width"),
+        (_column_edit("kind", 0, 1, 1), "no folder"),
+        (_column_edit("kind", 1, 9, 1), "no known kind"),
+        (_column_edit("chunk", 5, 0, 4), "chunk offsets"),
+        (_column_edit("link", 0, 1, 4), "record offsets"),
+        (_name_edit(b"app/big.bin", b"../etc/pass"), "hard link to"),
+        (_name_edit(b"app/big.bin", b"app//big.bi"), "not a clean name"),
+    ],
+    ids=[
+        "meta-version",
+        "byte-order",
+        "digest-width",
+        "root-not-a-folder",
+        "unknown-kind",
+        "chunk-offsets",
+        "link-offsets",
+        "hardlink-climbs",
+        "hardlink-unclean",
+    ],
+)
+def test_a_malformed_index_with_a_good_checksum_is_refused_and_built_again(
+    tmp_path: Path, forge: Any, why: str
+) -> None:
+    _rebuilt(tmp_path, forge, why)
+
+
+def test_malformed_xattrs_fail_the_lookup_not_the_mount(tmp_path: Path) -> None:
+    reader, manifest = _image()
+    _index(reader, manifest, tmp_path)
+    desc = manifest["layers"][0]
+    path = layer_index_path(tmp_path, desc["digest"])
+    data = path.read_bytes()
+    assert data.count(b"user.k") == 1
+    forged = _reseal(
+        data.replace(b"\x06\x00\x01\x00\x00\x00user.k", b"\x07\x00\x01\x00\x00\x00user.k")
+    )
+    path.write_bytes(forged)
+    _, tree, cached = _index(reader, manifest, tmp_path)
+    assert cached and tree.find("app/big.bin") is not None
+    with pytest.raises(ImageIndexError, match="xattrs cut short"):
+        tree.find("app/x.txt")
+
+
+def test_a_whole_fetched_layer_is_kept_while_its_tar_is(tmp_path: Path) -> None:
+    reader, manifest = _image()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        info = tarfile.TarInfo("plain/x")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"abc"))
+    blob = buf.getvalue()
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    reader.blobs[digest] = blob
+    tar_desc = {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": digest}
+    manifest["layers"].append(tar_desc | {"size": len(blob)})
+    layers, _, _ = _index(reader, manifest, tmp_path)
+    assert layers[2].local_path is not None and layers[2].local_path.is_file()
+    layers2, tree, cached = _index(reader, manifest, tmp_path)
+    assert cached and layers2[2].local_path == layers[2].local_path
+    node = tree.find("plain/x")
+    assert node is not None and node.extents[0].end - node.extents[0].start == 3
+    layers[2].local_path.unlink()
+    assert load(tmp_path, 2, manifest["layers"][2]) is None  # refused, and removed
+    assert not layer_index_path(tmp_path, digest).exists()
+    assert not _index(reader, manifest, tmp_path)[2] and layers[2].local_path.is_file()

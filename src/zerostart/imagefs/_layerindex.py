@@ -82,10 +82,6 @@ KINDS = ("dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "whiteout
 DIR, REG, SYMLINK, HARDLINK, WHITEOUT = 0, 1, 2, 3, 7
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 OPAQUE, IMPLICIT = 1, 2  # flags
-# Limits a file may declare (a layer of 16 M files, 64 M chunks); a hostile count fails first.
-MAX_ENTRIES = 1 << 24
-MAX_CHUNKS = 1 << 26
-MAX_SPANS = 1 << 20
 WINDOW_BYTES = 32 * 1024
 _XATTR = struct.Struct("<HI")
 _DIGESTS = {"sha256": 32, "sha384": 48, "sha512": 64}
@@ -374,10 +370,6 @@ class LayerIndex:
             raise ImageIndexError("not a layer index of this version")
         head = _HEAD.unpack_from(mv, _HEAD_AT)
         n = dict(zip(("E", "C", "S", "W", "M", "NB", "LB", "XB", "WB"), head, strict=True))
-        if not 1 <= n["E"] <= MAX_ENTRIES or n["C"] > MAX_CHUNKS or n["S"] > MAX_SPANS:
-            raise ImageIndexError(f"counts past the limits: {n}")
-        if n["W"] not in (0, *_DIGESTS.values()):
-            raise ImageIndexError(f"digests of {n['W']} bytes")
         sections, checked_end, total = _layout(n)
         if total != len(mv):
             raise ImageIndexError(f"{len(mv)} bytes where the header says {total}: cut short?")
@@ -435,7 +427,7 @@ class LayerIndex:
 
     def _check(self, n: Mapping[str, int]) -> None:
         e = n["E"]
-        if self.kind[0] != DIR or max(self.kind) >= len(KINDS):
+        if e < 1 or self.kind[0] != DIR or max(self.kind) >= len(KINDS):
             raise ImageIndexError("a record of no known kind, or a root that is no folder")
         if not _monotone(self.child, 1, e):
             raise ImageIndexError("folder children out of order: not a tree")
@@ -504,10 +496,9 @@ class LayerIndex:
 
     def _check_spans(self, n: Mapping[str, int]) -> None:
         s = n["S"]
-        if not _monotone(self.s_win, 0, n["WB"]):
-            raise ImageIndexError("span windows out of order")
         if not s:
             return
+        # A window cut wrong fails its span's sha256 on use: only its size is checked here.
         wins = self.s_win
         out_size = int(self.meta.get("out_size", -1))
         blob_size = int(self.meta.get("size", -1))
