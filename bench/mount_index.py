@@ -225,6 +225,13 @@ def main() -> None:
                 "build_s": build_s,
             },
             "base_revision": opts.base,
+            "revision": subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=10,
+            ).stdout.strip(),
             "runs": opts.runs,
             "median": summary,
             "rows": rows,
