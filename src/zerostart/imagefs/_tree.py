@@ -24,12 +24,15 @@ top down with the OCI image spec's overlay rules (image-spec ``layer.md``,
 A node's inode number is ``base[layer] + record`` of its top record (the root
 is 1): the same on every mount of the same layers, with no numbering pass.
 Nodes are kept once made; the kernel only ever names an inode it was given.
+Nodes are made under a lock: the FUSE event loop looks names up while the
+prefetch thread may look up a chunk profile's paths.
 """
 
 from __future__ import annotations
 
 import logging
 import stat
+import threading
 from collections.abc import Iterable, Sequence
 
 from zerostart.imagefs._index import (
@@ -74,6 +77,7 @@ class Tree:
         self.entries = sum(li.entries for li in self.layers)
         self.total_bytes = sum(int(li.meta.get("total_bytes", 0)) for li in self.layers)
         self.nodes: dict[int, Node] = {}
+        self._lock = threading.RLock()
         stack: list[Rec] = []
         for n in reversed(range(len(self.layers))):
             stack.append((n, 0))
@@ -150,6 +154,13 @@ class Tree:
         hit = children.get(name)
         if hit is not None or parent.listed:
             return hit
+        with self._lock:
+            return self._lookup(parent, children, name)
+
+    def _lookup(self, parent: Node, children: dict[bytes, Node], name: bytes) -> Node | None:
+        hit = children.get(name)  # made by another thread while this one waited
+        if hit is not None:
+            return hit
         dirs, found = self._merge(parent.stack, name)
         path = (parent.path + "/" if parent.path else "") + name.decode("utf-8", "surrogateescape")
         if dirs:
@@ -165,6 +176,11 @@ class Tree:
         """Every child of folder ``parent`` (made now if not yet), as ``{name: node}``."""
         children = parent.children
         assert children is not None
+        with self._lock:
+            self._list(parent)
+        return children
+
+    def _list(self, parent: Node) -> None:
         if not parent.listed:
             seen: set[bytes] = set()
             for n, d in parent.stack:
@@ -175,7 +191,6 @@ class Tree:
                         seen.add(name)
                         self.lookup(parent, name)
             parent.listed = True
-        return children
 
     def find(self, path: str) -> Node | None:
         """The node at image path ``path`` (``a/b``; the root is ``""``), or None."""
