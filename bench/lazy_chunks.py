@@ -41,9 +41,10 @@ from registry_server import running_registry  # noqa: E402
 import lazy  # noqa: E402
 from common import bundle_dir, model_dir, write_result  # noqa: E402
 from zerostart import chunkprofile  # noqa: E402
-from zerostart.benchmark import free_port, machine_description  # noqa: E402
+from zerostart.benchmark import machine_description  # noqa: E402
 from zerostart.container.lazy import LazyContainer  # noqa: E402
 from zerostart.image.profile import add_profile_layer  # noqa: E402
+from zerostart.procs import free_port  # noqa: E402
 from zerostart.registry.client import push  # noqa: E402
 
 WORK = lazy.WORK / "chunks"

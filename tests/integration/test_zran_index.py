@@ -35,8 +35,8 @@ from foreign_images import (
 )
 from registry_server import RegistryServer, registry_binary, running_registry
 
-from zerostart.benchmark import free_port
 from zerostart.imagefs.mount import ImagefsError, LazyMount, is_mounted
+from zerostart.procs import free_port
 from zerostart.registry.ranges import BlobReader
 from zerostart.registry.referrers import add_referrer, fallback_tag, list_referrers
 from zerostart.ztoc import ARTIFACT_TYPE

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from zerostart.engine.cuda.launch import KERNELS_DIR, PTX_KEY, KernelManifest
+from zerostart.bundle.launch import KERNELS_DIR, PTX_KEY, KernelManifest
+from zerostart.bundle.manifest import Manifest
 from zerostart.errors import ConvertError
-from zerostart.model.manifest import Manifest
 
 pytest.importorskip("triton")
 

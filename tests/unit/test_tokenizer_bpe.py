@@ -7,6 +7,7 @@ need nothing but the standard library and run everywhere.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,12 @@ import pytest
 from zerostart.errors import TokenizerError
 from zerostart.tokenize import Tokenizer, _bpe
 from zerostart.tokenize._bytelevel import BYTE_TO_CHAR, decode, split, to_byte_chars
+from zerostart.tokenize._compiled import CompiledFile
+from zerostart.tokenize._native import ENV as NATIVE_ENV
 from zerostart.tokenize.compile import compile_tokenizer_json
+
+# Every test twice: on the C loops of tokenizer.so and on the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("inner_loops")
 
 # A tiny RoBERTa-layout vocabulary: the 256 byte characters, then merges that
 # build "Ġthe", "Ġworld", "llo" and "He".
@@ -58,8 +64,11 @@ def _compile(tmp_path: Path, data: dict[str, Any]) -> Tokenizer:
     path.write_text(json.dumps(data), encoding="utf-8")
     settings = compile_tokenizer_json(path, tmp_path, special_tokens={"pad_token": "<pad>"})
     assert settings.model == "BPE"
-    assert not (tmp_path / "tokenizer.so").exists()  # BPE has no C loops: no library to ship
-    return Tokenizer.from_bundle(tmp_path, settings.spec)
+    assert (tmp_path / "tokenizer.so").exists()  # the C loops ship with the bundle
+    tok = Tokenizer.from_bundle(tmp_path, settings.spec)
+    native = os.environ[NATIVE_ENV] == "1" and not data["model"].get("ignore_merges")
+    assert tok.model.native_ready is native  # type: ignore[attr-defined]
+    return tok
 
 
 def test_hand_computed_encoding(tmp_path: Path) -> None:
@@ -191,3 +200,90 @@ def test_per_request_left_truncation(tmp_path: Path) -> None:
     assert right.tokens == ["<s>", *full.tokens[1:4], "</s>"]
     assert left.tokens == ["<s>", *full.tokens[-4:-1], "</s>"]
     assert left.offsets[1:-1] == full.offsets[-4:-1] and left.truncated
+
+
+# Texts for the native / Python comparison: contractions, white space runs before words and
+# at the end, class runs, non-ASCII letters, numbers and marks, a piece past the scan limit
+# (the heap), one of exactly BPE_SCAN_MAX bytes, and added tokens between segments.
+HARD_TEXTS = [
+    "Hello the world",
+    "it's they're we've I'm you'll he'd 'S 'x '",
+    "a  b   c\t\td \n\n e  ",
+    "   leading and trailing   ",
+    "\u3000ideographic\u3000space\u00a0nbsp",
+    "Ünïcödé wörds, 123 456.78 ١٢٣ ½ x²",
+    "漢字かなカナ한국어 the world",
+    "emoji 😀👍🏽 and a ZWJ 👩\u200d💻 family",
+    "a" * 48,
+    "b" * 49,
+    "the" * 40 + " helloworld" * 20,
+    "😀" * 30,
+    "<mask> the <mask>world<s>",
+    "",
+    " ",
+    "x",
+]
+
+
+def _same(a: Tokenizer, b: Tokenizer, text: str) -> None:
+    for pair in (None, "the world"):
+        x, y = a.encode(text, pair), b.encode(text, pair)
+        assert (x.ids, x.tokens, x.offsets, x.word_ids, x.type_ids) == (
+            y.ids,
+            y.tokens,
+            y.offsets,
+            y.word_ids,
+            y.type_ids,
+        ), (text, pair)
+
+
+@pytest.mark.parametrize(
+    "pre",
+    [
+        {"add_prefix_space": False, "use_regex": True},
+        {"add_prefix_space": True, "use_regex": True},
+        {"add_prefix_space": True, "use_regex": False},
+    ],
+)
+@pytest.mark.parametrize("normalizer", [None, {"type": "NFKC"}])
+def test_the_native_loops_answer_as_the_python_ones(
+    tmp_path: Path, inner_loops: str, pre: dict[str, bool], normalizer: dict[str, str] | None
+) -> None:
+    """The C split, merges and offsets against the Python ones (the parity suite runs C only).
+
+    NFKC gives the C code a real alignment (``½`` and ``²`` change length).
+    """
+    if inner_loops != "native":
+        pytest.skip("compares the two paths once")
+    data = _tokenizer_json()
+    data["pre_tokenizer"].update(pre)
+    data["post_processor"]["add_prefix_space"] = pre["add_prefix_space"]
+    data["normalizer"] = normalizer
+    native = _compile(tmp_path, data)
+    python = Tokenizer.from_bundle(tmp_path, native.spec, native=False)
+    assert python.model.native_ready is False  # type: ignore[attr-defined]
+    for text in HARD_TEXTS:
+        _same(native, python, text)
+
+
+def test_ignore_merges_stays_in_python(tmp_path: Path, inner_loops: str) -> None:
+    """The C code has no whole-word lookup: such a model keeps the Python path, same answers."""
+    tok = _compile(tmp_path, _tokenizer_json(ignore_merges=True))
+    assert tok.encode("Hello the world").tokens == ["<s>", "He", "llo", "Ġthe", "Ġworld", "</s>"]
+
+
+def test_damaged_bpe_tables_are_refused_before_the_native_code_reads_them(
+    tmp_path: Path, inner_loops: str
+) -> None:
+    if inner_loops != "native":
+        pytest.skip("the native check")
+    tok = _compile(tmp_path, _tokenizer_json())
+    path = tmp_path / "tokenizer.bin"
+    tables = CompiledFile(path)
+    offset = tables._sections["merge_rights"][0]
+    del tables
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 4] = (1 << 30).to_bytes(4, "little")  # a right id far outside
+    path.write_bytes(bytes(data))
+    with pytest.raises(TokenizerError, match="corrupt BPE tables"):
+        Tokenizer.from_bundle(tmp_path, tok.spec)

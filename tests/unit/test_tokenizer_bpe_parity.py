@@ -80,6 +80,10 @@ class Pair:
         self.settings = compile_tokenizer_json(self.path, out, special_tokens={})
         spec = {**self.settings.spec, "truncation_direction": direction}
         self.ours = Tokenizer.from_bundle(out, spec)
+        assert self.ours.model.native_ready  # type: ignore[attr-defined]  # the C loops
+        # The pure-Python fallback (no compiler, ZEROSTART_TOKENIZER_NATIVE=0): checked
+        # against the C path on the fuzz and the corpus (cheap; no reference call).
+        self.python = Tokenizer.from_bundle(out, spec, native=False)
         self.ref = tokenizers.Tokenizer.from_file(str(self.path))
         self.ref.no_padding()
 
@@ -139,6 +143,19 @@ def test_vocabulary_matches(pair: Pair) -> None:
 def test_corpus_matches(pair: Pair, max_length: int | None) -> None:
     bad = [m for t in [*corpus(), *BPE_TEXTS] if (m := pair.mismatch(t, None, max_length))]
     assert not bad, f"{len(bad)} mismatches; first: {bad[:3]}"
+
+
+def _python_differs(pair: Pair, text: str, pair_text: str | None, ml: int | None) -> bool:
+    a = pair.ours.encode(text, pair_text, max_length=ml)
+    b = pair.python.encode(text, pair_text, max_length=ml)
+    return (a.ids, a.tokens, a.offsets, a.word_ids) != (b.ids, b.tokens, b.offsets, b.word_ids)
+
+
+def test_the_python_fallback_matches_the_native_path(pair: Pair) -> None:
+    cases = [(t, None, None) for t in [*corpus(), *BPE_TEXTS]]
+    cases += list(_fuzz(FUZZ_SEED, FUZZ_STRINGS_PER_MODEL))
+    bad = [(t[:60], p) for t, p, ml in cases if _python_differs(pair, t, p, ml)]
+    assert not bad, f"{len(bad)} differ; first: {bad[:3]}"
 
 
 @pytest.mark.parametrize("max_length", [None, 7, 16, 64, 128, 512])

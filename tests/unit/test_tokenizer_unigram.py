@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,9 @@ from zerostart.tokenize._compiled import NATIVE_LIB_NAME, CompiledFile
 from zerostart.tokenize._native import ENV as NATIVE_ENV
 from zerostart.tokenize._unigram import UNK_PENALTY
 from zerostart.tokenize.compile import compile_tokenizer_json
+
+# Every test twice: on the C loops of tokenizer.so and on the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("inner_loops")
 
 SPECIALS = {"unk_token": "<unk>", "pad_token": "<pad>"}
 VOCAB = [
@@ -83,15 +87,6 @@ def tokenizer_json(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
-
-
-@pytest.fixture(autouse=True, params=["native", "python"])
-def inner_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test twice: on the C inner loops (tokenizer.so) and on the pure-Python ones."""
-    if request.param == "native" and shutil.which(os.environ.get("CC", "gcc")) is None:
-        pytest.skip("no C compiler: no tokenizer.so to test")
-    monkeypatch.setenv(NATIVE_ENV, "1" if request.param == "native" else "0")
-    return str(request.param)
 
 
 def build(tmp_path: Path, **overrides: Any) -> Tokenizer:
@@ -262,16 +257,24 @@ def test_the_native_loops_answer_as_the_python_ones(tmp_path: Path, inner_loops:
         folder = tmp_path / str(fallback)
         folder.mkdir()
         native = build(folder, model=model)
+        # This interpreter exports the C API functions the library appends with, so the
+        # worker's path is the one that fills the lists in C (zs_unigram_encode_py) ...
+        assert native.model._encode_py is not None  # type: ignore[attr-defined]
+        # ... and the array path (zs_unigram_segment) stays for interpreters that do not.
+        arrays = Tokenizer.from_bundle(folder, native.spec)
+        arrays.model._encode_py = None  # type: ignore[attr-defined]
         python = Tokenizer.from_bundle(folder, native.spec, native=False)
         assert python.model.native is None  # type: ignore[attr-defined]
         for text in TEXTS:
-            a, b = native.encode(text, "c " + text), python.encode(text, "c " + text)
-            assert (a.ids, a.tokens, a.offsets, a.word_ids) == (
-                b.ids,
-                b.tokens,
-                b.offsets,
-                b.word_ids,
-            ), text
+            b = python.encode(text, "c " + text)
+            for tok in (native, arrays):
+                a = tok.encode(text, "c " + text)
+                assert (a.ids, a.tokens, a.offsets, a.word_ids) == (
+                    b.ids,
+                    b.tokens,
+                    b.offsets,
+                    b.word_ids,
+                ), text
             for word in text.split():  # the per-word path (used without Metaspace)
                 assert native.model.pieces(word) == python.model._pieces(word), word  # type: ignore[attr-defined]
 
@@ -335,3 +338,27 @@ def test_a_segment_the_normaliser_empties_gives_no_token(tmp_path: Path) -> None
     tok = build(tmp_path, normalizer=spec_normalizer)
     enc = tok.encode("X<s>Xab")
     assert enc.tokens[1:-1] == ["<s>", "▁a", "b"] and enc.ids[1:-1] == [2, 5, 6]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "required"),
+    [(" {2,}", "  "), ("ba*", "b"), ("ab+c", "a"), ("x{3}y{2,5}", "xxx"), ("a+?", None),
+     ("a?b", "b"), (r"\.\.+", "."), ("x{0,3}y", "y")],
+)  # fmt: skip
+def test_replace_skips_only_texts_no_match_can_be_in(
+    pattern: str, required: str | None, inner_loops: str
+) -> None:
+    """The substring check is a necessary condition: a text without it has no match."""
+    from zerostart.tokenize._normalizers import Replace, regex_is_simple, required_substring
+
+    if inner_loops != "native":
+        pytest.skip("pure Python: once")
+    assert regex_is_simple(pattern)
+    assert required_substring(pattern) == required
+    rx = re.compile(pattern)
+    replace = Replace(rx, "_", None)
+    for text in ["", "a", "aa b", "ab  c", "xxxyy", "abbc", "....", " x  y   z", "a.b..c"]:
+        expected = rx.sub("_", text)
+        assert replace.normalize(text, None)[0] == expected, (pattern, text)
+        if required is not None and required not in text:
+            assert rx.search(text) is None, (pattern, text)

@@ -2,12 +2,14 @@
 
 Build time only (runs the C compiler). ``zerostart convert`` (through
 ``zerostart.tokenize.compile``) writes the library beside ``tokenizer.bin`` as
-``tokenizer.so`` whenever the tokenizer is a Unigram one (the loops it has),
-whatever ``--cpu-arch`` says: the bundle, and so the
+``tokenizer.so`` whenever the tokenizer is a Unigram or a byte-level BPE one
+(the loops it has), whatever ``--cpu-arch`` says: the bundle, and so the
 image's model layer, carries it, and the worker maps it with ctypes
 (``zerostart.tokenize._native``). Unlike the CPU kernels it is one portable
 build (scalar code: ``-march=x86-64`` on x86-64, the compiler's default
-elsewhere) that needs nothing but libc. Without a compiler the bundle has no
+elsewhere) that needs nothing but libc (and, for the calls that fill Python
+lists, six functions of CPython's stable ABI that the interpreter loading it
+exports; declared weak, so no Python headers are needed to build it). Without a compiler the bundle has no
 library and the worker runs the same rules in Python (same answers, slower).
 
 Builds are cached under ``$ZEROSTART_CACHE/tokenizer-native`` by the hash of the

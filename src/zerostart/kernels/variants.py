@@ -8,7 +8,7 @@ up/down, pooler, classifier); each gets an "aligned" build (N, K and strides
 divisible by 16 elements, which lets the compiler use 16-byte vector loads)
 when the site's dims allow it. Block configurations are defaults chosen
 without a GPU (a tuning run on a GPU may replace them); the run-time rule
-that picks one per shape is ``zerostart.engine.cuda.launch.select_gemm``.
+that picks one per shape is ``zerostart.bundle.launch.select_gemm``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from zerostart.engine.cuda import launch
-from zerostart.engine.cuda.launch import (
+from zerostart.bundle import launch
+from zerostart.bundle.launch import (
     ACT_NONE,
     ACT_RELU,
     ACT_TANH,
@@ -28,8 +28,8 @@ from zerostart.engine.cuda.launch import (
     gemm_aligned,
     next_pow2,
 )
+from zerostart.bundle.manifest import Manifest
 from zerostart.errors import ConvertError, EngineError
-from zerostart.model.manifest import Manifest
 
 
 @dataclass(frozen=True)

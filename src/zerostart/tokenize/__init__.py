@@ -8,7 +8,8 @@
 * ``load_tokenizer``: the right one for a bundle.
 
 Standard library only, so the worker image carries no tokenizer wheel; the
-Unigram segmentation also runs in C when the bundle carries ``tokenizer.so``
+Unigram segmentation and the byte-level BPE split and merges also run in C
+when the bundle carries ``tokenizer.so``
 (compiled by ``zerostart convert``, loaded with ctypes: ``_native.py``), with
 the same answers either way. Build-time helpers that read a `tokenizer.json` live in
 ``zerostart.tokenize.hf`` (WordPiece) and ``zerostart.tokenize.compile`` (the
@@ -24,7 +25,7 @@ from zerostart.tokenize._encoding import Encoding
 from zerostart.tokenize._tokenizer import WordPieceTokenizer
 
 if TYPE_CHECKING:
-    from zerostart.model.manifest import TokenizerSettings
+    from zerostart.bundle.manifest import TokenizerSettings
     from zerostart.tokenize._pipeline import Tokenizer
 
 __all__ = ["Encoding", "Tokenizer", "WordPieceTokenizer", "load_tokenizer"]

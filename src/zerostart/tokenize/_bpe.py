@@ -29,21 +29,32 @@ Tables (``tokenizer.bin`` sections, written by ``compile_bpe``):
   the right ids) and ``merge_values`` (uint64, rank and new id as above);
 * ``byte_ids``: uint32 x 256, the id of each byte's character.
 
+Native loops. When the bundle carries ``tokenizer.so`` and the model does not
+set ``ignore_merges``, ``encode_text`` does ByteLevel's split, these merges and
+the tokens' offsets for a whole segment in one C call (``zs_bpe_encode_py`` in
+``kernels/cpu/zs_tok.c``, which follows this code and ``_bytelevel.py``); the
+code here stays the reference and the fallback.
+
 Runtime module: standard library only.
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 from array import array
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zerostart.errors import TokenizerError
-from zerostart.tokenize._base import Pieces
+from zerostart.tokenize._base import Align, Pieces
 from zerostart.tokenize._bytelevel import BYTE_TO_CHAR
 from zerostart.tokenize._compiled import CompiledFile, MappedVocab, Section
+from zerostart.tokenize._encoding import Tokens
 from zerostart.tokenize._unigram import build_trie
+
+if TYPE_CHECKING:
+    from zerostart.tokenize._native import NativeLib
 
 # Ids fit in 32 bits (the compiled file stores them as uint32).
 KEY_BASE = 1 << 32
@@ -189,7 +200,9 @@ def compile_bpe(
 class BPE(MappedVocab):
     """Byte-level BPE over a mapped ``tokenizer.bin`` (``_base.Model``); words are byte characters."""
 
-    def __init__(self, tables: CompiledFile, meta: dict[str, Any]) -> None:
+    def __init__(
+        self, tables: CompiledFile, meta: dict[str, Any], native: NativeLib | None = None
+    ) -> None:
         super().__init__(tables, int(meta["vocab_size"]))
         starts = tables.section("merge_starts")
         rights, values = tables.section("merge_rights"), tables.section("merge_values")
@@ -209,6 +222,82 @@ class BPE(MappedVocab):
         # A hit is a C-level dict lookup (no Python frame): most words are hits.
         self._cache = _PieceCache(self._merge_word)
         self.pieces: Callable[[str], Pieces] = self._cache.__getitem__
+        self.native = native
+        self._encode_py: Callable[..., int] | None = None
+        if native is not None and native.bpe_encode_py is not None and not self._ignore_merges:
+            self._native_init(tables, meta, native)
+
+    @property
+    def native_ready(self) -> bool:
+        """True when ``encode_text`` runs in C (the library loaded and this model suits it)."""
+        return self._encode_py is not None
+
+    def _native_init(self, tables: CompiledFile, meta: dict[str, Any], native: NativeLib) -> None:
+        import ctypes
+
+        from zerostart.tokenize._native import BpeTables
+
+        ranges, counts = _class_ranges()
+        self._native_keep = ranges  # the struct holds its address
+        self._native_tables = BpeTables(
+            tables.address("pieces"),
+            tables.address("piece_offsets"),
+            tables.address("merge_starts"),
+            tables.address("merge_rights"),
+            tables.address("merge_values"),
+            tables.address("byte_ids"),
+            ranges.buffer_info()[0],
+            self.vocab_size,
+            int(meta["merges"]),
+            len(tables.section("pieces")),
+            *counts,
+        )
+        address = ctypes.addressof(self._native_tables)
+        if bad := native.bpe_check(address):
+            raise TokenizerError(
+                f"{tables.path}: corrupt BPE tables (entry {bad - 1})",
+                hint="re-run zerostart convert",
+            )
+        assert native.bpe_encode_py is not None
+        self._encode_py = functools.partial(native.bpe_encode_py, address)
+
+    def encode_text(
+        self,
+        text: str,
+        align: Align,
+        base: int,
+        word: int,
+        seq: Tokens,
+        *,
+        add_prefix_space: bool,
+        use_regex: bool,
+    ) -> int | None:
+        """ByteLevel's split and the merges of a whole segment in one native call.
+
+        ``text``: the segment after the normaliser; ``align``: each character's
+        original index (None: the identity); ``base``: the segment's offset in
+        the input; ``word``: the index of its first word. Appends to ``seq``'s
+        lists and returns the next word index, or None (nothing appended) when
+        the library cannot do it and the Python path must.
+        """
+        if self._encode_py is None:
+            return None
+        data = text.encode("utf-8")
+        aligned = None if align is None else array("i", align)
+        found = self._encode_py(
+            data,
+            len(data),
+            None if aligned is None else aligned.buffer_info()[0],
+            base,
+            word,
+            add_prefix_space,
+            use_regex,
+            seq.ids,
+            seq.tokens,
+            seq.offsets,
+            seq.word_ids,
+        )
+        return None if found < 0 else word + found
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -229,6 +318,21 @@ class BPE(MappedVocab):
             pos += n
         token = self.id_to_token
         return tuple(ids), tuple(str(token(i)) for i in ids), tuple(spans)
+
+
+_RANGES: tuple[array[int], tuple[int, int, int]] | None = None
+
+
+def _class_ranges() -> tuple[array[int], tuple[int, int, int]]:
+    """The letter, number and space ranges of ``_bytelevel_tables`` as one uint32 array (once)."""
+    global _RANGES
+    if _RANGES is None:
+        from zerostart.tokenize import _bytelevel_tables as t
+
+        parts = (t.LETTER_RANGES, t.NUMBER_RANGES, t.SPACE_RANGES)
+        flat = array("I", [x for part in parts for pair in part for x in pair])
+        _RANGES = flat, (len(parts[0]), len(parts[1]), len(parts[2]))
+    return _RANGES
 
 
 class _PieceCache(dict[str, Pieces]):

@@ -42,10 +42,12 @@ class Replace:
     def __init__(self, pattern: re.Pattern[str], content: str, literal: str | None) -> None:
         self._re = pattern
         self._content = content
-        self._literal = literal
+        # A substring every match holds: a text without it is left as it is, without
+        # running the pattern (for SentencePiece's " {2,}": two spaces).
+        self._required = literal if literal is not None else required_substring(pattern.pattern)
 
     def normalize(self, text: str, align: Align) -> tuple[str, Align]:
-        if self._literal is not None and self._literal not in text:
+        if self._required is not None and self._required not in text:
             return text, align
         out: list[str] = []
         new: list[int] = []
@@ -246,6 +248,34 @@ def regex_is_simple(pattern: str) -> bool:
         return re.compile(pattern).fullmatch("") is None  # an empty match differs between engines
     except re.error:
         return False
+
+
+_ATOM_RE = re.compile(r"(\\.|[^\\*+?{])((?:[*+?]|\{\d+(?:,\d*)?\})*)")
+
+
+def required_substring(pattern: str) -> str | None:
+    """The longest run of one character that every match of a simple regex holds, or None.
+
+    ``pattern`` passes ``regex_is_simple``: atoms (a character or an escaped
+    punctuation mark), each with at most one quantifier. An atom repeated at
+    least ``m`` times (no quantifier or ``+``: 1; ``{m}``, ``{m,}``, ``{m,n}``:
+    m) puts m copies of its character in a row into every match. ``" {2,}"``
+    gives ``"  "``; ``"a*"`` gives None.
+    """
+    atoms = _ATOM_RE.findall(pattern)
+    if "".join(a + q for a, q in atoms) != pattern:
+        return None
+    best = ""
+    for atom, quantifier in atoms:
+        if quantifier in ("", "+"):
+            m = 1
+        elif (q := re.fullmatch(r"\{(\d+)(?:,\d*)?\}", quantifier)) is not None:
+            m = int(q.group(1))
+        else:
+            m = 0  # *, ?, lazy or stacked quantifiers
+        if m > len(best):
+            best = atom[-1] * m
+    return best or None
 
 
 def build_normalizer(spec: dict[str, Any] | None, tables: CompiledFile | None) -> Normalizer | None:

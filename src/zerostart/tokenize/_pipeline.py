@@ -18,6 +18,7 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import operator
 import os
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from zerostart.errors import TokenizerError
 from zerostart.tokenize._base import Decoder, Model, PreTokenizer
 from zerostart.tokenize._bpe import BPE
-from zerostart.tokenize._bytelevel import ByteLevelDecoder, byte_level
+from zerostart.tokenize._bytelevel import ByteLevel, ByteLevelDecoder, byte_level
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME, CompiledFile
 from zerostart.tokenize._encoding import TRUNCATION_DIRECTIONS, Encoding, Tokens, budget, truncate
 from zerostart.tokenize._normalize import _SPACE
@@ -49,10 +50,10 @@ TABLES_NAME = "tokenizer.bin"
 
 MODELS: dict[str, Callable[[dict[str, Any], CompiledFile, NativeLib | None], Model]] = {
     "Unigram": lambda meta, tables, native: Unigram(tables, meta, native),
-    "BPE": lambda meta, tables, native: BPE(tables, meta),
+    "BPE": lambda meta, tables, native: BPE(tables, meta, native),
 }
 # The model kinds whose inner loops tokenizer.so carries (compile.py builds it for them).
-NATIVE_MODELS = ("Unigram",)
+NATIVE_MODELS = ("Unigram", "BPE")
 PRE_TOKENIZERS: dict[str, Callable[[dict[str, Any]], PreTokenizer]] = {
     "Metaspace": metaspace,
     "WhitespaceSplit": lambda _spec: WhitespaceSplit(),
@@ -92,10 +93,12 @@ class AddedTokens:
             ],
             [c for c, e in self.by_content.items() if e.get("normalized", not e.get("special"))],
         )
+        # Per pass: the tokens' pattern and one of their first characters (a text holding
+        # none of them is left whole without running the pattern: most texts).
         self._passes = [
             (
                 re.compile("|".join(map(re.escape, sorted(p, key=len, reverse=True)))),
-                tuple({c[0] for c in p}),
+                re.compile("[" + "".join(sorted({re.escape(c[0]) for c in p})) + "]"),
             )
             for p in passes
             if p
@@ -107,7 +110,7 @@ class AddedTokens:
         for pattern, firsts in self._passes:
             done: list[tuple[int, int, int | None]] = []
             for start, end, added in out:
-                if added is not None or not any(c in text[start:end] for c in firsts):
+                if added is not None or firsts.search(text, start, end) is None:
                     done.append((start, end, added))
                 else:
                     done += [
@@ -171,6 +174,18 @@ class Tokenizer:
             else None
         )
         self._sep = self._pre.separator.encode("utf-8") if isinstance(self._pre, Metaspace) else b""
+        # Byte-level BPE: the split, the merges and the tokens in one native call too.
+        self._bytelevel_native = (
+            functools.partial(
+                self.model.encode_text,
+                add_prefix_space=self._pre.add_prefix_space,
+                use_regex=self._pre.use_regex,
+            )
+            if isinstance(self.model, BPE)
+            and self.model.native_ready
+            and type(self._pre) is ByteLevel
+            else None
+        )
         self._added = AddedTokens(spec.get("added_tokens", []))
         self.direction = str(spec.get("truncation_direction", "right"))
         if self.direction not in TRUNCATION_DIRECTIONS:
@@ -294,7 +309,11 @@ class Tokenizer:
         align = None
         if self._normalizer is not None:
             text, align = self._normalizer.normalize(text, None)
-        if self._words_native is not None:
+        if self._bytelevel_native is not None:
+            done = self._bytelevel_native(text, align, base, word, seq)
+            if done is not None:
+                return done
+        elif self._words_native is not None:
             assert isinstance(self._pre, Metaspace)
             rewritten, prepended = self._pre.rewrite(text, at_start=base == 0)
             done = self._words_native(rewritten, align, prepended, self._sep, base, word, seq)

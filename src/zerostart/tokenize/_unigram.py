@@ -25,8 +25,9 @@ Native loops. When the bundle carries ``tokenizer.so`` (``_native.py``), the
 same segmentation runs in C on the same mapped arrays (``kernels/cpu/zs_tok.c``,
 which follows this code rule for rule): per word for ``pieces``, and for a
 whole Metaspace segment at once in ``encode_words`` (words, ids, character and
-original offsets in one call, so the Python side does no per-token work but
-turning arrays into lists). The Python code below stays the reference and the
+original offsets in one call; where the interpreter exports the C API functions
+it needs, the C appends to the lists itself, else the Python side turns its
+arrays into lists). The Python code below stays the reference and the
 fallback, and handles what the C leaves to it (unknown text spelled in
 ``byte_fallback`` pieces; the error for a character without a piece).
 
@@ -140,6 +141,7 @@ class Unigram(MappedVocab):
         if len(self._offsets) != self.vocab_size + 1 or len(self._scores) != self.vocab_size:
             raise TokenizerError(f"{tables.path}: Unigram tables do not match vocab_size")
         self.native = native
+        self._encode_py: Callable[..., int] | None = None
         if native is not None:
             import ctypes
 
@@ -167,6 +169,11 @@ class Unigram(MappedVocab):
                     hint="re-run zerostart convert",
                 )
             self._segment = functools.partial(native.unigram_segment, address)
+            self._encode_py = (
+                None
+                if native.unigram_encode_py is None
+                else functools.partial(native.unigram_encode_py, address)
+            )
         self.pieces: Callable[[str], Pieces] = functools.lru_cache(WORD_CACHE_SIZE_WORDS)(
             self._pieces if native is None else self._pieces_native
         )
@@ -212,9 +219,25 @@ class Unigram(MappedVocab):
             return None
         data = text.encode("utf-8")
         n = len(data)
+        aligned = None if align is None else array("i", align)
+        if self._encode_py is not None:  # appends to seq's lists itself
+            found = self._encode_py(
+                data,
+                n,
+                sep,
+                len(sep),
+                None if aligned is None else aligned.buffer_info()[0],
+                prepended,
+                base,
+                word,
+                seq.ids,
+                seq.tokens,
+                seq.offsets,
+                seq.word_ids,
+            )
+            return None if found < 0 else word + found
         out = _ZEROS * (6 * n)
         words = array("q", _ZERO64)
-        aligned = None if align is None else array("i", align)
         # The token strings come back joined by NUL bytes (one decode, one split) unless
         # the text holds a NUL itself.
         joined = _ZERO_BYTES * (2 * n) if "\0" not in text else None
