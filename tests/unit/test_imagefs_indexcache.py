@@ -136,6 +136,15 @@ def test_a_later_mount_maps_the_same_tree_back_without_a_request(tmp_path: Path)
     assert big.xattrs == {} and tree2.find("app/x.txt").xattrs == {"user.k": b"v"}  # type: ignore[union-attr]
 
 
+def test_a_first_mount_removes_the_per_manifest_files_of_before(tmp_path: Path) -> None:
+    old = tmp_path / "index" / ("sha256-" + "ab" * 32 + ".idx")
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"ZSIDX01\n" + bytes(100))
+    reader, manifest = _image()
+    _index(reader, manifest, tmp_path)
+    assert not old.exists() and len(list(old.parent.glob("layers/*.lix"))) == 2
+
+
 def test_a_layer_shared_by_two_images_is_indexed_once(tmp_path: Path) -> None:
     reader, manifest = _image()
     _index(reader, {"layers": manifest["layers"][:1]}, tmp_path)

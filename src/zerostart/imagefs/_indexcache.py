@@ -79,6 +79,8 @@ def index_image(
                 save(layer_index_path(cache_dir, layer.digest), data)
             except (OSError, ValueError) as exc:
                 log.warning("could not keep the index of layer %s: %s", layer.digest, exc)
+        for old in (cache_dir / "index").glob("*.idx"):  # the per-manifest files of before
+            old.unlink(missing_ok=True)
     done = [k for k in kept if k is not None]
     return [la for la, _ in done], Tree([li for _, li in done]), not missing
 
