@@ -188,6 +188,26 @@ def test_a_second_mount_reads_the_kept_index_instead_of_the_tocs(
     assert stats["bytes_fetched_at_mount"] < first_bytes
 
 
+def test_a_damaged_kept_index_is_refused_and_the_mount_builds_it_again(
+    registry: RegistryServer, image: tuple[str, Expected], tmp_path: Path
+) -> None:
+    name, exp = image
+    ref = f"{registry.address}/{name}"
+    with _mount(tmp_path, ref, prefetch=False):
+        pass
+    kept = sorted((tmp_path / "cache/index/layers").glob("*.lix"))
+    for p in kept:
+        p.write_bytes(p.read_bytes()[:-1])  # cut short by one byte
+    with _mount(tmp_path, ref, prefetch=False) as m:
+        assert m.info["index"] == "built"
+        for path, data in exp.files.items():
+            assert (tmp_path / "mnt" / path).read_bytes() == data, path
+        log = m.log_tail(20_000)
+    assert log.count("not used") == len(kept) == 3
+    with _mount(tmp_path, ref, prefetch=False) as m:  # written again, whole
+        assert m.info["index"] == "cached"
+
+
 def test_prefetch_fetches_the_landmark_region(
     registry: RegistryServer, image: tuple[str, Expected], tmp_path: Path
 ) -> None:
