@@ -23,8 +23,9 @@ import pytest
 from zerostart.estargz import ChunkRef, EStargzError, Writer, read_chunk
 from zerostart.imagefs._index import ImageIndexError, LayerEntry, Node
 from zerostart.imagefs._indexcache import index_image, layer_index_path, load
-from zerostart.imagefs._layerindex import _HEAD, _HEAD_AT, _SUM_AT, LayerIndex, _layout, encode
+from zerostart.imagefs._layerindex import HEAD, HEAD_AT, SUM_AT, LayerIndex, layout
 from zerostart.imagefs._layers import open_layers
+from zerostart.imagefs._layerwrite import encode
 from zerostart.imagefs._tree import Tree
 
 MANIFEST = "sha256:" + "ab" * 32
@@ -171,10 +172,8 @@ def test_a_cached_chunk_reference_still_verifies_the_bytes(tmp_path: Path) -> No
 
 def _sections(data: bytes) -> tuple[dict[str, tuple[int, int, str]], int, int]:
     """The file's sections (offset, bytes, typecode), checked end and size, from its header."""
-    counts = _HEAD.unpack_from(data, _HEAD_AT)
-    return _layout(
-        dict(zip(("E", "C", "S", "W", "M", "NB", "LB", "XB", "WB"), counts, strict=True))
-    )
+    counts = HEAD.unpack_from(data, HEAD_AT)
+    return layout(dict(zip(("E", "C", "S", "W", "M", "NB", "LB", "XB", "WB"), counts, strict=True)))
 
 
 def _set(data: bytes, column: str, at: int, value: Any, width: int) -> bytes:
@@ -190,7 +189,7 @@ def _set(data: bytes, column: str, at: int, value: Any, width: int) -> bytes:
 def _reseal(data: bytes) -> bytes:
     """``data`` with its checksum made right again (what a writer of the cache folder could do)."""
     checked_end = _sections(data)[1]
-    return data[:_SUM_AT] + hashlib.sha256(data[_HEAD_AT:checked_end]).digest() + data[_HEAD_AT:]
+    return data[:SUM_AT] + hashlib.sha256(data[HEAD_AT:checked_end]).digest() + data[HEAD_AT:]
 
 
 def _entries(reader: MemoryReader, desc: dict[str, Any], tmp: Path) -> list[LayerEntry]:

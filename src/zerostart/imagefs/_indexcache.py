@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import ImageIndexError
-from zerostart.imagefs._layerindex import LayerIndex, encode
+from zerostart.imagefs._layerindex import LayerIndex
 from zerostart.imagefs._layers import GZIP_TYPES, open_layers
+from zerostart.imagefs._layerwrite import encode
 from zerostart.imagefs._tree import Tree
 from zerostart.imagefs._zran import TOC_ANNOTATION, SpanReader, find_ztocs
 from zerostart.ztoc import Ztoc

@@ -52,11 +52,11 @@ from zerostart.imagefs._layerindex import (
     SYMLINK,
     WHITEOUT,
     LayerIndex,
-    encode,
 )
 from zerostart.imagefs._layerindex import (
     KINDS as CODES,
 )
+from zerostart.imagefs._layerwrite import encode
 
 log = logging.getLogger(__name__)
 
