@@ -462,8 +462,13 @@ def test_a_start_cancelled_mid_assignment_and_a_pool_closed_mid_boot_leave_nothi
             await pool.start()
             await pool.wait_ready("cpu", timeout_s=60)
             pids.extend(s.pid for s in pool._ready["cpu"])
+            slot = pool._ready["cpu"][0]
             task = asyncio.create_task(starter.start(model))
-            await asyncio.sleep(0.005)  # the assignment is under way
+            # Cancel while the assignment is under way: the model sent, its reply not read yet
+            # (a fixed 5 ms sleep no longer did: an assignment takes about that long now).
+            while slot.state != "assigning" and not task.done():
+                await asyncio.sleep(0)
+            assert not task.done(), "the start ended before its assignment was sent"
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
