@@ -226,8 +226,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "pipeline": ("api", "bundle", "engine", "errors", "limits", "tasks", "tokenize"),
         "benchmark": ("errors", "pipeline", "procs"),
         "serve": (
-            *("bundle", "engine", "errors", "faults", "limits", "paths", "pipeline"),
-            *("snapshot", "tokenize"),
+            *("api", "bundle", "engine", "errors", "faults", "limits", "paths", "pipeline"),
+            *("snapshot", "tokenize"),  # api: the route names (the pipeline imports it anyway)
         ),
         "imagefs": ("cachedir", "chunkprofile", "errors", "estargz", "paths", "registry", "ztoc"),
         "image": (
