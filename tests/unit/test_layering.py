@@ -209,7 +209,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "estargz": ("errors", "paths"),
         "ztoc": ("errors", "estargz", "paths"),  # the zTOC format (zerostart index), a leaf
         "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
-        "snapshot": ("errors", "paths"),
+        # snapshot -> engine: the checkpointer reads libcuda's errors through the engine's Driver
+        "snapshot": ("engine", "errors", "paths"),
         # the bundle format (manifest, weights file, engine layout, kernels manifest), a leaf
         # that the converter, the kernel compiler, the tokenizer and the engines all import
         "bundle": ("errors", "paths"),
