@@ -31,12 +31,12 @@ No client library (the worker's import time): the families (``Counter``,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zerostart.serve.metrics import CONTENT_TYPE as CONTENT_TYPE
 from zerostart.serve.metrics import LATENCY_BUCKETS_S as WORKER_LATENCY_BUCKETS_S
-from zerostart.serve.metrics import Counter, Gauges, Histogram, Labels
+from zerostart.serve.metrics import Counter, Gauges, Histogram, Labels, Samples
 
 if TYPE_CHECKING:
     from zerostart.platform._state import ModelRuntime
@@ -101,13 +101,8 @@ class GatewayMetrics:
         )
         self._gauges: list[Gauges] = []
 
-    def gauge(
-        self,
-        name: str,
-        help_text: str,
-        read: Callable[[], Iterable[tuple[Labels, float]]],
-        kind: str = "gauge",
-    ) -> None:
+    def gauge(self, name: str, help_text: str, read: Samples, kind: str = "gauge") -> None:
+        """A family read at scrape time: ``read()`` gives its (labels, value) samples."""
         self._gauges.append(Gauges(f"{PREFIX}_{name}", help_text, read, kind))
 
     def render(self) -> bytes:

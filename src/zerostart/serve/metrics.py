@@ -41,6 +41,7 @@ BATCH_TOKENS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
 # The exposition format's pieces: the one renderer of this project's metrics. The worker's
 # Metrics below and the gateway's (platform/metrics.py) are both made of these families.
 Labels = tuple[tuple[str, str], ...]
+Samples = Callable[[], Iterable[tuple[Labels, float]]]  # read at scrape time
 
 
 def label_set(pairs: Iterable[tuple[str, str]]) -> str:
@@ -127,13 +128,7 @@ class Histogram:
 class Gauges:
     """Labelled samples read at scrape time (a gauge, or a counter kept elsewhere), sorted."""
 
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        read: Callable[[], Iterable[tuple[Labels, float]]],
-        kind: str = "gauge",
-    ) -> None:
+    def __init__(self, name: str, help_text: str, read: Samples, kind: str = "gauge") -> None:
         self.name, self.help, self.read, self.kind = name, help_text, read, kind
 
     def render(self) -> list[str]:
