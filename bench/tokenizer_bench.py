@@ -12,7 +12,7 @@ Both print a table and record the machine and its load average.
 
 ``--bpe`` trains RoBERTa- and ModernBERT-layout byte-level BPE tokenizers of
 50,000 tokens with `tokenizers` (tests/bpe_tokenizers.py; cached under
-``$ZEROSTART_CACHE`` or ~/.cache/zerostart), compiles them as ``zerostart
+the cache folder of ``zerostart/cachedir.py``), compiles them as ``zerostart
 convert`` does, and writes bench/results/tokenizer_bpe.json: load time (map
 tokenizer.bin, against ``Tokenizer.from_file``) and µs per text, both measured
 interleaved in the same process.
@@ -255,11 +255,11 @@ def bpe(repeats: int) -> dict[str, Any]:
 
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "unit")]
     from bpe_tokenizers import trained
+    from zerostart.cachedir import cache_base
     from zerostart.tokenize import Tokenizer
     from zerostart.tokenize.compile import compile_tokenizer_json
 
-    cache = Path(os.environ.get("ZEROSTART_CACHE", Path.home() / ".cache" / "zerostart"))
-    folder = cache / f"bench-bpe-{BPE_VOCAB_SIZE}"
+    folder = cache_base() / f"bench-bpe-{BPE_VOCAB_SIZE}"
     folder.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"load_average_before": os.getloadavg()}
     rng = random.Random(0)

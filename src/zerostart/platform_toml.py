@@ -71,7 +71,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from zerostart.errors import ZerostartError
 from zerostart.units import parse_duration
@@ -80,6 +80,14 @@ MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label:
 DEVICES = ("cpu", "cuda")
 SOURCES = ("bundle", "image", "reference")
 SIZINGS = ("static", "lp")
+# The start paths, in the order the node tries them: fastest first (snapshot restore, then a
+# warm slot, then a cold boot; docs/start-paths.md). This one tuple names them for the
+# gateway's starter and answers (platform/), the node's LP sizing (platform/sizing.py), the
+# fleet's start-time tables (fleet/starttimes.py) and fleet.toml's ``plan.start_path``
+# (fleet/config.py), so no reader can spell or order them its own way. It lives in this leaf
+# because the fleet and the platform both read it and the fleet must not import the node.
+StartPath = Literal["snapshot", "warm_slot", "cold_boot"]
+START_PATHS: tuple[StartPath, ...] = ("snapshot", "warm_slot", "cold_boot")
 TABLES = ("gateway", "autoscaler", "pool", "models", "deploy")  # [deploy]: deploy only
 # Per-model keys only `zerostart deploy` reads (fleet/config.py checks them); `up` ignores them.
 DEPLOY_MODEL_KEYS = ("cpu", "memory", "gpu_archs", "pool")

@@ -19,7 +19,10 @@ from platform_helpers import Gateway
 from raw_http import exchange, request_bytes, status_of
 from test_server_robustness import Worker
 
-from zerostart.serve.app import GET_ROUTES, INFERENCE_ROUTES
+from zerostart.api import ROUTES
+from zerostart.serve.app import GET_ROUTES, UNSERVED_TEI_ROUTES
+
+INFERENCE_ROUTES = (*ROUTES, *UNSERVED_TEI_ROUTES)  # what App.inference_routes holds
 
 pytestmark = pytest.mark.integration
 

@@ -189,3 +189,26 @@ def test_bad_fleet_toml_names_the_key(tmp_path: Path) -> None:
         path.write_text(text.replace(old, new, 1))
         with pytest.raises(FleetConfigError, match=key.replace(".", r"\.")):
             load_fleet(path)
+
+
+def test_the_fleet_and_the_node_name_the_start_paths_alike(tmp_path: Path) -> None:
+    """fleet.toml's plan.start_path takes the node's start paths, in the node's order (fastest first)."""
+    from zerostart.platform import starter
+    from zerostart.platform_toml import START_PATHS
+
+    assert START_PATHS == ("snapshot", "warm_slot", "cold_boot")
+    assert (
+        starter.__doc__
+        and "fastest first: snapshot restore, warm slot, cold boot" in starter.__doc__
+    )
+    path = tmp_path / "fleet.toml"
+    for name in START_PATHS:
+        path.write_text(
+            FLEET.read_text().replace('start_path = "warm_slot"', f'start_path = "{name}"')
+        )
+        assert load_fleet(path).start_path == name
+    path.write_text(
+        FLEET.read_text().replace('start_path = "warm_slot"', 'start_path = "warm-slot"')
+    )
+    with pytest.raises(FleetConfigError, match="must be one of snapshot, warm_slot, cold_boot"):
+        load_fleet(path)

@@ -210,7 +210,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "estargz": ("errors", "paths"),
         "ztoc": ("errors", "estargz", "paths"),  # the zTOC format (zerostart index), a leaf
         "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
-        "snapshot": ("errors", "paths"),
+        # snapshot -> engine: the checkpointer reads libcuda's errors through the engine's Driver
+        "snapshot": ("engine", "errors", "paths"),
         # the bundle format (manifest, weights file, engine layout, kernels manifest), a leaf
         # that the converter, the kernel compiler, the tokenizer and the engines all import
         "bundle": ("_records", "errors", "paths"),
@@ -227,8 +228,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "pipeline": ("api", "bundle", "engine", "errors", "limits", "tasks", "tokenize"),
         "benchmark": ("errors", "pipeline", "procs"),
         "serve": (
-            *("_records", "bundle", "engine", "errors", "faults", "limits", "paths", "pipeline"),
-            *("snapshot", "tokenize"),
+            *("_records", "api", "bundle", "engine", "errors", "faults", "limits", "paths"),
+            *("pipeline", "snapshot", "tokenize"),  # api: the route names (App.__init__)
         ),
         "imagefs": ("cachedir", "chunkprofile", "errors", "estargz", "paths", "registry", "ztoc"),
         "image": (

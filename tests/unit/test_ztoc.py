@@ -121,6 +121,20 @@ def test_a_tar_without_its_end_blocks_is_whole() -> None:
         build(io.BytesIO(gzip.compress(raw[:cut], mtime=0)), SPAN)
 
 
+def test_a_contiguous_file_is_a_regular_file_as_in_the_estargz_table() -> None:
+    """tar type "7" (CONTTYPE): the zTOC builder reads tar types with eStargz's one table."""
+    from zerostart.estargz import TAR_KINDS
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("app/c.bin")
+        info.type, info.size = tarfile.CONTTYPE, 5
+        t.addfile(info, io.BytesIO(b"12345"))
+    z = build(io.BytesIO(gzip.compress(buf.getvalue(), mtime=0)), SPAN)
+    assert [(e.name, e.kind, e.size) for e in z.entries] == [("app/c.bin", "reg", 5)]
+    assert TAR_KINDS[tarfile.CONTTYPE] == "reg"
+
+
 def test_not_gzip_and_cut_short_are_refused() -> None:
     with pytest.raises(ZtocError, match="not a valid gzip"):
         build(io.BytesIO(b"plain bytes, not gzip" * 100), SPAN)

@@ -49,7 +49,7 @@ PREPARE: dict[str, Prepare] = {
     "decode": prepare_decode,
 }
 DISPATCH_ROUTES = ("", "invocations")  # POST / and SageMaker's: the model's own route
-ROUTES = (*PREPARE, *DISPATCH_ROUTES)  # every inference route (serve/app.py lists them too)
+ROUTES = (*PREPARE, *DISPATCH_ROUTES)  # every inference route (serve/app.py answers these)
 
 
 def routes_for(manifest: Manifest) -> frozenset[str]:
@@ -87,6 +87,7 @@ def prepare(pipe: Model, route: str, body: Any) -> Job:
 
 
 __all__ = [
+    "DISPATCH_ROUTES",
     "ROUTES",
     "Job",
     "default_route",

@@ -48,12 +48,11 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.fleet.errors import FleetConfigError
-from zerostart.platform_toml import ConfigError, ModelConfig, PlatformConfig
+from zerostart.platform_toml import START_PATHS, ConfigError, ModelConfig, PlatformConfig
 from zerostart.platform_toml import load as load_platform_config
 from zerostart.units import parse_duration
 
 DEVICES = ("cpu", "cuda")
-START_PATHS = ("warm_slot", "snapshot", "cold_boot")
 NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label (Kubernetes object names)
 QUANTITY = re.compile(r"^\d+(\.\d+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")  # Kubernetes resource quantity
 GPU_ARCH = re.compile(r"^sm_\d{2,3}a?$")

@@ -27,7 +27,6 @@ import numpy.typing as npt
 
 from zerostart.fleet.errors import FleetError
 
-PATHS = ("warm_slot", "snapshot", "cold_boot")
 SLOT_PAID_PHASES = ("interpreter", "imports")  # what a warm slot has already paid (issue 10)
 
 

@@ -1,4 +1,7 @@
-"""What the gateway answers besides a replica's own answer: auth, errors, timing headers.
+"""What the gateway answers besides a replica's own answer: errors, timing headers.
+
+Auth (``authorized``, ``unauthorized``) and ``json_response`` are the worker's own
+(``serve/http.py``): one bearer check and one JSON answer for worker and gateway.
 
 Every error names the model (or the gateway) and uses TEI's body,
 ``{"error": ..., "error_type": ...}`` (``serve/http.py``'s ``error_response``).
@@ -6,15 +9,12 @@ Every error names the model (or the gateway) and uses TEI's body,
 
 from __future__ import annotations
 
-import hmac
-import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from zerostart.platform._core import Reply
 from zerostart.platform._state import StartRecord
 from zerostart.platform.upstream import BodyStream
-from zerostart.serve.http import Request, Response, error_response
+from zerostart.serve.http import Response, error_response
 
 FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "accept-encoding")
 FORWARDED_RESPONSE_HEADERS = ("retry-after", "content-encoding")
@@ -26,25 +26,6 @@ class Refused(Exception):
 
     def __init__(self, response: Response) -> None:
         self.response = response
-
-
-def authorized(request: Request, key: str | None) -> bool:
-    """``Authorization: Bearer KEY``, compared in constant time; no key: anyone."""
-    if key is None:
-        return True
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer":
-        token = ""
-    return hmac.compare_digest(token.strip().encode(), key.encode())
-
-
-def unauthorized(what: str) -> Response:
-    return error_response(
-        401,
-        f"{what} needs an Authorization: Bearer token",
-        "Unauthorized",
-        headers=[("www-authenticate", 'Bearer realm="zerostart"')],
-    )
 
 
 def reply_response(reply: Reply) -> Response:
@@ -67,10 +48,6 @@ def timing_headers(waited_s: float, cold: StartRecord | None) -> list[tuple[str,
         (COLD_HEADER, f"{cold.path};wait_ms={wait_ms:.3f};start_ms={cold.total_ms:.3f}"),
         ("server-timing", ", ".join(timing)),
     ]
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(status, json.dumps(data, separators=(",", ":")).encode())
 
 
 class Relay:

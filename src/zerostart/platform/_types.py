@@ -48,16 +48,13 @@ gateway adds ``queue`` (the request's own wait) in its answers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from zerostart.platform_toml import ModelConfig
+from zerostart.platform_toml import START_PATHS, ModelConfig, StartPath
 
 if TYPE_CHECKING:
     from zerostart.platform.pool import WarmPool
     from zerostart.platform.upstream import UpstreamPool
-
-StartPath = Literal["snapshot", "warm_slot", "cold_boot"]
-START_PATHS: tuple[StartPath, ...] = ("snapshot", "warm_slot", "cold_boot")  # fastest first
 
 
 @dataclass(frozen=True)

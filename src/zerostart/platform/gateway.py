@@ -96,11 +96,8 @@ from zerostart.platform._replies import (
     FORWARDED_RESPONSE_HEADERS,
     Refused,
     Relay,
-    authorized,
-    json_response,
     reply_response,
     timing_headers,
-    unauthorized,
 )
 from zerostart.platform._state import ModelRuntime, Seat, StartRecord
 from zerostart.platform._types import Replica, Starter
@@ -122,7 +119,15 @@ from zerostart.platform.upstream import (
 )
 from zerostart.platform_toml import PlatformConfig
 from zerostart.serve.config import ServerConfig
-from zerostart.serve.http import ListeningHost, Request, Response, error_response
+from zerostart.serve.http import (
+    ListeningHost,
+    Request,
+    Response,
+    authorized,
+    error_response,
+    json_response,
+    unauthorized,
+)
 
 log = logging.getLogger("zerostart.platform")
 

@@ -23,180 +23,87 @@ slots                           gauge     device, state (ready/booting; from the
 slot_events_total               counter   device, event (the pool's counters)
 =============================== ========= ==========================================
 
-No client library: the worker renders its own metrics for import-time
-reasons (``serve/metrics.py``) and the gateway follows the same format with
-label sets of any width. Single event loop: no locks.
+No client library (the worker's import time): the families (``Counter``,
+``Histogram``, ``Gauges``) and the one text renderer are the worker's, in
+``serve/metrics.py``; this module only names the gateway's series.
 """
 
 from __future__ import annotations
 
-import bisect
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from zerostart.serve.metrics import CONTENT_TYPE as CONTENT_TYPE
-from zerostart.serve.metrics import histogram_series, label_set, number
+from zerostart.serve.metrics import LATENCY_BUCKETS_S as WORKER_LATENCY_BUCKETS_S
+from zerostart.serve.metrics import Counter, Gauges, Histogram, Labels, Samples
 
 if TYPE_CHECKING:
     from zerostart.platform._state import ModelRuntime
 
 PREFIX = "zerostart_gateway"
 
-# From a 1 ms warm answer to a 30 s queue timeout.
-LATENCY_BUCKETS_S = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
-
-Labels = tuple[tuple[str, str], ...]
+# From a 1 ms warm answer to a 30 s queue timeout: the worker's buckets and 0.5 ms below them
+# (a forwarded answer on a kept connection).
+LATENCY_BUCKETS_S = (0.0005, *WORKER_LATENCY_BUCKETS_S)
 
 
-class Counter:
-    def __init__(self, name: str, help_text: str, labels: tuple[str, ...]) -> None:
-        self.name, self.help, self.labels = f"{PREFIX}_{name}", help_text, labels
-        self._values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, *values: str, by: float = 1) -> None:
-        self._values[values] = self._values.get(values, 0) + by
-
-    def get(self, *values: str) -> float:
-        return self._values.get(values, 0)
-
-    def by_first_label(self) -> dict[str, dict[str, int]]:
-        """For two labels: {first: {second: count}} (cold starts by model, then path)."""
-        out: dict[str, dict[str, int]] = {}
-        for key, n in self._values.items():
-            out.setdefault(key[0], {})[key[-1]] = int(n)
-        return out
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        for key, n in sorted(self._values.items()):
-            out.append(f"{self.name}{label_set(zip(self.labels, key, strict=True))} {number(n)}")
-        return out
+def _counter(name: str, help_text: str, labels: tuple[str, ...]) -> Counter:
+    return Counter(f"{PREFIX}_{name}", help_text, labels)
 
 
-class Histogram:
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labels: tuple[str, ...],
-        buckets: tuple[float, ...] = LATENCY_BUCKETS_S,
-    ) -> None:
-        self.name, self.help, self.labels, self.buckets = (
-            f"{PREFIX}_{name}",
-            help_text,
-            labels,
-            buckets,
-        )
-        self._series: dict[tuple[str, ...], list[float]] = {}  # per bucket, +Inf, then sum
-
-    def observe(self, seconds: float, *values: str) -> None:
-        row = self._series.get(values)
-        if row is None:
-            row = self._series[values] = [0.0] * (len(self.buckets) + 2)
-        row[bisect.bisect_left(self.buckets, seconds)] += 1
-        row[-1] += seconds
-
-    def count(self, *values: str) -> int:
-        row = self._series.get(values)
-        return int(sum(row[:-1])) if row else 0
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        for key, row in sorted(self._series.items()):
-            out += histogram_series(
-                self.name, self.buckets, list(zip(self.labels, key, strict=True)), row
-            )
-        return out
-
-
-class Gauges:
-    """Labelled samples read at scrape time (a gauge, or a counter kept elsewhere)."""
-
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        read: Callable[[], Iterable[tuple[Labels, float]]],
-        kind: str = "gauge",
-    ) -> None:
-        self.name, self.help, self.read, self.kind = f"{PREFIX}_{name}", help_text, read, kind
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-        out += [f"{self.name}{label_set(labels)} {number(v)}" for labels, v in sorted(self.read())]
-        return out
+def _histogram(name: str, help_text: str, labels: tuple[str, ...]) -> Histogram:
+    return Histogram(f"{PREFIX}_{name}", help_text, LATENCY_BUCKETS_S, labels)
 
 
 class GatewayMetrics:
     def __init__(self) -> None:
         m = ("model",)
-        self.requests = Counter(
+        self.requests = _counter(
             "requests_total", "Requests answered, by model and HTTP status.", ("model", "status")
         )
-        self.duration = Histogram(
+        self.duration = _histogram(
             "request_duration_seconds", "Complete request to response ready, queue included.", m
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = _histogram(
             "queue_wait_seconds", "Time a request waited for a free replica.", m
         )
-        self.cold_starts = Counter(
+        self.cold_starts = _counter(
             "cold_starts_total", "Replicas started, by start path.", ("model", "path")
         )
-        self.start_failures = Counter(
+        self.start_failures = _counter(
             "start_failures_total", "Starts that failed, by the last path tried.", ("model", "path")
         )
-        self.fallbacks = Counter(
+        self.fallbacks = _counter(
             "start_fallbacks_total",
             "Start paths skipped or failed before the one that worked.",
             ("model", "path"),
         )
-        self.phases = Histogram(
+        self.phases = _histogram(
             "start_phase_seconds",
             "Duration of each phase of a replica's start.",
             ("model", "phase"),
         )
-        self.deaths = Counter("replica_deaths_total", "Replicas that exited unasked.", m)
-        self.replaced = Counter(
+        self.deaths = _counter("replica_deaths_total", "Replicas that exited unasked.", m)
+        self.replaced = _counter(
             "replicas_replaced_total",
             "Replicas taken out unasked (dead, stopped, not answering its health probe, or "
             "its connection failed), by reason.",
             ("model", "reason"),
         )
-        self.retries = Counter(
+        self.retries = _counter(
             "retries_total", "Requests re-sent once after their replica failed.", m
         )
-        self.scale_events = Counter(
+        self.scale_events = _counter(
             "scale_events_total",
             "Replica count changes decided by the autoscaler.",
             ("model", "direction", "reason"),
         )
         self._gauges: list[Gauges] = []
 
-    def gauge(
-        self,
-        name: str,
-        help_text: str,
-        read: Callable[[], Iterable[tuple[Labels, float]]],
-        kind: str = "gauge",
-    ) -> None:
-        self._gauges.append(Gauges(name, help_text, read, kind))
+    def gauge(self, name: str, help_text: str, read: Samples, kind: str = "gauge") -> None:
+        """A family read at scrape time: ``read()`` gives its (labels, value) samples."""
+        self._gauges.append(Gauges(f"{PREFIX}_{name}", help_text, read, kind))
 
     def render(self) -> bytes:
         out: list[str] = []

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zerostart.platform_toml import PlatformConfig
+from zerostart.platform_toml import START_PATHS, PlatformConfig
 
 if TYPE_CHECKING:
     from zerostart.platform.metrics import GatewayMetrics
@@ -56,7 +56,6 @@ log = logging.getLogger("zerostart.platform.sizing")
 BUCKET_S = 1.0  # arrival buckets: fixed memory however high the rate
 RECENT_STARTS = 32  # start times kept per path
 DEFAULT_LEAD_S = 0.25  # no measurement, no bench/results: ~215 ms cold boot (README) + margin
-PATHS = ("warm_slot", "snapshot", "cold_boot")
 
 
 class RateWindow:
@@ -99,7 +98,9 @@ class Recent:
         self.since = time.monotonic() if now is None else now
         self.arrivals: dict[str, RateWindow] = {}
         self.starts: dict[str, RateWindow] = {}
-        self.start_s: dict[str, deque[float]] = {p: deque(maxlen=RECENT_STARTS) for p in PATHS}
+        self.start_s: dict[str, deque[float]] = {
+            p: deque(maxlen=RECENT_STARTS) for p in START_PATHS
+        }
 
     def _window(self, table: dict[str, RateWindow], model: str) -> RateWindow:
         w = table.get(model)
@@ -290,7 +291,7 @@ def bench_start_times() -> tuple[dict[str, float], str]:
             except FleetError:
                 continue
             return {p: times.median(p) for p in times.samples}, f"bench {folder}"
-    return dict.fromkeys(PATHS, DEFAULT_LEAD_S), "no bench/results: default"
+    return dict.fromkeys(START_PATHS, DEFAULT_LEAD_S), "no bench/results: default"
 
 
 class PoolSizer:

@@ -83,17 +83,20 @@ class BlobReader:
     def _session(self) -> Session:
         session: Session | None = getattr(self._local, "session", None)
         if session is None:
-            session = Session(
-                self.ref,
-                insecure=self.insecure,
-                auth=self.auth,
-                timeout_s=self.timeout_s,
-                scopes=d.scopes_for(self.ref, push=False),
-            )
-            self._local.session = session
+            session = self._local.session = self._new_session()
             with self._lock:
                 self._sessions.append(session)
         return session
+
+    def _new_session(self) -> Session:
+        """A pull-scoped connection to this repository (each thread keeps one; ``stream`` its own)."""
+        return Session(
+            self.ref,
+            insecure=self.insecure,
+            auth=self.auth,
+            timeout_s=self.timeout_s,
+            scopes=d.scopes_for(self.ref, push=False),
+        )
 
     def close(self) -> None:
         """Close every thread's connections (a later call opens new ones)."""
@@ -251,13 +254,7 @@ class BlobReader:
         caller may stop reading early (a prefetch that is cancelled) without
         leaving unread bytes on a shared keep-alive connection.
         """
-        session = Session(
-            self.ref,
-            insecure=self.insecure,
-            auth=self.auth,
-            timeout_s=self.timeout_s,
-            scopes=d.scopes_for(self.ref, push=False),
-        )
+        session = self._new_session()
         headers = {"Range": d.range_header(start, end)}
         try:
             with session.stream(d.blob_path(self.ref, digest), headers, expect=(206,)) as resp:

@@ -19,7 +19,6 @@ import json
 import logging
 import sys
 import time
-from _operator import _compare_digest  # hmac.compare_digest itself, without hmac's hashlib
 from typing import Any, Protocol
 
 import zerostart
@@ -27,7 +26,14 @@ from zerostart.errors import EngineError, InputError, TokenizerError, ZerostartE
 from zerostart.paths import redact_paths
 from zerostart.serve.batcher import Batcher, BatchFailed, Overloaded, Stopped
 from zerostart.serve.config import ServerConfig
-from zerostart.serve.http import Request, Response, error_response
+from zerostart.serve.http import (
+    Request,
+    Response,
+    authorized,
+    error_response,
+    json_response,
+    unauthorized,
+)
 from zerostart.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from zerostart.serve.metrics import Metrics
 from zerostart.serve.startup import Startup
@@ -35,26 +41,11 @@ from zerostart.snapshot.marker import restore_info, start_ticks
 
 log = logging.getLogger("zerostart.serve")
 
-# Every POST route zerostart.api knows ("" is POST /, "invocations" SageMaker's);
-# which of them a model serves is the pipeline's ``routes``. TEI's /embed_sparse
-# (SPLADE models) is listed so that it gets TEI's 424 Backend, not 404: no
-# bundle has SPLADE pooling, so no pipeline serves it.
-INFERENCE_ROUTES = (
-    "predict",
-    "rerank",
-    "embed",
-    "embed_all",
-    "similarity",
-    "v1/embeddings",
-    "embeddings",
-    "embed_sparse",
-    "tokens",
-    "tokenize",
-    "decode",
-    "",
-    "invocations",
-)
-DISPATCH_ROUTES = ("", "invocations")  # the pipeline picks the model's own route
+# The POST routes: every one zerostart.api knows (``api.ROUTES``: "" is POST /,
+# "invocations" SageMaker's; ``App.inference_routes``), of which a model serves its
+# pipeline's ``routes``, and TEI's /embed_sparse (SPLADE models), answered 424 Backend, not
+# 404: no bundle has SPLADE pooling, so no pipeline serves it.
+UNSERVED_TEI_ROUTES = ("embed_sparse",)
 OPENAI_ROUTES = ("v1/embeddings", "embeddings")
 # GET / and /ping are TEI's (and SageMaker's) health routes.
 GET_ROUTES = ("health", "info", "metrics", "", "ping", "v1/models")
@@ -75,19 +66,6 @@ class PipelineLike(Protocol):
     def prepare(self, route: str, body: Any) -> Job: ...
     def execute(self, encodings: list[Any]) -> list[Any]: ...
     def info(self) -> dict[str, Any]: ...
-
-
-def _json_default(value: Any) -> Any:
-    # numpy scalars and arrays without importing numpy here
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    """JSON with no NaN or Infinity (not JSON): ValueError if ``data`` holds one."""
-    body = json.dumps(data, separators=(",", ":"), default=_json_default, allow_nan=False)
-    return Response(status, body.encode())
 
 
 def openai_error(response: Response) -> Response:
@@ -117,12 +95,19 @@ class App:
         self.startup = startup
         self.ready = False  # set once listening; false again when shutdown begins
         self.in_flight = 0  # inference requests between parse and response
+        # zerostart.api names the routes. Imported here, not at the top: the pipeline has
+        # imported it already, and the entry point imports no more than its pin
+        # (tests/unit/test_serve_imports.py: no tokenizer, ctypes or unicodedata).
+        from zerostart.api import DISPATCH_ROUTES, ROUTES
+
+        self.inference_routes = frozenset((*ROUTES, *UNSERVED_TEI_ROUTES))
+        self._dispatch_routes = DISPATCH_ROUTES
         self._info_static = self._static_info()
         self._boot_ticks = start_ticks()  # changes if CRIU restores this process (snapshot.marker)
 
     async def handle(self, request: Request) -> Response:
         route = request.path.strip("/")
-        label = route if route in INFERENCE_ROUTES or route in GET_ROUTES else "other"
+        label = route if route in self.inference_routes or route in GET_ROUTES else "other"
         label = label or "root"
         try:
             response = await self._dispatch(request, route)
@@ -141,19 +126,12 @@ class App:
 
     async def _dispatch(self, request: Request, route: str) -> Response:
         method = request.method
-        if (
-            self.config.api_key is not None
-            and route not in ("health", "ping")
-            and not self._authorized(request)
-        ):
-            return error_response(
-                401,
-                "this worker needs an Authorization: Bearer token",
-                "Unauthorized",
-                headers=[("www-authenticate", 'Bearer realm="zerostart"')],
-            )
+        if route not in ("health", "ping") and not authorized(request, self.config.api_key):
+            return unauthorized("this worker")
         allowed = [
-            m for m, table in (("GET", GET_ROUTES), ("POST", INFERENCE_ROUTES)) if route in table
+            m
+            for m, table in (("GET", GET_ROUTES), ("POST", self.inference_routes))
+            if route in table
         ]
         if not allowed:
             return error_response(
@@ -175,13 +153,6 @@ class App:
             return json_response(self._models())
         return Response(200, self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
-    def _authorized(self, request: Request) -> bool:
-        """TEI's --api-key check, in constant time; the token is never logged."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        key = self.config.api_key or ""
-        given = token.strip() if scheme.lower() == "bearer" else ""
-        return bool(_compare_digest(given.encode(), key.encode()))
-
     def _health(self) -> Response:
         if self.ready:
             return json_response({"status": "ready"})
@@ -191,7 +162,7 @@ class App:
         )
 
     async def _infer(self, route: str, raw: bytes) -> Response:
-        if route not in self.pipeline.routes and route not in DISPATCH_ROUTES:
+        if route not in self.pipeline.routes and route not in self._dispatch_routes:
             # TEI answers a route its model cannot serve with 424 Backend.
             served = ", ".join(f"/{r}" for r in sorted(self.pipeline.routes))
             task = self._info_static.get("task", "this task")

@@ -49,8 +49,9 @@ import os
 import socket
 import sys
 import time
+from _operator import _compare_digest  # hmac.compare_digest, without hmac's hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from zerostart._records import Record
 from zerostart.serve._h1core import ExpectContinue, Refusal, Request, RequestReader, Upgraded
@@ -139,12 +140,51 @@ class Response(Record):
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + self.body
 
 
+# -- the answers both servers give (the worker's serve/app.py, the gateway's platform/) -------
+
+
 def error_response(
     status: int, message: str, error_type: str, *, headers: list[tuple[str, str]] | None = None
 ) -> Response:
     """TEI's error body: ``{"error": "...", "error_type": "..."}``."""
     body = json.dumps({"error": message, "error_type": error_type}).encode()
     return Response(status, body, headers=headers or [])
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays without importing numpy here
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """Compact JSON with no NaN or Infinity (not JSON, RFC 8259): ValueError if ``data`` holds one."""
+    body = json.dumps(data, separators=(",", ":"), default=_json_default, allow_nan=False)
+    return Response(status, body.encode())
+
+
+def authorized(request: Request, key: str | None) -> bool:
+    """``Authorization: Bearer KEY`` (TEI's --api-key), compared in constant time; no key: anyone.
+
+    The token is never logged. ``_operator._compare_digest`` is what ``hmac.compare_digest``
+    is, without importing hmac (and hashlib) on the worker's cold path.
+    """
+    if key is None:
+        return True
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = token.strip() if scheme.lower() == "bearer" else ""
+    return bool(_compare_digest(given.encode(), key.encode()))
+
+
+def unauthorized(what: str) -> Response:
+    """401 with a ``WWW-Authenticate: Bearer`` challenge; ``what`` names who asks for the token."""
+    return error_response(
+        401,
+        f"{what} needs an Authorization: Bearer token",
+        "Unauthorized",
+        headers=[("www-authenticate", 'Bearer realm="zerostart"')],
+    )
 
 
 class Host(Protocol):

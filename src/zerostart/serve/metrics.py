@@ -38,7 +38,12 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 BATCH_TOKENS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536)
 
 
-# The exposition format's pieces, shared with the gateway's metrics (platform/metrics.py).
+# The exposition format's pieces: the one renderer of this project's metrics. The worker's
+# Metrics below and the gateway's (platform/metrics.py) are both made of these families.
+Labels = tuple[tuple[str, str], ...]
+Samples = Callable[[], Iterable[tuple[Labels, float]]]  # read at scrape time
+
+
 def label_set(pairs: Iterable[tuple[str, str]]) -> str:
     """``{k="v",...}`` with values escaped as the text format requires; "" for no labels."""
     inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in pairs)
@@ -54,35 +59,80 @@ def number(x: float) -> str:
     return repr(float(x)) if isinstance(x, float) else str(x)
 
 
-class Histogram:
-    """Cumulative buckets, per label set."""
+def family(
+    name: str, help_text: str, kind: str, samples: Iterable[tuple[Labels, float]]
+) -> list[str]:
+    """One metric family: its ``# HELP`` and ``# TYPE`` lines, then a line per sample, in order."""
+    out = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    out += [f"{name}{label_set(labels)} {number(v)}" for labels, v in samples]
+    return out
 
-    def __init__(
-        self, name: str, help_text: str, buckets: tuple[float, ...], label: str = ""
-    ) -> None:
-        self.name, self.help, self.buckets, self.label = name, help_text, buckets, label
-        self._series: dict[str, list[float]] = {}  # label value -> [count per bucket..., +Inf, sum]
+
+class Counter:
+    """A counter per label set: ``labels`` names them, ``inc(*values)`` gives their values."""
+
+    def __init__(self, name: str, help_text: str, labels: tuple[str, ...] = ()) -> None:
+        self.name, self.help, self.labels = name, help_text, labels
+        self._values: dict[tuple[str, ...], float] = {}
         self._lock = threading.Lock()
 
-    def observe(self, value: float, label_value: str = "") -> None:
+    def inc(self, *values: str, by: float = 1) -> None:
         with self._lock:
-            row = self._series.setdefault(label_value, [0] * (len(self.buckets) + 1) + [0.0])
+            self._values[values] = self._values.get(values, 0) + by
+
+    def get(self, *values: str) -> float:
+        with self._lock:
+            return self._values.get(values, 0)
+
+    def by_first_label(self) -> dict[str, dict[str, int]]:
+        """For two labels: {first: {second: count}} (cold starts by model, then path)."""
+        out: dict[str, dict[str, int]] = {}
+        with self._lock:
+            for key, n in self._values.items():
+                out.setdefault(key[0], {})[key[-1]] = int(n)
+        return out
+
+    def render(self) -> list[str]:
+        with self._lock:
+            values = sorted(self._values.items())
+        samples = ((tuple(zip(self.labels, key, strict=True)), n) for key, n in values)
+        return family(self.name, self.help, "counter", samples)
+
+
+class Histogram:
+    """Cumulative buckets per label set: ``labels`` names them, ``observe(x, *values)``."""
+
+    def __init__(
+        self, name: str, help_text: str, buckets: tuple[float, ...], labels: tuple[str, ...] = ()
+    ) -> None:
+        self.name, self.help, self.buckets, self.labels = name, help_text, buckets, labels
+        self._series: dict[tuple[str, ...], list[float]] = {}  # per bucket, +Inf, then the sum
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, *values: str) -> None:
+        with self._lock:
+            row = self._series.setdefault(values, [0] * (len(self.buckets) + 1) + [0.0])
             row[bisect.bisect_left(self.buckets, value)] += 1
             row[-1] += value
-
-    def count(self, label_value: str = "") -> int:
-        with self._lock:
-            row = self._series.get(label_value)
-            return int(sum(row[:-1])) if row else 0
 
     def render(self) -> list[str]:
         out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
         with self._lock:
             series = {k: list(v) for k, v in self._series.items()}
-        for value, row in sorted(series.items()):
-            base = [(self.label, value)] if self.label else []
-            out += histogram_series(self.name, self.buckets, base, row)
+        for key, row in sorted(series.items()):
+            labels = list(zip(self.labels, key, strict=True))
+            out += histogram_series(self.name, self.buckets, labels, row)
         return out
+
+
+class Gauges:
+    """Labelled samples read at scrape time (a gauge, or a counter kept elsewhere), sorted."""
+
+    def __init__(self, name: str, help_text: str, read: Samples, kind: str = "gauge") -> None:
+        self.name, self.help, self.read, self.kind = name, help_text, read, kind
+
+    def render(self) -> list[str]:
+        return family(self.name, self.help, self.kind, sorted(self.read()))
 
 
 def histogram_series(
@@ -107,13 +157,16 @@ class Metrics:
     """Everything /metrics shows; gauges that are cheap to read are read at scrape time."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str], int] = {}  # (route, status) -> count
+        self.requests_total = Counter(
+            f"{PREFIX}_requests_total",
+            "Requests answered, by route and HTTP status.",
+            ("route", "status"),
+        )
         self.latency = Histogram(
             f"{PREFIX}_request_duration_seconds",
             "Time from a complete request to its response being ready.",
             LATENCY_BUCKETS_S,
-            label="route",
+            ("route",),
         )
         self.batch_size = Histogram(
             f"{PREFIX}_batch_size", "Sequences per engine call.", BATCH_SIZE_BUCKETS
@@ -126,18 +179,15 @@ class Metrics:
         self.batch_seconds = Histogram(
             f"{PREFIX}_batch_duration_seconds", "Engine time per batch.", LATENCY_BUCKETS_S
         )
-        self._gauges: dict[str, tuple[str, Callable[[], float], str]] = {}
+        self._gauges: dict[str, Gauges] = {}
         self._phases: dict[str, float] = {}
 
     def record_request(self, route: str, status: int, seconds: float) -> None:
-        key = (route, str(status))
-        with self._lock:
-            self._requests[key] = self._requests.get(key, 0) + 1
+        self.requests_total.inc(route, str(status))
         self.latency.observe(seconds, route)
 
     def requests(self, route: str, status: int) -> int:
-        with self._lock:
-            return self._requests.get((route, str(status)), 0)
+        return int(self.requests_total.get(route, str(status)))
 
     def record_batch(self, sequences: int, tokens: int, seconds: float) -> None:
         self.batch_size.observe(sequences)
@@ -148,34 +198,23 @@ class Metrics:
         self, name: str, help_text: str, read: Callable[[], float], *, kind: str = "gauge"
     ) -> None:
         """A value read at scrape time; ``kind="counter"`` for one that only grows."""
-        self._gauges[f"{PREFIX}_{name}"] = (help_text, read, kind)
+        full = f"{PREFIX}_{name}"
+        self._gauges[full] = Gauges(full, help_text, lambda: [((), read())], kind)
 
     def set_phases(self, phases: dict[str, float]) -> None:
         self._phases = dict(phases)
 
     def render(self) -> bytes:
-        name = f"{PREFIX}_requests_total"
-        out = [
-            f"# HELP {name} Requests answered, by route and HTTP status.",
-            f"# TYPE {name} counter",
-        ]
-        with self._lock:
-            counts = sorted(self._requests.items())
-        out += [f"{name}{label_set([('route', r), ('status', s)])} {n}" for (r, s), n in counts]
+        out = self.requests_total.render()
         for hist in (self.latency, self.batch_size, self.batch_tokens, self.batch_seconds):
             out += hist.render()
-        for gname, (help_text, read, kind) in sorted(self._gauges.items()):
-            out += [
-                f"# HELP {gname} {help_text}",
-                f"# TYPE {gname} {kind}",
-                f"{gname} {number(read())}",
-            ]
-        name = f"{PREFIX}_startup_phase_seconds"
-        out += [
-            f"# HELP {name} Duration of each start-up phase of this worker.",
-            f"# TYPE {name} gauge",
-        ]
-        out += [
-            f"{name}{label_set([('phase', p)])} {number(float(s))}" for p, s in self._phases.items()
-        ]
+        for _, gauges in sorted(self._gauges.items()):
+            out += gauges.render()
+        phases = [((("phase", p),), float(s)) for p, s in self._phases.items()]  # start-up order
+        out += family(
+            f"{PREFIX}_startup_phase_seconds",
+            "Duration of each start-up phase of this worker.",
+            "gauge",
+            phases,
+        )
         return ("\n".join(out) + "\n").encode()

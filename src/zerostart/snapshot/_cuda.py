@@ -19,7 +19,10 @@ onto different GPUs (device remapping through ``CUcheckpointRestoreArgs``) is
 not implemented; NCCL / multi-process GPU state does not survive.
 
 Status codes become exceptions in exactly one place (``_check``), with the
-driver's own error name and string.
+driver's own error name and string, read by the engine's binding
+(``engine/cuda/driver.py``'s ``Driver.check``: one libcuda error translation
+for the engine and the checkpointer); this module adds only the checkpoint
+API's symbols and its state machine.
 """
 
 from __future__ import annotations
@@ -103,21 +106,22 @@ class CudaCheckpointer:
     """
 
     def __init__(self, lib: Any = None) -> None:
+        # The engine's binding turns a status into the driver's name and text (one place for
+        # both); imported here: a snapshot of a CPU worker never loads it.
+        from zerostart.engine.cuda.driver import Driver
+
         self._lib = lib if lib is not None else _load_libcuda()
+        self._driver = Driver(self._lib)
         self._check("cuInit", self._lib.cuInit(0), pid=0)
 
-    def _error_text(self, code: int) -> tuple[str, str]:
-        name, text = ctypes.c_char_p(), ctypes.c_char_p()
-        self._lib.cuGetErrorName(code, ctypes.byref(name))
-        self._lib.cuGetErrorString(code, ctypes.byref(text))
-        return (name.value or b"CUDA_ERROR_UNKNOWN").decode(), (
-            text.value or b"unknown error"
-        ).decode()
-
     def _check(self, call: str, code: int, *, pid: int) -> None:
-        if code != CUDA_SUCCESS:
-            name, text = self._error_text(code)
-            raise CudaCheckpointError(call, code, name, text, pid=pid)
+        """CUDA_SUCCESS, or CudaCheckpointError with the driver's own error name and string."""
+        from zerostart.engine.cuda.driver import CudaError
+
+        try:
+            self._driver.check(call, code)
+        except CudaError as exc:
+            raise CudaCheckpointError(call, code, exc.name, exc.text, pid=pid) from exc
 
     def driver_version(self) -> str:
         """The driver's CUDA API version, e.g. "12.8" (from cuDriverGetVersion)."""

@@ -38,6 +38,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from zerostart.estargz import TAR_KINDS  # one tar type table (CONTTYPE is a regular file)
 from zerostart.paths import PathEscapeError, relative_name
 from zerostart.ztoc._format import (
     DEFAULT_SPAN_BYTES,
@@ -54,17 +55,6 @@ IN_BYTES = 256 * 1024  # compressed bytes per read
 OUT_BYTES = 256 * 1024  # output buffer per inflate call
 Z_OK, Z_STREAM_END, Z_NEED_DICT, Z_BUF_ERROR, Z_BLOCK = 0, 1, 2, -5, 5
 GZIP_WBITS = 15 + 16  # gzip wrapper only (RFC 1952)
-_TAR_KINDS = {
-    tarfile.REGTYPE: "reg",
-    tarfile.AREGTYPE: "reg",
-    tarfile.CONTTYPE: "reg",
-    tarfile.DIRTYPE: "dir",
-    tarfile.SYMTYPE: "symlink",
-    tarfile.LNKTYPE: "hardlink",
-    tarfile.CHRTYPE: "char",
-    tarfile.BLKTYPE: "block",
-    tarfile.FIFOTYPE: "fifo",
-}
 
 
 class _ZStream(ctypes.Structure):
@@ -218,7 +208,7 @@ class _Stream:
 
 
 def _entry(m: tarfile.TarInfo) -> Entry | None:
-    kind = _TAR_KINDS.get(m.type)
+    kind = TAR_KINDS.get(m.type)
     if kind is None:
         return None  # pax/GNU extension headers are folded into the member by tarfile
     try:
