@@ -182,6 +182,10 @@ def activation_code(hidden_act: str) -> int:
 
 def gemm_sites(manifest: Manifest) -> list[tuple[str, int, bool, int, int]]:
     """(site, activation, has_residual, N, K) for every GEMM of the forward pass."""
+    if manifest.architecture == "modernbert":
+        from zerostart.kernels.modernbert_variants import modernbert_gemm_sites
+
+        return modernbert_gemm_sites(manifest)
     c = manifest.config
     h, inter = c.hidden_size, c.intermediate_size
     sites = [
@@ -241,6 +245,10 @@ def model_specs(
             "config.json",
             f"head size {head_dim} is not a power of two >= 16; the GPU attention kernel needs one",
         )
+    if manifest.architecture == "modernbert":
+        from zerostart.kernels.modernbert_variants import modernbert_specs
+
+        return modernbert_specs(manifest, gemm_configs)
     specs: dict[str, KernelSpec] = {}
     for _site, act, has_res, n, k in gemm_sites(manifest):
         for cfg in gemm_configs:
