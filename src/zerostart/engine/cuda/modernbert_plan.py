@@ -141,7 +141,7 @@ def modernbert_plan(
         k, nn = _shape(manifest, weight)
         lda = lda or k
         bias = weight[: -len(".weight")] + ".bias"
-        args = {
+        args: dict[str, int | float] = {
             "a_ptr": a,
             "b_ptr": w[weight],
             "bias_ptr": w.get(bias, buf.zero_bias),
