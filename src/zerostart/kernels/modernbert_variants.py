@@ -10,7 +10,7 @@ kernels are ``zerostart.kernels.triton_modernbert``'s.
 from __future__ import annotations
 
 from zerostart.engine.cuda.launch import ACT_NONE, gemm_aligned, next_pow2
-from zerostart.kernels.variants import (
+from zerostart.kernels._specs import (
     ATTENTION_BLOCK_M,
     ATTENTION_BLOCK_N,
     DEFAULT_GEMM_CONFIGS,

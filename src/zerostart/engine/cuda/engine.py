@@ -1,4 +1,9 @@
-"""CudaEngine: the BERT / DistilBERT forward pass on an NVIDIA GPU through libcuda alone.
+"""CudaEngine: the BERT / DistilBERT (and ModernBERT) forward pass on an NVIDIA GPU, libcuda alone.
+
+ModernBERT's plan is ``modernbert_plan``'s (same buffers, graphs and buckets;
+its rotary tables and a zero bias vector are uploaded once at start-up).
+Converting ModernBERT for ``--device cuda`` is still refused until issue 23
+has run its parity on a GPU (docs/gpu.md).
 
 Theory of operation. At start-up the engine opens the driver, retains the
 device's primary context, loads the bundle's ahead-of-time compiled kernels
@@ -41,6 +46,7 @@ CUDA library but libcuda is opened.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from array import array
@@ -67,6 +73,7 @@ from zerostart.engine.cuda.launch import (
     select_splitk,
 )
 from zerostart.engine.cuda.memory import CachingAllocator, PinnedBuffer
+from zerostart.engine.cuda.modernbert_plan import ModernBertBuffers, modernbert_plan, rope_tables
 from zerostart.engine.cuda.module import KernelLibrary
 from zerostart.engine.layout import layer_prefix, tensor_shapes
 from zerostart.errors import EngineError
@@ -177,6 +184,7 @@ class CudaEngine:
         self._graphs: dict[tuple[int, int], int] = {}
         self._plans: dict[tuple[int, int], list[_Launch]] = {}
         self._gemm_choice: dict[tuple[int, ...], KernelVariant] = {}
+        self._mb_choice: dict[tuple[str | int, ...], KernelVariant] = {}
         self._pairs = [
             (b, t)
             for b in self.kernels.batch_buckets
@@ -246,6 +254,67 @@ class CudaEngine:
         splits = [v.params["SPLIT_K"] for v in self.kernels.variants if v.op == "gemm_partial"]
         rows = min(n, SPLITK_MAX_ROWS)
         self._ws = a(max(splits) * rows * h * FP32_BYTES) if splits else 0
+        self._hidden = self._x  # where the encoder's last hidden states end up
+        if self.manifest.architecture == "modernbert":
+            self._mb = self._modernbert_buffers()
+            self._hidden = self._mb.h
+
+    def _upload_bytes(self, data: array[Any] | bytes) -> int:
+        """A device copy of host ``data`` (synchronous: ``data`` may be a temporary)."""
+        host = array("b", data) if isinstance(data, bytes) else data
+        addr, count = host.buffer_info()
+        ptr = self._alloc.alloc(count * host.itemsize)
+        self.driver.memcpy_htod(ptr, addr, count * host.itemsize, self._stream)
+        self.driver.stream_synchronize(self._stream)
+        return ptr
+
+    def _modernbert_buffers(self) -> ModernBertBuffers:
+        """The activation buffers BERT's plan uses, one more [B, H], rotary tables, zero bias."""
+        c, h = self.manifest.config, self._h
+        d = h // c.num_heads
+        tables = {}
+        for theta in {c.rope_theta, c.local_rope_theta}:
+            cos, sin = rope_tables(theta, d, self._max_t)
+            tables[theta] = (self._upload_bytes(cos), self._upload_bytes(sin))
+        return ModernBertBuffers(
+            ids=0,  # per bucket pair: set by _plan
+            lens=0,
+            x=self._x,
+            h=self._a,
+            ctx=self._ctx,
+            tmp=self._tmp,
+            qkv=self._qkv,
+            f=self._f,
+            pooled=self._pooled,
+            pooled2=self._alloc.alloc(self._max_b * h * FP16_BYTES),
+            logits=self._logits,
+            zero_bias=self._upload_bytes(bytes(3 * h * FP16_BYTES)),
+            rope_global=tables[c.rope_theta],
+            rope_local=tables[c.local_rope_theta],
+        )
+
+    def _choose(
+        self, op: str, act: int, res: bool, m: int, n: int, k: int, lda: int
+    ) -> KernelVariant:
+        """``select_gemm`` for a ModernBERT GEMM-like launch (contiguous C), cached per shape."""
+        key = (op, act, int(res), m, n, k, lda)
+        v = self._mb_choice.get(key)
+        if v is None:
+            v = self._mb_choice[key] = select_gemm(
+                self.kernels,
+                act=act,
+                has_res=res,
+                m=m,
+                n=n,
+                k=k,
+                lda=lda,
+                ldc=n,
+                sm_count=self._sms,
+                arch=f"sm_{self.compute_capability}",
+                fits=self.library.fits,
+                op=op,
+            )
+        return v
 
     def _gemm(
         self, a: int, w: str, c: int, m: int, *, act: int = ACT_NONE, res: int = 0, lda: int = 0
@@ -350,6 +419,10 @@ class CudaEngine:
         """Every launch of one forward pass at bucket (b, t), in order."""
         n, h, w = b * t, self._h, self._w
         ids_ptr, types_ptr, lens_ptr = (self._inputs + 4 * o for o in _input_offsets(b, t))
+        if self.manifest.architecture == "modernbert":
+            buf = dataclasses.replace(self._mb, ids=ids_ptr, lens=lens_ptr)
+            steps = modernbert_plan(self.manifest, self.kernels, w, buf, b, t, self._choose)
+            return [_Launch(s.variant, s.sizes, s.args) for s in steps]
         has_types = "embed.token_type" in w
         plan = [
             _Launch(
@@ -543,7 +616,7 @@ class CudaEngine:
             self._run(self._plan_for(bb, tb))
         task = self.manifest.task
         if task == "embeddings":
-            src, width, rows = self._x, self._h, n
+            src, width, rows = self._hidden, self._h, n
         elif task == "token-classification":
             src, width, rows = self._logits, self._labels, n
         else:
