@@ -37,16 +37,36 @@ _DTYPES = {"*fp16": "float16", "*fp32": "float32", "*i32": "int32"}
 
 
 def tiny_modernbert(
-    task: str, *, pooling: str = "cls", window: int = 8, seed: int = 0
+    task: str,
+    *,
+    pooling: str = "cls",
+    window: int = 8,
+    seed: int = 0,
+    hidden: int = 32,
+    layers: int = 3,
+    heads: int = 2,
+    ffn: int = 48,
+    max_positions: int = 256,
+    vocab: int = 50,
 ) -> tuple[Manifest, dict[str, np.ndarray]]:
-    """A 3-layer ModernBERT (global, local, local; d = 16) with random fp16-exact weights."""
+    """A ModernBERT (default: 3 layers, global, local, local; d = 16) with random fp16-exact
+    weights; ``window`` is ``local_window`` (keys per side). tools/gpu_prep_modernbert.py
+    makes its larger GPU parity model with this too."""
     m = tiny_manifest(
-        "modernbert", task, hidden=32, layers=3, heads=2, ffn=48, max_positions=256, device="cuda"
+        "modernbert",
+        task,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        ffn=ffn,
+        max_positions=max_positions,
+        device="cuda",
     )
     m = dataclasses.replace(
         m,
         config=dataclasses.replace(
             m.config,
+            vocab_size=vocab,
             layer_norm_eps=1e-5,
             rope_theta=160_000.0,
             local_rope_theta=10_000.0,

@@ -1,0 +1,82 @@
+"""ModernBERT on a real GPU: the Triton kernels' forward vs the numpy reference (issue 23).
+
+The fixture (``.gpu/modernbert/``, from tools/gpu_prep_modernbert.py, which
+tools/gpu_prep.py runs) holds a 4-layer ModernBERT in miniature (head size 64,
+a 128-token window, a global layer every third), its kernels compiled ahead of
+time, fp16 weights and the reference's fp32 outputs at T = 1, 127, 512 and
+1,024 for every task. ``CudaEngine`` runs ``engine/cuda/modernbert_plan.py``'s
+plan; convert still refuses ModernBERT for ``--device cuda`` until this passes.
+
+Tolerances are test_gpu_engine.py's (fp16 activations against fp32): logits
+max abs 1e-2 of the largest logit (at least 1e-2) and identical argmax;
+hidden states max abs 2e-2 and cosine > 0.999 per real token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+REPO = Path(__file__).resolve().parents[2]
+CASES = ("embeddings", "seqcls_cls", "seqcls_mean", "tokcls")
+LOGITS_TOLERANCE = 1e-2
+EMBED_TOLERANCE = 2e-2
+COSINE_MIN = 0.999
+
+
+@pytest.fixture(scope="module")
+def fixture(gpu_arch: str) -> Path:
+    folder = Path(os.environ.get("ZEROSTART_GPU_FIXTURES", REPO / ".gpu")) / "modernbert"
+    if not (folder / "prep.json").exists():
+        pytest.skip(f"no {folder}: run tools/gpu_prep.py on the CPU machine and carry .gpu")
+    return folder
+
+
+def _engine(folder: Path, case: str) -> Any:
+    from zerostart.engine.cuda import CudaEngine
+    from zerostart.engine.modernbert_layout import modernbert_shapes
+    from zerostart.model.manifest import Manifest
+
+    manifest = Manifest.from_dict(json.loads((folder / f"manifest.{case}.json").read_text()))
+    with np.load(folder / "weights.npz") as data:
+        weights = {name: data[name] for name in modernbert_shapes(manifest)}
+    return CudaEngine(manifest, weights, kernels_dir=folder / "kernels")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_modernbert_gpu_forward_matches_the_reference(fixture: Path, case: str) -> None:
+    with np.load(fixture / "reference.npz") as data:
+        ref = {k: data[k] for k in data.files}
+    lengths = json.loads((fixture / "prep.json").read_text())["lengths"]
+    engine = _engine(fixture, case)
+    try:
+        for t in lengths:
+            ids, mask = ref[f"ids_{t}"], ref[f"mask_{t}"]
+            t0 = time.perf_counter()
+            got = engine.forward(ids, mask)
+            ms = (time.perf_counter() - t0) * 1e3
+            want = ref[f"{case}_{t}"]
+            assert got.shape == want.shape, (case, t, got.shape, want.shape)
+            if case == "seqcls_cls" or case == "seqcls_mean":
+                g, w = got, want
+            else:
+                keep = mask.astype(bool)
+                g, w = got[keep], want[keep]
+            diff = float(np.abs(g - w).max())
+            print(f"{case} T={t}: max abs diff {diff:.3e} ({ms:.1f} ms, first call per bucket)")
+            if case == "embeddings":
+                assert diff <= EMBED_TOLERANCE, (t, diff)
+                cos = (g * w).sum(-1) / (np.linalg.norm(g, axis=-1) * np.linalg.norm(w, axis=-1))
+                assert float(cos.min()) > COSINE_MIN, (t, float(cos.min()))
+            else:
+                assert diff <= LOGITS_TOLERANCE * max(1.0, float(np.abs(w).max())), (t, diff)
+                np.testing.assert_array_equal(g.argmax(-1), w.argmax(-1), err_msg=f"{case} {t}")
+    finally:
+        engine.close()
