@@ -233,3 +233,29 @@ def test_modernbert_plan_finds_every_kernel_in_the_compiled_manifest(
                 assert min(step.variant.grid_for(step.sizes)) >= 1
                 used.add(step.variant.op)
     assert used == MODERNBERT_OPS
+
+
+def test_deberta_attention_kernels_compile_for_each_arch_and_ptx(tmp_path: Path) -> None:
+    """DeBERTa: BERT's GEMM / LayerNorm / split-K builds with the disentangled-attention
+    kernels (kernels/triton_deberta.py) in place of BERT's attention and embedding."""
+    import dataclasses
+
+    m = _manifest("sequence-classification", "deberta-v2")
+    m = dataclasses.replace(
+        m, config=dataclasses.replace(m.config, relative_span=16, pooler_act="gelu")
+    )
+    specs = model_specs(m, ONE_CONFIG)
+    ops = {s.op for s in specs}
+    assert {"rel_proj", "attention_rel"} <= ops and not {"attention", "embed"} & ops
+    pooler = {s.constexprs["ACT"] for s in specs if s.op == "gemm"}
+    assert not {3, 4} & pooler  # the ContextPooler's GELU, not DistilBERT's ReLU or BERT's tanh
+    variants = aot.compile_specs(
+        [s for s in specs if s.op in ("rel_proj", "attention_rel")], ["sm_90", "sm_80"], tmp_path
+    )
+    for v in variants:
+        assert set(v.images) == {"sm_80", "sm_90", PTX_KEY}
+        for arch in ("sm_80", "sm_90"):
+            blob = (tmp_path / v.images[arch].file).read_bytes()
+            aot.check_cubin(blob, int(arch[3:]))
+            assert v.entry.encode() in blob
+        assert f".entry {v.entry}(" in (tmp_path / v.images[PTX_KEY].file).read_text()

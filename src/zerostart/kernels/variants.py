@@ -149,6 +149,8 @@ def gemm_sites(manifest: Manifest) -> list[tuple[str, int, bool, int, int]]:
     n_labels = len(manifest.labels)
     if manifest.task == "sequence-classification":
         pre_act = ACT_TANH if manifest.architecture == "bert" else ACT_RELU
+        if manifest.architecture == "deberta-v2":  # ContextPooler: its own activation
+            pre_act = ACT_TANH if c.pooler_act == "tanh" else activation_code(c.pooler_act)
         sites.append(("pooler", pre_act, False, h, h))
         sites.append(("classifier", ACT_NONE, False, n_labels, h))
     elif manifest.task == "token-classification":
@@ -216,6 +218,12 @@ def model_specs(
     )
     for spec in (ln, emb, att):
         specs[spec.key] = spec
+    if manifest.architecture == "deberta-v2":  # disentangled attention in place of BERT's
+        from zerostart.kernels.deberta_variants import deberta_attention_specs
+
+        del specs[att.key], specs[emb.key]
+        for spec in deberta_attention_specs(manifest):
+            specs[spec.key] = spec
     for spec in splitk_specs(manifest, block_h, warps):
         specs[spec.key] = spec
     return list(specs.values())

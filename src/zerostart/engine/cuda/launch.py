@@ -45,6 +45,7 @@ OPS: tuple[str, ...] = ("gemm", "layer_norm", "embed", "attention", "gemm_partia
 OPS += ("splitk_layer_norm",)
 # ModernBERT's (zerostart.kernels.triton_modernbert; plan in engine/cuda/modernbert_plan.py)
 OPS += ("ln_nobias", "rotary", "gemm_geglu", "attention_band", "mean_pool")
+OPS += ("rel_proj", "attention_rel")  # DeBERTa's (zerostart.kernels.triton_deberta)
 PTX_KEY = "ptx"  # the image key of a variant's PTX (its arch is KernelManifest.ptx_arch)
 THREADS_PER_WARP = 32
 I32_MAX = 2**31 - 1  # the kernels take M, N and K as i32 arguments
