@@ -1,10 +1,8 @@
-"""Run the GPU engine's ModernBERT launch plan in Triton's CPU interpreter (tests only).
+"""Run ``CudaEngine`` with its kernels in Triton's CPU interpreter (tests only).
 
-``kernel_forward`` builds the plan with ``engine.cuda.modernbert_plan`` over a
-fake address space (one torch byte buffer per allocation; an address is a base
-plus an offset, as on the device) and launches every step's Triton function
-with the variant's constexprs and grid, exactly as the manifest describes the
-launch to the engine. Needs ``TRITON_INTERPRET=1`` set before
+``engine_forward`` runs the engine itself on tests/fake_libcuda.py and sends each
+launch to its Triton function (see its docstring); ``tiny_modernbert`` makes a
+ModernBERT manifest and weights. Needs ``TRITON_INTERPRET=1`` set before
 ``zerostart.kernels`` is imported. Importable from every test folder.
 """
 
@@ -17,17 +15,10 @@ import numpy as np
 
 from tiny_models import tiny_manifest
 from zerostart.engine.cuda.launch import (
-    KernelManifest,
     KernelVariant,
-    batch_buckets,
-    select_gemm,
-    seq_buckets,
 )
 from zerostart.engine.cuda.modernbert_plan import (
     ModernBertBuffers,
-    modernbert_plan,
-    output_rows,
-    rope_tables,
 )
 from zerostart.engine.modernbert_layout import modernbert_shapes
 from zerostart.model.manifest import Manifest
@@ -88,128 +79,6 @@ def tiny_modernbert(
     return m, weights
 
 
-def spec_manifest(manifest: Manifest) -> KernelManifest:
-    """The kernel manifest ``aot`` would write, without images (nothing compiled)."""
-    from zerostart.kernels.variants import GemmConfig, model_specs
-
-    specs = model_specs(manifest, (GemmConfig(16, 16, 16, num_warps=4, num_stages=1),))
-    variants = tuple(
-        KernelVariant(
-            key=s.key,
-            op=s.op,
-            entry=s.op,
-            params={**s.constexprs, **s.params},
-            signature=s.signature,
-            grid=s.grid,
-        )
-        for s in specs
-    )
-    # Interpreted blocks of 16: the attention/rotary/pool tiles too (the AOT ones are larger).
-    small = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_T": 16, "BLOCK_H": None}
-    out = []
-    for v in variants:
-        if v.op in ("attention_band", "rotary", "mean_pool"):
-            p = {k: (small[k] or x) if k in small else x for k, x in v.params.items()}
-            v = dataclasses.replace(v, params=p)
-        out.append(v)
-    return KernelManifest(
-        archs=(),
-        ptx_arch="sm_80",
-        compiler={},
-        batch_buckets=batch_buckets(4),
-        seq_buckets=seq_buckets(manifest.max_length),
-        variants=tuple(out),
-    )
-
-
-class FakeMemory:
-    """Device memory as torch byte buffers; addresses are ints like the driver's."""
-
-    def __init__(self, torch: Any) -> None:
-        self.torch = torch
-        self.blocks: list[tuple[int, Any]] = []
-        self.top = 1 << 20
-
-    def alloc(self, nbytes: int) -> int:
-        ptr, size = self.top, -(-max(nbytes, 1) // _ALIGN) * _ALIGN
-        self.blocks.append((ptr, self.torch.zeros(size, dtype=self.torch.uint8)))
-        self.top += size + _ALIGN
-        return ptr
-
-    def upload(self, data: Any) -> int:
-        raw = np.frombuffer(memoryview(data).cast("B"), np.uint8)
-        ptr = self.alloc(raw.nbytes)
-        self.blocks[-1][1][: raw.nbytes] = self.torch.from_numpy(raw.copy())
-        return ptr
-
-    def view(self, ptr: int, dtype: str) -> Any:
-        for base, block in self.blocks:
-            if base <= ptr < base + block.numel():
-                return block[ptr - base :].view(getattr(self.torch, _DTYPES[dtype]))
-        raise AssertionError(f"address {ptr:#x} is in no allocation")
-
-
-def run_plan(plan: list[Any], mem: FakeMemory) -> None:
-    from zerostart.kernels import triton_kernels, triton_modernbert
-
-    fns = {**triton_kernels.KERNELS, **triton_modernbert.KERNELS}
-    for step in plan:
-        v = step.variant
-        fn = fns[v.op]
-        args = [
-            mem.view(int(step.args[name]), d) if d.startswith("*") else step.args[name]
-            for name, d in v.signature
-        ]
-        constexprs = {k: x for k, x in v.params.items() if k in fn.arg_names}
-        fn[v.grid_for(step.sizes)](*args, **constexprs)
-
-
-def kernel_forward(
-    torch: Any, manifest: Manifest, weights: dict[str, np.ndarray], ids: np.ndarray, lens: Any
-) -> np.ndarray:
-    """The plan's output for right-padded ``ids [B, T]`` (float32, the reference's shapes)."""
-    c = manifest.config
-    b, t = ids.shape
-    n, h = b * t, c.hidden_size
-    km = spec_manifest(manifest)
-    mem = FakeMemory(torch)
-    w = {name: mem.upload(a.astype(np.float16)) for name, a in weights.items()}
-    d = h // c.num_heads
-    fp16 = 2
-
-    def tables(theta: float) -> tuple[int, int]:
-        cos, sin = rope_tables(theta, d, t)
-        return mem.upload(cos), mem.upload(sin)
-
-    labels = max(1, len(manifest.labels))
-    buf = ModernBertBuffers(
-        ids=mem.upload(ids.astype(np.int32).reshape(-1)),
-        lens=mem.upload(np.asarray(lens, np.int32)),
-        x=mem.alloc(n * h * fp16),
-        h=mem.alloc(n * h * fp16),
-        ctx=mem.alloc(n * h * fp16),
-        tmp=mem.alloc(n * h * fp16),
-        qkv=mem.alloc(n * 3 * h * fp16),
-        f=mem.alloc(n * c.intermediate_size * fp16),
-        pooled=mem.alloc(b * h * fp16),
-        pooled2=mem.alloc(b * h * fp16),
-        logits=mem.alloc(n * labels * fp16),
-        zero_bias=mem.alloc(3 * h * fp16),
-        rope_global=tables(c.rope_theta),
-        rope_local=tables(c.local_rope_theta),
-    )
-
-    def choose(op: str, act: int, res: bool, m: int, nn: int, k: int, lda: int) -> KernelVariant:
-        return select_gemm(km, act=act, has_res=res, m=m, n=nn, k=k, lda=lda, ldc=nn, sm_count=1, op=op)  # fmt: skip
-
-    run_plan(modernbert_plan(manifest, km, w, buf, b, t, choose), mem)
-    field, rows, width = output_rows(manifest, b, t)
-    out = mem.view(getattr(buf, field), "*fp16")[: rows * width].float().numpy()
-    shape = (b, width) if manifest.task == "sequence-classification" else (b, t, width)
-    result: np.ndarray = out.reshape(shape)
-    return result
-
-
 def fake_buffers() -> ModernBertBuffers:
     """Distinct made-up addresses, for plans that are only inspected, never run."""
     names = [f.name for f in dataclasses.fields(ModernBertBuffers)]
@@ -217,3 +86,57 @@ def fake_buffers() -> ModernBertBuffers:
     addr["rope_global"] = (addr["rope_global"], addr["rope_global"] + 0x800)  # type: ignore[assignment]
     addr["rope_local"] = (addr["rope_local"], addr["rope_local"] + 0x800)  # type: ignore[assignment]
     return ModernBertBuffers(**addr)  # type: ignore[arg-type]
+
+
+def engine_forward(
+    torch: Any, manifest: Manifest, weights: dict[str, np.ndarray], ids: np.ndarray, mask: Any
+) -> np.ndarray:
+    """``CudaEngine.forward`` itself, its kernels run by Triton's interpreter.
+
+    The engine runs on ``tests/fake_libcuda.py`` (device memory is bytes, copies
+    move data) with kernel placeholders from ``write_fake_kernels`` (the variants
+    ``aot`` would compile, default block configs), graphs off; every launch the
+    engine makes goes, by name and grid, to the Triton function on torch views of
+    those bytes. So the staging of inputs, the buffers, the plan and the copy of
+    the output back are the engine's own, and only the driver is not.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from fake_libcuda import FakeCuda, write_fake_kernels
+    from zerostart.engine.cuda import CudaEngine
+    from zerostart.engine.cuda.driver import Driver
+    from zerostart.kernels import triton_deberta, triton_kernels, triton_modernbert
+
+    fns = {**triton_kernels.KERNELS, **triton_modernbert.KERNELS, **triton_deberta.KERNELS}
+    fake = FakeCuda()
+    sizes = {"*fp16": 2, "*fp32": 4, "*i32": 4}
+
+    def view(ptr: int, dtype: str) -> Any:
+        buf, off = fake._find(ptr, 1)
+        raw = torch.frombuffer(buf, dtype=torch.uint8)[off:]
+        raw = raw[: raw.numel() // sizes[dtype] * sizes[dtype]]
+        return raw.view(getattr(torch, _DTYPES[dtype]))
+
+    def launch(
+        variant: KernelVariant, sizes_: Any, args: Any, stream: int, scratch: int = 0
+    ) -> None:
+        fn = fns[variant.op]
+        call = [
+            view(int(args[n]), d) if d.startswith("*") else args[n] for n, d in variant.signature
+        ]
+        constexprs = {k: x for k, x in variant.params.items() if k in fn.arg_names}
+        fn[variant.grid_for(sizes_)](*call, **constexprs)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kernels = write_fake_kernels(manifest, Path(tmp))
+        w16 = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in weights.items()}
+        engine = CudaEngine(
+            manifest, w16, kernels_dir=kernels, driver=Driver(fake), capture_graphs=False
+        )
+        engine.library.launch = launch  # type: ignore[method-assign]
+        try:
+            out: np.ndarray = engine.forward(ids, mask)
+        finally:
+            engine.close()
+    return out

@@ -2,11 +2,11 @@
 
 Each kernel of ``zerostart.kernels.triton_modernbert`` is checked against the
 functions of ``zerostart.engine.modernbert_ref`` at T = 1, 40 and 127 (a ragged
-batch), with windows smaller and larger than T; then a whole tiny ModernBERT
-forward built from the kernels (BERT's ``gemm`` for the bias-free projections
-and the head) is checked against ``ModernBertReference.forward`` for every
-task. As in ``test_kernels_interpret.py``, ``TRITON_INTERPRET=1`` must be set
-before the kernels are decorated, so the checks run in one child process (this
+batch), with windows smaller and larger than T; then ``CudaEngine.forward`` on
+a tiny ModernBERT (the engine itself on tests/fake_libcuda.py, every launch run
+by the interpreter: tests/interpret_modernbert.py) is checked against
+``ModernBertReference.forward``. As in ``test_kernels_interpret.py``,
+``TRITON_INTERPRET=1`` must be set before the kernels are decorated, so the checks run in one child process (this
 file is also a script) whose per-case lines the tests read. Tolerances are fp16
 ones: activations are rounded to fp16 between kernels.
 """
@@ -190,12 +190,12 @@ _TASKS = {
 
 
 def _forward(torch: Any, case: str) -> float:
-    """The GPU engine's launch plan, run on the interpreter, vs ModernBertReference.forward.
+    """``CudaEngine.forward``, its kernels interpreted, vs ModernBertReference.forward.
 
     "forward": sequence classification with mean pooling (every kernel, both thetas,
     a window crossed) at T = 24; "full_<task>": T = 1, 40, 127, windows 8 and 200.
     """
-    from interpret_modernbert import kernel_forward, tiny_modernbert
+    from interpret_modernbert import engine_forward, tiny_modernbert
     from zerostart.engine.modernbert_ref import ModernBertReference
 
     if case == "forward":
@@ -213,7 +213,7 @@ def _forward(torch: Any, case: str) -> float:
         mask = (np.arange(t)[None, :] < lens[:, None]).astype(np.int64)
         ids = np.where(mask != 0, ids, 0)
         ref = ref_engine.forward(ids, mask)
-        got = kernel_forward(torch, manifest, weights, ids, lens)
+        got = engine_forward(torch, manifest, weights, ids, mask)
         if task == "sequence-classification":
             err = float(np.abs(got - ref).max())
         else:
