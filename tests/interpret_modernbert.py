@@ -140,3 +140,42 @@ def engine_forward(
         finally:
             engine.close()
     return out
+
+
+DEBERTA_CONFIG = {"position_buckets": 16, "max_relative_positions": 64}
+
+
+def tiny_deberta(task: str, *, seed: int = 0) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """A 2-layer DeBERTa-v2 (d = 16, 16 log buckets: distances past 8 are bucketed) with random
+    fp16-exact weights and the bundle's ``rel.index`` table (``model.deberta.relative_index``)."""
+    from zerostart.engine.deberta_layout import REL_INDEX, tensor_dtypes, tensor_shapes
+    from zerostart.model.deberta import relative_index
+
+    m = tiny_manifest(
+        "deberta-v2", task, hidden=32, layers=2, heads=2, ffn=48, max_positions=128, device="cuda"
+    )
+    m = dataclasses.replace(
+        m,
+        config=dataclasses.replace(
+            m.config,
+            layer_norm_eps=1e-7,
+            relative_span=DEBERTA_CONFIG["position_buckets"],
+            pooler_act="gelu",
+        ),
+    )
+    rng = np.random.default_rng(seed)
+    weights: dict[str, np.ndarray] = {}
+    dtypes = tensor_dtypes(m)
+    for name, shape in tensor_shapes(m).items():
+        if dtypes[name] == "int32":
+            config = {**DEBERTA_CONFIG, "max_position_embeddings": m.config.max_position_embeddings}
+            weights[name] = relative_index(config, m.config.max_position_embeddings)
+            assert name == REL_INDEX and weights[name].shape == shape
+            continue
+        if name.endswith("norm.weight"):
+            a = 1.0 + 0.1 * rng.standard_normal(shape)
+        else:
+            fan_in = shape[0] if len(shape) == 2 else 4
+            a = rng.standard_normal(shape) / np.sqrt(fan_in)
+        weights[name] = a.astype(np.float16).astype(np.float32)
+    return m, weights

@@ -320,3 +320,34 @@ def test_modernbert_rope_tables_match_the_reference_within_an_ulp() -> None:
         for got, ref in ((cos, ref_cos), (sin, ref_sin)):
             diff = np.abs(np.frombuffer(got, np.float32).reshape(1024, 32) - ref)
             assert diff.max() <= 6e-8, diff.max()  # 1 ulp at 1.0
+
+
+@pytest.mark.parametrize(("task", "head"), [("sequence-classification", 2), ("embeddings", 0)])
+def test_deberta_plan_on_the_engine(tmp_path: Path, task: str, head: int) -> None:
+    """DeBERTa on CudaEngine: BERT's layer with rel_proj + attention_rel in place of its
+    attention (8 launches a layer), the embedding on a zero position table, the pooler with
+    the model's own activation; W and lo per bucket from rel.index. Numerics: the same engine
+    runs in Triton's interpreter in test_kernels_interpret_deberta.py."""
+    from fake_libcuda import write_fake_kernels
+    from interpret_modernbert import tiny_deberta
+    from zerostart.engine.cuda import CudaEngine
+
+    m, w = tiny_deberta(task)
+    write_fake_kernels(m, tmp_path)
+    drv = RecordingDriver()
+    weights = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in w.items()}
+    engine = CudaEngine(m, weights, kernels_dir=tmp_path / "kernels", driver=drv)
+    ids = np.array([[2, 5, 7, 3, 9], [2, 9, 3, 0, 0]])
+    out = engine.forward(ids, (ids != 0).astype(np.int64))
+    assert out.shape == ((2, 3) if task == "sequence-classification" else (2, 5, 32))
+    assert drv.captured == [1 + 8 * m.config.num_layers + head]
+    plan = engine._plan(2, 16)
+    rel = [s for s in plan if s.variant.op == "rel_proj"]
+    # 16 tokens: distances up to 15 reach buckets 16 +- (8 + log buckets), not all 32 rows
+    lo, width = rel[0].args["lo"], rel[0].args["W"]
+    assert lo > 0 and lo + width < 2 * m.config.relative_span and width < 2 * 16
+    pooler = [s for s in plan if s.variant.op == "gemm" and s.args["M"] == 2]
+    assert all(s.variant.params["ACT"] == 1 for s in pooler[:1])  # GELU (ContextPooler)
+    with pytest.raises(EngineError, match="int32"):
+        bad = {**weights, "rel.index": weights["rel.index"].astype(np.float16)}
+        CudaEngine(m, bad, kernels_dir=tmp_path / "kernels", driver=RecordingDriver())

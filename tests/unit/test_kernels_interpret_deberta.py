@@ -5,7 +5,10 @@
 log-bucket table) from ``zerostart.kernels.triton_deberta`` are checked against
 ``zerostart.engine.deberta.disentangled_attention`` at T = 1, 40 and 127 with
 ragged lengths, on a table from ``model.deberta.relative_index`` (16 buckets,
-so distances past 8 are log-bucketed). One interpreter child runs every case,
+so distances past 8 are log-bucketed); then ``CudaEngine.forward`` on a tiny
+DeBERTa classifier (BERT's layer with these two launches in place of its
+attention, run by the interpreter) against ``DebertaEngine.forward``. One
+interpreter child runs every case,
 as in test_kernels_interpret_modernbert.py. Tolerances are fp16 ones.
 """
 
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-CASES = ("rel_proj", "attention_rel")
+CASES = ("rel_proj", "attention_rel", "forward")
 LENGTHS = (1, 40, 127)
 POSITIONS = 128  # P: the table has 2P - 1 entries
 CONFIG = {"position_buckets": 16, "max_relative_positions": 64, "max_position_embeddings": 128}
@@ -116,17 +119,38 @@ def _check_attention_rel(torch: Any, k: Any) -> float:
     return worst
 
 
+def _check_forward(torch: Any, k: Any) -> float:
+    """``CudaEngine.forward`` on a tiny DeBERTa classifier, its kernels interpreted
+    (tests/interpret_modernbert.py engine_forward), vs ``DebertaEngine.forward``; T = 24."""
+    from interpret_modernbert import engine_forward, tiny_deberta
+    from zerostart.engine.deberta import DebertaEngine
+
+    manifest, weights = tiny_deberta("sequence-classification", seed=24)
+    lens = np.array([24, 9])
+    mask = (np.arange(24)[None, :] < lens[:, None]).astype(np.int64)
+    ids = np.random.default_rng(24).integers(3, manifest.config.vocab_size, (2, 24)) * mask
+    got = engine_forward(torch, manifest, weights, ids, mask)
+    ref = DebertaEngine(manifest, weights).forward(ids, mask)
+    err = float(np.abs(got - ref).max()) / max(1.0, float(np.abs(ref).max()))
+    assert err < 3e-2 and (got.argmax(-1) == ref.argmax(-1)).all(), (got, ref)
+    return err
+
+
 def _main(cases: list[str]) -> None:
     os.environ["TRITON_INTERPRET"] = "1"
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the helper module
     import torch
 
     from zerostart.kernels import triton_deberta
 
     for case in cases:
         try:
-            err = {"rel_proj": _check_rel_proj, "attention_rel": _check_attention_rel}[case](
-                torch, triton_deberta
-            )
+            checks = {
+                "rel_proj": _check_rel_proj,
+                "attention_rel": _check_attention_rel,
+                "forward": _check_forward,
+            }
+            err = checks[case](torch, triton_deberta)
             print(f"{case} ok max error {err:.3g}", flush=True)
         except AssertionError as exc:
             print(f"{case} FAILED {exc!r}", flush=True)

@@ -3,9 +3,10 @@
 Pure Python, like ``variants``. A DeBERTa layer is BERT's post-LN layer with
 the attention replaced, so its GEMMs, LayerNorms and split-K builds are BERT's;
 ``rel_proj`` and ``attention_rel`` (``zerostart.kernels.triton_deberta``) take
-the place of ``attention``. Not yet built: the embedding without a position
-table (BERT's ``embed`` reads one), and the engine's plan; convert refuses
-DeBERTa for ``--device cuda`` (docs/gpu.md).
+the place of ``attention``; the embedding is BERT's ``embed`` reading a zero
+position table (DeBERTa has no absolute positions). The plan is
+``CudaEngine._plan``'s; convert still refuses DeBERTa for ``--device cuda``
+until a GPU has run it (docs/gpu.md).
 """
 
 from __future__ import annotations

@@ -221,7 +221,7 @@ def model_specs(
     if manifest.architecture == "deberta-v2":  # disentangled attention in place of BERT's
         from zerostart.kernels.deberta_variants import deberta_attention_specs
 
-        del specs[att.key], specs[emb.key]
+        del specs[att.key]  # (the embedding is BERT's, on a zero position table)
         for spec in deberta_attention_specs(manifest):
             specs[spec.key] = spec
     for spec in splitk_specs(manifest, block_h, warps):

@@ -75,6 +75,8 @@ from zerostart.engine.cuda.launch import (
 from zerostart.engine.cuda.memory import CachingAllocator, PinnedBuffer
 from zerostart.engine.cuda.modernbert_plan import ModernBertBuffers, modernbert_plan, rope_tables
 from zerostart.engine.cuda.module import KernelLibrary
+from zerostart.engine.deberta_layout import ARCHITECTURE as DEBERTA
+from zerostart.engine.deberta_layout import REL_INDEX, pos_names
 from zerostart.engine.layout import layer_prefix, tensor_shapes
 from zerostart.errors import EngineError
 from zerostart.model.manifest import Manifest
@@ -123,6 +125,7 @@ class CudaEngine:
                 hint="convert with `zerostart convert --device cuda --arch sm_XY`",
             )
         self.manifest = manifest
+        self._deberta = manifest.architecture == DEBERTA
         c = manifest.config
         self._h, self._inter, self._heads = c.hidden_size, c.intermediate_size, c.num_heads
         self._eps = float(c.layer_norm_eps)
@@ -210,26 +213,37 @@ class CudaEngine:
         or from numpy arrays (a mapping of them: tests, the canary)."""
         out: dict[str, int] = {}
         mapped = getattr(weights, "info", None)
+        self._int_tensors = {REL_INDEX} if self._deberta else set()
+        if self._deberta:  # the bucket table, also read here: a plan's W and lo depend on it
+            if mapped is not None:  # read from the map, as the upload does (no numpy)
+                import ctypes
+
+                addr = weights.address(REL_INDEX)  # type: ignore[attr-defined]
+                raw = ctypes.string_at(addr, mapped[REL_INDEX].nbytes)
+            else:
+                raw = weights[REL_INDEX].astype("<i4").tobytes()
+            self._rel_index = array("i", raw)
         for name, shape in tensor_shapes(self.manifest).items():
             if name not in weights:
                 raise EngineError(
                     f"weights have no tensor {name!r}", hint="re-run zerostart convert"
                 )
+            want = "int32" if name in self._int_tensors else "float16"
             if mapped is not None:
                 info = mapped[name]
                 dtype, got_shape, src, nbytes = (
                     info.dtype, info.shape, weights.address(name), info.nbytes,  # type: ignore[attr-defined]
                 )  # fmt: skip
-                ok = dtype == "F16"
+                ok = dtype == ("I32" if want == "int32" else "F16")
             else:
                 import numpy as np
 
                 arr = np.ascontiguousarray(weights[name])
                 dtype, got_shape, src, nbytes = arr.dtype, arr.shape, arr.ctypes.data, arr.nbytes
-                ok = arr.dtype == np.float16
+                ok = arr.dtype == np.dtype(want)
             if got_shape != shape or not ok:
                 raise EngineError(
-                    f"tensor {name!r} is {dtype}{list(got_shape)}, expected float16{list(shape)}",
+                    f"tensor {name!r} is {dtype}{list(got_shape)}, expected {want}{list(shape)}",
                     hint="re-run zerostart convert --device cuda",
                 )
             ptr = self._alloc.alloc(nbytes)
@@ -254,10 +268,39 @@ class CudaEngine:
         splits = [v.params["SPLIT_K"] for v in self.kernels.variants if v.op == "gemm_partial"]
         rows = min(n, SPLITK_MAX_ROWS)
         self._ws = a(max(splits) * rows * h * FP32_BYTES) if splits else 0
+        if self._deberta:
+            c = self.manifest.config
+            self._zero_pos = self._upload_bytes(bytes(self._max_t * h * FP16_BYTES))
+            rel = self._max_b * c.num_heads * self._max_t * self._rel_width(self._max_t)[1]
+            self._c2p, self._p2c = a(rel * FP32_BYTES), a(rel * FP32_BYTES)
         self._hidden = self._x  # where the encoder's last hidden states end up
         if self.manifest.architecture == "modernbert":
             self._mb = self._modernbert_buffers()
             self._hidden = self._mb.h
+
+    def _rel_width(self, t: int) -> tuple[int, int]:
+        """(lo, W): the rows of the relative tables that distances |i - j| < t reach."""
+        p = (len(self._rel_index) + 1) // 2
+        rows = self._rel_index[p - t : p - 1 + t]
+        return min(rows), max(rows) + 1 - min(rows)
+
+    def _attention(self, b: int, t: int, lens_ptr: int, layer: int) -> list[_Launch]:
+        """BERT's attention launch, or DeBERTa's two (``kernels/triton_deberta.py``)."""
+        h, sizes = self._h, {"B": b, "T": t}
+        common: dict[str, int | float] = {"qkv_ptr": self._qkv, "T": t, "H": h}
+        if not self._deberta:
+            attn = self.kernels.find("attention", NUM_HEADS=self._heads)
+            return [_Launch(attn, sizes, {**common, "lens_ptr": lens_ptr, "out_ptr": self._ctx})]
+        lo, width = self._rel_width(t)
+        pos_q, pos_k = pos_names(layer)
+        rel = {**common, "c2p_ptr": self._c2p, "p2c_ptr": self._p2c, "W": width, "lo": lo}
+        proj = {**rel, "posq_ptr": self._w[pos_q], "posk_ptr": self._w[pos_k]}
+        att = {**rel, "idx_ptr": self._w[REL_INDEX], "lens_ptr": lens_ptr, "out_ptr": self._ctx}
+        att["P"] = (len(self._rel_index) + 1) // 2
+        return [
+            _Launch(self.kernels.find("rel_proj"), {**sizes, "W": width}, proj),
+            _Launch(self.kernels.find("attention_rel"), sizes, att),
+        ]
 
     def _upload_bytes(self, data: array[Any] | bytes) -> int:
         """A device copy of host ``data`` (synchronous: ``data`` may be a temporary)."""
@@ -432,7 +475,7 @@ class CudaEngine:
                     "ids_ptr": ids_ptr,
                     "types_ptr": types_ptr,
                     "word_ptr": w["embed.word"],
-                    "pos_ptr": w["embed.position"],
+                    "pos_ptr": self._zero_pos if self._deberta else w["embed.position"],
                     "type_ptr": w.get("embed.token_type", w["embed.word"]),
                     "w_ptr": w["embed.norm.weight"],
                     "b_ptr": w["embed.norm.bias"],
@@ -443,22 +486,11 @@ class CudaEngine:
                 },
             )
         ]
-        attn = self.kernels.find("attention", NUM_HEADS=self._heads)
         for i in range(self.manifest.config.num_layers):
             p = layer_prefix(i)
             plan += [
                 self._gemm(self._x, p + "attn.qkv", self._qkv, n),
-                _Launch(
-                    attn,
-                    {"B": b, "T": t},
-                    {
-                        "qkv_ptr": self._qkv,
-                        "lens_ptr": lens_ptr,
-                        "out_ptr": self._ctx,
-                        "T": t,
-                        "H": h,
-                    },
-                ),
+                *self._attention(b, t, lens_ptr, i),
                 *self._residual_norm(
                     self._ctx, p + "attn.out", self._x, p + "attn.norm", self._a, n
                 ),
@@ -471,6 +503,10 @@ class CudaEngine:
         elif task == "sequence-classification":
             bert = self.manifest.architecture == "bert"
             pre, act = ("head.pooler", ACT_TANH) if bert else ("head.pre_classifier", ACT_RELU)
+            if self._deberta:  # ContextPooler: dense + its own activation on token 0
+                pooler = self.manifest.config.pooler_act
+                act = ACT_TANH if pooler == "tanh" else activation_code(pooler)
+                pre = "head.pooler"
             # [CLS] rows read in place: row i of A is token 0 of sequence i (stride T*H).
             plan.append(self._gemm(self._x, pre, self._pooled, b, act=act, lda=t * h))
             plan.append(self._gemm(self._pooled, "head.classifier", self._logits, b))
