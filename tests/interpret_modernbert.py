@@ -145,14 +145,23 @@ def engine_forward(
 DEBERTA_CONFIG = {"position_buckets": 16, "max_relative_positions": 64}
 
 
-def tiny_deberta(task: str, *, seed: int = 0) -> tuple[Manifest, dict[str, np.ndarray]]:
-    """A 2-layer DeBERTa-v2 (d = 16, 16 log buckets: distances past 8 are bucketed) with random
-    fp16-exact weights and the bundle's ``rel.index`` table (``model.deberta.relative_index``)."""
+def tiny_deberta(
+    task: str, *, seed: int = 0, hidden: int = 32, heads: int = 2, max_positions: int = 128
+) -> tuple[Manifest, dict[str, np.ndarray]]:
+    """A 2-layer DeBERTa-v2 (default d = 16; 16 log buckets: distances past 8 are bucketed) with
+    random fp16-exact weights and the bundle's ``rel.index`` (``model.deberta.relative_index``)."""
     from zerostart.engine.deberta_layout import REL_INDEX, tensor_dtypes, tensor_shapes
     from zerostart.model.deberta import relative_index
 
     m = tiny_manifest(
-        "deberta-v2", task, hidden=32, layers=2, heads=2, ffn=48, max_positions=128, device="cuda"
+        "deberta-v2",
+        task,
+        hidden=hidden,
+        layers=2,
+        heads=heads,
+        ffn=48,
+        max_positions=max_positions,
+        device="cuda",
     )
     m = dataclasses.replace(
         m,

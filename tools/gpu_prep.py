@@ -17,7 +17,8 @@ the call's ``carry``)::
                                       times (TUNING_GEMM_CONFIGS)
     .gpu/modernbert/                  ModernBERT's GPU parity fixture (tools/gpu_prep_modernbert.py:
                                       a 4-layer miniature, its kernels, the reference's outputs
-                                      at T = 1..1,024; ~5 MB), unless --no-modernbert
+                                      at T = 1..1,024; ~5 MB), and .gpu/deberta/ (the same for
+                                      DeBERTa, T up to 512; ~2 MB), unless --no-modernbert
     .gpu/wheels/                      httptools for CPython 3.12 (the worker's HTTP parser)
     .gpu/criu.tar.xz                  CRIU and the shared libraries it needs (glibc excepted),
                                       14 MB unpacked; criu/criu is a wrapper that sets the
@@ -343,8 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_modernbert:
         sys.path.insert(0, str(REPO / "tools"))
         from gpu_prep_modernbert import build as build_modernbert
+        from gpu_prep_modernbert import build_deberta
 
         record["modernbert"] = build_modernbert(out / "modernbert", archs)
+        record["deberta"] = build_deberta(out / "deberta", archs)
     if not args.no_wheels:
         download_wheels(out / "wheels")
     if not args.no_criu:

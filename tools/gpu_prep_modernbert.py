@@ -1,10 +1,11 @@
 """ModernBERT's GPU parity fixture, made on the CPU machine for a lent GPU (issue 23).
 
-``tools/gpu_prep.py`` calls ``build`` unless ``--no-modernbert``; alone:
+``tools/gpu_prep.py`` calls ``build`` and ``build_deberta`` (``.gpu/deberta/``, the same
+files for DeBERTa) unless ``--no-modernbert``; alone (writes both):
 
     python tools/gpu_prep_modernbert.py [--out .gpu/modernbert] [--arch sm_90]
 
-Writes, for ``tests/gpu/test_gpu_modernbert.py``::
+Writes, for ``tests/gpu/test_gpu_families.py``::
 
     kernels/                 the Triton kernels (kernels/triton_modernbert.py + BERT's GEMM)
                              compiled ahead of time for --arch and sm_80 PTX; one folder
@@ -62,18 +63,18 @@ def build(out: Path, archs: list[str]) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(23)
     arrays: dict[str, np.ndarray] = {}
-    weights: dict[str, np.ndarray] = {}
     for t in LENGTHS:
         lens = np.array([t, max(1, t // 3)])
         ids = rng.integers(3, SHAPE["vocab"], (2, t))
         mask = (np.arange(t)[None, :] < lens[:, None]).astype(np.int64)
         arrays[f"ids_{t}"], arrays[f"mask_{t}"] = np.where(mask != 0, ids, 0), mask
-    for case, (task, pooling) in CASES.items():
-        manifest, w = tiny_modernbert(task, pooling=pooling, window=WINDOW, seed=23, **SHAPE)
+    from zerostart.engine.modernbert_layout import modernbert_shapes
+
+    _, weights = tiny_modernbert("sequence-classification", window=WINDOW, seed=23, **SHAPE)
+    for case, (task, pooling) in CASES.items():  # one set of weights; each case reads its part
+        manifest, _ = tiny_modernbert(task, pooling=pooling, window=WINDOW, **SHAPE)
         (out / f"manifest.{case}.json").write_text(manifest.to_json(), encoding="utf-8")
-        if len(w) > len(weights):
-            weights = w
-        ref = ModernBertReference(manifest, w)
+        ref = ModernBertReference(manifest, {k: weights[k] for k in modernbert_shapes(manifest)})
         for t in LENGTHS:
             arrays[f"{case}_{t}"] = ref.forward(arrays[f"ids_{t}"], arrays[f"mask_{t}"])
         _log(f"{case}: reference at T = {LENGTHS}")
@@ -88,12 +89,67 @@ def build(out: Path, archs: list[str]) -> dict[str, Any]:
     return made
 
 
+def build_deberta(out: Path, archs: list[str]) -> dict[str, Any]:
+    """DeBERTa's fixture, same files as ``build`` (cases: embeddings, seqcls, tokcls; T up to 512).
+
+    The tests' tiny DeBERTa (tests/interpret_modernbert.py ``tiny_deberta``: 2 layers, head
+    size 16, 16 log buckets) widened to 4 heads of 32 and 512 positions, so distances up to
+    511 go through the log buckets. ~2 MB.
+    """
+    import dataclasses
+
+    for p in (REPO / "src", REPO / "tests"):
+        if str(p) not in sys.path:
+            sys.path.insert(0, str(p))
+    from interpret_modernbert import tiny_deberta
+
+    from zerostart.engine.deberta import DebertaEngine
+    from zerostart.kernels import aot
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(20)
+    lengths = (1, 127, 512)
+    arrays: dict[str, np.ndarray] = {}
+    for t in lengths:
+        lens = np.array([t, max(1, t // 3)])
+        mask = (np.arange(t)[None, :] < lens[:, None]).astype(np.int64)
+        arrays[f"ids_{t}"] = rng.integers(3, 50, (2, t)) * mask
+        arrays[f"mask_{t}"] = mask
+    from zerostart.engine.deberta_layout import tensor_shapes
+
+    shape = {"hidden": 128, "heads": 4, "max_positions": 512}
+    _, weights = tiny_deberta("sequence-classification", seed=20, **shape)
+    cases = {"embeddings": "embeddings", "seqcls_cls": "sequence-classification"}
+    cases["tokcls"] = "token-classification"
+    for case, task in cases.items():  # one set of weights; each case reads its part
+        manifest, _ = tiny_deberta(task, **shape)
+        (out / f"manifest.{case}.json").write_text(manifest.to_json(), encoding="utf-8")
+        ref = DebertaEngine(manifest, {k: weights[k] for k in tensor_shapes(manifest)})
+        for t in lengths:
+            arrays[f"{case}_{t}"] = ref.forward(arrays[f"ids_{t}"], arrays[f"mask_{t}"])
+    manifest, _ = tiny_deberta("sequence-classification", **shape)
+    km = aot.compile_for_bundle(manifest, out, archs)
+    _log(f"deberta kernels: {len(km['variants'])} variants for {archs}")
+    fp16 = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in weights.items()}
+    np.savez(out / "weights.npz", **fp16)
+    np.savez(out / "reference.npz", **arrays)
+    made = {
+        "cases": list(cases),
+        "lengths": list(lengths),
+        "config": dataclasses.asdict(manifest.config),
+    }
+    (out / "prep.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(REPO / ".gpu" / "modernbert"))
     ap.add_argument("--arch", default="sm_90", help="cubin archs, comma-separated")
     args = ap.parse_args(argv)
-    build(Path(args.out), [a for a in args.arch.split(",") if a])
+    archs = [a for a in args.arch.split(",") if a]
+    build(Path(args.out), archs)
+    build_deberta(Path(args.out).parent / "deberta", archs)
     return 0
 
 

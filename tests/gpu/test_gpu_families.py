@@ -1,11 +1,15 @@
-"""ModernBERT on a real GPU: the Triton kernels' forward vs the numpy reference (issue 23).
+"""ModernBERT and DeBERTa on a real GPU: the Triton kernels' forward vs the numpy references.
+
+Issue 23 runs this whenever a GPU is lent.
 
 The fixture (``.gpu/modernbert/``, from tools/gpu_prep_modernbert.py, which
 tools/gpu_prep.py runs) holds a 4-layer ModernBERT in miniature (head size 64,
 a 128-token window, a global layer every third), its kernels compiled ahead of
 time, fp16 weights and the reference's fp32 outputs at T = 1, 127, 512 and
 1,024 for every task. ``CudaEngine`` runs ``engine/cuda/modernbert_plan.py``'s
-plan; convert still refuses ModernBERT for ``--device cuda`` until this passes.
+plan; ``.gpu/deberta/`` holds the same for a 2-layer DeBERTa (4 heads of 32,
+log buckets up to 512 positions) against ``engine/deberta.py``. convert still
+refuses both families for ``--device cuda`` until this passes.
 
 Tolerances (fp16 activations against fp32), relative to the largest reference
 value (at least 1): 3e-2 max abs, identical argmax for logits, cosine > 0.999
@@ -27,32 +31,37 @@ import pytest
 
 pytestmark = pytest.mark.gpu
 REPO = Path(__file__).resolve().parents[2]
-CASES = ("embeddings", "seqcls_cls", "seqcls_mean", "tokcls")
+CASES = [
+    *(("modernbert", c) for c in ("embeddings", "seqcls_cls", "seqcls_mean", "tokcls")),
+    *(("deberta", c) for c in ("embeddings", "seqcls_cls", "tokcls")),
+]
 TOLERANCE = 3e-2  # of max(1, the largest |reference value|)
 COSINE_MIN = 0.999
 
 
 @pytest.fixture(scope="module")
-def fixture(gpu_arch: str) -> Path:
-    folder = Path(os.environ.get("ZEROSTART_GPU_FIXTURES", REPO / ".gpu")) / "modernbert"
-    if not (folder / "prep.json").exists():
-        pytest.skip(f"no {folder}: run tools/gpu_prep.py on the CPU machine and carry .gpu")
+def fixtures(gpu_arch: str) -> Path:
+    folder = Path(os.environ.get("ZEROSTART_GPU_FIXTURES", REPO / ".gpu"))
+    for family in ("modernbert", "deberta"):
+        if not (folder / family / "prep.json").exists():
+            pytest.skip(f"no {folder / family}: run tools/gpu_prep.py and carry .gpu")
     return folder
 
 
 def _engine(folder: Path, case: str) -> Any:
     from zerostart.engine.cuda import CudaEngine
-    from zerostart.engine.modernbert_layout import modernbert_shapes
+    from zerostart.engine.layout import tensor_shapes
     from zerostart.model.manifest import Manifest
 
     manifest = Manifest.from_dict(json.loads((folder / f"manifest.{case}.json").read_text()))
     with np.load(folder / "weights.npz") as data:
-        weights = {name: data[name] for name in modernbert_shapes(manifest)}
+        weights = {name: data[name] for name in tensor_shapes(manifest)}
     return CudaEngine(manifest, weights, kernels_dir=folder / "kernels")
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_modernbert_gpu_forward_matches_the_reference(fixture: Path, case: str) -> None:
+@pytest.mark.parametrize(("family", "case"), CASES)
+def test_gpu_forward_matches_the_reference(fixtures: Path, family: str, case: str) -> None:
+    fixture = fixtures / family
     with np.load(fixture / "reference.npz") as data:
         ref = {k: data[k] for k in data.files}
     lengths = json.loads((fixture / "prep.json").read_text())["lengths"]
@@ -71,7 +80,9 @@ def test_modernbert_gpu_forward_matches_the_reference(fixture: Path, case: str) 
                 keep = mask.astype(bool)
                 g, w = got[keep], want[keep]
             diff = float(np.abs(g - w).max())
-            print(f"{case} T={t}: max abs diff {diff:.3e} ({ms:.1f} ms, first call per bucket)")
+            print(
+                f"{family} {case} T={t}: max abs diff {diff:.3e} ({ms:.1f} ms, first call per bucket)"
+            )
             assert diff <= TOLERANCE * max(1.0, float(np.abs(w).max())), (t, diff)
             if case == "embeddings":
                 cos = (g * w).sum(-1) / (np.linalg.norm(g, axis=-1) * np.linalg.norm(w, axis=-1))
