@@ -102,7 +102,6 @@ def build_deberta(out: Path, archs: list[str]) -> dict[str, Any]:
         if str(p) not in sys.path:
             sys.path.insert(0, str(p))
     from interpret_modernbert import tiny_deberta
-
     from zerostart.engine.deberta import DebertaEngine
     from zerostart.kernels import aot
 
