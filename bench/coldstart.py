@@ -39,8 +39,8 @@ from zerostart.benchmark import (
     time_cold_start,
     worker_command,
 )
+from zerostart.bundle.manifest import Manifest
 from zerostart.engine.native import cpu_flags
-from zerostart.model.manifest import Manifest
 
 TORCH_SERVER = ROOT / "bench" / "anchors" / "torch_server.py"
 ONNX_SERVER = ROOT / "bench" / "anchors" / "onnx_server.py"

@@ -33,12 +33,12 @@ from typing import Any
 from common import ROOT, bundle_dir, write_result
 from zerostart import estargz
 from zerostart.benchmark import machine_description
+from zerostart.bundle.manifest import Manifest
 from zerostart.image.build import BuildOptions, app_package_dir, layer_contents
 from zerostart.image.closure import build_closure
 from zerostart.image.layers import write_layer
 from zerostart.image.readorder import read_order
 from zerostart.image.trace import trace_worker
-from zerostart.model.manifest import Manifest
 
 MB = 1e6
 FRESH_INDEX = r"""

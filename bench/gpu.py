@@ -66,7 +66,7 @@ def bench_manifest():  # type: ignore[no-untyped-def]
     tools/gpu_prep.py compiles the kernels for it on the CPU machine;
     ``convert(kernels_from=...)`` checks that they fit the real bundle.
     """
-    from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
+    from zerostart.bundle.manifest import Manifest, ModelConfig, TokenizerSettings
 
     c = BERT_BASE
     return Manifest(
@@ -138,7 +138,7 @@ def default_kernels(kernels: Path) -> Path:
     import shutil
     from dataclasses import replace
 
-    from zerostart.engine.cuda.launch import KernelManifest, gemm_config_name
+    from zerostart.bundle.launch import KernelManifest, gemm_config_name
     from zerostart.kernels.variants import DEFAULT_GEMM_CONFIGS
 
     names = {c.name for c in DEFAULT_GEMM_CONFIGS}
@@ -178,8 +178,8 @@ def time_ms(fn, sync) -> float:  # type: ignore[no-untyped-def]
 
 def bench_split_k(bundle_dir: Path) -> dict:
     """Batch-1 latency with split-K off (1), forced to 2 or 4, and automatic (the default)."""
+    from zerostart.bundle.folder import Bundle
     from zerostart.engine.cuda import CudaEngine
-    from zerostart.model.bundle import Bundle
 
     out: dict = {}
     bundle = Bundle.open(bundle_dir)
@@ -197,8 +197,8 @@ def bench_split_k(bundle_dir: Path) -> dict:
 
 
 def bench_zerostart(bundle_dir: Path, profile: bool = False) -> dict:
+    from zerostart.bundle.folder import Bundle
     from zerostart.engine.cuda import CudaEngine
-    from zerostart.model.bundle import Bundle
 
     t0 = time.perf_counter()
     engine = CudaEngine.from_bundle(Bundle.open(bundle_dir))
@@ -319,7 +319,7 @@ if os.environ.get("ZS_PREWARM") == "1":  # what the worker does for a GPU bundle
     from zerostart.serve.__main__ import prewarm_cuda
     prewarm_cuda()
 import numpy as np
-from zerostart.model.bundle import Bundle
+from zerostart.bundle.folder import Bundle
 from zerostart.engine.cuda import CudaEngine
 t1 = time.perf_counter()
 b = Bundle.open(sys.argv[1])
@@ -364,7 +364,7 @@ def import_profile(top: int = 15, extra_env: dict | None = None) -> dict:
     """The child's imports by cumulative time (``python -X importtime``), microseconds."""
     env = dict(os.environ, **(extra_env or {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
-    code = "import numpy\nfrom zerostart.model.bundle import Bundle\nfrom zerostart.engine.cuda import CudaEngine"
+    code = "import numpy\nfrom zerostart.bundle.folder import Bundle\nfrom zerostart.engine.cuda import CudaEngine"
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code],
         capture_output=True, text=True, env=env, timeout=120,

@@ -390,7 +390,7 @@ def machine() -> dict[str, Any]:
 
 
 def main() -> None:
-    from zerostart.benchmark import free_port
+    from zerostart.procs import free_port
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--serve", choices=CANDIDATES, help=argparse.SUPPRESS)

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from common import bundle_dir, write_result
-from zerostart.benchmark import free_port, machine_description, sample_request
-from zerostart.model.manifest import Manifest
+from zerostart.benchmark import machine_description, sample_request
+from zerostart.bundle.manifest import Manifest
+from zerostart.procs import free_port
 
 # A fresh interpreter imports what the worker imports, timing every @dataclass decoration
 # (dataclasses._process_class: it compiles __init__, __repr__, __eq__, __hash__ and the

@@ -42,9 +42,10 @@ from fault_proxy import fault_proxy  # noqa: E402
 from registry_server import running_registry  # noqa: E402
 
 from common import bundle_dir, model_dir, write_result  # noqa: E402
-from zerostart.benchmark import drop_page_cache, free_port, machine_description, post_json  # noqa: E402
+from zerostart.benchmark import drop_page_cache, machine_description, post_json  # noqa: E402
 from zerostart.container.lazy import LazyContainer  # noqa: E402
 from zerostart.container.runtime import Container  # noqa: E402
+from zerostart.procs import free_port  # noqa: E402
 from zerostart.registry.client import pull, push  # noqa: E402
 
 TEXT = "a wonderful, heartfelt film"

@@ -41,9 +41,10 @@ from registry_server import running_registry  # noqa: E402
 import lazy  # noqa: E402
 from common import bundle_dir, model_dir, write_result  # noqa: E402
 from zerostart import chunkprofile  # noqa: E402
-from zerostart.benchmark import free_port, machine_description  # noqa: E402
+from zerostart.benchmark import machine_description  # noqa: E402
 from zerostart.container.lazy import LazyContainer  # noqa: E402
 from zerostart.image.profile import add_profile_layer  # noqa: E402
+from zerostart.procs import free_port  # noqa: E402
 from zerostart.registry.client import push  # noqa: E402
 
 WORK = lazy.WORK / "chunks"
@@ -101,9 +102,9 @@ def plan_cost(layout: Path, profile: chunkprofile.Profile) -> dict[str, Any]:
     from zerostart.image.oci import read_oci_layout
     from zerostart.imagefs._cache import ChunkCache
     from zerostart.imagefs._fetch import ChunkReader, Layer
-    from zerostart.imagefs._index import merge
     from zerostart.imagefs._layers import entries_from_toc
     from zerostart.imagefs._profile import plan
+    from zerostart.imagefs._tree import merge
 
     image = read_oci_layout(layout)
     layers, entries = [], []

@@ -37,10 +37,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from zerostart.benchmark import free_port
 from zerostart.image.build import CHUNK_SIZE_BYTES
 from zerostart.image.layers import Entry, pyc_path, write_layer
 from zerostart.image.oci import ImageConfig, write_oci_layout
+from zerostart.procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = Path(os.path.realpath(sys.base_prefix))  # the CPython install the venv was made from

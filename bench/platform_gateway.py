@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 
 from common import ROOT, bundle_dir, model_dir, write_result
-from zerostart.benchmark import free_port, machine_description, request_json
+from zerostart.benchmark import machine_description, request_json
 from zerostart.platform._types import Replica, Starter
+from zerostart.procs import free_port
 
 BODY = {"inputs": "I love this"}
 ATOL_OURS = 1e-5  # the same engine, any start path
@@ -138,11 +139,11 @@ class AnchorStarter(Starter):
 
 def gateway_process(spec_path: str) -> None:
     """Run one gateway for the benchmark until SIGTERM (the spec says which starter)."""
-    from zerostart.platform.config import load
     from zerostart.platform.gateway import serve
     from zerostart.platform.pool import WarmPool
     from zerostart.platform.replica import ColdBootStarter
     from zerostart.platform.starter import PathStarter
+    from zerostart.platform_toml import load
 
     spec = json.loads(Path(spec_path).read_text())
     config = load(spec["config"])
@@ -347,10 +348,9 @@ def take_snapshot(bundle: Path, store: Path, env: dict[str, str]) -> str | None:
     if os.geteuid() != 0:
         return "needs root (CRIU)"
     try:
-        from zerostart.snapshot import snapshot
-        from zerostart.snapshot._criu import version
+        from zerostart.snapshot import criu_version, snapshot
 
-        version()
+        criu_version()
         cmd = [sys.executable, "-m", "zerostart.serve", str(bundle), "--port", str(free_port())]
         # No extra warm-up request: the worker runs its first batch before it listens, and
         # with the worker key set, an unauthenticated warm-up request would get 401.

@@ -56,12 +56,13 @@ from typing import Any
 import numpy as np
 
 from common import bundle_dir, write_result
-from zerostart.benchmark import free_port, machine_description, summarize
-from zerostart.platform.config import ModelConfig
+from zerostart.benchmark import machine_description, summarize
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
 from zerostart.platform.starter import PathStarter
 from zerostart.platform.upstream import UpstreamPool
+from zerostart.platform_toml import ModelConfig
+from zerostart.procs import free_port
 
 BODY = json.dumps({"inputs": "I love this"}).encode()
 ATOL = 1e-5
@@ -106,11 +107,10 @@ def take_snapshot(model: ModelConfig, store: Path, env: dict[str, str]) -> str |
     """Snapshot the warmed worker as ``model.name``; the reason when it cannot be done."""
     if os.geteuid() != 0:
         return "needs root (CRIU)"
-    from zerostart.snapshot import Warmup, snapshot
-    from zerostart.snapshot._criu import version
+    from zerostart.snapshot import Warmup, criu_version, snapshot
 
     try:
-        version()
+        criu_version()
         cmd = [sys.executable, "-m", "zerostart.serve", model.source, "--port", str(free_port())]
         taken = snapshot(
             model.name, cmd, warmup=Warmup("/embed", json.loads(BODY)), store=store, env=env

@@ -269,7 +269,7 @@ def main() -> None:
     else:
         bundle = work / "bundle"
         convert(args.model, bundle)
-    from zerostart.model.manifest import Manifest
+    from zerostart.bundle.manifest import Manifest
 
     task_request = sample_request(Manifest.load(bundle).task)
     torch_model = args.torch_model or args.model

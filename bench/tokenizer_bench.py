@@ -346,17 +346,17 @@ def main() -> None:
             # The worker imports the manifest (json, pathlib, dataclasses) to read the
             # bundle anyway: what the tokenizer adds on top of it.
             "zerostart.tokenize after the manifest": import_ms(
-                "import zerostart.model.manifest, zerostart.tokenize"
+                "import zerostart.bundle.manifest, zerostart.tokenize"
             )
-            - import_ms("import zerostart.model.manifest"),
+            - import_ms("import zerostart.bundle.manifest"),
             "zerostart.tokenize + load MiniLM vocab": import_ms(_LOAD_STATEMENT) - bare,
             "tokenizers + load MiniLM tokenizer.json": import_ms(_REF_LOAD_STATEMENT) - bare,
         },
         "importtime_cumulative_ms": {
             "tokenizers": importtime_ms("tokenizers", "tokenizers"),
             "zerostart.tokenize": importtime_ms("zerostart.tokenize", "zerostart.tokenize"),
-            "zerostart.model.manifest": importtime_ms(
-                "zerostart.model.manifest", "zerostart.model.manifest"
+            "zerostart.bundle.manifest": importtime_ms(
+                "zerostart.bundle.manifest", "zerostart.bundle.manifest"
             ),
         },
         "load_ms": load_ms(),
@@ -374,7 +374,7 @@ _FOLDER_EXPR = (
 )
 _LOAD_STATEMENT = (
     "from zerostart.tokenize import WordPieceTokenizer; "
-    "from zerostart.model.manifest import TokenizerSettings; "
+    "from zerostart.bundle.manifest import TokenizerSettings; "
     f"WordPieceTokenizer.from_files({_FOLDER_EXPR} + 'vocab.txt', TokenizerSettings())"
 )
 _REF_LOAD_STATEMENT = (

@@ -71,14 +71,9 @@ def bert_base_random() -> Path:
         label2id={"NEGATIVE": 0, "POSITIVE": 1},
     )
     model = BertForSequenceClassification(cfg).eval()
-    tmp = Path(tempfile.mkdtemp(dir=out.parent))
-    model.save_pretrained(tmp)
     src = model_dir("minilm-sst2")
-    for f in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (src / f).exists():
-            shutil.copy(src / f, tmp / f)
-    tmp.rename(out)
-    return out
+    names = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    return _save_random(model, out, lambda tmp: _copy_present(src, tmp, names))
 
 
 def deberta_v3_base_random() -> Path:
@@ -100,16 +95,54 @@ def deberta_v3_base_random() -> Path:
         layer_norm_eps=1e-7, max_relative_positions=-1, pad_token_id=0, num_labels=3,
     )  # fmt: skip
     model = DebertaV2ForSequenceClassification(cfg).eval()
+    vocab = "".join(f"t{i}\n" for i in range(cfg.vocab_size))
+    return _save_random(model, out, lambda tmp: (tmp / "vocab.txt").write_text(vocab))
+
+
+def xlmr_base_random() -> Path:
+    """xlm-roberta-base shape (12 x 768, FFN 3072, 250,002 pieces, 514 positions from
+    padding_idx + 1) with seeded random weights and the real XLM-R SentencePiece tokenizer
+    (multilingual-e5-small's, models/e5-small): speed and cold start only. Kept under .cache/."""
+    out = ROOT / ".cache" / "bench-models" / "xlmr-base-random"
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = XLMRobertaConfig(
+        vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, num_labels=2,
+        id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1},
+    )  # fmt: skip
+    model = XLMRobertaForSequenceClassification(cfg).eval()
+    src = model_dir("e5-small")
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "sentencepiece.bpe.model")  # fmt: skip
+    return _save_random(model, out, lambda tmp: _copy_present(src, tmp, names))
+
+
+def _copy_present(src: Path, dst: Path, names: tuple[str, ...]) -> None:
+    for f in names:
+        if (src / f).exists():
+            shutil.copy(src / f, dst / f)
+
+
+def _save_random(model: Any, out: Path, tokenizer: Callable[[Path], object]) -> Path:
+    """``model.save_pretrained`` and ``tokenizer(folder)`` into a temporary folder, renamed to
+    ``out`` when complete (an interrupted build leaves no half folder to be taken as done)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent))
     model.save_pretrained(tmp)
-    (tmp / "vocab.txt").write_text("".join(f"t{i}\n" for i in range(cfg.vocab_size)))
+    tokenizer(tmp)
     tmp.rename(out)
     return out
 
 
 MODEL_FOLDERS: dict[str, Callable[[], Path]] = {
     "bert-base-random": bert_base_random,
+    "xlmr-base-random": xlmr_base_random,
     "deberta-v3-base-random": deberta_v3_base_random,
 }
 
@@ -169,10 +202,10 @@ class _Serving:
 
 def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
     """Our engines this CPU can run, by label; a precision it lacks is reported, not run."""
+    from zerostart.bundle.folder import Bundle
     from zerostart.engine.cpu import CpuEngine
     from zerostart.engine.cpu_native import NativeCpuEngine
     from zerostart.errors import ConvertError, EngineError
-    from zerostart.model.bundle import Bundle
 
     engines: dict[str, Any] = {}
     if name.startswith("deberta"):  # the serving engine only: fp32, native kernels

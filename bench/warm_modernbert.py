@@ -120,8 +120,8 @@ def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[
     import torch
     from transformers import ModernBertForSequenceClassification
 
+    from zerostart.bundle.folder import Bundle
     from zerostart.engine.modernbert_native import ModernBertNativeEngine
-    from zerostart.model.bundle import Bundle
     from zerostart.model.convert import convert
 
     torch.set_num_threads(threads)

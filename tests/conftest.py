@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -169,3 +170,14 @@ def estargz_reference_tool(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from estargz_reference import build_reference_tool
 
     return build_reference_tool(tmp_path_factory.mktemp("estargz_ref"))
+
+
+@pytest.fixture(params=["native", "python"])
+def inner_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The tokenizer's two paths: the C loops of ``tokenizer.so`` and the pure-Python ones
+    (``ZEROSTART_TOKENIZER_NATIVE``). A module runs every test on both with
+    ``pytestmark = pytest.mark.usefixtures("inner_loops")``."""
+    if request.param == "native" and shutil.which(os.environ.get("CC", "gcc")) is None:
+        pytest.skip("no C compiler: no tokenizer.so to test")
+    monkeypatch.setenv("ZEROSTART_TOKENIZER_NATIVE", "1" if request.param == "native" else "0")
+    return str(request.param)

@@ -355,7 +355,7 @@ def write_fake_kernels(manifest: Any, bundle_dir: Path, *, arch: str = "sm_90") 
     Entry names are the op names (Triton names a kernel after its function);
     GEMMs ask for ``gemm_shared_bytes`` of dynamic shared memory, the others none.
     """
-    from zerostart.engine.cuda.launch import (
+    from zerostart.bundle.launch import (
         KERNELS_DIR,
         KERNELS_MANIFEST_NAME,
         PTX_KEY,

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 
 from tiny_models import tiny_manifest
-from zerostart.engine.cuda.launch import (
+from zerostart.bundle.launch import (
     KernelVariant,
 )
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.modernbert_layout import modernbert_shapes
 from zerostart.engine.cuda.modernbert_plan import (
     ModernBertBuffers,
 )
-from zerostart.engine.modernbert_layout import modernbert_shapes
-from zerostart.model.manifest import Manifest
 
 _ALIGN = 256
 _DTYPES = {"*fp16": "float16", "*fp32": "float32", "*i32": "int32"}
@@ -150,7 +150,7 @@ def tiny_deberta(
 ) -> tuple[Manifest, dict[str, np.ndarray]]:
     """A 2-layer DeBERTa-v2 (default d = 16; 16 log buckets: distances past 8 are bucketed) with
     random fp16-exact weights and the bundle's ``rel.index`` (``model.deberta.relative_index``)."""
-    from zerostart.engine.deberta_layout import REL_INDEX, tensor_dtypes, tensor_shapes
+    from zerostart.bundle.deberta_layout import REL_INDEX, tensor_dtypes, tensor_shapes
     from zerostart.model.deberta import relative_index
 
     m = tiny_manifest(

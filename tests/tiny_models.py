@@ -5,7 +5,7 @@ Importable from every test folder: pytest puts tests/ on sys.path for its confte
 
 from __future__ import annotations
 
-from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
+from zerostart.bundle.manifest import Manifest, ModelConfig, TokenizerSettings
 
 TINY_LABELS = ("a", "b", "c")
 

@@ -105,7 +105,7 @@ def corpus_inputs(task: str) -> list[Any]:
 
 def encode(bundle_dir: Path, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The corpus through our tokenizer (identical to `tokenizers`, tests/unit), right-padded."""
-    from zerostart.model.manifest import Manifest
+    from zerostart.bundle.manifest import Manifest
     from zerostart.tokenize import WordPieceTokenizer
 
     m = Manifest.load(bundle_dir)
@@ -160,8 +160,8 @@ def build_case(
     into a temporary folder and deleted; transformers' outputs are added when
     transformers and torch import, and ``reference.npz`` says whether they did.
     """
+    from zerostart.bundle.folder import Bundle
     from zerostart.engine.cpu import CpuEngine
-    from zerostart.model.bundle import Bundle
     from zerostart.model.convert import convert
 
     out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,7 @@ def build(out: Path, archs: list[str]) -> dict[str, Any]:
         ids = rng.integers(3, SHAPE["vocab"], (2, t))
         mask = (np.arange(t)[None, :] < lens[:, None]).astype(np.int64)
         arrays[f"ids_{t}"], arrays[f"mask_{t}"] = np.where(mask != 0, ids, 0), mask
-    from zerostart.engine.modernbert_layout import modernbert_shapes
+    from zerostart.bundle.modernbert_layout import modernbert_shapes
 
     _, weights = tiny_modernbert("sequence-classification", window=WINDOW, seed=23, **SHAPE)
     for case, (task, pooling) in CASES.items():  # one set of weights; each case reads its part
@@ -114,7 +114,7 @@ def build_deberta(out: Path, archs: list[str]) -> dict[str, Any]:
         mask = (np.arange(t)[None, :] < lens[:, None]).astype(np.int64)
         arrays[f"ids_{t}"] = rng.integers(3, 50, (2, t)) * mask
         arrays[f"mask_{t}"] = mask
-    from zerostart.engine.deberta_layout import tensor_shapes
+    from zerostart.bundle.deberta_layout import tensor_shapes
 
     shape = {"hidden": 128, "heads": 4, "max_positions": 512}
     _, weights = tiny_deberta("sequence-classification", seed=20, **shape)

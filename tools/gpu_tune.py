@@ -66,12 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from zerostart.benchmark import machine_description
+    from zerostart.bundle.launch import KernelManifest, gemm_config_name, select_gemm
     from zerostart.engine.cuda.driver import (
         CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
         CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         Driver,
     )
-    from zerostart.engine.cuda.launch import KernelManifest, gemm_config_name, select_gemm
     from zerostart.engine.cuda.module import KernelLibrary
     from zerostart.kernels.variants import DEFAULT_GEMM_CONFIGS
 

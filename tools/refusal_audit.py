@@ -59,7 +59,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- model/
     _m(
         "bundle.size",
-        M + "model/bundle.py",
+        M + "bundle/folder.py",
         "        if size != entry.size:\n",
         "        if False:\n",
         "a bundle file whose size differs from the manifest",
@@ -67,7 +67,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "bundle.small-file-sha256",
-        M + "model/bundle.py",
+        M + "bundle/folder.py",
         "                _compare(file, _sha256_file(file), entry.sha256)\n",
         "                pass\n",
         "verify=fast: a same-size edit of the vocabulary (sha256)",
@@ -75,7 +75,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "bundle.header-sha256",
-        M + "model/bundle.py",
+        M + "bundle/folder.py",
         "file, hashlib.sha256(head).hexdigest(), entry.header_sha256, what=",
         "file, entry.header_sha256, entry.header_sha256, what=",
         "verify=fast: a same-size edit of the weights' safetensors header",
@@ -83,7 +83,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "bundle.no-header-digest",
-        M + "model/bundle.py",
+        M + "bundle/folder.py",
         "                if not entry.header_sha256:\n",
         "                if False:\n",
         "verify=fast: a manifest without the weights header digest",
@@ -91,7 +91,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "bundle.full-sha256",
-        M + "model/bundle.py",
+        M + "bundle/folder.py",
         "            _compare(self.path / name, digest, entry.sha256)\n",
         "            pass\n",
         "verify=full: one flipped bit in the tensor data",
@@ -99,7 +99,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "bundle.layout-version",
-        M + "model/bundle.py",
+        M + "bundle/folder.py",
         "        if layout != LAYOUT_VERSION:\n",
         "        if False:\n",
         "weights in another engine layout version",
@@ -107,7 +107,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "manifest.format-version",
-        M + "model/manifest.py",
+        M + "bundle/manifest.py",
         "            if version != FORMAT_VERSION:\n",
         "            if False:\n",
         "a bundle manifest of another format version",
@@ -115,7 +115,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "weights.overlap",
-        M + "model/weights.py",
+        M + "bundle/weights.py",
         "        if begin < reach and end > begin:\n",
         "        if False:\n",
         "safetensors tensors whose byte ranges overlap",
@@ -395,7 +395,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "manifest.file-name",
-        M + "model/manifest.py",
+        M + "bundle/manifest.py",
         '        raise BundleError(path, f"{what} leaves the bundle: {exc.problem}") from exc\n',
         "        clean = name\n",
         "a bundle manifest `files` entry that leaves the bundle (../../etc/passwd: stat'ed, hashed)",

@@ -13,8 +13,6 @@ import http.client
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,19 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.errors import ZerostartError
+from zerostart.procs import free_port, stop_process
 
 POLL_INTERVAL_S = 0.002  # connect retry while the worker starts; bounds timing error to ~2 ms
-STOP_TIMEOUT_S = 10.0
 
 
 class BenchError(ZerostartError):
     """A measured process failed to start or answered wrongly."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine_description() -> dict[str, Any]:
@@ -120,18 +112,6 @@ def request_json(
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, parsed
     finally:
         conn.close()
-
-
-def stop_process(proc: subprocess.Popen[bytes], *, timeout_s: float = STOP_TIMEOUT_S) -> int:
-    """SIGTERM, wait ``timeout_s`` for a clean exit, then SIGKILL; returns the exit status."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout_s)
-    return int(proc.returncode)
 
 
 def time_cold_start(

@@ -13,7 +13,7 @@ root. The separator matters: ``/srv/rootfs-host`` starts with ``/srv/rootfs``
 but is not inside it (tests/unit/test_paths.py holds that case).
 
 Standard library only (the worker's cold-start path imports it via
-``model/bundle.py``).
+``bundle/folder.py``).
 """
 
 from __future__ import annotations

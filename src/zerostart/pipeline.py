@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from zerostart import api
 from zerostart.api import Job
+from zerostart.bundle.folder import Bundle
+from zerostart.bundle.manifest import Manifest
 from zerostart.engine.native import NativeKernels
 from zerostart.errors import EngineError
 from zerostart.limits import Limits
-from zerostart.model.bundle import Bundle
-from zerostart.model.manifest import Manifest
 from zerostart.tasks.heads import Heads
 from zerostart.tokenize import Encoding, WordPieceTokenizer, load_tokenizer
 

@@ -1,6 +1,6 @@
 """Durations as users write them: ``90``, ``"90s"``, ``"10m"``, ``"4h"``, ``"1d"`` (seconds out).
 
-A leaf (standard library only): ``platform.toml`` (platform/config.py) and the
+A leaf (standard library only): ``platform.toml`` (platform_toml.py) and the
 fleet's files (fleet/config.py, keepalive.py) read durations alike without one
 package importing the other.
 """

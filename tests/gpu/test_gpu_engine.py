@@ -47,8 +47,8 @@ FORBIDDEN_LIBRARIES = (
 
 
 def _engine(case: Case) -> Any:
+    from zerostart.bundle.folder import Bundle
     from zerostart.engine.cuda import CudaEngine
-    from zerostart.model.bundle import Bundle
 
     return CudaEngine.from_bundle(Bundle.open(case.bundle, verify="full"))
 
@@ -137,7 +137,7 @@ def test_worker_maps_no_cuda_library_but_libcuda(case: Case) -> None:
     """After a forward pass in a fresh process, /proc/self/maps holds libcuda and no toolkit."""
     code = (
         "import sys, numpy as np\n"
-        "from zerostart.model.bundle import Bundle\n"
+        "from zerostart.bundle.folder import Bundle\n"
         "from zerostart.engine.cuda import CudaEngine\n"
         "e = CudaEngine.from_bundle(Bundle.open(sys.argv[1]))\n"
         "print('SHAPE', e.forward(np.array([[2, 100, 3]]), np.ones((1, 3), np.int64)).shape)\n"

@@ -49,9 +49,9 @@ def fixtures(gpu_arch: str) -> Path:
 
 
 def _engine(folder: Path, case: str) -> Any:
+    from zerostart.bundle.layout import tensor_shapes
+    from zerostart.bundle.manifest import Manifest
     from zerostart.engine.cuda import CudaEngine
-    from zerostart.engine.layout import tensor_shapes
-    from zerostart.model.manifest import Manifest
 
     manifest = Manifest.from_dict(json.loads((folder / f"manifest.{case}.json").read_text()))
     with np.load(folder / "weights.npz") as data:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from zerostart.benchmark import free_port
+from zerostart.procs import free_port
 
 REGISTRY_BIN = "docker-registry"
 # Cold start of the Go binary is ~50 ms here; 15 s covers a loaded CI machine.

@@ -20,13 +20,13 @@ import pytest
 
 from estargz_reference import run_reference
 from zerostart import estargz
-from zerostart.benchmark import free_port
 from zerostart.container.runtime import Container, choose_runtime
 from zerostart.image.build import BuildOptions, BuildResult, build_image
 from zerostart.image.errors import RuntimeToolError
 from zerostart.image.inspect import inspect_image
 from zerostart.image.oci import read_oci_layout
 from zerostart.image.trace import WarmupRequest, answers_match, send
+from zerostart.procs import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

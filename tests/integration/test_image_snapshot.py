@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zerostart.benchmark import free_port
 from zerostart.container.snapshot_run import (
     LABEL_IMAGE_DIGEST,
     SnapshotRun,
@@ -25,6 +24,7 @@ from zerostart.container.snapshot_run import (
 from zerostart.errors import ZerostartError
 from zerostart.image.build import BuildResult, build_image
 from zerostart.image.trace import WarmupRequest, send
+from zerostart.procs import free_port
 from zerostart.snapshot import SnapshotError
 from zerostart.snapshot._manifest import IMAGES_DIR, read_manifest, write_manifest
 

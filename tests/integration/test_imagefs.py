@@ -169,12 +169,15 @@ def test_a_second_mount_reads_the_kept_index_instead_of_the_tocs(
         first = m.info
         first_bytes = _stats(m)["bytes_fetched_at_mount"]
     assert first["index"] == "built"
-    assert list((tmp_path / "cache/index").glob("sha256-*.idx"))
+    assert len(list((tmp_path / "cache/index/layers").glob("sha256-*.lix"))) == 3
     with _mount(tmp_path, ref, prefetch=False) as m:
         second = m.info
         stats = _stats(m)
+        assert stats["inodes"] == 1 < stats["records"]  # nothing but the root is made at mount
         for path, data in exp.files.items():  # chunks located through the kept index
             assert (tmp_path / "mnt" / path).read_bytes() == data, path
+        made = _stats(m)["inodes"]  # each file and folder on those paths, when looked up
+        assert len(exp.files) < made < stats["records"]
         for path, target in exp.symlinks.items():
             assert os.readlink(tmp_path / "mnt" / path) == target
         for path in exp.absent:
@@ -183,6 +186,26 @@ def test_a_second_mount_reads_the_kept_index_instead_of_the_tocs(
     assert second["layers"] == first["layers"]
     # manifest + config only: no TOC tail was fetched again
     assert stats["bytes_fetched_at_mount"] < first_bytes
+
+
+def test_a_damaged_kept_index_is_refused_and_the_mount_builds_it_again(
+    registry: RegistryServer, image: tuple[str, Expected], tmp_path: Path
+) -> None:
+    name, exp = image
+    ref = f"{registry.address}/{name}"
+    with _mount(tmp_path, ref, prefetch=False):
+        pass
+    kept = sorted((tmp_path / "cache/index/layers").glob("*.lix"))
+    for p in kept:
+        p.write_bytes(p.read_bytes()[:-1])  # cut short by one byte
+    with _mount(tmp_path, ref, prefetch=False) as m:
+        assert m.info["index"] == "built"
+        for path, data in exp.files.items():
+            assert (tmp_path / "mnt" / path).read_bytes() == data, path
+        log = m.log_tail(20_000)
+    assert log.count("not used") == len(kept) == 3
+    with _mount(tmp_path, ref, prefetch=False) as m:  # written again, whole
+        assert m.info["index"] == "cached"
 
 
 def test_prefetch_fetches_the_landmark_region(

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zerostart.platform.config import ModelConfig
 from zerostart.platform.image_start import home_port
 from zerostart.platform.starter import PathStarter
+from zerostart.platform_toml import ModelConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 BODY = {"inputs": ["I love this", "a cat sat on the mat"]}

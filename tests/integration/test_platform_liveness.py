@@ -22,9 +22,9 @@ from platform_helpers import Gateway, alive, metric, wait_until
 from zerostart.benchmark import request_json
 from zerostart.platform import gateway as gateway_module
 from zerostart.platform._types import Replica, Starter
-from zerostart.platform.config import ModelConfig, parse
 from zerostart.platform.liveness import LivenessPolicy
 from zerostart.platform.replica import ColdBootStarter
+from zerostart.platform_toml import ModelConfig, parse
 
 pytestmark = pytest.mark.integration
 

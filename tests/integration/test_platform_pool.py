@@ -29,11 +29,11 @@ import pytest
 
 from zerostart.model.canary import write_canary
 from zerostart.platform._types import Fallback
-from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
 from zerostart.platform.starter import PathStarter
+from zerostart.platform_toml import ModelConfig
 from zerostart.serve.slot import EXIT_UNHEALTHY
 
 pytestmark = pytest.mark.integration
@@ -117,7 +117,7 @@ def test_slot_answers_like_a_cold_boot_and_the_pool_refills(embed_bundle: Path) 
 
 
 def _flip_weight_byte(canary: Path) -> None:
-    from zerostart.model.weights import map_weights
+    from zerostart.bundle.weights import map_weights
 
     weights = map_weights(canary / "weights.safetensors")
     assert weights.buffer is not None
@@ -131,8 +131,8 @@ def _flip_weight_byte(canary: Path) -> None:
 
 def _rewrite_digests(canary: Path) -> None:
     """As if the canary had been written wrong by a faulty node: digests match the bad bytes."""
+    from zerostart.bundle.manifest import Manifest
     from zerostart.model.canary import _file_entry
-    from zerostart.model.manifest import Manifest
 
     m = Manifest.load(canary)
     files = {name: _file_entry(canary / name) for name in m.files}

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zerostart.benchmark import free_port
-from zerostart.platform.config import ModelConfig
 from zerostart.platform.pool import WarmPool
 from zerostart.platform.starter import PathStarter
+from zerostart.platform_toml import ModelConfig
+from zerostart.procs import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 BODY = {"inputs": ["I love this", "a cat sat on the mat"]}

@@ -24,7 +24,6 @@ import pytest
 from registry_server import RegistryServer, registry_binary, running_registry
 
 from zerostart import chunkprofile
-from zerostart.benchmark import free_port
 from zerostart.container.lazy import LazyContainer
 from zerostart.container.runtime import STATE_ROOT, choose_runtime
 from zerostart.image.build import build_image
@@ -32,6 +31,7 @@ from zerostart.image.errors import RuntimeToolError
 from zerostart.image.profile import add_profile_layer
 from zerostart.image.trace import WarmupRequest, send
 from zerostart.imagefs.mount import ImagefsError, is_mounted
+from zerostart.procs import free_port
 from zerostart.registry.client import pull, push
 
 pytestmark = [

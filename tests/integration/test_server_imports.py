@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_serve_imports import FORBIDDEN, WORKER_ALLOWED
 from test_server_robustness import Worker, bundle_for
 
-from zerostart.model.manifest import Manifest
+from zerostart.bundle.manifest import Manifest
 
 pytestmark = pytest.mark.integration
 
@@ -93,10 +93,10 @@ def _gpu_bundle(root: Path, task: str) -> Path:
 
     from fake_libcuda import write_fake_kernels
     from tiny_models import tiny_manifest
-    from zerostart.engine.layout import LAYOUT_VERSION, tensor_shapes
+    from zerostart.bundle.layout import LAYOUT_VERSION, tensor_shapes
+    from zerostart.bundle.manifest import MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
+    from zerostart.bundle.weights import write_weights
     from zerostart.model.canary import _file_entry
-    from zerostart.model.manifest import MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
-    from zerostart.model.weights import write_weights
 
     m = tiny_manifest(
         "bert", task, hidden=64, layers=2, heads=2, ffn=128, max_positions=64, device="cuda"

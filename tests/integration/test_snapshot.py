@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from zerostart.benchmark import free_port, time_cold_start
+from zerostart.benchmark import time_cold_start
+from zerostart.procs import free_port
 from zerostart.snapshot import (
     CorruptSnapshotError,
     IncompatibleSnapshotError,

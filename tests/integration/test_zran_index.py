@@ -35,8 +35,8 @@ from foreign_images import (
 )
 from registry_server import RegistryServer, registry_binary, running_registry
 
-from zerostart.benchmark import free_port
 from zerostart.imagefs.mount import ImagefsError, LazyMount, is_mounted
+from zerostart.procs import free_port
 from zerostart.registry.ranges import BlobReader
 from zerostart.registry.referrers import add_referrer, fallback_tag, list_referrers
 from zerostart.ztoc import ARTIFACT_TYPE
@@ -172,6 +172,22 @@ def test_mount_reads_the_files_fetching_spans(
         assert stats["reads"]["failed_reads"] == 0 and stats["reads"]["digest_mismatches"] == 0
         assert stats["bytes_fetched"] - at_mount <= size * 1.05  # no span twice
     assert not is_mounted(tmp_path / "mnt")
+    # A second mount maps each layer's kept index (entries and span checkpoints): it asks
+    # for no referrers list and no zTOC, and still reads every file through the spans.
+    (tmp_path / "cache/chunks").rename(tmp_path / "chunks.old")  # the spans come again
+    listed = foreign.reg.requests("GET", "/referrers/") + foreign.reg.requests(
+        "GET", f"/manifests/{fallback_tag(foreign.digest_before)}"
+    )
+    blobs = foreign.reg.requests("GET", "/blobs/")
+    with LazyMount(foreign.ref, tmp_path / "mnt", cache_dir=tmp_path / "cache") as again:
+        assert again.info["index"] == "cached"
+        assert (root / "app/data/notes.txt").read_bytes() == foreign.data["app/data/notes.txt"]
+        assert os.readlink(root / "app/current") == "releases/v1"
+    assert listed == foreign.reg.requests("GET", "/referrers/") + foreign.reg.requests(
+        "GET", f"/manifests/{fallback_tag(foreign.digest_before)}"
+    )
+    # the config, then spans: no zTOC blob (a zTOC is ~1 % of the layer, a span 1 MiB)
+    assert foreign.reg.requests("GET", "/blobs/") - blobs <= 1 + 3
 
 
 def test_run_lazy_answers_like_a_full_pull(foreign: Foreign, indexed: dict[str, Any]) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zerostart.bundle.folder import Bundle
+from zerostart.bundle.manifest import MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
 from zerostart.errors import BundleError
-from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
-from zerostart.model.manifest import MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
 
 
 @pytest.fixture(scope="module")

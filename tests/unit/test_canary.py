@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.weights import map_weights
 from zerostart.engine.canary import (
     CANARY_INPUTS,
     CANARY_VOCAB,
@@ -24,8 +26,6 @@ from zerostart.engine.canary import (
 )
 from zerostart.errors import ConvertError, EngineError
 from zerostart.model.canary import canary_tensors, write_canary
-from zerostart.model.manifest import Manifest
-from zerostart.model.weights import map_weights
 from zerostart.pipeline import Pipeline
 from zerostart.tokenize import WordPieceTokenizer
 

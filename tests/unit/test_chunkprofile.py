@@ -6,6 +6,7 @@ mount); the FUSE and registry side is tests/integration/test_imagefs_profile.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import pytest
 from zerostart import chunkprofile
 from zerostart.chunkprofile import Profile, ProfileError, decode, profile_of
 from zerostart.estargz import ChunkRef
-from zerostart.imagefs._index import Extent, LayerEntry, extents_for, merge
+from zerostart.imagefs._index import Extent, LayerEntry, extents_for
 from zerostart.imagefs._profile import Recorder, paths_by_inode, plan
+from zerostart.imagefs._tree import merge
 
 C = 1000  # chunk size of the toy index
 
@@ -67,6 +69,10 @@ def test_malformed_or_hostile_documents_are_refused(data: bytes, message: str) -
         decode(data)
 
 
+def _sha(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def _chunks(layer: int, name: str, size: int) -> tuple[Extent, ...]:
     return tuple(
         Extent(
@@ -75,7 +81,7 @@ def _chunks(layer: int, name: str, size: int) -> tuple[Extent, ...]:
             min(C, size - off),
             layer * 10**6 + off,
             layer * 10**6 + off + 100,
-            ChunkRef(name, 0, 0, off, min(C, size - off), f"sha256:{layer}{name}{off}", 0),
+            ChunkRef(name, 0, 0, off, min(C, size - off), _sha(f"{layer}{name}{off}"), 0),
         )
         for off in range(0, size, C)
     )
@@ -94,9 +100,9 @@ def _tree():  # type: ignore[no-untyped-def]
 
 def test_extents_for_finds_the_overlapping_chunks_by_bisection() -> None:
     tree = _tree()
-    node = next(n for n in tree.inodes.values() if n.kind == "reg" and n.size == 10)
+    node, big = tree.find("etc/conf"), tree.find("lib/big.so")
+    assert node is not None and node.size == 10 and big is not None and big.size == 2 * C
     assert [x.file_offset for x in extents_for(node, 0, 10)] == [0]
-    big = next(n for n in tree.inodes.values() if n.size == 2 * C)
     assert [x.file_offset for x in extents_for(big, 999, 2)] == [0, C]
     assert [x.file_offset for x in extents_for(big, C, 1)] == [C]
     assert extents_for(big, 2 * C, 5) == []
@@ -130,8 +136,8 @@ def test_plan_follows_the_profile_and_skips_what_the_image_lacks() -> None:
 
 def test_recorder_names_first_touches_in_order() -> None:
     tree = _tree()
-    names = paths_by_inode(tree)
-    node = {v: tree.inodes[k] for k, v in names.items()}
+    node = {p: tree.find(p) for p in ("lib/big.so", "etc/conf")}  # the kernel's lookups
+    assert {n.ino: p for p, n in node.items() if n is not None} == paths_by_inode(tree)
     rec = Recorder()
     rec.touch(node["lib/big.so"], C + 10, 4096)  # chunk 1
     rec.touch(node["etc/conf"], 0, 4096)

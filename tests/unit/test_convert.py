@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zerostart.engine.layout import tensor_shapes
+from zerostart.bundle.layout import tensor_shapes
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.weights import ALIGN_BYTES, map_weights
 from zerostart.errors import ConvertError
 from zerostart.model.convert import convert
-from zerostart.model.manifest import Manifest
-from zerostart.model.weights import ALIGN_BYTES, map_weights
 
 st = pytest.importorskip("safetensors.numpy")
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zerostart.bundle.folder import Bundle
+from zerostart.bundle.manifest import CpuKernelBuild
 from zerostart.engine.cpu import CpuEngine
 from zerostart.engine.native import ARCH_ENV, choose_build, cpu_flags
 from zerostart.errors import ConvertError, EngineError
-from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
-from zerostart.model.manifest import CpuKernelBuild
 
 cpu_build = pytest.importorskip("zerostart.kernels.cpu_build")
 needs_cc = pytest.mark.skipif(shutil.which(cpu_build.CC) is None, reason="no C compiler")

@@ -274,8 +274,8 @@ def test_the_engine_multiplies_on_our_kernels_in_every_build(kernels: NativeKern
     """Every encoder product of a forward goes through zs_gemm_f32 (none to numpy's BLAS),
     split over threads, and the result matches the numpy engine (numpy's products)."""
     from tiny_models import tiny_manifest
+    from zerostart.bundle.layout import tensor_shapes
     from zerostart.engine.cpu import CpuEngine
-    from zerostart.engine.layout import tensor_shapes
 
     m = tiny_manifest("bert", "embeddings", hidden=40, layers=2, heads=4, ffn=70, max_positions=64)
     rng = np.random.default_rng(1)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zerostart.bundle.folder import Bundle
 from zerostart.engine.cpu_native import NativeCpuEngine
 from zerostart.errors import EngineError, InputError
-from zerostart.model.bundle import Bundle
 from zerostart.tasks import normalize, pool
 from zerostart.tasks.heads import Heads
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zerostart.bundle.folder import Bundle
+from zerostart.bundle.layout import padded
 from zerostart.engine.cpu import CpuEngine
 from zerostart.engine.cpu_gemm import PackedMatrix
-from zerostart.engine.layout import padded
 from zerostart.engine.native import NativeKernels, cpu_flags
 from zerostart.engine.parallel import Workers
 from zerostart.errors import EngineError
 from zerostart.model import quantize
-from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
 
 cpu_build = pytest.importorskip("zerostart.kernels.cpu_build")

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from tiny_models import tiny_manifest
+from zerostart.bundle.layout import tensor_shapes
+from zerostart.bundle.manifest import Manifest
 from zerostart.engine.cuda.driver import Driver
-from zerostart.engine.layout import tensor_shapes
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
 
 pytest.importorskip("triton")
 

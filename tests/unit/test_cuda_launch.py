@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from zerostart.engine.cuda import launch
-from zerostart.engine.cuda.launch import KernelImage, KernelManifest, KernelVariant
+from zerostart.bundle import launch
+from zerostart.bundle.launch import KernelImage, KernelManifest, KernelVariant
 from zerostart.engine.cuda.module import choose_image, pack_args
 from zerostart.errors import BundleError, EngineError
 
@@ -84,7 +84,7 @@ def test_buckets() -> None:
 
 
 def test_activation_codes_match_cpu_engine_names() -> None:
-    from zerostart.engine.layout import SUPPORTED_ACTS
+    from zerostart.bundle.layout import SUPPORTED_ACTS
 
     codes = {a: launch.activation_code(a) for a in SUPPORTED_ACTS}
     assert codes["gelu"] == launch.ACT_GELU_ERF and codes["gelu_new"] == launch.ACT_GELU_TANH
@@ -221,9 +221,9 @@ def test_measured_choice_wins_at_the_nearest_rows_and_falls_back_to_the_rule() -
 
 def test_tuning_files_are_read_filtered_and_applied(tmp_path: Path) -> None:
     from tiny_models import tiny_manifest
+    from zerostart.bundle.manifest import Manifest
     from zerostart.errors import ConvertError
     from zerostart.kernels import variants
-    from zerostart.model.manifest import Manifest
 
     m: Manifest = tiny_manifest(
         "bert", "embeddings", hidden=64, layers=1, heads=2, ffn=128, max_positions=64, device="cuda"

@@ -20,6 +20,7 @@ import pytest
 
 from fake_libcuda import FakeCuda, write_fake_kernels
 from tiny_models import tiny_manifest
+from zerostart.bundle.layout import tensor_shapes
 from zerostart.engine.cuda.driver import (
     CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
     CudaError,
@@ -27,7 +28,6 @@ from zerostart.engine.cuda.driver import (
 )
 from zerostart.engine.cuda.engine import CudaEngine
 from zerostart.engine.cuda.module import dynamic_shared_limit
-from zerostart.engine.layout import tensor_shapes
 from zerostart.errors import EngineError
 
 GEMM_STATIC_SHARED_BYTES = 1024  # what the issue saw beside 49,152 dynamic bytes on sm_90

@@ -20,11 +20,11 @@ import pytest
 
 from deberta_models import deberta_tokenizer, tiny_deberta
 from engine_reference import transformers_reference
+from zerostart.bundle.folder import Bundle
 from zerostart.engine.deberta import DebertaEngine
 from zerostart.engine.deberta_native import NativeDebertaEngine
 from zerostart.engine.native import NativeKernels, cpu_flags
 from zerostart.errors import ConvertError
-from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
 from zerostart.model.deberta import relative_index
 
@@ -402,8 +402,8 @@ def test_unigram_scores_are_read_as_tokenizers_reads_them() -> None:
 
 def test_a_bundle_without_relative_tables_or_kernels_is_refused(tmp_path: Path) -> None:
     """The manifest needs a relative span; the serving engine needs the DeBERTa kernels."""
+    from zerostart.bundle.manifest import MANIFEST_NAME, Manifest
     from zerostart.errors import BundleError, EngineError
-    from zerostart.model.manifest import MANIFEST_NAME, Manifest
 
     src = tmp_path / "src"
     tiny_deberta(src, "embeddings", vocab_size=VOCAB)

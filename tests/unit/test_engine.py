@@ -19,11 +19,11 @@ import pytest
 
 import zerostart
 from tiny_models import tiny_manifest
+from zerostart.bundle.layout import tensor_shapes
+from zerostart.bundle.manifest import Manifest
 from zerostart.engine import ops
 from zerostart.engine.cpu import MASK_VALUE, CpuEngine
-from zerostart.engine.layout import tensor_shapes
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
 
 _erf64 = np.vectorize(math.erf)
 
@@ -180,7 +180,7 @@ def test_engine_refuses_bad_inputs() -> None:
 
 def test_runtime_modules_import_only_stdlib_and_numpy() -> None:
     code = (
-        "import sys; import zerostart.engine.cpu, zerostart.model.bundle; "
+        "import sys; import zerostart.engine.cpu, zerostart.bundle.folder; "
         "print(sorted({m.split('.')[0] for m in sys.modules}))"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(zerostart.__file__).resolve().parents[1]))

@@ -27,10 +27,10 @@ from zerostart.platform._core import (
 from zerostart.platform._replies import reply_response
 from zerostart.platform._state import ModelRuntime, Seat, StartRecord
 from zerostart.platform._types import Replica
-from zerostart.platform.config import AutoscalerConfig, ModelConfig, PlatformConfig
 from zerostart.platform.errors import StartError
 from zerostart.platform.liveness import LivenessPolicy
 from zerostart.platform.metrics import GatewayMetrics
+from zerostart.platform_toml import AutoscalerConfig, ModelConfig, PlatformConfig
 
 
 class Proc:

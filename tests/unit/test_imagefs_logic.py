@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from zerostart.imagefs._cache import ChunkCache
-from zerostart.imagefs._index import Extent, ImageIndexError, LayerEntry, Node, Tree, merge
+from zerostart.imagefs._index import Extent, ImageIndexError, LayerEntry, Node
+from zerostart.imagefs._tree import Tree, merge
 
 
 def _names(tree: Tree, path: str) -> list[str]:
-    node = tree._find(path)
+    node = tree.find(path)
     assert node is not None and node.children is not None
-    return sorted(n.decode() for n in node.children)
+    return sorted(n.decode() for n in tree.listdir(node))
 
 
 def f(path: str, size: int = 1) -> LayerEntry:
@@ -36,7 +37,7 @@ def test_opaque_directory_keeps_only_the_upper_children() -> None:
     upper = [LayerEntry("d", "dir", mode=0o700), f("d/.wh..wh..opq"), f("d/new")]
     tree = merge([lower, upper])
     assert _names(tree, "d") == ["new"]
-    d = tree._find("d")
+    d = tree.find("d")
     assert d is not None and d.mode & 0o777 == 0o700
 
 
@@ -44,15 +45,16 @@ def test_directory_over_directory_merges_and_file_replaces_directory() -> None:
     tree = merge([[f("a/x")], [LayerEntry("a", "dir", mode=0o711), f("a/y")]])
     assert _names(tree, "a") == ["x", "y"]
     tree = merge([[f("a/x")], [f("a")]])
-    a = tree._find("a")
+    a = tree.find("a")
     assert a is not None and a.children is None
 
 
 def test_hardlinks_share_an_inode_and_count_links() -> None:
     tree = merge([[f("a"), LayerEntry("b", "hardlink", link="a")]])
-    a, b = tree._find("a"), tree._find("b")
+    a, b = tree.find("a"), tree.find("b")
     assert a is b and isinstance(a, Node) and a.nlink == 2
-    assert len(tree.inodes) == 2  # root + one file
+    tree.listdir(tree.root)
+    assert len(tree.nodes) == 2  # root + one file
     with pytest.raises(ImageIndexError, match="no such file"):
         merge([[LayerEntry("b", "hardlink", link="missing")]])
 
@@ -64,8 +66,16 @@ def test_format_entries_are_not_part_of_the_image() -> None:
 
 def test_inode_numbers_are_stable() -> None:
     layers = [[f("b"), f("a/z"), f("a/y")]]
-    first = {n.ino: n.kind for n in merge(layers).inodes.values()}
-    assert first == {n.ino: n.kind for n in merge(layers).inodes.values()}
+
+    def inodes(tree: Tree) -> dict[str, int]:
+        a = tree.find("a")
+        assert a is not None
+        return {p: n.ino for p in ("a", "b", "a/y", "a/z") if (n := tree.find(p)) is not None}
+
+    first = merge(layers)
+    first.find("a/z")  # made in another order: the numbers are the records', not the order's
+    assert inodes(first) == inodes(merge(layers))
+    assert len(set(inodes(first).values())) == 4
 
 
 def _digest(data: bytes) -> str:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from zerostart.engine.cuda.launch import KERNELS_DIR, PTX_KEY, KernelManifest
+from zerostart.bundle.launch import KERNELS_DIR, PTX_KEY, KernelManifest
+from zerostart.bundle.manifest import Manifest
 from zerostart.errors import ConvertError
-from zerostart.model.manifest import Manifest
 
 pytest.importorskip("triton")
 
@@ -214,9 +214,9 @@ def test_modernbert_plan_finds_every_kernel_in_the_compiled_manifest(
     """The engine's launch plan asks only for kernels convert compiled, at every bucket pair,
     and every launch's arguments are exactly the compiled signature's."""
     from interpret_modernbert import fake_buffers
-    from zerostart.engine.cuda.launch import select_gemm
+    from zerostart.bundle.launch import select_gemm
+    from zerostart.bundle.modernbert_layout import modernbert_shapes
     from zerostart.engine.cuda.modernbert_plan import modernbert_plan
-    from zerostart.engine.modernbert_layout import modernbert_shapes
 
     out, manifest = modernbert_compiled
     km = KernelManifest.load(out / KERNELS_DIR)

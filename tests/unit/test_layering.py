@@ -1,4 +1,4 @@
-"""The package layering of ARCHITECTURE.md, checked on the source (imports parsed, not run).
+"""The package layering of docs/architecture.md, checked on the source (imports parsed, not run).
 
 A violation here is an import circle waiting to happen: the library importing
 the CLI, the registry client importing the image builder, the builder
@@ -19,7 +19,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "zerostart"
 # package -> packages it must never import (directly, at any depth of a function body)
 FORBIDDEN = {
     "registry": ("zerostart.image", "zerostart.container", "zerostart.cli", "zerostart.serve"),
-    "image": ("zerostart.container", "zerostart.cli"),
+    # the builder runs the worker to trace it, but needs nothing of the benchmarks (procs.py)
+    "image": ("zerostart.container", "zerostart.cli", "zerostart.benchmark", "zerostart.platform"),
     "container": ("zerostart.cli",),
     "snapshot": ("zerostart.cli", "zerostart.container"),
     "serve": (
@@ -30,19 +31,33 @@ FORBIDDEN = {
         "zerostart.platform",
     ),
     "platform": ("zerostart.cli", "zerostart.image"),
-    # the fleet reads platform.toml through platform/config.py, and nothing else of the node
+    # the fleet reads platform.toml through the leaf platform_toml.py, nothing of the node
     "fleet": (
         "zerostart.cli",
         "zerostart.serve",
         "zerostart.container",
         "zerostart.snapshot",
-        "zerostart.platform.gateway",
-        "zerostart.platform.pool",
-        "zerostart.platform.starter",
-        "zerostart.platform.sizing",
+        "zerostart.platform",
     ),
     "model": ("zerostart.cli", "zerostart.serve"),
-    "engine": ("zerostart.cli", "zerostart.serve"),
+    # the worker's engines read the bundle format, never the converter or the kernel compiler
+    "engine": (
+        "zerostart.cli",
+        "zerostart.serve",
+        "zerostart.model",
+        "zerostart.kernels",
+        "zerostart.tokenize",
+    ),
+    # the bundle format is a leaf: it imports nothing of the packages that read or write it
+    "bundle": (
+        "zerostart.model",
+        "zerostart.engine",
+        "zerostart.kernels",
+        "zerostart.tokenize",
+        "zerostart.pipeline",
+        "zerostart.serve",
+        "zerostart.cli",
+    ),
     "imagefs": ("zerostart.cli", "zerostart.image", "zerostart.container", "zerostart.serve"),
     # the zTOC format (zerostart index) is shared the same way: a leaf
     "ztoc": (
@@ -62,18 +77,6 @@ FORBIDDEN = {
         "zerostart.cli",
         "zerostart.serve",
     ),
-}
-
-
-# Package circles that exist today, each to be broken (issue 22). ARCHITECTURE.md says the
-# package graph has none: a new circle, or one that grows to take in another package,
-# fails; a circle that is broken must be taken off this list (the test says so).
-KNOWN_CIRCLES = {
-    # format facts (bundle manifest, weight layout, kernel manifest) inside runtime packages
-    frozenset({"engine", "kernels", "model", "tokenize"}),
-    # the platform's LP sizing (platform/sizing.py) imports the fleet, whose config reads
-    # platform.toml's schema (platform/config.py); durations moved to zerostart/units.py
-    frozenset({"fleet", "platform"}),
 }
 
 
@@ -171,23 +174,26 @@ def test_circles_finds_a_circle_and_nothing_else() -> None:
     assert circles(graph) == {frozenset("abc")}
 
 
-def test_no_new_package_circles() -> None:
-    found = circles(package_graph())
+def test_no_package_circles() -> None:
     graph = package_graph()
-    new = {
-        ", ".join(sorted(c)): {a: sorted(graph[a] & c) for a in sorted(c)}
-        for c in found - KNOWN_CIRCLES
+    found = {
+        ", ".join(sorted(c)): {a: sorted(graph[a] & c) for a in sorted(c)} for c in circles(graph)
     }
-    assert not new, f"new import circles between packages (ARCHITECTURE.md: none): {new}"
-    broken = found ^ KNOWN_CIRCLES
-    assert not broken, f"circles broken: take them off KNOWN_CIRCLES: {sorted(map(sorted, broken))}"
+    assert not found, f"import circles between packages (ARCHITECTURE.md: none): {found}"
+
+
+def test_the_package_check_finds_a_back_edge() -> None:
+    # the circle of issue 22, put back: the engine importing the converter's package
+    graph = package_graph()
+    graph["engine"].add("model")
+    assert any({"engine", "model"} <= c for c in circles(graph))
 
 
 # -- who may import whom, and no circles ------------------------------------------------------
 # Each part of src/zerostart (a package, or a top-level module) and the parts it may import,
 # at any depth of a function body. A new import across parts must be added here, and only in
 # ARCHITECTURE.md's dependency order (cli/ and bench/ use everything; nothing below imports
-# anything above). Edges marked "issue 22" make today's known circles (KNOWN_CIRCLES).
+# anything above). The package graph has no circles (test_no_package_circles).
 ALLOWED: dict[str, frozenset[str]] = {
     name: frozenset(deps)
     for name, deps in {
@@ -197,47 +203,53 @@ ALLOWED: dict[str, frozenset[str]] = {
         "cachedir": (),
         "limits": ("errors",),
         "progress": (),
+        "procs": (),  # a free port, a child stopped (the builder's trace, benchmarks, platform)
         "faults": ("errors",),
         "registry": ("errors",),
         "estargz": ("errors", "paths"),
         "ztoc": ("errors", "estargz", "paths"),  # the zTOC format (zerostart index), a leaf
         "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
         "snapshot": ("errors", "paths"),
-        # the bundle format lives in these four today: issue 22 (leaf format packages)
+        # the bundle format (manifest, weights file, engine layout, kernels manifest), a leaf
+        # that the converter, the kernel compiler, the tokenizer and the engines all import
+        "bundle": ("errors", "paths"),
+        # the platform.toml schema, a leaf: `up` (platform) and `deploy` (fleet) read it
+        "platform_toml": ("errors", "units"),
+        "engine": ("bundle", "errors"),
+        # kernels -> engine: cpu_build checks the CPU tuning table with the engine's reader
+        "kernels": ("bundle", "cachedir", "engine", "errors"),
         # tokenize -> kernels: convert's tokenizer compiler builds tokenizer.so (build time)
-        "tokenize": ("errors", "kernels", "model"),
-        "model": ("engine", "errors", "kernels", "paths", "tokenize"),
-        "engine": ("errors", "model", "paths"),
-        "kernels": ("cachedir", "engine", "errors", "model"),
+        "tokenize": ("bundle", "errors", "kernels"),
+        "model": ("bundle", "engine", "errors", "kernels", "tokenize"),
         "tasks": ("engine", "errors"),
-        "api": ("errors", "model", "tasks", "tokenize"),
-        "pipeline": ("api", "engine", "errors", "limits", "model", "tasks", "tokenize"),
-        "benchmark": ("errors", "pipeline"),
+        "api": ("bundle", "errors", "tasks", "tokenize"),
+        "pipeline": ("api", "bundle", "engine", "errors", "limits", "tasks", "tokenize"),
+        "benchmark": ("errors", "pipeline", "procs"),
         "serve": (
-            *("engine", "errors", "faults", "limits", "model", "paths", "pipeline"),
+            *("bundle", "engine", "errors", "faults", "limits", "paths", "pipeline"),
             *("snapshot", "tokenize"),
         ),
         "imagefs": ("cachedir", "chunkprofile", "errors", "estargz", "paths", "registry", "ztoc"),
-        # benchmark: the builder's trace (issue 22)
-        "image": ("benchmark", "cachedir", "chunkprofile", "errors", "estargz", "kernels", "model"),
+        "image": (
+            *("bundle", "cachedir", "chunkprofile", "errors", "estargz", "kernels", "model"),
+            "procs",
+        ),
         "container": ("cachedir", "image", "imagefs", "paths", "snapshot"),
         "platform": (
-            *("container", "errors", "faults", "model", "paths", "serve"),
-            *("snapshot", "units", "fleet"),  # fleet: sizing.py's LP, issue 22
+            *("bundle", "container", "errors", "faults", "model", "paths", "platform_toml"),
+            *("procs", "serve", "snapshot", "fleet"),  # fleet: sizing.py's LP
         ),
-        "fleet": ("errors", "platform", "units"),  # platform: platform.toml's schema, issue 22
+        "fleet": ("errors", "platform_toml", "units"),
         "cli": (
-            *("benchmark", "chunkprofile", "container", "errors", "fleet", "image", "imagefs"),
-            "model",
-            *("platform", "progress", "registry", "serve", "snapshot", "units", "ztoc"),
+            *("benchmark", "bundle", "chunkprofile", "container", "errors", "fleet", "image"),
+            *("imagefs", "model", "platform", "platform_toml", "progress", "registry", "serve"),
+            *("snapshot", "units", "ztoc"),
         ),
     }.items()
 }
-# Circles between modules (any import, any depth), held like KNOWN_CIRCLES: issue 22.
-# platform/replica.py <-> platform/starter.py (default_starter) is gone.
-KNOWN_MODULE_CIRCLES = {
-    frozenset({"zerostart.cli.image", "zerostart.cli.main", "zerostart.cli.platform"}),
-}
+# Circles between modules (any import, any depth) are forbidden too: the last ones
+# (platform/replica.py <-> platform/starter.py: default_starter; cli/main.py <-> cli/image.py
+# and cli/platform.py: sigterm_as_interrupt, now in cli/_signals.py) are gone (issue 22).
 
 
 def _module_name(path: Path) -> str:
@@ -274,12 +286,54 @@ def test_every_import_across_packages_is_allowed() -> None:
     assert not stale, f"ALLOWED lists imports no module makes any more: {sorted(stale)}"
 
 
-def test_no_new_module_circles() -> None:
-    assert circles(module_graph()) == KNOWN_MODULE_CIRCLES
+def test_no_module_circles() -> None:
+    assert circles(module_graph()) == set()
 
 
 def test_the_module_check_finds_the_old_replica_starter_circle() -> None:
     graph = module_graph()
     graph["zerostart.platform.replica"].add("zerostart.platform.starter")  # default_starter
-    new = circles(graph) - KNOWN_MODULE_CIRCLES
-    assert any({"zerostart.platform.replica", "zerostart.platform.starter"} <= c for c in new)
+    found = circles(graph)
+    assert any({"zerostart.platform.replica", "zerostart.platform.starter"} <= c for c in found)
+
+
+# -- private modules stay inside their package -------------------------------------------------
+# A package's ``_modules`` are its own: others import its public names (``zerostart.snapshot``
+# re-exports what the platform needs). The imports of another package's private modules made
+# today, each named; a new one fails, and one that goes must be taken off.
+KNOWN_PRIVATE_IMPORTS: dict[str, frozenset[str]] = {
+    name: frozenset(packages)
+    for name, packages in {
+        # the container front end of snapshot's internals (CRIU images, manifest, store)
+        "container/snapshot_run.py": ("snapshot",),
+        # the zran index speaks the registry's upload/download protocol and builds a zTOC
+        "imagefs/_zran.py": ("registry",),
+        "imagefs/zindex.py": ("registry", "ztoc"),
+        # the warm slot pre-imports the Unigram / BPE tokenizer path before it says "ready"
+        "serve/slot.py": ("tokenize",),
+    }.items()
+}
+
+
+def private_imports() -> dict[str, set[str]]:
+    """File (relative to src/zerostart) -> the other packages whose private modules it imports."""
+    found: dict[str, set[str]] = collections.defaultdict(set)
+    for path in SRC.rglob("*.py"):
+        part = path.relative_to(SRC).parts[0].removesuffix(".py")
+        for name in imported_modules(path):
+            parts = name.split(".")
+            if parts[0] != "zerostart" or len(parts) < 3 or parts[1] == part:
+                continue
+            if any(p.startswith("_") and not p.startswith("__") for p in parts[2:]):
+                found[str(path.relative_to(SRC))].add(parts[1])
+    return found
+
+
+def test_private_modules_stay_inside_their_package() -> None:
+    found = private_imports()
+    new = {f: sorted(p - KNOWN_PRIVATE_IMPORTS.get(f, frozenset())) for f, p in found.items()}
+    new = {f: p for f, p in new.items() if p}
+    assert not new, f"imports of another package's private modules (use its public names): {new}"
+    gone = {f: sorted(p - found.get(f, set())) for f, p in KNOWN_PRIVATE_IMPORTS.items()}
+    gone = {f: p for f, p in gone.items() if p}
+    assert not gone, f"take these off KNOWN_PRIVATE_IMPORTS, they are gone: {gone}"

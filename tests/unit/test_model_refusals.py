@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from zerostart.bundle.folder import Bundle
+from zerostart.bundle.manifest import FORMAT_VERSION, MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
 from zerostart.errors import BundleError
-from zerostart.model.bundle import Bundle
-from zerostart.model.manifest import FORMAT_VERSION, MANIFEST_NAME, VOCAB_NAME, WEIGHTS_NAME
 
 
 def _with_manifest(bundle: Path, out: Path, edit: dict[str, object]) -> Path:

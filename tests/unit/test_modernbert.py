@@ -21,11 +21,11 @@ import pytest
 
 from engine_reference import transformers_reference
 from modernbert_models import SPECIAL_IDS, VOCAB, build, edit_config
+from zerostart.bundle.folder import Bundle
 from zerostart.engine.modernbert_native import ModernBertKernels, ModernBertNativeEngine
 from zerostart.engine.modernbert_ref import ModernBertReference
 from zerostart.engine.native import NativeKernels, addr, cpu_flags
 from zerostart.errors import ConvertError
-from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
 
 pytestmark = pytest.mark.parity

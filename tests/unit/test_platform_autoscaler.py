@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zerostart.platform.autoscaler import Scaler
-from zerostart.platform.config import AutoscalerConfig, ModelConfig
+from zerostart.platform_toml import AutoscalerConfig, ModelConfig
 
 KPA = AutoscalerConfig(tick_s=1.0)  # Knative's defaults otherwise: 60 s / 6 s / 200 % / 70 %
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zerostart.platform.config import ModelConfig, load, parse
-from zerostart.platform.errors import ConfigError
+from zerostart.platform_toml import ConfigError, ModelConfig, load, parse
 
 
 def test_defaults_and_units() -> None:

@@ -17,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zerostart.platform.config import parse
-from zerostart.platform.errors import ConfigError
 from zerostart.platform.sizing import (
     ModelLoad,
     NodeInput,
@@ -26,6 +24,7 @@ from zerostart.platform.sizing import (
     keepalive_demand,
     plan_sizes,
 )
+from zerostart.platform_toml import ConfigError, parse
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -115,7 +114,7 @@ def test_rate_window_slides() -> None:
 
 
 def test_lp_sizing_without_ortools_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    import zerostart.platform.config as config
+    import zerostart.platform_toml as config
 
     monkeypatch.setattr(config, "ortools_available", lambda: False)
     text = '[pool]\nsizing = "lp"\n[models.a]\nbundle = "/b"\n'
@@ -132,8 +131,8 @@ def test_ortools_absent_really_refuses() -> None:
         """
         import sys
         sys.modules["ortools"] = None  # as if not installed: find_spec fails
-        from zerostart.platform.config import parse
-        from zerostart.platform.errors import ConfigError
+        from zerostart.platform_toml import parse
+        from zerostart.platform_toml import ConfigError
         try:
             parse('[pool]\\nsizing = "lp"\\n[models.a]\\nbundle = "/b"\\n', env={})
         except ConfigError as exc:
@@ -150,7 +149,7 @@ def test_static_gateway_never_imports_ortools() -> None:
     code = textwrap.dedent(
         """
         import asyncio, sys
-        from zerostart.platform.config import parse
+        from zerostart.platform_toml import parse
         from zerostart.platform.gateway import Gateway
         from zerostart.platform.starter import PathStarter
 

@@ -1,6 +1,6 @@
 """One platform.toml, every key: ``zerostart up --check`` and ``zerostart deploy`` both take it.
 
-The per-model keys and defaults live in platform/config.py; deploy reads the models
+The per-model keys and defaults live in platform_toml.py; deploy reads the models
 through it and adds only its own keys (cpu, memory, gpu_archs, pool, [deploy]).
 """
 
@@ -15,7 +15,7 @@ from zerostart.cli import main
 from zerostart.fleet.config import load_platform
 from zerostart.image.layers import Entry, write_layer
 from zerostart.image.oci import ImageConfig, write_oci_layout
-from zerostart.platform.config import ModelConfig, load
+from zerostart.platform_toml import ModelConfig, load
 
 pytest.importorskip("ortools", reason="pool.sizing = 'lp' needs the fleet extra (OR-Tools)")
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 
 from engine_reference import auto_class, transformers_reference
+from zerostart.bundle.folder import Bundle
 from zerostart.engine.cpu import CpuEngine
 from zerostart.engine.cpu_native import NativeCpuEngine
 from zerostart.engine.native import NativeKernels, cpu_flags
 from zerostart.errors import ConvertError
-from zerostart.model.bundle import Bundle
 from zerostart.model.convert import convert
 
 pytestmark = pytest.mark.parity

@@ -294,3 +294,19 @@ def test_marker_booted_process_reports_none_and_changed_start_reports_restore(
     stale = {**recorded, "restored_at_epoch_s": created - 600}
     (tmp_path / marker.RESTORE_INFO_NAME).write_text(json.dumps(stale))
     assert marker.restore_info(now - 1) == {"mode": "restore"}
+
+
+def test_the_public_api_resolves_every_name_to_its_private_module() -> None:
+    """What the platform and the CLI import from ``zerostart.snapshot`` is the real thing."""
+    import zerostart.snapshot as snap
+    from zerostart.snapshot import _criu, _host, _manifest, _process, _store
+
+    for name in snap.__all__:
+        assert getattr(snap, name) is not None, name
+    assert snap.criu_version is _criu.version
+    assert snap.stop_process is _process.stop
+    assert snap.host_fingerprint is _host.host_fingerprint
+    assert snap.read_manifest is _manifest.read_manifest
+    assert snap.snapshot_dir is _store.snapshot_dir
+    with pytest.raises(AttributeError, match="no attribute 'stop'"):
+        snap.stop  # noqa: B018  (only the public name)

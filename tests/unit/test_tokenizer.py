@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from zerostart.bundle.manifest import TokenizerSettings
 from zerostart.errors import TokenizerError
-from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize import Encoding, WordPieceTokenizer
 from zerostart.tokenize._encoding import longest_first as _longest_first
 from zerostart.tokenize._normalize import CHAR_CACHE_SIZE_CHARS, Normalizer

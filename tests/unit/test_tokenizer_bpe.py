@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,9 @@ from zerostart.tokenize._bytelevel import BYTE_TO_CHAR, decode, split, to_byte_c
 from zerostart.tokenize._compiled import CompiledFile
 from zerostart.tokenize._native import ENV as NATIVE_ENV
 from zerostart.tokenize.compile import compile_tokenizer_json
+
+# Every test twice: on the C loops of tokenizer.so and on the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("inner_loops")
 
 # A tiny RoBERTa-layout vocabulary: the 256 byte characters, then merges that
 # build "Ġthe", "Ġworld", "llo" and "He".
@@ -55,15 +57,6 @@ def _tokenizer_json(**model: Any) -> dict[str, Any]:
                   "byte_fallback": False, "ignore_merges": False, "vocab": vocab,
                   "merges": [[a, b] for a, b in MERGES], **model},
     }  # fmt: skip
-
-
-@pytest.fixture(autouse=True, params=["native", "python"])
-def inner_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test twice: on the C loops (tokenizer.so) and on the pure-Python ones."""
-    if request.param == "native" and shutil.which(os.environ.get("CC", "gcc")) is None:
-        pytest.skip("no C compiler: no tokenizer.so to test")
-    monkeypatch.setenv(NATIVE_ENV, "1" if request.param == "native" else "0")
-    return str(request.param)
 
 
 def _compile(tmp_path: Path, data: dict[str, Any]) -> Tokenizer:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from zerostart.model.manifest import TokenizerSettings
+from zerostart.bundle.manifest import TokenizerSettings
 
 MAX_CODE_POINT = 0x110000
 SURROGATES = range(0xD800, 0xE000)

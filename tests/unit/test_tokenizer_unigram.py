@@ -27,6 +27,9 @@ from zerostart.tokenize._native import ENV as NATIVE_ENV
 from zerostart.tokenize._unigram import UNK_PENALTY
 from zerostart.tokenize.compile import compile_tokenizer_json
 
+# Every test twice: on the C loops of tokenizer.so and on the pure-Python ones (conftest.py).
+pytestmark = pytest.mark.usefixtures("inner_loops")
+
 SPECIALS = {"unk_token": "<unk>", "pad_token": "<pad>"}
 VOCAB = [
     ["<unk>", 0.0],
@@ -84,15 +87,6 @@ def tokenizer_json(**overrides: Any) -> dict[str, Any]:
     }
     data.update(overrides)
     return data
-
-
-@pytest.fixture(autouse=True, params=["native", "python"])
-def inner_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test twice: on the C inner loops (tokenizer.so) and on the pure-Python ones."""
-    if request.param == "native" and shutil.which(os.environ.get("CC", "gcc")) is None:
-        pytest.skip("no C compiler: no tokenizer.so to test")
-    monkeypatch.setenv(NATIVE_ENV, "1" if request.param == "native" else "0")
-    return str(request.param)
 
 
 def build(tmp_path: Path, **overrides: Any) -> Tokenizer:

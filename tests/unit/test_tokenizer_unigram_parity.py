@@ -31,7 +31,7 @@ from test_tokenizer_parity import _random_texts
 from tokenizer_corpus import COMMON_WORDS, SCRIPTS, corpus, pairs
 
 from code_points import sweep_code_points
-from zerostart.model.manifest import TokenizerSettings
+from zerostart.bundle.manifest import TokenizerSettings
 from zerostart.tokenize import Encoding, Tokenizer
 from zerostart.tokenize._precompiled import grapheme_class
 from zerostart.tokenize._unigram import Unigram

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zerostart.errors import BundleError, ConvertError
-from zerostart.model.weights import (
+from zerostart.bundle.weights import (
     ALIGN_BYTES,
     PAD_PREFIX,
     map_safetensors,
     map_weights,
     write_weights,
 )
+from zerostart.errors import BundleError, ConvertError
 
 
 def _sample() -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ from zerostart.api._text import prepare_decode, prepare_tokenize, prepare_tokens
 
 if TYPE_CHECKING:
     from zerostart.api._model import Model
-    from zerostart.model.manifest import Manifest
+    from zerostart.bundle.manifest import Manifest
 
 Prepare = Callable[["Model", Any], Job]
 

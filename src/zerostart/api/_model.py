@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from zerostart.model.manifest import Manifest
+    from zerostart.bundle.manifest import Manifest
     from zerostart.tasks.heads import Heads
     from zerostart.tokenize import Tokenizer, WordPieceTokenizer
 

@@ -144,7 +144,7 @@ def _wait_for_exit(container: Container) -> int:
 
     The caller's ``finally`` stops the container and cleans up in every case.
     """
-    from zerostart.cli.main import sigterm_as_interrupt
+    from zerostart.cli._signals import sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():

@@ -25,7 +25,8 @@ def format_stats(s: dict[str, Any]) -> str:
     lines = [
         f"imagefs {s.get('reference')} at {s.get('mountpoint')} (pid {s.get('pid')})",
         f"  index {t.get('index_ms', 0):.1f} ms, mounted {t.get('mount_ms', 0):.1f} ms; "
-        f"{s.get('inodes', 0)} inodes in {len(s.get('layers', []))} layers",
+        f"{s.get('inodes', 0)} inodes looked up of {s.get('records', 0)} records "
+        f"in {len(s.get('layers', []))} layers",
         f"  fetched {_mb(s.get('bytes_fetched', 0))} in {s.get('requests', 0)} requests "
         f"({_mb(s.get('bytes_fetched_at_mount', 0))} to mount)",
         f"  chunk hits: memory {cache.get('memory_hits', 0)}, disk {cache.get('disk_hits', 0)}, "

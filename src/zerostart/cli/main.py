@@ -13,8 +13,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 from zerostart import __version__
@@ -38,7 +37,7 @@ def restore_signal_dispositions() -> None:
     (runc, the imagefs daemon) inherited the ignored signal too. Every command
     of this CLI relies on Ctrl-C unwinding through ``finally``; so SIGINT gets
     Python's handler back, and an ignored SIGTERM its default (commands that
-    need cleanup on SIGTERM install :func:`sigterm_as_interrupt`). SIGPIPE is
+    need cleanup on SIGTERM install ``cli/_signals.py``'s ``sigterm_as_interrupt``). SIGPIPE is
     left as Python sets it (ignored here, so a closed pipe is an ``OSError``;
     ``subprocess`` restores it for children). SIGHUP is left alone: ``nohup``
     ignores it on purpose.
@@ -47,24 +46,6 @@ def restore_signal_dispositions() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C inside the block, so ``finally`` clauses clean up.
-
-    Its default action would end the process on the spot (a `zerostart run` or
-    `up` stopped by a supervisor would leave containers, mounts or build folders).
-    """
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -96,7 +77,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from zerostart.model.bundle import Bundle
+    from zerostart.bundle.folder import Bundle
 
     t0 = time.perf_counter()
     bundle = Bundle.open(args.bundle, verify="full" if args.verify else "fast")

@@ -18,10 +18,10 @@ LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 def _cmd_up(args: argparse.Namespace) -> int:
     import asyncio
 
-    from zerostart.platform.config import load
     from zerostart.platform.gateway import serve
     from zerostart.platform.sources import check_sources, require_sources
     from zerostart.platform.starter import default_starter
+    from zerostart.platform_toml import load
 
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     config = load(args.config)
@@ -67,7 +67,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if config.pool.cpu and any(m.source_kind == "image" for m in config.models.values()):
         # The build takes seconds and cleans up in `finally`; SIGTERM's default action
         # would skip that (the gateway installs its own handlers only once it serves).
-        from zerostart.cli.main import sigterm_as_interrupt
+        from zerostart.cli._signals import sigterm_as_interrupt
         from zerostart.container.runtime import default_cache_dir
         from zerostart.image.slot import build_slot_image  # container slots run this image
 

@@ -12,9 +12,14 @@ from typing import Any
 
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:
-    from zerostart.snapshot import Warmup, list_snapshots, remove_snapshot, snapshot
-    from zerostart.snapshot._errors import SnapshotError
-    from zerostart.snapshot._store import default_store
+    from zerostart.snapshot import (
+        SnapshotError,
+        Warmup,
+        default_store,
+        list_snapshots,
+        remove_snapshot,
+        snapshot,
+    )
 
     store = Path(args.store) if args.store else default_store()
     if args.list:

@@ -40,8 +40,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from zerostart.bundle.manifest import Manifest, ModelConfig, TokenizerSettings
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest, ModelConfig, TokenizerSettings
 
 CANARY_VOCAB = (
     "[PAD]",

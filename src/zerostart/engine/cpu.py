@@ -1,7 +1,7 @@
 """The CPU engine: a BERT / DistilBERT forward pass in numpy, float32.
 
 Theory of operation. The weights arrive in the engine layout (see
-``zerostart.engine.layout``): every linear layer is ``x @ W + b`` with ``W``
+``zerostart.bundle.layout``): every linear layer is ``x @ W + b`` with ``W``
 stored ``[in, out]``, and Q, K, V are one fused ``[H, 3H]`` matrix whose query
 block is pre-scaled by ``1/sqrt(head_dim)``. Activations are kept as one 2-D
 ``[B*T, H]`` array so each projection is a single BLAS call; attention
@@ -24,11 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from zerostart.engine import ops
-from zerostart.engine.cpu_gemm import PackedMatrix, matmul_f32
-from zerostart.engine.cpu_native import check_precision
-from zerostart.engine.inputs import check_inputs
-from zerostart.engine.layout import (
+from zerostart.bundle.layout import (
     GELU_ERF_ACTS,
     GELU_TANH_ACTS,
     GEMM_GROUP,
@@ -36,6 +32,11 @@ from zerostart.engine.layout import (
     tensor_dtypes,
     tensor_shapes,
 )
+from zerostart.bundle.manifest import Manifest
+from zerostart.engine import ops
+from zerostart.engine.cpu_gemm import PackedMatrix, matmul_f32
+from zerostart.engine.cpu_native import check_precision
+from zerostart.engine.inputs import check_inputs
 from zerostart.engine.native import (
     ACT_GELU_ERF,
     ACT_GELU_TANH,
@@ -46,10 +47,9 @@ from zerostart.engine.native import (
 )
 from zerostart.engine.parallel import Workers, default_threads
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
 
 if TYPE_CHECKING:
-    from zerostart.model.bundle import Bundle
+    from zerostart.bundle.folder import Bundle
 
 # Scores of one attention work item: 32 Ki float32 = 128 KiB, which stays in L2
 # through scale, mask, softmax and the product with V.

@@ -8,7 +8,7 @@ its tile and blocking, and how threads share the product (column ranges below
 int8 / bf16: x @ W with W packed.
 
 The packed weights come from ``zerostart convert --precision int8|bfloat16``
-(``zerostart.model.quantize``, layout in ``zerostart.engine.layout``); the
+(``zerostart.model.quantize``, layout in ``zerostart.bundle.layout``); the
 products run in the native kernels (kernels/cpu/zs_cpu_gemm.c). Each thread
 takes a range of rows and does both steps on it, with no barrier between:
 quantise (int8: per row, dynamic, asymmetric) or round (bf16) its rows of x,
@@ -24,11 +24,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from zerostart.bundle.layout import COLSUM_SUFFIX, SCALE_SUFFIX, padded
 from zerostart.engine.gemm_f32 import F32_TILES_PER_PART as F32_TILES_PER_PART
 from zerostart.engine.gemm_f32 import ZS_GEMM_BADTILE as ZS_GEMM_BADTILE
 from zerostart.engine.gemm_f32 import ZS_GEMM_NOMEM as ZS_GEMM_NOMEM
 from zerostart.engine.gemm_f32 import matmul_f32 as matmul_f32  # fp32 lives there, numpy-free
-from zerostart.engine.layout import COLSUM_SUFFIX, SCALE_SUFFIX, padded
 from zerostart.engine.native import NativeKernels, addr
 from zerostart.engine.parallel import Workers
 

@@ -30,8 +30,7 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
-from zerostart.engine.gemm_f32 import matmul_f32
-from zerostart.engine.layout import (
+from zerostart.bundle.layout import (
     COLSUM_SUFFIX,
     GELU_ERF_ACTS,
     GELU_TANH_ACTS,
@@ -42,6 +41,9 @@ from zerostart.engine.layout import (
     tensor_dtypes,
     tensor_shapes,
 )
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.weights import NUMPY_DTYPES, Weights
+from zerostart.engine.gemm_f32 import matmul_f32
 from zerostart.engine.native import (
     ACT_GELU_ERF,
     ACT_GELU_TANH,
@@ -53,11 +55,9 @@ from zerostart.engine.native import (
 )
 from zerostart.engine.parallel import Workers, default_threads
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
-from zerostart.model.weights import NUMPY_DTYPES, Weights
 
 if TYPE_CHECKING:
-    from zerostart.model.bundle import Bundle
+    from zerostart.bundle.folder import Bundle
 
 # Hugging Face adds finfo(float32).min to the scores of padding keys; so do we.
 MASK_VALUE = -3.4028234663852886e38
@@ -96,7 +96,7 @@ def _addr(buf: array[int] | array[float]) -> int:
 
 
 class _Matrix(NamedTuple):
-    """One [k, n] weight matrix: float32 as stored, or packed int8/bf16 (engine.layout)."""
+    """One [k, n] weight matrix: float32 as stored, or packed int8/bf16 (bundle.layout)."""
 
     precision: str
     w: int

@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zerostart.bundle.deberta_layout import REL_INDEX, pos_names, tensor_dtypes, tensor_shapes
+from zerostart.bundle.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix
+from zerostart.bundle.manifest import Manifest
 from zerostart.engine import ops
-from zerostart.engine.deberta_layout import REL_INDEX, pos_names, tensor_dtypes, tensor_shapes
 from zerostart.engine.inputs import check_inputs
-from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
 
 if TYPE_CHECKING:
-    from zerostart.model.bundle import Bundle
+    from zerostart.bundle.folder import Bundle
 
 MASK_VALUE = float(np.finfo(np.float32).min)  # transformers' masked_fill value
 

@@ -21,6 +21,10 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from zerostart.bundle.deberta_layout import REL_INDEX, pos_names
+from zerostart.bundle.layout import GELU_ERF_ACTS, GELU_TANH_ACTS
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.weights import Weights
 from zerostart.engine.cpu_native import (
     MASK_VALUE,
     ROWS_PER_PART,
@@ -29,8 +33,6 @@ from zerostart.engine.cpu_native import (
     _Layer,
     _Matrix,
 )
-from zerostart.engine.deberta_layout import REL_INDEX, pos_names
-from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS
 from zerostart.engine.native import (
     ACT_GELU_ERF,
     ACT_GELU_TANH,
@@ -40,11 +42,9 @@ from zerostart.engine.native import (
     load_bundle_kernels,
 )
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
-from zerostart.model.weights import Weights
 
 if TYPE_CHECKING:
-    from zerostart.model.bundle import Bundle
+    from zerostart.bundle.folder import Bundle
 
 _ACTS = {
     **dict.fromkeys(GELU_ERF_ACTS, ACT_GELU_ERF),

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from zerostart.bundle.manifest import Manifest
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
 
 
 def check_inputs(

@@ -4,7 +4,7 @@ Theory of operation. Like ``engine.cpu_native.NativeCpuEngine`` (whose contract,
 ``run``, it keeps): tensor addresses taken once from the bundle's map, activations
 in grow-only ``array`` buffers reused between forwards, products on the build's
 own fp32 GEMM (``zs_gemm_f32``) split over our threads. The ModernBERT work is in
-kernels/cpu/zs_modernbert.c; per layer (``engine.modernbert_layout``)::
+kernels/cpu/zs_modernbert.c; per layer (``bundle.modernbert_layout``)::
 
     qkv = h Wqkv -> ctx = attention(rotary(q, k), v; window) -> a = ctx Wo
     x += a; h = LN(x)                                  (one pass: zs_mb_residual_norm)
@@ -32,18 +32,18 @@ from array import array
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
+from zerostart.bundle.layout import layer_prefix
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.modernbert_layout import is_global, modernbert_shapes
+from zerostart.bundle.weights import NUMPY_DTYPES, Weights
 from zerostart.engine.cpu_native import _NATIVE_ACTS, F32, ROWS_PER_PART, _Scratch, check_batch
 from zerostart.engine.gemm_f32 import ZS_GEMM_NOMEM, matmul_f32
-from zerostart.engine.layout import layer_prefix
-from zerostart.engine.modernbert_layout import is_global, modernbert_shapes
 from zerostart.engine.native import ACT_NONE, NativeKernels, load_bundle_kernels
 from zerostart.engine.parallel import Workers, default_threads
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
-from zerostart.model.weights import NUMPY_DTYPES, Weights
 
 if TYPE_CHECKING:
-    from zerostart.model.bundle import Bundle
+    from zerostart.bundle.folder import Bundle
 
 POOL_MODES = {"cls": 0, "mean": 1}  # zs_mb_pool's
 GEGLU_ROWS = 96  # rows per product + GeGLU block when the GEMM plan leaves mc to the kernel

@@ -10,7 +10,7 @@ The rotary tables follow transformers' float32 arithmetic
 (``ModernBertRotaryEmbedding``): ``inv_freq = 1 / theta^(2i/d)``, angles
 ``position * inv_freq``, ``cos``/``sin`` of them; ``rotate_half`` pairs
 element ``i`` with ``i + d/2`` (Su et al. 2021, RoFormer, in GPT-NeoX's
-half-split form). The layer order is ``zerostart.engine.modernbert_layout``'s.
+half-split form). The layer order is ``zerostart.bundle.modernbert_layout``'s.
 
 It also serves bundles converted with ``--cpu-arch none`` (behind
 ``pipeline.NumpyEngine``); the worker's own engine is
@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from zerostart.bundle.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.modernbert_layout import is_global, modernbert_shapes
 from zerostart.engine import ops
 from zerostart.engine.inputs import check_inputs
-from zerostart.engine.layout import GELU_ERF_ACTS, GELU_TANH_ACTS, layer_prefix
-from zerostart.engine.modernbert_layout import is_global, modernbert_shapes
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
 
 if TYPE_CHECKING:
-    from zerostart.model.bundle import Bundle
+    from zerostart.bundle.folder import Bundle
 
 MASK_VALUE = float(np.finfo(np.float32).min)  # what transformers adds to masked scores
 

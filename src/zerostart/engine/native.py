@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zerostart.bundle.manifest import CpuKernelBuild
 from zerostart.engine.cpu_tuning import (
     BUNDLE_TABLE,
     CpuIdentity,
@@ -37,7 +38,6 @@ from zerostart.engine.cpu_tuning import (
     load_table,
 )
 from zerostart.errors import EngineError
-from zerostart.model.manifest import CpuKernelBuild
 
 if TYPE_CHECKING:
     import numpy as np

@@ -136,9 +136,10 @@ class Chunk(Protocol):
 class ChunkRef(NamedTuple):
     """The fields of a TOC entry that locate and verify one payload, as a cheap tuple.
 
-    The lazy filesystem's cached index (imagefs/_indexcache.py) holds ~10^5 of
-    them; building as many :class:`TOCEntry` dataclasses would cost most of a
-    mount. Field meanings are :class:`TOCEntry`'s.
+    The lazy filesystem makes one per chunk of a file when the file is first
+    looked up (imagefs/_layerindex.py); an image holds ~10^5 chunks, and a
+    :class:`TOCEntry` dataclass each would cost much more. Field meanings are
+    :class:`TOCEntry`'s.
     """
 
     name: str

@@ -30,7 +30,7 @@
     pools = ["gpu-l4", "gpu-a10"]
     max_slots = 64
 
-``platform.toml`` is defined once, in ``platform/config.py``: :func:`load_platform` reads it
+``platform.toml`` is defined once, in ``platform_toml.py``: :func:`load_platform` reads it
 with that parser (so ``up`` and ``deploy`` accept the same file) and adds what a cluster
 needs: ``cpu``, ``memory``, ``gpu_archs``, ``pool`` per model and a ``[deploy]`` table,
 which ``up`` accepts and ignores. Both readers raise :class:`FleetConfigError` naming the
@@ -48,9 +48,8 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.fleet.errors import FleetConfigError
-from zerostart.platform.config import ModelConfig, PlatformConfig
-from zerostart.platform.config import load as load_platform_config
-from zerostart.platform.errors import ConfigError
+from zerostart.platform_toml import ConfigError, ModelConfig, PlatformConfig
+from zerostart.platform_toml import load as load_platform_config
 from zerostart.units import parse_duration
 
 DEVICES = ("cpu", "cuda")
@@ -325,7 +324,7 @@ def load_fleet(path: str | Path) -> FleetConfig:
 @dataclass(frozen=True)
 class ModelDeploy(ModelConfig):
     """One model as ``deploy`` sees it: ``up``'s keys and defaults (:class:`ModelConfig`,
-    defined once in ``platform/config.py``) plus the deploy-only ones."""
+    defined once in ``platform_toml.py``) plus the deploy-only ones."""
 
     cpu: str = "1"
     memory: str = "1Gi"
@@ -352,7 +351,7 @@ class PlatformDeploy:
 def load_platform(path: str | Path) -> PlatformDeploy:
     """Read ``platform.toml`` as ``zerostart up`` does, plus the deploy-only keys.
 
-    The models, their keys and defaults come from :func:`zerostart.platform.config.load`
+    The models, their keys and defaults come from :func:`zerostart.platform_toml.load`
     (``api_key_env`` variables are not read: a key never goes into a manifest); this adds
     ``cpu``, ``memory``, ``gpu_archs``, ``pool`` per model and the ``[deploy]`` table.
     Raises :class:`FleetConfigError` naming the key before anything is written.

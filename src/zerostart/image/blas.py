@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from zerostart.bundle.manifest import Manifest
 from zerostart.image.closure import Closure
 from zerostart.image.elf import read_elf
 from zerostart.image.errors import ImageError
@@ -33,7 +34,6 @@ from zerostart.kernels.blas_build import (
     MinimalBlasUnavailable,
     build_minimal_blas,
 )
-from zerostart.model.manifest import Manifest
 
 BLAS_CHOICES = ("auto", "minimal", "openblas")
 

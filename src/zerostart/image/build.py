@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import zerostart
+from zerostart.bundle.manifest import Manifest
 from zerostart.cachedir import cache_base
 from zerostart.image.blas import BlasDecision
 from zerostart.image.blas import apply as apply_blas
@@ -32,7 +33,6 @@ from zerostart.image.layers import Entry, LayerBlob, layer_entries, write_layer
 from zerostart.image.oci import ImageConfig, WrittenImage, write_docker_archive, write_oci_layout
 from zerostart.image.readorder import read_order
 from zerostart.image.trace import Trace, trace_worker
-from zerostart.model.manifest import Manifest
 
 SOURCE_URL = "https://github.com/zerostart/zerostart"
 CONTAINER_PORT = 8080

@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zerostart.benchmark import free_port, stop_process
 from zerostart.image.errors import ImageError
+from zerostart.procs import free_port, stop_process
 
 TRACE_FORMAT_VERSION = 1
 READY_TIMEOUT_S = 120.0  # worker start incl. a first-time bundle check on a slow disk

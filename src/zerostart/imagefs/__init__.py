@@ -5,7 +5,10 @@ Layout::
     mount.py     LazyMount: start the daemon, wait for the mount, stop and clean up; stats
     _daemon.py   the daemon process (``python -m zerostart.imagefs``): index, mount, serve
     _layers.py   each layer's footer + TOC by range reads (eStargz), or the layer whole
-    _index.py    the layers merged as an overlay (whiteouts, opaque dirs) into inodes
+    _index.py    layer entries, chunk extents, inodes (the types)
+    _layerwrite.py / _layerindex.py  one layer's index as a compact binary file: written / mapped, checked
+    _indexcache.py  those files kept per layer digest: a later mount maps them, no TOC fetched
+    _tree.py     the layers merged as an overlay (whiteouts, opaque dirs), a name at a time on lookup
     _fetch.py    chunk reads: cache, range fetch, verification, retries, prefetch
     _cache.py    content-addressed chunk cache: memory LRU over a bounded disk tier
     _fuse.py     the FUSE operations (pyfuse3)

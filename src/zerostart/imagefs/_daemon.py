@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             "manifest_digest": image.manifest_digest,
             "started_at": started,
             "timings": timings,
-            "inodes": len(tree.inodes),
+            "records": tree.entries,  # every layer's files, folders and whiteouts
+            "inodes": len(tree.nodes),  # made so far: only what was looked up
             "index": "cached" if cached else "built",
             "layers": layer_notes,
             "bytes_fetched": reader.bytes_fetched,
@@ -149,12 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     ready |= {"config": image.config, "layers": layer_notes}
     print(json.dumps(ready), flush=True)
     log.info(
-        "mounted %s at %s: index %.1f ms, mount %.1f ms, %d inodes; %s",
+        "mounted %s at %s: index %.1f ms, mount %.1f ms, %d records; %s",
         opts.reference,
         opts.mountpoint,
         timings["index_ms"],
         timings["mount_ms"],
-        len(tree.inodes),
+        tree.entries,
         "; ".join(la.note for la in layers),
     )
     if not opts.no_prefetch:
@@ -227,7 +228,12 @@ def _prefetch(tree: Any, chunks: Any, layers: list[Any], streams: int) -> None:
             chunks.prefetch_chunks(todo.extents, streams)
             return
         log.warning("chunk profile names no chunk of this image: prefetching by landmark")
-    extents = [x for node in tree.inodes.values() for x in node.extents]
+    extents = [
+        x
+        for la in layers
+        if la.prefetch_end > 0
+        for x in tree.extents_before(la.index, la.prefetch_end)
+    ]
     chunks.prefetch(extents)
 
 

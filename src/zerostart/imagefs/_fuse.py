@@ -17,16 +17,19 @@ and an open for writing is refused with ``EROFS`` anyway.
 from __future__ import annotations
 
 import errno
+import logging
 import os
-import stat
 from typing import Any
 
 import pyfuse3
 import trio
 
 from zerostart.imagefs._fetch import ChunkReader, ChunkReadError
-from zerostart.imagefs._index import Node, Tree
+from zerostart.imagefs._index import ImageIndexError, Node
 from zerostart.imagefs._profile import Recorder
+from zerostart.imagefs._tree import Tree
+
+log = logging.getLogger(__name__)
 
 # The image never changes under a mount: let the kernel cache names and attributes for an hour.
 CACHE_TIMEOUT_S = 3600.0
@@ -43,7 +46,7 @@ class ImageOperations(pyfuse3.Operations):  # type: ignore[misc]
         self.tree, self.reader, self.recorder = tree, reader, recorder
 
     def _node(self, inode: int) -> Node:
-        node = self.tree.inodes.get(inode)
+        node = self.tree.node(inode)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -75,7 +78,11 @@ class ImageOperations(pyfuse3.Operations):  # type: ignore[misc]
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if name == b".":
             return self._attr(parent)
-        child = parent.children.get(name)
+        try:
+            child = self.tree.lookup(parent, name)
+        except ImageIndexError as exc:  # a record the layer's index holds but cannot show
+            log.error("lookup of %r: %s", name, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
         if child is None:
             # A negative entry the kernel caches: an interpreter probes every sys.path
             # folder for every import, and the answer never changes in an image.
@@ -97,7 +104,12 @@ class ImageOperations(pyfuse3.Operations):  # type: ignore[misc]
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        children = self._node(fh).children or {}
+        node = self._node(fh)
+        try:
+            children = self.tree.listdir(node) if node.children is not None else {}
+        except ImageIndexError as exc:
+            log.error("listing inode %d: %s", fh, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
         names = sorted(children)
         for i in range(start_id, len(names)):
             if not pyfuse3.readdir_reply(token, names[i], self._attr(children[names[i]]), i + 1):
@@ -133,11 +145,11 @@ class ImageOperations(pyfuse3.Operations):  # type: ignore[misc]
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        used = sum(n.size for n in self.tree.inodes.values() if stat.S_ISREG(n.mode))
+        used = self.tree.total_bytes  # every layer's files, hidden ones included
         s.f_bsize = s.f_frsize = BLOCK_SIZE
         s.f_blocks = (used + BLOCK_SIZE - 1) // BLOCK_SIZE
         s.f_bfree = s.f_bavail = 0
-        s.f_files = len(self.tree.inodes)
+        s.f_files = self.tree.entries
         s.f_ffree = s.f_favail = 0
         s.f_namemax = NAME_MAX
         return s

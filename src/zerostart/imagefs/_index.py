@@ -1,31 +1,18 @@
-"""The merged view of an image's layers: one tree of inodes, built from the layers' indexes alone.
+"""What an image's files are, in our terms: layer entries, chunk extents, inodes.
 
-Theory of operation
--------------------
 Each layer arrives as a list of :class:`LayerEntry` (from its eStargz table of
-contents, or from scanning a plain layer that had to be fetched whole). The
-layers are applied bottom first with the OCI image spec's overlay rules
-(image-spec ``layer.md``, "Whiteouts"):
-
-* ``dir/.wh.NAME`` hides ``dir/NAME`` of the layers *below*;
-* ``dir/.wh..wh..opq`` hides every child ``dir`` had in the layers below;
-* whiteouts never hide entries of their own layer, so each layer is applied in
-  two passes: first its whiteouts against the tree so far, then its entries;
-* an entry replaces what was at its path, except that a directory over a
-  directory keeps the lower one's children (the upper one's attributes win);
-* a hard link shares its target's inode (``st_nlink`` counts the names).
-
-The result answers ``lookup``/``getattr``/``readdir``/``readlink`` with no
-I/O. A regular file's bytes are described by :class:`Extent` s: which layer,
-which chunk, and where that chunk sits in the file.
+contents, its zTOC, or from scanning a plain layer that had to be fetched
+whole); imagefs/_layerindex.py keeps each layer's entries as a compact binary
+index and imagefs/_tree.py merges the layers, name by name, into
+:class:`Node` s as they are looked up. A regular file's bytes are described by
+:class:`Extent` s: which layer, which chunk, and where that chunk sits in the
+file.
 """
 
 from __future__ import annotations
 
 import bisect
-import posixpath
 import stat
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -94,7 +81,13 @@ class LayerEntry:
 
 
 class Node:
-    """One inode of the merged tree."""
+    """One inode of the merged image, made when first looked up (imagefs/_tree.py).
+
+    ``children``: for a folder, the children looked up so far (all of them once
+    ``listed``); None for anything else. ``stack``: a folder's records, top layer
+    first, as ``(layer, record)`` (what a lookup in it searches). ``path``: the
+    first name it was found under (no leading ``/``).
+    """
 
     __slots__ = (
         "children",
@@ -103,29 +96,34 @@ class Node:
         "ino",
         "kind",
         "link",
+        "listed",
         "mode",
         "mtime_ns",
         "nlink",
+        "path",
         "rdev",
         "size",
+        "stack",
         "uid",
         "xattrs",
     )
 
-    def __init__(self, e: LayerEntry) -> None:
-        self.ino = 0
-        self.kind = e.kind
-        self.mode = KINDS[e.kind] | (e.mode & 0o7777)
-        self.uid, self.gid, self.mtime_ns = e.uid, e.gid, e.mtime_ns
-        self.size = (
-            e.size if e.kind == "reg" else len(e.link.encode()) if e.kind == "symlink" else 0
-        )
-        self.link = e.link.encode()
-        self.rdev = (e.dev_major << 8) | e.dev_minor
-        self.xattrs = dict(e.xattrs)
-        self.extents = e.extents
-        self.nlink = 1
-        self.children: dict[bytes, Node] | None = {} if e.kind == "dir" else None
+    ino: int
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    size: int
+    link: bytes
+    rdev: int
+    xattrs: dict[str, bytes]
+    extents: tuple[Extent, ...]
+    nlink: int
+    children: dict[bytes, Node] | None
+    listed: bool
+    path: str
+    stack: tuple[tuple[int, int], ...]
 
 
 def normalize(path: str) -> str:
@@ -137,129 +135,6 @@ def normalize(path: str) -> str:
         return relative_name(path, absolute="strip")
     except PathEscapeError as exc:
         raise ImageIndexError(f"entry {exc}; refused") from exc
-
-
-class Tree:
-    """The merged tree and its inode table."""
-
-    def __init__(self) -> None:
-        self.root = Node(LayerEntry("", "dir", mode=0o755))
-        self.inodes: dict[int, Node] = {}
-        self._dirs: dict[str, Node] = {}  # parent path -> directory, within one layer's apply
-
-    @classmethod
-    def from_inodes(cls, inodes: dict[int, Node]) -> Tree:
-        """A tree already merged and numbered (the cached index, imagefs/_indexcache.py)."""
-        tree = cls.__new__(cls)
-        tree.root, tree.inodes, tree._dirs = inodes[ROOT_INODE], inodes, {}
-        return tree
-
-    def _find(self, path: str) -> Node | None:
-        node = self.root
-        for part in path.split("/") if path else ():
-            if node.children is None:
-                return None
-            nxt = node.children.get(part.encode())
-            if nxt is None:
-                return None
-            node = nxt
-        return node
-
-    def _parent_dir(self, path: str) -> Node:
-        """The directory ``path`` lives in, created (0755) where a layer left it implicit."""
-        parent = path.rpartition("/")[0]
-        cached = self._dirs.get(parent)
-        if cached is not None and cached.children is not None:
-            return cached
-        node = self.root
-        for part in path.split("/")[:-1]:
-            assert node.children is not None
-            key = part.encode()
-            nxt = node.children.get(key)
-            if nxt is None or nxt.children is None:
-                nxt = Node(LayerEntry(part, "dir", mode=0o755))
-                node.children[key] = nxt
-            node = nxt
-        self._dirs[parent] = node
-        return node
-
-    def _whiteout(self, path: str) -> None:
-        base = posixpath.basename(path)
-        parent = self._find(posixpath.dirname(path))
-        if parent is None or parent.children is None:
-            return
-        if base == OPAQUE_MARKER:
-            parent.children.clear()
-        else:
-            parent.children.pop(base[len(WHITEOUT_PREFIX) :].encode(), None)
-
-    def _add(self, e: LayerEntry) -> None:
-        if not e.path:  # the layer's root directory: its attributes, our children
-            keep = self.root.children
-            self.root = Node(e) if e.kind == "dir" else self.root
-            self.root.children = keep
-            return
-        parent = self._parent_dir(e.path)
-        assert parent.children is not None
-        key = posixpath.basename(e.path).encode()
-        old = parent.children.get(key)
-        if e.kind == "hardlink":
-            target = self._find(normalize(e.link))
-            if target is None or target.kind == "dir":
-                raise ImageIndexError(
-                    f"hard link {e.path!r} -> {e.link!r}: no such file earlier in the image"
-                )
-            target.nlink += 1
-            parent.children[key] = target
-            return
-        node = Node(e)
-        if e.kind == "dir" and old is not None and old.children is not None:
-            node.children = old.children
-        parent.children[key] = node
-        if e.kind == "dir":
-            self._dirs[e.path] = node
-        elif old is not None and old.children is not None:
-            self._dirs.clear()  # a directory became a file: forget what lay under it
-
-    def apply(self, entries: Sequence[LayerEntry]) -> None:
-        """Apply one layer (see the module docstring for the two passes)."""
-        self._dirs.clear()
-        for e in entries:
-            if e.path.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
-                self._whiteout(e.path)
-        self._dirs.clear()  # whiteouts may have removed directories
-        for e in entries:
-            if not e.path.rpartition("/")[2].startswith(WHITEOUT_PREFIX):
-                self._add(e)
-
-    def number(self) -> None:
-        """Give every inode a number (root is 1), depth first in name order: stable across mounts."""
-        self.inodes.clear()
-        stack = [self.root]
-        self.root.ino = ROOT_INODE
-        self.inodes[ROOT_INODE] = self.root
-        seen = {id(self.root)}
-        while stack:
-            node = stack.pop()
-            assert node.children is not None
-            for name in sorted(node.children, reverse=True):
-                child = node.children[name]
-                if id(child) in seen:  # a hard link: already numbered
-                    continue
-                seen.add(id(child))
-                child.ino = len(self.inodes) + 1
-                self.inodes[child.ino] = child
-                if child.children is not None:
-                    stack.append(child)
-
-
-def merge(layers: Iterable[Sequence[LayerEntry]]) -> Tree:
-    """Apply the layers bottom first; the tree's format entries (TOC, landmarks) are dropped."""
-    tree = Tree()
-    for entries in layers:
-        tree.apply([e for e in entries if e.path not in FORMAT_ENTRIES])
-    tree.number()
-    return tree
 
 
 def extents_for(node: Node, offset: int, length: int) -> list[Extent]:

@@ -1,199 +1,195 @@
-"""The merged index of an image, kept on the node: a later mount reads it back in one file.
+"""Each layer's index, kept on the node by layer digest: a later mount maps it instead of the TOC.
 
 Theory of operation
 -------------------
-A first mount fetches every layer's TOC (a range request or two per layer),
-parses and validates it (names, sizes, offsets, symlinks: estargz/_reader.py),
-turns it into layer entries and merges the layers (_index.py). For an image of
-36,600 files that is seconds of Python; all of it is a function of the image
-manifest, because the manifest names every layer digest and every TOC digest
-(the descriptors' ``containerd.io/snapshot/stargz/toc.digest`` annotation,
-checked against the TOC's bytes before it is used). So the merged result is
-written once, keyed by the manifest digest, and a later mount of the same
-image on this node loads it instead: no TOC request, no JSON, no validation,
-no merge.
+A first mount of a layer fetches its TOC (a range request or two), parses and
+validates it (names, sizes, offsets, symlinks: estargz/_reader.py) or its zTOC
+(ztoc/_format.py), or scans the tar of a layer fetched whole, and writes the
+result as one compact binary file (imagefs/_layerindex.py) named by the
+layer's digest. A layer is immutable, so its index is a function of its digest
+(and, for eStargz, of the TOC digest the manifest vouches for, which the file
+records and a later mount compares). Any image that has the layer, on any
+later mount, maps the file: no TOC request, no JSON, no merge. The layers are
+merged name by name as the kernel looks names up (imagefs/_tree.py), so the
+work at mount does not grow with the number of files beyond one checksum and a
+few C-speed scans of the columns.
 
-The file is ``MAGIC | sha256(payload) | payload``, the payload a ``marshal``
-of plain tuples (the fastest form CPython reads back: no objects but ints,
-strings, bytes, tuples and dicts). It is written atomically (temporary file +
-rename) into the node's cache folder (mode 0700, like the chunk cache). The
-checksum catches a damaged or cut-short file, which is then removed and the
-image indexed again from its TOCs; it is not a defence against someone who
-can already write the node's cache as root (the same trust as the mount's own
-state folder). Layers fetched whole (no TOC) point at their inflated tar in
-the cache; if that file is gone the entry is not used.
-
-Inodes keep their numbers (``Tree.number`` is deterministic), so a process
-that saw inode N on one mount sees the same file on the next.
+Files are written atomically (temporary file + rename) into the node's cache
+folder (mode 0700, like the chunk cache). A file that is damaged, cut short,
+of another layer or TOC, or that describes something a mount must not show
+(imagefs/_layerindex.py lists the checks) is removed, logged, and the layer
+indexed again from its TOC; so is a whole-fetched layer's file whose tar is
+gone from the cache. A plain gzip layer kept with its zTOC needs no referrers
+request on a later mount: its spans' checkpoints are in the file.
 
 Runtime module (the imagefs daemon): standard library only.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import marshal
+import mmap
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zerostart.estargz import ChunkRef
 from zerostart.imagefs._fetch import Layer
-from zerostart.imagefs._index import Extent, Node, Tree, merge
-from zerostart.imagefs._layers import open_layers
-from zerostart.imagefs._zran import find_ztocs
+from zerostart.imagefs._index import ImageIndexError
+from zerostart.imagefs._layerindex import LayerIndex
+from zerostart.imagefs._layers import GZIP_TYPES, open_layers
+from zerostart.imagefs._layerwrite import encode
+from zerostart.imagefs._tree import Tree
+from zerostart.imagefs._zran import TOC_ANNOTATION, SpanReader, find_ztocs
+from zerostart.ztoc import Ztoc
 
 if TYPE_CHECKING:
     from zerostart.registry.ranges import BlobReader
 
 log = logging.getLogger("zerostart.imagefs")
 
-MAGIC = b"ZSIDX01\n"  # bump the number when the payload's shape changes
-_SUM = 32  # sha256 digest bytes after the magic
-_Row = tuple[Any, ...]
+SUFFIX = ".lix"
 
 
 def index_image(
     reader: BlobReader, manifest_digest: str, manifest: dict[str, Any], cache_dir: Path
 ) -> tuple[list[Layer], Tree, bool]:
-    """``(layers, tree, cached)`` of the image: the kept index, else built from its TOCs.
+    """``(layers, tree, cached)``: each layer's kept index, else built from its TOC and kept.
 
-    Builds and keeps it when absent (a failure to keep it is logged, never
-    raised). Raises ImageIndexError / RegistryError as ``open_layers`` does.
+    ``cached``: every layer's index came from the cache (no TOC was fetched).
+    A failure to keep an index is logged, never raised. Raises
+    ImageIndexError / RegistryError as ``open_layers`` does.
     """
-    kept = index_path(cache_dir, manifest_digest)
-    hit = load(kept)
-    if hit is not None:
-        return hit[0], hit[1], True
-    ztocs = find_ztocs(reader, manifest_digest, manifest)  # {} unless plain gzip layers
-    layers, entries = open_layers(reader, manifest.get("layers", []), cache_dir, ztocs)
-    tree = merge(entries)
-    if any(la.spans is not None for la in layers):
-        return layers, tree, False  # zTOC layers are not kept (yet): their index is rebuilt
-    try:
-        save(kept, layers, tree)
-    except OSError as exc:
-        log.warning("could not keep the image index in %s: %s", kept.parent, exc)
-    return layers, tree, False
+    descs: list[dict[str, Any]] = list(manifest.get("layers", []))
+    kept: list[tuple[Layer, LayerIndex] | None] = [
+        load(cache_dir, i, desc) for i, desc in enumerate(descs)
+    ]
+    missing = [i for i, k in enumerate(kept) if k is None]
+    if missing:
+        plain = any(_plain_gzip(descs[i]) for i in missing)
+        ztocs = find_ztocs(reader, manifest_digest, manifest) if plain else {}
+        opened, entries = open_layers(
+            reader, [descs[i] for i in missing], cache_dir, ztocs, indexes=missing
+        )
+        for i, layer, layer_entries in zip(missing, opened, entries, strict=True):
+            z = ztocs.get(layer.digest) if layer.spans is not None else None
+            meta = _meta(layer, descs[i], z)
+            data = encode(layer_entries, meta, z.checkpoints if z is not None else ())
+            kept[i] = layer, LayerIndex(data, layer=layer.digest)
+            try:
+                save(layer_index_path(cache_dir, layer.digest), data)
+            except (OSError, ValueError) as exc:
+                log.warning("could not keep the index of layer %s: %s", layer.digest, exc)
+        for old in (cache_dir / "index").glob("*.idx"):  # the per-manifest files of before
+            old.unlink(missing_ok=True)
+    done = [k for k in kept if k is not None]
+    return [la for la, _ in done], Tree([li for _, li in done]), not missing
 
 
-def index_path(cache_dir: Path, manifest_digest: str) -> Path:
-    """Where the index of the image with this manifest digest lives (``algo:hex`` -> ``hex.idx``)."""
-    algo, _, hexpart = manifest_digest.partition(":")
+def _plain_gzip(desc: dict[str, Any]) -> bool:
+    annotations = desc.get("annotations") or {}
+    return desc.get("mediaType") in GZIP_TYPES and TOC_ANNOTATION not in annotations
+
+
+def _meta(layer: Layer, desc: dict[str, Any], z: Ztoc | None) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "layer": layer.digest,
+        "size": layer.size,
+        "prefetch_end": layer.prefetch_end,
+        "note": layer.note,
+        "bound": layer.size,
+    }
+    if z is not None:
+        meta |= {"source": "ztoc", "bound": z.out_size, "out_size": z.out_size}
+        meta |= {"span_bytes": z.span_bytes, "blob_size": z.blob_size}
+    elif layer.local_path is not None:
+        tar_size = layer.local_path.stat().st_size
+        meta |= {"source": "whole", "local_path": str(layer.local_path), "bound": tar_size}
+        meta["local_size"] = tar_size
+    else:
+        meta |= {"source": "estargz", "toc": (desc.get("annotations") or {})[TOC_ANNOTATION]}
+    return meta
+
+
+def layer_index_path(cache_dir: Path, layer_digest: str) -> Path:
+    """Where the index of the layer with this digest lives (``algo:hex`` -> ``algo-hex.lix``)."""
+    algo, _, hexpart = layer_digest.partition(":")
     if not hexpart or not hexpart.isalnum() or not algo.isalnum():
-        raise ValueError(f"not a digest: {manifest_digest!r}")
-    return cache_dir / "index" / f"{algo}-{hexpart}.idx"
+        raise ValueError(f"not a digest: {layer_digest!r}")
+    return cache_dir / "index" / "layers" / f"{algo}-{hexpart}{SUFFIX}"
 
 
-def _chunk(entry: Any) -> tuple[Any, ...] | None:
-    if entry is None:
-        return None
-    return (
-        entry.name,
-        entry.offset,
-        entry.inner_offset,
-        entry.chunk_offset,
-        entry.chunk_size,
-        entry.chunk_digest,
-        entry.next_offset,
-    )
-
-
-def _node_row(node: Node) -> _Row:
-    children = (
-        None
-        if node.children is None
-        else tuple((name, child.ino) for name, child in node.children.items())
-    )
-    extents = tuple((*x[:5], _chunk(x.entry)) for x in node.extents)
-    return (
-        node.kind,
-        node.mode,
-        node.uid,
-        node.gid,
-        node.mtime_ns,
-        node.size,
-        node.link,
-        node.rdev,
-        dict(node.xattrs),
-        node.nlink,
-        children,
-        extents,
-    )
-
-
-def save(path: Path, layers: list[Layer], tree: Tree) -> int:
-    """Write the index of ``layers`` merged into ``tree``; returns the file's size in bytes.
-
-    Raises OSError when the folder cannot be written (the caller logs it: a
-    mount never fails because its index could not be kept).
-    """
-    layer_rows = tuple(
-        (la.index, la.digest, la.size, str(la.local_path or ""), la.prefetch_end, la.note)
-        for la in layers
-    )
-    nodes = tuple(_node_row(tree.inodes[ino]) for ino in range(1, len(tree.inodes) + 1))
-    payload = marshal.dumps((layer_rows, nodes))
+def save(path: Path, data: bytes) -> None:
+    """Write one layer's index atomically. Raises OSError when the folder cannot be written."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".idx")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return len(MAGIC) + _SUM + len(payload)
 
 
-def load(path: Path) -> tuple[list[Layer], Tree] | None:
-    """The layers and merged tree kept at ``path``, or None (absent, damaged or stale: removed)."""
+def _expect(desc: dict[str, Any]) -> dict[str, Any]:
+    toc = (desc.get("annotations") or {}).get(TOC_ANNOTATION)
+    if desc.get("mediaType") in GZIP_TYPES and toc is not None:
+        return {"size": int(desc.get("size", -1)), "source": "estargz", "toc": toc}
+    return {"size": int(desc.get("size", -1))}
+
+
+def load(cache_dir: Path, index: int, desc: dict[str, Any]) -> tuple[Layer, LayerIndex] | None:
+    """Layer number ``index`` (descriptor ``desc``) from its kept index, or None (absent or refused).
+
+    A refused file is removed (the caller indexes the layer again from its TOC).
+    """
+    digest = str(desc.get("digest", ""))
     try:
-        data = path.read_bytes()
+        path = layer_index_path(cache_dir, digest)
+    except ValueError:
+        return None
+    try:
+        with open(path, "rb") as f:
+            data: Any = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        log.warning("index cache %s unreadable (%s): indexing from the TOCs", path.name, exc)
-        return None
-    try:
-        head, payload = data[: len(MAGIC) + _SUM], data[len(MAGIC) + _SUM :]
-        if head[: len(MAGIC)] != MAGIC:
-            raise ValueError("not an index of this version")
-        if hashlib.sha256(payload).digest() != head[len(MAGIC) :]:
-            raise ValueError("checksum mismatch")
-        layer_rows, nodes = marshal.loads(payload)
-        layers = [
-            Layer(i, digest, size, Path(local) if local else None, prefetch_end, note)
-            for i, digest, size, local, prefetch_end, note in layer_rows
-        ]
-        if any(la.local_path is not None and not la.local_path.is_file() for la in layers):
-            raise ValueError("a whole-fetched layer's tar is gone from the cache")
-        return layers, _tree(nodes)
-    except (ValueError, TypeError, EOFError, IndexError, KeyError) as exc:
-        log.warning("index cache %s not used (%s): indexing from the TOCs", path.name, exc)
-        path.unlink(missing_ok=True)
-        return None
+    except (OSError, ValueError) as exc:  # ValueError: an empty file cannot be mapped
+        data = None
+        problem = str(exc) or "empty"
+    else:
+        try:
+            li = LayerIndex(data, layer=digest, expect=_expect(desc))
+            return _layer_of(index, li), li
+        except ImageIndexError as exc:
+            problem = str(exc)
+    log.warning("layer index %s not used (%s): indexing from the TOC", path.name, problem)
+    path.unlink(missing_ok=True)
+    return None
 
 
-def _tree(nodes: tuple[_Row, ...]) -> Tree:
-    new, chunk = Node.__new__, ChunkRef._make
-    inodes: dict[int, Node] = {}
-    folders: list[tuple[Node, tuple[tuple[bytes, int], ...]]] = []
-    for ino, row in enumerate(nodes, start=1):
-        kind, mode, uid, gid, mtime_ns, size, link, rdev, xattrs, nlink, children, extents = row
-        node = new(Node)
-        node.ino, node.kind, node.mode, node.uid, node.gid = ino, kind, mode, uid, gid
-        node.mtime_ns, node.size, node.link, node.rdev = mtime_ns, size, link, rdev
-        node.xattrs, node.nlink, node.children = xattrs, nlink, None
-        node.extents = tuple(
-            Extent(layer, off, n, start, end, None if c is None else chunk(c))
-            for layer, off, n, start, end, c in extents
+def _layer_of(index: int, li: LayerIndex) -> Layer:
+    m = li.meta
+    source = m.get("source")
+    layer = Layer(index, m["layer"], int(m["size"]), note=str(m.get("note", "")))
+    if source == "estargz":
+        layer.prefetch_end = int(m.get("prefetch_end", 0))
+    elif source == "whole":
+        local = Path(str(m.get("local_path")))
+        try:
+            whole = local.stat().st_size == m.get("local_size")
+        except OSError:
+            whole = False
+        if not whole:
+            raise ImageIndexError(f"the whole-fetched layer's tar {local.name} is gone or changed")
+        layer.local_path = local
+    elif source == "ztoc":
+        z = Ztoc(
+            int(m["span_bytes"]), int(m["blob_size"]), int(m["out_size"]), li.checkpoints(), ()
         )
-        if children is not None:
-            folders.append((node, children))
-        inodes[ino] = node
-    for node, children in folders:  # (name, ino) pairs -> the nodes themselves
-        node.children = {name: inodes[ino] for name, ino in children}
-    return Tree.from_inodes(inodes)
+        if not z.checkpoints or z.blob_size != layer.size:
+            raise ImageIndexError("a zTOC layer's index without its spans")
+        layer.spans = SpanReader(z)
+    else:
+        raise ImageIndexError(f"unknown source {source!r}")
+    return layer

@@ -302,21 +302,24 @@ def open_layers(
     descriptors: list[dict[str, Any]],
     cache_dir: Path,
     ztocs: Mapping[str, Ztoc] | None = None,
+    indexes: list[int] | None = None,
 ) -> tuple[list[Layer], list[list[LayerEntry]]]:
     """Open every layer concurrently (one connection each); results in layer order.
 
     ``ztocs``: zTOCs of plain gzip layers by layer digest (imagefs/_zran.py).
+    ``indexes``: each descriptor's layer number in the image (default: 0, 1, ...).
     """
     if not descriptors:
         return [], []
     ztocs = ztocs or {}
+    numbers = indexes if indexes is not None else list(range(len(descriptors)))
     with ThreadPoolExecutor(min(OPEN_WORKERS, len(descriptors))) as pool:
         done = list(
             pool.map(
                 lambda i_d: open_layer(
                     reader, i_d[0], i_d[1], cache_dir, ztocs.get(str(i_d[1].get("digest")))
                 ),
-                enumerate(descriptors),
+                zip(numbers, descriptors, strict=True),
             )
         )
     return [layer for layer, _ in done], [entries for _, entries in done]

@@ -6,8 +6,8 @@ answered; the first read of each chunk appends ``(inode, chunk offset)``.
 Reads the kernel serves from its page cache never reach us, and need not: on
 a fresh mount the page cache of its files is empty, so the first touch of
 every page, ``read(2)`` and page fault of a mapped library alike, arrives
-here. At the end the inodes are named (a walk of the tree) and the profile
-is written (:mod:`zerostart.chunkprofile`).
+here. At the end the inodes are named (each node keeps the name it was first
+looked up under) and the profile is written (:mod:`zerostart.chunkprofile`).
 
 Applying (:func:`plan`): each ``(path, offset)`` is looked up in the merged
 tree; entries for a name the image lacks, for something that is not a regular
@@ -31,7 +31,8 @@ from zerostart.chunkprofile import (
     decode,
     profile_of,
 )
-from zerostart.imagefs._index import ROOT_INODE, Extent, Node, Tree, extents_for
+from zerostart.imagefs._index import Extent, Node, extents_for
+from zerostart.imagefs._tree import Tree
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +66,13 @@ class Recorder:
 
 
 def paths_by_inode(tree: Tree) -> dict[int, str]:
-    """Inode -> image path (no leading ``/``) of every regular file, depth first in name order."""
-    out: dict[int, str] = {}
-    stack: list[tuple[str, Node]] = [("", tree.root)]
-    while stack:
-        prefix, node = stack.pop()
-        for name, child in (node.children or {}).items():
-            path = prefix + name.decode("utf-8", "surrogateescape")
-            if child.children is not None:
-                stack.append((path + "/", child))
-            elif child.kind == "reg":
-                out.setdefault(child.ino, path)
-    return out
+    """Inode -> image path (no leading ``/``) of every regular file made so far (a hard link:
+    the name it was first looked up under). The kernel reads only what it looked up."""
+    return {ino: n.path for ino, n in tree.nodes.items() if n.kind == "reg"}
 
 
 def lookup(tree: Tree, path: str) -> Node | None:
-    node = tree.inodes[ROOT_INODE]
-    for part in path.split("/") if path else ():
-        if node.children is None:
-            return None
-        nxt = node.children.get(part.encode("utf-8", "surrogateescape"))
-        if nxt is None:
-            return None
-        node = nxt
-    return node
+    return tree.find(path)
 
 
 @dataclass

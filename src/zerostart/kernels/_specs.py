@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from zerostart.engine.cuda import launch
+from zerostart.bundle import launch
 from zerostart.errors import ConvertError, EngineError
 
 

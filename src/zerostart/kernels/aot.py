@@ -4,7 +4,7 @@ Build time only (imports Triton); runs on a machine without a GPU, because
 Triton compiles for a named target (``GPUTarget("cuda", 90, 32)``) without
 asking a driver. Output, inside the bundle::
 
-    kernels/manifest.json          zerostart.engine.cuda.launch.KernelManifest
+    kernels/manifest.json          zerostart.bundle.launch.KernelManifest
     kernels/<variant>.sm_90.cubin  one per variant and arch
     kernels/<variant>.ptx          PTX for ``ptx_arch`` (sm_80), JIT-compiled by
                                    the driver on GPUs with no matching cubin
@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from zerostart.engine.cuda.launch import (
+from zerostart.bundle.launch import (
     KERNELS_DIR,
     KERNELS_MANIFEST_NAME,
     PTX_KEY,
@@ -41,6 +41,7 @@ from zerostart.engine.cuda.launch import (
     batch_buckets,
     seq_buckets,
 )
+from zerostart.bundle.manifest import Manifest
 from zerostart.errors import ConvertError
 from zerostart.kernels.variants import (
     DEFAULT_GEMM_CONFIGS,
@@ -52,7 +53,6 @@ from zerostart.kernels.variants import (
     tuned_configs,
     tuning_specs,
 )
-from zerostart.model.manifest import Manifest
 
 Progress = Callable[[str, float], None]
 

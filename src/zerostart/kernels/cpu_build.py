@@ -32,10 +32,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from zerostart.bundle.manifest import CPU_KERNELS_DIR, CpuKernelBuild
 from zerostart.cachedir import cache_base
 from zerostart.engine.cpu_tuning import BUNDLE_TABLE, load_table
 from zerostart.errors import ConvertError, EngineError
-from zerostart.model.manifest import CPU_KERNELS_DIR, CpuKernelBuild
 
 Progress = Callable[[str, float], None]
 

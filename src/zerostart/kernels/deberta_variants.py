@@ -11,8 +11,8 @@ until a GPU has run it (docs/gpu.md).
 
 from __future__ import annotations
 
+from zerostart.bundle.manifest import Manifest
 from zerostart.kernels._specs import ATTENTION_BLOCK_M, ATTENTION_BLOCK_N, KernelSpec
-from zerostart.model.manifest import Manifest
 
 _PTR16 = "*fp16"
 REL_PROJ_SIGNATURE = (

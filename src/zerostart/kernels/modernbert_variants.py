@@ -9,7 +9,8 @@ kernels are ``zerostart.kernels.triton_modernbert``'s.
 
 from __future__ import annotations
 
-from zerostart.engine.cuda.launch import ACT_NONE, gemm_aligned, next_pow2
+from zerostart.bundle.launch import ACT_NONE, gemm_aligned, next_pow2
+from zerostart.bundle.manifest import Manifest
 from zerostart.kernels._specs import (
     ATTENTION_BLOCK_M,
     ATTENTION_BLOCK_N,
@@ -20,7 +21,6 @@ from zerostart.kernels._specs import (
     activation_code,
     gemm_spec,
 )
-from zerostart.model.manifest import Manifest
 
 _PTR16 = "*fp16"
 LN_NOBIAS_SIGNATURE = (

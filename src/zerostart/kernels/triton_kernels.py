@@ -7,7 +7,7 @@ libcuda and never imports Triton (see ``zerostart.engine.cuda``).
 Numerics: fp16 weights and activations in memory, fp32 accumulation and fp32
 math inside every kernel (LayerNorm statistics, softmax, GELU), one rounding
 to fp16 on store. The weight layout is the bundle's engine layout
-(``zerostart.engine.layout``): linear weights ``[in, out]``, fused QKV
+(``zerostart.bundle.layout``): linear weights ``[in, out]``, fused QKV
 ``[H, 3H]`` with the query block pre-scaled by ``1/sqrt(head_dim)``.
 
 Kernels, and what they fuse:
@@ -36,7 +36,7 @@ import triton
 import triton.language as tl
 
 # Activation codes of the GEMM epilogue (ACT, a constexpr): see
-# zerostart.engine.cuda.launch.ACT_* (0 none, 1 GELU erf, 2 GELU tanh, 3 ReLU, 4 tanh).
+# zerostart.bundle.launch.ACT_* (0 none, 1 GELU erf, 2 GELU tanh, 3 ReLU, 4 tanh).
 _LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
 
 

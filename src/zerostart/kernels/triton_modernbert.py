@@ -3,7 +3,7 @@
 Build time only, like ``triton_kernels``: ``zerostart.kernels.aot`` compiles
 them ahead of time and the worker never imports Triton. Same numerics: fp16
 in memory, fp32 arithmetic inside a kernel, one rounding to fp16 on store.
-The forward pass they serve is ``zerostart.engine.modernbert_layout``'s (the
+The forward pass they serve is ``zerostart.bundle.modernbert_layout``'s (the
 numpy reference is ``zerostart.engine.modernbert_ref``); its projections have
 no bias, so they run on ``triton_kernels.gemm`` with a zero bias vector.
 

@@ -8,7 +8,7 @@ up/down, pooler, classifier); each gets an "aligned" build (N, K and strides
 divisible by 16 elements, which lets the compiler use 16-byte vector loads)
 when the site's dims allow it. Block configurations are defaults chosen
 without a GPU (a tuning run on a GPU may replace them); the run-time rule
-that picks one per shape is ``zerostart.engine.cuda.launch.select_gemm``.
+that picks one per shape is ``zerostart.bundle.launch.select_gemm``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from zerostart.engine.cuda import launch
-from zerostart.engine.cuda.launch import (
+from zerostart.bundle import launch
+from zerostart.bundle.launch import (
     ACT_NONE,
     ACT_RELU,
     ACT_TANH,
@@ -27,6 +27,7 @@ from zerostart.engine.cuda.launch import (
     gemm_aligned,
     next_pow2,
 )
+from zerostart.bundle.manifest import Manifest
 from zerostart.errors import ConvertError
 from zerostart.kernels._specs import _PTR16, _row_warps
 from zerostart.kernels._specs import (  # re-exported: other modules import them from here
@@ -50,7 +51,6 @@ from zerostart.kernels._specs import (
 from zerostart.kernels._specs import (
     gemm_spec as gemm_spec,
 )
-from zerostart.model.manifest import Manifest
 
 # What a tuning run on a GPU (tools/gpu_tune.py) chooses among: small tiles for batch 1
 # (M = 16..512 rows: parallelism over N and a short K loop matter most), large ones for

@@ -21,9 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zerostart.engine.canary import CANARY_VOCAB, canary_manifest
-from zerostart.errors import ZerostartError
-from zerostart.model.manifest import (
+from zerostart.bundle.manifest import (
     MANIFEST_NAME,
     VOCAB_NAME,
     WEIGHTS_NAME,
@@ -31,6 +29,8 @@ from zerostart.model.manifest import (
     FileEntry,
     Manifest,
 )
+from zerostart.engine.canary import CANARY_VOCAB, canary_manifest
+from zerostart.errors import ZerostartError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,7 +50,7 @@ def canary_tensors(manifest: Manifest | None = None) -> dict[str, np.ndarray]:
     """
     import numpy as np
 
-    from zerostart.engine.layout import tensor_shapes
+    from zerostart.bundle.layout import tensor_shapes
 
     m = manifest or canary_manifest()
     out: dict[str, np.ndarray] = {}
@@ -78,8 +78,8 @@ def write_canary(folder: str | os.PathLike[str], cpu_archs: Sequence[str] | None
     """
     from dataclasses import replace
 
-    from zerostart.engine.layout import LAYOUT_VERSION
-    from zerostart.model.weights import write_weights
+    from zerostart.bundle.layout import LAYOUT_VERSION
+    from zerostart.bundle.weights import write_weights
 
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ build time, so the worker only maps a file and reads one small JSON:
 * the config is normalised (BERT and DistilBERT spell the same sizes differently);
 * the task, labels, tokenizer settings, maximum length and pooling are decided
   and written into the manifest;
-* the weights are rewritten into the engine layout (``zerostart.engine.layout``):
+* the weights are rewritten into the engine layout (``zerostart.bundle.layout``):
   linear weights transposed to ``[in, out]``, Q/K/V fused, the query pre-scaled,
   every shape checked against the config, and saved aligned for ``mmap``;
 * every file's sha256 is recorded so a tampered bundle is refused at start;
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from zerostart.engine.cuda.launch import KERNELS_DIR
-from zerostart.engine.layout import (
+from zerostart.bundle.launch import KERNELS_DIR
+from zerostart.bundle.layout import (
     COLSUM_SUFFIX,
     GEMM_GROUP,
     LAYOUT_VERSION,
@@ -43,19 +43,19 @@ from zerostart.engine.layout import (
     layer_prefix,
     tensor_shapes,
 )
-from zerostart.errors import BundleError, ConvertError
-from zerostart.model import deberta
-from zerostart.model import hf_folder as hf
-from zerostart.model.manifest import (
+from zerostart.bundle.manifest import (
     MANIFEST_NAME,
     TASKS,
+    TOKENIZER_LIB_NAME,
     VOCAB_NAME,
     WEIGHTS_NAME,
     FileEntry,
     Manifest,
 )
-from zerostart.model.weights import write_weights
-from zerostart.tokenize._compiled import NATIVE_LIB_NAME
+from zerostart.bundle.weights import write_weights
+from zerostart.errors import BundleError, ConvertError
+from zerostart.model import deberta
+from zerostart.model import hf_folder as hf
 
 Progress = Callable[[str, float], None]
 
@@ -232,7 +232,7 @@ def _site_key(key: str) -> str:
 
 def check_prebuilt_kernels(manifest: Manifest, kernels_dir: Path) -> None:
     """Refuse a kernels/ folder that lacks a variant or a sequence bucket this model needs."""
-    from zerostart.engine.cuda.launch import KernelManifest, seq_buckets
+    from zerostart.bundle.launch import KernelManifest, seq_buckets
     from zerostart.kernels.variants import model_specs
 
     try:
@@ -516,11 +516,13 @@ def _write_bundle(
         else:
             shutil.copyfile(tables_dir / tokenizer_name, tmp / tokenizer_name)
         names = [WEIGHTS_NAME, tokenizer_name]
-        if tables_dir is not None and (tables_dir / NATIVE_LIB_NAME).is_file():
-            shutil.copyfile(tables_dir / NATIVE_LIB_NAME, tmp / NATIVE_LIB_NAME)  # tokenizer's C
-            names.append(NATIVE_LIB_NAME)
+        if tables_dir is not None and (tables_dir / TOKENIZER_LIB_NAME).is_file():
+            shutil.copyfile(
+                tables_dir / TOKENIZER_LIB_NAME, tmp / TOKENIZER_LIB_NAME
+            )  # tokenizer's C
+            names.append(TOKENIZER_LIB_NAME)
         if archs or kernels_from is not None:
-            from zerostart.engine.cuda.launch import KernelManifest
+            from zerostart.bundle.launch import KernelManifest
             from zerostart.kernels.variants import apply_tuning, load_tuning, packaged_tuning
         if archs:  # GPU kernels, compiled ahead of time (Triton, build time only)
             from zerostart.kernels.aot import compile_for_bundle

@@ -1,4 +1,4 @@
-"""DeBERTa-v2 / v3 folders -> the DeBERTa engine layout (``zerostart.engine.deberta_layout``).
+"""DeBERTa-v2 / v3 folders -> the DeBERTa engine layout (``zerostart.bundle.deberta_layout``).
 
 What DeBERTa-v2/v3 is, as transformers' ``modeling_deberta_v2`` runs it: a
 post-LN BERT without absolute positions whose attention adds two terms to
@@ -41,11 +41,11 @@ from typing import Any
 
 import numpy as np
 
-from zerostart.engine import deberta_layout
-from zerostart.engine.deberta_layout import ARCHITECTURE, REL_INDEX, pos_names
-from zerostart.engine.layout import SUPPORTED_ACTS, layer_prefix
+from zerostart.bundle import deberta_layout
+from zerostart.bundle.deberta_layout import ARCHITECTURE, REL_INDEX, pos_names
+from zerostart.bundle.layout import SUPPORTED_ACTS, layer_prefix
+from zerostart.bundle.manifest import Manifest, ModelConfig
 from zerostart.errors import ConvertError
-from zerostart.model.manifest import Manifest, ModelConfig
 
 MODEL_TYPE = "deberta-v2"
 PREFIX = "deberta."

@@ -13,17 +13,17 @@ from typing import Any
 
 import numpy as np
 
-from zerostart.engine.layout import SUPPORTED_ACTS
-from zerostart.errors import ConvertError, TokenizerError
-from zerostart.model import deberta
-from zerostart.model.manifest import (
+from zerostart.bundle.layout import SUPPORTED_ACTS
+from zerostart.bundle.manifest import (
     PROBLEM_TYPES,
     VOCAB_NAME,
     ModelConfig,
     Pooling,
     TokenizerSettings,
 )
-from zerostart.model.weights import map_safetensors
+from zerostart.bundle.weights import map_safetensors
+from zerostart.errors import ConvertError, TokenizerError
+from zerostart.model import deberta
 
 DISTILBERT_LAYER_NORM_EPS = 1e-12  # hard-coded in transformers' DistilBERT
 _ARCH_TASKS = {

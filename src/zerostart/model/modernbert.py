@@ -6,7 +6,7 @@ of the released checkpoints, and transformers 5's ``layer_types`` /
 ``rope_parameters``) and the weights of ``ModernBertModel`` (embeddings),
 ``ModernBertForMaskedLM`` (``model.*``; the MLM head is not read),
 ``ModernBertForSequenceClassification`` and ``ModernBertForTokenClassification``.
-The layout written is ``zerostart.engine.modernbert_layout``'s.
+The layout written is ``zerostart.bundle.modernbert_layout``'s.
 
 What the engines do not run is refused naming what works: biases in the
 attention, the FFN or the norms (no released ModernBERT has them), rotary
@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from zerostart.engine.layout import SUPPORTED_ACTS, layer_prefix
-from zerostart.engine.modernbert_layout import modernbert_shapes
+from zerostart.bundle.layout import SUPPORTED_ACTS, layer_prefix
+from zerostart.bundle.manifest import Manifest, ModelConfig
+from zerostart.bundle.modernbert_layout import modernbert_shapes
 from zerostart.errors import ConvertError
-from zerostart.model.manifest import Manifest, ModelConfig
 
 MODEL_TYPE = "modernbert"
 # transformers' ModernBertConfig defaults (configuration_modernbert.py), which configs on the

@@ -1,7 +1,7 @@
 """Reduced-precision weights for CPU bundles: int8 per output channel, or bf16; packed.
 
 Build time (``zerostart convert --precision int8|bfloat16``). The packed layout
-is the native micro-kernel's (``zerostart.engine.layout`` and
+is the native micro-kernel's (``zerostart.bundle.layout`` and
 kernels/cpu/zs_cpu_gemm.c): panels of 64 output columns, ``k`` in groups of
 G (4 for int8, 2 for bf16), ``packed[p, k // G, j, n16, k % G] = W[k, 64 p +
 16 j + n16]``, zero-padded.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from zerostart.engine.layout import GEMM_GROUP, GEMM_PANEL, padded
+from zerostart.bundle.layout import GEMM_GROUP, GEMM_PANEL, padded
 
 INT8_MAX = 127
 

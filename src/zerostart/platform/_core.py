@@ -68,7 +68,6 @@ from zerostart.platform._state import BACKOFF_FIRST_S, BACKOFF_MAX_S, ModelRunti
 from zerostart.platform._state import StartRecord as StartRecord
 from zerostart.platform._types import Replica
 from zerostart.platform.autoscaler import Scaler
-from zerostart.platform.config import PlatformConfig
 from zerostart.platform.errors import StartError
 from zerostart.platform.liveness import (
     LivenessPolicy,
@@ -79,6 +78,7 @@ from zerostart.platform.liveness import (
     probe_sent,
 )
 from zerostart.platform.metrics import GatewayMetrics
+from zerostart.platform_toml import PlatformConfig
 
 log = logging.getLogger("zerostart.platform")
 

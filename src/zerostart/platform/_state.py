@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from zerostart.paths import redact_paths
 from zerostart.platform._types import Replica
 from zerostart.platform.autoscaler import Scaler
-from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
 from zerostart.platform.liveness import Health
+from zerostart.platform_toml import ModelConfig
 
 if TYPE_CHECKING:
     from zerostart.platform.upstream import UpstreamPool

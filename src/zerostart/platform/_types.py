@@ -50,7 +50,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from zerostart.platform.config import ModelConfig
+from zerostart.platform_toml import ModelConfig
 
 if TYPE_CHECKING:
     from zerostart.platform.pool import WarmPool

@@ -12,7 +12,7 @@ replicas plus those queued waiting for one, averaged over time:
 :meth:`Scaler.concurrency` is called whenever it changes, and each tick's
 average (the integral over the tick, divided by its length) becomes one
 sample. Two windows average the samples (Knative's KPA, ``config-autoscaler``;
-defaults in :class:`~zerostart.platform.config.AutoscalerConfig`):
+defaults in :class:`~zerostart.platform_toml.AutoscalerConfig`):
 
 * the *stable* window (Knative ``stable-window``, 60 s) and
 * the *panic* window (``panic-window-percentage``, 10 % of it: 6 s).
@@ -51,7 +51,7 @@ import collections
 import math
 from dataclasses import dataclass
 
-from zerostart.platform.config import AutoscalerConfig, ModelConfig
+from zerostart.platform_toml import AutoscalerConfig, ModelConfig
 
 
 @dataclass(frozen=True)

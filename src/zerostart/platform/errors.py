@@ -14,19 +14,6 @@ class PlatformError(ZerostartError):
     """Root of the platform's errors (gateway, autoscaler, pool, starters)."""
 
 
-class ConfigError(PlatformError):
-    """``platform.toml`` is unreadable or has a bad value.
-
-    ``key`` is the dotted key at fault (``models.minilm.max_replicas``) and
-    the hint says how to fix it.
-    """
-
-    def __init__(self, key: str, problem: str, *, hint: str | None = None) -> None:
-        self.key = key
-        self.problem = problem
-        super().__init__(f"{key}: {problem}" if key else problem, hint=hint)
-
-
 class StartError(PlatformError):
     """A replica of ``model`` could not be started by any path.
 

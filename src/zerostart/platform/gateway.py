@@ -104,7 +104,6 @@ from zerostart.platform._replies import (
 )
 from zerostart.platform._state import ModelRuntime, Seat, StartRecord
 from zerostart.platform._types import Replica, Starter
-from zerostart.platform.config import PlatformConfig
 from zerostart.platform.errors import PlatformError, StartError
 from zerostart.platform.liveness import LivenessPolicy, proc_state
 from zerostart.platform.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -121,6 +120,7 @@ from zerostart.platform.upstream import (
     UpstreamTimeout,
     UpstreamTooLarge,
 )
+from zerostart.platform_toml import PlatformConfig
 from zerostart.serve.config import ServerConfig
 from zerostart.serve.http import ListeningHost, Request, Response, error_response
 

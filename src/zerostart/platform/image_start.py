@@ -38,8 +38,8 @@ from typing import Any
 
 from zerostart.errors import ZerostartError
 from zerostart.platform._types import Fallback, Replica, StartPath
-from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
+from zerostart.platform_toml import ModelConfig
 
 log = logging.getLogger("zerostart.platform.image_start")
 
@@ -108,14 +108,6 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _snapshot_run(
     image: str, port: int, store: Path | None, take: bool, env: dict[str, str]
 ) -> Any:
@@ -164,15 +156,13 @@ def _snapshot_exists(image: str, port: int, store: Path | None) -> tuple[bool, s
     """
     from zerostart.container import read_oci_layout
     from zerostart.container.snapshot_run import snapshot_name
-    from zerostart.snapshot._criu import version
-    from zerostart.snapshot._host import host_fingerprint
-    from zerostart.snapshot._store import default_store, snapshot_dir
+    from zerostart.snapshot import criu_version, default_store, host_fingerprint, snapshot_dir
 
     try:
         st = Path(image, "index.json").stat()
         key = (os.path.realpath(image), st.st_mtime_ns, st.st_size, port)
         if key not in _NAMES:
-            fingerprint = host_fingerprint(version())
+            fingerprint = host_fingerprint(criu_version())
             _NAMES[key] = snapshot_name(read_oci_layout(image), "127.0.0.1", port, fingerprint)
     except (ZerostartError, OSError) as exc:
         return False, f"{type(exc).__name__}: {exc}"
@@ -205,7 +195,9 @@ async def start_image(
     port = home_port(model.name)
     home = _port_free(port)
     if not home:
-        port = _free_port()
+        from zerostart.procs import free_port
+
+        port = free_port()
     can_snapshot = snapshots and os.geteuid() == 0
     if not can_snapshot:
         why = "snapshots are off on this node" if not snapshots else "container snapshots need root"
@@ -226,7 +218,7 @@ async def start_image(
         problem = await key_problem("127.0.0.1", port, worker_key)
         if problem is not None:
             await asyncio.to_thread(run.container.stop, STOP_TIMEOUT_S)
-            from zerostart.snapshot._store import default_store, remove_snapshot
+            from zerostart.snapshot import default_store, remove_snapshot
 
             remove_snapshot(store or default_store(), run.name)
             fallbacks.append(Fallback("snapshot", problem))

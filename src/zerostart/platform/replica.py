@@ -35,8 +35,8 @@ from typing import Any
 
 from zerostart.platform._probe import ready_check
 from zerostart.platform._types import Fallback, Replica, Starter
-from zerostart.platform.config import ModelConfig
 from zerostart.platform.errors import StartError
+from zerostart.platform_toml import ModelConfig
 
 log = logging.getLogger("zerostart.platform")
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zerostart.platform.config import PlatformConfig
+from zerostart.platform_toml import PlatformConfig
 
 if TYPE_CHECKING:
     from zerostart.platform.metrics import GatewayMetrics

@@ -23,8 +23,8 @@ import stat
 from dataclasses import dataclass
 
 from zerostart.errors import ZerostartError
-from zerostart.platform.config import ModelConfig, PlatformConfig
-from zerostart.platform.errors import ConfigError, StartError
+from zerostart.platform.errors import StartError
+from zerostart.platform_toml import ConfigError, ModelConfig, PlatformConfig
 
 _BUNDLE_FIX = (
     "point bundle = at a folder made by `zerostart convert`; "
@@ -84,7 +84,7 @@ def check_source(model: ModelConfig) -> SourceCheck:
         return SourceCheck(model.name, key, False, problem, hint)
     try:
         if model.source_kind == "bundle":
-            from zerostart.model.bundle import Bundle
+            from zerostart.bundle.folder import Bundle
 
             m = Bundle.open(folder, verify="fast").manifest
             detail = f"bundle {m.architecture} {m.task} ({m.device}), {len(m.files)} files checked"

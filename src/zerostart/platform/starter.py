@@ -56,7 +56,6 @@ from typing import Any
 from zerostart.errors import ZerostartError
 from zerostart.platform._probe import HEALTH_TIMEOUT_S, ready_check
 from zerostart.platform._types import Fallback, Replica, Starter, StartPath
-from zerostart.platform.config import ModelConfig, PlatformConfig
 from zerostart.platform.container_slot import ContainerSlot
 from zerostart.platform.errors import StartError
 from zerostart.platform.image_start import image_path, start_image
@@ -64,6 +63,7 @@ from zerostart.platform.pool import WarmPool
 from zerostart.platform.replica import ColdBootStarter
 from zerostart.platform.slot import Slot, SlotError, SlotProcess
 from zerostart.platform.upstream import UpstreamError, UpstreamPool
+from zerostart.platform_toml import ModelConfig, PlatformConfig
 
 log = logging.getLogger("zerostart.platform.starter")
 
@@ -83,10 +83,10 @@ class RestoredProcess:
         return start_ticks(self.pid) == self.start_ticks and self.start_ticks is not None
 
     async def stop(self, timeout_s: float) -> None:
-        from zerostart.snapshot._process import stop
+        from zerostart.snapshot import stop_process
 
         if self.is_alive():
-            await asyncio.to_thread(stop, self.pid, timeout_s)
+            await asyncio.to_thread(stop_process, self.pid, timeout_s)
 
     def kill(self) -> None:
         if self.is_alive():
@@ -212,8 +212,7 @@ class PathStarter(Starter):
         if not self.snapshots:
             self._fall(fallbacks, model, "snapshot", "snapshots are off on this node")
             return None
-        from zerostart.snapshot._manifest import read_manifest
-        from zerostart.snapshot._store import default_store, snapshot_dir
+        from zerostart.snapshot import default_store, read_manifest, snapshot_dir
 
         store = self.snapshot_store or default_store()
         folder = snapshot_dir(store, model.name)

@@ -159,9 +159,9 @@ def _preload(device: str) -> None:
     """
     import asyncio  # noqa: F401
 
+    import zerostart.bundle.folder
     import zerostart.engine.canary
     import zerostart.engine.cpu_native  # the canary's engine and a real bundle's
-    import zerostart.model.bundle
     import zerostart.pipeline
     import zerostart.serve.server
     import zerostart.tokenize

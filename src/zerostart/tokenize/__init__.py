@@ -25,7 +25,7 @@ from zerostart.tokenize._encoding import Encoding
 from zerostart.tokenize._tokenizer import WordPieceTokenizer
 
 if TYPE_CHECKING:
-    from zerostart.model.manifest import TokenizerSettings
+    from zerostart.bundle.manifest import TokenizerSettings
     from zerostart.tokenize._pipeline import Tokenizer
 
 __all__ = ["Encoding", "Tokenizer", "WordPieceTokenizer", "load_tokenizer"]

@@ -33,11 +33,12 @@ from array import array
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
+from zerostart.bundle.manifest import TOKENIZER_LIB_NAME
 from zerostart.errors import TokenizerError
 
 MAGIC = b"ZSTOKBIN"
 # The native inner loops, beside tokenizer.bin in a bundle (``_native.py``).
-NATIVE_LIB_NAME = "tokenizer.so"
+NATIVE_LIB_NAME = TOKENIZER_LIB_NAME
 FORMAT_VERSION = 1
 ALIGN_BYTES = 8  # every section starts on an 8-byte boundary (float64 arrays)
 _HEAD = struct.Struct("<8sII")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+from collections.abc import Callable
+from typing import Any
 
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME
 
@@ -77,54 +79,33 @@ class NativeLib:
 
     def __init__(self, lib: ctypes.CDLL, path: str) -> None:
         self.path = path
-        self.unigram_check = lib.zs_unigram_check
-        self.unigram_check.argtypes = [_P]  # a UnigramTables' address
-        self.unigram_check.restype = _I
-        self.unigram_segment = lib.zs_unigram_segment
-        self.unigram_segment.argtypes = [
+        self.unigram_check = _signed(lib.zs_unigram_check, _P)  # a UnigramTables' address
+        self.unigram_segment = _signed(
+            lib.zs_unigram_segment,
             _P,  # tables: a UnigramTables' address
-            ctypes.c_char_p,  # text (UTF-8)
-            _I,  # its length in bytes
-            ctypes.c_char_p,  # word separator (UTF-8)
-            _I,  # its length (0: one word)
-            _P,  # int32 alignment, or None for the identity
-            _I,  # 1 if a character was prepended to the aligned text
-            _I,  # offset base
+            *_UNIGRAM_TEXT,
             _P,  # out: six int32 arrays of cap entries
             _I,  # cap
             _P,  # out: int64 x 2, word count and joined length
             _P,  # out: the tokens' UTF-8 joined by NUL bytes (n + cap bytes), or None
-        ]
-        self.unigram_segment.restype = _I
+        )
+        self.bpe_check = _signed(lib.zs_bpe_check, _P)  # a BpeTables' address
         # The same library through PyDLL (the GIL held during the call, a Python exception
-        # raised after it), for the function that appends to Python lists itself; None where
-        # the interpreter does not export the C API functions it uses (zs_tok_python_api).
-        self.unigram_encode_py = None
-        api = lib.zs_tok_python_api
-        api.restype = _I
-        if api():
-            encode_py = ctypes.PyDLL(path).zs_unigram_encode_py
-            encode_py.argtypes = [
+        # raised after it), for the functions that append to Python lists themselves; None
+        # where the interpreter does not export the C API functions they use.
+        self.unigram_encode_py: Callable[..., int] | None = None
+        self.bpe_encode_py: Callable[..., int] | None = None
+        if _signed(lib.zs_tok_python_api)():
+            py = ctypes.PyDLL(path)
+            self.unigram_encode_py = _signed(
+                py.zs_unigram_encode_py,
                 _P,  # tables: a UnigramTables' address
-                ctypes.c_char_p,  # text (UTF-8)
-                _I,  # its length in bytes
-                ctypes.c_char_p,  # word separator (UTF-8)
-                _I,  # its length (0: one word)
-                _P,  # int32 alignment, or None for the identity
-                _I,  # 1 if a character was prepended to the aligned text
-                _I,  # offset base
+                *_UNIGRAM_TEXT,
                 _I,  # the first word's index
-                *[ctypes.py_object] * 4,  # lists: ids, tokens, offsets, word ids (appended to)
-            ]
-            encode_py.restype = _I
-            self.unigram_encode_py = encode_py
-        self.bpe_check = lib.zs_bpe_check
-        self.bpe_check.argtypes = [_P]  # a BpeTables' address
-        self.bpe_check.restype = _I
-        self.bpe_encode_py = None
-        if api():
-            bpe = ctypes.PyDLL(path).zs_bpe_encode_py
-            bpe.argtypes = [
+                *_LISTS,
+            )
+            self.bpe_encode_py = _signed(
+                py.zs_bpe_encode_py,
                 _P,  # tables: a BpeTables' address
                 ctypes.c_char_p,  # text (UTF-8), after the normaliser
                 _I,  # its length in bytes
@@ -133,10 +114,29 @@ class NativeLib:
                 _I,  # the first word's index
                 _I,  # add_prefix_space
                 _I,  # use_regex
-                *[ctypes.py_object] * 4,  # lists: ids, tokens, offsets, word ids (appended to)
-            ]
-            bpe.restype = _I
-            self.bpe_encode_py = bpe
+                *_LISTS,
+            )
+
+
+# The Unigram calls' text arguments, in order.
+_UNIGRAM_TEXT = (
+    ctypes.c_char_p,  # text (UTF-8)
+    _I,  # its length in bytes
+    ctypes.c_char_p,  # word separator (UTF-8)
+    _I,  # its length (0: one word)
+    _P,  # int32 alignment, or None for the identity
+    _I,  # 1 if a character was prepended to the aligned text
+    _I,  # offset base
+)
+# The lists an *_encode_py call appends to: ids, tokens, offsets, word ids.
+_LISTS = (ctypes.py_object,) * 4
+
+
+def _signed(fn: Any, *argtypes: Any) -> Any:
+    """``fn`` with its C argument types and an int64 result."""
+    fn.argtypes = list(argtypes)
+    fn.restype = _I
+    return fn
 
 
 def load(folder: str | os.PathLike[str]) -> NativeLib | None:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from zerostart.tokenize import _unicode_tables as tables
 
 if TYPE_CHECKING:  # the worker imports the manifest itself; we only need the type
-    from zerostart.model.manifest import TokenizerSettings
+    from zerostart.bundle.manifest import TokenizerSettings
 
 # A translate table holds one entry per distinct character seen; an adversary
 # sending every code point would otherwise grow it to ~100 MB. Past this many

@@ -37,7 +37,7 @@ from zerostart.tokenize._normalize import Normalizer, find_words
 from zerostart.tokenize._wordpiece import WordPiece, decode_wordpiece, read_vocab
 
 if TYPE_CHECKING:  # the worker imports the manifest itself; we only need the type
-    from zerostart.model.manifest import TokenizerSettings
+    from zerostart.bundle.manifest import TokenizerSettings
 
 
 class WordPieceTokenizer:

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from zerostart.bundle.manifest import TokenizerSettings
 from zerostart.errors import TokenizerError
-from zerostart.model.manifest import TokenizerSettings
 from zerostart.tokenize._bpe import compile_bpe
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME, Section, write
 from zerostart.tokenize._pipeline import (

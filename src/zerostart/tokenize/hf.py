@@ -16,8 +16,8 @@ import json
 import os
 from typing import Any
 
+from zerostart.bundle.manifest import TokenizerSettings
 from zerostart.errors import TokenizerError
-from zerostart.model.manifest import TokenizerSettings
 
 
 def _load(path: str | os.PathLike[str]) -> dict[str, Any]:

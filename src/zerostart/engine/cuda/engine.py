@@ -55,12 +55,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zerostart.engine.cuda.driver import (
-    CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-    CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
-    Driver,
-)
-from zerostart.engine.cuda.launch import (
+from zerostart.bundle.deberta_layout import ARCHITECTURE as DEBERTA
+from zerostart.bundle.deberta_layout import REL_INDEX, pos_names
+from zerostart.bundle.launch import (
     ACT_NONE,
     ACT_RELU,
     ACT_TANH,
@@ -72,14 +69,17 @@ from zerostart.engine.cuda.launch import (
     select_gemm,
     select_splitk,
 )
+from zerostart.bundle.layout import layer_prefix, tensor_shapes
+from zerostart.bundle.manifest import Manifest
+from zerostart.engine.cuda.driver import (
+    CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+    CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+    Driver,
+)
 from zerostart.engine.cuda.memory import CachingAllocator, PinnedBuffer
 from zerostart.engine.cuda.modernbert_plan import ModernBertBuffers, modernbert_plan, rope_tables
 from zerostart.engine.cuda.module import KernelLibrary
-from zerostart.engine.deberta_layout import ARCHITECTURE as DEBERTA
-from zerostart.engine.deberta_layout import REL_INDEX, pos_names
-from zerostart.engine.layout import layer_prefix, tensor_shapes
 from zerostart.errors import EngineError
-from zerostart.model.manifest import Manifest
 
 if TYPE_CHECKING:
     import numpy as np
@@ -203,7 +203,7 @@ class CudaEngine:
 
     @classmethod
     def from_bundle(cls, bundle: object, **kwargs: object) -> CudaEngine:
-        """From an opened ``zerostart.model.bundle.Bundle`` (its kernels/ folder)."""
+        """From an opened ``zerostart.bundle.folder.Bundle`` (its kernels/ folder)."""
         path = Path(bundle.path)  # type: ignore[attr-defined]
         return cls(bundle.manifest, bundle.weights, kernels_dir=path / KERNELS_DIR, **kwargs)  # type: ignore[attr-defined,arg-type]
 

@@ -6,7 +6,7 @@ serves ``CudaEngine`` (addresses from the driver's allocator; captured into a
 CUDA graph) and the unit tests, which run the plan's kernels in Triton's CPU
 interpreter over tensors standing in for device memory
 (tests/unit/test_kernels_interpret_modernbert.py). Per layer, in
-``zerostart.engine.modernbert_layout``'s order::
+``zerostart.bundle.modernbert_layout``'s order::
 
     h   = x (layer 0) | ln_nobias(x; attn.norm)
     qkv = gemm(h, attn.qkv, zero bias)              query block pre-scaled at convert
@@ -34,10 +34,10 @@ from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from zerostart.engine.cuda.launch import KernelManifest, KernelVariant, activation_code
-from zerostart.engine.layout import layer_prefix
-from zerostart.engine.modernbert_layout import is_global
-from zerostart.model.manifest import Manifest
+from zerostart.bundle.launch import KernelManifest, KernelVariant, activation_code
+from zerostart.bundle.layout import layer_prefix
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.modernbert_layout import is_global
 
 # (op, act, has_res, m, n, k, lda) -> the chosen GEMM-like variant (the engine's select_gemm)
 GemmChooser = Callable[[str, int, bool, int, int, int, int], KernelVariant]
@@ -247,7 +247,7 @@ def modernbert_plan(
 
 
 def _shape(manifest: Manifest, weight: str) -> tuple[int, int]:
-    from zerostart.engine.modernbert_layout import modernbert_shapes
+    from zerostart.bundle.modernbert_layout import modernbert_shapes
 
     k, n = modernbert_shapes(manifest)[weight]
     return k, n

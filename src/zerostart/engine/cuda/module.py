@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zerostart.bundle.launch import PTX_KEY, KernelImage, KernelManifest, KernelVariant
 from zerostart.engine.cuda.driver import (
     CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
     CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
     Driver,
 )
-from zerostart.engine.cuda.launch import PTX_KEY, KernelImage, KernelManifest, KernelVariant
 from zerostart.errors import BundleError, EngineError
 
 DEFAULT_SHARED_LIMIT_BYTES = 48 * 1024  # static + dynamic above this needs the opt-in

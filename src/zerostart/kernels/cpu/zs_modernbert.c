@@ -5,7 +5,7 @@
  * loops GCC vectorises for the -march it is given (`#pragma omp simd`, selects instead
  * of branches), each kernel working on a range of rows or of (sequence, head) items so
  * the caller splits the work over threads. The layer they serve, in order
- * (zerostart/engine/modernbert_layout.py; transformers' modeling_modernbert.py):
+ * (zerostart/bundle/modernbert_layout.py; transformers' modeling_modernbert.py):
  *
  *   h = LN(x)                  zs_mb_norm / zs_mb_residual_norm: LayerNorm without bias
  *   qkv = h Wqkv               zs_gemm_f32 (no bias: ModernBERT's projections have none)

@@ -1,6 +1,6 @@
 """The DeBERTa-v2/v3 engine layout: the BERT layout without positions, plus relative attention.
 
-Differences from ``zerostart.engine.layout`` (whose conventions hold: ``[in, out]``
+Differences from ``zerostart.bundle.layout`` (whose conventions hold: ``[in, out]``
 weights, fused QKV with the query block pre-scaled, here by ``1/sqrt(3 d)``):
 
 * no ``embed.position`` (DeBERTa-v2/v3 has no absolute positions in the input);
@@ -20,7 +20,7 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
-from zerostart.model.manifest import Manifest
+from zerostart.bundle.manifest import Manifest
 
 ARCHITECTURE = "deberta-v2"
 REL_INDEX = "rel.index"

@@ -7,6 +7,8 @@ A bundle is a folder::
     vocab.txt              WordPiece bundles: the vocabulary, one token per line
     tokenizer.bin          other tokenizers (Unigram, BPE): their tables, mapped by the
                            worker (``zerostart.tokenize._compiled``)
+    tokenizer.so           beside tokenizer.bin, optional: the tokenizer's native inner
+                           loops (``zerostart.tokenize._native``)
     kernels/cpu/*.so       CPU bundles: the native kernels, one build per target CPU
                            (``cpu_kernels`` below); none means the numpy engine
 
@@ -33,6 +35,7 @@ MANIFEST_NAME = "manifest.json"
 WEIGHTS_NAME = "weights.safetensors"
 VOCAB_NAME = "vocab.txt"
 TOKENIZER_TABLES_NAME = "tokenizer.bin"
+TOKENIZER_LIB_NAME = "tokenizer.so"
 TOKENIZER_MODELS = ("WordPiece", "Unigram", "BPE")
 
 ARCHITECTURES = ("bert", "distilbert", "deberta-v2", "modernbert")
@@ -60,7 +63,7 @@ class ModelConfig:
     layer_norm_eps: float
     hidden_act: str  # "gelu" (erf) or "gelu_new"/"gelu_pytorch_tanh" (tanh approximation)
     pad_token_id: int = 0
-    # DeBERTa-v2/v3 (engine/deberta_layout.py): rows per side of the relative tables
+    # DeBERTa-v2/v3 (bundle/deberta_layout.py): rows per side of the relative tables
     # (position_buckets, or max_relative_positions), and the ContextPooler's activation.
     relative_span: int = 0
     pooler_act: str = ""

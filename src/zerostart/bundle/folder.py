@@ -24,10 +24,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from zerostart.engine.layout import LAYOUT_VERSION
+from zerostart.bundle.layout import LAYOUT_VERSION
+from zerostart.bundle.manifest import VOCAB_NAME, WEIGHTS_NAME, Manifest
+from zerostart.bundle.weights import Weights, map_weights
 from zerostart.errors import BundleError
-from zerostart.model.manifest import VOCAB_NAME, WEIGHTS_NAME, Manifest
-from zerostart.model.weights import Weights, map_weights
 
 VERIFY_MODES = ("full", "fast", "none")
 SMALL_FILE_MAX_BYTES = 4 * 1024 * 1024  # hashed even in fast mode: < 10 ms at ~1 GB/s

@@ -22,12 +22,12 @@ Linear weights are stored ``[in, out]`` (the engine computes ``x @ W``);
 without a dense bias (transformers' default ``classifier_bias=False``) stores
 zeros. Everything is float32.
 
-Runtime module: standard library only; a leaf that ``engine.layout`` imports.
+Runtime module: standard library only; a leaf that ``bundle.layout`` imports.
 """
 
 from __future__ import annotations
 
-from zerostart.model.manifest import Manifest
+from zerostart.bundle.manifest import Manifest
 
 ARCHITECTURE = "modernbert"
 

@@ -48,9 +48,12 @@ Example (every key but a model's source is optional; defaults shown)::
     [deploy]                            # deploy only: namespace, registry, port,
     namespace = "default"               # kubernetes_version (fleet/config.py)
 
-This module defines the file: ``zerostart up`` reads it here, and ``zerostart
-deploy`` (``fleet/config.py``) reads the same models through :func:`parse`
-and adds only the deploy-only keys (:data:`DEPLOY_MODEL_KEYS`, ``[deploy]``).
+This module defines the file: ``zerostart up`` (``zerostart.platform``) reads
+it here, and ``zerostart deploy`` (``fleet/config.py``) reads the same models
+through :func:`parse` and adds only the deploy-only keys
+(:data:`DEPLOY_MODEL_KEYS`, ``[deploy]``). It is a leaf (it imports only
+``errors`` and ``units``), so the fleet reads the node's file without
+importing the node, and the node's LP sizing imports the fleet.
 
 Times are seconds: a number (``idle_timeout = 60``) or a string with a unit
 (``"90s"``, ``"10m"``); the objects carry the unit in the name
@@ -70,7 +73,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from zerostart.platform.errors import ConfigError
+from zerostart.errors import ZerostartError
 from zerostart.units import parse_duration
 
 MODEL_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: Host: NAME.*
@@ -81,6 +84,20 @@ TABLES = ("gateway", "autoscaler", "pool", "models", "deploy")  # [deploy]: depl
 # Per-model keys only `zerostart deploy` reads (fleet/config.py checks them); `up` ignores them.
 DEPLOY_MODEL_KEYS = ("cpu", "memory", "gpu_archs", "pool")
 FLEET_EXTRA_FIX = "pip install 'zerostart[fleet]'"
+
+
+class ConfigError(ZerostartError):
+    """``platform.toml`` is unreadable or has a bad value.
+
+    ``key`` is the dotted key at fault (``models.minilm.max_replicas``) and
+    the hint says how to fix it. A ``zerostart up`` (platform) and a ``zerostart
+    deploy`` (fleet, which rewraps it as ``FleetConfigError``) raise it alike.
+    """
+
+    def __init__(self, key: str, problem: str, *, hint: str | None = None) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem, hint=hint)
 
 
 def _file_key(attr: str) -> str:

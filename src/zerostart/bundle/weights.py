@@ -64,7 +64,7 @@ NUMPY_DTYPES: dict[str, str] = {
 }
 DTYPE_BYTES = {name: int(dt.lstrip("<")[1:] or 1) for name, dt in NUMPY_DTYPES.items()}
 # What a bundle may hold: the engines compute in float32/float16; reduced-precision CPU
-# bundles add packed int8 / bf16 matrices and their int32 column sums (engine.layout).
+# bundles add packed int8 / bf16 matrices and their int32 column sums (bundle.layout).
 BUNDLE_DTYPES = ("F32", "F16", "I8", "I32", "BF16")
 # uint16 is written as BF16: bf16 bit patterns are the only 16-bit integers a bundle holds.
 _WRITE_DTYPES = {"<f4": "F32", "<f2": "F16", "|i1": "I8", "<i4": "I32", "<u2": "BF16"}

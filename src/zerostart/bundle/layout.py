@@ -23,8 +23,8 @@ Runtime module: standard library only (the engines add numpy).
 
 from __future__ import annotations
 
-from zerostart.engine import deberta_layout, modernbert_layout
-from zerostart.model.manifest import Manifest
+from zerostart.bundle import deberta_layout, modernbert_layout
+from zerostart.bundle.manifest import Manifest
 
 LAYOUT_VERSION = "1"
 
