@@ -12,8 +12,10 @@ log buckets up to 512 positions) against ``engine/deberta.py``. convert still
 refuses both families for ``--device cuda`` until this passes.
 
 Tolerances (fp16 activations against fp32), relative to the largest reference
-value (at least 1): 3e-2 max abs, identical argmax for logits, cosine > 0.999
-per real token for hidden states. Calibrated on the CPU: this fixture's
+value (at least 1): 3e-2 max abs; for logits the same argmax wherever the
+reference's top two differ by more than twice that (random heads leave
+near-ties: the interpreter flipped some at T = 127), for hidden states a
+cosine > 0.999 per real token. Calibrated on the CPU: this fixture's
 plan run in Triton's interpreter (same fp16 rounding points) at T = 127 was
 off by 0.062 max abs at a largest value of 4.3 (1.4 %), cosine 0.99978.
 """
@@ -83,11 +85,15 @@ def test_gpu_forward_matches_the_reference(fixtures: Path, family: str, case: st
             print(
                 f"{family} {case} T={t}: max abs diff {diff:.3e} ({ms:.1f} ms, first call per bucket)"
             )
-            assert diff <= TOLERANCE * max(1.0, float(np.abs(w).max())), (t, diff)
+            tol = TOLERANCE * max(1.0, float(np.abs(w).max()))
+            assert diff <= tol, (t, diff)
             if case == "embeddings":
                 cos = (g * w).sum(-1) / (np.linalg.norm(g, axis=-1) * np.linalg.norm(w, axis=-1))
                 assert float(cos.min()) > COSINE_MIN, (t, float(cos.min()))
-            else:
-                np.testing.assert_array_equal(g.argmax(-1), w.argmax(-1), err_msg=f"{case} {t}")
+            else:  # random heads leave near-ties: the argmax must agree where it is decided
+                top2 = np.sort(w, axis=-1)[..., -2:]
+                decided = top2[..., 1] - top2[..., 0] > 2 * tol
+                same = g.argmax(-1) == w.argmax(-1)
+                assert same[decided].all() and decided.mean() >= 0.5, (t, same, decided)
     finally:
         engine.close()
