@@ -1,7 +1,7 @@
 """ModernBERT's GPU parity fixture, made on the CPU machine for a lent GPU (issue 23).
 
-``tools/gpu_prep.py`` calls ``build`` and ``build_deberta`` (``.gpu/deberta/``, the same
-files for DeBERTa) unless ``--no-modernbert``; alone (writes both):
+``tools/gpu_prep.py --families`` calls ``build`` and ``build_deberta`` (``.gpu/deberta/``,
+the same files for DeBERTa); alone (writes both):
 
     python tools/gpu_prep_modernbert.py [--out .gpu/modernbert] [--arch sm_90]
 
