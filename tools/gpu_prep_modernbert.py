@@ -56,7 +56,7 @@ def build(out: Path, archs: list[str]) -> dict[str, Any]:
     for p in (REPO / "src", REPO / "tests"):
         if str(p) not in sys.path:
             sys.path.insert(0, str(p))
-    from interpret_modernbert import tiny_modernbert
+    from interpret_engine import tiny_modernbert
     from zerostart.engine.modernbert_ref import ModernBertReference
     from zerostart.kernels import aot
 
@@ -92,7 +92,7 @@ def build(out: Path, archs: list[str]) -> dict[str, Any]:
 def build_deberta(out: Path, archs: list[str]) -> dict[str, Any]:
     """DeBERTa's fixture, same files as ``build`` (cases: embeddings, seqcls, tokcls; T up to 512).
 
-    The tests' tiny DeBERTa (tests/interpret_modernbert.py ``tiny_deberta``: 2 layers, head
+    The tests' tiny DeBERTa (tests/interpret_engine.py ``tiny_deberta``: 2 layers, head
     size 16, 16 log buckets) widened to 4 heads of 32 and 512 positions, so distances up to
     511 go through the log buckets. ~2 MB.
     """
@@ -101,7 +101,7 @@ def build_deberta(out: Path, archs: list[str]) -> dict[str, Any]:
     for p in (REPO / "src", REPO / "tests"):
         if str(p) not in sys.path:
             sys.path.insert(0, str(p))
-    from interpret_modernbert import tiny_deberta
+    from interpret_engine import tiny_deberta
     from zerostart.engine.deberta import DebertaEngine
     from zerostart.kernels import aot
 

@@ -286,9 +286,9 @@ def test_modernbert_plan_on_the_engine(tmp_path: Path, task: str, pooling: str, 
     """ModernBERT's launch plan (engine/cuda/modernbert_plan.py) runs through CudaEngine:
     rotary tables and the zero bias are uploaded once, one graph per bucket holds every
     launch, outputs come back in the reference's shapes. Numerics: the same plan runs in
-    Triton's interpreter in test_kernels_interpret_modernbert.py; on a GPU in issue 23."""
+    Triton's interpreter in test_kernels_interpret_engine.py; on a GPU in issue 23."""
     from fake_libcuda import write_fake_kernels
-    from interpret_modernbert import tiny_modernbert
+    from interpret_engine import tiny_modernbert
     from zerostart.engine.cuda import CudaEngine
 
     m, w = tiny_modernbert(task, pooling=pooling)
@@ -329,7 +329,7 @@ def test_deberta_plan_on_the_engine(tmp_path: Path, task: str, head: int) -> Non
     the model's own activation; W and lo per bucket from rel.index. Numerics: the same engine
     runs in Triton's interpreter in test_kernels_interpret_deberta.py."""
     from fake_libcuda import write_fake_kernels
-    from interpret_modernbert import tiny_deberta
+    from interpret_engine import tiny_deberta
     from zerostart.engine.cuda import CudaEngine
 
     m, w = tiny_deberta(task)

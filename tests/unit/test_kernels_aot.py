@@ -176,7 +176,7 @@ MODERNBERT_OPS = {"gemm", "gemm_geglu", "ln_nobias", "rotary", "attention_band",
 
 @pytest.fixture(scope="module")
 def modernbert_compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
-    from interpret_modernbert import tiny_modernbert
+    from interpret_engine import tiny_modernbert
 
     manifest, _ = tiny_modernbert("sequence-classification", pooling="mean")
     out = tmp_path_factory.mktemp("modernbert")
@@ -213,7 +213,7 @@ def test_modernbert_plan_finds_every_kernel_in_the_compiled_manifest(
 ) -> None:
     """The engine's launch plan asks only for kernels convert compiled, at every bucket pair,
     and every launch's arguments are exactly the compiled signature's."""
-    from interpret_modernbert import fake_buffers
+    from interpret_engine import fake_buffers
     from zerostart.bundle.launch import select_gemm
     from zerostart.bundle.modernbert_layout import modernbert_shapes
     from zerostart.engine.cuda.modernbert_plan import modernbert_plan

@@ -162,14 +162,14 @@ def _splitk(torch, k):  # type: ignore[no-untyped-def]
 
 def _engine(torch, k):  # type: ignore[no-untyped-def]
     """``CudaEngine.forward`` itself on a tiny BERT classifier and token classifier, every
-    launch run by the interpreter on fake_libcuda's memory (tests/interpret_modernbert.py),
+    launch run by the interpreter on fake_libcuda's memory (tests/interpret_engine.py),
     vs the numpy ``CpuEngine``: input staging, buckets (T = 24 in 32), the [CLS] rows read
     with a stride (K is too small here for the split-K builds)."""
     import dataclasses
 
     import numpy as np
 
-    from interpret_modernbert import engine_forward
+    from interpret_engine import engine_forward
     from tiny_models import tiny_manifest
     from zerostart.bundle.layout import tensor_shapes
     from zerostart.engine.cpu import CpuEngine

@@ -9,7 +9,7 @@ so distances past 8 are log-bucketed); then ``CudaEngine.forward`` on a tiny
 DeBERTa classifier (BERT's layer with these two launches in place of its
 attention, run by the interpreter) against ``DebertaEngine.forward``. One
 interpreter child runs every case,
-as in test_kernels_interpret_modernbert.py. Tolerances are fp16 ones.
+as in test_kernels_interpret_engine.py. Tolerances are fp16 ones.
 """
 
 from __future__ import annotations
@@ -121,8 +121,8 @@ def _check_attention_rel(torch: Any, k: Any) -> float:
 
 def _check_forward(torch: Any, k: Any) -> float:
     """``CudaEngine.forward`` on a tiny DeBERTa classifier, its kernels interpreted
-    (tests/interpret_modernbert.py engine_forward), vs ``DebertaEngine.forward``; T = 24."""
-    from interpret_modernbert import engine_forward, tiny_deberta
+    (tests/interpret_engine.py engine_forward), vs ``DebertaEngine.forward``; T = 24."""
+    from interpret_engine import engine_forward, tiny_deberta
     from zerostart.engine.deberta import DebertaEngine
 
     manifest, weights = tiny_deberta("sequence-classification", seed=24)

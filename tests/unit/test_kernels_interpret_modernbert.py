@@ -4,7 +4,7 @@ Each kernel of ``zerostart.kernels.triton_modernbert`` is checked against the
 functions of ``zerostart.engine.modernbert_ref`` at T = 1, 40 and 127 (a ragged
 batch), with windows smaller and larger than T; then ``CudaEngine.forward`` on
 a tiny ModernBERT (the engine itself on tests/fake_libcuda.py, every launch run
-by the interpreter: tests/interpret_modernbert.py) is checked against
+by the interpreter: tests/interpret_engine.py) is checked against
 ``ModernBertReference.forward``. As in ``test_kernels_interpret.py``,
 ``TRITON_INTERPRET=1`` must be set before the kernels are decorated, so the checks run in one child process (this
 file is also a script) whose per-case lines the tests read. Tolerances are fp16
@@ -195,7 +195,7 @@ def _forward(torch: Any, case: str) -> float:
     "forward": sequence classification with mean pooling (every kernel, both thetas,
     a window crossed) at T = 24; "full_<task>": T = 1, 40, 127, windows 8 and 200.
     """
-    from interpret_modernbert import engine_forward, tiny_modernbert
+    from interpret_engine import engine_forward, tiny_modernbert
     from zerostart.engine.modernbert_ref import ModernBertReference
 
     if case == "forward":

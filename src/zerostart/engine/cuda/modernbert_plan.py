@@ -5,7 +5,7 @@ arguments by name), made from device addresses alone, so the same function
 serves ``CudaEngine`` (addresses from the driver's allocator; captured into a
 CUDA graph) and the unit tests, which run the plan's kernels in Triton's CPU
 interpreter over tensors standing in for device memory
-(tests/unit/test_kernels_interpret_modernbert.py). Per layer, in
+(tests/unit/test_kernels_interpret_engine.py). Per layer, in
 ``zerostart.bundle.modernbert_layout``'s order::
 
     h   = x (layer 0) | ln_nobias(x; attn.norm)

@@ -1,8 +1,9 @@
 """Run ``CudaEngine`` with its kernels in Triton's CPU interpreter (tests only).
 
 ``engine_forward`` runs the engine itself on tests/fake_libcuda.py and sends each
-launch to its Triton function (see its docstring); ``tiny_modernbert`` makes a
-ModernBERT manifest and weights. Needs ``TRITON_INTERPRET=1`` set before
+launch to its Triton function (see its docstring); ``tiny_modernbert`` and
+``tiny_deberta`` make a manifest and random weights of those families, and
+``fake_buffers`` addresses for plans that are only inspected. Needs ``TRITON_INTERPRET=1`` set before
 ``zerostart.kernels`` is imported. Importable from every test folder.
 """
 
