@@ -191,8 +191,8 @@ def main() -> None:
         task = Manifest.load(bundle).task
         path, body, _ = sample_request(task)
         check = reference_check(bundle, path, body)
-        onnx = onnx_file(name, src)
-        anchors = set(args.anchors.split(","))
+        anchors = set(args.anchors.split(","))  # "none": zerostart (and its baseline) only
+        onnx = onnx_file(name, src) if "onnxruntime" in anchors else None
         stacks = {"zerostart": (lambda p: worker_command(bundle, p), True)}
         if "onnxruntime" in anchors:
             stacks["onnxruntime_tokenizers"] = (

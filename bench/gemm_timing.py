@@ -16,7 +16,6 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,7 @@ def with_plan(kernels: NativeKernels, plan: GemmPlan) -> NativeKernels:
 
 
 def plan_of(kernels: NativeKernels, **changes: Any) -> GemmPlan:
-    return replace(kernels.gemm_plan, **changes)
+    return kernels.gemm_plan._replace(**changes)
 
 
 class Problem:

@@ -1,6 +1,7 @@
 """Where the worker's imports go: ``python -X importtime -m zerostart.serve BUNDLE``, grouped.
 
     python bench/import_profile.py [--model minilm-embed] [--runs 5] [--out import_profile]
+        [--baseline-src OTHER_CHECKOUT/src [--import-runs 20]]
 
 Each run starts a fresh worker with ``-X importtime``, sends one request, stops
 it, and parses the import log on its stderr. Every module's *self* time (its
@@ -10,6 +11,11 @@ median over runs, ms of wall time with importtime's own overhead (~10-20 %);
 then per group: zerostart's own modules, httptools, the standard library.
 The load average is recorded: on a shared machine only the shares are worth
 comparing across runs.
+
+``--baseline-src`` adds an interleaved comparison of the imports alone: a fresh
+interpreter imports the worker's modules (GC paused, as the entry point does)
+from this checkout, then from the other one, ``--import-runs`` times each;
+wall and CPU milliseconds (CPU moves less with the neighbours' load), medians.
 """
 
 from __future__ import annotations
@@ -51,6 +57,16 @@ import zerostart.serve.__main__, zerostart.serve.server, zerostart.pipeline
 import zerostart.engine.cpu_native, zerostart.tokenize
 total = time.perf_counter() - t0
 print(json.dumps({"classes": count[0], "ms": spent[0] * 1e3, "imports_ms": total * 1e3}))
+"""
+IMPORT_PROBE = r"""
+import gc, json, sys, time
+gc.disable()  # as the worker's entry point does for start-up (serve/startup.py)
+sys.modules["ssl"] = None
+t0, c0 = time.perf_counter(), time.process_time()
+import zerostart.serve.__main__, zerostart.serve.server, zerostart.pipeline
+import zerostart.engine.cpu_native, zerostart.tokenize
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"wall_ms": wall * 1e3, "cpu_ms": cpu * 1e3, "modules": len(sys.modules)}))
 """
 LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
 START_TIMEOUT_S = 60.0
@@ -101,6 +117,48 @@ def one_run(bundle: Path, route: str, body: Any) -> list[tuple[str, float]]:
     return top_level(err)
 
 
+def probe(code: str, src: Path | None = None) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter (``src`` on PYTHONPATH if given); its JSON line."""
+    env = dict(os.environ) if src is None else dict(os.environ, PYTHONPATH=str(src))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=env,
+    ).stdout
+    return dict(json.loads(out.splitlines()[-1]))
+
+
+def compare_imports(baseline_src: Path, runs: int) -> dict[str, Any]:
+    """The worker's imports, this checkout vs ``baseline_src``, interleaved; medians."""
+    ours_src = Path(__file__).resolve().parent.parent / "src"
+    samples: dict[str, list[dict[str, Any]]] = {"this": [], "baseline": []}
+    decorations: dict[str, list[dict[str, Any]]] = {"this": [], "baseline": []}
+    load_before = os.getloadavg()
+    for _ in range(runs):
+        for name, src in (("this", ours_src), ("baseline", baseline_src)):
+            samples[name].append(probe(IMPORT_PROBE, src))
+            if len(decorations[name]) < 5:
+                decorations[name].append(probe(DATACLASS_PROBE, src))
+    out: dict[str, Any] = {
+        "what": "fresh interpreter, GC paused: import the worker's modules; ms, medians",
+        "runs": runs,
+        "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
+    }
+    for name, rows in samples.items():
+        out[name] = {
+            "wall_ms": round(statistics.median(r["wall_ms"] for r in rows), 1),
+            "cpu_ms": round(statistics.median(r["cpu_ms"] for r in rows), 1),
+            "modules": rows[0]["modules"],
+            "dataclass_decorations": decorations[name][0]["classes"],
+            "dataclass_ms": round(statistics.median(d["ms"] for d in decorations[name]), 1),
+        }
+    return out
+
+
 def group_of(name: str) -> str:
     if name.startswith("zerostart"):
         return "zerostart"
@@ -114,6 +172,8 @@ def main() -> None:
     ap.add_argument("--model", default="minilm-embed")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--out", default="import_profile")
+    ap.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare with")
+    ap.add_argument("--import-runs", type=int, default=20, help="runs of the import comparison")
     args = ap.parse_args()
     bundle = bundle_dir(args.model)
     route, body, _ = sample_request(Manifest.load(bundle).task)
@@ -124,20 +184,10 @@ def main() -> None:
         for name, us in run:
             per_module.setdefault(name, []).append(us)
     medians = {k: statistics.median(v) / 1e3 for k, v in per_module.items()}
-    probes = [
-        json.loads(
-            subprocess.run(
-                [sys.executable, "-c", DATACLASS_PROBE],
-                capture_output=True,
-                text=True,
-                check=True,
-                timeout=120,
-            ).stdout
-        )
-        for _ in range(args.runs)
-    ]
+    probes = [probe(DATACLASS_PROBE) for _ in range(args.runs)]
     dataclass_ms = statistics.median(p["ms"] for p in probes)
     imports_ms = statistics.median(p["imports_ms"] for p in probes)
+    share = dataclass_ms / imports_ms if imports_ms else 0.0
     groups: dict[str, float] = {}
     for name, ms in medians.items():
         groups[group_of(name)] = groups.get(group_of(name), 0.0) + ms
@@ -155,18 +205,23 @@ def main() -> None:
             "classes": probes[0]["classes"],
             "median_ms": round(dataclass_ms, 1),
             "imports_median_ms": round(imports_ms, 1),
-            "share": round(dataclass_ms / imports_ms, 3),
+            "share": round(share, 3),
         },
         "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "machine": machine_description(),
     }
+    if args.baseline_src is not None:
+        result["imports_vs_baseline"] = compare_imports(args.baseline_src, args.import_runs)
+        for name in ("this", "baseline"):
+            row = result["imports_vs_baseline"][name]
+            print(f"imports, {name}: {row}")
     for name, ms in ranked[:25]:
         print(f"{ms:7.1f} ms  {100 * ms / total:4.1f} %  {name}")
     print(f"total {total:.1f} ms: " + ", ".join(f"{k} {v:.1f}" for k, v in groups.items()))
     print(
         f"{probes[0]['classes']} @dataclass decorations: {dataclass_ms:.1f} ms of "
-        f"{imports_ms:.1f} ms of imports ({100 * dataclass_ms / imports_ms:.0f} %)"
+        f"{imports_ms:.1f} ms of imports ({100 * share:.0f} %)"
     )
     write_result(args.out, result)
 

@@ -31,7 +31,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +132,7 @@ def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[
     ours = ModernBertNativeEngine.from_bundle(bundle, threads=threads)
     m = bundle.manifest
     all_global = ModernBertNativeEngine(
-        replace(m, config=replace(m.config, global_every=1)),
+        m._replace(config=m.config._replace(global_every=1)),
         bundle.weights,
         ours.kernels,
         threads=threads,

@@ -44,7 +44,6 @@ if "--openblas-coretype" in sys.argv:  # before numpy loads OpenBLAS (DYNAMIC_AR
 import argparse
 import json
 import math
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +140,7 @@ class Tuner:
 
         stage_a = plans(
             [
-                replace(base, tile=t, pack=pk, kc=kc, mc=0)
+                base._replace(tile=t, pack=pk, kc=kc, mc=0)
                 for t in own
                 for pk in (False, True)
                 for kc in (256, 768)
@@ -149,7 +148,7 @@ class Tuner:
         )
         a = self.time(stage_a, 128, "tile+pack")
         top = sorted(a, key=lambda x: -a[x])[:2]
-        stage_b = plans([replace(by_key[t], kc=kc) for t in top for kc in KC_SEARCH])
+        stage_b = plans([by_key[t]._replace(kc=kc) for t in top for kc in KC_SEARCH])
         b = self.time(stage_b, 128, "kc")
         best = by_key[max(b, key=lambda x: b[x])]
         l2 = cpu_identity().l2_bytes or 1 << 20
@@ -159,7 +158,7 @@ class Tuner:
                 for f in (0.25, 0.5, 0.75)
             }
         )
-        stage_c = plans([replace(best, mc=mc) for mc in (0, *mcs)])
+        stage_c = plans([best._replace(mc=mc) for mc in (0, *mcs)])
         c = self.time(stage_c, 128, "mc")
         best = by_key[max(c, key=lambda x: c[x])]
         stages = [a, b, c]
@@ -167,7 +166,7 @@ class Tuner:
             ncs = sorted(
                 {max(best.nr, (nb // (4 * best.kc)) // best.nr * best.nr) for nb in NC_BYTES}
             )
-            stages.append(self.time(plans([replace(best, nc=nc) for nc in (0, *ncs)]), 128, "nc"))
+            stages.append(self.time(plans([best._replace(nc=nc) for nc in (0, *ncs)]), 128, "nc"))
         # Finalists, timed together (scores from different runs are not comparable on a shared
         # machine): the best of each stage and the default rule, at 128 and at 4096 rows.
         finalists = list(dict.fromkeys(
@@ -191,8 +190,8 @@ class Tuner:
                     prob = Problem(mm, k, n)
                     fns = {
                         "openblas": prob.openblas(),
-                        "columns": prob.ours(with_plan(self.kernels, replace(plan, col_split_rows=ALWAYS_COLUMNS)), workers),
-                        "rows": prob.ours(with_plan(self.kernels, replace(plan, col_split_rows=0)), workers),
+                        "columns": prob.ours(with_plan(self.kernels, plan._replace(col_split_rows=ALWAYS_COLUMNS)), workers),
+                        "rows": prob.ours(with_plan(self.kernels, plan._replace(col_split_rows=0)), workers),
                     }  # fmt: skip
                     timings[f"{model} {mm}x{k}x{n}"] = interleave(
                         fns, self.rounds if m <= 512 else 3

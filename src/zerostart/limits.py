@@ -24,26 +24,38 @@ Standard library only (a leaf: ``pipeline.py`` and ``serve/`` both import it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from zerostart._records import Frozen
 from zerostart.errors import ServeError
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Inputs per request and sequences/tokens per engine call; see the module docstring."""
+class Limits(Frozen):
+    """Inputs per request and sequences/tokens per engine call; see the module docstring.
 
-    max_client_batch_size: int = 32  # inputs in one request (TEI's default)
-    max_batch_sequences: int = 32  # sequences per engine call
-    max_batch_tokens: int = 16384  # sum of sequence lengths per engine call (TEI's default)
+    Immutable (a plain class, ``zerostart._records``); :meth:`new` returns a checked copy.
+    """
 
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
+    __slots__ = ("max_batch_sequences", "max_batch_tokens", "max_client_batch_size")
+    max_client_batch_size: int  # inputs in one request (TEI's default: 32)
+    max_batch_sequences: int  # sequences per engine call (32)
+    max_batch_tokens: int  # sum of sequence lengths per engine call (TEI's default: 16384)
+
+    def __init__(
+        self,
+        max_client_batch_size: int = 32,
+        max_batch_sequences: int = 32,
+        max_batch_tokens: int = 16384,
+    ) -> None:
+        for name, value in (
+            ("max_client_batch_size", max_client_batch_size),
+            ("max_batch_sequences", max_batch_sequences),
+            ("max_batch_tokens", max_batch_tokens),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ServeError(f"limit {f.name} must be an integer > 0, got {value!r}")
+                raise ServeError(f"limit {name} must be an integer > 0, got {value!r}")
+            object.__setattr__(self, name, value)
 
     def new(self, **changes: Any) -> Limits:
         """A copy with ``changes`` applied (and validated again)."""
-        return replace(self, **changes)
+        return self._replace(**changes)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from zerostart import api
 from zerostart.api import Job
 from zerostart.bundle.folder import Bundle
-from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.manifest import TOKENIZER_TABLES_NAME, Manifest
 from zerostart.engine.native import NativeKernels
 from zerostart.errors import EngineError
 from zerostart.limits import Limits
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
         Tokenizer,  # loaded by load_tokenizer only for bundles that use it
     )
 
-DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits.max_client_batch_size  # zerostart.limits: TEI's default
-DEFAULT_MAX_BATCH_SEQUENCES = Limits.max_batch_sequences
+DEFAULT_MAX_CLIENT_BATCH_SIZE = Limits().max_client_batch_size  # zerostart.limits: TEI's default
+DEFAULT_MAX_BATCH_SEQUENCES = Limits().max_batch_sequences
 
 
 class Engine(Protocol):
@@ -152,7 +152,11 @@ class Pipeline:
         bundle = Bundle.open(os.fspath(bundle_dir), verify=verify)
         t1 = time.perf_counter()
         phases["bundle_map"] = t1 - t0
-        tokenizer = load_tokenizer(bundle.path, bundle.manifest.tokenizer)
+        tokenizer = load_tokenizer(
+            bundle.path,
+            bundle.manifest.tokenizer,
+            tables=TOKENIZER_TABLES_NAME in bundle.manifest.files,
+        )
         t2 = time.perf_counter()
         phases["tokenizer"] = t2 - t1
         engine = _make_engine(bundle)

@@ -159,6 +159,7 @@ def test_bert_bundle_manifest_files_and_layout(bert_cls: Path, tmp_path: Path) -
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "kernels",  # the native CPU kernels, one per default target (test_cpu_arch.py)
         "manifest.json",
+        "tokenizer.bin",  # the vocabulary again, as the mapped tables the worker reads
         "vocab.txt",
         "weights.safetensors",
     ]
@@ -166,6 +167,7 @@ def test_bert_bundle_manifest_files_and_layout(bert_cls: Path, tmp_path: Path) -
 
     assert sorted(m.files) == sorted(
         [
+            "tokenizer.bin",
             "vocab.txt",
             "weights.safetensors",
             BUNDLE_TABLE,  # the CPU GEMM tuning table the worker picks its row from

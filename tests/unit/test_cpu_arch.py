@@ -8,6 +8,8 @@ is refused when the worker loads it, naming the missing features.
 from __future__ import annotations
 
 import shutil
+from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,8 @@ import pytest
 from zerostart.bundle.folder import Bundle
 from zerostart.bundle.manifest import CpuKernelBuild
 from zerostart.engine.cpu import CpuEngine
-from zerostart.engine.native import ARCH_ENV, choose_build, cpu_flags
+from zerostart.engine.cpu_native import NativeCpuEngine
+from zerostart.engine.native import ARCH_ENV, choose_build, cpu_flags, load_bundle_kernels
 from zerostart.errors import ConvertError, EngineError
 from zerostart.model.convert import convert
 
@@ -150,3 +153,25 @@ def test_reduced_precision_for_a_target_without_it_is_refused(
 ) -> None:
     with pytest.raises(ConvertError, match=f"needs {feature}, which -march=x86-64-v3"):
         convert(minilm_sst2_dir, tmp_path / "b", cpu_archs=["x86-64-v3"], precision=precision)
+
+
+@needs_cc
+def test_a_build_already_loaded_is_not_loaded_again(
+    bundle_for_model: Callable[[str], Path], tmp_path: Path
+) -> None:
+    # A warm slot loads the canary's kernels, then the same build in the model's bundle:
+    # the same bytes (the manifest's sha256), so the loaded library serves both.
+    first = Bundle.open(bundle_for_model("minilm-sst2"))
+    copy = Path(shutil.copytree(first.path, tmp_path / "copy"))
+    m = first.manifest
+    a = load_bundle_kernels(first.path, m.cpu_kernels, files=m.files)
+    b = load_bundle_kernels(copy, m.cpu_kernels, files=m.files)
+    assert b._lib is a._lib and b.path.parent.parent.parent == copy
+    assert load_bundle_kernels(copy, m.cpu_kernels)._lib is not a._lib  # no digests: loaded
+    other = {k: v._replace(sha256="0" * 64) for k, v in m.files.items()}
+    assert load_bundle_kernels(copy, m.cpu_kernels, files=other)._lib is not a._lib
+    ids = array("q", [101, 2023, 2003, 102])
+    engine = NativeCpuEngine.from_bundle(Bundle.open(copy))
+    again = NativeCpuEngine.from_bundle(first)
+    assert engine.kernels._lib is again.kernels._lib
+    assert list(engine.run(ids, None, [4], 4)) == list(again.run(ids, None, [4], 4))

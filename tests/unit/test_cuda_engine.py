@@ -10,7 +10,6 @@ end to end on a GPU in tests/gpu.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +212,7 @@ def test_eager_path_matches_plan(tmp_path: Path) -> None:
     assert grids[2] == (1, 2, 1)  # attention: cdiv(16, 64) query blocks x (1 sequence x 2 heads)
     with pytest.raises(EngineError, match="float16"):
         CudaEngine(
-            dataclasses.replace(m, dtype="float32"),
+            m._replace(dtype="float32"),
             weights,
             kernels_dir=tmp_path / "kernels",
             driver=drv,

@@ -288,3 +288,40 @@ def test_health_ptx_assembles(tmp_path: Path, arch: str) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_host_side_values_are_numpy_float32_arithmetic() -> None:
+    # The check computes its input, expected answers and address pattern without numpy;
+    # here they are held against numpy's float32 / uint32 arithmetic, bit for bit.
+    from zerostart.engine.cuda.health import _kernel_inputs, _pattern
+
+    a, want_bits = _kernel_inputs()
+    ref_a = (
+        np.arange(KERNEL_ELEMS, dtype=np.float32) * np.float32(0.37) - np.float32(1000.0)
+    ).astype(np.float32)
+    ref_want = (ref_a.astype(np.float64) * 2 + np.arange(KERNEL_ELEMS)).astype(np.float32)
+    assert (
+        np.frombuffer(a, dtype=np.float32).view(np.uint32).tolist()
+        == ref_a.view(np.uint32).tolist()
+    )
+    assert np.frombuffer(want_bits, dtype=np.uint32).tolist() == ref_want.view(np.uint32).tolist()
+    words = 3 * (1 << 16) + 123  # a partial last block
+    ref = np.arange(words, dtype=np.uint32) ^ np.uint32(ADDRESS_XOR)
+    assert np.frombuffer(_pattern(words), dtype="<u4").tolist() == ref.tolist()
+
+
+def test_the_health_check_imports_no_numpy() -> None:
+    import os
+    import sys
+
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    code = "import sys, zerostart.engine.cuda.health; print('numpy' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": src},
+    ).stdout
+    assert out.strip() == "False"

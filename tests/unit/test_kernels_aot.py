@@ -107,12 +107,9 @@ def test_arch_parsing_and_dtype_refusals(tmp_path: Path) -> None:
             aot.parse_arch(bad)
     with pytest.raises(ConvertError, match="older than sm_80"):
         aot.parse_arch("sm_75")
-    import dataclasses
 
     with pytest.raises(ConvertError, match="float16"):
-        aot.compile_for_bundle(
-            dataclasses.replace(_manifest(), dtype="float32"), tmp_path, ["sm_90"]
-        )
+        aot.compile_for_bundle(_manifest()._replace(dtype="float32"), tmp_path, ["sm_90"])
 
 
 def test_variant_set_follows_the_model() -> None:
@@ -126,12 +123,9 @@ def test_variant_set_follows_the_model() -> None:
     assert any(
         s.op == "gemm" and s.constexprs["ACT"] == 3 for s in distil_cls
     )  # ReLU pre_classifier
-    import dataclasses
 
     odd = _manifest()
-    odd = dataclasses.replace(
-        odd, config=dataclasses.replace(odd.config, num_heads=4, hidden_size=48)
-    )
+    odd = odd._replace(config=odd.config._replace(num_heads=4, hidden_size=48))
     with pytest.raises(ConvertError, match="power of two"):
         model_specs(odd)
 
@@ -154,7 +148,6 @@ def test_convert_copies_prebuilt_kernels_for_the_same_shape_only(
 ) -> None:
     """Kernels depend on the model's shape, not its weights: a folder compiled for the same
     shape is copied into a new bundle; one for another shape is refused by name."""
-    import dataclasses
 
     from zerostart.model.convert import check_prebuilt_kernels
 
@@ -162,10 +155,10 @@ def test_convert_copies_prebuilt_kernels_for_the_same_shape_only(
     kernels = out / KERNELS_DIR
     m = _manifest()
     check_prebuilt_kernels(m, kernels)  # same shape; any GEMM block config compiled will do
-    wider = dataclasses.replace(m, config=dataclasses.replace(m.config, hidden_size=128))
+    wider = m._replace(config=m.config._replace(hidden_size=128))
     with pytest.raises(ConvertError, match="compiled for another model shape: missing"):
         check_prebuilt_kernels(wider, kernels)
-    longer = dataclasses.replace(m, max_length=32)
+    longer = m._replace(max_length=32)
     with pytest.raises(ConvertError, match="sequence buckets"):
         check_prebuilt_kernels(longer, kernels)
 

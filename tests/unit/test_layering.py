@@ -198,10 +198,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     name: frozenset(deps)
     for name, deps in {
         "errors": (),
+        "_records": (),  # plain record classes for the worker's import path (no @dataclass)
         "paths": ("errors",),
         "units": (),
         "cachedir": (),
-        "limits": ("errors",),
+        "limits": ("_records", "errors"),
         "progress": (),
         "procs": (),  # a free port, a child stopped (the builder's trace, benchmarks, platform)
         "faults": ("errors",),
@@ -212,21 +213,21 @@ ALLOWED: dict[str, frozenset[str]] = {
         "snapshot": ("errors", "paths"),
         # the bundle format (manifest, weights file, engine layout, kernels manifest), a leaf
         # that the converter, the kernel compiler, the tokenizer and the engines all import
-        "bundle": ("errors", "paths"),
+        "bundle": ("_records", "errors", "paths"),
         # the platform.toml schema, a leaf: `up` (platform) and `deploy` (fleet) read it
         "platform_toml": ("errors", "units"),
-        "engine": ("bundle", "errors"),
+        "engine": ("_records", "bundle", "errors"),
         # kernels -> engine: cpu_build checks the CPU tuning table with the engine's reader
         "kernels": ("bundle", "cachedir", "engine", "errors"),
         # tokenize -> kernels: convert's tokenizer compiler builds tokenizer.so (build time)
-        "tokenize": ("bundle", "errors", "kernels"),
+        "tokenize": ("_records", "bundle", "errors", "kernels"),
         "model": ("bundle", "engine", "errors", "kernels", "tokenize"),
         "tasks": ("engine", "errors"),
-        "api": ("bundle", "errors", "tasks", "tokenize"),
+        "api": ("_records", "bundle", "errors", "tasks", "tokenize"),
         "pipeline": ("api", "bundle", "engine", "errors", "limits", "tasks", "tokenize"),
         "benchmark": ("errors", "pipeline", "procs"),
         "serve": (
-            *("bundle", "engine", "errors", "faults", "limits", "paths", "pipeline"),
+            *("_records", "bundle", "engine", "errors", "faults", "limits", "paths", "pipeline"),
             *("snapshot", "tokenize"),
         ),
         "imagefs": ("cachedir", "chunkprofile", "errors", "estargz", "paths", "registry", "ztoc"),

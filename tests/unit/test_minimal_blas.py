@@ -169,7 +169,6 @@ def test_a_library_that_is_not_openblas_is_refused(tmp_path: Path, openblas: Pat
 def test_which_bundles_get_the_minimal_blas() -> None:
     """auto: GPU bundles and every CPU bundle with native kernels (each build multiplies for
     itself, the portable one too); never the numpy engine (--cpu-arch none)."""
-    from dataclasses import replace
 
     from tiny_models import tiny_manifest
     from zerostart.bundle.manifest import CpuKernelBuild
@@ -181,14 +180,14 @@ def test_which_bundles_get_the_minimal_blas() -> None:
     v3 = CpuKernelBuild("kernels/cpu/b.so", ("avx2",))
     assert wanted("auto", m, "cuda")[0]
     portable = CpuKernelBuild("kernels/cpu/c.so", ())
-    assert wanted("auto", replace(m, cpu_kernels={"x86-64-v4": v4}), "cpu")[0]
-    assert wanted("auto", replace(m, cpu_kernels={"x86-64-v4": v4, "x86-64-v3": v3}), "cpu")[0]
+    assert wanted("auto", m._replace(cpu_kernels={"x86-64-v4": v4}), "cpu")[0]
+    assert wanted("auto", m._replace(cpu_kernels={"x86-64-v4": v4, "x86-64-v3": v3}), "cpu")[0]
     every = {"x86-64": portable, "x86-64-v3": v3, "x86-64-v4": v4}
-    assert wanted("auto", replace(m, cpu_kernels=every), "cpu") == (
+    assert wanted("auto", m._replace(cpu_kernels=every), "cpu") == (
         True,
         "every CPU kernel build carries its own matrix products",
     )
-    assert wanted("auto", replace(m, cpu_kernels={"x86-64": portable}), "cpu")[0]
+    assert wanted("auto", m._replace(cpu_kernels={"x86-64": portable}), "cpu")[0]
     assert not wanted("auto", m, "cpu")[0]
     assert "numpy engine" in wanted("auto", m, "cpu")[1]
     assert wanted("minimal", m, "cpu") == (True, "--blas minimal")

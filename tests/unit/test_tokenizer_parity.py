@@ -17,6 +17,8 @@ import pytest
 from tokenizer_corpus import corpus, pairs
 
 from zerostart.tokenize import Encoding, WordPieceTokenizer
+from zerostart.tokenize._wordpiece import read_vocab
+from zerostart.tokenize._wpvocab import write_wordpiece_tables
 from zerostart.tokenize.hf import settings_from_tokenizer_json, vocab_from_tokenizer_json
 
 pytestmark = pytest.mark.parity
@@ -43,7 +45,7 @@ def _folder(package: str, sub: str) -> Path:
 class Pair:
     """Ours and the reference for one tokenizer file."""
 
-    def __init__(self, name: str, tmp: Path) -> None:
+    def __init__(self, name: str, form: str, tmp: Path) -> None:
         tokenizers = pytest.importorskip("tokenizers")
         package, sub, self.lowercase = MODELS[name]
         folder = _folder(package, sub)
@@ -56,7 +58,12 @@ class Pair:
                 "".join(t + "\n" for t in vocab_from_tokenizer_json(tokenizer_json)),
                 encoding="utf-8",
             )
-        self.ours = WordPieceTokenizer.from_files(vocab_txt, self.settings)
+        if form == "vocab.txt":
+            self.ours = WordPieceTokenizer.from_files(vocab_txt, self.settings)
+        else:  # the bundle's mapped tables, as convert writes them from the same lines
+            tables = tmp / f"{name}-tokenizer.bin"
+            write_wordpiece_tables(tables, read_vocab(vocab_txt))
+            self.ours = WordPieceTokenizer.from_tables(tables, self.settings)
         self.ref = tokenizers.Tokenizer.from_file(str(tokenizer_json))
         self.ref.no_padding()  # minilm's file pads and truncates to 128 by itself
         self.ref.no_truncation()
@@ -69,9 +76,16 @@ class Pair:
         return self.ref.encode(text, pair)
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+# vocab.txt parsed into a dict, or tokenizer.bin mapped (what a converted bundle serves)
+FORMS = ("vocab.txt", "tokenizer.bin")
+
+
+@pytest.fixture(
+    scope="module", params=[(m, f) for m in sorted(MODELS) for f in FORMS], ids="-".join
+)
 def pair(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Pair:
-    return Pair(request.param, tmp_path_factory.mktemp("vocab"))
+    name, form = request.param
+    return Pair(name, form, tmp_path_factory.mktemp("vocab"))
 
 
 FIELDS = ("ids", "type_ids", "offsets", "tokens", "word_ids", "sequence_ids", "special_tokens_mask")
@@ -105,6 +119,17 @@ def test_settings_read_from_tokenizer_json(pair: Pair) -> None:
     assert pair.ours.vocab_size == pair.ref.get_vocab_size(with_added_tokens=True)
     for token in ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"):
         assert pair.ours.token_to_id(token) == pair.ref.token_to_id(token)
+
+
+def test_every_vocabulary_token_looks_up_as_the_reference(pair: Pair) -> None:
+    """Both ways, all ~30k tokens: the mapped hash table (tokenizer.bin) must miss none."""
+    vocab = pair.ref.get_vocab(with_added_tokens=False)
+    wrong_ids = [t for t, i in vocab.items() if pair.ours.token_to_id(t) != i]
+    wrong_tokens = [i for t, i in vocab.items() if pair.ours.id_to_token(i) != t]
+    assert not wrong_ids and not wrong_tokens, (wrong_ids[:5], wrong_tokens[:5])
+    for absent in ("", "##", "zzqxj", "hello world", "[cls]", "\u4e00\u4e00\u4e00\u4e00"):
+        if absent not in vocab:
+            assert pair.ours.token_to_id(absent) is None, absent
 
 
 @pytest.mark.parametrize("max_length", [None, 128, 512])

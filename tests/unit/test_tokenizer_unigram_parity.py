@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ class Pair:
             self.settings = compile_tokenizer_json(
                 tokenizer_json, out, special_tokens=XLMR_SPECIALS
             )
-            (out / "spec.json").write_text(json.dumps(asdict(self.settings)), encoding="utf-8")
+            (out / "spec.json").write_text(json.dumps(self.settings._asdict()), encoding="utf-8")
         self.ours = Tokenizer.from_bundle(out, self.settings.spec, native=native)
         self.native = native
         model = self.ours.model

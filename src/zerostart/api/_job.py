@@ -6,14 +6,13 @@ Runtime module: standard library only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from zerostart._records import Record
 from zerostart.tokenize import Encoding
 
 
-@dataclass
-class Job:
+class Job(Record):
     """``encodings`` go to the engine (possibly merged with other jobs'); ``finish`` builds the answer.
 
     ``finish`` gets one engine output per encoding, in order (see
@@ -21,8 +20,11 @@ class Job:
     never reaches the engine: ``finish`` gets an empty list.
     """
 
-    encodings: list[Encoding]
-    _finish: Callable[[list[Any]], Any]
+    __slots__ = ("_finish", "encodings")
+
+    def __init__(self, encodings: list[Encoding], _finish: Callable[[list[Any]], Any]) -> None:
+        self.encodings = encodings
+        self._finish = _finish
 
     def finish(self, outputs: list[Any]) -> Any:
         return self._finish(outputs)

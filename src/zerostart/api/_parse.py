@@ -13,9 +13,9 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from zerostart._records import Frozen
 from zerostart.errors import InputError
 from zerostart.tokenize import Encoding
 
@@ -82,8 +82,7 @@ def options(body: dict[str, Any]) -> dict[str, Any]:
     return {**params, **body}
 
 
-@dataclass(frozen=True)
-class Truncation:
+class Truncation(Frozen):
     """``truncate`` and ``truncation_direction`` as TEI reads them.
 
     ``truncate`` absent or null means the server's ``--auto-truncate`` (TEI's
@@ -92,8 +91,13 @@ class Truncation:
     case TEI accepts, and never null (TEI's field is not an ``Option``).
     """
 
+    __slots__ = ("enabled", "left")
     enabled: bool
-    left: bool = False
+    left: bool
+
+    def __init__(self, enabled: bool, left: bool = False) -> None:
+        object.__setattr__(self, "enabled", enabled)
+        object.__setattr__(self, "left", left)
 
     @classmethod
     def read(cls, body: dict[str, Any], auto_truncate: bool) -> Truncation:

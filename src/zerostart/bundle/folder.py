@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
+from zerostart._records import Frozen
 from zerostart.bundle.layout import LAYOUT_VERSION
 from zerostart.bundle.manifest import VOCAB_NAME, WEIGHTS_NAME, Manifest
 from zerostart.bundle.weights import Weights, map_weights
@@ -35,13 +35,21 @@ HASH_CHUNK_BYTES = 8 * 1024 * 1024
 _REBUILD_HINT = "re-run zerostart convert"
 
 
-@dataclass(frozen=True)
-class Bundle:
-    """A verified, mapped bundle: everything an engine and a tokenizer need."""
+class Bundle(Frozen):
+    """A verified, mapped bundle: everything an engine and a tokenizer need.
 
+    Immutable (a plain class: ``zerostart._records``, on the worker's import path).
+    """
+
+    __slots__ = ("manifest", "path", "weights")
     path: Path
     manifest: Manifest
     weights: Weights
+
+    def __init__(self, path: Path, manifest: Manifest, weights: Weights) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "manifest", manifest)
+        object.__setattr__(self, "weights", weights)
 
     @property
     def vocab_path(self) -> Path:

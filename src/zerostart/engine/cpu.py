@@ -209,7 +209,11 @@ class CpuEngine:
         Raises EngineError when the bundle's kernels need CPU features this CPU lacks.
         """
         m = bundle.manifest
-        kernels = load_bundle_kernels(bundle.path, m.cpu_kernels) if m.cpu_kernels else None
+        kernels = (
+            load_bundle_kernels(bundle.path, m.cpu_kernels, files=m.files)
+            if m.cpu_kernels
+            else None
+        )
         return cls(m, bundle.weights, threads=threads, kernels=kernels)
 
     def forward(

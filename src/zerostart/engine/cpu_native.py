@@ -258,7 +258,7 @@ class NativeCpuEngine:
                 f"{bundle.path}: this bundle carries no native CPU kernels",
                 hint="convert again without --cpu-arch none",
             )
-        kernels = load_bundle_kernels(bundle.path, m.cpu_kernels)
+        kernels = load_bundle_kernels(bundle.path, m.cpu_kernels, files=m.files)
         return cls(m, bundle.weights, kernels, threads=threads)
 
     def prefault(self) -> int:

@@ -24,12 +24,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zerostart._records import Frozen
 from zerostart.errors import EngineError
 
+_set = object.__setattr__  # a Frozen record's __init__ sets its fields with this
 CPUINFO = "/proc/cpuinfo"
 CPUINFO_READ_BYTES = 64 * 1024  # the first CPU's block
 CACHE_SYSFS = "/sys/devices/system/cpu/cpu0/cache"
@@ -49,26 +50,51 @@ BATCH1_ROWS = 128  # rows of a b1 x 128 product: its whole A should sit in half 
 DEFAULT_COL_SPLIT_ROWS = 512
 
 
-@dataclass(frozen=True)
-class CpuIdentity:
-    """What the tuning table is keyed by. Cache sizes in bytes, per instance (0: unknown)."""
+class CpuIdentity(Frozen):
+    """What the tuning table is keyed by. Cache sizes in bytes, per instance (0: unknown).
 
-    vendor: str = ""
-    family: int = -1
-    model: int = -1
-    model_name: str = ""
-    l1d_bytes: int = 0
-    l2_bytes: int = 0
-    l3_bytes: int = 0
+    Immutable records here are plain classes (``zerostart._records``): this module is on
+    the worker's import path.
+    """
+
+    __slots__ = ("family", "l1d_bytes", "l2_bytes", "l3_bytes", "model", "model_name", "vendor")
+    vendor: str
+    family: int
+    model: int
+    model_name: str
+    l1d_bytes: int
+    l2_bytes: int
+    l3_bytes: int
+
+    def __init__(
+        self,
+        vendor: str = "",
+        family: int = -1,
+        model: int = -1,
+        model_name: str = "",
+        l1d_bytes: int = 0,
+        l2_bytes: int = 0,
+        l3_bytes: int = 0,
+    ) -> None:
+        _set(self, "vendor", vendor)
+        _set(self, "family", family)
+        _set(self, "model", model)
+        _set(self, "model_name", model_name)
+        _set(self, "l1d_bytes", l1d_bytes)
+        _set(self, "l2_bytes", l2_bytes)
+        _set(self, "l3_bytes", l3_bytes)
 
     def describe(self) -> str:
         return f"{self.model_name or self.vendor} (family {self.family}, model {self.model})"
 
 
-@dataclass(frozen=True)
-class GemmPlan:
-    """Arguments of zs_gemm_f32 and the thread split, with where they came from."""
+class GemmPlan(Frozen):
+    """Arguments of zs_gemm_f32 and the thread split, with where they came from.
 
+    ``_replace(**changes)``: a copy with changes (``dataclasses.replace``).
+    """
+
+    __slots__ = ("col_split_rows", "kc", "mc", "nc", "pack", "source", "tile")
     tile: str  # e.g. "avx2_6x16": ISA, rows x columns of the register tile
     kc: int  # k block; 0: the kernel's default
     mc: int  # rows of A per block; 0: the kernel's default (half a 1 MiB L2)
@@ -76,6 +102,17 @@ class GemmPlan:
     pack: bool  # copy W's kc x nc blocks into contiguous panels first, or read W in place
     col_split_rows: int  # threads split columns below this many rows, rows from it on
     source: str  # "measured on …" or "default rule (…)"
+
+    def __init__(
+        self, tile: str, kc: int, mc: int, nc: int, pack: bool, col_split_rows: int, source: str
+    ) -> None:
+        _set(self, "tile", tile)
+        _set(self, "kc", kc)
+        _set(self, "mc", mc)
+        _set(self, "nc", nc)
+        _set(self, "pack", pack)
+        _set(self, "col_split_rows", col_split_rows)
+        _set(self, "source", source)
 
     @property
     def mr(self) -> int:
@@ -86,10 +123,10 @@ class GemmPlan:
         return int(self.tile.rsplit("_", 1)[1].split("x")[1])
 
 
-@dataclass(frozen=True)
-class TuningRow:
+class TuningRow(Frozen):
     """One measured choice: a CPU, the ISA of the build measured, and the plan that won."""
 
+    __slots__ = ("col_split_rows", "cpu", "isa", "kc", "mc", "nc", "pack", "tile")
     cpu: CpuIdentity
     isa: str  # the build's own ISA: the prefix of its first tile ("avx512", "avx2", "v4")
     tile: str
@@ -98,6 +135,26 @@ class TuningRow:
     nc: int
     pack: bool
     col_split_rows: int
+
+    def __init__(
+        self,
+        cpu: CpuIdentity,
+        isa: str,
+        tile: str,
+        kc: int,
+        mc: int,
+        nc: int,
+        pack: bool,
+        col_split_rows: int,
+    ) -> None:
+        _set(self, "cpu", cpu)
+        _set(self, "isa", isa)
+        _set(self, "tile", tile)
+        _set(self, "kc", kc)
+        _set(self, "mc", mc)
+        _set(self, "nc", nc)
+        _set(self, "pack", pack)
+        _set(self, "col_split_rows", col_split_rows)
 
 
 def _size(text: str) -> int:

@@ -22,12 +22,13 @@ address for the numpy engine without importing numpy.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zerostart.bundle.manifest import CpuKernelBuild
+from zerostart.bundle.manifest import CpuKernelBuild, FileEntry
 from zerostart.engine.cpu_tuning import (
     BUNDLE_TABLE,
     CpuIdentity,
@@ -58,6 +59,12 @@ PRECISION_BITS = {"int8": 1, "bfloat16": 2, "float32": 4}
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
 _F = ctypes.c_float
+
+# Kernel libraries loaded in this process, by the sha256 their bundle's manifest records:
+# a warm slot's canary and the model it is then assigned usually carry the same build of
+# the same sources (byte for byte), and loading it again is a dlopen and relocation of
+# the copy (~2 ms at assignment). Libraries are never unloaded, as ctypes never does.
+_LOADED: dict[str, ctypes.CDLL] = {}
 
 
 def cpu_flags(cpuinfo: str = CPUINFO) -> frozenset[str]:
@@ -128,18 +135,25 @@ class NativeKernels:
         *,
         tuning: list[TuningRow] | None = None,
         cpu: CpuIdentity | None = None,
+        sha256: str | None = None,
     ) -> None:
         """``tuning``: the CPU GEMM tuning table's rows (none: the default rule for every CPU);
-        ``cpu``: the CPU to choose for (default: this one)."""
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise EngineError(f"cannot load CPU kernels {path}: {exc}") from exc
+        ``cpu``: the CPU to choose for (default: this one); ``sha256``: the file's digest as
+        the bundle's manifest records it: a library of that digest already loaded in this
+        process is used instead of loading ``path`` again."""
+        lib = _LOADED.get(sha256) if sha256 else None
+        if lib is None:
+            try:
+                lib = ctypes.CDLL(str(path))
+            except OSError as exc:
+                raise EngineError(f"cannot load CPU kernels {path}: {exc}") from exc
         if lib.zs_abi_version() != ABI_VERSION:
             raise EngineError(
                 f"{path} has kernel ABI {lib.zs_abi_version()}, this zerostart needs {ABI_VERSION}",
                 hint="re-run zerostart convert",
             )
+        if sha256:
+            _LOADED[sha256] = lib
         self.path, self.arch, self._lib = path, arch, lib
         sig = {
             "zs_bias_act": (None, [_P, _P, _I, _I, ctypes.c_int]),
@@ -169,7 +183,7 @@ class NativeKernels:
         # is the build's default ("avx2_6x16": ISA, rows x columns).
         self.gemm_f32_tiles = tuple(names)
         self.gemm_plan: GemmPlan = choose_plan(
-            tuning or [], self.gemm_f32_tiles, cpu_identity() if cpu is None else cpu
+            tuning or [], self.gemm_f32_tiles, host_identity() if cpu is None else cpu
         )
         if "int8" in self.precisions:
             lib.zs_quantize_u8.restype = None
@@ -204,13 +218,36 @@ class NativeKernels:
         self.copy_rows = lib.zs_copy_rows
 
 
+@functools.cache
+def host_flags() -> frozenset[str]:
+    """``cpu_flags()`` of this CPU, read once per process (/proc/cpuinfo, ~0.5 ms)."""
+    return cpu_flags()
+
+
+@functools.cache
+def host_identity() -> CpuIdentity:
+    """``cpu_identity()`` of this CPU, read once per process (/proc/cpuinfo and sysfs)."""
+    return cpu_identity()
+
+
 def load_bundle_kernels(
-    bundle_dir: Path, builds: Mapping[str, CpuKernelBuild], *, flags: frozenset[str] | None = None
+    bundle_dir: Path,
+    builds: Mapping[str, CpuKernelBuild],
+    *,
+    flags: frozenset[str] | None = None,
+    files: Mapping[str, FileEntry] | None = None,
 ) -> NativeKernels:
     """Choose and load the bundle's best runnable build (see the module docstring), with its
-    fp32 GEMM plan from the bundle's tuning table (``zerostart.engine.cpu_tuning``)."""
+    fp32 GEMM plan from the bundle's tuning table (``zerostart.engine.cpu_tuning``).
+
+    ``files``: the manifest's file entries; with them, a build whose digest this process
+    has loaded already (a warm slot's canary) is not loaded again."""
     arch = choose_build(
-        builds, cpu_flags() if flags is None else flags, want=os.environ.get(ARCH_ENV) or None
+        builds, host_flags() if flags is None else flags, want=os.environ.get(ARCH_ENV) or None
     )
     tuning = load_table(bundle_dir / BUNDLE_TABLE)
-    return NativeKernels(bundle_dir / builds[arch].file, arch, tuning=tuning)
+    name = builds[arch].file
+    entry = files.get(name) if files is not None else None
+    return NativeKernels(
+        bundle_dir / name, arch, tuning=tuning, sha256=entry.sha256 if entry else None
+    )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from zerostart.bundle.manifest import (
     MANIFEST_NAME,
+    TOKENIZER_TABLES_NAME,
     VOCAB_NAME,
     WEIGHTS_NAME,
     CpuKernelBuild,
@@ -31,6 +32,7 @@ from zerostart.bundle.manifest import (
 )
 from zerostart.engine.canary import CANARY_VOCAB, canary_manifest
 from zerostart.errors import ZerostartError
+from zerostart.tokenize import write_wordpiece_tables
 
 if TYPE_CHECKING:
     import numpy as np
@@ -76,7 +78,6 @@ def write_canary(folder: str | os.PathLike[str], cpu_archs: Sequence[str] | None
     ``()``: no kernels, the numpy reference engine runs the canary. Raises ConvertError
     when a named arch cannot be built.
     """
-    from dataclasses import replace
 
     from zerostart.bundle.layout import LAYOUT_VERSION
     from zerostart.bundle.weights import write_weights
@@ -90,14 +91,16 @@ def write_canary(folder: str | os.PathLike[str], cpu_archs: Sequence[str] | None
         {"format": "np", "zerostart.layout": LAYOUT_VERSION},
     )
     (root / VOCAB_NAME).write_text("".join(t + "\n" for t in CANARY_VOCAB), encoding="utf-8")
-    names = [WEIGHTS_NAME, VOCAB_NAME]
+    # the mapped vocabulary too, as convert writes it: the slot checks the loader bundles use
+    write_wordpiece_tables(root / TOKENIZER_TABLES_NAME, CANARY_VOCAB)
+    names = [WEIGHTS_NAME, VOCAB_NAME, TOKENIZER_TABLES_NAME]
     builds = _build_kernels(root, cpu_archs)
     if builds:
         from zerostart.engine.cpu_tuning import BUNDLE_TABLE
 
         # no build time in the manifest: the same canary bytes every time (a slot image's digest)
-        builds = {arch: replace(b, build_s=0.0) for arch, b in builds.items()}
-        manifest = replace(manifest, cpu_kernels=builds)
+        builds = {arch: b._replace(build_s=0.0) for arch, b in builds.items()}
+        manifest = manifest._replace(cpu_kernels=builds)
         names += [b.file for b in builds.values()] + [BUNDLE_TABLE]
     files = {name: _file_entry(root / name) for name in names}
     (root / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")

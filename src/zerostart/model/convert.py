@@ -27,7 +27,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from zerostart.bundle.manifest import (
     MANIFEST_NAME,
     TASKS,
     TOKENIZER_LIB_NAME,
+    TOKENIZER_TABLES_NAME,
     VOCAB_NAME,
     WEIGHTS_NAME,
     FileEntry,
@@ -56,6 +56,7 @@ from zerostart.bundle.weights import write_weights
 from zerostart.errors import BundleError, ConvertError
 from zerostart.model import deberta
 from zerostart.model import hf_folder as hf
+from zerostart.tokenize import write_wordpiece_tables
 
 Progress = Callable[[str, float], None]
 
@@ -497,8 +498,8 @@ def _write_bundle(
 ) -> None:
     """Write into a temporary sibling folder, then rename it into place.
 
-    The tokenizer goes in as vocab.txt (WordPiece: ``vocab``) or as the
-    tokenizer.bin compiled into ``tables_dir`` (every other kind).
+    The tokenizer goes in as vocab.txt plus its mapped tokenizer.bin (WordPiece:
+    ``vocab``) or as the tokenizer.bin compiled into ``tables_dir`` (every other kind).
     """
     if any("\n" in t or "\r" in t for t in vocab):
         raise ConvertError(
@@ -511,15 +512,16 @@ def _write_bundle(
         weights_path = tmp / WEIGHTS_NAME
         write_weights(weights_path, tensors, {"format": "np", "zerostart.layout": LAYOUT_VERSION})
         tokenizer_name = manifest.tokenizer.tables_name
+        names = [WEIGHTS_NAME, tokenizer_name]
         if tables_dir is None:
             (tmp / VOCAB_NAME).write_text("".join(t + "\n" for t in vocab), encoding="utf-8")
+            # and the same vocabulary as tables the worker maps instead of parsing vocab.txt
+            write_wordpiece_tables(tmp / TOKENIZER_TABLES_NAME, vocab)
+            names.append(TOKENIZER_TABLES_NAME)
         else:
             shutil.copyfile(tables_dir / tokenizer_name, tmp / tokenizer_name)
-        names = [WEIGHTS_NAME, tokenizer_name]
         if tables_dir is not None and (tables_dir / TOKENIZER_LIB_NAME).is_file():
-            shutil.copyfile(
-                tables_dir / TOKENIZER_LIB_NAME, tmp / TOKENIZER_LIB_NAME
-            )  # tokenizer's C
+            shutil.copyfile(tables_dir / TOKENIZER_LIB_NAME, tmp / TOKENIZER_LIB_NAME)  # its C
             names.append(TOKENIZER_LIB_NAME)
         if archs or kernels_from is not None:
             from zerostart.bundle.launch import KernelManifest
@@ -542,12 +544,12 @@ def _write_bundle(
             from zerostart.kernels.cpu_build import build_for_bundle
 
             builds = build_for_bundle(tmp, cpu_archs, manifest.dtype, report)
-            manifest = replace(manifest, cpu_kernels=builds)
+            manifest = manifest._replace(cpu_kernels=builds)
             names += [b.file for b in builds.values()] + [BUNDLE_TABLE]
         report("hash", 0.8)
         files = {name: _file_entry(tmp / name) for name in names}
         (tmp / MANIFEST_NAME).write_text(manifest.with_files(files).to_json(), encoding="utf-8")
-        for name in (WEIGHTS_NAME, tokenizer_name, MANIFEST_NAME):
+        for name in (*names[:3], MANIFEST_NAME):
             _fsync(tmp / name)
         if dst.exists():
             _check_destination(dst)  # re-check: it may have changed while we wrote

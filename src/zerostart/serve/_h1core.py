@@ -37,10 +37,10 @@ Runtime module: standard library and httptools.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import httptools
 
+from zerostart._records import Record
 from zerostart.serve._h1state import READ_BUDGET, READ_TIMER, Read, ReadInput, next_read
 from zerostart.serve.config import HttpLimits
 
@@ -70,15 +70,37 @@ def valid_host(host: str) -> bool:
     return not rest or (rest[0] == ":" and set(rest[1:]) <= _DIGITS)
 
 
-@dataclass(slots=True)
-class Request:
-    method: str
-    target: str  # canonical: path (dot segments removed) plus optional ?query
-    headers: dict[str, str]  # lower-case names; repeated fields joined with ", "; no trailers
-    body: bytes
-    keep_alive: bool
-    http_version: str
-    received_at: float  # the reader's clock (time.perf_counter()) when the request was complete
+class Request(Record):
+    """One complete request, as the core hands it to the server (a plain class:
+    ``zerostart._records``)."""
+
+    __slots__ = (
+        "body",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "received_at",
+        "target",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+        keep_alive: bool,
+        http_version: str,
+        received_at: float,
+    ) -> None:
+        self.method = method
+        self.target = target  # canonical: path (dot segments removed) plus optional ?query
+        self.headers = headers  # lower-case names; repeated fields joined with ", "; no trailers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.http_version = http_version
+        self.received_at = received_at  # the reader's time.perf_counter() when it was complete
 
     @property
     def path(self) -> str:

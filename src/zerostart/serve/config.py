@@ -10,9 +10,9 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
+from zerostart._records import Frozen
 from zerostart.errors import ServeError
 from zerostart.limits import Limits
 
@@ -30,54 +30,106 @@ DEFAULT_MAX_TRAILER_BYTES = 4 * 1024
 DEFAULT_BODY_DEADLINE_S = 30.0
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Where to listen and how much one client or one batch may take."""
+# ServerConfig's settings that must be > 0
+_POSITIVE = (
+    "max_body_bytes",
+    "max_header_bytes",
+    "max_batch_size",
+    "max_batch_tokens",
+    "max_client_batch_size",
+    "max_queue",
+    "max_connections",
+    "max_connections_per_client",
+    "max_trailer_bytes",
+    "header_timeout_s",
+    "body_timeout_s",
+    "body_deadline_s",
+    "keepalive_timeout_s",
+    "backlog",
+)
 
-    host: str = "127.0.0.1"  # loopback unless told otherwise: a worker sits behind a gateway
-    port: int = 8080  # 0 picks a free port (tests); the ready line prints the real one
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-    max_batch_size: int = 32  # sequences per engine call (Limits.max_batch_sequences)
-    max_batch_tokens: int = 16384  # sum of sequence lengths per engine call (TEI's default)
-    max_client_batch_size: int = 32  # inputs in one request; more is 422 (TEI: default and status)
-    # TEI's --auto-truncate (default true since TEI 1.9.0): a request that does not say
-    # "truncate" has over-long inputs cut to the model's length instead of refused (422).
-    auto_truncate: bool = True
-    max_queue: int = 256  # queued jobs (requests) waiting for the engine before 429
-    max_connections: int = 512  # open connections; more are closed right after accept
-    # open connections from one client address (a 503 above it): one slow or hostile
-    # client cannot take every connection. Half of max_connections: the gateway's
-    # connections to a replica come from one address and number at most its concurrency.
-    max_connections_per_client: int = 256
-    max_trailer_bytes: int = DEFAULT_MAX_TRAILER_BYTES
-    header_timeout_s: float = 10.0  # whole request head must arrive within this (slowloris)
-    body_timeout_s: float = 10.0  # longest wait for the next piece of a request body
-    body_deadline_s: float = DEFAULT_BODY_DEADLINE_S  # the whole body, from the end of the head
-    keepalive_timeout_s: float = 5.0  # idle keep-alive connections are closed after this
-    drain_timeout_s: float = 30.0  # on SIGTERM: longest wait for in-flight work before exit
-    backlog: int = 1024  # listen(2) backlog
-    # TEI's --api-key: every route but GET /health needs "Authorization: Bearer KEY".
-    api_key: str | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
-        positive = (
-            "max_body_bytes",
-            "max_header_bytes",
-            "max_batch_size",
-            "max_batch_tokens",
-            "max_client_batch_size",
-            "max_queue",
-            "max_connections",
-            "max_connections_per_client",
-            "max_trailer_bytes",
-            "header_timeout_s",
-            "body_timeout_s",
-            "body_deadline_s",
-            "keepalive_timeout_s",
-            "backlog",
-        )
-        for name in positive:
+class ServerConfig(Frozen):
+    """Where to listen and how much one client or one batch may take.
+
+    Immutable (a plain class, ``zerostart._records``: equal by value, ``api_key``
+    not in its repr); :meth:`new` returns a checked copy. ServeError names a bad value.
+    """
+
+    __slots__ = (
+        "api_key",
+        "auto_truncate",
+        "backlog",
+        "body_deadline_s",
+        "body_timeout_s",
+        "drain_timeout_s",
+        "header_timeout_s",
+        "host",
+        "keepalive_timeout_s",
+        "max_batch_size",
+        "max_batch_tokens",
+        "max_body_bytes",
+        "max_client_batch_size",
+        "max_connections",
+        "max_connections_per_client",
+        "max_header_bytes",
+        "max_queue",
+        "max_trailer_bytes",
+        "port",
+    )
+    _repr_hidden = frozenset({"api_key"})
+    host: str
+    port: int
+    max_body_bytes: int
+    max_header_bytes: int
+    max_batch_size: int
+    max_batch_tokens: int
+    max_client_batch_size: int
+    auto_truncate: bool
+    max_queue: int
+    max_connections: int
+    max_connections_per_client: int
+    max_trailer_bytes: int
+    header_timeout_s: float
+    body_timeout_s: float
+    body_deadline_s: float
+    keepalive_timeout_s: float
+    drain_timeout_s: float
+    backlog: int
+    api_key: str | None
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",  # loopback unless told otherwise: a worker sits behind a gateway
+        port: int = 8080,  # 0 picks a free port (tests); the ready line prints the real one
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_batch_size: int = 32,  # sequences per engine call (Limits.max_batch_sequences)
+        max_batch_tokens: int = 16384,  # sum of sequence lengths per engine call (TEI's default)
+        max_client_batch_size: int = 32,  # inputs in one request; more is 422 (TEI's default)
+        # TEI's --auto-truncate (default true since TEI 1.9.0): a request that does not say
+        # "truncate" has over-long inputs cut to the model's length instead of refused (422).
+        auto_truncate: bool = True,
+        max_queue: int = 256,  # queued jobs (requests) waiting for the engine before 429
+        max_connections: int = 512,  # open connections; more are closed right after accept
+        # open connections from one client address (a 503 above it): one slow or hostile
+        # client cannot take every connection. Half of max_connections: the gateway's
+        # connections to a replica come from one address and number at most its concurrency.
+        max_connections_per_client: int = 256,
+        max_trailer_bytes: int = DEFAULT_MAX_TRAILER_BYTES,
+        header_timeout_s: float = 10.0,  # whole request head must arrive within this (slowloris)
+        body_timeout_s: float = 10.0,  # longest wait for the next piece of a request body
+        body_deadline_s: float = DEFAULT_BODY_DEADLINE_S,  # the whole body, from the head's end
+        keepalive_timeout_s: float = 5.0,  # idle keep-alive connections are closed after this
+        drain_timeout_s: float = 30.0,  # on SIGTERM: longest wait for in-flight work before exit
+        backlog: int = 1024,  # listen(2) backlog
+        # TEI's --api-key: every route but GET /health needs "Authorization: Bearer KEY".
+        api_key: str | None = None,
+    ) -> None:
+        values = locals()
+        for name in self.__slots__:
+            object.__setattr__(self, name, values[name])
+        for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise ServeError(f"server setting {name} must be > 0, got {getattr(self, name)!r}")
         if self.drain_timeout_s < 0:
@@ -99,7 +151,7 @@ class ServerConfig:
 
     def new(self, **changes: Any) -> ServerConfig:
         """A copy with ``changes`` applied (and validated again)."""
-        return replace(self, **changes)
+        return self._replace(**changes)
 
     @property
     def http(self) -> HttpLimits:

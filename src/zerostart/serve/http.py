@@ -50,9 +50,9 @@ import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
+from zerostart._records import Record
 from zerostart.serve._h1core import ExpectContinue, Refusal, Request, RequestReader, Upgraded
 from zerostart.serve._h1state import READING_CONN, Conn, ConnInput, Read, next_conn
 from zerostart.serve.config import HttpLimits, ServerConfig
@@ -103,14 +103,26 @@ class BodyStream(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass(slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    close: bool = False  # close the connection after this response
-    stream: BodyStream | None = None  # more body after ``body``, written with backpressure
+class Response(Record):
+    """What the server writes back (a plain class: ``zerostart._records``)."""
+
+    __slots__ = ("body", "close", "content_type", "headers", "status", "stream")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: list[tuple[str, str]] | None = None,
+        close: bool = False,
+        stream: BodyStream | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers: list[tuple[str, str]] = [] if headers is None else headers
+        self.close = close  # close the connection after this response
+        self.stream = stream  # more body after ``body``, written with backpressure
 
     def serialize(self, *, keep_alive: bool, http_version: str = "1.1") -> bytes:
         length = self.stream.length if self.stream is not None else len(self.body)

@@ -1,6 +1,7 @@
 """The worker's tokenizers, with exact Hugging Face `tokenizers` parity.
 
-* ``WordPieceTokenizer``: BERT / DistilBERT (vocab.txt), a hand-tuned path;
+* ``WordPieceTokenizer``: BERT / DistilBERT (tokenizer.bin mapped, or vocab.txt), a
+  hand-tuned path;
 * ``Tokenizer``: any other kind assembled from `tokenizers`' parts (SentencePiece
   Unigram for the XLM-R family; the stages and how a model plugs in are in
   ``_base.py``), over the tables ``zerostart convert`` compiled into
@@ -23,12 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 from zerostart.tokenize._encoding import Encoding
 from zerostart.tokenize._tokenizer import WordPieceTokenizer
+from zerostart.tokenize._wpvocab import write_wordpiece_tables  # convert's, and the canary's
 
 if TYPE_CHECKING:
     from zerostart.bundle.manifest import TokenizerSettings
     from zerostart.tokenize._pipeline import Tokenizer
 
-__all__ = ["Encoding", "Tokenizer", "WordPieceTokenizer", "load_tokenizer"]
+__all__ = [
+    "Encoding",
+    "Tokenizer",
+    "WordPieceTokenizer",
+    "load_tokenizer",
+    "write_wordpiece_tables",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -42,13 +50,19 @@ def __getattr__(name: str) -> Any:
 
 
 def load_tokenizer(
-    bundle_dir: str | os.PathLike[str], settings: TokenizerSettings
+    bundle_dir: str | os.PathLike[str], settings: TokenizerSettings, *, tables: bool = False
 ) -> WordPieceTokenizer | Tokenizer:
-    """The tokenizer of a bundle folder: vocab.txt for WordPiece, else tokenizer.bin.
+    """The tokenizer of a bundle folder: its mapped tokenizer.bin, else (WordPiece) vocab.txt.
 
-    Raises TokenizerError naming the file if it is missing or unusable.
+    ``tables``: a WordPiece bundle lists tokenizer.bin in its manifest (convert
+    writes it since issue 19; older bundles have vocab.txt only). Raises
+    TokenizerError naming the file if it is missing or unusable.
     """
     if settings.model == "WordPiece":
+        if tables:
+            return WordPieceTokenizer.from_tables(
+                os.path.join(bundle_dir, "tokenizer.bin"), settings
+            )
         return WordPieceTokenizer.from_files(os.path.join(bundle_dir, "vocab.txt"), settings)
     from zerostart.tokenize._pipeline import Tokenizer
 

@@ -10,8 +10,7 @@ Runtime module: standard library only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from zerostart._records import Record
 from zerostart.errors import TokenizerError
 
 SPECIALS_SINGLE = 2  # [CLS] a [SEP]
@@ -19,35 +18,69 @@ SPECIALS_PAIR = 3  # [CLS] a [SEP] b [SEP]
 TRUNCATION_DIRECTIONS = ("right", "left")
 
 
-@dataclass(slots=True)
-class Encoding:
-    """One encoded input (or pair), unpadded; field meanings follow `tokenizers.Encoding`."""
+class Encoding(Record):
+    """One encoded input (or pair), unpadded; field meanings follow `tokenizers.Encoding`.
 
-    ids: list[int]
-    type_ids: list[int]
-    offsets: list[tuple[int, int]]  # char offsets into the original text (or the pair text)
-    tokens: list[str]
-    special_tokens_mask: list[int]  # 1 for the special tokens the post-processor adds
-    word_ids: list[int | None]  # index of the pre-tokenized word (None for specials)
-    sequence_ids: list[int | None]  # 0 / 1 / None like tokenizers
-    truncated: bool  # True if truncation dropped tokens
-    untruncated_length: int  # length with specials had there been no truncation
+    A plain class (``zerostart._records``): equal when every field is.
+    """
+
+    __slots__ = (
+        "ids",
+        "offsets",
+        "sequence_ids",
+        "special_tokens_mask",
+        "tokens",
+        "truncated",
+        "type_ids",
+        "untruncated_length",
+        "word_ids",
+    )
+
+    def __init__(
+        self,
+        ids: list[int],
+        type_ids: list[int],
+        offsets: list[tuple[int, int]],
+        tokens: list[str],
+        special_tokens_mask: list[int],
+        word_ids: list[int | None],
+        sequence_ids: list[int | None],
+        truncated: bool,
+        untruncated_length: int,
+    ) -> None:
+        self.ids = ids
+        self.type_ids = type_ids
+        self.offsets = offsets  # char offsets into the original text (or the pair text)
+        self.tokens = tokens
+        self.special_tokens_mask = special_tokens_mask  # 1 for the post-processor's specials
+        self.word_ids = word_ids  # index of the pre-tokenized word (None for specials)
+        self.sequence_ids = sequence_ids  # 0 / 1 / None like tokenizers
+        self.truncated = truncated  # True if truncation dropped tokens
+        self.untruncated_length = untruncated_length  # with specials, had nothing been cut
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-@dataclass(slots=True)
-class Tokens:
+class Tokens(Record):
     """One sequence's tokens before the post-processor: parallel lists.
 
     ``offsets`` are character offsets into the sequence's original text.
     """
 
-    ids: list[int]
-    tokens: list[str]
-    offsets: list[tuple[int, int]]
-    word_ids: list[int | None]
+    __slots__ = ("ids", "offsets", "tokens", "word_ids")
+
+    def __init__(
+        self,
+        ids: list[int],
+        tokens: list[str],
+        offsets: list[tuple[int, int]],
+        word_ids: list[int | None],
+    ) -> None:
+        self.ids = ids
+        self.tokens = tokens
+        self.offsets = offsets
+        self.word_ids = word_ids
 
     def cut(self, n: int, direction: str = "right") -> None:
         """Keep ``n`` tokens: the first ones (``right``) or the last ones (``left``)."""

@@ -154,11 +154,15 @@ class _CharTable(dict[int, str]):
 
     __slots__ = ("_compute",)
 
-    def __init__(self, compute: Callable[[int], str]) -> None:
-        super().__init__()
+    def __init__(
+        self, compute: Callable[[int], str], ascii_part: dict[int, str] | None = None
+    ) -> None:
+        """``ascii_part``: the entries of U+0000..U+007F if known, else computed here."""
+        super().__init__(ascii_part or {})
         self._compute = compute
-        for cp in range(128):
-            self[cp] = compute(cp)
+        if ascii_part is None:
+            for cp in range(128):
+                self[cp] = compute(cp)
 
     def __missing__(self, cp: int) -> str:
         if len(self) >= CHAR_CACHE_SIZE_CHARS:
@@ -177,6 +181,11 @@ _CHANGED_RUN_RE = re.compile("x+")
 _REORDER = _RangeSet(tables.REORDER_RANGES)
 
 
+# (clean_text, handle_chinese_chars, lowercase, strip_accents) -> the ASCII entries of
+# Normalizer's two tables (never changed: each table copies them)
+_ASCII_PARTS: dict[tuple[bool, bool, bool, bool], tuple[dict[int, str], dict[int, str]]] = {}
+
+
 class Normalizer:
     """BertNormalizer for one set of settings, with alignments to the original text."""
 
@@ -188,8 +197,17 @@ class Normalizer:
         self.strip_accents = (
             settings.lowercase if settings.strip_accents is None else settings.strip_accents
         )
-        self._table = _CharTable(self.map_char)
-        self._marks = _CharTable(self._mark)
+        # The ASCII entries, filled up front, depend on the options only: computed once per
+        # process for each set of them (0.6 ms; a warm slot's canary has paid it for BERT's).
+        key = (self.clean_text, self.handle_chinese_chars, self.lowercase, self.strip_accents)
+        ascii_parts = _ASCII_PARTS.get(key)
+        if ascii_parts is None:
+            self._table = _CharTable(self.map_char)
+            self._marks = _CharTable(self._mark)
+            _ASCII_PARTS[key] = (dict(self._table), dict(self._marks))
+        else:
+            self._table = _CharTable(self.map_char, ascii_parts[0])
+            self._marks = _CharTable(self._mark, ascii_parts[1])
 
     # -- one character ------------------------------------------------------
     def map_char(self, cp: int) -> str:

@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from zerostart.errors import TokenizerError
 from zerostart.tokenize._base import Decoder, Model, PreTokenizer
-from zerostart.tokenize._bpe import BPE
-from zerostart.tokenize._bytelevel import ByteLevel, ByteLevelDecoder, byte_level
 from zerostart.tokenize._compiled import NATIVE_LIB_NAME, CompiledFile
 from zerostart.tokenize._encoding import TRUNCATION_DIRECTIONS, Encoding, Tokens, budget, truncate
 from zerostart.tokenize._normalize import _SPACE
@@ -41,27 +39,50 @@ from zerostart.tokenize._pretokenizers import (
     metaspace,
     metaspace_decoder,
 )
-from zerostart.tokenize._unigram import Unigram
 
 if TYPE_CHECKING:
+    from zerostart.tokenize._bpe import BPE
     from zerostart.tokenize._native import NativeLib
+    from zerostart.tokenize._unigram import Unigram
 
 TABLES_NAME = "tokenizer.bin"
 
+
+# Each family's modules are imported when a tokenizer of that family is built, not with this
+# module: a worker serving an XLM-R model does not pay for the byte-level BPE code (and its
+# Unicode class tables) at start, nor a RoBERTa one for the Unigram code.
+def _unigram() -> type[Unigram]:
+    from zerostart.tokenize._unigram import Unigram
+
+    return Unigram
+
+
+def _bpe() -> type[BPE]:
+    from zerostart.tokenize._bpe import BPE
+
+    return BPE
+
+
+def _bytelevel() -> Any:
+    from zerostart.tokenize import _bytelevel
+
+    return _bytelevel
+
+
 MODELS: dict[str, Callable[[dict[str, Any], CompiledFile, NativeLib | None], Model]] = {
-    "Unigram": lambda meta, tables, native: Unigram(tables, meta, native),
-    "BPE": lambda meta, tables, native: BPE(tables, meta, native),
+    "Unigram": lambda meta, tables, native: _unigram()(tables, meta, native),
+    "BPE": lambda meta, tables, native: _bpe()(tables, meta, native),
 }
 # The model kinds whose inner loops tokenizer.so carries (compile.py builds it for them).
 NATIVE_MODELS = ("Unigram", "BPE")
 PRE_TOKENIZERS: dict[str, Callable[[dict[str, Any]], PreTokenizer]] = {
     "Metaspace": metaspace,
     "WhitespaceSplit": lambda _spec: WhitespaceSplit(),
-    "ByteLevel": byte_level,
+    "ByteLevel": lambda spec: _bytelevel().byte_level(spec),
 }
 DECODERS: dict[str, Callable[[dict[str, Any]], Decoder]] = {
     "Metaspace": metaspace_decoder,
-    "ByteLevel": lambda _spec: ByteLevelDecoder(),
+    "ByteLevel": lambda _spec: _bytelevel().ByteLevelDecoder(),
 }
 
 
@@ -168,24 +189,24 @@ class Tokenizer:
         # One native call per segment: Metaspace's rewrite, then the words and their tokens.
         self._words_native = (
             self.model.encode_words
-            if isinstance(self.model, Unigram)
+            if kind == "Unigram"
+            and isinstance(self.model, _unigram())
             and self.model.native is not None
             and isinstance(self._pre, Metaspace)
             else None
         )
         self._sep = self._pre.separator.encode("utf-8") if isinstance(self._pre, Metaspace) else b""
         # Byte-level BPE: the split, the merges and the tokens in one native call too.
-        self._bytelevel_native = (
-            functools.partial(
-                self.model.encode_text,
-                add_prefix_space=self._pre.add_prefix_space,
-                use_regex=self._pre.use_regex,
-            )
-            if isinstance(self.model, BPE)
-            and self.model.native_ready
-            and type(self._pre) is ByteLevel
-            else None
-        )
+        self._bytelevel_native: Callable[..., int | None] | None = None
+        if kind == "BPE" and isinstance(self.model, _bpe()) and self.model.native_ready:
+            from zerostart.tokenize._bytelevel import ByteLevel
+
+            if type(self._pre) is ByteLevel:
+                self._bytelevel_native = functools.partial(
+                    self.model.encode_text,
+                    add_prefix_space=self._pre.add_prefix_space,
+                    use_regex=self._pre.use_regex,
+                )
         self._added = AddedTokens(spec.get("added_tokens", []))
         self.direction = str(spec.get("truncation_direction", "right"))
         if self.direction not in TRUNCATION_DIRECTIONS:

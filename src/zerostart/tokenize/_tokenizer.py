@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from zerostart.errors import TokenizerError
@@ -35,6 +35,7 @@ from zerostart.tokenize._encoding import (
 from zerostart.tokenize._encoding import budget as _budget
 from zerostart.tokenize._normalize import Normalizer, find_words
 from zerostart.tokenize._wordpiece import WordPiece, decode_wordpiece, read_vocab
+from zerostart.tokenize._wpvocab import MappedWordPieceVocab
 
 if TYPE_CHECKING:  # the worker imports the manifest itself; we only need the type
     from zerostart.bundle.manifest import TokenizerSettings
@@ -49,14 +50,41 @@ class WordPieceTokenizer:
     pad_id: int
     unk_id: int
 
-    def __init__(self, vocab: list[str], settings: TokenizerSettings, *, source: str) -> None:
+    def __init__(
+        self, vocab: list[str] | MappedWordPieceVocab, settings: TokenizerSettings, *, source: str
+    ) -> None:
+        """``vocab``: vocab.txt's tokens (id = position), or a bundle's mapped tokenizer.bin."""
         self.settings = settings
-        self._id_to_token = vocab
-        self._vocab = dict(zip(vocab, range(len(vocab)), strict=True))  # duplicates: last id wins
-        self.vocab_size = len(vocab)
+        max_chars = settings.max_input_chars_per_word
+        if max_chars < 1:
+            raise TokenizerError(f"{source}: max_input_chars_per_word must be positive")
+        lookup: Callable[[str], int | None]
+        if isinstance(vocab, MappedWordPieceVocab):
+            # Nothing built: lookups probe the mapped table, and the words found to be one
+            # token are memoised in _whole_word as they are met (at most the vocabulary).
+            lookup = vocab.get
+            self._token_of: Callable[[int], str] = vocab.id_to_token
+            self.vocab_size = vocab.vocab_size
+            longest = vocab.longest
+            self._whole_word: dict[str, int] = {}
+            self._memoise = True
+        else:
+            ids = dict(zip(vocab, range(len(vocab)), strict=True))  # duplicates: last id wins
+            lookup = ids.get
+            self._token_of = vocab.__getitem__
+            self.vocab_size = len(vocab)
+            longest = max(map(len, ids), default=0)
+            # A word that is itself a vocabulary token is its own WordPiece result
+            # (longest match first), unless it is over the per-word length limit.
+            if longest > max_chars:
+                self._whole_word = {t: i for t, i in ids.items() if len(t) <= max_chars}
+            else:
+                self._whole_word = ids
+            self._memoise = False
+        self._lookup = lookup
 
         def required(token: str, role: str) -> int:
-            i = self._vocab.get(token)
+            i = lookup(token)
             if i is None:
                 raise TokenizerError(
                     f"{source}: the {role} token {token!r} is not in the vocabulary",
@@ -68,36 +96,29 @@ class WordPieceTokenizer:
         self.cls_id = required(settings.cls_token, "classifier")
         self.sep_id = required(settings.sep_token, "separator")
         self.pad_id = required(settings.pad_token, "padding")
-        if settings.max_input_chars_per_word < 1:
-            raise TokenizerError(f"{source}: max_input_chars_per_word must be positive")
 
         self._normalizer = Normalizer(settings)
         self._model = WordPiece(
-            self._vocab,
+            lookup,
+            # mapped: the words found to be one token take the fast path from then on
+            whole_words=self._whole_word if self._memoise else None,
+            longest=longest,
             unk_id=self.unk_id,
             unk_token=settings.unk_token,
             prefix=settings.continuing_subword_prefix,
-            max_input_chars_per_word=settings.max_input_chars_per_word,
+            max_input_chars_per_word=max_chars,
         )
-        # A word that is itself a vocabulary token is its own WordPiece result
-        # (longest match first), unless it is over the per-word length limit.
-        max_chars = settings.max_input_chars_per_word
-        if max(map(len, self._vocab), default=0) > max_chars:
-            self._whole_word = {t: i for t, i in self._vocab.items() if len(t) <= max_chars}
-        else:
-            self._whole_word = self._vocab
         # Special tokens written in the text are matched on the raw text, longest first.
-        specials = {
-            t: self._vocab[t]
-            for t in (
-                settings.pad_token,
-                settings.unk_token,
-                settings.cls_token,
-                settings.sep_token,
-                settings.mask_token,
-            )
-            if t and t in self._vocab
-        }
+        specials = {}
+        for t in (
+            settings.pad_token,
+            settings.unk_token,
+            settings.cls_token,
+            settings.sep_token,
+            settings.mask_token,
+        ):
+            if t and (i := lookup(t)) is not None:
+                specials[t] = i
         self._special_ids = specials
         ordered = sorted(specials, key=len, reverse=True)
         self._special_re = re.compile("|".join(re.escape(t) for t in ordered))
@@ -110,16 +131,26 @@ class WordPieceTokenizer:
         """Load a bundle's vocab.txt; raises TokenizerError naming the file if unusable."""
         return cls(read_vocab(vocab_path), settings, source=os.fspath(vocab_path))
 
+    @classmethod
+    def from_tables(
+        cls, tables_path: str | os.PathLike[str], settings: TokenizerSettings
+    ) -> WordPieceTokenizer:
+        """Map a bundle's WordPiece tokenizer.bin (``_wpvocab.py``): nothing parsed or built.
+
+        Raises TokenizerError naming the file if it is missing or not such a table.
+        """
+        return cls(MappedWordPieceVocab(tables_path), settings, source=os.fspath(tables_path))
+
     # -- vocabulary ------------------------------------------------------------
     def id_to_token(self, i: int) -> str:
         if not 0 <= i < self.vocab_size:
             raise TokenizerError(
                 f"token id {i} is outside the vocabulary (0..{self.vocab_size - 1})"
             )
-        return self._id_to_token[i]
+        return self._token_of(i)
 
     def token_to_id(self, token: str) -> int | None:
-        return self._vocab.get(token)
+        return self._lookup(token)
 
     def convert_tokens_to_string(self, tokens: Sequence[str]) -> str:
         """Join pieces back into text as transformers' BertTokenizer (WordPiece decoder) does."""

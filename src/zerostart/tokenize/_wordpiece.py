@@ -45,28 +45,37 @@ def read_vocab(path: str | os.PathLike[str]) -> list[str]:
 
 
 class WordPiece:
-    """The WordPiece model of `tokenizers` (same greedy rule, same [UNK] rule)."""
+    """The WordPiece model of `tokenizers` (same greedy rule, same [UNK] rule).
+
+    ``lookup``: token -> id or None (a dict's ``get``, or a mapped table's:
+    ``_wpvocab.MappedWordPieceVocab``); ``longest``: the longest token, in characters;
+    ``whole_words``: if given, each word found to be one whole token is added to it (the
+    tokenizer's fast path over a mapped vocabulary; at most the vocabulary's size), once,
+    when the word is first met (the result is then cached).
+    """
 
     def __init__(
         self,
-        vocab: dict[str, int],
+        lookup: Callable[[str], int | None],
         *,
+        whole_words: dict[str, int] | None = None,
+        longest: int,
         unk_id: int,
         unk_token: str,
         prefix: str,
         max_input_chars_per_word: int,
     ) -> None:
-        self._vocab = vocab
+        self._lookup = lookup
+        self._whole_words = whole_words
         self._unk_id = unk_id
         self._unk_token = unk_token
         self._prefix = prefix
         self._max_chars = max_input_chars_per_word
         # No token is longer than these (in characters, without the prefix), so the
         # longest-match search can start there instead of at the end of the word.
-        # One bound for both kinds: a single C-level pass over the ~30k tokens on every
-        # cold start (splitting them by prefix first cost 8 of the tokenizer's 14 ms);
-        # a looser bound only means a lookup or two more for a word's first miss.
-        longest = max(map(len, vocab), default=0)
+        # One bound for both kinds (the vocabulary's longest token, computed once: a
+        # C-level pass over vocab.txt's ~30k tokens, or read from tokenizer.bin); a
+        # looser bound only means a lookup or two more for a word's first miss.
         self._max_first = longest
         self._max_cont = max(0, longest - len(prefix))
         self.pieces: Callable[[str], Pieces] = functools.lru_cache(WORD_CACHE_SIZE_WORDS)(
@@ -77,7 +86,7 @@ class WordPiece:
         n = len(word)
         if n > self._max_chars:
             return (self._unk_id,), (self._unk_token,), ((0, n),)
-        vocab = self._vocab
+        lookup = self._lookup
         prefix = self._prefix
         ids: list[int] = []
         tokens: list[str] = []
@@ -87,7 +96,7 @@ class WordPiece:
             end = min(n, start + (self._max_cont if start else self._max_first))
             while end > start:
                 piece = word[start:end] if start == 0 else prefix + word[start:end]
-                i = vocab.get(piece)
+                i = lookup(piece)
                 if i is not None:
                     ids.append(i)
                     tokens.append(piece)
@@ -97,6 +106,8 @@ class WordPiece:
             else:
                 return (self._unk_id,), (self._unk_token,), ((0, n),)
             start = end
+        if self._whole_words is not None and len(ids) == 1:  # the word is one token (end == n)
+            self._whole_words[word] = ids[0]
         return tuple(ids), tuple(tokens), tuple(spans)
 
     def cache_info(self) -> str:

@@ -114,7 +114,7 @@ def settings_from_tokenizer_json(path: str | os.PathLike[str]) -> TokenizerSetti
     added_contents = {str(t.get("content")) for t in added if isinstance(t, dict)}
     padding = data.get("padding")
     pad_token = str(padding.get("pad_token", "[PAD]")) if isinstance(padding, dict) else "[PAD]"
-    mask_token = TokenizerSettings.mask_token  # BERT's; another name fails the check below
+    mask_token = TokenizerSettings().mask_token  # BERT's; another name fails the check below
     known = {unk_token, cls_token, sep_token, pad_token, mask_token}
     for token in added:
         content = token.get("content") if isinstance(token, dict) else token
