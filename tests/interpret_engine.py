@@ -54,10 +54,8 @@ def tiny_modernbert(
         max_positions=max_positions,
         device="cuda",
     )
-    m = dataclasses.replace(
-        m,
-        config=dataclasses.replace(
-            m.config,
+    m = m._replace(
+        config=m.config._replace(
             vocab_size=vocab,
             layer_norm_eps=1e-5,
             rope_theta=160_000.0,
@@ -164,10 +162,8 @@ def tiny_deberta(
         max_positions=max_positions,
         device="cuda",
     )
-    m = dataclasses.replace(
-        m,
-        config=dataclasses.replace(
-            m.config,
+    m = m._replace(
+        config=m.config._replace(
             layer_norm_eps=1e-7,
             relative_span=DEBERTA_CONFIG["position_buckets"],
             pooler_act="gelu",

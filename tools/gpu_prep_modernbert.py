@@ -96,7 +96,6 @@ def build_deberta(out: Path, archs: list[str]) -> dict[str, Any]:
     size 16, 16 log buckets) widened to 4 heads of 32 and 512 positions, so distances up to
     511 go through the log buckets. ~2 MB.
     """
-    import dataclasses
 
     for p in (REPO / "src", REPO / "tests"):
         if str(p) not in sys.path:
@@ -135,7 +134,7 @@ def build_deberta(out: Path, archs: list[str]) -> dict[str, Any]:
     made = {
         "cases": list(cases),
         "lengths": list(lengths),
-        "config": dataclasses.asdict(manifest.config),
+        "config": manifest.config._asdict(),
     }
     (out / "prep.json").write_text(json.dumps(made, indent=2) + "\n", encoding="utf-8")
     return made

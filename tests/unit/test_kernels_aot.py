@@ -231,12 +231,9 @@ def test_modernbert_plan_finds_every_kernel_in_the_compiled_manifest(
 def test_deberta_attention_kernels_compile_for_each_arch_and_ptx(tmp_path: Path) -> None:
     """DeBERTa: BERT's GEMM / LayerNorm / split-K / embed builds with the disentangled-attention
     kernels (kernels/triton_deberta.py) in place of BERT's attention."""
-    import dataclasses
 
     m = _manifest("sequence-classification", "deberta-v2")
-    m = dataclasses.replace(
-        m, config=dataclasses.replace(m.config, relative_span=16, pooler_act="gelu")
-    )
+    m = m._replace(config=m.config._replace(relative_span=16, pooler_act="gelu"))
     specs = model_specs(m, ONE_CONFIG)
     ops = {s.op for s in specs}
     assert {"rel_proj", "attention_rel", "embed"} <= ops and "attention" not in ops

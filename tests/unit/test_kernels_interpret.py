@@ -165,7 +165,6 @@ def _engine(torch, k):  # type: ignore[no-untyped-def]
     launch run by the interpreter on fake_libcuda's memory (tests/interpret_engine.py),
     vs the numpy ``CpuEngine``: input staging, buckets (T = 24 in 32), the [CLS] rows read
     with a stride (K is too small here for the split-K builds)."""
-    import dataclasses
 
     import numpy as np
 
@@ -189,7 +188,7 @@ def _engine(torch, k):  # type: ignore[no-untyped-def]
         mask = (np.arange(24)[None, :] < lens[:, None]).astype(np.int64)
         ids = rng.integers(3, 50, (2, 24)) * mask
         got = engine_forward(torch, m, w, ids, mask)
-        ref = CpuEngine(dataclasses.replace(m, device="cpu", dtype="float32"), w).forward(ids, mask)
+        ref = CpuEngine(m._replace(device="cpu", dtype="float32"), w).forward(ids, mask)
         for i, n in enumerate(lens.tolist()):
             row = (
                 (got[i], ref[i]) if task == "sequence-classification" else (got[i, :n], ref[i, :n])
