@@ -222,7 +222,8 @@ class FakeCuda:
 
     # -- memory ------------------------------------------------------------------------
     def _cuMemAlloc_v2(self, out: Any, size: Any) -> int:
-        ptr = self._handle(_int(size))
+        ptr = self._handle()
+        self._next += -(-_int(size) // 256) * 256  # the whole range: allocations never overlap
         self._device_memory[ptr] = bytearray(_int(size))
         out._obj.value = ptr
         return CUDA_SUCCESS

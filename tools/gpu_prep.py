@@ -15,6 +15,10 @@ the call's ``carry``)::
                                       weights are made on the GPU machine; kernels depend on
                                       the shape only), with every GEMM config tools/gpu_tune.py
                                       times (TUNING_GEMM_CONFIGS)
+    .gpu/modernbert/                  ModernBERT's GPU parity fixture (tools/gpu_prep_modernbert.py:
+                                      a 4-layer miniature, its kernels, the reference's outputs
+                                      at T = 1..1,024; ~5 MB), and .gpu/deberta/ (the same for
+                                      DeBERTa, T up to 512; ~3 MB), with --families
     .gpu/wheels/                      httptools for CPython 3.12 (the worker's HTTP parser)
     .gpu/criu.tar.xz                  CRIU and the shared libraries it needs (glibc excepted),
                                       14 MB unpacked; criu/criu is a wrapper that sets the
@@ -22,6 +26,11 @@ the call's ``carry``)::
     .gpu/prep.json                    what was made, from which commit, sizes, versions
 
     python tools/gpu_prep.py [--models minilm-sst2] [--arch sm_90] [--no-criu] [--no-wheels]
+                             [--no-bench] [--families]
+
+ModernBERT and DeBERTa ride in a call of their own (the BERT call is at the budget):
+``python tools/gpu_prep.py --models "" --families --no-criu --no-wheels --no-bench``
+(13 MiB with the tree), then ``GPU_STEPS=env,pytest`` on the GPU machine.
 
 A GPU bundle of a MiniLM model is ~46 MB (22.7M fp16 parameters) and the
 Rampart NER model ~37 MB, so one call carries one model: ``--models`` picks
@@ -315,6 +324,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-criu", action="store_true")
     ap.add_argument("--no-wheels", action="store_true")
     ap.add_argument("--no-bench", action="store_true")
+    ap.add_argument(
+        "--families",
+        action="store_true",
+        help="also ModernBERT's and DeBERTa's GPU parity fixtures (~8.4 MiB); a call of their own",
+    )
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO / "src"))
     models = [m for m in args.models.split(",") if m]
@@ -335,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         record["models"][name] = build_case(name, src, out / "models" / name, archs)
     if not args.no_bench:
         bench_kernels(out / "bench" / "kernels", archs)
+    if args.families:
+        sys.path.insert(0, str(REPO / "tools"))
+        from gpu_prep_modernbert import build as build_modernbert
+        from gpu_prep_modernbert import build_deberta
+
+        record["modernbert"] = build_modernbert(out / "modernbert", archs)
+        record["deberta"] = build_deberta(out / "deberta", archs)
     if not args.no_wheels:
         download_wheels(out / "wheels")
     if not args.no_criu:

@@ -6,7 +6,8 @@ soon as it ends, so a later step's failure (or the whole call running out of
 time) loses nothing already done. Steps:
 
     env       what the machine is: GPU, driver, Python packages, CRIU (never fails the run)
-    pytest    pytest -m gpu tests/gpu -v on the carried models; any skip is a failure
+    pytest    pytest -m gpu tests/gpu -v on the carried models (and ModernBERT's fixture, when
+              carried: tests/gpu/test_gpu_families.py); any skip is a failure
     tune      tools/gpu_tune.py: every carried GEMM config timed per shape -> OUT/tuning.json
     bench     bench/gpu.py with the carried bert-base kernels (and OUT/tuning.json when the
               tune step wrote one: tuned and untuned rule side by side) -> OUT/gpu_bench.json
@@ -115,6 +116,10 @@ def step_pytest(s: Session, env: dict[str, str]) -> None:
     }
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "tests/gpu", "-v", "-rA"]
     cmd += ["-p", "no:cacheprovider", f"--junitxml={s.out / 'pytest.xml'}"]
+    if not (FIXTURES / "modernbert" / "prep.json").exists():  # gpu_prep.py without --families
+        cmd += ["--ignore", "tests/gpu/test_gpu_families.py"]  # (its DeBERTa cases too)
+    if not carried_models():  # gpu_prep.py --models "": a call for the families' fixtures only
+        cmd += ["--ignore", "tests/gpu/test_gpu_engine.py"]
     s.run("pytest", cmd, env)
 
 

@@ -270,3 +270,83 @@ def test_run_widens_the_bucket_output_to_each_sequences_rows(engine: Any) -> Non
         engine.run([2, 5, 3], None, [3, 1], 3)
     with pytest.raises(EngineError, match="input_ids must be in"):
         engine.run([2, 500, 3], None, [3], 3)
+
+
+@pytest.mark.parametrize(
+    ("task", "pooling", "head"),
+    [
+        ("sequence-classification", "mean", 4),  # mean_pool, dense, norm, classifier
+        ("sequence-classification", "cls", 3),  # dense on the strided [CLS] rows, norm, classifier
+        ("token-classification", "cls", 3),
+        ("embeddings", "cls", 0),
+    ],
+)
+def test_modernbert_plan_on_the_engine(tmp_path: Path, task: str, pooling: str, head: int) -> None:
+    """ModernBERT's launch plan (engine/cuda/modernbert_plan.py) runs through CudaEngine:
+    rotary tables and the zero bias are uploaded once, one graph per bucket holds every
+    launch, outputs come back in the reference's shapes. Numerics: the same plan runs in
+    Triton's interpreter in test_kernels_interpret_engine.py; on a GPU in issue 23."""
+    from fake_libcuda import write_fake_kernels
+    from interpret_engine import tiny_modernbert
+    from zerostart.engine.cuda import CudaEngine
+
+    m, w = tiny_modernbert(task, pooling=pooling)
+    write_fake_kernels(m, tmp_path)
+    drv = RecordingDriver()
+    weights = {k: v.astype(np.float16) for k, v in w.items()}
+    engine = CudaEngine(m, weights, kernels_dir=tmp_path / "kernels", driver=drv)
+    c = m.config
+    half, max_t = c.hidden_size // c.num_heads // 2, engine._max_t
+    tables = [n for kind, n in drv.copies if kind == "htod" and n == max_t * half * 4]
+    assert len(tables) == 4  # cos and sin of the global and of the local theta
+    ids = np.array([[2, 5, 7, 3, 9], [2, 9, 3, 0, 0]])
+    out = engine.forward(ids, (ids != 0).astype(np.int64))
+    want = {"sequence-classification": (2, 3), "token-classification": (2, 5, 3)}
+    assert out.shape == want.get(task, (2, 5, c.hidden_size)) and out.dtype == np.float32
+    # embedding norm; layer 0: 7 launches, later layers 8 (their attention norm); final norm
+    assert drv.captured == [1 + 7 + 8 * (c.num_layers - 1) + 1 + head]
+    assert engine._hidden == engine._mb.h  # embeddings: the final norm's output, not x
+
+
+def test_modernbert_rope_tables_match_the_reference_within_an_ulp() -> None:
+    """The engine's pure-Python tables (no numpy on the serving path) vs engine/modernbert_ref's."""
+    from zerostart.engine import modernbert_ref
+    from zerostart.engine.cuda.modernbert_plan import rope_tables
+
+    for theta in (160_000.0, 10_000.0):
+        cos, sin = rope_tables(theta, 64, 1024)
+        ref_cos, ref_sin = modernbert_ref.rope_tables(theta, 64, 1024)
+        for got, ref in ((cos, ref_cos), (sin, ref_sin)):
+            diff = np.abs(np.frombuffer(got, np.float32).reshape(1024, 32) - ref)
+            assert diff.max() <= 6e-8, diff.max()  # 1 ulp at 1.0
+
+
+@pytest.mark.parametrize(("task", "head"), [("sequence-classification", 2), ("embeddings", 0)])
+def test_deberta_plan_on_the_engine(tmp_path: Path, task: str, head: int) -> None:
+    """DeBERTa on CudaEngine: BERT's layer with rel_proj + attention_rel in place of its
+    attention (8 launches a layer), the embedding on a zero position table, the pooler with
+    the model's own activation; W and lo per bucket from rel.index. Numerics: the same engine
+    runs in Triton's interpreter in test_kernels_interpret_deberta.py."""
+    from fake_libcuda import write_fake_kernels
+    from interpret_engine import tiny_deberta
+    from zerostart.engine.cuda import CudaEngine
+
+    m, w = tiny_deberta(task)
+    write_fake_kernels(m, tmp_path)
+    drv = RecordingDriver()
+    weights = {k: v.astype(np.float16) if v.dtype == np.float32 else v for k, v in w.items()}
+    engine = CudaEngine(m, weights, kernels_dir=tmp_path / "kernels", driver=drv)
+    ids = np.array([[2, 5, 7, 3, 9], [2, 9, 3, 0, 0]])
+    out = engine.forward(ids, (ids != 0).astype(np.int64))
+    assert out.shape == ((2, 3) if task == "sequence-classification" else (2, 5, 32))
+    assert drv.captured == [1 + 8 * m.config.num_layers + head]
+    plan = engine._plan(2, 16)
+    rel = [s for s in plan if s.variant.op == "rel_proj"]
+    # 16 tokens: distances up to 15 reach buckets 16 +- (8 + log buckets), not all 32 rows
+    lo, width = rel[0].args["lo"], rel[0].args["W"]
+    assert lo > 0 and lo + width < 2 * m.config.relative_span and width < 2 * 16
+    pooler = [s for s in plan if s.variant.op == "gemm" and s.args["M"] == 2]
+    assert all(s.variant.params["ACT"] == 1 for s in pooler[:1])  # GELU (ContextPooler)
+    with pytest.raises(EngineError, match="int32"):
+        bad = {**weights, "rel.index": weights["rel.index"].astype(np.float16)}
+        CudaEngine(m, bad, kernels_dir=tmp_path / "kernels", driver=RecordingDriver())

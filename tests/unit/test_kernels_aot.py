@@ -161,3 +161,91 @@ def test_convert_copies_prebuilt_kernels_for_the_same_shape_only(
     longer = m._replace(max_length=32)
     with pytest.raises(ConvertError, match="sequence buckets"):
         check_prebuilt_kernels(longer, kernels)
+
+
+# -- ModernBERT (kernels/triton_modernbert.py, plan in engine/cuda/modernbert_plan.py) --------
+MODERNBERT_OPS = {"gemm", "gemm_geglu", "ln_nobias", "rotary", "attention_band", "mean_pool"}
+
+
+@pytest.fixture(scope="module")
+def modernbert_compiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Manifest]:
+    from interpret_engine import tiny_modernbert
+
+    manifest, _ = tiny_modernbert("sequence-classification", pooling="mean")
+    out = tmp_path_factory.mktemp("modernbert")
+    aot.compile_for_bundle(manifest, out, ["sm_90", "sm_80"], gemm_configs=ONE_CONFIG)
+    return out, manifest
+
+
+def test_modernbert_kernels_compile_for_each_arch_and_ptx(
+    modernbert_compiled: tuple[Path, Manifest],
+) -> None:
+    """Every ModernBERT kernel (rotary, GeGLU GEMM, bias-free norm, banded attention, mean
+    pooling) is compiled ahead of time, without a GPU, for sm_80 and sm_90 plus sm_80 PTX."""
+    out, _ = modernbert_compiled
+    km = KernelManifest.load(out / KERNELS_DIR)
+    assert {v.op for v in km.variants} == MODERNBERT_OPS
+    # pre-LN, no bias: no BERT LayerNorm / embed / split-K kernels are built
+    assert {v.key for v in km.variants if v.op == "ln_nobias"} == {
+        "ln_nobias.g0.h32",
+        "ln_nobias.g1.h32",
+    }
+    for v in km.variants:
+        assert set(v.images) == {"sm_80", "sm_90", PTX_KEY}
+        for arch in ("sm_80", "sm_90"):
+            blob = (out / KERNELS_DIR / v.images[arch].file).read_bytes()
+            aot.check_cubin(blob, int(arch[3:]))
+            assert v.entry.encode() in blob
+        ptx = (out / KERNELS_DIR / v.images[PTX_KEY].file).read_text()
+        assert ".version 8.0" in ptx and ".target sm_80\n" in ptx
+        assert f".entry {v.entry}(" in ptx
+
+
+def test_modernbert_plan_finds_every_kernel_in_the_compiled_manifest(
+    modernbert_compiled: tuple[Path, Manifest],
+) -> None:
+    """The engine's launch plan asks only for kernels convert compiled, at every bucket pair,
+    and every launch's arguments are exactly the compiled signature's."""
+    from interpret_engine import fake_buffers
+    from zerostart.bundle.launch import select_gemm
+    from zerostart.bundle.modernbert_layout import modernbert_shapes
+    from zerostart.engine.cuda.modernbert_plan import modernbert_plan
+
+    out, manifest = modernbert_compiled
+    km = KernelManifest.load(out / KERNELS_DIR)
+    weights = {name: 0x1000 * (i + 1) for i, name in enumerate(modernbert_shapes(manifest))}
+
+    def choose(op: str, act: int, res: bool, m: int, n: int, k: int, lda: int):  # type: ignore[no-untyped-def]
+        return select_gemm(km, act=act, has_res=res, m=m, n=n, k=k, lda=lda, ldc=n, sm_count=132, op=op)  # fmt: skip
+
+    used = set()
+    for b in km.batch_buckets:
+        for t in km.seq_buckets:
+            for step in modernbert_plan(manifest, km, weights, fake_buffers(), b, t, choose):
+                assert set(step.args) == {name for name, _ in step.variant.signature}
+                assert min(step.variant.grid_for(step.sizes)) >= 1
+                used.add(step.variant.op)
+    assert used == MODERNBERT_OPS
+
+
+def test_deberta_attention_kernels_compile_for_each_arch_and_ptx(tmp_path: Path) -> None:
+    """DeBERTa: BERT's GEMM / LayerNorm / split-K / embed builds with the disentangled-attention
+    kernels (kernels/triton_deberta.py) in place of BERT's attention."""
+
+    m = _manifest("sequence-classification", "deberta-v2")
+    m = m._replace(config=m.config._replace(relative_span=16, pooler_act="gelu"))
+    specs = model_specs(m, ONE_CONFIG)
+    ops = {s.op for s in specs}
+    assert {"rel_proj", "attention_rel", "embed"} <= ops and "attention" not in ops
+    pooler = {s.constexprs["ACT"] for s in specs if s.op == "gemm"}
+    assert not {3, 4} & pooler  # the ContextPooler's GELU, not DistilBERT's ReLU or BERT's tanh
+    variants = aot.compile_specs(
+        [s for s in specs if s.op in ("rel_proj", "attention_rel")], ["sm_90", "sm_80"], tmp_path
+    )
+    for v in variants:
+        assert set(v.images) == {"sm_80", "sm_90", PTX_KEY}
+        for arch in ("sm_80", "sm_90"):
+            blob = (tmp_path / v.images[arch].file).read_bytes()
+            aot.check_cubin(blob, int(arch[3:]))
+            assert v.entry.encode() in blob
+        assert f".entry {v.entry}(" in (tmp_path / v.images[PTX_KEY].file).read_text()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-CASES = ("gemm", "layer_norm", "embed", "attention", "splitk")
+CASES = ("gemm", "layer_norm", "embed", "attention", "splitk", "engine")
 
 
 def _gemm(torch, k):  # type: ignore[no-untyped-def]
@@ -160,8 +160,47 @@ def _splitk(torch, k):  # type: ignore[no-untyped-def]
     return worst
 
 
+def _engine(torch, k):  # type: ignore[no-untyped-def]
+    """``CudaEngine.forward`` itself on a tiny BERT classifier and token classifier, every
+    launch run by the interpreter on fake_libcuda's memory (tests/interpret_engine.py),
+    vs the numpy ``CpuEngine``: input staging, buckets (T = 24 in 32), the [CLS] rows read
+    with a stride (K is too small here for the split-K builds)."""
+
+    import numpy as np
+
+    from interpret_engine import engine_forward
+    from tiny_models import tiny_manifest
+    from zerostart.bundle.layout import tensor_shapes
+    from zerostart.engine.cpu import CpuEngine
+
+    worst = 0.0
+    for task in ("sequence-classification", "token-classification"):
+        m = tiny_manifest(
+            "bert", task, hidden=32, layers=2, heads=2, ffn=48, max_positions=64, device="cuda"
+        )
+        rng = np.random.default_rng(5)
+        w = {}
+        for name, shape in tensor_shapes(m).items():
+            a = rng.standard_normal(shape) / np.sqrt(shape[0] if len(shape) == 2 else 4)
+            a += 1.0 if name.endswith("norm.weight") else 0.0
+            w[name] = a.astype(np.float16).astype(np.float32)
+        lens = np.array([24, 9])
+        mask = (np.arange(24)[None, :] < lens[:, None]).astype(np.int64)
+        ids = rng.integers(3, 50, (2, 24)) * mask
+        got = engine_forward(torch, m, w, ids, mask)
+        ref = CpuEngine(m._replace(device="cpu", dtype="float32"), w).forward(ids, mask)
+        for i, n in enumerate(lens.tolist()):
+            row = (
+                (got[i], ref[i]) if task == "sequence-classification" else (got[i, :n], ref[i, :n])
+            )
+            worst = max(worst, float(np.abs(row[0] - row[1]).max()))
+    assert worst < 1e-2, worst
+    return worst
+
+
 def _main(case: str) -> None:
     os.environ["TRITON_INTERPRET"] = "1"
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: helper modules
     import torch
 
     from zerostart.kernels import triton_kernels
@@ -172,6 +211,7 @@ def _main(case: str) -> None:
         "embed": _embed,
         "attention": _attention,
         "splitk": _splitk,
+        "engine": _engine,
     }[case](torch, triton_kernels)
     print(f"{case} max abs error {err:.3g}")
 

@@ -41,7 +41,11 @@ KERNELS_FORMAT_VERSION = 1
 POINTER_DTYPES = ("*fp16", "*fp32", "*i32")
 SCALAR_DTYPES = ("i32", "i64", "fp32")
 ARG_DTYPES = POINTER_DTYPES + SCALAR_DTYPES
-OPS = ("gemm", "layer_norm", "embed", "attention", "gemm_partial", "splitk_layer_norm")
+OPS: tuple[str, ...] = ("gemm", "layer_norm", "embed", "attention", "gemm_partial")
+OPS += ("splitk_layer_norm",)
+# ModernBERT's (zerostart.kernels.triton_modernbert; plan in engine/cuda/modernbert_plan.py)
+OPS += ("ln_nobias", "rotary", "gemm_geglu", "attention_band", "mean_pool")
+OPS += ("rel_proj", "attention_rel")  # DeBERTa's (zerostart.kernels.triton_deberta)
 PTX_KEY = "ptx"  # the image key of a variant's PTX (its arch is KernelManifest.ptx_arch)
 THREADS_PER_WARP = 32
 I32_MAX = 2**31 - 1  # the kernels take M, N and K as i32 arguments
@@ -342,8 +346,12 @@ def select_gemm(
     sm_count: int,
     arch: str | None = None,
     fits: Callable[[KernelVariant], bool] | None = None,
+    op: str = "gemm",
 ) -> KernelVariant:
     """Pick the GEMM variant for one problem.
+
+    ``op``: "gemm", or "gemm_geglu" (ModernBERT's FFN input; its variants carry
+    HAS_RES 0 and the same block configs and ALIGNED flag).
 
     Pool: the variants compiled for this epilogue; the aligned builds (16-byte
     vector loads, and no K mask in the loop, so K must be a multiple of their
@@ -363,7 +371,7 @@ def select_gemm(
     compiled = [
         v
         for v in manifest.variants
-        if v.op == "gemm" and v.params.get("ACT") == act and v.params.get("HAS_RES") == int(has_res)
+        if v.op == op and v.params.get("ACT") == act and v.params.get("HAS_RES") == int(has_res)
     ]
     pool = [v for v in compiled if fits is None or fits(v)]
     if compiled and not pool:

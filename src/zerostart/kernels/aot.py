@@ -116,9 +116,9 @@ def _compile(spec: KernelSpec, cap: int) -> Any:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from zerostart.kernels.triton_kernels import KERNELS
+    from zerostart.kernels import triton_deberta, triton_kernels, triton_modernbert
 
-    fn = KERNELS[spec.op]
+    fn = {**triton_kernels.KERNELS, **triton_modernbert.KERNELS, **triton_deberta.KERNELS}[spec.op]
     names = [n for n, _ in spec.signature]
     signature: dict[str, str] = dict(spec.signature)
     signature.update({k: "constexpr" for k in spec.constexprs})

@@ -14,9 +14,8 @@ that picks one per shape is ``zerostart.bundle.launch.select_gemm``.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from zerostart.bundle import launch
@@ -29,39 +28,30 @@ from zerostart.bundle.launch import (
     next_pow2,
 )
 from zerostart.bundle.manifest import Manifest
-from zerostart.errors import ConvertError, EngineError
-
-
-@dataclass(frozen=True)
-class GemmConfig:
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-    group_m: int = 8
-
-    @property
-    def name(self) -> str:
-        """The block-config part of a GEMM variant's key (``launch.gemm_config_name``)."""
-        return f"m{self.block_m}n{self.block_n}k{self.block_k}w{self.num_warps}s{self.num_stages}"
-
-    @classmethod
-    def parse(cls, name: str) -> GemmConfig:
-        """The inverse of ``name``; ValueError on anything else."""
-        m = re.fullmatch(r"m(\d+)n(\d+)k(\d+)w(\d+)s(\d+)", name)
-        if not m:
-            raise ValueError(f"not a GEMM block config: {name!r}")
-        bm, bn, bk, w, st = (int(x) for x in m.groups())
-        return cls(bm, bn, bk, num_warps=w, num_stages=st)
-
-
-# Defaults without a GPU: a small tile for latency-bound shapes (batch 1) and a large
-# one for throughput (batch 32 x 128 = 4096 rows); both fit sm_80's 164 KiB of shared memory.
-DEFAULT_GEMM_CONFIGS = (
-    GemmConfig(64, 64, 64, num_warps=4, num_stages=3),
-    GemmConfig(128, 128, 64, num_warps=8, num_stages=3),
+from zerostart.errors import ConvertError
+from zerostart.kernels._specs import _PTR16, _row_warps
+from zerostart.kernels._specs import (  # re-exported: other modules import them from here
+    ATTENTION_BLOCK_M as ATTENTION_BLOCK_M,
 )
+from zerostart.kernels._specs import (
+    ATTENTION_BLOCK_N as ATTENTION_BLOCK_N,
+)
+from zerostart.kernels._specs import (
+    DEFAULT_GEMM_CONFIGS as DEFAULT_GEMM_CONFIGS,
+)
+from zerostart.kernels._specs import (
+    GemmConfig as GemmConfig,
+)
+from zerostart.kernels._specs import (
+    KernelSpec as KernelSpec,
+)
+from zerostart.kernels._specs import (
+    activation_code as activation_code,
+)
+from zerostart.kernels._specs import (
+    gemm_spec as gemm_spec,
+)
+
 # What a tuning run on a GPU (tools/gpu_tune.py) chooses among: small tiles for batch 1
 # (M = 16..512 rows: parallelism over N and a short K loop matter most), large ones for
 # batch 32. tl.dot needs every block dim >= 16; all fit the 99 KiB of shared memory
@@ -92,22 +82,6 @@ SPLITK_CONFIGS = (
     GemmConfig(32, 64, 64, num_warps=4, num_stages=4),
 )
 SPLITK_FACTORS = (2, 4)
-ATTENTION_BLOCK_M = 64
-ATTENTION_BLOCK_N = 64
-
-_PTR16 = "*fp16"
-GEMM_SIGNATURE = (
-    ("a_ptr", _PTR16),
-    ("b_ptr", _PTR16),
-    ("bias_ptr", _PTR16),
-    ("res_ptr", _PTR16),
-    ("c_ptr", _PTR16),
-    ("M", "i32"),
-    ("N", "i32"),
-    ("K", "i32"),
-    ("lda", "i32"),
-    ("ldc", "i32"),
-)
 LAYER_NORM_SIGNATURE = (
     ("x_ptr", _PTR16),
     ("w_ptr", _PTR16),
@@ -158,30 +132,12 @@ ATTENTION_SIGNATURE = (
 )
 
 
-@dataclass(frozen=True)
-class KernelSpec:
-    """Everything ``aot`` needs to compile one variant and describe its launch."""
-
-    key: str
-    op: str  # also the Triton function's name in ``triton_kernels``
-    signature: tuple[tuple[str, str], ...]
-    constexprs: dict[str, int]
-    grid: tuple[str, str, str]
-    num_warps: int
-    num_stages: int = 1
-    aligned_args: tuple[str, ...] = ()  # ints promised divisible by 16 (compiler hint)
-    params: dict[str, int] = field(default_factory=dict)  # selection keys beyond constexprs
-
-
-def activation_code(hidden_act: str) -> int:
-    try:
-        return launch.activation_code(hidden_act)
-    except EngineError as exc:
-        raise ConvertError("config.json", str(exc)) from exc
-
-
 def gemm_sites(manifest: Manifest) -> list[tuple[str, int, bool, int, int]]:
     """(site, activation, has_residual, N, K) for every GEMM of the forward pass."""
+    if manifest.architecture == "modernbert":
+        from zerostart.kernels.modernbert_variants import modernbert_gemm_sites
+
+        return modernbert_gemm_sites(manifest)
     c = manifest.config
     h, inter = c.hidden_size, c.intermediate_size
     sites = [
@@ -193,40 +149,13 @@ def gemm_sites(manifest: Manifest) -> list[tuple[str, int, bool, int, int]]:
     n_labels = len(manifest.labels)
     if manifest.task == "sequence-classification":
         pre_act = ACT_TANH if manifest.architecture == "bert" else ACT_RELU
+        if manifest.architecture == "deberta-v2":  # ContextPooler: its own activation
+            pre_act = ACT_TANH if c.pooler_act == "tanh" else activation_code(c.pooler_act)
         sites.append(("pooler", pre_act, False, h, h))
         sites.append(("classifier", ACT_NONE, False, n_labels, h))
     elif manifest.task == "token-classification":
         sites.append(("classifier", ACT_NONE, False, n_labels, h))
     return sites
-
-
-def gemm_spec(act: int, has_res: bool, aligned: bool, cfg: GemmConfig) -> KernelSpec:
-    key = f"gemm.act{act}.res{int(has_res)}.al{int(aligned)}.{cfg.name}"
-    return KernelSpec(
-        key=key,
-        op="gemm",
-        signature=GEMM_SIGNATURE,
-        constexprs={
-            "ACT": act,
-            "HAS_RES": int(has_res),
-            "BLOCK_M": cfg.block_m,
-            "BLOCK_N": cfg.block_n,
-            "BLOCK_K": cfg.block_k,
-            "GROUP_M": cfg.group_m,
-            # aligned builds also drop the K mask: chosen only when K % BLOCK_K == 0
-            "EVEN_K": int(aligned),
-        },
-        grid=("cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N)", "1", "1"),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        aligned_args=("N", "K", "lda", "ldc") if aligned else (),
-        params={"ALIGNED": int(aligned)},
-    )
-
-
-def _row_warps(block_h: int) -> int:
-    # One row per program: 4 warps cover up to 1024 fp16 lanes in 8-element vectors.
-    return 4 if block_h <= 1024 else 8
 
 
 def model_specs(
@@ -241,6 +170,10 @@ def model_specs(
             "config.json",
             f"head size {head_dim} is not a power of two >= 16; the GPU attention kernel needs one",
         )
+    if manifest.architecture == "modernbert":
+        from zerostart.kernels.modernbert_variants import modernbert_specs
+
+        return modernbert_specs(manifest, gemm_configs)
     specs: dict[str, KernelSpec] = {}
     for _site, act, has_res, n, k in gemm_sites(manifest):
         for cfg in gemm_configs:
@@ -285,6 +218,12 @@ def model_specs(
     )
     for spec in (ln, emb, att):
         specs[spec.key] = spec
+    if manifest.architecture == "deberta-v2":  # disentangled attention in place of BERT's
+        from zerostart.kernels.deberta_variants import deberta_attention_specs
+
+        del specs[att.key]  # (the embedding is BERT's, on a zero position table)
+        for spec in deberta_attention_specs(manifest):
+            specs[spec.key] = spec
     for spec in splitk_specs(manifest, block_h, warps):
         specs[spec.key] = spec
     return list(specs.values())

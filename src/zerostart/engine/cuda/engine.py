@@ -1,4 +1,9 @@
-"""CudaEngine: the BERT / DistilBERT forward pass on an NVIDIA GPU through libcuda alone.
+"""CudaEngine: the BERT / DistilBERT (and ModernBERT) forward pass on an NVIDIA GPU, libcuda alone.
+
+ModernBERT's plan is ``modernbert_plan``'s (same buffers, graphs and buckets;
+its rotary tables and a zero bias vector are uploaded once at start-up).
+Converting ModernBERT for ``--device cuda`` is still refused until issue 23
+has run its parity on a GPU (docs/gpu.md).
 
 Theory of operation. At start-up the engine opens the driver, retains the
 device's primary context, loads the bundle's ahead-of-time compiled kernels
@@ -41,6 +46,7 @@ CUDA library but libcuda is opened.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from array import array
@@ -49,6 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zerostart.bundle.deberta_layout import ARCHITECTURE as DEBERTA
+from zerostart.bundle.deberta_layout import REL_INDEX, pos_names
 from zerostart.bundle.launch import (
     ACT_NONE,
     ACT_RELU,
@@ -69,6 +77,7 @@ from zerostart.engine.cuda.driver import (
     Driver,
 )
 from zerostart.engine.cuda.memory import CachingAllocator, PinnedBuffer
+from zerostart.engine.cuda.modernbert_plan import ModernBertBuffers, modernbert_plan, rope_tables
 from zerostart.engine.cuda.module import KernelLibrary
 from zerostart.errors import EngineError
 
@@ -116,6 +125,7 @@ class CudaEngine:
                 hint="convert with `zerostart convert --device cuda --arch sm_XY`",
             )
         self.manifest = manifest
+        self._deberta = manifest.architecture == DEBERTA
         c = manifest.config
         self._h, self._inter, self._heads = c.hidden_size, c.intermediate_size, c.num_heads
         self._eps = float(c.layer_norm_eps)
@@ -177,6 +187,7 @@ class CudaEngine:
         self._graphs: dict[tuple[int, int], int] = {}
         self._plans: dict[tuple[int, int], list[_Launch]] = {}
         self._gemm_choice: dict[tuple[int, ...], KernelVariant] = {}
+        self._mb_choice: dict[tuple[str | int, ...], KernelVariant] = {}
         self._pairs = [
             (b, t)
             for b in self.kernels.batch_buckets
@@ -202,26 +213,37 @@ class CudaEngine:
         or from numpy arrays (a mapping of them: tests, the canary)."""
         out: dict[str, int] = {}
         mapped = getattr(weights, "info", None)
+        self._int_tensors = {REL_INDEX} if self._deberta else set()
+        if self._deberta:  # the bucket table, also read here: a plan's W and lo depend on it
+            if mapped is not None:  # read from the map, as the upload does (no numpy)
+                import ctypes
+
+                addr = weights.address(REL_INDEX)  # type: ignore[attr-defined]
+                raw = ctypes.string_at(addr, mapped[REL_INDEX].nbytes)
+            else:
+                raw = weights[REL_INDEX].astype("<i4").tobytes()
+            self._rel_index = array("i", raw)
         for name, shape in tensor_shapes(self.manifest).items():
             if name not in weights:
                 raise EngineError(
                     f"weights have no tensor {name!r}", hint="re-run zerostart convert"
                 )
+            want = "int32" if name in self._int_tensors else "float16"
             if mapped is not None:
                 info = mapped[name]
                 dtype, got_shape, src, nbytes = (
                     info.dtype, info.shape, weights.address(name), info.nbytes,  # type: ignore[attr-defined]
                 )  # fmt: skip
-                ok = dtype == "F16"
+                ok = dtype == ("I32" if want == "int32" else "F16")
             else:
                 import numpy as np
 
                 arr = np.ascontiguousarray(weights[name])
                 dtype, got_shape, src, nbytes = arr.dtype, arr.shape, arr.ctypes.data, arr.nbytes
-                ok = arr.dtype == np.float16
+                ok = arr.dtype == np.dtype(want)
             if got_shape != shape or not ok:
                 raise EngineError(
-                    f"tensor {name!r} is {dtype}{list(got_shape)}, expected float16{list(shape)}",
+                    f"tensor {name!r} is {dtype}{list(got_shape)}, expected {want}{list(shape)}",
                     hint="re-run zerostart convert --device cuda",
                 )
             ptr = self._alloc.alloc(nbytes)
@@ -246,6 +268,96 @@ class CudaEngine:
         splits = [v.params["SPLIT_K"] for v in self.kernels.variants if v.op == "gemm_partial"]
         rows = min(n, SPLITK_MAX_ROWS)
         self._ws = a(max(splits) * rows * h * FP32_BYTES) if splits else 0
+        if self._deberta:
+            c = self.manifest.config
+            self._zero_pos = self._upload_bytes(bytes(self._max_t * h * FP16_BYTES))
+            rel = self._max_b * c.num_heads * self._max_t * self._rel_width(self._max_t)[1]
+            self._c2p, self._p2c = a(rel * FP32_BYTES), a(rel * FP32_BYTES)
+        self._hidden = self._x  # where the encoder's last hidden states end up
+        if self.manifest.architecture == "modernbert":
+            self._mb = self._modernbert_buffers()
+            self._hidden = self._mb.h
+
+    def _rel_width(self, t: int) -> tuple[int, int]:
+        """(lo, W): the rows of the relative tables that distances |i - j| < t reach."""
+        p = (len(self._rel_index) + 1) // 2
+        rows = self._rel_index[p - t : p - 1 + t]
+        return min(rows), max(rows) + 1 - min(rows)
+
+    def _attention(self, b: int, t: int, lens_ptr: int, layer: int) -> list[_Launch]:
+        """BERT's attention launch, or DeBERTa's two (``kernels/triton_deberta.py``)."""
+        h, sizes = self._h, {"B": b, "T": t}
+        common: dict[str, int | float] = {"qkv_ptr": self._qkv, "T": t, "H": h}
+        if not self._deberta:
+            attn = self.kernels.find("attention", NUM_HEADS=self._heads)
+            return [_Launch(attn, sizes, {**common, "lens_ptr": lens_ptr, "out_ptr": self._ctx})]
+        lo, width = self._rel_width(t)
+        pos_q, pos_k = pos_names(layer)
+        rel = {**common, "c2p_ptr": self._c2p, "p2c_ptr": self._p2c, "W": width, "lo": lo}
+        proj = {**rel, "posq_ptr": self._w[pos_q], "posk_ptr": self._w[pos_k]}
+        att = {**rel, "idx_ptr": self._w[REL_INDEX], "lens_ptr": lens_ptr, "out_ptr": self._ctx}
+        att["P"] = (len(self._rel_index) + 1) // 2
+        return [
+            _Launch(self.kernels.find("rel_proj"), {**sizes, "W": width}, proj),
+            _Launch(self.kernels.find("attention_rel"), sizes, att),
+        ]
+
+    def _upload_bytes(self, data: array[Any] | bytes) -> int:
+        """A device copy of host ``data`` (synchronous: ``data`` may be a temporary)."""
+        host = array("b", data) if isinstance(data, bytes) else data
+        addr, count = host.buffer_info()
+        ptr = self._alloc.alloc(count * host.itemsize)
+        self.driver.memcpy_htod(ptr, addr, count * host.itemsize, self._stream)
+        self.driver.stream_synchronize(self._stream)
+        return ptr
+
+    def _modernbert_buffers(self) -> ModernBertBuffers:
+        """The activation buffers BERT's plan uses, one more [B, H], rotary tables, zero bias."""
+        c, h = self.manifest.config, self._h
+        d = h // c.num_heads
+        tables = {}
+        for theta in {c.rope_theta, c.local_rope_theta}:
+            cos, sin = rope_tables(theta, d, self._max_t)
+            tables[theta] = (self._upload_bytes(cos), self._upload_bytes(sin))
+        return ModernBertBuffers(
+            ids=0,  # per bucket pair: set by _plan
+            lens=0,
+            x=self._x,
+            h=self._a,
+            ctx=self._ctx,
+            tmp=self._tmp,
+            qkv=self._qkv,
+            f=self._f,
+            pooled=self._pooled,
+            pooled2=self._alloc.alloc(self._max_b * h * FP16_BYTES),
+            logits=self._logits,
+            zero_bias=self._upload_bytes(bytes(3 * h * FP16_BYTES)),
+            rope_global=tables[c.rope_theta],
+            rope_local=tables[c.local_rope_theta],
+        )
+
+    def _choose(
+        self, op: str, act: int, res: bool, m: int, n: int, k: int, lda: int
+    ) -> KernelVariant:
+        """``select_gemm`` for a ModernBERT GEMM-like launch (contiguous C), cached per shape."""
+        key = (op, act, int(res), m, n, k, lda)
+        v = self._mb_choice.get(key)
+        if v is None:
+            v = self._mb_choice[key] = select_gemm(
+                self.kernels,
+                act=act,
+                has_res=res,
+                m=m,
+                n=n,
+                k=k,
+                lda=lda,
+                ldc=n,
+                sm_count=self._sms,
+                arch=f"sm_{self.compute_capability}",
+                fits=self.library.fits,
+                op=op,
+            )
+        return v
 
     def _gemm(
         self, a: int, w: str, c: int, m: int, *, act: int = ACT_NONE, res: int = 0, lda: int = 0
@@ -350,6 +462,10 @@ class CudaEngine:
         """Every launch of one forward pass at bucket (b, t), in order."""
         n, h, w = b * t, self._h, self._w
         ids_ptr, types_ptr, lens_ptr = (self._inputs + 4 * o for o in _input_offsets(b, t))
+        if self.manifest.architecture == "modernbert":
+            buf = dataclasses.replace(self._mb, ids=ids_ptr, lens=lens_ptr)
+            steps = modernbert_plan(self.manifest, self.kernels, w, buf, b, t, self._choose)
+            return [_Launch(s.variant, s.sizes, s.args) for s in steps]
         has_types = "embed.token_type" in w
         plan = [
             _Launch(
@@ -359,7 +475,7 @@ class CudaEngine:
                     "ids_ptr": ids_ptr,
                     "types_ptr": types_ptr,
                     "word_ptr": w["embed.word"],
-                    "pos_ptr": w["embed.position"],
+                    "pos_ptr": self._zero_pos if self._deberta else w["embed.position"],
                     "type_ptr": w.get("embed.token_type", w["embed.word"]),
                     "w_ptr": w["embed.norm.weight"],
                     "b_ptr": w["embed.norm.bias"],
@@ -370,22 +486,11 @@ class CudaEngine:
                 },
             )
         ]
-        attn = self.kernels.find("attention", NUM_HEADS=self._heads)
         for i in range(self.manifest.config.num_layers):
             p = layer_prefix(i)
             plan += [
                 self._gemm(self._x, p + "attn.qkv", self._qkv, n),
-                _Launch(
-                    attn,
-                    {"B": b, "T": t},
-                    {
-                        "qkv_ptr": self._qkv,
-                        "lens_ptr": lens_ptr,
-                        "out_ptr": self._ctx,
-                        "T": t,
-                        "H": h,
-                    },
-                ),
+                *self._attention(b, t, lens_ptr, i),
                 *self._residual_norm(
                     self._ctx, p + "attn.out", self._x, p + "attn.norm", self._a, n
                 ),
@@ -398,6 +503,10 @@ class CudaEngine:
         elif task == "sequence-classification":
             bert = self.manifest.architecture == "bert"
             pre, act = ("head.pooler", ACT_TANH) if bert else ("head.pre_classifier", ACT_RELU)
+            if self._deberta:  # ContextPooler: dense + its own activation on token 0
+                pooler = self.manifest.config.pooler_act
+                act = ACT_TANH if pooler == "tanh" else activation_code(pooler)
+                pre = "head.pooler"
             # [CLS] rows read in place: row i of A is token 0 of sequence i (stride T*H).
             plan.append(self._gemm(self._x, pre, self._pooled, b, act=act, lda=t * h))
             plan.append(self._gemm(self._pooled, "head.classifier", self._logits, b))
@@ -543,7 +652,7 @@ class CudaEngine:
             self._run(self._plan_for(bb, tb))
         task = self.manifest.task
         if task == "embeddings":
-            src, width, rows = self._x, self._h, n
+            src, width, rows = self._hidden, self._h, n
         elif task == "token-classification":
             src, width, rows = self._logits, self._labels, n
         else:
