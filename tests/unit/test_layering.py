@@ -231,7 +231,10 @@ ALLOWED: dict[str, frozenset[str]] = {
             *("_records", "api", "bundle", "engine", "errors", "faults", "limits", "paths"),
             *("pipeline", "snapshot", "tokenize"),  # api: the route names (App.__init__)
         ),
-        "imagefs": ("cachedir", "chunkprofile", "errors", "estargz", "paths", "registry", "ztoc"),
+        "imagefs": (
+            *("cachedir", "chunkprofile", "errors", "estargz", "paths", "procs", "registry"),
+            "ztoc",
+        ),
         "image": (
             *("bundle", "cachedir", "chunkprofile", "errors", "estargz", "kernels", "model"),
             "procs",

@@ -18,7 +18,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 from zerostart.cachedir import cache_base
 from zerostart.errors import ZerostartError
 from zerostart.imagefs._cache import DEFAULT_DISK_BYTES, DEFAULT_MEMORY_BYTES
+from zerostart.procs import stop_process
 
 # The index of an image of any size is in memory within seconds; 60 s covers a
 # slow registry and a whole-layer fallback of a few hundred MB on a fast link.
@@ -229,14 +229,7 @@ class LazyMount:
         """Unmount and end the daemon, whatever state it is in; returns its exit status."""
         proc, status = self._proc, None
         if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(STOP_TIMEOUT_S)
-            status = proc.returncode
+            status = stop_process(proc, timeout_s=STOP_TIMEOUT_S)
             if proc.stdout is not None:
                 proc.stdout.close()
             self._proc = None

@@ -186,8 +186,7 @@ class CudaEngine:
         self._capture_graphs = capture_graphs
         self._graphs: dict[tuple[int, int], int] = {}
         self._plans: dict[tuple[int, int], list[_Launch]] = {}
-        self._gemm_choice: dict[tuple[int, ...], KernelVariant] = {}
-        self._mb_choice: dict[tuple[str | int, ...], KernelVariant] = {}
+        self._gemm_choice: dict[tuple[str | int, ...], KernelVariant] = {}
         self._pairs = [
             (b, t)
             for b in self.kernels.batch_buckets
@@ -339,11 +338,12 @@ class CudaEngine:
     def _choose(
         self, op: str, act: int, res: bool, m: int, n: int, k: int, lda: int
     ) -> KernelVariant:
-        """``select_gemm`` for a ModernBERT GEMM-like launch (contiguous C), cached per shape."""
+        """``select_gemm`` for one GEMM-like launch (contiguous C), cached per shape: BERT's
+        products (``op`` "gemm") and ModernBERT's (``gemm_geglu`` too) alike."""
         key = (op, act, int(res), m, n, k, lda)
-        v = self._mb_choice.get(key)
+        v = self._gemm_choice.get(key)
         if v is None:
-            v = self._mb_choice[key] = select_gemm(
+            v = self._gemm_choice[key] = select_gemm(
                 self.kernels,
                 act=act,
                 has_res=res,
@@ -364,22 +364,7 @@ class CudaEngine:
     ) -> _Launch:
         k, n = tensor_shapes(self.manifest)[w + ".weight"]
         lda = lda or k
-        key = (act, int(bool(res)), m, n, k, lda)
-        v = self._gemm_choice.get(key)
-        if v is None:
-            v = self._gemm_choice[key] = select_gemm(
-                self.kernels,
-                act=act,
-                has_res=bool(res),
-                m=m,
-                n=n,
-                k=k,
-                lda=lda,
-                ldc=n,
-                sm_count=self._sms,
-                arch=f"sm_{self.compute_capability}",
-                fits=self.library.fits,
-            )
+        v = self._choose("gemm", act, bool(res), m, n, k, lda)
         args: dict[str, int | float] = {
             "a_ptr": a,
             "b_ptr": self._w[w + ".weight"],
