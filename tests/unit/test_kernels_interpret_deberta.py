@@ -15,13 +15,14 @@ as in test_kernels_interpret_engine.py. Tolerances are fp16 ones.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from interpret_child import case_line, run_interpreted
 
 CASES = ("rel_proj", "attention_rel", "forward")
 LENGTHS = (1, 40, 127)
@@ -158,23 +159,13 @@ def _main(cases: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def interpreted() -> str:
-    pytest.importorskip("triton", reason="the kernels are Triton; build-time dependency")
-    pytest.importorskip("torch", reason="Triton's interpreter takes torch tensors")
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__)), *CASES],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TRITON_INTERPRET": "1"},
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    """Every case in one interpreter child (one torch import, ~seconds in all)."""
+    return run_interpreted(str(Path(__file__)), CASES)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_deberta_kernel_matches_reference_in_interpreter(interpreted: str, case: str) -> None:
-    line = next((x for x in interpreted.splitlines() if x.split(" ", 1)[0] == case), None)
-    assert line is not None, interpreted
+    line = case_line(interpreted, case)
     assert line.startswith(f"{case} ok "), line
 
 

@@ -14,7 +14,6 @@ ones: activations are rounded to fp16 between kernels.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from interpret_child import case_line, run_interpreted
 
 CASES = ("ln_nobias", "rotary", "gemm_geglu", "attention_band", "band_skips", "mean_pool")
 # The whole forward is slow in the interpreter (~8 ms a program): one small point by
@@ -247,24 +248,12 @@ def _main(cases: list[str]) -> None:
 @pytest.fixture(scope="module")
 def interpreted() -> str:
     """Every case in one interpreter child (one torch import, ~seconds in all)."""
-    pytest.importorskip("triton", reason="the kernels are Triton; build-time dependency")
-    pytest.importorskip("torch", reason="Triton's interpreter takes torch tensors")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(Path(__file__)), *CASES, *FORWARD_CASES],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return run_interpreted(str(Path(__file__)), [*CASES, *FORWARD_CASES])
 
 
 @pytest.mark.parametrize("case", CASES + FORWARD_CASES)
 def test_modernbert_kernel_matches_reference_in_interpreter(interpreted: str, case: str) -> None:
-    line = next((x for x in interpreted.splitlines() if x.split(" ", 1)[0] == case), None)
-    assert line is not None, interpreted
+    line = case_line(interpreted, case)
     assert line.startswith(f"{case} ok "), line
 
 
