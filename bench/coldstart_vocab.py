@@ -28,21 +28,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from coldstart import measure, reference_check
-from common import BUNDLES, write_result
-from warm import bert_base_random, xlmr_base_random
+from common import write_result
+from warm import _bundle, bert_base_random, xlmr_base_random
 from zerostart.benchmark import machine_description, sample_request, worker_command
 
 TARGET_GAP_S = 0.030  # issue 20, Must-have 6
-
-
-def _bundle(name: str, src: Path) -> Path:
-    from zerostart.model.convert import convert
-
-    out = BUNDLES / f"{name}-cpu"
-    if not (out / "manifest.json").exists():
-        BUNDLES.mkdir(parents=True, exist_ok=True)
-        convert(src, out)
-    return out
 
 
 def _size_mib(folder: Path) -> float:
@@ -56,8 +46,8 @@ def main() -> None:
     ap.add_argument("--out", default="coldstart_xlmr_vs_bert")
     args = ap.parse_args()
     bundles = {
-        "bert_base": _bundle("bert-base-random", bert_base_random()),
-        "xlmr_base": _bundle("xlmr-base-random", xlmr_base_random()),
+        "bert_base": _bundle("bert-base-random", bert_base_random(), "fp32"),
+        "xlmr_base": _bundle("xlmr-base-random", xlmr_base_random(), "fp32"),
     }
     path, body, _ = sample_request("text-classification")
     checks = {k: reference_check(b, path, body) for k, b in bundles.items()}

@@ -51,7 +51,6 @@ from zerostart.tokenize._base import Align, Pieces
 from zerostart.tokenize._bytelevel import BYTE_TO_CHAR
 from zerostart.tokenize._compiled import CompiledFile, MappedVocab, Section
 from zerostart.tokenize._encoding import Tokens
-from zerostart.tokenize._unigram import build_trie
 
 if TYPE_CHECKING:
     from zerostart.tokenize._native import NativeLib
@@ -162,6 +161,8 @@ def compile_bpe(
         blob += raw
         offsets.append(len(blob))
         keys[raw] = i
+    from zerostart.tokenize._unigram import build_trie  # build time only
+
     first, labels, value = build_trie(keys)
     entries: dict[tuple[int, int], int] = {}
     for rank, (left, right) in enumerate(merges):
@@ -222,7 +223,6 @@ class BPE(MappedVocab):
         # A hit is a C-level dict lookup (no Python frame): most words are hits.
         self._cache = _PieceCache(self._merge_word)
         self.pieces: Callable[[str], Pieces] = self._cache.__getitem__
-        self.native = native
         self._encode_py: Callable[..., int] | None = None
         if native is not None and native.bpe_encode_py is not None and not self._ignore_merges:
             self._native_init(tables, meta, native)
