@@ -1,6 +1,7 @@
 """An image another tool built, started lazily through its zTOC: bytes and time against a full pull.
 
     python bench/zran_index.py [--spans 0.25,0.5,1,2,4,8] [--rate-mbit 100] [--repeats 2]
+    python bench/zran_index.py --profile --spans 1 --skip-shapes --out zran_profile
 
 The image: a python:slim-like root (Debian's python3.11, its whole standard
 library, the libraries it links, a small HTTP server and 8 MB of data;
@@ -15,7 +16,11 @@ byte-aligned block boundary, ztoc/_build.py); then, interleaved with full
 pulls, cold starts with empty caches and the page cache dropped:
 
 (a) full pull + unpack + runc run, to the first correct ``GET /answer``;
-(b) ``run --lazy`` through the zTOC, to the same answer.
+(b) ``run --lazy`` through the zTOC, to the same answer;
+(c) with ``--profile``: ``run --lazy`` of the same image in another repository
+    whose index artifact also carries a span profile recorded by one lazy
+    start of it (``LazyMount(record=...)``, then ``add_profile``): the
+    recorded spans are prefetched in order, on-demand reads first.
 
 Bytes are what crossed the proxy before the answer. Also measured: resuming
 a span from its checkpoint with Python's zlib (``decompressobj(wbits=-15,
@@ -53,11 +58,12 @@ from zerostart.benchmark import drop_page_cache, machine_description  # noqa: E4
 from zerostart.container.lazy import LazyContainer  # noqa: E402
 from zerostart.container.runtime import Container  # noqa: E402
 from zerostart.image.trace import WarmupRequest, send  # noqa: E402
-from zerostart.imagefs.zindex import index_image  # noqa: E402
+from zerostart.imagefs.zindex import add_profile, index_image  # noqa: E402
 from zerostart.procs import free_port  # noqa: E402
 from zerostart.registry.client import pull  # noqa: E402
 from zerostart.ztoc import Ztoc, inflate_span  # noqa: E402
 from zerostart.ztoc._build import Z_OK, _ZStream, build, libz  # noqa: E402
+from zerostart.ztoc._profile import decode as decode_profile  # noqa: E402
 
 WORK = ROOT / ".cache" / "bench-zran"
 READY_TIMEOUT_S = 600.0
@@ -97,15 +103,18 @@ def run_full(ref: str, proxy: Any) -> dict[str, Any]:
     }
 
 
-def run_lazy(ref: str, proxy: Any) -> dict[str, Any]:
+def run_lazy(ref: str, proxy: Any, record: Path | None = None) -> dict[str, Any]:
+    """A cold lazy start to the first answer; ``record``: write its span profile there
+    (prefetch off while recording, as ``run --lazy --record-profile`` does)."""
     cache = WORK / "imagefs-cache"
     shutil.rmtree(cache, ignore_errors=True)
     dropped = drop_page_cache()
     sent0 = proxy.bytes_sent
     t0 = time.perf_counter()
-    c = LazyContainer(
-        ref, port=free_port(), ready_timeout_s=READY_TIMEOUT_S, mount_options={"cache_dir": cache}
-    )
+    options: dict[str, Any] = {"cache_dir": cache}
+    if record is not None:
+        options |= {"record": record, "prefetch": False}
+    c = LazyContainer(ref, port=free_port(), ready_timeout_s=READY_TIMEOUT_S, mount_options=options)
     try:
         c.start()
         answer = _answer(c.port)
@@ -122,6 +131,7 @@ def run_lazy(ref: str, proxy: Any) -> dict[str, Any]:
         "bytes_at_first_answer": sent,
         "bytes_at_mount": stats["bytes_fetched_at_mount"],
         "span_fetches": stats["reads"]["registry_fetches"],
+        "prefetch": stats["reads"]["prefetch"],
         "layers": [la["note"] for la in info["layers"]],
         "page_cache_dropped": dropped,
         "answer": answer,
@@ -197,6 +207,14 @@ def main() -> None:
     ap.add_argument("--spans", default="0.25,0.5,1,2,4,8", help="span sizes in MiB")
     ap.add_argument("--rate-mbit", type=float, default=100.0)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="also start each span size's image with a recorded span profile beside its zTOCs "
+        "(recorded by one lazy start, pushed by add_profile), interleaved with the others",
+    )
+    ap.add_argument("--skip-shapes", action="store_true", help="skip the resume/span-shape part")
+    ap.add_argument("--out", default="zran_index", help="result name under bench/results/")
     args = ap.parse_args()
     load_before = list(os.getloadavg())
     shutil.rmtree(WORK, ignore_errors=True)
@@ -221,6 +239,9 @@ def main() -> None:
             out["spans"][mib] = {"index": layer | {"seconds": r.seconds}, "lazy": []}
             out["image_bytes"] = layer["size"]
             out["unpacked_bytes"] = layer["uncompressed"]
+            if args.profile:  # the same image in a repository of its own, with a profile
+                out["spans"][mib] |= record_profile(reg.address, proxy, mib)
+                out["spans"][mib]["lazy_profile"] = []
         for _ in range(args.repeats):
             full = run_full(refs[spans[0]], proxy)
             assert full.pop("answer") == want
@@ -229,6 +250,14 @@ def main() -> None:
                 lazy = run_lazy(refs[mib], proxy)
                 assert lazy.pop("answer") == want
                 out["spans"][mib]["lazy"].append(lazy)
+                if args.profile:
+                    ref = _profiled(reg.address, mib).replace(reg.address, proxy.address)
+                    lazy = run_lazy(ref, proxy)
+                    assert lazy.pop("answer") == want
+                    out["spans"][mib]["lazy_profile"].append(lazy)
+    if args.skip_shapes:
+        _write(args, load_before, out)
+        return
     blob_path = next(p for p in (WORK / "layout/blobs/sha256").iterdir() if p.stat().st_size > 1e6)
     blob = blob_path.read_bytes()
     z4 = build(io.BytesIO(blob), 4 << 20)
@@ -240,6 +269,34 @@ def main() -> None:
     out["span_shape"]["python_zlib_9"] = span_shape(
         build(io.BytesIO(gzip.compress(tar, 9, mtime=0)), 4 << 20)
     )
+    _write(args, load_before, out)
+
+
+def _profiled(registry: str, mib: float) -> str:
+    return f"{registry}/foreign/py{round(mib * 1024)}k-profile:1"
+
+
+def record_profile(registry: str, proxy: Any, mib: float) -> dict[str, Any]:
+    """Push, index, record one lazy start's span profile, add it beside the zTOCs."""
+    ref = _profiled(registry, mib)
+    skopeo_push(WORK / "layout", "1", ref)
+    index_image(ref, span_bytes=round(mib * 2**20))
+    path = WORK / f"profile-{round(mib * 1024)}k.json"
+    rec = run_lazy(ref.replace(registry, proxy.address), proxy, record=path)
+    rec.pop("answer")
+    added = add_profile(ref, path.read_bytes())
+    profile = decode_profile(path.read_bytes())
+    return {
+        "recording_start": rec,
+        "profile": {
+            "spans": len(profile.reads),
+            "json_bytes": added.layers[0]["profile_bytes"],
+            "add_profile_seconds": added.seconds,
+        },
+    }
+
+
+def _write(args: argparse.Namespace, load_before: list[float], out: dict[str, Any]) -> None:
     result = {
         "what": "an umoci-built python:slim-like image, indexed by `zerostart index`, cold starts",
         "link": f"loopback docker-registry behind a token bucket at {args.rate_mbit:g} Mbit/s",
@@ -248,7 +305,7 @@ def main() -> None:
         "load_average_after": list(os.getloadavg()),
         **out,
     }
-    write_result("zran_index", result)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from zerostart.container.runtime import Container
 
 DEFAULT_TOP = 15
@@ -193,11 +195,28 @@ def _run_lazy(args: argparse.Namespace) -> int:
             print(format_stats(stats), file=sys.stderr)
         print(f"stopped (exit status {final}); unmounted and cleaned up", file=sys.stderr)
         if args.record_profile:
-            print(
-                f"chunk profile written to {args.record_profile}: add it to the image with "
-                f"`zerostart imagefs add-profile LAYOUT {args.record_profile}` and push again",
-                file=sys.stderr,
-            )
+            print(_profile_hint(args.image, Path(args.record_profile)), file=sys.stderr)
+
+
+def _profile_hint(image: str, path: Path) -> str:
+    """What to do with a recorded profile: a span profile goes beside the zTOCs, a chunk
+    profile into the image (docs/imagefs.md, docs/lazy-images.md)."""
+    from zerostart.ztoc._profile import FORMAT
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return f"no profile was written to {path} (see the imagefs log)"
+    if FORMAT.encode() in head:
+        return (
+            f"span profile written to {path}: put it beside the image's zTOCs with "
+            f"`zerostart index {image} --add-profile {path}`"
+        )
+    return (
+        f"chunk profile written to {path}: add it to the image with "
+        f"`zerostart imagefs add-profile LAYOUT {path}` and push again"
+    )
 
 
 def _check_warmup(image: str, port: int) -> list[str]:

@@ -12,9 +12,28 @@ from typing import Any
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from zerostart.cli.registry import _auth
-    from zerostart.imagefs.zindex import index_image
+    from pathlib import Path
 
+    from zerostart.cli.registry import _auth
+    from zerostart.imagefs.zindex import add_profile, index_image
+
+    if args.add_profile:
+        p = add_profile(
+            args.reference,
+            Path(args.add_profile).read_bytes(),
+            insecure=args.insecure,
+            auth=_auth(args),
+        )
+        if args.json:
+            print(json.dumps(p.__dict__, indent=1))
+            return 0
+        (info,) = p.layers
+        print(
+            f"span profile of {info['profile_reads']} spans ({info['profile_bytes']} bytes) "
+            f"added beside the zTOCs of {p.reference} ({p.manifest_digest}, unchanged): "
+            f"index artifact {p.artifact_digest}; `run --lazy` prefetches those spans in order"
+        )
+        return 0
     r = index_image(
         args.reference,
         span_bytes=args.span_mib * 1024 * 1024 if args.span_mib else args.span_bytes,
@@ -63,6 +82,13 @@ def add_subcommands(sub: Any) -> None:
         help=f"compressed bytes between checkpoints (default {DEFAULT_SPAN_BYTES}; SOCI: 4 MiB)",
     )
     span.add_argument("--span-mib", type=int, help="the same in MiB")
+    p.add_argument(
+        "--add-profile",
+        metavar="FILE",
+        help="instead of indexing: put a span profile recorded by `run REF --lazy "
+        "--record-profile FILE` beside the existing zTOCs (a new index artifact; the image "
+        "is unchanged), so that lazy starts prefetch the spans a start reads, in order",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _add_common(p)
     p.set_defaults(func=_cmd_index)

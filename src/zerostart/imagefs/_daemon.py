@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             "ro",
             "allow_other",
         }
-        recorder = Recorder() if opts.record else None
+        recorder = Recorder(layers) if opts.record else None
         pyfuse3.init(ImageOperations(tree, chunks, recorder), opts.mountpoint, fuse_options)
     except (ZerostartError, OSError, RuntimeError) as exc:
         print(
@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not opts.no_prefetch:
         threading.Thread(
-            target=_prefetch, args=(tree, chunks, layers, opts.prefetch_streams), daemon=True
+            target=_prefetch,
+            args=(tree, chunks, layers, opts.prefetch_streams, reader, manifest_digest),
+            daemon=True,
         ).start()
 
     async def watch() -> None:
@@ -203,15 +205,26 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def _prefetch(tree: Any, chunks: Any, layers: list[Any], streams: int) -> None:
+def _prefetch(
+    tree: Any, chunks: Any, layers: list[Any], streams: int, reader: Any, manifest_digest: str
+) -> None:
     """The image's chunk profile in its order when it carries one, else each layer's landmark region.
 
     Runs in its own thread after the mount is ready; a profile that is
     refused (zerostart/chunkprofile.py) or cannot be fetched is logged and the
-    landmark region prefetched as for an image without one.
+    landmark region prefetched as for an image without one. An image with
+    zTOC layers gets the span profile its index artifact carries
+    (:func:`_prefetch_spans`) first.
     """
     from zerostart.imagefs._fetch import ChunkReadError
     from zerostart.imagefs._profile import load, plan
+
+    if any(la.spans is not None for la in layers):
+        _prefetch_spans(chunks, layers, streams, reader, manifest_digest)
+        if not any(la.prefetch_end > 0 for la in layers):
+            if chunks.prefetch_state["state"] == "none":  # no profile: reads come on demand
+                chunks.prefetch_state.update(state="done", source="on demand")
+            return
 
     try:
         profile = load(tree, lambda node: chunks.read(node, 0, node.size))
@@ -235,6 +248,44 @@ def _prefetch(tree: Any, chunks: Any, layers: list[Any], streams: int) -> None:
         for x in tree.extents_before(la.index, la.prefetch_end)
     ]
     chunks.prefetch(extents)
+
+
+def _prefetch_spans(
+    chunks: Any, layers: list[Any], streams: int, reader: Any, manifest_digest: str
+) -> None:
+    """The zTOC layers' spans the index artifact's span profile names, in its order.
+
+    The profile is fetched here, after the mount is ready (three small
+    requests: referrers, artifact manifest, profile), checked
+    (:func:`zerostart.ztoc._profile.bind`: layer digests, span lists, span
+    indexes) and its spans streamed by the chunk reader's profile prefetch,
+    on-demand reads first. A profile that is refused, or cannot be fetched,
+    is logged and kept in the stats (``profile_refused``); spans are then
+    read on demand only.
+    """
+    from zerostart.imagefs._index import ImageIndexError
+    from zerostart.imagefs._zran import find_profile, plan_spans
+    from zerostart.registry.errors import RegistryError
+    from zerostart.ztoc import SpanProfileError
+
+    try:
+        profile = find_profile(reader, manifest_digest)
+        if profile is None:
+            log.info("no span profile beside the zTOCs: spans are read on demand")
+            return
+        extents = plan_spans(profile, layers)
+    except (SpanProfileError, ImageIndexError, RegistryError) as exc:
+        log.warning("span profile refused, reading spans on demand: %s", exc)
+        chunks.prefetch_state["profile_refused"] = str(exc)
+        return
+    summary = {
+        "entries": len(profile.reads),
+        "spans": len(extents),
+        "bytes": sum(x.end - x.start for x in extents),
+    }
+    chunks.prefetch_state["profile"] = summary
+    log.info("span profile: %s", summary)
+    chunks.prefetch_chunks(extents, streams)
 
 
 def _write_profile(recorder: Any, tree: Any, path: Path) -> None:

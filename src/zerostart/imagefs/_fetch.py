@@ -43,6 +43,7 @@ from zerostart.registry.errors import (
     RegistryNotFoundError,
 )
 from zerostart.registry.ranges import BlobReader
+from zerostart.ztoc import ZtocError
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +244,27 @@ class ChunkReader:
         for attempt in (1, 2):
             raw = self._range(layer, x.start, x.end)
             try:
-                return read_chunk(x.entry, raw)
-            except EStargzError as exc:
+                return self._verify(layer, x, raw)
+            except (EStargzError, ZtocError) as exc:
                 with self._lock:
                     self.counters["digest_mismatches"] += 1
-                message = f"layer {layer.digest[:19]}: {exc.problem} ({x.entry.name}); refused"
+                problem = exc.problem if isinstance(exc, EStargzError) else str(exc)
+                message = f"layer {layer.digest[:19]}: {problem} ({x.entry.name}); refused"
                 log.warning("%s (attempt %d)", message, attempt)
         self._fail(message + " twice: the registry's copy is corrupt or was tampered with")
+
+    @staticmethod
+    def _verify(layer: Layer, x: Extent, raw: bytes) -> bytes:
+        """The chunk's bytes from its compressed ``raw``, checked against its digest.
+
+        An eStargz chunk is a gzip member (:func:`zerostart.estargz.read_chunk`);
+        a zTOC span resumes from its checkpoint (imagefs/_zran.py). Raises
+        EStargzError or ZtocError: nothing unverified is returned.
+        """
+        assert x.entry is not None
+        if layer.spans is not None:
+            return layer.spans.verify(x, raw)  # type: ignore[no-any-return]
+        return read_chunk(x.entry, raw)
 
     def _range(self, layer: Layer, start: int, end: int) -> bytes:
         delay = self.retry.backoff_s
@@ -457,11 +472,11 @@ class ChunkReader:
         pending = mine.get(x.digest)
         try:
             if x.digest not in self.cache:
-                data = read_chunk(x.entry, raw)
+                data = self._verify(layer, x, raw)
                 self.cache.put(x.digest, data)
                 if pending is not None:
                     pending.data = data
-        except EStargzError as exc:
+        except (EStargzError, ZtocError) as exc:
             with self._lock:  # left to an on-demand read, which fetches again and reports
                 self.counters["digest_mismatches"] += 1
             log.warning("prefetch: layer %s: %s; refused", layer.digest[:19], exc)

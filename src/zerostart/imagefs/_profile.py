@@ -2,7 +2,9 @@
 
 Recording (``--record FILE``): every FUSE read, served from the cache or the
 network, passes :meth:`Recorder.touch` in the event loop before it is
-answered; the first read of each chunk appends ``(inode, chunk offset)``.
+answered; the first read of each chunk appends ``(inode, chunk offset)``,
+and the first read of each span of a zTOC layer ``(layer, span)``
+(a span profile, :mod:`zerostart.ztoc._profile`, for images zerostart did not build).
 Reads the kernel serves from its page cache never reach us, and need not: on
 a fresh mount the page cache of its files is empty, so the first touch of
 every page, ``read(2)`` and page fault of a mapped library alike, arrives
@@ -19,7 +21,7 @@ extents to prefetch, in profile order, each chunk once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,21 +33,42 @@ from zerostart.chunkprofile import (
     decode,
     profile_of,
 )
+from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import Extent, Node, extents_for
 from zerostart.imagefs._tree import Tree
+from zerostart.ztoc import LayerRef, SpanProfile, spans_digest
 
 log = logging.getLogger(__name__)
 
 
 class Recorder:
-    """First touches of chunks, in order. Called from the FUSE event loop only (one thread)."""
+    """First touches of chunks (and of zTOC spans), in order. Called from the FUSE event loop only.
 
-    def __init__(self) -> None:
+    ``layers``: the mount's layers. A read of a file in a zTOC layer (its one
+    extent is the file's place in the layer's uncompressed tar) is recorded as
+    the spans under the bytes read, ``(layer index, span index)``; any other
+    read as ``(inode, chunk offset)``.
+    """
+
+    def __init__(self, layers: Sequence[Layer] = ()) -> None:
+        self.layers = list(layers)
         self._seen: set[tuple[int, int]] = set()
         self.order: list[tuple[int, int]] = []
+        self._spans_seen: set[tuple[int, int]] = set()
+        self.spans: list[tuple[int, int]] = []
 
     def touch(self, node: Node, offset: int, length: int) -> None:
+        end = min(offset + length, node.size)
         for x in extents_for(node, offset, length):
+            layer = self.layers[x.layer] if x.layer < len(self.layers) else None
+            if layer is not None and layer.spans is not None:
+                lo = x.start + max(offset, x.file_offset) - x.file_offset
+                hi = x.start + min(end, x.file_offset + x.size) - x.file_offset
+                for span in layer.spans.spans_for(lo, hi):
+                    if (x.layer, span) not in self._spans_seen:
+                        self._spans_seen.add((x.layer, span))
+                        self.spans.append((x.layer, span))
+                continue
             key = (node.ino, x.file_offset)
             if key not in self._seen:
                 self._seen.add(key)
@@ -56,13 +79,34 @@ class Recorder:
         names = paths_by_inode(tree)
         return profile_of([(names[ino], off) for ino, off in self.order if ino in names])
 
+    def span_profile(self) -> SpanProfile:
+        """The recorded zTOC spans as a span profile (layers in the order first read)."""
+        refs: dict[int, int] = {}
+        for li, _ in self.spans:
+            refs.setdefault(li, len(refs))
+        layers = tuple(
+            LayerRef(self.layers[li].digest, spans_digest(self.layers[li].spans.z.checkpoints))
+            for li in refs
+        )
+        return SpanProfile(layers, tuple((refs[li], span) for li, span in self.spans))
+
     def write(self, tree: Tree, path: Path) -> int:
-        """Write the profile to ``path`` atomically; returns the number of chunks in it."""
-        profile = self.profile(tree)
+        """Write the profile to ``path`` atomically; returns the number of chunks (or spans) in it.
+
+        An image read through zTOCs gets a span profile (``zerostart index
+        REF --add-profile``), any other a chunk profile (``imagefs add-profile``).
+        """
+        if self.spans:
+            data, n = self.span_profile().encode(), len(self.spans)
+            if self.order:
+                log.warning("chunk profile: %d eStargz chunks left out of a span profile", n)
+        else:
+            profile = self.profile(tree)
+            data, n = profile.encode(), len(profile.reads)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(profile.encode())
+        tmp.write_bytes(data)
         tmp.replace(path)
-        return len(profile.reads)
+        return n
 
 
 def paths_by_inode(tree: Tree) -> dict[int, str]:

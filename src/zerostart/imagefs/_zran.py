@@ -25,16 +25,29 @@ from __future__ import annotations
 
 import bisect
 import logging
-import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from zerostart.estargz import ChunkRef
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import Extent, ImageIndexError, LayerEntry
 from zerostart.registry import _distribution as d
 from zerostart.registry.errors import RegistryError
 from zerostart.registry.referrers import list_referrers
-from zerostart.ztoc import ARTIFACT_TYPE, LAYER_ANNOTATION, Ztoc, ZtocError, decode, inflate_span
+from zerostart.ztoc import (
+    ARTIFACT_TYPE,
+    LAYER_ANNOTATION,
+    PROFILE_MEDIA_TYPE,
+    ZTOC_MEDIA_TYPE,
+    SpanProfile,
+    Ztoc,
+    ZtocError,
+    decode,
+    inflate_span,
+)
+from zerostart.ztoc._profile import MAX_PROFILE_BYTES
+from zerostart.ztoc._profile import bind as bind_profile
+from zerostart.ztoc._profile import decode as decode_profile
 
 if TYPE_CHECKING:
     from zerostart.imagefs._fetch import ChunkReader
@@ -54,6 +67,51 @@ GZIP_TYPES = frozenset(
 TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 
 
+def _newest_artifact(
+    reader: BlobReader, manifest_digest: str
+) -> tuple[str, Mapping[str, Any]] | None:
+    """The image's newest zTOC artifact ``(digest, manifest)``, checked to name this image.
+
+    None when the registry lists none or refuses to list them (logged).
+    Raises ImageIndexError for a listed artifact whose subject is another image.
+    """
+    try:
+        listed = list_referrers(reader, manifest_digest, ARTIFACT_TYPE)
+    except RegistryError as exc:  # the index is an optimisation: without it, layers come whole
+        log.warning("imagefs: cannot list the referrers of %s: %s", manifest_digest, exc)
+        return None
+    if not listed:
+        return None
+    try:
+        artifact_digest = d.check_digest(str(listed[-1].get("digest")))
+    except d.ProtocolError as exc:
+        raise ImageIndexError(f"referrer of {manifest_digest}: {exc}") from exc
+    artifact, _, _ = reader.manifest_document(artifact_digest)  # verified by its digest
+    subject = artifact.get("subject") or {}
+    if subject.get("digest") != manifest_digest:
+        raise ImageIndexError(
+            f"index artifact {artifact_digest} names subject {subject.get('digest')!r}, "
+            f"not this image ({manifest_digest}); refused"
+        )
+    return artifact_digest, artifact
+
+
+def _blob(
+    reader: BlobReader, artifact: str, desc: Mapping[str, Any], limit: int, what: str
+) -> bytes:
+    """A blob of the artifact, its size bounded before the fetch and its digest checked after."""
+    try:
+        digest, size, _ = d.descriptor_for(desc)
+    except d.ProtocolError as exc:
+        raise ImageIndexError(f"index artifact {artifact}: {exc}") from exc
+    if size > limit:
+        raise ImageIndexError(f"{what} {digest}: {size} bytes, over the {limit} limit; refused")
+    data = reader.read(digest, 0, size) if size else b""
+    if d.sha256_digest(data) != digest:
+        raise ImageIndexError(f"{what} {digest} does not match its digest")
+    return data
+
+
 def find_ztocs(
     reader: BlobReader, manifest_digest: str, manifest: Mapping[str, Any]
 ) -> dict[str, Ztoc]:
@@ -71,38 +129,16 @@ def find_ztocs(
     }
     if not layers:
         return {}
-    try:
-        listed = list_referrers(reader, manifest_digest, ARTIFACT_TYPE)
-    except RegistryError as exc:  # the index is an optimisation: without it, layers come whole
-        log.warning("imagefs: cannot list the referrers of %s: %s", manifest_digest, exc)
+    found = _newest_artifact(reader, manifest_digest)
+    if found is None:
         return {}
-    if not listed:
-        return {}
-    try:
-        artifact_digest = d.check_digest(str(listed[-1].get("digest")))
-    except d.ProtocolError as exc:
-        raise ImageIndexError(f"referrer of {manifest_digest}: {exc}") from exc
-    artifact, _, _ = reader.manifest_document(artifact_digest)  # verified by its digest
-    subject = artifact.get("subject") or {}
-    if subject.get("digest") != manifest_digest:
-        raise ImageIndexError(
-            f"index artifact {artifact_digest} names subject {subject.get('digest')!r}, "
-            f"not this image ({manifest_digest}); refused"
-        )
+    artifact_digest, artifact = found
     out: dict[str, Ztoc] = {}
     for desc in artifact.get("layers", []):
         layer = str((desc.get("annotations") or {}).get(LAYER_ANNOTATION, ""))
-        if layer not in layers or layer in out:
+        if layer not in layers or layer in out or desc.get("mediaType") != ZTOC_MEDIA_TYPE:
             continue
-        try:
-            digest, size, _ = d.descriptor_for(desc)
-        except d.ProtocolError as exc:
-            raise ImageIndexError(f"index artifact {artifact_digest}: {exc}") from exc
-        if size > MAX_ZTOC_BYTES:
-            raise ImageIndexError(f"zTOC {digest} of layer {layer}: {size} bytes; refused")
-        data = reader.read(digest, 0, size) if size else b""
-        if d.sha256_digest(data) != digest:
-            raise ImageIndexError(f"zTOC {digest} of layer {layer} does not match its digest")
+        data = _blob(reader, artifact_digest, desc, MAX_ZTOC_BYTES, f"zTOC of layer {layer}")
         try:
             out[layer] = decode(data, blob_size=layers[layer])
         except ZtocError as exc:
@@ -110,6 +146,35 @@ def find_ztocs(
                 f"zTOC of layer {layer}: {exc}", hint="refusing to mount"
             ) from exc
     return out
+
+
+def find_profile(reader: BlobReader, manifest_digest: str) -> SpanProfile | None:
+    """The span profile the image's newest index artifact carries, decoded; None when it has none.
+
+    Raises ImageIndexError (a wrong subject, a blob over its bound or not
+    matching its digest), SpanProfileError (:func:`zerostart.ztoc._profile.decode`),
+    RegistryError: the caller logs it and reads on demand.
+    """
+    found = _newest_artifact(reader, manifest_digest)
+    if found is None:
+        return None
+    artifact_digest, artifact = found
+    for desc in artifact.get("layers", []):
+        if desc.get("mediaType") == PROFILE_MEDIA_TYPE:
+            data = _blob(reader, artifact_digest, desc, MAX_PROFILE_BYTES, "span profile")
+            return decode_profile(data)
+    return None
+
+
+def plan_spans(profile: SpanProfile, layers: Sequence[Layer]) -> list[Extent]:
+    """The spans ``profile`` names on this mount's zTOC layers, in its order, as chunk extents.
+
+    Raises SpanProfileError when the profile does not fit the mount
+    (:func:`zerostart.ztoc._profile.bind`).
+    """
+    zlayers = {la.digest: la for la in layers if la.spans is not None}
+    bound = bind_profile(profile, {k: la.spans.z.checkpoints for k, la in zlayers.items()})
+    return [zlayers[digest].spans.extent(zlayers[digest].index, i) for digest, i in bound]
 
 
 def open_zran(index: int, desc: Mapping[str, Any], z: Ztoc) -> tuple[Layer, list[LayerEntry]]:
@@ -144,67 +209,56 @@ def open_zran(index: int, desc: Mapping[str, Any], z: Ztoc) -> tuple[Layer, list
 
 
 class SpanReader:
-    """Uncompressed bytes of one layer, by spans fetched, inflated and verified on demand."""
+    """Uncompressed bytes of one layer, by spans fetched, inflated and verified on demand.
+
+    A span is fetched as a chunk of the mount's :class:`ChunkReader` (an
+    :class:`Extent` whose blob range is the span's and whose digest is the
+    span's sha256), so span reads share its one-fetch-per-digest bookkeeping,
+    its retries, and its prefetch: a span profile's spans are streamed by
+    :meth:`ChunkReader.prefetch_chunks` like an eStargz profile's chunks, and
+    on-demand reads come first in the same way.
+    """
 
     def __init__(self, z: Ztoc) -> None:
         self.z = z
         self._starts = [c.out_offset for c in z.checkpoints]
-        self._lock = threading.Lock()
-        self._pending: dict[int, threading.Event] = {}
 
     def key(self, i: int) -> str:
         return "sha256:" + self.z.checkpoints[i].span_digest.hex()
+
+    def spans_for(self, offset: int, end: int) -> range:
+        """The indexes of the spans under ``[offset, end)`` of the uncompressed stream."""
+        if offset >= end:
+            return range(0)
+        first = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        last = max(0, bisect.bisect_left(self._starts, end) - 1)
+        return range(first, last + 1)
+
+    def extent(self, layer: int, i: int) -> Extent:
+        """Span ``i`` as a chunk: its uncompressed offset and length, its blob range, its digest."""
+        start, end = self.z.span_range(i)
+        out = self.z.checkpoints[i].out_offset
+        length = self.z.span_end(i) - out
+        ref = ChunkRef(f"span {i}", start, 0, out, length, self.key(i), end)
+        return Extent(layer, out, length, start, end, ref)
+
+    def verify(self, x: Extent, raw: bytes) -> bytes:
+        """Inflate and check the span ``x`` (:meth:`extent`). Raises ZtocError."""
+        i = bisect.bisect_right(self._starts, x.file_offset) - 1
+        return inflate_span(self.z.checkpoints[i], raw, x.size)
 
     def pread(self, chunks: ChunkReader, layer: Layer, length: int, offset: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of the layer's tar stream (short at its end)."""
         end = min(offset + length, self.z.out_size)
         parts = []
-        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
-        while offset < end and i < len(self._starts):
+        for i in self.spans_for(offset, end):
             lo, hi = self._starts[i], self.z.span_end(i)
-            if hi > offset:
-                stop = min(end, hi)
-                part = chunks.cache.read(self.key(i), offset - lo, stop - lo)
-                if part is None:
-                    part = self.span(chunks, layer, i)[offset - lo : stop - lo]
-                parts.append(part)
-                offset = stop
-            i += 1
+            stop = min(end, hi)
+            if stop <= offset:
+                continue
+            part = chunks.cache.read(self.key(i), offset - lo, stop - lo)
+            if part is None:
+                part = chunks.chunk(layer, self.extent(layer.index, i))[offset - lo : stop - lo]
+            parts.append(part)
+            offset = stop
         return b"".join(parts)
-
-    def span(self, chunks: ChunkReader, layer: Layer, i: int) -> bytes:
-        """Span ``i``, verified: cache, a fetch already in flight, or one range request now."""
-        key = self.key(i)
-        while True:
-            data = chunks.cache.get(key)
-            if data is not None:
-                return data
-            with self._lock:
-                waiting = self._pending.get(i)
-                if waiting is None:
-                    self._pending[i] = threading.Event()
-            if waiting is None:
-                break
-            waiting.wait()
-        try:
-            data = self._fetch(chunks, layer, i)
-            chunks.cache.put(key, data)
-            return data
-        finally:
-            with self._lock:
-                self._pending.pop(i).set()
-
-    def _fetch(self, chunks: ChunkReader, layer: Layer, i: int) -> bytes:
-        cp = self.z.checkpoints[i]
-        start, end = self.z.span_range(i)
-        length = self.z.span_end(i) - cp.out_offset
-        for attempt in (1, 2):
-            raw = chunks._range(layer, start, end)
-            try:
-                return inflate_span(cp, raw, length)
-            except ZtocError as exc:
-                with chunks._lock:
-                    chunks.counters["digest_mismatches"] += 1
-                message = f"layer {layer.digest[:19]} span {i}: {exc}; refused"
-                log.warning("%s (attempt %d)", message, attempt)
-        chunks._fail(message + " twice: the registry's copy is corrupt or was tampered with")

@@ -31,11 +31,12 @@ from zerostart.registry import _distribution as d
 from zerostart.registry._http import Auth
 from zerostart.registry.client import push
 from zerostart.registry.ranges import BlobReader
-from zerostart.registry.referrers import add_referrer
+from zerostart.registry.referrers import add_referrer, list_referrers
 from zerostart.ztoc import (
     ARTIFACT_TYPE,
     DEFAULT_SPAN_BYTES,
     LAYER_ANNOTATION,
+    PROFILE_MEDIA_TYPE,
     SPAN_ANNOTATION,
     ZTOC_MEDIA_TYPE,
     ZtocError,
@@ -111,6 +112,41 @@ def _index_layer(
     }
 
 
+def _push_artifact(
+    reader: BlobReader,
+    layout: Path,
+    subject: dict[str, Any],
+    layers: list[dict[str, Any]],
+    annotations: dict[str, str],
+    *,
+    insecure: bool | None,
+    auth: Auth | None,
+) -> tuple[str, bool]:
+    """Push the artifact (``layers``' blobs already in ``layout``) by digest and list it as a
+    referrer of ``subject``; returns its digest and whether the fallback tag was written."""
+    artifact = {
+        "schemaVersion": 2,
+        "mediaType": d.OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": {"mediaType": EMPTY_MEDIA_TYPE, **_blob(layout, EMPTY_JSON)},
+        "layers": layers,
+        "subject": subject,
+        "annotations": annotations,
+    }
+    body = json.dumps(artifact, separators=(",", ":")).encode()
+    top = {"mediaType": d.OCI_MANIFEST, **_blob(layout, body)}
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (layout / "index.json").write_text(
+        json.dumps({"schemaVersion": 2, "mediaType": d.OCI_INDEX, "manifests": [top]})
+    )
+    ref = reader.ref
+    repo = f"{ref.registry}/{ref.repository}"
+    pushed = push(layout, f"{repo}@{top['digest']}", insecure=insecure, auth=auth)
+    listed = {**top, "artifactType": ARTIFACT_TYPE, "annotations": annotations}
+    fallback = add_referrer(repo, subject["digest"], listed, insecure=insecure, auth=auth)
+    return pushed.digest, fallback
+
+
 def index_image(
     reference: str,
     *,
@@ -152,33 +188,78 @@ def index_image(
                     hint="eStargz images (zerostart build) mount lazily without an index",
                 )
             subject = {"mediaType": subject_type, "digest": digest, "size": len(subject_bytes)}
-            artifact = {
-                "schemaVersion": 2,
-                "mediaType": d.OCI_MANIFEST,
-                "artifactType": ARTIFACT_TYPE,
-                "config": {"mediaType": EMPTY_MEDIA_TYPE, **_blob(layout, EMPTY_JSON)},
-                "layers": ztocs,
-                "subject": subject,
-                "annotations": {SPAN_ANNOTATION: str(span_bytes)},
-            }
-            body = json.dumps(artifact, separators=(",", ":")).encode()
-            top = {"mediaType": d.OCI_MANIFEST, **_blob(layout, body)}
-            (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-            (layout / "index.json").write_text(
-                json.dumps({"schemaVersion": 2, "mediaType": d.OCI_INDEX, "manifests": [top]})
+            annotations = {SPAN_ANNOTATION: str(span_bytes)}
+            pushed = _push_artifact(
+                reader, layout, subject, ztocs, annotations, insecure=insecure, auth=auth
             )
-            ref = reader.ref
-            pushed = push(
+        result.artifact_digest, result.fallback_tag = pushed
+    finally:
+        reader.close()
+    result.seconds = round(time.perf_counter() - t0, 3)
+    return result
+
+
+def add_profile(
+    reference: str,
+    profile_bytes: bytes,
+    *,
+    insecure: bool | None = None,
+    auth: Auth | None = None,
+) -> IndexResult:
+    """Put a recorded span profile beside the zTOCs of ``reference``'s newest index artifact.
+
+    The profile (``run REF --lazy --record-profile FILE``) is decoded and
+    checked against that artifact's zTOCs (:func:`zerostart.ztoc._profile.bind`)
+    before anything is pushed; then a new artifact with the same zTOCs and the
+    profile (:data:`~zerostart.ztoc.PROFILE_MEDIA_TYPE`) is pushed and listed
+    as the image's newest referrer. The image is not touched. An earlier
+    profile is replaced. Raises IndexBuildError (no index artifact yet: run
+    ``zerostart index REF`` first), SpanProfileError (the profile does not fit
+    this image's zTOCs, or is malformed), ImageIndexError, RegistryError.
+    """
+    from zerostart.imagefs._zran import find_ztocs
+    from zerostart.ztoc._profile import bind
+    from zerostart.ztoc._profile import decode as decode_profile
+
+    t0 = time.perf_counter()
+    profile = decode_profile(profile_bytes)
+    reader = BlobReader(reference, insecure=insecure, auth=auth)
+    try:
+        digest, manifest = reader.manifest()
+        _, subject_bytes, subject_type = reader.manifest_document(digest)
+        result = IndexResult(str(reader.ref), digest)
+        listed = list_referrers(reader, digest, ARTIFACT_TYPE)
+        if not listed:
+            raise IndexBuildError(
+                f"{reference}: no zTOC index artifact to add the profile to",
+                hint=f"run `zerostart index {reference}` first",
+            )
+        old, _, _ = reader.manifest_document(d.check_digest(str(listed[-1].get("digest"))))
+        ztocs = find_ztocs(reader, digest, manifest)  # the same artifact, verified and decoded
+        bind(profile, {layer: z.checkpoints for layer, z in ztocs.items()})
+        with tempfile.TemporaryDirectory(prefix="zerostart-index-") as tmp:
+            layout = Path(tmp) / "layout"
+            layers = []
+            for desc in old.get("layers", []):
+                if desc.get("mediaType") != ZTOC_MEDIA_TYPE:
+                    continue  # the earlier profile, replaced
+                data = reader.read(desc["digest"], 0, int(desc["size"]))
+                if _blob(layout, data)["digest"] != desc["digest"]:
+                    raise IndexBuildError(f"zTOC {desc['digest']} does not match its digest")
+                layers.append(dict(desc))
+            blob = _blob(layout, profile.encode())
+            layers.append({"mediaType": PROFILE_MEDIA_TYPE, **blob})
+            result.layers = [{"profile_reads": len(profile.reads), "profile_bytes": blob["size"]}]
+            subject = {"mediaType": subject_type, "digest": digest, "size": len(subject_bytes)}
+            result.artifact_digest, result.fallback_tag = _push_artifact(
+                reader,
                 layout,
-                f"{ref.registry}/{ref.repository}@{top['digest']}",
+                subject,
+                layers,
+                dict(old.get("annotations") or {}),
                 insecure=insecure,
                 auth=auth,
             )
-            result.artifact_digest = pushed.digest
-        listed = {**top, "artifactType": ARTIFACT_TYPE, "annotations": artifact["annotations"]}
-        result.fallback_tag = add_referrer(
-            f"{ref.registry}/{ref.repository}", digest, listed, insecure=insecure, auth=auth
-        )
     finally:
         reader.close()
     result.seconds = round(time.perf_counter() - t0, 3)

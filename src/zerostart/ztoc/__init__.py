@@ -14,8 +14,9 @@ Layout::
     _format.py   Ztoc, Checkpoint, Entry; encode / decode (validates untrusted input)
     _build.py    build(): one pass of zlib's inflate(Z_BLOCK) via ctypes (index time only)
     _span.py     inflate_span(): resume at a checkpoint in pure Python (mount time)
+    _profile.py  SpanProfile: the spans a start read, in order (beside the zTOCs)
 
-Standard library only; the mount imports ``_format`` and ``_span`` only.
+Standard library only; the mount imports ``_format``, ``_span`` and ``_profile``.
 The artifact that carries zTOCs to a registry is described in
 docs/lazy-images.md.
 """
@@ -31,6 +32,13 @@ from zerostart.ztoc._format import (
     decode,
     encode,
 )
+from zerostart.ztoc._profile import (
+    PROFILE_MEDIA_TYPE,
+    LayerRef,
+    SpanProfile,
+    SpanProfileError,
+    spans_digest,
+)
 from zerostart.ztoc._span import inflate_span
 
 # The referrer artifact: its artifactType, each zTOC blob's media type, and the
@@ -44,13 +52,18 @@ __all__ = [
     "ARTIFACT_TYPE",
     "DEFAULT_SPAN_BYTES",
     "LAYER_ANNOTATION",
+    "PROFILE_MEDIA_TYPE",
     "SPAN_ANNOTATION",
     "ZTOC_MEDIA_TYPE",
     "Checkpoint",
     "Entry",
+    "LayerRef",
+    "SpanProfile",
+    "SpanProfileError",
     "Ztoc",
     "ZtocError",
     "decode",
     "encode",
     "inflate_span",
+    "spans_digest",
 ]
