@@ -15,10 +15,19 @@ A file of such a layer is one extent: its data offset in the layer's
 *uncompressed* tar stream. :class:`SpanReader` serves a read by the spans
 under it: each span is one range request (``[checkpoint, next checkpoint)``
 of the compressed blob), inflated from its checkpoint's window and checked
-against the span's sha256 from the zTOC before it is cached. The cache is the
-mount's content-addressed chunk cache, keyed by that digest, so a span shared
-by two images is fetched once. A span that fails its digest is fetched once
-more, then the read fails (``EIO``), as for an eStargz chunk.
+against the span's sha256 from the zTOC before it is cached. A span is a
+chunk of the mount's :class:`~zerostart.imagefs._fetch.ChunkReader` (same
+cache, keyed by that digest, so a span shared by two images is fetched once;
+same one-fetch-per-digest, retries and prefetch). A span that fails its
+digest is fetched once more, then the read fails (``EIO``), as for an
+eStargz chunk.
+
+Prefetch: the newest artifact may also carry a span profile
+(:mod:`zerostart.ztoc._profile`; ``zerostart index REF --add-profile``).
+After the mount is ready the daemon fetches it (:func:`find_profile`),
+checks it against the mounted zTOCs (:func:`plan_spans`) and streams those
+spans in its order with the chunk reader's profile prefetch, on-demand reads
+first. A refused profile is logged and the spans come on demand.
 """
 
 from __future__ import annotations
@@ -67,7 +76,7 @@ GZIP_TYPES = frozenset(
 TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 
 
-def _newest_artifact(
+def newest_artifact(
     reader: BlobReader, manifest_digest: str
 ) -> tuple[str, Mapping[str, Any]] | None:
     """The image's newest zTOC artifact ``(digest, manifest)``, checked to name this image.
@@ -96,7 +105,7 @@ def _newest_artifact(
     return artifact_digest, artifact
 
 
-def _blob(
+def fetch_blob(
     reader: BlobReader, artifact: str, desc: Mapping[str, Any], limit: int, what: str
 ) -> bytes:
     """A blob of the artifact, its size bounded before the fetch and its digest checked after."""
@@ -129,7 +138,7 @@ def find_ztocs(
     }
     if not layers:
         return {}
-    found = _newest_artifact(reader, manifest_digest)
+    found = newest_artifact(reader, manifest_digest)
     if found is None:
         return {}
     artifact_digest, artifact = found
@@ -138,7 +147,7 @@ def find_ztocs(
         layer = str((desc.get("annotations") or {}).get(LAYER_ANNOTATION, ""))
         if layer not in layers or layer in out or desc.get("mediaType") != ZTOC_MEDIA_TYPE:
             continue
-        data = _blob(reader, artifact_digest, desc, MAX_ZTOC_BYTES, f"zTOC of layer {layer}")
+        data = fetch_blob(reader, artifact_digest, desc, MAX_ZTOC_BYTES, f"zTOC of layer {layer}")
         try:
             out[layer] = decode(data, blob_size=layers[layer])
         except ZtocError as exc:
@@ -155,13 +164,13 @@ def find_profile(reader: BlobReader, manifest_digest: str) -> SpanProfile | None
     matching its digest), SpanProfileError (:func:`zerostart.ztoc._profile.decode`),
     RegistryError: the caller logs it and reads on demand.
     """
-    found = _newest_artifact(reader, manifest_digest)
+    found = newest_artifact(reader, manifest_digest)
     if found is None:
         return None
     artifact_digest, artifact = found
     for desc in artifact.get("layers", []):
         if desc.get("mediaType") == PROFILE_MEDIA_TYPE:
-            data = _blob(reader, artifact_digest, desc, MAX_PROFILE_BYTES, "span profile")
+            data = fetch_blob(reader, artifact_digest, desc, MAX_PROFILE_BYTES, "span profile")
             return decode_profile(data)
     return None
 

@@ -31,7 +31,7 @@ from zerostart.registry import _distribution as d
 from zerostart.registry._http import Auth
 from zerostart.registry.client import push
 from zerostart.registry.ranges import BlobReader
-from zerostart.registry.referrers import add_referrer, list_referrers
+from zerostart.registry.referrers import add_referrer
 from zerostart.ztoc import (
     ARTIFACT_TYPE,
     DEFAULT_SPAN_BYTES,
@@ -217,7 +217,8 @@ def add_profile(
     ``zerostart index REF`` first), SpanProfileError (the profile does not fit
     this image's zTOCs, or is malformed), ImageIndexError, RegistryError.
     """
-    from zerostart.imagefs._zran import find_ztocs
+    from zerostart.imagefs._zran import MAX_ZTOC_BYTES, fetch_blob, newest_artifact
+    from zerostart.ztoc import decode
     from zerostart.ztoc._profile import bind
     from zerostart.ztoc._profile import decode as decode_profile
 
@@ -228,25 +229,30 @@ def add_profile(
         digest, manifest = reader.manifest()
         _, subject_bytes, subject_type = reader.manifest_document(digest)
         result = IndexResult(str(reader.ref), digest)
-        listed = list_referrers(reader, digest, ARTIFACT_TYPE)
-        if not listed:
+        found = newest_artifact(reader, digest)  # its subject checked: this image
+        if found is None:
             raise IndexBuildError(
                 f"{reference}: no zTOC index artifact to add the profile to",
                 hint=f"run `zerostart index {reference}` first",
             )
-        old, _, _ = reader.manifest_document(d.check_digest(str(listed[-1].get("digest"))))
-        ztocs = find_ztocs(reader, digest, manifest)  # the same artifact, verified and decoded
-        bind(profile, {layer: z.checkpoints for layer, z in ztocs.items()})
+        artifact_digest, old = found
+        sizes = {str(x.get("digest")): int(x.get("size", 0)) for x in manifest.get("layers", [])}
         with tempfile.TemporaryDirectory(prefix="zerostart-index-") as tmp:
             layout = Path(tmp) / "layout"
-            layers = []
+            layers, spans = [], {}
             for desc in old.get("layers", []):
                 if desc.get("mediaType") != ZTOC_MEDIA_TYPE:
                     continue  # the earlier profile, replaced
-                data = reader.read(desc["digest"], 0, int(desc["size"]))
-                if _blob(layout, data)["digest"] != desc["digest"]:
-                    raise IndexBuildError(f"zTOC {desc['digest']} does not match its digest")
+                layer = str((desc.get("annotations") or {}).get(LAYER_ANNOTATION, ""))
+                data = fetch_blob(reader, artifact_digest, desc, MAX_ZTOC_BYTES, "zTOC")
+                if layer in sizes:
+                    try:
+                        spans[layer] = decode(data, blob_size=sizes[layer]).checkpoints
+                    except ZtocError as exc:
+                        raise IndexBuildError(f"zTOC of layer {layer}: {exc}") from exc
+                _blob(layout, data)
                 layers.append(dict(desc))
+            bind(profile, spans)  # the profile fits these zTOCs, or nothing is pushed
             blob = _blob(layout, profile.encode())
             layers.append({"mediaType": PROFILE_MEDIA_TYPE, **blob})
             result.layers = [{"profile_reads": len(profile.reads), "profile_bytes": blob["size"]}]
