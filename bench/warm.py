@@ -166,10 +166,23 @@ def interleaved(
     }
 
 
+def _kernel_sources_digest() -> str:
+    """A short digest of the CPU kernels' C sources: a cached bundle holds compiled kernels,
+    so one converted before a kernel change must not be timed as if it were current."""
+    import hashlib
+
+    from zerostart.kernels.cpu_build import HEADERS, SOURCES, SOURCES_DIR
+
+    digest = hashlib.sha256()
+    for name in (*SOURCES, *HEADERS):
+        digest.update((SOURCES_DIR / name).read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def _bundle(name: str, src: Path, tag: str, **kwargs: Any) -> Path:
     from zerostart.model.convert import convert
 
-    out = BUNDLES / f"{name}-cpu-{tag}"
+    out = BUNDLES / f"{name}-cpu-{tag}-{_kernel_sources_digest()}"
     if not (out / "manifest.json").exists():
         BUNDLES.mkdir(parents=True, exist_ok=True)
         convert(src, out, **kwargs)
@@ -211,11 +224,15 @@ def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
     if name.startswith("deberta"):  # the serving engine only: fp32, native kernels
         from zerostart.engine.deberta_native import NativeDebertaEngine
 
-        bundle = Bundle.open(_bundle(name, src, "fp32"))
-        engines["zerostart_fp32_serving"] = _Serving(
-            NativeDebertaEngine.from_bundle(bundle, threads=threads)
-        )
-        engines["zerostart_int8"] = "not run: DeBERTa bundles are float32 only today"
+        for label, tag, kwargs in (
+            ("zerostart_fp32_serving", "fp32", {}),
+            ("zerostart_int8_serving", "int8", {"precision": "int8"}),
+        ):
+            try:
+                bundle = Bundle.open(_bundle(name, src, tag, **kwargs))
+                engines[label] = _Serving(NativeDebertaEngine.from_bundle(bundle, threads=threads))
+            except (EngineError, ConvertError) as exc:
+                engines[label] = f"not run: {exc}"
         return engines
     variants: list[tuple[str, str, dict[str, Any]]] = [
         ("zerostart_fp32", "fp32", {}),
@@ -319,14 +336,13 @@ def bench_model(
             if not isinstance(e, str):
                 fns[k] = lambda e=e: e.forward(ids, mask, types)
         fns["pytorch_fp32"] = run_torch
-        # DeBERTa: fp32 only (zerostart has no int8/bf16 DeBERTa bundle yet; on a loaded
-        # 2-core box the reduced-precision rows would double the run for nothing to compare)
-        fp32_only = name.startswith("deberta")
-        if not fp32_only:
+        # DeBERTa: no PyTorch bf16 row (our DeBERTa bundles are fp32 or int8; on a loaded
+        # 2-core box that row would lengthen the run for nothing to compare against)
+        deberta = name.startswith("deberta")
+        if not deberta:
             fns["pytorch_bf16"] = lambda: run_torch(bf16=True)
         for k, sess in sessions.items():
-            if not (fp32_only and k != "onnxruntime_fp32"):
-                fns[k] = lambda sess=sess: sess.run(None, feeds)[0]
+            fns[k] = lambda sess=sess: sess.run(None, feeds)[0]
         ref = run_torch().float().numpy()
         diffs = {}
         for k, fn in fns.items():

@@ -86,7 +86,7 @@ def check_precision(manifest: Manifest, kernels: NativeKernels | None) -> None:
         which = "no native kernels" if kernels is None else f"the {kernels.arch} build"
         raise EngineError(
             f"this bundle's {manifest.dtype} matrices need native kernels with "
-            f"{'AVX-512 VNNI' if manifest.dtype == 'int8' else 'AVX-512 BF16'}, and {which} has none",
+            f"{'AVX-512 VNNI or AVX2' if manifest.dtype == 'int8' else 'AVX-512 BF16'}, and {which} has none",
             hint="convert again with --precision float32, or with a --cpu-arch that has them",
         )
 
@@ -398,7 +398,7 @@ class NativeCpuEngine:
         kp, n_pad = padded(w.k, w.n, w.precision)
         s = self._scratch
         if w.precision == "int8":
-            qa = s.get("qa", m * kp, "B")
+            qa = s.get("qa", m * kp * k.int8_a_width, "B")
             a_scale, a_zp = s.get("qa_scale", m), s.get("qa_zp", m, "i")
 
             def part_int8(i: int, j: int) -> None:
