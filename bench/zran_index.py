@@ -61,9 +61,8 @@ from zerostart.image.trace import WarmupRequest, send  # noqa: E402
 from zerostart.imagefs.zindex import add_profile, index_image  # noqa: E402
 from zerostart.procs import free_port  # noqa: E402
 from zerostart.registry.client import pull  # noqa: E402
-from zerostart.ztoc import Ztoc, inflate_span  # noqa: E402
+from zerostart.ztoc import Ztoc, decode_profile, inflate_span  # noqa: E402
 from zerostart.ztoc._build import Z_OK, _ZStream, build, libz  # noqa: E402
-from zerostart.ztoc._profile import decode as decode_profile  # noqa: E402
 
 WORK = ROOT / ".cache" / "bench-zran"
 READY_TIMEOUT_S = 600.0

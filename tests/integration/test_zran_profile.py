@@ -30,6 +30,7 @@ from fault_proxy import fault_proxy
 from foreign_images import expected_answer, skopeo_push
 from test_zran_index import CLI_TIMEOUT_S, Foreign, _index
 
+from zerostart.cli.imagefs import format_stats
 from zerostart.imagefs._zran import find_ztocs
 from zerostart.imagefs.mount import LazyMount, is_mounted
 from zerostart.imagefs.zindex import _blob, _push_artifact
@@ -221,6 +222,7 @@ def test_run_lazy_with_a_recorded_profile_answers_like_a_full_pull(
     assert pre["source"] == "profile" and pre["state"] == "done", pre
     assert pre["profile"]["spans"] == len(profile.reads)
     assert stats[1]["reads"]["failed_reads"] == 0
+    assert f"span profile: {len(profile.reads)} spans" in format_stats(stats[1])  # `run`'s report
 
 
 def _push_profile_blob(ref: str, raw: bytes, *, size: int | None = None) -> str:
@@ -304,6 +306,7 @@ def test_hostile_or_damaged_profile_is_refused_and_spans_come_on_demand(
     assert pre["source"] == "on demand" and "profile" not in pre, pre
     assert message in pre["profile_refused"], pre
     assert spans_before == 0  # nothing of a refused profile is fetched
+    assert f"span profile refused: {pre['profile_refused']}" in format_stats(stats)
     assert "span profile refused, reading spans on demand" in m.log_tail(20_000)
 
 

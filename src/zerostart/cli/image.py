@@ -201,14 +201,14 @@ def _run_lazy(args: argparse.Namespace) -> int:
 def _profile_hint(image: str, path: Path) -> str:
     """What to do with a recorded profile: a span profile goes beside the zTOCs, a chunk
     profile into the image (docs/imagefs.md, docs/lazy-images.md)."""
-    from zerostart.ztoc._profile import FORMAT
+    from zerostart.ztoc import PROFILE_FORMAT
 
     try:
         with open(path, "rb") as f:
             head = f.read(64)
     except OSError:
         return f"no profile was written to {path} (see the imagefs log)"
-    if FORMAT.encode() in head:
+    if PROFILE_FORMAT.encode() in head:
         return (
             f"span profile written to {path}: put it beside the image's zTOCs with "
             f"`zerostart index {image} --add-profile {path}`"

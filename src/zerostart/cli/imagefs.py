@@ -36,12 +36,16 @@ def format_stats(s: dict[str, Any]) -> str:
         f"  prefetch {pre.get('state', 'none')}: {_mb(done)} of {_mb(total)}"
         + (f" ({pre['source']})" if pre.get("source") else ""),
     ]
-    if pre.get("profile"):
-        p = pre["profile"]
+    p = pre.get("profile") or {}
+    if "spans" in p:  # a span profile beside a zTOC image's index (docs/lazy-images.md)
+        lines.append(f"  span profile: {p['spans']} spans ({_mb(p['bytes'])})")
+    elif p:
         lines.append(
             f"  chunk profile: {p['chunks']} chunks ({_mb(p['bytes'])}) of {p['entries']} entries; "
             f"skipped {p['skipped_missing']} missing, {p['skipped_offset']} past the end"
         )
+    if pre.get("profile_refused"):
+        lines.append(f"  span profile refused: {pre['profile_refused']}")
     for layer in s.get("layers", []):
         lines.append(f"  layer {layer['digest'][:19]}: {layer['note']}")
     problems = {

@@ -99,7 +99,9 @@ class Recorder:
         if self.spans:
             data, n = self.span_profile().encode(), len(self.spans)
             if self.order:
-                log.warning("chunk profile: %d eStargz chunks left out of a span profile", n)
+                log.warning(
+                    "chunk profile: %d eStargz chunks left out of a span profile", len(self.order)
+                )
         else:
             profile = self.profile(tree)
             data, n = profile.encode(), len(profile.reads)

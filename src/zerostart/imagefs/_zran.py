@@ -46,17 +46,17 @@ from zerostart.registry.referrers import list_referrers
 from zerostart.ztoc import (
     ARTIFACT_TYPE,
     LAYER_ANNOTATION,
+    MAX_PROFILE_BYTES,
     PROFILE_MEDIA_TYPE,
     ZTOC_MEDIA_TYPE,
     SpanProfile,
     Ztoc,
     ZtocError,
+    bind_profile,
     decode,
+    decode_profile,
     inflate_span,
 )
-from zerostart.ztoc._profile import MAX_PROFILE_BYTES
-from zerostart.ztoc._profile import bind as bind_profile
-from zerostart.ztoc._profile import decode as decode_profile
 
 if TYPE_CHECKING:
     from zerostart.imagefs._fetch import ChunkReader

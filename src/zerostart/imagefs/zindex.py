@@ -209,7 +209,7 @@ def add_profile(
     """Put a recorded span profile beside the zTOCs of ``reference``'s newest index artifact.
 
     The profile (``run REF --lazy --record-profile FILE``) is decoded and
-    checked against that artifact's zTOCs (:func:`zerostart.ztoc._profile.bind`)
+    checked against that artifact's zTOCs (:func:`zerostart.ztoc.bind_profile`)
     before anything is pushed; then a new artifact with the same zTOCs and the
     profile (:data:`~zerostart.ztoc.PROFILE_MEDIA_TYPE`) is pushed and listed
     as the image's newest referrer. The image is not touched. An earlier
@@ -218,9 +218,7 @@ def add_profile(
     this image's zTOCs, or is malformed), ImageIndexError, RegistryError.
     """
     from zerostart.imagefs._zran import MAX_ZTOC_BYTES, fetch_blob, newest_artifact
-    from zerostart.ztoc import decode
-    from zerostart.ztoc._profile import bind
-    from zerostart.ztoc._profile import decode as decode_profile
+    from zerostart.ztoc import bind_profile, decode, decode_profile
 
     t0 = time.perf_counter()
     profile = decode_profile(profile_bytes)
@@ -252,7 +250,7 @@ def add_profile(
                         raise IndexBuildError(f"zTOC of layer {layer}: {exc}") from exc
                 _blob(layout, data)
                 layers.append(dict(desc))
-            bind(profile, spans)  # the profile fits these zTOCs, or nothing is pushed
+            bind_profile(profile, spans)  # the profile fits these zTOCs, or nothing is pushed
             blob = _blob(layout, profile.encode())
             layers.append({"mediaType": PROFILE_MEDIA_TYPE, **blob})
             result.layers = [{"profile_reads": len(profile.reads), "profile_bytes": blob["size"]}]

@@ -32,13 +32,17 @@ from zerostart.ztoc._format import (
     decode,
     encode,
 )
+from zerostart.ztoc._profile import FORMAT as PROFILE_FORMAT
 from zerostart.ztoc._profile import (
+    MAX_PROFILE_BYTES,
     PROFILE_MEDIA_TYPE,
     LayerRef,
     SpanProfile,
     SpanProfileError,
     spans_digest,
 )
+from zerostart.ztoc._profile import bind as bind_profile
+from zerostart.ztoc._profile import decode as decode_profile
 from zerostart.ztoc._span import inflate_span
 
 # The referrer artifact: its artifactType, each zTOC blob's media type, and the
@@ -52,6 +56,8 @@ __all__ = [
     "ARTIFACT_TYPE",
     "DEFAULT_SPAN_BYTES",
     "LAYER_ANNOTATION",
+    "MAX_PROFILE_BYTES",
+    "PROFILE_FORMAT",
     "PROFILE_MEDIA_TYPE",
     "SPAN_ANNOTATION",
     "ZTOC_MEDIA_TYPE",
@@ -62,7 +68,9 @@ __all__ = [
     "SpanProfileError",
     "Ztoc",
     "ZtocError",
+    "bind_profile",
     "decode",
+    "decode_profile",
     "encode",
     "inflate_span",
     "spans_digest",
