@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from zerostart.errors import PathEscapeError, ZerostartError
 from zerostart.paths import relative_name
@@ -69,28 +70,53 @@ class Profile:
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def decode(data: bytes) -> Profile:
-    """Parse and check a profile document. Raises :class:`ProfileError` saying what is wrong."""
-    if len(data) > MAX_PROFILE_BYTES:
-        raise ProfileError(f"profile is {len(data)} bytes, over the {MAX_PROFILE_BYTES} limit")
-    if data.count(b"[") > MAX_READS + MAX_FILES + 2:  # every read is a list: refuse unparsed
-        raise ProfileError(f"profile has over {MAX_READS} reads (limits)")
+def lists_of(
+    data: bytes,
+    *,
+    fmt: str,
+    version: int,
+    max_bytes: int,
+    limits: dict[str, int],
+    error: type[ZerostartError],
+) -> list[list[Any]]:
+    """The lists named by ``limits`` of a ``{"format": fmt, "version": version, ...}`` JSON
+    profile, each at most its limit long; raises ``error`` saying what is wrong.
+
+    Shared by the chunk profile and the span profile (zerostart/ztoc/_profile.py):
+    the document's size is bounded before parsing, and so is its count of lists
+    (every read is one), so a hostile profile costs well under a second.
+    """
+    if len(data) > max_bytes:
+        raise error(f"profile is {len(data)} bytes, over the {max_bytes} limit")
+    if data.count(b"[") > sum(limits.values()) + len(limits):  # refuse a huge one unparsed
+        raise error(f"profile has over {max(limits.values())} reads (limits)")
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
-        raise ProfileError(f"profile is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ProfileError(f"not a {FORMAT} document")
-    if doc.get("version") != VERSION:
-        raise ProfileError(f"profile version {doc.get('version')!r} is not {VERSION}")
-    files, reads = doc.get("files"), doc.get("reads")
-    if not isinstance(files, list) or not isinstance(reads, list):
-        raise ProfileError("profile needs a 'files' list and a 'reads' list")
-    if len(files) > MAX_FILES or len(reads) > MAX_READS:
-        raise ProfileError(
-            f"profile names {len(files)} files and {len(reads)} reads "
-            f"(limits {MAX_FILES} and {MAX_READS})"
-        )
+        raise error(f"profile is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise error(f"not a {fmt} document")
+    if doc.get("version") != version:
+        raise error(f"profile version {doc.get('version')!r} is not {version}")
+    out = [x for x in (doc.get(key) for key in limits) if isinstance(x, list)]
+    if len(out) != len(limits):
+        raise error("profile needs " + " and ".join(f"a '{key}' list" for key in limits))
+    if any(len(x) > limit for x, limit in zip(out, limits.values(), strict=True)):
+        counts = " and ".join(f"{len(x)} {key}" for x, key in zip(out, limits, strict=True))
+        raise error(f"profile names {counts} (limits {' and '.join(map(str, limits.values()))})")
+    return out
+
+
+def decode(data: bytes) -> Profile:
+    """Parse and check a profile document. Raises :class:`ProfileError` saying what is wrong."""
+    files, reads = lists_of(
+        data,
+        fmt=FORMAT,
+        version=VERSION,
+        max_bytes=MAX_PROFILE_BYTES,
+        limits={"files": MAX_FILES, "reads": MAX_READS},
+        error=ProfileError,
+    )
     names = []
     for name in files:
         if not isinstance(name, str):

@@ -208,7 +208,8 @@ ALLOWED: dict[str, frozenset[str]] = {
         "faults": ("errors",),
         "registry": ("errors",),
         "estargz": ("errors", "paths"),
-        "ztoc": ("errors", "estargz", "paths"),  # the zTOC format (zerostart index), a leaf
+        # the zTOC format (zerostart index) and its span profile, a leaf
+        "ztoc": ("chunkprofile", "errors", "estargz", "paths"),
         "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
         # snapshot -> engine: the checkpointer reads libcuda's errors through the engine's Driver
         "snapshot": ("engine", "errors", "paths"),

@@ -88,8 +88,9 @@ def test_spans_digest_names_the_span_list() -> None:
             + b'","version":1,"layers":[],"reads":['
             + b",".join([b"[0,0]"] * (MAX_READS + 1))
             + b"]}",
-            "over",
+            "reads .limits",
         ),
+        (b"[" * (MAX_READS + MAX_LAYERS + 3), "has over"),  # refused before parsing
         (b" " * (16 * 1024 * 1024 + 1), "over the"),
     ],
 )

@@ -29,7 +29,7 @@ the mount (every layer is one of the image's zTOC layers, with the same span
 list; every span index is below that layer's span count). Either refuses the
 whole profile with :class:`SpanProfileError`; the mount then reads on demand.
 
-Leaf module, standard library only.
+Leaf module: the standard library and zerostart/chunkprofile.py (the shared document checks).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from zerostart.chunkprofile import lists_of
 from zerostart.ztoc._format import MAX_CHECKPOINTS, Checkpoint, ZtocError
 
 FORMAT = "zerostart.ztoc-profile"
@@ -97,26 +98,14 @@ def spans_digest(checkpoints: Sequence[Checkpoint]) -> str:
 
 def decode(data: bytes) -> SpanProfile:
     """Parse and check a profile document. Raises :class:`SpanProfileError` saying what is wrong."""
-    if len(data) > MAX_PROFILE_BYTES:
-        raise SpanProfileError(f"profile is {len(data)} bytes, over the {MAX_PROFILE_BYTES} limit")
-    if data.count(b"[") > MAX_READS + 2:  # every read is a list: refuse a huge one unparsed
-        raise SpanProfileError(f"profile has over {MAX_READS} reads (limits)")
-    try:
-        doc = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise SpanProfileError(f"profile is not JSON: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SpanProfileError(f"not a {FORMAT} document")
-    if doc.get("version") != VERSION:
-        raise SpanProfileError(f"profile version {doc.get('version')!r} is not {VERSION}")
-    layers, reads = doc.get("layers"), doc.get("reads")
-    if not isinstance(layers, list) or not isinstance(reads, list):
-        raise SpanProfileError("profile needs a 'layers' list and a 'reads' list")
-    if len(layers) > MAX_LAYERS or len(reads) > MAX_READS:
-        raise SpanProfileError(
-            f"profile names {len(layers)} layers and {len(reads)} reads "
-            f"(limits {MAX_LAYERS} and {MAX_READS})"
-        )
+    layers, reads = lists_of(
+        data,
+        fmt=FORMAT,
+        version=VERSION,
+        max_bytes=MAX_PROFILE_BYTES,
+        limits={"layers": MAX_LAYERS, "reads": MAX_READS},
+        error=SpanProfileError,
+    )
     refs = []
     for la in layers:
         if not isinstance(la, dict) or set(la) != {"digest", "spans"}:
