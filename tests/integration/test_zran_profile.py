@@ -22,12 +22,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import test_zran_index as zran_index
 from fault_proxy import fault_proxy
 from foreign_images import expected_answer, skopeo_push
+from test_imagefs_profile import _prefetched
 from test_zran_index import CLI_TIMEOUT_S, Foreign, _index
 
 from zerostart.cli.imagefs import format_stats
@@ -107,17 +107,6 @@ def _add_profile_cli(ref: str, path: Path) -> subprocess.CompletedProcess[str]:
         timeout=CLI_TIMEOUT_S,
         check=False,
     )
-
-
-def _prefetched(m: LazyMount) -> dict[str, Any]:
-    deadline = time.monotonic() + PREFETCH_WAIT_S
-    while True:
-        time.sleep(0.6)  # the daemon rewrites its stats twice a second
-        stats = m.stats()
-        if stats["reads"]["prefetch"]["state"] not in ("none", "running"):
-            return stats
-        assert time.monotonic() < deadline, stats["reads"]["prefetch"]
-        assert m.alive(), m.log_tail()
 
 
 def test_profile_is_recorded_carried_beside_the_ztocs_and_prefetched_in_order(
