@@ -22,10 +22,11 @@
 #                    only, never in an image; docs/cpu.md) and in the kernel tests
 #   hey              HTTP load generator: the gateway's 10,000-request test (platform)
 #   chromium, chromium-driver  a real headless browser for the gateway's status page test
+#   zstd             zstd and pzstd: the zstd layers of the zTOC tests (one frame, many frames)
 set -euo pipefail
 
 REQUIRED=(runc crun skopeo umoci docker-registry apache2-utils strace fuse3 libfuse3-dev pkg-config
-    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter hey gcc chromium chromium-driver)
+    golang-go golang-github-containerd-stargz-snapshotter-dev stargz-snapshotter hey gcc chromium chromium-driver zstd)
 OPTIONAL=(podman)
 
 missing() {

@@ -12,6 +12,7 @@ written by pgzip), :func:`add_layer` puts a second layer over it;
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -206,3 +207,42 @@ def skopeo_push(layout: Path, tag: str, reference: str) -> None:
             f"docker://{reference}",
         ]
     )
+
+
+ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
+
+
+def zstd_image(layout: Path, tag: str, out: Path, *, multi_frame: bool = True) -> None:
+    """A copy of ``layout`` whose ``tag`` has its gzip layers recompressed as zstd.
+
+    ``multi_frame``: by ``pzstd -1`` (a frame per ~2 MiB of tar, each with a
+    skippable size header: seekable at frame starts), else by ``zstd`` (one
+    frame, as the zstd CLI and Go's klauspost/compress write). The tar, and so
+    the config's ``diff_ids``, stay the same; manifest and index name the new blobs.
+    """
+    shutil.copytree(layout, out)
+    blobs = out / "blobs" / "sha256"
+    index = json.loads((out / "index.json").read_text())
+    (top,) = [
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    ]
+    manifest = json.loads((blobs / top["digest"].split(":", 1)[1]).read_bytes())
+    for desc in manifest["layers"]:
+        raw = blobs / desc["digest"].split(":", 1)[1]
+        tar = out / "layer.tar"
+        tar.write_bytes(gzip.decompress(raw.read_bytes()))
+        tool = ["pzstd", "-1", "-p", "2"] if multi_frame else ["zstd", "-3"]
+        _run([*tool, "-q", "-f", str(tar), "-o", str(out / "layer.zst")])
+        data = (out / "layer.zst").read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        desc |= {"mediaType": ZSTD_LAYER, "digest": f"sha256:{digest}", "size": len(data)}
+        tar.unlink()
+        (out / "layer.zst").unlink()
+    body = json.dumps(manifest).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    (blobs / digest).write_bytes(body)
+    top |= {"digest": f"sha256:{digest}", "size": len(body)}
+    (out / "index.json").write_text(json.dumps(index))

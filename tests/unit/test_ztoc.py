@@ -244,3 +244,46 @@ def test_counts_sizes_and_framing_are_checked(monkeypatch: pytest.MonkeyPatch) -
 def test_public_names() -> None:
     assert ztoc.ARTIFACT_TYPE.startswith("application/vnd.zerostart.")
     assert ztoc.DEFAULT_SPAN_BYTES == 1024 * 1024
+
+
+def _zstd_frames(raw: bytes, frame_bytes: int) -> bytes:
+    """``raw`` as a concatenation of independent zstd frames (as pzstd writes them)."""
+    zstandard = pytest.importorskip("zstandard")
+    c = zstandard.ZstdCompressor(level=3)
+    return b"".join(c.compress(raw[i : i + frame_bytes]) for i in range(0, len(raw), frame_bytes))
+
+
+def test_a_zstd_layer_is_checkpointed_at_frame_starts(
+    layer: tuple[bytes, bytes, dict[str, bytes]],
+) -> None:
+    _, raw, files = layer
+    blob = _zstd_frames(raw, 96 * 1024)
+    z = decode(encode(build(io.BytesIO(blob), SPAN)), blob_size=len(blob))
+    assert (z.blob_size, z.out_size) == (len(blob), len(raw))
+    assert len(z.checkpoints) >= 3
+    assert all(cp.member_start and not cp.window for cp in z.checkpoints)
+    for i, cp in enumerate(z.checkpoints):  # each span: whole frames, from nothing before
+        start, end = z.span_range(i)
+        assert blob[start : start + 4] == b"\x28\xb5\x2f\xfd"
+        out = inflate_span(cp, blob[start:end], z.span_end(i) - cp.out_offset)
+        assert out == raw[cp.out_offset : z.span_end(i)]
+    e = next(e for e in z.entries if e.name == "app/f7.txt")
+    assert raw[e.offset : e.offset + e.size] == files["app/f7.txt"]
+
+
+def test_a_tampered_or_cut_zstd_span_is_refused(
+    layer: tuple[bytes, bytes, dict[str, bytes]],
+) -> None:
+    _, raw, _ = layer
+    blob = _zstd_frames(raw, 96 * 1024)
+    z = build(io.BytesIO(blob), SPAN)
+    cp, (start, end) = z.checkpoints[1], z.span_range(1)
+    length = z.span_end(1) - cp.out_offset
+    bad = bytearray(blob[start:end])
+    bad[len(bad) // 2] ^= 0x40
+    with pytest.raises(ZtocError):
+        inflate_span(cp, bytes(bad), length)
+    with pytest.raises(ZtocError, match="inflates to"):
+        inflate_span(cp, blob[start : end - 100], length)
+    with pytest.raises(ZtocError, match="cut short"):
+        build(io.BytesIO(blob[:-7]), SPAN)

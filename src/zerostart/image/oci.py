@@ -265,7 +265,7 @@ class _Decompressed(io.RawIOBase):
         elif media_type.endswith("+zstd"):
             import zstandard
 
-            self._d = zstandard.ZstdDecompressor().decompressobj()
+            self._d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
         else:
             self._d = None
 

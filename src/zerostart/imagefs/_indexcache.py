@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import ImageIndexError
 from zerostart.imagefs._layerindex import LayerIndex
-from zerostart.imagefs._layers import GZIP_TYPES, open_layers
+from zerostart.imagefs._layers import GZIP_TYPES, ZSTD_TYPES, open_layers
 from zerostart.imagefs._layerwrite import encode
 from zerostart.imagefs._tree import Tree
 from zerostart.imagefs._zran import TOC_ANNOTATION, SpanReader, find_ztocs
@@ -66,7 +66,7 @@ def index_image(
     ]
     missing = [i for i, k in enumerate(kept) if k is None]
     if missing:
-        plain = any(_plain_gzip(descs[i]) for i in missing)
+        plain = any(_plain(descs[i]) for i in missing)
         ztocs = find_ztocs(reader, manifest_digest, manifest) if plain else {}
         opened, entries = open_layers(
             reader, [descs[i] for i in missing], cache_dir, ztocs, indexes=missing
@@ -86,9 +86,10 @@ def index_image(
     return [la for la, _ in done], Tree([li for _, li in done]), not missing
 
 
-def _plain_gzip(desc: dict[str, Any]) -> bool:
+def _plain(desc: dict[str, Any]) -> bool:
     annotations = desc.get("annotations") or {}
-    return desc.get("mediaType") in GZIP_TYPES and TOC_ANNOTATION not in annotations
+    plain = desc.get("mediaType") in GZIP_TYPES | ZSTD_TYPES  # what a zTOC may index
+    return plain and TOC_ANNOTATION not in annotations
 
 
 def _meta(layer: Layer, desc: dict[str, Any], z: Ztoc | None) -> dict[str, Any]:

@@ -181,7 +181,7 @@ def _inflater(media_type: str) -> Callable[[bytes], bytes]:
             raise ImageIndexError(
                 f"a {media_type} layer needs the zstandard module", hint="pip install zstandard"
             ) from exc
-        return zstandard.ZstdDecompressor().decompressobj().decompress  # type: ignore[no-any-return]
+        return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress  # type: ignore[no-any-return]
     state = {"d": zlib.decompressobj(zlib.MAX_WBITS | 16)}
 
     def gunzip(block: bytes) -> bytes:  # a concatenation of members (eStargz is one too)
@@ -291,7 +291,7 @@ def open_layer(
     media = desc.get("mediaType", "")
     if media in GZIP_TYPES and TOC_DIGEST_ANNOTATION in annotations:
         return _open_estargz(reader, index, desc)
-    if ztoc is not None and media in GZIP_TYPES:
+    if ztoc is not None and media in GZIP_TYPES | ZSTD_TYPES:
         return open_zran(index, desc, ztoc)
     why = "no eStargz TOC" if media in GZIP_TYPES else f"{media or 'unknown type'}, no TOC"
     return _fetch_whole(reader, index, desc, cache_dir, why)

@@ -67,10 +67,12 @@ log = logging.getLogger(__name__)
 # A zTOC is ~0.2-4 % of its layer (1.2 % at the default 1 MiB span: bench/results/zran_index.json);
 # one above this is refused before it is fetched.
 MAX_ZTOC_BYTES = 64 * 1024 * 1024
-GZIP_TYPES = frozenset(
+# What a zTOC may index: plain gzip tar layers, and zstd ones (at frame starts: ztoc/_zstd.py).
+ZTOC_LAYER_TYPES = frozenset(
     {
         "application/vnd.oci.image.layer.v1.tar+gzip",
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        "application/vnd.oci.image.layer.v1.tar+zstd",
     }
 )
 TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
@@ -134,7 +136,8 @@ def find_ztocs(
     layers = {
         str(x.get("digest")): int(x.get("size", 0))
         for x in manifest.get("layers", [])
-        if x.get("mediaType") in GZIP_TYPES and TOC_ANNOTATION not in (x.get("annotations") or {})
+        if x.get("mediaType") in ZTOC_LAYER_TYPES
+        and TOC_ANNOTATION not in (x.get("annotations") or {})
     }
     if not layers:
         return {}

@@ -49,6 +49,9 @@ GZIP_LAYER_TYPES = frozenset(
         "application/vnd.docker.image.rootfs.diff.tar.gzip",
     }
 )
+# zstd layers are indexed at frame starts (ztoc/_zstd.py): many spans from pzstd or
+# zstd:chunked, one span for a single-frame writer (the zstd CLI, Go's klauspost/compress).
+ZSTD_LAYER_TYPES = frozenset({"application/vnd.oci.image.layer.v1.tar+zstd"})
 ESTARGZ_TOC_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
 EMPTY_JSON = b"{}"
@@ -174,7 +177,7 @@ def index_image(
                 if ESTARGZ_TOC_ANNOTATION in (desc.get("annotations") or {}):
                     result.layers.append({"digest": desc["digest"], "skipped": "eStargz"})
                     continue
-                if media not in GZIP_LAYER_TYPES:
+                if media not in GZIP_LAYER_TYPES | ZSTD_LAYER_TYPES:
                     result.layers.append({"digest": desc["digest"], "skipped": media})
                     continue
                 data, info = _index_layer(reader, desc, span_bytes, work)

@@ -50,6 +50,7 @@ from zerostart.ztoc._format import (
     Ztoc,
     ZtocError,
 )
+from zerostart.ztoc._zstd import frames, is_zstd
 
 IN_BYTES = 256 * 1024  # compressed bytes per read
 OUT_BYTES = 256 * 1024  # output buffer per inflate call
@@ -184,6 +185,33 @@ class _Indexer:
             lib.inflateEnd(ctypes.byref(strm))
 
 
+class _ZstdIndexer(_Indexer):
+    """Decompresses a zstd stream frame by frame, taking checkpoints at frame starts (_zstd.py)."""
+
+    def outputs(self) -> Iterator[bytes]:
+        last: list[int] = []
+
+        def frame_start(offset: int) -> None:
+            if not last or offset - last[0] >= self.span_bytes:
+                self._checkpoint(8 * offset, True)
+                last[:] = [offset]
+
+        read = self.read
+
+        def counted(n: int) -> bytes:
+            data = read(n)
+            self.in_size += len(data)
+            return data
+
+        for out in frames(counted, frame_start):
+            self._hash.update(out)
+            self.out_size += len(out)
+            yield out
+        if not last:
+            raise ZtocError("empty zstd stream")
+        self._close_span()
+
+
 class _Stream:
     """A read-only file over an iterator of byte blocks, for tarfile's stream mode."""
 
@@ -251,15 +279,24 @@ def _ends_unpadded(stream: _Stream, entries: list[Entry], out_size: int) -> bool
 
 
 def build(f: IO[bytes], span_bytes: int = DEFAULT_SPAN_BYTES) -> Ztoc:
-    """The zTOC of the gzip tar layer read from ``f`` (its digest already verified).
+    """The zTOC of the gzip (or zstd) tar layer read from ``f`` (its digest already verified).
 
-    ``span_bytes``: compressed bytes between checkpoints (at least 64 KiB).
-    Raises ZtocError for a stream that is not gzip, a tar that does not parse,
-    or an entry name that climbs out of the image.
+    ``span_bytes``: compressed bytes between checkpoints (at least 64 KiB); a
+    zstd layer is checkpointed at frame starts only (_zstd.py). Raises
+    ZtocError for a stream that is neither, a tar that does not parse, or an
+    entry name that climbs out of the image.
     """
     if span_bytes < MIN_SPAN_BYTES:
         raise ZtocError(f"span of {span_bytes} bytes; the least is {MIN_SPAN_BYTES}")
-    indexer = _Indexer(f.read, span_bytes)
+    head = [f.read(4)]
+
+    def read(n: int) -> bytes:  # the sniffed bytes first
+        if head[0]:
+            out, head[0] = head[0], b""
+            return out
+        return f.read(n)
+
+    indexer = (_ZstdIndexer if is_zstd(head[0]) else _Indexer)(read, span_bytes)
     stream = _Stream(indexer.outputs())
     entries: list[Entry] = []
     try:

@@ -15,6 +15,7 @@ import hashlib
 import zlib
 
 from zerostart.ztoc._format import Checkpoint, ZtocError
+from zerostart.ztoc._zstd import inflate_zstd, is_zstd
 
 
 def inflate_span(cp: Checkpoint, raw: bytes, length: int) -> bytes:
@@ -25,11 +26,14 @@ def inflate_span(cp: Checkpoint, raw: bytes, length: int) -> bytes:
     ``length`` bytes whose sha256 is the checkpoint's.
     """
     try:
-        if cp.member_start:
-            d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+        if cp.member_start and is_zstd(raw[:4]):  # whole zstd frames (_zstd.py)
+            out = inflate_zstd(raw, length)
         else:
-            d = zlib.decompressobj(-zlib.MAX_WBITS, zdict=cp.window)
-        out = d.decompress(raw, length)
+            if cp.member_start:
+                d = zlib.decompressobj(zlib.MAX_WBITS | 16)
+            else:
+                d = zlib.decompressobj(-zlib.MAX_WBITS, zdict=cp.window)
+            out = d.decompress(raw, length)
     except zlib.error as exc:
         raise ZtocError(f"span at bit {cp.in_bits} does not inflate: {exc}") from exc
     if len(out) != length:
