@@ -50,7 +50,13 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from fault_proxy import fault_proxy  # noqa: E402
-from foreign_images import expected_answer, python_rootfs, skopeo_push, umoci_image  # noqa: E402
+from foreign_images import (  # noqa: E402
+    expected_answer,
+    python_rootfs,
+    skopeo_push,
+    umoci_image,
+    zstd_image,
+)
 from registry_server import running_registry  # noqa: E402
 
 from common import write_result  # noqa: E402
@@ -213,6 +219,11 @@ def main() -> None:
         "(recorded by one lazy start, pushed by add_profile), interleaved with the others",
     )
     ap.add_argument("--skip-shapes", action="store_true", help="skip the resume/span-shape part")
+    ap.add_argument(
+        "--zstd",
+        action="store_true",
+        help="recompress the layer with pzstd (tar+zstd, many frames)",
+    )
     ap.add_argument("--out", default="zran_index", help="result name under bench/results/")
     args = ap.parse_args()
     load_before = list(os.getloadavg())
@@ -220,6 +231,11 @@ def main() -> None:
     WORK.mkdir(parents=True)
     data = python_rootfs(WORK / "root", full_stdlib=True)
     umoci_image(WORK / "root", WORK / "layout", "1")
+    layout = WORK / "layout"
+    if args.zstd:  # the same tar as a multi-frame zstd layer (pzstd -1): spans at frame starts
+        layout = WORK / "layout-zstd"
+        zstd_image(WORK / "layout", "1", layout)
+        args.skip_shapes = True  # the resume/shape part measures gzip
     want = expected_answer(data)
     spans = [float(s) for s in args.spans.split(",")]
     out: dict[str, Any] = {"spans": {}, "full": []}
@@ -231,7 +247,7 @@ def main() -> None:
         refs = {}
         for mib in spans:
             ref = f"{reg.address}/foreign/py{round(mib * 1024)}k:1"
-            skopeo_push(WORK / "layout", "1", ref)
+            skopeo_push(layout, "1", ref)
             r = index_image(ref, span_bytes=round(mib * 2**20))
             (layer,) = r.layers
             refs[mib] = ref.replace(reg.address, proxy.address)
@@ -239,7 +255,7 @@ def main() -> None:
             out["image_bytes"] = layer["size"]
             out["unpacked_bytes"] = layer["uncompressed"]
             if args.profile:  # the same image in a repository of its own, with a profile
-                out["spans"][mib] |= record_profile(reg.address, proxy, mib)
+                out["spans"][mib] |= record_profile(reg.address, proxy, mib, layout)
                 out["spans"][mib]["lazy_profile"] = []
         for _ in range(args.repeats):
             full = run_full(refs[spans[0]], proxy)
@@ -275,10 +291,10 @@ def _profiled(registry: str, mib: float) -> str:
     return f"{registry}/foreign/py{round(mib * 1024)}k-profile:1"
 
 
-def record_profile(registry: str, proxy: Any, mib: float) -> dict[str, Any]:
+def record_profile(registry: str, proxy: Any, mib: float, layout: Path) -> dict[str, Any]:
     """Push, index, record one lazy start's span profile, add it beside the zTOCs."""
     ref = _profiled(registry, mib)
-    skopeo_push(WORK / "layout", "1", ref)
+    skopeo_push(layout, "1", ref)
     index_image(ref, span_bytes=round(mib * 2**20))
     path = WORK / f"profile-{round(mib * 1024)}k.json"
     rec = run_lazy(ref.replace(registry, proxy.address), proxy, record=path)
@@ -298,6 +314,7 @@ def record_profile(registry: str, proxy: Any, mib: float) -> dict[str, Any]:
 def _write(args: argparse.Namespace, load_before: list[float], out: dict[str, Any]) -> None:
     result = {
         "what": "an umoci-built python:slim-like image, indexed by `zerostart index`, cold starts",
+        "layer": "tar+zstd, recompressed by pzstd -1" if args.zstd else "tar+gzip (umoci, pgzip)",
         "link": f"loopback docker-registry behind a token bucket at {args.rate_mbit:g} Mbit/s",
         "machine": machine_description(),
         "load_average_before": load_before,
