@@ -67,7 +67,8 @@ def add_subcommands(sub: Any) -> None:
         "index",
         help="index an image's gzip layers so `run --lazy` can start it lazily (SOCI-style)",
         description=(
-            "For an image zerostart did not build (plain tar+gzip layers), build a zTOC per "
+            "For an image zerostart did not build (plain tar+gzip or tar+zstd layers), build a "
+            "zTOC per "
             "layer (tar entries and gzip checkpoints every span) and push it to the registry "
             "as an OCI artifact whose subject is the image (referrers API, or the "
             "sha256-<hex> fallback tag). The image itself, and its digest, do not change."

@@ -1,6 +1,7 @@
 """``zerostart index REF``: a SOCI-style index for an image zerostart did not build, pushed beside it.
 
-For each plain ``tar+gzip`` layer of the image (no eStargz TOC), the layer is
+For each plain ``tar+gzip`` (or ``tar+zstd``: checkpoints at frame starts,
+ztoc/_zstd.py) layer of the image (no eStargz TOC), the layer is
 downloaded once (sha256 checked as it streams), inflated once with
 checkpoints every span (:mod:`zerostart.ztoc`), and its zTOC is written.
 The zTOCs go to the registry as one OCI artifact manifest::
