@@ -286,6 +286,7 @@ def bench_model(
     threads: int,
     shapes: tuple[tuple[str, int], ...] = SHAPES,
     warmup: int = 2,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, object]:
     import onnxruntime as ort
     import torch
@@ -344,6 +345,7 @@ def bench_model(
         for k, sess in sessions.items():
             fns[k] = lambda sess=sess: sess.run(None, feeds)[0]
         ref = run_torch().float().numpy()
+        fns = {k: fn for k, fn in fns.items() if k not in skip}
         diffs = {}
         for k, fn in fns.items():
             out = fn()
@@ -383,8 +385,16 @@ def main() -> None:
         default=",".join(label for label, _ in SHAPES),
         help="which of the shapes to time (default %(default)s)",
     )
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="engines to leave out of the timing, comma-separated (e.g. "
+        "zerostart_numpy_fp32,pytorch_bf16: on a loaded 2-core machine a round of all of them "
+        "at bert-base b32 takes minutes)",
+    )
     args = ap.parse_args()
     shapes = tuple(s for s in SHAPES if s[0] in args.shapes.split(","))
+    skip = frozenset(filter(None, args.skip.split(",")))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     machine = machine_description()
     machine["cpu_flags"] = sorted(cpu_flags())
@@ -408,8 +418,9 @@ def main() -> None:
             continue
         src = MODEL_FOLDERS[name]() if name in MODEL_FOLDERS else model_dir(name)
         result["models"][name] = bench_model(  # type: ignore[index]
-            name, src, args.iters, args.threads, shapes, args.warmup
+            name, src, args.iters, args.threads, shapes, args.warmup, skip
         )
+        result["skipped_engines"] = sorted(skip)
         result["load_average_after"] = list(os.getloadavg())
         write_result(args.out, result)  # after every model: a long run stopped early keeps its data
 
