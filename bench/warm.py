@@ -150,18 +150,29 @@ MODEL_FOLDERS: dict[str, Callable[[], Path]] = {
 def interleaved(
     fns: dict[str, Callable[[], object]], iters: int, warmup: int = 2
 ) -> dict[str, dict[str, float]]:
-    """``warmup`` untimed calls each, then ``iters`` rounds of one timed call of every engine."""
+    """``warmup`` untimed calls each, then ``iters`` rounds of one timed call of every engine.
+
+    Also the process's CPU seconds per call (``cpu_median_s``): with one thread per engine
+    (``--threads 1``) that is the engine's own work, much less disturbed than wall time
+    when other work shares the cores; with more threads it adds up every thread's time."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(iters):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     return {
-        k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+        k: {
+            "median_s": statistics.median(v),
+            "min_s": min(v),
+            "max_s": max(v),
+            "cpu_median_s": statistics.median(cpu[k]),
+        }
         for k, v in times.items()
     }
 
@@ -366,8 +377,14 @@ def bench_model(
             res["best_of_ort_int8_and_torch_bf16_s"] = best_reduced
         row[label] = res
         print(f"{name} {label} (medians; ratio = ONNX Runtime fp32 time / this engine's time)")
+        c = {k: v["cpu_median_s"] for k, v in res["timings"].items()}
+        res["anchor_over_engine_cpu"] = {k: c[ANCHOR] / v for k, v in c.items() if v > 0}
         for k, v in sorted(t.items(), key=lambda kv: kv[1]):
-            print(f"  {k:<22} {v * 1e3:9.2f} ms  {t[ANCHOR] / v:5.2f}x  max|diff| {diffs[k]:.1e}")
+            print(
+                f"  {k:<22} {v * 1e3:9.2f} ms  {t[ANCHOR] / v:5.2f}x  "
+                f"cpu {c[k] * 1e3:9.2f} ms {c[ANCHOR] / max(c[k], 1e-9):5.2f}x  "
+                f"max|diff| {diffs[k]:.1e}"
+            )
     return row
 
 

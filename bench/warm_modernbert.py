@@ -32,10 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,25 +56,6 @@ SHAPES = (
 WARMUPS = 0  # extra calls before the timed rounds: the accuracy pass already warmed each engine
 CLS_ID, SEP_ID = 50281, 50282  # ModernBERT-base's [CLS] / [SEP]
 ANCHOR = "onnxruntime_fp32"
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], rounds: int, *, warmups: int
-) -> dict[str, dict[str, float]]:
-    """``warm.interleaved`` with fewer warm-up calls (a b32x128 call takes minutes here)."""
-    for fn in fns.values():
-        for _ in range(warmups):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {
-        k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": len(v)}
-        for k, v in times.items()
-    }
 
 
 def source_folder() -> Path:
@@ -139,7 +117,7 @@ def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[
     from zerostart.errors import ConvertError, EngineError
 
     torch.set_num_threads(threads)
-    from warm import _bundle  # cached by kernel source digest
+    from warm import _bundle, interleaved  # bundles cached by kernel source digest
 
     src = source_folder()
     bundle = Bundle.open(_bundle(NAME, src, "fp32"))
@@ -217,20 +195,25 @@ def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[
             k: float(np.abs(np.asarray(fn(), np.float32) - ref).max()) for k, fn in fns.items()
         }
         load_before = list(os.getloadavg())
-        timings = interleaved(fns, max(1, round(rounds * iters_scale)), warmups=WARMUPS)
+        timings = interleaved(fns, max(1, round(rounds * iters_scale)), WARMUPS)
         t = {k: v["median_s"] for k, v in timings.items()}
+        c = {k: v["cpu_median_s"] for k, v in timings.items()}
         row[label] = {
             "batch": batch,
             "tokens": tokens,
             "timings": timings,
             "max_abs_diff_vs_pytorch_eager_fp32": diffs,
             "anchor_over_engine": {k: t[ANCHOR] / v for k, v in t.items()},
+            "anchor_over_engine_cpu": {k: c[ANCHOR] / v for k, v in c.items() if v > 0},
             "load_average_before": load_before,
             "load_average_after": list(os.getloadavg()),
         }
         print(f"{NAME} {label} (medians; ratio = ONNX Runtime fp32 time / this engine's time)")
         for k, v in sorted(t.items(), key=lambda kv: kv[1]):
-            print(f"  {k:<26} {v * 1e3:9.1f} ms  {t[ANCHOR] / v:5.2f}x  max|diff| {diffs[k]:.1e}")
+            print(
+                f"  {k:<26} {v * 1e3:9.1f} ms  {t[ANCHOR] / v:5.2f}x  cpu {c[k] * 1e3:9.1f} ms "
+                f"{c[ANCHOR] / max(c[k], 1e-9):5.2f}x  max|diff| {diffs[k]:.1e}"
+            )
     return row
 
 
