@@ -9,7 +9,7 @@ top label differs; for NER the number of texts whose entity list (group,
 start, end) differs; for embeddings the lowest cosine similarity of the
 pooled, normalised sentence vectors. Output: bench/results/precision_accuracy.json.
 
-    python bench/precision_accuracy.py [--models ...]
+    python bench/precision_accuracy.py [--models ...] [--precisions int8,bfloat16] [--out NAME]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from common import BUNDLES, ROOT, model_dir, write_result
+from common import ROOT, model_dir, write_result
 from zerostart.benchmark import machine_description
 from zerostart.engine.native import cpu_flags
 
@@ -33,13 +33,9 @@ PRECISIONS = ("int8", "bfloat16")
 
 
 def _bundle(name: str, precision: str) -> Path:
-    from zerostart.model.convert import convert
+    from warm import _bundle as cached  # keyed by the kernels' source digest
 
-    out = BUNDLES / f"{name}-cpu-{precision}"
-    if not (out / "manifest.json").exists():
-        BUNDLES.mkdir(parents=True, exist_ok=True)
-        convert(model_dir(name), out, precision=precision)
-    return out
+    return cached(name, model_dir(name), precision, precision=precision)
 
 
 def _run(pipe: Any, texts: list[str]) -> tuple[list[np.ndarray], list[Any]]:
@@ -58,7 +54,7 @@ def _run(pipe: Any, texts: list[str]) -> tuple[list[np.ndarray], list[Any]]:
     return raws, answers
 
 
-def compare(name: str) -> dict[str, Any]:
+def compare(name: str, precisions: tuple[str, ...] = PRECISIONS) -> dict[str, Any]:
     from zerostart.pipeline import Pipeline
 
     texts = [t for t in corpus() if t.strip() and len(t) < 8192]  # the limit is 64 chars per token
@@ -66,7 +62,7 @@ def compare(name: str) -> dict[str, Any]:
     raw32, ans32 = _run(base, texts)
     task = base.manifest.task
     row: dict[str, Any] = {"task": task, "texts": len(texts)}
-    for precision in PRECISIONS:
+    for precision in precisions:
         try:
             pipe = Pipeline.load(_bundle(name, precision))
         except Exception as exc:  # a CPU without the instructions: say so, measure the rest
@@ -99,13 +95,16 @@ def compare(name: str) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--models", default=MODELS)
+    ap.add_argument("--precisions", default=",".join(PRECISIONS))
+    ap.add_argument("--out", default="precision_accuracy", help="result name under bench/results/")
     args = ap.parse_args()
+    precisions = tuple(args.precisions.split(","))
     result = {
         "benchmark": "precision_accuracy",
         "machine": {**machine_description(), "cpu_flags": sorted(cpu_flags())},
-        "models": {name: compare(name) for name in args.models.split(",")},
+        "models": {name: compare(name, precisions) for name in args.models.split(",")},
     }
-    write_result("precision_accuracy", result)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -247,3 +247,39 @@ def test_served_ner_matches_the_transformers_pipeline(tmp_path: Path, tokenizer_
                 assert abs(a["score"] - float(b["score"])) <= TOLERANCE
         w.terminate()
         assert w.wait() == 0
+
+
+def test_int8_bundle_is_served_without_numpy(tmp_path: Path, tokenizer_json: Path) -> None:
+    """An int8 classifier (``convert --precision int8``; AVX-512 VNNI or AVX2 products) served
+    by the pinned worker: transformers' labels, scores within 2 % of its largest logit."""
+    import torch
+
+    from zerostart.engine.native import cpu_flags
+    from zerostart.model.convert import convert
+
+    classifier = _folder(
+        tmp_path / "cls", "sequence-classification", tokenizer_json, labels=3, seed=4
+    )
+    m = convert(classifier, tmp_path / "q8", precision="int8")
+    if not any(set(b.features) <= cpu_flags() for b in m.cpu_kernels.values()):
+        pytest.skip("this CPU has neither AVX-512 VNNI nor AVX2: no int8 products")
+    ids, mask = _encode(tokenizer_json, list(TEXTS))
+    with torch.inference_mode():
+        logits = _model(classifier, "ModernBertForSequenceClassification")(
+            input_ids=ids, attention_mask=mask
+        ).logits.numpy()
+    with Worker(tmp_path / "q8", entry=["-c", WRAPPER]) as w:
+        status, got = w.request(
+            "POST", "/predict", {"inputs": [[t] for t in TEXTS], "raw_scores": True}
+        )
+        assert status == 200
+        for row, want in zip(got, logits, strict=True):
+            scores = np.array([{r["label"]: r["score"] for r in row}[f"L{i}"] for i in range(3)])
+            assert np.abs(scores - want).max() <= 0.02 * np.abs(want).max(), (row, want)
+            assert int(scores.argmax()) == int(want.argmax())
+        w.terminate()
+        assert w.wait() == 0
+    found = re.search(r"^MODULES (.*)$", w.stderr_text(), re.M)
+    assert found, w.stderr_text()
+    top = {name.split(".")[0] for name in json.loads(found.group(1))}
+    assert "numpy" not in top and not top & FORBIDDEN

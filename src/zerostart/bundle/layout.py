@@ -45,6 +45,8 @@ def tensor_dtypes(manifest: Manifest) -> dict[str, str]:
     """numpy dtype name of every tensor of ``tensor_shapes`` (float32 unless packed)."""
     if manifest.architecture == deberta_layout.ARCHITECTURE:
         return deberta_layout.tensor_dtypes(manifest)
+    if manifest.architecture == modernbert_layout.ARCHITECTURE:
+        return modernbert_layout.modernbert_dtypes(manifest)
     base = "float16" if manifest.dtype == "float16" else "float32"
     out = dict.fromkeys(tensor_shapes(manifest), base)
     mark_packed(out, manifest.config.num_layers, manifest.dtype)

@@ -33,9 +33,12 @@ def packed_shape(k: int, n: int, precision: str) -> tuple[int, ...]:
     return (n_pad // GEMM_PANEL, kp // g, GEMM_PANEL // 16, 16, g)
 
 
-def add_matrix(shapes: dict[str, tuple[int, ...]], name: str, k: int, n: int, dtype: str) -> None:
+def add_matrix(
+    shapes: dict[str, tuple[int, ...]], name: str, k: int, n: int, dtype: str, *, bias: bool = True
+) -> None:
     """Add ``name + ".weight"`` ([k, n] float32, or packed with int8's scale and column
-    sums when ``dtype`` is a reduced precision) and ``name + ".bias"`` ([n]) to ``shapes``."""
+    sums when ``dtype`` is a reduced precision) and, with ``bias``, ``name + ".bias"``
+    ([n]) to ``shapes``."""
     if dtype not in GEMM_GROUP:
         shapes[name + ".weight"] = (k, n)
     else:
@@ -44,17 +47,24 @@ def add_matrix(shapes: dict[str, tuple[int, ...]], name: str, k: int, n: int, dt
             n_pad = padded(k, n, dtype)[1]
             shapes[name + ".weight" + SCALE_SUFFIX] = (n_pad,)
             shapes[name + ".weight" + COLSUM_SUFFIX] = (n_pad,)
-    shapes[name + ".bias"] = (n,)
+    if bias:
+        shapes[name + ".bias"] = (n,)
 
 
-def mark_packed(dtypes: dict[str, str], num_layers: int, dtype: str) -> None:
+def mark_packed(
+    dtypes: dict[str, str],
+    num_layers: int,
+    dtype: str,
+    matrices: tuple[str, ...] = QUANTIZED,
+) -> None:
     """Set the numpy dtype names of the packed tensors of ``num_layers`` layers in place
-    (int8 weights and int32 column sums, or bf16 bits as uint16); float32 bundles: no-op."""
+    (int8 weights and int32 column sums, or bf16 bits as uint16); float32 bundles: no-op.
+    ``matrices``: the packed matrices' names within a layer (ModernBERT has its own)."""
     if dtype not in GEMM_GROUP:
         return
     packed = "int8" if dtype == "int8" else "uint16"  # bf16 bits
     for i in range(num_layers):
-        for m in QUANTIZED:
+        for m in matrices:
             name = f"layer.{i}.{m}.weight"
             dtypes[name] = packed
             if dtype == "int8":

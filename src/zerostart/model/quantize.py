@@ -27,7 +27,6 @@ from zerostart.bundle.packing import (
     COLSUM_SUFFIX,
     GEMM_GROUP,
     GEMM_PANEL,
-    QUANTIZED,
     SCALE_SUFFIX,
     padded,
 )
@@ -81,7 +80,8 @@ def quantize_bf16(w: np.ndarray) -> np.ndarray:
 
 def reduce_precision(full: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
     """The engine layout's tensors (``full``: every tensor of ``tensor_shapes(manifest)``
-    unpacked, [K, N] for the matrices) with the encoder's matrices (``QUANTIZED``) packed
+    unpacked, [K, N] for the matrices) with the encoder's matrices (those the layout's
+    ``tensor_dtypes`` gives as int8 / uint16: ``zerostart.bundle.packing``) packed
     in ``manifest.dtype`` (int8 with its scale and column sums, or bf16) and the rest in
     their layout dtype (float32; DeBERTa's index table int32), in file order."""
     dtypes = tensor_dtypes(manifest)
@@ -89,12 +89,7 @@ def reduce_precision(full: Mapping[str, np.ndarray], manifest: Manifest) -> dict
     for name in tensor_shapes(manifest):
         if name.endswith((SCALE_SUFFIX, COLSUM_SUFFIX)):
             continue  # written with their matrix, just below it
-        packed = (
-            name.startswith("layer.")
-            and name.endswith(".weight")
-            and name.removesuffix(".weight").split(".", 2)[-1] in QUANTIZED
-        )
-        if not packed:
+        if dtypes[name] not in ("int8", "uint16"):  # not one of the packed matrices
             out[name] = np.ascontiguousarray(full[name], dtype=dtypes[name])
         elif manifest.dtype == "int8":
             q, scale, colsum = quantize_int8(full[name])

@@ -70,6 +70,19 @@ static inline __mmask16 zs_tail_mask(int64_t n) {
 }
 #endif
 
+/* A row's asymmetric int8 parameters from its max hi >= 0 and min lo <= 0: the range
+ * [lo, hi] onto [0, 255] with 0 exact. Stores the scale and zero point, sets *inv to
+ * 1 / scale (what both quantisers multiply by), returns the zero point. */
+static inline int32_t zs_row_quant(float hi, float lo, float *scale_out, int32_t *zp_out, float *inv) {
+    const float scale = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+    *inv = 1.0f / scale;
+    int32_t zp = (int32_t)nearbyintf(-lo * *inv);
+    zp = zp < 0 ? 0 : (zp > 255 ? 255 : zp);
+    *scale_out = scale;
+    *zp_out = zp;
+    return zp;
+}
+
 /* Bytes per element of the quantised activations zs_quantize_u8 writes and zs_gemm_u8s8
  * reads: 1 (unsigned bytes, VNNI) or 2 (the same values 0..255 widened to int16, AVX2). */
 int zs_int8_a_width(void) {
@@ -97,12 +110,8 @@ void zs_quantize_u8(const float *x, uint8_t *out, float *a_scale, int32_t *a_zp,
             vmin = _mm512_min_ps(vmin, v);
         }
         const float hi = _mm512_reduce_max_ps(vmax), lo = _mm512_reduce_min_ps(vmin);
-        const float scale = hi > lo ? (hi - lo) / 255.0f : 1.0f;
-        const float inv = 1.0f / scale;
-        int32_t zp = (int32_t)nearbyintf(-lo * inv);
-        zp = zp < 0 ? 0 : (zp > 255 ? 255 : zp);
-        a_scale[m] = scale;
-        a_zp[m] = zp;
+        float inv;
+        const int32_t zp = zs_row_quant(hi, lo, a_scale + m, a_zp + m, &inv);
         const __m512 vinv = _mm512_set1_ps(inv);
         const __m512i vzp = _mm512_set1_epi32(zp), zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
         for (int64_t c = 0; c < k; c += 16) {
@@ -274,12 +283,8 @@ void zs_quantize_u8(const float *x, int16_t *out, float *a_scale, int32_t *a_zp,
             hi = row[c] > hi ? row[c] : hi;
             lo = row[c] < lo ? row[c] : lo;
         }
-        const float scale = hi > lo ? (hi - lo) / 255.0f : 1.0f;
-        const float inv = 1.0f / scale;
-        int32_t zp = (int32_t)nearbyintf(-lo * inv);
-        zp = zp < 0 ? 0 : (zp > 255 ? 255 : zp);
-        a_scale[m] = scale;
-        a_zp[m] = zp;
+        float inv;
+        const int32_t zp = zs_row_quant(hi, lo, a_scale + m, a_zp + m, &inv);
         const __m256 vinv = _mm256_set1_ps(inv);
         const __m256i vzp = _mm256_set1_epi32(zp), zero = _mm256_setzero_si256(), top = _mm256_set1_epi32(255);
         for (c = 0; c + 8 <= k; c += 8) {
