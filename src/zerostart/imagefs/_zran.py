@@ -234,6 +234,7 @@ class SpanReader:
     def __init__(self, z: Ztoc) -> None:
         self.z = z
         self._starts = [c.out_offset for c in z.checkpoints]
+        self._firsts = [c.first_byte for c in z.checkpoints]  # strictly increasing (decode)
 
     def key(self, i: int) -> str:
         return "sha256:" + self.z.checkpoints[i].span_digest.hex()
@@ -256,7 +257,7 @@ class SpanReader:
 
     def verify(self, x: Extent, raw: bytes) -> bytes:
         """Inflate and check the span ``x`` (:meth:`extent`). Raises ZtocError."""
-        i = bisect.bisect_right(self._starts, x.file_offset) - 1
+        i = bisect.bisect_left(self._firsts, x.start)  # by blob offset: empty spans share out
         return inflate_span(self.z.checkpoints[i], raw, x.size)
 
     def pread(self, chunks: ChunkReader, layer: Layer, length: int, offset: int) -> bytes:
