@@ -21,12 +21,12 @@ import pytest
 from estargz_reference import run_reference
 from zerostart import estargz
 from zerostart.container.runtime import Container, choose_runtime
+from zerostart.errors import RuntimeToolError
 from zerostart.image.build import BuildOptions, BuildResult, build_image
-from zerostart.image.errors import RuntimeToolError
 from zerostart.image.inspect import inspect_image
-from zerostart.image.oci import read_oci_layout
-from zerostart.image.trace import WarmupRequest, answers_match, send
+from zerostart.oci import read_oci_layout
 from zerostart.procs import free_port
+from zerostart.warmup import WarmupRequest, answers_match, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from zerostart import estargz
+from zerostart.errors import ImageError, RuntimeToolError
 from zerostart.image.closure import ImageFile
-from zerostart.image.errors import ImageError, RuntimeToolError
 
 GZIP_LEVEL = 6  # zlib's default: level 9 costs ~2x the time for ~1% fewer bytes here
 ZSTD_LEVEL = 10
