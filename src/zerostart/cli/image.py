@@ -367,7 +367,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     r.add_argument(
         "--snapshot-store",
         metavar="DIR",
-        help="where snapshots live (default $ZEROSTART_SNAPSHOTS, else /var/lib/zerostart/snapshots for root, "
-        "else $XDG_STATE_HOME/zerostart/snapshots)",
+        help="where snapshots live (default $ZEROSTART_SNAPSHOTS, else "
+        "/var/lib/zerostart/snapshots for root, else $XDG_STATE_HOME/zerostart/snapshots)",
     )
     r.set_defaults(func=_cmd_run)

@@ -53,8 +53,10 @@ def default_store() -> Path:
     ``~/.cache/zerostart/snapshots`` (:data:`LEGACY_USER_STORE`). Where that
     folder exists and the new one does not, it stays the store, with a warning
     (once per process) that says how to move it: a snapshot of a process
-    recorded its folder's path in the process's environment (the restore
-    marker, :mod:`zerostart.snapshot.marker`), so the move is the user's call.
+    recorded paths in its folder (CRIU reopens its ``boot.log`` by path; the
+    restore marker's folder, :mod:`zerostart.snapshot.marker`, is in its
+    environment), so after a move it boots instead of restoring until taken
+    again, and the move is the user's call.
     """
     env = os.environ.get(STORE_ENV)
     if env:
