@@ -465,8 +465,8 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "cont.entrypoint",
         M + "container/runtime.py",
-        "        if not entry:  # refused before",
-        "        if False:  # refused before",
+        '        if not (image.config.get("config", {}).get("Entrypoint") or []):\n',
+        "        if False:\n",
         "an image without an Entrypoint",
         TC + "test_an_image_without_entrypoint_is_refused_before_anything_runs",
     ),
@@ -561,7 +561,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "reg.content-length",
-        M + "registry/client.py",
+        M + "registry/_http.py",
         "                if announced is not None and int(announced) != size:\n",
         "                if False:\n",
         "pull: a blob the registry announces at another size is refused before it is read",
