@@ -7,7 +7,7 @@ rows), interleaved call by call, same threads:
 * our fp32 kernel on every build this CPU runs (zs_gemm_f32: portable,
   AVX2/FMA, AVX-512), with the plan the worker would take here (the shipped
   tuning table's row for this CPU, else the default rule) and its thread split;
-* our int8 (AVX-512 VNNI) and bf16 (AVX-512 BF16) micro-kernels, with the
+* our int8 (AVX-512 VNNI, and AVX2 vpmaddwd) and bf16 (AVX-512 BF16) micro-kernels, with the
   activation quantisation / rounding they need included in the time;
 * PyTorch's CPU matmul, fp32 and bf16 (oneDNN / MKL), unless --no-torch.
 
@@ -97,9 +97,12 @@ def main() -> None:
     for arch in DEFAULT_ARCHS:
         if set(arch_features(arch)) <= flags:
             ours[f"fp32 {arch}"] = NativeKernels(build_library(arch), arch, tuning=table)
-    for precision, arch in (("int8", "x86-64-v4+avx512vnni"), ("bf16", "x86-64-v4+avx512bf16")):
-        need = {"int8": "avx512_vnni", "bf16": "avx512_bf16"}[precision]
-        if need in flags and "avx512bw" in flags:
+    for precision, arch in (
+        ("int8_vnni", "x86-64-v4+avx512vnni"),
+        ("int8_avx2", "x86-64-v3"),
+        ("bf16", "x86-64-v4+avx512bf16"),
+    ):
+        if set(arch_features(arch)) <= flags:
             ours[precision] = NativeKernels(build_library(arch), arch)
     workers = Workers(args.threads)
     rows_out = []
@@ -114,12 +117,13 @@ def main() -> None:
             txb, twb = tx.bfloat16(), tw.bfloat16()
             fns["torch_fp32"] = lambda tx=tx, tw=tw: torch.matmul(tx, tw)
             fns["torch_bf16"] = lambda txb=txb, twb=twb: torch.matmul(txb, twb)
-        if "int8" in ours:
-            q, s, c = quantize.quantize_int8(prob.w)
-            mat8 = PackedMatrix("int8", q, s, c, k, n)
-            fns["zerostart_int8_vnni"] = lambda mat8=mat8, x=prob.x: mat8.matmul(
-                x, ours["int8"], workers
-            )
+        q, s, c = quantize.quantize_int8(prob.w)
+        mat8 = PackedMatrix("int8", q, s, c, k, n)
+        for kind in ("int8_vnni", "int8_avx2"):  # the AVX2 kernel runs on AVX-512 CPUs too
+            if kind in ours:
+                fns[f"zerostart_{kind}"] = lambda mat8=mat8, x=prob.x, kern=ours[kind]: mat8.matmul(
+                    x, kern, workers
+                )
         if "bf16" in ours:
             matb = PackedMatrix("bfloat16", quantize.quantize_bf16(prob.w), None, None, k, n)
             fns["zerostart_bf16"] = lambda matb=matb, x=prob.x: matb.matmul(
@@ -185,7 +189,7 @@ def main() -> None:
         "threads": args.threads,
         "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "auto"),
         "plans": {
-            k.arch: {**vars(k.gemm_plan)} for name, k in ours.items() if name.startswith("fp32 ")
+            k.arch: k.gemm_plan._asdict() for name, k in ours.items() if name.startswith("fp32 ")
         },
         "method": "engines interleaved call by call; median (and min) of --iters rounds",
         "products": rows_out,

@@ -150,26 +150,50 @@ MODEL_FOLDERS: dict[str, Callable[[], Path]] = {
 def interleaved(
     fns: dict[str, Callable[[], object]], iters: int, warmup: int = 2
 ) -> dict[str, dict[str, float]]:
-    """``warmup`` untimed calls each, then ``iters`` rounds of one timed call of every engine."""
+    """``warmup`` untimed calls each, then ``iters`` rounds of one timed call of every engine.
+
+    Also the process's CPU seconds per call (``cpu_median_s``): with one thread per engine
+    (``--threads 1``) that is the engine's own work, much less disturbed than wall time
+    when other work shares the cores; with more threads it adds up every thread's time."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(iters):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
     return {
-        k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+        k: {
+            "median_s": statistics.median(v),
+            "min_s": min(v),
+            "max_s": max(v),
+            "cpu_median_s": statistics.median(cpu[k]),
+        }
         for k, v in times.items()
     }
+
+
+def _kernel_sources_digest() -> str:
+    """A short digest of the CPU kernels' C sources: a cached bundle holds compiled kernels,
+    so one converted before a kernel change must not be timed as if it were current."""
+    import hashlib
+
+    from zerostart.kernels.cpu_build import HEADERS, SOURCES, SOURCES_DIR
+
+    digest = hashlib.sha256()
+    for name in (*SOURCES, *HEADERS):
+        digest.update((SOURCES_DIR / name).read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def _bundle(name: str, src: Path, tag: str, **kwargs: Any) -> Path:
     from zerostart.model.convert import convert
 
-    out = BUNDLES / f"{name}-cpu-{tag}"
+    out = BUNDLES / f"{name}-cpu-{tag}-{_kernel_sources_digest()}"
     if not (out / "manifest.json").exists():
         BUNDLES.mkdir(parents=True, exist_ok=True)
         convert(src, out, **kwargs)
@@ -211,11 +235,15 @@ def _zerostart_engines(name: str, src: Path, threads: int) -> dict[str, Any]:
     if name.startswith("deberta"):  # the serving engine only: fp32, native kernels
         from zerostart.engine.deberta_native import NativeDebertaEngine
 
-        bundle = Bundle.open(_bundle(name, src, "fp32"))
-        engines["zerostart_fp32_serving"] = _Serving(
-            NativeDebertaEngine.from_bundle(bundle, threads=threads)
-        )
-        engines["zerostart_int8"] = "not run: DeBERTa bundles are float32 only today"
+        for label, tag, kwargs in (
+            ("zerostart_fp32_serving", "fp32", {}),
+            ("zerostart_int8_serving", "int8", {"precision": "int8"}),
+        ):
+            try:
+                bundle = Bundle.open(_bundle(name, src, tag, **kwargs))
+                engines[label] = _Serving(NativeDebertaEngine.from_bundle(bundle, threads=threads))
+            except (EngineError, ConvertError) as exc:
+                engines[label] = f"not run: {exc}"
         return engines
     variants: list[tuple[str, str, dict[str, Any]]] = [
         ("zerostart_fp32", "fp32", {}),
@@ -269,6 +297,7 @@ def bench_model(
     threads: int,
     shapes: tuple[tuple[str, int], ...] = SHAPES,
     warmup: int = 2,
+    skip: frozenset[str] = frozenset(),
 ) -> dict[str, object]:
     import onnxruntime as ort
     import torch
@@ -319,15 +348,15 @@ def bench_model(
             if not isinstance(e, str):
                 fns[k] = lambda e=e: e.forward(ids, mask, types)
         fns["pytorch_fp32"] = run_torch
-        # DeBERTa: fp32 only (zerostart has no int8/bf16 DeBERTa bundle yet; on a loaded
-        # 2-core box the reduced-precision rows would double the run for nothing to compare)
-        fp32_only = name.startswith("deberta")
-        if not fp32_only:
+        # DeBERTa: no PyTorch bf16 row (our DeBERTa bundles are fp32 or int8; on a loaded
+        # 2-core box that row would lengthen the run for nothing to compare against)
+        deberta = name.startswith("deberta")
+        if not deberta:
             fns["pytorch_bf16"] = lambda: run_torch(bf16=True)
         for k, sess in sessions.items():
-            if not (fp32_only and k != "onnxruntime_fp32"):
-                fns[k] = lambda sess=sess: sess.run(None, feeds)[0]
+            fns[k] = lambda sess=sess: sess.run(None, feeds)[0]
         ref = run_torch().float().numpy()
+        fns = {k: fn for k, fn in fns.items() if k not in skip}
         diffs = {}
         for k, fn in fns.items():
             out = fn()
@@ -348,8 +377,14 @@ def bench_model(
             res["best_of_ort_int8_and_torch_bf16_s"] = best_reduced
         row[label] = res
         print(f"{name} {label} (medians; ratio = ONNX Runtime fp32 time / this engine's time)")
+        c = {k: v["cpu_median_s"] for k, v in res["timings"].items()}
+        res["anchor_over_engine_cpu"] = {k: c[ANCHOR] / v for k, v in c.items() if v > 0}
         for k, v in sorted(t.items(), key=lambda kv: kv[1]):
-            print(f"  {k:<22} {v * 1e3:9.2f} ms  {t[ANCHOR] / v:5.2f}x  max|diff| {diffs[k]:.1e}")
+            print(
+                f"  {k:<22} {v * 1e3:9.2f} ms  {t[ANCHOR] / v:5.2f}x  "
+                f"cpu {c[k] * 1e3:9.2f} ms {c[ANCHOR] / max(c[k], 1e-9):5.2f}x  "
+                f"max|diff| {diffs[k]:.1e}"
+            )
     return row
 
 
@@ -367,8 +402,16 @@ def main() -> None:
         default=",".join(label for label, _ in SHAPES),
         help="which of the shapes to time (default %(default)s)",
     )
+    ap.add_argument(
+        "--skip",
+        default="",
+        help="engines to leave out of the timing, comma-separated (e.g. "
+        "zerostart_numpy_fp32,pytorch_bf16: on a loaded 2-core machine a round of all of them "
+        "at bert-base b32 takes minutes)",
+    )
     args = ap.parse_args()
     shapes = tuple(s for s in SHAPES if s[0] in args.shapes.split(","))
+    skip = frozenset(filter(None, args.skip.split(",")))
     os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     machine = machine_description()
     machine["cpu_flags"] = sorted(cpu_flags())
@@ -392,8 +435,9 @@ def main() -> None:
             continue
         src = MODEL_FOLDERS[name]() if name in MODEL_FOLDERS else model_dir(name)
         result["models"][name] = bench_model(  # type: ignore[index]
-            name, src, args.iters, args.threads, shapes, args.warmup
+            name, src, args.iters, args.threads, shapes, args.warmup, skip
         )
+        result["skipped_engines"] = sorted(skip)
         result["load_average_after"] = list(os.getloadavg())
         write_result(args.out, result)  # after every model: a long run stopped early keeps its data
 

@@ -1,4 +1,4 @@
-"""Warm speed of a ModernBERT-base shape: zerostart fp32 vs ONNX Runtime fp32 vs PyTorch fp32.
+"""Warm speed of a ModernBERT-base shape: zerostart fp32 / int8 vs ONNX Runtime fp32 / int8 vs PyTorch fp32.
 
 ``bench/warm.py --models modernbert-base-random`` runs this (or run it alone).
 The model is ModernBERT-base's shape (22 layers x 768, 12 heads, GeGLU FFN
@@ -11,11 +11,16 @@ call by call (``warm.interleaved``).
 Engines:
 * ``zerostart_fp32_serving``: the worker's numpy-free engine
   (``ModernBertNativeEngine``) on the bundle's best kernel build;
+* ``zerostart_int8_serving``: the same engine on the int8 bundle (``convert
+  --precision int8``: the four matrices of each layer packed), where this CPU
+  has int8 products (AVX-512 VNNI or AVX2);
 * ``zerostart_fp32_all_global`` (1,024 tokens only): the same weights with every
   layer global, to show what the sliding window saves at long sequences;
 * ``pytorch_fp32``: transformers with its default attention (SDPA), fp32 (b1x128 only);
 * ``onnxruntime_fp32``: exported by torch from the same model (eager attention,
-  one static shape per point: the export bakes the mask's shapes), fp32.
+  one static shape per point: the export bakes the mask's shapes), fp32;
+  ``onnxruntime_int8``: that export through ``quantize_dynamic`` (QInt8 weights,
+  per channel), as ``bench/warm.py`` does for BERT.
 
 Accuracy: max |logit difference| against PyTorch fp32 for each engine.
 
@@ -27,10 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from zerostart.benchmark import machine_description
 from zerostart.engine.native import cpu_flags
 
 NAME = "modernbert-base-random"
-# (label, batch, tokens, timed rounds, with PyTorch): the long point is one sequence past the
+# (label, batch, tokens, timed rounds, with PyTorch): the long points are one sequence past the
 # window. PyTorch runs at b1x128 only: on the shared, loaded 2-core machine of this session
 # (load average 10-15) it took 5x ONNX Runtime's time there, so a b32x128 call would have
 # taken over ten minutes (its threads spin-wait against the other work).
@@ -49,29 +51,11 @@ SHAPES = (
     ("latency_b1x128", 1, 128, 5, True),
     ("throughput_b32x128", 32, 128, 1, False),
     ("long_b1x1024", 1, 1024, 2, False),
+    ("long_b1x4096", 1, 4096, 1, False),  # where the window's saving grows: 1/3 of layers global
 )
 WARMUPS = 0  # extra calls before the timed rounds: the accuracy pass already warmed each engine
 CLS_ID, SEP_ID = 50281, 50282  # ModernBERT-base's [CLS] / [SEP]
 ANCHOR = "onnxruntime_fp32"
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], rounds: int, *, warmups: int
-) -> dict[str, dict[str, float]]:
-    """``warm.interleaved`` with fewer warm-up calls (a b32x128 call takes minutes here)."""
-    for fn in fns.values():
-        for _ in range(warmups):
-            fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {
-        k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds": len(v)}
-        for k, v in times.items()
-    }
 
 
 def source_folder() -> Path:
@@ -114,6 +98,15 @@ def _onnx(model: Any, batch: int, tokens: int) -> Path:
     return path
 
 
+def _onnx_int8(fp32: Path) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = fp32.with_suffix(".int8.onnx")
+    if not path.exists():
+        quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8, per_channel=True)
+    return path
+
+
 def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
@@ -121,15 +114,21 @@ def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[
 
     from zerostart.bundle.folder import Bundle
     from zerostart.engine.modernbert_native import ModernBertNativeEngine
-    from zerostart.model.convert import convert
+    from zerostart.errors import ConvertError, EngineError
 
     torch.set_num_threads(threads)
+    from warm import _bundle, interleaved  # bundles cached by kernel source digest
+
     src = source_folder()
-    out = BUNDLES / f"{NAME}-cpu-fp32"
-    if not (out / "manifest.json").exists():
-        convert(src, out)
-    bundle = Bundle.open(out)
+    bundle = Bundle.open(_bundle(NAME, src, "fp32"))
     ours = ModernBertNativeEngine.from_bundle(bundle, threads=threads)
+    ours8: Any = None
+    try:
+        ours8 = ModernBertNativeEngine.from_bundle(
+            Bundle.open(_bundle(NAME, src, "int8", precision="int8")), threads=threads
+        )
+    except (EngineError, ConvertError) as exc:
+        print(f"zerostart int8 not run: {exc}")
     m = bundle.manifest
     all_global = ModernBertNativeEngine(
         m._replace(config=m.config._replace(global_every=1)),
@@ -156,8 +155,10 @@ def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[
         ids[:, 0], ids[:, -1] = CLS_ID, SEP_ID
         mask = np.ones_like(ids)
         t_ids, t_mask = torch.from_numpy(ids), torch.from_numpy(mask)
-        sess = ort.InferenceSession(
-            str(_onnx(eager, batch, tokens)), so, providers=["CPUExecutionProvider"]
+        fp32_onnx = _onnx(eager, batch, tokens)
+        sess = ort.InferenceSession(str(fp32_onnx), so, providers=["CPUExecutionProvider"])
+        sess8 = ort.InferenceSession(
+            str(_onnx_int8(fp32_onnx)), so, providers=["CPUExecutionProvider"]
         )
         from array import array
 
@@ -174,7 +175,14 @@ def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[
             "onnxruntime_fp32": lambda: sess.run(None, {"input_ids": ids, "attention_mask": mask})[
                 0
             ],
+            "onnxruntime_int8": lambda: sess8.run(None, {"input_ids": ids, "attention_mask": mask})[
+                0
+            ],
         }
+        if ours8 is not None:
+            fns["zerostart_int8_serving"] = lambda e=ours8: np.frombuffer(
+                e.run(flat, None, lengths, tokens), np.float32
+            ).reshape(batch, -1)
         if with_torch:
             fns["pytorch_fp32"] = torch_fp32
         if tokens > 2 * m.config.local_window + 1:
@@ -187,20 +195,25 @@ def bench(iters_scale: float, threads: int, only: tuple[str, ...] = ()) -> dict[
             k: float(np.abs(np.asarray(fn(), np.float32) - ref).max()) for k, fn in fns.items()
         }
         load_before = list(os.getloadavg())
-        timings = interleaved(fns, max(1, round(rounds * iters_scale)), warmups=WARMUPS)
+        timings = interleaved(fns, max(1, round(rounds * iters_scale)), WARMUPS)
         t = {k: v["median_s"] for k, v in timings.items()}
+        c = {k: v["cpu_median_s"] for k, v in timings.items()}
         row[label] = {
             "batch": batch,
             "tokens": tokens,
             "timings": timings,
             "max_abs_diff_vs_pytorch_eager_fp32": diffs,
             "anchor_over_engine": {k: t[ANCHOR] / v for k, v in t.items()},
+            "anchor_over_engine_cpu": {k: c[ANCHOR] / v for k, v in c.items() if v > 0},
             "load_average_before": load_before,
             "load_average_after": list(os.getloadavg()),
         }
         print(f"{NAME} {label} (medians; ratio = ONNX Runtime fp32 time / this engine's time)")
         for k, v in sorted(t.items(), key=lambda kv: kv[1]):
-            print(f"  {k:<26} {v * 1e3:9.1f} ms  {t[ANCHOR] / v:5.2f}x  max|diff| {diffs[k]:.1e}")
+            print(
+                f"  {k:<26} {v * 1e3:9.1f} ms  {t[ANCHOR] / v:5.2f}x  cpu {c[k] * 1e3:9.1f} ms "
+                f"{c[ANCHOR] / max(c[k], 1e-9):5.2f}x  max|diff| {diffs[k]:.1e}"
+            )
     return row
 
 

@@ -1,4 +1,4 @@
-"""int8 (AVX-512 VNNI) and bf16 (AVX-512 BF16) matrix products and bundles.
+"""int8 (AVX-512 VNNI, or AVX2) and bf16 (AVX-512 BF16) matrix products and bundles.
 
 The products are checked against numpy on the same quantised / rounded
 operands (so only the kernel's arithmetic is under test, exactly), on odd
@@ -11,6 +11,7 @@ products skip, and the refusal is tested instead.
 from __future__ import annotations
 
 import shutil
+from array import array
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from zerostart.bundle.folder import Bundle
 from zerostart.bundle.layout import padded
 from zerostart.engine.cpu import CpuEngine
 from zerostart.engine.cpu_gemm import PackedMatrix
+from zerostart.engine.cpu_native import NativeCpuEngine
 from zerostart.engine.native import NativeKernels, cpu_flags
 from zerostart.engine.parallel import Workers
 from zerostart.errors import EngineError
@@ -30,25 +32,45 @@ cpu_build = pytest.importorskip("zerostart.kernels.cpu_build")
 if shutil.which(cpu_build.CC) is None:
     pytest.skip("no C compiler", allow_module_level=True)
 
-TARGET = {"int8": "x86-64-v4+avx512vnni", "bfloat16": "x86-64-v4+avx512bf16"}
-FEATURE = {"int8": "avx512_vnni", "bfloat16": "avx512_bf16"}
+# The builds convert writes for each precision by default, each with the feature that
+# gives it the products: int8 has two kernels (vpdpbusd; vpmaddwd on AVX2 without VNNI).
+TARGETS = {"int8": ("x86-64-v4+avx512vnni", "x86-64-v3"), "bfloat16": ("x86-64-v4+avx512bf16",)}
+FEATURE = {
+    "x86-64-v4+avx512vnni": "avx512_vnni",
+    "x86-64-v3": "avx2",
+    "x86-64-v4+avx512bf16": "avx512_bf16",
+}
+# Bytes per quantised activation each int8 kernel reads (zs_int8_a_width).
+A_WIDTH = {"x86-64-v4+avx512vnni": 1, "x86-64-v3": 2}
 SHAPES = [(1, 384, 1152), (3, 37, 5), (127, 1536, 384), (33, 64, 64), (512, 32, 96)]
 
 
+def _runs(target: str) -> bool:
+    return set(cpu_build.arch_features(target)) <= cpu_flags()
+
+
 def _has(precision: str) -> bool:
-    return set(cpu_build.arch_features(TARGET[precision])) <= cpu_flags()
+    return any(_runs(t) for t in TARGETS[precision])
 
 
-@pytest.fixture(scope="module", params=["int8", "bfloat16"])
+@pytest.fixture(
+    scope="module",
+    params=[(p, t) for p, ts in TARGETS.items() for t in ts],
+    ids=lambda pt: f"{pt[0]}-{pt[1]}",
+)
 def precision_kernels(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, NativeKernels]:
-    precision: str = request.param
-    if not _has(precision):
-        pytest.skip(f"this CPU lacks {FEATURE[precision]}: the {precision} products cannot run")
-    lib = cpu_build.build_library(TARGET[precision], cache=tmp_path_factory.mktemp("k"))
-    kernels = NativeKernels(lib, TARGET[precision])
+    precision, target = request.param
+    if not _runs(target):
+        pytest.skip(
+            f"this CPU lacks {FEATURE[target]}: the {target} {precision} products cannot run"
+        )
+    lib = cpu_build.build_library(target, cache=tmp_path_factory.mktemp("k"))
+    kernels = NativeKernels(lib, target)
     assert precision in kernels.precisions
+    if precision == "int8":
+        assert kernels.int8_a_width == A_WIDTH[target]
     return precision, kernels
 
 
@@ -126,10 +148,10 @@ def test_reduced_precision_bundle_tracks_float32(
     minilm_sst2_dir: Path, tmp_path: Path, precision: str
 ) -> None:
     if not _has(precision):
-        pytest.skip(f"this CPU lacks {FEATURE[precision]}")
+        pytest.skip(f"this CPU lacks {' and '.join(FEATURE[t] for t in TARGETS[precision])}")
     m32 = convert(minilm_sst2_dir, tmp_path / "f32", cpu_archs=["x86-64"])
     mq = convert(minilm_sst2_dir, tmp_path / "q", precision=precision)
-    assert mq.dtype == precision and set(mq.cpu_kernels) == {TARGET[precision]}
+    assert mq.dtype == precision and set(mq.cpu_kernels) == set(TARGETS[precision])
     size32 = m32.files["weights.safetensors"].size
     # The encoder's matrices shrink 4x / 2x; the word embeddings (half of MiniLM) stay float32.
     assert mq.files["weights.safetensors"].size < size32 * (0.7 if precision == "int8" else 0.8)
@@ -141,6 +163,11 @@ def test_reduced_precision_bundle_tracks_float32(
     got = CpuEngine.from_bundle(Bundle.open(tmp_path / "q", verify="full")).forward(ids, mask)
     assert float(np.abs(got - ref).max()) <= MODEL_BOUNDS[precision]
     np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))
+    # The worker's engine (numpy-free, the same kernels through its own scratch buffers).
+    native = NativeCpuEngine.from_bundle(Bundle.open(tmp_path / "q"))
+    lengths = [int(v) for v in mask.sum(1)]
+    out = native.run(array("q", ids.reshape(-1).tolist()), None, lengths, ids.shape[1])
+    np.testing.assert_allclose(np.frombuffer(out, np.float32).reshape(got.shape), got, atol=1e-4)
 
 
 @pytest.mark.parametrize("precision", ["int8", "bfloat16"])
@@ -149,14 +176,21 @@ def test_reduced_precision_bundle_on_a_cpu_without_it_is_refused(
 ) -> None:
     convert(minilm_sst2_dir, tmp_path / "q", precision=precision)
     bundle = Bundle.open(tmp_path / "q")
-    build = bundle.manifest.cpu_kernels[TARGET[precision]]
-    without = frozenset(build.features) - {FEATURE[precision]}  # this CPU, minus the one feature
     from zerostart.engine.native import choose_build
 
-    with pytest.raises(EngineError, match=f"needs {FEATURE[precision]}"):
-        choose_build(bundle.manifest.cpu_kernels, without)
+    # A CPU that has every feature of the builds but the ones that give the products: with
+    # int8, neither VNNI nor AVX2 (a v3 CPU without AVX2 is made up, but it is what the
+    # portable targets are: no build of the bundle may be taken for them).
+    builds = bundle.manifest.cpu_kernels
+    lacking = {FEATURE[t] for t in TARGETS[precision]}
+    without = frozenset().union(*(b.features for b in builds.values())) - lacking
+    with pytest.raises(EngineError, match=f"needs {'.*'.join(sorted(lacking))}"):
+        choose_build(builds, without)
+    # A CPU with a build's features takes that build (the VNNI one where both run).
+    for target in TARGETS[precision]:
+        assert choose_build(builds, without | frozenset(builds[target].features)) == target
     if not _has(precision):  # and for real, where this CPU lacks it
-        with pytest.raises(EngineError, match=FEATURE[precision]):
+        with pytest.raises(EngineError, match=FEATURE[TARGETS[precision][-1]]):
             CpuEngine.from_bundle(bundle)
     # int8 matrices without kernels that multiply them: refused, not garbage.
     with pytest.raises(EngineError, match="need native kernels"):

@@ -13,7 +13,9 @@ weights, fused QKV with the query block pre-scaled, here by ``1/sqrt(3 d)``):
   normalised relative embeddings, computed at convert time (they depend on
   the weights only); head ``h`` owns columns ``h*d : (h+1)*d`` as in QKV;
 * sequence classification: ``head.pooler`` is transformers' ContextPooler dense
-  (its activation is ``config.pooler_act``), then ``head.classifier``.
+  (its activation is ``config.pooler_act``), then ``head.classifier``;
+* int8 bundles pack the four matrices of every layer as BERT's do
+  (``zerostart.bundle.packing``); the relative tables stay float32.
 
 Runtime module: standard library only.
 """
@@ -21,6 +23,7 @@ Runtime module: standard library only.
 from __future__ import annotations
 
 from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.packing import add_matrix, mark_packed
 
 ARCHITECTURE = "deberta-v2"
 REL_INDEX = "rel.index"
@@ -44,18 +47,14 @@ def tensor_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
     for i in range(c.num_layers):
         p = f"layer.{i}."
         pos_q, pos_k = pos_names(i)
-        shapes[p + "attn.qkv.weight"] = (h, 3 * h)
-        shapes[p + "attn.qkv.bias"] = (3 * h,)
+        add_matrix(shapes, p + "attn.qkv", h, 3 * h, manifest.dtype)
         shapes[pos_q] = (2 * span, h)
         shapes[pos_k] = (2 * span, h)
-        shapes[p + "attn.out.weight"] = (h, h)
-        shapes[p + "attn.out.bias"] = (h,)
+        add_matrix(shapes, p + "attn.out", h, h, manifest.dtype)
         shapes[p + "attn.norm.weight"] = (h,)
         shapes[p + "attn.norm.bias"] = (h,)
-        shapes[p + "ffn.up.weight"] = (h, inter)
-        shapes[p + "ffn.up.bias"] = (inter,)
-        shapes[p + "ffn.down.weight"] = (inter, h)
-        shapes[p + "ffn.down.bias"] = (h,)
+        add_matrix(shapes, p + "ffn.up", h, inter, manifest.dtype)
+        add_matrix(shapes, p + "ffn.down", inter, h, manifest.dtype)
         shapes[p + "ffn.norm.weight"] = (h,)
         shapes[p + "ffn.norm.bias"] = (h,)
     if manifest.task == "sequence-classification":
@@ -68,7 +67,9 @@ def tensor_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
 
 
 def tensor_dtypes(manifest: Manifest) -> dict[str, str]:
-    """numpy dtype name of every tensor (float32; the index table int32)."""
+    """numpy dtype name of every tensor (float32; the index table int32; int8 bundles' packed
+    matrices as ``zerostart.bundle.packing`` says)."""
     out = dict.fromkeys(tensor_shapes(manifest), "float32")
     out[REL_INDEX] = "int32"
+    mark_packed(out, manifest.config.num_layers, manifest.dtype)
     return out

@@ -13,9 +13,7 @@ forward pass needs no transposes and no per-head slicing at run time:
 
 Reduced-precision CPU bundles (``zerostart convert --precision int8|bfloat16``)
 store the four matrices of every layer (``QUANTIZED``) packed for the native
-kernels' micro-kernel instead (kernels/cpu/zs_cpu_gemm.c): columns in panels
-of 64, ``k`` in groups of 4 (int8) or 2 (bf16), ``[Np/64, Kp/G, 4, 16, G]``;
-int8 adds a float32 scale and an int32 column sum per output column.
+kernels' micro-kernel instead (``zerostart.bundle.packing``, re-exported here).
 Everything else (embeddings, norms, biases, task head) stays float32.
 
 Runtime module: standard library only (the engines add numpy).
@@ -25,6 +23,14 @@ from __future__ import annotations
 
 from zerostart.bundle import deberta_layout, modernbert_layout
 from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.packing import COLSUM_SUFFIX as COLSUM_SUFFIX
+from zerostart.bundle.packing import GEMM_GROUP as GEMM_GROUP
+from zerostart.bundle.packing import GEMM_PANEL as GEMM_PANEL
+from zerostart.bundle.packing import QUANTIZED as QUANTIZED
+from zerostart.bundle.packing import SCALE_SUFFIX as SCALE_SUFFIX
+from zerostart.bundle.packing import add_matrix, mark_packed
+from zerostart.bundle.packing import packed_shape as packed_shape
+from zerostart.bundle.packing import padded as padded
 
 LAYOUT_VERSION = "1"
 
@@ -35,40 +41,15 @@ GELU_TANH_ACTS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 SUPPORTED_ACTS = (*GELU_ERF_ACTS, *GELU_TANH_ACTS, "relu")
 
 
-# The matrices stored packed in int8 / bf16 bundles, per layer.
-QUANTIZED = ("attn.qkv", "attn.out", "ffn.up", "ffn.down")
-GEMM_PANEL = 64  # output columns per panel of packed weights
-GEMM_GROUP = {"int8": 4, "bfloat16": 2}  # k per 32-bit lane of vpdpbusd / vdpbf16ps
-SCALE_SUFFIX = ".scale"  # int8: float32 [Np], dequantisation factor per output column
-COLSUM_SUFFIX = ".colsum"  # int8: int32 [Np], sum over k of the int8 weights
-
-
-def padded(k: int, n: int, precision: str) -> tuple[int, int]:
-    """(K, N) rounded up to the packing's group and panel."""
-    g = GEMM_GROUP[precision]
-    return -(-k // g) * g, -(-n // GEMM_PANEL) * GEMM_PANEL
-
-
-def packed_shape(k: int, n: int, precision: str) -> tuple[int, ...]:
-    kp, n_pad = padded(k, n, precision)
-    g = GEMM_GROUP[precision]
-    return (n_pad // GEMM_PANEL, kp // g, GEMM_PANEL // 16, 16, g)
-
-
 def tensor_dtypes(manifest: Manifest) -> dict[str, str]:
     """numpy dtype name of every tensor of ``tensor_shapes`` (float32 unless packed)."""
     if manifest.architecture == deberta_layout.ARCHITECTURE:
         return deberta_layout.tensor_dtypes(manifest)
+    if manifest.architecture == modernbert_layout.ARCHITECTURE:
+        return modernbert_layout.modernbert_dtypes(manifest)
     base = "float16" if manifest.dtype == "float16" else "float32"
     out = dict.fromkeys(tensor_shapes(manifest), base)
-    if manifest.dtype in GEMM_GROUP:
-        packed = "int8" if manifest.dtype == "int8" else "uint16"  # bf16 bits
-        for i in range(manifest.config.num_layers):
-            for m in QUANTIZED:
-                name = layer_prefix(i) + m + ".weight"
-                out[name] = packed
-                if manifest.dtype == "int8":
-                    out[name + COLSUM_SUFFIX] = "int32"
+    mark_packed(out, manifest.config.num_layers, manifest.dtype)
     return out
 
 
@@ -115,15 +96,7 @@ def _layer_shapes(
     shapes: dict[str, tuple[int, ...]], p: str, h: int, inter: int, dtype: str
 ) -> None:
     def matrix(name: str, k: int, n: int) -> None:
-        if dtype not in GEMM_GROUP:
-            shapes[p + name + ".weight"] = (k, n)
-        else:
-            shapes[p + name + ".weight"] = packed_shape(k, n, dtype)
-            if dtype == "int8":
-                n_pad = padded(k, n, dtype)[1]
-                shapes[p + name + ".weight" + SCALE_SUFFIX] = (n_pad,)
-                shapes[p + name + ".weight" + COLSUM_SUFFIX] = (n_pad,)
-        shapes[p + name + ".bias"] = (n,)
+        add_matrix(shapes, p + name, k, n, dtype)
 
     matrix("attn.qkv", h, 3 * h)
     matrix("attn.out", h, h)

@@ -20,7 +20,8 @@ Linear weights are stored ``[in, out]`` (the engine computes ``x @ W``);
 ``[0, I)`` and its gate in ``[I, 2I)``. The classification head (both tasks):
 ``LN(act(pooled head.dense + b); head.norm)`` then the classifier; a head
 without a dense bias (transformers' default ``classifier_bias=False``) stores
-zeros. Everything is float32.
+zeros. Everything is float32, except in int8 bundles the four matrices of every
+layer (``QUANTIZED``), packed as BERT's are (``zerostart.bundle.packing``).
 
 Runtime module: standard library only; a leaf that ``bundle.layout`` imports.
 """
@@ -28,8 +29,11 @@ Runtime module: standard library only; a leaf that ``bundle.layout`` imports.
 from __future__ import annotations
 
 from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.packing import add_matrix, mark_packed
 
 ARCHITECTURE = "modernbert"
+# The matrices an int8 bundle packs (``zerostart.bundle.packing``), per layer; no biases.
+QUANTIZED = ("attn.qkv", "attn.out", "ffn.wi", "ffn.wo")
 
 
 def is_global(manifest: Manifest, layer: int) -> bool:
@@ -50,11 +54,11 @@ def modernbert_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
         p = f"layer.{i}."  # layout.layer_prefix's names (this module is a leaf of layout's)
         if i > 0:
             shapes[p + "attn.norm.weight"] = (h,)
-        shapes[p + "attn.qkv.weight"] = (h, 3 * h)
-        shapes[p + "attn.out.weight"] = (h, h)
+        add_matrix(shapes, p + "attn.qkv", h, 3 * h, manifest.dtype, bias=False)
+        add_matrix(shapes, p + "attn.out", h, h, manifest.dtype, bias=False)
         shapes[p + "ffn.norm.weight"] = (h,)
-        shapes[p + "ffn.wi.weight"] = (h, 2 * inter)
-        shapes[p + "ffn.wo.weight"] = (inter, h)
+        add_matrix(shapes, p + "ffn.wi", h, 2 * inter, manifest.dtype, bias=False)
+        add_matrix(shapes, p + "ffn.wo", inter, h, manifest.dtype, bias=False)
     shapes["final.norm.weight"] = (h,)
     if manifest.task != "embeddings":
         n = len(manifest.labels)
@@ -64,3 +68,11 @@ def modernbert_shapes(manifest: Manifest) -> dict[str, tuple[int, ...]]:
         shapes["head.classifier.weight"] = (h, n)
         shapes["head.classifier.bias"] = (n,)
     return shapes
+
+
+def modernbert_dtypes(manifest: Manifest) -> dict[str, str]:
+    """numpy dtype name of every tensor (float32; an int8 bundle's packed matrices as
+    ``zerostart.bundle.packing`` says)."""
+    out = dict.fromkeys(modernbert_shapes(manifest), "float32")
+    mark_packed(out, manifest.config.num_layers, manifest.dtype, QUANTIZED)
+    return out

@@ -63,7 +63,7 @@ class PackedMatrix(NamedTuple):
         out = np.empty((m, self.n), np.float32)
         if self.precision == "int8":
             assert self.scale is not None and self.colsum is not None
-            a = np.empty((m, kp), np.uint8)
+            a = np.empty((m, kp * kernels.int8_a_width), np.uint8)
             a_scale = np.empty(m, np.float32)
             a_zp = np.empty(m, np.int32)
             w, ws, cs = addr(self.packed), addr(self.scale), addr(self.colsum)

@@ -86,7 +86,7 @@ def check_precision(manifest: Manifest, kernels: NativeKernels | None) -> None:
         which = "no native kernels" if kernels is None else f"the {kernels.arch} build"
         raise EngineError(
             f"this bundle's {manifest.dtype} matrices need native kernels with "
-            f"{'AVX-512 VNNI' if manifest.dtype == 'int8' else 'AVX-512 BF16'}, and {which} has none",
+            f"{'AVX-512 VNNI or AVX2' if manifest.dtype == 'int8' else 'AVX-512 BF16'}, and {which} has none",
             hint="convert again with --precision float32, or with a --cpu-arch that has them",
         )
 
@@ -104,6 +104,54 @@ class _Matrix(NamedTuple):
     colsum: int
     k: int
     n: int
+
+
+def weight_matrix(weights: Weights, name: str, k: int, n: int, dtype: str) -> _Matrix:
+    """The [k, n] matrix ``name`` of a bundle whose dtype is ``dtype``: float32 as stored,
+    or packed int8 (with its scale and column sums) / bf16."""
+    if dtype not in GEMM_GROUP:
+        return _Matrix("float32", weights.address(name), 0, 0, k, n)
+    if dtype == "int8":
+        a = weights.address
+        return _Matrix(dtype, a(name), a(name + SCALE_SUFFIX), a(name + COLSUM_SUFFIX), k, n)
+    return _Matrix(dtype, weights.address(name), 0, 0, k, n)
+
+
+def matmul(
+    kernels: NativeKernels,
+    workers: Workers,
+    scratch: _Scratch,
+    x: int,
+    w: _Matrix,
+    out: int,
+    m: int,
+) -> None:
+    """out[m, n] = x[m, k] @ W (no bias), float32 in and out: ``zs_gemm_f32`` for a float32
+    W; int8: each thread quantises its rows of x (per row, asymmetric) into ``scratch``'s
+    "qa" buffer and multiplies them by the packed W; bf16: rounds them, then multiplies."""
+    k, run = kernels, workers.run
+    if w.precision == "float32":
+        matmul_f32(k, workers, x, w.w, out, m, w.k, w.n)
+        return
+    kp, n_pad = padded(w.k, w.n, w.precision)
+    s = scratch
+    if w.precision == "int8":
+        qa = s.get("qa", m * kp * k.int8_a_width, "B")
+        a_scale, a_zp = s.get("qa_scale", m), s.get("qa_zp", m, "i")
+
+        def part_int8(i: int, j: int) -> None:
+            k.quantize_u8(x, qa, a_scale, a_zp, i, j, w.k, kp)
+            k.gemm_u8s8(qa, a_scale, a_zp, w.w, w.colsum, w.scale, out, i, j, kp, w.n, n_pad)
+
+        run(part_int8, m, min_part=PACKED_ROWS_PER_PART)
+        return
+    a16 = s.get("a16", m * kp, "H")
+
+    def part_bf16(i: int, j: int) -> None:
+        k.to_bf16(x, a16, i, j, w.k, kp)
+        k.gemm_bf16(a16, w.w, out, i, j, kp, w.n, n_pad)
+
+    run(part_bf16, m, min_part=PACKED_ROWS_PER_PART)
 
 
 class _Layer(NamedTuple):
@@ -274,13 +322,7 @@ class NativeCpuEngine:
         return len(self.manifest.labels) if self._task != "embeddings" else self._hidden
 
     def _matrix(self, weights: Weights, name: str, k: int, n: int) -> _Matrix:
-        dtype = self.manifest.dtype
-        if dtype not in GEMM_GROUP:
-            return _Matrix("float32", weights.address(name), 0, 0, k, n)
-        if dtype == "int8":
-            a = weights.address
-            return _Matrix(dtype, a(name), a(name + SCALE_SUFFIX), a(name + COLSUM_SUFFIX), k, n)
-        return _Matrix(dtype, weights.address(name), 0, 0, k, n)
+        return weight_matrix(weights, name, k, n, self.manifest.dtype)
 
     # -- the forward pass --------------------------------------------------------------
     def run(
@@ -391,29 +433,7 @@ class NativeCpuEngine:
 
     def _mm(self, x: int, w: _Matrix, out: int, m: int) -> None:
         """out[m, n] = x[m, k] @ W (no bias)."""
-        k, run = self.kernels, self._workers.run
-        if w.precision == "float32":
-            matmul_f32(k, self._workers, x, w.w, out, m, w.k, w.n)
-            return
-        kp, n_pad = padded(w.k, w.n, w.precision)
-        s = self._scratch
-        if w.precision == "int8":
-            qa = s.get("qa", m * kp, "B")
-            a_scale, a_zp = s.get("qa_scale", m), s.get("qa_zp", m, "i")
-
-            def part_int8(i: int, j: int) -> None:
-                k.quantize_u8(x, qa, a_scale, a_zp, i, j, w.k, kp)
-                k.gemm_u8s8(qa, a_scale, a_zp, w.w, w.colsum, w.scale, out, i, j, kp, w.n, n_pad)
-
-            run(part_int8, m, min_part=PACKED_ROWS_PER_PART)
-            return
-        a16 = s.get("a16", m * kp, "H")
-
-        def part_bf16(i: int, j: int) -> None:
-            k.to_bf16(x, a16, i, j, w.k, kp)
-            k.gemm_bf16(a16, w.w, out, i, j, kp, w.n, n_pad)
-
-        run(part_bf16, m, min_part=PACKED_ROWS_PER_PART)
+        matmul(self.kernels, self._workers, self._scratch, x, w, out, m)
 
     def _head(self, x: int, b: int, t: int) -> array[float]:
         h, k = self._hidden, self.kernels

@@ -34,9 +34,19 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from zerostart.bundle.layout import layer_prefix
 from zerostart.bundle.manifest import Manifest
-from zerostart.bundle.modernbert_layout import is_global, modernbert_shapes
+from zerostart.bundle.modernbert_layout import is_global, modernbert_dtypes, modernbert_shapes
 from zerostart.bundle.weights import NUMPY_DTYPES, Weights
-from zerostart.engine.cpu_native import _NATIVE_ACTS, F32, ROWS_PER_PART, _Scratch, check_batch
+from zerostart.engine.cpu_native import (
+    _NATIVE_ACTS,
+    F32,
+    ROWS_PER_PART,
+    _Matrix,
+    _Scratch,
+    check_batch,
+    check_precision,
+    matmul,
+    weight_matrix,
+)
 from zerostart.engine.gemm_f32 import ZS_GEMM_NOMEM, matmul_f32
 from zerostart.engine.native import ACT_NONE, NativeKernels, load_bundle_kernels
 from zerostart.engine.parallel import Workers, default_threads
@@ -46,6 +56,8 @@ if TYPE_CHECKING:
     from zerostart.bundle.folder import Bundle
 
 POOL_MODES = {"cls": 0, "mean": 1}  # zs_mb_pool's
+# modernbert_dtypes' names -> safetensors' numpy codes (NUMPY_DTYPES, byte order stripped)
+_DTYPE_CODES = {"float32": "f4", "int8": "i1", "int32": "i4", "uint16": "u2"}
 GEGLU_ROWS = 96  # rows per product + GeGLU block when the GEMM plan leaves mc to the kernel
 
 _P = ctypes.c_void_p
@@ -86,11 +98,11 @@ class ModernBertKernels:
 
 class _Layer(NamedTuple):
     attn_g: int  # 0 for layer 0 (no attention norm)
-    qkv: int
-    out: int
+    qkv: _Matrix
+    out: _Matrix
     ffn_g: int
-    wi: int
-    wo: int
+    wi: _Matrix
+    wo: _Matrix
     theta: float
     window: int  # -1: global
 
@@ -106,17 +118,21 @@ class ModernBertNativeEngine:
         *,
         threads: int | None = None,
     ) -> None:
-        """Raises EngineError for tensors that are not the ModernBERT layout, or a build
-        without the kernels."""
+        """Raises EngineError for tensors that are not the ModernBERT layout, int8 matrices
+        without a build that multiplies them, or a build without the kernels."""
+        check_precision(manifest, kernels)
+        dtypes = modernbert_dtypes(manifest)
         for name, shape in modernbert_shapes(manifest).items():
             info = weights.info.get(name)
             if info is None:
                 raise EngineError(
                     f"weights have no tensor {name!r}", hint="re-run zerostart convert"
                 )
-            if info.shape != shape or NUMPY_DTYPES[info.dtype].lstrip("<|") != "f4":
+            want = _DTYPE_CODES[dtypes[name]]
+            if info.shape != shape or NUMPY_DTYPES[info.dtype].lstrip("<|") != want:
                 raise EngineError(
-                    f"tensor {name!r} is {info.dtype}{list(info.shape)}, expected float32{list(shape)}",
+                    f"tensor {name!r} is {info.dtype}{list(info.shape)}, expected "
+                    f"{dtypes[name]}{list(shape)}",
                     hint="re-run zerostart convert",
                 )
         c = manifest.config
@@ -137,15 +153,20 @@ class ModernBertNativeEngine:
         )
         self._act = _NATIVE_ACTS[c.hidden_act]
         a = weights.address
+        h, inter = c.hidden_size, c.intermediate_size
+
+        def mat(name: str, k: int, n: int) -> _Matrix:
+            return weight_matrix(weights, name, k, n, manifest.dtype)
+
         self._word, self._embed_g = a("embed.word"), a("embed.norm.weight")
         self._layers = [
             _Layer(
                 a(p + "attn.norm.weight") if i else 0,
-                a(p + "attn.qkv.weight"),
-                a(p + "attn.out.weight"),
+                mat(p + "attn.qkv.weight", h, 3 * h),
+                mat(p + "attn.out.weight", h, h),
                 a(p + "ffn.norm.weight"),
-                a(p + "ffn.wi.weight"),
-                a(p + "ffn.wo.weight"),
+                mat(p + "ffn.wi.weight", h, 2 * inter),
+                mat(p + "ffn.wo.weight", inter, h),
                 c.rope_theta if is_global(manifest, i) else c.local_rope_theta,
                 -1 if is_global(manifest, i) else c.local_window,
             )
@@ -250,14 +271,14 @@ class ModernBertNativeEngine:
         n, h, nh, eps, inter = b * t, self._hidden, self._heads, self._eps, self._inter
         qkv, ctx, a = s.get("qkv", n * 3 * h), s.get("ctx", n * h), s.get("a", n * h)
         rope, lens = self._rope_table(p.theta, t), _addr(lengths)
-        matmul_f32(self.kernels, self._workers, src, p.qkv, qkv, n, h, 3 * h)
+        matmul(self.kernels, self._workers, s, src, p.qkv, qkv, n)
 
         def attention(i: int, j: int) -> None:
             if mb.attention(qkv, rope, lens, ctx, t, nh, h // nh, p.window, i, j):
                 raise MemoryError("zs_mb_attention: out of memory for its scratch block")
 
         run(attention, b * nh)
-        matmul_f32(self.kernels, self._workers, ctx, p.out, a, n, h, h)
+        matmul(self.kernels, self._workers, s, ctx, p.out, a, n)
 
         def attn_residual(i: int, j: int) -> None:
             off = i * h * F32
@@ -266,7 +287,7 @@ class ModernBertNativeEngine:
         run(attn_residual, n, min_part=ROWS_PER_PART)
         g = s.get("g", n * inter)
         self._geglu_product(hbuf, p.wi, g, n)
-        matmul_f32(self.kernels, self._workers, g, p.wo, a, n, inter, h)
+        matmul(self.kernels, self._workers, s, g, p.wo, a, n)
 
         def ffn_residual(i: int, j: int) -> None:
             off = i * h * F32
@@ -274,14 +295,23 @@ class ModernBertNativeEngine:
 
         run(ffn_residual, n, min_part=ROWS_PER_PART)
 
-    def _geglu_product(self, src: int, wi: int, g: int, m: int) -> None:
+    def _geglu_product(self, src: int, wi_m: _Matrix, g: int, m: int) -> None:
         """g[m, I] = GeGLU(src[m, H] Wi[H, 2I]), each thread's part of the product then its GeGLU."""
         k, mb, h, inter = self.kernels, self.mb, self._hidden, self._inter
         f = self._scratch.get("f", m * 2 * inter)
+        act = self._act
+        if wi_m.precision != "float32":  # int8: the whole product, then GeGLU by rows
+            matmul(k, self._workers, self._scratch, src, wi_m, f, m)
+
+            def gate(i: int, j: int) -> None:
+                mb.geglu(f, g, i, j, inter, 0, inter, act)
+
+            self._workers.run(gate, m, min_part=ROWS_PER_PART)
+            return
+        wi = wi_m.w
         plan = k.gemm_plan
         tile = k.gemm_f32_tiles.index(plan.tile)
         gemm, kc, mc, nc, pack = k.gemm_f32, plan.kc, plan.mc, plan.nc, int(plan.pack)
-        act = self._act
 
         def product(m0: int, m1: int, n0: int, n1: int) -> None:
             err = gemm(src, wi, f, m0, m1, n0, n1, h, 2 * inter, tile, kc, mc, nc, pack)

@@ -192,6 +192,10 @@ class NativeKernels:
             lib.zs_gemm_u8s8.argtypes = [_P, _P, _P, _P, _P, _P, _P, _I, _I, _I, _I, _I]
             self.quantize_u8 = lib.zs_quantize_u8
             self.gemm_u8s8 = lib.zs_gemm_u8s8
+            # Bytes per quantised activation: 1 (VNNI, uint8) or 2 (AVX2, the same values
+            # as int16); builds from before the AVX2 kernel have no such symbol (VNNI only).
+            width = getattr(lib, "zs_int8_a_width", None)
+            self.int8_a_width = 1 if width is None else int(width())
         if "bfloat16" in self.precisions:
             lib.zs_to_bf16.restype = None
             lib.zs_to_bf16.argtypes = [_P, _P, _I, _I, _I, _I]

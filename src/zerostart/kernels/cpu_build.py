@@ -112,12 +112,12 @@ MACRO_FLAGS = {
 # What each reduced precision needs from a build (any one of the alternatives), and the
 # default targets when --cpu-arch is not given: AVX-512 plus that one extension.
 PRECISION_FEATURES = {
-    "int8": ("avx512_vnni",),
+    "int8": ("avx512_vnni", "avx2"),
     "bfloat16": ("avx512_bf16",),
 }
 PRECISION_DEFAULT_ARCHS = {
     "float32": DEFAULT_ARCHS,
-    "int8": ("x86-64-v4+avx512vnni",),
+    "int8": ("x86-64-v4+avx512vnni", "x86-64-v3"),
     "bfloat16": ("x86-64-v4+avx512bf16",),
 }
 
@@ -208,7 +208,8 @@ def build_for_bundle(
     (``TUNING_TABLE``, checked first); return the manifest entries.
 
     Raises ConvertError when an arch is unknown to the compiler, or when ``precision`` needs
-    an instruction (VNNI for int8, AVX-512 BF16 for bfloat16) that one of the archs lacks.
+    an instruction (AVX-512 VNNI or AVX2 for int8, AVX-512 BF16 for bfloat16) that one of the
+    archs lacks.
     """
     builds: dict[str, CpuKernelBuild] = {}
     out_dir = bundle_dir / CPU_KERNELS_DIR

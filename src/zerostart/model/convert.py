@@ -34,11 +34,8 @@ import numpy as np
 
 from zerostart.bundle.launch import KERNELS_DIR
 from zerostart.bundle.layout import (
-    COLSUM_SUFFIX,
     GEMM_GROUP,
     LAYOUT_VERSION,
-    QUANTIZED,
-    SCALE_SUFFIX,
     layer_prefix,
     tensor_shapes,
 )
@@ -359,7 +356,9 @@ def _engine_tensors(
         out["head.classifier.weight"], out["head.classifier.bias"] = cls
     # File order = the engine's access order (see layout.tensor_shapes).
     if manifest.dtype in GEMM_GROUP:
-        return _reduce_precision(out, manifest)
+        from zerostart.model.quantize import reduce_precision
+
+        return reduce_precision(out, manifest)
     return {name: np.ascontiguousarray(out[name], dtype=dtype) for name in tensor_shapes(manifest)}
 
 
@@ -420,29 +419,6 @@ def _check_finite(
         message + ": the model would answer with NaN",
         hint="fix the checkpoint, or pass --allow-nonfinite to convert it anyway",
     )
-
-
-def _reduce_precision(full: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
-    """The encoder's matrices packed in int8 / bf16 (``zerostart.model.quantize``), the rest float32."""
-    from zerostart.model import quantize
-
-    out: dict[str, np.ndarray] = {}
-    for name in tensor_shapes(manifest):
-        if name.endswith((SCALE_SUFFIX, COLSUM_SUFFIX)):
-            continue  # written with their matrix, just below it
-        packed = (
-            name.startswith("layer.")
-            and name.endswith(".weight")
-            and name.removesuffix(".weight").split(".", 2)[-1] in QUANTIZED
-        )
-        if not packed:
-            out[name] = np.ascontiguousarray(full[name], dtype=np.float32)
-        elif manifest.dtype == "int8":
-            q, scale, colsum = quantize.quantize_int8(full[name])
-            out[name], out[name + SCALE_SUFFIX], out[name + COLSUM_SUFFIX] = q, scale, colsum
-        else:
-            out[name] = quantize.quantize_bf16(full[name])
-    return {name: out[name] for name in tensor_shapes(manifest)}
 
 
 def _positions(

@@ -45,6 +45,7 @@ from zerostart.bundle import deberta_layout
 from zerostart.bundle.deberta_layout import ARCHITECTURE, REL_INDEX, pos_names
 from zerostart.bundle.layout import SUPPORTED_ACTS, layer_prefix
 from zerostart.bundle.manifest import Manifest, ModelConfig
+from zerostart.bundle.packing import GEMM_GROUP
 from zerostart.errors import ConvertError
 
 MODEL_TYPE = "deberta-v2"
@@ -210,6 +211,10 @@ def engine_tensors(
     if manifest.task != "embeddings":
         cls = linear("classifier", h, len(manifest.labels), prefixed=False)
         out["head.classifier.weight"], out["head.classifier.bias"] = cls
+    if manifest.dtype in GEMM_GROUP:  # int8: the four matrices of each layer packed
+        from zerostart.model.quantize import reduce_precision
+
+        return reduce_precision(out, manifest)
     dtypes = deberta_layout.tensor_dtypes(manifest)
     return {  # file order = the engine's access order
         name: np.ascontiguousarray(out[name], dtype=dtypes[name])
@@ -218,18 +223,18 @@ def engine_tensors(
 
 
 def check_target(device: str, precision: str, path: Path) -> None:
-    """Refuse what the DeBERTa engines do not run yet: the GPU, int8/bf16 matrices."""
+    """Refuse what the DeBERTa engines do not run yet: the GPU, bf16 matrices."""
     if device != "cpu":
         raise ConvertError(
             path,
             "DeBERTa runs on the CPU engine only today",
             hint="convert with --device cpu (the GPU kernels for disentangled attention are not built yet)",
         )
-    if precision != "float32":
+    if precision not in ("float32", "int8"):
         raise ConvertError(
             path,
-            f"DeBERTa bundles are float32 only today, not {precision}",
-            hint="convert with --precision float32",
+            f"DeBERTa bundles are float32 or int8 today, not {precision}",
+            hint="convert with --precision float32 or --precision int8",
         )
 
 

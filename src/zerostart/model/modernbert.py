@@ -128,13 +128,13 @@ def _global_every(config: Mapping[str, Any], layers: int, path: Path) -> int:
 
 
 def check_target(device: str, precision: str, path: Path) -> None:
-    """ModernBERT bundles are fp32 CPU bundles today."""
-    if device != "cpu" or precision != "float32":
+    """ModernBERT bundles are CPU bundles, float32 or int8, today."""
+    if device != "cpu" or precision not in ("float32", "int8"):
         raise ConvertError(
             path,
-            f"ModernBERT runs on the CPU engines in float32; --device {device} "
+            f"ModernBERT runs on the CPU engines in float32 or int8; --device {device} "
             f"--precision {precision} is not supported yet",
-            hint="convert with --device cpu --precision float32 (docs/models.md)",
+            hint="convert with --device cpu --precision float32 or int8 (docs/models.md)",
         )
 
 
@@ -192,6 +192,10 @@ def engine_tensors(
         out["head.norm.weight"] = need("head.norm.weight", (h,))
         out["head.classifier.weight"] = need("classifier.weight", (n, h)).T
         out["head.classifier.bias"] = need("classifier.bias", (n,))
+    if manifest.dtype == "int8":  # the four matrices of each layer packed
+        from zerostart.model.quantize import reduce_precision
+
+        return reduce_precision(out, manifest)
     return {
         name: np.ascontiguousarray(out[name], dtype=dtype) for name in modernbert_shapes(manifest)
     }

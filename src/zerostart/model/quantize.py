@@ -17,9 +17,19 @@ G (4 for int8, 2 for bf16), ``packed[p, k // G, j, n16, k % G] = W[k, 64 p +
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
-from zerostart.bundle.layout import GEMM_GROUP, GEMM_PANEL, padded
+from zerostart.bundle.layout import tensor_dtypes, tensor_shapes
+from zerostart.bundle.manifest import Manifest
+from zerostart.bundle.packing import (
+    COLSUM_SUFFIX,
+    GEMM_GROUP,
+    GEMM_PANEL,
+    SCALE_SUFFIX,
+    padded,
+)
 
 INT8_MAX = 127
 
@@ -66,3 +76,24 @@ def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
 def quantize_bf16(w: np.ndarray) -> np.ndarray:
     """float [K, N] -> packed bf16 bits (uint16)."""
     return _pack(bf16_bits(np.asarray(w, np.float32)), "bfloat16")
+
+
+def reduce_precision(full: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
+    """The engine layout's tensors (``full``: every tensor of ``tensor_shapes(manifest)``
+    unpacked, [K, N] for the matrices) with the encoder's matrices (those the layout's
+    ``tensor_dtypes`` gives as int8 / uint16: ``zerostart.bundle.packing``) packed
+    in ``manifest.dtype`` (int8 with its scale and column sums, or bf16) and the rest in
+    their layout dtype (float32; DeBERTa's index table int32), in file order."""
+    dtypes = tensor_dtypes(manifest)
+    out: dict[str, np.ndarray] = {}
+    for name in tensor_shapes(manifest):
+        if name.endswith((SCALE_SUFFIX, COLSUM_SUFFIX)):
+            continue  # written with their matrix, just below it
+        if dtypes[name] not in ("int8", "uint16"):  # not one of the packed matrices
+            out[name] = np.ascontiguousarray(full[name], dtype=dtypes[name])
+        elif manifest.dtype == "int8":
+            q, scale, colsum = quantize_int8(full[name])
+            out[name], out[name + SCALE_SUFFIX], out[name + COLSUM_SUFFIX] = q, scale, colsum
+        else:
+            out[name] = quantize_bf16(full[name])
+    return {name: out[name] for name in tensor_shapes(manifest)}
