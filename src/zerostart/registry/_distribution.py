@@ -46,7 +46,6 @@ from zerostart.oci import (
     REF_NAME_ANNOTATION,
     is_sha256_digest,
 )
-from zerostart.oci import sha256_digest as sha256_digest  # the drivers' d.sha256_digest
 
 ACCEPT_MANIFESTS = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST])
 
