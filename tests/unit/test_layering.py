@@ -225,7 +225,7 @@ ALLOWED: dict[str, frozenset[str]] = {
         # warm-up requests, the /health probe, the trace file: the builder records, the node replays
         "warmup": ("errors",),
         "registry": ("errors", "oci"),
-        "estargz": ("errors", "paths"),
+        "estargz": ("errors", "oci", "paths"),  # oci: the gzip layer media type
         "ztoc": ("errors", "estargz", "paths"),  # the zTOC format (zerostart index), a leaf
         "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
         # snapshot -> engine: the checkpointer reads libcuda's errors through the engine's Driver

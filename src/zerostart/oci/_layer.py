@@ -12,6 +12,8 @@ import io
 import zlib
 from typing import Any
 
+from zerostart.oci._media import GZIP_LAYER_TYPES, ZSTD_LAYER_TYPES
+
 READ_CHUNK_BYTES = 1 << 20  # blob bytes read per step: few syscalls, bounded memory
 _GZIP_WBITS = 16 + zlib.MAX_WBITS  # zlib's "gzip header and trailer" mode (zlib.h, inflateInit2)
 
@@ -22,10 +24,12 @@ class _Decompressed(io.RawIOBase):
     def __init__(self, path: str, media_type: str) -> None:
         self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
         self._buf = b""
-        self._gzip = media_type.endswith("+gzip")
+        # by name: Docker's gzip type ends in ".gzip"; the OCI suffixes also cover
+        # non-distributable layers (image-spec media-types.md)
+        self._gzip = media_type in GZIP_LAYER_TYPES or media_type.endswith("+gzip")
         if self._gzip:
             self._d: Any = zlib.decompressobj(_GZIP_WBITS)
-        elif media_type.endswith("+zstd"):
+        elif media_type in ZSTD_LAYER_TYPES or media_type.endswith("+zstd"):
             import zstandard
 
             self._d = zstandard.ZstdDecompressor().decompressobj()
@@ -70,7 +74,8 @@ class _Decompressed(io.RawIOBase):
 def open_layer_tar(path: str, media_type: str) -> io.BufferedReader:
     """The uncompressed tar stream of the layer blob at ``path``, by its ``media_type``.
 
-    ``…+gzip`` and ``…+zstd`` are decompressed as read (zstd needs the
-    ``zstandard`` module, imported only then); anything else is read as is.
+    gzip (OCI ``…+gzip``, Docker's ``…tar.gzip``) and zstd (``…+zstd``) are
+    decompressed as read (zstd needs the ``zstandard`` module, imported only
+    then); anything else is read as is.
     """
     return io.BufferedReader(_Decompressed(path, media_type), READ_CHUNK_BYTES)
