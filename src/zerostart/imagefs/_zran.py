@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import Extent, ImageIndexError, LayerEntry
+from zerostart.oci import sha256_digest
 from zerostart.registry import _distribution as d
 from zerostart.registry.errors import RegistryError
 from zerostart.registry.referrers import list_referrers
@@ -101,7 +102,7 @@ def find_ztocs(
         if size > MAX_ZTOC_BYTES:
             raise ImageIndexError(f"zTOC {digest} of layer {layer}: {size} bytes; refused")
         data = reader.read(digest, 0, size) if size else b""
-        if d.sha256_digest(data) != digest:
+        if sha256_digest(data) != digest:
             raise ImageIndexError(f"zTOC {digest} of layer {layer} does not match its digest")
         try:
             out[layer] = decode(data, blob_size=layers[layer])
