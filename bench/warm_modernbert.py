@@ -152,6 +152,11 @@ def bench(
     default = ModernBertForSequenceClassification.from_pretrained(src).eval()
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    # ONNX Runtime's pool threads spin after each run by default: interleaved with our
+    # engine, they held a core while ours ran (MiniLM b1, 2 threads: ours 79 ms instead of
+    # ~30) and their spinning was counted in the next call's process CPU time. A server
+    # that waits between requests does not spin either.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     row: dict[str, Any] = {
         "threads": threads,
         "zerostart_kernel_build": ours.kernels.arch,
