@@ -46,10 +46,10 @@ from zerostart.benchmark import (
     worker_command,
 )
 from zerostart.container.runtime import Container, choose_runtime, unpacked_rootfs
+from zerostart.errors import RuntimeToolError
 from zerostart.image.build import build_image
-from zerostart.image.errors import RuntimeToolError
 from zerostart.image.inspect import inspect_image, summary_line
-from zerostart.image.oci import read_oci_layout
+from zerostart.oci import read_oci_layout
 
 WORK = ROOT / "bench" / ".work" / "images"
 MB = 1e6

@@ -99,12 +99,12 @@ def plan_cost(layout: Path, profile: chunkprofile.Profile) -> dict[str, Any]:
     prefetch, deterministic, for the curve over chunk size.
     """
     from zerostart.estargz import read_toc
-    from zerostart.image.oci import read_oci_layout
     from zerostart.imagefs._cache import ChunkCache
     from zerostart.imagefs._fetch import ChunkReader, Layer
     from zerostart.imagefs._layers import entries_from_toc
     from zerostart.imagefs._profile import plan
     from zerostart.imagefs._tree import merge
+    from zerostart.oci import read_oci_layout
 
     image = read_oci_layout(layout)
     layers, entries = [], []

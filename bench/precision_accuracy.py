@@ -71,7 +71,8 @@ def compare(name: str, precisions: tuple[str, ...] = PRECISIONS) -> dict[str, An
         raw, ans = _run(pipe, texts)
         res: dict[str, Any] = {
             "max_abs_diff_raw": max(
-                float(np.abs(a - b).max()) for a, b in zip(raw, raw32, strict=True)
+                float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
+                for a, b in zip(raw, raw32, strict=True)  # the pipeline's outputs: memoryviews
             )
         }
         if task == "sequence-classification":

@@ -311,6 +311,11 @@ def bench_model(
     onnx_fp32, onnx_int8 = _onnx(name, model)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    # ONNX Runtime's pool threads spin after each run by default: interleaved with our
+    # engine, they held a core while ours ran (MiniLM b1, 2 threads: ours 79 ms instead of
+    # ~30) and their spinning was counted in the next call's process CPU time. A server
+    # that waits between requests does not spin either.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions = {
         "onnxruntime_fp32": ort.InferenceSession(
             str(onnx_fp32), so, providers=["CPUExecutionProvider"]

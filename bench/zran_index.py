@@ -63,10 +63,10 @@ from common import write_result  # noqa: E402
 from zerostart.benchmark import drop_page_cache, machine_description  # noqa: E402
 from zerostart.container.lazy import LazyContainer  # noqa: E402
 from zerostart.container.runtime import Container  # noqa: E402
-from zerostart.image.trace import WarmupRequest, send  # noqa: E402
 from zerostart.imagefs.zindex import add_profile, index_image  # noqa: E402
 from zerostart.procs import free_port  # noqa: E402
 from zerostart.registry.client import pull  # noqa: E402
+from zerostart.warmup import WarmupRequest, send  # noqa: E402
 from zerostart.ztoc import Ztoc, decode_profile, inflate_span  # noqa: E402
 from zerostart.ztoc._build import Z_OK, _ZStream, build, libz  # noqa: E402
 

@@ -177,7 +177,7 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "reg.push-reads-verified",
         M + "registry/layout.py",
-        "        if d.sha256_digest(data) != digest:\n",
+        "        if sha256_digest(data) != digest:\n",
         "        if False:\n",
         "push: a manifest in the layout that does not match its digest",
         TRL + "test_push_refuses_a_layout_manifest_that_does_not_match_its_digest",
@@ -192,9 +192,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "reg.digest-syntax",
-        M + "registry/_distribution.py",
-        '_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")',
-        '_DIGEST_RE = re.compile(r"^sha256:.+$")',
+        M + "oci/_media.py",
+        '_SHA256_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")',
+        '_SHA256_DIGEST = re.compile(r"sha256:.+")',
         "a descriptor digest that is not sha256:<64 hex> (path escape into the layout)",
         TRL + "test_a_digest_with_a_path_in_it_is_refused",
     ),
@@ -465,8 +465,8 @@ MUTANTS: tuple[Mutant, ...] = (
     _m(
         "cont.entrypoint",
         M + "container/runtime.py",
-        "        if not entry:  # refused before",
-        "        if False:  # refused before",
+        '        if not (image.config.get("config", {}).get("Entrypoint") or []):\n',
+        "        if False:\n",
         "an image without an Entrypoint",
         TC + "test_an_image_without_entrypoint_is_refused_before_anything_runs",
     ),
@@ -480,7 +480,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "image.blob-digest",
-        M + "image/oci.py",
+        M + "oci/_layout.py",
         "    if sha256_digest(data) != digest:\n",
         "    if False:\n",
         "reading an OCI layout whose manifest/config blob does not match its digest",
@@ -488,7 +488,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "image.layer-size",
-        M + "image/oci.py",
+        M + "oci/_layout.py",
         "        if not os.path.exists(la.path) or os.path.getsize(la.path) != la.size:\n",
         "        if not os.path.exists(la.path):\n",
         "reading an OCI layout whose layer blob has the wrong size",
@@ -561,7 +561,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     _m(
         "reg.content-length",
-        M + "registry/client.py",
+        M + "registry/_http.py",
         "                if announced is not None and int(announced) != size:\n",
         "                if False:\n",
         "pull: a blob the registry announces at another size is refused before it is read",

@@ -7,6 +7,8 @@ problem: the file, the field, the command, and what to do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class ZerostartError(Exception):
     """Root of every error zerostart raises on purpose."""
@@ -75,3 +77,43 @@ class PathEscapeError(ZerostartError):
         self.name = name
         self.problem = problem
         super().__init__(f"{name!r} {problem}")
+
+
+STDERR_TAIL_CHARS = 2000  # enough for a Go panic's first frames, short enough for a terminal
+
+
+class ImageError(ZerostartError):
+    """An image cannot be built, read or unpacked (bad layout, missing blob, failed trace).
+
+    Raised by the image builder (``zerostart.image``), the OCI layout reader
+    (``zerostart.oci``) and the container runner (``zerostart.container``): one
+    type, so a caller of any of them catches one thing.
+    """
+
+
+class RuntimeToolError(ZerostartError):
+    """An outside program (runc, crun, strip, mount, ...) failed, timed out or is missing.
+
+    ``command`` is the argv that ran, ``returncode`` its exit status (``None``
+    when it never started or timed out) and ``stderr`` the last
+    ``STDERR_TAIL_CHARS`` of what it said: the tool's own words, because that
+    is what a user pastes into a search box.
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        problem: str,
+        *,
+        returncode: int | None = None,
+        stderr: str = "",
+        hint: str | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.returncode = returncode
+        self.stderr = stderr[-STDERR_TAIL_CHARS:]
+        tool = self.command[0] if self.command else "?"
+        message = f"{tool}: {problem}"
+        if self.stderr.strip():
+            message += f": {self.stderr.strip()}"
+        super().__init__(message, hint=hint)

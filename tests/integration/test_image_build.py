@@ -21,12 +21,12 @@ import pytest
 from estargz_reference import run_reference
 from zerostart import estargz
 from zerostart.container.runtime import Container, choose_runtime
+from zerostart.errors import RuntimeToolError
 from zerostart.image.build import BuildOptions, BuildResult, build_image
-from zerostart.image.errors import RuntimeToolError
 from zerostart.image.inspect import inspect_image
-from zerostart.image.oci import read_oci_layout
-from zerostart.image.trace import WarmupRequest, answers_match, send
+from zerostart.oci import read_oci_layout
 from zerostart.procs import free_port
+from zerostart.warmup import TRACE_NAME, WarmupRequest, answers_match, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -114,6 +114,29 @@ def test_image_runs_in_an_oci_runtime_and_answers_like_the_pipeline(
     # (before: "code for hash md5 was not found", sha1, sha512, blake2, sha3, shake)
     text = log.read_text(errors="replace")
     assert "was not found" not in text and "Traceback" not in text, text[:2000]
+
+
+def test_run_check_replays_the_builds_warmup_and_fails_on_a_drifted_answer(
+    embed_image: BuildResult, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`zerostart run IMAGE --check`: the trace's recorded answers, replayed in the container."""
+    _need_root()
+    _need_runtime()
+    from zerostart.cli.main import main
+
+    image = Path(embed_image.image.path)
+    assert main(["run", str(image), "--check", "--port", str(free_port())]) == 0
+    assert "all warm-up answers match the trace" in capsys.readouterr().out
+    # the same image whose trace recorded another embedding: the check must say which request
+    drifted = tmp_path / "drifted"
+    shutil.copytree(image, drifted)
+    doc = json.loads((drifted / TRACE_NAME).read_text())
+    rec = next(r for r in doc["trace"]["requests"] if r.get("path") == "/embed" and "answer" in r)
+    rec["answer"][0][0] += 0.5
+    (drifted / TRACE_NAME).write_text(json.dumps(doc))
+    assert main(["run", str(drifted), "--check", "--port", str(free_port())]) == 1
+    out = capsys.readouterr()
+    assert "check: FAILED" in out.out and "check failed: POST /embed: HTTP 200" in out.err
 
 
 def test_build_is_reproducible(

@@ -23,10 +23,10 @@ from zerostart.container.snapshot_run import (
 )
 from zerostart.errors import ZerostartError
 from zerostart.image.build import BuildResult, build_image
-from zerostart.image.trace import WarmupRequest, send
 from zerostart.procs import free_port
 from zerostart.snapshot import SnapshotError
 from zerostart.snapshot._manifest import IMAGES_DIR, read_manifest, write_manifest
+from zerostart.warmup import WarmupRequest, send
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 

@@ -99,6 +99,36 @@ def _model(folder: Path, cls: str) -> Any:
     return model_class.from_pretrained(str(folder), attn_implementation="eager").eval()
 
 
+def _served_scores(
+    bundle: Path, classifier: Path, tokenizer_json: Path, labels: int
+) -> tuple[Any, Any]:
+    """transformers' logits for TEXTS, and the pinned worker's /predict raw scores [texts,
+    labels] for them; asserts the worker mapped no numpy (nor anything forbidden)."""
+    import torch
+
+    ids, mask = _encode(tokenizer_json, list(TEXTS))
+    with torch.inference_mode():
+        logits = _model(classifier, "ModernBertForSequenceClassification")(
+            input_ids=ids, attention_mask=mask
+        ).logits.numpy()
+    with Worker(bundle, entry=["-c", WRAPPER]) as w:
+        status, got = w.request(
+            "POST", "/predict", {"inputs": [[t] for t in TEXTS], "raw_scores": True}
+        )
+        assert status == 200
+        w.terminate()
+        assert w.wait() == 0
+    found = re.search(r"^MODULES (.*)$", w.stderr_text(), re.M)
+    assert found, w.stderr_text()
+    top = {name.split(".")[0] for name in json.loads(found.group(1))}
+    assert "numpy" not in top and not top & FORBIDDEN
+    assert not top - WORKER_ALLOWED - {"runpy"}, sorted(top - WORKER_ALLOWED)
+    scores = [
+        [{r["label"]: r["score"] for r in row}[f"L{i}"] for i in range(labels)] for row in got
+    ]
+    return logits, np.array(scores)
+
+
 @pytest.fixture(scope="module")
 def embed_worker(
     tmp_path_factory: pytest.TempPathFactory, tokenizer_json: Path
@@ -174,27 +204,8 @@ def test_predict_and_rerank_match_transformers_without_numpy(
     reranker = _folder(tmp_path / "rr", "sequence-classification", tokenizer_json, labels=1, seed=2)
     convert(classifier, tmp_path / "cls-bundle")
     convert(reranker, tmp_path / "rr-bundle")
-    ids, mask = _encode(tokenizer_json, list(TEXTS))
-    with torch.inference_mode():
-        logits = _model(classifier, "ModernBertForSequenceClassification")(
-            input_ids=ids, attention_mask=mask
-        ).logits.numpy()
-    with Worker(tmp_path / "cls-bundle", entry=["-c", WRAPPER]) as w:
-        status, got = w.request(
-            "POST", "/predict", {"inputs": [[t] for t in TEXTS], "raw_scores": True}
-        )
-        assert status == 200
-        for row, want in zip(got, logits, strict=True):
-            scores = {r["label"]: r["score"] for r in row}
-            diff = np.abs(np.array([scores[f"L{i}"] for i in range(3)]) - want).max()
-            assert diff <= TOLERANCE, (row, want)
-        w.terminate()
-        assert w.wait() == 0
-    found = re.search(r"^MODULES (.*)$", w.stderr_text(), re.M)
-    assert found, w.stderr_text()
-    top = {name.split(".")[0] for name in json.loads(found.group(1))}
-    assert "numpy" not in top and not top & FORBIDDEN
-    assert not top - WORKER_ALLOWED - {"runpy"}, sorted(top - WORKER_ALLOWED)
+    logits, scores = _served_scores(tmp_path / "cls-bundle", classifier, tokenizer_json, 3)
+    assert np.abs(scores - logits).max() <= TOLERANCE, (scores, logits)
 
     pair_ids, pair_mask = _encode(tokenizer_json, [(QUERY, t) for t in TEXTS])
     with torch.inference_mode():
@@ -252,7 +263,6 @@ def test_served_ner_matches_the_transformers_pipeline(tmp_path: Path, tokenizer_
 def test_int8_bundle_is_served_without_numpy(tmp_path: Path, tokenizer_json: Path) -> None:
     """An int8 classifier (``convert --precision int8``; AVX-512 VNNI or AVX2 products) served
     by the pinned worker: transformers' labels, scores within 2 % of its largest logit."""
-    import torch
 
     from zerostart.engine.native import cpu_flags
     from zerostart.model.convert import convert
@@ -263,23 +273,6 @@ def test_int8_bundle_is_served_without_numpy(tmp_path: Path, tokenizer_json: Pat
     m = convert(classifier, tmp_path / "q8", precision="int8")
     if not any(set(b.features) <= cpu_flags() for b in m.cpu_kernels.values()):
         pytest.skip("this CPU has neither AVX-512 VNNI nor AVX2: no int8 products")
-    ids, mask = _encode(tokenizer_json, list(TEXTS))
-    with torch.inference_mode():
-        logits = _model(classifier, "ModernBertForSequenceClassification")(
-            input_ids=ids, attention_mask=mask
-        ).logits.numpy()
-    with Worker(tmp_path / "q8", entry=["-c", WRAPPER]) as w:
-        status, got = w.request(
-            "POST", "/predict", {"inputs": [[t] for t in TEXTS], "raw_scores": True}
-        )
-        assert status == 200
-        for row, want in zip(got, logits, strict=True):
-            scores = np.array([{r["label"]: r["score"] for r in row}[f"L{i}"] for i in range(3)])
-            assert np.abs(scores - want).max() <= 0.02 * np.abs(want).max(), (row, want)
-            assert int(scores.argmax()) == int(want.argmax())
-        w.terminate()
-        assert w.wait() == 0
-    found = re.search(r"^MODULES (.*)$", w.stderr_text(), re.M)
-    assert found, w.stderr_text()
-    top = {name.split(".")[0] for name in json.loads(found.group(1))}
-    assert "numpy" not in top and not top & FORBIDDEN
+    logits, scores = _served_scores(tmp_path / "q8", classifier, tokenizer_json, 3)
+    assert np.abs(scores - logits).max() <= 0.02 * np.abs(logits).max(), (scores, logits)
+    np.testing.assert_array_equal(scores.argmax(1), logits.argmax(1))

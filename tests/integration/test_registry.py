@@ -29,7 +29,7 @@ import pytest
 from registry_server import RegistryServer, make_htpasswd, registry_binary, running_registry
 
 from zerostart.errors import ZerostartError
-from zerostart.registry import _distribution as d
+from zerostart.oci import OCI_INDEX, OCI_MANIFEST, REF_NAME_ANNOTATION, read_oci_layout
 from zerostart.registry import client as reg
 
 pytestmark = [
@@ -91,7 +91,7 @@ def make_layout(root: Path, seed: int, tag: str = "1") -> dict[str, str]:
     cfg = _write_blob(root, json.dumps(config, sort_keys=True).encode())
     manifest = {
         "schemaVersion": 2,
-        "mediaType": d.OCI_MANIFEST,
+        "mediaType": OCI_MANIFEST,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **cfg},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}],
     }
@@ -99,9 +99,9 @@ def make_layout(root: Path, seed: int, tag: str = "1") -> dict[str, str]:
     (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     index = {
         "schemaVersion": 2,
-        "mediaType": d.OCI_INDEX,
+        "mediaType": OCI_INDEX,
         "manifests": [
-            {"mediaType": d.OCI_MANIFEST, **man, "annotations": {d.REF_NAME_ANNOTATION: tag}}
+            {"mediaType": OCI_MANIFEST, **man, "annotations": {REF_NAME_ANNOTATION: tag}}
         ],
     }
     (root / "index.json").write_text(json.dumps(index))
@@ -146,7 +146,7 @@ def test_chunked_push_pulls_back_byte_identical(
         src, ref, chunk_size_bytes=SMALL_CHUNK_BYTES, monolithic_max_bytes=SMALL_CHUNK_BYTES
     )
     layer_size = (src / "blobs/sha256" / digests["layer"].split(":")[1]).stat().st_size
-    assert result.digest == digests["manifest"] and result.media_type == d.OCI_MANIFEST
+    assert result.digest == digests["manifest"] and result.media_type == OCI_MANIFEST
     assert (result.blobs_uploaded, result.blobs_skipped, result.blobs_mounted) == (2, 0, 0)
     chunks = -(-layer_size // SMALL_CHUNK_BYTES)
     assert registry.requests("PATCH", "/v2/rt/chunked/blobs/uploads/") == chunks
@@ -203,10 +203,10 @@ def test_layout_with_two_images_pushes_one_by_tag_or_all_as_an_index(
     (both / "index.json").write_text(json.dumps(index))
 
     only_b = reg.push(both, f"{registry.address}/rt/multi:b")
-    assert only_b.digest == b["manifest"] and only_b.media_type == d.OCI_MANIFEST
+    assert only_b.digest == b["manifest"] and only_b.media_type == OCI_MANIFEST
 
     everything = reg.push(both, f"{registry.address}/rt/multi:all")
-    assert everything.media_type == d.OCI_INDEX
+    assert everything.media_type == OCI_INDEX
     assert everything.blobs_skipped == 2 and everything.blobs_uploaded == 2  # b's were there
     pulled = reg.pull(f"{registry.address}/rt/multi:all", tmp_path / "out")
     assert pulled.digest == everything.digest and pulled.blobs_downloaded == 4
@@ -232,7 +232,7 @@ def test_image_from_the_builder_round_trips_and_reads_back(
     ref = f"{registry.address}/rt/built:1"
     assert reg.push(tmp_path / "built", ref).digest == written.manifest_digest
     reg.pull(ref, tmp_path / "out")
-    image = oci.read_oci_layout(tmp_path / "out", tag="1")
+    image = read_oci_layout(tmp_path / "out", tag="1")
     assert image.manifest_digest == written.manifest_digest
     assert [la.digest for la in image.layers] == [layer.digest]
 

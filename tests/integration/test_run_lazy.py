@@ -26,13 +26,13 @@ from registry_server import RegistryServer, registry_binary, running_registry
 from zerostart import chunkprofile
 from zerostart.container.lazy import LazyContainer
 from zerostart.container.runtime import STATE_ROOT, choose_runtime
+from zerostart.errors import RuntimeToolError
 from zerostart.image.build import build_image
-from zerostart.image.errors import RuntimeToolError
 from zerostart.image.profile import add_profile_layer
-from zerostart.image.trace import WarmupRequest, send
 from zerostart.imagefs.mount import ImagefsError, is_mounted
 from zerostart.procs import free_port
 from zerostart.registry.client import pull, push
+from zerostart.warmup import WarmupRequest, send
 
 pytestmark = [
     pytest.mark.integration,

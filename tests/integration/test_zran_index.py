@@ -196,8 +196,8 @@ def test_run_lazy_answers_like_a_full_pull(foreign: Foreign, indexed: dict[str, 
     """The umoci layout run unpacked (a full pull) and the registry image run lazily: same answer."""
     from zerostart.container.lazy import LazyContainer
     from zerostart.container.runtime import Container, choose_runtime
-    from zerostart.image.errors import RuntimeToolError
-    from zerostart.image.trace import WarmupRequest, send
+    from zerostart.errors import RuntimeToolError
+    from zerostart.warmup import WarmupRequest, send
 
     try:
         choose_runtime()

@@ -170,8 +170,8 @@ def test_run_lazy_with_a_recorded_profile_answers_like_a_full_pull(
     """A real start records (ld.so's page faults of libc included); the next start prefetches."""
     from zerostart.container.lazy import LazyContainer
     from zerostart.container.runtime import choose_runtime
-    from zerostart.image.errors import RuntimeToolError
-    from zerostart.image.trace import WarmupRequest, send
+    from zerostart.errors import RuntimeToolError
+    from zerostart.warmup import WarmupRequest, send
 
     try:
         choose_runtime()

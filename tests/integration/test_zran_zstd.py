@@ -93,8 +93,8 @@ def test_run_lazy_of_a_zstd_image_answers_like_a_full_pull(
 ) -> None:
     from zerostart.container.lazy import LazyContainer
     from zerostart.container.runtime import Container, choose_runtime
-    from zerostart.image.errors import RuntimeToolError
-    from zerostart.image.trace import WarmupRequest, send
+    from zerostart.errors import RuntimeToolError
+    from zerostart.warmup import WarmupRequest, send
 
     try:
         choose_runtime()

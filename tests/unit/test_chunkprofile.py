@@ -151,7 +151,8 @@ def test_add_profile_cli_adds_one_layer_replaces_it_and_refuses_a_bad_profile(
     from zerostart.cli.main import main
     from zerostart.estargz import read_toc
     from zerostart.image.layers import Entry, write_layer
-    from zerostart.image.oci import ImageConfig, read_oci_layout, write_oci_layout
+    from zerostart.image.oci import ImageConfig, write_oci_layout
+    from zerostart.oci import read_oci_layout
 
     layout = tmp_path / "img"
     app = write_layer("app", [Entry("/app/a.bin", "file", data=b"x" * 5000)], tmp_path / "b")

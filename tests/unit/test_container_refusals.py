@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from zerostart.container.runtime import Container, unpack_layers
-from zerostart.image.errors import ImageError
+from zerostart.errors import ImageError
 from zerostart.image.layers import Entry, write_layer
-from zerostart.image.oci import ImageConfig, ImageRef, LayerRef, read_oci_layout, write_oci_layout
+from zerostart.image.oci import ImageConfig, write_oci_layout
+from zerostart.oci import ImageRef, LayerRef, read_oci_layout
 
 TAR = "application/vnd.oci.image.layer.v1.tar"
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from zerostart.errors import ImageError
 from zerostart.image.elf import Resolver, expand_origin, is_elf, read_elf
-from zerostart.image.errors import ImageError
 
 INTERPRETER = os.path.realpath(sys.executable)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from zerostart.errors import ImageError
 from zerostart.estargz import (
     NO_PREFETCH_LANDMARK,
     PREFETCH_LANDMARK,
@@ -18,9 +19,8 @@ from zerostart.estargz import (
     UNCOMPRESSED_SIZE_ANNOTATION,
     read_toc,
 )
-from zerostart.image.errors import ImageError
 from zerostart.image.layers import Entry, with_parents, write_layer
-from zerostart.image.oci import open_layer_tar
+from zerostart.oci import open_layer_tar
 
 
 def _entries(root: Path) -> list[Entry]:

@@ -10,9 +10,10 @@ import pytest
 
 from zerostart.container.gpu import DeviceNode, GpuMounts, oci_additions, visible_gpu_nodes
 from zerostart.container.runtime import runtime_config
-from zerostart.image.errors import ImageError
+from zerostart.errors import ImageError
 from zerostart.image.layers import Entry, write_layer
-from zerostart.image.oci import ImageConfig, read_oci_layout, write_docker_archive, write_oci_layout
+from zerostart.image.oci import ImageConfig, write_docker_archive, write_oci_layout
+from zerostart.oci import read_oci_layout
 
 CFG = ImageConfig(
     entrypoint=("/usr/local/bin/python3", "-m", "zerostart.serve", "/model"),

@@ -21,8 +21,10 @@ FORBIDDEN = {
     "registry": ("zerostart.image", "zerostart.container", "zerostart.cli", "zerostart.serve"),
     # the builder runs the worker to trace it, but needs nothing of the benchmarks (procs.py)
     "image": ("zerostart.container", "zerostart.cli", "zerostart.benchmark", "zerostart.platform"),
-    "container": ("zerostart.cli",),
-    "snapshot": ("zerostart.cli", "zerostart.container"),
+    # the node never imports the build host's builder: what running an image needs of the
+    # format is zerostart.oci, of the warm-up zerostart.warmup, of ld.so zerostart.ldso
+    "container": ("zerostart.cli", "zerostart.image"),
+    "snapshot": ("zerostart.cli", "zerostart.container", "zerostart.image"),
     "serve": (
         "zerostart.cli",
         "zerostart.image",
@@ -65,6 +67,17 @@ FORBIDDEN = {
         "zerostart.imagefs",
         "zerostart.registry",
         "zerostart.container",
+        "zerostart.cli",
+        "zerostart.serve",
+    ),
+    # the OCI format (media types, digests, layout reading, layer streams) is a leaf that the
+    # builder, the registry client and the node share
+    "oci": (
+        "zerostart.image",
+        "zerostart.registry",
+        "zerostart.container",
+        "zerostart.imagefs",
+        "zerostart.platform",
         "zerostart.cli",
         "zerostart.serve",
     ),
@@ -205,14 +218,19 @@ ALLOWED: dict[str, frozenset[str]] = {
         "limits": ("_records", "errors"),
         "progress": (),
         "procs": (),  # a free port, a child stopped (the builder's trace, benchmarks, platform)
+        "ldso": (),  # where ld.so looks: the builder's ELF closure and the GPU container's mounts
         "faults": ("errors",),
-        "registry": ("errors",),
-        "estargz": ("errors", "paths"),
+        # the OCI format: media types, digests, layout reading, layer streams (a leaf)
+        "oci": ("errors",),
+        # warm-up requests, the /health probe, the trace file: the builder records, the node replays
+        "warmup": ("errors",),
+        "registry": ("errors", "oci"),
+        "estargz": ("errors", "oci", "paths"),  # oci: the gzip layer media type
         # the zTOC format (zerostart index) and its span profile, a leaf
         "ztoc": ("chunkprofile", "errors", "estargz", "paths"),
         "chunkprofile": ("errors", "paths"),  # the chunk profile format (issue 21), a leaf
         # snapshot -> engine: the checkpointer reads libcuda's errors through the engine's Driver
-        "snapshot": ("engine", "errors", "paths"),
+        "snapshot": ("cachedir", "engine", "errors", "paths"),
         # the bundle format (manifest, weights file, engine layout, kernels manifest), a leaf
         # that the converter, the kernel compiler, the tokenizer and the engines all import
         "bundle": ("_records", "errors", "paths"),
@@ -233,23 +251,27 @@ ALLOWED: dict[str, frozenset[str]] = {
             *("pipeline", "snapshot", "tokenize"),  # api: the route names (App.__init__)
         ),
         "imagefs": (
-            *("cachedir", "chunkprofile", "errors", "estargz", "paths", "procs", "registry"),
-            "ztoc",
+            *("cachedir", "chunkprofile", "errors", "estargz", "oci", "paths", "procs"),
+            *("registry", "ztoc"),
         ),
         "image": (
-            *("bundle", "cachedir", "chunkprofile", "errors", "estargz", "kernels", "model"),
-            "procs",
+            *("bundle", "cachedir", "chunkprofile", "errors", "estargz", "kernels", "ldso"),
+            *("model", "oci", "procs", "warmup"),
         ),
-        "container": ("cachedir", "image", "imagefs", "paths", "snapshot"),
+        # the node: nothing of the builder (image/), FORBIDDEN above
+        "container": (
+            *("cachedir", "errors", "imagefs", "ldso", "oci", "paths", "snapshot", "warmup"),
+        ),
         "platform": (
             *("bundle", "container", "errors", "faults", "model", "paths", "platform_toml"),
             *("procs", "serve", "snapshot", "fleet"),  # fleet: sizing.py's LP
         ),
         "fleet": ("errors", "platform_toml", "units"),
         "cli": (
-            *("benchmark", "bundle", "chunkprofile", "container", "errors", "fleet", "image"),
+            *("benchmark", "bundle", "cachedir", "chunkprofile", "container", "errors", "fleet"),
+            "image",
             *("imagefs", "model", "platform", "platform_toml", "progress", "registry", "serve"),
-            *("snapshot", "units", "ztoc"),
+            *("snapshot", "units", "warmup", "ztoc"),
         ),
     }.items()
 }

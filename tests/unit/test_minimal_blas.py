@@ -172,8 +172,8 @@ def test_which_bundles_get_the_minimal_blas() -> None:
 
     from tiny_models import tiny_manifest
     from zerostart.bundle.manifest import CpuKernelBuild
+    from zerostart.errors import ImageError
     from zerostart.image.blas import wanted
-    from zerostart.image.errors import ImageError
 
     m = tiny_manifest("bert", "embeddings", hidden=64, layers=1, heads=2, ffn=128, max_positions=64)
     v4 = CpuKernelBuild("kernels/cpu/a.so", ("avx2", "avx512f"))

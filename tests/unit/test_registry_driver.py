@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from zerostart.oci import OCI_MANIFEST
 from zerostart.registry import client as reg
 
 TOKEN = "tok-123"
@@ -134,7 +135,7 @@ def test_push_names_a_missing_blob(tmp_path: Path) -> None:
     digest = "sha256:" + "ab" * 32
     index = {
         "schemaVersion": 2,
-        "manifests": [{"mediaType": reg.d.OCI_MANIFEST, "digest": digest, "size": 5}],
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": digest, "size": 5}],
     }
     (tmp_path / "index.json").write_text(json.dumps(index))
     with pytest.raises(reg.ImageLayoutError, match=f"blob {digest} missing"):

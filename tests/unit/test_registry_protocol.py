@@ -9,6 +9,7 @@ import urllib.parse
 
 import pytest
 
+from zerostart.oci import OCI_INDEX, OCI_MANIFEST, REF_NAME_ANNOTATION
 from zerostart.registry import _distribution as d
 
 DIGEST = "sha256:" + "ab" * 32
@@ -95,10 +96,10 @@ def test_manifest_requests_carry_media_types() -> None:
     ref = d.parse_reference("r:1/x:7")
     get = d.get_manifest(ref)
     assert get.path == "/v2/x/manifests/7"
-    assert d.OCI_MANIFEST in get.headers["Accept"] and d.OCI_INDEX in get.headers["Accept"]
-    put = d.put_manifest(ref, d.OCI_INDEX, 123, DIGEST)
+    assert OCI_MANIFEST in get.headers["Accept"] and OCI_INDEX in get.headers["Accept"]
+    put = d.put_manifest(ref, OCI_INDEX, 123, DIGEST)
     assert put.path == f"/v2/x/manifests/{DIGEST}"
-    assert put.headers == {"Content-Type": d.OCI_INDEX, "Content-Length": "123"}
+    assert put.headers == {"Content-Type": OCI_INDEX, "Content-Length": "123"}
 
 
 # --------------------------------------------------------------------------- uploads
@@ -218,17 +219,17 @@ def test_verifier_refuses_changed_short_and_long_content() -> None:
 def test_children_lists_config_before_layers_and_index_entries() -> None:
     cfg = {"mediaType": "c", "digest": DIGEST, "size": 1}
     layers = [{"mediaType": "l", "digest": "sha256:" + "0" * 64, "size": 2}]
-    manifest = {"schemaVersion": 2, "mediaType": d.OCI_MANIFEST, "config": cfg, "layers": layers}
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": cfg, "layers": layers}
     assert d.children(manifest, "") == ([cfg, *layers], False)
     index = {"schemaVersion": 2, "manifests": [cfg]}
-    assert d.children(index, d.OCI_INDEX) == ([cfg], True)
+    assert d.children(index, OCI_INDEX) == ([cfg], True)
     with pytest.raises(d.ProtocolError, match="unsupported manifest"):
         d.children({"schemaVersion": 1, "mediaType": "x"}, "x")
 
 
 def test_select_manifest_picks_the_single_or_the_tagged_image() -> None:
-    a = {"digest": "a", "annotations": {d.REF_NAME_ANNOTATION: "1"}}
-    b = {"digest": "b", "annotations": {d.REF_NAME_ANNOTATION: "2"}}
+    a = {"digest": "a", "annotations": {REF_NAME_ANNOTATION: "1"}}
+    b = {"digest": "b", "annotations": {REF_NAME_ANNOTATION: "2"}}
     assert d.select_manifest({"manifests": [a]}, "other") == a
     assert d.select_manifest({"manifests": [a, b]}, "2") == b
     assert d.select_manifest({"manifests": [a, b]}, "3") is None

@@ -221,20 +221,16 @@ def _profile_hint(image: str, path: Path) -> str:
 
 def _check_warmup(image: str, port: int) -> list[str]:
     """Replay the build's successful warm-up requests; compare answers (floats to 1e-5)."""
-    from pathlib import Path
+    from zerostart.errors import ImageError
+    from zerostart.warmup import TRACE_NAME, recorded_requests, replay
 
-    from zerostart.image.inspect import TRACE_NAME
-    from zerostart.image.trace import WarmupRequest, answers_match, send
-
-    doc = json.loads((Path(image) / TRACE_NAME).read_text())
-    failures = []
-    for rec in doc["trace"]["requests"]:
-        if "answer" not in rec:
-            continue
-        status, answer = send(port, WarmupRequest(rec["method"], rec["path"], rec["body"]))
-        if status != 200 or not answers_match(answer, rec["answer"]):
-            failures.append(f"{rec['method']} {rec['path']}: HTTP {status} {str(answer)[:200]}")
-    return failures
+    recorded = recorded_requests(image)
+    if recorded is None:
+        raise ImageError(
+            f"{image} has no {TRACE_NAME}: nothing recorded to check against",
+            hint="--check needs an image built by `zerostart build`",
+        )
+    return replay(port, recorded)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -390,6 +386,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     r.add_argument(
         "--snapshot-store",
         metavar="DIR",
-        help="where snapshots live (default $ZEROSTART_SNAPSHOTS or /var/lib/zerostart/snapshots)",
+        help="where snapshots live (default $ZEROSTART_SNAPSHOTS, else "
+        "/var/lib/zerostart/snapshots for root, else $XDG_STATE_HOME/zerostart/snapshots)",
     )
     r.set_defaults(func=_cmd_run)

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=["float32", "int8", "bfloat16"],
         default="float32",
-        help="CPU matrix weights: int8 needs AVX-512 VNNI, bfloat16 AVX-512 BF16 (docs/cpu.md)",
+        help="CPU matrix weights: int8 needs AVX-512 VNNI or AVX2, bfloat16 AVX-512 BF16 (docs/cpu.md)",
     )
     c.add_argument("--max-length", type=int, help="longest input in tokens (default: the model's)")
     c.add_argument(

@@ -89,10 +89,9 @@ def _worker_key() -> str:
     """
     if key := os.environ.get("ZEROSTART_WORKER_KEY"):
         return key
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    folder = os.path.join(base, "zerostart")
+    from zerostart.cachedir import state_base
+
+    folder = str(state_base())
     path = os.path.join(folder, "worker.key")
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)

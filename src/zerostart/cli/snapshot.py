@@ -99,7 +99,8 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     p.add_argument(
         "--store",
-        help="snapshot store folder (default $ZEROSTART_SNAPSHOTS or /var/lib/zerostart/snapshots)",
+        help="snapshot store folder (default $ZEROSTART_SNAPSHOTS, else "
+        "/var/lib/zerostart/snapshots for root, else $XDG_STATE_HOME/zerostart/snapshots)",
     )
     p.add_argument("--list", action="store_true", help="list snapshots and exit")
     p.add_argument("--remove", metavar="NAME", help="delete a snapshot and its unshared images")

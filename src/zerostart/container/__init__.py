@@ -12,7 +12,7 @@ from typing import Any
 _EXPORTS = {
     "Container": "zerostart.container.runtime",
     "choose_runtime": "zerostart.container.runtime",
-    "read_oci_layout": "zerostart.image.oci",  # what running an image needs of the layout
+    "read_oci_layout": "zerostart.oci",  # what running an image needs of the layout
     "unpacked_rootfs": "zerostart.container.runtime",
     "run_with_snapshot": "zerostart.container.snapshot_run",
 }

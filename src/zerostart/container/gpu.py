@@ -27,7 +27,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from zerostart.image.elf import default_library_dirs, ld_so_conf_dirs
+from zerostart.ldso import default_library_dirs, ld_so_conf_dirs
 
 CONTROL_NODES = (
     "/dev/nvidiactl",

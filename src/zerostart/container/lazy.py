@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.container.runtime import TOOL_TIMEOUT_S, Container, _run_tool
-from zerostart.image.errors import ImageError, RuntimeToolError
-from zerostart.image.oci import ImageRef
+from zerostart.errors import ImageError, RuntimeToolError
 from zerostart.imagefs.mount import ImagefsError, LazyMount, is_mounted
+from zerostart.oci import ImageRef
 
 WATCH_INTERVAL_S = 0.2
 

@@ -41,10 +41,10 @@ from typing import Any
 
 from zerostart.cachedir import cache_base
 from zerostart.container.gpu import host_gpu_mounts, oci_additions
-from zerostart.image.errors import ImageError, RuntimeToolError
-from zerostart.image.oci import ImageRef, open_layer_tar, read_oci_layout
-from zerostart.image.trace import wait_healthy
+from zerostart.errors import ImageError, RuntimeToolError
+from zerostart.oci import ImageRef, open_layer_tar, read_oci_layout
 from zerostart.paths import PathEscapeError, inside
+from zerostart.warmup import wait_healthy
 
 RUNTIMES = ("runc", "crun")
 PROBE_TIMEOUT_S = 30.0

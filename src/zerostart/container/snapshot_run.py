@@ -59,10 +59,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from zerostart.container.runtime import STATE_ROOT, TOOL_TIMEOUT_S, Container, choose_runtime
-from zerostart.image.errors import ImageError, RuntimeToolError
-from zerostart.image.inspect import TRACE_NAME
-from zerostart.image.oci import ImageRef, read_oci_layout
-from zerostart.image.trace import WarmupRequest, answers_match, send
+from zerostart.errors import ImageError, RuntimeToolError
+from zerostart.oci import ImageRef, read_oci_layout
 from zerostart.paths import PathEscapeError, inside
 from zerostart.snapshot import _criu
 from zerostart.snapshot._api import check
@@ -76,6 +74,7 @@ from zerostart.snapshot._manifest import IMAGES_DIR, MANIFEST_NAME, SnapshotMani
 from zerostart.snapshot._process import wait_connections_closed
 from zerostart.snapshot._store import dedup_images, default_store, remove_snapshot, snapshot_dir
 from zerostart.snapshot.marker import RESTORE_INFO_NAME, SNAPSHOT_DIR_ENV, start_ticks
+from zerostart.warmup import WarmupRequest, recorded_requests, replay
 
 CONTAINER_STATE_DIR = "/tmp/.zerostart-snapshot"  # under the container's tmpfs: no rootfs write
 STATE_DIR = "state"
@@ -200,19 +199,12 @@ def snapshot_name(image: ImageRef, host: str, port: int, fingerprint: HostFinger
 
 
 def warmup_requests(image_path: str) -> list[tuple[WarmupRequest, Any]]:
-    """The build's successful warm-up requests with their recorded answers (trace file)."""
-    try:
-        doc = json.loads((Path(image_path) / TRACE_NAME).read_text())
-        records = doc["trace"]["requests"]
-    except FileNotFoundError:
-        return [(WarmupRequest("GET", "/info"), None)]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ImageError(f"{image_path}/{TRACE_NAME}: unreadable trace: {exc}") from exc
-    return [
-        (WarmupRequest(r["method"], r["path"], r.get("body")), r["answer"])
-        for r in records
-        if "answer" in r
-    ]
+    """The build's successful warm-up requests with their recorded answers (trace file).
+
+    An image without a trace file (built elsewhere) is warmed up with ``GET /info``.
+    """
+    recorded = recorded_requests(image_path)
+    return [(WarmupRequest("GET", "/info"), None)] if recorded is None else recorded
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -415,13 +407,12 @@ def _take(
     t0 = time.perf_counter()
     key = container.extra_env.get("API_KEY")  # a worker started with a key wants it
     auth = {"Authorization": f"Bearer {key}"} if key else None
-    for req, expected in warmup_requests(base["image_path"]):
-        status, answer = send(base["port"], req, extra_headers=auth)
-        if status != 200 or (expected is not None and not answers_match(answer, expected)):
-            raise SnapshotError(
-                f"warm-up {req.method} {req.path} answered HTTP {status} {str(answer)[:200]}, "
-                "not what the build recorded: not freezing a worker that answers wrongly"
-            )
+    failures = replay(base["port"], warmup_requests(base["image_path"]), extra_headers=auth)
+    if failures:
+        raise SnapshotError(
+            f"warm-up {'; '.join(failures)}: not what the build recorded, "
+            "not freezing a worker that answers wrongly"
+        )
     timings["warmup"] = time.perf_counter() - t0
     pid = container.pid()
     wait_connections_closed(pid)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from zerostart.errors import ZerostartError
+from zerostart.oci import LAYER_GZIP
 
 # --------------------------------------------------------------------------- constants (spec)
 
@@ -23,7 +24,7 @@ NO_PREFETCH_LANDMARK = ".no.prefetch.landmark"
 LANDMARK_CONTENTS = b"\x0f"  # spec: "a regular file entry with 4 bits contents 0xf"
 TOC_DIGEST_ANNOTATION = "containerd.io/snapshot/stargz/toc.digest"
 UNCOMPRESSED_SIZE_ANNOTATION = "io.containers.estargz.uncompressed-size"
-MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"  # eStargz is a plain gzip layer
+MEDIA_TYPE = LAYER_GZIP  # eStargz is a plain gzip layer
 ENTRY_TYPES = ("dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk")
 
 # --------------------------------------------------------------------------- constants (ours)

@@ -18,8 +18,6 @@ _EXPORTS = {
     "build_image": "zerostart.image.build",
     "inspect_image": "zerostart.image.inspect",
     "format_report": "zerostart.image.inspect",
-    "ImageError": "zerostart.image.errors",
-    "RuntimeToolError": "zerostart.image.errors",
 }
 __all__ = sorted(_EXPORTS)
 

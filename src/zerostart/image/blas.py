@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from zerostart.bundle.manifest import Manifest
+from zerostart.errors import ImageError
 from zerostart.image.closure import Closure
 from zerostart.image.elf import read_elf
-from zerostart.image.errors import ImageError
 from zerostart.kernels.blas_build import (
     OPENBLAS_GLOB,
     MinimalBlasUnavailable,

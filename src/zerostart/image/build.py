@@ -25,19 +25,20 @@ from typing import Any
 import zerostart
 from zerostart.bundle.manifest import Manifest
 from zerostart.cachedir import cache_base
+from zerostart.errors import ImageError
 from zerostart.image.blas import BlasDecision
 from zerostart.image.blas import apply as apply_blas
 from zerostart.image.closure import APPLICATION, MODEL, MODEL_DIR, RUNTIME, Closure, build_closure
-from zerostart.image.errors import ImageError
 from zerostart.image.layers import Entry, LayerBlob, layer_entries, write_layer
 from zerostart.image.oci import ImageConfig, WrittenImage, write_docker_archive, write_oci_layout
 from zerostart.image.readorder import read_order
 from zerostart.image.trace import Trace, trace_worker
+from zerostart.oci import TITLE_ANNOTATION
+from zerostart.warmup import TRACE_NAME
 
 SOURCE_URL = "https://github.com/zerostart/zerostart"
 CONTAINER_PORT = 8080
 NONROOT_UID = 65532  # distroless' "nonroot": no collision with host users, not root
-from zerostart.image.inspect import TRACE_NAME  # noqa: E402
 
 FORMATS = ("oci", "docker-archive")
 PASSWD = f"root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:{NONROOT_UID}:{NONROOT_UID}:nonroot:/tmp:/sbin/nologin\n"
@@ -246,7 +247,7 @@ def image_config(
     )
     labels = {
         "org.opencontainers.image.source": SOURCE_URL,
-        "org.opencontainers.image.title": f"zerostart {model_name} ({manifest.task}, {device})",
+        TITLE_ANNOTATION: f"zerostart {model_name} ({manifest.task}, {device})",
         "org.opencontainers.image.version": zerostart.__version__,
         "zerostart.model": model_name,
         "zerostart.task": manifest.task,

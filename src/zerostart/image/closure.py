@@ -29,9 +29,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zerostart.image.elf import ElfInfo, Resolver, default_library_dirs
-from zerostart.image.errors import ImageError
+from zerostart.errors import ImageError
+from zerostart.image.elf import ElfInfo, Resolver
 from zerostart.image.trace import Trace
+from zerostart.ldso import default_library_dirs
 
 RUNTIME, APPLICATION, MODEL = "runtime", "application", "model"
 LAYER_ORDER = (RUNTIME, APPLICATION, MODEL)  # least to most often changed

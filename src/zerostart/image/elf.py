@@ -17,13 +17,13 @@ files being inspected).
 
 from __future__ import annotations
 
-import glob
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zerostart.image.errors import ImageError
+from zerostart.errors import ImageError
+from zerostart.ldso import MULTIARCH, default_library_dirs, ld_so_conf_dirs
 
 ELF_MAGIC = b"\x7fELF"
 PT_DYNAMIC = 2
@@ -38,8 +38,6 @@ DT_RPATH = 15
 DT_RUNPATH = 29
 SHN_XINDEX = 0xFFFF
 MACHINE_NAMES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64"}
-# Debian's multiarch tuple per machine: where ld.so looks by default and what $LIB means.
-MULTIARCH = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu", "i386": "i386-linux-gnu"}
 MAX_PATH_STRING_BYTES = 4096  # PT_INTERP and dynamic strings longer than PATH_MAX are corrupt
 
 
@@ -198,45 +196,6 @@ def _debug_sections(
 
 
 # --------------------------------------------------------------------------- resolution
-
-
-def default_library_dirs(machine: str) -> tuple[str, ...]:
-    """ld.so's compiled-in trusted directories on a multiarch (Debian/Ubuntu) system."""
-    tuple_ = MULTIARCH.get(machine)
-    dirs = [f"/lib/{tuple_}", f"/usr/lib/{tuple_}"] if tuple_ else []
-    if machine in ("x86_64", "aarch64", "riscv64"):
-        dirs += ["/lib64", "/usr/lib64"]
-    return (*dirs, "/lib", "/usr/lib")
-
-
-def ld_so_conf_dirs(conf: str = "/etc/ld.so.conf") -> tuple[str, ...]:
-    """Directories named by ld.so.conf and its ``include`` files, in order (what ldconfig caches)."""
-    out: list[str] = []
-    seen: set[str] = set()
-
-    def read(path: str) -> None:
-        if path in seen:
-            return
-        seen.add(path)
-        try:
-            lines = Path(path).read_text().splitlines()
-        except OSError:
-            return
-        for line in lines:
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            if line.startswith("include "):
-                pattern = line.split(None, 1)[1]
-                if not os.path.isabs(pattern):
-                    pattern = os.path.join(os.path.dirname(path), pattern)
-                for inc in sorted(glob.glob(pattern)):
-                    read(inc)
-            elif line.startswith("/"):
-                out.append(line)
-
-    read(conf)
-    return tuple(dict.fromkeys(out))
 
 
 def expand_origin(entry: str, origin_dir: str, machine: str) -> str:

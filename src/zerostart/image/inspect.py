@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zerostart.errors import ImageError
 from zerostart.estargz import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK, TOC_TAR_NAME
-from zerostart.image.errors import ImageError
-from zerostart.image.oci import open_layer_tar, read_oci_layout
+from zerostart.oci import TITLE_ANNOTATION, open_layer_tar, read_oci_layout
+from zerostart.warmup import TRACE_NAME
 
 # eStargz's own entries (table of contents, prefetch landmarks): not files of the image
 ESTARGZ_METADATA = frozenset((TOC_TAR_NAME, PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK))
-TRACE_NAME = "zerostart-trace.json"
 DEFAULT_TOP = 15
 MB = 1e6
 
@@ -166,7 +166,7 @@ def _mb(n: int) -> str:
 def format_report(report: ImageReport, top: int = DEFAULT_TOP) -> str:
     """A plain-text size table: layers, what kind of bytes, the largest files and why."""
     lines = [f"image {report.path}  {report.manifest_digest[:19]}…"]
-    title = report.labels.get("org.opencontainers.image.title")
+    title = report.labels.get(TITLE_ANNOTATION)
     if title:
         lines.append(f"  {title}")
     lines.append(f"  {'layer':<12} {'compressed':>11} {'unpacked':>11} {'files':>6}")

@@ -40,20 +40,20 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 from zerostart import estargz
+from zerostart.errors import ImageError, RuntimeToolError
 from zerostart.image.closure import ImageFile
-from zerostart.image.errors import ImageError, RuntimeToolError
+from zerostart.oci import LAYER_GZIP, LAYER_TAR, LAYER_ZSTD
 
 GZIP_LEVEL = 6  # zlib's default: level 9 costs ~2x the time for ~1% fewer bytes here
 ZSTD_LEVEL = 10
 COPY_CHUNK_BYTES = 1 << 20
 COMPILE_TIMEOUT_S = 600.0  # a few thousand modules on a slow shared core
 STRIP_TIMEOUT_S = 120.0
-MEDIA_TYPE_TAR = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_TYPES = {
     "estargz": estargz.MEDIA_TYPE,
-    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-    "none": MEDIA_TYPE_TAR,
+    "gzip": LAYER_GZIP,
+    "zstd": LAYER_ZSTD,
+    "none": LAYER_TAR,
 }
 STICKY_DIRS = {"/tmp": 0o1777}  # world-writable with sticky bit, like every distro's /tmp
 

@@ -1,6 +1,7 @@
-"""OCI image documents and the two on-disk formats we write: OCI layout and docker-archive.
+"""OCI image documents and the two on-disk formats the builder writes: OCI layout and docker-archive.
 
-An OCI image layout (image-spec ``image-layout.md``) is a folder::
+An OCI image layout (image-spec ``image-layout.md``; read back with
+:func:`zerostart.oci.read_oci_layout`) is a folder::
 
     oci-layout           {"imageLayoutVersion": "1.0.0"}
     index.json           one manifest descriptor, tagged with org.opencontainers.image.ref.name
@@ -18,33 +19,26 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import tarfile
 import tempfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zerostart.image.errors import ImageError
 from zerostart.image.layers import LayerBlob, source_date_epoch
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-REF_NAME = "org.opencontainers.image.ref.name"
-LAYOUT_VERSION = "1.0.0"
-READ_CHUNK_BYTES = 1 << 20
-
-
-def canonical_json(doc: Any) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from zerostart.oci import (
+    LAYOUT_VERSION,
+    OCI_CONFIG,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REF_NAME_ANNOTATION,
+    TITLE_ANNOTATION,
+    canonical_json,
+    open_layer_tar,
+    sha256_digest,
+)
 
 
 def iso_time(epoch: int) -> str:
@@ -110,7 +104,7 @@ def manifest_document(
                 "digest": layer.digest,
                 "size": layer.size,
                 "annotations": {
-                    "org.opencontainers.image.title": f"zerostart {layer.name} layer",
+                    TITLE_ANNOTATION: f"zerostart {layer.name} layer",
                     **layer.annotations(),
                 },
             }
@@ -157,7 +151,7 @@ def write_oci_layout(
                 "mediaType": OCI_MANIFEST,
                 "digest": sha256_digest(manifest),
                 "size": len(manifest),
-                "annotations": {REF_NAME: tag},
+                "annotations": {REF_NAME_ANNOTATION: tag},
                 "platform": {"architecture": cfg.architecture, "os": cfg.os},
             }
         ],
@@ -251,142 +245,3 @@ def _tar_dir(tar: tarfile.TarFile, name: str, mtime: int) -> None:
         "",
     )
     tar.addfile(info)
-
-
-class _Decompressed(io.RawIOBase):
-    """A file-like view of a compressed blob's uncompressed bytes (gzip, zstd or plain)."""
-
-    def __init__(self, path: str, media_type: str) -> None:
-        self._f = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self._buf = b""
-        self._gzip = media_type.endswith("+gzip")
-        if self._gzip:
-            self._d: Any = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        elif media_type.endswith("+zstd"):
-            import zstandard
-
-            self._d = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-        else:
-            self._d = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while len(self._buf) < len(b):
-            chunk = self._f.read(READ_CHUNK_BYTES)
-            if not chunk:
-                break
-            self._buf += self._decompress(chunk)
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-    def _decompress(self, chunk: bytes) -> bytes:
-        if self._d is None:
-            return chunk
-        if not self._gzip:
-            return bytes(self._d.decompress(chunk))
-        # A gzip layer may be many members (eStargz: one per file): start a new
-        # decompressor wherever one ends, as gzip(1) and every runtime do.
-        out = []
-        while chunk:
-            out.append(self._d.decompress(chunk))
-            if not self._d.eof:
-                break
-            chunk = self._d.unused_data
-            self._d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        return b"".join(out)
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
-
-
-def open_layer_tar(path: str, media_type: str) -> io.BufferedReader:
-    return io.BufferedReader(_Decompressed(path, media_type), READ_CHUNK_BYTES)
-
-
-# --------------------------------------------------------------------------- reading
-
-
-@dataclass(frozen=True)
-class LayerRef:
-    media_type: str
-    digest: str
-    size: int
-    path: str
-    title: str
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """An image read back from an OCI layout: its documents and where each layer blob lies."""
-
-    path: str
-    manifest_digest: str
-    manifest: dict[str, Any]
-    config: dict[str, Any]
-    layers: tuple[LayerRef, ...]
-
-
-def read_oci_layout(path: str | os.PathLike[str], tag: str | None = None) -> ImageRef:
-    """Open the image tagged ``tag`` (or the only one) in an OCI layout, verifying digests."""
-    root = Path(path)
-    try:
-        layout = json.loads((root / "oci-layout").read_bytes())
-        index = json.loads((root / "index.json").read_bytes())
-    except FileNotFoundError as exc:
-        raise ImageError(
-            f"{root}: not an OCI image layout ({exc.filename} is missing)",
-            hint="build one with `zerostart build BUNDLE -o DIR`",
-        ) from exc
-    except json.JSONDecodeError as exc:
-        raise ImageError(f"{root}: broken JSON in the image layout: {exc}") from exc
-    if layout.get("imageLayoutVersion") != LAYOUT_VERSION:
-        raise ImageError(
-            f"{root}: unsupported imageLayoutVersion {layout.get('imageLayoutVersion')!r}"
-        )
-    manifests = [m for m in index.get("manifests", []) if m.get("mediaType") == OCI_MANIFEST]
-    if tag is not None:
-        manifests = [m for m in manifests if m.get("annotations", {}).get(REF_NAME) == tag]
-    if len(manifests) != 1:
-        raise ImageError(
-            f"{root}: expected one image manifest{f' tagged {tag}' if tag else ''}, found {len(manifests)}"
-        )
-    desc = manifests[0]
-    manifest = json.loads(_blob(root, desc["digest"]))
-    config = json.loads(_blob(root, manifest["config"]["digest"]))
-    layers = tuple(
-        LayerRef(
-            media_type=la["mediaType"],
-            digest=la["digest"],
-            size=int(la["size"]),
-            path=str(_blob_path(root, la["digest"])),
-            title=la.get("annotations", {}).get("org.opencontainers.image.title", ""),
-        )
-        for la in manifest["layers"]
-    )
-    for la in layers:
-        if not os.path.exists(la.path) or os.path.getsize(la.path) != la.size:
-            raise ImageError(f"{root}: layer blob {la.digest} is missing or has the wrong size")
-    return ImageRef(str(root), desc["digest"], manifest, config, layers)
-
-
-def _blob_path(root: Path, digest: str) -> Path:
-    algo, _, hex_ = digest.partition(":")
-    if algo != "sha256" or len(hex_) != 64 or not all(c in "0123456789abcdef" for c in hex_):
-        raise ImageError(f"{root}: bad digest {digest!r}")
-    return root / "blobs" / algo / hex_
-
-
-def _blob(root: Path, digest: str) -> bytes:
-    p = _blob_path(root, digest)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError as exc:
-        raise ImageError(f"{root}: blob {digest} is missing") from exc
-    if sha256_digest(data) != digest:
-        raise ImageError(f"{root}: blob {digest} does not match its digest")
-    return data

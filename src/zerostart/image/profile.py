@@ -31,12 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.chunkprofile import PROFILE_PATH, Profile
-from zerostart.image.errors import ImageError
+from zerostart.errors import ImageError
 from zerostart.image.layers import Entry, write_layer
-from zerostart.image.oci import OCI_MANIFEST, canonical_json, read_oci_layout, sha256_digest
+from zerostart.oci import (
+    OCI_MANIFEST,
+    TITLE_ANNOTATION,
+    canonical_json,
+    read_oci_layout,
+    sha256_digest,
+)
 
 PROFILE_LAYER_TITLE = "zerostart profile layer"
-TITLE = "org.opencontainers.image.title"
 
 
 def add_profile_layer(layout: str | os.PathLike[str], profile: Profile) -> str:
@@ -53,7 +58,7 @@ def add_profile_layer(layout: str | os.PathLike[str], profile: Profile) -> str:
     keep = [
         i
         for i, la in enumerate(manifest["layers"])
-        if (la.get("annotations") or {}).get(TITLE) != PROFILE_LAYER_TITLE
+        if (la.get("annotations") or {}).get(TITLE_ANNOTATION) != PROFILE_LAYER_TITLE
     ]
     diff_ids = config.get("rootfs", {}).get("diff_ids", [])
     history = [h for h in config.get("history", []) if not h.get("empty_layer")]
@@ -70,7 +75,7 @@ def add_profile_layer(layout: str | os.PathLike[str], profile: Profile) -> str:
             "mediaType": blob.media_type,
             "digest": blob.digest,
             "size": blob.size,
-            "annotations": {TITLE: PROFILE_LAYER_TITLE, **blob.annotations()},
+            "annotations": {TITLE_ANNOTATION: PROFILE_LAYER_TITLE, **blob.annotations()},
         }
     ]
     config["rootfs"]["diff_ids"] = [diff_ids[i] for i in keep] + [blob.diff_id]

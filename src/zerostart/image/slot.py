@@ -67,7 +67,7 @@ def preload_modules() -> tuple[str, ...]:
         check=False,
     )
     if done.returncode != 0:
-        from zerostart.image.errors import ImageError
+        from zerostart.errors import ImageError
 
         raise ImageError(f"listing the slot's preloaded modules failed: {done.stderr[-2000:]}")
     return tuple(json.loads(done.stdout.splitlines()[-1]))

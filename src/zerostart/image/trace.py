@@ -12,13 +12,14 @@ no audit events of its own and loses nothing if the worker is killed.
 Then we send warm-up requests to every route the model serves (plus the
 error paths: bad JSON, wrong route, wrong method), read ``/proc/PID/maps`` for
 the native code actually mapped, and stop the worker with SIGTERM so that its
-shutdown path is traced too. The result is a :class:`Trace`, saved as JSON
+shutdown path is traced too. The request type and the probe are
+:mod:`zerostart.warmup`'s: the node replays the recorded answers from there
+before it snapshots a container. The result is a :class:`Trace`, saved as JSON
 next to the image so a user can see why each file is there.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
@@ -30,15 +31,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zerostart.image.errors import ImageError
+from zerostart.errors import ImageError
 from zerostart.procs import free_port, stop_process
+from zerostart.warmup import WarmupRequest, send, wait_healthy
 
 TRACE_FORMAT_VERSION = 1
 READY_TIMEOUT_S = 120.0  # worker start incl. a first-time bundle check on a slow disk
-REQUEST_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0  # the worker drains in-flight requests on SIGTERM
 INFO_TIMEOUT_S = 30.0
-POLL_INTERVAL_S = 0.05
 
 # Runs inside the traced worker. Standard library only, no imports beyond os/sys
 # before the hook is in place (what they import is recorded as start-up modules).
@@ -98,20 +98,6 @@ ROUTE_FOR_TASK = {
     "token-classification": "tokens",
     "embeddings": "embed",
 }
-
-
-@dataclass(frozen=True)
-class WarmupRequest:
-    """One request of the warm-up. ``must_succeed``: a 200 is required, else < 500."""
-
-    method: str
-    path: str
-    body: Any = None  # JSON value, or bytes sent as they are
-    must_succeed: bool = False
-    # Replayed answers are compared with the recorded one within a tolerance; an
-    # answer that is opaque bytes (base64 float32) can differ in the last bit
-    # between runs (thread count, batch shape), so it is only required to succeed.
-    compare: bool = True
 
 
 def warmup_requests(task: str) -> list[WarmupRequest]:
@@ -239,50 +225,6 @@ def interpreter_info(python: str, timeout_s: float = INFO_TIMEOUT_S) -> dict[str
     return info
 
 
-def send(
-    port: int,
-    req: WarmupRequest,
-    timeout_s: float = REQUEST_TIMEOUT_S,
-    extra_headers: dict[str, str] | None = None,
-) -> tuple[int, Any]:
-    """Send one request to 127.0.0.1:port; return (status, JSON body or text)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
-    try:
-        headers = dict(extra_headers or {})
-        payload = None
-        if req.body is not None:
-            payload = req.body if isinstance(req.body, bytes) else json.dumps(req.body).encode()
-            headers["Content-Type"] = "application/json"
-        conn.request(req.method, req.path, payload, headers)
-        resp = conn.getresponse()
-        raw = resp.read()
-    finally:
-        conn.close()
-    try:
-        return resp.status, json.loads(raw) if raw else None
-    except ValueError:
-        return resp.status, raw.decode("utf-8", "replace")
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> float:
-    """Poll GET /health until 200; returns seconds waited. Raises if the process dies first."""
-    t0 = time.monotonic()
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise ImageError(
-                f"the worker exited with status {proc.returncode} before it was healthy"
-            )
-        try:
-            status, _ = send(port, WarmupRequest("GET", "/health"), timeout_s=5.0)
-            if status == 200:
-                return time.monotonic() - t0
-        except (OSError, http.client.HTTPException):
-            pass
-        if time.monotonic() - t0 > timeout_s:
-            raise ImageError(f"the worker did not become healthy within {timeout_s:.0f}s")
-        time.sleep(POLL_INTERVAL_S)
-
-
 def run_warmup(port: int, requests: Sequence[WarmupRequest]) -> list[dict[str, Any]]:
     """Send each request; raise ImageError when one that must succeed does not (or any 5xx)."""
     out = []
@@ -387,16 +329,3 @@ def _parse_events(text: str, trace: Trace, ignore_dir: str) -> None:
         {"open": trace.opened, "write": trace.written, "import": trace.imports}.get(
             kind, trace.dlopened
         ).append(value)
-
-
-def answers_match(a: Any, b: Any, tol: float = 1e-5) -> bool:
-    """Equal JSON values, numbers within ``tol`` (same code, same CPU: differences are bugs)."""
-    if isinstance(a, bool) or isinstance(b, bool):
-        return bool(a == b)
-    if isinstance(a, int | float) and isinstance(b, int | float):
-        return abs(a - b) <= tol * max(1.0, abs(b))
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(answers_match(x, y, tol) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(answers_match(a[k], b[k], tol) for k in a)
-    return bool(a == b)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from zerostart.estargz import ChunkRef
 from zerostart.imagefs._fetch import Layer
 from zerostart.imagefs._index import Extent, ImageIndexError, LayerEntry
+from zerostart.oci import sha256_digest
 from zerostart.registry import _distribution as d
 from zerostart.registry.errors import RegistryError
 from zerostart.registry.referrers import list_referrers
@@ -118,7 +119,7 @@ def fetch_blob(
     if size > limit:
         raise ImageIndexError(f"{what} {digest}: {size} bytes, over the {limit} limit; refused")
     data = reader.read(digest, 0, size) if size else b""
-    if d.sha256_digest(data) != digest:
+    if sha256_digest(data) != digest:
         raise ImageIndexError(f"{what} {digest} does not match its digest")
     return data
 

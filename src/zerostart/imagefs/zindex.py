@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from zerostart.errors import ZerostartError
-from zerostart.registry import _distribution as d
+from zerostart.oci import OCI_INDEX, OCI_MANIFEST, sha256_digest
 from zerostart.registry._http import Auth
 from zerostart.registry.client import push
 from zerostart.registry.ranges import BlobReader
@@ -75,7 +75,7 @@ class IndexResult:
 
 
 def _blob(folder: Path, data: bytes) -> dict[str, Any]:
-    digest = d.sha256_digest(data)
+    digest = sha256_digest(data)
     path = folder / "blobs" / "sha256" / digest.split(":", 1)[1]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -130,7 +130,7 @@ def _push_artifact(
     referrer of ``subject``; returns its digest and whether the fallback tag was written."""
     artifact = {
         "schemaVersion": 2,
-        "mediaType": d.OCI_MANIFEST,
+        "mediaType": OCI_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
         "config": {"mediaType": EMPTY_MEDIA_TYPE, **_blob(layout, EMPTY_JSON)},
         "layers": layers,
@@ -138,10 +138,10 @@ def _push_artifact(
         "annotations": annotations,
     }
     body = json.dumps(artifact, separators=(",", ":")).encode()
-    top = {"mediaType": d.OCI_MANIFEST, **_blob(layout, body)}
+    top = {"mediaType": OCI_MANIFEST, **_blob(layout, body)}
     (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
     (layout / "index.json").write_text(
-        json.dumps({"schemaVersion": 2, "mediaType": d.OCI_INDEX, "manifests": [top]})
+        json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [top]})
     )
     ref = reader.ref
     repo = f"{ref.registry}/{ref.repository}"

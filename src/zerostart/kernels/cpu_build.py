@@ -41,7 +41,8 @@ Progress = Callable[[str, float], None]
 
 SOURCES_DIR = Path(__file__).resolve().parent / "cpu"
 SOURCES = ("zs_cpu.c", "zs_cpu_gemm.c", "zs_gemm_f32.c", "zs_deberta.c", "zs_modernbert.c")
-HEADERS = ("zs_math.h",)  # included by the sources: part of the build cache's key
+# included by the sources: part of the build cache's key
+HEADERS = ("zs_math.h", "zs_attention_simd.h")
 LIB_PREFIX = "libzs_cpu"
 TUNING_TABLE = Path(__file__).resolve().parent / "tuning" / "cpu_gemm.json"
 # Portable baseline plus AVX2 and AVX-512 (gcc's x86-64 micro-architecture levels).

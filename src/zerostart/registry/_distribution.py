@@ -36,21 +36,24 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+from zerostart.oci import (
+    DOCKER_MANIFEST,
+    DOCKER_MANIFEST_LIST,
+    INDEX_TYPES,
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    REF_NAME_ANNOTATION,
+    is_sha256_digest,
+)
+
 ACCEPT_MANIFESTS = ", ".join([OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST])
-REF_NAME_ANNOTATION = "org.opencontainers.image.ref.name"
 
 DOCKER_HUB = "registry-1.docker.io"
 # Manifests are small JSON documents; 4 MiB is the limit registries themselves
 # enforce, so a bigger answer is a broken or hostile server, not an image.
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _REPO_RE = re.compile(
     r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$"
@@ -108,7 +111,7 @@ def parse_reference(text: str) -> Reference:
     rest, digest = text, None
     if "@" in rest:
         rest, digest = rest.split("@", 1)
-        if not _DIGEST_RE.match(digest):
+        if not is_sha256_digest(digest):
             raise ProtocolError(f"{text!r}: digest must be sha256:<64 hex digits>")
     tag = None
     slash = rest.rfind("/")
@@ -327,7 +330,7 @@ class Verifier:
     """Hash and count bytes as they stream; refuse the first byte past the size."""
 
     def __init__(self, digest: str, size: int) -> None:
-        if not _DIGEST_RE.match(digest):
+        if not is_sha256_digest(digest):
             raise ProtocolError(f"unsupported digest {digest!r} (only sha256 is supported)")
         self.digest, self.size, self.seen = digest, size, 0
         self._hash = hashlib.sha256()
@@ -346,12 +349,8 @@ class Verifier:
             raise ProtocolError(f"content digest {got} does not match {self.digest}")
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 def check_digest(digest: str) -> str:
-    if not _DIGEST_RE.match(digest):
+    if not is_sha256_digest(digest):
         raise ProtocolError(f"unsupported digest {digest!r} (only sha256 is supported)")
     return digest
 

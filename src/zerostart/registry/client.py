@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from zerostart.oci import OCI_INDEX, OCI_MANIFEST, REF_NAME_ANNOTATION, sha256_digest
 from zerostart.registry import _distribution as d
 from zerostart.registry._http import (
     NETWORK_TIMEOUT_S,
@@ -169,13 +170,13 @@ def push(
         top = d.select_manifest(index, ref.tag)
         if top is None:  # several images, none named by the tag: push the index itself
             data = (layout.root / "index.json").read_bytes()
-            media_type = index.get("mediaType") or d.OCI_INDEX
+            media_type = index.get("mediaType") or OCI_INDEX
             pusher.meter.total = sum(pusher.blobs_of(index, media_type).values())
             digest = pusher.push_tree(index, data, media_type, ref.target)
         else:
             data = layout.read_verified(top)
             manifest = json.loads(data)
-            media_type = top.get("mediaType") or manifest.get("mediaType") or d.OCI_MANIFEST
+            media_type = top.get("mediaType") or manifest.get("mediaType") or OCI_MANIFEST
             pusher.meter.total = sum(pusher.blobs_of(manifest, media_type).values())
             digest = pusher.push_tree(manifest, data, media_type, ref.target)
     except d.ProtocolError as exc:
@@ -248,7 +249,7 @@ class _Pusher:
         return ans.status == 200
 
     def _put_manifest(self, data: bytes, media_type: str, target: str) -> str:
-        digest = d.sha256_digest(data)
+        digest = sha256_digest(data)
         self.meter.start(f"manifest {_short(digest)} -> {self.s.ref.repository}:{target}")
         req = d.put_manifest(self.s.ref, media_type, len(data), target)
         ans = self.s.request(req.method, req.path, dict(req.headers), data)
@@ -375,7 +376,7 @@ def pull(
         for desc in puller.blobs:
             puller.fetch_blob(desc)
         if ref.tag:
-            top.setdefault("annotations", {})[d.REF_NAME_ANNOTATION] = ref.tag
+            top.setdefault("annotations", {})[REF_NAME_ANNOTATION] = ref.tag
         layout.add_to_index(top)
     except d.ProtocolError as exc:
         raise RegistryError(ref.registry, f"pull {ref}: {exc}") from exc
@@ -410,7 +411,7 @@ class _Puller:
                 else None
             )
             raise self.s.error(ans, f"manifest {self.s.ref.repository}:{target}", hint=hint)
-        got = d.sha256_digest(ans.body)
+        got = sha256_digest(ans.body)
         for expected, source in (
             (digest, "the reference"),
             (ans.header("Docker-Content-Digest"), "the registry"),
@@ -430,7 +431,7 @@ class _Puller:
         except ValueError as exc:
             raise RegistryError(self.s.netloc, f"manifest {target} is not JSON") from exc
         header_type = (ans.header("Content-Type") or "").split(";")[0].strip()
-        media_type = manifest.get("mediaType") or header_type or d.OCI_MANIFEST
+        media_type = manifest.get("mediaType") or header_type or OCI_MANIFEST
         self.layout.write_atomic(self.layout.blob(got), ans.body)
         kids, are_manifests = d.children(manifest, media_type)
         for kid in kids:

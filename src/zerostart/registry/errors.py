@@ -6,7 +6,7 @@ text and codes, so what a user sees matches the registry's documentation.
 
 from __future__ import annotations
 
-from zerostart.errors import ZerostartError
+from zerostart.errors import ImageError, ZerostartError
 
 
 class RegistryError(ZerostartError):
@@ -49,8 +49,12 @@ class DigestMismatchError(RegistryError):
     """Bytes from the registry do not match the digest or size that names them."""
 
 
-class ImageLayoutError(ZerostartError):
-    """The local OCI image layout is missing a file or a file does not match its descriptor."""
+class ImageLayoutError(ImageError):
+    """The local OCI image layout is missing a file or a file does not match its descriptor.
+
+    An :class:`~zerostart.errors.ImageError`, like what the layout reader
+    (``zerostart.oci.read_oci_layout``) raises for the same faults.
+    """
 
     def __init__(self, path: object, problem: str) -> None:
         self.path = str(path)

@@ -14,11 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from zerostart.oci import LAYOUT_VERSION, OCI_INDEX, REF_NAME_ANNOTATION, sha256_digest
 from zerostart.registry import _distribution as d
 from zerostart.registry._http import IO_BLOCK_BYTES
 from zerostart.registry.errors import ImageLayoutError
-
-OCI_LAYOUT_VERSION = "1.0.0"
 
 
 class Layout:
@@ -55,7 +54,7 @@ class Layout:
     def read_verified(self, desc: dict[str, Any]) -> bytes:
         digest = d.descriptor_for(desc)[0]
         data = self.checked_blob(desc).read_bytes()
-        if d.sha256_digest(data) != digest:
+        if sha256_digest(data) != digest:
             raise ImageLayoutError(self.blob(digest), f"content does not match {digest}")
         return data
 
@@ -90,18 +89,18 @@ class Layout:
         """Record a pulled image in ``index.json``, replacing an entry with the same name."""
         self.write_atomic(
             self.root / "oci-layout",
-            json.dumps({"imageLayoutVersion": OCI_LAYOUT_VERSION}).encode(),
+            json.dumps({"imageLayoutVersion": LAYOUT_VERSION}).encode(),
         )
         index_path = self.root / "index.json"
-        index: dict[str, Any] = {"schemaVersion": 2, "mediaType": d.OCI_INDEX, "manifests": []}
+        index: dict[str, Any] = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []}
         if index_path.is_file():
             index = json.loads(index_path.read_bytes())
-        name = desc.get("annotations", {}).get(d.REF_NAME_ANNOTATION)
+        name = desc.get("annotations", {}).get(REF_NAME_ANNOTATION)
         kept = [
             m
             for m in index.get("manifests", [])
             if m.get("digest") != desc["digest"]
-            and (name is None or m.get("annotations", {}).get(d.REF_NAME_ANNOTATION) != name)
+            and (name is None or m.get("annotations", {}).get(REF_NAME_ANNOTATION) != name)
         ]
         index["manifests"] = [*kept, desc]
         self.write_atomic(index_path, (json.dumps(index, indent=2) + "\n").encode())

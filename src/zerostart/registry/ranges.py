@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from zerostart.oci import OCI_MANIFEST, sha256_digest
 from zerostart.registry import _distribution as d
 from zerostart.registry._http import NETWORK_TIMEOUT_S, Auth, Session
 from zerostart.registry.errors import DigestMismatchError, RegistryError
@@ -149,7 +150,7 @@ class BlobReader:
         if config_size > MAX_CONFIG_BYTES:
             raise RegistryError(self.ref.registry, f"config {config_digest}: {config_size} bytes")
         config_bytes = self.read(config_digest, 0, config_size) if config_size else b""
-        if d.sha256_digest(config_bytes) != config_digest:
+        if sha256_digest(config_bytes) != config_digest:
             raise DigestMismatchError(
                 self.ref.registry,
                 f"config {config_digest} does not match its digest",
@@ -182,7 +183,7 @@ class BlobReader:
         if ans.status != 200:
             raise session.error(ans, f"manifest {self.ref.repository}:{target}")
         self._count(len(ans.body))
-        got = d.sha256_digest(ans.body)
+        got = sha256_digest(ans.body)
         for expected in (digest, ans.header("Docker-Content-Digest")):
             if expected and expected != got:
                 raise DigestMismatchError(
@@ -195,7 +196,7 @@ class BlobReader:
         except ValueError as exc:
             raise RegistryError(self.ref.registry, f"manifest {target} is not JSON") from exc
         header_type = (ans.header("Content-Type") or "").split(";")[0].strip()
-        return manifest, got, manifest.get("mediaType") or header_type or d.OCI_MANIFEST
+        return manifest, got, manifest.get("mediaType") or header_type or OCI_MANIFEST
 
     def manifest_document(self, digest: str) -> tuple[dict[str, Any], bytes, str]:
         """The manifest stored under ``digest``, verified against it: ``(parsed, bytes, media type)``.
@@ -209,7 +210,7 @@ class BlobReader:
         if ans.status != 200:
             raise session.error(ans, f"manifest {self.ref.repository}@{digest}")
         self._count(len(ans.body))
-        if d.sha256_digest(ans.body) != digest:
+        if sha256_digest(ans.body) != digest:
             raise DigestMismatchError(
                 self.ref.registry,
                 f"manifest {digest} does not match its digest",
@@ -220,7 +221,7 @@ class BlobReader:
         except ValueError as exc:
             raise RegistryError(self.ref.registry, f"manifest {digest} is not JSON") from exc
         header = (ans.header("Content-Type") or "").split(";")[0].strip()
-        return doc, ans.body, str(doc.get("mediaType") or header or d.OCI_MANIFEST)
+        return doc, ans.body, str(doc.get("mediaType") or header or OCI_MANIFEST)
 
     # -- blobs ----------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from zerostart.oci import OCI_INDEX
 from zerostart.registry import _distribution as d
 from zerostart.registry._http import Auth, Session
 from zerostart.registry.errors import RegistryAuthError, RegistryError
@@ -51,10 +52,10 @@ def list_referrers(
     ref = reader.ref
     path = f"/v2/{ref.repository}/referrers/{d.check_digest(subject)}"
     try:
-        ans = session.request("GET", path, {"Accept": d.OCI_INDEX})
+        ans = session.request("GET", path, {"Accept": OCI_INDEX})
     except RegistryAuthError:  # some registries guard routes they do not serve: no API
         ans = None
-    if ans and ans.status == 200 and (ans.header("Content-Type") or "").startswith(d.OCI_INDEX):
+    if ans and ans.status == 200 and (ans.header("Content-Type") or "").startswith(OCI_INDEX):
         try:
             return _listed(json.loads(ans.body), ref.registry, artifact_type)
         except ValueError as exc:
@@ -103,7 +104,7 @@ def add_referrer(
         api = session.request(
             "GET", f"/v2/{ref.repository}/referrers/{d.check_digest(subject)}", {}
         )
-        if api.status == 200 and (api.header("Content-Type") or "").startswith(d.OCI_INDEX):
+        if api.status == 200 and (api.header("Content-Type") or "").startswith(OCI_INDEX):
             return False
         tag = fallback_tag(subject)
         req = d.get_manifest(ref, tag)
@@ -120,10 +121,10 @@ def add_referrer(
             raise session.error(ans, f"GET referrers tag {tag}")
         kids = [k for k in kids if k.get("digest") != descriptor["digest"]] + [descriptor]
         body = json.dumps(
-            {"schemaVersion": 2, "mediaType": d.OCI_INDEX, "manifests": kids},
+            {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": kids},
             separators=(",", ":"),
         ).encode()
-        put = d.put_manifest(ref, d.OCI_INDEX, len(body), tag)
+        put = d.put_manifest(ref, OCI_INDEX, len(body), tag)
         done = session.request(put.method, put.path, dict(put.headers), body)
         if done.status != 201:
             raise session.error(done, f"PUT referrers tag {tag}")

@@ -1,6 +1,6 @@
 """Where snapshots live, and how identical image files are stored once.
 
-Layout::
+Layout (STORE is :func:`default_store` unless ``--store`` names one)::
 
     STORE/
       blobs/sha256/ab/abcdef...     every distinct image file, by content, read-only
@@ -16,33 +16,69 @@ images of two runs of a Python program rarely match byte for byte (heap
 addresses, random hash seeds), so chunk-level dedup would save more but needs
 reassembly (or CRIU's image streamer) before every restore; not done.
 
-Standard library only.
+Standard library and the leaf :mod:`zerostart.cachedir` only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
 from pathlib import Path
 
+from zerostart.cachedir import state_base
 from zerostart.paths import PathEscapeError, relative_name
 from zerostart.snapshot._errors import CorruptSnapshotError, SnapshotError
 from zerostart.snapshot._host import SMALL_FILE_BYTES, sha256_file
 from zerostart.snapshot._manifest import IMAGES_DIR, ImageFile
 
 STORE_ENV = "ZEROSTART_SNAPSHOTS"
+ROOT_STORE = Path("/var/lib/zerostart/snapshots")  # FHS: a system service's state
+LEGACY_USER_STORE = "~/.cache/zerostart/snapshots"  # a user's store until 2026-12 (read on)
+log = logging.getLogger("zerostart.snapshot")
+_warned: set[Path] = set()  # legacy stores already warned about in this process
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
 def default_store() -> Path:
-    """$ZEROSTART_SNAPSHOTS, else /var/lib/zerostart/snapshots for root, else ~/.cache/zerostart/snapshots."""
+    """Where snapshots live when no ``--store`` is given.
+
+    ``$ZEROSTART_SNAPSHOTS``, else ``/var/lib/zerostart/snapshots`` for root
+    (system state), else ``$XDG_STATE_HOME/zerostart/snapshots`` (default
+    ``~/.local/state/zerostart/snapshots``): a snapshot is state, not a cache
+    that may be deleted at will (:mod:`zerostart.cachedir`).
+
+    Before December 2026 a user's snapshots were kept in
+    ``~/.cache/zerostart/snapshots`` (:data:`LEGACY_USER_STORE`). Where that
+    folder exists and the new one does not, it stays the store, with a warning
+    (once per process) that says how to move it: a snapshot of a process
+    recorded paths in its folder (CRIU reopens its ``boot.log`` by path; the
+    restore marker's folder, :mod:`zerostart.snapshot.marker`, is in its
+    environment), so after a move it boots instead of restoring until taken
+    again, and the move is the user's call.
+    """
     env = os.environ.get(STORE_ENV)
     if env:
         return Path(env)
     if os.geteuid() == 0:
-        return Path("/var/lib/zerostart/snapshots")
-    return Path.home() / ".cache" / "zerostart" / "snapshots"
+        return ROOT_STORE
+    store = state_base() / "snapshots"
+    legacy = Path(os.path.expanduser(LEGACY_USER_STORE))
+    if not store.exists() and legacy.is_dir():
+        if legacy not in _warned:
+            _warned.add(legacy)
+            log.warning(
+                "event=snapshot_store_legacy store=%s new=%s hint=%s",
+                legacy,
+                store,
+                f"snapshots are state, kept in {store} since 2026-12; "
+                f"`mkdir -p {store.parent} && mv {legacy} {store}` "
+                "moves them (then take process snapshots again: they recorded the old path), "
+                f"or set {STORE_ENV} to keep them where they are",
+            )
+        return legacy
+    return store
 
 
 def check_name(name: str) -> str:

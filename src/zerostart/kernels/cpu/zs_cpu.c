@@ -137,15 +137,18 @@ void zs_embed_layernorm(float *out, const int64_t *ids, const int64_t *types, co
  * that GCC's vectoriser turns into SSE code.
  * Returns 0, or -1 when the scratch block cannot be allocated.
  */
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 
-/* AVX-512 builds: the same algorithm with intrinsics (GCC's vectoriser kept the generic
- * tiles' accumulators on the stack, and -std=c11 forbids it to contract a*b+c to FMA):
- * tiles of 8 query rows x 32 keys (scores) and 8 rows x 32 columns of the context, 16
- * accumulators each, and a vector exp. */
-#define AQR 8
-#define AVB 32
+/* Builds with intrinsics: the algorithm once, in zs_attention_simd.h, over the operations
+ * below. GCC's vectoriser kept the generic tiles' accumulators on the stack, and under
+ * -std=c11 may not contract a*b+c into an FMA, so the generic code ran at half the FMA
+ * rate (AVX-512, Zen 4: intrinsics took 25 % off attention; AVX2, Zen 3: 26-37 %). */
+#if defined(__AVX512F__)
+/* 8 query rows x 32 keys or columns: 16 accumulators of 32 zmm. */
+#define ZA_V __m512
+#define ZA_W 16
+#define ZA_QR 8
 
 /* zs_expf's formula on 16 lanes: Cephes polynomial, 2^n applied by scalef. */
 static inline __m512 zs_exp512(__m512 x) {
@@ -167,212 +170,79 @@ static inline __m512 zs_exp512(__m512 x) {
 static inline __mmask16 zs_mask16(int64_t n) {
     return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
 }
+#define ZA_LOAD _mm512_load_ps
+#define ZA_STORE _mm512_store_ps
+#define ZA_STOREU _mm512_storeu_ps
+#define ZA_LOADU _mm512_loadu_ps
+#define ZA_LOADN(p, n) _mm512_maskz_loadu_ps(zs_mask16(n), (p))
+#define ZA_STOREN(p, n, x) _mm512_mask_storeu_ps((p), zs_mask16(n), (x))
+#define ZA_SET1 _mm512_set1_ps
+#define ZA_ZERO _mm512_setzero_ps
+#define ZA_ADD _mm512_add_ps
+#define ZA_SUB _mm512_sub_ps
+#define ZA_MUL _mm512_mul_ps
+#define ZA_MAX _mm512_max_ps
+#define ZA_FMA _mm512_fmadd_ps
+#define ZA_BCAST(p) _mm512_set1_ps(*(p))
+#define ZA_EXP zs_exp512
+#define ZA_KEEP(x, n) _mm512_maskz_mov_ps(zs_mask16(n), (x))
+#define ZA_MAXN(x, n) _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), zs_mask16(n), (x))
+#define ZA_HMAX _mm512_reduce_max_ps
+#define ZA_HSUM _mm512_reduce_add_ps
+#else
+/* 6 query rows x 16 keys or columns: 12 accumulators, 2 vectors of K or V, 1 broadcast
+ * of 16 ymm. zs_exp256 and zs_lanes8 are zs_math.h's. */
+#define ZA_V __m256
+#define ZA_W 8
+#define ZA_QR 6
 
-int zs_attention(const float *qkv, const float *qkv_bias, const float *mask_bias, float *ctx, int64_t seq_len,
-                 int64_t heads, int64_t head_dim, int64_t item0, int64_t item1) {
-    const int64_t t_len = seq_len, d = head_dim, h = heads * head_dim, stride = 3 * h;
-    const int64_t tp = (t_len + AVB - 1) / AVB * AVB, dp = (d + AVB - 1) / AVB * AVB;
-    const size_t bytes = (size_t)(d * tp + tp * dp + AQR * tp + AQR * d) * sizeof(float);
-    float *kt = (float *)aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!kt) return -1;
-    float *v = kt + d * tp; /* [tp, dp], rows >= T and columns >= d are zero */
-    float *s = v + tp * dp; /* [AQR, tp] scores, then probabilities (zero past T) */
-    float *q = s + AQR * tp; /* [AQR, d] */
-    memset(kt, 0, (size_t)(d * tp + tp * dp) * sizeof(float));
-    for (int64_t item = item0; item < item1; item++) {
-        const int64_t b = item / heads, hd = item % heads;
-        const float *base = qkv + b * t_len * stride;
-        const float *kb = qkv_bias + h + hd * d, *vb = qkv_bias + 2 * h + hd * d, *qb = qkv_bias + hd * d;
-        const float *mb = mask_bias ? mask_bias + b * t_len : NULL;
-        for (int64_t j = 0; j < t_len; j++) {
-            const float *kr = base + j * stride + h + hd * d, *vr = base + j * stride + 2 * h + hd * d;
-            for (int64_t k = 0; k < d; k++) kt[k * tp + j] = kr[k] + kb[k];
-            for (int64_t k = 0; k < d; k += 16) {
-                const __mmask16 mk = zs_mask16(d - k);
-                _mm512_mask_storeu_ps(v + j * dp + k, mk,
-                                      _mm512_add_ps(_mm512_maskz_loadu_ps(mk, vr + k), _mm512_maskz_loadu_ps(mk, vb + k)));
-            }
-        }
-        for (int64_t i0 = 0; i0 < t_len; i0 += AQR) {
-            const int64_t rows = t_len - i0 < AQR ? t_len - i0 : AQR;
-            for (int64_t r = 0; r < AQR; r++) {
-                const float *qr = base + (i0 + (r < rows ? r : 0)) * stride + hd * d;
-                for (int64_t k = 0; k < d; k++) q[r * d + k] = qr[k] + qb[k];
-            }
-            for (int64_t j0 = 0; j0 < tp; j0 += AVB) {
-                __m512 acc[AQR][2];
-                for (int r = 0; r < AQR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-                for (int64_t k = 0; k < d; k++) {
-                    const __m512 k0 = _mm512_load_ps(kt + k * tp + j0), k1 = _mm512_load_ps(kt + k * tp + j0 + 16);
-                    for (int r = 0; r < AQR; r++) {
-                        const __m512 qk = _mm512_set1_ps(q[r * d + k]);
-                        acc[r][0] = _mm512_fmadd_ps(qk, k0, acc[r][0]);
-                        acc[r][1] = _mm512_fmadd_ps(qk, k1, acc[r][1]);
-                    }
-                }
-                for (int r = 0; r < AQR; r++) {
-                    _mm512_store_ps(s + r * tp + j0, acc[r][0]);
-                    _mm512_store_ps(s + r * tp + j0 + 16, acc[r][1]);
-                }
-            }
-            for (int r = 0; r < AQR; r++) {
-                float *sr = s + r * tp;
-                __m512 vmax = _mm512_set1_ps(-INFINITY);
-                for (int64_t j = 0; j < t_len; j += 16) {
-                    const __mmask16 mk = zs_mask16(t_len - j);
-                    __m512 x = _mm512_load_ps(sr + j);
-                    if (mb) x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(mk, mb + j));
-                    _mm512_store_ps(sr + j, x);
-                    vmax = _mm512_mask_max_ps(vmax, mk, vmax, x);
-                }
-                const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-                __m512 vsum = _mm512_setzero_ps();
-                for (int64_t j = 0; j < tp; j += 16) {
-                    const __m512 e = _mm512_maskz_mov_ps(zs_mask16(t_len - j), zs_exp512(_mm512_sub_ps(_mm512_load_ps(sr + j), m)));
-                    _mm512_store_ps(sr + j, e);
-                    vsum = _mm512_add_ps(vsum, e);
-                }
-                const __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
-                for (int64_t j = 0; j < tp; j += 16) _mm512_store_ps(sr + j, _mm512_mul_ps(_mm512_load_ps(sr + j), inv));
-            }
-            for (int64_t c0 = 0; c0 < dp; c0 += AVB) {
-                __m512 acc[AQR][2];
-                for (int r = 0; r < AQR; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-                for (int64_t j = 0; j < t_len; j++) {
-                    const __m512 v0 = _mm512_load_ps(v + j * dp + c0), v1 = _mm512_load_ps(v + j * dp + c0 + 16);
-                    for (int r = 0; r < AQR; r++) {
-                        const __m512 pj = _mm512_set1_ps(s[r * tp + j]);
-                        acc[r][0] = _mm512_fmadd_ps(pj, v0, acc[r][0]);
-                        acc[r][1] = _mm512_fmadd_ps(pj, v1, acc[r][1]);
-                    }
-                }
-                float done[AQR * AVB]; /* constant indices only: see zs_gemm_u8s8 */
-                for (int r = 0; r < AQR; r++) {
-                    _mm512_storeu_ps(done + r * AVB, acc[r][0]);
-                    _mm512_storeu_ps(done + r * AVB + 16, acc[r][1]);
-                }
-                const __mmask16 m0 = zs_mask16(d - c0), m1 = zs_mask16(d - c0 - 16);
-                for (int64_t r = 0; r < rows; r++) {
-                    float *out = ctx + (b * t_len + i0 + r) * h + hd * d + c0;
-                    _mm512_mask_storeu_ps(out, m0, _mm512_loadu_ps(done + r * AVB));
-                    _mm512_mask_storeu_ps(out + 16, m1, _mm512_loadu_ps(done + r * AVB + 16));
-                }
-            }
-        }
-    }
-    free(kt);
-    return 0;
+static inline float zs_hmax256(__m256 v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
 }
-#elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
 
-/* AVX2 builds: the AVX-512 algorithm on 8 lanes. Under -std=c11 GCC may not contract
- * the generic tiles' a*b+c into FMAs, so they ran at half the FMA rate (measured on Zen 3:
- * attention took 14 % of a MiniLM forward). Tiles of 6 query rows x 16 keys (scores) and
- * 6 rows x 16 columns of the context: 12 accumulators, 2 vectors of K or V, 1 broadcast. */
-#define AQR2 6
-#define AVB2 16
-
-int zs_attention(const float *qkv, const float *qkv_bias, const float *mask_bias, float *ctx, int64_t seq_len,
-                 int64_t heads, int64_t head_dim, int64_t item0, int64_t item1) {
-    const int64_t t_len = seq_len, d = head_dim, h = heads * head_dim, stride = 3 * h;
-    const int64_t tp = (t_len + AVB2 - 1) / AVB2 * AVB2, dp = (d + AVB2 - 1) / AVB2 * AVB2;
-    const size_t bytes = (size_t)(d * tp + tp * dp + AQR2 * tp + AQR2 * d) * sizeof(float);
-    float *kt = (float *)aligned_alloc(64, (bytes + 63) / 64 * 64);
-    if (!kt) return -1;
-    float *v = kt + d * tp;   /* [tp, dp], rows >= T and columns >= d are zero */
-    float *s = v + tp * dp;   /* [AQR2, tp] scores, then probabilities (zero past T) */
-    float *q = s + AQR2 * tp; /* [AQR2, d] */
-    memset(kt, 0, (size_t)(d * tp + tp * dp) * sizeof(float));
-    for (int64_t item = item0; item < item1; item++) {
-        const int64_t b = item / heads, hd = item % heads;
-        const float *base = qkv + b * t_len * stride;
-        const float *kb = qkv_bias + h + hd * d, *vb = qkv_bias + 2 * h + hd * d, *qb = qkv_bias + hd * d;
-        const float *mb = mask_bias ? mask_bias + b * t_len : NULL;
-        for (int64_t j = 0; j < t_len; j++) {
-            const float *kr = base + j * stride + h + hd * d, *vr = base + j * stride + 2 * h + hd * d;
-            for (int64_t k = 0; k < d; k++) kt[k * tp + j] = kr[k] + kb[k];
-            for (int64_t k = 0; k < d; k++) v[j * dp + k] = vr[k] + vb[k];
-        }
-        for (int64_t i0 = 0; i0 < t_len; i0 += AQR2) {
-            const int64_t rows = t_len - i0 < AQR2 ? t_len - i0 : AQR2;
-            for (int64_t r = 0; r < AQR2; r++) {
-                const float *qr = base + (i0 + (r < rows ? r : 0)) * stride + hd * d;
-                for (int64_t k = 0; k < d; k++) q[r * d + k] = qr[k] + qb[k];
-            }
-            for (int64_t j0 = 0; j0 < tp; j0 += AVB2) {
-                __m256 acc[AQR2][2];
-                for (int r = 0; r < AQR2; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-                for (int64_t k = 0; k < d; k++) {
-                    const __m256 k0 = _mm256_load_ps(kt + k * tp + j0), k1 = _mm256_load_ps(kt + k * tp + j0 + 8);
-                    for (int r = 0; r < AQR2; r++) {
-                        const __m256 qk = _mm256_broadcast_ss(q + r * d + k);
-                        acc[r][0] = _mm256_fmadd_ps(qk, k0, acc[r][0]);
-                        acc[r][1] = _mm256_fmadd_ps(qk, k1, acc[r][1]);
-                    }
-                }
-                for (int r = 0; r < AQR2; r++) {
-                    _mm256_store_ps(s + r * tp + j0, acc[r][0]);
-                    _mm256_store_ps(s + r * tp + j0 + 8, acc[r][1]);
-                }
-            }
-            for (int r = 0; r < AQR2; r++) {
-                float *sr = s + r * tp;
-                __m256 vmax = _mm256_set1_ps(-INFINITY);
-                for (int64_t j = 0; j < tp; j += 8) {
-                    const __m256 live = zs_lanes8(t_len - j);
-                    __m256 x = _mm256_load_ps(sr + j);
-                    if (mb) {
-                        float add[8] = {0};
-                        for (int64_t jj = j; jj < t_len && jj < j + 8; jj++) add[jj - j] = mb[jj];
-                        x = _mm256_add_ps(x, _mm256_loadu_ps(add));
-                    }
-                    _mm256_store_ps(sr + j, x);
-                    vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), x, live));
-                }
-                __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
-                m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-                m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-                const __m256 m = _mm256_set1_ps(_mm_cvtss_f32(m4));
-                __m256 vsum = _mm256_setzero_ps();
-                for (int64_t j = 0; j < tp; j += 8) {
-                    const __m256 e = _mm256_and_ps(zs_lanes8(t_len - j), zs_exp256(_mm256_sub_ps(_mm256_load_ps(sr + j), m)));
-                    _mm256_store_ps(sr + j, e);
-                    vsum = _mm256_add_ps(vsum, e);
-                }
-                __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(vsum), _mm256_extractf128_ps(vsum, 1));
-                s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-                s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-                const __m256 inv = _mm256_set1_ps(1.0f / _mm_cvtss_f32(s4));
-                for (int64_t j = 0; j < tp; j += 8) _mm256_store_ps(sr + j, _mm256_mul_ps(_mm256_load_ps(sr + j), inv));
-            }
-            for (int64_t c0 = 0; c0 < dp; c0 += AVB2) {
-                __m256 acc[AQR2][2];
-                for (int r = 0; r < AQR2; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
-                for (int64_t j = 0; j < t_len; j++) {
-                    const __m256 v0 = _mm256_load_ps(v + j * dp + c0), v1 = _mm256_load_ps(v + j * dp + c0 + 8);
-                    for (int r = 0; r < AQR2; r++) {
-                        const __m256 pj = _mm256_broadcast_ss(s + r * tp + j);
-                        acc[r][0] = _mm256_fmadd_ps(pj, v0, acc[r][0]);
-                        acc[r][1] = _mm256_fmadd_ps(pj, v1, acc[r][1]);
-                    }
-                }
-                float done[AQR2 * AVB2]; /* constant indices only: see zs_gemm_u8s8 */
-                for (int r = 0; r < AQR2; r++) {
-                    _mm256_storeu_ps(done + r * AVB2, acc[r][0]);
-                    _mm256_storeu_ps(done + r * AVB2 + 8, acc[r][1]);
-                }
-                const int64_t cols = d - c0 < AVB2 ? d - c0 : AVB2;
-                for (int64_t r = 0; r < rows; r++) {
-                    float *out = ctx + (b * t_len + i0 + r) * h + hd * d + c0;
-                    memcpy(out, done + r * AVB2, (size_t)cols * sizeof(float));
-                }
-            }
-        }
-    }
-    free(kt);
-    return 0;
+static inline float zs_hsum256(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
 }
+/* Lanes [0, n) only: a whole vector when n >= 8; else a masked load, and a store through
+ * a buffer (vmaskmovps stores are microcoded on AMD Zen: a maskstore per row cost 10-18 %). */
+static inline __m256 zs_loadn256(const float *p, int64_t n) {
+    return n >= 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, _mm256_castps_si256(zs_lanes8(n)));
+}
+
+static inline void zs_storen256(float *p, int64_t n, __m256 x) {
+    if (n >= 8) {
+        _mm256_storeu_ps(p, x);
+    } else if (n > 0) {
+        float buf[8];
+        _mm256_storeu_ps(buf, x);
+        memcpy(p, buf, (size_t)n * sizeof(float));
+    }
+}
+#define ZA_LOAD _mm256_load_ps
+#define ZA_STORE _mm256_store_ps
+#define ZA_STOREU _mm256_storeu_ps
+#define ZA_LOADU _mm256_loadu_ps
+#define ZA_LOADN zs_loadn256
+#define ZA_STOREN zs_storen256
+#define ZA_SET1 _mm256_set1_ps
+#define ZA_ZERO _mm256_setzero_ps
+#define ZA_ADD _mm256_add_ps
+#define ZA_SUB _mm256_sub_ps
+#define ZA_MUL _mm256_mul_ps
+#define ZA_MAX _mm256_max_ps
+#define ZA_FMA _mm256_fmadd_ps
+#define ZA_BCAST _mm256_broadcast_ss
+#define ZA_EXP zs_exp256
+#define ZA_KEEP(x, n) _mm256_and_ps(zs_lanes8(n), (x))
+#define ZA_MAXN(x, n) _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), (x), zs_lanes8(n))
+#define ZA_HMAX zs_hmax256
+#define ZA_HSUM zs_hsum256
+#endif
+#include "zs_attention_simd.h"
 #else
 #define QR 4  /* query rows per tile */
 #define VB 16 /* columns per tile: two AVX2 vectors, four SSE */
