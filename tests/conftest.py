@@ -181,3 +181,15 @@ def inner_loops(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
         pytest.skip("no C compiler: no tokenizer.so to test")
     monkeypatch.setenv("ZEROSTART_TOKENIZER_NATIVE", "1" if request.param == "native" else "0")
     return str(request.param)
+
+
+@pytest.fixture
+def oci_runtime() -> None:
+    """Skip, naming why, where no OCI runtime can run a container here (runc / podman)."""
+    from zerostart.container.runtime import choose_runtime
+    from zerostart.errors import RuntimeToolError
+
+    try:
+        choose_runtime()
+    except RuntimeToolError as exc:
+        pytest.skip(f"no working OCI runtime: {exc}")

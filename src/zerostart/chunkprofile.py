@@ -107,6 +107,26 @@ def lists_of(
     return out
 
 
+def index_pairs(
+    rows: list[Any], bounds: tuple[int, int], what: str, error: type[Exception]
+) -> list[tuple[int, int]]:
+    """A profile's read rows checked as ``[a, b]`` integer pairs with ``0 <= a < bounds[0]``
+    and ``0 <= b < bounds[1]``; raises ``error`` naming the first row that is not, with
+    ``what`` saying what the pair means (e.g. "file index, offset")."""
+    out = []
+    for row in rows:
+        if (
+            not isinstance(row, list)
+            or len(row) != 2
+            or not all(type(v) is int for v in row)
+            or not 0 <= row[0] < bounds[0]
+            or not 0 <= row[1] < bounds[1]
+        ):
+            raise error(f"read {str(row)[:80]} is not [{what}] within bounds")
+        out.append((row[0], row[1]))
+    return out
+
+
 def decode(data: bytes) -> Profile:
     """Parse and check a profile document. Raises :class:`ProfileError` saying what is wrong."""
     files, reads = lists_of(
@@ -125,18 +145,8 @@ def decode(data: bytes) -> Profile:
             names.append(relative_name(name, absolute="strip"))
         except PathEscapeError as exc:
             raise ProfileError(f"profile entry {exc}: refused") from exc
-    out = []
-    for row in reads:
-        if (
-            not isinstance(row, list)
-            or len(row) != 2
-            or not all(type(v) is int for v in row)
-            or not 0 <= row[0] < len(names)
-            or not 0 <= row[1] < MAX_OFFSET
-        ):
-            raise ProfileError(f"read {str(row)[:80]} is not [file index, offset] within bounds")
-        out.append((names[row[0]], row[1]))
-    return Profile(tuple(out))
+    pairs = index_pairs(reads, (len(names), MAX_OFFSET), "file index, offset", ProfileError)
+    return Profile(tuple((names[i], offset) for i, offset in pairs))
 
 
 def profile_of(reads: Sequence[tuple[str, int]]) -> Profile:

@@ -192,17 +192,14 @@ def test_mount_reads_the_files_fetching_spans(
     assert foreign.reg.requests("GET", "/blobs/") - blobs <= 1 + 3
 
 
-def test_run_lazy_answers_like_a_full_pull(foreign: Foreign, indexed: dict[str, Any]) -> None:
+def test_run_lazy_answers_like_a_full_pull(
+    foreign: Foreign, indexed: dict[str, Any], oci_runtime: None
+) -> None:
     """The umoci layout run unpacked (a full pull) and the registry image run lazily: same answer."""
     from zerostart.container.lazy import LazyContainer
-    from zerostart.container.runtime import Container, choose_runtime
-    from zerostart.errors import RuntimeToolError
+    from zerostart.container.runtime import Container
     from zerostart.warmup import WarmupRequest, send
 
-    try:
-        choose_runtime()
-    except RuntimeToolError as exc:
-        pytest.skip(f"no working OCI runtime: {exc}")
     answers = {}
     with tempfile.TemporaryDirectory() as cache:
         full = Container(str(foreign.layout), port=free_port(), cache_dir=Path(cache))

@@ -165,18 +165,12 @@ def test_profile_is_recorded_carried_beside_the_ztocs_and_prefetched_in_order(
 
 
 def test_run_lazy_with_a_recorded_profile_answers_like_a_full_pull(
-    foreign: Foreign, tmp_path: Path
+    foreign: Foreign, tmp_path: Path, oci_runtime: None
 ) -> None:
     """A real start records (ld.so's page faults of libc included); the next start prefetches."""
     from zerostart.container.lazy import LazyContainer
-    from zerostart.container.runtime import choose_runtime
-    from zerostart.errors import RuntimeToolError
     from zerostart.warmup import WarmupRequest, send
 
-    try:
-        choose_runtime()
-    except RuntimeToolError as exc:
-        pytest.skip(f"no working OCI runtime: {exc}")
     ref = _repo(foreign, "start")
     _, layers, ztocs = _ztocs(ref)
     record = tmp_path / "start.json"

@@ -89,17 +89,12 @@ def test_a_zstd_image_is_indexed_and_read_through_its_spans(
 
 
 def test_run_lazy_of_a_zstd_image_answers_like_a_full_pull(
-    foreign: Foreign, tmp_path: Path
+    foreign: Foreign, tmp_path: Path, oci_runtime: None
 ) -> None:
     from zerostart.container.lazy import LazyContainer
-    from zerostart.container.runtime import Container, choose_runtime
-    from zerostart.errors import RuntimeToolError
+    from zerostart.container.runtime import Container
     from zerostart.warmup import WarmupRequest, send
 
-    try:
-        choose_runtime()
-    except RuntimeToolError as exc:
-        pytest.skip(f"no working OCI runtime: {exc}")
     ref, layout = _zstd_ref(foreign, tmp_path, "run", multi_frame=True)
     _index(ref)
     answers = {}

@@ -40,7 +40,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from zerostart.chunkprofile import lists_of
+from zerostart.chunkprofile import index_pairs, lists_of
 from zerostart.ztoc._format import MAX_CHECKPOINTS, Checkpoint, ZtocError
 
 FORMAT = "zerostart.ztoc-profile"
@@ -116,17 +116,7 @@ def decode(data: bytes) -> SpanProfile:
         refs.append(LayerRef(digest, spans))
     if len({r.digest for r in refs}) != len(refs):
         raise SpanProfileError("profile names a layer twice")
-    out = []
-    for row in reads:
-        if (
-            not isinstance(row, list)
-            or len(row) != 2
-            or not all(type(v) is int for v in row)
-            or not 0 <= row[0] < len(refs)
-            or not 0 <= row[1] < MAX_CHECKPOINTS
-        ):
-            raise SpanProfileError(f"read {str(row)[:80]} is not [layer index, span] within bounds")
-        out.append((row[0], row[1]))
+    out = index_pairs(reads, (len(refs), MAX_CHECKPOINTS), "layer index, span", SpanProfileError)
     return SpanProfile(tuple(refs), tuple(dict.fromkeys(out)))
 
 
