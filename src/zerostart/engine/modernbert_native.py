@@ -42,6 +42,7 @@ from zerostart.engine.cpu_native import (
     ROWS_PER_PART,
     _Matrix,
     _Scratch,
+    _short,
     check_batch,
     check_precision,
     matmul,
@@ -56,8 +57,6 @@ if TYPE_CHECKING:
     from zerostart.bundle.folder import Bundle
 
 POOL_MODES = {"cls": 0, "mean": 1}  # zs_mb_pool's
-# modernbert_dtypes' names -> safetensors' numpy codes (NUMPY_DTYPES, byte order stripped)
-_DTYPE_CODES = {"float32": "f4", "int8": "i1", "int32": "i4", "uint16": "u2"}
 GEGLU_ROWS = 96  # rows per product + GeGLU block when the GEMM plan leaves mc to the kernel
 
 _P = ctypes.c_void_p
@@ -128,7 +127,7 @@ class ModernBertNativeEngine:
                 raise EngineError(
                     f"weights have no tensor {name!r}", hint="re-run zerostart convert"
                 )
-            want = _DTYPE_CODES[dtypes[name]]
+            want = _short(dtypes[name])
             if info.shape != shape or NUMPY_DTYPES[info.dtype].lstrip("<|") != want:
                 raise EngineError(
                     f"tensor {name!r} is {info.dtype}{list(info.shape)}, expected "
