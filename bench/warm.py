@@ -180,14 +180,9 @@ def interleaved(
 def _kernel_sources_digest() -> str:
     """A short digest of the CPU kernels' C sources: a cached bundle holds compiled kernels,
     so one converted before a kernel change must not be timed as if it were current."""
-    import hashlib
+    from zerostart.kernels.cpu_build import sources_digest
 
-    from zerostart.kernels.cpu_build import HEADERS, SOURCES, SOURCES_DIR
-
-    digest = hashlib.sha256()
-    for name in (*SOURCES, *HEADERS):
-        digest.update((SOURCES_DIR / name).read_bytes())
-    return digest.hexdigest()[:10]
+    return sources_digest().hexdigest()[:10]
 
 
 def _bundle(name: str, src: Path, tag: str, **kwargs: Any) -> Path:

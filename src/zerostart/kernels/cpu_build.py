@@ -179,11 +179,18 @@ def cache_root() -> Path:
     return cache_base() / "cpu-kernels"
 
 
-def build_library(arch: str, *, cache: Path | None = None) -> Path:
-    """Compile (or take from the cache) the kernels for ``-march=arch``; returns the .so path."""
+def sources_digest() -> hashlib._Hash:
+    """sha256 over the kernels' C sources and headers (a build's cache key starts from it;
+    benches key converted bundles, which hold compiled kernels, by it)."""
     digest = hashlib.sha256()
     for name in (*SOURCES, *HEADERS):
         digest.update((SOURCES_DIR / name).read_bytes())
+    return digest
+
+
+def build_library(arch: str, *, cache: Path | None = None) -> Path:
+    """Compile (or take from the cache) the kernels for ``-march=arch``; returns the .so path."""
+    digest = sources_digest()
     digest.update("\0".join([_compiler_id(), arch, *CFLAGS]).encode())
     out_dir = (cache or cache_root()) / digest.hexdigest()[:24]
     out = out_dir / lib_name(arch)

@@ -191,22 +191,11 @@ static inline __mmask16 zs_mask16(int64_t n) {
 #define ZA_HSUM _mm512_reduce_add_ps
 #else
 /* 6 query rows x 16 keys or columns: 12 accumulators, 2 vectors of K or V, 1 broadcast
- * of 16 ymm. zs_exp256 and zs_lanes8 are zs_math.h's. */
+ * of 16 ymm. zs_exp256, zs_lanes8 and the horizontal reductions are zs_math.h's. */
 #define ZA_V __m256
 #define ZA_W 8
 #define ZA_QR 6
 
-static inline float zs_hmax256(__m256 v) {
-    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
-}
-
-static inline float zs_hsum256(__m256 v) {
-    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
-}
 /* Lanes [0, n) only: a whole vector when n >= 8; else a masked load, and a store through
  * a buffer (vmaskmovps stores are microcoded on AMD Zen: a maskstore per row cost 10-18 %). */
 static inline __m256 zs_loadn256(const float *p, int64_t n) {

@@ -31,6 +31,8 @@
 #include <string.h>
 #include <math.h>
 
+#include "zs_math.h"
+
 #define PRECISION_INT8 1
 #define PRECISION_BF16 2
 #define PRECISION_F32 4
@@ -250,20 +252,6 @@ static inline int64_t zs_row_block2(int64_t row_bytes) {
     return mb < 6 ? 6 : mb;
 }
 
-static inline float zs_hmax8(__m256 v) {
-    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_max_ss(x, _mm_movehdup_ps(x));
-    return _mm_cvtss_f32(x);
-}
-
-static inline float zs_hmin8(__m256 v) {
-    __m128 x = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    x = _mm_min_ps(x, _mm_movehl_ps(x, x));
-    x = _mm_min_ss(x, _mm_movehdup_ps(x));
-    return _mm_cvtss_f32(x);
-}
-
 /* As the VNNI zs_quantize_u8 (same scale, zero point and rounding: vcvtps2dq, nearest
  * even), but each q in [0, 255] is stored as an int16: out is [M, kp] int16. */
 void zs_quantize_u8(const float *x, int16_t *out, float *a_scale, int32_t *a_zp, int64_t m0, int64_t m1, int64_t k,
@@ -278,7 +266,7 @@ void zs_quantize_u8(const float *x, int16_t *out, float *a_scale, int32_t *a_zp,
             vmax = _mm256_max_ps(vmax, v);
             vmin = _mm256_min_ps(vmin, v);
         }
-        float hi = zs_hmax8(vmax), lo = zs_hmin8(vmin);
+        float hi = zs_hmax256(vmax), lo = zs_hmin256(vmin);
         for (; c < k; c++) {
             hi = row[c] > hi ? row[c] : hi;
             lo = row[c] < lo ? row[c] : lo;
@@ -366,8 +354,7 @@ void zs_gemm_u8s8(const int16_t *a, const float *a_scale, const int32_t *a_zp, c
                     int32_t done[MR2 * 8];
                     zs_tile_u8s8_avx2(ar, bs, k4, done);
                     const int64_t width = n - n0 < 8 ? n - n0 : 8;
-                    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                    const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)width), lanes);
+                    const __m256i mk = _mm256_castps_si256(zs_lanes8(width));
                     const __m256i cs = _mm256_loadu_si256((const __m256i *)(colsum + n0));
                     const __m256 ws = _mm256_loadu_ps(w_scale + n0);
                     for (int64_t r = 0; r < rows; r++) {

@@ -1,6 +1,7 @@
-/* Scalar math shared by the CPU kernel sources (zs_cpu.c, zs_deberta.c, zs_modernbert.c):
- * Cephes' expf, Eigen's rational erf, tanh from exp and the two GELUs, all branch-free
- * so the compiler vectorises the loops that call them. Static inline: each translation
+/* Math shared by the CPU kernel sources (zs_cpu.c, zs_cpu_gemm.c, zs_deberta.c,
+ * zs_modernbert.c): Cephes' expf, Eigen's rational erf, tanh from exp and the two GELUs,
+ * all branch-free so the compiler vectorises the loops that call them; on AVX2 builds also
+ * an 8-lane exp, horizontal reductions and a lane mask. Static inline: each translation
  * unit gets its own copy, no symbol is exported. */
 #ifndef ZS_MATH_H
 #define ZS_MATH_H
@@ -79,6 +80,25 @@ static inline __m256 zs_exp256(__m256 x) {
     const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* Horizontal max / min / sum of 8 lanes. */
+static inline float zs_hmax256(__m256 v) {
+    __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_max_ss(x, _mm_movehdup_ps(x)));
+}
+
+static inline float zs_hmin256(__m256 v) {
+    __m128 x = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_min_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_min_ss(x, _mm_movehdup_ps(x)));
+}
+
+static inline float zs_hsum256(__m256 v) {
+    __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    x = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(x, _mm_movehdup_ps(x)));
 }
 
 /* All ones in lanes [0, n) of 8, zeros after (n may be <= 0 or >= 8). */
